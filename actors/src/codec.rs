@@ -1,0 +1,135 @@
+//! Framing and encoding of admin messages: a 4-byte big-endian length, then
+//! the message encoded with bincode.
+//!
+//! Every use of bincode in kiln is in this file. bincode's maintainers have
+//! stopped development (3.0.0 is only a `compile_error!`), so it is pinned to
+//! 2.0.1; moving to wincode (bincode-compatible) or postcard changes only
+//! this file. Decoding is bounded (`max_frame`, and bincode's own allocation
+//! limit), so a hostile length never allocates more than a frame's worth.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The default largest frame (spec section 8).
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// The bincode configuration: standard, with an allocation limit equal to
+/// the default largest frame.
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<DEFAULT_MAX_FRAME>()
+}
+
+/// A frame could not be read, written, encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("connection error")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {len} bytes is larger than the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed message: {0}")]
+    Decode(String),
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+/// Encodes a message as one frame (length prefix included).
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    let body = bincode::serde::encode_to_vec(msg, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    let len = u32::try_from(body.len()).map_err(|_| CodecError::TooLarge {
+        len: body.len(),
+        max: u32::MAX as usize,
+    })?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Decodes one frame's body; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    let (msg, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Decode(format!("{} bytes after the message", body.len() - used)));
+    }
+    Ok(msg)
+}
+
+/// Reads one frame's length; `Ok(None)` at a clean end of stream.
+pub async fn read_len<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Option<usize>, CodecError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(CodecError::TooLarge { len, max });
+    }
+    Ok(Some(len))
+}
+
+/// Reads one frame's body of `len` bytes.
+pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Vec<u8>, CodecError> {
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Reads and decodes one message; `Ok(None)` at a clean end of stream.
+pub async fn read_message<R, T>(r: &mut R, max: usize) -> Result<Option<T>, CodecError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let Some(len) = read_len(r, max).await? else {
+        return Ok(None);
+    };
+    let body = read_body(r, len).await?;
+    decode(&body).map(Some)
+}
+
+/// Encodes and writes one message.
+pub async fn write_message<W, T>(w: &mut W, msg: &T) -> Result<(), CodecError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let frame = encode_frame(msg)?;
+    w.write_all(&frame).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{PROTOCOL_VERSION, Request};
+
+    #[test]
+    fn a_request_round_trips() {
+        let req = Request::Hello {
+            version: PROTOCOL_VERSION,
+            client: "test".into(),
+        };
+        let frame = encode_frame(&req).unwrap();
+        assert_eq!(u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize, frame.len() - 4);
+        assert_eq!(decode::<Request>(&frame[4..]).unwrap(), req);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for body in [&[][..], &[0xff; 3][..], &[200, 1, 2, 3, 4, 5, 6, 7][..], &[0xfc, 0xff, 0xff, 0xff, 0xff][..]] {
+            assert!(decode::<Request>(body).is_err(), "{body:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_length_is_refused_before_reading_the_body() {
+        let mut input: &[u8] = &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3];
+        let err = read_len(&mut input, DEFAULT_MAX_FRAME).await.unwrap_err();
+        assert!(matches!(err, CodecError::TooLarge { .. }), "{err}");
+    }
+}

@@ -1,0 +1,40 @@
+//! The settings a site runs with. The binary fills them from its config file,
+//! `KILN_*` variables and flags; an embedding application builds one in code.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a site runs.
+#[derive(Clone, Debug)]
+pub struct SiteConfig {
+    /// Holds `kiln.sqlite` (and, for the daemon, the admin socket).
+    pub data_dir: PathBuf,
+    /// How long an exclusive request waits for a busy node before it fails
+    /// with `NodeLocked` (0 = fail at once, as Ironic).
+    pub lock_wait: Duration,
+    /// The longest one BMC call may take.
+    pub driver_call_timeout: Duration,
+    /// At most this many nodes of one bulk operation run at once.
+    pub default_fanout: usize,
+    /// Enrol this many `fake` nodes named `demo1..N` when the store is empty.
+    pub demo_nodes: usize,
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        SiteConfig {
+            data_dir: PathBuf::from("kiln-data"),
+            lock_wait: Duration::ZERO,
+            driver_call_timeout: Duration::from_secs(60),
+            default_fanout: 64,
+            demo_nodes: 0,
+        }
+    }
+}
+
+impl SiteConfig {
+    /// The SQLite file of the site.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("kiln.sqlite")
+    }
+}

@@ -1,0 +1,103 @@
+//! Driver actors: one per BMC endpoint, the only way node actors reach a BMC.
+//!
+//! A BMC is slow and fragile, so its actor runs one call at a time
+//! (`AtomicResponse`: the next message waits until the call has finished),
+//! bounds each call with a timeout, and runs the call itself in a spawned
+//! tokio task so that a panicking driver becomes a [`DriverError::Panicked`]
+//! for the node instead of killing an actor (spec section 2).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use kiln_drivers::{Bmc, Boot, DriverError, Facts, Power, PowerAction};
+
+/// A call to a BMC.
+#[derive(Clone, Copy, Debug, Message)]
+#[rtype(result = "Result<DriverReply, DriverError>")]
+pub enum DriverCall {
+    GetPower,
+    SetPower(PowerAction),
+    SetBoot(Boot, bool),
+    GetBoot,
+    Inspect,
+}
+
+/// A BMC's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DriverReply {
+    Power(Power),
+    Done,
+    Boot(Option<Boot>),
+    Facts(Facts),
+}
+
+/// The actor in front of one BMC.
+pub struct DriverActor {
+    bmc: Arc<dyn Bmc>,
+    /// How the BMC is named in errors (its address; never credentials).
+    label: String,
+    call_timeout: Duration,
+}
+
+impl DriverActor {
+    pub fn new(bmc: Arc<dyn Bmc>, label: String, call_timeout: Duration) -> Self {
+        DriverActor { bmc, label, call_timeout }
+    }
+}
+
+impl Actor for DriverActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<DriverCall> for DriverActor {
+    type Result = AtomicResponse<Self, Result<DriverReply, DriverError>>;
+
+    fn handle(&mut self, call: DriverCall, _: &mut Context<Self>) -> Self::Result {
+        let bmc = self.bmc.clone();
+        let label = self.label.clone();
+        let limit = self.call_timeout;
+        let running = tokio::spawn(async move {
+            let work = async {
+                match call {
+                    DriverCall::GetPower => bmc.get_power_state().await.map(DriverReply::Power),
+                    DriverCall::SetPower(a) => bmc.set_power_state(a).await.map(|_| DriverReply::Done),
+                    DriverCall::SetBoot(d, p) => bmc.set_boot_device(d, p).await.map(|_| DriverReply::Done),
+                    DriverCall::GetBoot => bmc.get_boot_device().await.map(DriverReply::Boot),
+                    DriverCall::Inspect => bmc.inspect().await.map(DriverReply::Facts),
+                }
+            };
+            match tokio::time::timeout(limit, work).await {
+                Ok(result) => result,
+                Err(_) => Err(DriverError::Timeout {
+                    address: label,
+                    seconds: limit.as_secs(),
+                }),
+            }
+        });
+        AtomicResponse::new(Box::pin(
+            async move {
+                match running.await {
+                    Ok(result) => result,
+                    Err(join) => Err(DriverError::Panicked(panic_text(join))),
+                }
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+/// The message a panicking task carried, or a placeholder.
+pub fn panic_text(join: tokio::task::JoinError) -> String {
+    if !join.is_panic() {
+        return "the call was cancelled".into();
+    }
+    let payload = join.into_panic();
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}

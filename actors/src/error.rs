@@ -1,0 +1,91 @@
+//! The errors a caller of the site sees, over the admin socket or as an
+//! embedding application.
+//!
+//! They travel over the socket, so they are plain serialisable data rather
+//! than wrappers of source errors; each variant is something an operator can
+//! act on, and its message names the node and what to do next.
+
+use serde::{Deserialize, Serialize};
+
+/// A request to the site failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum KilnError {
+    /// No node, port or other object by that name.
+    #[error("{0}")]
+    NotFound(String),
+    /// The node's state does not allow the event.
+    #[error("node {node}: cannot {event} in state '{state}' (allowed here: {allowed})")]
+    InvalidState {
+        node: String,
+        state: String,
+        event: String,
+        allowed: String,
+    },
+    /// Another exclusive task holds the node.
+    #[error("node {node} is locked by '{holder_purpose}' since {since}; retry when it ends")]
+    NodeLocked {
+        node: String,
+        holder_purpose: String,
+        since: String,
+    },
+    /// A uniqueness rule (name, MAC) was broken.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request itself is malformed or names invalid values.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The node's BMC failed; the node's `last_error` says the same.
+    #[error("node {node}: {message}")]
+    Driver { node: String, message: String },
+    /// The store could not commit the change; nothing was acknowledged.
+    #[error("the store failed: {0}")]
+    Store(String),
+    /// A part of the site is not running (shutting down, restarting).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The admin protocol was not followed (version, framing).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl KilnError {
+    /// A stable short name for scripts (`--json` output).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KilnError::NotFound(_) => "not_found",
+            KilnError::InvalidState { .. } => "invalid_state",
+            KilnError::NodeLocked { .. } => "node_locked",
+            KilnError::Conflict(_) => "conflict",
+            KilnError::InvalidInput(_) => "invalid_input",
+            KilnError::Driver { .. } => "driver",
+            KilnError::Store(_) => "store",
+            KilnError::Unavailable(_) => "unavailable",
+            KilnError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+impl From<kiln_store::StoreError> for KilnError {
+    fn from(e: kiln_store::StoreError) -> Self {
+        use kiln_store::StoreError as E;
+        match e {
+            E::Conflict(m) => KilnError::Conflict(m),
+            E::NotFound(m) => KilnError::NotFound(m),
+            E::Closed => KilnError::Unavailable("the store is closed (the site is shutting down)".into()),
+            other => KilnError::Store(error_chain(&other)),
+        }
+    }
+}
+
+/// An error and its sources, joined with ": ", for messages that cross the
+/// socket (where the chain cannot travel as types).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,153 @@
+//! kiln-actors: a kiln site as actix actors.
+//!
+//! [`start`] opens the store, applies the restart rule to whatever a previous
+//! run left mid-task, starts the [`events::EventBus`], the
+//! [`supervisor::Supervisor`] and one [`node::NodeActor`] per node, and
+//! returns a [`Site`]: the addresses an embedding application (or kiln's own
+//! admin socket) sends its typed messages to.
+//!
+//! Where to start reading: [`fsm`] (the state machine as data), then
+//! [`node`] (the actor that runs it for one node), then [`supervisor`].
+
+pub mod codec;
+pub mod config;
+pub mod driver;
+pub mod error;
+pub mod events;
+pub mod fsm;
+pub mod node;
+pub mod nodeset;
+pub mod panics;
+pub mod protocol;
+pub mod supervisor;
+pub mod view;
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::Utc;
+use dashmap::DashMap;
+use kiln_store::{StoreError, StoreHandle, Write};
+
+pub use config::SiteConfig;
+pub use error::KilnError;
+pub use events::{EventBus, EventKind, NodeEvent, Subscribe};
+pub use fsm::Verb;
+pub use node::{NodeUpdate, Op};
+pub use supervisor::{
+    BulkAction, CreateNodes, CreatePort, DeleteNodes, DeletePort, GetNode, GetStatus, ListNodes, ListPorts, NewNode,
+    NodeAction, PowerStatus, Registry, Supervisor,
+};
+pub use view::{NodeOutcome, NodeView, PortView, SiteStatus};
+
+/// A running site: what callers talk to.
+#[derive(Clone)]
+pub struct Site {
+    /// Routes every node message (create, act, show, list, ports, status).
+    pub supervisor: Addr<Supervisor>,
+    /// Publishes every committed change; subscribe with [`events::Subscribe`].
+    pub events: Addr<EventBus>,
+    /// The registry the supervisor keeps (read-only use: resolve names).
+    pub registry: Registry,
+    pub store: StoreHandle,
+    pub config: SiteConfig,
+}
+
+/// Why a site could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store at {path}")]
+    Store {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot enrol the demo nodes: {0}")]
+    Demo(KilnError),
+}
+
+/// Starts a site inside the current actix system.
+pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
+    panics::install_hook();
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let db = config.database_path();
+    let store_error = |source| StartError::Store {
+        path: db.display().to_string(),
+        source,
+    };
+    let opened = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || StoreHandle::open_sqlite(&db))
+            .await
+            .map_err(|e| store_error(StoreError::Corrupt(e.to_string())))?
+    };
+    let store = opened.map_err(store_error)?;
+    let mut records = store.read(|b| b.load_nodes()).await.map_err(store_error)?;
+
+    // The restart rule: nothing can be running yet, so whatever the store
+    // shows mid-task was cut short by the previous run's end.
+    let now = Utc::now();
+    let mut repairs = Vec::new();
+    for r in records.iter_mut() {
+        if let Some((fixed, entry)) = node::plan::recover(r, "daemon restarted", now) {
+            *r = fixed.clone();
+            repairs.push(Write::UpdateNode(fixed));
+            repairs.push(Write::AppendHistory(entry));
+        }
+    }
+    if !repairs.is_empty() {
+        tracing::warn!(nodes = repairs.len() / 2, "released nodes left mid-task by the previous run");
+        store.commit(repairs).await.map_err(store_error)?;
+    }
+
+    let events = EventBus::default().start();
+    let registry = Registry::default();
+    let env = node::NodeEnv {
+        store: store.clone(),
+        events: events.clone(),
+        drivers: Arc::new(DashMap::new()),
+        lock_wait: config.lock_wait,
+        driver_call_timeout: config.driver_call_timeout,
+    };
+    let facts = supervisor::SiteFacts {
+        started_at: now.to_rfc3339(),
+        data_dir: config.data_dir.display().to_string(),
+    };
+    let empty = records.is_empty();
+    let supervisor = Supervisor::new(registry.clone(), env, facts).start();
+    supervisor
+        .send(supervisor::AdoptRecords(records))
+        .await
+        .map_err(|_| StartError::Demo(KilnError::Unavailable("the supervisor did not start".into())))?;
+
+    if empty && config.demo_nodes > 0 {
+        let demo = (1..=config.demo_nodes)
+            .map(|i| NewNode {
+                name: format!("demo{i}"),
+                driver: "fake".into(),
+                ..Default::default()
+            })
+            .collect();
+        supervisor
+            .send(CreateNodes(demo))
+            .await
+            .map_err(|_| StartError::Demo(KilnError::Unavailable("the supervisor stopped".into())))?
+            .map_err(StartError::Demo)?;
+    }
+    Ok(Site {
+        supervisor,
+        events,
+        registry,
+        store,
+        config,
+    })
+}

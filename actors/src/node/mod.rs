@@ -1,0 +1,105 @@
+//! Node actors: one per node, the single writer of that node's record.
+//!
+//! The actor owns the record, the reservation (who holds the node
+//! exclusively) and the node's place in the FSM. Shared requests
+//! ([`ShowNode`], [`ReadPower`]) are answered at once, even mid-task;
+//! exclusive ones ([`RunOp`]) run one at a time, later ones waiting in FIFO
+//! order for at most `lock_wait`. The mailbox is the lock: no mutex guards a
+//! node anywhere.
+
+mod actor;
+pub mod plan;
+
+use std::collections::BTreeMap;
+
+use actix::prelude::*;
+use kiln_drivers::PowerAction;
+use kiln_store::{BootDevice, PowerState};
+use serde::{Deserialize, Serialize};
+
+pub use actor::{NodeActor, NodeEnv};
+
+use crate::KilnError;
+use crate::fsm::Verb;
+use crate::view::NodeView;
+
+/// An exclusive operation on a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// An FSM verb (`deploy`, `manage`, ...).
+    Verb(Verb),
+    /// A power action.
+    Power(PowerAction),
+    /// Set the boot device.
+    BootDevice { device: BootDevice, persistent: bool },
+    /// Maintenance on (with a reason) or off.
+    Maintenance { on: bool, reason: Option<String> },
+    /// Change `driver_info` and `properties`.
+    Update(NodeUpdate),
+    /// Remove the node (and its ports and history).
+    Delete,
+}
+
+impl Op {
+    /// The reservation purpose shown while the operation runs.
+    pub fn purpose(&self) -> String {
+        match self {
+            Op::Verb(v) => v.as_str().to_string(),
+            Op::Power(a) => format!("power {}", power_action_name(*a)),
+            Op::BootDevice { .. } => "boot device".into(),
+            Op::Maintenance { on: true, .. } => "maintenance on".into(),
+            Op::Maintenance { on: false, .. } => "maintenance off".into(),
+            Op::Update(_) => "update".into(),
+            Op::Delete => "delete".into(),
+        }
+    }
+}
+
+/// The CLI's name for a power action.
+pub fn power_action_name(a: PowerAction) -> &'static str {
+    match a {
+        PowerAction::On => "on",
+        PowerAction::Off => "off",
+        PowerAction::SoftOff => "soft-off",
+        PowerAction::Reboot => "reboot",
+    }
+}
+
+/// Parses the CLI's name for a power action.
+pub fn parse_power_action(s: &str) -> Result<PowerAction, String> {
+    match s {
+        "on" => Ok(PowerAction::On),
+        "off" => Ok(PowerAction::Off),
+        "soft-off" => Ok(PowerAction::SoftOff),
+        "reboot" => Ok(PowerAction::Reboot),
+        _ => Err(format!("unknown power action '{s}' (expected on, off, soft-off, reboot)")),
+    }
+}
+
+/// Changes to a node's settings: `Some` sets a key, `None` removes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUpdate {
+    pub driver_info: BTreeMap<String, Option<String>>,
+    pub properties: BTreeMap<String, Option<String>>,
+}
+
+/// Asks a node actor to run an exclusive operation. With `wait` the answer
+/// comes when the operation has ended (a task: when the node has settled);
+/// without, as soon as its first change is committed.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<NodeView, KilnError>")]
+pub struct RunOp {
+    pub op: Op,
+    pub wait: bool,
+}
+
+/// Asks a node actor for its node as committed (shared: answered at once).
+#[derive(Debug, Message)]
+#[rtype(result = "NodeView")]
+pub struct ShowNode;
+
+/// Asks a node actor to read the power state from the BMC now (shared: no
+/// reservation is taken and nothing is written).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Option<PowerState>, KilnError>")]
+pub struct ReadPower;

@@ -1,0 +1,69 @@
+//! The admin protocol: the typed requests and responses that the `kiln` CLI
+//! and the daemon exchange over the admin socket (framed by [`crate::codec`]).
+//!
+//! A connection starts with [`Request::Hello`] carrying
+//! [`PROTOCOL_VERSION`]; the daemon answers [`Response::Hello`] or, on a
+//! mismatch, an error naming both versions. Then each request gets one
+//! response, except [`Request::Events`] with `follow`, which streams
+//! [`Response::Event`]s until the client goes away.
+
+use kiln_store::{HistoryEntry, ProvisionState};
+use serde::{Deserialize, Serialize};
+
+use crate::KilnError;
+use crate::events::NodeEvent;
+use crate::node::{NodeUpdate, Op};
+use crate::supervisor::NewNode;
+use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
+
+/// Bumped whenever a request or response changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request to the daemon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    Hello { version: u32, client: String },
+    Status,
+    NodeCreate(NewNode),
+    /// All or nothing.
+    NodeImport(Vec<NewNode>),
+    NodeList {
+        nodes: Option<String>,
+        state: Option<ProvisionState>,
+        maintenance: Option<bool>,
+    },
+    NodeShow { node: String },
+    NodeHistory { node: String, limit: u32 },
+    NodeSet { node: String, update: NodeUpdate },
+    NodeDelete { nodes: String },
+    /// An exclusive operation over a node, a uuid or a node set.
+    NodeOp {
+        nodes: String,
+        op: Op,
+        wait: bool,
+        fanout: Option<u32>,
+    },
+    PowerStatus { nodes: String },
+    PortCreate { address: String, node: String },
+    PortList { node: Option<String> },
+    PortDelete { address: String },
+    /// The recent events; with `follow`, then every new one.
+    Events { follow: bool },
+}
+
+/// A response from the daemon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Hello { version: u32, server: String },
+    Error(KilnError),
+    Status(SiteStatus),
+    Node(NodeView),
+    Nodes(Vec<NodeView>),
+    Outcomes(Vec<NodeOutcome>),
+    Port(PortView),
+    Ports(Vec<PortView>),
+    History(Vec<HistoryEntry>),
+    Event(NodeEvent),
+    /// The end of the recent events, before following starts.
+    EventsCaughtUp,
+}

@@ -1,0 +1,646 @@
+//! The supervisor: the registry of node actors, the router of every node
+//! message, and the restarter of node actors that died.
+//!
+//! The registry is a pair of `DashMap`s (by uuid, by name) shared with the
+//! [`crate::Site`] handle so that lookups never queue behind other work.
+//! actix does not restart an actor whose handler panicked (its mailbox just
+//! closes), so every forwarded message that finds a closed mailbox makes the
+//! supervisor re-create that node's actor from the store, applying the
+//! restart rule to the task that was in flight, and try once more.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::Utc;
+use dashmap::DashMap;
+use futures::stream::{self, StreamExt};
+use kiln_store::{NodeId, NodeRecord, PortRecord, ProvisionState, Write, normalize_mac};
+use serde::{Deserialize, Serialize};
+
+use crate::KilnError;
+use crate::node::{NodeActor, NodeEnv, Op, ReadPower, RunOp, ShowNode, plan};
+use crate::nodeset::NodeSet;
+use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
+
+/// One entry of the registry.
+#[derive(Clone)]
+pub struct NodeEntry {
+    pub addr: Addr<NodeActor>,
+    pub name: String,
+}
+
+/// The registry of running node actors.
+#[derive(Clone, Default)]
+pub struct Registry {
+    pub by_id: Arc<DashMap<NodeId, NodeEntry>>,
+    pub by_name: Arc<DashMap<String, NodeId>>,
+}
+
+impl Registry {
+    fn insert(&self, id: NodeId, name: String, addr: Addr<NodeActor>) {
+        self.by_name.insert(name.clone(), id);
+        self.by_id.insert(id, NodeEntry { addr, name });
+    }
+
+    fn remove(&self, id: NodeId) {
+        if let Some((_, entry)) = self.by_id.remove(&id) {
+            self.by_name.remove(&entry.name);
+        }
+    }
+
+    /// Finds one node by uuid or name.
+    pub fn find(&self, node: &str) -> Option<(NodeId, NodeEntry)> {
+        let id = match node.parse::<NodeId>() {
+            Ok(id) => id,
+            Err(_) => *self.by_name.get(node)?,
+        };
+        self.by_id.get(&id).map(|e| (id, e.clone()))
+    }
+
+    /// Every node named by a uuid, a name or a node set, sorted by name;
+    /// an error names the nodes that do not exist.
+    pub fn resolve(&self, expr: &str) -> Result<Vec<(NodeId, String)>, KilnError> {
+        if let Some((id, e)) = self.find(expr.trim()) {
+            return Ok(vec![(id, e.name)]);
+        }
+        let set = NodeSet::parse(expr).map_err(|e| KilnError::InvalidInput(format!("node set '{expr}': {e}")))?;
+        let mut found = Vec::with_capacity(set.len());
+        let mut missing = Vec::new();
+        for name in set.iter() {
+            match self.by_name.get(name.as_str()) {
+                Some(id) => found.push((*id, name.clone())),
+                None => missing.push(name),
+            }
+        }
+        if !missing.is_empty() {
+            let folded = NodeSet::from_names(missing.iter().map(String::as_str)).fold();
+            return Err(KilnError::NotFound(format!(
+                "no such node{}: {folded}",
+                if missing.len() > 1 { "s" } else { "" }
+            )));
+        }
+        Ok(found)
+    }
+
+    /// Every node, sorted by name.
+    pub fn all(&self) -> Vec<(NodeId, String)> {
+        let mut all: Vec<(NodeId, String)> = self.by_id.iter().map(|e| (*e.key(), e.value().name.clone())).collect();
+        all.sort_by(|a, b| a.1.cmp(&b.1));
+        all
+    }
+}
+
+/// A node to create (`node create`, one element of `node import`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNode {
+    pub name: String,
+    pub driver: String,
+    #[serde(default)]
+    pub driver_info: BTreeMap<String, String>,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// MAC addresses of the node's ports.
+    #[serde(default)]
+    pub ports: Vec<String>,
+}
+
+/// Checks a node name: non-empty, at most 255 characters of letters, digits,
+/// `.`, `_`, `-`, and not a uuid (a uuid always means a node's identity).
+pub fn validate_name(name: &str) -> Result<(), KilnError> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if name.is_empty() || name.len() > 255 || !ok_chars {
+        return Err(KilnError::InvalidInput(format!(
+            "node name '{name}' is not valid: use 1-255 letters, digits, '.', '_' or '-'"
+        )));
+    }
+    if name.parse::<NodeId>().is_ok() {
+        return Err(KilnError::InvalidInput(format!("node name '{name}' is a uuid; pick a name")));
+    }
+    Ok(())
+}
+
+/// The supervisor actor.
+pub struct Supervisor {
+    registry: Registry,
+    env: NodeEnv,
+    facts: SiteFacts,
+}
+
+impl Supervisor {
+    pub fn new(registry: Registry, env: NodeEnv, facts: SiteFacts) -> Self {
+        Supervisor { registry, env, facts }
+    }
+
+    fn spawn_node(&self, record: NodeRecord) -> Addr<NodeActor> {
+        let id = record.uuid;
+        let name = record.name.clone();
+        let addr = NodeActor::new(record, self.env.clone()).start();
+        self.registry.insert(id, name, addr.clone());
+        addr
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+}
+
+/// Starts actors for records already in the store (at start-up).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AdoptRecords(pub Vec<NodeRecord>);
+
+impl Handler<AdoptRecords> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: AdoptRecords, _: &mut Context<Self>) {
+        for r in msg.0 {
+            self.spawn_node(r);
+        }
+    }
+}
+
+/// Creates nodes, all or none.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<NodeView>, KilnError>")]
+pub struct CreateNodes(pub Vec<NewNode>);
+
+impl Handler<CreateNodes> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<Vec<NodeView>, KilnError>>;
+
+    fn handle(&mut self, CreateNodes(nodes): CreateNodes, _: &mut Context<Self>) -> Self::Result {
+        let prepared = prepare_nodes(&self.registry, nodes);
+        let store = self.env.store.clone();
+        Box::pin(
+            async move {
+                let (records, batch) = prepared?;
+                store.commit(batch).await?;
+                Ok(records)
+            }
+            .into_actor(self)
+            .map(|res: Result<Vec<NodeRecord>, KilnError>, act, _| {
+                let records = res?;
+                Ok(records
+                    .into_iter()
+                    .map(|r| {
+                        let view = NodeView::of(&r, None);
+                        act.spawn_node(r);
+                        view
+                    })
+                    .collect())
+            }),
+        )
+    }
+}
+
+/// Validates new nodes against each other and the registry and builds the
+/// records and the one batch that stores them.
+fn prepare_nodes(registry: &Registry, nodes: Vec<NewNode>) -> Result<(Vec<NodeRecord>, Vec<Write>), KilnError> {
+    if nodes.is_empty() {
+        return Err(KilnError::InvalidInput("no nodes given".into()));
+    }
+    let now = Utc::now();
+    let mut names = BTreeSet::new();
+    let mut macs = BTreeSet::new();
+    let mut records = Vec::with_capacity(nodes.len());
+    let mut batch = Vec::with_capacity(nodes.len());
+    let mut ports = Vec::new();
+    for n in nodes {
+        validate_name(&n.name)?;
+        if !names.insert(n.name.clone()) {
+            return Err(KilnError::Conflict(format!("node name '{}' appears twice", n.name)));
+        }
+        if registry.by_name.contains_key(&n.name) {
+            return Err(KilnError::Conflict(format!("node name '{}' is already in use", n.name)));
+        }
+        let driver = n.driver.parse().map_err(|e| KilnError::InvalidInput(format!("node {}: {e}", n.name)))?;
+        kiln_drivers::validate(&n.driver, &n.driver_info)
+            .map_err(|e| KilnError::InvalidInput(format!("node {}: {e}", n.name)))?;
+        let mut record = NodeRecord::enroll(n.name.clone(), driver, now);
+        record.driver_info = n.driver_info;
+        record.properties = n.properties;
+        for mac in &n.ports {
+            let address = normalize_mac(mac).map_err(|e| KilnError::InvalidInput(format!("node {}: {e}", n.name)))?;
+            if !macs.insert(address.clone()) {
+                return Err(KilnError::Conflict(format!("port address '{address}' appears twice")));
+            }
+            ports.push(PortRecord {
+                uuid: kiln_store::PortId::new(),
+                address,
+                node: record.uuid,
+                created_at: now,
+            });
+        }
+        batch.push(Write::InsertNode(record.clone()));
+        records.push(record);
+    }
+    batch.extend(ports.into_iter().map(Write::InsertPort));
+    Ok((records, batch))
+}
+
+/// Runs an exclusive operation on one node (a name or a uuid).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<NodeView, KilnError>")]
+pub struct NodeAction {
+    pub node: String,
+    pub op: Op,
+    pub wait: bool,
+}
+
+/// Runs an exclusive operation on every node of a node set, at most
+/// `fanout` at once; one outcome per node, in name order.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<NodeOutcome>, KilnError>")]
+pub struct BulkAction {
+    pub nodes: String,
+    pub op: Op,
+    pub wait: bool,
+    pub fanout: usize,
+}
+
+/// Shows one node.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<NodeView, KilnError>")]
+pub struct GetNode(pub String);
+
+/// Lists nodes: all, or a node set; optionally only one state or only
+/// nodes in maintenance.
+#[derive(Debug, Default, Message)]
+#[rtype(result = "Result<Vec<NodeView>, KilnError>")]
+pub struct ListNodes {
+    pub nodes: Option<String>,
+    pub state: Option<ProvisionState>,
+    pub maintenance: Option<bool>,
+}
+
+/// Reads the power state of every node of a set from its BMC.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<NodeOutcome>, KilnError>")]
+pub struct PowerStatus {
+    pub nodes: String,
+    pub fanout: usize,
+}
+
+/// Deletes every node of a set (each refused unless its state allows it).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<NodeOutcome>, KilnError>")]
+pub struct DeleteNodes(pub String);
+
+/// Creates a port.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<PortView, KilnError>")]
+pub struct CreatePort {
+    pub address: String,
+    pub node: String,
+}
+
+/// Lists ports, optionally one node's.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<PortView>, KilnError>")]
+pub struct ListPorts {
+    pub node: Option<String>,
+}
+
+/// Deletes a port by MAC address.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<PortView, KilnError>")]
+pub struct DeletePort(pub String);
+
+/// The site at a glance.
+#[derive(Debug, Message)]
+#[rtype(result = "SiteStatus")]
+pub struct GetStatus;
+
+/// Re-creates the actor of a node whose mailbox closed (it panicked).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), KilnError>")]
+pub struct RestartNode {
+    pub node: NodeId,
+    /// The address found dead: if the registry already holds another, the
+    /// node was restarted meanwhile and nothing is done.
+    pub dead: Addr<NodeActor>,
+}
+
+impl Handler<RestartNode> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<(), KilnError>>;
+
+    fn handle(&mut self, msg: RestartNode, _: &mut Context<Self>) -> Self::Result {
+        let current = self.registry.by_id.get(&msg.node).map(|e| e.addr.clone());
+        let already = current.is_none_or(|a| a != msg.dead);
+        let store = self.env.store.clone();
+        let id = msg.node;
+        Box::pin(
+            async move {
+                if already {
+                    return Ok(None);
+                }
+                let Some(record) = store.read(move |b| b.load_node(id)).await? else {
+                    return Ok(None);
+                };
+                let why = crate::panics::take_last()
+                    .map(|m| format!("the node's worker crashed ({m})"))
+                    .unwrap_or_else(|| "the node's worker stopped unexpectedly".into());
+                let record = match plan::recover(&record, &why, Utc::now()) {
+                    Some((fixed, entry)) => {
+                        store.commit(vec![Write::UpdateNode(fixed.clone()), Write::AppendHistory(entry)]).await?;
+                        fixed
+                    }
+                    None => record,
+                };
+                tracing::warn!(node = %id, name = %record.name, reason = %why, "restarting node actor");
+                Ok(Some(record))
+            }
+            .into_actor(self)
+            .map(|res: Result<Option<NodeRecord>, KilnError>, act, _| {
+                if let Some(record) = res? {
+                    act.spawn_node(record);
+                }
+                Ok(())
+            }),
+        )
+    }
+}
+
+/// Sends a message to a node actor, restarting it once if its mailbox was
+/// found closed.
+pub async fn send_to_node<M>(
+    supervisor: &Addr<Supervisor>,
+    registry: &Registry,
+    id: NodeId,
+    make: impl Fn() -> M,
+) -> Result<M::Result, KilnError>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+    NodeActor: Handler<M>,
+{
+    for _ in 0..2 {
+        let Some(entry) = registry.by_id.get(&id).map(|e| e.clone()) else {
+            return Err(KilnError::NotFound(format!("node {id} does not exist")));
+        };
+        match entry.addr.send(make()).await {
+            Ok(r) => return Ok(r),
+            Err(_) => {
+                supervisor
+                    .send(RestartNode {
+                        node: id,
+                        dead: entry.addr,
+                    })
+                    .await
+                    .map_err(|_| KilnError::Unavailable("the supervisor is not running".into()))??;
+            }
+        }
+    }
+    Err(KilnError::Unavailable(format!("node {id}'s worker keeps failing; see the daemon's log")))
+}
+
+/// The node-facing part of the supervisor's handlers: route, restart, fan out.
+#[derive(Clone)]
+struct Router {
+    supervisor: Addr<Supervisor>,
+    registry: Registry,
+}
+
+impl Router {
+    async fn run(&self, id: NodeId, op: Op, wait: bool) -> Result<NodeView, KilnError> {
+        send_to_node(&self.supervisor, &self.registry, id, || RunOp { op: op.clone(), wait }).await?
+    }
+
+    async fn show(&self, id: NodeId) -> Result<NodeView, KilnError> {
+        send_to_node(&self.supervisor, &self.registry, id, || ShowNode).await
+    }
+
+    /// Runs `f` over `nodes` with at most `fanout` in flight; outcomes in the
+    /// nodes' order.
+    async fn fan_out<F, Fut>(&self, nodes: Vec<(NodeId, String)>, fanout: usize, f: F) -> Vec<NodeOutcome>
+    where
+        F: Fn(Router, NodeId) -> Fut,
+        Fut: std::future::Future<Output = Result<NodeView, KilnError>>,
+    {
+        stream::iter(nodes.into_iter().map(|(id, name)| {
+            let fut = f(self.clone(), id);
+            async move {
+                NodeOutcome {
+                    node: name,
+                    result: fut.await,
+                }
+            }
+        }))
+        .buffered(fanout.max(1))
+        .collect()
+        .await
+    }
+}
+
+impl Supervisor {
+    fn router(&self, ctx: &Context<Self>) -> Router {
+        Router {
+            supervisor: ctx.address(),
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+impl Handler<NodeAction> for Supervisor {
+    type Result = ResponseFuture<Result<NodeView, KilnError>>;
+    fn handle(&mut self, msg: NodeAction, ctx: &mut Context<Self>) -> Self::Result {
+        let router = self.router(ctx);
+        let found = self.registry.find(&msg.node);
+        Box::pin(async move {
+            let (id, _) = found.ok_or_else(|| KilnError::NotFound(format!("no such node: {}", msg.node)))?;
+            router.run(id, msg.op, msg.wait).await
+        })
+    }
+}
+
+impl Handler<BulkAction> for Supervisor {
+    type Result = ResponseFuture<Result<Vec<NodeOutcome>, KilnError>>;
+    fn handle(&mut self, msg: BulkAction, ctx: &mut Context<Self>) -> Self::Result {
+        let router = self.router(ctx);
+        let nodes = self.registry.resolve(&msg.nodes);
+        Box::pin(async move {
+            let nodes = nodes?;
+            let (op, wait) = (msg.op, msg.wait);
+            Ok(router
+                .fan_out(nodes, msg.fanout, |r, id| {
+                    let op = op.clone();
+                    async move { r.run(id, op, wait).await }
+                })
+                .await)
+        })
+    }
+}
+
+impl Handler<GetNode> for Supervisor {
+    type Result = ResponseFuture<Result<NodeView, KilnError>>;
+    fn handle(&mut self, GetNode(node): GetNode, ctx: &mut Context<Self>) -> Self::Result {
+        let router = self.router(ctx);
+        let found = self.registry.find(&node);
+        Box::pin(async move {
+            let (id, _) = found.ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))?;
+            router.show(id).await
+        })
+    }
+}
+
+impl Handler<ListNodes> for Supervisor {
+    type Result = ResponseFuture<Result<Vec<NodeView>, KilnError>>;
+    fn handle(&mut self, msg: ListNodes, ctx: &mut Context<Self>) -> Self::Result {
+        let router = self.router(ctx);
+        let nodes = match &msg.nodes {
+            Some(expr) => self.registry.resolve(expr),
+            None => Ok(self.registry.all()),
+        };
+        Box::pin(async move {
+            let outcomes = router.fan_out(nodes?, 1024, |r, id| async move { r.show(id).await }).await;
+            Ok(outcomes
+                .into_iter()
+                .filter_map(|o| o.result.ok())
+                .filter(|v| msg.state.is_none_or(|s| v.provision_state == s))
+                .filter(|v| msg.maintenance.is_none_or(|m| v.maintenance == m))
+                .collect())
+        })
+    }
+}
+
+impl Handler<PowerStatus> for Supervisor {
+    type Result = ResponseFuture<Result<Vec<NodeOutcome>, KilnError>>;
+    fn handle(&mut self, msg: PowerStatus, ctx: &mut Context<Self>) -> Self::Result {
+        let router = self.router(ctx);
+        let nodes = self.registry.resolve(&msg.nodes);
+        Box::pin(async move {
+            Ok(router
+                .fan_out(nodes?, msg.fanout, |r, id| async move {
+                    let power = send_to_node(&r.supervisor, &r.registry, id, || ReadPower).await??;
+                    let mut view = r.show(id).await?;
+                    // The reading is live; the record keeps what was last committed.
+                    view = NodeView::of(
+                        &kiln_store::NodeRecord {
+                            power_state: power,
+                            ..(*view).clone()
+                        },
+                        view.reservation.as_ref(),
+                    );
+                    Ok(view)
+                })
+                .await)
+        })
+    }
+}
+
+impl Handler<DeleteNodes> for Supervisor {
+    type Result = ResponseFuture<Result<Vec<NodeOutcome>, KilnError>>;
+    fn handle(&mut self, DeleteNodes(expr): DeleteNodes, ctx: &mut Context<Self>) -> Self::Result {
+        let router = self.router(ctx);
+        let nodes = self.registry.resolve(&expr);
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            let outcomes = router.fan_out(nodes?, 64, |r, id| async move { r.run(id, Op::Delete, true).await }).await;
+            for o in &outcomes {
+                if let Ok(v) = &o.result {
+                    registry.remove(v.uuid);
+                }
+            }
+            Ok(outcomes)
+        })
+    }
+}
+
+impl Handler<CreatePort> for Supervisor {
+    type Result = ResponseFuture<Result<PortView, KilnError>>;
+    fn handle(&mut self, msg: CreatePort, _: &mut Context<Self>) -> Self::Result {
+        let found = self.registry.find(&msg.node);
+        let store = self.env.store.clone();
+        Box::pin(async move {
+            let address = normalize_mac(&msg.address).map_err(|e| KilnError::InvalidInput(e.to_string()))?;
+            let (id, entry) = found.ok_or_else(|| KilnError::NotFound(format!("no such node: {}", msg.node)))?;
+            let port = PortRecord {
+                uuid: kiln_store::PortId::new(),
+                address,
+                node: id,
+                created_at: Utc::now(),
+            };
+            store.commit(vec![Write::InsertPort(port.clone())]).await?;
+            Ok(PortView::of(&port, &entry.name))
+        })
+    }
+}
+
+impl Handler<ListPorts> for Supervisor {
+    type Result = ResponseFuture<Result<Vec<PortView>, KilnError>>;
+    fn handle(&mut self, msg: ListPorts, _: &mut Context<Self>) -> Self::Result {
+        let registry = self.registry.clone();
+        let store = self.env.store.clone();
+        Box::pin(async move {
+            let node = match &msg.node {
+                Some(n) => Some(
+                    registry
+                        .find(n)
+                        .ok_or_else(|| KilnError::NotFound(format!("no such node: {n}")))?
+                        .0,
+                ),
+                None => None,
+            };
+            let ports = store.read(move |b| b.load_ports(node)).await?;
+            Ok(ports
+                .iter()
+                .map(|p| {
+                    let name = registry.by_id.get(&p.node).map(|e| e.name.clone()).unwrap_or_default();
+                    PortView::of(p, &name)
+                })
+                .collect())
+        })
+    }
+}
+
+impl Handler<DeletePort> for Supervisor {
+    type Result = ResponseFuture<Result<PortView, KilnError>>;
+    fn handle(&mut self, DeletePort(mac): DeletePort, _: &mut Context<Self>) -> Self::Result {
+        let registry = self.registry.clone();
+        let store = self.env.store.clone();
+        Box::pin(async move {
+            let address = normalize_mac(&mac).map_err(|e| KilnError::InvalidInput(e.to_string()))?;
+            let all = store.read(|b| b.load_ports(None)).await?;
+            let port = all
+                .into_iter()
+                .find(|p| p.address == address)
+                .ok_or_else(|| KilnError::NotFound(format!("no port with address {address}")))?;
+            store.commit(vec![Write::DeletePort(address)]).await?;
+            let name = registry.by_id.get(&port.node).map(|e| e.name.clone()).unwrap_or_default();
+            Ok(PortView::of(&port, &name))
+        })
+    }
+}
+
+/// Facts the status report needs that the supervisor does not keep.
+#[derive(Clone)]
+pub struct SiteFacts {
+    pub started_at: String,
+    pub data_dir: String,
+}
+
+impl Handler<GetStatus> for Supervisor {
+    type Result = ResponseFuture<SiteStatus>;
+    fn handle(&mut self, _: GetStatus, ctx: &mut Context<Self>) -> Self::Result {
+        let router = self.router(ctx);
+        let nodes = self.registry.all();
+        let facts = self.facts.clone();
+        Box::pin(async move {
+            let outcomes = router.fan_out(nodes, 1024, |r, id| async move { r.show(id).await }).await;
+            let views: Vec<NodeView> = outcomes.into_iter().filter_map(|o| o.result.ok()).collect();
+            let mut by_state = BTreeMap::new();
+            for v in &views {
+                *by_state.entry(v.provision_state.to_string()).or_insert(0) += 1;
+            }
+            SiteStatus {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at: facts.started_at,
+                nodes: views.len(),
+                by_provision_state: by_state,
+                maintenance: views.iter().filter(|v| v.maintenance).count(),
+                reserved: views.iter().filter(|v| v.reservation.is_some()).count(),
+                data_dir: facts.data_dir,
+            }
+        })
+    }
+}

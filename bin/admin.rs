@@ -1,0 +1,189 @@
+//! The admin socket server: accepts connections on the Unix socket, checks
+//! each peer's uid, speaks the framed protocol, and hands each request to
+//! [`crate::dispatch`].
+//!
+//! One task per connection. A connection that breaks the protocol (wrong
+//! hello, oversized frame, a frame that never finishes) gets an error frame
+//! and is closed; a malformed but complete frame gets an error response and
+//! the connection goes on. Nothing a client sends can stop the daemon.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use kiln_actors::codec::{self, CodecError};
+use kiln_actors::protocol::{PROTOCOL_VERSION, Request, Response};
+use kiln_actors::{KilnError, Site};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+/// How long a client may take to say hello, and to finish a frame it began.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server's settings.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub socket: PathBuf,
+    pub mode: u32,
+    pub allowed_uids: Vec<u32>,
+    pub max_frame: usize,
+}
+
+/// Binds the socket: refuses to take over one a live daemon answers on,
+/// removes a stale one, and creates it with the configured mode.
+pub fn bind(cfg: &AdminConfig) -> anyhow::Result<UnixListener> {
+    let path = &cfg.socket;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another kiln daemon is listening on {}; stop it or pick another --socket", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    // Create the socket with no access for anyone but the owner, then widen
+    // it to the configured mode: no window in which others can connect.
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts connections until `shutdown` turns true, then removes the socket.
+pub async fn serve(listener: UnixListener, cfg: AdminConfig, site: Site, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let site = site.clone();
+                    let cfg = cfg.clone();
+                    let stop = shutdown.clone();
+                    actix::spawn(async move { connection(stream, &cfg, site, stop).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    remove_socket(&cfg.socket);
+}
+
+fn remove_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(socket = %path.display(), error = %e, "cannot remove the socket");
+    }
+}
+
+async fn send(stream: &mut UnixStream, resp: &Response) -> Result<(), CodecError> {
+    codec::write_message(stream, resp).await
+}
+
+fn protocol_error(text: impl Into<String>) -> Response {
+    Response::Error(KilnError::Protocol(text.into()))
+}
+
+/// Serves one client.
+async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut stop: watch::Receiver<bool>) {
+    match stream.peer_cred() {
+        Ok(cred) if cfg.allowed_uids.contains(&cred.uid()) => {}
+        Ok(cred) => {
+            tracing::warn!(uid = cred.uid(), "refused an admin connection from a uid that is not allowed");
+            let _ = send(&mut stream, &protocol_error(format!("uid {} may not use this socket", cred.uid()))).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the peer's credentials; closing");
+            return;
+        }
+    }
+    // The hello, within the frame timeout.
+    let hello = tokio::time::timeout(FRAME_TIMEOUT, codec::read_message::<_, Request>(&mut stream, cfg.max_frame)).await;
+    match hello {
+        Ok(Ok(Some(Request::Hello { version, .. }))) if version == PROTOCOL_VERSION => {
+            let ok = Response::Hello {
+                version: PROTOCOL_VERSION,
+                server: format!("kiln {}", env!("CARGO_PKG_VERSION")),
+            };
+            if send(&mut stream, &ok).await.is_err() {
+                return;
+            }
+        }
+        Ok(Ok(Some(Request::Hello { version, .. }))) => {
+            let text = format!(
+                "protocol version {version} is not supported: this daemon speaks version {PROTOCOL_VERSION}; use the kiln CLI of the same release"
+            );
+            let _ = send(&mut stream, &protocol_error(text)).await;
+            return;
+        }
+        Ok(Ok(Some(_))) => {
+            let _ = send(&mut stream, &protocol_error("the first message must be a hello")).await;
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            let _ = send(&mut stream, &protocol_error(e.to_string())).await;
+            return;
+        }
+        Err(_) => {
+            let _ = send(&mut stream, &protocol_error("no hello within 30 s")).await;
+            return;
+        }
+    }
+    loop {
+        let len = tokio::select! {
+            len = codec::read_len(&mut stream, cfg.max_frame) => len,
+            _ = stop.changed() => return,
+        };
+        let len = match len {
+            Ok(Some(len)) => len,
+            Ok(None) => return,
+            Err(e @ CodecError::TooLarge { .. }) => {
+                let _ = send(&mut stream, &protocol_error(e.to_string())).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let body = match tokio::time::timeout(FRAME_TIMEOUT, codec::read_body(&mut stream, len)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let _ = send(&mut stream, &protocol_error("frame not completed within 30 s")).await;
+                return;
+            }
+        };
+        let request: Request = match codec::decode(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                if send(&mut stream, &protocol_error(e.to_string())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Request::Events { follow } = request {
+            crate::dispatch::stream_events(&mut stream, &site, follow).await;
+            if follow {
+                return;
+            }
+            continue;
+        }
+        let response = crate::dispatch::handle(&site, request).await;
+        if send(&mut stream, &response).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The command line, as clap types. Parsing only: [`crate::commands`] runs it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// kiln: a site-local control plane for bare-metal machines.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The daemon's admin socket (default: $KILN_SOCKET, else ./kiln-data/kiln.sock).
+    #[arg(long, global = false)]
+    pub socket: Option<PathBuf>,
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Show the site at a glance.
+    Status,
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Manage ports.
+    #[command(subcommand)]
+    Port(PortCommand),
+    /// Show recent events; with --follow, keep printing new ones.
+    Events {
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Expand, fold or count a node set (no daemon needed).
+    Nodeset(NodesetArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML config file.
+    #[arg(long, env = "KILN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the store (and by default the socket) live [default: ./kiln-data].
+    #[arg(long, env = "KILN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The admin socket to listen on [default: DATA_DIR/kiln.sock].
+    #[arg(long, env = "KILN_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Enrol N fake nodes demo1..N when the store is empty.
+    #[arg(long, value_name = "N", env = "KILN_DEMO")]
+    pub demo: Option<usize>,
+    /// Seconds an exclusive request waits for a busy node [default: 0].
+    #[arg(long, value_name = "SECONDS", env = "KILN_LOCK_WAIT")]
+    pub lock_wait: Option<f64>,
+    /// Log format on stderr [default: text].
+    #[arg(long, value_enum, env = "KILN_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Enrol a node.
+    Create(CreateArgs),
+    /// Enrol every node of a JSON or YAML file, all or nothing.
+    Import { file: PathBuf },
+    /// List nodes.
+    List {
+        /// A node set to list (default: all).
+        nodes: Option<String>,
+        /// Only nodes in this provision state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only nodes in maintenance.
+        #[arg(long)]
+        maintenance: bool,
+    },
+    /// Show one node.
+    Show { node: String },
+    /// Show a node's history of transitions and errors.
+    History {
+        node: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Change a node's driver_info or properties.
+    Set(SetArgs),
+    /// Delete nodes.
+    Delete { nodes: String },
+    /// manage: enroll → manageable (verifies the BMC).
+    Manage(VerbArgs),
+    /// provide: manageable → available (cleans).
+    Provide(VerbArgs),
+    /// inspect: read hardware facts into properties.
+    Inspect(VerbArgs),
+    /// clean: manual cleaning from manageable.
+    Clean(VerbArgs),
+    /// deploy: available → active.
+    Deploy(VerbArgs),
+    /// undeploy: active → available (tears down and cleans).
+    Undeploy(VerbArgs),
+    /// rebuild: redeploy an active or failed node.
+    Rebuild(VerbArgs),
+    /// abort: stop a node waiting or held.
+    Abort(VerbArgs),
+    /// rescue: boot an active node into rescue.
+    Rescue(VerbArgs),
+    /// unrescue: return from rescue to active.
+    Unrescue(VerbArgs),
+    /// adopt: take over a running machine as active.
+    Adopt(VerbArgs),
+    /// unhold: let a held node go on.
+    Unhold(VerbArgs),
+    /// service: service an active node.
+    Service(VerbArgs),
+    /// Power actions and status.
+    #[command(subcommand)]
+    Power(PowerCommand),
+    /// Boot device.
+    #[command(subcommand, name = "boot-device")]
+    BootDevice(BootDeviceCommand),
+    /// Maintenance mode.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub name: String,
+    /// fake, redfish or ipmi.
+    #[arg(long)]
+    pub driver: String,
+    /// The BMC address (driver_info.address).
+    #[arg(long)]
+    pub address: Option<String>,
+    /// The BMC user (driver_info.username).
+    #[arg(long)]
+    pub username: Option<String>,
+    /// A file holding the BMC password (never pass it on the command line).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Any driver_info key.
+    #[arg(long = "driver-info", value_name = "K=V")]
+    pub driver_info: Vec<String>,
+    #[arg(long = "property", value_name = "K=V")]
+    pub properties: Vec<String>,
+    /// A port's MAC address (repeatable).
+    #[arg(long = "mac", value_name = "MAC")]
+    pub macs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    pub node: String,
+    #[arg(long = "driver-info", value_name = "K=V")]
+    pub driver_info: Vec<String>,
+    #[arg(long = "property", value_name = "K=V")]
+    pub properties: Vec<String>,
+    /// Remove a driver_info key.
+    #[arg(long = "unset-driver-info", value_name = "K")]
+    pub unset_driver_info: Vec<String>,
+    /// Remove a property.
+    #[arg(long = "unset-property", value_name = "K")]
+    pub unset_properties: Vec<String>,
+    /// Set driver_info.password from a file.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct VerbArgs {
+    /// A node name, a uuid or a node set (`demo[1-64]`).
+    pub nodes: String,
+    /// Wait until every node has settled; exit non-zero if any failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// At most this many nodes at once.
+    #[arg(long, short = 'f')]
+    pub fanout: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PowerCommand {
+    On(VerbArgs),
+    Off(VerbArgs),
+    Reboot(VerbArgs),
+    #[command(name = "soft-off")]
+    SoftOff(VerbArgs),
+    /// Read the power state from the BMCs.
+    Status { nodes: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BootDeviceCommand {
+    /// Set the boot device.
+    Set {
+        nodes: String,
+        /// pxe, disk, cdrom or bios.
+        device: String,
+        #[arg(long)]
+        persistent: bool,
+        #[arg(long, short = 'f')]
+        fanout: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceCommand {
+    On {
+        nodes: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    Off {
+        nodes: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortCommand {
+    /// Add a port to a node.
+    Create {
+        mac: String,
+        #[arg(long)]
+        node: String,
+    },
+    /// List ports.
+    List {
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Delete a port.
+    Delete { mac: String },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct NodesetArgs {
+    /// Expand: print every name, space separated.
+    #[arg(short = 'e', long, value_name = "EXPR")]
+    pub expand: Option<String>,
+    /// Fold: print the shortest form.
+    #[arg(short = 'f', long, value_name = "EXPR")]
+    pub fold: Option<String>,
+    /// Count the names.
+    #[arg(short = 'c', long, value_name = "EXPR")]
+    pub count: Option<String>,
+}

@@ -1,0 +1,161 @@
+//! Turns each admin request into the site's typed messages and the answer
+//! into a response. The same messages are what an embedding application
+//! sends; this file only translates.
+
+use kiln_actors::codec;
+use kiln_actors::events::{RecentEvents, SubscribeChannel};
+use kiln_actors::protocol::{Request, Response};
+use kiln_actors::supervisor::GetStatus;
+use kiln_actors::*;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+fn gone() -> KilnError {
+    KilnError::Unavailable("the site is shutting down".into())
+}
+
+/// Sends a message to the supervisor and flattens the two error layers.
+async fn ask<M>(site: &Site, msg: M) -> Result<<M as HasResult>::Ok, KilnError>
+where
+    M: actix::Message<Result = Result<<M as HasResult>::Ok, KilnError>> + HasResult + Send + 'static,
+    Supervisor: actix::Handler<M>,
+    <M as HasResult>::Ok: Send,
+{
+    site.supervisor.send(msg).await.map_err(|_| gone())?
+}
+
+/// The success type of a supervisor message.
+pub trait HasResult {
+    type Ok;
+}
+
+macro_rules! has_result {
+    ($($m:ty => $ok:ty),* $(,)?) => { $(impl HasResult for $m { type Ok = $ok; })* };
+}
+
+has_result!(
+    CreateNodes => Vec<NodeView>,
+    NodeAction => NodeView,
+    BulkAction => Vec<NodeOutcome>,
+    GetNode => NodeView,
+    ListNodes => Vec<NodeView>,
+    PowerStatus => Vec<NodeOutcome>,
+    DeleteNodes => Vec<NodeOutcome>,
+    CreatePort => PortView,
+    ListPorts => Vec<PortView>,
+    DeletePort => PortView,
+);
+
+/// Answers one request.
+pub async fn handle(site: &Site, request: Request) -> Response {
+    match answer(site, request).await {
+        Ok(r) => r,
+        Err(e) => Response::Error(e),
+    }
+}
+
+async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
+    let fanout = |f: Option<u32>| f.map(|f| f as usize).unwrap_or(site.config.default_fanout).max(1);
+    Ok(match request {
+        Request::Hello { .. } => return Err(KilnError::Protocol("hello was already exchanged".into())),
+        Request::Events { .. } => return Err(KilnError::Protocol("events are streamed, not answered".into())),
+        Request::Status => Response::Status(site.supervisor.send(GetStatus).await.map_err(|_| gone())?),
+        Request::NodeCreate(n) => Response::Nodes(ask(site, CreateNodes(vec![n])).await?),
+        Request::NodeImport(ns) => Response::Nodes(ask(site, CreateNodes(ns)).await?),
+        Request::NodeList {
+            nodes,
+            state,
+            maintenance,
+        } => Response::Nodes(
+            ask(
+                site,
+                ListNodes {
+                    nodes,
+                    state,
+                    maintenance,
+                },
+            )
+            .await?,
+        ),
+        Request::NodeShow { node } => Response::Node(ask(site, GetNode(node)).await?),
+        Request::NodeHistory { node, limit } => {
+            let (id, _) = site
+                .registry
+                .find(&node)
+                .ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))?;
+            let limit = limit.clamp(1, 10_000) as usize;
+            Response::History(site.store.read(move |b| b.load_history(id, limit)).await?)
+        }
+        Request::NodeSet { node, update } => Response::Node(
+            ask(
+                site,
+                NodeAction {
+                    node,
+                    op: Op::Update(update),
+                    wait: true,
+                },
+            )
+            .await?,
+        ),
+        Request::NodeDelete { nodes } => Response::Outcomes(ask(site, DeleteNodes(nodes)).await?),
+        Request::NodeOp {
+            nodes,
+            op,
+            wait,
+            fanout: f,
+        } => Response::Outcomes(
+            ask(
+                site,
+                BulkAction {
+                    nodes,
+                    op,
+                    wait,
+                    fanout: fanout(f),
+                },
+            )
+            .await?,
+        ),
+        Request::PowerStatus { nodes } => Response::Outcomes(
+            ask(
+                site,
+                PowerStatus {
+                    nodes,
+                    fanout: fanout(None),
+                },
+            )
+            .await?,
+        ),
+        Request::PortCreate { address, node } => Response::Port(ask(site, CreatePort { address, node }).await?),
+        Request::PortList { node } => Response::Ports(ask(site, ListPorts { node }).await?),
+        Request::PortDelete { address } => Response::Port(ask(site, DeletePort(address)).await?),
+    })
+}
+
+/// Streams events to a client. Without `follow`: the recent ones, then a
+/// marker. With `follow`: the marker as soon as the subscription is in place
+/// (everything after it is live), then every new event until the client goes
+/// away.
+pub async fn stream_events(stream: &mut UnixStream, site: &Site, follow: bool) {
+    if !follow {
+        let recent = site.events.send(RecentEvents).await.unwrap_or_default();
+        for e in recent {
+            if codec::write_message(stream, &Response::Event(e)).await.is_err() {
+                return;
+            }
+        }
+        let _ = codec::write_message(stream, &Response::EventsCaughtUp).await;
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel(events::RECENT + 4096);
+    if site.events.send(SubscribeChannel { tx, backlog: false }).await.is_err() {
+        return;
+    }
+    if codec::write_message(stream, &Response::EventsCaughtUp).await.is_err() {
+        return;
+    }
+    while let Some(e) = rx.recv().await {
+        if codec::write_message(stream, &Response::Event(e)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Printing: tables for people, one JSON document for scripts. Node objects
+//! in JSON use the field names of the spec (section 3); passwords are already
+//! masked in every view the daemon sends.
+
+use kiln_actors::events::NodeEvent;
+use kiln_actors::{NodeOutcome, NodeView, PortView, SiteStatus};
+use kiln_store::HistoryEntry;
+use serde::Serialize;
+
+/// Prints a value as pretty JSON.
+pub fn json<T: Serialize + ?Sized>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot print JSON: {e}"),
+    }
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// Prints rows as aligned columns under a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        let text: Vec<String> = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| if i == last { c } else { format!("{c:<w$}", w = widths[i]) })
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+pub fn nodes(views: &[NodeView]) {
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                v.uuid.to_string(),
+                v.provision_state.to_string(),
+                opt(&v.target_provision_state),
+                opt(&v.power_state),
+                if v.maintenance { "yes".into() } else { "no".into() },
+                v.reservation.as_ref().map(|r| r.purpose.clone()).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(&["NAME", "UUID", "PROVISION STATE", "TARGET", "POWER", "MAINTENANCE", "RESERVATION"], &rows);
+}
+
+pub fn node(v: &NodeView) {
+    let map = |m: &std::collections::BTreeMap<String, String>| {
+        if m.is_empty() {
+            "-".to_string()
+        } else {
+            m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let rows = [
+        ("name", v.name.clone()),
+        ("uuid", v.uuid.to_string()),
+        ("driver", v.driver.to_string()),
+        ("driver_info", map(&v.driver_info)),
+        ("properties", map(&v.properties)),
+        ("provision_state", v.provision_state.to_string()),
+        ("target_provision_state", opt(&v.target_provision_state)),
+        ("power_state", opt(&v.power_state)),
+        ("target_power_state", opt(&v.target_power_state)),
+        ("boot_device", opt(&v.boot_device)),
+        ("maintenance", v.maintenance.to_string()),
+        ("maintenance_reason", opt(&v.maintenance_reason)),
+        ("fault", opt(&v.fault)),
+        ("last_error", opt(&v.last_error)),
+        (
+            "reservation",
+            v.reservation
+                .as_ref()
+                .map(|r| format!("{} since {}", r.purpose, r.since.to_rfc3339()))
+                .unwrap_or_else(|| "-".into()),
+        ),
+        ("created_at", v.created_at.to_rfc3339()),
+        ("updated_at", v.updated_at.to_rfc3339()),
+    ];
+    for (k, val) in rows {
+        println!("{k:<24}{val}");
+    }
+}
+
+pub fn outcomes(list: &[NodeOutcome]) {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|o| match &o.result {
+            Ok(v) => vec![
+                o.node.clone(),
+                "ok".into(),
+                v.provision_state.to_string(),
+                opt(&v.power_state),
+                opt(&v.last_error),
+            ],
+            Err(e) => vec![o.node.clone(), "failed".into(), "-".into(), "-".into(), e.to_string()],
+        })
+        .collect();
+    table(&["NODE", "RESULT", "PROVISION STATE", "POWER", "ERROR"], &rows);
+}
+
+pub fn ports(list: &[PortView]) {
+    let rows: Vec<Vec<String>> =
+        list.iter().map(|p| vec![p.address.clone(), p.node.clone(), p.uuid.clone()]).collect();
+    table(&["ADDRESS", "NODE", "UUID"], &rows);
+}
+
+pub fn history(list: &[HistoryEntry]) {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|h| {
+            vec![
+                h.at.to_rfc3339(),
+                h.event.clone(),
+                h.from_state.to_string(),
+                h.to_state.to_string(),
+                opt(&h.error),
+            ]
+        })
+        .collect();
+    table(&["AT", "EVENT", "FROM", "TO", "ERROR"], &rows);
+}
+
+pub fn status(s: &SiteStatus) {
+    println!("kiln {} (started {})", s.version, s.started_at);
+    println!("data dir     {}", s.data_dir);
+    println!("nodes        {}", s.nodes);
+    println!("maintenance  {}", s.maintenance);
+    println!("reserved     {}", s.reserved);
+    for (state, n) in &s.by_provision_state {
+        println!("  {state:<20}{n}");
+    }
+}
+
+/// One line per event, for `kiln events`.
+pub fn event_line(e: &NodeEvent) -> String {
+    let mut line = format!(
+        "{} #{} {} {} {} {}",
+        e.at.to_rfc3339(),
+        e.serial,
+        e.node_name,
+        match e.kind {
+            kiln_actors::EventKind::Start => "start",
+            kiln_actors::EventKind::End => "end",
+            kiln_actors::EventKind::Error => "error",
+        },
+        e.action,
+        e.provision_state
+    );
+    if let Some(err) = &e.error {
+        line.push_str(&format!(": {err}"));
+    }
+    line
+}

@@ -1,0 +1,31 @@
+//! What can go wrong in the store, as an operator would act on it.
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was broken (a node name, a uuid, a MAC address).
+    #[error("{0}")]
+    Conflict(String),
+    /// The record to change does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The database file could not be used (opened, migrated, written).
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored value could not be read back (a hand-edited or damaged file).
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer kiln.
+    #[error(
+        "the database schema version {found} is newer than this kiln supports ({supported}); upgrade kiln"
+    )]
+    TooNew { found: i64, supported: i64 },
+    /// The shared transaction this batch was grouped into failed as a whole
+    /// (disk full, I/O error); nothing of it was committed. The text is the
+    /// failure's whole chain, copied to every batch of the group.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    /// The store's thread is gone (the site is shutting down).
+    #[error("the store is closed")]
+    Closed,
+}

@@ -1,0 +1,380 @@
+//! The records the store keeps: nodes, ports and per-node history.
+//!
+//! These are plain data. They carry the vocabulary of the domain (provision
+//! and power states, driver kinds) because that is what is stored, but no
+//! behaviour: which transitions are allowed lives in `kiln-actors`' FSM, and
+//! how a BMC is spoken to lives in `kiln-drivers`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// When something happened, in UTC.
+pub type Timestamp = DateTime<Utc>;
+
+/// The identity of a node: a UUID that can never be mistaken for a port's or
+/// a job's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub Uuid);
+
+impl NodeId {
+    pub fn new() -> Self {
+        NodeId(Uuid::new_v4())
+    }
+}
+
+impl Default for NodeId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(NodeId)
+    }
+}
+
+/// The identity of a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PortId(pub Uuid);
+
+impl PortId {
+    pub fn new() -> Self {
+        PortId(Uuid::new_v4())
+    }
+}
+
+impl Default for PortId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for PortId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(PortId)
+    }
+}
+
+/// Declares a string-valued enum: `as_str`, `Display`, `FromStr`, `ALL`, and
+/// serde as the same strings, so the database, the JSON output and the CLI
+/// all spell a value one way.
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownValue {
+                        what: $what,
+                        value: s.to_string(),
+                        allowed: vec![$($text),+],
+                    }),
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A string that names none of an enum's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} '{value}' (expected one of: {})", allowed.join(", "))]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+    pub allowed: Vec<&'static str>,
+}
+
+string_enum!(
+    /// Ironic's provision states (spec section 3).
+    ProvisionState, "provision state" {
+        Enroll => "enroll",
+        Manageable => "manageable",
+        Available => "available",
+        Active => "active",
+        Error => "error",
+        Rescue => "rescue",
+        Verifying => "verifying",
+        Deploying => "deploying",
+        Cleaning => "cleaning",
+        Inspecting => "inspecting",
+        Adopting => "adopting",
+        Rescuing => "rescuing",
+        Unrescuing => "unrescuing",
+        Deleting => "deleting",
+        Servicing => "servicing",
+        WaitCallBack => "wait call-back",
+        CleanWait => "clean wait",
+        InspectWait => "inspect wait",
+        RescueWait => "rescue wait",
+        ServiceWait => "service wait",
+        DeployHold => "deploy hold",
+        CleanHold => "clean hold",
+        ServiceHold => "service hold",
+        DeployFailed => "deploy failed",
+        CleanFailed => "clean failed",
+        InspectFailed => "inspect failed",
+        RescueFailed => "rescue failed",
+        UnrescueFailed => "unrescue failed",
+        AdoptFailed => "adopt failed",
+        ServiceFailed => "service failed",
+    }
+);
+
+string_enum!(
+    /// A node's power state as recorded (`power on` / `power off`, as Ironic).
+    PowerState, "power state" {
+        On => "power on",
+        Off => "power off",
+    }
+);
+
+string_enum!(
+    /// The device a node boots from.
+    BootDevice, "boot device" {
+        Pxe => "pxe",
+        Disk => "disk",
+        Cdrom => "cdrom",
+        Bios => "bios",
+    }
+);
+
+string_enum!(
+    /// Which driver talks to the node's BMC.
+    DriverKind, "driver" {
+        Fake => "fake",
+        Redfish => "redfish",
+        Ipmi => "ipmi",
+    }
+);
+
+/// Who holds a node exclusively: the purpose of the running task and when it
+/// started. Persisted so that a restart can see which nodes were mid-task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub purpose: String,
+    pub since: Timestamp,
+}
+
+/// A node as stored (spec section 3's field list).
+///
+/// `driver_info` holds the BMC password in clear: it must be stored to be
+/// used. Everything that shows a node to a person or a log goes through a
+/// masking view in `kiln-actors`, never through this struct's `Debug`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub uuid: NodeId,
+    pub name: String,
+    pub driver: DriverKind,
+    pub driver_info: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, String>,
+    pub provision_state: ProvisionState,
+    pub target_provision_state: Option<ProvisionState>,
+    pub power_state: Option<PowerState>,
+    pub target_power_state: Option<PowerState>,
+    pub boot_device: Option<BootDevice>,
+    pub maintenance: bool,
+    pub maintenance_reason: Option<String>,
+    pub fault: Option<String>,
+    pub last_error: Option<String>,
+    pub reservation: Option<Reservation>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// Keys of `driver_info` whose values are secrets and are never shown.
+pub const SECRET_KEYS: &[&str] = &["password"];
+
+/// The masked form of a secret, as every output shows it.
+pub const MASK: &str = "******";
+
+/// `driver_info` with every secret replaced by [`MASK`].
+pub fn masked_driver_info(info: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    info.iter()
+        .map(|(k, v)| {
+            let shown = if SECRET_KEYS.contains(&k.as_str()) {
+                MASK.to_string()
+            } else {
+                v.clone()
+            };
+            (k.clone(), shown)
+        })
+        .collect()
+}
+
+impl fmt::Debug for NodeRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeRecord")
+            .field("uuid", &self.uuid)
+            .field("name", &self.name)
+            .field("driver", &self.driver)
+            .field("driver_info", &masked_driver_info(&self.driver_info))
+            .field("provision_state", &self.provision_state)
+            .field("target_provision_state", &self.target_provision_state)
+            .field("power_state", &self.power_state)
+            .field("maintenance", &self.maintenance)
+            .field("reservation", &self.reservation)
+            .field("last_error", &self.last_error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeRecord {
+    /// A new node in `enroll`, as `node create` makes it.
+    pub fn enroll(name: String, driver: DriverKind, now: Timestamp) -> Self {
+        NodeRecord {
+            uuid: NodeId::new(),
+            name,
+            driver,
+            driver_info: BTreeMap::new(),
+            properties: BTreeMap::new(),
+            provision_state: ProvisionState::Enroll,
+            target_provision_state: None,
+            power_state: None,
+            target_power_state: None,
+            boot_device: None,
+            maintenance: false,
+            maintenance_reason: None,
+            fault: None,
+            last_error: None,
+            reservation: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// A network port of a node; its MAC address is unique across the site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRecord {
+    pub uuid: PortId,
+    /// Lower-case, colon-separated MAC address.
+    pub address: String,
+    pub node: NodeId,
+    pub created_at: Timestamp,
+}
+
+/// One line of a node's history: a transition, a power or boot change, or an
+/// error, in the order they were committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub node: NodeId,
+    pub at: Timestamp,
+    /// What happened: an FSM event (`deploy`, `done`, `fail`), or an action
+    /// (`power on`, `boot device`, `maintenance`, `recover`).
+    pub event: String,
+    pub from_state: ProvisionState,
+    pub to_state: ProvisionState,
+    /// The error, for entries that record a failure.
+    pub error: Option<String>,
+}
+
+/// Parses and normalises a MAC address (`AA-bb:cc...` forms) to lower-case,
+/// colon-separated form.
+pub fn normalize_mac(text: &str) -> Result<String, InvalidMac> {
+    let hex: String = text
+        .chars()
+        .filter(|c| !matches!(c, ':' | '-' | '.'))
+        .collect();
+    let well_formed =
+        hex.len() == 12 && hex.chars().all(|c| c.is_ascii_hexdigit()) && text.len() <= 17;
+    if !well_formed {
+        return Err(InvalidMac(text.to_string()));
+    }
+    let lower = hex.to_ascii_lowercase();
+    let pairs: Vec<&str> = (0..6).map(|i| &lower[2 * i..2 * i + 2]).collect();
+    Ok(pairs.join(":"))
+}
+
+/// A string that is not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a MAC address (expected six hex pairs, e.g. 52:54:00:12:34:56)")]
+pub struct InvalidMac(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for s in ProvisionState::ALL {
+            assert_eq!(s.as_str().parse::<ProvisionState>().unwrap(), *s);
+        }
+        let err = "deployed".parse::<ProvisionState>().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown provision state 'deployed'")
+        );
+    }
+
+    #[test]
+    fn macs_are_normalised_and_garbage_refused() {
+        assert_eq!(
+            normalize_mac("52-54-00-AB-cd-01").unwrap(),
+            "52:54:00:ab:cd:01"
+        );
+        assert!(normalize_mac("52:54:00:ab:cd").is_err());
+        assert!(normalize_mac("zz:54:00:ab:cd:01").is_err());
+    }
+
+    #[test]
+    fn debug_masks_the_password() {
+        let mut n = NodeRecord::enroll("n1".into(), DriverKind::Fake, Utc::now());
+        n.driver_info.insert("password".into(), "hunter2".into());
+        let shown = format!("{n:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains(MASK));
+    }
+}

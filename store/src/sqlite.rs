@@ -1,0 +1,647 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! Why it is shaped so:
+//!
+//! - **Durability first.** `journal_mode=WAL` with `synchronous=FULL` makes
+//!   every COMMIT an fsync of the WAL, so a commit that returned survives
+//!   `kill -9` and power loss (spec section 12). One fsync is amortised over
+//!   many batches by [`Backend::commit`] taking several batches at once: the
+//!   writer thread groups whatever is queued into one transaction, and each
+//!   batch gets its own savepoint so that one bad batch (a duplicate name)
+//!   fails alone while its neighbours commit.
+//! - **Errors say what happened, not what SQLite said.** Unique and
+//!   foreign-key violations are recognised by SQLite's extended result codes
+//!   and the column named in its message, and become [`StoreError::Conflict`]
+//!   or [`StoreError::NotFound`] naming the node, name or MAC; a missing row
+//!   for an update or delete is found from the changed-rows count.
+//! - **Nothing read back is trusted blindly.** Enum columns are stored as the
+//!   same strings the CLI and JSON use (`as_str`) and parsed back with
+//!   `FromStr`; a value that does not parse (a hand-edited file) is a
+//!   [`StoreError::Corrupt`] naming the column and the value, never a panic.
+//! - **Timestamps are RFC 3339 text with nine fractional digits** (`...Z`):
+//!   readable in the `sqlite3` shell, sortable as text, and an exact round
+//!   trip of `chrono`'s nanosecond precision.
+//! - **The schema is versioned.** `PRAGMA user_version` holds how many entries
+//!   of [`MIGRATIONS`] have been applied; opening applies the rest in one
+//!   transaction, and refuses a file written by a newer kiln
+//!   ([`StoreError::TooNew`]) rather than guess at its meaning.
+//! - Every statement goes through `prepare_cached`, so the hot path (update a
+//!   node, append history) never re-parses SQL.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::types::FromSql;
+use rusqlite::{Connection, Row, TransactionBehavior, ffi, params};
+
+use crate::{
+    Backend, Batch, HistoryEntry, NodeId, NodeRecord, PortId, PortRecord, Reservation, StoreError,
+    Timestamp, Write,
+};
+
+/// The schema, one entry per version: entry `i` takes a database from
+/// version `i` to `i + 1`. Entries are only ever appended; an applied entry is
+/// never edited, because files in the field already ran it.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: nodes, ports, node history.
+    "
+    CREATE TABLE nodes (
+        uuid                   TEXT PRIMARY KEY NOT NULL,
+        name                   TEXT NOT NULL UNIQUE,
+        driver                 TEXT NOT NULL,
+        driver_info            TEXT NOT NULL,  -- JSON object of strings
+        properties             TEXT NOT NULL,  -- JSON object of strings
+        provision_state        TEXT NOT NULL,
+        target_provision_state TEXT,
+        power_state            TEXT,
+        target_power_state     TEXT,
+        boot_device            TEXT,
+        maintenance            INTEGER NOT NULL,
+        maintenance_reason     TEXT,
+        fault                  TEXT,
+        last_error             TEXT,
+        reservation_purpose    TEXT,
+        reservation_since      TEXT,
+        created_at             TEXT NOT NULL,
+        updated_at             TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE ports (
+        uuid       TEXT PRIMARY KEY NOT NULL,
+        address    TEXT NOT NULL UNIQUE,
+        node       TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+        created_at TEXT NOT NULL
+    ) STRICT;
+    -- Serves load_ports(Some(node)) and the cascade when a node is deleted.
+    CREATE INDEX ports_node ON ports(node);
+
+    CREATE TABLE node_history (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        node       TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+        at         TEXT NOT NULL,
+        event      TEXT NOT NULL,
+        from_state TEXT NOT NULL,
+        to_state   TEXT NOT NULL,
+        error      TEXT
+    ) STRICT;
+    -- Serves 'the last N entries of a node' and the cascade.
+    CREATE INDEX node_history_node_id ON node_history(node, id);
+    ",
+];
+
+/// The schema version this build writes: the number of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a statement waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A kiln store in one SQLite file.
+pub struct SqliteBackend {
+    conn: Connection,
+}
+
+impl SqliteBackend {
+    /// Opens (creating it and its directory if needed) the database at `path`,
+    /// sets the durability pragmas and brings the schema up to
+    /// [`SCHEMA_VERSION`].
+    pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                // StoreError has no I/O variant: report it as SQLite's own
+                // "cannot open" would, with the reason the OS gave.
+                StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                    ffi::Error::new(ffi::SQLITE_CANTOPEN),
+                    Some(format!(
+                        "cannot create the database directory {}: {e}",
+                        dir.display()
+                    )),
+                ))
+            })?;
+        }
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(
+                message = "SQLite refused WAL mode; commits stay durable but slower.",
+                path = %path.display(),
+                journal_mode = %mode,
+            );
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&mut conn)?;
+        Ok(SqliteBackend { conn })
+    }
+}
+
+/// Applies the migrations the file has not seen, all in one transaction.
+/// The version is read inside that (IMMEDIATE) transaction so that two
+/// processes opening one file cannot both migrate it.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let applied = usize::try_from(found).map_err(|_| {
+        StoreError::Corrupt(format!("the schema version (user_version) is {found}"))
+    })?;
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tracing::info!(
+            message = "Migrated the store schema.",
+            version = version + 1
+        );
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The node columns in the order [`node_from_row`] reads them.
+macro_rules! node_select {
+    () => {
+        "SELECT uuid, name, driver, driver_info, properties,
+                provision_state, target_provision_state, power_state, target_power_state,
+                boot_device, maintenance, maintenance_reason, fault, last_error,
+                reservation_purpose, reservation_since, created_at, updated_at
+         FROM nodes"
+    };
+}
+
+impl Backend for SqliteBackend {
+    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            tx.prepare_cached("SAVEPOINT b")?.execute([])?;
+            match batch.iter().try_for_each(|write| apply(&tx, write)) {
+                Ok(()) => {
+                    tx.prepare_cached("RELEASE b")?.execute([])?;
+                    results.push(Ok(()));
+                }
+                Err(error) => {
+                    // Some failures (I/O, disk full) make SQLite roll back
+                    // the whole transaction; then no batch of this commit
+                    // survives, and saying so is the only honest answer.
+                    if tx.is_autocommit() {
+                        return Err(error);
+                    }
+                    tx.prepare_cached("ROLLBACK TO b")?.execute([])?;
+                    tx.prepare_cached("RELEASE b")?.execute([])?;
+                    results.push(Err(error));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(concat!(node_select!(), " ORDER BY name"))?;
+        let mut rows = stmt.query([])?;
+        let mut nodes = Vec::new();
+        while let Some(row) = rows.next()? {
+            nodes.push(node_from_row(row)?);
+        }
+        Ok(nodes)
+    }
+
+    fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(concat!(node_select!(), " WHERE uuid = ?1"))?;
+        let mut rows = stmt.query([id.to_string()])?;
+        match rows.next()? {
+            Some(row) => Ok(Some(node_from_row(row)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn load_ports(&mut self, node: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError> {
+        // Two statements rather than `?1 IS NULL OR node = ?1`, which would
+        // keep SQLite from using the ports_node index.
+        let mut stmt;
+        let mut rows = match node {
+            Some(node) => {
+                stmt = self.conn.prepare_cached(
+                    "SELECT uuid, address, node, created_at FROM ports
+                     WHERE node = ?1 ORDER BY address",
+                )?;
+                stmt.query([node.to_string()])?
+            }
+            None => {
+                stmt = self.conn.prepare_cached(
+                    "SELECT uuid, address, node, created_at FROM ports ORDER BY address",
+                )?;
+                stmt.query([])?
+            }
+        };
+        let mut ports = Vec::new();
+        while let Some(row) = rows.next()? {
+            ports.push(port_from_row(row)?);
+        }
+        Ok(ports)
+    }
+
+    fn load_history(
+        &mut self,
+        node: NodeId,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, node, at, event, from_state, to_state, error FROM (
+                 SELECT * FROM node_history WHERE node = ?1 ORDER BY id DESC LIMIT ?2
+             ) ORDER BY id",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt.query(params![node.to_string(), limit])?;
+        let mut entries = Vec::new();
+        while let Some(row) = rows.next()? {
+            entries.push(history_from_row(row)?);
+        }
+        Ok(entries)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        // Returns (busy, wal frames, frames checkpointed); busy means a reader
+        // kept part of the WAL alive, which the next checkpoint will retry.
+        let (busy, log, done): (i64, i64, i64) =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+        if busy != 0 {
+            tracing::warn!(
+                message = "WAL checkpoint could not finish; a reader holds the WAL.",
+                wal_frames = log,
+                checkpointed = done,
+            );
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- writes --
+
+fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
+    match write {
+        Write::InsertNode(node) => insert_node(conn, node),
+        Write::UpdateNode(node) => update_node(conn, node),
+        Write::DeleteNode(id) => delete_node(conn, *id),
+        Write::InsertPort(port) => insert_port(conn, port),
+        Write::DeletePort(address) => delete_port(conn, address),
+        Write::AppendHistory(entry) => append_history(conn, entry),
+    }
+}
+
+fn insert_node(conn: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO nodes (
+             uuid, name, driver, driver_info, properties,
+             provision_state, target_provision_state, power_state, target_power_state,
+             boot_device, maintenance, maintenance_reason, fault, last_error,
+             reservation_purpose, reservation_since, created_at, updated_at
+         ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )?;
+    execute_node(&mut stmt, node)?;
+    Ok(())
+}
+
+fn update_node(conn: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE nodes SET
+             name = ?2, driver = ?3, driver_info = ?4, properties = ?5,
+             provision_state = ?6, target_provision_state = ?7,
+             power_state = ?8, target_power_state = ?9, boot_device = ?10,
+             maintenance = ?11, maintenance_reason = ?12, fault = ?13, last_error = ?14,
+             reservation_purpose = ?15, reservation_since = ?16,
+             created_at = ?17, updated_at = ?18
+         WHERE uuid = ?1",
+    )?;
+    let changed = execute_node(&mut stmt, node)?;
+    if changed == 0 {
+        return Err(node_missing(node.uuid));
+    }
+    Ok(())
+}
+
+fn delete_node(conn: &Connection, id: NodeId) -> Result<(), StoreError> {
+    // Ports and history go with it (ON DELETE CASCADE).
+    let changed = conn
+        .prepare_cached("DELETE FROM nodes WHERE uuid = ?1")?
+        .execute([id.to_string()])?;
+    if changed == 0 {
+        return Err(node_missing(id));
+    }
+    Ok(())
+}
+
+fn insert_port(conn: &Connection, port: &PortRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO ports (uuid, address, node, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        port.uuid.to_string(),
+        port.address,
+        port.node.to_string(),
+        timestamp_text(port.created_at),
+    ])
+    .map_err(|e| {
+        if is_foreign_key_violation(&e) {
+            return node_missing(port.node);
+        }
+        match unique_violation(&e) {
+            Some("ports.address") => {
+                StoreError::Conflict(format!("port address '{}' is already in use", port.address))
+            }
+            Some("ports.uuid") => {
+                StoreError::Conflict(format!("port uuid {} already exists", port.uuid))
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    })?;
+    Ok(())
+}
+
+fn delete_port(conn: &Connection, address: &str) -> Result<(), StoreError> {
+    let changed = conn
+        .prepare_cached("DELETE FROM ports WHERE address = ?1")?
+        .execute([address])?;
+    if changed == 0 {
+        return Err(StoreError::NotFound(format!(
+            "no port has address '{address}'"
+        )));
+    }
+    Ok(())
+}
+
+fn append_history(conn: &Connection, entry: &HistoryEntry) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO node_history (node, at, event, from_state, to_state, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        entry.node.to_string(),
+        timestamp_text(entry.at),
+        entry.event,
+        entry.from_state.as_str(),
+        entry.to_state.as_str(),
+        entry.error,
+    ])
+    .map_err(|e| {
+        if is_foreign_key_violation(&e) {
+            node_missing(entry.node)
+        } else {
+            StoreError::Sqlite(e)
+        }
+    })?;
+    Ok(())
+}
+
+/// Runs the INSERT or UPDATE of `nodes`, whose parameters are numbered
+/// alike: ?1 is the uuid, ?2..?18 the other columns.
+fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<usize, StoreError> {
+    let changed = stmt
+        .execute(params![
+            n.uuid.to_string(),
+            n.name,
+            n.driver.as_str(),
+            map_json(&n.driver_info)?,
+            map_json(&n.properties)?,
+            n.provision_state.as_str(),
+            n.target_provision_state.map(|s| s.as_str()),
+            n.power_state.map(|s| s.as_str()),
+            n.target_power_state.map(|s| s.as_str()),
+            n.boot_device.map(|d| d.as_str()),
+            n.maintenance,
+            n.maintenance_reason,
+            n.fault,
+            n.last_error,
+            n.reservation.as_ref().map(|r| r.purpose.as_str()),
+            n.reservation.as_ref().map(|r| timestamp_text(r.since)),
+            timestamp_text(n.created_at),
+            timestamp_text(n.updated_at),
+        ])
+        .map_err(|e| node_error(e, n))?;
+    Ok(changed)
+}
+
+/// Turns an INSERT or UPDATE failure on `nodes` into what the operator did
+/// wrong, when it was a uniqueness rule.
+fn node_error(e: rusqlite::Error, node: &NodeRecord) -> StoreError {
+    match unique_violation(&e) {
+        Some("nodes.name") => {
+            StoreError::Conflict(format!("node name '{}' is already in use", node.name))
+        }
+        Some("nodes.uuid") => {
+            StoreError::Conflict(format!("node uuid {} already exists", node.uuid))
+        }
+        _ => StoreError::Sqlite(e),
+    }
+}
+
+fn node_missing(id: NodeId) -> StoreError {
+    StoreError::NotFound(format!("node {id} does not exist"))
+}
+
+/// The `table.column` of a UNIQUE or PRIMARY KEY violation, from SQLite's
+/// message "UNIQUE constraint failed: nodes.name".
+fn unique_violation(e: &rusqlite::Error) -> Option<&str> {
+    match e {
+        rusqlite::Error::SqliteFailure(err, Some(message))
+            if err.code == ffi::ErrorCode::ConstraintViolation
+                && matches!(
+                    err.extended_code,
+                    ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                ) =>
+        {
+            message.strip_prefix("UNIQUE constraint failed: ")
+        }
+        _ => None,
+    }
+}
+
+fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error(),
+        Some(err) if err.extended_code == ffi::SQLITE_CONSTRAINT_FOREIGNKEY
+    )
+}
+
+fn map_json(map: &BTreeMap<String, String>) -> Result<String, StoreError> {
+    // A map of strings always serialises; the error arm is for form's sake.
+    serde_json::to_string(map).map_err(|e| StoreError::Corrupt(format!("cannot encode a map: {e}")))
+}
+
+fn timestamp_text(at: Timestamp) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+// ----------------------------------------------------------------- reads --
+
+/// Reads one row's columns by index, turning anything unreadable into
+/// [`StoreError::Corrupt`] that names `table.column`, the value and the row.
+struct Fields<'r, 's> {
+    row: &'r Row<'s>,
+    table: &'static str,
+    /// Which row, for messages: its uuid or id once read.
+    key: String,
+}
+
+impl Fields<'_, '_> {
+    fn raw<T: FromSql>(&self, index: usize, column: &str) -> Result<T, StoreError> {
+        self.row.get(index).map_err(|e| match e {
+            rusqlite::Error::InvalidColumnType(_, _, kind) => StoreError::Corrupt(format!(
+                "{}.{column}{} holds a value of type {kind}",
+                self.table, self.key
+            )),
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(format!(
+                "{}.{column}{} holds an unreadable value: {e}",
+                self.table, self.key
+            )),
+            other => StoreError::Sqlite(other),
+        })
+    }
+
+    fn parsed<T>(&self, index: usize, column: &str) -> Result<T, StoreError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let text: String = self.raw(index, column)?;
+        self.parse(column, text)
+    }
+
+    fn parsed_opt<T>(&self, index: usize, column: &str) -> Result<Option<T>, StoreError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let text: Option<String> = self.raw(index, column)?;
+        text.map(|t| self.parse(column, t)).transpose()
+    }
+
+    fn parse<T>(&self, column: &str, text: String) -> Result<T, StoreError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        text.parse().map_err(|e| self.corrupt(column, &text, e))
+    }
+
+    fn timestamp(&self, index: usize, column: &str) -> Result<Timestamp, StoreError> {
+        let text: String = self.raw(index, column)?;
+        self.timestamp_from(column, text)
+    }
+
+    fn timestamp_from(&self, column: &str, text: String) -> Result<Timestamp, StoreError> {
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| self.corrupt(column, &text, e))
+    }
+
+    fn map(&self, index: usize, column: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        let text: String = self.raw(index, column)?;
+        serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
+    }
+
+    fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
+        StoreError::Corrupt(format!(
+            "{}.{column}{} holds '{value}': {error}",
+            self.table, self.key
+        ))
+    }
+}
+
+fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
+    let mut f = Fields {
+        row,
+        table: "nodes",
+        key: String::new(),
+    };
+    let uuid: NodeId = f.parsed(0, "uuid")?;
+    f.key = format!(" of node {uuid}");
+    let purpose: Option<String> = f.raw(14, "reservation_purpose")?;
+    let since: Option<String> = f.raw(15, "reservation_since")?;
+    let reservation = match (purpose, since) {
+        (Some(purpose), Some(since)) => Some(Reservation {
+            purpose,
+            since: f.timestamp_from("reservation_since", since)?,
+        }),
+        (None, None) => None,
+        (purpose, since) => {
+            return Err(StoreError::Corrupt(format!(
+                "node {uuid} has half a reservation (purpose {purpose:?}, since {since:?})"
+            )));
+        }
+    };
+    Ok(NodeRecord {
+        uuid,
+        name: f.raw(1, "name")?,
+        driver: f.parsed(2, "driver")?,
+        driver_info: f.map(3, "driver_info")?,
+        properties: f.map(4, "properties")?,
+        provision_state: f.parsed(5, "provision_state")?,
+        target_provision_state: f.parsed_opt(6, "target_provision_state")?,
+        power_state: f.parsed_opt(7, "power_state")?,
+        target_power_state: f.parsed_opt(8, "target_power_state")?,
+        boot_device: f.parsed_opt(9, "boot_device")?,
+        maintenance: f.raw(10, "maintenance")?,
+        maintenance_reason: f.raw(11, "maintenance_reason")?,
+        fault: f.raw(12, "fault")?,
+        last_error: f.raw(13, "last_error")?,
+        reservation,
+        created_at: f.timestamp(16, "created_at")?,
+        updated_at: f.timestamp(17, "updated_at")?,
+    })
+}
+
+fn port_from_row(row: &Row<'_>) -> Result<PortRecord, StoreError> {
+    let mut f = Fields {
+        row,
+        table: "ports",
+        key: String::new(),
+    };
+    let uuid: PortId = f.parsed(0, "uuid")?;
+    f.key = format!(" of port {uuid}");
+    Ok(PortRecord {
+        uuid,
+        address: f.raw(1, "address")?,
+        node: f.parsed(2, "node")?,
+        created_at: f.timestamp(3, "created_at")?,
+    })
+}
+
+fn history_from_row(row: &Row<'_>) -> Result<HistoryEntry, StoreError> {
+    let mut f = Fields {
+        row,
+        table: "node_history",
+        key: String::new(),
+    };
+    let id: i64 = f.raw(0, "id")?;
+    f.key = format!(" of entry {id}");
+    Ok(HistoryEntry {
+        node: f.parsed(1, "node")?,
+        at: f.timestamp(2, "at")?,
+        event: f.raw(3, "event")?,
+        from_state: f.parsed(4, "from_state")?,
+        to_state: f.parsed(5, "to_state")?,
+        error: f.raw(6, "error")?,
+    })
+}

@@ -1,0 +1,246 @@
+//! The store thread: the single owner of the backend, with group commit.
+//!
+//! Why it is shaped so:
+//!
+//! - **One thread owns the backend.** SQLite calls block (an fsync per
+//!   commit), so none may run on an async arbiter. Every read and write is a
+//!   request on one channel to the thread named `kiln-store`; callers await a
+//!   oneshot reply. There is no lock around the connection because nothing
+//!   else can reach it.
+//! - **Group commit.** The thread blocks for one request, then drains what is
+//!   already queued (up to [`MAX_GROUP`] batches) and hands them all to one
+//!   [`Backend::commit`]: one transaction, one fsync, each batch in its own
+//!   savepoint. Under load the fsync cost is shared by every waiting caller,
+//!   which is how 64 concurrent submitters get durable acknowledgements
+//!   without 64 fsyncs each (spec section 4). With no load a batch commits
+//!   alone at once: there is no timer and no added latency.
+//! - **Arrival order.** Requests are served in the order they were sent: a
+//!   read stops the draining, so it runs after the commits sent before it
+//!   and before those sent after it. A read sent after a commit was
+//!   acknowledged therefore sees it.
+//! - **A failure stays with its batch.** A batch that breaks a rule
+//!   (duplicate name) fails alone. Only when the shared transaction itself
+//!   fails does every batch in it get [`StoreError::CommitFailed`], carrying a
+//!   textual copy of the cause, since [`StoreError`] cannot be cloned.
+//! - **Shutdown is dropping.** The thread ends, closing the backend, once
+//!   every [`StoreHandle`] is gone and the queue is empty; requests already
+//!   sent are still served. A request whose thread is gone gets
+//!   [`StoreError::Closed`].
+//! - The thread needs no tokio runtime: it uses a std channel and answers
+//!   through `tokio::sync::oneshot`, whose sender is runtime-agnostic.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+use crate::sqlite::SqliteBackend;
+use crate::{Backend, Batch, StoreError};
+
+/// The most batches one transaction takes; bounds a commit's latency and
+/// memory when the queue is very long.
+pub const MAX_GROUP: usize = 4096;
+
+type CommitReply = oneshot::Sender<Result<(), StoreError>>;
+
+/// A read to run on the store thread; it carries its own reply sender.
+type ReadJob = Box<dyn FnOnce(&mut dyn Backend) + Send>;
+
+enum Request {
+    Commit(Batch, CommitReply),
+    Read(ReadJob),
+}
+
+/// A way to the store thread; clone it freely. The thread lives as long as
+/// any handle does.
+#[derive(Clone)]
+pub struct StoreHandle {
+    requests: mpsc::Sender<Request>,
+}
+
+impl StoreHandle {
+    /// Starts the store thread, which owns `backend` from now on.
+    pub fn start(backend: Box<dyn Backend>) -> StoreHandle {
+        let (requests, inbox) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kiln-store".into())
+            .spawn(move || serve(backend, inbox));
+        if let Err(error) = spawned {
+            // The inbox went down with the closure, so every request on this
+            // handle answers Closed: the caller learns it at its first use.
+            tracing::error!(message = "Cannot start the store thread.", %error);
+        }
+        StoreHandle { requests }
+    }
+
+    /// Opens the SQLite store at `path` and starts its thread.
+    pub fn open_sqlite(path: &Path) -> Result<StoreHandle, StoreError> {
+        let backend = SqliteBackend::open(path)?;
+        Ok(StoreHandle::start(Box::new(backend)))
+    }
+
+    /// Commits `batch` atomically, returning once it is durable.
+    ///
+    /// If the future is dropped after the batch was sent, the batch may still
+    /// be committed: cancelling is not undoing.
+    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let reply = self.send_commit(batch)?;
+        reply.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`commit`](Self::commit) for callers outside async code.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside a tokio runtime (it would block a worker);
+    /// use `commit().await` there.
+    pub fn commit_blocking(&self, batch: Batch) -> Result<(), StoreError> {
+        let reply = self.send_commit(batch)?;
+        reply.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on the store thread between commits and returns its result.
+    /// It sees every commit acknowledged before this call was made.
+    ///
+    /// `f` holds up every other request while it runs: keep it to loads. If
+    /// it panics, the store carries on and this call returns
+    /// [`StoreError::Closed`].
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut dyn Backend) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let reply = self.send_read(f)?;
+        reply.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`read`](Self::read) for callers outside async code.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside a tokio runtime; use `read().await` there.
+    pub fn read_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut dyn Backend) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let reply = self.send_read(f)?;
+        reply.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn send_commit(
+        &self,
+        batch: Batch,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Commit(batch, reply))
+            .map_err(|_| StoreError::Closed)?;
+        Ok(answer)
+    }
+
+    fn send_read<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T, StoreError>>, StoreError>
+    where
+        F: FnOnce(&mut dyn Backend) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: ReadJob = Box::new(move |backend| {
+            // The caller may have given up waiting; that is not our error.
+            let _ = reply.send(f(backend));
+        });
+        self.requests
+            .send(Request::Read(job))
+            .map_err(|_| StoreError::Closed)?;
+        Ok(answer)
+    }
+}
+
+/// The store thread's loop: until every handle is gone, serve requests in
+/// arrival order, grouping consecutive commits.
+fn serve(mut backend: Box<dyn Backend>, inbox: mpsc::Receiver<Request>) {
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut replies: Vec<CommitReply> = Vec::new();
+    let mut next = inbox.recv().ok();
+    while let Some(request) = next.take() {
+        match request {
+            Request::Read(job) => run_read(&mut *backend, job),
+            Request::Commit(batch, reply) => {
+                batches.push(batch);
+                replies.push(reply);
+                while batches.len() < MAX_GROUP {
+                    match inbox.try_recv() {
+                        Ok(Request::Commit(batch, reply)) => {
+                            batches.push(batch);
+                            replies.push(reply);
+                        }
+                        // A read waits for the commits sent before it.
+                        Ok(read) => {
+                            next = Some(read);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_group(&mut *backend, &batches, replies.drain(..));
+                batches.clear();
+            }
+        }
+        if next.is_none() {
+            next = inbox.recv().ok();
+        }
+    }
+    tracing::debug!(message = "Store thread stopping: every handle is gone.");
+}
+
+fn run_read(backend: &mut dyn Backend, job: ReadJob) {
+    // A panicking read drops its reply (the caller sees Closed) but must not
+    // take the whole site's store down with it.
+    if catch_unwind(AssertUnwindSafe(|| job(backend))).is_err() {
+        tracing::error!(message = "A store read panicked; the store carries on.");
+    }
+}
+
+/// Commits one group and answers every caller in it.
+fn commit_group(
+    backend: &mut dyn Backend,
+    batches: &[Batch],
+    replies: impl ExactSizeIterator<Item = CommitReply>,
+) {
+    let failure = match catch_unwind(AssertUnwindSafe(|| backend.commit(batches))) {
+        Ok(Ok(results)) if results.len() == replies.len() => {
+            for (reply, result) in replies.zip(results) {
+                let _ = reply.send(result);
+            }
+            return;
+        }
+        Ok(Ok(results)) => format!(
+            "the backend answered {} results for {} batches; which of them were committed is unknown",
+            results.len(),
+            batches.len()
+        ),
+        Ok(Err(error)) => error_chain(&error),
+        Err(_) => "the store panicked while committing".to_string(),
+    };
+    tracing::error!(
+        message = "A group commit failed; every batch in it is refused.",
+        batches = batches.len(),
+        error = %failure,
+    );
+    for reply in replies {
+        let _ = reply.send(Err(StoreError::CommitFailed(failure.clone())));
+    }
+}
+
+/// An error and its sources, as one line: "database error: disk I/O error".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

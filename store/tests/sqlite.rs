@@ -1,0 +1,480 @@
+//! The SQLite backend on real files: round trips, typed errors, per-batch
+//! atomicity, cascades, durability across reopen, migrations, and damaged
+//! data read back as errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{Duration, TimeZone, Utc};
+use kiln_store::sqlite::{SCHEMA_VERSION, SqliteBackend};
+use kiln_store::*;
+
+fn db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory that does not exist yet: open must create it.
+    let path = dir.path().join("site").join("kiln.db");
+    (dir, path)
+}
+
+fn open(path: &Path) -> SqliteBackend {
+    SqliteBackend::open(path).unwrap()
+}
+
+/// A node with every optional field set and a name that is not ASCII.
+fn full_node() -> NodeRecord {
+    let created =
+        Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 58).unwrap() + Duration::nanoseconds(123_456_789);
+    NodeRecord {
+        uuid: NodeId::new(),
+        name: "nœud-été-節点-🔥".into(),
+        driver: DriverKind::Redfish,
+        driver_info: BTreeMap::from([
+            ("address".into(), "https://10.0.0.1".into()),
+            ("username".into(), "root".into()),
+            ("password".into(), "p\"a'ss\\wörd".into()),
+        ]),
+        properties: BTreeMap::from([
+            ("cpus".into(), "64".into()),
+            ("memory_mb".into(), "262144".into()),
+        ]),
+        provision_state: ProvisionState::WaitCallBack,
+        target_provision_state: Some(ProvisionState::Active),
+        power_state: Some(PowerState::On),
+        target_power_state: Some(PowerState::Off),
+        boot_device: Some(BootDevice::Pxe),
+        maintenance: true,
+        maintenance_reason: Some("fan ✗".into()),
+        fault: Some("power failure".into()),
+        last_error: Some("BMC said: 500 'Internal'".into()),
+        reservation: Some(Reservation {
+            purpose: "deploy".into(),
+            since: created + Duration::microseconds(7),
+        }),
+        created_at: created,
+        updated_at: Utc::now(),
+    }
+}
+
+fn node(name: &str) -> NodeRecord {
+    NodeRecord::enroll(name.into(), DriverKind::Fake, Utc::now())
+}
+
+fn port(node: NodeId, address: &str) -> PortRecord {
+    PortRecord {
+        uuid: PortId::new(),
+        address: address.into(),
+        node,
+        created_at: Utc::now(),
+    }
+}
+
+fn history(node: NodeId, event: &str) -> HistoryEntry {
+    HistoryEntry {
+        node,
+        at: Utc::now(),
+        event: event.into(),
+        from_state: ProvisionState::Enroll,
+        to_state: ProvisionState::Verifying,
+        error: None,
+    }
+}
+
+/// Commits one batch and returns its own result.
+fn commit_one(store: &mut SqliteBackend, batch: Batch) -> Result<(), StoreError> {
+    let mut results = store.commit(&[batch]).unwrap();
+    assert_eq!(results.len(), 1);
+    results.pop().unwrap()
+}
+
+fn user_version(path: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_fully_populated_node_round_trips_exactly() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let n = full_node();
+    commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
+
+    assert_eq!(store.load_node(n.uuid).unwrap(), Some(n.clone()));
+    assert_eq!(store.load_nodes().unwrap(), vec![n.clone()]);
+    assert_eq!(store.load_node(NodeId::new()).unwrap(), None);
+
+    // And the minimal one: every optional field None.
+    let bare = node("bare");
+    commit_one(&mut store, vec![Write::InsertNode(bare.clone())]).unwrap();
+    assert_eq!(store.load_node(bare.uuid).unwrap(), Some(bare));
+}
+
+#[test]
+fn update_replaces_every_field_and_missing_nodes_are_not_found() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let n = node("n1");
+    commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
+
+    let mut changed = full_node();
+    changed.uuid = n.uuid;
+    commit_one(&mut store, vec![Write::UpdateNode(changed.clone())]).unwrap();
+    assert_eq!(store.load_node(n.uuid).unwrap(), Some(changed.clone()));
+
+    // And back to all-None: nothing of the old values lingers.
+    commit_one(&mut store, vec![Write::UpdateNode(n.clone())]).unwrap();
+    assert_eq!(store.load_node(n.uuid).unwrap(), Some(n));
+
+    let ghost = node("ghost");
+    let err = commit_one(&mut store, vec![Write::UpdateNode(ghost.clone())]).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound(m) if m == &format!("node {} does not exist", ghost.uuid)),
+        "{err:?}"
+    );
+    let err = commit_one(&mut store, vec![Write::DeleteNode(ghost.uuid)]).unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+#[test]
+fn a_duplicate_name_fails_its_batch_alone() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let first = node("dup");
+    commit_one(&mut store, vec![Write::InsertNode(first.clone())]).unwrap();
+
+    // Batch 0 would insert a fine node, then a clashing one: all or nothing.
+    let innocent = node("innocent");
+    let clash = node("dup");
+    let other = node("other");
+    let results = store
+        .commit(&[
+            vec![
+                Write::InsertNode(innocent.clone()),
+                Write::AppendHistory(history(first.uuid, "manage")),
+                Write::InsertNode(clash),
+            ],
+            vec![Write::InsertNode(other.clone())],
+        ])
+        .unwrap();
+    assert_eq!(results.len(), 2);
+    match &results[0] {
+        Err(StoreError::Conflict(m)) => assert_eq!(m, "node name 'dup' is already in use"),
+        r => panic!("expected a conflict, got {r:?}"),
+    }
+    assert!(results[1].is_ok());
+
+    let names: Vec<String> = store
+        .load_nodes()
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, vec!["dup", "other"]);
+    assert_eq!(store.load_node(innocent.uuid).unwrap(), None);
+    assert!(store.load_history(first.uuid, 10).unwrap().is_empty());
+
+    // A rename onto a taken name is a conflict too, and changes nothing.
+    let mut renamed = other.clone();
+    renamed.name = "dup".into();
+    let err = commit_one(&mut store, vec![Write::UpdateNode(renamed)]).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("'dup'")),
+        "{err:?}"
+    );
+    assert_eq!(store.load_node(other.uuid).unwrap(), Some(other));
+}
+
+#[test]
+fn a_duplicate_uuid_is_a_conflict() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let n = node("a");
+    commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
+    let mut again = node("b");
+    again.uuid = n.uuid;
+    let err = commit_one(&mut store, vec![Write::InsertNode(again)]).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m == &format!("node uuid {} already exists", n.uuid)),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn ports_conflict_on_mac_and_need_their_node() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let a = node("a");
+    let b = node("b");
+    commit_one(
+        &mut store,
+        vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())],
+    )
+    .unwrap();
+    let pa = port(a.uuid, "52:54:00:00:00:02");
+    let pb = port(b.uuid, "52:54:00:00:00:01");
+    commit_one(
+        &mut store,
+        vec![Write::InsertPort(pa.clone()), Write::InsertPort(pb.clone())],
+    )
+    .unwrap();
+
+    let err = commit_one(
+        &mut store,
+        vec![Write::InsertPort(port(b.uuid, &pa.address))],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m == "port address '52:54:00:00:00:02' is already in use"),
+        "{err:?}"
+    );
+
+    let ghost = NodeId::new();
+    let err = commit_one(
+        &mut store,
+        vec![Write::InsertPort(port(ghost, "52:54:00:00:00:03"))],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound(m) if m == &format!("node {ghost} does not exist")),
+        "{err:?}"
+    );
+    let err = commit_one(
+        &mut store,
+        vec![Write::AppendHistory(history(ghost, "manage"))],
+    )
+    .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+
+    // Ordered by address, filtered by node.
+    assert_eq!(
+        store.load_ports(None).unwrap(),
+        vec![pb.clone(), pa.clone()]
+    );
+    assert_eq!(store.load_ports(Some(a.uuid)).unwrap(), vec![pa.clone()]);
+
+    commit_one(&mut store, vec![Write::DeletePort(pa.address.clone())]).unwrap();
+    assert_eq!(store.load_ports(None).unwrap(), vec![pb]);
+    let err = commit_one(&mut store, vec![Write::DeletePort(pa.address.clone())]).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound(m) if m.contains("52:54:00:00:00:02")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn deleting_a_node_takes_its_ports_and_history() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let gone = node("gone");
+    let kept = node("kept");
+    commit_one(
+        &mut store,
+        vec![
+            Write::InsertNode(gone.clone()),
+            Write::InsertNode(kept.clone()),
+            Write::InsertPort(port(gone.uuid, "52:54:00:00:00:01")),
+            Write::InsertPort(port(kept.uuid, "52:54:00:00:00:02")),
+            Write::AppendHistory(history(gone.uuid, "manage")),
+            Write::AppendHistory(history(kept.uuid, "manage")),
+        ],
+    )
+    .unwrap();
+    commit_one(&mut store, vec![Write::DeleteNode(gone.uuid)]).unwrap();
+
+    assert_eq!(store.load_node(gone.uuid).unwrap(), None);
+    assert!(store.load_ports(Some(gone.uuid)).unwrap().is_empty());
+    assert!(store.load_history(gone.uuid, 10).unwrap().is_empty());
+    assert_eq!(store.load_ports(None).unwrap().len(), 1);
+    assert_eq!(store.load_history(kept.uuid, 10).unwrap().len(), 1);
+
+    // The MAC is free again.
+    let gone_again = node("gone");
+    commit_one(
+        &mut store,
+        vec![
+            Write::InsertNode(gone_again.clone()),
+            Write::InsertPort(port(gone_again.uuid, "52:54:00:00:00:01")),
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn history_is_the_last_entries_oldest_first() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let a = node("a");
+    let b = node("b");
+    commit_one(
+        &mut store,
+        vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())],
+    )
+    .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let mut entry = history(a.uuid, &format!("event-{i}"));
+        if i == 3 {
+            entry.error = Some("BMC timed out".into());
+            entry.to_state = ProvisionState::DeployFailed;
+        }
+        expected.push(entry.clone());
+        // Interleave another node's entries: they must not show up.
+        commit_one(
+            &mut store,
+            vec![
+                Write::AppendHistory(entry),
+                Write::AppendHistory(history(b.uuid, "other")),
+            ],
+        )
+        .unwrap();
+    }
+    assert_eq!(store.load_history(a.uuid, 100).unwrap(), expected);
+    assert_eq!(
+        store.load_history(a.uuid, 4).unwrap(),
+        expected[6..].to_vec()
+    );
+    assert!(store.load_history(a.uuid, 0).unwrap().is_empty());
+    assert_eq!(store.load_history(a.uuid, usize::MAX).unwrap().len(), 10);
+}
+
+#[test]
+fn everything_committed_is_there_after_reopening() {
+    let (_dir, path) = db();
+    let n = full_node();
+    let p = port(n.uuid, "52:54:00:ab:cd:ef");
+    let h = history(n.uuid, "manage");
+    {
+        let mut store = open(&path);
+        commit_one(
+            &mut store,
+            vec![
+                Write::InsertNode(n.clone()),
+                Write::InsertPort(p.clone()),
+                Write::AppendHistory(h.clone()),
+            ],
+        )
+        .unwrap();
+        store.checkpoint().unwrap();
+        let mut later = n.clone();
+        later.provision_state = ProvisionState::Active;
+        later.reservation = None;
+        // This one stays in the WAL only: reopening must replay it.
+        commit_one(&mut store, vec![Write::UpdateNode(later)]).unwrap();
+    }
+    let mut store = open(&path);
+    let mut expected = n.clone();
+    expected.provision_state = ProvisionState::Active;
+    expected.reservation = None;
+    assert_eq!(store.load_nodes().unwrap(), vec![expected]);
+    assert_eq!(store.load_ports(None).unwrap(), vec![p]);
+    assert_eq!(store.load_history(n.uuid, 10).unwrap(), vec![h]);
+}
+
+#[test]
+fn migrations_bring_a_new_file_to_the_latest_version_once() {
+    let (_dir, path) = db();
+    let n = node("n");
+    {
+        let mut store = open(&path);
+        commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
+    }
+    assert_eq!(SCHEMA_VERSION, kiln_store::sqlite::MIGRATIONS.len() as i64);
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+
+    // Reopening runs nothing again (a CREATE TABLE would fail) and keeps data.
+    let mut store = open(&path);
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+    assert_eq!(store.load_nodes().unwrap(), vec![n]);
+}
+
+#[test]
+fn a_file_from_a_newer_kiln_is_refused() {
+    let (_dir, path) = db();
+    drop(open(&path));
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    match SqliteBackend::open(&path) {
+        Err(StoreError::TooNew { found, supported }) => {
+            assert_eq!(found, SCHEMA_VERSION + 1);
+            assert_eq!(supported, SCHEMA_VERSION);
+        }
+        Err(e) => panic!("expected TooNew, got {e:?}"),
+        Ok(_) => panic!("expected TooNew, got a store"),
+    }
+    // Refusing did not touch the version.
+    assert_eq!(user_version(&path), SCHEMA_VERSION + 1);
+}
+
+#[test]
+fn damaged_values_are_corrupt_errors_not_panics() {
+    let (_dir, path) = db();
+    let n = node("n");
+    {
+        let mut store = open(&path);
+        commit_one(
+            &mut store,
+            vec![
+                Write::InsertNode(n.clone()),
+                Write::AppendHistory(history(n.uuid, "manage")),
+            ],
+        )
+        .unwrap();
+    }
+    let damage = |sql: &str| {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(sql, []).unwrap();
+    };
+    let expect_corrupt = |what: &[&str]| {
+        let mut store = open(&path);
+        let errors = [
+            store.load_nodes().map(|_| ()),
+            store.load_node(n.uuid).map(|_| ()),
+        ];
+        for result in errors {
+            match result {
+                Err(StoreError::Corrupt(m)) => {
+                    for w in what {
+                        assert!(m.contains(w), "{m:?} does not name {w:?}");
+                    }
+                }
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+        }
+    };
+
+    damage("UPDATE nodes SET provision_state = 'deployed-ish'");
+    expect_corrupt(&["nodes.provision_state", "'deployed-ish'"]);
+
+    damage("UPDATE nodes SET provision_state = 'enroll', power_state = 'sort of on'");
+    expect_corrupt(&["nodes.power_state", "'sort of on'"]);
+
+    damage("UPDATE nodes SET power_state = NULL, driver_info = '{not json'");
+    expect_corrupt(&["nodes.driver_info", "{not json"]);
+
+    damage("UPDATE nodes SET driver_info = '{}', updated_at = 'yesterday'");
+    expect_corrupt(&["nodes.updated_at", "'yesterday'"]);
+
+    damage(&format!(
+        "UPDATE nodes SET updated_at = created_at, reservation_purpose = 'deploy' WHERE uuid = '{}'",
+        n.uuid
+    ));
+    expect_corrupt(&["reservation"]);
+
+    damage("UPDATE nodes SET reservation_purpose = NULL");
+    let mut store = open(&path);
+    assert_eq!(store.load_node(n.uuid).unwrap(), Some(n.clone()));
+
+    damage("UPDATE node_history SET to_state = 'limbo'");
+    match store.load_history(n.uuid, 10) {
+        Err(StoreError::Corrupt(m)) => {
+            assert!(
+                m.contains("node_history.to_state") && m.contains("'limbo'"),
+                "{m}"
+            )
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}

@@ -1,0 +1,304 @@
+//! The store thread: many concurrent committers, read-after-commit, failures
+//! that stay with their batch, whole-group failures, and shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::Utc;
+use kiln_store::*;
+
+fn db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.db");
+    (dir, path)
+}
+
+fn node(name: &str) -> NodeRecord {
+    NodeRecord::enroll(name.into(), DriverKind::Fake, Utc::now())
+}
+
+fn history(node: NodeId, event: &str) -> HistoryEntry {
+    HistoryEntry {
+        node,
+        at: Utc::now(),
+        event: event.into(),
+        from_state: ProvisionState::Enroll,
+        to_state: ProvisionState::Verifying,
+        error: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_committers_all_land() {
+    const TASKS: usize = 64;
+    const BATCHES: usize = 100;
+    let (_dir, path) = db();
+    let store = StoreHandle::open_sqlite(&path).unwrap();
+
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for b in 0..BATCHES {
+                let n = node(&format!("t{t}-b{b}"));
+                let id = n.uuid;
+                store
+                    .commit(vec![
+                        Write::InsertNode(n),
+                        Write::AppendHistory(history(id, "enroll")),
+                    ])
+                    .await
+                    .unwrap();
+                // Every acknowledged commit is visible to a later read.
+                if b % 25 == 0 {
+                    let seen = store.read(move |s| s.load_node(id)).await.unwrap();
+                    assert!(seen.is_some());
+                }
+                ids.push(id);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.unwrap());
+    }
+
+    let nodes = store.read(|s| s.load_nodes()).await.unwrap();
+    assert_eq!(nodes.len(), TASKS * BATCHES);
+    let probe = ids[ids.len() / 2];
+    let lines = store
+        .read(move |s| s.load_history(probe, 10))
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 1);
+
+    // Durable: a fresh backend on the file sees them all once the thread
+    // has let go of it.
+    drop(store);
+    let store = StoreHandle::open_sqlite(&path).unwrap();
+    let count = store.read(|s| Ok(s.load_nodes()?.len())).await.unwrap();
+    assert_eq!(count, TASKS * BATCHES);
+}
+
+#[tokio::test]
+async fn a_failed_batch_does_not_fail_the_others() {
+    let (_dir, path) = db();
+    let store = StoreHandle::open_sqlite(&path).unwrap();
+    store
+        .commit(vec![Write::InsertNode(node("taken"))])
+        .await
+        .unwrap();
+
+    // Sent together, so most likely grouped in one transaction; either way
+    // each gets its own answer.
+    let clash = store.commit(vec![Write::InsertNode(node("taken"))]);
+    let fine = store.commit(vec![Write::InsertNode(node("free"))]);
+    let (clash, fine) = tokio::join!(clash, fine);
+    assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
+    fine.unwrap();
+
+    let names: Vec<String> = store
+        .read(|s| s.load_nodes())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, vec!["free", "taken"]);
+}
+
+#[test]
+fn blocking_callers_work_without_a_runtime() {
+    let (_dir, path) = db();
+    let store = StoreHandle::open_sqlite(&path).unwrap();
+    let n = node("sync");
+    store
+        .commit_blocking(vec![Write::InsertNode(n.clone())])
+        .unwrap();
+    let seen = store
+        .read_blocking(move |s| s.load_node(n.uuid))
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.name, "sync");
+    store.read_blocking(|s| s.checkpoint()).unwrap();
+}
+
+#[test]
+fn a_panicking_read_does_not_stop_the_store() {
+    let (_dir, path) = db();
+    let store = StoreHandle::open_sqlite(&path).unwrap();
+    let err = store
+        .read_blocking(|_| -> Result<(), StoreError> { panic!("a bug in a reader") })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Closed), "{err:?}");
+    store
+        .commit_blocking(vec![Write::InsertNode(node("after"))])
+        .unwrap();
+    assert_eq!(store.read_blocking(|s| s.load_nodes()).unwrap().len(), 1);
+}
+
+/// A backend whose transaction always fails, counting how many batches it
+/// was offered.
+struct BrokenDisk {
+    offered: Arc<AtomicUsize>,
+    /// Dropped with the backend, so a test can see the thread end.
+    _alive: std::sync::mpsc::Sender<()>,
+}
+
+impl Backend for BrokenDisk {
+    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.offered.fetch_add(batches.len(), Ordering::SeqCst);
+        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        )))
+    }
+    fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn load_node(&mut self, _: NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        Ok(None)
+    }
+    fn load_ports(&mut self, _: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn load_history(&mut self, _: NodeId, _: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_transaction_fails_every_batch_in_it_with_the_cause() {
+    let offered = Arc::new(AtomicUsize::new(0));
+    let (alive, _backend_gone) = std::sync::mpsc::channel();
+    let store = StoreHandle::start(Box::new(BrokenDisk {
+        offered: offered.clone(),
+        _alive: alive,
+    }));
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .commit(vec![Write::InsertNode(node(&format!("n{i}")))])
+                .await
+        }));
+    }
+    for task in tasks {
+        match task.await.unwrap() {
+            Err(StoreError::CommitFailed(m)) => {
+                assert!(
+                    m.starts_with("database error: database or disk is full"),
+                    "{m}"
+                )
+            }
+            other => panic!("expected CommitFailed, got {other:?}"),
+        }
+    }
+    assert_eq!(offered.load(Ordering::SeqCst), 32);
+}
+
+#[test]
+fn the_thread_ends_with_the_last_handle_after_serving_the_queue() {
+    let offered = Arc::new(AtomicUsize::new(0));
+    let (alive, backend_gone) = std::sync::mpsc::channel::<()>();
+    let store = StoreHandle::start(Box::new(BrokenDisk {
+        offered: offered.clone(),
+        _alive: alive,
+    }));
+    let clone = store.clone();
+    drop(store);
+    // One handle left: the thread still serves.
+    assert!(matches!(
+        clone.commit_blocking(vec![]),
+        Err(StoreError::CommitFailed(_))
+    ));
+    drop(clone);
+    // The backend (and the sender it holds) is dropped when the thread ends;
+    // recv returns then, with no sleep.
+    assert!(backend_gone.recv().is_err());
+    assert_eq!(offered.load(Ordering::SeqCst), 1);
+}
+
+/// A backend that accepts everything and records the size of each group.
+struct Recorder {
+    groups: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl Backend for Recorder {
+    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.groups.lock().unwrap().push(batches.len());
+        Ok(batches.iter().map(|_| Ok(())).collect())
+    }
+    fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn load_node(&mut self, _: NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        Ok(None)
+    }
+    fn load_ports(&mut self, _: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn load_history(&mut self, _: NodeId, _: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Polls every future once, which is enough to put its request on the
+/// store's queue, and returns them for awaiting.
+async fn enqueue<T>(mut futures: Vec<Pending<'_, T>>) -> Vec<Pending<'_, T>> {
+    std::future::poll_fn(|cx| {
+        for f in &mut futures {
+            assert!(f.as_mut().poll(cx).is_pending());
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+    futures
+}
+
+#[tokio::test]
+async fn queued_commits_share_one_transaction_and_reads_keep_their_place() {
+    let groups = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = StoreHandle::start(Box::new(Recorder {
+        groups: groups.clone(),
+    }));
+
+    // Hold the thread in a read until everything else is queued.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let mut requests: Vec<Pending<'_, Result<(), StoreError>>> = vec![Box::pin(
+        store.read(move |_| held.recv().map_err(|_| StoreError::Closed)),
+    )];
+    for _ in 0..3 {
+        requests.push(Box::pin(store.commit(vec![])));
+    }
+    // A read between commits sees the first three committed, not the rest.
+    let seen = groups.clone();
+    requests.push(Box::pin(store.read(move |_| {
+        assert_eq!(*seen.lock().unwrap(), vec![3]);
+        Ok(())
+    })));
+    for _ in 0..(kiln_store::writer::MAX_GROUP + 2) {
+        requests.push(Box::pin(store.commit(vec![])));
+    }
+    let requests = enqueue(requests).await;
+    release.send(()).unwrap();
+    for r in requests {
+        r.await.unwrap();
+    }
+    assert_eq!(
+        *groups.lock().unwrap(),
+        vec![3, kiln_store::writer::MAX_GROUP, 2]
+    );
+}
