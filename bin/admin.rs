@@ -101,6 +101,9 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
         Ok(cred) if cfg.allowed_uids.contains(&cred.uid()) => {}
         Ok(cred) => {
             tracing::warn!(uid = cred.uid(), "refused an admin connection from a uid that is not allowed");
+            // Take the client's hello first, so it reads the refusal instead
+            // of a broken pipe.
+            let _ = tokio::time::timeout(FRAME_TIMEOUT, codec::read_message::<_, Request>(&mut stream, cfg.max_frame)).await;
             let _ = send(&mut stream, &protocol_error(format!("uid {} may not use this socket", cred.uid()))).await;
             return;
         }

@@ -15,7 +15,7 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    #[error("lost the connection to the daemon: {0}")]
+    #[error("lost the connection to the daemon")]
     Lost(#[from] codec::CodecError),
     #[error("the daemon closed the connection")]
     Closed,

@@ -22,6 +22,9 @@ pub mod protocol;
 pub mod supervisor;
 pub mod view;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use actix::prelude::*;

@@ -694,3 +694,18 @@ fn boot_device_of(b: Boot) -> BootDevice {
         Boot::Bios => BootDevice::Bios,
     }
 }
+
+/// Makes a node actor panic inside a handler, so tests can check that the
+/// supervisor re-creates it from the store. Exists only in test builds.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CrashForTest;
+
+#[cfg(test)]
+impl Handler<CrashForTest> for NodeActor {
+    type Result = ();
+    fn handle(&mut self, _: CrashForTest, _: &mut Context<Self>) {
+        panic!("crash requested by a test");
+    }
+}

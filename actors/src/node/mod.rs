@@ -18,6 +18,8 @@ use kiln_store::{BootDevice, PowerState};
 use serde::{Deserialize, Serialize};
 
 pub use actor::{NodeActor, NodeEnv};
+#[cfg(test)]
+pub use actor::CrashForTest;
 
 use crate::KilnError;
 use crate::fsm::Verb;

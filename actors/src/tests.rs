@@ -1,0 +1,117 @@
+//! Tests of the actors together: a site started in an actix system on a
+//! temporary store, driven by the same messages an embedding application
+//! sends.
+
+use std::time::Duration;
+
+use kiln_drivers::PowerAction;
+use kiln_store::ProvisionState;
+
+use crate::node::{CrashForTest, NodeUpdate, Op, RunOp};
+use crate::*;
+
+fn config(dir: &std::path::Path, demo: usize, lock_wait: Duration) -> SiteConfig {
+    SiteConfig {
+        data_dir: dir.to_path_buf(),
+        demo_nodes: demo,
+        lock_wait,
+        ..Default::default()
+    }
+}
+
+async fn act(site: &Site, node: &str, op: Op, wait: bool) -> Result<NodeView, KilnError> {
+    site.supervisor
+        .send(NodeAction {
+            node: node.into(),
+            op,
+            wait,
+        })
+        .await
+        .unwrap()
+}
+
+fn slow(ms: u64) -> Op {
+    let mut u = NodeUpdate::default();
+    u.driver_info.insert("latency_ms".into(), Some(ms.to_string()));
+    Op::Update(u)
+}
+
+#[test]
+fn exclusive_requests_run_in_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = start(config(dir.path(), 1, Duration::from_secs(60))).await.unwrap();
+        act(&site, "demo1", slow(50), true).await.unwrap();
+        let (_, node) = site.registry.find("demo1").unwrap();
+        // `send` enqueues at once, so these arrive in this order.
+        let first = node.addr.send(RunOp {
+            op: Op::Power(PowerAction::On),
+            wait: true,
+        });
+        let second = node.addr.send(RunOp {
+            op: Op::Maintenance {
+                on: true,
+                reason: Some("second".into()),
+            },
+            wait: true,
+        });
+        let third = node.addr.send(RunOp {
+            op: Op::Power(PowerAction::Off),
+            wait: true,
+        });
+        let (a, b, c) = futures::join!(first, second, third);
+        let (a, b, c) = (a.unwrap().unwrap(), b.unwrap().unwrap(), c.unwrap().unwrap());
+        assert!(a.updated_at < b.updated_at && b.updated_at < c.updated_at);
+        assert_eq!(a.power_state, Some(kiln_store::PowerState::On));
+        assert!(b.maintenance && b.power_state == Some(kiln_store::PowerState::On));
+        assert_eq!(c.power_state, Some(kiln_store::PowerState::Off));
+    });
+}
+
+#[test]
+fn a_request_waits_at_most_lock_wait_then_fails_with_node_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = start(config(dir.path(), 1, Duration::from_millis(100))).await.unwrap();
+        act(&site, "demo1", slow(60_000), true).await.unwrap();
+        act(&site, "demo1", Op::Power(PowerAction::On), false).await.unwrap();
+        let err = act(&site, "demo1", Op::Verb(Verb::Manage), true).await.unwrap_err();
+        match err {
+            KilnError::NodeLocked { holder_purpose, .. } => assert_eq!(holder_purpose, "power on"),
+            other => panic!("expected NodeLocked, got {other}"),
+        }
+        let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_eq!(v.provision_state, ProvisionState::Enroll);
+    });
+}
+
+#[test]
+fn a_node_actor_that_panicked_is_recreated_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = start(config(dir.path(), 2, Duration::ZERO)).await.unwrap();
+        for node in ["demo1", "demo2"] {
+            act(&site, node, Op::Verb(Verb::Manage), true).await.unwrap();
+            act(&site, node, Op::Verb(Verb::Provide), true).await.unwrap();
+        }
+        act(&site, "demo1", slow(60_000), true).await.unwrap();
+        let started = act(&site, "demo1", Op::Verb(Verb::Deploy), false).await.unwrap();
+        assert_eq!(started.provision_state, ProvisionState::Deploying);
+
+        let (_, dead) = site.registry.find("demo1").unwrap();
+        dead.addr.do_send(CrashForTest);
+        // The next message finds the mailbox closed; the supervisor
+        // re-creates the actor from the store and fails the cut-off task.
+        let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_eq!(v.provision_state, ProvisionState::DeployFailed);
+        assert!(v.reservation.is_none());
+        let err = v.last_error.clone().unwrap();
+        assert!(err.contains("crash requested by a test") && err.contains("deploying"), "{err}");
+        let (_, alive) = site.registry.find("demo1").unwrap();
+        assert!(alive.addr != dead.addr);
+
+        // The other node never noticed.
+        let v = act(&site, "demo2", Op::Verb(Verb::Deploy), true).await.unwrap();
+        assert_eq!(v.provision_state, ProvisionState::Active);
+    });
+}

@@ -1,0 +1,189 @@
+//! Starts the real `kiln` binary on a temporary data dir and talks to it
+//! through the real CLI and the real socket. Every daemon is stopped by PID
+//! when its handle drops, and its data dir removed.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+/// How long a daemon may take to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running daemon on its own data dir.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    extra: Vec<String>,
+    /// The daemon's stderr lines, as they come.
+    log: Option<mpsc::Receiver<String>>,
+}
+
+impl Daemon {
+    /// Starts `kiln serve --data-dir D --socket D/kiln.sock --demo N` plus
+    /// `extra` arguments, and waits until it logs that it serves.
+    pub fn start(demo: usize, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("kiln.sock");
+        let mut d = Daemon {
+            child: None,
+            dir,
+            socket,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: None,
+        };
+        d.spawn(demo);
+        d
+    }
+
+    fn spawn(&mut self, demo: usize) {
+        let mut cmd = Command::new(KILN);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--demo")
+            .arg(demo.to_string())
+            .args(&self.extra)
+            .env("KILN_LOG", "info")
+            .env_remove("KILN_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start kiln serve");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel();
+        // Drains stderr for the daemon's whole life so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        self.child = Some(child);
+        self.log = Some(rx);
+        self.wait_for_log("kiln is serving");
+    }
+
+    /// Waits for a stderr line containing `needle`; panics (with the lines
+    /// seen) if the daemon exits or the timeout passes first.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        let rx = self.log.as_ref().expect("daemon started");
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("daemon never logged '{needle}'; it said:\n{}", seen.join("\n")),
+            }
+        }
+    }
+
+    /// Every stderr line logged so far (does not wait).
+    pub fn drain_log(&mut self) -> Vec<String> {
+        self.log.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().expect("wait for kiln")
+    }
+
+    /// Starts the daemon again on the same data dir (no demo nodes are
+    /// added to a non-empty store).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn(0);
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli_at(&self.socket, args)
+    }
+
+    /// Runs the CLI with `--json` and parses its output; panics unless the
+    /// exit code is `code`.
+    pub fn json(&self, args: &[&str]) -> Value {
+        self.json_code(args, 0)
+    }
+
+    pub fn json_code(&self, args: &[&str], code: i32) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "kiln {args:?} exited {:?}\nstdout: {stdout}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("kiln {args:?} printed no JSON ({e}): {stdout}"))
+    }
+
+    /// The node's JSON object.
+    pub fn node(&self, name: &str) -> Value {
+        self.json(&["node", "show", name])
+    }
+
+    pub fn state(&self, name: &str) -> String {
+        self.node(name)["provision_state"].as_str().expect("a state").to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the CLI against a socket.
+pub fn cli_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(KILN)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("KILN_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kiln")
+}
+
+/// The states of every node, by name, from `node list --json`.
+pub fn states(d: &Daemon) -> std::collections::BTreeMap<String, String> {
+    let list = d.json(&["node", "list"]);
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["provision_state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `kiln` binary, over the real Unix socket, on
+//! real SQLite files in temporary directories.
+
+mod bad_input;
+mod harness;
+mod lifecycle;
+mod locking;
+mod restart;
+mod socket;

@@ -1,0 +1,80 @@
+//! SIGKILL and restart: every acknowledged transition survives, and nodes
+//! cut off mid-task are released into a state the operator can act on.
+
+use crate::harness::{Daemon, states};
+
+#[test]
+fn every_acknowledged_transition_survives_sigkill() {
+    let mut d = Daemon::start(16, &[]);
+    d.json(&["node", "manage", "demo[1-16]", "--wait"]);
+    d.json(&["node", "provide", "demo[1-12]", "--wait"]);
+    d.json(&["node", "deploy", "demo[1-6]", "--wait"]);
+    d.json(&["node", "maintenance", "on", "demo16", "--reason", "fan"]);
+    d.json(&["port", "create", "52:54:00:00:00:10", "--node", "demo10"]);
+    let before = d.json(&["node", "list"]);
+
+    d.kill9();
+    d.restart();
+
+    let after = d.json(&["node", "list"]);
+    // The same nodes, states, power and maintenance (uuids included).
+    let key = |v: &serde_json::Value| -> Vec<(String, String, String, String, String)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["uuid"].to_string(),
+                    n["name"].to_string(),
+                    n["provision_state"].to_string(),
+                    n["power_state"].to_string(),
+                    n["maintenance_reason"].to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(key(&before), key(&after));
+    assert_eq!(d.json(&["port", "list"])[0]["node"], "demo10");
+    let s = states(&d);
+    assert_eq!(s["demo1"], "active");
+    assert_eq!(s["demo12"], "available");
+    assert_eq!(s["demo16"], "manageable");
+}
+
+#[test]
+fn a_node_killed_mid_task_is_failed_and_released_after_restart() {
+    let mut d = Daemon::start(2, &[]);
+    d.json(&["node", "manage", "demo[1-2]", "--wait"]);
+    d.json(&["node", "provide", "demo[1-2]", "--wait"]);
+    // demo1's BMC now takes a minute per call: its deploy will be in flight.
+    d.json(&["node", "set", "demo1", "--driver-info", "latency_ms=60000"]);
+    let started = d.json(&["node", "deploy", "demo1"]);
+    assert_eq!(started[0]["result"]["provision_state"], "deploying");
+    assert_eq!(d.node("demo1")["reservation"]["purpose"], "deploy");
+
+    d.kill9();
+    d.restart();
+
+    let n = d.node("demo1");
+    assert_eq!(n["provision_state"], "deploy failed");
+    assert_eq!(n["reservation"], serde_json::Value::Null);
+    assert_eq!(n["target_provision_state"], serde_json::Value::Null);
+    let err = n["last_error"].as_str().unwrap();
+    assert!(err.contains("daemon restarted") && err.contains("deploying"), "{err}");
+    assert_eq!(d.state("demo2"), "available");
+    // The operator can act on it: rebuild from deploy failed works.
+    d.json(&["node", "set", "demo1", "--unset-driver-info", "latency_ms"]);
+    d.json(&["node", "rebuild", "demo1", "--wait"]);
+    assert_eq!(d.state("demo1"), "active");
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly_and_removes_the_socket() {
+    let mut d = Daemon::start(1, &[]);
+    d.json(&["node", "manage", "demo1", "--wait"]);
+    let status = d.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(!d.socket.exists());
+    d.restart();
+    assert_eq!(d.state("demo1"), "manageable");
+}
