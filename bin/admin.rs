@@ -103,7 +103,8 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             tracing::warn!(uid = cred.uid(), "refused an admin connection from a uid that is not allowed");
             // Take the client's hello first, so it reads the refusal instead
             // of a broken pipe.
-            let _ = tokio::time::timeout(FRAME_TIMEOUT, codec::read_message::<_, Request>(&mut stream, cfg.max_frame)).await;
+            let _ = tokio::time::timeout(FRAME_TIMEOUT, codec::read_message::<_, Request>(&mut stream, cfg.max_frame))
+                .await;
             let _ = send(&mut stream, &protocol_error(format!("uid {} may not use this socket", cred.uid()))).await;
             return;
         }
@@ -113,13 +114,12 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
         }
     }
     // The hello, within the frame timeout.
-    let hello = tokio::time::timeout(FRAME_TIMEOUT, codec::read_message::<_, Request>(&mut stream, cfg.max_frame)).await;
+    let hello =
+        tokio::time::timeout(FRAME_TIMEOUT, codec::read_message::<_, Request>(&mut stream, cfg.max_frame)).await;
     match hello {
         Ok(Ok(Some(Request::Hello { version, .. }))) if version == PROTOCOL_VERSION => {
-            let ok = Response::Hello {
-                version: PROTOCOL_VERSION,
-                server: format!("kiln {}", env!("CARGO_PKG_VERSION")),
-            };
+            let ok =
+                Response::Hello { version: PROTOCOL_VERSION, server: format!("kiln {}", env!("CARGO_PKG_VERSION")) };
             if send(&mut stream, &ok).await.is_err() {
                 return;
             }

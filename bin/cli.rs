@@ -199,7 +199,9 @@ pub enum PowerCommand {
     #[command(name = "soft-off")]
     SoftOff(VerbArgs),
     /// Read the power state from the BMCs.
-    Status { nodes: String },
+    Status {
+        nodes: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,9 @@ use tokio::net::UnixStream;
 /// Why the CLI could not talk to the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the kiln daemon at {path} ({source}); is `kiln serve` running? (set --socket or KILN_SOCKET)")]
+    #[error(
+        "cannot connect to the kiln daemon at {path} ({source}); is `kiln serve` running? (set --socket or KILN_SOCKET)"
+    )]
     Connect {
         path: String,
         #[source]
@@ -43,15 +45,12 @@ pub struct Client {
 impl Client {
     /// Connects and completes the hello exchange.
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).await.map_err(|source| ClientError::Connect {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
         let mut client = Client { stream };
-        let hello = Request::Hello {
-            version: PROTOCOL_VERSION,
-            client: format!("kiln-cli {}", env!("CARGO_PKG_VERSION")),
-        };
+        let hello =
+            Request::Hello { version: PROTOCOL_VERSION, client: format!("kiln-cli {}", env!("CARGO_PKG_VERSION")) };
         match client.call(&hello).await? {
             Response::Hello { .. } => Ok(client),
             Response::Error(e) => Err(ClientError::Refused(e.to_string())),

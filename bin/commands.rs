@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use kiln_actors::nodeset::NodeSet;
 use kiln_actors::node::parse_power_action;
+use kiln_actors::nodeset::NodeSet;
 use kiln_actors::protocol::{Request, Response};
 use kiln_actors::{KilnError, NewNode, NodeOutcome, NodeUpdate, Op, Verb};
 use kiln_store::{BootDevice, ProvisionState};
@@ -149,12 +149,8 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
 }
 
 fn build_request(command: Command) -> Result<Request, Failure> {
-    let verb = |v: Verb, a: VerbArgs| Request::NodeOp {
-        nodes: a.nodes,
-        op: Op::Verb(v),
-        wait: a.wait,
-        fanout: a.fanout,
-    };
+    let verb =
+        |v: Verb, a: VerbArgs| Request::NodeOp { nodes: a.nodes, op: Op::Verb(v), wait: a.wait, fanout: a.fanout };
     let power = |action: &str, a: VerbArgs| -> Result<Request, Failure> {
         Ok(Request::NodeOp {
             nodes: a.nodes,
@@ -188,16 +184,9 @@ fn build_request(command: Command) -> Result<Request, Failure> {
                 })
             }
             NodeCommand::Import { file } => Request::NodeImport(read_import(&file).map_err(Failure::Usage)?),
-            NodeCommand::List {
+            NodeCommand::List { nodes, state, maintenance } => Request::NodeList {
                 nodes,
-                state,
-                maintenance,
-            } => Request::NodeList {
-                nodes,
-                state: state
-                    .map(|s| s.parse::<ProvisionState>())
-                    .transpose()
-                    .map_err(|e| Failure::Usage(e.into()))?,
+                state: state.map(|s| s.parse::<ProvisionState>()).transpose().map_err(|e| Failure::Usage(e.into()))?,
                 maintenance: maintenance.then_some(true),
             },
             NodeCommand::Show { node } => Request::NodeShow { node },
@@ -247,12 +236,7 @@ fn build_request(command: Command) -> Result<Request, Failure> {
                 PowerCommand::SoftOff(a) => power("soft-off", a)?,
                 PowerCommand::Status { nodes } => Request::PowerStatus { nodes },
             },
-            NodeCommand::BootDevice(BootDeviceCommand::Set {
-                nodes,
-                device,
-                persistent,
-                fanout,
-            }) => Request::NodeOp {
+            NodeCommand::BootDevice(BootDeviceCommand::Set { nodes, device, persistent, fanout }) => Request::NodeOp {
                 nodes,
                 op: Op::BootDevice {
                     device: device.parse::<BootDevice>().map_err(|e| Failure::Usage(e.into()))?,
@@ -266,12 +250,7 @@ fn build_request(command: Command) -> Result<Request, Failure> {
                     MaintenanceCommand::On { nodes, reason } => (nodes, true, reason),
                     MaintenanceCommand::Off { nodes } => (nodes, false, None),
                 };
-                Request::NodeOp {
-                    nodes,
-                    op: Op::Maintenance { on, reason },
-                    wait: true,
-                    fanout: None,
-                }
+                Request::NodeOp { nodes, op: Op::Maintenance { on, reason }, wait: true, fanout: None }
             }
         },
         Command::Port(p) => match p {
@@ -285,13 +264,25 @@ fn build_request(command: Command) -> Result<Request, Failure> {
 fn print_response(response: Response, json: bool) -> Result<(), Failure> {
     match response {
         Response::Status(s) => {
-            if json { output::json(&s) } else { output::status(&s) }
+            if json {
+                output::json(&s)
+            } else {
+                output::status(&s)
+            }
         }
         Response::Node(v) => {
-            if json { output::json(&v) } else { output::node(&v) }
+            if json {
+                output::json(&v)
+            } else {
+                output::node(&v)
+            }
         }
         Response::Nodes(vs) => {
-            if json { output::json(&vs) } else { output::nodes(&vs) }
+            if json {
+                output::json(&vs)
+            } else {
+                output::nodes(&vs)
+            }
         }
         Response::Outcomes(list) => {
             print_outcomes(&list, json);
@@ -300,13 +291,25 @@ fn print_response(response: Response, json: bool) -> Result<(), Failure> {
             }
         }
         Response::Port(p) => {
-            if json { output::json(&p) } else { output::ports(&[p]) }
+            if json {
+                output::json(&p)
+            } else {
+                output::ports(&[p])
+            }
         }
         Response::Ports(ps) => {
-            if json { output::json(&ps) } else { output::ports(&ps) }
+            if json {
+                output::json(&ps)
+            } else {
+                output::ports(&ps)
+            }
         }
         Response::History(h) => {
-            if json { output::json(&h) } else { output::history(&h) }
+            if json {
+                output::json(&h)
+            } else {
+                output::history(&h)
+            }
         }
         other => return Err(unexpected(other)),
     }

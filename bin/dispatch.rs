@@ -62,69 +62,26 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
         Request::Status => Response::Status(site.supervisor.send(GetStatus).await.map_err(|_| gone())?),
         Request::NodeCreate(n) => Response::Nodes(ask(site, CreateNodes(vec![n])).await?),
         Request::NodeImport(ns) => Response::Nodes(ask(site, CreateNodes(ns)).await?),
-        Request::NodeList {
-            nodes,
-            state,
-            maintenance,
-        } => Response::Nodes(
-            ask(
-                site,
-                ListNodes {
-                    nodes,
-                    state,
-                    maintenance,
-                },
-            )
-            .await?,
-        ),
+        Request::NodeList { nodes, state, maintenance } => {
+            Response::Nodes(ask(site, ListNodes { nodes, state, maintenance }).await?)
+        }
         Request::NodeShow { node } => Response::Node(ask(site, GetNode(node)).await?),
         Request::NodeHistory { node, limit } => {
-            let (id, _) = site
-                .registry
-                .find(&node)
-                .ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))?;
+            let (id, _) =
+                site.registry.find(&node).ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))?;
             let limit = limit.clamp(1, 10_000) as usize;
             Response::History(site.store.read(move |b| b.load_history(id, limit)).await?)
         }
-        Request::NodeSet { node, update } => Response::Node(
-            ask(
-                site,
-                NodeAction {
-                    node,
-                    op: Op::Update(update),
-                    wait: true,
-                },
-            )
-            .await?,
-        ),
+        Request::NodeSet { node, update } => {
+            Response::Node(ask(site, NodeAction { node, op: Op::Update(update), wait: true }).await?)
+        }
         Request::NodeDelete { nodes } => Response::Outcomes(ask(site, DeleteNodes(nodes)).await?),
-        Request::NodeOp {
-            nodes,
-            op,
-            wait,
-            fanout: f,
-        } => Response::Outcomes(
-            ask(
-                site,
-                BulkAction {
-                    nodes,
-                    op,
-                    wait,
-                    fanout: fanout(f),
-                },
-            )
-            .await?,
-        ),
-        Request::PowerStatus { nodes } => Response::Outcomes(
-            ask(
-                site,
-                PowerStatus {
-                    nodes,
-                    fanout: fanout(None),
-                },
-            )
-            .await?,
-        ),
+        Request::NodeOp { nodes, op, wait, fanout: f } => {
+            Response::Outcomes(ask(site, BulkAction { nodes, op, wait, fanout: fanout(f) }).await?)
+        }
+        Request::PowerStatus { nodes } => {
+            Response::Outcomes(ask(site, PowerStatus { nodes, fanout: fanout(None) }).await?)
+        }
         Request::PortCreate { address, node } => Response::Port(ask(site, CreatePort { address, node }).await?),
         Request::PortList { node } => Response::Ports(ask(site, ListPorts { node }).await?),
         Request::PortDelete { address } => Response::Port(ask(site, DeletePort(address)).await?),

@@ -116,8 +116,7 @@ pub fn outcomes(list: &[NodeOutcome]) {
 }
 
 pub fn ports(list: &[PortView]) {
-    let rows: Vec<Vec<String>> =
-        list.iter().map(|p| vec![p.address.clone(), p.node.clone(), p.uuid.clone()]).collect();
+    let rows: Vec<Vec<String>> = list.iter().map(|p| vec![p.address.clone(), p.node.clone(), p.uuid.clone()]).collect();
     table(&["ADDRESS", "NODE", "UUID"], &rows);
 }
 
@@ -125,13 +124,7 @@ pub fn history(list: &[HistoryEntry]) {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|h| {
-            vec![
-                h.at.to_rfc3339(),
-                h.event.clone(),
-                h.from_state.to_string(),
-                h.to_state.to_string(),
-                opt(&h.error),
-            ]
+            vec![h.at.to_rfc3339(), h.event.clone(), h.from_state.to_string(), h.to_state.to_string(), opt(&h.error)]
         })
         .collect();
     table(&["AT", "EVENT", "FROM", "TO", "ERROR"], &rows);

@@ -36,10 +36,8 @@ pub enum CodecError {
 /// Encodes a message as one frame (length prefix included).
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
     let body = bincode::serde::encode_to_vec(msg, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
-    let len = u32::try_from(body.len()).map_err(|_| CodecError::TooLarge {
-        len: body.len(),
-        max: u32::MAX as usize,
-    })?;
+    let len =
+        u32::try_from(body.len()).map_err(|_| CodecError::TooLarge { len: body.len(), max: u32::MAX as usize })?;
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&body);
@@ -110,10 +108,7 @@ mod tests {
 
     #[test]
     fn a_request_round_trips() {
-        let req = Request::Hello {
-            version: PROTOCOL_VERSION,
-            client: "test".into(),
-        };
+        let req = Request::Hello { version: PROTOCOL_VERSION, client: "test".into() };
         let frame = encode_frame(&req).unwrap();
         assert_eq!(u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize, frame.len() - 4);
         assert_eq!(decode::<Request>(&frame[4..]).unwrap(), req);

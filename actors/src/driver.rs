@@ -69,10 +69,7 @@ impl Handler<DriverCall> for DriverActor {
             };
             match tokio::time::timeout(limit, work).await {
                 Ok(result) => result,
-                Err(_) => Err(DriverError::Timeout {
-                    address: label,
-                    seconds: limit.as_secs(),
-                }),
+                Err(_) => Err(DriverError::Timeout { address: label, seconds: limit.as_secs() }),
             }
         });
         AtomicResponse::new(Box::pin(

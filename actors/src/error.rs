@@ -15,19 +15,10 @@ pub enum KilnError {
     NotFound(String),
     /// The node's state does not allow the event.
     #[error("node {node}: cannot {event} in state '{state}' (allowed here: {allowed})")]
-    InvalidState {
-        node: String,
-        state: String,
-        event: String,
-        allowed: String,
-    },
+    InvalidState { node: String, state: String, event: String, allowed: String },
     /// Another exclusive task holds the node.
     #[error("node {node} is locked by '{holder_purpose}' since {since}; retry when it ends")]
-    NodeLocked {
-        node: String,
-        holder_purpose: String,
-        since: String,
-    },
+    NodeLocked { node: String, holder_purpose: String, since: String },
     /// A uniqueness rule (name, MAC) was broken.
     #[error("{0}")]
     Conflict(String),

@@ -237,10 +237,7 @@ pub const TRANSITIONS: &[(S, &[(Event, S)])] = {
             &[(Provide, S::Cleaning), (Clean, S::Cleaning), (Inspect, S::Inspecting), (Adopt, S::Adopting)],
         ),
         (S::Available, &[(Deploy, S::Deploying), (Manage, S::Manageable)]),
-        (
-            S::Deploying,
-            &[(Done, S::Active), (Wait, S::WaitCallBack), (Hold, S::DeployHold), (Fail, S::DeployFailed)],
-        ),
+        (S::Deploying, &[(Done, S::Active), (Wait, S::WaitCallBack), (Hold, S::DeployHold), (Fail, S::DeployFailed)]),
         (
             S::WaitCallBack,
             &[
@@ -254,10 +251,7 @@ pub const TRANSITIONS: &[(S, &[(Event, S)])] = {
         (S::DeployHold, &[(Unhold, S::WaitCallBack), (Abort, S::DeployFailed)]),
         (S::DeployFailed, &[(Deploy, S::Deploying), (Rebuild, S::Deploying), (Delete, S::Deleting)]),
         (S::Error, &[(Rebuild, S::Deploying), (Delete, S::Deleting)]),
-        (
-            S::Active,
-            &[(Rebuild, S::Deploying), (Delete, S::Deleting), (Rescue, S::Rescuing), (Service, S::Servicing)],
-        ),
+        (S::Active, &[(Rebuild, S::Deploying), (Delete, S::Deleting), (Rescue, S::Rescuing), (Service, S::Servicing)]),
         (S::Deleting, &[(Clean, S::Cleaning), (Fail, S::Error)]),
         (
             S::Cleaning,
@@ -269,10 +263,7 @@ pub const TRANSITIONS: &[(S, &[(Event, S)])] = {
                 (Manage, S::Manageable),
             ],
         ),
-        (
-            S::CleanWait,
-            &[(Resume, S::Cleaning), (Hold, S::CleanHold), (Fail, S::CleanFailed), (Abort, S::CleanFailed)],
-        ),
+        (S::CleanWait, &[(Resume, S::Cleaning), (Hold, S::CleanHold), (Fail, S::CleanFailed), (Abort, S::CleanFailed)]),
         (S::CleanHold, &[(Unhold, S::CleanWait), (Abort, S::CleanFailed)]),
         (S::CleanFailed, &[(Manage, S::Manageable)]),
         (S::Inspecting, &[(Done, S::Manageable), (Wait, S::InspectWait), (Fail, S::InspectFailed)]),
@@ -292,10 +283,7 @@ pub const TRANSITIONS: &[(S, &[(Event, S)])] = {
         (S::RescueFailed, &[(Rescue, S::Rescuing), (Unrescue, S::Unrescuing), (Delete, S::Deleting)]),
         (S::UnrescueFailed, &[(Rescue, S::Rescuing), (Unrescue, S::Unrescuing), (Delete, S::Deleting)]),
         (S::Unrescuing, &[(Done, S::Active), (Fail, S::UnrescueFailed)]),
-        (
-            S::Servicing,
-            &[(Done, S::Active), (Wait, S::ServiceWait), (Hold, S::ServiceHold), (Fail, S::ServiceFailed)],
-        ),
+        (S::Servicing, &[(Done, S::Active), (Wait, S::ServiceWait), (Hold, S::ServiceHold), (Fail, S::ServiceFailed)]),
         (
             S::ServiceWait,
             &[
@@ -386,10 +374,7 @@ mod tests {
         ("error", "rebuild→deploying; delete→deleting"),
         ("active", "rebuild→deploying; delete→deleting; rescue→rescuing; service→servicing"),
         ("deleting", "clean→cleaning; fail→error"),
-        (
-            "cleaning",
-            "done→available; wait→clean wait; hold→clean hold; fail→clean failed; manage→manageable",
-        ),
+        ("cleaning", "done→available; wait→clean wait; hold→clean hold; fail→clean failed; manage→manageable"),
         ("clean wait", "resume→cleaning; hold→clean hold; fail→clean failed; abort→clean failed"),
         ("clean hold", "unhold→clean wait; abort→clean failed"),
         ("clean failed", "manage→manageable"),

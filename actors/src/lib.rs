@@ -78,15 +78,10 @@ pub enum StartError {
 /// Starts a site inside the current actix system.
 pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
     panics::install_hook();
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let db = config.database_path();
-    let store_error = |source| StartError::Store {
-        path: db.display().to_string(),
-        source,
-    };
+    let store_error = |source| StartError::Store { path: db.display().to_string(), source };
     let opened = {
         let db = db.clone();
         tokio::task::spawn_blocking(move || StoreHandle::open_sqlite(&db))
@@ -121,10 +116,7 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
         lock_wait: config.lock_wait,
         driver_call_timeout: config.driver_call_timeout,
     };
-    let facts = supervisor::SiteFacts {
-        started_at: now.to_rfc3339(),
-        data_dir: config.data_dir.display().to_string(),
-    };
+    let facts = supervisor::SiteFacts { started_at: now.to_rfc3339(), data_dir: config.data_dir.display().to_string() };
     let empty = records.is_empty();
     let supervisor = Supervisor::new(registry.clone(), env, facts).start();
     supervisor
@@ -134,11 +126,7 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
 
     if empty && config.demo_nodes > 0 {
         let demo = (1..=config.demo_nodes)
-            .map(|i| NewNode {
-                name: format!("demo{i}"),
-                driver: "fake".into(),
-                ..Default::default()
-            })
+            .map(|i| NewNode { name: format!("demo{i}"), driver: "fake".into(), ..Default::default() })
             .collect();
         supervisor
             .send(CreateNodes(demo))
@@ -146,11 +134,5 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
             .map_err(|_| StartError::Demo(KilnError::Unavailable("the supervisor stopped".into())))?
             .map_err(StartError::Demo)?;
     }
-    Ok(Site {
-        supervisor,
-        events,
-        registry,
-        store,
-        config,
-    })
+    Ok(Site { supervisor, events, registry, store, config })
 }

@@ -22,7 +22,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
-    Hello { version: u32, client: String },
+    Hello {
+        version: u32,
+        client: String,
+    },
     Status,
     NodeCreate(NewNode),
     /// All or nothing.
@@ -32,10 +35,20 @@ pub enum Request {
         state: Option<ProvisionState>,
         maintenance: Option<bool>,
     },
-    NodeShow { node: String },
-    NodeHistory { node: String, limit: u32 },
-    NodeSet { node: String, update: NodeUpdate },
-    NodeDelete { nodes: String },
+    NodeShow {
+        node: String,
+    },
+    NodeHistory {
+        node: String,
+        limit: u32,
+    },
+    NodeSet {
+        node: String,
+        update: NodeUpdate,
+    },
+    NodeDelete {
+        nodes: String,
+    },
     /// An exclusive operation over a node, a uuid or a node set.
     NodeOp {
         nodes: String,
@@ -43,18 +56,32 @@ pub enum Request {
         wait: bool,
         fanout: Option<u32>,
     },
-    PowerStatus { nodes: String },
-    PortCreate { address: String, node: String },
-    PortList { node: Option<String> },
-    PortDelete { address: String },
+    PowerStatus {
+        nodes: String,
+    },
+    PortCreate {
+        address: String,
+        node: String,
+    },
+    PortList {
+        node: Option<String>,
+    },
+    PortDelete {
+        address: String,
+    },
     /// The recent events; with `follow`, then every new one.
-    Events { follow: bool },
+    Events {
+        follow: bool,
+    },
 }
 
 /// A response from the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Hello { version: u32, server: String },
+    Hello {
+        version: u32,
+        server: String,
+    },
     Error(KilnError),
     Status(SiteStatus),
     Node(NodeView),

@@ -224,12 +224,7 @@ fn prepare_nodes(registry: &Registry, nodes: Vec<NewNode>) -> Result<(Vec<NodeRe
             if !macs.insert(address.clone()) {
                 return Err(KilnError::Conflict(format!("port address '{address}' appears twice")));
             }
-            ports.push(PortRecord {
-                uuid: kiln_store::PortId::new(),
-                address,
-                node: record.uuid,
-                created_at: now,
-            });
+            ports.push(PortRecord { uuid: kiln_store::PortId::new(), address, node: record.uuid, created_at: now });
         }
         batch.push(Write::InsertNode(record.clone()));
         records.push(record);
@@ -382,10 +377,7 @@ where
             Ok(r) => return Ok(r),
             Err(_) => {
                 supervisor
-                    .send(RestartNode {
-                        node: id,
-                        dead: entry.addr,
-                    })
+                    .send(RestartNode { node: id, dead: entry.addr })
                     .await
                     .map_err(|_| KilnError::Unavailable("the supervisor is not running".into()))??;
             }
@@ -419,12 +411,7 @@ impl Router {
     {
         stream::iter(nodes.into_iter().map(|(id, name)| {
             let fut = f(self.clone(), id);
-            async move {
-                NodeOutcome {
-                    node: name,
-                    result: fut.await,
-                }
-            }
+            async move { NodeOutcome { node: name, result: fut.await } }
         }))
         .buffered(fanout.max(1))
         .collect()
@@ -434,10 +421,7 @@ impl Router {
 
 impl Supervisor {
     fn router(&self, ctx: &Context<Self>) -> Router {
-        Router {
-            supervisor: ctx.address(),
-            registry: self.registry.clone(),
-        }
+        Router { supervisor: ctx.address(), registry: self.registry.clone() }
     }
 }
 
@@ -515,10 +499,7 @@ impl Handler<PowerStatus> for Supervisor {
                     let mut view = r.show(id).await?;
                     // The reading is live; the record keeps what was last committed.
                     view = NodeView::of(
-                        &kiln_store::NodeRecord {
-                            power_state: power,
-                            ..(*view).clone()
-                        },
+                        &kiln_store::NodeRecord { power_state: power, ..(*view).clone() },
                         view.reservation.as_ref(),
                     );
                     Ok(view)
@@ -554,12 +535,7 @@ impl Handler<CreatePort> for Supervisor {
         Box::pin(async move {
             let address = normalize_mac(&msg.address).map_err(|e| KilnError::InvalidInput(e.to_string()))?;
             let (id, entry) = found.ok_or_else(|| KilnError::NotFound(format!("no such node: {}", msg.node)))?;
-            let port = PortRecord {
-                uuid: kiln_store::PortId::new(),
-                address,
-                node: id,
-                created_at: Utc::now(),
-            };
+            let port = PortRecord { uuid: kiln_store::PortId::new(), address, node: id, created_at: Utc::now() };
             store.commit(vec![Write::InsertPort(port.clone())]).await?;
             Ok(PortView::of(&port, &entry.name))
         })
@@ -573,12 +549,7 @@ impl Handler<ListPorts> for Supervisor {
         let store = self.env.store.clone();
         Box::pin(async move {
             let node = match &msg.node {
-                Some(n) => Some(
-                    registry
-                        .find(n)
-                        .ok_or_else(|| KilnError::NotFound(format!("no such node: {n}")))?
-                        .0,
-                ),
+                Some(n) => Some(registry.find(n).ok_or_else(|| KilnError::NotFound(format!("no such node: {n}")))?.0),
                 None => None,
             };
             let ports = store.read(move |b| b.load_ports(node)).await?;

@@ -11,23 +11,11 @@ use crate::node::{CrashForTest, NodeUpdate, Op, RunOp};
 use crate::*;
 
 fn config(dir: &std::path::Path, demo: usize, lock_wait: Duration) -> SiteConfig {
-    SiteConfig {
-        data_dir: dir.to_path_buf(),
-        demo_nodes: demo,
-        lock_wait,
-        ..Default::default()
-    }
+    SiteConfig { data_dir: dir.to_path_buf(), demo_nodes: demo, lock_wait, ..Default::default() }
 }
 
 async fn act(site: &Site, node: &str, op: Op, wait: bool) -> Result<NodeView, KilnError> {
-    site.supervisor
-        .send(NodeAction {
-            node: node.into(),
-            op,
-            wait,
-        })
-        .await
-        .unwrap()
+    site.supervisor.send(NodeAction { node: node.into(), op, wait }).await.unwrap()
 }
 
 fn slow(ms: u64) -> Op {
@@ -44,21 +32,10 @@ fn exclusive_requests_run_in_arrival_order() {
         act(&site, "demo1", slow(50), true).await.unwrap();
         let (_, node) = site.registry.find("demo1").unwrap();
         // `send` enqueues at once, so these arrive in this order.
-        let first = node.addr.send(RunOp {
-            op: Op::Power(PowerAction::On),
-            wait: true,
-        });
-        let second = node.addr.send(RunOp {
-            op: Op::Maintenance {
-                on: true,
-                reason: Some("second".into()),
-            },
-            wait: true,
-        });
-        let third = node.addr.send(RunOp {
-            op: Op::Power(PowerAction::Off),
-            wait: true,
-        });
+        let first = node.addr.send(RunOp { op: Op::Power(PowerAction::On), wait: true });
+        let second =
+            node.addr.send(RunOp { op: Op::Maintenance { on: true, reason: Some("second".into()) }, wait: true });
+        let third = node.addr.send(RunOp { op: Op::Power(PowerAction::Off), wait: true });
         let (a, b, c) = futures::join!(first, second, third);
         let (a, b, c) = (a.unwrap().unwrap(), b.unwrap().unwrap(), c.unwrap().unwrap());
         assert!(a.updated_at < b.updated_at && b.updated_at < c.updated_at);

@@ -16,9 +16,7 @@ pub enum StoreError {
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
     /// The database was written by a newer kiln.
-    #[error(
-        "the database schema version {found} is newer than this kiln supports ({supported}); upgrade kiln"
-    )]
+    #[error("the database schema version {found} is newer than this kiln supports ({supported}); upgrade kiln")]
     TooNew { found: i64, supported: i64 },
     /// The shared transaction this batch was grouped into failed as a whole
     /// (disk full, I/O error); nothing of it was committed. The text is the

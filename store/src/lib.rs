@@ -57,8 +57,7 @@ pub trait Backend: Send + 'static {
     /// Every port, optionally only one node's, ordered by address.
     fn load_ports(&mut self, node: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError>;
     /// The last `limit` history entries of a node, oldest first.
-    fn load_history(&mut self, node: NodeId, limit: usize)
-    -> Result<Vec<HistoryEntry>, StoreError>;
+    fn load_history(&mut self, node: NodeId, limit: usize) -> Result<Vec<HistoryEntry>, StoreError>;
     /// Housekeeping: a WAL checkpoint.
     fn checkpoint(&mut self) -> Result<(), StoreError>;
 }

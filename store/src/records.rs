@@ -244,11 +244,7 @@ pub const MASK: &str = "******";
 pub fn masked_driver_info(info: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     info.iter()
         .map(|(k, v)| {
-            let shown = if SECRET_KEYS.contains(&k.as_str()) {
-                MASK.to_string()
-            } else {
-                v.clone()
-            };
+            let shown = if SECRET_KEYS.contains(&k.as_str()) { MASK.to_string() } else { v.clone() };
             (k.clone(), shown)
         })
         .collect()
@@ -324,12 +320,8 @@ pub struct HistoryEntry {
 /// Parses and normalises a MAC address (`AA-bb:cc...` forms) to lower-case,
 /// colon-separated form.
 pub fn normalize_mac(text: &str) -> Result<String, InvalidMac> {
-    let hex: String = text
-        .chars()
-        .filter(|c| !matches!(c, ':' | '-' | '.'))
-        .collect();
-    let well_formed =
-        hex.len() == 12 && hex.chars().all(|c| c.is_ascii_hexdigit()) && text.len() <= 17;
+    let hex: String = text.chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
+    let well_formed = hex.len() == 12 && hex.chars().all(|c| c.is_ascii_hexdigit()) && text.len() <= 17;
     if !well_formed {
         return Err(InvalidMac(text.to_string()));
     }
@@ -353,18 +345,12 @@ mod tests {
             assert_eq!(s.as_str().parse::<ProvisionState>().unwrap(), *s);
         }
         let err = "deployed".parse::<ProvisionState>().unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("unknown provision state 'deployed'")
-        );
+        assert!(err.to_string().contains("unknown provision state 'deployed'"));
     }
 
     #[test]
     fn macs_are_normalised_and_garbage_refused() {
-        assert_eq!(
-            normalize_mac("52-54-00-AB-cd-01").unwrap(),
-            "52:54:00:ab:cd:01"
-        );
+        assert_eq!(normalize_mac("52-54-00-AB-cd-01").unwrap(), "52:54:00:ab:cd:01");
         assert!(normalize_mac("52:54:00:ab:cd").is_err());
         assert!(normalize_mac("zz:54:00:ab:cd:01").is_err());
     }

@@ -39,8 +39,7 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, Row, TransactionBehavior, ffi, params};
 
 use crate::{
-    Backend, Batch, HistoryEntry, NodeId, NodeRecord, PortId, PortRecord, Reservation, StoreError,
-    Timestamp, Write,
+    Backend, Batch, HistoryEntry, NodeId, NodeRecord, PortId, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
 /// The schema, one entry per version: entry `i` takes a database from
@@ -115,17 +114,13 @@ impl SqliteBackend {
                 // "cannot open" would, with the reason the OS gave.
                 StoreError::Sqlite(rusqlite::Error::SqliteFailure(
                     ffi::Error::new(ffi::SQLITE_CANTOPEN),
-                    Some(format!(
-                        "cannot create the database directory {}: {e}",
-                        dir.display()
-                    )),
+                    Some(format!("cannot create the database directory {}: {e}", dir.display())),
                 ))
             })?;
         }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(
                 message = "SQLite refused WAL mode; commits stay durable but slower.",
@@ -148,21 +143,14 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if found > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            found,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION });
     }
-    let applied = usize::try_from(found).map_err(|_| {
-        StoreError::Corrupt(format!("the schema version (user_version) is {found}"))
-    })?;
+    let applied = usize::try_from(found)
+        .map_err(|_| StoreError::Corrupt(format!("the schema version (user_version) is {found}")))?;
     for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", version as i64 + 1)?;
-        tracing::info!(
-            message = "Migrated the store schema.",
-            version = version + 1
-        );
+        tracing::info!(message = "Migrated the store schema.", version = version + 1);
     }
     tx.commit()?;
     Ok(())
@@ -181,9 +169,7 @@ macro_rules! node_select {
 
 impl Backend for SqliteBackend {
     fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batches.len());
         for batch in batches {
             tx.prepare_cached("SAVEPOINT b")?.execute([])?;
@@ -210,9 +196,7 @@ impl Backend for SqliteBackend {
     }
 
     fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(concat!(node_select!(), " ORDER BY name"))?;
+        let mut stmt = self.conn.prepare_cached(concat!(node_select!(), " ORDER BY name"))?;
         let mut rows = stmt.query([])?;
         let mut nodes = Vec::new();
         while let Some(row) = rows.next()? {
@@ -222,9 +206,7 @@ impl Backend for SqliteBackend {
     }
 
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(concat!(node_select!(), " WHERE uuid = ?1"))?;
+        let mut stmt = self.conn.prepare_cached(concat!(node_select!(), " WHERE uuid = ?1"))?;
         let mut rows = stmt.query([id.to_string()])?;
         match rows.next()? {
             Some(row) => Ok(Some(node_from_row(row)?)),
@@ -245,9 +227,8 @@ impl Backend for SqliteBackend {
                 stmt.query([node.to_string()])?
             }
             None => {
-                stmt = self.conn.prepare_cached(
-                    "SELECT uuid, address, node, created_at FROM ports ORDER BY address",
-                )?;
+                stmt =
+                    self.conn.prepare_cached("SELECT uuid, address, node, created_at FROM ports ORDER BY address")?;
                 stmt.query([])?
             }
         };
@@ -258,11 +239,7 @@ impl Backend for SqliteBackend {
         Ok(ports)
     }
 
-    fn load_history(
-        &mut self,
-        node: NodeId,
-        limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
+    fn load_history(&mut self, node: NodeId, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, node, at, event, from_state, to_state, error FROM (
                  SELECT * FROM node_history WHERE node = ?1 ORDER BY id DESC LIMIT ?2
@@ -281,10 +258,7 @@ impl Backend for SqliteBackend {
         // Returns (busy, wal frames, frames checkpointed); busy means a reader
         // kept part of the WAL alive, which the next checkpoint will retry.
         let (busy, log, done): (i64, i64, i64) =
-            self.conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
+            self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         if busy != 0 {
             tracing::warn!(
                 message = "WAL checkpoint could not finish; a reader holds the WAL.",
@@ -342,9 +316,7 @@ fn update_node(conn: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
 
 fn delete_node(conn: &Connection, id: NodeId) -> Result<(), StoreError> {
     // Ports and history go with it (ON DELETE CASCADE).
-    let changed = conn
-        .prepare_cached("DELETE FROM nodes WHERE uuid = ?1")?
-        .execute([id.to_string()])?;
+    let changed = conn.prepare_cached("DELETE FROM nodes WHERE uuid = ?1")?.execute([id.to_string()])?;
     if changed == 0 {
         return Err(node_missing(id));
     }
@@ -352,40 +324,27 @@ fn delete_node(conn: &Connection, id: NodeId) -> Result<(), StoreError> {
 }
 
 fn insert_port(conn: &Connection, port: &PortRecord) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO ports (uuid, address, node, created_at) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![
-        port.uuid.to_string(),
-        port.address,
-        port.node.to_string(),
-        timestamp_text(port.created_at),
-    ])
-    .map_err(|e| {
-        if is_foreign_key_violation(&e) {
-            return node_missing(port.node);
-        }
-        match unique_violation(&e) {
-            Some("ports.address") => {
-                StoreError::Conflict(format!("port address '{}' is already in use", port.address))
+    conn.prepare_cached("INSERT INTO ports (uuid, address, node, created_at) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![port.uuid.to_string(), port.address, port.node.to_string(), timestamp_text(port.created_at),])
+        .map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                return node_missing(port.node);
             }
-            Some("ports.uuid") => {
-                StoreError::Conflict(format!("port uuid {} already exists", port.uuid))
+            match unique_violation(&e) {
+                Some("ports.address") => {
+                    StoreError::Conflict(format!("port address '{}' is already in use", port.address))
+                }
+                Some("ports.uuid") => StoreError::Conflict(format!("port uuid {} already exists", port.uuid)),
+                _ => StoreError::Sqlite(e),
             }
-            _ => StoreError::Sqlite(e),
-        }
-    })?;
+        })?;
     Ok(())
 }
 
 fn delete_port(conn: &Connection, address: &str) -> Result<(), StoreError> {
-    let changed = conn
-        .prepare_cached("DELETE FROM ports WHERE address = ?1")?
-        .execute([address])?;
+    let changed = conn.prepare_cached("DELETE FROM ports WHERE address = ?1")?.execute([address])?;
     if changed == 0 {
-        return Err(StoreError::NotFound(format!(
-            "no port has address '{address}'"
-        )));
+        return Err(StoreError::NotFound(format!("no port has address '{address}'")));
     }
     Ok(())
 }
@@ -403,13 +362,7 @@ fn append_history(conn: &Connection, entry: &HistoryEntry) -> Result<(), StoreEr
         entry.to_state.as_str(),
         entry.error,
     ])
-    .map_err(|e| {
-        if is_foreign_key_violation(&e) {
-            node_missing(entry.node)
-        } else {
-            StoreError::Sqlite(e)
-        }
-    })?;
+    .map_err(|e| if is_foreign_key_violation(&e) { node_missing(entry.node) } else { StoreError::Sqlite(e) })?;
     Ok(())
 }
 
@@ -445,12 +398,8 @@ fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<us
 /// wrong, when it was a uniqueness rule.
 fn node_error(e: rusqlite::Error, node: &NodeRecord) -> StoreError {
     match unique_violation(&e) {
-        Some("nodes.name") => {
-            StoreError::Conflict(format!("node name '{}' is already in use", node.name))
-        }
-        Some("nodes.uuid") => {
-            StoreError::Conflict(format!("node uuid {} already exists", node.uuid))
-        }
+        Some("nodes.name") => StoreError::Conflict(format!("node name '{}' is already in use", node.name)),
+        Some("nodes.uuid") => StoreError::Conflict(format!("node uuid {} already exists", node.uuid)),
         _ => StoreError::Sqlite(e),
     }
 }
@@ -465,10 +414,7 @@ fn unique_violation(e: &rusqlite::Error) -> Option<&str> {
     match e {
         rusqlite::Error::SqliteFailure(err, Some(message))
             if err.code == ffi::ErrorCode::ConstraintViolation
-                && matches!(
-                    err.extended_code,
-                    ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-                ) =>
+                && matches!(err.extended_code, ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) =>
         {
             message.strip_prefix("UNIQUE constraint failed: ")
         }
@@ -506,15 +452,12 @@ struct Fields<'r, 's> {
 impl Fields<'_, '_> {
     fn raw<T: FromSql>(&self, index: usize, column: &str) -> Result<T, StoreError> {
         self.row.get(index).map_err(|e| match e {
-            rusqlite::Error::InvalidColumnType(_, _, kind) => StoreError::Corrupt(format!(
-                "{}.{column}{} holds a value of type {kind}",
-                self.table, self.key
-            )),
-            rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(format!(
-                "{}.{column}{} holds an unreadable value: {e}",
-                self.table, self.key
-            )),
+            rusqlite::Error::InvalidColumnType(_, _, kind) => {
+                StoreError::Corrupt(format!("{}.{column}{} holds a value of type {kind}", self.table, self.key))
+            }
+            rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::IntegralValueOutOfRange(..) => {
+                StoreError::Corrupt(format!("{}.{column}{} holds an unreadable value: {e}", self.table, self.key))
+            }
             other => StoreError::Sqlite(other),
         })
     }
@@ -551,9 +494,7 @@ impl Fields<'_, '_> {
     }
 
     fn timestamp_from(&self, column: &str, text: String) -> Result<Timestamp, StoreError> {
-        DateTime::parse_from_rfc3339(&text)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| self.corrupt(column, &text, e))
+        DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).map_err(|e| self.corrupt(column, &text, e))
     }
 
     fn map(&self, index: usize, column: &str) -> Result<BTreeMap<String, String>, StoreError> {
@@ -562,28 +503,20 @@ impl Fields<'_, '_> {
     }
 
     fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
-        StoreError::Corrupt(format!(
-            "{}.{column}{} holds '{value}': {error}",
-            self.table, self.key
-        ))
+        StoreError::Corrupt(format!("{}.{column}{} holds '{value}': {error}", self.table, self.key))
     }
 }
 
 fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
-    let mut f = Fields {
-        row,
-        table: "nodes",
-        key: String::new(),
-    };
+    let mut f = Fields { row, table: "nodes", key: String::new() };
     let uuid: NodeId = f.parsed(0, "uuid")?;
     f.key = format!(" of node {uuid}");
     let purpose: Option<String> = f.raw(14, "reservation_purpose")?;
     let since: Option<String> = f.raw(15, "reservation_since")?;
     let reservation = match (purpose, since) {
-        (Some(purpose), Some(since)) => Some(Reservation {
-            purpose,
-            since: f.timestamp_from("reservation_since", since)?,
-        }),
+        (Some(purpose), Some(since)) => {
+            Some(Reservation { purpose, since: f.timestamp_from("reservation_since", since)? })
+        }
         (None, None) => None,
         (purpose, since) => {
             return Err(StoreError::Corrupt(format!(
@@ -613,11 +546,7 @@ fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
 }
 
 fn port_from_row(row: &Row<'_>) -> Result<PortRecord, StoreError> {
-    let mut f = Fields {
-        row,
-        table: "ports",
-        key: String::new(),
-    };
+    let mut f = Fields { row, table: "ports", key: String::new() };
     let uuid: PortId = f.parsed(0, "uuid")?;
     f.key = format!(" of port {uuid}");
     Ok(PortRecord {
@@ -629,11 +558,7 @@ fn port_from_row(row: &Row<'_>) -> Result<PortRecord, StoreError> {
 }
 
 fn history_from_row(row: &Row<'_>) -> Result<HistoryEntry, StoreError> {
-    let mut f = Fields {
-        row,
-        table: "node_history",
-        key: String::new(),
-    };
+    let mut f = Fields { row, table: "node_history", key: String::new() };
     let id: i64 = f.raw(0, "id")?;
     f.key = format!(" of entry {id}");
     Ok(HistoryEntry {

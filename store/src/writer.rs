@@ -63,9 +63,7 @@ impl StoreHandle {
     /// Starts the store thread, which owns `backend` from now on.
     pub fn start(backend: Box<dyn Backend>) -> StoreHandle {
         let (requests, inbox) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("kiln-store".into())
-            .spawn(move || serve(backend, inbox));
+        let spawned = std::thread::Builder::new().name("kiln-store".into()).spawn(move || serve(backend, inbox));
         if let Err(error) = spawned {
             // The inbox went down with the closure, so every request on this
             // handle answers Closed: the caller learns it at its first use.
@@ -129,14 +127,9 @@ impl StoreHandle {
         reply.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
-    fn send_commit(
-        &self,
-        batch: Batch,
-    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+    fn send_commit(&self, batch: Batch) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Commit(batch, reply))
-            .map_err(|_| StoreError::Closed)?;
+        self.requests.send(Request::Commit(batch, reply)).map_err(|_| StoreError::Closed)?;
         Ok(answer)
     }
 
@@ -150,9 +143,7 @@ impl StoreHandle {
             // The caller may have given up waiting; that is not our error.
             let _ = reply.send(f(backend));
         });
-        self.requests
-            .send(Request::Read(job))
-            .map_err(|_| StoreError::Closed)?;
+        self.requests.send(Request::Read(job)).map_err(|_| StoreError::Closed)?;
         Ok(answer)
     }
 }
@@ -203,11 +194,7 @@ fn run_read(backend: &mut dyn Backend, job: ReadJob) {
 }
 
 /// Commits one group and answers every caller in it.
-fn commit_group(
-    backend: &mut dyn Backend,
-    batches: &[Batch],
-    replies: impl ExactSizeIterator<Item = CommitReply>,
-) {
+fn commit_group(backend: &mut dyn Backend, batches: &[Batch], replies: impl ExactSizeIterator<Item = CommitReply>) {
     let failure = match catch_unwind(AssertUnwindSafe(|| backend.commit(batches))) {
         Ok(Ok(results)) if results.len() == replies.len() => {
             for (reply, result) in replies.zip(results) {

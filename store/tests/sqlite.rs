@@ -22,8 +22,7 @@ fn open(path: &Path) -> SqliteBackend {
 
 /// A node with every optional field set and a name that is not ASCII.
 fn full_node() -> NodeRecord {
-    let created =
-        Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 58).unwrap() + Duration::nanoseconds(123_456_789);
+    let created = Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 58).unwrap() + Duration::nanoseconds(123_456_789);
     NodeRecord {
         uuid: NodeId::new(),
         name: "nœud-été-節点-🔥".into(),
@@ -33,10 +32,7 @@ fn full_node() -> NodeRecord {
             ("username".into(), "root".into()),
             ("password".into(), "p\"a'ss\\wörd".into()),
         ]),
-        properties: BTreeMap::from([
-            ("cpus".into(), "64".into()),
-            ("memory_mb".into(), "262144".into()),
-        ]),
+        properties: BTreeMap::from([("cpus".into(), "64".into()), ("memory_mb".into(), "262144".into())]),
         provision_state: ProvisionState::WaitCallBack,
         target_provision_state: Some(ProvisionState::Active),
         power_state: Some(PowerState::On),
@@ -46,10 +42,7 @@ fn full_node() -> NodeRecord {
         maintenance_reason: Some("fan ✗".into()),
         fault: Some("power failure".into()),
         last_error: Some("BMC said: 500 'Internal'".into()),
-        reservation: Some(Reservation {
-            purpose: "deploy".into(),
-            since: created + Duration::microseconds(7),
-        }),
+        reservation: Some(Reservation { purpose: "deploy".into(), since: created + Duration::microseconds(7) }),
         created_at: created,
         updated_at: Utc::now(),
     }
@@ -60,12 +53,7 @@ fn node(name: &str) -> NodeRecord {
 }
 
 fn port(node: NodeId, address: &str) -> PortRecord {
-    PortRecord {
-        uuid: PortId::new(),
-        address: address.into(),
-        node,
-        created_at: Utc::now(),
-    }
+    PortRecord { uuid: PortId::new(), address: address.into(), node, created_at: Utc::now() }
 }
 
 fn history(node: NodeId, event: &str) -> HistoryEntry {
@@ -88,8 +76,7 @@ fn commit_one(store: &mut SqliteBackend, batch: Batch) -> Result<(), StoreError>
 
 fn user_version(path: &Path) -> i64 {
     let conn = rusqlite::Connection::open(path).unwrap();
-    conn.pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap()
+    conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
 }
 
 #[test]
@@ -127,10 +114,7 @@ fn update_replaces_every_field_and_missing_nodes_are_not_found() {
 
     let ghost = node("ghost");
     let err = commit_one(&mut store, vec![Write::UpdateNode(ghost.clone())]).unwrap_err();
-    assert!(
-        matches!(&err, StoreError::NotFound(m) if m == &format!("node {} does not exist", ghost.uuid)),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StoreError::NotFound(m) if m == &format!("node {} does not exist", ghost.uuid)), "{err:?}");
     let err = commit_one(&mut store, vec![Write::DeleteNode(ghost.uuid)]).unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }
@@ -163,12 +147,7 @@ fn a_duplicate_name_fails_its_batch_alone() {
     }
     assert!(results[1].is_ok());
 
-    let names: Vec<String> = store
-        .load_nodes()
-        .unwrap()
-        .into_iter()
-        .map(|n| n.name)
-        .collect();
+    let names: Vec<String> = store.load_nodes().unwrap().into_iter().map(|n| n.name).collect();
     assert_eq!(names, vec!["dup", "other"]);
     assert_eq!(store.load_node(innocent.uuid).unwrap(), None);
     assert!(store.load_history(first.uuid, 10).unwrap().is_empty());
@@ -177,10 +156,7 @@ fn a_duplicate_name_fails_its_batch_alone() {
     let mut renamed = other.clone();
     renamed.name = "dup".into();
     let err = commit_one(&mut store, vec![Write::UpdateNode(renamed)]).unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Conflict(m) if m.contains("'dup'")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StoreError::Conflict(m) if m.contains("'dup'")), "{err:?}");
     assert_eq!(store.load_node(other.uuid).unwrap(), Some(other));
 }
 
@@ -193,10 +169,7 @@ fn a_duplicate_uuid_is_a_conflict() {
     let mut again = node("b");
     again.uuid = n.uuid;
     let err = commit_one(&mut store, vec![Write::InsertNode(again)]).unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Conflict(m) if m == &format!("node uuid {} already exists", n.uuid)),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StoreError::Conflict(m) if m == &format!("node uuid {} already exists", n.uuid)), "{err:?}");
 }
 
 #[test]
@@ -205,60 +178,31 @@ fn ports_conflict_on_mac_and_need_their_node() {
     let mut store = open(&path);
     let a = node("a");
     let b = node("b");
-    commit_one(
-        &mut store,
-        vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())],
-    )
-    .unwrap();
+    commit_one(&mut store, vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())]).unwrap();
     let pa = port(a.uuid, "52:54:00:00:00:02");
     let pb = port(b.uuid, "52:54:00:00:00:01");
-    commit_one(
-        &mut store,
-        vec![Write::InsertPort(pa.clone()), Write::InsertPort(pb.clone())],
-    )
-    .unwrap();
+    commit_one(&mut store, vec![Write::InsertPort(pa.clone()), Write::InsertPort(pb.clone())]).unwrap();
 
-    let err = commit_one(
-        &mut store,
-        vec![Write::InsertPort(port(b.uuid, &pa.address))],
-    )
-    .unwrap_err();
+    let err = commit_one(&mut store, vec![Write::InsertPort(port(b.uuid, &pa.address))]).unwrap_err();
     assert!(
         matches!(&err, StoreError::Conflict(m) if m == "port address '52:54:00:00:00:02' is already in use"),
         "{err:?}"
     );
 
     let ghost = NodeId::new();
-    let err = commit_one(
-        &mut store,
-        vec![Write::InsertPort(port(ghost, "52:54:00:00:00:03"))],
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::NotFound(m) if m == &format!("node {ghost} does not exist")),
-        "{err:?}"
-    );
-    let err = commit_one(
-        &mut store,
-        vec![Write::AppendHistory(history(ghost, "manage"))],
-    )
-    .unwrap_err();
+    let err = commit_one(&mut store, vec![Write::InsertPort(port(ghost, "52:54:00:00:00:03"))]).unwrap_err();
+    assert!(matches!(&err, StoreError::NotFound(m) if m == &format!("node {ghost} does not exist")), "{err:?}");
+    let err = commit_one(&mut store, vec![Write::AppendHistory(history(ghost, "manage"))]).unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 
     // Ordered by address, filtered by node.
-    assert_eq!(
-        store.load_ports(None).unwrap(),
-        vec![pb.clone(), pa.clone()]
-    );
+    assert_eq!(store.load_ports(None).unwrap(), vec![pb.clone(), pa.clone()]);
     assert_eq!(store.load_ports(Some(a.uuid)).unwrap(), vec![pa.clone()]);
 
     commit_one(&mut store, vec![Write::DeletePort(pa.address.clone())]).unwrap();
     assert_eq!(store.load_ports(None).unwrap(), vec![pb]);
     let err = commit_one(&mut store, vec![Write::DeletePort(pa.address.clone())]).unwrap_err();
-    assert!(
-        matches!(&err, StoreError::NotFound(m) if m.contains("52:54:00:00:00:02")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StoreError::NotFound(m) if m.contains("52:54:00:00:00:02")), "{err:?}");
 }
 
 #[test]
@@ -291,10 +235,7 @@ fn deleting_a_node_takes_its_ports_and_history() {
     let gone_again = node("gone");
     commit_one(
         &mut store,
-        vec![
-            Write::InsertNode(gone_again.clone()),
-            Write::InsertPort(port(gone_again.uuid, "52:54:00:00:00:01")),
-        ],
+        vec![Write::InsertNode(gone_again.clone()), Write::InsertPort(port(gone_again.uuid, "52:54:00:00:00:01"))],
     )
     .unwrap();
 }
@@ -305,11 +246,7 @@ fn history_is_the_last_entries_oldest_first() {
     let mut store = open(&path);
     let a = node("a");
     let b = node("b");
-    commit_one(
-        &mut store,
-        vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())],
-    )
-    .unwrap();
+    commit_one(&mut store, vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())]).unwrap();
     let mut expected = Vec::new();
     for i in 0..10 {
         let mut entry = history(a.uuid, &format!("event-{i}"));
@@ -319,20 +256,11 @@ fn history_is_the_last_entries_oldest_first() {
         }
         expected.push(entry.clone());
         // Interleave another node's entries: they must not show up.
-        commit_one(
-            &mut store,
-            vec![
-                Write::AppendHistory(entry),
-                Write::AppendHistory(history(b.uuid, "other")),
-            ],
-        )
-        .unwrap();
+        commit_one(&mut store, vec![Write::AppendHistory(entry), Write::AppendHistory(history(b.uuid, "other"))])
+            .unwrap();
     }
     assert_eq!(store.load_history(a.uuid, 100).unwrap(), expected);
-    assert_eq!(
-        store.load_history(a.uuid, 4).unwrap(),
-        expected[6..].to_vec()
-    );
+    assert_eq!(store.load_history(a.uuid, 4).unwrap(), expected[6..].to_vec());
     assert!(store.load_history(a.uuid, 0).unwrap().is_empty());
     assert_eq!(store.load_history(a.uuid, usize::MAX).unwrap().len(), 10);
 }
@@ -347,11 +275,7 @@ fn everything_committed_is_there_after_reopening() {
         let mut store = open(&path);
         commit_one(
             &mut store,
-            vec![
-                Write::InsertNode(n.clone()),
-                Write::InsertPort(p.clone()),
-                Write::AppendHistory(h.clone()),
-            ],
+            vec![Write::InsertNode(n.clone()), Write::InsertPort(p.clone()), Write::AppendHistory(h.clone())],
         )
         .unwrap();
         store.checkpoint().unwrap();
@@ -393,8 +317,7 @@ fn a_file_from_a_newer_kiln_is_refused() {
     drop(open(&path));
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
     }
     match SqliteBackend::open(&path) {
         Err(StoreError::TooNew { found, supported }) => {
@@ -414,14 +337,8 @@ fn damaged_values_are_corrupt_errors_not_panics() {
     let n = node("n");
     {
         let mut store = open(&path);
-        commit_one(
-            &mut store,
-            vec![
-                Write::InsertNode(n.clone()),
-                Write::AppendHistory(history(n.uuid, "manage")),
-            ],
-        )
-        .unwrap();
+        commit_one(&mut store, vec![Write::InsertNode(n.clone()), Write::AppendHistory(history(n.uuid, "manage"))])
+            .unwrap();
     }
     let damage = |sql: &str| {
         let conn = rusqlite::Connection::open(&path).unwrap();
@@ -429,10 +346,7 @@ fn damaged_values_are_corrupt_errors_not_panics() {
     };
     let expect_corrupt = |what: &[&str]| {
         let mut store = open(&path);
-        let errors = [
-            store.load_nodes().map(|_| ()),
-            store.load_node(n.uuid).map(|_| ()),
-        ];
+        let errors = [store.load_nodes().map(|_| ()), store.load_node(n.uuid).map(|_| ())];
         for result in errors {
             match result {
                 Err(StoreError::Corrupt(m)) => {
@@ -470,10 +384,7 @@ fn damaged_values_are_corrupt_errors_not_panics() {
     damage("UPDATE node_history SET to_state = 'limbo'");
     match store.load_history(n.uuid, 10) {
         Err(StoreError::Corrupt(m)) => {
-            assert!(
-                m.contains("node_history.to_state") && m.contains("'limbo'"),
-                "{m}"
-            )
+            assert!(m.contains("node_history.to_state") && m.contains("'limbo'"), "{m}")
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }

@@ -44,13 +44,7 @@ async fn many_concurrent_committers_all_land() {
             for b in 0..BATCHES {
                 let n = node(&format!("t{t}-b{b}"));
                 let id = n.uuid;
-                store
-                    .commit(vec![
-                        Write::InsertNode(n),
-                        Write::AppendHistory(history(id, "enroll")),
-                    ])
-                    .await
-                    .unwrap();
+                store.commit(vec![Write::InsertNode(n), Write::AppendHistory(history(id, "enroll"))]).await.unwrap();
                 // Every acknowledged commit is visible to a later read.
                 if b % 25 == 0 {
                     let seen = store.read(move |s| s.load_node(id)).await.unwrap();
@@ -69,10 +63,7 @@ async fn many_concurrent_committers_all_land() {
     let nodes = store.read(|s| s.load_nodes()).await.unwrap();
     assert_eq!(nodes.len(), TASKS * BATCHES);
     let probe = ids[ids.len() / 2];
-    let lines = store
-        .read(move |s| s.load_history(probe, 10))
-        .await
-        .unwrap();
+    let lines = store.read(move |s| s.load_history(probe, 10)).await.unwrap();
     assert_eq!(lines.len(), 1);
 
     // Durable: a fresh backend on the file sees them all once the thread
@@ -87,10 +78,7 @@ async fn many_concurrent_committers_all_land() {
 async fn a_failed_batch_does_not_fail_the_others() {
     let (_dir, path) = db();
     let store = StoreHandle::open_sqlite(&path).unwrap();
-    store
-        .commit(vec![Write::InsertNode(node("taken"))])
-        .await
-        .unwrap();
+    store.commit(vec![Write::InsertNode(node("taken"))]).await.unwrap();
 
     // Sent together, so most likely grouped in one transaction; either way
     // each gets its own answer.
@@ -100,13 +88,7 @@ async fn a_failed_batch_does_not_fail_the_others() {
     assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
     fine.unwrap();
 
-    let names: Vec<String> = store
-        .read(|s| s.load_nodes())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| n.name)
-        .collect();
+    let names: Vec<String> = store.read(|s| s.load_nodes()).await.unwrap().into_iter().map(|n| n.name).collect();
     assert_eq!(names, vec!["free", "taken"]);
 }
 
@@ -115,13 +97,8 @@ fn blocking_callers_work_without_a_runtime() {
     let (_dir, path) = db();
     let store = StoreHandle::open_sqlite(&path).unwrap();
     let n = node("sync");
-    store
-        .commit_blocking(vec![Write::InsertNode(n.clone())])
-        .unwrap();
-    let seen = store
-        .read_blocking(move |s| s.load_node(n.uuid))
-        .unwrap()
-        .unwrap();
+    store.commit_blocking(vec![Write::InsertNode(n.clone())]).unwrap();
+    let seen = store.read_blocking(move |s| s.load_node(n.uuid)).unwrap().unwrap();
     assert_eq!(seen.name, "sync");
     store.read_blocking(|s| s.checkpoint()).unwrap();
 }
@@ -130,13 +107,9 @@ fn blocking_callers_work_without_a_runtime() {
 fn a_panicking_read_does_not_stop_the_store() {
     let (_dir, path) = db();
     let store = StoreHandle::open_sqlite(&path).unwrap();
-    let err = store
-        .read_blocking(|_| -> Result<(), StoreError> { panic!("a bug in a reader") })
-        .unwrap_err();
+    let err = store.read_blocking(|_| -> Result<(), StoreError> { panic!("a bug in a reader") }).unwrap_err();
     assert!(matches!(err, StoreError::Closed), "{err:?}");
-    store
-        .commit_blocking(vec![Write::InsertNode(node("after"))])
-        .unwrap();
+    store.commit_blocking(vec![Write::InsertNode(node("after"))]).unwrap();
     assert_eq!(store.read_blocking(|s| s.load_nodes()).unwrap().len(), 1);
 }
 
@@ -177,26 +150,16 @@ impl Backend for BrokenDisk {
 async fn a_failed_transaction_fails_every_batch_in_it_with_the_cause() {
     let offered = Arc::new(AtomicUsize::new(0));
     let (alive, _backend_gone) = std::sync::mpsc::channel();
-    let store = StoreHandle::start(Box::new(BrokenDisk {
-        offered: offered.clone(),
-        _alive: alive,
-    }));
+    let store = StoreHandle::start(Box::new(BrokenDisk { offered: offered.clone(), _alive: alive }));
     let mut tasks = Vec::new();
     for i in 0..32 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            store
-                .commit(vec![Write::InsertNode(node(&format!("n{i}")))])
-                .await
-        }));
+        tasks.push(tokio::spawn(async move { store.commit(vec![Write::InsertNode(node(&format!("n{i}")))]).await }));
     }
     for task in tasks {
         match task.await.unwrap() {
             Err(StoreError::CommitFailed(m)) => {
-                assert!(
-                    m.starts_with("database error: database or disk is full"),
-                    "{m}"
-                )
+                assert!(m.starts_with("database error: database or disk is full"), "{m}")
             }
             other => panic!("expected CommitFailed, got {other:?}"),
         }
@@ -208,17 +171,11 @@ async fn a_failed_transaction_fails_every_batch_in_it_with_the_cause() {
 fn the_thread_ends_with_the_last_handle_after_serving_the_queue() {
     let offered = Arc::new(AtomicUsize::new(0));
     let (alive, backend_gone) = std::sync::mpsc::channel::<()>();
-    let store = StoreHandle::start(Box::new(BrokenDisk {
-        offered: offered.clone(),
-        _alive: alive,
-    }));
+    let store = StoreHandle::start(Box::new(BrokenDisk { offered: offered.clone(), _alive: alive }));
     let clone = store.clone();
     drop(store);
     // One handle left: the thread still serves.
-    assert!(matches!(
-        clone.commit_blocking(vec![]),
-        Err(StoreError::CommitFailed(_))
-    ));
+    assert!(matches!(clone.commit_blocking(vec![]), Err(StoreError::CommitFailed(_))));
     drop(clone);
     // The backend (and the sender it holds) is dropped when the thread ends;
     // recv returns then, with no sleep.
@@ -271,15 +228,12 @@ async fn enqueue<T>(mut futures: Vec<Pending<'_, T>>) -> Vec<Pending<'_, T>> {
 #[tokio::test]
 async fn queued_commits_share_one_transaction_and_reads_keep_their_place() {
     let groups = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let store = StoreHandle::start(Box::new(Recorder {
-        groups: groups.clone(),
-    }));
+    let store = StoreHandle::start(Box::new(Recorder { groups: groups.clone() }));
 
     // Hold the thread in a read until everything else is queued.
     let (release, held) = std::sync::mpsc::channel::<()>();
-    let mut requests: Vec<Pending<'_, Result<(), StoreError>>> = vec![Box::pin(
-        store.read(move |_| held.recv().map_err(|_| StoreError::Closed)),
-    )];
+    let mut requests: Vec<Pending<'_, Result<(), StoreError>>> =
+        vec![Box::pin(store.read(move |_| held.recv().map_err(|_| StoreError::Closed)))];
     for _ in 0..3 {
         requests.push(Box::pin(store.commit(vec![])));
     }
@@ -297,8 +251,5 @@ async fn queued_commits_share_one_transaction_and_reads_keep_their_place() {
     for r in requests {
         r.await.unwrap();
     }
-    assert_eq!(
-        *groups.lock().unwrap(),
-        vec![3, kiln_store::writer::MAX_GROUP, 2]
-    );
+    assert_eq!(*groups.lock().unwrap(), vec![3, kiln_store::writer::MAX_GROUP, 2]);
 }

@@ -49,7 +49,8 @@ fn unknown_nodes_invalid_transitions_and_duplicates_are_refused() {
     assert_eq!(kind, "invalid_input");
 
     // A node with a duplicate MAC is not created either.
-    let (kind, _) = error_of(&d.json_code(&["node", "create", "x2", "--driver", "fake", "--mac", "52:54:00:00:00:01"], 1));
+    let (kind, _) =
+        error_of(&d.json_code(&["node", "create", "x2", "--driver", "fake", "--mac", "52:54:00:00:00:01"], 1));
     assert_eq!(kind, "conflict");
 
     let after = d.json(&["node", "list"]);

@@ -31,13 +31,8 @@ impl Daemon {
     pub fn start(demo: usize, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("kiln.sock");
-        let mut d = Daemon {
-            child: None,
-            dir,
-            socket,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            log: None,
-        };
+        let mut d =
+            Daemon { child: None, dir, socket, extra: extra.iter().map(|s| s.to_string()).collect(), log: None };
         d.spawn(demo);
         d
     }
@@ -179,11 +174,6 @@ pub fn states(d: &Daemon) -> std::collections::BTreeMap<String, String> {
     list.as_array()
         .expect("a list")
         .iter()
-        .map(|n| {
-            (
-                n["name"].as_str().unwrap().to_string(),
-                n["provision_state"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|n| (n["name"].as_str().unwrap().to_string(), n["provision_state"].as_str().unwrap().to_string()))
         .collect()
 }

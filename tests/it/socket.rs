@@ -32,13 +32,7 @@ fn recv(s: &mut UnixStream) -> Option<Response> {
 }
 
 fn hello(s: &mut UnixStream) {
-    send(
-        s,
-        &Request::Hello {
-            version: PROTOCOL_VERSION,
-            client: "test".into(),
-        },
-    );
+    send(s, &Request::Hello { version: PROTOCOL_VERSION, client: "test".into() });
     assert!(matches!(recv(s), Some(Response::Hello { .. })));
 }
 
@@ -64,13 +58,7 @@ fn the_socket_is_private_to_its_owner() {
 fn a_wrong_version_or_a_missing_hello_is_refused_clearly() {
     let d = Daemon::start(2, &[]);
     let mut s = connect(&d);
-    send(
-        &mut s,
-        &Request::Hello {
-            version: 999,
-            client: "old".into(),
-        },
-    );
+    send(&mut s, &Request::Hello { version: 999, client: "old".into() });
     let msg = protocol_error(recv(&mut s));
     assert!(msg.contains("999") && msg.contains(&PROTOCOL_VERSION.to_string()), "{msg}");
     assert!(recv(&mut s).is_none(), "closed after a refused hello");
@@ -135,8 +123,12 @@ fn a_peer_with_another_uid_is_refused() {
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = std::os::unix::process::CommandExt::uid(
-        std::process::Command::new(crate::harness::KILN)
-            .args(["--json", "--socket", d.socket.to_str().unwrap(), "status"]),
+        std::process::Command::new(crate::harness::KILN).args([
+            "--json",
+            "--socket",
+            d.socket.to_str().unwrap(),
+            "status",
+        ]),
         65534,
     )
     .output()

@@ -81,15 +81,7 @@ impl Actor for NodeActor {
 
 impl NodeActor {
     pub fn new(record: NodeRecord, env: NodeEnv) -> Self {
-        NodeActor {
-            record,
-            reservation: None,
-            task: None,
-            waiters: VecDeque::new(),
-            next_waiter: 0,
-            driver: None,
-            env,
-        }
+        NodeActor { record, reservation: None, task: None, waiters: VecDeque::new(), next_waiter: 0, driver: None, env }
     }
 
     fn view(&self) -> NodeView {
@@ -105,11 +97,7 @@ impl NodeActor {
             Some(r) => (r.purpose.clone(), r.since.to_rfc3339()),
             None => ("a queued request".into(), Utc::now().to_rfc3339()),
         };
-        KilnError::NodeLocked {
-            node: self.name(),
-            holder_purpose: purpose,
-            since,
-        }
+        KilnError::NodeLocked { node: self.name(), holder_purpose: purpose, since }
     }
 
     /// The driver actor for this node's BMC, started on first use.
@@ -205,10 +193,7 @@ impl NodeActor {
 
     fn begin(&mut self, op: Op, wait: bool, reply: Reply, ctx: &mut Context<Self>) {
         let now = Utc::now();
-        self.reservation = Some(Reservation {
-            purpose: op.purpose(),
-            since: now,
-        });
+        self.reservation = Some(Reservation { purpose: op.purpose(), since: now });
         self.task = Some(Task {
             reply: Some(reply),
             wait,
@@ -260,10 +245,7 @@ impl NodeActor {
                 // The working state is entered only once its work can start:
                 // without a driver, nothing changes and the caller is told.
                 if let Err(e) = self.driver() {
-                    let err = KilnError::Driver {
-                        node: self.name(),
-                        message: e.to_string(),
-                    };
+                    let err = KilnError::Driver { node: self.name(), message: e.to_string() };
                     return self.end_task(Err(err), ctx);
                 }
                 let mut next = self.record.clone();
@@ -291,10 +273,7 @@ impl NodeActor {
         let driver = match self.driver() {
             Ok(d) => d,
             Err(e) => {
-                let err = KilnError::Driver {
-                    node: self.name(),
-                    message: e.to_string(),
-                };
+                let err = KilnError::Driver { node: self.name(), message: e.to_string() };
                 return self.end_task(Err(err), ctx);
             }
         };
@@ -330,10 +309,7 @@ impl NodeActor {
         let driver = match self.driver() {
             Ok(d) => d,
             Err(e) => {
-                let err = KilnError::Driver {
-                    node: self.name(),
-                    message: e.to_string(),
-                };
+                let err = KilnError::Driver { node: self.name(), message: e.to_string() };
                 return self.end_task(Err(err), ctx);
             }
         };
@@ -541,10 +517,7 @@ impl NodeActor {
                 }
                 Some(message) => {
                     act.publish(EventKind::Error, Some(message.clone()));
-                    let err = KilnError::Driver {
-                        node: act.name(),
-                        message,
-                    };
+                    let err = KilnError::Driver { node: act.name(), message };
                     act.end_task(Err(err), ctx);
                 }
             }
@@ -627,21 +600,12 @@ impl Handler<ReadPower> for NodeActor {
         let name = self.name();
         let driver = self.driver();
         Box::pin(async move {
-            let driver = driver.map_err(|e| KilnError::Driver {
-                node: name.clone(),
-                message: e.to_string(),
-            })?;
+            let driver = driver.map_err(|e| KilnError::Driver { node: name.clone(), message: e.to_string() })?;
             match driver.send(DriverCall::GetPower).await {
                 Ok(Ok(DriverReply::Power(p))) => Ok(Some(power_state_of(p))),
                 Ok(Ok(_)) => Ok(None),
-                Ok(Err(e)) => Err(KilnError::Driver {
-                    node: name,
-                    message: e.to_string(),
-                }),
-                Err(_) => Err(KilnError::Driver {
-                    node: name,
-                    message: DriverError::Unavailable.to_string(),
-                }),
+                Ok(Err(e)) => Err(KilnError::Driver { node: name, message: e.to_string() }),
+                Err(_) => Err(KilnError::Driver { node: name, message: DriverError::Unavailable.to_string() }),
             }
         })
     }
@@ -649,11 +613,8 @@ impl Handler<ReadPower> for NodeActor {
 
 /// The verbs whose events a state allows, for `InvalidState` messages.
 fn allowed_verbs(state: ProvisionState) -> String {
-    let verbs: Vec<&str> = fsm::Verb::ALL
-        .iter()
-        .filter(|v| fsm::step(state, v.event()).is_ok())
-        .map(|v| v.as_str())
-        .collect();
+    let verbs: Vec<&str> =
+        fsm::Verb::ALL.iter().filter(|v| fsm::step(state, v.event()).is_ok()).map(|v| v.as_str()).collect();
     if verbs.is_empty() { "none".into() } else { verbs.join(", ") }
 }
 

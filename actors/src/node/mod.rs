@@ -17,9 +17,9 @@ use kiln_drivers::PowerAction;
 use kiln_store::{BootDevice, PowerState};
 use serde::{Deserialize, Serialize};
 
-pub use actor::{NodeActor, NodeEnv};
 #[cfg(test)]
 pub use actor::CrashForTest;
+pub use actor::{NodeActor, NodeEnv};
 
 use crate::KilnError;
 use crate::fsm::Verb;

@@ -71,11 +71,7 @@ pub fn plan_verb(record: &NodeRecord, verb: Verb) -> Result<VerbPlan, InvalidSta
         (S::Manageable, Verb::Clean) => S::Manageable,
         _ => fsm::default_target(to).unwrap_or(to),
     };
-    Ok(VerbPlan::Work {
-        working: to,
-        target,
-        steps: steps_of(to),
-    })
+    Ok(VerbPlan::Work { working: to, target, steps: steps_of(to) })
 }
 
 /// The event that ends a task's working state successfully: `done`, or for a
@@ -164,10 +160,7 @@ mod tests {
     fn recovery_fails_working_states_and_releases() {
         let mut n = node(S::Deploying);
         n.target_provision_state = Some(S::Active);
-        n.reservation = Some(Reservation {
-            purpose: "deploy".into(),
-            since: Utc::now(),
-        });
+        n.reservation = Some(Reservation { purpose: "deploy".into(), since: Utc::now() });
         let (fixed, entry) = recover(&n, "daemon restarted", Utc::now()).unwrap();
         assert_eq!(fixed.provision_state, S::DeployFailed);
         assert_eq!(fixed.target_provision_state, None);
