@@ -30,6 +30,12 @@ pub enum Command {
     /// Manage ports.
     #[command(subcommand)]
     Port(PortCommand),
+    /// Jobs: list, show, watch, cancel, archive, submit.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// The job queue: drain on|off, status.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Show recent events; with --follow, keep printing new ones.
     Events {
         #[arg(long, short)]
@@ -259,4 +265,39 @@ pub struct NodesetArgs {
     /// Count the names.
     #[arg(short = 'c', long, value_name = "EXPR")]
     pub count: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// List live (not archived) jobs.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show a job, its opcodes and per-node results.
+    Show { id: u64 },
+    /// Follow a job's log until it ends; the exit code is 0 only on success.
+    Watch { id: u64 },
+    /// Cancel a job (a running one stops before its next opcode and node).
+    Cancel { id: u64 },
+    /// Move an ended job out of the live queue.
+    Archive { id: u64 },
+    /// Submit a job file (JSON or YAML list of opcodes).
+    Submit {
+        file: PathBuf,
+        /// Follow it to its end.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Refuse (on) or accept again (off) new jobs; running jobs finish.
+    Drain {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// The queue at a glance.
+    Status,
 }

@@ -9,8 +9,11 @@ use anyhow::{Context, bail};
 use kiln_actors::node::parse_power_action;
 use kiln_actors::nodeset::NodeSet;
 use kiln_actors::protocol::{Request, Response};
-use kiln_actors::{KilnError, NewNode, NodeOutcome, NodeUpdate, Op, Verb};
-use kiln_store::{BootDevice, ProvisionState};
+use std::io::IsTerminal;
+
+use kiln_actors::jobs::{JobView, NodeResult};
+use kiln_actors::{KilnError, NewNode, NodeUpdate, Op, Verb};
+use kiln_store::{BootDevice, JobId, JobStatus, ProvisionState};
 
 use crate::cli::*;
 use crate::client::{Client, ClientError, socket_path};
@@ -137,15 +140,134 @@ fn unexpected(r: Response) -> Failure {
     Failure::Other(anyhow::anyhow!("unexpected answer from the daemon: {r:?}"))
 }
 
+/// What a remote command does with the daemon.
+enum Remote {
+    /// One request, one printed answer.
+    Once(Request),
+    /// Submit a job; with `wait`, follow it to its end and print it
+    /// (per-node results for a bulk verb).
+    Job { request: Request, wait: bool, bulk: bool },
+    /// Follow an existing job's log.
+    Watch(JobId),
+    Events { follow: bool },
+}
+
 async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failure> {
     // Everything that can be refused locally is checked before connecting.
-    let request = build_request(command)?;
+    let plan = match command {
+        Command::Job(j) => job_plan(j)?,
+        Command::Queue(QueueCommand::Drain { state }) => Remote::Once(Request::QueueDrain { on: state == "on" }),
+        Command::Queue(QueueCommand::Status) => Remote::Once(Request::QueueStatus),
+        Command::Events { follow } => Remote::Events { follow },
+        other => match build_request(other)? {
+            r @ Request::NodeOp { wait, .. } => Remote::Job { request: r, wait, bulk: true },
+            r => Remote::Once(r),
+        },
+    };
     let mut client = Client::connect(socket).await?;
-    if let Request::Events { follow } = request {
-        return events(&mut client, follow, json).await;
+    match plan {
+        Remote::Once(request) => {
+            let response = call(&mut client, request).await?;
+            print_response(response, json)
+        }
+        Remote::Events { follow } => events(&mut client, follow, json).await,
+        Remote::Watch(id) => {
+            let job = follow_job(&mut client, id, !json, false).await?;
+            if json {
+                output::json(&job);
+            }
+            job_exit(&job)
+        }
+        Remote::Job { request, wait, bulk } => {
+            let id = match call(&mut client, request).await? {
+                Response::JobSubmitted(id) => id,
+                other => return Err(unexpected(other)),
+            };
+            if !wait {
+                if json {
+                    output::json(&serde_json::json!({ "job": id }));
+                } else {
+                    println!("job {id} submitted; follow it with `kiln job watch {id}`");
+                }
+                return Ok(());
+            }
+            let job = follow_job(&mut client, id, false, !json).await?;
+            if bulk {
+                let results: Vec<NodeResult> = job.ops.iter().flat_map(|o| o.results.clone()).collect();
+                print_results(&results, json);
+                if let (Some(e), true) = (&job.error, results.is_empty()) {
+                    return Err(Failure::Refused(KilnError::InvalidInput(format!("job {id}: {e}"))));
+                }
+            } else if json {
+                output::json(&job);
+            } else {
+                output::job(&job);
+            }
+            job_exit(&job)
+        }
     }
-    let response = call(&mut client, request).await?;
-    print_response(response, json)
+}
+
+fn job_plan(j: JobCommand) -> Result<Remote, Failure> {
+    Ok(match j {
+        JobCommand::List { status } => Remote::Once(Request::JobList {
+            status: status.map(|s| s.parse::<JobStatus>()).transpose().map_err(|e| Failure::Usage(e.into()))?,
+        }),
+        JobCommand::Show { id } => Remote::Once(Request::JobShow { id: JobId(id) }),
+        JobCommand::Watch { id } => Remote::Watch(JobId(id)),
+        JobCommand::Cancel { id } => Remote::Once(Request::JobCancel { id: JobId(id) }),
+        JobCommand::Archive { id } => Remote::Once(Request::JobArchive { id: JobId(id) }),
+        JobCommand::Submit { file, wait } => {
+            let (ops, priority, depends) = crate::jobfile::read(&file).map_err(Failure::Usage)?;
+            Remote::Job { request: Request::JobSubmit { ops, priority, depends }, wait, bulk: false }
+        }
+    })
+}
+
+/// The exit status of a followed job: success only when the job succeeded.
+fn job_exit(job: &JobView) -> Result<(), Failure> {
+    if job.status == JobStatus::Success { Ok(()) } else { Err(Failure::Partial) }
+}
+
+/// Follows a job with the long poll until it ends; prints its log lines
+/// (`print_log`) or a progress bar on a terminal (`progress`). Returns the
+/// job as it ended.
+async fn follow_job(client: &mut Client, id: JobId, print_log: bool, progress: bool) -> Result<JobView, Failure> {
+    let bar = (progress && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("job {msg} [{bar:40}] {pos}/{len} nodes ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(id.to_string());
+        bar
+    });
+    let mut after = 0;
+    loop {
+        let change = match call(client, Request::JobWait { id, after_serial: after, timeout_ms: 1000 }).await? {
+            Response::JobChange(c) => c,
+            other => return Err(unexpected(other)),
+        };
+        for entry in &change.log {
+            after = after.max(entry.serial);
+            if print_log {
+                println!("{} {}", entry.at.to_rfc3339(), entry.message);
+            }
+        }
+        if let (Some(bar), Some((done, total))) = (&bar, change.progress) {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+        if change.status.is_finished() {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            return match call(client, Request::JobShow { id }).await? {
+                Response::Job(job) => Ok(job),
+                other => Err(unexpected(other)),
+            };
+        }
+    }
 }
 
 fn build_request(command: Command) -> Result<Request, Failure> {
@@ -160,9 +282,10 @@ fn build_request(command: Command) -> Result<Request, Failure> {
         })
     };
     Ok(match command {
-        Command::Serve(_) | Command::Nodeset(_) => unreachable!("handled locally"),
+        Command::Serve(_) | Command::Nodeset(_) | Command::Job(_) | Command::Queue(_) | Command::Events { .. } => {
+            unreachable!("handled before")
+        }
         Command::Status => Request::Status,
-        Command::Events { follow } => Request::Events { follow },
         Command::Node(n) => match n {
             NodeCommand::Create(c) => {
                 let mut driver_info = pairs(&c.driver_info, "--driver-info")?;
@@ -285,9 +408,31 @@ fn print_response(response: Response, json: bool) -> Result<(), Failure> {
             }
         }
         Response::Outcomes(list) => {
-            print_outcomes(&list, json);
-            if list.iter().any(|o| o.result.is_err()) {
+            let results: Vec<NodeResult> = list.iter().map(|o| NodeResult::of(o.node.clone(), &o.result)).collect();
+            print_results(&results, json);
+            if results.iter().any(|r| !r.ok) {
                 return Err(Failure::Partial);
+            }
+        }
+        Response::Jobs(jobs) => {
+            if json { output::json(&jobs) } else { output::jobs(&jobs) }
+        }
+        Response::Job(job) => {
+            if json { output::json(&job) } else { output::job(&job) }
+        }
+        Response::JobCanceled(status) => {
+            if json {
+                output::json(&serde_json::json!({ "status": status }))
+            } else {
+                println!("{status}")
+            }
+        }
+        Response::Queue(q) => {
+            if json { output::json(&q) } else { output::queue(&q) }
+        }
+        Response::Done => {
+            if json {
+                output::json(&serde_json::json!({ "ok": true }))
             }
         }
         Response::Port(p) => {
@@ -316,22 +461,25 @@ fn print_response(response: Response, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Bulk outcomes: JSON keeps each node's view or error; the table shows one
-/// line per node.
-fn print_outcomes(list: &[NodeOutcome], json: bool) {
+/// Per-node results: one JSON object per node, or a table.
+fn print_results(results: &[NodeResult], json: bool) {
     if json {
-        let doc: Vec<serde_json::Value> = list
+        let doc: Vec<serde_json::Value> = results
             .iter()
-            .map(|o| match &o.result {
-                Ok(v) => serde_json::json!({ "node": o.node, "ok": true, "result": v }),
-                Err(e) => serde_json::json!({
-                    "node": o.node, "ok": false, "error": { "kind": e.kind(), "message": e.to_string() }
-                }),
+            .map(|r| {
+                let error = match (&r.error_kind, &r.error) {
+                    (Some(kind), Some(message)) => serde_json::json!({ "kind": kind, "message": message }),
+                    _ => serde_json::Value::Null,
+                };
+                serde_json::json!({
+                    "node": r.node, "ok": r.ok, "provision_state": r.provision_state,
+                    "power_state": r.power_state, "error": error,
+                })
             })
             .collect();
         output::json(&doc);
     } else {
-        output::outcomes(list);
+        output::results(results);
     }
 }
 

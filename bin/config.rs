@@ -32,6 +32,8 @@ pub struct FileConfig {
     /// Largest admin frame in bytes.
     pub max_frame: Option<usize>,
     pub default_fanout: Option<usize>,
+    /// At most this many jobs run at once.
+    pub max_running_jobs: Option<usize>,
     pub driver_call_timeout: Option<f64>,
 }
 
@@ -91,6 +93,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
             lock_wait,
             driver_call_timeout,
             default_fanout,
+            max_running_jobs: file.max_running_jobs.unwrap_or(64).max(1),
             demo_nodes: args.demo.or(file.demo).unwrap_or(0),
         },
         socket,

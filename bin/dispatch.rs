@@ -2,7 +2,11 @@
 //! into a response. The same messages are what an embedding application
 //! sends; this file only translates.
 
+use std::time::Duration;
+
 use kiln_actors::codec;
+use kiln_actors::jobs::*;
+use kiln_store::JobId;
 use kiln_actors::events::{RecentEvents, SubscribeChannel};
 use kiln_actors::protocol::{Request, Response};
 use kiln_actors::supervisor::GetStatus;
@@ -36,7 +40,6 @@ macro_rules! has_result {
 has_result!(
     CreateNodes => Vec<NodeView>,
     NodeAction => NodeView,
-    BulkAction => Vec<NodeOutcome>,
     GetNode => NodeView,
     ListNodes => Vec<NodeView>,
     PowerStatus => Vec<NodeOutcome>,
@@ -45,6 +48,10 @@ has_result!(
     ListPorts => Vec<PortView>,
     DeletePort => PortView,
 );
+
+async fn submit(site: &Site, job: SubmitJob) -> Result<JobId, KilnError> {
+    site.jobs.send(job).await.map_err(|_| gone())?
+}
 
 /// Answers one request.
 pub async fn handle(site: &Site, request: Request) -> Response {
@@ -76,9 +83,29 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
             Response::Node(ask(site, NodeAction { node, op: Op::Update(update), wait: true }).await?)
         }
         Request::NodeDelete { nodes } => Response::Outcomes(ask(site, DeleteNodes(nodes)).await?),
-        Request::NodeOp { nodes, op, wait, fanout: f } => {
-            Response::Outcomes(ask(site, BulkAction { nodes, op, wait, fanout: fanout(f) }).await?)
+        Request::NodeOp { nodes, op, wait: _, fanout: f } => {
+            let ops = vec![Opcode::Node { nodes, op, fanout: Some(fanout(f) as u32) }];
+            Response::JobSubmitted(submit(site, SubmitJob { ops, priority: 0, depends: Vec::new() }).await?)
         }
+        Request::JobSubmit { ops, priority, depends } => {
+            Response::JobSubmitted(submit(site, SubmitJob { ops, priority, depends }).await?)
+        }
+        Request::JobList { status } => Response::Jobs(site.jobs.send(ListJobs { status }).await.map_err(|_| gone())??),
+        Request::JobShow { id } => Response::Job(site.jobs.send(GetJob(id)).await.map_err(|_| gone())??),
+        Request::JobWait { id, after_serial, timeout_ms } => {
+            let wait = WaitJobChange { job: id, after_serial, timeout: Duration::from_millis(timeout_ms.min(600_000)) };
+            Response::JobChange(site.jobs.send(wait).await.map_err(|_| gone())??)
+        }
+        Request::JobCancel { id } => Response::JobCanceled(site.jobs.send(CancelJob(id)).await.map_err(|_| gone())??),
+        Request::JobArchive { id } => {
+            site.jobs.send(ArchiveJob(id)).await.map_err(|_| gone())??;
+            Response::Done
+        }
+        Request::QueueDrain { on } => {
+            site.jobs.send(SetDrain(on)).await.map_err(|_| gone())??;
+            Response::Queue(site.jobs.send(GetQueueInfo).await.map_err(|_| gone())?)
+        }
+        Request::QueueStatus => Response::Queue(site.jobs.send(GetQueueInfo).await.map_err(|_| gone())?),
         Request::PowerStatus { nodes } => {
             Response::Outcomes(ask(site, PowerStatus { nodes, fanout: fanout(None) }).await?)
         }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod dispatch;
+pub mod jobfile;
 pub mod output;
 pub mod serve;
 

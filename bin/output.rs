@@ -3,7 +3,8 @@
 //! masked in every view the daemon sends.
 
 use kiln_actors::events::NodeEvent;
-use kiln_actors::{NodeOutcome, NodeView, PortView, SiteStatus};
+use kiln_actors::jobs::{JobView, NodeResult, QueueInfo};
+use kiln_actors::{NodeView, PortView, SiteStatus};
 use kiln_store::HistoryEntry;
 use serde::Serialize;
 
@@ -98,21 +99,74 @@ pub fn node(v: &NodeView) {
     }
 }
 
-pub fn outcomes(list: &[NodeOutcome]) {
+pub fn results(list: &[NodeResult]) {
     let rows: Vec<Vec<String>> = list
         .iter()
-        .map(|o| match &o.result {
-            Ok(v) => vec![
-                o.node.clone(),
-                "ok".into(),
-                v.provision_state.to_string(),
-                opt(&v.power_state),
-                opt(&v.last_error),
-            ],
-            Err(e) => vec![o.node.clone(), "failed".into(), "-".into(), "-".into(), e.to_string()],
+        .map(|r| {
+            vec![
+                r.node.clone(),
+                if r.ok { "ok".into() } else { "failed".into() },
+                opt(&r.provision_state),
+                opt(&r.power_state),
+                opt(&r.error),
+            ]
         })
         .collect();
     table(&["NODE", "RESULT", "PROVISION STATE", "POWER", "ERROR"], &rows);
+}
+
+pub fn jobs(list: &[JobView]) {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.status.to_string(),
+                j.priority.to_string(),
+                j.submitted_at.to_rfc3339(),
+                j.ops.iter().map(|o| o.opcode.summary()).collect::<Vec<_>>().join("; "),
+            ]
+        })
+        .collect();
+    table(&["ID", "STATUS", "PRIORITY", "SUBMITTED", "OPCODES"], &rows);
+}
+
+pub fn job(j: &JobView) {
+    println!("job {} {}{}", j.id, j.status, if j.archived { " (archived)" } else { "" });
+    println!("priority     {}", j.priority);
+    println!("submitted    {}", j.submitted_at.to_rfc3339());
+    println!("started      {}", j.started_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()));
+    println!("ended        {}", j.ended_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()));
+    if !j.depends.is_empty() {
+        let deps: Vec<String> = j
+            .depends
+            .iter()
+            .map(|d| format!("{} ({})", d.job, d.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("|")))
+            .collect();
+        println!("depends on   {}", deps.join(", "));
+    }
+    if let Some(e) = &j.error {
+        println!("error        {e}");
+    }
+    for (i, op) in j.ops.iter().enumerate() {
+        println!("opcode {}: {} [{}]{}", i + 1, op.opcode.summary(), op.status, op.error.as_ref().map(|e| format!(" {e}")).unwrap_or_default());
+        for r in op.results.iter().filter(|r| !r.ok) {
+            println!("  {}: {}", r.node, r.error.as_deref().unwrap_or("failed"));
+        }
+        let ok = op.results.iter().filter(|r| r.ok).count();
+        if !op.results.is_empty() {
+            println!("  {ok}/{} nodes ok", op.results.len());
+        }
+    }
+}
+
+pub fn queue(q: &QueueInfo) {
+    println!("drained      {}", if q.drained { "yes (new jobs are refused)" } else { "no" });
+    println!("running      {}/{}", q.running, q.max_running);
+    println!("last job id  {}", q.last_job_id);
+    for (status, n) in &q.by_status {
+        println!("  {status:<12}{n}");
+    }
 }
 
 pub fn ports(list: &[PortView]) {

@@ -16,6 +16,8 @@ pub struct SiteConfig {
     pub driver_call_timeout: Duration,
     /// At most this many nodes of one bulk operation run at once.
     pub default_fanout: usize,
+    /// At most this many jobs run at once.
+    pub max_running_jobs: usize,
     /// Enrol this many `fake` nodes named `demo1..N` when the store is empty.
     pub demo_nodes: usize,
 }
@@ -27,6 +29,7 @@ impl Default for SiteConfig {
             lock_wait: Duration::ZERO,
             driver_call_timeout: Duration::from_secs(60),
             default_fanout: 64,
+            max_running_jobs: 64,
             demo_nodes: 0,
         }
     }

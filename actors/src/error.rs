@@ -34,6 +34,12 @@ pub enum KilnError {
     /// A part of the site is not running (shutting down, restarting).
     #[error("{0}")]
     Unavailable(String),
+    /// The work was canceled before it ran.
+    #[error("{0}")]
+    Canceled(String),
+    /// The job queue is drained: it refuses new jobs.
+    #[error("the job queue is drained: new jobs are refused until `kiln queue drain off`")]
+    Drained,
     /// The admin protocol was not followed (version, framing).
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -51,6 +57,8 @@ impl KilnError {
             KilnError::Driver { .. } => "driver",
             KilnError::Store(_) => "store",
             KilnError::Unavailable(_) => "unavailable",
+            KilnError::Canceled(_) => "canceled",
+            KilnError::Drained => "drained",
             KilnError::Protocol(_) => "protocol",
         }
     }

@@ -15,6 +15,7 @@ pub mod driver;
 pub mod error;
 pub mod events;
 pub mod fsm;
+pub mod jobs;
 pub mod node;
 pub mod nodeset;
 pub mod panics;
@@ -50,6 +51,8 @@ pub struct Site {
     pub supervisor: Addr<Supervisor>,
     /// Publishes every committed change; subscribe with [`events::Subscribe`].
     pub events: Addr<EventBus>,
+    /// Runs jobs: submit, watch, cancel, archive, drain.
+    pub jobs: Addr<jobs::JobQueue>,
     /// The registry the supervisor keeps (read-only use: resolve names).
     pub registry: Registry,
     pub store: StoreHandle,
@@ -71,6 +74,8 @@ pub enum StartError {
         #[source]
         source: StoreError,
     },
+    #[error("cannot load the job queue: {0}")]
+    Jobs(KilnError),
     #[error("cannot enrol the demo nodes: {0}")]
     Demo(KilnError),
 }
@@ -134,5 +139,9 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
             .map_err(|_| StartError::Demo(KilnError::Unavailable("the supervisor stopped".into())))?
             .map_err(StartError::Demo)?;
     }
-    Ok(Site { supervisor, events, registry, store, config })
+    let router = supervisor::Router { supervisor: supervisor.clone(), registry: registry.clone() };
+    let queue =
+        jobs::JobQueue::load(store.clone(), router, config.max_running_jobs).await.map_err(StartError::Jobs)?;
+    let jobs = queue.start();
+    Ok(Site { supervisor, jobs, events, registry, store, config })
 }

@@ -7,11 +7,12 @@
 //! response, except [`Request::Events`] with `follow`, which streams
 //! [`Response::Event`]s until the client goes away.
 
-use kiln_store::{HistoryEntry, ProvisionState};
+use kiln_store::{HistoryEntry, JobId, JobStatus, ProvisionState};
 use serde::{Deserialize, Serialize};
 
 use crate::KilnError;
 use crate::events::NodeEvent;
+use crate::jobs::{Dependency, JobChange, JobView, Opcode, QueueInfo};
 use crate::node::{NodeUpdate, Op};
 use crate::supervisor::NewNode;
 use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
@@ -49,7 +50,8 @@ pub enum Request {
     NodeDelete {
         nodes: String,
     },
-    /// An exclusive operation over a node, a uuid or a node set.
+    /// An exclusive operation over a node, a uuid or a node set, submitted
+    /// as a job of one opcode: answered with the job's id.
     NodeOp {
         nodes: String,
         op: Op,
@@ -73,6 +75,33 @@ pub enum Request {
     Events {
         follow: bool,
     },
+    JobSubmit {
+        ops: Vec<Opcode>,
+        priority: i32,
+        depends: Vec<Dependency>,
+    },
+    JobList {
+        status: Option<JobStatus>,
+    },
+    JobShow {
+        id: JobId,
+    },
+    /// The long poll: changes after `after_serial`, waiting at most `timeout_ms`.
+    JobWait {
+        id: JobId,
+        after_serial: u64,
+        timeout_ms: u64,
+    },
+    JobCancel {
+        id: JobId,
+    },
+    JobArchive {
+        id: JobId,
+    },
+    QueueDrain {
+        on: bool,
+    },
+    QueueStatus,
 }
 
 /// A response from the daemon.
@@ -93,4 +122,11 @@ pub enum Response {
     Event(NodeEvent),
     /// The end of the recent events, before following starts.
     EventsCaughtUp,
+    JobSubmitted(JobId),
+    Jobs(Vec<JobView>),
+    Job(JobView),
+    JobChange(JobChange),
+    JobCanceled(JobStatus),
+    Queue(QueueInfo),
+    Done,
 }

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -386,32 +387,64 @@ where
     Err(KilnError::Unavailable(format!("node {id}'s worker keeps failing; see the daemon's log")))
 }
 
-/// The node-facing part of the supervisor's handlers: route, restart, fan out.
+/// The node-facing part of the supervisor's handlers: route, restart, fan
+/// out. Also what the job queue runs node-set opcodes with.
 #[derive(Clone)]
-struct Router {
-    supervisor: Addr<Supervisor>,
-    registry: Registry,
+pub struct Router {
+    pub supervisor: Addr<Supervisor>,
+    pub registry: Registry,
+}
+
+/// Lets the caller of a fan-out stop it from starting more nodes and see how
+/// many have finished.
+#[derive(Clone, Default)]
+pub struct FanOutControl {
+    pub cancel: Arc<AtomicBool>,
+    pub done: Arc<AtomicU64>,
 }
 
 impl Router {
-    async fn run(&self, id: NodeId, op: Op, wait: bool) -> Result<NodeView, KilnError> {
+    pub async fn run(&self, id: NodeId, op: Op, wait: bool) -> Result<NodeView, KilnError> {
         send_to_node(&self.supervisor, &self.registry, id, || RunOp { op: op.clone(), wait }).await?
     }
 
-    async fn show(&self, id: NodeId) -> Result<NodeView, KilnError> {
+    pub async fn show(&self, id: NodeId) -> Result<NodeView, KilnError> {
         send_to_node(&self.supervisor, &self.registry, id, || ShowNode).await
     }
 
     /// Runs `f` over `nodes` with at most `fanout` in flight; outcomes in the
     /// nodes' order.
-    async fn fan_out<F, Fut>(&self, nodes: Vec<(NodeId, String)>, fanout: usize, f: F) -> Vec<NodeOutcome>
+    pub async fn fan_out<F, Fut>(&self, nodes: Vec<(NodeId, String)>, fanout: usize, f: F) -> Vec<NodeOutcome>
     where
         F: Fn(Router, NodeId) -> Fut,
         Fut: std::future::Future<Output = Result<NodeView, KilnError>>,
     {
-        stream::iter(nodes.into_iter().map(|(id, name)| {
-            let fut = f(self.clone(), id);
-            async move { NodeOutcome { node: name, result: fut.await } }
+        self.fan_out_with(nodes, fanout, &FanOutControl::default(), f).await
+    }
+
+    /// [`Router::fan_out`], counting finished nodes in `control.done` and
+    /// starting no new node once `control.cancel` is set (those not started
+    /// get a `Canceled` outcome).
+    pub async fn fan_out_with<F, Fut>(
+        &self,
+        nodes: Vec<(NodeId, String)>,
+        fanout: usize,
+        control: &FanOutControl,
+        f: F,
+    ) -> Vec<NodeOutcome>
+    where
+        F: Fn(Router, NodeId) -> Fut,
+        Fut: std::future::Future<Output = Result<NodeView, KilnError>>,
+    {
+        let f = &f;
+        stream::iter(nodes.into_iter().map(|(id, name)| async move {
+            let result = if control.cancel.load(Ordering::Relaxed) {
+                Err(KilnError::Canceled(format!("node {name} was not started: the job was canceled")))
+            } else {
+                f(self.clone(), id).await
+            };
+            control.done.fetch_add(1, Ordering::Relaxed);
+            NodeOutcome { node: name, result }
         }))
         .buffered(fanout.max(1))
         .collect()
@@ -420,7 +453,7 @@ impl Router {
 }
 
 impl Supervisor {
-    fn router(&self, ctx: &Context<Self>) -> Router {
+    pub fn router(&self, ctx: &Context<Self>) -> Router {
         Router { supervisor: ctx.address(), registry: self.registry.clone() }
     }
 }

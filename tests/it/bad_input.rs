@@ -21,7 +21,7 @@ fn unknown_nodes_invalid_transitions_and_duplicates_are_refused() {
     assert_eq!(kind, "not_found");
     assert!(msg.contains("demo[4-5]"), "{msg}");
 
-    let out = d.json_code(&["node", "deploy", "demo1"], 1);
+    let out = d.json_code(&["node", "deploy", "demo1", "--wait"], 1);
     let (kind, msg) = error_of(&out[0]);
     assert_eq!(kind, "invalid_state");
     assert!(msg.contains("'enroll'") && msg.contains("allowed here: manage"), "{msg}");

@@ -177,3 +177,63 @@ pub fn states(d: &Daemon) -> std::collections::BTreeMap<String, String> {
         .map(|n| (n["name"].as_str().unwrap().to_string(), n["provision_state"].as_str().unwrap().to_string()))
         .collect()
 }
+
+/// Follows the daemon's event stream (`kiln --json events --follow`) so a
+/// test can wait for a node's event instead of sleeping.
+pub struct Events {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Events {
+    /// Subscribes; returns once the subscription is live.
+    pub fn follow(d: &Daemon) -> Events {
+        let mut child = Command::new(KILN)
+            .args(["--socket", d.socket.to_str().unwrap(), "--json", "events", "--follow"])
+            .env_remove("KILN_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run kiln events");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut events = Events { child, lines };
+        events.wait_for("the subscription", |e| e.get("caught_up").is_some());
+        events
+    }
+
+    /// Waits (at most a minute) for an event matching `pred`; returns it.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) if pred(&v) => return v,
+                Ok(_) => continue,
+                Err(_) => panic!("no event for {what} within {START_TIMEOUT:?}"),
+            }
+        }
+    }
+
+    /// Waits for `node`'s `start` event.
+    pub fn started(&mut self, node: &str) -> Value {
+        self.wait_for(&format!("{node} to start"), |e| e["node_name"] == node && e["kind"] == "start")
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,7 +7,9 @@ use crate::harness::Daemon;
 fn a_busy_node_refuses_exclusive_requests_but_answers_reads() {
     let d = Daemon::start(2, &[]);
     d.json(&["node", "set", "demo1", "--driver-info", "latency_ms=60000"]);
+    let mut events = crate::harness::Events::follow(&d);
     d.json(&["node", "power", "on", "demo1"]);
+    events.started("demo1");
 
     // Shared: answered at once, showing who holds the node.
     let n = d.node("demo1");
@@ -15,7 +17,7 @@ fn a_busy_node_refuses_exclusive_requests_but_answers_reads() {
     assert_eq!(n["target_power_state"], "power on");
 
     // Exclusive: refused at once (lock_wait 0), nothing changes.
-    let out = d.json_code(&["node", "manage", "demo1"], 1);
+    let out = d.json_code(&["node", "manage", "demo1", "--wait"], 1);
     assert_eq!(out[0]["error"]["kind"], "node_locked");
     let msg = out[0]["error"]["message"].as_str().unwrap();
     assert!(msg.contains("locked by 'power on'"), "{msg}");

@@ -48,8 +48,10 @@ fn a_node_killed_mid_task_is_failed_and_released_after_restart() {
     d.json(&["node", "provide", "demo[1-2]", "--wait"]);
     // demo1's BMC now takes a minute per call: its deploy will be in flight.
     d.json(&["node", "set", "demo1", "--driver-info", "latency_ms=60000"]);
-    let started = d.json(&["node", "deploy", "demo1"]);
-    assert_eq!(started[0]["result"]["provision_state"], "deploying");
+    let mut events = crate::harness::Events::follow(&d);
+    let submitted = d.json(&["node", "deploy", "demo1"]);
+    assert!(submitted["job"].as_u64().is_some(), "{submitted}");
+    assert_eq!(events.started("demo1")["provision_state"], "deploying");
     assert_eq!(d.node("demo1")["reservation"]["purpose"], "deploy");
 
     d.kill9();

@@ -1,0 +1,14 @@
+//! Jobs: ordered opcodes submitted together, run by the [`JobQueue`] actor
+//! (spec section 4, Ganeti's job queue).
+//!
+//! Every bulk node verb is a job: a node-set opcode runs its nodes through
+//! their node actors in parallel under a fanout limit, and the job keeps each
+//! node's result.
+
+pub mod model;
+mod queue;
+
+pub use model::*;
+pub use queue::{
+    ArchiveJob, ArchiveOld, CancelJob, GetJob, GetQueueInfo, JobQueue, ListJobs, SetDrain, SubmitJob, WaitJobChange,
+};

@@ -1,0 +1,175 @@
+//! What a job is made of: opcodes, dependencies, per-opcode status and
+//! per-node results, as the job queue keeps them and as callers see them.
+//!
+//! The store keeps a job's indexed columns (id, priority, status, times) and
+//! this module's [`JobBody`] as opaque JSON, so the store never needs to know
+//! what an opcode is.
+
+use std::collections::BTreeMap;
+
+use kiln_store::{JobId, JobLogEntry, JobRecord, JobStatus, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::KilnError;
+use crate::node::Op;
+
+/// One step of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Opcode {
+    /// An exclusive node operation over a node set (a name, a uuid or a set),
+    /// at most `fanout` nodes at once.
+    Node { nodes: String, op: Op, fanout: Option<u32> },
+    /// Waits, then succeeds: a test opcode (Ganeti's OpTestDelay).
+    Sleep { seconds: f64 },
+}
+
+impl Opcode {
+    /// A short description for logs and tables.
+    pub fn summary(&self) -> String {
+        match self {
+            Opcode::Node { nodes, op, .. } => format!("{} {nodes}", op.purpose()),
+            Opcode::Sleep { seconds } => format!("sleep {seconds}"),
+        }
+    }
+}
+
+/// "Run only once job `job` has ended in one of `statuses`."
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub job: JobId,
+    pub statuses: Vec<JobStatus>,
+}
+
+/// One node's outcome inside a node-set opcode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResult {
+    pub node: String,
+    pub ok: bool,
+    pub provision_state: Option<String>,
+    pub power_state: Option<String>,
+    /// `KilnError::kind` of the failure.
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+}
+
+impl NodeResult {
+    pub fn of(node: String, result: &Result<crate::NodeView, KilnError>) -> Self {
+        match result {
+            Ok(v) => NodeResult {
+                node,
+                ok: true,
+                provision_state: Some(v.provision_state.to_string()),
+                power_state: v.power_state.map(|p| p.to_string()),
+                error_kind: None,
+                error: None,
+            },
+            Err(e) => NodeResult {
+                node,
+                ok: false,
+                provision_state: None,
+                power_state: None,
+                error_kind: Some(e.kind().to_string()),
+                error: Some(e.to_string()),
+            },
+        }
+    }
+}
+
+/// One opcode of a job with its status and results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpState {
+    pub opcode: Opcode,
+    pub status: JobStatus,
+    pub started_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
+    /// Per-node results of a node-set opcode, in node-name order.
+    pub results: Vec<NodeResult>,
+    pub error: Option<String>,
+}
+
+/// The part of a job the store keeps as JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobBody {
+    pub ops: Vec<OpState>,
+    pub depends: Vec<Dependency>,
+    pub error: Option<String>,
+}
+
+/// A job as callers see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub priority: i32,
+    pub status: JobStatus,
+    pub submitted_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
+    pub archived: bool,
+    pub ops: Vec<OpState>,
+    pub depends: Vec<Dependency>,
+    pub error: Option<String>,
+}
+
+impl JobView {
+    /// Builds the view from a stored record; a body that does not decode is
+    /// reported in `error` rather than hidden.
+    pub fn from_record(r: &JobRecord, archived: bool) -> Self {
+        let body: JobBody = serde_json::from_str(&r.body).unwrap_or_else(|e| JobBody {
+            ops: Vec::new(),
+            depends: Vec::new(),
+            error: Some(format!("the stored job body cannot be read: {e}")),
+        });
+        JobView {
+            id: r.id,
+            priority: r.priority,
+            status: r.status,
+            submitted_at: r.submitted_at,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            archived,
+            ops: body.ops,
+            depends: body.depends,
+            error: body.error,
+        }
+    }
+
+    /// The record the store keeps for this job.
+    pub fn to_record(&self) -> JobRecord {
+        let body = JobBody {
+            ops: self.ops.clone(),
+            depends: self.depends.clone(),
+            error: self.error.clone(),
+        };
+        JobRecord {
+            id: self.id,
+            priority: self.priority,
+            status: self.status,
+            submitted_at: self.submitted_at,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            // Serialising plain data to JSON cannot fail.
+            body: serde_json::to_string(&body).unwrap_or_default(),
+        }
+    }
+}
+
+/// What changed in a job since a log serial (the long poll's answer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobChange {
+    pub id: JobId,
+    pub status: JobStatus,
+    /// Log entries after the serial asked for, oldest first.
+    pub log: Vec<JobLogEntry>,
+    /// Nodes finished and total in the running node-set opcode.
+    pub progress: Option<(u64, u64)>,
+}
+
+/// The queue at a glance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    pub drained: bool,
+    pub by_status: BTreeMap<String, usize>,
+    pub running: usize,
+    pub max_running: usize,
+    pub last_job_id: u64,
+}

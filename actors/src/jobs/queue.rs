@@ -1,0 +1,835 @@
+//! The job queue actor: Ganeti's job queue over the store's group commit.
+//!
+//! It assigns serial ids, commits each submission before acknowledging it,
+//! orders runnable jobs by (priority, id), holds jobs whose dependencies have
+//! not ended, runs at most `max_running` jobs at once, and keeps each job's
+//! log for the long poll. Only jobs that have not ended are kept whole in
+//! memory; an ended job is a status and a time here, and whole in the store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use kiln_store::{JobId, JobLogEntry, JobRecord, JobStatus, StoreHandle, Timestamp, Write};
+use tokio::sync::oneshot;
+
+use super::model::*;
+use crate::KilnError;
+use crate::node::Op;
+use crate::supervisor::{FanOutControl, Router};
+
+/// The key the drain flag is stored under.
+const DRAIN_KEY: &str = "queue_drained";
+
+/// At most this many failed nodes get a line of their own in a job's log.
+const MAX_NODE_LOG_LINES: usize = 100;
+
+/// A job that has not ended.
+struct ActiveJob {
+    view: JobView,
+    /// Committed log entries, oldest first.
+    log: Vec<JobLogEntry>,
+    control: FanOutControl,
+    /// Nodes in the running node-set opcode.
+    progress_total: u64,
+    watchers: Vec<(u64, oneshot::Sender<JobChange>)>,
+}
+
+impl ActiveJob {
+    fn next_serial(&self) -> u64 {
+        self.log.last().map(|e| e.serial + 1).unwrap_or(1)
+    }
+
+    fn change_after(&self, after: u64) -> JobChange {
+        JobChange {
+            id: self.view.id,
+            status: self.view.status,
+            log: self.log.iter().filter(|e| e.serial > after).cloned().collect(),
+            progress: (self.view.status == JobStatus::Running && self.progress_total > 0)
+                .then(|| (self.control.done.load(Ordering::Relaxed), self.progress_total)),
+        }
+    }
+}
+
+/// The job queue.
+pub struct JobQueue {
+    store: StoreHandle,
+    router: Router,
+    active: BTreeMap<JobId, ActiveJob>,
+    /// Jobs that have ended (live or archived) by id: their final status.
+    ended: HashMap<JobId, (JobStatus, Timestamp)>,
+    /// Ended jobs still in the live table, oldest end first (auto-archive).
+    live_ended: BTreeSet<(Timestamp, JobId)>,
+    runnable: BTreeSet<(i32, JobId)>,
+    waiting: BTreeSet<JobId>,
+    next_id: u64,
+    drained: bool,
+    running: usize,
+    max_running: usize,
+}
+
+impl Actor for JobQueue {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Jobs recovered from the store may be runnable at once.
+        self.promote_waiting(ctx);
+        self.schedule(ctx);
+    }
+}
+
+/// Why a dependency does or does not let a job run.
+enum DepState {
+    Met,
+    Pending,
+    Failed(String),
+}
+
+fn log_entry(job: JobId, serial: u64, message: String) -> JobLogEntry {
+    JobLogEntry {
+        job,
+        serial,
+        at: Utc::now(),
+        message,
+    }
+}
+
+impl JobQueue {
+    /// Loads the queue from the store and applies the restart rule: a job
+    /// that was running is marked `error` ("daemon restarted while running");
+    /// queued and waiting jobs will run.
+    pub async fn load(store: StoreHandle, router: Router, max_running: usize) -> Result<JobQueue, KilnError> {
+        let drained = store.read(|b| b.load_meta(DRAIN_KEY)).await?.as_deref() == Some("true");
+        let last = store.read(|b| b.max_job_id()).await?;
+        let records = store.read(|b| b.load_live_jobs()).await?;
+        let mut q = JobQueue {
+            store: store.clone(),
+            router,
+            active: BTreeMap::new(),
+            ended: HashMap::new(),
+            live_ended: BTreeSet::new(),
+            runnable: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            next_id: last + 1,
+            drained,
+            running: 0,
+            max_running: max_running.max(1),
+        };
+        let mut repairs = Vec::new();
+        let now = Utc::now();
+        for r in records {
+            let mut view = JobView::from_record(&r, false);
+            if matches!(r.status, JobStatus::Running | JobStatus::Canceling) {
+                let why = "daemon restarted while running".to_string();
+                for op in view.ops.iter_mut().filter(|o| !o.status.is_finished()) {
+                    op.status = JobStatus::Error;
+                    op.ended_at = Some(now);
+                    op.error = Some(why.clone());
+                }
+                view.status = JobStatus::Error;
+                view.ended_at = Some(now);
+                view.error = Some(why.clone());
+                let serial = store.read(move |b| b.load_job_log(r.id, 0, usize::MAX)).await?.last().map_or(1, |e| e.serial + 1);
+                repairs.push(vec![Write::PutJob(view.to_record()), Write::AppendJobLog(log_entry(r.id, serial, why))]);
+            }
+            if view.status.is_finished() {
+                let at = view.ended_at.unwrap_or(now);
+                q.ended.insert(view.id, (view.status, at));
+                q.live_ended.insert((at, view.id));
+                continue;
+            }
+            let id = view.id;
+            let log = store.read(move |b| b.load_job_log(id, 0, usize::MAX)).await?;
+            q.active.insert(id, ActiveJob {
+                view,
+                log,
+                control: FanOutControl::default(),
+                progress_total: 0,
+                watchers: Vec::new(),
+            });
+            q.waiting.insert(id);
+        }
+        for batch in repairs {
+            store.commit(batch).await?;
+        }
+        // Dependencies on archived jobs: learn their final status once.
+        let unknown: BTreeSet<JobId> = q
+            .active
+            .values()
+            .flat_map(|j| j.view.depends.iter().map(|d| d.job))
+            .filter(|id| !q.active.contains_key(id) && !q.ended.contains_key(id))
+            .collect();
+        for id in unknown {
+            if let Some((r, _)) = store.read(move |b| b.load_job(id)).await? {
+                q.ended.insert(id, (r.status, r.ended_at.unwrap_or(now)));
+            }
+        }
+        Ok(q)
+    }
+
+    fn dep_state(&self, dep: &Dependency) -> DepState {
+        match self.ended.get(&dep.job) {
+            Some((status, _)) if dep.statuses.is_empty() || dep.statuses.contains(status) => DepState::Met,
+            Some((status, _)) => DepState::Failed(format!(
+                "dependency on job {} cannot be met: it ended as {status}, not {}",
+                dep.job,
+                dep.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+            )),
+            None if self.active.contains_key(&dep.job) => DepState::Pending,
+            None => DepState::Failed(format!("dependency on job {} cannot be met: no such job", dep.job)),
+        }
+    }
+
+    /// Where a job with these dependencies stands now.
+    fn deps_state(&self, deps: &[Dependency]) -> DepState {
+        let mut pending = false;
+        for d in deps {
+            match self.dep_state(d) {
+                DepState::Met => {}
+                DepState::Pending => pending = true,
+                failed @ DepState::Failed(_) => return failed,
+            }
+        }
+        if pending { DepState::Pending } else { DepState::Met }
+    }
+
+    /// Moves waiting jobs whose dependencies have all ended: to the runnable
+    /// set, or to `error` when one ended the wrong way.
+    fn promote_waiting(&mut self, ctx: &mut Context<Self>) {
+        let ids: Vec<JobId> = self.waiting.iter().copied().collect();
+        for id in ids {
+            let Some(job) = self.active.get(&id) else { continue };
+            match self.deps_state(&job.view.depends) {
+                DepState::Pending => {
+                    if job.view.status != JobStatus::Waiting {
+                        self.set_status(id, JobStatus::Waiting, "waiting for dependencies".into(), ctx);
+                    }
+                }
+                DepState::Met => {
+                    self.waiting.remove(&id);
+                    self.runnable.insert((job.view.priority, id));
+                    if job.view.status != JobStatus::Queued {
+                        self.set_status(id, JobStatus::Queued, "dependencies met; queued".into(), ctx);
+                    }
+                }
+                DepState::Failed(why) => {
+                    self.waiting.remove(&id);
+                    self.finish(id, JobStatus::Error, Some(why), ctx);
+                }
+            }
+        }
+    }
+
+    /// Starts runnable jobs while there is room.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        while self.running < self.max_running {
+            let Some((_, id)) = self.runnable.pop_first() else { break };
+            let Some(job) = self.active.get_mut(&id) else { continue };
+            self.running += 1;
+            job.view.status = JobStatus::Running;
+            job.view.started_at = Some(Utc::now());
+            self.run_op(id, 0, ctx);
+        }
+    }
+
+    /// Commits the job's current view with one log line, then wakes its
+    /// watchers and calls `then`.
+    fn commit_job<F>(&mut self, id: JobId, message: String, ctx: &mut Context<Self>, then: F)
+    where
+        F: FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    {
+        let Some(job) = self.active.get_mut(&id) else { return };
+        let entry = log_entry(id, job.next_serial(), message);
+        let batch = vec![Write::PutJob(job.view.to_record()), Write::AppendJobLog(entry.clone())];
+        let store = self.store.clone();
+        ctx.spawn(async move { store.commit(batch).await }.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(()) => {
+                    if let Some(job) = act.active.get_mut(&id) {
+                        job.log.push(entry);
+                        wake(job);
+                    }
+                }
+                Err(e) => tracing::error!(job = %id, error = %e, "cannot commit a job change"),
+            }
+            then(act, ctx)
+        }));
+    }
+
+    fn set_status(&mut self, id: JobId, status: JobStatus, message: String, ctx: &mut Context<Self>) {
+        if let Some(job) = self.active.get_mut(&id) {
+            job.view.status = status;
+        }
+        self.commit_job(id, message, ctx, |_, _| {});
+    }
+
+    /// Runs opcode `idx` of a running job, then the next.
+    fn run_op(&mut self, id: JobId, idx: usize, ctx: &mut Context<Self>) {
+        let Some(job) = self.active.get_mut(&id) else { return };
+        if job.control.cancel.load(Ordering::Relaxed) {
+            return self.finish(id, JobStatus::Canceled, Some("canceled".into()), ctx);
+        }
+        let total = job.view.ops.len();
+        if idx >= total {
+            return self.finish(id, JobStatus::Success, None, ctx);
+        }
+        let op = &mut job.view.ops[idx];
+        op.status = JobStatus::Running;
+        op.started_at = Some(Utc::now());
+        let opcode = op.opcode.clone();
+        let message = format!("opcode {}/{total} started: {}", idx + 1, opcode.summary());
+        self.commit_job(id, message, ctx, move |act, ctx| act.execute(id, idx, opcode, ctx));
+    }
+
+    fn execute(&mut self, id: JobId, idx: usize, opcode: Opcode, ctx: &mut Context<Self>) {
+        let Some(job) = self.active.get_mut(&id) else { return };
+        let control = job.control.clone();
+        control.done.store(0, Ordering::Relaxed);
+        let router = self.router.clone();
+        match opcode {
+            Opcode::Sleep { seconds } => {
+                ctx.spawn(
+                    actix::clock::sleep(Duration::from_secs_f64(seconds))
+                        .into_actor(self)
+                        .map(move |_, act, ctx| act.op_done(id, idx, Vec::new(), None, ctx)),
+                );
+            }
+            Opcode::Node { nodes, op, fanout } => {
+                let resolved = router.registry.resolve(&nodes);
+                let nodes = match resolved {
+                    Ok(n) => n,
+                    Err(e) => return self.op_done(id, idx, Vec::new(), Some(e.to_string()), ctx),
+                };
+                job.progress_total = nodes.len() as u64;
+                let fanout = fanout.map(|f| f as usize).unwrap_or(64);
+                let fut = async move {
+                    router
+                        .fan_out_with(nodes, fanout, &control, |r, node| {
+                            let op: Op = op.clone();
+                            async move { r.run(node, op, true).await }
+                        })
+                        .await
+                };
+                ctx.spawn(fut.into_actor(self).map(move |outcomes, act, ctx| {
+                    let results: Vec<NodeResult> =
+                        outcomes.iter().map(|o| NodeResult::of(o.node.clone(), &o.result)).collect();
+                    act.op_done(id, idx, results, None, ctx)
+                }));
+            }
+        }
+    }
+
+    /// An opcode ended: record its results, then go on, or end the job.
+    fn op_done(
+        &mut self,
+        id: JobId,
+        idx: usize,
+        results: Vec<NodeResult>,
+        error: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(job) = self.active.get_mut(&id) else { return };
+        job.progress_total = 0;
+        let failed: Vec<&NodeResult> = results.iter().filter(|r| !r.ok).collect();
+        let error = error.or_else(|| {
+            (!failed.is_empty()).then(|| format!("{} of {} nodes failed", failed.len(), results.len()))
+        });
+        let mut lines: VecDeque<String> = failed
+            .iter()
+            .take(MAX_NODE_LOG_LINES)
+            .map(|r| format!("node {}: {}", r.node, r.error.as_deref().unwrap_or("failed")))
+            .collect();
+        let canceled = job.control.cancel.load(Ordering::Relaxed);
+        let op = &mut job.view.ops[idx];
+        op.results = results;
+        op.ended_at = Some(Utc::now());
+        op.status = if error.is_some() { JobStatus::Error } else { JobStatus::Success };
+        op.error = error.clone();
+        lines.push_back(match &error {
+            None => format!("opcode {} succeeded", idx + 1),
+            Some(e) => format!("opcode {} failed: {e}", idx + 1),
+        });
+        // One commit per line keeps serials in order; the lines of a failed
+        // opcode are few (bounded above).
+        self.commit_lines(id, lines, ctx, move |act, ctx| match error {
+            Some(e) => act.finish(id, JobStatus::Error, Some(e), ctx),
+            None if canceled => act.finish(id, JobStatus::Canceled, Some("canceled".into()), ctx),
+            None => act.run_op(id, idx + 1, ctx),
+        });
+    }
+
+    fn commit_lines<F>(&mut self, id: JobId, mut lines: VecDeque<String>, ctx: &mut Context<Self>, then: F)
+    where
+        F: FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    {
+        match lines.pop_front() {
+            None => then(self, ctx),
+            Some(line) => {
+                self.commit_job(id, line, ctx, move |act, ctx| act.commit_lines(id, lines, ctx, then));
+            }
+        }
+    }
+
+    /// Ends a job: the final status is committed, watchers get it, jobs that
+    /// depended on it move on.
+    fn finish(&mut self, id: JobId, status: JobStatus, error: Option<String>, ctx: &mut Context<Self>) {
+        let Some(job) = self.active.get_mut(&id) else { return };
+        let was_running = job.view.started_at.is_some();
+        let now = Utc::now();
+        job.view.status = status;
+        job.view.ended_at = Some(now);
+        job.view.error = error;
+        let leftover = if status == JobStatus::Canceled { JobStatus::Canceled } else { JobStatus::Error };
+        for op in job.view.ops.iter_mut().filter(|o| !o.status.is_finished()) {
+            op.status = leftover;
+        }
+        // Out of the run queues now, so nothing starts it while the end commits.
+        let key = (job.view.priority, id);
+        self.runnable.remove(&key);
+        self.waiting.remove(&id);
+        let message = match &job.view.error {
+            Some(e) => format!("job ended: {status} ({e})"),
+            None => format!("job ended: {status}"),
+        };
+        self.commit_job(id, message, ctx, move |act, ctx| {
+            if let Some(mut job) = act.active.remove(&id) {
+                wake_all(&mut job);
+            }
+            act.ended.insert(id, (status, now));
+            act.live_ended.insert((now, id));
+            if was_running {
+                act.running -= 1;
+            }
+            act.promote_waiting(ctx);
+            act.schedule(ctx);
+        });
+    }
+}
+
+/// Answers the watchers that have something new.
+fn wake(job: &mut ActiveJob) {
+    let last = job.log.last().map_or(0, |e| e.serial);
+    let (ready, rest): (Vec<_>, Vec<_>) = job.watchers.drain(..).partition(|(after, _)| *after < last);
+    job.watchers = rest;
+    for (after, tx) in ready {
+        let _ = tx.send(job.change_after(after));
+    }
+}
+
+/// Answers every watcher (the job ended).
+fn wake_all(job: &mut ActiveJob) {
+    for (after, tx) in std::mem::take(&mut job.watchers) {
+        let _ = tx.send(job.change_after(after));
+    }
+}
+
+// ----- messages ------------------------------------------------------------------
+
+/// Submits a job; answered with its id once it is durable.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "Result<JobId, KilnError>")]
+pub struct SubmitJob {
+    pub ops: Vec<Opcode>,
+    pub priority: i32,
+    pub depends: Vec<Dependency>,
+}
+
+fn validate(job: &SubmitJob, router: &Router) -> Result<(), KilnError> {
+    if job.ops.is_empty() {
+        return Err(KilnError::InvalidInput("a job needs at least one opcode".into()));
+    }
+    if !(-20..=19).contains(&job.priority) {
+        return Err(KilnError::InvalidInput(format!("priority {} is out of range -20..19", job.priority)));
+    }
+    for (i, op) in job.ops.iter().enumerate() {
+        match op {
+            Opcode::Sleep { seconds } if !seconds.is_finite() || !(0.0..=86_400.0).contains(seconds) => {
+                return Err(KilnError::InvalidInput(format!(
+                    "opcode {}: sleep {seconds}: expected 0 to 86400 seconds",
+                    i + 1
+                )));
+            }
+            Opcode::Node { nodes, fanout, .. } => {
+                router.registry.resolve(nodes).map_err(|e| match e {
+                    KilnError::NotFound(m) => KilnError::NotFound(format!("opcode {}: {m}", i + 1)),
+                    KilnError::InvalidInput(m) => KilnError::InvalidInput(format!("opcode {}: {m}", i + 1)),
+                    other => other,
+                })?;
+                if *fanout == Some(0) {
+                    return Err(KilnError::InvalidInput(format!("opcode {}: fanout must be at least 1", i + 1)));
+                }
+            }
+            Opcode::Sleep { .. } => {}
+        }
+    }
+    for d in &job.depends {
+        if let Some(s) = d.statuses.iter().find(|s| !s.is_finished()) {
+            return Err(KilnError::InvalidInput(format!(
+                "dependency on job {}: '{s}' is not a final status (use success, error or canceled)",
+                d.job
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Handler<SubmitJob> for JobQueue {
+    type Result = ResponseActFuture<Self, Result<JobId, KilnError>>;
+
+    fn handle(&mut self, msg: SubmitJob, _: &mut Context<Self>) -> Self::Result {
+        if self.drained {
+            return Box::pin(actix::fut::ready(Err(KilnError::Drained)));
+        }
+        if let Err(e) = validate(&msg, &self.router) {
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
+        // Dependencies on jobs this queue does not know must be archived ones.
+        let unknown: Vec<JobId> = msg
+            .depends
+            .iter()
+            .map(|d| d.job)
+            .filter(|id| !self.active.contains_key(id) && !self.ended.contains_key(id))
+            .collect();
+        let store = self.store.clone();
+        Box::pin(
+            async move {
+                let mut found = Vec::new();
+                for id in unknown {
+                    match store.read(move |b| b.load_job(id)).await? {
+                        Some((r, _)) => found.push((id, r.status, r.ended_at.unwrap_or_else(Utc::now))),
+                        None => return Err(KilnError::NotFound(format!("dependency on job {id}: no such job"))),
+                    }
+                }
+                Ok(found)
+            }
+            .into_actor(self)
+            .then(move |found, act, _| {
+                let ready = found.map(|found| {
+                    for (id, status, at) in found {
+                        act.ended.insert(id, (status, at));
+                    }
+                    act.admit(msg)
+                });
+                let store = act.store.clone();
+                async move {
+                    let (view, entry) = ready??;
+                    store.commit(vec![Write::PutJob(view.to_record()), Write::AppendJobLog(entry.clone())]).await?;
+                    Ok((view, entry))
+                }
+                .into_actor(act)
+            })
+            .map(|res: Result<(JobView, JobLogEntry), KilnError>, act, ctx| {
+                let (view, entry) = res?;
+                let id = view.id;
+                act.enqueue(view, entry, ctx);
+                Ok(id)
+            }),
+        )
+    }
+}
+
+impl JobQueue {
+    /// Assigns the id and builds the job as it will be stored.
+    fn admit(&mut self, msg: SubmitJob) -> Result<(JobView, JobLogEntry), KilnError> {
+        let id = JobId(self.next_id);
+        self.next_id += 1;
+        let now = Utc::now();
+        let (status, error, message) = match self.deps_state(&msg.depends) {
+            DepState::Met => (JobStatus::Queued, None, format!("submitted: {} opcode(s)", msg.ops.len())),
+            DepState::Pending => {
+                (JobStatus::Waiting, None, format!("submitted: {} opcode(s); waiting for dependencies", msg.ops.len()))
+            }
+            DepState::Failed(why) => (JobStatus::Error, Some(why.clone()), format!("submitted and failed: {why}")),
+        };
+        let ended = status.is_finished();
+        let view = JobView {
+            id,
+            priority: msg.priority,
+            status,
+            submitted_at: now,
+            started_at: None,
+            ended_at: ended.then_some(now),
+            archived: false,
+            ops: msg
+                .ops
+                .into_iter()
+                .map(|opcode| OpState {
+                    opcode,
+                    status: if ended { JobStatus::Error } else { JobStatus::Queued },
+                    started_at: None,
+                    ended_at: None,
+                    results: Vec::new(),
+                    error: None,
+                })
+                .collect(),
+            depends: msg.depends,
+            error,
+        };
+        Ok((view, log_entry(id, 1, message)))
+    }
+
+    /// Puts a committed job where it belongs.
+    fn enqueue(&mut self, view: JobView, entry: JobLogEntry, ctx: &mut Context<Self>) {
+        let id = view.id;
+        if view.status.is_finished() {
+            let at = view.ended_at.unwrap_or_else(Utc::now);
+            self.ended.insert(id, (view.status, at));
+            self.live_ended.insert((at, id));
+            return;
+        }
+        let priority = view.priority;
+        let status = view.status;
+        self.active.insert(id, ActiveJob {
+            view,
+            log: vec![entry],
+            control: FanOutControl::default(),
+            progress_total: 0,
+            watchers: Vec::new(),
+        });
+        if status == JobStatus::Waiting {
+            self.waiting.insert(id);
+        } else {
+            self.runnable.insert((priority, id));
+            self.schedule(ctx);
+        }
+    }
+}
+
+/// One job, live or archived.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<JobView, KilnError>")]
+pub struct GetJob(pub JobId);
+
+impl Handler<GetJob> for JobQueue {
+    type Result = ResponseFuture<Result<JobView, KilnError>>;
+    fn handle(&mut self, GetJob(id): GetJob, _: &mut Context<Self>) -> Self::Result {
+        if let Some(job) = self.active.get(&id) {
+            let view = job.view.clone();
+            return Box::pin(async move { Ok(view) });
+        }
+        let store = self.store.clone();
+        Box::pin(async move {
+            match store.read(move |b| b.load_job(id)).await? {
+                Some((r, archived)) => Ok(JobView::from_record(&r, archived)),
+                None => Err(KilnError::NotFound(format!("no such job: {id}"))),
+            }
+        })
+    }
+}
+
+/// The live jobs (not archived), optionally of one status, oldest first.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<JobView>, KilnError>")]
+pub struct ListJobs {
+    pub status: Option<JobStatus>,
+}
+
+impl Handler<ListJobs> for JobQueue {
+    type Result = ResponseFuture<Result<Vec<JobView>, KilnError>>;
+    fn handle(&mut self, msg: ListJobs, _: &mut Context<Self>) -> Self::Result {
+        let active: BTreeMap<JobId, JobView> = self.active.iter().map(|(id, j)| (*id, j.view.clone())).collect();
+        let store = self.store.clone();
+        Box::pin(async move {
+            let records: Vec<JobRecord> = store.read(|b| b.load_live_jobs()).await?;
+            Ok(records
+                .iter()
+                .map(|r| active.get(&r.id).cloned().unwrap_or_else(|| JobView::from_record(r, false)))
+                .filter(|v| msg.status.is_none_or(|s| v.status == s))
+                .collect())
+        })
+    }
+}
+
+/// Cancels a job: at once if it has not started, before its next opcode
+/// (and its next node) if it runs.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<JobStatus, KilnError>")]
+pub struct CancelJob(pub JobId);
+
+impl Handler<CancelJob> for JobQueue {
+    type Result = Result<JobStatus, KilnError>;
+    fn handle(&mut self, CancelJob(id): CancelJob, ctx: &mut Context<Self>) -> Self::Result {
+        let Some(job) = self.active.get_mut(&id) else {
+            return match self.ended.get(&id) {
+                Some((status, _)) => Err(KilnError::InvalidInput(format!("job {id} already ended: {status}"))),
+                None => Err(KilnError::NotFound(format!("no such job: {id}"))),
+            };
+        };
+        job.control.cancel.store(true, Ordering::Relaxed);
+        match job.view.status {
+            JobStatus::Queued | JobStatus::Waiting => {
+                self.finish(id, JobStatus::Canceled, Some("canceled before it started".into()), ctx);
+                Ok(JobStatus::Canceled)
+            }
+            JobStatus::Running => {
+                self.set_status(id, JobStatus::Canceling, "cancel requested; stopping before the next opcode".into(), ctx);
+                Ok(JobStatus::Canceling)
+            }
+            other => Ok(other),
+        }
+    }
+}
+
+/// Moves an ended job out of the live table.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), KilnError>")]
+pub struct ArchiveJob(pub JobId);
+
+impl Handler<ArchiveJob> for JobQueue {
+    type Result = ResponseActFuture<Self, Result<(), KilnError>>;
+    fn handle(&mut self, ArchiveJob(id): ArchiveJob, _: &mut Context<Self>) -> Self::Result {
+        if let Some(job) = self.active.get(&id) {
+            let err = KilnError::InvalidInput(format!("job {id} is {}; only ended jobs can be archived", job.view.status));
+            return Box::pin(actix::fut::ready(Err(err)));
+        }
+        let store = self.store.clone();
+        Box::pin(async move { store.commit(vec![Write::ArchiveJob(id)]).await.map_err(KilnError::from) }.into_actor(self).map(
+            move |res, act, _| {
+                res?;
+                act.live_ended.retain(|(_, j)| *j != id);
+                Ok(())
+            },
+        ))
+    }
+}
+
+/// Archives every live job that ended more than `age` ago; answers how many.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<usize, KilnError>")]
+pub struct ArchiveOld {
+    pub age: Duration,
+}
+
+impl Handler<ArchiveOld> for JobQueue {
+    type Result = ResponseActFuture<Self, Result<usize, KilnError>>;
+    fn handle(&mut self, msg: ArchiveOld, _: &mut Context<Self>) -> Self::Result {
+        let cutoff = Utc::now() - chrono::Duration::from_std(msg.age).unwrap_or(chrono::Duration::MAX);
+        let old: Vec<(Timestamp, JobId)> = self.live_ended.iter().take_while(|(at, _)| *at < cutoff).copied().collect();
+        let store = self.store.clone();
+        let ids: Vec<JobId> = old.iter().map(|(_, id)| *id).collect();
+        Box::pin(
+            async move {
+                let commits = ids.iter().map(|id| store.commit(vec![Write::ArchiveJob(*id)]));
+                futures::future::join_all(commits).await
+            }
+            .into_actor(self)
+            .map(move |results, act, _| {
+                let mut archived = 0;
+                for (key, res) in old.into_iter().zip(results) {
+                    if res.is_ok() {
+                        act.live_ended.remove(&key);
+                        archived += 1;
+                    }
+                }
+                Ok(archived)
+            }),
+        )
+    }
+}
+
+/// Sets or clears the drain flag (persisted).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), KilnError>")]
+pub struct SetDrain(pub bool);
+
+impl Handler<SetDrain> for JobQueue {
+    type Result = ResponseActFuture<Self, Result<(), KilnError>>;
+    fn handle(&mut self, SetDrain(on): SetDrain, _: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let write = Write::SetMeta {
+            key: DRAIN_KEY.into(),
+            value: on.to_string(),
+        };
+        Box::pin(async move { store.commit(vec![write]).await.map_err(KilnError::from) }.into_actor(self).map(
+            move |res, act, _| {
+                res?;
+                act.drained = on;
+                Ok(())
+            },
+        ))
+    }
+}
+
+/// The queue at a glance.
+#[derive(Debug, Message)]
+#[rtype(result = "QueueInfo")]
+pub struct GetQueueInfo;
+
+impl Handler<GetQueueInfo> for JobQueue {
+    type Result = MessageResult<GetQueueInfo>;
+    fn handle(&mut self, _: GetQueueInfo, _: &mut Context<Self>) -> Self::Result {
+        let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+        for j in self.active.values() {
+            *by_status.entry(j.view.status.to_string()).or_default() += 1;
+        }
+        for (_, id) in &self.live_ended {
+            if let Some((s, _)) = self.ended.get(id) {
+                *by_status.entry(s.to_string()).or_default() += 1;
+            }
+        }
+        MessageResult(QueueInfo {
+            drained: self.drained,
+            by_status,
+            running: self.running,
+            max_running: self.max_running,
+            last_job_id: self.next_id - 1,
+        })
+    }
+}
+
+/// The long poll: the job's log after `after_serial`, answered at once when
+/// there is something, else when something happens or `timeout` passes.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<JobChange, KilnError>")]
+pub struct WaitJobChange {
+    pub job: JobId,
+    pub after_serial: u64,
+    pub timeout: Duration,
+}
+
+impl Handler<WaitJobChange> for JobQueue {
+    type Result = ResponseFuture<Result<JobChange, KilnError>>;
+    fn handle(&mut self, msg: WaitJobChange, ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.job;
+        if let Some(job) = self.active.get_mut(&id) {
+            let change = job.change_after(msg.after_serial);
+            if !change.log.is_empty() || msg.timeout.is_zero() {
+                return Box::pin(async move { Ok(change) });
+            }
+            let (tx, rx) = oneshot::channel();
+            job.watchers.push((msg.after_serial, tx));
+            let after = msg.after_serial;
+            ctx.run_later(msg.timeout.min(Duration::from_secs(3600)), move |act, _| {
+                if let Some(job) = act.active.get_mut(&id) {
+                    // Answer the watchers whose time is up (closed ones too).
+                    let change = job.change_after(after);
+                    let (due, keep): (Vec<_>, Vec<_>) =
+                        job.watchers.drain(..).partition(|(a, tx)| *a == after || tx.is_closed());
+                    job.watchers = keep;
+                    for (_, tx) in due {
+                        let _ = tx.send(change.clone());
+                    }
+                }
+            });
+            return Box::pin(async move {
+                rx.await.map_err(|_| KilnError::Unavailable("the job queue stopped".into()))
+            });
+        }
+        let store = self.store.clone();
+        let after = msg.after_serial;
+        Box::pin(async move {
+            let Some((r, _)) = store.read(move |b| b.load_job(id)).await? else {
+                return Err(KilnError::NotFound(format!("no such job: {id}")));
+            };
+            let log = store.read(move |b| b.load_job_log(id, after, 10_000)).await?;
+            Ok(JobChange {
+                id,
+                status: r.status,
+                log,
+                progress: None,
+            })
+        })
+    }
+}
