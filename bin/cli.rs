@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// Seconds an exclusive request waits for a busy node [default: 0].
     #[arg(long, value_name = "SECONDS", env = "KILN_LOCK_WAIT")]
     pub lock_wait: Option<f64>,
+    /// At most this many jobs run at once [default: 64].
+    #[arg(long, value_name = "N", env = "KILN_MAX_RUNNING_JOBS")]
+    pub max_running_jobs: Option<usize>,
     /// Log format on stderr [default: text].
     #[arg(long, value_enum, env = "KILN_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,

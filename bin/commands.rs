@@ -146,10 +146,16 @@ enum Remote {
     Once(Request),
     /// Submit a job; with `wait`, follow it to its end and print it
     /// (per-node results for a bulk verb).
-    Job { request: Request, wait: bool, bulk: bool },
+    Job {
+        request: Request,
+        wait: bool,
+        bulk: bool,
+    },
     /// Follow an existing job's log.
     Watch(JobId),
-    Events { follow: bool },
+    Events {
+        follow: bool,
+    },
 }
 
 async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failure> {
@@ -415,10 +421,18 @@ fn print_response(response: Response, json: bool) -> Result<(), Failure> {
             }
         }
         Response::Jobs(jobs) => {
-            if json { output::json(&jobs) } else { output::jobs(&jobs) }
+            if json {
+                output::json(&jobs)
+            } else {
+                output::jobs(&jobs)
+            }
         }
         Response::Job(job) => {
-            if json { output::json(&job) } else { output::job(&job) }
+            if json {
+                output::json(&job)
+            } else {
+                output::job(&job)
+            }
         }
         Response::JobCanceled(status) => {
             if json {
@@ -428,7 +442,11 @@ fn print_response(response: Response, json: bool) -> Result<(), Failure> {
             }
         }
         Response::Queue(q) => {
-            if json { output::json(&q) } else { output::queue(&q) }
+            if json {
+                output::json(&q)
+            } else {
+                output::queue(&q)
+            }
         }
         Response::Done => {
             if json {

@@ -93,7 +93,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
             lock_wait,
             driver_call_timeout,
             default_fanout,
-            max_running_jobs: file.max_running_jobs.unwrap_or(64).max(1),
+            max_running_jobs: args.max_running_jobs.or(file.max_running_jobs).unwrap_or(64).max(1),
             demo_nodes: args.demo.or(file.demo).unwrap_or(0),
         },
         socket,

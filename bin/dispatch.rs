@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use kiln_actors::codec;
-use kiln_actors::jobs::*;
-use kiln_store::JobId;
 use kiln_actors::events::{RecentEvents, SubscribeChannel};
+use kiln_actors::jobs::*;
 use kiln_actors::protocol::{Request, Response};
 use kiln_actors::supervisor::GetStatus;
 use kiln_actors::*;
+use kiln_store::JobId;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 

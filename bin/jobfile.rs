@@ -107,9 +107,9 @@ fn opcode(f: &OpFile) -> anyhow::Result<Opcode> {
         "maintenance" => {
             Op::Maintenance { on: f.on.context("maintenance needs `on: true|false`")?, reason: f.reason.clone() }
         }
-        verb => Op::Verb(verb.parse::<Verb>().map_err(|e| {
-            anyhow::anyhow!("{e}; or power, boot-device, maintenance, sleep")
-        })?),
+        verb => Op::Verb(
+            verb.parse::<Verb>().map_err(|e| anyhow::anyhow!("{e}; or power, boot-device, maintenance, sleep"))?,
+        ),
     };
     Ok(Opcode::Node { nodes, op, fanout: f.fanout })
 }

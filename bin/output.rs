@@ -149,7 +149,13 @@ pub fn job(j: &JobView) {
         println!("error        {e}");
     }
     for (i, op) in j.ops.iter().enumerate() {
-        println!("opcode {}: {} [{}]{}", i + 1, op.opcode.summary(), op.status, op.error.as_ref().map(|e| format!(" {e}")).unwrap_or_default());
+        println!(
+            "opcode {}: {} [{}]{}",
+            i + 1,
+            op.opcode.summary(),
+            op.status,
+            op.error.as_ref().map(|e| format!(" {e}")).unwrap_or_default()
+        );
         for r in op.results.iter().filter(|r| !r.ok) {
             println!("  {}: {}", r.node, r.error.as_deref().unwrap_or("failed"));
         }

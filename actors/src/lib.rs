@@ -140,8 +140,7 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
             .map_err(StartError::Demo)?;
     }
     let router = supervisor::Router { supervisor: supervisor.clone(), registry: registry.clone() };
-    let queue =
-        jobs::JobQueue::load(store.clone(), router, config.max_running_jobs).await.map_err(StartError::Jobs)?;
+    let queue = jobs::JobQueue::load(store.clone(), router, config.max_running_jobs).await.map_err(StartError::Jobs)?;
     let jobs = queue.start();
     Ok(Site { supervisor, jobs, events, registry, store, config })
 }

@@ -400,7 +400,29 @@ pub struct Router {
 #[derive(Clone, Default)]
 pub struct FanOutControl {
     pub cancel: Arc<AtomicBool>,
+    /// Woken when `cancel` is set, for work that waits (a sleep opcode).
+    pub canceled: Arc<tokio::sync::Notify>,
     pub done: Arc<AtomicU64>,
+}
+
+impl FanOutControl {
+    /// Asks the work to stop starting anything new.
+    pub fn request_cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.canceled.notify_waiters();
+    }
+
+    /// Waits `d`, or less if canceled meanwhile; true when canceled.
+    pub async fn sleep_unless_canceled(&self, d: std::time::Duration) -> bool {
+        let woken = self.canceled.notified();
+        if self.cancel.load(Ordering::Relaxed) {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => self.cancel.load(Ordering::Relaxed),
+            _ = woken => true,
+        }
+    }
 }
 
 impl Router {

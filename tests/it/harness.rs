@@ -82,15 +82,6 @@ impl Daemon {
         }
     }
 
-    /// Every stderr line logged so far (does not wait).
-    pub fn drain_log(&mut self) -> Vec<String> {
-        self.log.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -59,8 +59,7 @@ fn power_boot_device_and_maintenance_act_on_node_sets() {
     let d = Daemon::start(4, &[]);
     d.json(&["node", "power", "on", "demo[1-3]", "--wait"]);
     let s = d.json(&["node", "power", "status", "demo[1-4]"]);
-    let powers: Vec<&str> =
-        s.as_array().unwrap().iter().map(|o| o["power_state"].as_str().unwrap()).collect();
+    let powers: Vec<&str> = s.as_array().unwrap().iter().map(|o| o["power_state"].as_str().unwrap()).collect();
     assert_eq!(powers, ["power on", "power on", "power on", "power off"]);
     assert_eq!(d.node("demo1")["target_power_state"], serde_json::Value::Null);
 

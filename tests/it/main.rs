@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod harness;
+mod jobs;
 mod lifecycle;
 mod locking;
 mod restart;

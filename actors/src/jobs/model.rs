@@ -135,11 +135,7 @@ impl JobView {
 
     /// The record the store keeps for this job.
     pub fn to_record(&self) -> JobRecord {
-        let body = JobBody {
-            ops: self.ops.clone(),
-            depends: self.depends.clone(),
-            error: self.error.clone(),
-        };
+        let body = JobBody { ops: self.ops.clone(), depends: self.depends.clone(), error: self.error.clone() };
         JobRecord {
             id: self.id,
             priority: self.priority,

@@ -88,12 +88,7 @@ enum DepState {
 }
 
 fn log_entry(job: JobId, serial: u64, message: String) -> JobLogEntry {
-    JobLogEntry {
-        job,
-        serial,
-        at: Utc::now(),
-        message,
-    }
+    JobLogEntry { job, serial, at: Utc::now(), message }
 }
 
 impl JobQueue {
@@ -131,7 +126,8 @@ impl JobQueue {
                 view.status = JobStatus::Error;
                 view.ended_at = Some(now);
                 view.error = Some(why.clone());
-                let serial = store.read(move |b| b.load_job_log(r.id, 0, usize::MAX)).await?.last().map_or(1, |e| e.serial + 1);
+                let serial =
+                    store.read(move |b| b.load_job_log(r.id, 0, usize::MAX)).await?.last().map_or(1, |e| e.serial + 1);
                 repairs.push(vec![Write::PutJob(view.to_record()), Write::AppendJobLog(log_entry(r.id, serial, why))]);
             }
             if view.status.is_finished() {
@@ -142,13 +138,10 @@ impl JobQueue {
             }
             let id = view.id;
             let log = store.read(move |b| b.load_job_log(id, 0, usize::MAX)).await?;
-            q.active.insert(id, ActiveJob {
-                view,
-                log,
-                control: FanOutControl::default(),
-                progress_total: 0,
-                watchers: Vec::new(),
-            });
+            q.active.insert(
+                id,
+                ActiveJob { view, log, control: FanOutControl::default(), progress_total: 0, watchers: Vec::new() },
+            );
             q.waiting.insert(id);
         }
         for batch in repairs {
@@ -290,11 +283,11 @@ impl JobQueue {
         let router = self.router.clone();
         match opcode {
             Opcode::Sleep { seconds } => {
-                ctx.spawn(
-                    actix::clock::sleep(Duration::from_secs_f64(seconds))
-                        .into_actor(self)
-                        .map(move |_, act, ctx| act.op_done(id, idx, Vec::new(), None, ctx)),
-                );
+                let wait = async move { control.sleep_unless_canceled(Duration::from_secs_f64(seconds)).await };
+                ctx.spawn(wait.into_actor(self).map(move |canceled, act, ctx| {
+                    let error = canceled.then(|| "canceled during the sleep".to_string());
+                    act.op_done(id, idx, Vec::new(), error, ctx)
+                }));
             }
             Opcode::Node { nodes, op, fanout } => {
                 let resolved = router.registry.resolve(&nodes);
@@ -333,9 +326,8 @@ impl JobQueue {
         let Some(job) = self.active.get_mut(&id) else { return };
         job.progress_total = 0;
         let failed: Vec<&NodeResult> = results.iter().filter(|r| !r.ok).collect();
-        let error = error.or_else(|| {
-            (!failed.is_empty()).then(|| format!("{} of {} nodes failed", failed.len(), results.len()))
-        });
+        let error = error
+            .or_else(|| (!failed.is_empty()).then(|| format!("{} of {} nodes failed", failed.len(), results.len())));
         let mut lines: VecDeque<String> = failed
             .iter()
             .take(MAX_NODE_LOG_LINES)
@@ -345,7 +337,11 @@ impl JobQueue {
         let op = &mut job.view.ops[idx];
         op.results = results;
         op.ended_at = Some(Utc::now());
-        op.status = if error.is_some() { JobStatus::Error } else { JobStatus::Success };
+        op.status = match (&error, canceled) {
+            (None, _) => JobStatus::Success,
+            (Some(_), true) => JobStatus::Canceled,
+            (Some(_), false) => JobStatus::Error,
+        };
         op.error = error.clone();
         lines.push_back(match &error {
             None => format!("opcode {} succeeded", idx + 1),
@@ -354,8 +350,8 @@ impl JobQueue {
         // One commit per line keeps serials in order; the lines of a failed
         // opcode are few (bounded above).
         self.commit_lines(id, lines, ctx, move |act, ctx| match error {
+            _ if canceled => act.finish(id, JobStatus::Canceled, Some("canceled".into()), ctx),
             Some(e) => act.finish(id, JobStatus::Error, Some(e), ctx),
-            None if canceled => act.finish(id, JobStatus::Canceled, Some("canceled".into()), ctx),
             None => act.run_op(id, idx + 1, ctx),
         });
     }
@@ -581,13 +577,16 @@ impl JobQueue {
         }
         let priority = view.priority;
         let status = view.status;
-        self.active.insert(id, ActiveJob {
-            view,
-            log: vec![entry],
-            control: FanOutControl::default(),
-            progress_total: 0,
-            watchers: Vec::new(),
-        });
+        self.active.insert(
+            id,
+            ActiveJob {
+                view,
+                log: vec![entry],
+                control: FanOutControl::default(),
+                progress_total: 0,
+                watchers: Vec::new(),
+            },
+        );
         if status == JobStatus::Waiting {
             self.waiting.insert(id);
         } else {
@@ -657,14 +656,19 @@ impl Handler<CancelJob> for JobQueue {
                 None => Err(KilnError::NotFound(format!("no such job: {id}"))),
             };
         };
-        job.control.cancel.store(true, Ordering::Relaxed);
+        job.control.request_cancel();
         match job.view.status {
             JobStatus::Queued | JobStatus::Waiting => {
                 self.finish(id, JobStatus::Canceled, Some("canceled before it started".into()), ctx);
                 Ok(JobStatus::Canceled)
             }
             JobStatus::Running => {
-                self.set_status(id, JobStatus::Canceling, "cancel requested; stopping before the next opcode".into(), ctx);
+                self.set_status(
+                    id,
+                    JobStatus::Canceling,
+                    "cancel requested; stopping before the next opcode".into(),
+                    ctx,
+                );
                 Ok(JobStatus::Canceling)
             }
             other => Ok(other),
@@ -681,17 +685,20 @@ impl Handler<ArchiveJob> for JobQueue {
     type Result = ResponseActFuture<Self, Result<(), KilnError>>;
     fn handle(&mut self, ArchiveJob(id): ArchiveJob, _: &mut Context<Self>) -> Self::Result {
         if let Some(job) = self.active.get(&id) {
-            let err = KilnError::InvalidInput(format!("job {id} is {}; only ended jobs can be archived", job.view.status));
+            let err =
+                KilnError::InvalidInput(format!("job {id} is {}; only ended jobs can be archived", job.view.status));
             return Box::pin(actix::fut::ready(Err(err)));
         }
         let store = self.store.clone();
-        Box::pin(async move { store.commit(vec![Write::ArchiveJob(id)]).await.map_err(KilnError::from) }.into_actor(self).map(
-            move |res, act, _| {
-                res?;
-                act.live_ended.retain(|(_, j)| *j != id);
-                Ok(())
-            },
-        ))
+        Box::pin(
+            async move { store.commit(vec![Write::ArchiveJob(id)]).await.map_err(KilnError::from) }
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    res?;
+                    act.live_ended.retain(|(_, j)| *j != id);
+                    Ok(())
+                }),
+        )
     }
 }
 
@@ -738,10 +745,7 @@ impl Handler<SetDrain> for JobQueue {
     type Result = ResponseActFuture<Self, Result<(), KilnError>>;
     fn handle(&mut self, SetDrain(on): SetDrain, _: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
-        let write = Write::SetMeta {
-            key: DRAIN_KEY.into(),
-            value: on.to_string(),
-        };
+        let write = Write::SetMeta { key: DRAIN_KEY.into(), value: on.to_string() };
         Box::pin(async move { store.commit(vec![write]).await.map_err(KilnError::from) }.into_actor(self).map(
             move |res, act, _| {
                 res?;
@@ -813,9 +817,9 @@ impl Handler<WaitJobChange> for JobQueue {
                     }
                 }
             });
-            return Box::pin(async move {
-                rx.await.map_err(|_| KilnError::Unavailable("the job queue stopped".into()))
-            });
+            return Box::pin(
+                async move { rx.await.map_err(|_| KilnError::Unavailable("the job queue stopped".into())) },
+            );
         }
         let store = self.store.clone();
         let after = msg.after_serial;
@@ -824,12 +828,7 @@ impl Handler<WaitJobChange> for JobQueue {
                 return Err(KilnError::NotFound(format!("no such job: {id}")));
             };
             let log = store.read(move |b| b.load_job_log(id, after, 10_000)).await?;
-            Ok(JobChange {
-                id,
-                status: r.status,
-                log,
-                progress: None,
-            })
+            Ok(JobChange { id, status: r.status, log, progress: None })
         })
     }
 }

@@ -1,0 +1,204 @@
+//! The job queue over the socket: submission, priorities, dependencies,
+//! watch, cancel, archive, drain, and the restart rule after SIGKILL.
+
+use serde_json::Value;
+
+use crate::harness::{Daemon, Events};
+
+fn write(d: &Daemon, name: &str, text: &str) -> String {
+    let path = d.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn submit(d: &Daemon, yaml: &str) -> u64 {
+    let f = write(d, "job.yaml", yaml);
+    d.json(&["job", "submit", &f])["job"].as_u64().expect("a job id")
+}
+
+fn job(d: &Daemon, id: u64) -> Value {
+    d.json(&["job", "show", &id.to_string()])
+}
+
+/// Follows a job to its end with `kiln job watch`; returns the job.
+fn watch(d: &Daemon, id: u64) -> Value {
+    let out = d.cli(&["--json", "job", "watch", &id.to_string()]);
+    serde_json::from_slice(&out.stdout).expect("job JSON")
+}
+
+fn ids(list: &Value) -> Vec<u64> {
+    list.as_array().unwrap().iter().map(|j| j["id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn a_job_of_several_opcodes_runs_them_in_order_with_a_log() {
+    let d = Daemon::start(4, &[]);
+    let f = write(
+        &d,
+        "job.yaml",
+        "ops:\n  - {op: manage, nodes: 'demo[1-4]'}\n  - {op: sleep, seconds: 0}\n  - {op: provide, nodes: 'demo[1-4]', fanout: 2}\n",
+    );
+    let done = d.json(&["job", "submit", &f, "--wait"]);
+    assert_eq!(done["status"], "success");
+    let ops = done["ops"].as_array().unwrap();
+    assert_eq!(ops.len(), 3);
+    assert!(ops.iter().all(|o| o["status"] == "success"));
+    assert_eq!(ops[2]["results"].as_array().unwrap().len(), 4);
+    assert!(ops[2]["results"].as_array().unwrap().iter().all(|r| r["provision_state"] == "available"));
+
+    // The log, via the long poll, in serial order.
+    let id = done["id"].as_u64().unwrap();
+    let out = d.cli(&["job", "watch", &id.to_string()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let started = text.find("opcode 1/3 started").unwrap();
+    let ended = text.find("job ended: success").unwrap();
+    assert!(started < ended, "{text}");
+    assert_eq!(ids(&d.json(&["job", "list", "--status", "success"])), [id]);
+}
+
+#[test]
+fn higher_priority_jobs_run_first_and_cancel_stops_a_sleeping_job() {
+    let d = Daemon::start(0, &["--max-running-jobs", "1"]);
+    let blocker = submit(&d, "ops: [{op: sleep, seconds: 600}]");
+    let low = submit(&d, "priority: 10\nops: [{op: sleep, seconds: 0}]");
+    let high = submit(&d, "priority: -10\nops: [{op: sleep, seconds: 0}]");
+    assert_eq!(job(&d, low)["status"], "queued");
+    let canceled = d.json(&["job", "cancel", &blocker.to_string()]);
+    assert!(canceled["status"] == "canceling" || canceled["status"] == "canceled", "{canceled}");
+    assert_eq!(watch(&d, blocker)["status"], "canceled");
+    let (l, h) = (watch(&d, low), watch(&d, high));
+    assert_eq!(l["status"], "success");
+    assert_eq!(h["status"], "success");
+    assert!(h["started_at"].as_str().unwrap() < l["started_at"].as_str().unwrap(), "high ran first");
+    // Canceling a job that ended is refused.
+    let err = d.json_code(&["job", "cancel", &blocker.to_string()], 1);
+    assert!(err["error"]["message"].as_str().unwrap().contains("already ended"));
+}
+
+#[test]
+fn dependencies_hold_a_job_and_fail_it_when_they_cannot_be_met() {
+    let d = Daemon::start(0, &["--max-running-jobs", "4"]);
+    let first = submit(&d, "ops: [{op: sleep, seconds: 600}]");
+    let after_ok =
+        submit(&d, &format!("depends: [{{job: {first}, statuses: [success]}}]\nops: [{{op: sleep, seconds: 0}}]"));
+    let after_cancel =
+        submit(&d, &format!("depends: [{{job: {first}, statuses: [canceled]}}]\nops: [{{op: sleep, seconds: 0}}]"));
+    assert_eq!(job(&d, after_ok)["status"], "waiting");
+    d.json(&["job", "cancel", &first.to_string()]);
+    let failed = watch(&d, after_ok);
+    assert_eq!(failed["status"], "error");
+    assert!(failed["error"].as_str().unwrap().contains("cannot be met"), "{failed}");
+    assert_eq!(watch(&d, after_cancel)["status"], "success");
+
+    // A dependency on a job that never existed is refused; nothing is queued.
+    let before = ids(&d.json(&["job", "list"]));
+    let f = write(&d, "bad.yaml", "depends: [{job: 9999}]\nops: [{op: sleep, seconds: 0}]");
+    let err = d.json_code(&["job", "submit", &f], 1);
+    assert_eq!(err["error"]["kind"], "not_found");
+    assert!(err["error"]["message"].as_str().unwrap().contains("9999"));
+    assert_eq!(ids(&d.json(&["job", "list"])), before);
+}
+
+#[test]
+fn bad_job_files_and_unknown_nodes_queue_nothing() {
+    let d = Daemon::start(2, &[]);
+    for (text, code, needle) in [
+        ("ops: [{op: explode, nodes: demo1}]", 2, "unknown verb 'explode'"),
+        ("ops: []", 2, "at least one opcode"),
+        ("ops: [{op: sleep}]", 2, "sleep needs `seconds`"),
+        ("{not yaml: [", 2, "not a valid"),
+        ("ops: [{op: deploy, nodes: 'demo[1-3]'}]", 1, "demo3"),
+        ("priority: 99\nops: [{op: sleep, seconds: 0}]", 1, "priority 99"),
+    ] {
+        let f = write(&d, "bad.yaml", text);
+        let err = d.json_code(&["job", "submit", &f], code);
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{text}: {msg}");
+    }
+    assert!(d.json(&["job", "list"]).as_array().unwrap().is_empty());
+    assert_eq!(d.json(&["queue", "status"])["last_job_id"], 0);
+}
+
+#[test]
+fn drain_refuses_new_jobs_across_restarts_until_turned_off() {
+    let mut d = Daemon::start(1, &[]);
+    assert_eq!(d.json(&["queue", "drain", "on"])["drained"], true);
+    let err = d.json_code(&["node", "manage", "demo1"], 1);
+    assert_eq!(err["error"]["kind"], "drained");
+    d.restart();
+    assert_eq!(d.json(&["queue", "status"])["drained"], true);
+    d.json(&["queue", "drain", "off"]);
+    d.json(&["node", "manage", "demo1", "--wait"]);
+    assert_eq!(d.state("demo1"), "manageable");
+}
+
+#[test]
+fn ended_jobs_can_be_archived_and_still_shown() {
+    let d = Daemon::start(0, &[]);
+    let id = submit(&d, "ops: [{op: sleep, seconds: 0}]");
+    assert_eq!(watch(&d, id)["status"], "success");
+    let running = submit(&d, "ops: [{op: sleep, seconds: 600}]");
+    let err = d.json_code(&["job", "archive", &running.to_string()], 1);
+    assert!(err["error"]["message"].as_str().unwrap().contains("only ended jobs"));
+    d.json(&["job", "archive", &id.to_string()]);
+    assert_eq!(ids(&d.json(&["job", "list"])), [running]);
+    let shown = job(&d, id);
+    assert_eq!(shown["archived"], true);
+    assert_eq!(shown["status"], "success");
+}
+
+#[test]
+fn after_sigkill_queued_jobs_run_and_the_running_one_is_in_error() {
+    let mut d = Daemon::start(3, &["--max-running-jobs", "1"]);
+    d.json(&["node", "manage", "demo[1-3]", "--wait"]);
+    d.json(&["node", "provide", "demo[1-3]", "--wait"]);
+    d.json(&["node", "set", "demo1", "--driver-info", "latency_ms=60000"]);
+    let mut events = Events::follow(&d);
+    let running = d.json(&["node", "deploy", "demo1"])["job"].as_u64().unwrap();
+    events.started("demo1");
+    let queued_a = d.json(&["node", "deploy", "demo2"])["job"].as_u64().unwrap();
+    let queued_b = submit(&d, "ops: [{op: sleep, seconds: 0}]");
+    assert_eq!(job(&d, queued_a)["status"], "queued");
+
+    d.kill9();
+    d.restart();
+
+    let crashed = job(&d, running);
+    assert_eq!(crashed["status"], "error");
+    assert_eq!(crashed["error"], "daemon restarted while running");
+    assert_eq!(watch(&d, queued_a)["status"], "success");
+    assert_eq!(watch(&d, queued_b)["status"], "success");
+    assert_eq!(d.state("demo2"), "active");
+    let n = d.node("demo1");
+    assert_eq!(n["provision_state"], "deploy failed");
+    assert_eq!(n["reservation"], Value::Null);
+    // Every acknowledged job is there, and ids are never reused.
+    let all = ids(&d.json(&["job", "list"]));
+    for id in [running, queued_a, queued_b] {
+        assert!(all.contains(&id), "{id} missing from {all:?}");
+    }
+    let next = submit(&d, "ops: [{op: sleep, seconds: 0}]");
+    assert!(next > queued_b);
+}
+
+#[test]
+fn canceling_a_node_set_job_stops_starting_new_nodes() {
+    let d = Daemon::start(6, &[]);
+    for i in 1..=6 {
+        d.json(&["node", "set", &format!("demo{i}"), "--driver-info", "latency_ms=200"]);
+    }
+    let mut events = Events::follow(&d);
+    let f =
+        write(&d, "job.yaml", "ops:\n  - {op: manage, nodes: 'demo[1-6]', fanout: 1}\n  - {op: sleep, seconds: 0}\n");
+    let id = d.json(&["job", "submit", &f])["job"].as_u64().unwrap();
+    events.started("demo1");
+    d.json(&["job", "cancel", &id.to_string()]);
+    let j = watch(&d, id);
+    assert_eq!(j["status"], "canceled");
+    let results = j["ops"][0]["results"].as_array().unwrap();
+    let not_started = results.iter().filter(|r| r["error_kind"] == "canceled").count();
+    assert!(not_started >= 1, "{j}");
+    assert_eq!(j["ops"][1]["status"], "canceled");
+    assert_eq!(d.state("demo6"), "enroll");
+}
