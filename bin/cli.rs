@@ -41,6 +41,8 @@ pub enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Measure a performance scenario in-process (spec section 11).
+    Bench(BenchArgs),
     /// Expand, fold or count a node set (no daemon needed).
     Nodeset(NodesetArgs),
 }
@@ -303,4 +305,31 @@ pub enum QueueCommand {
     },
     /// The queue at a glance.
     Status,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// nodeset, lock, jobs, lifecycle, admin, scale, or all.
+    pub scenario: String,
+    /// Nodes (lifecycle: 10000, lock: 10000, scale: 100000).
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// Jobs to submit (jobs: 1000000).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Concurrent clients (jobs: 64 submitters, admin: 32 socket clients).
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// Requests (admin: 200000; lock: 1000 contenders on one node).
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Exclusive no-op tasks (lock: 100000).
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Names to fold (nodeset: 100000).
+    #[arg(long)]
+    pub names: Option<usize>,
+    /// Fanout of node-set opcodes (lifecycle: 1024).
+    #[arg(long)]
+    pub fanout: Option<u32>,
 }

@@ -47,6 +47,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let json = cli.json;
     let result = match cli.command {
         Command::Serve(args) => return crate::serve::run(args),
+        Command::Bench(args) => return crate::bench::run(args, json),
         Command::Nodeset(args) => nodeset(args, json),
         command => {
             let socket = socket_path(cli.socket.as_deref());
@@ -288,7 +289,12 @@ fn build_request(command: Command) -> Result<Request, Failure> {
         })
     };
     Ok(match command {
-        Command::Serve(_) | Command::Nodeset(_) | Command::Job(_) | Command::Queue(_) | Command::Events { .. } => {
+        Command::Serve(_)
+        | Command::Bench(_)
+        | Command::Nodeset(_)
+        | Command::Job(_)
+        | Command::Queue(_)
+        | Command::Events { .. } => {
             unreachable!("handled before")
         }
         Command::Status => Request::Status,

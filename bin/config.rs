@@ -64,7 +64,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
     let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(default_data_dir);
     let socket = args.socket.clone().or(file.socket).unwrap_or_else(|| data_dir.join("kiln.sock"));
     let lock_wait = seconds("lock_wait", args.lock_wait.or(file.lock_wait).unwrap_or(0.0))?;
-    let driver_call_timeout = seconds("driver_call_timeout", file.driver_call_timeout.unwrap_or(60.0))?;
+    let driver_call_timeout = seconds("driver_call_timeout", file.driver_call_timeout.unwrap_or(120.0))?;
     let log_format = match (args.log_format, file.log_format.as_deref()) {
         (Some(f), _) => f,
         (None, None | Some("text")) => LogFormat::Text,

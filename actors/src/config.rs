@@ -27,7 +27,7 @@ impl Default for SiteConfig {
         SiteConfig {
             data_dir: PathBuf::from("kiln-data"),
             lock_wait: Duration::ZERO,
-            driver_call_timeout: Duration::from_secs(60),
+            driver_call_timeout: Duration::from_secs(120),
             default_fanout: 64,
             max_running_jobs: 64,
             demo_nodes: 0,

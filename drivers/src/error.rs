@@ -18,6 +18,14 @@ pub enum DriverError {
     Bmc { address: String, detail: String },
     #[error("the BMC at {address} sent a reply kiln cannot read: {detail}")]
     BadReply { address: String, detail: String },
+    #[error("the BMC at {address} did not reach power {target} within {seconds} s")]
+    PowerTimeout { address: String, target: String, seconds: u64 },
+    #[error(
+        "the Redfish service at {address} has several systems ({systems}); set driver_info.system_id to one of them"
+    )]
+    AmbiguousSystem { address: String, systems: String },
+    #[error("cannot run {tool} for the BMC at {address}: {reason}")]
+    Tool { tool: String, address: String, reason: String },
     #[error("simulated BMC failure ({0})")]
     Injected(String),
     #[error("the driver crashed: {0}")]

@@ -51,13 +51,7 @@ fn boot_of(code: u8) -> Option<Boot> {
 impl FakeBmc {
     /// A fake BMC with the given behaviour, powered off.
     pub fn new(latency: Duration, failure_rate: f64) -> Self {
-        FakeBmc {
-            latency,
-            failure_rate,
-            panic_on: None,
-            power: AtomicU8::new(OFF),
-            boot: AtomicU8::new(NO_BOOT),
-        }
+        FakeBmc { latency, failure_rate, panic_on: None, power: AtomicU8::new(OFF), boot: AtomicU8::new(NO_BOOT) }
     }
 
     /// Builds one from validated `driver_info` (`latency_ms`, `failure_rate`,

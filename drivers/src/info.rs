@@ -53,7 +53,10 @@ const REDFISH: &[Key] = &[
     key("password", false, Shape::Text),
     key("verify_tls", false, Shape::Bool),
     key("ca_file", false, Shape::Text),
+    // Seconds per HTTP request (default 30).
     key("timeout", false, Shape::Seconds),
+    // Seconds to wait for a power action to be reported done (default 60).
+    key("power_timeout", false, Shape::Seconds),
 ];
 
 const IPMI: &[Key] = &[
@@ -63,7 +66,10 @@ const IPMI: &[Key] = &[
     key("password", false, Shape::Text),
     key("cipher_suite", false, Shape::Text),
     key("min_command_interval", false, Shape::Seconds),
+    // Seconds per ipmitool run (default 20).
     key("timeout", false, Shape::Seconds),
+    // Seconds to wait for a power action to be reported done (default 60).
+    key("power_timeout", false, Shape::Seconds),
 ];
 
 /// The calls of the fake driver that `panic_on` may name.
@@ -84,10 +90,7 @@ pub fn validate(driver: &str, info: &BTreeMap<String, String>) -> Result<(), Inv
     let keys = keys_of(driver)?;
     for k in keys.iter().filter(|k| k.required) {
         if info.get(k.name).is_none_or(|v| v.trim().is_empty()) {
-            return Err(InvalidDriverInfo::Missing {
-                driver: driver.to_string(),
-                field: k.name,
-            });
+            return Err(InvalidDriverInfo::Missing { driver: driver.to_string(), field: k.name });
         }
     }
     for (name, value) in info {
@@ -100,12 +103,10 @@ pub fn validate(driver: &str, info: &BTreeMap<String, String>) -> Result<(), Inv
         };
         if let Err(why) = check_shape(k.shape, value) {
             // A secret is never echoed back, even when it is malformed.
-            let shown = if name == "password" { "******".to_string() } else { value.clone() };
-            return Err(InvalidDriverInfo::Malformed {
-                field: name.clone(),
-                value: shown,
-                why,
-            });
+            // Nor is a URL that may carry one (user:password@host).
+            let hidden = name == "password" || (matches!(k.shape, Shape::HttpUrl) && value.contains('@'));
+            let shown = if hidden { "******".to_string() } else { value.clone() };
+            return Err(InvalidDriverInfo::Malformed { field: name.clone(), value: shown, why });
         }
     }
     Ok(())
@@ -123,13 +124,14 @@ fn check_shape(shape: Shape, value: &str) -> Result<(), String> {
             if host.is_empty() {
                 return Err("the URL has no host".into());
             }
+            if host.contains('@') {
+                return Err("put the user and password in username and password, not in the URL".into());
+            }
             Ok(())
         }
         Shape::Host => {
             let ok = !value.is_empty()
-                && value
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'));
+                && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'));
             if ok { Ok(()) } else { Err("expected a host name or IP address".into()) }
         }
         Shape::Port => match value.parse::<u16>() {
@@ -153,7 +155,11 @@ fn check_shape(shape: Shape, value: &str) -> Result<(), String> {
             _ => Err("expected a number between 0 and 1".into()),
         },
         Shape::ApiPath => {
-            if value.starts_with('/') { Ok(()) } else { Err("expected a path starting with /".into()) }
+            if value.starts_with('/') {
+                Ok(())
+            } else {
+                Err("expected a path starting with /".into())
+            }
         }
         Shape::Power => match value {
             "on" | "off" => Ok(()),
@@ -174,6 +180,22 @@ pub fn parse_bool(value: &str) -> bool {
     matches!(value, "true" | "True" | "1" | "yes")
 }
 
+/// A duration in seconds from validated `driver_info`, or `default` when the
+/// key is absent. A timeout of 0 would fail every call, so `positive` makes 0
+/// mean the default too.
+pub(crate) fn seconds(
+    info: &BTreeMap<String, String>,
+    key: &str,
+    default: std::time::Duration,
+    positive: bool,
+) -> std::time::Duration {
+    match info.get(key).and_then(|v| v.parse::<f64>().ok()) {
+        Some(s) if s.is_finite() && s > 0.0 => std::time::Duration::from_secs_f64(s.min(3600.0)),
+        Some(s) if s == 0.0 && !positive => std::time::Duration::ZERO,
+        _ => default,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +211,9 @@ mod tests {
         let err = validate("redfish", &info(&[("address", "ftp://x")])).unwrap_err();
         assert!(err.to_string().contains("driver_info.address = 'ftp://x'"), "{err}");
         validate("redfish", &info(&[("address", "https://10.0.0.1:8443"), ("verify_tls", "false")])).unwrap();
+        let err = validate("redfish", &info(&[("address", "https://admin:hunter22@10.0.0.1")])).unwrap_err();
+        assert!(!err.to_string().contains("hunter22"), "{err}");
+        assert!(err.to_string().contains("username and password"), "{err}");
     }
 
     #[test]

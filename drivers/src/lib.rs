@@ -1,17 +1,25 @@
 //! kiln-drivers: how kiln talks to a node's BMC.
 //!
 //! A driver is a [`Bmc`]: a handful of async calls (read and set power, set
-//! and read the boot device, inspect). Each kind (`fake`, later `redfish` and
-//! `ipmi`) implements it; [`connect`] builds the right one from a node's
-//! `driver_info` after [`validate`] has checked that info.
+//! and read the boot device, inspect). Each kind implements it — [`fake`] (in
+//! memory), [`redfish`] (HTTP/JSON with reqwest) and [`ipmi`] (the `ipmitool`
+//! program, as OpenStack Ironic drives it) — and [`connect`] builds the right
+//! one from a node's `driver_info` after [`validate`] has checked that info.
 //!
 //! This crate knows BMCs, not the provisioning state machine and not actors:
-//! serialising and spacing the calls to one BMC is the job of the driver
-//! actor in `kiln-actors`, which owns one `Bmc` per endpoint.
+//! serialising calls to one BMC is the job of the driver actor in
+//! `kiln-actors`, which owns one `Bmc` per [`endpoint`]. What is a property of
+//! the BMC itself stays here: per-request timeouts, bounded retries, the
+//! spacing IPMI BMCs need between commands, waiting for a power change to be
+//! reported, and turning every failure into a typed [`DriverError`] that
+//! never carries a password.
 
 pub mod error;
 pub mod fake;
 pub mod info;
+pub mod ipmi;
+pub mod redfish;
+mod secret;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -91,6 +99,8 @@ pub fn connect(kind: &str, info: &BTreeMap<String, String>) -> Result<Arc<dyn Bm
     validate(kind, info)?;
     match kind {
         "fake" => Ok(Arc::new(fake::FakeBmc::from_info(info)?)),
+        "redfish" => Ok(Arc::new(redfish::RedfishBmc::from_info(info)?)),
+        "ipmi" => Ok(Arc::new(ipmi::IpmiBmc::from_info(info)?)),
         other => Err(DriverError::Unsupported(other.to_string())),
     }
 }
@@ -98,12 +108,60 @@ pub fn connect(kind: &str, info: &BTreeMap<String, String>) -> Result<Arc<dyn Bm
 /// The endpoint that identifies a node's BMC: nodes with the same endpoint
 /// share one driver actor (their commands to that BMC are serialised).
 /// `None` means the node has a BMC of its own (the fake driver).
+///
+/// The driver actor holds the one [`Bmc`] built from the first node's
+/// `driver_info`, so the endpoint must name everything that makes two BMC
+/// clients different: for IPMI the host and port (623 when unset), for
+/// Redfish the service address and the `system_id` (one Redfish service, a
+/// chassis manager or the emulator, may serve many systems, each a node).
+/// Credentials are not part of it and never appear in it.
 pub fn endpoint(kind: &str, info: &BTreeMap<String, String>) -> Option<String> {
+    let address = info.get("address")?;
     match kind {
         "fake" => None,
-        _ => info.get("address").map(|a| {
+        "redfish" => {
+            let system = info.get("system_id").map(String::as_str).unwrap_or("");
+            Some(format!("redfish:{}:{system}", address.trim_end_matches('/')))
+        }
+        "ipmi" => {
+            let port = info.get("port").map(String::as_str).unwrap_or("623");
+            Some(format!("ipmi:{address}:{port}"))
+        }
+        _ => {
             let port = info.get("port").map(String::as_str).unwrap_or("");
-            format!("{kind}:{a}:{port}")
-        }),
+            Some(format!("{kind}:{address}:{port}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn endpoints_name_the_bmc_and_never_the_password() {
+        let a = info(&[("address", "h"), ("password", "hunter22")]);
+        assert_eq!(endpoint("ipmi", &a).unwrap(), "ipmi:h:623");
+        assert_eq!(endpoint("ipmi", &info(&[("address", "h"), ("port", "623")])), endpoint("ipmi", &a));
+        let r1 = info(&[("address", "https://bmc/"), ("system_id", "/redfish/v1/Systems/1")]);
+        let r2 = info(&[("address", "https://bmc"), ("system_id", "/redfish/v1/Systems/2")]);
+        assert_ne!(endpoint("redfish", &r1), endpoint("redfish", &r2));
+        assert_eq!(endpoint("fake", &a), None);
+        for kind in KINDS {
+            assert!(!endpoint(kind, &a).unwrap_or_default().contains("hunter22"));
+        }
+    }
+
+    #[test]
+    fn connect_builds_every_kind() {
+        connect("fake", &info(&[])).unwrap();
+        connect("redfish", &info(&[("address", "http://127.0.0.1:1")])).unwrap();
+        connect("ipmi", &info(&[("address", "127.0.0.1")])).unwrap();
+        let err = connect("redfish", &info(&[])).err().unwrap();
+        assert!(matches!(err, DriverError::Invalid(_)), "{err}");
     }
 }

@@ -9,13 +9,19 @@
 //! One thread owns the backend ([`writer::StoreHandle`]): every write and read
 //! goes through it, so no rusqlite call ever runs on an async arbiter, and
 //! many concurrent requests share one commit (group commit).
+//!
+//! Two families of records share the file: nodes with their ports and
+//! history ([`records`]), and the job queue's jobs, job logs and settings
+//! ([`jobs`]).
 
 pub mod error;
+pub mod jobs;
 pub mod records;
 pub mod sqlite;
 pub mod writer;
 
 pub use error::StoreError;
+pub use jobs::*;
 pub use records::*;
 pub use writer::StoreHandle;
 
@@ -38,6 +44,20 @@ pub enum Write {
     DeletePort(String),
     /// Append one line to a node's history.
     AppendHistory(HistoryEntry),
+    /// Insert or replace a job in the live queue (by id). Fails with
+    /// [`StoreError::Conflict`] when that id was archived: an archived job is
+    /// never written again.
+    PutJob(JobRecord),
+    /// Append one line to a job's log; Conflict when the job already has a
+    /// line with that serial. The job need not be live: the log is kept
+    /// whether the job is live or archived.
+    AppendJobLog(JobLogEntry),
+    /// Move a finished job from the live queue to the archive. NotFound when
+    /// it is not live (never submitted, or archived already); Conflict, with
+    /// nothing changed, when it is not finished.
+    ArchiveJob(JobId),
+    /// Set one of the job queue's site-wide settings (the drain flag).
+    SetMeta { key: String, value: String },
 }
 
 /// Writes applied all together or not at all.
@@ -58,6 +78,20 @@ pub trait Backend: Send + 'static {
     fn load_ports(&mut self, node: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError>;
     /// The last `limit` history entries of a node, oldest first.
     fn load_history(&mut self, node: NodeId, limit: usize) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// Every job of the live queue, by id.
+    fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError>;
+    /// One job, live or archived; the flag is true when it is archived.
+    fn load_job(&mut self, id: JobId) -> Result<Option<(JobRecord, bool)>, StoreError>;
+    /// At most `limit` lines of a job's log whose serial is above
+    /// `after_serial`, serial ascending.
+    fn load_job_log(&mut self, id: JobId, after_serial: u64, limit: usize) -> Result<Vec<JobLogEntry>, StoreError>;
+    /// The largest job id ever stored, live or archived; 0 when there is none.
+    /// The next job takes a higher one, so no id is ever reused.
+    fn max_job_id(&mut self) -> Result<u64, StoreError>;
+    /// A setting written by [`Write::SetMeta`], if it ever was.
+    fn load_meta(&mut self, key: &str) -> Result<Option<String>, StoreError>;
+    /// The `limit` most recently submitted archived jobs (highest id first).
+    fn list_archived_jobs(&mut self, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
     /// Housekeeping: a WAL checkpoint.
     fn checkpoint(&mut self) -> Result<(), StoreError>;
 }

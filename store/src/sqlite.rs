@@ -26,7 +26,9 @@
 //!   transaction, and refuses a file written by a newer kiln
 //!   ([`StoreError::TooNew`]) rather than guess at its meaning.
 //! - Every statement goes through `prepare_cached`, so the hot path (update a
-//!   node, append history) never re-parses SQL.
+//!   node, append history, put a job) never re-parses SQL.
+//!
+//! The job queue's statements are in `sqlite/jobs.rs`; its tables are migration 2.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -39,8 +41,11 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, Row, TransactionBehavior, ffi, params};
 
 use crate::{
-    Backend, Batch, HistoryEntry, NodeId, NodeRecord, PortId, PortRecord, Reservation, StoreError, Timestamp, Write,
+    Backend, Batch, HistoryEntry, JobId, JobLogEntry, JobRecord, NodeId, NodeRecord, PortId, PortRecord, Reservation,
+    StoreError, Timestamp, Write,
 };
+
+mod jobs;
 
 /// The schema, one entry per version: entry `i` takes a database from
 /// version `i` to `i + 1`. Entries are only ever appended; an applied entry is
@@ -89,6 +94,54 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     -- Serves 'the last N entries of a node' and the cascade.
     CREATE INDEX node_history_node_id ON node_history(node, id);
+    ",
+    // 2: the job queue: live jobs, archived jobs, job logs, settings.
+    "
+    -- The live queue: what the job queue reloads after a restart.
+    CREATE TABLE jobs (
+        id           INTEGER PRIMARY KEY,  -- the JobId, as the rowid itself
+        priority     INTEGER NOT NULL,
+        status       TEXT NOT NULL,
+        submitted_at TEXT NOT NULL,
+        started_at   TEXT,
+        ended_at     TEXT,
+        body         TEXT NOT NULL         -- the queue's JSON; opaque here
+    ) STRICT;
+
+    -- Finished jobs moved out of the live queue, with the same columns.
+    -- A job is in one table or the other, never both, and an archived id is
+    -- never written again.
+    CREATE TABLE jobs_archive (
+        id           INTEGER PRIMARY KEY,
+        priority     INTEGER NOT NULL,
+        status       TEXT NOT NULL,
+        submitted_at TEXT NOT NULL,
+        started_at   TEXT,
+        ended_at     TEXT,
+        body         TEXT NOT NULL
+    ) STRICT;
+
+    -- No reference to either job table: a job's log stays put when the job
+    -- moves to the archive. The key serves 'entries after serial N'.
+    CREATE TABLE job_log (
+        job     INTEGER NOT NULL,
+        serial  INTEGER NOT NULL,
+        at      TEXT NOT NULL,
+        message TEXT NOT NULL,
+        PRIMARY KEY (job, serial)
+    ) STRICT, WITHOUT ROWID;
+
+    -- The job queue's site-wide settings (the drain flag).
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    ) STRICT;
+
+    -- Deliberately no index on jobs(status) or jobs_archive(ended_at): no
+    -- query selects by them (the live queue is loaded whole, the archive is
+    -- listed by id), and an index on status would cost a second b-tree write
+    -- on every job status change. A later migration adds one together with
+    -- the query that needs it.
     ",
 ];
 
@@ -254,6 +307,30 @@ impl Backend for SqliteBackend {
         Ok(entries)
     }
 
+    fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
+        jobs::load_live_jobs(&self.conn)
+    }
+
+    fn load_job(&mut self, id: JobId) -> Result<Option<(JobRecord, bool)>, StoreError> {
+        jobs::load_job(&self.conn, id)
+    }
+
+    fn load_job_log(&mut self, id: JobId, after_serial: u64, limit: usize) -> Result<Vec<JobLogEntry>, StoreError> {
+        jobs::load_job_log(&self.conn, id, after_serial, limit)
+    }
+
+    fn max_job_id(&mut self) -> Result<u64, StoreError> {
+        jobs::max_job_id(&self.conn)
+    }
+
+    fn load_meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        jobs::load_meta(&self.conn, key)
+    }
+
+    fn list_archived_jobs(&mut self, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        jobs::list_archived_jobs(&self.conn, limit)
+    }
+
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         // Returns (busy, wal frames, frames checkpointed); busy means a reader
         // kept part of the WAL alive, which the next checkpoint will retry.
@@ -280,6 +357,10 @@ fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
         Write::InsertPort(port) => insert_port(conn, port),
         Write::DeletePort(address) => delete_port(conn, address),
         Write::AppendHistory(entry) => append_history(conn, entry),
+        Write::PutJob(job) => jobs::put_job(conn, job),
+        Write::AppendJobLog(entry) => jobs::append_job_log(conn, entry),
+        Write::ArchiveJob(id) => jobs::archive_job(conn, *id),
+        Write::SetMeta { key, value } => jobs::set_meta(conn, key, value),
     }
 }
 
@@ -488,9 +569,21 @@ impl Fields<'_, '_> {
         text.parse().map_err(|e| self.corrupt(column, &text, e))
     }
 
+    /// An INTEGER column that holds a `u64` (ids, serials); a negative value
+    /// was never written by kiln.
+    fn unsigned(&self, index: usize, column: &str) -> Result<u64, StoreError> {
+        let value: i64 = self.raw(index, column)?;
+        u64::try_from(value).map_err(|e| self.corrupt(column, &value.to_string(), e))
+    }
+
     fn timestamp(&self, index: usize, column: &str) -> Result<Timestamp, StoreError> {
         let text: String = self.raw(index, column)?;
         self.timestamp_from(column, text)
+    }
+
+    fn timestamp_opt(&self, index: usize, column: &str) -> Result<Option<Timestamp>, StoreError> {
+        let text: Option<String> = self.raw(index, column)?;
+        text.map(|t| self.timestamp_from(column, t)).transpose()
     }
 
     fn timestamp_from(&self, column: &str, text: String) -> Result<Timestamp, StoreError> {

@@ -141,6 +141,24 @@ impl Backend for BrokenDisk {
     fn load_history(&mut self, _: NodeId, _: usize) -> Result<Vec<HistoryEntry>, StoreError> {
         Ok(Vec::new())
     }
+    fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn load_job(&mut self, _: JobId) -> Result<Option<(JobRecord, bool)>, StoreError> {
+        Ok(None)
+    }
+    fn load_job_log(&mut self, _: JobId, _: u64, _: usize) -> Result<Vec<JobLogEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn max_job_id(&mut self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    fn load_meta(&mut self, _: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+    fn list_archived_jobs(&mut self, _: usize) -> Result<Vec<JobRecord>, StoreError> {
+        Ok(Vec::new())
+    }
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -203,6 +221,24 @@ impl Backend for Recorder {
         Ok(Vec::new())
     }
     fn load_history(&mut self, _: NodeId, _: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn load_job(&mut self, _: JobId) -> Result<Option<(JobRecord, bool)>, StoreError> {
+        Ok(None)
+    }
+    fn load_job_log(&mut self, _: JobId, _: u64, _: usize) -> Result<Vec<JobLogEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn max_job_id(&mut self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    fn load_meta(&mut self, _: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+    fn list_archived_jobs(&mut self, _: usize) -> Result<Vec<JobRecord>, StoreError> {
         Ok(Vec::new())
     }
     fn checkpoint(&mut self) -> Result<(), StoreError> {

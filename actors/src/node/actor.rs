@@ -216,6 +216,10 @@ impl NodeActor {
             }
             Op::Update(update) => self.begin_update(update, ctx),
             Op::Delete => self.begin_delete(ctx),
+            Op::Noop => {
+                let view = self.view_released();
+                self.end_task(Ok(view), ctx);
+            }
         }
     }
 

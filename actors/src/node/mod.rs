@@ -40,6 +40,9 @@ pub enum Op {
     Update(NodeUpdate),
     /// Remove the node (and its ports and history).
     Delete,
+    /// Take the node exclusively and release it, changing nothing: measures
+    /// the lock itself (`kiln bench lock`) and waits out a running task.
+    Noop,
 }
 
 impl Op {
@@ -53,6 +56,7 @@ impl Op {
             Op::Maintenance { on: false, .. } => "maintenance off".into(),
             Op::Update(_) => "update".into(),
             Op::Delete => "delete".into(),
+            Op::Noop => "no-op".into(),
         }
     }
 }

@@ -1,0 +1,406 @@
+//! The scenarios themselves. Each starts its own site (and, for `admin`, the
+//! admin socket) in an actix system on a temporary data dir, which is removed
+//! afterwards.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kiln_actors::jobs::{Opcode, SubmitJob, WaitJobChange};
+use kiln_actors::node::RunOp;
+use kiln_actors::{CreateNodes, ListNodes, NewNode, Op, Site, SiteConfig, Verb};
+use kiln_drivers::PowerAction;
+use kiln_store::{JobId, JobStatus};
+
+use super::report::{Figure, percentile};
+use crate::cli::BenchArgs;
+
+/// A data dir removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("kiln-bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Scratch(dir)
+    }
+
+    fn config(&self) -> SiteConfig {
+        SiteConfig { data_dir: self.0.clone(), lock_wait: Duration::from_secs(600), ..Default::default() }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs one scenario by name.
+pub fn run(name: &str, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    match name {
+        "nodeset" => nodeset(args),
+        "lock" => in_system(lock(args.clone())),
+        "jobs" => in_system(jobs(args.clone())),
+        "lifecycle" => in_system(lifecycle(args.clone())),
+        "admin" => admin(args),
+        "scale" => scale(args),
+        other => bail!("no scenario {other}"),
+    }
+}
+
+fn in_system<F>(fut: F) -> anyhow::Result<Vec<Figure>>
+where
+    F: std::future::Future<Output = anyhow::Result<Vec<Figure>>>,
+{
+    actix::System::new().block_on(fut)
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn new_nodes(prefix: &str, from: usize, to: usize) -> Vec<NewNode> {
+    (from..=to).map(|i| NewNode { name: format!("{prefix}{i}"), driver: "fake".into(), ..Default::default() }).collect()
+}
+
+async fn create_nodes(site: &Site, prefix: &str, count: usize) -> anyhow::Result<()> {
+    let mut from = 1;
+    while from <= count {
+        let to = (from + 9_999).min(count);
+        site.supervisor.send(CreateNodes(new_nodes(prefix, from, to))).await??;
+        from = to + 1;
+    }
+    Ok(())
+}
+
+/// Submits a job and follows it to its end with the long poll.
+async fn run_job(site: &Site, ops: Vec<Opcode>) -> anyhow::Result<JobStatus> {
+    let id: JobId = site.jobs.send(SubmitJob { ops, priority: 0, depends: Vec::new() }).await??;
+    follow(site, id).await
+}
+
+/// Follows a job to its end with the long poll.
+async fn follow(site: &Site, id: JobId) -> anyhow::Result<JobStatus> {
+    let mut after = 0;
+    loop {
+        let change =
+            site.jobs.send(WaitJobChange { job: id, after_serial: after, timeout: Duration::from_secs(5) }).await??;
+        after = change.log.last().map_or(after, |e| e.serial);
+        if change.status.is_finished() {
+            return Ok(change.status);
+        }
+    }
+}
+
+// ----- nodeset ----------------------------------------------------------------------
+
+fn nodeset(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    use kiln_actors::nodeset::NodeSet;
+    let n = args.names.unwrap_or(100_000);
+    let one_d: Vec<String> = (1..=n).map(|i| format!("node{i}")).collect();
+    let side = (n as f64).sqrt().ceil() as usize;
+    let two_d: Vec<String> = (1..=side).flat_map(|r| (1..=side).map(move |c| format!("r{r}-n{c}"))).take(n).collect();
+    // Names that fold badly: random pairs, deterministic (an LCG) so runs compare.
+    let mut seed: u64 = 42;
+    let mut next = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % 10_000
+    };
+    let random: Vec<String> = (0..(n / 10).max(1)).map(|_| format!("a-{}-b-{}-c", next(), next())).collect();
+    let mut figures = Vec::new();
+    for (label, names) in [("fold_1d", &one_d), ("fold_2d", &two_d), ("fold_random_2d", &random)] {
+        let t = Instant::now();
+        let set = NodeSet::from_names(names.iter().map(String::as_str));
+        let folded = set.fold();
+        let secs = t.elapsed().as_secs_f64();
+        let back = NodeSet::parse(&folded).map_err(|e| anyhow::anyhow!("{label}: fold does not parse: {e}"))?;
+        if back.len() != set.len() {
+            bail!("{label}: folding lost names ({} != {})", back.len(), set.len());
+        }
+        figures.push(Figure::new(&format!("nodeset.{label}.names"), names.len() as f64, "names"));
+        figures.push(Figure::new(&format!("nodeset.{label}"), secs, "s").at_most(1.0));
+    }
+    Ok(figures)
+}
+
+// ----- lock ---------------------------------------------------------------------------
+
+async fn lock(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let scratch = Scratch::new("lock");
+    let site = kiln_actors::start(scratch.config()).await?;
+    let contenders = args.requests.unwrap_or(1_000);
+    create_nodes(&site, "hot", 1).await?;
+
+    // Watch the hot node's events: holders must never overlap.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(contenders * 4 + 16);
+    site.events.send(kiln_actors::events::SubscribeChannel { tx, backlog: false }).await?;
+    let holders = Arc::new(AtomicI64::new(0));
+    let max_holders = Arc::new(AtomicI64::new(0));
+    let (h, m) = (holders.clone(), max_holders.clone());
+    let watcher = actix::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            match e.kind {
+                kiln_actors::EventKind::Start => {
+                    let now = h.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                }
+                _ => {
+                    h.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    let (_, hot) = site.registry.find("hot1").context("hot1 exists")?;
+    let t = Instant::now();
+    let requests: Vec<_> = (0..contenders)
+        .map(|i| {
+            let action = if i % 2 == 0 { PowerAction::On } else { PowerAction::Off };
+            hot.addr.send(RunOp { op: Op::Power(action), wait: true })
+        })
+        .collect();
+    let results = futures::future::join_all(requests).await;
+    let contention_secs = t.elapsed().as_secs_f64();
+    let ok = results.into_iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    let id = hot.addr.send(kiln_actors::node::ShowNode).await?.uuid;
+    let history = site.store.read(move |b| b.load_history(id, usize::MAX)).await?.len();
+    drop(site.events.clone());
+    watcher.abort();
+    let lost = contenders.saturating_sub(history);
+
+    let nodes = args.nodes.unwrap_or(10_000);
+    let tasks = args.tasks.unwrap_or(100_000);
+    create_nodes(&site, "lk", nodes).await?;
+    let addrs: Vec<_> =
+        (1..=nodes).filter_map(|i| site.registry.find(&format!("lk{i}")).map(|(_, e)| e.addr)).collect();
+    let done = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let per_node = tasks / nodes.max(1);
+    let mut all = Vec::with_capacity(tasks);
+    for _ in 0..per_node {
+        for a in &addrs {
+            all.push(a.send(RunOp { op: Op::Noop, wait: true }));
+        }
+    }
+    for r in futures::future::join_all(all).await {
+        if matches!(r, Ok(Ok(_))) {
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let done = done.load(Ordering::Relaxed);
+    Ok(vec![
+        Figure::new("lock.contenders", contenders as f64, "requests"),
+        Figure::new("lock.contenders_ok", ok as f64, "requests"),
+        Figure::new("lock.contention_time", contention_secs, "s"),
+        Figure::new("lock.max_holders", max_holders.load(Ordering::SeqCst) as f64, "holders").at_most(1.0),
+        Figure::new("lock.lost_updates", lost as f64, "updates").at_most(0.0),
+        Figure::new("lock.noop_tasks", done as f64, "tasks"),
+        Figure::new("lock.exclusive_tasks_per_s", done as f64 / secs, "tasks/s").at_least(100_000.0),
+    ])
+}
+
+// ----- jobs ---------------------------------------------------------------------------
+
+async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let scratch = Scratch::new("jobs");
+    let site = kiln_actors::start(scratch.config()).await?;
+    let total = args.jobs.unwrap_or(1_000_000);
+    let clients = args.clients.unwrap_or(64).max(1);
+    let t = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let jobs = site.jobs.clone();
+            let count = total / clients + usize::from(c < total % clients);
+            actix::spawn(async move {
+                let mut latencies = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let t = Instant::now();
+                    let msg = SubmitJob { ops: vec![Opcode::Sleep { seconds: 0.0 }], priority: 0, depends: Vec::new() };
+                    jobs.send(msg).await??;
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(total);
+    for h in handles {
+        latencies.extend(h.await??);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    // The last job must also run to its end.
+    let last = site.jobs.send(kiln_actors::jobs::GetQueueInfo).await?.last_job_id;
+    let t_drain = Instant::now();
+    let status = follow(&site, JobId(last)).await?;
+    if status != JobStatus::Success {
+        bail!("the last job ended {status}");
+    }
+    Ok(vec![
+        Figure::new("jobs.submitted", latencies.len() as f64, "jobs"),
+        Figure::new("jobs.submitters", clients as f64, "clients"),
+        Figure::new("jobs.submissions_per_s", latencies.len() as f64 / secs, "jobs/s").at_least(100_000.0),
+        Figure::new("jobs.ack_p50", percentile(&latencies, 50.0), "ms"),
+        Figure::new("jobs.ack_p99", percentile(&latencies, 99.0), "ms").at_most(10.0),
+        Figure::new("jobs.drain_after_submit", t_drain.elapsed().as_secs_f64(), "s"),
+    ])
+}
+
+// ----- lifecycle ------------------------------------------------------------------------
+
+async fn lifecycle(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let scratch = Scratch::new("lifecycle");
+    let site = kiln_actors::start(scratch.config()).await?;
+    let nodes = args.nodes.unwrap_or(10_000);
+    create_nodes(&site, "lc", nodes).await?;
+    let set = format!("lc[1-{nodes}]");
+    let t = Instant::now();
+    for verb in [Verb::Manage, Verb::Provide, Verb::Deploy] {
+        let op = Opcode::Node { nodes: set.clone(), op: Op::Verb(verb), fanout: Some(args.fanout.unwrap_or(1024)) };
+        let status = run_job(&site, vec![op]).await?;
+        if status != JobStatus::Success {
+            bail!("the {verb} job ended {status}");
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let active = site
+        .supervisor
+        .send(ListNodes { state: Some(kiln_store::ProvisionState::Active), ..Default::default() })
+        .await??
+        .len();
+    if active != nodes {
+        bail!("{active} of {nodes} nodes are active");
+    }
+    // manage, provide and deploy each commit two transitions per node.
+    let transitions = nodes * 6;
+    Ok(vec![
+        Figure::new("lifecycle.nodes", nodes as f64, "nodes"),
+        Figure::new("lifecycle.time", secs, "s"),
+        Figure::new("lifecycle.transitions_per_s", transitions as f64 / secs, "transitions/s").at_least(20_000.0),
+    ])
+}
+
+// ----- admin ------------------------------------------------------------------------------
+
+fn admin(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    use kiln_actors::codec;
+    use kiln_actors::protocol::{PROTOCOL_VERSION, Request, Response};
+
+    let scratch = Scratch::new("admin");
+    let socket = scratch.0.join("kiln.sock");
+    let clients = args.clients.unwrap_or(32).max(1);
+    let requests = args.requests.unwrap_or(200_000);
+    let nodes = 1_000;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let config = scratch.config();
+    let admin_cfg = crate::admin::AdminConfig {
+        socket: socket.clone(),
+        mode: 0o600,
+        allowed_uids: vec![crate::config::own_uid(), 0],
+        max_frame: codec::DEFAULT_MAX_FRAME,
+    };
+    // The daemon: its own thread and actix system, as in `kiln serve`.
+    let daemon = std::thread::spawn(move || {
+        actix::System::new().block_on(async move {
+            let site = kiln_actors::start(config).await?;
+            create_nodes(&site, "adm", nodes).await?;
+            let listener = crate::admin::bind(&admin_cfg)?;
+            let _ = ready_tx.send(());
+            crate::admin::serve(listener, admin_cfg, site, stop_rx).await;
+            Ok::<(), anyhow::Error>(())
+        })
+    });
+    ready_rx.recv_timeout(Duration::from_secs(120)).context("the daemon did not start")?;
+
+    // The clients: another thread, another runtime, the real socket.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let t = Instant::now();
+    let latencies: Vec<f64> = rt.block_on(async {
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let socket = socket.clone();
+                let count = requests / clients;
+                tokio::spawn(async move {
+                    let mut s = tokio::net::UnixStream::connect(&socket).await?;
+                    codec::write_message(&mut s, &Request::Hello { version: PROTOCOL_VERSION, client: "bench".into() })
+                        .await?;
+                    let _: Option<Response> = codec::read_message(&mut s, codec::DEFAULT_MAX_FRAME).await?;
+                    let mut lat = Vec::with_capacity(count);
+                    for i in 0..count {
+                        let req = Request::NodeShow { node: format!("adm{}", (c * 31 + i) % nodes + 1) };
+                        let t = Instant::now();
+                        codec::write_message(&mut s, &req).await?;
+                        match codec::read_message::<_, Response>(&mut s, codec::DEFAULT_MAX_FRAME).await? {
+                            Some(Response::Node(_)) => {}
+                            other => anyhow::bail!("unexpected answer {other:?}"),
+                        }
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    Ok::<_, anyhow::Error>(lat)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await??);
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    daemon.join().map_err(|_| anyhow::anyhow!("the daemon thread panicked"))??;
+    let mut latencies = latencies;
+    latencies.sort_by(f64::total_cmp);
+    Ok(vec![
+        Figure::new("admin.clients", clients as f64, "clients"),
+        Figure::new("admin.requests", latencies.len() as f64, "requests"),
+        Figure::new("admin.requests_per_s", latencies.len() as f64 / secs, "requests/s").at_least(20_000.0),
+        Figure::new("admin.p99", percentile(&latencies, 99.0), "ms").at_most(5.0),
+    ])
+}
+
+// ----- scale --------------------------------------------------------------------------------
+
+fn scale(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let scratch = Scratch::new("scale");
+    let nodes = args.nodes.unwrap_or(100_000);
+    let config = scratch.config();
+    let t = Instant::now();
+    let c = config.clone();
+    actix::System::new().block_on(async move {
+        let site = kiln_actors::start(c).await?;
+        create_nodes(&site, "sc", nodes).await?;
+        Ok::<(), anyhow::Error>(())
+    })?;
+    let create_secs = t.elapsed().as_secs_f64();
+    let rss_created = rss_mb();
+
+    // The restart: a new system on the same store, until every node actor answers.
+    let t = Instant::now();
+    let listed = actix::System::new().block_on(async move {
+        let site = kiln_actors::start(config).await?;
+        let all = site.supervisor.send(ListNodes::default()).await??;
+        Ok::<usize, anyhow::Error>(all.len())
+    })?;
+    let restart_secs = t.elapsed().as_secs_f64();
+    if listed != nodes {
+        bail!("after the restart {listed} of {nodes} nodes answered");
+    }
+    Ok(vec![
+        Figure::new("scale.nodes", nodes as f64, "nodes"),
+        Figure::new("scale.create_time", create_secs, "s"),
+        Figure::new("scale.rss_after_create", rss_created, "MB").at_most(400.0),
+        Figure::new("scale.restart_to_ready", restart_secs, "s").at_most(3.0),
+        Figure::new("scale.rss_after_restart", rss_mb(), "MB").at_most(400.0),
+    ])
+}

@@ -1,0 +1,607 @@
+//! The `redfish` driver: a node's BMC spoken to over Redfish (DMTF's HTTP/JSON
+//! API), with the calls OpenStack Ironic's redfish driver makes.
+//!
+//! Why it is shaped so:
+//! - One [`RedfishBmc`] is one *system* of one Redfish service: a service may
+//!   serve several systems (a chassis manager, the sushy-tools emulator), so
+//!   the system is named by `system_id`, or found as the service's only member
+//!   of `/redfish/v1/Systems` (looked up once and kept).
+//! - Every HTTP request has its own timeout (`timeout`, default 30 s), so a
+//!   hung BMC costs one bounded wait, never a stuck driver actor. Requests
+//!   that never reached the BMC (connection refused, TLS handshake failed) are
+//!   retried twice with backoff (0.5 s, 1 s); so are GETs answered with a 5xx.
+//!   A POST or PATCH the BMC may have acted on is never repeated, and a
+//!   timeout is not retried: a BMC that hung once will likely hang again, and
+//!   the caller's wait must stay bounded.
+//! - A power action returns only when the BMC reports the target state,
+//!   polled every second (the first read at once) up to `power_timeout`
+//!   (default 60 s): real BMCs, and the emulator, apply a reset seconds later.
+//! - Failures are typed for the operator: refused or unroutable → `Unreachable`,
+//!   no answer in time → `Timeout`, 401/403 → `Auth`, other HTTP errors → `Bmc`
+//!   with the status and the Redfish error message, JSON that does not parse
+//!   or lacks a field → `BadReply`.
+//! - The password travels only in the `Authorization` header (HTTP basic
+//!   auth). It is held as a [`Secret`] whose `Debug` is `******`, and no error
+//!   text is built from a request, so it cannot leak into `last_error` or logs.
+//!   (Redfish session tokens would save the BMC a password check per request;
+//!   they are not used yet because the emulator kiln is tested against has no
+//!   SessionService to prove them on.)
+//! - TLS is verified by default (`verify_tls=false` turns it off per node);
+//!   `ca_file` names a PEM bundle that then is the only trust anchor, which is
+//!   how a site trusts its BMCs' private CA.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, ETAG, HeaderValue, IF_MATCH};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use crate::error::InvalidDriverInfo;
+use crate::info::{parse_bool, seconds};
+use crate::secret::Secret;
+use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Power, PowerAction};
+
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_POWER_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Pauses before the second and the third try of a request worth retrying.
+const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(1)];
+const SYSTEMS: &str = "/redfish/v1/Systems";
+
+/// A Redfish system, reached through its service's HTTP API.
+pub struct RedfishBmc {
+    client: Client,
+    /// `scheme://host[:port]`: Redfish links (`@odata.id`) are absolute
+    /// paths, resolved against this.
+    root: String,
+    /// The address as configured, naming the BMC in errors.
+    address: String,
+    username: Option<String>,
+    password: Secret,
+    /// The system's path, from `system_id` or found once on first use.
+    system: OnceCell<String>,
+    request_timeout: Duration,
+    power_timeout: Duration,
+    poll_interval: Duration,
+}
+
+impl fmt::Debug for RedfishBmc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedfishBmc")
+            .field("address", &self.address)
+            .field("system", &self.system.get())
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("request_timeout", &self.request_timeout)
+            .field("power_timeout", &self.power_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A power state as Redfish reports it, transitions included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RedfishPower {
+    On,
+    Off,
+    PoweringOn,
+    PoweringOff,
+}
+
+impl RedfishPower {
+    /// As Ironic reads it: a transition counts as the state it heads to.
+    fn settled(self) -> Power {
+        match self {
+            RedfishPower::On | RedfishPower::PoweringOn => Power::On,
+            RedfishPower::Off | RedfishPower::PoweringOff => Power::Off,
+        }
+    }
+
+    fn is(self, target: Power) -> bool {
+        matches!((self, target), (RedfishPower::On, Power::On) | (RedfishPower::Off, Power::Off))
+    }
+}
+
+/// A successful HTTP answer.
+struct Reply {
+    etag: Option<HeaderValue>,
+    body: Vec<u8>,
+}
+
+impl RedfishBmc {
+    /// Builds the client from validated `driver_info`: `address`, optional
+    /// `system_id`, `username`, `password`, `verify_tls`, `ca_file`,
+    /// `timeout` and `power_timeout`. No request is made until the first call.
+    pub fn from_info(info: &BTreeMap<String, String>) -> Result<Self, DriverError> {
+        let address = info.get("address").cloned().unwrap_or_default();
+        let root = root_of(&address).ok_or_else(|| InvalidDriverInfo::Malformed {
+            field: "address".into(),
+            // It may hold credentials (user:password@host).
+            value: "******".into(),
+            why: "expected http://host[:port] or https://host[:port], without user or password".into(),
+        })?;
+        let request_timeout = seconds(info, "timeout", DEFAULT_REQUEST_TIMEOUT, true);
+        let power_timeout = seconds(info, "power_timeout", DEFAULT_POWER_TIMEOUT, true);
+        let verify_tls = info.get("verify_tls").is_none_or(|v| parse_bool(v));
+
+        let mut builder = Client::builder()
+            .timeout(request_timeout)
+            .no_proxy()
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .tls_danger_accept_invalid_certs(!verify_tls);
+        if let Some(path) = info.get("ca_file") {
+            let malformed =
+                |why: String| InvalidDriverInfo::Malformed { field: "ca_file".into(), value: path.clone(), why };
+            let pem = std::fs::read(path).map_err(|e| malformed(format!("cannot read it: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| malformed(format!("not a PEM certificate bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(malformed("holds no certificate".into()).into());
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let client = builder.build().map_err(|e| DriverError::Tool {
+            tool: "the HTTPS client".into(),
+            address: address.clone(),
+            reason: causes(&e),
+        })?;
+
+        let system = match info.get("system_id") {
+            Some(id) => OnceCell::new_with(Some(id.trim_end_matches('/').to_string())),
+            None => OnceCell::new(),
+        };
+        Ok(RedfishBmc {
+            client,
+            root,
+            address,
+            username: info.get("username").cloned(),
+            password: Secret::new(info.get("password").cloned().unwrap_or_default()),
+            system,
+            request_timeout,
+            power_timeout,
+            poll_interval: POLL_INTERVAL,
+        })
+    }
+
+    /// The system's path: `system_id`, or the only member of the service's
+    /// system collection.
+    pub async fn system_path(&self) -> Result<&str, DriverError> {
+        let path = self
+            .system
+            .get_or_try_init(|| async {
+                let collection = self.get_json(SYSTEMS).await?;
+                let members = collection
+                    .get("Members")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| self.bad_reply(format!("{SYSTEMS} has no Members list")))?;
+                let ids: Vec<&str> =
+                    members.iter().filter_map(|m| m.get("@odata.id").and_then(Value::as_str)).collect();
+                match ids.as_slice() {
+                    [one] => Ok(one.trim_end_matches('/').to_string()),
+                    [] => Err(self.bad_reply(format!("{SYSTEMS} lists no system"))),
+                    many => {
+                        Err(DriverError::AmbiguousSystem { address: self.address.clone(), systems: many.join(", ") })
+                    }
+                }
+            })
+            .await?;
+        Ok(path)
+    }
+
+    // ----- HTTP -------------------------------------------------------------
+
+    /// Sends one request, retrying as the module docs say, and returns the
+    /// body of a 2xx answer or the typed failure.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&HeaderValue>,
+    ) -> Result<Reply, DriverError> {
+        let url = format!("{}{path}", self.root);
+        let mut attempt = 0;
+        loop {
+            let mut req = self.client.request(method.clone(), &url).header("Accept", "application/json");
+            if let Some(user) = &self.username {
+                req = req.basic_auth(user, Some(self.password.expose()));
+            }
+            if let Some(body) = body {
+                req = req.header(CONTENT_TYPE, "application/json").body(body.to_string());
+            }
+            if let Some(tag) = if_match {
+                req = req.header(IF_MATCH, tag.clone());
+            }
+            let sent = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let etag = resp.headers().get(ETAG).cloned();
+                    match resp.bytes().await {
+                        Ok(bytes) => Ok((status, etag, bytes.to_vec())),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let retry = match &sent {
+                // Refused or no TLS handshake: the BMC never saw the request.
+                Err(e) => e.is_connect() && !e.is_timeout(),
+                Ok((status, _, _)) => status.is_server_error() && method == Method::GET,
+            };
+            if retry && attempt < RETRY_DELAYS.len() {
+                tracing::debug!(
+                    address = %self.address, %method, path,
+                    attempt = attempt + 1, "Redfish request failed, retrying"
+                );
+                tokio::time::sleep(RETRY_DELAYS[attempt]).await;
+                attempt += 1;
+                continue;
+            }
+            return match sent {
+                Err(e) => Err(self.transport_error(&method, path, &e)),
+                Ok((status, etag, body)) if status.is_success() => Ok(Reply { etag, body }),
+                Ok((StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _, _)) => {
+                    Err(DriverError::Auth { address: self.address.clone() })
+                }
+                Ok((status, _, body)) => Err(DriverError::Bmc {
+                    address: self.address.clone(),
+                    detail: http_error_detail(&method, path, status, &body),
+                }),
+            };
+        }
+    }
+
+    async fn get_json(&self, path: &str) -> Result<Value, DriverError> {
+        let reply = self.request(Method::GET, path, None, None).await?;
+        serde_json::from_slice(&reply.body).map_err(|e| self.bad_reply(format!("GET {path}: not JSON ({e})")))
+    }
+
+    async fn get_system(&self) -> Result<(String, Value), DriverError> {
+        let path = self.system_path().await?.to_string();
+        let system = self.get_json(&path).await?;
+        if !system.is_object() {
+            return Err(self.bad_reply(format!("GET {path}: not a JSON object")));
+        }
+        Ok((path, system))
+    }
+
+    fn transport_error(&self, method: &Method, path: &str, e: &reqwest::Error) -> DriverError {
+        if e.is_timeout() {
+            DriverError::Timeout { address: self.address.clone(), seconds: whole_seconds(self.request_timeout) }
+        } else if e.is_decode() || e.is_body() {
+            self.bad_reply(format!("{method} {path}: {}", causes(e)))
+        } else {
+            DriverError::Unreachable { address: self.address.clone(), reason: causes(e) }
+        }
+    }
+
+    fn bad_reply(&self, detail: String) -> DriverError {
+        DriverError::BadReply { address: self.address.clone(), detail }
+    }
+
+    // ----- the calls ----------------------------------------------------------
+
+    fn power_of(&self, path: &str, system: &Value) -> Result<RedfishPower, DriverError> {
+        match system.get("PowerState").and_then(Value::as_str) {
+            Some("On") => Ok(RedfishPower::On),
+            Some("Off") => Ok(RedfishPower::Off),
+            Some("PoweringOn") => Ok(RedfishPower::PoweringOn),
+            Some("PoweringOff") => Ok(RedfishPower::PoweringOff),
+            Some(other) => Err(self.bad_reply(format!("{path}: unknown PowerState '{other}'"))),
+            None => Err(self.bad_reply(format!("{path}: no PowerState"))),
+        }
+    }
+
+    async fn read_power(&self) -> Result<RedfishPower, DriverError> {
+        let (path, system) = self.get_system().await?;
+        self.power_of(&path, &system)
+    }
+
+    async fn set_power(&self, action: PowerAction) -> Result<(), DriverError> {
+        let (path, system) = self.get_system().await?;
+        let now = self.power_of(&path, &system)?;
+        let target = action.target();
+        let reset = match action {
+            PowerAction::Reboot if now.settled() == Power::On => "ForceRestart",
+            // A node that is off is rebooted by switching it on (as Ironic does;
+            // many BMCs refuse ForceRestart on a system that is off).
+            PowerAction::Reboot | PowerAction::On => "On",
+            PowerAction::Off => "ForceOff",
+            PowerAction::SoftOff => "GracefulShutdown",
+        };
+        if action != PowerAction::Reboot && now.is(target) {
+            return Ok(());
+        }
+        let action_path = system
+            .pointer("/Actions/#ComputerSystem.Reset/target")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{path}/Actions/ComputerSystem.Reset"));
+        self.request(Method::POST, &action_path, Some(&json!({ "ResetType": reset })), None).await?;
+        self.wait_for(target).await
+    }
+
+    /// Polls the power state until it is `target`: at once, then every
+    /// `poll_interval`, for at most `power_timeout`.
+    async fn wait_for(&self, target: Power) -> Result<(), DriverError> {
+        let deadline = Instant::now() + self.power_timeout;
+        loop {
+            if self.read_power().await?.is(target) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(DriverError::PowerTimeout {
+                    address: self.address.clone(),
+                    target: power_word(target).into(),
+                    seconds: whole_seconds(self.power_timeout),
+                });
+            }
+            tokio::time::sleep(self.poll_interval.min(deadline - now)).await;
+        }
+    }
+
+    async fn set_boot(&self, device: Boot, persistent: bool) -> Result<(), DriverError> {
+        let path = self.system_path().await?.to_string();
+        let body = json!({
+            "Boot": {
+                "BootSourceOverrideTarget": boot_target(device),
+                "BootSourceOverrideEnabled": if persistent { "Continuous" } else { "Once" },
+            }
+        });
+        match self.request(Method::PATCH, &path, Some(&body), None).await {
+            // Some BMCs only accept a PATCH that names the version it changes.
+            Err(DriverError::Bmc { detail, .. })
+                if detail.starts_with("HTTP 412") || detail.starts_with("HTTP 428") =>
+            {
+                let reply = self.request(Method::GET, &path, None, None).await?;
+                let Some(tag) = reply.etag else {
+                    return Err(DriverError::Bmc { address: self.address.clone(), detail });
+                };
+                self.request(Method::PATCH, &path, Some(&body), Some(&tag)).await.map(drop)
+            }
+            other => other.map(drop),
+        }
+    }
+
+    async fn get_boot(&self) -> Result<Option<Boot>, DriverError> {
+        let (path, system) = self.get_system().await?;
+        let boot = system.get("Boot").ok_or_else(|| self.bad_reply(format!("{path}: no Boot")))?;
+        if boot.get("BootSourceOverrideEnabled").and_then(Value::as_str) == Some("Disabled") {
+            return Ok(None);
+        }
+        let target = boot
+            .get("BootSourceOverrideTarget")
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.bad_reply(format!("{path}: no Boot.BootSourceOverrideTarget")))?;
+        Ok(boot_of(target))
+    }
+
+    async fn facts(&self) -> Result<Facts, DriverError> {
+        let (_, system) = self.get_system().await?;
+        Ok(facts_of(&system))
+    }
+}
+
+impl Bmc for RedfishBmc {
+    fn get_power_state(&self) -> BmcFuture<'_, Power> {
+        Box::pin(async move { Ok(self.read_power().await?.settled()) })
+    }
+
+    fn set_power_state(&self, action: PowerAction) -> BmcFuture<'_, ()> {
+        Box::pin(self.set_power(action))
+    }
+
+    fn set_boot_device(&self, device: Boot, persistent: bool) -> BmcFuture<'_, ()> {
+        Box::pin(self.set_boot(device, persistent))
+    }
+
+    fn get_boot_device(&self) -> BmcFuture<'_, Option<Boot>> {
+        Box::pin(self.get_boot())
+    }
+
+    fn inspect(&self) -> BmcFuture<'_, Facts> {
+        Box::pin(self.facts())
+    }
+}
+
+/// `scheme://authority` of a validated address (any path is dropped: every
+/// Redfish link is an absolute path).
+fn root_of(address: &str) -> Option<String> {
+    let (scheme, rest) = address.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    // Credentials belong in `username` and `password`, where they are kept
+    // out of errors; an address with them is refused.
+    let authority = rest.split('/').next().filter(|a| !a.is_empty() && !a.contains('@'))?;
+    Some(format!("{scheme}://{authority}"))
+}
+
+fn boot_target(device: Boot) -> &'static str {
+    match device {
+        Boot::Pxe => "Pxe",
+        Boot::Disk => "Hdd",
+        Boot::Cdrom => "Cd",
+        Boot::Bios => "BiosSetup",
+    }
+}
+
+/// The device a `BootSourceOverrideTarget` names; `None` for `"None"` and for
+/// targets kiln does not set (`Usb`, `UefiHttp`, ...).
+fn boot_of(target: &str) -> Option<Boot> {
+    match target {
+        "Pxe" => Some(Boot::Pxe),
+        "Hdd" => Some(Boot::Disk),
+        "Cd" => Some(Boot::Cdrom),
+        "BiosSetup" => Some(Boot::Bios),
+        _ => None,
+    }
+}
+
+fn power_word(p: Power) -> &'static str {
+    match p {
+        Power::On => "on",
+        Power::Off => "off",
+    }
+}
+
+/// Hardware facts from a ComputerSystem resource, as node properties (the
+/// names Ironic uses where it has one). Absent fields are left out.
+fn facts_of(system: &Value) -> Facts {
+    let mut facts = Facts::new();
+    let text = |ptr: &str| system.pointer(ptr).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+    if let Some(n) = system.pointer("/ProcessorSummary/Count").and_then(Value::as_u64) {
+        facts.insert("cpus".into(), n.to_string());
+    }
+    if let Some(n) = system.pointer("/ProcessorSummary/LogicalProcessorCount").and_then(Value::as_u64) {
+        facts.insert("cpu_threads".into(), n.to_string());
+    }
+    if let Some(gib) = system.pointer("/MemorySummary/TotalSystemMemoryGiB").and_then(Value::as_f64)
+        && gib.is_finite()
+        && gib >= 0.0
+    {
+        facts.insert("memory_mb".into(), ((gib * 1024.0).round() as u64).to_string());
+    }
+    for (name, ptr) in [
+        ("cpu_model", "/ProcessorSummary/Model"),
+        ("manufacturer", "/Manufacturer"),
+        ("model", "/Model"),
+        ("serial_number", "/SerialNumber"),
+        ("system_uuid", "/UUID"),
+        ("bios_version", "/BiosVersion"),
+        ("boot_mode", "/Boot/BootSourceOverrideMode"),
+    ] {
+        if let Some(v) = text(ptr) {
+            facts.insert(name.into(), v.to_string());
+        }
+    }
+    facts
+}
+
+/// `HTTP 500 Internal Server Error from GET /path: <Redfish message>`.
+fn http_error_detail(method: &Method, path: &str, status: StatusCode, body: &[u8]) -> String {
+    let mut detail = format!("HTTP {status} from {method} {path}");
+    if let Some(message) = redfish_message(body) {
+        detail.push_str(": ");
+        detail.push_str(&message);
+    }
+    detail
+}
+
+/// The message of a Redfish error body (`error.message` and the extended
+/// info messages), if the body is one.
+fn redfish_message(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let error = v.get("error")?;
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(m) = error.get("message").and_then(Value::as_str) {
+        parts.push(m.to_string());
+    }
+    if let Some(infos) = error.get("@Message.ExtendedInfo").and_then(Value::as_array) {
+        for m in infos.iter().filter_map(|i| i.get("Message").and_then(Value::as_str)) {
+            if !parts.iter().any(|p| p == m) {
+                parts.push(m.to_string());
+            }
+        }
+    }
+    let joined = parts.join("; ");
+    // A BMC's error text is shown to operators; keep it to one short line.
+    let one_line: String = joined.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!one_line.is_empty()).then(|| one_line.chars().take(500).collect())
+}
+
+/// The causes of a transport error, innermost last, without the URL that
+/// reqwest puts in its own message.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !parts.contains(&text) {
+            parts.push(text);
+        }
+        next = cause.source();
+    }
+    if parts.is_empty() { "the request failed".into() } else { parts.join(": ") }
+}
+
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs_f64().ceil() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_drops_any_path() {
+        assert_eq!(root_of("https://10.0.0.1:8443/redfish/v1/").unwrap(), "https://10.0.0.1:8443");
+        assert_eq!(root_of("http://bmc").unwrap(), "http://bmc");
+        assert_eq!(root_of("ftp://bmc"), None);
+        assert_eq!(root_of("http:///x"), None);
+        assert_eq!(root_of("http://admin:pw@bmc"), None);
+    }
+
+    #[test]
+    fn facts_come_from_the_summaries() {
+        let system = json!({
+            "UUID": "u-1", "Manufacturer": "Acme", "Model": " ",
+            "ProcessorSummary": {"Count": 2, "Model": "Xeon Gold 6338"},
+            "MemorySummary": {"TotalSystemMemoryGiB": 15.5},
+            "Boot": {"BootSourceOverrideMode": "UEFI"}
+        });
+        let facts = facts_of(&system);
+        assert_eq!(facts["cpus"], "2");
+        assert_eq!(facts["cpu_model"], "Xeon Gold 6338");
+        assert_eq!(facts["memory_mb"], "15872");
+        assert_eq!(facts["system_uuid"], "u-1");
+        assert_eq!(facts["boot_mode"], "UEFI");
+        assert!(!facts.contains_key("model"), "blank values are left out");
+        assert!(facts_of(&json!({})).is_empty());
+    }
+
+    #[test]
+    fn boot_targets_round_trip() {
+        for d in [Boot::Pxe, Boot::Disk, Boot::Cdrom, Boot::Bios] {
+            assert_eq!(boot_of(boot_target(d)), Some(d));
+        }
+        assert_eq!(boot_of("None"), None);
+        assert_eq!(boot_of("UefiHttp"), None);
+    }
+
+    #[test]
+    fn redfish_error_messages_are_read() {
+        let body = br#"{"error":{"code":"Base.1.0.GeneralError","message":"Power state Bogus is not supported",
+            "@Message.ExtendedInfo":[{"MessageId":"x","Message":"try On"}]}}"#;
+        let d = http_error_detail(&Method::POST, "/a", StatusCode::NOT_IMPLEMENTED, body);
+        assert_eq!(d, "HTTP 501 Not Implemented from POST /a: Power state Bogus is not supported; try On");
+        let d = http_error_detail(&Method::GET, "/a", StatusCode::INTERNAL_SERVER_ERROR, b"<html>oops");
+        assert_eq!(d, "HTTP 500 Internal Server Error from GET /a");
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let info: BTreeMap<String, String> =
+            [("address", "https://bmc"), ("username", "admin"), ("password", "hunter22")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let bmc = RedfishBmc::from_info(&info).unwrap();
+        let shown = format!("{bmc:?}");
+        assert!(!shown.contains("hunter22") && shown.contains("******"), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_driver_info_error() {
+        let info: BTreeMap<String, String> = [("address", "https://bmc"), ("ca_file", "/nonexistent/ca.pem")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let err = RedfishBmc::from_info(&info).unwrap_err();
+        assert!(err.to_string().contains("driver_info.ca_file = '/nonexistent/ca.pem'"), "{err}");
+    }
+}

@@ -1,0 +1,147 @@
+//! The `ipmi` driver against the pyghmi IPMI simulator, with ipmitool.
+
+use std::time::{Duration, Instant};
+
+use kiln_drivers::ipmi::IpmiBmc;
+use kiln_drivers::{Bmc, Boot, DriverError, Power, PowerAction};
+
+use crate::info;
+use crate::peers::{self, IPMI_BMCS, IPMI_FIRST_PORT};
+
+/// A driver for simulated BMC number `i` (0-based), with extra `driver_info`.
+fn bmc(i: u16, extra: &[(&str, &str)]) -> IpmiBmc {
+    assert!(i < IPMI_BMCS);
+    let port = (peers::ipmi().port + i).to_string();
+    let mut pairs = vec![
+        ("address", "127.0.0.1"),
+        ("port", port.as_str()),
+        ("username", "admin"),
+        ("password", "password"),
+        ("min_command_interval", "0.05"),
+        ("timeout", "5"),
+        ("power_timeout", "10"),
+    ];
+    pairs.extend_from_slice(extra);
+    let info = info(&pairs);
+    kiln_drivers::validate("ipmi", &info).unwrap();
+    IpmiBmc::from_info(&info).unwrap()
+}
+
+#[tokio::test]
+async fn power_on_soft_off_on_and_off() {
+    let bmc = bmc(0, &[]);
+    assert_eq!(bmc.get_power_state().await.unwrap(), Power::Off);
+    bmc.set_power_state(PowerAction::On).await.unwrap();
+    assert_eq!(bmc.get_power_state().await.unwrap(), Power::On);
+    bmc.set_power_state(PowerAction::SoftOff).await.unwrap();
+    assert_eq!(bmc.get_power_state().await.unwrap(), Power::Off);
+    bmc.set_power_state(PowerAction::On).await.unwrap();
+    bmc.set_power_state(PowerAction::Off).await.unwrap();
+    assert_eq!(bmc.get_power_state().await.unwrap(), Power::Off);
+}
+
+#[tokio::test]
+async fn reboot_switches_on_a_node_that_is_off_and_cycles_one_that_is_on() {
+    let bmc = bmc(1, &[]);
+    bmc.set_power_state(PowerAction::Reboot).await.unwrap();
+    assert_eq!(bmc.get_power_state().await.unwrap(), Power::On);
+    bmc.set_power_state(PowerAction::Reboot).await.unwrap();
+    assert_eq!(bmc.get_power_state().await.unwrap(), Power::On);
+}
+
+#[tokio::test]
+async fn boot_device_reads_back() {
+    let bmc = bmc(2, &[]);
+    bmc.set_boot_device(Boot::Pxe, false).await.unwrap();
+    assert_eq!(bmc.get_boot_device().await.unwrap(), Some(Boot::Pxe));
+    // The simulator does not keep the persistent flag; the device is what it keeps.
+    bmc.set_boot_device(Boot::Disk, true).await.unwrap();
+    assert_eq!(bmc.get_boot_device().await.unwrap(), Some(Boot::Disk));
+    bmc.set_boot_device(Boot::Cdrom, false).await.unwrap();
+    assert_eq!(bmc.get_boot_device().await.unwrap(), Some(Boot::Cdrom));
+    bmc.set_boot_device(Boot::Bios, false).await.unwrap();
+    assert_eq!(bmc.get_boot_device().await.unwrap(), Some(Boot::Bios));
+}
+
+#[tokio::test]
+async fn inspect_reports_what_the_bmc_says_of_itself() {
+    let facts = bmc(3, &[]).inspect().await.unwrap();
+    assert_eq!(facts.get("ipmi_version").map(String::as_str), Some("2.0"), "{facts:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_an_auth_error_that_does_not_show_it() {
+    let bmc = bmc(4, &[("password", "wrong-secret-4711")]);
+    let started = Instant::now();
+    let err = bmc.get_power_state().await.unwrap_err();
+    assert!(matches!(err, DriverError::Auth { .. }), "{err}");
+    assert!(err.to_string().contains("credentials"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "a refused password is told at once");
+    for shown in [err.to_string(), format!("{err:?}"), format!("{bmc:?}")] {
+        assert!(!shown.contains("wrong-secret-4711"), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn commands_are_spaced_by_min_command_interval() {
+    let bmc = bmc(5, &[("min_command_interval", "0.3")]);
+    let started = Instant::now();
+    for _ in 0..3 {
+        bmc.get_power_state().await.unwrap();
+    }
+    // Two gaps of at least 0.3 s between the three commands.
+    assert!(started.elapsed() >= Duration::from_millis(600), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unreachable_within_the_timeout() {
+    // No simulator on this port; ipmitool gives up by itself (-R 1 -N 1).
+    // (The simulators' start is what installs ipmitool on a fresh machine.)
+    peers::ipmi();
+    let port = (IPMI_FIRST_PORT + IPMI_BMCS + 50).to_string();
+    let info = info(&[("address", "127.0.0.1"), ("port", &port), ("password", "password"), ("timeout", "5")]);
+    let bmc = IpmiBmc::from_info(&info).unwrap();
+    let started = Instant::now();
+    let err = bmc.get_power_state().await.unwrap_err();
+    assert!(matches!(err, DriverError::Unreachable { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_run_longer_than_the_timeout_is_killed() {
+    // ipmitool would take about 2 s to give up on this silent port.
+    peers::ipmi();
+    let port = (IPMI_FIRST_PORT + IPMI_BMCS + 51).to_string();
+    let info = info(&[("address", "127.0.0.1"), ("port", &port), ("timeout", "0.5")]);
+    let bmc = IpmiBmc::from_info(&info).unwrap();
+    let started = Instant::now();
+    let err = bmc.get_power_state().await.unwrap_err();
+    assert!(matches!(err, DriverError::Timeout { seconds: 1, .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_missing_ipmitool_is_named() {
+    let info = info(&[("address", "127.0.0.1"), ("password", "password")]);
+    let bmc = IpmiBmc::from_info(&info).unwrap().with_tool("/nonexistent/ipmitool");
+    let err = bmc.get_power_state().await.unwrap_err();
+    assert!(matches!(err, DriverError::Tool { .. }), "{err}");
+    assert!(err.to_string().contains("/nonexistent/ipmitool"), "{err}");
+}
+
+/// Not a timed test: it prints what one call costs against the simulator.
+#[tokio::test]
+async fn latency_per_call() {
+    let bmc = bmc(6, &[("min_command_interval", "0")]);
+    let n = 10;
+    let started = Instant::now();
+    for _ in 0..n {
+        bmc.get_power_state().await.unwrap();
+    }
+    println!("ipmi get_power_state: {:?} per call over {n}", started.elapsed() / n);
+    let started = Instant::now();
+    for _ in 0..n {
+        bmc.get_boot_device().await.unwrap();
+    }
+    println!("ipmi get_boot_device: {:?} per call over {n}", started.elapsed() / n);
+}

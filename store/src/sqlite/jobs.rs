@@ -1,0 +1,257 @@
+//! The job queue's statements: live and archived jobs, job logs, settings.
+//!
+//! Why they are shaped so:
+//!
+//! - **`PutJob` is one statement.** The queue writes every job several times
+//!   (submitted, running, each opcode's result, finished) at up to 100,000
+//!   jobs a second, so a put is a single cached upsert whose `WHERE NOT
+//!   EXISTS` probes the archive's primary key in the same step: no read
+//!   before the write, no second round trip, and an archived id changes no
+//!   row, which is how it is told apart (a put that reaches the table always
+//!   changes exactly one).
+//! - **Archiving is a move inside the batch's savepoint**: check, copy,
+//!   delete. A failure at any step leaves the job live and unchanged, because
+//!   the savepoint rolls back the whole batch.
+//! - **Ids and serials are `u64` in Rust and signed 64-bit in SQLite.** A
+//!   value past `i64::MAX` is refused on the way in (no kiln site gets there:
+//!   ids are serial), and a negative value read back is
+//!   [`StoreError::Corrupt`]. A read for an id beyond the range finds nothing,
+//!   since nothing can be stored there.
+
+use rusqlite::{Connection, Row, params};
+
+use super::{Fields, timestamp_text, unique_violation};
+use crate::{JobId, JobLogEntry, JobRecord, JobStatus, StoreError};
+
+/// The job columns of `$table` in the order [`job_from_row`] reads them.
+macro_rules! job_select {
+    ($table:literal) => {
+        concat!("SELECT id, priority, status, submitted_at, started_at, ended_at, body FROM ", $table)
+    };
+}
+
+// ---------------------------------------------------------------- writes --
+
+pub(super) fn put_job(conn: &Connection, job: &JobRecord) -> Result<(), StoreError> {
+    // `INSERT ... SELECT ... WHERE` needs the WHERE to parse ON CONFLICT as
+    // an upsert clause; here it is also the archive check.
+    let changed = conn
+        .prepare_cached(
+            "INSERT INTO jobs (id, priority, status, submitted_at, started_at, ended_at, body)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
+             WHERE NOT EXISTS (SELECT 1 FROM jobs_archive WHERE id = ?1)
+             ON CONFLICT (id) DO UPDATE SET
+                 priority = excluded.priority,
+                 status = excluded.status,
+                 submitted_at = excluded.submitted_at,
+                 started_at = excluded.started_at,
+                 ended_at = excluded.ended_at,
+                 body = excluded.body",
+        )?
+        .execute(params![
+            integer("job id", job.id.0)?,
+            job.priority,
+            job.status.as_str(),
+            timestamp_text(job.submitted_at),
+            job.started_at.map(timestamp_text),
+            job.ended_at.map(timestamp_text),
+            job.body,
+        ])?;
+    if changed == 0 {
+        return Err(StoreError::Conflict(format!("job {} is archived", job.id)));
+    }
+    Ok(())
+}
+
+pub(super) fn append_job_log(conn: &Connection, entry: &JobLogEntry) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO job_log (job, serial, at, message) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            integer("job id", entry.job.0)?,
+            integer("job log serial", entry.serial)?,
+            timestamp_text(entry.at),
+            entry.message,
+        ])
+        .map_err(|e| match unique_violation(&e) {
+            Some("job_log.job, job_log.serial") => {
+                StoreError::Conflict(format!("job {} already has log entry {}", entry.job, entry.serial))
+            }
+            _ => StoreError::Sqlite(e),
+        })?;
+    Ok(())
+}
+
+pub(super) fn archive_job(conn: &Connection, id: JobId) -> Result<(), StoreError> {
+    let not_live = || StoreError::NotFound(format!("job {id} is not in the live queue"));
+    let Ok(key) = i64::try_from(id.0) else {
+        return Err(not_live());
+    };
+    let status = {
+        let mut stmt = conn.prepare_cached("SELECT status FROM jobs WHERE id = ?1")?;
+        let mut rows = stmt.query([key])?;
+        let Some(row) = rows.next()? else {
+            return Err(not_live());
+        };
+        let f = Fields { row, table: "jobs", key: format!(" of job {id}") };
+        f.parsed::<JobStatus>(0, "status")?
+    };
+    if !status.is_finished() {
+        return Err(StoreError::Conflict(format!("job {id} is still {status}; only finished jobs can be archived")));
+    }
+    conn.prepare_cached(
+        "INSERT INTO jobs_archive (id, priority, status, submitted_at, started_at, ended_at, body)
+         SELECT id, priority, status, submitted_at, started_at, ended_at, body FROM jobs WHERE id = ?1",
+    )?
+    .execute([key])
+    .map_err(|e| match unique_violation(&e) {
+        // PutJob refuses archived ids, so only a hand-edited file gets here.
+        Some("jobs_archive.id") => StoreError::Corrupt(format!("job {id} is both in the live queue and the archive")),
+        _ => StoreError::Sqlite(e),
+    })?;
+    conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([key])?;
+    Ok(())
+}
+
+pub(super) fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([key, value])?;
+    Ok(())
+}
+
+/// `value` as SQLite's signed integer, refusing what does not fit (rusqlite
+/// itself would, were its `fallible_uint` feature on).
+fn integer(what: &str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| {
+        StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(
+            format!("{what} {value} is beyond the store's range (at most {})", i64::MAX).into(),
+        ))
+    })
+}
+
+// ----------------------------------------------------------------- reads --
+
+pub(super) fn load_live_jobs(conn: &Connection) -> Result<Vec<JobRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(concat!(job_select!("jobs"), " ORDER BY id"))?;
+    let mut rows = stmt.query([])?;
+    let mut jobs = Vec::new();
+    while let Some(row) = rows.next()? {
+        jobs.push(job_from_row(row, "jobs")?);
+    }
+    Ok(jobs)
+}
+
+pub(super) fn load_job(conn: &Connection, id: JobId) -> Result<Option<(JobRecord, bool)>, StoreError> {
+    let Ok(key) = i64::try_from(id.0) else {
+        return Ok(None);
+    };
+    // Live first: that is where the jobs people look at are.
+    for (table, sql, archived) in [
+        ("jobs", concat!(job_select!("jobs"), " WHERE id = ?1"), false),
+        ("jobs_archive", concat!(job_select!("jobs_archive"), " WHERE id = ?1"), true),
+    ] {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let mut rows = stmt.query([key])?;
+        if let Some(row) = rows.next()? {
+            return Ok(Some((job_from_row(row, table)?, archived)));
+        }
+    }
+    Ok(None)
+}
+
+pub(super) fn load_job_log(
+    conn: &Connection,
+    id: JobId,
+    after_serial: u64,
+    limit: usize,
+) -> Result<Vec<JobLogEntry>, StoreError> {
+    let Ok(key) = i64::try_from(id.0) else {
+        return Ok(Vec::new());
+    };
+    // Nothing is stored past i64::MAX, so saturating loses no entry.
+    let after = i64::try_from(after_serial).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT job, serial, at, message FROM job_log
+         WHERE job = ?1 AND serial > ?2 ORDER BY serial LIMIT ?3",
+    )?;
+    let mut rows = stmt.query([key, after, limit])?;
+    let mut entries = Vec::new();
+    while let Some(row) = rows.next()? {
+        entries.push(job_log_from_row(row)?);
+    }
+    Ok(entries)
+}
+
+pub(super) fn max_job_id(conn: &Connection) -> Result<u64, StoreError> {
+    // Two primary-key lookups (each max() reads one end of a b-tree).
+    let max: i64 = conn
+        .prepare_cached(
+            "SELECT max(coalesce((SELECT max(id) FROM jobs), 0),
+                        coalesce((SELECT max(id) FROM jobs_archive), 0))",
+        )?
+        .query_row([], |r| r.get(0))?;
+    u64::try_from(max).map_err(|_| StoreError::Corrupt(format!("the largest job id is {max}")))
+}
+
+pub(super) fn load_meta(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
+    let mut rows = stmt.query([key])?;
+    match rows.next()? {
+        Some(row) => {
+            let f = Fields { row, table: "meta", key: format!(" of key '{key}'") };
+            Ok(Some(f.raw(0, "value")?))
+        }
+        None => Ok(None),
+    }
+}
+
+pub(super) fn list_archived_jobs(conn: &Connection, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(concat!(job_select!("jobs_archive"), " ORDER BY id DESC LIMIT ?1"))?;
+    let mut rows = stmt.query([limit])?;
+    let mut jobs = Vec::new();
+    while let Some(row) = rows.next()? {
+        jobs.push(job_from_row(row, "jobs_archive")?);
+    }
+    Ok(jobs)
+}
+
+fn job_from_row(row: &Row<'_>, table: &'static str) -> Result<JobRecord, StoreError> {
+    let mut f = Fields { row, table, key: String::new() };
+    let id = JobId(f.unsigned(0, "id")?);
+    f.key = format!(" of job {id}");
+    Ok(JobRecord {
+        id,
+        priority: f.raw(1, "priority")?,
+        status: f.parsed(2, "status")?,
+        submitted_at: f.timestamp(3, "submitted_at")?,
+        started_at: f.timestamp_opt(4, "started_at")?,
+        ended_at: f.timestamp_opt(5, "ended_at")?,
+        body: f.raw(6, "body")?,
+    })
+}
+
+fn job_log_from_row(row: &Row<'_>) -> Result<JobLogEntry, StoreError> {
+    let mut f = Fields { row, table: "job_log", key: String::new() };
+    let job = JobId(f.unsigned(0, "job")?);
+    let serial = f.unsigned(1, "serial")?;
+    f.key = format!(" of job {job} entry {serial}");
+    Ok(JobLogEntry { job, serial, at: f.timestamp(2, "at")?, message: f.raw(3, "message")? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_past_sqlites_range_are_refused_not_wrapped() {
+        assert_eq!(integer("job id", i64::MAX as u64).unwrap(), i64::MAX);
+        let err = integer("job id", u64::MAX).unwrap_err();
+        let StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(cause)) = err else {
+            panic!("expected a conversion failure, got {err:?}");
+        };
+        assert!(cause.to_string().starts_with("job id 18446744073709551615 is beyond"), "{cause}");
+    }
+}

@@ -1,0 +1,409 @@
+//! Jobs in the SQLite backend on real files: round trips, upserts, the log,
+//! archiving and its refusals, id high-water marks, settings, durability
+//! across reopen, the upgrade from a version-1 file, and damaged values read
+//! back as errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{Duration, SecondsFormat, TimeZone, Utc};
+use kiln_store::sqlite::{MIGRATIONS, SCHEMA_VERSION, SqliteBackend};
+use kiln_store::*;
+
+fn db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.db");
+    (dir, path)
+}
+
+fn open(path: &Path) -> SqliteBackend {
+    SqliteBackend::open(path).unwrap()
+}
+
+/// A queued job with every optional field unset.
+fn job(id: u64) -> JobRecord {
+    JobRecord {
+        id: JobId(id),
+        priority: 0,
+        status: JobStatus::Queued,
+        submitted_at: Utc::now(),
+        started_at: None,
+        ended_at: None,
+        body: format!(r#"{{"ops":[{{"op":"sleep","seconds":0}}],"n":{id}}}"#),
+    }
+}
+
+/// A finished job with every optional field set.
+fn finished(id: u64, status: JobStatus) -> JobRecord {
+    let submitted = Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 58).unwrap() + Duration::nanoseconds(123_456_789);
+    JobRecord {
+        id: JobId(id),
+        priority: -20,
+        status,
+        submitted_at: submitted,
+        started_at: Some(submitted + Duration::nanoseconds(1)),
+        ended_at: Some(submitted + Duration::seconds(3600)),
+        body: r#"{"ops":[{"op":"deploy","nodes":"n[1-4]"}],"result":"nœud ✓ 'quoted' \"twice\""}"#.into(),
+    }
+}
+
+fn log(job: u64, serial: u64, message: &str) -> JobLogEntry {
+    JobLogEntry { job: JobId(job), serial, at: Utc::now(), message: message.into() }
+}
+
+/// Commits one batch and returns its own result.
+fn commit_one(store: &mut SqliteBackend, batch: Batch) -> Result<(), StoreError> {
+    let mut results = store.commit(&[batch]).unwrap();
+    assert_eq!(results.len(), 1);
+    results.pop().unwrap()
+}
+
+fn user_version(path: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn jobs_round_trip_with_and_without_optional_fields() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let bare = job(1);
+    let full = finished(2, JobStatus::Error);
+    let mut extreme = finished(3, JobStatus::Canceled);
+    extreme.priority = i32::MAX;
+    extreme.body = String::new();
+    commit_one(
+        &mut store,
+        vec![Write::PutJob(full.clone()), Write::PutJob(bare.clone()), Write::PutJob(extreme.clone())],
+    )
+    .unwrap();
+
+    assert_eq!(store.load_job(JobId(1)).unwrap(), Some((bare.clone(), false)));
+    assert_eq!(store.load_job(JobId(2)).unwrap(), Some((full.clone(), false)));
+    assert_eq!(store.load_live_jobs().unwrap(), vec![bare, full, extreme]);
+    assert_eq!(store.load_job(JobId(4)).unwrap(), None);
+    assert_eq!(store.load_job(JobId(u64::MAX)).unwrap(), None);
+}
+
+#[test]
+fn putting_a_job_again_replaces_every_field() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let queued = job(7);
+    commit_one(&mut store, vec![Write::PutJob(queued.clone())]).unwrap();
+
+    let mut running = queued.clone();
+    running.status = JobStatus::Running;
+    running.started_at = Some(Utc::now());
+    running.priority = 5;
+    running.body = r#"{"ops":[],"progress":1}"#.into();
+    commit_one(&mut store, vec![Write::PutJob(running.clone())]).unwrap();
+    assert_eq!(store.load_live_jobs().unwrap(), vec![running]);
+
+    // Back to all-None: nothing of the old values lingers.
+    commit_one(&mut store, vec![Write::PutJob(queued.clone())]).unwrap();
+    assert_eq!(store.load_job(JobId(7)).unwrap(), Some((queued, false)));
+}
+
+#[test]
+fn ids_past_sqlites_integer_range_are_refused() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let err = commit_one(&mut store, vec![Write::PutJob(job(u64::MAX))]).unwrap_err();
+    assert!(matches!(err, StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(_))), "{err:?}");
+    let err = commit_one(&mut store, vec![Write::AppendJobLog(log(1, u64::MAX, "x"))]).unwrap_err();
+    assert!(matches!(err, StoreError::Sqlite(_)), "{err:?}");
+    assert!(store.load_live_jobs().unwrap().is_empty());
+}
+
+#[test]
+fn the_log_is_in_serial_order_after_a_serial_and_limited() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    commit_one(&mut store, vec![Write::PutJob(job(1)), Write::PutJob(job(2))]).unwrap();
+    let mut expected = Vec::new();
+    // Committed out of order and interleaved with another job's lines.
+    for serial in [3, 1, 5, 2, 4] {
+        let entry = log(1, serial, &format!("line {serial} ✓"));
+        commit_one(&mut store, vec![Write::AppendJobLog(entry.clone()), Write::AppendJobLog(log(2, serial, "other"))])
+            .unwrap();
+        expected.push(entry);
+    }
+    expected.sort_by_key(|e| e.serial);
+
+    assert_eq!(store.load_job_log(JobId(1), 0, 100).unwrap(), expected);
+    assert_eq!(store.load_job_log(JobId(1), 2, 100).unwrap(), expected[2..].to_vec());
+    assert_eq!(store.load_job_log(JobId(1), 1, 2).unwrap(), expected[1..3].to_vec());
+    assert_eq!(store.load_job_log(JobId(1), 0, usize::MAX).unwrap().len(), 5);
+    assert!(store.load_job_log(JobId(1), 5, 100).unwrap().is_empty());
+    assert!(store.load_job_log(JobId(1), u64::MAX, 100).unwrap().is_empty());
+    assert!(store.load_job_log(JobId(1), 0, 0).unwrap().is_empty());
+    assert!(store.load_job_log(JobId(3), 0, 100).unwrap().is_empty());
+    assert!(store.load_job_log(JobId(u64::MAX), 0, 100).unwrap().is_empty());
+
+    // A duplicate serial fails its batch alone, and the whole batch.
+    let results = store
+        .commit(&[
+            vec![Write::AppendJobLog(log(1, 6, "would be new")), Write::AppendJobLog(log(1, 3, "again"))],
+            vec![Write::AppendJobLog(log(2, 6, "fine"))],
+        ])
+        .unwrap();
+    match &results[0] {
+        Err(StoreError::Conflict(m)) => assert_eq!(m, "job 1 already has log entry 3"),
+        r => panic!("expected a conflict, got {r:?}"),
+    }
+    assert!(results[1].is_ok());
+    assert_eq!(store.load_job_log(JobId(1), 0, 100).unwrap(), expected);
+    assert_eq!(store.load_job_log(JobId(2), 5, 100).unwrap().len(), 1);
+}
+
+#[test]
+fn archiving_moves_a_finished_job_and_keeps_its_log() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let done = finished(1, JobStatus::Success);
+    let live = job(2);
+    commit_one(
+        &mut store,
+        vec![Write::PutJob(done.clone()), Write::PutJob(live.clone()), Write::AppendJobLog(log(1, 1, "started"))],
+    )
+    .unwrap();
+
+    commit_one(&mut store, vec![Write::ArchiveJob(JobId(1))]).unwrap();
+    assert_eq!(store.load_job(JobId(1)).unwrap(), Some((done.clone(), true)));
+    assert_eq!(store.load_live_jobs().unwrap(), vec![live.clone()]);
+    assert_eq!(store.list_archived_jobs(10).unwrap(), vec![done.clone()]);
+    assert_eq!(store.load_job_log(JobId(1), 0, 10).unwrap().len(), 1);
+    // The log still grows (a late line), though the job is archived.
+    commit_one(&mut store, vec![Write::AppendJobLog(log(1, 2, "archived"))]).unwrap();
+    assert_eq!(store.load_job_log(JobId(1), 1, 10).unwrap().len(), 1);
+
+    // Archiving it again: it is no longer live.
+    let err = commit_one(&mut store, vec![Write::ArchiveJob(JobId(1))]).unwrap_err();
+    assert!(matches!(&err, StoreError::NotFound(m) if m == "job 1 is not in the live queue"), "{err:?}");
+    let err = commit_one(&mut store, vec![Write::ArchiveJob(JobId(99))]).unwrap_err();
+    assert!(matches!(&err, StoreError::NotFound(m) if m == "job 99 is not in the live queue"), "{err:?}");
+
+    // Put and archive in one batch: the move sees the put.
+    let canceled = finished(3, JobStatus::Canceled);
+    commit_one(&mut store, vec![Write::PutJob(canceled.clone()), Write::ArchiveJob(JobId(3))]).unwrap();
+    assert_eq!(store.load_job(JobId(3)).unwrap(), Some((canceled, true)));
+}
+
+#[test]
+fn unfinished_jobs_are_not_archived_and_nothing_changes() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    for status in JobStatus::ALL.iter().filter(|s| !s.is_finished()) {
+        let mut j = job(1);
+        j.status = *status;
+        commit_one(&mut store, vec![Write::PutJob(j.clone())]).unwrap();
+        // The batch's earlier write goes too.
+        let err = commit_one(&mut store, vec![Write::PutJob(job(2)), Write::ArchiveJob(JobId(1))]).unwrap_err();
+        let expected = format!("job 1 is still {status}; only finished jobs can be archived");
+        assert!(matches!(&err, StoreError::Conflict(m) if *m == expected), "{err:?}");
+        assert_eq!(store.load_live_jobs().unwrap(), vec![j]);
+        assert!(store.list_archived_jobs(10).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn an_archived_job_cannot_be_put_again() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let done = finished(5, JobStatus::Error);
+    commit_one(&mut store, vec![Write::PutJob(done.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::ArchiveJob(JobId(5))]).unwrap();
+
+    let mut resurrected = job(5);
+    resurrected.status = JobStatus::Running;
+    let err = commit_one(&mut store, vec![Write::PutJob(resurrected)]).unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m == "job 5 is archived"), "{err:?}");
+    assert_eq!(store.load_job(JobId(5)).unwrap(), Some((done, true)));
+    assert!(store.load_live_jobs().unwrap().is_empty());
+}
+
+#[test]
+fn the_largest_id_counts_the_archive_too() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    assert_eq!(store.max_job_id().unwrap(), 0);
+    commit_one(&mut store, vec![Write::PutJob(job(3)), Write::PutJob(finished(10, JobStatus::Success))]).unwrap();
+    assert_eq!(store.max_job_id().unwrap(), 10);
+    commit_one(&mut store, vec![Write::ArchiveJob(JobId(10))]).unwrap();
+    // Only in the archive now, and still not to be reused.
+    assert_eq!(store.max_job_id().unwrap(), 10);
+    commit_one(&mut store, vec![Write::PutJob(job(11))]).unwrap();
+    assert_eq!(store.max_job_id().unwrap(), 11);
+}
+
+#[test]
+fn archived_jobs_are_listed_newest_first() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    for id in 1..=5 {
+        commit_one(&mut store, vec![Write::PutJob(finished(id, JobStatus::Success)), Write::ArchiveJob(JobId(id))])
+            .unwrap();
+    }
+    let ids = |jobs: Vec<JobRecord>| jobs.into_iter().map(|j| j.id.0).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_archived_jobs(3).unwrap()), [5, 4, 3]);
+    assert_eq!(ids(store.list_archived_jobs(usize::MAX).unwrap()), [5, 4, 3, 2, 1]);
+    assert!(store.list_archived_jobs(0).unwrap().is_empty());
+}
+
+#[test]
+fn settings_are_upserted() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    assert_eq!(store.load_meta("drain").unwrap(), None);
+    commit_one(&mut store, vec![Write::SetMeta { key: "drain".into(), value: "true".into() }]).unwrap();
+    assert_eq!(store.load_meta("drain").unwrap().as_deref(), Some("true"));
+    commit_one(
+        &mut store,
+        vec![
+            Write::SetMeta { key: "drain".into(), value: "false".into() },
+            Write::SetMeta { key: "other".into(), value: String::new() },
+        ],
+    )
+    .unwrap();
+    assert_eq!(store.load_meta("drain").unwrap().as_deref(), Some("false"));
+    assert_eq!(store.load_meta("other").unwrap().as_deref(), Some(""));
+}
+
+#[test]
+fn jobs_logs_and_settings_are_there_after_reopening() {
+    let (_dir, path) = db();
+    let archived = finished(1, JobStatus::Success);
+    let mut running = job(2);
+    running.status = JobStatus::Running;
+    running.started_at = Some(Utc::now());
+    let line = log(2, 1, "opcode 1 of 1");
+    {
+        let mut store = open(&path);
+        commit_one(
+            &mut store,
+            vec![Write::PutJob(archived.clone()), Write::ArchiveJob(JobId(1)), Write::PutJob(job(2))],
+        )
+        .unwrap();
+        store.checkpoint().unwrap();
+        // These stay in the WAL only: reopening must replay them.
+        commit_one(
+            &mut store,
+            vec![
+                Write::PutJob(running.clone()),
+                Write::AppendJobLog(line.clone()),
+                Write::SetMeta { key: "drain".into(), value: "true".into() },
+            ],
+        )
+        .unwrap();
+    }
+    let mut store = open(&path);
+    assert_eq!(store.load_live_jobs().unwrap(), vec![running]);
+    assert_eq!(store.load_job(JobId(1)).unwrap(), Some((archived, true)));
+    assert_eq!(store.load_job_log(JobId(2), 0, 10).unwrap(), vec![line]);
+    assert_eq!(store.load_meta("drain").unwrap().as_deref(), Some("true"));
+    assert_eq!(store.max_job_id().unwrap(), 2);
+}
+
+#[test]
+fn the_store_thread_serves_jobs_too() {
+    let (_dir, path) = db();
+    let store = StoreHandle::open_sqlite(&path).unwrap();
+    store.commit_blocking(vec![Write::PutJob(job(1)), Write::AppendJobLog(log(1, 1, "queued"))]).unwrap();
+    let (seen, archived) = store.read_blocking(|s| s.load_job(JobId(1))).unwrap().unwrap();
+    assert_eq!((seen.id, archived), (JobId(1), false));
+    assert_eq!(store.read_blocking(|s| s.max_job_id()).unwrap(), 1);
+}
+
+#[test]
+fn a_version_1_file_is_upgraded_with_its_nodes_intact() {
+    let (_dir, path) = db();
+    let created = Utc.with_ymd_and_hms(2023, 7, 1, 12, 0, 0).unwrap() + Duration::nanoseconds(5);
+    let mut n = NodeRecord::enroll("old-node".into(), DriverKind::Ipmi, created);
+    n.driver_info = BTreeMap::from([("address".into(), "10.0.0.9".into())]);
+    {
+        // What a kiln of schema version 1 wrote.
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[0]).unwrap();
+        tx.pragma_update(None, "user_version", 1).unwrap();
+        let at = created.to_rfc3339_opts(SecondsFormat::Nanos, true);
+        tx.execute(
+            "INSERT INTO nodes (uuid, name, driver, driver_info, properties, provision_state, maintenance,
+                                created_at, updated_at)
+             VALUES (?1, 'old-node', 'ipmi', '{\"address\":\"10.0.0.9\"}', '{}', 'enroll', 0, ?2, ?2)",
+            rusqlite::params![n.uuid.to_string(), at],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    assert_eq!(user_version(&path), 1);
+
+    let mut store = open(&path);
+    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(user_version(&path), 2);
+    assert_eq!(store.load_nodes().unwrap(), vec![n]);
+    assert_eq!(store.max_job_id().unwrap(), 0);
+    commit_one(&mut store, vec![Write::PutJob(job(1))]).unwrap();
+    drop(store);
+    // And opening the upgraded file again runs nothing twice.
+    let mut store = open(&path);
+    assert_eq!(user_version(&path), 2);
+    assert_eq!(store.load_live_jobs().unwrap().len(), 1);
+}
+
+#[test]
+fn damaged_job_values_are_corrupt_errors_not_panics() {
+    let (_dir, path) = db();
+    {
+        let mut store = open(&path);
+        commit_one(
+            &mut store,
+            vec![
+                Write::PutJob(job(1)),
+                Write::PutJob(finished(2, JobStatus::Success)),
+                Write::ArchiveJob(JobId(2)),
+                Write::AppendJobLog(log(1, 1, "hello")),
+            ],
+        )
+        .unwrap();
+    }
+    let damage = |sql: &str| {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(sql, []).unwrap();
+    };
+    let expect_corrupt = |result: Result<(), StoreError>, what: &[&str]| match result {
+        Err(StoreError::Corrupt(m)) => {
+            for w in what {
+                assert!(m.contains(w), "{m:?} does not name {w:?}");
+            }
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    };
+
+    damage("UPDATE jobs SET status = 'finished-ish'");
+    let mut store = open(&path);
+    let what = ["jobs.status", "of job 1", "'finished-ish'"];
+    expect_corrupt(store.load_live_jobs().map(|_| ()), &what);
+    expect_corrupt(store.load_job(JobId(1)).map(|_| ()), &what);
+    expect_corrupt(commit_one(&mut store, vec![Write::ArchiveJob(JobId(1))]), &what);
+
+    damage("UPDATE jobs SET status = 'queued', started_at = 'yesterday'");
+    expect_corrupt(store.load_job(JobId(1)).map(|_| ()), &["jobs.started_at", "'yesterday'"]);
+
+    damage("UPDATE jobs SET started_at = NULL, priority = 4294967296");
+    expect_corrupt(store.load_live_jobs().map(|_| ()), &["jobs.priority"]);
+    damage("UPDATE jobs SET priority = 0");
+    assert_eq!(store.load_live_jobs().unwrap().len(), 1);
+
+    damage("UPDATE jobs_archive SET status = 'gone'");
+    let what = ["jobs_archive.status", "'gone'"];
+    expect_corrupt(store.list_archived_jobs(10).map(|_| ()), &what);
+    expect_corrupt(store.load_job(JobId(2)).map(|_| ()), &what);
+
+    damage("UPDATE job_log SET at = 'noon'");
+    expect_corrupt(store.load_job_log(JobId(1), 0, 10).map(|_| ()), &["job_log.at", "of job 1 entry 1", "'noon'"]);
+
+    damage("UPDATE jobs SET id = -3");
+    expect_corrupt(store.load_live_jobs().map(|_| ()), &["jobs.id", "'-3'"]);
+}
