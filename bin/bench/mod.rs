@@ -30,6 +30,21 @@ pub fn run(args: BenchArgs, json: bool) -> ExitCode {
     };
     let mut report = Report::new();
     report.push(Figure::new("cores", num_cpus() as f64, "count"));
+    if names.len() > 1 {
+        // Each scenario in a process of its own, so one's memory (RSS) and
+        // threads do not show in another's figures.
+        for name in names {
+            match run_child(name) {
+                Ok(figures) => report.figures.extend(figures.into_iter().filter(|f| f.name != "cores")),
+                Err(e) => {
+                    eprintln!("error: scenario {name} failed: {e:#}");
+                    return ExitCode::from(crate::exit::FAILED);
+                }
+            }
+        }
+        report.print(json);
+        return ExitCode::SUCCESS;
+    }
     for name in names {
         let started = std::time::Instant::now();
         match scenarios::run(name, &args) {
@@ -47,6 +62,28 @@ pub fn run(args: BenchArgs, json: bool) -> ExitCode {
     }
     report.print(json);
     ExitCode::SUCCESS
+}
+
+/// Runs `kiln bench NAME --json` with this run's options and reads its figures.
+fn run_child(name: &str) -> anyhow::Result<Vec<Figure>> {
+    let exe = std::env::current_exe()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // Replace the scenario `all` with this one; the options stay.
+    let pos = args.iter().position(|a| a == "all").ok_or_else(|| anyhow::anyhow!("no scenario in the arguments"))?;
+    args[pos] = name.to_string();
+    args.retain(|a| a != "--json");
+    let out =
+        std::process::Command::new(exe).arg("--json").args(&args).stderr(std::process::Stdio::inherit()).output()?;
+    if !out.status.success() {
+        anyhow::bail!("exited with {}", out.status);
+    }
+    let report: ReportIn = serde_json::from_slice(&out.stdout)?;
+    Ok(report.figures)
+}
+
+#[derive(serde::Deserialize)]
+struct ReportIn {
+    figures: Vec<Figure>,
 }
 
 fn num_cpus() -> usize {

@@ -1,9 +1,9 @@
 //! Figures, targets and how they are printed.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a figure must reach.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     AtLeast(f64),
@@ -11,7 +11,7 @@ pub enum Target {
 }
 
 /// One measured figure.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Figure {
     pub name: String,
     pub value: f64,

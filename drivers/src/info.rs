@@ -10,6 +10,8 @@ use crate::error::InvalidDriverInfo;
 #[derive(Clone, Copy)]
 enum Shape {
     Text,
+    /// IPMI v2 passwords are at most 20 bytes (ipmitool refuses longer ones).
+    IpmiPassword,
     /// `http://` or `https://` URL (Redfish address).
     HttpUrl,
     Host,
@@ -63,7 +65,7 @@ const IPMI: &[Key] = &[
     key("address", true, Shape::Host),
     key("port", false, Shape::Port),
     key("username", false, Shape::Text),
-    key("password", false, Shape::Text),
+    key("password", false, Shape::IpmiPassword),
     key("cipher_suite", false, Shape::Text),
     key("min_command_interval", false, Shape::Seconds),
     // Seconds per ipmitool run (default 20).
@@ -115,6 +117,13 @@ pub fn validate(driver: &str, info: &BTreeMap<String, String>) -> Result<(), Inv
 fn check_shape(shape: Shape, value: &str) -> Result<(), String> {
     match shape {
         Shape::Text => Ok(()),
+        Shape::IpmiPassword => {
+            if value.len() <= 20 {
+                Ok(())
+            } else {
+                Err("IPMI passwords are at most 20 bytes".into())
+            }
+        }
         Shape::HttpUrl => {
             let rest = value
                 .strip_prefix("https://")
@@ -222,6 +231,15 @@ mod tests {
         assert!(err.to_string().contains("driver_info.prot is not a ipmi driver setting"), "{err}");
         let err = validate("magic", &info(&[])).unwrap_err();
         assert!(err.to_string().contains("unknown driver 'magic'"));
+    }
+
+    #[test]
+    fn a_too_long_ipmi_password_is_refused_without_showing_it() {
+        let long = "p".repeat(21);
+        let err = validate("ipmi", &info(&[("address", "h"), ("password", &long)])).unwrap_err();
+        assert!(err.to_string().contains("at most 20 bytes"), "{err}");
+        assert!(!err.to_string().contains(&long));
+        validate("ipmi", &info(&[("address", "h"), ("password", &"p".repeat(20))])).unwrap();
     }
 
     #[test]

@@ -222,6 +222,21 @@ macro_rules! node_select {
 
 impl Backend for SqliteBackend {
     fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        // Fast path: in nearly every group no write fails, and a savepoint
+        // per batch costs about a sixth of the commit's CPU. Apply the group
+        // without savepoints; only if some write fails, roll back and redo
+        // it batch by batch below, so the failure stays with its batch.
+        {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let clean = batches.iter().all(|batch| batch.iter().all(|write| apply(&tx, write).is_ok()));
+            if clean {
+                tx.commit()?;
+                return Ok(batches.iter().map(|_| Ok(())).collect());
+            }
+            if !tx.is_autocommit() {
+                tx.rollback()?;
+            }
+        }
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batches.len());
         for batch in batches {

@@ -23,16 +23,29 @@ pub struct Daemon {
     extra: Vec<String>,
     /// The daemon's stderr lines, as they come.
     log: Option<mpsc::Receiver<String>>,
+    /// `KILN_LOG` for the daemon.
+    log_filter: String,
 }
 
 impl Daemon {
     /// Starts `kiln serve --data-dir D --socket D/kiln.sock --demo N` plus
     /// `extra` arguments, and waits until it logs that it serves.
     pub fn start(demo: usize, extra: &[&str]) -> Daemon {
+        Daemon::start_logging(demo, extra, "info")
+    }
+
+    /// Like [`Daemon::start`], with `KILN_LOG=filter` (e.g. `debug`).
+    pub fn start_logging(demo: usize, extra: &[&str], filter: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("kiln.sock");
-        let mut d =
-            Daemon { child: None, dir, socket, extra: extra.iter().map(|s| s.to_string()).collect(), log: None };
+        let mut d = Daemon {
+            child: None,
+            dir,
+            socket,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: None,
+            log_filter: filter.to_string(),
+        };
         d.spawn(demo);
         d
     }
@@ -47,7 +60,7 @@ impl Daemon {
             .arg("--demo")
             .arg(demo.to_string())
             .args(&self.extra)
-            .env("KILN_LOG", "info")
+            .env("KILN_LOG", &self.log_filter)
             .env_remove("KILN_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -80,6 +93,26 @@ impl Daemon {
                 Err(_) => panic!("daemon never logged '{needle}'; it said:\n{}", seen.join("\n")),
             }
         }
+    }
+
+    /// The daemon's stderr lines not read yet (by `wait_for_log` or an
+    /// earlier call). While the daemon runs, the lines it has written so far;
+    /// once it has exited (`terminate`, `kill9`), every line up to its end.
+    pub fn log_lines(&self) -> Vec<String> {
+        let Some(rx) = self.log.as_ref() else { return Vec::new() };
+        let mut lines = Vec::new();
+        if self.child.is_some() {
+            while let Ok(line) = rx.try_recv() {
+                lines.push(line);
+            }
+            return lines;
+        }
+        // The pipe is closed: the reader thread ends at its end of file.
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            lines.push(line);
+        }
+        lines
     }
 
     /// SIGKILL, and reap.

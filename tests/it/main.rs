@@ -2,6 +2,8 @@
 //! real SQLite files in temporary directories.
 
 mod bad_input;
+mod bench;
+mod bmc;
 mod harness;
 mod jobs;
 mod lifecycle;

@@ -6,7 +6,7 @@
 //! log for the long poll. Only jobs that have not ended are kept whole in
 //! memory; an ended job is a status and a time here, and whole in the store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -35,11 +35,20 @@ struct ActiveJob {
     /// Nodes in the running node-set opcode.
     progress_total: u64,
     watchers: Vec<(u64, oneshot::Sender<JobChange>)>,
+    /// Log lines to commit with the job's next change.
+    pending: Vec<String>,
+    /// The serial the next log line gets.
+    next_serial: u64,
 }
 
 impl ActiveJob {
-    fn next_serial(&self) -> u64 {
-        self.log.last().map(|e| e.serial + 1).unwrap_or(1)
+    /// Takes the next `n` log serials. Serials are handed out when a line is
+    /// written, not when its commit lands, so two commits in flight for one
+    /// job never claim the same serial.
+    fn take_serials(&mut self, n: u64) -> u64 {
+        let first = self.next_serial;
+        self.next_serial += n;
+        first
     }
 
     fn change_after(&self, after: u64) -> JobChange {
@@ -138,9 +147,18 @@ impl JobQueue {
             }
             let id = view.id;
             let log = store.read(move |b| b.load_job_log(id, 0, usize::MAX)).await?;
+            let next_serial = log.last().map_or(1, |e| e.serial + 1);
             q.active.insert(
                 id,
-                ActiveJob { view, log, control: FanOutControl::default(), progress_total: 0, watchers: Vec::new() },
+                ActiveJob {
+                    view,
+                    log,
+                    control: FanOutControl::default(),
+                    progress_total: 0,
+                    watchers: Vec::new(),
+                    pending: Vec::new(),
+                    next_serial,
+                },
             );
             q.waiting.insert(id);
         }
@@ -227,21 +245,27 @@ impl JobQueue {
         }
     }
 
-    /// Commits the job's current view with one log line, then wakes its
-    /// watchers and calls `then`.
+    /// Commits the job's current view with its pending log lines and
+    /// `message`, in one batch, then wakes its watchers and calls `then`.
     fn commit_job<F>(&mut self, id: JobId, message: String, ctx: &mut Context<Self>, then: F)
     where
         F: FnOnce(&mut Self, &mut Context<Self>) + 'static,
     {
         let Some(job) = self.active.get_mut(&id) else { return };
-        let entry = log_entry(id, job.next_serial(), message);
-        let batch = vec![Write::PutJob(job.view.to_record()), Write::AppendJobLog(entry.clone())];
+        let mut lines = std::mem::take(&mut job.pending);
+        lines.push(message);
+        let first = job.take_serials(lines.len() as u64);
+        let entries: Vec<JobLogEntry> =
+            lines.into_iter().enumerate().map(|(i, m)| log_entry(id, first + i as u64, m)).collect();
+        let mut batch = Vec::with_capacity(1 + entries.len());
+        batch.push(Write::PutJob(job.view.to_record()));
+        batch.extend(entries.iter().cloned().map(Write::AppendJobLog));
         let store = self.store.clone();
         ctx.spawn(async move { store.commit(batch).await }.into_actor(self).map(move |res, act, ctx| {
             match res {
                 Ok(()) => {
                     if let Some(job) = act.active.get_mut(&id) {
-                        job.log.push(entry);
+                        job.log.extend(entries);
                         wake(job);
                     }
                 }
@@ -328,7 +352,7 @@ impl JobQueue {
         let failed: Vec<&NodeResult> = results.iter().filter(|r| !r.ok).collect();
         let error = error
             .or_else(|| (!failed.is_empty()).then(|| format!("{} of {} nodes failed", failed.len(), results.len())));
-        let mut lines: VecDeque<String> = failed
+        let mut lines: Vec<String> = failed
             .iter()
             .take(MAX_NODE_LOG_LINES)
             .map(|r| format!("node {}: {}", r.node, r.error.as_deref().unwrap_or("failed")))
@@ -343,28 +367,17 @@ impl JobQueue {
             (Some(_), false) => JobStatus::Error,
         };
         op.error = error.clone();
-        lines.push_back(match &error {
+        lines.push(match &error {
             None => format!("opcode {} succeeded", idx + 1),
             Some(e) => format!("opcode {} failed: {e}", idx + 1),
         });
-        // One commit per line keeps serials in order; the lines of a failed
-        // opcode are few (bounded above).
-        self.commit_lines(id, lines, ctx, move |act, ctx| match error {
-            _ if canceled => act.finish(id, JobStatus::Canceled, Some("canceled".into()), ctx),
-            Some(e) => act.finish(id, JobStatus::Error, Some(e), ctx),
-            None => act.run_op(id, idx + 1, ctx),
-        });
-    }
-
-    fn commit_lines<F>(&mut self, id: JobId, mut lines: VecDeque<String>, ctx: &mut Context<Self>, then: F)
-    where
-        F: FnOnce(&mut Self, &mut Context<Self>) + 'static,
-    {
-        match lines.pop_front() {
-            None => then(self, ctx),
-            Some(line) => {
-                self.commit_job(id, line, ctx, move |act, ctx| act.commit_lines(id, lines, ctx, then));
-            }
+        // The lines go out with the next commit (the next opcode's start or
+        // the job's end): one commit per opcode boundary.
+        job.pending.extend(lines);
+        match error {
+            _ if canceled => self.finish(id, JobStatus::Canceled, Some("canceled".into()), ctx),
+            Some(e) => self.finish(id, JobStatus::Error, Some(e), ctx),
+            None => self.run_op(id, idx + 1, ctx),
         }
     }
 
@@ -585,6 +598,8 @@ impl JobQueue {
                 control: FanOutControl::default(),
                 progress_total: 0,
                 watchers: Vec::new(),
+                pending: Vec::new(),
+                next_serial: 2,
             },
         );
         if status == JobStatus::Waiting {
@@ -823,11 +838,19 @@ impl Handler<WaitJobChange> for JobQueue {
         }
         let store = self.store.clone();
         let after = msg.after_serial;
+        let timeout = msg.timeout.min(Duration::from_secs(3600));
         Box::pin(async move {
             let Some((r, _)) = store.read(move |b| b.load_job(id)).await? else {
                 return Err(KilnError::NotFound(format!("no such job: {id}")));
             };
             let log = store.read(move |b| b.load_job_log(id, after, 10_000)).await?;
+            if log.is_empty() && !r.status.is_finished() {
+                // Not active here yet not ended in the store: only a failed
+                // commit leaves a job so. Answer after the timeout rather than
+                // at once, so a follower never spins.
+                tracing::warn!(job = %id, status = %r.status, "job is neither running nor ended");
+                tokio::time::sleep(timeout).await;
+            }
             Ok(JobChange { id, status: r.status, log, progress: None })
         })
     }

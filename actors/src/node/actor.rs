@@ -113,7 +113,15 @@ impl NodeActor {
             // A fake BMC lives in memory: start it where the record says it was.
             info.entry("power".into()).or_insert_with(|| "on".into());
         }
-        let endpoint = kiln_drivers::endpoint(kind, &info);
+        // Nodes share a driver actor only when they name the same BMC with
+        // the same settings: a changed password or timeout gets a fresh one
+        // (the key holds a hash of the settings, never the password itself).
+        let endpoint = kiln_drivers::endpoint(kind, &info).map(|ep| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            info.hash(&mut h);
+            format!("{ep}#{:016x}", h.finish())
+        });
         if let Some(ep) = &endpoint
             && let Some(d) = self.env.drivers.get(ep)
             && d.connected()

@@ -1,0 +1,31 @@
+//! `kiln bench` runs every scenario, small, so none can rot. Times are not
+//! asserted (they are measurements, not tests); the invariants the lock
+//! scenario checks are.
+
+use std::collections::BTreeMap;
+
+#[test]
+fn every_bench_scenario_runs_small_and_the_lock_holds() {
+    let out = std::process::Command::new(crate::harness::KILN)
+        .args(["--json", "bench", "all", "--nodes", "300", "--jobs", "2000", "--clients", "8"])
+        .args(["--requests", "400", "--tasks", "3000", "--names", "3000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let figures: BTreeMap<String, f64> = report["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap().to_string(), f["value"].as_f64().unwrap()))
+        .collect();
+    for scenario in ["nodeset", "lock", "jobs", "lifecycle", "admin", "scale"] {
+        assert!(figures.contains_key(&format!("{scenario}.wall")), "{scenario} did not run: {figures:?}");
+    }
+    assert_eq!(figures["lock.max_holders"], 1.0, "two holders of one node at once");
+    assert_eq!(figures["lock.lost_updates"], 0.0);
+    assert_eq!(figures["lock.contenders_ok"], 400.0);
+    assert_eq!(figures["jobs.submitted"], 2000.0);
+    assert_eq!(figures["scale.nodes"], 300.0);
+    assert_eq!(figures["admin.requests"], 400.0);
+}

@@ -1,0 +1,305 @@
+//! The BMCs the `bmc` tests talk to through kiln: the real peers (the
+//! sushy-tools Redfish emulator and the pyghmi IPMI simulator, started once
+//! per test binary from `scripts/peers/`), a way to read their state without
+//! kiln (`curl`, `ipmitool`), and small loopback servers that misbehave on
+//! purpose (never answer, answer HTTP 500), which no real emulator does on
+//! demand.
+//!
+//! Adapted from `drivers/tests/bmc/peers.rs`: the same start-once and
+//! watchdog scheme (Rust's test harness has no "after all tests" hook, so
+//! each start leaves a `setsid sh` that waits for this test process to exit
+//! and then kills the peer by the pid its script recorded), on other ports
+//! (Redfish 8111, IPMI 9711-9715) so that this binary and the driver tests
+//! can run at the same time. A script's `start` first stops the peer it
+//! started earlier on the same port, so every run begins with fresh BMCs.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A running peer.
+pub struct Peer {
+    pub port: u16,
+    /// The peer's own folder under `$PEERS_DIR` (Redfish: `systems.json`).
+    pub dir: PathBuf,
+}
+
+/// The user and password both peers accept (set by their scripts).
+pub const USER: &str = "admin";
+pub const PASSWORD: &str = "password";
+
+pub const REDFISH_PORT: u16 = 8111;
+pub const IPMI_FIRST_PORT: u16 = 9711;
+pub const IPMI_BMCS: u16 = 5;
+
+impl Peer {
+    /// `/redfish/v1/Systems/<uuid>` of the emulator's system `node-<i>`.
+    pub fn system_id(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("systems.json")).expect("systems.json of the emulator");
+        let systems: Value = serde_json::from_str(&text).expect("systems.json is JSON");
+        let uuid = systems
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == format!("node-{i}")))
+            .and_then(|s| s["uuid"].as_str())
+            .unwrap_or_else(|| panic!("no node-{i} in the emulator"));
+        format!("/redfish/v1/Systems/{uuid}")
+    }
+
+    /// The emulator's `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The ComputerSystem resource `node-<i>` as the emulator shows it,
+    /// read with `curl`, not with kiln.
+    pub fn system(&self, i: usize) -> Value {
+        let url = format!("{}{}", self.url(), self.system_id(i));
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "20", "-u", &format!("{USER}:{PASSWORD}"), &url])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{url} is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// Runs `ipmitool` against simulated BMC `port` (not through kiln) and
+/// returns its output; panics if it fails.
+pub fn ipmitool(port: u16, args: &[&str]) -> String {
+    let out = Command::new("ipmitool")
+        .args(["-I", "lanplus", "-H", "127.0.0.1", "-p", &port.to_string(), "-U", USER, "-E", "-R", "2", "-N", "2"])
+        .args(args)
+        .env("IPMI_PASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ipmitool");
+    assert!(out.status.success(), "ipmitool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn peers_dir() -> PathBuf {
+    match std::env::var_os("PEERS_DIR") {
+        Some(d) => d.into(),
+        None => std::env::temp_dir().join("kiln-peers"),
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/peers").join(name)
+}
+
+/// Runs `script start args...`, then leaves the watchdog for the pid
+/// recorded in `pid_file`.
+fn start(name: &str, args: &[&str], pid_file: &str, port: u16, dir: &str) -> Result<Peer, String> {
+    let out = Command::new("bash")
+        .arg(script(name))
+        .arg("start")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {name}: {e}"))?;
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(format!("{name} start {} failed ({}):\n{said}", args.join(" "), out.status));
+    }
+    let pid_path = peers_dir().join(pid_file);
+    let pid = std::fs::read_to_string(&pid_path).map_err(|e| format!("{name}: no pid file {pid_path:?}: {e}"))?;
+    let pid = pid.trim().to_string();
+    let watchdog = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done
+kill "$2" 2>/dev/null
+[ "$(cat "$3" 2>/dev/null)" = "$2" ] && rm -f "$3"
+exit 0"#;
+    Command::new("setsid")
+        .args(["sh", "-c", watchdog, "kiln-peer-watchdog"])
+        .arg(std::process::id().to_string())
+        .arg(&pid)
+        .arg(&pid_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot leave the watchdog for {name}: {e}"))?;
+    eprintln!("{}", said.trim());
+    Ok(Peer { port, dir: peers_dir().join(dir) })
+}
+
+fn once(cell: &'static OnceLock<Result<Peer, String>>, init: impl FnOnce() -> Result<Peer, String>) -> &'static Peer {
+    match cell.get_or_init(init) {
+        Ok(peer) => peer,
+        Err(why) => panic!("the peer could not be started; this test needs it:\n{why}"),
+    }
+}
+
+/// The Redfish emulator with six systems, node-1..node-6: each test that
+/// changes a system has one of its own.
+pub fn redfish() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    once(&PEER, || {
+        let port = REDFISH_PORT.to_string();
+        start(
+            "redfish-emulator.sh",
+            &["6", &port],
+            &format!("redfish-{port}.pid"),
+            REDFISH_PORT,
+            &format!("redfish-{port}"),
+        )
+    })
+}
+
+/// `IPMI_BMCS` simulated IPMI BMCs from `IPMI_FIRST_PORT` (`port` is the
+/// first): each test that changes a BMC has one of its own.
+pub fn ipmi() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    once(&PEER, || {
+        let first = IPMI_FIRST_PORT.to_string();
+        start("ipmi-bmc.sh", &[&IPMI_BMCS.to_string(), &first], &format!("ipmi-{first}.pid"), IPMI_FIRST_PORT, ".")
+    })
+}
+
+// ----- misbehaving peers -----------------------------------------------------
+
+/// What a [`Responder`] does with a request: answer `(status line, JSON
+/// body)`, or hold the connection open and never answer.
+pub enum Answer {
+    Reply(&'static str, String),
+    Never,
+}
+
+/// A request a [`Responder`] received.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: String,
+}
+
+/// An HTTP server on loopback, in a thread of the test, that answers each
+/// request as `answer(method, path)` says and keeps the requests it got.
+/// Stopped (and its held connections closed) when dropped.
+pub struct Responder {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Request>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Responder {
+    pub fn start(answer: fn(&str, &str) -> Answer) -> Responder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen, stopping) = (requests.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Connections held open without an answer, until the stop.
+            let mut held = Vec::new();
+            for sock in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut sock) = sock else { continue };
+                let _ = sock.set_read_timeout(Some(Duration::from_secs(10)));
+                let Some(req) = read_request(&mut sock) else { continue };
+                let reply = answer(&req.method, &req.path);
+                seen.lock().unwrap().push(req);
+                match reply {
+                    Answer::Never => held.push(sock),
+                    Answer::Reply(status, body) => {
+                        let text = format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                             Connection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = sock.write_all(text.as_bytes());
+                        let _ = sock.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+            }
+        });
+        Responder { addr, requests, stop, thread: Some(thread) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests received so far.
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the stop.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one request's head and body (by Content-Length).
+fn read_request(sock: &mut TcpStream) -> Option<Request> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = sock.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 1 << 20 {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        .min(1 << 20);
+    while buf.len() < head_end + length {
+        let n = sock.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let mut first = head.lines().next()?.split(' ');
+    let (method, path) = (first.next()?.to_string(), first.next()?.to_string());
+    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+    Some(Request { method, path, body })
+}
+
+/// A loopback TCP port with nothing listening on it (connection refused).
+pub fn closed_tcp_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("its address").port()
+}
+
+/// A loopback UDP socket that receives and never answers: an IPMI BMC that
+/// has hung. Closed when dropped.
+pub fn silent_udp() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").expect("bind a loopback UDP port")
+}
+
+/// A loopback UDP port with nothing bound to it.
+pub fn closed_udp_port() -> u16 {
+    let s = silent_udp();
+    s.local_addr().expect("its address").port()
+}
