@@ -36,6 +36,9 @@ pub enum Command {
     /// The job queue: drain on|off, status.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Periodic tasks: list, run one now.
+    #[command(subcommand)]
+    Periodic(PeriodicCommand),
     /// Show recent events; with --follow, keep printing new ones.
     Events {
         #[arg(long, short)]
@@ -73,6 +76,12 @@ pub struct ServeArgs {
     /// At most this many jobs run at once [default: 64].
     #[arg(long, value_name = "N", env = "KILN_MAX_RUNNING_JOBS")]
     pub max_running_jobs: Option<usize>,
+    /// Seconds between power syncs [default: 60].
+    #[arg(long, value_name = "SECONDS", env = "KILN_POWER_SYNC_INTERVAL")]
+    pub power_sync_interval: Option<f64>,
+    /// Run no periodic task on its own (`kiln periodic run` still works).
+    #[arg(long, env = "KILN_NO_PERIODIC")]
+    pub no_periodic: bool,
     /// Log format on stderr [default: text].
     #[arg(long, value_enum, env = "KILN_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -332,4 +341,12 @@ pub struct BenchArgs {
     /// Fanout of node-set opcodes (lifecycle: 1024).
     #[arg(long)]
     pub fanout: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeriodicCommand {
+    /// Every task: spacing, last run, duration, result, error, counts.
+    List,
+    /// Run a task now and wait for the run to end.
+    Run { name: String },
 }

@@ -166,6 +166,8 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
         Command::Queue(QueueCommand::Drain { state }) => Remote::Once(Request::QueueDrain { on: state == "on" }),
         Command::Queue(QueueCommand::Status) => Remote::Once(Request::QueueStatus),
         Command::Events { follow } => Remote::Events { follow },
+        Command::Periodic(PeriodicCommand::List) => Remote::Once(Request::PeriodicList),
+        Command::Periodic(PeriodicCommand::Run { name }) => Remote::Once(Request::PeriodicRun { name }),
         other => match build_request(other)? {
             r @ Request::NodeOp { wait, .. } => Remote::Job { request: r, wait, bulk: true },
             r => Remote::Once(r),
@@ -294,6 +296,7 @@ fn build_request(command: Command) -> Result<Request, Failure> {
         | Command::Nodeset(_)
         | Command::Job(_)
         | Command::Queue(_)
+        | Command::Periodic(_)
         | Command::Events { .. } => {
             unreachable!("handled before")
         }
@@ -452,6 +455,16 @@ fn print_response(response: Response, json: bool) -> Result<(), Failure> {
                 output::json(&q)
             } else {
                 output::queue(&q)
+            }
+        }
+        Response::Periodic(tasks) => {
+            if json {
+                output::json(&tasks)
+            } else {
+                output::periodic(&tasks)
+            }
+            if tasks.len() == 1 && tasks[0].last_error.is_some() {
+                return Err(Failure::Partial);
             }
         }
         Response::Done => {

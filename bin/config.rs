@@ -34,6 +34,18 @@ pub struct FileConfig {
     pub default_fanout: Option<usize>,
     /// At most this many jobs run at once.
     pub max_running_jobs: Option<usize>,
+    /// Periodic tasks (spec section 5); seconds unless said otherwise.
+    pub periodic_enabled: Option<bool>,
+    pub power_sync_interval: Option<f64>,
+    pub power_sync_concurrency: Option<usize>,
+    pub power_state_sync_max_retries: Option<u32>,
+    pub force_power_state_during_sync: Option<bool>,
+    pub power_failure_recovery_interval: Option<f64>,
+    pub wait_timeouts_interval: Option<f64>,
+    pub wait_timeout: Option<f64>,
+    pub job_autoarchive_interval: Option<f64>,
+    pub job_archive_age: Option<f64>,
+    pub store_maintenance_interval: Option<f64>,
     pub driver_call_timeout: Option<f64>,
 }
 
@@ -49,8 +61,8 @@ pub struct DaemonConfig {
 }
 
 fn seconds(key: &str, value: f64) -> anyhow::Result<Duration> {
-    if !value.is_finite() || !(0.0..=86_400.0).contains(&value) {
-        bail!("{key} = {value}: expected seconds between 0 and 86400");
+    if !value.is_finite() || !(0.0..=31_536_000.0).contains(&value) {
+        bail!("{key} = {value}: expected seconds between 0 and 31536000 (a year)");
     }
     Ok(Duration::from_secs_f64(value))
 }
@@ -84,6 +96,39 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
     if default_fanout == 0 {
         bail!("default_fanout = 0: expected at least 1");
     }
+    let d = kiln_actors::periodic::PeriodicConfig::default();
+    let secs = |key: &str, v: Option<f64>, default: Duration| -> anyhow::Result<Duration> {
+        v.map(|v| seconds(key, v)).transpose().map(|v| v.unwrap_or(default))
+    };
+    let periodic = kiln_actors::periodic::PeriodicConfig {
+        enabled: !args.no_periodic && file.periodic_enabled.unwrap_or(true),
+        power_sync_interval: secs(
+            "power_sync_interval",
+            args.power_sync_interval.or(file.power_sync_interval),
+            d.power_sync_interval,
+        )?,
+        power_sync_concurrency: file.power_sync_concurrency.unwrap_or(d.power_sync_concurrency).max(1),
+        power_state_sync_max_retries: file.power_state_sync_max_retries.unwrap_or(d.power_state_sync_max_retries),
+        force_power_state_during_sync: file.force_power_state_during_sync.unwrap_or(false),
+        power_failure_recovery_interval: secs(
+            "power_failure_recovery_interval",
+            file.power_failure_recovery_interval,
+            d.power_failure_recovery_interval,
+        )?,
+        wait_timeouts_interval: secs("wait_timeouts_interval", file.wait_timeouts_interval, d.wait_timeouts_interval)?,
+        wait_timeout: secs("wait_timeout", file.wait_timeout, d.wait_timeout)?,
+        job_autoarchive_interval: secs(
+            "job_autoarchive_interval",
+            file.job_autoarchive_interval,
+            d.job_autoarchive_interval,
+        )?,
+        job_archive_age: secs("job_archive_age", file.job_archive_age, d.job_archive_age)?,
+        store_maintenance_interval: secs(
+            "store_maintenance_interval",
+            file.store_maintenance_interval,
+            d.store_maintenance_interval,
+        )?,
+    };
     let me = own_uid();
     let mut allowed_uids = vec![me, 0];
     allowed_uids.extend(file.allowed_uids.unwrap_or_default());
@@ -93,6 +138,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
             lock_wait,
             driver_call_timeout,
             default_fanout,
+            periodic,
             max_running_jobs: args.max_running_jobs.or(file.max_running_jobs).unwrap_or(64).max(1),
             demo_nodes: args.demo.or(file.demo).unwrap_or(0),
         },

@@ -105,6 +105,13 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
             site.jobs.send(SetDrain(on)).await.map_err(|_| gone())??;
             Response::Queue(site.jobs.send(GetQueueInfo).await.map_err(|_| gone())?)
         }
+        Request::PeriodicList => {
+            Response::Periodic(site.scheduler.send(kiln_actors::scheduler::ListPeriodic).await.map_err(|_| gone())?)
+        }
+        Request::PeriodicRun { name } => {
+            let run = kiln_actors::scheduler::RunPeriodic(name);
+            Response::Periodic(vec![site.scheduler.send(run).await.map_err(|_| gone())??])
+        }
         Request::QueueStatus => Response::Queue(site.jobs.send(GetQueueInfo).await.map_err(|_| gone())?),
         Request::PowerStatus { nodes } => {
             Response::Outcomes(ask(site, PowerStatus { nodes, fanout: fanout(None) }).await?)

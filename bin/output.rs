@@ -221,3 +221,22 @@ pub fn event_line(e: &NodeEvent) -> String {
     }
     line
 }
+
+pub fn periodic(tasks: &[kiln_actors::scheduler::PeriodicInfo]) {
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                format!("{}s", t.spacing_s),
+                if t.enabled { "yes".into() } else { "no".into() },
+                t.last_run.map(|r| r.to_rfc3339()).unwrap_or_else(|| "-".into()),
+                t.last_duration_ms.map(|d| format!("{d}ms")).unwrap_or_else(|| "-".into()),
+                t.runs.to_string(),
+                t.failures.to_string(),
+                t.last_error.clone().or_else(|| t.last_result.clone()).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(&["NAME", "SPACING", "ENABLED", "LAST RUN", "DURATION", "RUNS", "FAILURES", "LAST RESULT / ERROR"], &rows);
+}

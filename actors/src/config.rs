@@ -18,6 +18,8 @@ pub struct SiteConfig {
     pub default_fanout: usize,
     /// At most this many jobs run at once.
     pub max_running_jobs: usize,
+    /// The built-in periodic tasks' settings.
+    pub periodic: crate::periodic::PeriodicConfig,
     /// Enrol this many `fake` nodes named `demo1..N` when the store is empty.
     pub demo_nodes: usize,
 }
@@ -30,6 +32,7 @@ impl Default for SiteConfig {
             driver_call_timeout: Duration::from_secs(120),
             default_fanout: 64,
             max_running_jobs: 64,
+            periodic: Default::default(),
             demo_nodes: 0,
         }
     }

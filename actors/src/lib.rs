@@ -19,7 +19,9 @@ pub mod jobs;
 pub mod node;
 pub mod nodeset;
 pub mod panics;
+pub mod periodic;
 pub mod protocol;
+pub mod scheduler;
 pub mod supervisor;
 pub mod view;
 
@@ -51,6 +53,8 @@ pub struct Site {
     pub supervisor: Addr<Supervisor>,
     /// Publishes every committed change; subscribe with [`events::Subscribe`].
     pub events: Addr<EventBus>,
+    /// Fires the periodic tasks; list them, run one now, register more.
+    pub scheduler: Addr<scheduler::Scheduler>,
     /// Runs jobs: submit, watch, cancel, archive, drain.
     pub jobs: Addr<jobs::JobQueue>,
     /// The registry the supervisor keeps (read-only use: resolve names).
@@ -142,5 +146,8 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
     let router = supervisor::Router { supervisor: supervisor.clone(), registry: registry.clone() };
     let queue = jobs::JobQueue::load(store.clone(), router, config.max_running_jobs).await.map_err(StartError::Jobs)?;
     let jobs = queue.start();
-    Ok(Site { supervisor, jobs, events, registry, store, config })
+    let router = supervisor::Router { supervisor: supervisor.clone(), registry: registry.clone() };
+    let tasks = periodic::builtin(router, jobs.clone(), store.clone(), config.periodic.clone());
+    let scheduler = scheduler::Scheduler::new(tasks).start();
+    Ok(Site { supervisor, jobs, scheduler, events, registry, store, config })
 }

@@ -102,6 +102,11 @@ pub enum Request {
         on: bool,
     },
     QueueStatus,
+    PeriodicList,
+    /// Runs a periodic task now; answered when the run has ended.
+    PeriodicRun {
+        name: String,
+    },
 }
 
 /// A response from the daemon.
@@ -128,5 +133,6 @@ pub enum Response {
     JobChange(JobChange),
     JobCanceled(JobStatus),
     Queue(QueueInfo),
+    Periodic(Vec<crate::scheduler::PeriodicInfo>),
     Done,
 }

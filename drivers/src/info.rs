@@ -26,6 +26,8 @@ enum Shape {
     Power,
     /// Which fake call panics.
     FakeCall,
+    /// How the redfish driver authenticates: `basic`, `session` or `auto`.
+    RedfishAuth,
 }
 
 struct Key {
@@ -55,6 +57,8 @@ const REDFISH: &[Key] = &[
     key("password", false, Shape::Text),
     key("verify_tls", false, Shape::Bool),
     key("ca_file", false, Shape::Text),
+    // basic, session or auto (default auto): see the redfish module.
+    key("auth_method", false, Shape::RedfishAuth),
     // Seconds per HTTP request (default 30).
     key("timeout", false, Shape::Seconds),
     // Seconds to wait for a power action to be reported done (default 60).
@@ -73,6 +77,10 @@ const IPMI: &[Key] = &[
     // Seconds to wait for a power action to be reported done (default 60).
     key("power_timeout", false, Shape::Seconds),
 ];
+
+/// The values `auth_method` of the redfish driver may take; the first is the
+/// default.
+pub const REDFISH_AUTH_METHODS: &[&str] = &["auto", "basic", "session"];
 
 /// The calls of the fake driver that `panic_on` may name.
 pub const FAKE_CALLS: &[&str] = &["power", "set_power", "boot", "inspect", "any"];
@@ -110,6 +118,18 @@ pub fn validate(driver: &str, info: &BTreeMap<String, String>) -> Result<(), Inv
             let shown = if hidden { "******".to_string() } else { value.clone() };
             return Err(InvalidDriverInfo::Malformed { field: name.clone(), value: shown, why });
         }
+    }
+    // A Redfish session is opened with a user name: without one there is
+    // nothing to log in with (`auto` then sends no credentials at all).
+    if driver == "redfish"
+        && info.get("auth_method").is_some_and(|m| m == "session")
+        && info.get("username").is_none_or(|u| u.is_empty())
+    {
+        return Err(InvalidDriverInfo::Malformed {
+            field: "auth_method".into(),
+            value: "session".into(),
+            why: "session auth logs in with driver_info.username and password; set username".into(),
+        });
     }
     Ok(())
 }
@@ -181,6 +201,13 @@ fn check_shape(shape: Shape, value: &str) -> Result<(), String> {
                 Err(format!("expected one of: {}", FAKE_CALLS.join(", ")))
             }
         }
+        Shape::RedfishAuth => {
+            if REDFISH_AUTH_METHODS.contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("expected one of: {}", REDFISH_AUTH_METHODS.join(", ")))
+            }
+        }
     }
 }
 
@@ -223,6 +250,25 @@ mod tests {
         let err = validate("redfish", &info(&[("address", "https://admin:hunter22@10.0.0.1")])).unwrap_err();
         assert!(!err.to_string().contains("hunter22"), "{err}");
         assert!(err.to_string().contains("username and password"), "{err}");
+    }
+
+    #[test]
+    fn redfish_auth_method_is_basic_session_or_auto() {
+        let base = [("address", "https://bmc"), ("username", "admin")];
+        for method in ["basic", "session", "auto"] {
+            let mut pairs = base.to_vec();
+            pairs.push(("auth_method", method));
+            validate("redfish", &info(&pairs)).unwrap();
+        }
+        let err = validate("redfish", &info(&[("address", "https://bmc"), ("auth_method", "Session")])).unwrap_err();
+        assert!(err.to_string().contains("expected one of: auto, basic, session"), "{err}");
+        let err = validate("redfish", &info(&[("address", "https://bmc"), ("auth_method", "session")])).unwrap_err();
+        assert!(err.to_string().contains("driver_info.auth_method = 'session'"), "{err}");
+        assert!(err.to_string().contains("set username"), "{err}");
+        // Without a user, basic and auto send no credentials: allowed, as before.
+        validate("redfish", &info(&[("address", "https://bmc"), ("auth_method", "auto")])).unwrap();
+        let err = validate("ipmi", &info(&[("address", "h"), ("auth_method", "session")])).unwrap_err();
+        assert!(err.to_string().contains("not a ipmi driver setting"), "{err}");
     }
 
     #[test]

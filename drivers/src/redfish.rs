@@ -20,12 +20,40 @@
 //!   no answer in time → `Timeout`, 401/403 → `Auth`, other HTTP errors → `Bmc`
 //!   with the status and the Redfish error message, JSON that does not parse
 //!   or lacks a field → `BadReply`.
-//! - The password travels only in the `Authorization` header (HTTP basic
-//!   auth). It is held as a [`Secret`] whose `Debug` is `******`, and no error
-//!   text is built from a request, so it cannot leak into `last_error` or logs.
-//!   (Redfish session tokens would save the BMC a password check per request;
-//!   they are not used yet because the emulator kiln is tested against has no
-//!   SessionService to prove them on.)
+//! - Authentication is chosen by `auth_method`, as Ironic's sushy does it:
+//!   - `basic`: the user and password in the `Authorization` header of every
+//!     request (HTTP basic auth).
+//!   - `session`: one login, a POST of `{"UserName", "Password"}` to the
+//!     service's session collection (`Links.Sessions` of the service root,
+//!     else `/redfish/v1/SessionService/Sessions`), then the `X-Auth-Token`
+//!     it answered on every request, so the BMC checks the password once,
+//!     not per request. The first call logs in; logins happen under a lock,
+//!     so two calls never log in at once. A request answered 401 although it
+//!     carried the token means the session ended (BMCs end idle sessions):
+//!     the driver logs in once more and sends that request once more. A
+//!     refused login (401/403) is `Auth`; any other failed login is `Bmc`,
+//!     naming `auth_method` as the way out.
+//!   - `auto` (the default): session auth when the service root (which
+//!     Redfish serves without credentials) advertises `Links.Sessions` or a
+//!     `SessionService`; basic auth when it does not, when it cannot be read
+//!     (an HTTP error), or when the login fails with anything but 401/403
+//!     (a service that advertises sessions it does not serve: 404, 405, 5xx).
+//!     The choice is made once per driver and kept; a root or login that got
+//!     no answer at all (refused, timed out) is an error and decides nothing.
+//!
+//!   Without a `username` nothing is looked up and no credentials are sent.
+//! - The password travels only in the `Authorization` header or the login's
+//!   body, the session token only in the `X-Auth-Token` header. Both are held
+//!   as [`Secret`]s whose `Debug` is `******`, and no error text is built
+//!   from a request, so they cannot leak into `last_error` or logs.
+//! - A dropped driver (its driver actor stopped: the node's settings
+//!   changed, or kiln shuts down) deletes its session with a DELETE of the
+//!   session's `Location`, best effort: `Drop` cannot wait, so the DELETE is
+//!   a task spawned on the current tokio runtime, and without a runtime, or
+//!   when the runtime ends first, the session is left to expire on the BMC.
+//!   It is worth the try because BMCs allow only a few sessions at once
+//!   (often 4 to 16) and a leaked one holds its slot until it times out
+//!   (often 30 minutes).
 //! - TLS is verified by default (`verify_tls=false` turns it off per node);
 //!   `ca_file` names a PEM bundle that then is the only trust anchor, which is
 //!   how a site trusts its BMCs' private CA.
@@ -34,10 +62,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, ETAG, HeaderValue, IF_MATCH};
+use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_MATCH, LOCATION};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex, OnceCell};
 use tokio::time::Instant;
 
 use crate::error::InvalidDriverInfo;
@@ -51,6 +79,83 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Pauses before the second and the third try of a request worth retrying.
 const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(1)];
 const SYSTEMS: &str = "/redfish/v1/Systems";
+const SERVICE_ROOT: &str = "/redfish/v1/";
+/// Where sessions are opened when the service root does not say.
+const DEFAULT_SESSIONS: &str = "/redfish/v1/SessionService/Sessions";
+const AUTH_TOKEN: &str = "X-Auth-Token";
+/// How long a dropped driver's DELETE of its session may take.
+const LOGOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a driver authenticates: `driver_info.auth_method`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// HTTP basic auth on every request.
+    Basic,
+    /// A Redfish session: one login, then its token.
+    Session,
+    /// A session when the service offers one, basic auth otherwise.
+    Auto,
+}
+
+impl AuthMethod {
+    /// The method a validated `auth_method` names (`None`: the default, auto).
+    pub fn parse(value: Option<&str>) -> Option<AuthMethod> {
+        match value {
+            None | Some("auto") => Some(AuthMethod::Auto),
+            Some("basic") => Some(AuthMethod::Basic),
+            Some("session") => Some(AuthMethod::Session),
+            Some(_) => None,
+        }
+    }
+}
+
+/// What a driver has found out about authenticating, behind one lock.
+#[derive(Default)]
+struct AuthState {
+    /// `None` until the first call with a user decides it.
+    mode: Option<Mode>,
+    /// The open session, if logged in.
+    session: Option<Session>,
+}
+
+enum Mode {
+    Basic,
+    /// Sessions are opened by a POST to this path.
+    Session {
+        login: String,
+    },
+}
+
+struct Session {
+    token: Secret,
+    /// The session's own path (from `Location`), deleted on drop.
+    path: Option<String>,
+}
+
+/// The credentials one request carries.
+#[derive(Clone)]
+enum Credentials {
+    None,
+    Basic,
+    Token(Secret),
+}
+
+/// Why a login did not open a session.
+enum LoginFailure {
+    /// 401 or 403: the user or password is wrong.
+    Refused,
+    /// The service answered, but opened no session: the detail says how.
+    NoSession(String),
+    /// No answer (refused, timed out, unreadable).
+    Failed(DriverError),
+}
+
+/// An HTTP answer of any status.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
 
 /// A Redfish system, reached through its service's HTTP API.
 pub struct RedfishBmc {
@@ -62,6 +167,10 @@ pub struct RedfishBmc {
     address: String,
     username: Option<String>,
     password: Secret,
+    auth_method: AuthMethod,
+    /// Basic or session auth, decided on first use, and the open session.
+    /// A tokio lock: it is held across a login, so logins never overlap.
+    auth: Mutex<AuthState>,
     /// The system's path, from `system_id` or found once on first use.
     system: OnceCell<String>,
     request_timeout: Duration,
@@ -76,9 +185,29 @@ impl fmt::Debug for RedfishBmc {
             .field("system", &self.system.get())
             .field("username", &self.username)
             .field("password", &self.password)
+            .field("auth_method", &self.auth_method)
+            .field(
+                "auth",
+                &match self.auth_method {
+                    AuthMethod::Basic => "basic",
+                    _ => self.auth.try_lock().map_or("busy", |a| a.describe()),
+                },
+            )
             .field("request_timeout", &self.request_timeout)
             .field("power_timeout", &self.power_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+impl AuthState {
+    /// How requests authenticate now, for `Debug` (never the token).
+    fn describe(&self) -> &'static str {
+        match (&self.mode, &self.session) {
+            (None, _) => "not decided",
+            (Some(Mode::Basic), _) => "basic",
+            (Some(Mode::Session { .. }), Some(_)) => "session (logged in)",
+            (Some(Mode::Session { .. }), None) => "session (not logged in)",
+        }
     }
 }
 
@@ -113,8 +242,9 @@ struct Reply {
 
 impl RedfishBmc {
     /// Builds the client from validated `driver_info`: `address`, optional
-    /// `system_id`, `username`, `password`, `verify_tls`, `ca_file`,
-    /// `timeout` and `power_timeout`. No request is made until the first call.
+    /// `system_id`, `username`, `password`, `auth_method`, `verify_tls`,
+    /// `ca_file`, `timeout` and `power_timeout`. No request is made until the
+    /// first call.
     pub fn from_info(info: &BTreeMap<String, String>) -> Result<Self, DriverError> {
         let address = info.get("address").cloned().unwrap_or_default();
         let root = root_of(&address).ok_or_else(|| InvalidDriverInfo::Malformed {
@@ -122,6 +252,13 @@ impl RedfishBmc {
             // It may hold credentials (user:password@host).
             value: "******".into(),
             why: "expected http://host[:port] or https://host[:port], without user or password".into(),
+        })?;
+        let auth_method = AuthMethod::parse(info.get("auth_method").map(String::as_str)).ok_or_else(|| {
+            InvalidDriverInfo::Malformed {
+                field: "auth_method".into(),
+                value: info.get("auth_method").cloned().unwrap_or_default(),
+                why: format!("expected one of: {}", crate::info::REDFISH_AUTH_METHODS.join(", ")),
+            }
         })?;
         let request_timeout = seconds(info, "timeout", DEFAULT_REQUEST_TIMEOUT, true);
         let power_timeout = seconds(info, "power_timeout", DEFAULT_POWER_TIMEOUT, true);
@@ -159,6 +296,8 @@ impl RedfishBmc {
             address,
             username: info.get("username").cloned(),
             password: Secret::new(info.get("password").cloned().unwrap_or_default()),
+            auth_method,
+            auth: Mutex::new(AuthState::default()),
             system,
             request_timeout,
             power_timeout,
@@ -193,8 +332,10 @@ impl RedfishBmc {
 
     // ----- HTTP -------------------------------------------------------------
 
-    /// Sends one request, retrying as the module docs say, and returns the
-    /// body of a 2xx answer or the typed failure.
+    /// Sends one request with the driver's credentials, retrying as the
+    /// module docs say, and returns the body of a 2xx answer or the typed
+    /// failure. A session token refused with 401 is replaced by a new login
+    /// once, and the request sent once more (the BMC did not act on it).
     async fn request(
         &self,
         method: Method,
@@ -202,12 +343,44 @@ impl RedfishBmc {
         body: Option<&Value>,
         if_match: Option<&HeaderValue>,
     ) -> Result<Reply, DriverError> {
+        let credentials = self.credentials().await?;
+        let mut answer = self.exchange(&method, path, body, if_match, &credentials).await?;
+        if answer.status == StatusCode::UNAUTHORIZED
+            && let Credentials::Token(refused) = &credentials
+        {
+            tracing::info!(address = %self.address, %method, path, "Redfish session token refused, logging in again");
+            let renewed = self.relogin(refused).await?;
+            answer = self.exchange(&method, path, body, if_match, &renewed).await?;
+        }
+        self.judge(&method, path, answer)
+    }
+
+    /// Sends one request with the given credentials, retrying what never
+    /// reached the BMC and GETs answered with a 5xx; returns the last
+    /// answer whatever its status, or the transport failure.
+    async fn exchange(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&HeaderValue>,
+        credentials: &Credentials,
+    ) -> Result<Answer, DriverError> {
         let url = format!("{}{path}", self.root);
+        let token = match credentials {
+            Credentials::Token(token) => Some(
+                token_header(token)
+                    .ok_or_else(|| self.bad_reply("the session token is not a valid HTTP header value".into()))?,
+            ),
+            _ => None,
+        };
         let mut attempt = 0;
         loop {
             let mut req = self.client.request(method.clone(), &url).header("Accept", "application/json");
-            if let Some(user) = &self.username {
-                req = req.basic_auth(user, Some(self.password.expose()));
+            match (credentials, &self.username) {
+                (Credentials::Basic, Some(user)) => req = req.basic_auth(user, Some(self.password.expose())),
+                (Credentials::Token(_), _) => req = req.header(AUTH_TOKEN, token.clone().expect("built above")),
+                _ => {}
             }
             if let Some(body) = body {
                 req = req.header(CONTENT_TYPE, "application/json").body(body.to_string());
@@ -218,9 +391,9 @@ impl RedfishBmc {
             let sent = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
-                    let etag = resp.headers().get(ETAG).cloned();
+                    let headers = resp.headers().clone();
                     match resp.bytes().await {
-                        Ok(bytes) => Ok((status, etag, bytes.to_vec())),
+                        Ok(bytes) => Ok(Answer { status, headers, body: bytes.to_vec() }),
                         Err(e) => Err(e),
                     }
                 }
@@ -229,7 +402,7 @@ impl RedfishBmc {
             let retry = match &sent {
                 // Refused or no TLS handshake: the BMC never saw the request.
                 Err(e) => e.is_connect() && !e.is_timeout(),
-                Ok((status, _, _)) => status.is_server_error() && method == Method::GET,
+                Ok(answer) => answer.status.is_server_error() && method == Method::GET,
             };
             if retry && attempt < RETRY_DELAYS.len() {
                 tracing::debug!(
@@ -240,18 +413,148 @@ impl RedfishBmc {
                 attempt += 1;
                 continue;
             }
-            return match sent {
-                Err(e) => Err(self.transport_error(&method, path, &e)),
-                Ok((status, etag, body)) if status.is_success() => Ok(Reply { etag, body }),
-                Ok((StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _, _)) => {
-                    Err(DriverError::Auth { address: self.address.clone() })
-                }
-                Ok((status, _, body)) => Err(DriverError::Bmc {
-                    address: self.address.clone(),
-                    detail: http_error_detail(&method, path, status, &body),
-                }),
-            };
+            return sent.map_err(|e| self.transport_error(method, path, &e));
         }
+    }
+
+    /// A 2xx answer's body, or the error the answer is.
+    fn judge(&self, method: &Method, path: &str, answer: Answer) -> Result<Reply, DriverError> {
+        match answer.status {
+            status if status.is_success() => Ok(Reply { etag: answer.headers.get(ETAG).cloned(), body: answer.body }),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(DriverError::Auth { address: self.address.clone() })
+            }
+            status => Err(DriverError::Bmc {
+                address: self.address.clone(),
+                detail: http_error_detail(method, path, status, &answer.body),
+            }),
+        }
+    }
+
+    // ----- authentication -----------------------------------------------------
+
+    /// The credentials the next request carries: deciding between basic and
+    /// session auth on first use, and logging in when there is no session.
+    async fn credentials(&self) -> Result<Credentials, DriverError> {
+        if self.username.is_none() {
+            return Ok(Credentials::None);
+        }
+        if self.auth_method == AuthMethod::Basic {
+            return Ok(Credentials::Basic);
+        }
+        let mut state = self.auth.lock().await;
+        if state.mode.is_none() {
+            state.mode = Some(self.choose_mode().await?);
+        }
+        match (&state.mode, &state.session) {
+            (Some(Mode::Session { .. }), Some(session)) => Ok(Credentials::Token(session.token.clone())),
+            (Some(Mode::Session { .. }), None) => self.login_locked(&mut state).await,
+            _ => Ok(Credentials::Basic),
+        }
+    }
+
+    /// A new session in place of the one whose token was refused, unless
+    /// another call already replaced it.
+    async fn relogin(&self, refused: &Secret) -> Result<Credentials, DriverError> {
+        let mut state = self.auth.lock().await;
+        match &state.session {
+            Some(session) if session.token != *refused => return Ok(Credentials::Token(session.token.clone())),
+            // The refused session is over on the BMC: nothing to delete.
+            _ => state.session = None,
+        }
+        self.login_locked(&mut state).await
+    }
+
+    /// Basic or session auth, from the service root (read without
+    /// credentials) and `auth_method`.
+    async fn choose_mode(&self) -> Result<Mode, DriverError> {
+        let root = match self.exchange(&Method::GET, SERVICE_ROOT, None, None, &Credentials::None).await? {
+            answer if answer.status.is_success() => serde_json::from_slice::<Value>(&answer.body).ok(),
+            answer => {
+                tracing::debug!(address = %self.address, status = %answer.status, "Redfish service root unreadable");
+                None
+            }
+        };
+        let link = root
+            .as_ref()
+            .and_then(|r| r.pointer("/Links/Sessions/@odata.id"))
+            .and_then(Value::as_str)
+            .filter(|p| p.starts_with('/'));
+        let offered = link.is_some() || root.as_ref().is_some_and(|r| r.get("SessionService").is_some());
+        let login = link.map_or(DEFAULT_SESSIONS, |p| p).to_string();
+        let mode =
+            if self.auth_method == AuthMethod::Session || offered { Mode::Session { login } } else { Mode::Basic };
+        if matches!(mode, Mode::Basic) {
+            tracing::debug!(address = %self.address, "the Redfish service offers no sessions: basic auth");
+        }
+        Ok(mode)
+    }
+
+    /// Opens a session and keeps it; with `auto`, a service that answers
+    /// the login with anything but 401/403 is switched to basic auth.
+    async fn login_locked(&self, state: &mut AuthState) -> Result<Credentials, DriverError> {
+        let Some(Mode::Session { login }) = &state.mode else {
+            return Ok(Credentials::Basic);
+        };
+        match self.login(login).await {
+            Ok(session) => {
+                tracing::info!(address = %self.address, path = ?session.path, "Redfish session opened");
+                let token = session.token.clone();
+                state.session = Some(session);
+                Ok(Credentials::Token(token))
+            }
+            Err(LoginFailure::Refused) => Err(DriverError::Auth { address: self.address.clone() }),
+            Err(LoginFailure::Failed(e)) => Err(e),
+            Err(LoginFailure::NoSession(detail)) if self.auth_method == AuthMethod::Auto => {
+                tracing::warn!(
+                    address = %self.address, %detail,
+                    "Redfish session login failed; using basic auth for this BMC from now on"
+                );
+                state.mode = Some(Mode::Basic);
+                Ok(Credentials::Basic)
+            }
+            Err(LoginFailure::NoSession(detail)) => Err(DriverError::Bmc {
+                address: self.address.clone(),
+                detail: format!(
+                    "Redfish session login failed ({detail}); if this BMC has no working SessionService, \
+                     set driver_info.auth_method to basic or auto"
+                ),
+            }),
+        }
+    }
+
+    /// One login: POST of the user and password to `path`.
+    async fn login(&self, path: &str) -> Result<Session, LoginFailure> {
+        let body = json!({
+            "UserName": self.username.as_deref().unwrap_or_default(),
+            "Password": self.password.expose(),
+        });
+        let method = Method::POST;
+        let answer =
+            self.exchange(&method, path, Some(&body), None, &Credentials::None).await.map_err(LoginFailure::Failed)?;
+        match answer.status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(LoginFailure::Refused),
+            status if !status.is_success() => {
+                return Err(LoginFailure::NoSession(http_error_detail(&method, path, status, &answer.body)));
+            }
+            _ => {}
+        }
+        let token = answer
+            .headers
+            .get(AUTH_TOKEN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)
+            .filter(|t| token_header(t).is_some())
+            .ok_or_else(|| {
+                LoginFailure::NoSession(format!("HTTP {} from {method} {path} without an {AUTH_TOKEN}", answer.status))
+            })?;
+        let location = answer.headers.get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| {
+            let body: Value = serde_json::from_slice(&answer.body).ok()?;
+            body.get("@odata.id").and_then(Value::as_str).map(str::to_string)
+        });
+        Ok(Session { token, path: location.and_then(|l| same_origin_path(&self.root, &l)) })
     }
 
     async fn get_json(&self, path: &str) -> Result<Value, DriverError> {
@@ -304,8 +607,12 @@ impl RedfishBmc {
         let (path, system) = self.get_system().await?;
         let now = self.power_of(&path, &system)?;
         let target = action.target();
+        // A reboot of a node that is on is a hard off, then on, each waited
+        // for: after a ForceRestart the BMC may still report "On" before the
+        // restart has begun, so waiting for "On" would prove nothing.
+        let cycle = action == PowerAction::Reboot && now.settled() == Power::On;
         let reset = match action {
-            PowerAction::Reboot if now.settled() == Power::On => "ForceRestart",
+            PowerAction::Reboot if cycle => "ForceOff",
             // A node that is off is rebooted by switching it on (as Ironic does;
             // many BMCs refuse ForceRestart on a system that is off).
             PowerAction::Reboot | PowerAction::On => "On",
@@ -321,6 +628,10 @@ impl RedfishBmc {
             .map(str::to_string)
             .unwrap_or_else(|| format!("{path}/Actions/ComputerSystem.Reset"));
         self.request(Method::POST, &action_path, Some(&json!({ "ResetType": reset })), None).await?;
+        if cycle {
+            self.wait_for(Power::Off).await?;
+            self.request(Method::POST, &action_path, Some(&json!({ "ResetType": "On" })), None).await?;
+        }
         self.wait_for(target).await
     }
 
@@ -406,6 +717,53 @@ impl Bmc for RedfishBmc {
     fn inspect(&self) -> BmcFuture<'_, Facts> {
         Box::pin(self.facts())
     }
+}
+
+impl Drop for RedfishBmc {
+    /// Deletes the open session, best effort (see the module docs): a task
+    /// on the current tokio runtime, if there is one.
+    fn drop(&mut self) {
+        let Some(Session { token, path: Some(path) }) = self.auth.get_mut().session.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(header) = token_header(&token) else {
+            return;
+        };
+        let request = self
+            .client
+            .delete(format!("{}{path}", self.root))
+            .header(AUTH_TOKEN, header)
+            .timeout(LOGOUT_TIMEOUT.min(self.request_timeout));
+        let address = self.address.clone();
+        runtime.spawn(async move {
+            match request.send().await {
+                Ok(resp) => tracing::debug!(%address, path, status = %resp.status(), "Redfish session deleted"),
+                Err(e) => tracing::debug!(%address, path, reason = %causes(&e), "Redfish session not deleted"),
+            }
+        });
+    }
+}
+
+/// The `X-Auth-Token` header holding `token`, marked sensitive (kept out of
+/// reqwest's own `Debug`); `None` if the token cannot be a header value.
+fn token_header(token: &Secret) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(token.expose()).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// The path of a session's `Location` (absolute path, or absolute URL on the
+/// service's own origin); `None` for anything else, so that the token is
+/// never sent to another host.
+fn same_origin_path(root: &str, location: &str) -> Option<String> {
+    let path = match location.strip_prefix(root) {
+        Some(rest) => rest,
+        None => location,
+    };
+    path.starts_with('/').then(|| path.to_string())
 }
 
 /// `scheme://authority` of a validated address (any path is dropped: every
@@ -593,6 +951,31 @@ mod tests {
         let bmc = RedfishBmc::from_info(&info).unwrap();
         let shown = format!("{bmc:?}");
         assert!(!shown.contains("hunter22") && shown.contains("******"), "{shown}");
+    }
+
+    #[test]
+    fn a_session_location_is_kept_only_on_the_same_origin() {
+        let root = "https://10.0.0.1:8443";
+        let same = same_origin_path(root, "https://10.0.0.1:8443/redfish/v1/SessionService/Sessions/7");
+        assert_eq!(same.as_deref(), Some("/redfish/v1/SessionService/Sessions/7"));
+        assert_eq!(same_origin_path(root, "/redfish/v1/Sessions/1").as_deref(), Some("/redfish/v1/Sessions/1"));
+        assert_eq!(same_origin_path(root, "https://elsewhere/redfish/v1/Sessions/1"), None);
+        assert_eq!(same_origin_path(root, "https://10.0.0.1:84430/x"), None);
+        assert_eq!(same_origin_path(root, "Sessions/1"), None);
+    }
+
+    #[test]
+    fn auth_methods_parse() {
+        assert_eq!(AuthMethod::parse(None), Some(AuthMethod::Auto));
+        assert_eq!(AuthMethod::parse(Some("basic")), Some(AuthMethod::Basic));
+        assert_eq!(AuthMethod::parse(Some("session")), Some(AuthMethod::Session));
+        assert_eq!(AuthMethod::parse(Some("kerberos")), None);
+        let info: BTreeMap<String, String> = [("address", "https://bmc"), ("auth_method", "kerberos")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let err = RedfishBmc::from_info(&info).unwrap_err();
+        assert!(err.to_string().contains("driver_info.auth_method = 'kerberos'"), "{err}");
     }
 
     #[test]

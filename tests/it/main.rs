@@ -8,5 +8,6 @@ mod harness;
 mod jobs;
 mod lifecycle;
 mod locking;
+mod periodic;
 mod restart;
 mod socket;

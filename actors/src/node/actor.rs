@@ -42,7 +42,7 @@ pub struct NodeEnv {
 type Reply = oneshot::Sender<Result<NodeView, KilnError>>;
 
 /// An exclusive request waiting for the node.
-struct Waiter {
+pub(super) struct Waiter {
     id: u64,
     op: Op,
     wait: bool,
@@ -50,29 +50,31 @@ struct Waiter {
 }
 
 /// The exclusive task that holds the node.
-struct Task {
+pub(super) struct Task {
     /// Where the answer goes: sent at the first commit, or at the end with
     /// `wait`.
-    reply: Option<Reply>,
-    wait: bool,
-    action: String,
+    pub(super) reply: Option<Reply>,
+    pub(super) wait: bool,
+    pub(super) action: String,
     /// The record as the task's steps have changed it, not yet committed.
-    draft: NodeRecord,
+    pub(super) draft: NodeRecord,
     /// Steps left to run.
-    steps: VecDeque<Step>,
+    pub(super) steps: VecDeque<Step>,
 }
 
 /// The actor of one node.
 pub struct NodeActor {
     /// The record as last committed.
-    record: NodeRecord,
-    reservation: Option<Reservation>,
-    task: Option<Task>,
-    waiters: VecDeque<Waiter>,
-    next_waiter: u64,
+    pub(super) record: NodeRecord,
+    pub(super) reservation: Option<Reservation>,
+    pub(super) task: Option<Task>,
+    pub(super) waiters: VecDeque<Waiter>,
+    pub(super) next_waiter: u64,
     /// The node's own driver actor (for BMCs no other node shares).
-    driver: Option<Addr<DriverActor>>,
-    env: NodeEnv,
+    pub(super) driver: Option<Addr<DriverActor>>,
+    pub(super) env: NodeEnv,
+    /// Power reads that failed in a row (power sync); in memory, as Ironic.
+    pub(super) power_failures: u32,
 }
 
 impl Actor for NodeActor {
@@ -81,18 +83,27 @@ impl Actor for NodeActor {
 
 impl NodeActor {
     pub fn new(record: NodeRecord, env: NodeEnv) -> Self {
-        NodeActor { record, reservation: None, task: None, waiters: VecDeque::new(), next_waiter: 0, driver: None, env }
+        NodeActor {
+            record,
+            reservation: None,
+            task: None,
+            waiters: VecDeque::new(),
+            next_waiter: 0,
+            driver: None,
+            env,
+            power_failures: 0,
+        }
     }
 
-    fn view(&self) -> NodeView {
+    pub(super) fn view(&self) -> NodeView {
         NodeView::of(&self.record, self.reservation.as_ref())
     }
 
-    fn name(&self) -> String {
+    pub(super) fn name(&self) -> String {
         self.record.name.clone()
     }
 
-    fn locked_error(&self) -> KilnError {
+    pub(super) fn locked_error(&self) -> KilnError {
         let (purpose, since) = match &self.reservation {
             Some(r) => (r.purpose.clone(), r.since.to_rfc3339()),
             None => ("a queued request".into(), Utc::now().to_rfc3339()),
@@ -101,7 +112,7 @@ impl NodeActor {
     }
 
     /// The driver actor for this node's BMC, started on first use.
-    fn driver(&mut self) -> Result<Addr<DriverActor>, DriverError> {
+    pub(super) fn driver(&mut self) -> Result<Addr<DriverActor>, DriverError> {
         if let Some(d) = &self.driver
             && d.connected()
         {
@@ -164,7 +175,7 @@ impl NodeActor {
     }
 
     /// Releases the node and starts the next waiter whose caller still waits.
-    fn release(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn release(&mut self, ctx: &mut Context<Self>) {
         self.task = None;
         self.reservation = None;
         while let Some(w) = self.waiters.pop_front() {
@@ -486,8 +497,13 @@ impl NodeActor {
     // ----- effects ------------------------------------------------------------
 
     /// Commits `next` (and `history`), then adopts it, and calls `then`.
-    fn commit<F>(&mut self, mut next: NodeRecord, history: Vec<HistoryEntry>, ctx: &mut Context<Self>, then: F)
-    where
+    pub(super) fn commit<F>(
+        &mut self,
+        mut next: NodeRecord,
+        history: Vec<HistoryEntry>,
+        ctx: &mut Context<Self>,
+        then: F,
+    ) where
         F: FnOnce(&mut Self, &mut Context<Self>, Result<(), KilnError>) + 'static,
     {
         next.updated_at = Utc::now();
@@ -537,12 +553,12 @@ impl NodeActor {
     }
 
     /// The view as it will be once the running task has released the node.
-    fn view_released(&self) -> NodeView {
+    pub(super) fn view_released(&self) -> NodeView {
         NodeView::of(&self.record, None)
     }
 
     /// Sends a call to the driver actor and continues with `then`.
-    fn call<F>(&mut self, driver: Addr<DriverActor>, call: DriverCall, ctx: &mut Context<Self>, then: F)
+    pub(super) fn call<F>(&mut self, driver: Addr<DriverActor>, call: DriverCall, ctx: &mut Context<Self>, then: F)
     where
         F: FnOnce(&mut Self, &mut Context<Self>, Result<DriverReply, DriverError>) + 'static,
     {
@@ -559,7 +575,13 @@ impl NodeActor {
         self.task.as_ref().map(|t| t.action.clone()).unwrap_or_default()
     }
 
-    fn history(&self, event: &str, from: ProvisionState, to: ProvisionState, error: Option<String>) -> HistoryEntry {
+    pub(super) fn history(
+        &self,
+        event: &str,
+        from: ProvisionState,
+        to: ProvisionState,
+        error: Option<String>,
+    ) -> HistoryEntry {
         HistoryEntry {
             node: self.record.uuid,
             at: Utc::now(),
@@ -570,7 +592,7 @@ impl NodeActor {
         }
     }
 
-    fn publish(&self, kind: EventKind, error: Option<String>) {
+    pub(super) fn publish(&self, kind: EventKind, error: Option<String>) {
         let r = &self.record;
         self.env.events.do_send(Publish(NodeEvent {
             serial: 0,
@@ -643,7 +665,7 @@ fn apply_changes(map: &mut BTreeMap<String, String>, changes: &BTreeMap<String, 
     }
 }
 
-fn power_state_of(p: Power) -> PowerState {
+pub(super) fn power_state_of(p: Power) -> PowerState {
     match p {
         Power::On => PowerState::On,
         Power::Off => PowerState::Off,

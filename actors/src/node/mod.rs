@@ -9,6 +9,7 @@
 
 mod actor;
 pub mod plan;
+pub mod upkeep;
 
 use std::collections::BTreeMap;
 

@@ -9,6 +9,7 @@
 mod ipmi;
 mod peers;
 mod redfish;
+mod redfish_session;
 mod responder;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,70 @@
+//! Periodic tasks through the CLI: power sync records the BMC's state,
+//! repeated read failures put a node in maintenance, and recovery takes it
+//! out again. The daemon runs with `--no-periodic`, so only `periodic run`
+//! starts a task and nothing races the test.
+
+use serde_json::Value;
+
+use crate::harness::Daemon;
+
+fn run(d: &Daemon, task: &str) -> Value {
+    let out = d.json(&["periodic", "run", task]);
+    out[0].clone()
+}
+
+#[test]
+fn the_builtin_tasks_are_listed_and_an_unknown_one_is_refused() {
+    let d = Daemon::start(1, &["--no-periodic"]);
+    let list = d.json(&["periodic", "list"]);
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["power_sync", "power_failure_recovery", "wait_timeouts", "job_autoarchive", "store_maintenance"]
+    );
+    assert!(list.as_array().unwrap().iter().all(|t| t["enabled"] == false && t["runs"] == 0));
+    let err = d.json_code(&["periodic", "run", "reticulate"], 1);
+    assert_eq!(err["error"]["kind"], "not_found");
+    for task in ["wait_timeouts", "job_autoarchive", "store_maintenance"] {
+        let r = run(&d, task);
+        assert_eq!(r["runs"], 1, "{r}");
+        assert_eq!(r["last_error"], Value::Null, "{r}");
+    }
+}
+
+#[test]
+fn power_sync_records_the_bmc_state_and_failures_lead_to_maintenance_and_back() {
+    let d = Daemon::start(3, &["--no-periodic"]);
+    d.json(&["node", "manage", "demo[1-3]", "--wait"]);
+    assert_eq!(d.node("demo1")["power_state"], "power off");
+
+    // The BMC says on (a fake BMC restarted powered on); the record follows.
+    d.json(&["node", "set", "demo1", "--driver-info", "power=on"]);
+    let r = run(&d, "power_sync");
+    assert!(r["last_result"].as_str().unwrap().contains("1 updated"), "{r}");
+    assert_eq!(d.node("demo1")["power_state"], "power on");
+    let history = d.json(&["node", "history", "demo1"]);
+    assert_eq!(history.as_array().unwrap().last().unwrap()["event"], "power sync");
+
+    // demo2's BMC fails every read: after three syncs it is in maintenance.
+    d.json(&["node", "set", "demo2", "--driver-info", "failure_rate=1"]);
+    for attempt in 1..=3 {
+        run(&d, "power_sync");
+        let n = d.node("demo2");
+        assert_eq!(n["maintenance"], attempt == 3, "after {attempt} failed reads: {n}");
+    }
+    let n = d.node("demo2");
+    assert_eq!(n["fault"], "power failure");
+    assert!(n["last_error"].as_str().unwrap().contains("simulated BMC failure"));
+    // In maintenance it is skipped by power sync.
+    assert!(run(&d, "power_sync")["last_result"].as_str().unwrap().contains("1 skipped"));
+
+    // Recovery waits until a read succeeds.
+    assert!(run(&d, "power_failure_recovery")["last_result"].as_str().unwrap().starts_with("0 nodes"));
+    assert_eq!(d.node("demo2")["maintenance"], true);
+    d.json(&["node", "set", "demo2", "--unset-driver-info", "failure_rate"]);
+    assert!(run(&d, "power_failure_recovery")["last_result"].as_str().unwrap().starts_with("1 nodes"));
+    let n = d.node("demo2");
+    assert_eq!(n["maintenance"], false);
+    assert_eq!(n["fault"], Value::Null);
+    assert_eq!(d.node("demo3")["maintenance"], false, "other nodes untouched");
+}
