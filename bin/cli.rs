@@ -318,7 +318,7 @@ pub enum QueueCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
-    /// nodeset, lock, jobs, lifecycle, admin, scale, or all.
+    /// nodeset, lock, jobs, lifecycle, admin, scale, power-sync, or all.
     pub scenario: String,
     /// Nodes (lifecycle: 10000, lock: 10000, scale: 100000).
     #[arg(long)]
@@ -338,9 +338,13 @@ pub struct BenchArgs {
     /// Names to fold (nodeset: 100000).
     #[arg(long)]
     pub names: Option<usize>,
-    /// Fanout of node-set opcodes (lifecycle: 1024).
+    /// Fanout of node-set opcodes (lifecycle: 1024); reads in flight
+    /// (power-sync: 1024).
     #[arg(long)]
     pub fanout: Option<u32>,
+    /// Simulated BMC latency in ms (power-sync: 100).
+    #[arg(long)]
+    pub latency_ms: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -47,6 +47,7 @@ pub fn run(name: &str, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         "lifecycle" => in_system(lifecycle(args.clone())),
         "admin" => admin(args),
         "scale" => scale(args),
+        "power-sync" => in_system(power_sync(args.clone())),
         other => bail!("no scenario {other}"),
     }
 }
@@ -402,5 +403,65 @@ fn scale(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         Figure::new("scale.rss_after_create", rss_created, "MB").at_most(400.0),
         Figure::new("scale.restart_to_ready", restart_secs, "s").at_most(3.0),
         Figure::new("scale.rss_after_restart", rss_mb(), "MB").at_most(400.0),
+    ])
+}
+
+// ----- power-sync ---------------------------------------------------------------------
+
+/// CPU time (user + system) this process has used so far.
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage writes a rusage for RUSAGE_SELF into the buffer.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+    if !ok {
+        return 0.0;
+    }
+    // SAFETY: initialised by the successful call above.
+    let u = unsafe { usage.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+async fn power_sync(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let scratch = Scratch::new("power-sync");
+    let mut config = scratch.config();
+    config.periodic.enabled = false;
+    let concurrency = args.fanout.map(|f| f as usize).unwrap_or(1024);
+    config.periodic.power_sync_concurrency = concurrency;
+    let site = kiln_actors::start(config.clone()).await?;
+    let nodes = args.nodes.unwrap_or(100_000);
+    let latency = args.latency_ms.unwrap_or(100);
+    let mut from = 1;
+    while from <= nodes {
+        let to = (from + 9_999).min(nodes);
+        let batch = (from..=to)
+            .map(|i| NewNode {
+                name: format!("ps{i}"),
+                driver: "fake".into(),
+                driver_info: [("latency_ms".to_string(), latency.to_string())].into(),
+                ..Default::default()
+            })
+            .collect();
+        site.supervisor.send(CreateNodes(batch)).await??;
+        from = to + 1;
+    }
+    let router =
+        kiln_actors::supervisor::Router { supervisor: site.supervisor.clone(), registry: site.registry.clone() };
+    let cpu = cpu_seconds();
+    let t = Instant::now();
+    let summary =
+        kiln_actors::periodic::power_sync(router, config.periodic.clone()).await.map_err(anyhow::Error::msg)?;
+    let secs = t.elapsed().as_secs_f64();
+    let cores = (cpu_seconds() - cpu) / secs;
+    if !summary.contains(&format!("{nodes} updated")) {
+        bail!("the cycle did not read every node: {summary}");
+    }
+    Ok(vec![
+        Figure::new("power_sync.nodes", nodes as f64, "nodes"),
+        Figure::new("power_sync.bmc_latency", latency as f64, "ms"),
+        Figure::new("power_sync.concurrency", concurrency as f64, "reads"),
+        Figure::new("power_sync.floor", nodes as f64 * latency as f64 / 1000.0 / concurrency as f64, "s"),
+        Figure::new("power_sync.cycle", secs, "s").at_most(30.0),
+        Figure::new("power_sync.cpu", cores, "cores").at_most(1.0),
     ])
 }

@@ -38,7 +38,8 @@ struct Site {
 impl Site {
     /// A daemon with `demo` fake nodes, logging at `debug`.
     fn start(demo: usize) -> Site {
-        Site { d: Daemon::start_logging(demo, &[], "debug"), said: RefCell::new(Vec::new()) }
+        // No periodic task runs on its own: tests run them with `periodic run`.
+        Site { d: Daemon::start_logging(demo, &["--no-periodic"], "debug"), said: RefCell::new(Vec::new()) }
     }
 
     /// Runs the CLI with `--json`; panics unless it exits with `code`.
@@ -695,4 +696,61 @@ fn a_corrected_password_is_used_from_the_next_operation_on() {
     let mut all = vec![wrong];
     all.extend_from_slice(PEER_PASSWORD_LEAKS);
     site.finish(&all);
+}
+
+/// Switches the emulator's system `node-<i>` off behind kiln's back (with
+/// `curl`), and waits (bounded) until the emulator reports it off.
+fn force_off_behind_kilns_back(peer: &peers::Peer, i: usize) {
+    let url = format!("{}{}/Actions/ComputerSystem.Reset", peer.url(), peer.system_id(i));
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20", "-u", &format!("{}:{}", peers::USER, PASSWORD)])
+        .args(["-H", "Content-Type: application/json", "-d", r#"{"ResetType": "ForceOff"}"#, &url])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "curl {url}");
+    // The emulator applies a reset 1 to 11 s after accepting it; no event
+    // says when, so its state is read until it says Off (at most ~60 s).
+    for _ in 0..120 {
+        if peer.system(i)["PowerState"] == "Off" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!("the emulator never switched node-{i} off");
+}
+
+#[test]
+fn power_sync_follows_the_emulator_and_a_dead_bmc_goes_to_maintenance_and_back() {
+    let peer = peers::redfish();
+    let site = Site::start(0);
+    site.redfish("rf6", &peer.url(), &peer.system_id(6), PASSWORD, &["power_timeout=40", "timeout=5"]);
+    assert_ok(&site.timed("redfish power on", &["node", "power", "on", "rf6", "--wait"], 0));
+    assert_eq!(site.node("rf6")["power_state"], "power on");
+
+    force_off_behind_kilns_back(peer, 6);
+    let run = site.ok(&["periodic", "run", "power_sync"]);
+    assert!(run[0]["last_result"].as_str().unwrap().contains("1 updated"), "{run}");
+    assert_eq!(site.node("rf6")["power_state"], "power off");
+
+    // The BMC goes away: three failed reads put the node in maintenance.
+    let dead = format!("http://127.0.0.1:{}", peers::closed_tcp_port());
+    site.ok(&["node", "set", "rf6", "--driver-info", &format!("address={dead}")]);
+    for _ in 0..3 {
+        site.ok(&["periodic", "run", "power_sync"]);
+    }
+    let n = site.node("rf6");
+    assert_eq!(n["maintenance"], true, "{n}");
+    assert_eq!(n["fault"], "power failure");
+    assert!(n["last_error"].as_str().unwrap().contains("cannot reach"), "{n}");
+
+    // It comes back: recovery takes the node out of maintenance.
+    site.ok(&["node", "set", "rf6", "--driver-info", &format!("address={}", peer.url())]);
+    let run = site.ok(&["periodic", "run", "power_failure_recovery"]);
+    assert!(run[0]["last_result"].as_str().unwrap().starts_with("1 nodes"), "{run}");
+    let n = site.node("rf6");
+    assert_eq!(n["maintenance"], false, "{n}");
+    assert_eq!(n["fault"], Value::Null);
+    assert_eq!(n["power_state"], "power off");
+    site.finish(PEER_PASSWORD_LEAKS);
 }
