@@ -184,9 +184,44 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             }
             continue;
         }
-        let response = crate::dispatch::handle(&site, request).await;
+        let response = if matches!(request, Request::Exec { .. } | Request::Copy { .. }) {
+            // A fanout command runs until its client goes away (Ctrl-C):
+            // dropping the run kills the commands still running.
+            tokio::select! {
+                r = crate::dispatch::handle(&site, request) => r,
+                _ = closed(&stream) => return,
+            }
+        } else {
+            crate::dispatch::handle(&site, request).await
+        };
         if send(&mut stream, &response).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Resolves when the client has closed its end (without consuming any byte
+/// it may have sent).
+async fn closed(stream: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut byte = [0u8; 1];
+            // SAFETY: peeks at most one byte into a local buffer of one byte.
+            let n = unsafe {
+                libc::recv(stream.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+            };
+            if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n) }
+        });
+        match peeked {
+            Ok(0) => return,
+            // The client sent more while waiting: it is still there.
+            Ok(_) => std::future::pending::<()>().await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
         }
     }
 }

@@ -36,6 +36,10 @@ pub enum Command {
     /// The job queue: drain on|off, status.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Run a command on every node of a set (ClusterShell's clush).
+    Exec(ExecArgs),
+    /// Copy a file to every node of a set (scp; cp with --worker exec).
+    Copy(CopyArgs),
     /// Periodic tasks: list, run one now.
     #[command(subcommand)]
     Periodic(PeriodicCommand),
@@ -268,7 +272,7 @@ pub enum PortCommand {
 }
 
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
+#[command(group(clap::ArgGroup::new("mode").args(["expand", "fold", "count"]).required(true).multiple(false)))]
 pub struct NodesetArgs {
     /// Expand: print every name, space separated.
     #[arg(short = 'e', long, value_name = "EXPR")]
@@ -279,6 +283,9 @@ pub struct NodesetArgs {
     /// Count the names.
     #[arg(short = 'c', long, value_name = "EXPR")]
     pub count: Option<String>,
+    /// The config file whose `[groups]` define `@name`.
+    #[arg(long, env = "KILN_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -318,7 +325,7 @@ pub enum QueueCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
-    /// nodeset, lock, jobs, lifecycle, admin, scale, power-sync, or all.
+    /// nodeset, lock, jobs, lifecycle, admin, scale, power-sync, exec, or all.
     pub scenario: String,
     /// Nodes (lifecycle: 10000, lock: 10000, scale: 100000).
     #[arg(long)]
@@ -353,4 +360,53 @@ pub enum PeriodicCommand {
     List,
     /// Run a task now and wait for the run to end.
     Run { name: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkerKind {
+    Ssh,
+    Exec,
+}
+
+/// Options shared by exec and copy.
+#[derive(Debug, Args, Clone)]
+pub struct FanoutArgs {
+    /// The nodes (a node set; names that are not nodes are used as host names).
+    #[arg(short = 'w', value_name = "NODESET")]
+    pub nodes: String,
+    /// At most this many commands at once.
+    #[arg(short = 'f', long, default_value_t = 64)]
+    pub fanout: usize,
+    /// Connect timeout in seconds (ssh).
+    #[arg(short = 'u', long = "connect-timeout", default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Command timeout in seconds (default: none).
+    #[arg(short = 't', long = "command-timeout")]
+    pub command_timeout: Option<f64>,
+    /// ssh (to the node's `address` property, else its name) or exec (local, %h = node name).
+    #[arg(long, value_enum, default_value_t = WorkerKind::Ssh)]
+    pub worker: WorkerKind,
+    /// Extra ssh options, as one string (`-o "-p 2222 -i KEY"`), like clush -o.
+    #[arg(short = 'o', long = "options", allow_hyphen_values = true)]
+    pub options: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
+    /// Gather nodes with identical output (dshbak -c style).
+    #[arg(short = 'b')]
+    pub gather: bool,
+    /// The command.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
+    pub source: PathBuf,
+    pub dest: String,
 }

@@ -30,6 +30,8 @@ enum Failure {
     Refused(KilnError),
     /// Some of the nodes failed (already printed).
     Partial,
+    /// A fanout command's largest exit code (already printed).
+    Exit(u8),
     Other(anyhow::Error),
 }
 
@@ -69,6 +71,7 @@ fn report(f: Failure, json: bool) -> ExitCode {
         Failure::Unavailable(e) => (exit::UNAVAILABLE, "unavailable", e.to_string()),
         Failure::Refused(e) => (exit::FAILED, e.kind(), e.to_string()),
         Failure::Partial => return ExitCode::from(exit::FAILED),
+        Failure::Exit(code) => return ExitCode::from(*code),
         Failure::Other(e) => (exit::FAILED, "error", format!("{e:#}")),
     };
     if json {
@@ -81,7 +84,12 @@ fn report(f: Failure, json: bool) -> ExitCode {
 
 fn nodeset(args: NodesetArgs, json: bool) -> Result<(), Failure> {
     let expr = args.expand.as_deref().or(args.fold.as_deref()).or(args.count.as_deref()).unwrap_or_default();
-    let set = NodeSet::parse(expr).map_err(|e| Failure::Usage(anyhow::anyhow!("node set '{expr}': {e}")))?;
+    let groups = match &args.config {
+        Some(path) => crate::config::groups_of(path).map_err(Failure::Usage)?,
+        None => Default::default(),
+    };
+    let set = NodeSet::parse_with(expr, &|g| groups.get(g).cloned())
+        .map_err(|e| Failure::Usage(anyhow::anyhow!("node set '{expr}': {e}")))?;
     if args.expand.is_some() {
         let names: Vec<String> = set.iter().collect();
         if json { output::json(&names) } else { println!("{}", names.join(" ")) }
@@ -157,6 +165,11 @@ enum Remote {
     Events {
         follow: bool,
     },
+    /// A fanout command: print per node (or gathered), exit with the largest code.
+    Exec {
+        request: Request,
+        gather: bool,
+    },
 }
 
 async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failure> {
@@ -166,6 +179,25 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
         Command::Queue(QueueCommand::Drain { state }) => Remote::Once(Request::QueueDrain { on: state == "on" }),
         Command::Queue(QueueCommand::Status) => Remote::Once(Request::QueueStatus),
         Command::Events { follow } => Remote::Events { follow },
+        Command::Exec(e) => {
+            let spec = exec_spec(&e.fanout, e.command.join(" "))?;
+            Remote::Exec { request: Request::Exec { nodes: e.fanout.nodes.clone(), spec }, gather: e.gather }
+        }
+        Command::Copy(c) => {
+            let source = std::fs::canonicalize(&c.source)
+                .with_context(|| format!("cannot read {}", c.source.display()))
+                .map_err(Failure::Usage)?;
+            let base = exec_spec(&c.fanout, String::new())?;
+            let spec = kiln_actors::exec::CopySpec {
+                worker: base.worker,
+                source,
+                dest: c.dest.clone(),
+                fanout: base.fanout,
+                connect_timeout: base.connect_timeout,
+                command_timeout: base.command_timeout,
+            };
+            Remote::Exec { request: Request::Copy { nodes: c.fanout.nodes.clone(), spec }, gather: true }
+        }
         Command::Periodic(PeriodicCommand::List) => Remote::Once(Request::PeriodicList),
         Command::Periodic(PeriodicCommand::Run { name }) => Remote::Once(Request::PeriodicRun { name }),
         other => match build_request(other)? {
@@ -180,6 +212,23 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
             print_response(response, json)
         }
         Remote::Events { follow } => events(&mut client, follow, json).await,
+        Remote::Exec { request, gather } => {
+            let outcomes = match call(&mut client, request).await? {
+                Response::Exec(o) => o,
+                other => return Err(unexpected(other)),
+            };
+            if json {
+                output::json(&outcomes);
+            } else if gather {
+                output::gathered(&outcomes);
+            } else {
+                output::per_node(&outcomes);
+            }
+            match kiln_actors::exec::overall_exit(&outcomes) {
+                0 => Ok(()),
+                code => Err(Failure::Exit(code.clamp(1, 255) as u8)),
+            }
+        }
         Remote::Watch(id) => {
             let job = follow_job(&mut client, id, !json, false).await?;
             if json {
@@ -230,6 +279,33 @@ fn job_plan(j: JobCommand) -> Result<Remote, Failure> {
             let (ops, priority, depends) = crate::jobfile::read(&file).map_err(Failure::Usage)?;
             Remote::Job { request: Request::JobSubmit { ops, priority, depends }, wait, bulk: false }
         }
+    })
+}
+
+/// The fanout settings of `kiln exec` / `kiln copy`.
+fn exec_spec(f: &FanoutArgs, command: String) -> Result<kiln_actors::exec::ExecSpec, Failure> {
+    let secs = |what: &str, v: f64| -> Result<std::time::Duration, Failure> {
+        if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+            Ok(std::time::Duration::from_secs_f64(v))
+        } else {
+            Err(Failure::Usage(anyhow::anyhow!("{what} {v}: expected seconds between 0 and 86400")))
+        }
+    };
+    if f.fanout == 0 {
+        return Err(Failure::Usage(anyhow::anyhow!("fanout must be at least 1")));
+    }
+    let worker = match f.worker {
+        WorkerKind::Exec => kiln_actors::exec::Worker::Exec,
+        WorkerKind::Ssh => kiln_actors::exec::Worker::Ssh {
+            options: f.options.as_deref().unwrap_or("").split_whitespace().map(String::from).collect(),
+        },
+    };
+    Ok(kiln_actors::exec::ExecSpec {
+        worker,
+        command,
+        fanout: f.fanout,
+        connect_timeout: secs("connect timeout", f.connect_timeout)?,
+        command_timeout: f.command_timeout.map(|t| secs("command timeout", t)).transpose()?,
     })
 }
 
@@ -297,6 +373,8 @@ fn build_request(command: Command) -> Result<Request, Failure> {
         | Command::Job(_)
         | Command::Queue(_)
         | Command::Periodic(_)
+        | Command::Exec(_)
+        | Command::Copy(_)
         | Command::Events { .. } => {
             unreachable!("handled before")
         }

@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub default_fanout: Option<usize>,
     /// At most this many jobs run at once.
     pub max_running_jobs: Option<usize>,
+    /// Node groups: `rack1 = "r1-n[01-40]"`, used as `@rack1`.
+    pub groups: Option<std::collections::BTreeMap<String, String>>,
     /// Periodic tasks (spec section 5); seconds unless said otherwise.
     pub periodic_enabled: Option<bool>,
     pub power_sync_interval: Option<f64>,
@@ -139,6 +141,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
             driver_call_timeout,
             default_fanout,
             periodic,
+            groups: file.groups.clone().unwrap_or_default(),
             max_running_jobs: args.max_running_jobs.or(file.max_running_jobs).unwrap_or(64).max(1),
             demo_nodes: args.demo.or(file.demo).unwrap_or(0),
         },
@@ -148,6 +151,11 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
         max_frame,
         log_format,
     })
+}
+
+/// The node groups of a config file (for `kiln nodeset`).
+pub fn groups_of(path: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    Ok(read_file(path)?.groups.unwrap_or_default())
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

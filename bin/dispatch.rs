@@ -105,6 +105,22 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
             site.jobs.send(SetDrain(on)).await.map_err(|_| gone())??;
             Response::Queue(site.jobs.send(GetQueueInfo).await.map_err(|_| gone())?)
         }
+        Request::Exec { nodes, spec } => {
+            let router = kiln_actors::supervisor::Router {
+                supervisor: site.supervisor.clone(),
+                registry: site.registry.clone(),
+            };
+            let targets = kiln_actors::exec::targets(&router, &nodes).await?;
+            Response::Exec(kiln_actors::exec::run(&spec, targets).await)
+        }
+        Request::Copy { nodes, spec } => {
+            let router = kiln_actors::supervisor::Router {
+                supervisor: site.supervisor.clone(),
+                registry: site.registry.clone(),
+            };
+            let targets = kiln_actors::exec::targets(&router, &nodes).await?;
+            Response::Exec(kiln_actors::exec::copy(&spec, targets).await)
+        }
         Request::PeriodicList => {
             Response::Periodic(site.scheduler.send(kiln_actors::scheduler::ListPeriodic).await.map_err(|_| gone())?)
         }

@@ -10,6 +10,7 @@
 //!   - {op: boot-device, device: pxe, persistent: true, nodes: rack1-n01}
 //!   - {op: maintenance, on: true, reason: "fan swap", nodes: rack1-n02}
 //!   - {op: sleep, seconds: 1}
+//!   - {op: exec, nodes: "rack1-n[01-40]", command: "uptime", timeout: 10}
 //! ```
 
 use std::path::Path;
@@ -54,6 +55,12 @@ pub struct OpFile {
     pub on: Option<bool>,
     pub reason: Option<String>,
     pub seconds: Option<f64>,
+    /// exec: the command, `ssh` (default) or `exec`, ssh options, timeouts.
+    pub command: Option<String>,
+    pub worker: Option<String>,
+    pub options: Option<String>,
+    pub timeout: Option<f64>,
+    pub connect_timeout: Option<f64>,
 }
 
 /// Reads and checks a job file.
@@ -95,6 +102,31 @@ fn opcode(f: &OpFile) -> anyhow::Result<Opcode> {
         return Ok(Opcode::Sleep { seconds });
     }
     let nodes = f.nodes.clone().with_context(|| format!("{} needs `nodes`", f.op))?;
+    if f.op == "exec" {
+        let command = f.command.clone().context("exec needs `command`")?;
+        let worker = match f.worker.as_deref().unwrap_or("ssh") {
+            "exec" => kiln_actors::exec::Worker::Exec,
+            "ssh" => kiln_actors::exec::Worker::Ssh {
+                options: f.options.as_deref().unwrap_or("").split_whitespace().map(String::from).collect(),
+            },
+            other => bail!("worker '{other}': expected ssh or exec"),
+        };
+        let secs = |what: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+                Ok(std::time::Duration::from_secs_f64(v))
+            } else {
+                Err(anyhow::anyhow!("{what} {v}: expected seconds between 0 and 86400"))
+            }
+        };
+        let spec = kiln_actors::exec::ExecSpec {
+            worker,
+            command,
+            fanout: f.fanout.unwrap_or(64).max(1) as usize,
+            connect_timeout: secs("connect_timeout", f.connect_timeout.unwrap_or(10.0))?,
+            command_timeout: f.timeout.map(|t| secs("timeout", t)).transpose()?,
+        };
+        return Ok(Opcode::Exec { nodes, spec });
+    }
     let op = match f.op.as_str() {
         "power" => {
             let action = f.action.as_deref().context("power needs `action` (on, off, reboot, soft-off)")?;

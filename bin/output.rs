@@ -240,3 +240,46 @@ pub fn periodic(tasks: &[kiln_actors::scheduler::PeriodicInfo]) {
         .collect();
     table(&["NAME", "SPACING", "ENABLED", "LAST RUN", "DURATION", "RUNS", "FAILURES", "LAST RESULT / ERROR"], &rows);
 }
+
+/// clush's default output: `node: line` for every line, stderr to stderr.
+pub fn per_node(outcomes: &[kiln_actors::exec::ExecOutcome]) {
+    for o in outcomes {
+        for line in o.stdout.lines() {
+            println!("{}: {line}", o.node);
+        }
+        for line in o.stderr.lines() {
+            eprintln!("{}: {line}", o.node);
+        }
+        if let Some(e) = &o.error {
+            eprintln!("kiln: {}: {e}", o.node);
+        } else if o.exit_code != 0 {
+            eprintln!("kiln: {}: exited with exit code {}", o.node, o.exit_code);
+        }
+    }
+}
+
+/// `-b`: nodes with identical output and exit code gathered under their
+/// folded node set (dshbak -c style).
+pub fn gathered(outcomes: &[kiln_actors::exec::ExecOutcome]) {
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<(String, i32, Option<String>), Vec<&str>> = BTreeMap::new();
+    for o in outcomes {
+        let text = format!("{}{}", o.stdout, o.stderr);
+        groups.entry((text, o.exit_code, o.error.clone())).or_default().push(&o.node);
+    }
+    for ((text, code, error), nodes) in groups {
+        let set = kiln_actors::nodeset::NodeSet::from_names(nodes.iter().copied());
+        println!("---------------");
+        println!("{} ({})", set.fold(), nodes.len());
+        println!("---------------");
+        print!("{text}");
+        if !text.is_empty() && !text.ends_with('\n') {
+            println!();
+        }
+        if let Some(e) = error {
+            println!("kiln: {e}");
+        } else if code != 0 {
+            println!("kiln: exited with exit code {code}");
+        }
+    }
+}

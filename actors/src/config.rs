@@ -18,6 +18,8 @@ pub struct SiteConfig {
     pub default_fanout: usize,
     /// At most this many jobs run at once.
     pub max_running_jobs: usize,
+    /// Node groups: `@name` in a node set expands to the expression.
+    pub groups: std::collections::BTreeMap<String, String>,
     /// The built-in periodic tasks' settings.
     pub periodic: crate::periodic::PeriodicConfig,
     /// Enrol this many `fake` nodes named `demo1..N` when the store is empty.
@@ -33,6 +35,7 @@ impl Default for SiteConfig {
             default_fanout: 64,
             max_running_jobs: 64,
             periodic: Default::default(),
+            groups: Default::default(),
             demo_nodes: 0,
         }
     }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod fsm;
 pub mod jobs;
 pub mod node;
@@ -117,7 +118,7 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
     }
 
     let events = EventBus::default().start();
-    let registry = Registry::default();
+    let registry = Registry { groups: Arc::new(config.groups.clone()), ..Default::default() };
     let env = node::NodeEnv {
         store: store.clone(),
         events: events.clone(),

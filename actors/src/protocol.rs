@@ -103,6 +103,17 @@ pub enum Request {
     },
     QueueStatus,
     PeriodicList,
+    /// A fanout command; answered with every node's outcome. The commands
+    /// are killed if the client goes away first.
+    Exec {
+        nodes: String,
+        spec: crate::exec::ExecSpec,
+    },
+    /// A file copied to every node.
+    Copy {
+        nodes: String,
+        spec: crate::exec::CopySpec,
+    },
     /// Runs a periodic task now; answered when the run has ended.
     PeriodicRun {
         name: String,
@@ -134,5 +145,6 @@ pub enum Response {
     JobCanceled(JobStatus),
     Queue(QueueInfo),
     Periodic(Vec<crate::scheduler::PeriodicInfo>),
+    Exec(Vec<crate::exec::ExecOutcome>),
     Done,
 }

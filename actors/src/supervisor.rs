@@ -36,6 +36,8 @@ pub struct NodeEntry {
 pub struct Registry {
     pub by_id: Arc<DashMap<NodeId, NodeEntry>>,
     pub by_name: Arc<DashMap<String, NodeId>>,
+    /// Node groups (`@name` in node sets), from the config.
+    pub groups: Arc<BTreeMap<String, String>>,
 }
 
 impl Registry {
@@ -65,7 +67,7 @@ impl Registry {
         if let Some((id, e)) = self.find(expr.trim()) {
             return Ok(vec![(id, e.name)]);
         }
-        let set = NodeSet::parse(expr).map_err(|e| KilnError::InvalidInput(format!("node set '{expr}': {e}")))?;
+        let set = self.parse(expr)?;
         let mut found = Vec::with_capacity(set.len());
         let mut missing = Vec::new();
         for name in set.iter() {
@@ -82,6 +84,12 @@ impl Registry {
             )));
         }
         Ok(found)
+    }
+
+    /// Parses a node set, with the site's groups.
+    pub fn parse(&self, expr: &str) -> Result<NodeSet, KilnError> {
+        NodeSet::parse_with(expr, &|g| self.groups.get(g).cloned())
+            .map_err(|e| KilnError::InvalidInput(format!("node set '{expr}': {e}")))
     }
 
     /// Every node, sorted by name.

@@ -16,7 +16,7 @@ pub use report::{Figure, Report, Target};
 use crate::cli::BenchArgs;
 
 /// The scenarios, in the order `all` runs them.
-pub const SCENARIOS: &[&str] = &["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync"];
+pub const SCENARIOS: &[&str] = &["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec"];
 
 /// Runs `kiln bench`.
 pub fn run(args: BenchArgs, json: bool) -> ExitCode {

@@ -48,6 +48,7 @@ pub fn run(name: &str, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         "admin" => admin(args),
         "scale" => scale(args),
         "power-sync" => in_system(power_sync(args.clone())),
+        "exec" => exec(args),
         other => bail!("no scenario {other}"),
     }
 }
@@ -464,4 +465,49 @@ async fn power_sync(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         Figure::new("power_sync.cycle", secs, "s").at_most(30.0),
         Figure::new("power_sync.cpu", cores, "cores").at_most(1.0),
     ])
+}
+
+// ----- exec ------------------------------------------------------------------------------
+
+/// 1,000 nodes, exec worker, `true`, fanout 64: the spec compares the wall
+/// time with `clush -R exec -w n[1-1000] -f 64 true` (scripts/bench-vs-clush.sh
+/// runs both).
+fn exec(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    use kiln_actors::exec::{ExecSpec, Target, Worker};
+    let nodes = args.nodes.unwrap_or(1_000);
+    let fanout = args.fanout.map(|f| f as usize).unwrap_or(64);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let spec = ExecSpec {
+        worker: Worker::Exec,
+        command: "true".into(),
+        fanout,
+        connect_timeout: Duration::from_secs(10),
+        command_timeout: Some(Duration::from_secs(60)),
+    };
+    let targets: Vec<Target> =
+        (1..=nodes).map(|i| Target { node: format!("n{i}"), address: format!("n{i}") }).collect();
+    let t = Instant::now();
+    let outcomes = rt.block_on(kiln_actors::exec::run(&spec, targets));
+    let secs = t.elapsed().as_secs_f64();
+    let failed = outcomes.iter().filter(|o| o.exit_code != 0).count();
+    if failed > 0 {
+        bail!("{failed} of {nodes} commands failed");
+    }
+    Ok(vec![
+        Figure::new("exec.nodes", nodes as f64, "nodes"),
+        Figure::new("exec.fanout", fanout as f64, "commands"),
+        Figure::new("exec.time", secs, "s"),
+        Figure::new("exec.commands_per_s", nodes as f64 / secs, "commands/s"),
+        Figure::new("exec.peak_rss", peak_rss_mb(), "MB"),
+    ])
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
 }

@@ -19,7 +19,7 @@ fn every_bench_scenario_runs_small_and_the_lock_holds() {
         .iter()
         .map(|f| (f["name"].as_str().unwrap().to_string(), f["value"].as_f64().unwrap()))
         .collect();
-    for scenario in ["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync"] {
+    for scenario in ["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec"] {
         assert!(figures.contains_key(&format!("{scenario}.wall")), "{scenario} did not run: {figures:?}");
     }
     assert_eq!(figures["lock.max_holders"], 1.0, "two holders of one node at once");

@@ -21,12 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{Daemon, Events, KILN};
-use peers::{Answer, PASSWORD, Responder, USER};
-
-// The real and the misbehaving BMCs (a module of this one, so that the
-// test binary's `main.rs` names only `bmc`).
-#[path = "peers.rs"]
-mod peers;
+use crate::peers::{self, Answer, PASSWORD, Responder, USER};
 
 /// A daemon and everything its CLI printed, so that a test can check at the
 /// end that no password ever showed.

@@ -4,10 +4,12 @@
 mod bad_input;
 mod bench;
 mod bmc;
+mod exec;
 mod harness;
 mod jobs;
 mod lifecycle;
 mod locking;
+mod peers;
 mod periodic;
 mod restart;
 mod socket;

@@ -303,3 +303,24 @@ pub fn closed_udp_port() -> u16 {
     let s = silent_udp();
     s.local_addr().expect("its address").port()
 }
+
+/// The port of the private sshd that stands for nodes at 127.0.0.2..5.
+pub const SSHD_PORT: u16 = 2230;
+
+/// A private OpenSSH server on loopback, its nodes at 127.0.0.2..127.0.0.5
+/// (key-based login as the current user; the client key is `dir/client_key`).
+pub fn sshd() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    once(&PEER, || start("sshd.sh", &["4", &SSHD_PORT.to_string()], "sshd/sshd.pid", SSHD_PORT, "sshd"))
+}
+
+impl Peer {
+    /// The ssh options that reach this sshd (for `kiln exec -o`).
+    pub fn ssh_options(&self) -> String {
+        format!(
+            "-p {} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            self.port,
+            self.dir.join("client_key").display()
+        )
+    }
+}

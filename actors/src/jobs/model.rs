@@ -21,6 +21,8 @@ pub enum Opcode {
     Node { nodes: String, op: Op, fanout: Option<u32> },
     /// Waits, then succeeds: a test opcode (Ganeti's OpTestDelay).
     Sleep { seconds: f64 },
+    /// A fanout command over a node set; a node fails on a non-zero exit.
+    Exec { nodes: String, spec: crate::exec::ExecSpec },
 }
 
 impl Opcode {
@@ -29,6 +31,7 @@ impl Opcode {
         match self {
             Opcode::Node { nodes, op, .. } => format!("{} {nodes}", op.purpose()),
             Opcode::Sleep { seconds } => format!("sleep {seconds}"),
+            Opcode::Exec { nodes, spec } => format!("exec {nodes}: {}", spec.command),
         }
     }
 }
@@ -50,9 +53,38 @@ pub struct NodeResult {
     /// `KilnError::kind` of the failure.
     pub error_kind: Option<String>,
     pub error: Option<String>,
+    /// An exec opcode's exit code and output (stdout, then stderr; at most
+    /// 4 KiB kept in the job).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub output: Option<String>,
 }
 
 impl NodeResult {
+    /// A node's result of an exec opcode.
+    pub fn of_exec(o: &crate::exec::ExecOutcome) -> Self {
+        let mut output = format!("{}{}", o.stdout, o.stderr);
+        if output.len() > 4096 {
+            let mut cut = 4096;
+            while !output.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            output.truncate(cut);
+        }
+        let failure = o.error.clone().or_else(|| (o.exit_code != 0).then(|| format!("exit code {}", o.exit_code)));
+        NodeResult {
+            node: o.node.clone(),
+            ok: failure.is_none(),
+            provision_state: None,
+            power_state: None,
+            error_kind: failure.as_ref().map(|_| if o.timed_out { "timeout" } else { "exec" }.to_string()),
+            error: failure,
+            exit_code: Some(o.exit_code),
+            output: Some(output),
+        }
+    }
+
     pub fn of(node: String, result: &Result<crate::NodeView, KilnError>) -> Self {
         match result {
             Ok(v) => NodeResult {
@@ -62,6 +94,8 @@ impl NodeResult {
                 power_state: v.power_state.map(|p| p.to_string()),
                 error_kind: None,
                 error: None,
+                exit_code: None,
+                output: None,
             },
             Err(e) => NodeResult {
                 node,
@@ -70,6 +104,8 @@ impl NodeResult {
                 power_state: None,
                 error_kind: Some(e.kind().to_string()),
                 error: Some(e.to_string()),
+                exit_code: None,
+                output: None,
             },
         }
     }

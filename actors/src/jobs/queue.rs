@@ -313,6 +313,20 @@ impl JobQueue {
                     act.op_done(id, idx, Vec::new(), error, ctx)
                 }));
             }
+            Opcode::Exec { nodes, spec } => {
+                let router = router.clone();
+                let fut = async move {
+                    let targets = crate::exec::targets(&router, &nodes).await?;
+                    Ok::<_, KilnError>(crate::exec::run(&spec, targets).await)
+                };
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(outcomes) => {
+                        let results = outcomes.iter().map(NodeResult::of_exec).collect();
+                        act.op_done(id, idx, results, None, ctx)
+                    }
+                    Err(e) => act.op_done(id, idx, Vec::new(), Some(e.to_string()), ctx),
+                }));
+            }
             Opcode::Node { nodes, op, fanout } => {
                 let resolved = router.registry.resolve(&nodes);
                 let nodes = match resolved {
@@ -471,6 +485,15 @@ fn validate(job: &SubmitJob, router: &Router) -> Result<(), KilnError> {
                 }
             }
             Opcode::Sleep { .. } => {}
+            Opcode::Exec { nodes, spec } => {
+                router.registry.parse(nodes).map_err(|e| match e {
+                    KilnError::InvalidInput(m) => KilnError::InvalidInput(format!("opcode {}: {m}", i + 1)),
+                    other => other,
+                })?;
+                if spec.command.trim().is_empty() {
+                    return Err(KilnError::InvalidInput(format!("opcode {}: exec needs a command", i + 1)));
+                }
+            }
         }
     }
     for d in &job.depends {
