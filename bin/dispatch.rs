@@ -106,18 +106,12 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
             Response::Queue(site.jobs.send(GetQueueInfo).await.map_err(|_| gone())?)
         }
         Request::Exec { nodes, spec } => {
-            let router = kiln_actors::supervisor::Router {
-                supervisor: site.supervisor.clone(),
-                registry: site.registry.clone(),
-            };
+            let router = site.router();
             let targets = kiln_actors::exec::targets(&router, &nodes).await?;
             Response::Exec(kiln_actors::exec::run(&spec, targets).await)
         }
         Request::Copy { nodes, spec } => {
-            let router = kiln_actors::supervisor::Router {
-                supervisor: site.supervisor.clone(),
-                registry: site.registry.clone(),
-            };
+            let router = site.router();
             let targets = kiln_actors::exec::targets(&router, &nodes).await?;
             Response::Exec(kiln_actors::exec::copy(&spec, targets).await)
         }

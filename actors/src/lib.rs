@@ -64,6 +64,13 @@ pub struct Site {
     pub config: SiteConfig,
 }
 
+impl Site {
+    /// The supervisor's router: what runs node messages and fan-outs.
+    pub fn router(&self) -> supervisor::Router {
+        supervisor::Router { supervisor: self.supervisor.clone(), registry: self.registry.clone() }
+    }
+}
+
 /// Why a site could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -145,9 +152,9 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
             .map_err(StartError::Demo)?;
     }
     let router = supervisor::Router { supervisor: supervisor.clone(), registry: registry.clone() };
-    let queue = jobs::JobQueue::load(store.clone(), router, config.max_running_jobs).await.map_err(StartError::Jobs)?;
+    let queue =
+        jobs::JobQueue::load(store.clone(), router.clone(), config.max_running_jobs).await.map_err(StartError::Jobs)?;
     let jobs = queue.start();
-    let router = supervisor::Router { supervisor: supervisor.clone(), registry: registry.clone() };
     let tasks = periodic::builtin(router, jobs.clone(), store.clone(), config.periodic.clone());
     let scheduler = scheduler::Scheduler::new(tasks).start();
     Ok(Site { supervisor, jobs, scheduler, events, registry, store, config })

@@ -446,8 +446,7 @@ async fn power_sync(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         site.supervisor.send(CreateNodes(batch)).await??;
         from = to + 1;
     }
-    let router =
-        kiln_actors::supervisor::Router { supervisor: site.supervisor.clone(), registry: site.registry.clone() };
+    let router = site.router();
     let cpu = cpu_seconds();
     let t = Instant::now();
     let summary =
