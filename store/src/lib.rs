@@ -18,6 +18,7 @@ pub mod error;
 pub mod jobs;
 pub mod records;
 pub mod sqlite;
+pub mod timestamp;
 pub mod writer;
 
 pub use error::StoreError;

@@ -26,7 +26,8 @@
 //!   transaction, and refuses a file written by a newer kiln
 //!   ([`StoreError::TooNew`]) rather than guess at its meaning.
 //! - Every statement goes through `prepare_cached`, so the hot path (update a
-//!   node, append history, put a job) never re-parses SQL.
+//!   node, append history, put a job) never re-parses SQL, and a group commit
+//!   holds the statements it uses for the whole group (`sqlite/held.rs`).
 //!
 //! The job queue's statements are in `sqlite/jobs.rs`; its tables are migration 2.
 
@@ -36,7 +37,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::types::FromSql;
 use rusqlite::{Connection, Row, TransactionBehavior, ffi, params};
 
@@ -45,7 +46,11 @@ use crate::{
     StoreError, Timestamp, Write,
 };
 
+mod held;
 mod jobs;
+
+use crate::timestamp::timestamp_text;
+use held::Held;
 
 /// The schema, one entry per version: entry `i` takes a database from
 /// version `i` to `i + 1`. Entries are only ever appended; an applied entry is
@@ -181,7 +186,7 @@ impl SqliteBackend {
                 journal_mode = %mode,
             );
         }
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "synchronous", std::env::var("XSYNC").unwrap_or("FULL".into()))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
@@ -228,7 +233,10 @@ impl Backend for SqliteBackend {
         // it batch by batch below, so the failure stays with its batch.
         {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let clean = batches.iter().all(|batch| batch.iter().all(|write| apply(&tx, write).is_ok()));
+            let clean = {
+                let mut held = Held::new(&tx);
+                batches.iter().all(|batch| batch.iter().all(|write| apply(&mut held, write).is_ok()))
+            };
             if clean {
                 tx.commit()?;
                 return Ok(batches.iter().map(|_| Ok(())).collect());
@@ -239,9 +247,10 @@ impl Backend for SqliteBackend {
         }
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batches.len());
+        let mut held = Held::new(&tx);
         for batch in batches {
             tx.prepare_cached("SAVEPOINT b")?.execute([])?;
-            match batch.iter().try_for_each(|write| apply(&tx, write)) {
+            match batch.iter().try_for_each(|write| apply(&mut held, write)) {
                 Ok(()) => {
                     tx.prepare_cached("RELEASE b")?.execute([])?;
                     results.push(Ok(()));
@@ -259,6 +268,7 @@ impl Backend for SqliteBackend {
                 }
             }
         }
+        drop(held);
         tx.commit()?;
         Ok(results)
     }
@@ -364,23 +374,23 @@ impl Backend for SqliteBackend {
 
 // ---------------------------------------------------------------- writes --
 
-fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
+fn apply(held: &mut Held<'_>, write: &Write) -> Result<(), StoreError> {
     match write {
-        Write::InsertNode(node) => insert_node(conn, node),
-        Write::UpdateNode(node) => update_node(conn, node),
-        Write::DeleteNode(id) => delete_node(conn, *id),
-        Write::InsertPort(port) => insert_port(conn, port),
-        Write::DeletePort(address) => delete_port(conn, address),
-        Write::AppendHistory(entry) => append_history(conn, entry),
-        Write::PutJob(job) => jobs::put_job(conn, job),
-        Write::AppendJobLog(entry) => jobs::append_job_log(conn, entry),
-        Write::ArchiveJob(id) => jobs::archive_job(conn, *id),
-        Write::SetMeta { key, value } => jobs::set_meta(conn, key, value),
+        Write::InsertNode(node) => insert_node(held, node),
+        Write::UpdateNode(node) => update_node(held, node),
+        Write::DeleteNode(id) => delete_node(held, *id),
+        Write::InsertPort(port) => insert_port(held, port),
+        Write::DeletePort(address) => delete_port(held, address),
+        Write::AppendHistory(entry) => append_history(held, entry),
+        Write::PutJob(job) => jobs::put_job(held, job),
+        Write::AppendJobLog(entry) => jobs::append_job_log(held, entry),
+        Write::ArchiveJob(id) => jobs::archive_job(held, *id),
+        Write::SetMeta { key, value } => jobs::set_meta(held, key, value),
     }
 }
 
-fn insert_node(conn: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
+fn insert_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError> {
+    let mut stmt = held.get(
         "INSERT INTO nodes (
              uuid, name, driver, driver_info, properties,
              provision_state, target_provision_state, power_state, target_power_state,
@@ -392,8 +402,8 @@ fn insert_node(conn: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn update_node(conn: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
+fn update_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError> {
+    let mut stmt = held.get(
         "UPDATE nodes SET
              name = ?2, driver = ?3, driver_info = ?4, properties = ?5,
              provision_state = ?6, target_provision_state = ?7,
@@ -410,17 +420,17 @@ fn update_node(conn: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn delete_node(conn: &Connection, id: NodeId) -> Result<(), StoreError> {
+fn delete_node(held: &mut Held<'_>, id: NodeId) -> Result<(), StoreError> {
     // Ports and history go with it (ON DELETE CASCADE).
-    let changed = conn.prepare_cached("DELETE FROM nodes WHERE uuid = ?1")?.execute([id.to_string()])?;
+    let changed = held.get("DELETE FROM nodes WHERE uuid = ?1")?.execute([id.to_string()])?;
     if changed == 0 {
         return Err(node_missing(id));
     }
     Ok(())
 }
 
-fn insert_port(conn: &Connection, port: &PortRecord) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT INTO ports (uuid, address, node, created_at) VALUES (?1, ?2, ?3, ?4)")?
+fn insert_port(held: &mut Held<'_>, port: &PortRecord) -> Result<(), StoreError> {
+    held.get("INSERT INTO ports (uuid, address, node, created_at) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![port.uuid.to_string(), port.address, port.node.to_string(), timestamp_text(port.created_at),])
         .map_err(|e| {
             if is_foreign_key_violation(&e) {
@@ -437,16 +447,16 @@ fn insert_port(conn: &Connection, port: &PortRecord) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn delete_port(conn: &Connection, address: &str) -> Result<(), StoreError> {
-    let changed = conn.prepare_cached("DELETE FROM ports WHERE address = ?1")?.execute([address])?;
+fn delete_port(held: &mut Held<'_>, address: &str) -> Result<(), StoreError> {
+    let changed = held.get("DELETE FROM ports WHERE address = ?1")?.execute([address])?;
     if changed == 0 {
         return Err(StoreError::NotFound(format!("no port has address '{address}'")));
     }
     Ok(())
 }
 
-fn append_history(conn: &Connection, entry: &HistoryEntry) -> Result<(), StoreError> {
-    conn.prepare_cached(
+fn append_history(held: &mut Held<'_>, entry: &HistoryEntry) -> Result<(), StoreError> {
+    held.get(
         "INSERT INTO node_history (node, at, event, from_state, to_state, error)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
@@ -528,10 +538,6 @@ fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
 fn map_json(map: &BTreeMap<String, String>) -> Result<String, StoreError> {
     // A map of strings always serialises; the error arm is for form's sake.
     serde_json::to_string(map).map_err(|e| StoreError::Corrupt(format!("cannot encode a map: {e}")))
-}
-
-fn timestamp_text(at: Timestamp) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
 // ----------------------------------------------------------------- reads --

@@ -183,6 +183,24 @@ fn after_sigkill_queued_jobs_run_and_the_running_one_is_in_error() {
 }
 
 #[test]
+fn after_sigkill_a_job_in_a_sleep_runs_again() {
+    // A sleep changes nothing outside the job, so its start is not made
+    // durable: a crash during it leaves the job queued, and it runs again.
+    let mut d = Daemon::start(0, &[]);
+    let sleeping = submit(&d, "ops: [{op: sleep, seconds: 600}]");
+    assert_eq!(job(&d, sleeping)["status"], "running");
+
+    d.kill9();
+    d.restart();
+
+    let again = job(&d, sleeping);
+    assert_eq!(again["status"], "running", "{again}");
+    assert_eq!(again["error"], Value::Null);
+    d.json(&["job", "cancel", &sleeping.to_string()]);
+    assert_eq!(watch(&d, sleeping)["status"], "canceled");
+}
+
+#[test]
 fn canceling_a_node_set_job_stops_starting_new_nodes() {
     let d = Daemon::start(6, &[]);
     for i in 1..=6 {

@@ -34,6 +34,13 @@ impl Opcode {
             Opcode::Exec { nodes, spec } => format!("exec {nodes}: {}", spec.command),
         }
     }
+
+    /// Whether running the opcode changes anything outside the job. Only
+    /// such an opcode's start must be durable before it runs; a crash
+    /// during one that changes nothing (a sleep) just runs it again.
+    pub fn has_side_effects(&self) -> bool {
+        !matches!(self, Opcode::Sleep { .. })
+    }
 }
 
 /// "Run only once job `job` has ended in one of `statuses`."
@@ -111,12 +118,15 @@ impl NodeResult {
     }
 }
 
-/// One opcode of a job with its status and results.
+/// One opcode of a job with its status and results. Timestamps go through
+/// kiln's own RFC 3339 writer: this is serialised at every job change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpState {
     pub opcode: Opcode,
     pub status: JobStatus,
+    #[serde(default, with = "kiln_store::timestamp::rfc3339::option")]
     pub started_at: Option<Timestamp>,
+    #[serde(default, with = "kiln_store::timestamp::rfc3339::option")]
     pub ended_at: Option<Timestamp>,
     /// Per-node results of a node-set opcode, in node-name order.
     pub results: Vec<NodeResult>,
@@ -137,8 +147,11 @@ pub struct JobView {
     pub id: JobId,
     pub priority: i32,
     pub status: JobStatus,
+    #[serde(with = "kiln_store::timestamp::rfc3339")]
     pub submitted_at: Timestamp,
+    #[serde(default, with = "kiln_store::timestamp::rfc3339::option")]
     pub started_at: Option<Timestamp>,
+    #[serde(default, with = "kiln_store::timestamp::rfc3339::option")]
     pub ended_at: Option<Timestamp>,
     pub archived: bool,
     pub ops: Vec<OpState>,

@@ -297,7 +297,15 @@ impl JobQueue {
         op.started_at = Some(Utc::now());
         let opcode = op.opcode.clone();
         let message = format!("opcode {}/{total} started: {}", idx + 1, opcode.summary());
-        self.commit_job(id, message, ctx, move |act, ctx| act.execute(id, idx, opcode, ctx));
+        if opcode.has_side_effects() {
+            // Durable before it acts: after a crash the job is `error`, never run twice.
+            self.commit_job(id, message, ctx, move |act, ctx| act.execute(id, idx, opcode, ctx));
+        } else {
+            // Nothing to protect: the start goes out with the opcode's end,
+            // one commit fewer per opcode (a crash in between reruns it).
+            job.pending.push(message);
+            self.execute(id, idx, opcode, ctx);
+        }
     }
 
     fn execute(&mut self, id: JobId, idx: usize, opcode: Opcode, ctx: &mut Context<Self>) {

@@ -2,13 +2,13 @@
 //!
 //! Why they are shaped so:
 //!
-//! - **`PutJob` is one statement.** The queue writes every job several times
-//!   (submitted, running, each opcode's result, finished) at up to 100,000
-//!   jobs a second, so a put is a single cached upsert whose `WHERE NOT
-//!   EXISTS` probes the archive's primary key in the same step: no read
-//!   before the write, no second round trip, and an archived id changes no
-//!   row, which is how it is told apart (a put that reaches the table always
-//!   changes exactly one).
+//! - **`PutJob` is a plain single-row `UPDATE`** for a job already live, and
+//!   for a new one an archive probe and a plain `INSERT`. The queue writes
+//!   every job at least twice (submitted, ended) at up to 100,000 jobs a
+//!   second; these simple statements need no statement journal, which the
+//!   earlier single upsert (`INSERT ... SELECT ... ON CONFLICT`) opened on
+//!   every write: 7% fewer instructions per job (callgrind). An archived id
+//!   is never written again.
 //! - **Archiving is a move inside the batch's savepoint**: check, copy,
 //!   delete. A failure at any step leaves the job live and unchanged, because
 //!   the savepoint rolls back the whole batch.
@@ -20,7 +20,7 @@
 
 use rusqlite::{Connection, Row, params};
 
-use super::{Fields, timestamp_text, unique_violation};
+use super::{Fields, Held, timestamp_text, unique_violation};
 use crate::{JobId, JobLogEntry, JobRecord, JobStatus, StoreError};
 
 /// The job columns of `$table` in the order [`job_from_row`] reads them.
@@ -32,39 +32,35 @@ macro_rules! job_select {
 
 // ---------------------------------------------------------------- writes --
 
-pub(super) fn put_job(conn: &Connection, job: &JobRecord) -> Result<(), StoreError> {
-    // `INSERT ... SELECT ... WHERE` needs the WHERE to parse ON CONFLICT as
-    // an upsert clause; here it is also the archive check.
-    let changed = conn
-        .prepare_cached(
-            "INSERT INTO jobs (id, priority, status, submitted_at, started_at, ended_at, body)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
-             WHERE NOT EXISTS (SELECT 1 FROM jobs_archive WHERE id = ?1)
-             ON CONFLICT (id) DO UPDATE SET
-                 priority = excluded.priority,
-                 status = excluded.status,
-                 submitted_at = excluded.submitted_at,
-                 started_at = excluded.started_at,
-                 ended_at = excluded.ended_at,
-                 body = excluded.body",
+pub(super) fn put_job(held: &mut Held<'_>, job: &JobRecord) -> Result<(), StoreError> {
+    let id = integer("job id", job.id.0)?;
+    let submitted_at = timestamp_text(job.submitted_at);
+    let started_at = job.started_at.map(timestamp_text);
+    let ended_at = job.ended_at.map(timestamp_text);
+    // A job already in the live table: a plain single-row update.
+    let changed = held
+        .get(
+            "UPDATE jobs SET priority = ?2, status = ?3, submitted_at = ?4, started_at = ?5, ended_at = ?6, body = ?7
+             WHERE id = ?1",
         )?
-        .execute(params![
-            integer("job id", job.id.0)?,
-            job.priority,
-            job.status.as_str(),
-            timestamp_text(job.submitted_at),
-            job.started_at.map(timestamp_text),
-            job.ended_at.map(timestamp_text),
-            job.body,
-        ])?;
-    if changed == 0 {
+        .execute(params![id, job.priority, job.status.as_str(), submitted_at, started_at, ended_at, job.body])?;
+    if changed == 1 {
+        return Ok(());
+    }
+    // A new job, unless its id was archived: an archived id is never written again.
+    if held.get("SELECT 1 FROM jobs_archive WHERE id = ?1")?.exists([id])? {
         return Err(StoreError::Conflict(format!("job {} is archived", job.id)));
     }
+    held.get(
+        "INSERT INTO jobs (id, priority, status, submitted_at, started_at, ended_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![id, job.priority, job.status.as_str(), submitted_at, started_at, ended_at, job.body])?;
     Ok(())
 }
 
-pub(super) fn append_job_log(conn: &Connection, entry: &JobLogEntry) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT INTO job_log (job, serial, at, message) VALUES (?1, ?2, ?3, ?4)")?
+pub(super) fn append_job_log(held: &mut Held<'_>, entry: &JobLogEntry) -> Result<(), StoreError> {
+    held.get("INSERT INTO job_log (job, serial, at, message) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![
             integer("job id", entry.job.0)?,
             integer("job log serial", entry.serial)?,
@@ -80,13 +76,13 @@ pub(super) fn append_job_log(conn: &Connection, entry: &JobLogEntry) -> Result<(
     Ok(())
 }
 
-pub(super) fn archive_job(conn: &Connection, id: JobId) -> Result<(), StoreError> {
+pub(super) fn archive_job(held: &mut Held<'_>, id: JobId) -> Result<(), StoreError> {
     let not_live = || StoreError::NotFound(format!("job {id} is not in the live queue"));
     let Ok(key) = i64::try_from(id.0) else {
         return Err(not_live());
     };
     let status = {
-        let mut stmt = conn.prepare_cached("SELECT status FROM jobs WHERE id = ?1")?;
+        let stmt = held.get("SELECT status FROM jobs WHERE id = ?1")?;
         let mut rows = stmt.query([key])?;
         let Some(row) = rows.next()? else {
             return Err(not_live());
@@ -97,7 +93,7 @@ pub(super) fn archive_job(conn: &Connection, id: JobId) -> Result<(), StoreError
     if !status.is_finished() {
         return Err(StoreError::Conflict(format!("job {id} is still {status}; only finished jobs can be archived")));
     }
-    conn.prepare_cached(
+    held.get(
         "INSERT INTO jobs_archive (id, priority, status, submitted_at, started_at, ended_at, body)
          SELECT id, priority, status, submitted_at, started_at, ended_at, body FROM jobs WHERE id = ?1",
     )?
@@ -107,12 +103,12 @@ pub(super) fn archive_job(conn: &Connection, id: JobId) -> Result<(), StoreError
         Some("jobs_archive.id") => StoreError::Corrupt(format!("job {id} is both in the live queue and the archive")),
         _ => StoreError::Sqlite(e),
     })?;
-    conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute([key])?;
+    held.get("DELETE FROM jobs WHERE id = ?1")?.execute([key])?;
     Ok(())
 }
 
-pub(super) fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(
+pub(super) fn set_meta(held: &mut Held<'_>, key: &str, value: &str) -> Result<(), StoreError> {
+    held.get(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )?

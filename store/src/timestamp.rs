@@ -1,0 +1,128 @@
+//! Timestamps as kiln writes them: RFC 3339, UTC, nine fractional digits
+//! (`2026-11-23T21:07:52.123456789Z`), in the store's columns and in the
+//! job queue's JSON.
+//!
+//! Every job and node write formats several of them; chrono's general
+//! formatter (and its serde path, one escaped `char` at a time) took about
+//! a tenth of a job's instructions, so the common case (years 0000-9999, no
+//! leap second) is written digit by digit here. The output is byte for byte
+//! what `to_rfc3339_opts(Nanos, true)` gives, which remains the path for the
+//! rare rest. Reading needs nothing special: any RFC 3339 text parses.
+
+use chrono::{Datelike, SecondsFormat, Timelike};
+
+use crate::Timestamp;
+
+/// `at` as RFC 3339 text with nine fractional digits.
+pub fn timestamp_text(at: Timestamp) -> String {
+    let (date, time) = (at.date_naive(), at.time());
+    let (year, nanos) = (date.year(), time.nanosecond());
+    let Ok(year) = u32::try_from(year) else { return at.to_rfc3339_opts(SecondsFormat::Nanos, true) };
+    if year > 9999 || nanos >= 1_000_000_000 {
+        return at.to_rfc3339_opts(SecondsFormat::Nanos, true);
+    }
+    let mut out = [0u8; 30];
+    digits(&mut out[0..4], year);
+    out[4] = b'-';
+    digits(&mut out[5..7], date.month());
+    out[7] = b'-';
+    digits(&mut out[8..10], date.day());
+    out[10] = b'T';
+    digits(&mut out[11..13], time.hour());
+    out[13] = b':';
+    digits(&mut out[14..16], time.minute());
+    out[16] = b':';
+    digits(&mut out[17..19], time.second());
+    out[19] = b'.';
+    digits(&mut out[20..29], nanos);
+    out[29] = b'Z';
+    match std::str::from_utf8(&out) {
+        Ok(text) => text.to_owned(),
+        // Digits and separators only: not reached.
+        Err(_) => at.to_rfc3339_opts(SecondsFormat::Nanos, true),
+    }
+}
+
+/// Serde helpers that write a timestamp with [`timestamp_text`] and read
+/// any RFC 3339 text: `#[serde(with = "kiln_store::timestamp::rfc3339")]`.
+pub mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::Timestamp;
+
+    pub fn serialize<S: Serializer>(at: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::timestamp_text(*at))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        Timestamp::deserialize(d)
+    }
+
+    /// The same for `Option<Timestamp>`:
+    /// `#[serde(with = "kiln_store::timestamp::rfc3339::option")]`.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use crate::Timestamp;
+
+        pub fn serialize<S: Serializer>(at: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+            match at {
+                Some(at) => s.serialize_some(&super::super::timestamp_text(*at)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+            Option::<Timestamp>::deserialize(d)
+        }
+    }
+}
+
+/// Writes `value` as decimal digits filling `out`, zero-padded on the left.
+fn digits(out: &mut [u8], mut value: u32) {
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, TimeZone, Utc};
+
+    use super::*;
+
+    fn chrono_text(at: Timestamp) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    }
+
+    #[test]
+    fn matches_chrono_across_the_range() {
+        let mut seconds: i64 = -62_167_219_200; // 0000-01-01
+        let mut nanos: u32 = 0;
+        // A walk with odd steps through 0000..9999 and every digit position.
+        for _ in 0..200_000 {
+            let at = Utc.timestamp_opt(seconds, nanos).single().expect("in range");
+            assert_eq!(timestamp_text(at), chrono_text(at));
+            seconds += 1_576_800_017 / 1000;
+            nanos = (nanos + 123_456_791) % 1_000_000_000;
+        }
+    }
+
+    #[test]
+    fn falls_back_outside_four_digit_years_and_on_leap_seconds() {
+        let far = DateTime::from_timestamp(300_000_000_000, 5).expect("in range");
+        assert_eq!(timestamp_text(far), chrono_text(far));
+        let before = DateTime::from_timestamp(-63_000_000_000, 5).expect("in range");
+        assert_eq!(timestamp_text(before), chrono_text(before));
+        let leap = DateTime::from_timestamp(1_483_228_799, 1_500_000_000).expect("a leap second");
+        assert_eq!(timestamp_text(leap), chrono_text(leap));
+    }
+
+    #[test]
+    fn round_trips_through_the_reader() {
+        let at = Utc::now();
+        let parsed: Timestamp = DateTime::parse_from_rfc3339(&timestamp_text(at)).expect("rfc 3339").into();
+        assert_eq!(parsed, at);
+    }
+}
