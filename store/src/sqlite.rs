@@ -390,7 +390,7 @@ fn apply(held: &mut Held<'_>, write: &Write) -> Result<(), StoreError> {
 }
 
 fn insert_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError> {
-    let mut stmt = held.get(
+    let stmt = held.get(
         "INSERT INTO nodes (
              uuid, name, driver, driver_info, properties,
              provision_state, target_provision_state, power_state, target_power_state,
@@ -398,12 +398,12 @@ fn insert_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
              reservation_purpose, reservation_since, created_at, updated_at
          ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?;
-    execute_node(&mut stmt, node)?;
+    execute_node(stmt, node)?;
     Ok(())
 }
 
 fn update_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError> {
-    let mut stmt = held.get(
+    let stmt = held.get(
         "UPDATE nodes SET
              name = ?2, driver = ?3, driver_info = ?4, properties = ?5,
              provision_state = ?6, target_provision_state = ?7,
@@ -413,7 +413,7 @@ fn update_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
              created_at = ?17, updated_at = ?18
          WHERE uuid = ?1",
     )?;
-    let changed = execute_node(&mut stmt, node)?;
+    let changed = execute_node(stmt, node)?;
     if changed == 0 {
         return Err(node_missing(node.uuid));
     }
