@@ -37,6 +37,8 @@ pub struct NodeEnv {
     pub drivers: Arc<DashMap<String, Addr<DriverActor>>>,
     pub lock_wait: Duration,
     pub driver_call_timeout: Duration,
+    /// The site's metrics (node gauges, BMC calls).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 type Reply = oneshot::Sender<Result<NodeView, KilnError>>;
@@ -60,6 +62,9 @@ pub(super) struct Task {
     pub(super) draft: NodeRecord,
     /// Steps left to run.
     pub(super) steps: VecDeque<Step>,
+    /// The task's span (node id, name, action): every log line of the task,
+    /// in the handler and in each continuation, is written inside it.
+    pub(super) span: tracing::Span,
 }
 
 /// The actor of one node.
@@ -75,6 +80,8 @@ pub struct NodeActor {
     pub(super) env: NodeEnv,
     /// Power reads that failed in a row (power sync); in memory, as Ironic.
     pub(super) power_failures: u32,
+    /// This node's count in the node gauges, following `record`.
+    gauge: crate::metrics::NodeGauge,
 }
 
 impl Actor for NodeActor {
@@ -83,7 +90,9 @@ impl Actor for NodeActor {
 
 impl NodeActor {
     pub fn new(record: NodeRecord, env: NodeEnv) -> Self {
+        let gauge = crate::metrics::NodeGauge::new(env.metrics.clone(), &record);
         NodeActor {
+            gauge,
             record,
             reservation: None,
             task: None,
@@ -101,6 +110,16 @@ impl NodeActor {
 
     pub(super) fn name(&self) -> String {
         self.record.name.clone()
+    }
+
+    /// A span for a task of this node doing `action`.
+    pub(super) fn task_span(&self, action: &str) -> tracing::Span {
+        tracing::info_span!("node", node = %self.record.uuid, node_name = %self.record.name, action = %action)
+    }
+
+    /// The running task's span (none between tasks).
+    fn current_span(&self) -> tracing::Span {
+        self.task.as_ref().map_or_else(tracing::Span::none, |t| t.span.clone())
     }
 
     pub(super) fn locked_error(&self) -> KilnError {
@@ -142,7 +161,9 @@ impl NodeActor {
         }
         let bmc = kiln_drivers::connect(kind, &info)?;
         let label = info.get("address").cloned().unwrap_or_else(|| format!("fake BMC of {}", self.record.name));
-        let addr = DriverActor::new(bmc, label, self.env.driver_call_timeout).start();
+        let addr = DriverActor::new(bmc, label, self.env.driver_call_timeout)
+            .observed(self.env.metrics.clone(), self.record.driver)
+            .start();
         if let Some(ep) = endpoint {
             self.env.drivers.insert(ep, addr.clone());
         }
@@ -212,13 +233,17 @@ impl NodeActor {
 
     fn begin(&mut self, op: Op, wait: bool, reply: Reply, ctx: &mut Context<Self>) {
         let now = Utc::now();
-        self.reservation = Some(Reservation { purpose: op.purpose(), since: now });
+        let action = op.purpose();
+        let span = self.task_span(&action);
+        let _entered = span.enter();
+        self.reservation = Some(Reservation { purpose: action.clone(), since: now });
         self.task = Some(Task {
             reply: Some(reply),
             wait,
-            action: op.purpose(),
+            action,
             draft: self.record.clone(),
             steps: VecDeque::new(),
+            span: span.clone(),
         });
         match op {
             Op::Verb(verb) => self.begin_verb(verb, ctx),
@@ -511,9 +536,12 @@ impl NodeActor {
         batch.push(Write::UpdateNode(next.clone()));
         batch.extend(history.into_iter().map(Write::AppendHistory));
         let store = self.env.store.clone();
+        let span = self.current_span();
         ctx.spawn(async move { store.commit(batch).await }.into_actor(self).map(move |res, act, ctx| {
+            let _entered = span.enter();
             let res = res.map_err(KilnError::from);
             if res.is_ok() {
+                act.gauge.track(&next);
                 act.record = next;
                 if let Some(task) = act.task.as_mut() {
                     task.draft = act.record.clone();
@@ -539,11 +567,13 @@ impl NodeActor {
             }
             match failure {
                 None => {
+                    tracing::debug!(state = %act.record.provision_state, "operation done");
                     act.publish(EventKind::End, None);
                     let view = act.view_released();
                     act.end_task(Ok(view), ctx);
                 }
                 Some(message) => {
+                    tracing::warn!(state = %act.record.provision_state, error = %message, "operation failed");
                     act.publish(EventKind::Error, Some(message.clone()));
                     let err = KilnError::Driver { node: act.name(), message };
                     act.end_task(Err(err), ctx);
@@ -562,7 +592,9 @@ impl NodeActor {
     where
         F: FnOnce(&mut Self, &mut Context<Self>, Result<DriverReply, DriverError>) + 'static,
     {
+        let span = self.current_span();
         ctx.spawn(async move { driver.send(call).await }.into_actor(self).map(move |res, act, ctx| {
+            let _entered = span.enter();
             let res = match res {
                 Ok(r) => r,
                 Err(_) => Err(DriverError::Unavailable),
