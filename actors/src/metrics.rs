@@ -88,7 +88,8 @@ pub enum BmcCall {
 }
 
 impl BmcCall {
-    pub const ALL: [BmcCall; 5] = [BmcCall::GetPower, BmcCall::SetPower, BmcCall::SetBoot, BmcCall::GetBoot, BmcCall::Inspect];
+    pub const ALL: [BmcCall; 5] =
+        [BmcCall::GetPower, BmcCall::SetPower, BmcCall::SetBoot, BmcCall::GetBoot, BmcCall::Inspect];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -258,9 +259,7 @@ impl Metrics {
 
     /// BMC calls of `driver` so far (all kinds) and how many failed.
     pub fn bmc_totals(&self, driver: DriverKind) -> (u64, u64) {
-        self.bmc[driver as usize]
-            .iter()
-            .fold((0, 0), |(n, e), s| (n + s.latency.count(), e + s.errors.load(Relaxed)))
+        self.bmc[driver as usize].iter().fold((0, 0), |(n, e), s| (n + s.latency.count(), e + s.errors.load(Relaxed)))
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric, with
@@ -312,7 +311,8 @@ impl Metrics {
         let _ = writeln!(o, "kiln_jobs_submitted_total {}", self.jobs_submitted.load(Relaxed));
         header(o, "kiln_jobs_ended_total", "counter", "Jobs that ended, by final status.");
         for s in JobStatus::ALL.iter().filter(|s| s.is_finished()) {
-            let _ = writeln!(o, "kiln_jobs_ended_total{{status=\"{s}\"}} {}", self.jobs_ended[*s as usize].load(Relaxed));
+            let _ =
+                writeln!(o, "kiln_jobs_ended_total{{status=\"{s}\"}} {}", self.jobs_ended[*s as usize].load(Relaxed));
         }
         header(o, "kiln_job_queue_wait_seconds", "histogram", "Time from a job's submission to its start.");
         self.job_queue_wait.render(o, "kiln_job_queue_wait_seconds", "");

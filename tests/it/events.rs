@@ -36,10 +36,8 @@ fn recent_events_are_filtered_too() {
         .iter()
         .map(|e| (e["node_name"].as_str().unwrap().to_string(), e["kind"].as_str().unwrap().to_string()))
         .collect();
-    let want: BTreeSet<(String, String)> = ["demo2", "demo4"]
-        .iter()
-        .flat_map(|n| ["start", "end"].map(|k| (n.to_string(), k.to_string())))
-        .collect();
+    let want: BTreeSet<(String, String)> =
+        ["demo2", "demo4"].iter().flat_map(|n| ["start", "end"].map(|k| (n.to_string(), k.to_string()))).collect();
     assert_eq!(seen, want);
 
     // A node's uuid names that node.

@@ -13,10 +13,8 @@ use crate::harness::Daemon;
 /// The address the daemon logged for its metrics endpoint (it binds port 0).
 fn metrics_addr(d: &mut Daemon) -> String {
     let line = d.wait_for_log("serving metrics");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .unwrap_or_else(|| panic!("no addr= in {line}"));
+    let addr =
+        line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).unwrap_or_else(|| panic!("no addr= in {line}"));
     addr.to_string()
 }
 
