@@ -150,6 +150,21 @@ fn a_bad_metrics_address_is_refused_before_anything_starts() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("metrics_addr = 'not an address'") && err.contains("HOST:PORT"), "{err}");
+
+    // The config file's key, checked the same way.
+    let config = dir.path().join("kiln.toml");
+    for (value, code) in [("127.0.0.1:0", 0), ("[::1]:9184", 0), ("127.0.0.1", 2)] {
+        std::fs::write(&config, format!("metrics_addr = \"{value}\"\n")).unwrap();
+        let out = std::process::Command::new(crate::harness::KILN)
+            .args(["serve", "--check-config", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("KILN_METRICS_ADDR")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{value}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 /// The first JSON log line whose message is `message`.
@@ -168,8 +183,12 @@ fn json_log_lines_carry_the_job_and_node_ids() {
     let started = wait_json(&mut d, "job started");
     assert_eq!(started["span"]["job"], job.as_str(), "{started}");
 
-    // The node actor's line: inside the node's span (id, name, action).
+    // The node actor's line: inside the node's span (id, name, action),
+    // itself inside the job's.
     let failed = wait_json(&mut d, "operation failed");
+    let spans: Vec<&str> = failed["spans"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(spans, ["job", "node"], "{failed}");
+    assert_eq!(failed["spans"][0]["job"], job.as_str(), "{failed}");
     assert_eq!(failed["level"], "WARN");
     assert_eq!(failed["span"]["node"], uuid.as_str(), "{failed}");
     assert_eq!(failed["span"]["node_name"], "flaky", "{failed}");

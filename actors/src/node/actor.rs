@@ -20,7 +20,7 @@ use kiln_store::{
 use tokio::sync::oneshot;
 
 use super::plan::{self, Step, VerbPlan};
-use super::{NodeUpdate, Op, ReadPower, RunOp, ShowNode};
+use super::{NodeUpdate, Op, ReadPower, RunOp, RunOpIn, ShowNode};
 use crate::KilnError;
 use crate::driver::{DriverActor, DriverCall, DriverReply};
 use crate::events::{EventBus, EventKind, NodeEvent, Publish};
@@ -49,6 +49,7 @@ pub(super) struct Waiter {
     op: Op,
     wait: bool,
     reply: Reply,
+    parent: tracing::Span,
 }
 
 /// The exclusive task that holds the node.
@@ -112,9 +113,16 @@ impl NodeActor {
         self.record.name.clone()
     }
 
-    /// A span for a task of this node doing `action`.
-    pub(super) fn task_span(&self, action: &str) -> tracing::Span {
-        tracing::info_span!("node", node = %self.record.uuid, node_name = %self.record.name, action = %action)
+    /// A span for a task of this node doing `action`, inside `parent` (the
+    /// job that asked for it; `Span::none()` for none).
+    pub(super) fn task_span(&self, action: &str, parent: &tracing::Span) -> tracing::Span {
+        tracing::info_span!(
+            parent: parent,
+            "node",
+            node = %self.record.uuid,
+            node_name = %self.record.name,
+            action = %action
+        )
     }
 
     /// The running task's span (none between tasks).
@@ -175,9 +183,9 @@ impl NodeActor {
 
     /// Runs `op` now if the node is free, queues it for at most `lock_wait`
     /// otherwise, or refuses it with `NodeLocked`.
-    fn submit(&mut self, op: Op, wait: bool, reply: Reply, ctx: &mut Context<Self>) {
+    fn submit(&mut self, op: Op, wait: bool, reply: Reply, parent: tracing::Span, ctx: &mut Context<Self>) {
         if self.task.is_none() && self.waiters.is_empty() {
-            self.begin(op, wait, reply, ctx);
+            self.begin(op, wait, reply, parent, ctx);
             return;
         }
         if self.env.lock_wait.is_zero() {
@@ -186,7 +194,7 @@ impl NodeActor {
         }
         self.next_waiter += 1;
         let id = self.next_waiter;
-        self.waiters.push_back(Waiter { id, op, wait, reply });
+        self.waiters.push_back(Waiter { id, op, wait, reply, parent });
         ctx.run_later(self.env.lock_wait, move |act, _| {
             if let Some(pos) = act.waiters.iter().position(|w| w.id == id) {
                 let w = act.waiters.remove(pos).expect("position is in range");
@@ -203,7 +211,7 @@ impl NodeActor {
             if w.reply.is_closed() {
                 continue;
             }
-            self.begin(w.op, w.wait, w.reply, ctx);
+            self.begin(w.op, w.wait, w.reply, w.parent, ctx);
             break;
         }
     }
@@ -231,10 +239,10 @@ impl NodeActor {
 
     // ----- starting operations ----------------------------------------------
 
-    fn begin(&mut self, op: Op, wait: bool, reply: Reply, ctx: &mut Context<Self>) {
+    fn begin(&mut self, op: Op, wait: bool, reply: Reply, parent: tracing::Span, ctx: &mut Context<Self>) {
         let now = Utc::now();
         let action = op.purpose();
-        let span = self.task_span(&action);
+        let span = self.task_span(&action, &parent);
         let _entered = span.enter();
         self.reservation = Some(Reservation { purpose: action.clone(), since: now });
         self.task = Some(Task {
@@ -648,15 +656,33 @@ impl Handler<ShowNode> for NodeActor {
     }
 }
 
-impl Handler<RunOp> for NodeActor {
-    type Result = ResponseFuture<Result<NodeView, KilnError>>;
-    fn handle(&mut self, msg: RunOp, ctx: &mut Context<Self>) -> Self::Result {
+impl NodeActor {
+    fn run_op(
+        &mut self,
+        msg: RunOp,
+        parent: tracing::Span,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<NodeView, KilnError>> {
         let (tx, rx) = oneshot::channel();
-        self.submit(msg.op, msg.wait, tx, ctx);
+        self.submit(msg.op, msg.wait, tx, parent, ctx);
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(KilnError::Unavailable("the node's worker stopped before answering".into())))
         })
+    }
+}
+
+impl Handler<RunOp> for NodeActor {
+    type Result = ResponseFuture<Result<NodeView, KilnError>>;
+    fn handle(&mut self, msg: RunOp, ctx: &mut Context<Self>) -> Self::Result {
+        self.run_op(msg, tracing::Span::none(), ctx)
+    }
+}
+
+impl Handler<RunOpIn> for NodeActor {
+    type Result = ResponseFuture<Result<NodeView, KilnError>>;
+    fn handle(&mut self, msg: RunOpIn, ctx: &mut Context<Self>) -> Self::Result {
+        self.run_op(msg.run, msg.parent, ctx)
     }
 }
 

@@ -82,7 +82,7 @@ impl NodeActor {
             action: purpose.into(),
             draft: self.record.clone(),
             steps: VecDeque::new(),
-            span: self.task_span(purpose),
+            span: self.task_span(purpose, &tracing::Span::none()),
         });
     }
 }
