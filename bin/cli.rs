@@ -45,6 +45,7 @@ pub enum Command {
     Periodic(PeriodicCommand),
     /// Show recent events; with --follow, keep printing new ones.
     Events {
+        /// After the recent events, print new ones as they happen (Ctrl-C stops).
         #[arg(long, short)]
         follow: bool,
         /// Only the events of these nodes (a node set; the daemon filters).
