@@ -364,6 +364,8 @@ pub struct NodeGauge {
     metrics: Arc<Metrics>,
     state: ProvisionState,
     maintenance: bool,
+    /// Already taken out of the counts (the node was deleted).
+    removed: bool,
 }
 
 impl NodeGauge {
@@ -372,11 +374,26 @@ impl NodeGauge {
         if record.maintenance {
             metrics.nodes_maintenance.fetch_add(1, Relaxed);
         }
-        NodeGauge { metrics, state: record.provision_state, maintenance: record.maintenance }
+        NodeGauge { metrics, state: record.provision_state, maintenance: record.maintenance, removed: false }
+    }
+
+    /// The node is gone (deleted): it leaves the counts now, before anyone
+    /// is told, rather than when its actor is dropped a moment later.
+    pub fn remove(&mut self) {
+        if !self.removed {
+            self.removed = true;
+            self.metrics.nodes[self.state as usize].fetch_sub(1, Relaxed);
+            if self.maintenance {
+                self.metrics.nodes_maintenance.fetch_sub(1, Relaxed);
+            }
+        }
     }
 
     /// The node now looks like `record`.
     pub fn track(&mut self, record: &NodeRecord) {
+        if self.removed {
+            return;
+        }
         if record.provision_state != self.state {
             self.metrics.nodes[self.state as usize].fetch_sub(1, Relaxed);
             self.metrics.nodes[record.provision_state as usize].fetch_add(1, Relaxed);
@@ -392,10 +409,7 @@ impl NodeGauge {
 
 impl Drop for NodeGauge {
     fn drop(&mut self) {
-        self.metrics.nodes[self.state as usize].fetch_sub(1, Relaxed);
-        if self.maintenance {
-            self.metrics.nodes_maintenance.fetch_sub(1, Relaxed);
-        }
+        self.remove();
     }
 }
 
@@ -510,9 +524,12 @@ mod tests {
         assert_eq!(m.nodes_in(ProvisionState::Enroll), 1);
         assert_eq!(m.nodes_in(ProvisionState::Manageable), 1);
         assert_eq!(m.nodes_maintenance.load(Relaxed), 1);
-        drop(g);
+        g.remove();
         assert_eq!(m.nodes_in(ProvisionState::Manageable), 0);
         assert_eq!(m.nodes_maintenance.load(Relaxed), 0);
+        drop(g);
+        assert_eq!(m.nodes_in(ProvisionState::Manageable), 0);
+        assert_eq!(m.nodes_in(ProvisionState::Enroll), 1);
         assert!(m.render(&[]).contains("kiln_nodes{provision_state=\"enroll\"} 1\n"));
     }
 

@@ -76,6 +76,8 @@ fn metrics_endpoint_counts_nodes_jobs_bmc_calls_and_requests() {
     d.json_code(&["node", "manage", "bad", "--wait"], 1);
     d.json_code(&["node", "create", "bad", "--driver", "fake"], 1);
     d.json(&["periodic", "run", "power_sync"]);
+    d.json(&["node", "create", "gone", "--driver", "fake"]);
+    d.json(&["node", "delete", "gone"]);
 
     let (status, headers, body) = get(&addr, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -126,7 +128,7 @@ fn metrics_endpoint_counts_nodes_jobs_bmc_calls_and_requests() {
 
     // Admin requests, by kind, and the refused create.
     assert_eq!(at(&m, "kiln_admin_requests_total{request=\"node_op\"}"), 2.0);
-    assert_eq!(at(&m, "kiln_admin_requests_total{request=\"node_create\"}"), 2.0);
+    assert_eq!(at(&m, "kiln_admin_requests_total{request=\"node_create\"}"), 3.0);
     assert_eq!(at(&m, "kiln_admin_request_errors_total{request=\"node_create\"}"), 1.0);
     assert_eq!(at(&m, "kiln_admin_requests_total{request=\"node_list\"}"), 0.0);
     assert_eq!(at(&m, "kiln_build_info{version=\"0.1.0\"}"), 1.0);

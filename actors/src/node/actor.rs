@@ -423,6 +423,7 @@ impl NodeActor {
         ctx.spawn(async move { store.commit(vec![Write::DeleteNode(id)]).await }.into_actor(self).map(
             |res, act, ctx| match res {
                 Ok(()) => {
+                    act.gauge.remove();
                     let view = act.view();
                     act.end_task(Ok(view), ctx);
                     ctx.stop();
