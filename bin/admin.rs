@@ -171,14 +171,27 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
         let request: Request = match codec::decode(&body) {
             Ok(r) => r,
             Err(e) => {
+                let slot = site.metrics.admin_request(None);
+                site.metrics.admin_error(slot);
                 if send(&mut stream, &protocol_error(e.to_string())).await.is_err() {
                     return;
                 }
                 continue;
             }
         };
-        if let Request::Events { follow } = request {
-            crate::dispatch::stream_events(&mut stream, &site, follow).await;
+        let slot = site.metrics.admin_request(Some(&request));
+        if let Request::Events { follow, nodes, kinds } = request {
+            let filter = match crate::dispatch::event_filter(&site, nodes.as_deref(), kinds) {
+                Ok(f) => f,
+                Err(e) => {
+                    site.metrics.admin_error(slot);
+                    if send(&mut stream, &Response::Error(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            crate::dispatch::stream_events(&mut stream, &site, follow, filter).await;
             if follow {
                 return;
             }
@@ -194,6 +207,9 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
         } else {
             crate::dispatch::handle(&site, request).await
         };
+        if matches!(response, Response::Error(_)) {
+            site.metrics.admin_error(slot);
+        }
         if send(&mut stream, &response).await.is_err() {
             return;
         }

@@ -45,8 +45,15 @@ pub enum Command {
     Periodic(PeriodicCommand),
     /// Show recent events; with --follow, keep printing new ones.
     Events {
+        /// After the recent events, print new ones as they happen (Ctrl-C stops).
         #[arg(long, short)]
         follow: bool,
+        /// Only the events of these nodes (a node set; the daemon filters).
+        #[arg(short = 'w', long = "nodes", value_name = "NODESET")]
+        nodes: Option<String>,
+        /// Only events of these kinds (comma-separated: start, end, error).
+        #[arg(long = "kind", value_name = "KIND,...", value_delimiter = ',', value_parser = parse_event_kind)]
+        kinds: Vec<kiln_actors::EventKind>,
     },
     /// Measure a performance scenario in-process (spec section 11).
     Bench(BenchArgs),
@@ -92,6 +99,13 @@ pub struct ServeArgs {
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
+    #[arg(long, value_name = "ADDR", env = "KILN_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+}
+
+fn parse_event_kind(s: &str) -> Result<kiln_actors::EventKind, String> {
+    s.trim().parse()
 }
 
 #[derive(Debug, Subcommand)]

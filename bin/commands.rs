@@ -164,6 +164,8 @@ enum Remote {
     Watch(JobId),
     Events {
         follow: bool,
+        nodes: Option<String>,
+        kinds: Vec<kiln_actors::EventKind>,
     },
     /// A fanout command: print per node (or gathered), exit with the largest code.
     Exec {
@@ -178,7 +180,7 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
         Command::Job(j) => job_plan(j)?,
         Command::Queue(QueueCommand::Drain { state }) => Remote::Once(Request::QueueDrain { on: state == "on" }),
         Command::Queue(QueueCommand::Status) => Remote::Once(Request::QueueStatus),
-        Command::Events { follow } => Remote::Events { follow },
+        Command::Events { follow, nodes, kinds } => Remote::Events { follow, nodes, kinds },
         Command::Exec(e) => {
             let spec = exec_spec(&e.fanout, e.command.join(" "))?;
             Remote::Exec { request: Request::Exec { nodes: e.fanout.nodes.clone(), spec }, gather: e.gather }
@@ -211,7 +213,9 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
             let response = call(&mut client, request).await?;
             print_response(response, json)
         }
-        Remote::Events { follow } => events(&mut client, follow, json).await,
+        Remote::Events { follow, nodes, kinds } => {
+            events(&mut client, Request::Events { follow, nodes, kinds }, json).await
+        }
         Remote::Exec { request, gather } => {
             let outcomes = match call(&mut client, request).await? {
                 Response::Exec(o) => o,
@@ -598,8 +602,9 @@ fn print_results(results: &[NodeResult], json: bool) {
     }
 }
 
-async fn events(client: &mut Client, follow: bool, json: bool) -> Result<(), Failure> {
-    client.send(&Request::Events { follow }).await?;
+async fn events(client: &mut Client, request: Request, json: bool) -> Result<(), Failure> {
+    let follow = matches!(request, Request::Events { follow: true, .. });
+    client.send(&request).await?;
     loop {
         match client.next().await? {
             Response::Event(e) => {

@@ -49,6 +49,8 @@ pub struct FileConfig {
     pub job_archive_age: Option<f64>,
     pub store_maintenance_interval: Option<f64>,
     pub driver_call_timeout: Option<f64>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (off when absent).
+    pub metrics_addr: Option<String>,
 }
 
 /// Everything `kiln serve` runs with.
@@ -60,6 +62,8 @@ pub struct DaemonConfig {
     pub allowed_uids: Vec<u32>,
     pub max_frame: usize,
     pub log_format: LogFormat,
+    /// Where `/metrics` is served; `None`: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn seconds(key: &str, value: f64) -> anyhow::Result<Duration> {
@@ -131,6 +135,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
             d.store_maintenance_interval,
         )?,
     };
+    let metrics_addr = args.metrics_addr.clone().or(file.metrics_addr).map(|a| metrics_addr(&a)).transpose()?;
     let me = own_uid();
     let mut allowed_uids = vec![me, 0];
     allowed_uids.extend(file.allowed_uids.unwrap_or_default());
@@ -150,7 +155,19 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
         allowed_uids,
         max_frame,
         log_format,
+        metrics_addr,
     })
+}
+
+/// Parses `metrics_addr`: `HOST:PORT` (`127.0.0.1:9184`, `[::1]:9184`,
+/// `localhost:9184`; port 0 picks a free port, logged at start).
+fn metrics_addr(text: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let bad = || format!("metrics_addr = '{text}': expected HOST:PORT, such as 127.0.0.1:9184");
+    if let Ok(a) = text.parse() {
+        return Ok(a);
+    }
+    text.to_socket_addrs().with_context(bad)?.next().with_context(bad)
 }
 
 /// The node groups of a config file (for `kiln nodeset`).

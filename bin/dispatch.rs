@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kiln_actors::codec;
-use kiln_actors::events::{RecentEvents, SubscribeChannel};
+use kiln_actors::events::{EventFilter, EventKind, RecentEvents, SubscribeChannel};
 use kiln_actors::jobs::*;
 use kiln_actors::protocol::{Request, Response};
 use kiln_actors::supervisor::GetStatus;
@@ -132,13 +132,30 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
     })
 }
 
+/// The filter of an events request: `nodes` is a node set (groups allowed)
+/// or one node's uuid; nodes not enrolled yet may be named, so a follower
+/// can watch a node from its creation on.
+pub fn event_filter(site: &Site, nodes: Option<&str>, kinds: Vec<EventKind>) -> Result<EventFilter, KilnError> {
+    let nodes = match nodes {
+        None => None,
+        Some(expr) if expr.trim().is_empty() => {
+            return Err(KilnError::InvalidInput("the node set to follow is empty; omit -w for every node".into()));
+        }
+        Some(expr) => Some(match site.registry.find(expr.trim()) {
+            Some((_, entry)) => kiln_actors::nodeset::NodeSet::from_names([entry.name]),
+            None => site.registry.parse(expr)?,
+        }),
+    };
+    Ok(EventFilter { nodes, kinds })
+}
+
 /// Streams events to a client. Without `follow`: the recent ones, then a
 /// marker. With `follow`: the marker as soon as the subscription is in place
 /// (everything after it is live), then every new event until the client goes
-/// away.
-pub async fn stream_events(stream: &mut UnixStream, site: &Site, follow: bool) {
+/// away. Only the events `filter` lets through are sent.
+pub async fn stream_events(stream: &mut UnixStream, site: &Site, follow: bool, filter: EventFilter) {
     if !follow {
-        let recent = site.events.send(RecentEvents).await.unwrap_or_default();
+        let recent = site.events.send(RecentEvents(filter)).await.unwrap_or_default();
         for e in recent {
             if codec::write_message(stream, &Response::Event(e)).await.is_err() {
                 return;
@@ -148,7 +165,7 @@ pub async fn stream_events(stream: &mut UnixStream, site: &Site, follow: bool) {
         return;
     }
     let (tx, mut rx) = mpsc::channel(events::RECENT + 4096);
-    if site.events.send(SubscribeChannel { tx, backlog: false }).await.is_err() {
+    if site.events.send(SubscribeChannel { tx, backlog: false, filter }).await.is_err() {
         return;
     }
     if codec::write_message(stream, &Response::EventsCaughtUp).await.is_err() {

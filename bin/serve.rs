@@ -59,6 +59,10 @@ async fn daemon(cfg: DaemonConfig) -> anyhow::Result<()> {
     };
     let site = kiln_actors::start(cfg.site.clone()).await.context("cannot start the site")?;
     let listener = admin::bind(&admin_cfg)?;
+    let metrics = match cfg.metrics_addr {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -68,6 +72,11 @@ async fn daemon(cfg: DaemonConfig) -> anyhow::Result<()> {
         nodes = site.registry.by_id.len(),
         "kiln is serving"
     );
+    if let Some(m) = metrics {
+        let addr = m.local_addr().context("cannot read the metrics address")?;
+        tracing::info!(addr = %addr, url = %format!("http://{addr}/metrics"), "serving metrics");
+        actix::spawn(crate::metrics::serve(m, site.clone(), stop_rx.clone()));
+    }
     let server = actix::spawn(admin::serve(listener, admin_cfg, site.clone(), stop_rx));
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

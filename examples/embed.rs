@@ -49,6 +49,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let ok = outcomes.iter().filter(|o| o.result.is_ok()).count();
             println!("{verb}: {ok}/{} nodes ok", outcomes.len());
         }
+        // The site's metrics are plain atomics an application can read or
+        // render for its own Prometheus endpoint.
+        let active = site.metrics.nodes_in(kiln_store::ProvisionState::Active);
+        let (calls, failed) = site.metrics.bmc_totals(kiln_store::DriverKind::Fake);
+        println!("metrics: {active} nodes active; {calls} BMC calls, {failed} failed");
         Ok::<(), Box<dyn std::error::Error>>(())
     });
     let _ = std::fs::remove_dir_all(&dir);

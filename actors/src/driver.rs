@@ -7,10 +7,13 @@
 //! for the node instead of killing an actor (spec section 2).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use kiln_drivers::{Bmc, Boot, DriverError, Facts, Power, PowerAction};
+use kiln_store::DriverKind;
+
+use crate::metrics::{BmcCall, Metrics};
 
 /// A call to a BMC.
 #[derive(Clone, Copy, Debug, Message)]
@@ -38,11 +41,32 @@ pub struct DriverActor {
     /// How the BMC is named in errors (its address; never credentials).
     label: String,
     call_timeout: Duration,
+    /// Where each call's latency and failure are counted, under which driver.
+    metrics: Option<(Arc<Metrics>, DriverKind)>,
 }
 
 impl DriverActor {
     pub fn new(bmc: Arc<dyn Bmc>, label: String, call_timeout: Duration) -> Self {
-        DriverActor { bmc, label, call_timeout }
+        DriverActor { bmc, label, call_timeout, metrics: None }
+    }
+
+    /// Counts every call in `metrics`, labelled with `driver`.
+    pub fn observed(mut self, metrics: Arc<Metrics>, driver: DriverKind) -> Self {
+        self.metrics = Some((metrics, driver));
+        self
+    }
+}
+
+impl DriverCall {
+    /// The call as metrics label it.
+    pub fn metric(&self) -> BmcCall {
+        match self {
+            DriverCall::GetPower => BmcCall::GetPower,
+            DriverCall::SetPower(_) => BmcCall::SetPower,
+            DriverCall::SetBoot(..) => BmcCall::SetBoot,
+            DriverCall::GetBoot => BmcCall::GetBoot,
+            DriverCall::Inspect => BmcCall::Inspect,
+        }
     }
 }
 
@@ -57,6 +81,8 @@ impl Handler<DriverCall> for DriverActor {
         let bmc = self.bmc.clone();
         let label = self.label.clone();
         let limit = self.call_timeout;
+        let metrics = self.metrics.clone();
+        let began = Instant::now();
         let running = tokio::spawn(async move {
             let work = async {
                 match call {
@@ -74,10 +100,14 @@ impl Handler<DriverCall> for DriverActor {
         });
         AtomicResponse::new(Box::pin(
             async move {
-                match running.await {
+                let result = match running.await {
                     Ok(result) => result,
                     Err(join) => Err(DriverError::Panicked(panic_text(join))),
+                };
+                if let Some((m, driver)) = metrics {
+                    m.bmc_call(driver, call.metric(), began.elapsed(), result.is_err());
                 }
+                result
             }
             .into_actor(self),
         ))

@@ -17,6 +17,7 @@ pub mod events;
 pub mod exec;
 pub mod fsm;
 pub mod jobs;
+pub mod metrics;
 pub mod node;
 pub mod nodeset;
 pub mod panics;
@@ -62,6 +63,8 @@ pub struct Site {
     pub registry: Registry,
     pub store: StoreHandle,
     pub config: SiteConfig,
+    /// The site's counters, gauges and histograms (`metrics.render` for a scrape).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Site {
@@ -124,6 +127,7 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
         store.commit(repairs).await.map_err(store_error)?;
     }
 
+    let metrics = Arc::new(metrics::Metrics::default());
     let events = EventBus::default().start();
     let registry = Registry { groups: Arc::new(config.groups.clone()), ..Default::default() };
     let env = node::NodeEnv {
@@ -132,6 +136,7 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
         drivers: Arc::new(DashMap::new()),
         lock_wait: config.lock_wait,
         driver_call_timeout: config.driver_call_timeout,
+        metrics: metrics.clone(),
     };
     let facts = supervisor::SiteFacts { started_at: now.to_rfc3339(), data_dir: config.data_dir.display().to_string() };
     let empty = records.is_empty();
@@ -152,10 +157,12 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
             .map_err(StartError::Demo)?;
     }
     let router = supervisor::Router { supervisor: supervisor.clone(), registry: registry.clone() };
-    let queue =
-        jobs::JobQueue::load(store.clone(), router.clone(), config.max_running_jobs).await.map_err(StartError::Jobs)?;
+    let queue = jobs::JobQueue::load(store.clone(), router.clone(), config.max_running_jobs)
+        .await
+        .map_err(StartError::Jobs)?
+        .with_metrics(metrics.clone());
     let jobs = queue.start();
-    let tasks = periodic::builtin(router, jobs.clone(), store.clone(), config.periodic.clone());
+    let tasks = periodic::builtin(router, jobs.clone(), store.clone(), config.periodic.clone(), metrics.clone());
     let scheduler = scheduler::Scheduler::new(tasks).start();
-    Ok(Site { supervisor, jobs, scheduler, events, registry, store, config })
+    Ok(Site { supervisor, jobs, scheduler, events, registry, store, config, metrics })
 }

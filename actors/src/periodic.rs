@@ -14,6 +14,7 @@ use futures::stream::{self, StreamExt};
 use kiln_store::StoreHandle;
 
 use crate::jobs::{ArchiveOld, JobQueue};
+use crate::metrics::{Metrics, SyncResult};
 use crate::node::upkeep::{ExpireWait, RecoverPowerFailure, SyncOutcome, SyncPower};
 use crate::scheduler::PeriodicTask;
 use crate::supervisor::{Router, send_to_node};
@@ -63,6 +64,16 @@ where
 
 /// One power sync cycle over every node.
 pub async fn power_sync(router: Router, cfg: PeriodicConfig) -> Result<String, String> {
+    power_sync_counted(router, cfg, None).await
+}
+
+/// [`power_sync`], counting the cycle's duration and findings in `metrics`.
+pub async fn power_sync_counted(
+    router: Router,
+    cfg: PeriodicConfig,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<String, String> {
+    let began = std::time::Instant::now();
     let nodes = router.registry.all();
     let total = nodes.len();
     let outcomes: Vec<SyncOutcome> = stream::iter(nodes)
@@ -80,6 +91,21 @@ pub async fn power_sync(router: Router, cfg: PeriodicConfig) -> Result<String, S
         .collect()
         .await;
     let count = |f: fn(&SyncOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    if let Some(m) = metrics {
+        m.power_sync_cycle(began.elapsed());
+        for o in &outcomes {
+            m.power_sync_nodes(
+                match o {
+                    SyncOutcome::InSync => SyncResult::InSync,
+                    SyncOutcome::Updated { .. } => SyncResult::Updated,
+                    SyncOutcome::Forced { .. } => SyncResult::Forced,
+                    SyncOutcome::Failed { .. } => SyncResult::Failed,
+                    SyncOutcome::Skipped(_) => SyncResult::Skipped,
+                },
+                1,
+            );
+        }
+    }
     Ok(format!(
         "{total} nodes: {} in sync, {} updated, {} forced, {} failed, {} skipped",
         count(|o| matches!(o, SyncOutcome::InSync)),
@@ -109,14 +135,22 @@ where
 }
 
 /// The built-in tasks.
-pub fn builtin(router: Router, jobs: Addr<JobQueue>, store: StoreHandle, cfg: PeriodicConfig) -> Vec<PeriodicTask> {
+pub fn builtin(
+    router: Router,
+    jobs: Addr<JobQueue>,
+    store: StoreHandle,
+    cfg: PeriodicConfig,
+    metrics: Arc<Metrics>,
+) -> Vec<PeriodicTask> {
     let on = cfg.enabled;
     let (r1, c1) = (router.clone(), cfg.clone());
     let (r2, c2) = (router.clone(), cfg.clone());
     let (r3, c3) = (router, cfg.clone());
     let age = cfg.job_archive_age;
     vec![
-        task("power_sync", cfg.power_sync_interval, on, move || power_sync(r1.clone(), c1.clone())),
+        task("power_sync", cfg.power_sync_interval, on, move || {
+            power_sync_counted(r1.clone(), c1.clone(), Some(metrics.clone()))
+        }),
         task("power_failure_recovery", cfg.power_failure_recovery_interval, on, move || {
             let (r, c) = (r2.clone(), c2.clone());
             async move {

@@ -18,7 +18,7 @@ use crate::supervisor::NewNode;
 use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
 
 /// Bumped whenever a request or response changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,9 +71,13 @@ pub enum Request {
     PortDelete {
         address: String,
     },
-    /// The recent events; with `follow`, then every new one.
+    /// The recent events; with `follow`, then every new one. Only the
+    /// events of the nodes of `nodes` (a node set; `None`: every node) and
+    /// of the `kinds` given (empty: every kind).
     Events {
         follow: bool,
+        nodes: Option<String>,
+        kinds: Vec<crate::events::EventKind>,
     },
     JobSubmit {
         ops: Vec<Opcode>,
@@ -118,6 +122,77 @@ pub enum Request {
     PeriodicRun {
         name: String,
     },
+}
+
+impl Request {
+    /// Every request's name, as metrics label it, in [`Request::kind_index`] order.
+    pub const KINDS: &'static [&'static str] = &[
+        "hello",
+        "status",
+        "node_create",
+        "node_import",
+        "node_list",
+        "node_show",
+        "node_history",
+        "node_set",
+        "node_delete",
+        "node_op",
+        "power_status",
+        "port_create",
+        "port_list",
+        "port_delete",
+        "events",
+        "job_submit",
+        "job_list",
+        "job_show",
+        "job_wait",
+        "job_cancel",
+        "job_archive",
+        "queue_drain",
+        "queue_status",
+        "periodic_list",
+        "exec",
+        "copy",
+        "periodic_run",
+    ];
+
+    /// The request's place in [`Request::KINDS`].
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Request::Hello { .. } => 0,
+            Request::Status => 1,
+            Request::NodeCreate(_) => 2,
+            Request::NodeImport(_) => 3,
+            Request::NodeList { .. } => 4,
+            Request::NodeShow { .. } => 5,
+            Request::NodeHistory { .. } => 6,
+            Request::NodeSet { .. } => 7,
+            Request::NodeDelete { .. } => 8,
+            Request::NodeOp { .. } => 9,
+            Request::PowerStatus { .. } => 10,
+            Request::PortCreate { .. } => 11,
+            Request::PortList { .. } => 12,
+            Request::PortDelete { .. } => 13,
+            Request::Events { .. } => 14,
+            Request::JobSubmit { .. } => 15,
+            Request::JobList { .. } => 16,
+            Request::JobShow { .. } => 17,
+            Request::JobWait { .. } => 18,
+            Request::JobCancel { .. } => 19,
+            Request::JobArchive { .. } => 20,
+            Request::QueueDrain { .. } => 21,
+            Request::QueueStatus => 22,
+            Request::PeriodicList => 23,
+            Request::Exec { .. } => 24,
+            Request::Copy { .. } => 25,
+            Request::PeriodicRun { .. } => 26,
+        }
+    }
+
+    /// The request's name, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.kind_index()]
+    }
 }
 
 /// A response from the daemon.

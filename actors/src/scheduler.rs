@@ -174,7 +174,9 @@ impl Scheduler {
         self.info[i].running = true;
         self.info[i].last_run = Some(Utc::now());
         let name = self.info[i].name.clone();
-        let running = tokio::spawn((self.runs[i])());
+        // The run's own lines carry the task's name.
+        let span = tracing::info_span!("periodic", task = %name);
+        let running = tokio::spawn(tracing::Instrument::instrument((self.runs[i])(), span));
         ctx.spawn(running.into_actor(self).map(move |joined, act, ctx| {
             let outcome = match joined {
                 Ok(r) => r,

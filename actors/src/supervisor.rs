@@ -20,7 +20,7 @@ use kiln_store::{NodeId, NodeRecord, PortRecord, ProvisionState, Write, normaliz
 use serde::{Deserialize, Serialize};
 
 use crate::KilnError;
-use crate::node::{NodeActor, NodeEnv, Op, ReadPower, RunOp, ShowNode, plan};
+use crate::node::{NodeActor, NodeEnv, Op, ReadPower, RunOp, RunOpIn, ShowNode, plan};
 use crate::nodeset::NodeSet;
 use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
 
@@ -435,7 +435,12 @@ impl FanOutControl {
 
 impl Router {
     pub async fn run(&self, id: NodeId, op: Op, wait: bool) -> Result<NodeView, KilnError> {
-        send_to_node(&self.supervisor, &self.registry, id, || RunOp { op: op.clone(), wait }).await?
+        let parent = tracing::Span::current();
+        send_to_node(&self.supervisor, &self.registry, id, || RunOpIn {
+            run: RunOp { op: op.clone(), wait },
+            parent: parent.clone(),
+        })
+        .await?
     }
 
     pub async fn show(&self, id: NodeId) -> Result<NodeView, KilnError> {

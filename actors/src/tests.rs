@@ -90,5 +90,11 @@ fn a_node_actor_that_panicked_is_recreated_from_the_store() {
         // The other node never noticed.
         let v = act(&site, "demo2", Op::Verb(Verb::Deploy), true).await.unwrap();
         assert_eq!(v.provision_state, ProvisionState::Active);
+        // The node gauges count each node once: the dead actor's share went
+        // with it, the new actor counts the recovered record.
+        assert_eq!(site.metrics.nodes_in(ProvisionState::DeployFailed), 1);
+        assert_eq!(site.metrics.nodes_in(ProvisionState::Active), 1);
+        assert_eq!(site.metrics.nodes_in(ProvisionState::Deploying), 0);
+        assert_eq!(site.metrics.nodes_in(ProvisionState::Available), 0);
     });
 }

@@ -144,7 +144,7 @@ async fn lock(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
 
     // Watch the hot node's events: holders must never overlap.
     let (tx, mut rx) = tokio::sync::mpsc::channel(contenders * 4 + 16);
-    site.events.send(kiln_actors::events::SubscribeChannel { tx, backlog: false }).await?;
+    site.events.send(kiln_actors::events::SubscribeChannel { tx, backlog: false, filter: Default::default() }).await?;
     let holders = Arc::new(AtomicI64::new(0));
     let max_holders = Arc::new(AtomicI64::new(0));
     let (h, m) = (holders.clone(), max_holders.clone());

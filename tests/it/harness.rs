@@ -212,8 +212,14 @@ pub struct Events {
 impl Events {
     /// Subscribes; returns once the subscription is live.
     pub fn follow(d: &Daemon) -> Events {
+        Events::follow_with(d, &[])
+    }
+
+    /// Subscribes with extra `kiln events` arguments (`-w`, `--kind`).
+    pub fn follow_with(d: &Daemon, extra: &[&str]) -> Events {
         let mut child = Command::new(KILN)
             .args(["--socket", d.socket.to_str().unwrap(), "--json", "events", "--follow"])
+            .args(extra)
             .env_remove("KILN_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

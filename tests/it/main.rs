@@ -4,11 +4,13 @@
 mod bad_input;
 mod bench;
 mod bmc;
+mod events;
 mod exec;
 mod harness;
 mod jobs;
 mod lifecycle;
 mod locking;
+mod metrics;
 mod peers;
 mod periodic;
 mod restart;

@@ -7,6 +7,7 @@
 //! memory; an ended job is a status and a time here, and whole in the store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use kiln_store::{JobId, JobLogEntry, JobRecord, JobStatus, StoreHandle, Timestamp, Write};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::model::*;
 use crate::KilnError;
@@ -77,6 +79,7 @@ pub struct JobQueue {
     drained: bool,
     running: usize,
     max_running: usize,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Actor for JobQueue {
@@ -94,6 +97,11 @@ enum DepState {
     Met,
     Pending,
     Failed(String),
+}
+
+/// The span a job's work runs in: every log line of the job carries its id.
+fn job_span(id: JobId) -> tracing::Span {
+    tracing::info_span!("job", job = %id)
 }
 
 fn log_entry(job: JobId, serial: u64, message: String) -> JobLogEntry {
@@ -120,6 +128,7 @@ impl JobQueue {
             drained,
             running: 0,
             max_running: max_running.max(1),
+            metrics: Default::default(),
         };
         let mut repairs = Vec::new();
         let now = Utc::now();
@@ -180,6 +189,19 @@ impl JobQueue {
         Ok(q)
     }
 
+    /// Counts the queue's work in `metrics` (the daemon's and an embedding
+    /// application's site do this; a queue built alone counts for nobody).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self.report_depth();
+        self
+    }
+
+    /// Publishes how many jobs are queued, waiting and running.
+    fn report_depth(&self) {
+        self.metrics.job_queue(self.runnable.len(), self.waiting.len(), self.running);
+    }
+
     fn dep_state(&self, dep: &Dependency) -> DepState {
         match self.ended.get(&dep.job) {
             Some((status, _)) if dep.statuses.is_empty() || dep.statuses.contains(status) => DepState::Met,
@@ -231,6 +253,7 @@ impl JobQueue {
                 }
             }
         }
+        self.report_depth();
     }
 
     /// Starts runnable jobs while there is room.
@@ -240,9 +263,13 @@ impl JobQueue {
             let Some(job) = self.active.get_mut(&id) else { continue };
             self.running += 1;
             job.view.status = JobStatus::Running;
-            job.view.started_at = Some(Utc::now());
+            let now = Utc::now();
+            job.view.started_at = Some(now);
+            self.metrics.job_started((now - job.view.submitted_at).to_std().unwrap_or_default());
+            job_span(id).in_scope(|| tracing::info!(opcodes = job.view.ops.len(), "job started"));
             self.run_op(id, 0, ctx);
         }
+        self.report_depth();
     }
 
     /// Commits the job's current view with its pending log lines and
@@ -313,9 +340,11 @@ impl JobQueue {
         let control = job.control.clone();
         control.done.store(0, Ordering::Relaxed);
         let router = self.router.clone();
+        let span = job_span(id);
         match opcode {
             Opcode::Sleep { seconds } => {
-                let wait = async move { control.sleep_unless_canceled(Duration::from_secs_f64(seconds)).await };
+                let wait = async move { control.sleep_unless_canceled(Duration::from_secs_f64(seconds)).await }
+                    .instrument(span);
                 ctx.spawn(wait.into_actor(self).map(move |canceled, act, ctx| {
                     let error = canceled.then(|| "canceled during the sleep".to_string());
                     act.op_done(id, idx, Vec::new(), error, ctx)
@@ -326,7 +355,8 @@ impl JobQueue {
                 let fut = async move {
                     let targets = crate::exec::targets(&router, &nodes).await?;
                     Ok::<_, KilnError>(crate::exec::run(&spec, targets).await)
-                };
+                }
+                .instrument(span);
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(outcomes) => {
                         let results = outcomes.iter().map(NodeResult::of_exec).collect();
@@ -350,7 +380,8 @@ impl JobQueue {
                             async move { r.run(node, op, true).await }
                         })
                         .await
-                };
+                }
+                .instrument(span);
                 ctx.spawn(fut.into_actor(self).map(move |outcomes, act, ctx| {
                     let results: Vec<NodeResult> =
                         outcomes.iter().map(|o| NodeResult::of(o.node.clone(), &o.result)).collect();
@@ -374,6 +405,12 @@ impl JobQueue {
         let failed: Vec<&NodeResult> = results.iter().filter(|r| !r.ok).collect();
         let error = error
             .or_else(|| (!failed.is_empty()).then(|| format!("{} of {} nodes failed", failed.len(), results.len())));
+        job_span(id).in_scope(|| {
+            for r in failed.iter().take(MAX_NODE_LOG_LINES) {
+                let error = r.error.as_deref().unwrap_or("failed");
+                tracing::warn!(opcode = idx + 1, node_name = %r.node, error, "node failed");
+            }
+        });
         let mut lines: Vec<String> = failed
             .iter()
             .take(MAX_NODE_LOG_LINES)
@@ -409,6 +446,7 @@ impl JobQueue {
         let Some(job) = self.active.get_mut(&id) else { return };
         let was_running = job.view.started_at.is_some();
         let now = Utc::now();
+        let ran = job.view.started_at.map(|at| (now - at).to_std().unwrap_or_default());
         job.view.status = status;
         job.view.ended_at = Some(now);
         job.view.error = error;
@@ -424,12 +462,17 @@ impl JobQueue {
             Some(e) => format!("job ended: {status} ({e})"),
             None => format!("job ended: {status}"),
         };
+        job_span(id).in_scope(|| match &job.view.error {
+            Some(e) => tracing::warn!(status = %status, error = %e, "job ended"),
+            None => tracing::info!(status = %status, "job ended"),
+        });
         self.commit_job(id, message, ctx, move |act, ctx| {
             if let Some(mut job) = act.active.remove(&id) {
                 wake_all(&mut job);
             }
             act.ended.insert(id, (status, now));
             act.live_ended.insert((now, id));
+            act.metrics.job_ended(status, ran);
             if was_running {
                 act.running -= 1;
             }
@@ -563,6 +606,10 @@ impl Handler<SubmitJob> for JobQueue {
             .map(|res: Result<(JobView, JobLogEntry), KilnError>, act, ctx| {
                 let (view, entry) = res?;
                 let id = view.id;
+                act.metrics.job_submitted();
+                if view.status.is_finished() {
+                    act.metrics.job_ended(view.status, None);
+                }
                 act.enqueue(view, entry, ctx);
                 Ok(id)
             }),
@@ -635,6 +682,7 @@ impl JobQueue {
         );
         if status == JobStatus::Waiting {
             self.waiting.insert(id);
+            self.report_depth();
         } else {
             self.runnable.insert((priority, id));
             self.schedule(ctx);

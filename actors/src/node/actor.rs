@@ -20,7 +20,7 @@ use kiln_store::{
 use tokio::sync::oneshot;
 
 use super::plan::{self, Step, VerbPlan};
-use super::{NodeUpdate, Op, ReadPower, RunOp, ShowNode};
+use super::{NodeUpdate, Op, ReadPower, RunOp, RunOpIn, ShowNode};
 use crate::KilnError;
 use crate::driver::{DriverActor, DriverCall, DriverReply};
 use crate::events::{EventBus, EventKind, NodeEvent, Publish};
@@ -37,6 +37,8 @@ pub struct NodeEnv {
     pub drivers: Arc<DashMap<String, Addr<DriverActor>>>,
     pub lock_wait: Duration,
     pub driver_call_timeout: Duration,
+    /// The site's metrics (node gauges, BMC calls).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 type Reply = oneshot::Sender<Result<NodeView, KilnError>>;
@@ -47,6 +49,7 @@ pub(super) struct Waiter {
     op: Op,
     wait: bool,
     reply: Reply,
+    parent: tracing::Span,
 }
 
 /// The exclusive task that holds the node.
@@ -60,6 +63,9 @@ pub(super) struct Task {
     pub(super) draft: NodeRecord,
     /// Steps left to run.
     pub(super) steps: VecDeque<Step>,
+    /// The task's span (node id, name, action): every log line of the task,
+    /// in the handler and in each continuation, is written inside it.
+    pub(super) span: tracing::Span,
 }
 
 /// The actor of one node.
@@ -75,6 +81,8 @@ pub struct NodeActor {
     pub(super) env: NodeEnv,
     /// Power reads that failed in a row (power sync); in memory, as Ironic.
     pub(super) power_failures: u32,
+    /// This node's count in the node gauges, following `record`.
+    gauge: crate::metrics::NodeGauge,
 }
 
 impl Actor for NodeActor {
@@ -83,7 +91,9 @@ impl Actor for NodeActor {
 
 impl NodeActor {
     pub fn new(record: NodeRecord, env: NodeEnv) -> Self {
+        let gauge = crate::metrics::NodeGauge::new(env.metrics.clone(), &record);
         NodeActor {
+            gauge,
             record,
             reservation: None,
             task: None,
@@ -101,6 +111,23 @@ impl NodeActor {
 
     pub(super) fn name(&self) -> String {
         self.record.name.clone()
+    }
+
+    /// A span for a task of this node doing `action`, inside `parent` (the
+    /// job that asked for it; `Span::none()` for none).
+    pub(super) fn task_span(&self, action: &str, parent: &tracing::Span) -> tracing::Span {
+        tracing::info_span!(
+            parent: parent,
+            "node",
+            node = %self.record.uuid,
+            node_name = %self.record.name,
+            action = %action
+        )
+    }
+
+    /// The running task's span (none between tasks).
+    fn current_span(&self) -> tracing::Span {
+        self.task.as_ref().map_or_else(tracing::Span::none, |t| t.span.clone())
     }
 
     pub(super) fn locked_error(&self) -> KilnError {
@@ -142,7 +169,9 @@ impl NodeActor {
         }
         let bmc = kiln_drivers::connect(kind, &info)?;
         let label = info.get("address").cloned().unwrap_or_else(|| format!("fake BMC of {}", self.record.name));
-        let addr = DriverActor::new(bmc, label, self.env.driver_call_timeout).start();
+        let addr = DriverActor::new(bmc, label, self.env.driver_call_timeout)
+            .observed(self.env.metrics.clone(), self.record.driver)
+            .start();
         if let Some(ep) = endpoint {
             self.env.drivers.insert(ep, addr.clone());
         }
@@ -154,9 +183,9 @@ impl NodeActor {
 
     /// Runs `op` now if the node is free, queues it for at most `lock_wait`
     /// otherwise, or refuses it with `NodeLocked`.
-    fn submit(&mut self, op: Op, wait: bool, reply: Reply, ctx: &mut Context<Self>) {
+    fn submit(&mut self, op: Op, wait: bool, reply: Reply, parent: tracing::Span, ctx: &mut Context<Self>) {
         if self.task.is_none() && self.waiters.is_empty() {
-            self.begin(op, wait, reply, ctx);
+            self.begin(op, wait, reply, parent, ctx);
             return;
         }
         if self.env.lock_wait.is_zero() {
@@ -165,7 +194,7 @@ impl NodeActor {
         }
         self.next_waiter += 1;
         let id = self.next_waiter;
-        self.waiters.push_back(Waiter { id, op, wait, reply });
+        self.waiters.push_back(Waiter { id, op, wait, reply, parent });
         ctx.run_later(self.env.lock_wait, move |act, _| {
             if let Some(pos) = act.waiters.iter().position(|w| w.id == id) {
                 let w = act.waiters.remove(pos).expect("position is in range");
@@ -182,7 +211,7 @@ impl NodeActor {
             if w.reply.is_closed() {
                 continue;
             }
-            self.begin(w.op, w.wait, w.reply, ctx);
+            self.begin(w.op, w.wait, w.reply, w.parent, ctx);
             break;
         }
     }
@@ -210,15 +239,19 @@ impl NodeActor {
 
     // ----- starting operations ----------------------------------------------
 
-    fn begin(&mut self, op: Op, wait: bool, reply: Reply, ctx: &mut Context<Self>) {
+    fn begin(&mut self, op: Op, wait: bool, reply: Reply, parent: tracing::Span, ctx: &mut Context<Self>) {
         let now = Utc::now();
-        self.reservation = Some(Reservation { purpose: op.purpose(), since: now });
+        let action = op.purpose();
+        let span = self.task_span(&action, &parent);
+        let _entered = span.enter();
+        self.reservation = Some(Reservation { purpose: action.clone(), since: now });
         self.task = Some(Task {
             reply: Some(reply),
             wait,
-            action: op.purpose(),
+            action,
             draft: self.record.clone(),
             steps: VecDeque::new(),
+            span: span.clone(),
         });
         match op {
             Op::Verb(verb) => self.begin_verb(verb, ctx),
@@ -390,6 +423,7 @@ impl NodeActor {
         ctx.spawn(async move { store.commit(vec![Write::DeleteNode(id)]).await }.into_actor(self).map(
             |res, act, ctx| match res {
                 Ok(()) => {
+                    act.gauge.remove();
                     let view = act.view();
                     act.end_task(Ok(view), ctx);
                     ctx.stop();
@@ -511,9 +545,12 @@ impl NodeActor {
         batch.push(Write::UpdateNode(next.clone()));
         batch.extend(history.into_iter().map(Write::AppendHistory));
         let store = self.env.store.clone();
+        let span = self.current_span();
         ctx.spawn(async move { store.commit(batch).await }.into_actor(self).map(move |res, act, ctx| {
+            let _entered = span.enter();
             let res = res.map_err(KilnError::from);
             if res.is_ok() {
+                act.gauge.track(&next);
                 act.record = next;
                 if let Some(task) = act.task.as_mut() {
                     task.draft = act.record.clone();
@@ -539,11 +576,13 @@ impl NodeActor {
             }
             match failure {
                 None => {
+                    tracing::debug!(state = %act.record.provision_state, "operation done");
                     act.publish(EventKind::End, None);
                     let view = act.view_released();
                     act.end_task(Ok(view), ctx);
                 }
                 Some(message) => {
+                    tracing::warn!(state = %act.record.provision_state, error = %message, "operation failed");
                     act.publish(EventKind::Error, Some(message.clone()));
                     let err = KilnError::Driver { node: act.name(), message };
                     act.end_task(Err(err), ctx);
@@ -562,7 +601,9 @@ impl NodeActor {
     where
         F: FnOnce(&mut Self, &mut Context<Self>, Result<DriverReply, DriverError>) + 'static,
     {
+        let span = self.current_span();
         ctx.spawn(async move { driver.send(call).await }.into_actor(self).map(move |res, act, ctx| {
+            let _entered = span.enter();
             let res = match res {
                 Ok(r) => r,
                 Err(_) => Err(DriverError::Unavailable),
@@ -616,15 +657,33 @@ impl Handler<ShowNode> for NodeActor {
     }
 }
 
-impl Handler<RunOp> for NodeActor {
-    type Result = ResponseFuture<Result<NodeView, KilnError>>;
-    fn handle(&mut self, msg: RunOp, ctx: &mut Context<Self>) -> Self::Result {
+impl NodeActor {
+    fn run_op(
+        &mut self,
+        msg: RunOp,
+        parent: tracing::Span,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<NodeView, KilnError>> {
         let (tx, rx) = oneshot::channel();
-        self.submit(msg.op, msg.wait, tx, ctx);
+        self.submit(msg.op, msg.wait, tx, parent, ctx);
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(KilnError::Unavailable("the node's worker stopped before answering".into())))
         })
+    }
+}
+
+impl Handler<RunOp> for NodeActor {
+    type Result = ResponseFuture<Result<NodeView, KilnError>>;
+    fn handle(&mut self, msg: RunOp, ctx: &mut Context<Self>) -> Self::Result {
+        self.run_op(msg, tracing::Span::none(), ctx)
+    }
+}
+
+impl Handler<RunOpIn> for NodeActor {
+    type Result = ResponseFuture<Result<NodeView, KilnError>>;
+    fn handle(&mut self, msg: RunOpIn, ctx: &mut Context<Self>) -> Self::Result {
+        self.run_op(msg.run, msg.parent, ctx)
     }
 }
 

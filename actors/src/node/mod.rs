@@ -100,6 +100,16 @@ pub struct RunOp {
     pub wait: bool,
 }
 
+/// [`RunOp`] on behalf of the caller's span (a job's): the node's task span
+/// is its child, so the task's log lines carry the job's id too. A message
+/// between actors carries no span by itself.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<NodeView, KilnError>")]
+pub struct RunOpIn {
+    pub run: RunOp,
+    pub parent: tracing::Span,
+}
+
 /// Asks a node actor for its node as committed (shared: answered at once).
 #[derive(Debug, Message)]
 #[rtype(result = "NodeView")]

@@ -82,6 +82,7 @@ impl NodeActor {
             action: purpose.into(),
             draft: self.record.clone(),
             steps: VecDeque::new(),
+            span: self.task_span(purpose, &tracing::Span::none()),
         });
     }
 }
@@ -186,6 +187,7 @@ impl NodeActor {
         let entry = self.history("power failure", state, state, Some(error.clone()));
         self.commit(next, vec![entry], ctx, move |act, ctx, res| {
             if res.is_ok() {
+                tracing::warn!(attempts, error = %error, "power state unreadable; node put in maintenance");
                 act.publish(EventKind::Error, Some(error.clone()));
             }
             let _ = tx.send(SyncOutcome::Failed { attempts, maintenance: res.is_ok(), error });
@@ -250,6 +252,7 @@ impl Handler<ExpireWait> for NodeActor {
         let entry = self.history("fail", state, to, Some(error.clone()));
         self.commit(next, vec![entry], ctx, move |act, ctx, res| {
             if res.is_ok() {
+                tracing::warn!(error = %error, "wait timed out; node failed");
                 act.publish(EventKind::Error, Some(error));
             }
             let _ = tx.send(res.is_ok());
