@@ -52,6 +52,17 @@ pub enum Command {
     Bench(BenchArgs),
     /// Expand, fold or count a node set (no daemon needed).
     Nodeset(NodesetArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    Manpage {
+        /// Write kiln.1, kiln-node.1, kiln-node-create.1, ... here instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,36 +71,42 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Args)]
+/// `kiln serve`. Every key of the config file can also be set by its
+/// `KILN_<KEY>` environment variable or `--set KEY=VALUE`; precedence: flags,
+/// then environment, then file, then defaults (docs/config.md).
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// A TOML config file.
     #[arg(long, env = "KILN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the store (and by default the socket) live [default: ./kiln-data].
-    #[arg(long, env = "KILN_DATA_DIR")]
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// The admin socket to listen on [default: DATA_DIR/kiln.sock].
-    #[arg(long, env = "KILN_SOCKET")]
+    #[arg(long)]
     pub socket: Option<PathBuf>,
     /// Enrol N fake nodes demo1..N when the store is empty.
-    #[arg(long, value_name = "N", env = "KILN_DEMO")]
+    #[arg(long, value_name = "N")]
     pub demo: Option<usize>,
-    /// Seconds an exclusive request waits for a busy node [default: 0].
-    #[arg(long, value_name = "SECONDS", env = "KILN_LOCK_WAIT")]
-    pub lock_wait: Option<f64>,
+    /// How long an exclusive request waits for a busy node (5, 1.5, 500ms, 2m) [default: 0].
+    #[arg(long, value_name = "DURATION")]
+    pub lock_wait: Option<String>,
     /// At most this many jobs run at once [default: 64].
-    #[arg(long, value_name = "N", env = "KILN_MAX_RUNNING_JOBS")]
+    #[arg(long, value_name = "N")]
     pub max_running_jobs: Option<usize>,
-    /// Seconds between power syncs [default: 60].
-    #[arg(long, value_name = "SECONDS", env = "KILN_POWER_SYNC_INTERVAL")]
-    pub power_sync_interval: Option<f64>,
+    /// Time between power syncs [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub power_sync_interval: Option<String>,
     /// Run no periodic task on its own (`kiln periodic run` still works).
-    #[arg(long, env = "KILN_NO_PERIODIC")]
+    #[arg(long)]
     pub no_periodic: bool,
     /// Log format on stderr [default: text].
-    #[arg(long, value_enum, env = "KILN_LOG_FORMAT")]
+    #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Validate the configuration and exit.
+    /// Set any config key (repeatable): `--set lock_wait=5s`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Validate the configuration, print every key's value and source, and exit.
     #[arg(long)]
     pub check_config: bool,
 }

@@ -48,7 +48,10 @@ impl From<ClientError> for Failure {
 pub fn run(cli: Cli) -> ExitCode {
     let json = cli.json;
     let result = match cli.command {
+        Command::Serve(args) if args.check_config => return crate::config::check(&args, json),
         Command::Serve(args) => return crate::serve::run(args),
+        Command::Completions { shell } => return crate::completions::completions(shell),
+        Command::Manpage { out_dir } => return crate::completions::manpage(out_dir.as_deref()),
         Command::Bench(args) => return crate::bench::run(args, json),
         Command::Nodeset(args) => nodeset(args, json),
         command => {
@@ -370,6 +373,8 @@ fn build_request(command: Command) -> Result<Request, Failure> {
         Command::Serve(_)
         | Command::Bench(_)
         | Command::Nodeset(_)
+        | Command::Completions { .. }
+        | Command::Manpage { .. }
         | Command::Job(_)
         | Command::Queue(_)
         | Command::Periodic(_)

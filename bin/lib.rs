@@ -10,10 +10,15 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod completions;
 pub mod config;
 pub mod dispatch;
 pub mod jobfile;
+pub mod layered;
+pub mod logging;
+pub mod notify;
 pub mod output;
+pub mod reload;
 pub mod serve;
 
 use std::process::ExitCode;

@@ -16,7 +16,9 @@ pub mod error;
 pub mod events;
 pub mod exec;
 pub mod fsm;
+pub mod health;
 pub mod jobs;
+pub mod live;
 pub mod node;
 pub mod nodeset;
 pub mod panics;
@@ -40,6 +42,7 @@ pub use config::SiteConfig;
 pub use error::KilnError;
 pub use events::{EventBus, EventKind, NodeEvent, Subscribe};
 pub use fsm::Verb;
+pub use live::LiveSettings;
 pub use node::{NodeUpdate, Op};
 pub use supervisor::{
     BulkAction, CreateNodes, CreatePort, DeleteNodes, DeletePort, GetNode, GetStatus, ListNodes, ListPorts, NewNode,
@@ -61,7 +64,10 @@ pub struct Site {
     /// The registry the supervisor keeps (read-only use: resolve names).
     pub registry: Registry,
     pub store: StoreHandle,
+    /// The config the site started with; see `live` for the values in force.
     pub config: SiteConfig,
+    /// The settings a running site can change ([`Site::reconfigure`]).
+    pub live: Arc<LiveSettings>,
 }
 
 impl Site {
@@ -125,12 +131,13 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
     }
 
     let events = EventBus::default().start();
-    let registry = Registry { groups: Arc::new(config.groups.clone()), ..Default::default() };
+    let live = Arc::new(LiveSettings::new(&config));
+    let registry = Registry { live: live.clone(), ..Default::default() };
     let env = node::NodeEnv {
         store: store.clone(),
         events: events.clone(),
         drivers: Arc::new(DashMap::new()),
-        lock_wait: config.lock_wait,
+        live: live.clone(),
         driver_call_timeout: config.driver_call_timeout,
     };
     let facts = supervisor::SiteFacts { started_at: now.to_rfc3339(), data_dir: config.data_dir.display().to_string() };
@@ -157,5 +164,5 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
     let jobs = queue.start();
     let tasks = periodic::builtin(router, jobs.clone(), store.clone(), config.periodic.clone());
     let scheduler = scheduler::Scheduler::new(tasks).start();
-    Ok(Site { supervisor, jobs, scheduler, events, registry, store, config })
+    Ok(Site { supervisor, jobs, scheduler, events, registry, store, config, live })
 }

@@ -794,6 +794,20 @@ impl Handler<SetDrain> for JobQueue {
     }
 }
 
+/// Changes how many jobs may run at once (a config reload). Raising it
+/// starts queued jobs at once; lowering it lets running jobs finish.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SetMaxRunning(pub usize);
+
+impl Handler<SetMaxRunning> for JobQueue {
+    type Result = ();
+    fn handle(&mut self, SetMaxRunning(n): SetMaxRunning, ctx: &mut Context<Self>) {
+        self.max_running = n.max(1);
+        self.schedule(ctx);
+    }
+}
+
 /// The queue at a glance.
 #[derive(Debug, Message)]
 #[rtype(result = "QueueInfo")]
