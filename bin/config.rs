@@ -359,11 +359,10 @@ pub fn check(args: &ServeArgs, json: bool) -> std::process::ExitCode {
             })
             .collect();
         let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(3).max(3);
-        let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(5).clamp(5, 40);
         let w2 = rows.iter().map(|r| r.2.len()).max().unwrap_or(6).max(6);
-        println!("{:w0$}  {:w1$}  {:w2$}  SIGHUP", "KEY", "VALUE", "SOURCE");
+        println!("{:w0$}  {:7}  {:w2$}  VALUE", "KEY", "SIGHUP", "SOURCE");
         for (k, v, s, live) in rows {
-            println!("{k:w0$}  {v:w1$}  {s:w2$}  {live}");
+            println!("{k:w0$}  {live:7}  {s:w2$}  {v}");
         }
     }
     std::process::ExitCode::SUCCESS

@@ -38,5 +38,17 @@ pub mod exit {
 /// Runs the command line.
 pub fn run() -> ExitCode {
     let args = cli::Cli::parse();
+    let daemon = match &args.command {
+        cli::Command::Serve(a) => !a.check_config,
+        cli::Command::Bench(_) => true,
+        _ => false,
+    };
+    if !daemon {
+        // A client that prints is killed quietly by a closed pipe
+        // (`kiln node list | head`), as other Unix tools; the daemon keeps
+        // Rust's default (ignored) so a vanished client never kills it.
+        // SAFETY: resetting a signal's disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     commands::run(args)
 }

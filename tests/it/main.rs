@@ -4,6 +4,8 @@
 mod bad_input;
 mod bench;
 mod bmc;
+mod completions;
+mod config;
 mod exec;
 mod harness;
 mod jobs;
@@ -12,4 +14,5 @@ mod locking;
 mod peers;
 mod periodic;
 mod restart;
+mod service;
 mod socket;
