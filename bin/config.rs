@@ -240,7 +240,8 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
     };
     let log = f.log.clone().unwrap_or_else(|| "info".into());
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
-        errors.push(r.invalid("log", format!("'{log}' is not a log filter ({e}); e.g. info or kiln_actors=debug,info")));
+        errors
+            .push(r.invalid("log", format!("'{log}' is not a log filter ({e}); e.g. info or kiln_actors=debug,info")));
     }
     let socket_mode = match f.socket_mode.as_deref().unwrap_or("0600") {
         "0600" | "600" => 0o600,

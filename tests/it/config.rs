@@ -143,7 +143,11 @@ fn the_running_daemon_uses_the_environment() {
     let d = crate::harness::Daemon::start_env(
         2,
         &[],
-        &[("KILN_MAX_RUNNING_JOBS", "3"), ("KILN_GROUPS", "{pair = \"demo[1-2]\"}"), ("KILN_PERIODIC_ENABLED", "false")],
+        &[
+            ("KILN_MAX_RUNNING_JOBS", "3"),
+            ("KILN_GROUPS", "{pair = \"demo[1-2]\"}"),
+            ("KILN_PERIODIC_ENABLED", "false"),
+        ],
     );
     assert_eq!(d.json(&["queue", "status"])["max_running"], 3);
     assert_eq!(d.json(&["node", "list", "@pair"]).as_array().unwrap().len(), 2);
