@@ -52,6 +52,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Expand, fold or count a node set (no daemon needed).
     Nodeset(NodesetArgs),
+    /// The store: online backup (no daemon needed; safe while it runs).
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -74,7 +77,7 @@ pub enum LogFormat {
 /// `kiln serve`. Every key of the config file can also be set by its
 /// `KILN_<KEY>` environment variable or `--set KEY=VALUE`; precedence: flags,
 /// then environment, then file, then defaults (docs/config.md).
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
     /// A TOML config file.
     #[arg(long, env = "KILN_CONFIG")]
@@ -109,6 +112,23 @@ pub struct ServeArgs {
     /// Validate the configuration, print every key's value and source, and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the store into a new file: a consistent snapshot, checked,
+    /// taken while the daemon runs. Restore: stop kiln, put the copy in
+    /// place as DATA_DIR/kiln.sqlite, start kiln.
+    Backup {
+        /// The new file (it must not exist).
+        dest: PathBuf,
+        /// The daemon's config file (for its data_dir).
+        #[arg(long, env = "KILN_CONFIG")]
+        config: Option<PathBuf>,
+        /// The data dir [default: from the config, $KILN_DATA_DIR, else ./kiln-data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

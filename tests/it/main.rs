@@ -1,6 +1,7 @@
 //! Integration tests: the real `kiln` binary, over the real Unix socket, on
 //! real SQLite files in temporary directories.
 
+mod backup;
 mod bad_input;
 mod bench;
 mod bmc;
