@@ -14,6 +14,7 @@ mod lifecycle;
 mod locking;
 mod peers;
 mod periodic;
+mod readme;
 mod restart;
 mod service;
 mod socket;
