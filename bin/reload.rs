@@ -45,6 +45,7 @@ impl Reloader {
         keys.dedup();
         let mut done = Reloaded::default();
         let mut updates = Vec::new();
+        let mut changes = Vec::new();
         for key in keys {
             let (old, now) = (self.table.get(key), table.get(key));
             if old == now {
@@ -52,7 +53,7 @@ impl Reloader {
             }
             let show = |v: Option<&toml::Value>| v.map_or_else(|| "(unset)".to_string(), |v| v.to_string());
             if LIVE_KEYS.contains(&key.as_str()) {
-                tracing::info!(key = %key, old = %show(old), new = %show(now), source = %new.source(key), "config key changed");
+                changes.push((key.clone(), show(old), show(now), new.source(key)));
                 updates.push((key.clone(), now.cloned()));
                 done.applied.push(key.clone());
             } else {
@@ -80,6 +81,10 @@ impl Reloader {
         self.site = site_cfg;
         if done.applied.iter().any(|k| k == "log") {
             self.log.set(&new.log)?;
+        }
+        // Logged once applied, so a changed log filter already shows them.
+        for (key, old, now, source) in changes {
+            tracing::info!(key = %key, old = %old, new = %now, source = %source, "config key changed");
         }
         for (key, value) in updates {
             match value {

@@ -92,9 +92,10 @@ fn sighup_applies_the_live_keys_and_an_invalid_file_changes_nothing() {
     write(
         &conf,
         "max_running_jobs = 4\npower_sync_interval = \"60s\"\nperiodic_enabled = false\n\
-         groups = { pair = \"demo[1-2]\" }\n",
+         groups = { pair = \"demo[1-2]\" }\nlog = \"info\"\n",
     );
-    let mut d = Daemon::start(3, &["--config", conf.to_str().unwrap()]);
+    // An empty KILN_LOG is unset: the file's `log` is in force.
+    let mut d = Daemon::start_env(3, &["--config", conf.to_str().unwrap()], &[("KILN_LOG", "")]);
     let power_sync = |d: &Daemon| d.json(&["periodic", "list"])[0].clone();
     assert_eq!(d.json(&["queue", "status"])["max_running"], 4);
     assert_eq!(power_sync(&d)["spacing_s"], 60);
@@ -104,7 +105,8 @@ fn sighup_applies_the_live_keys_and_an_invalid_file_changes_nothing() {
     write(
         &conf,
         "max_running_jobs = 9\npower_sync_interval = \"2m\"\nperiodic_enabled = true\n\
-         groups = { pair = \"demo[2-3]\", all = \"demo[1-3]\" }\nmax_frame = 4096\n",
+         groups = { pair = \"demo[2-3]\", all = \"demo[1-3]\" }\nmax_frame = 4096\n\
+         log = \"info,kiln_actors::scheduler=debug\"\n",
     );
     d.signal(libc::SIGHUP);
     let line = d.wait_for_log("configuration reloaded");
@@ -117,6 +119,9 @@ fn sighup_applies_the_live_keys_and_an_invalid_file_changes_nothing() {
         d.json(&["node", "list", "@pair"]).as_array().unwrap().iter().map(|n| n["name"].to_string()).collect();
     assert_eq!(names, ["\"demo2\"", "\"demo3\""]);
     assert_eq!(d.json(&["node", "list", "@all"]).as_array().unwrap().len(), 3);
+    // The new log filter is in force: the scheduler's debug lines show.
+    d.json(&["periodic", "run", "store_maintenance"]);
+    d.wait_for_log("periodic task done");
 
     // An invalid file: the error names the key, and nothing changes.
     write(&conf, "max_running_jobs = 1\npower_sync_interval = \"soon\"\n");
