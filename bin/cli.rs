@@ -21,6 +21,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
+    #[command(after_help = "Every config key is also read from KILN_<KEY> (KILN_LOCK_WAIT=5s) and \
+--set KEY=VALUE; flags beat the environment, which beats the file. `kiln serve --check-config` shows \
+every key's value and source; docs/config.md lists them. SIGHUP reloads the file.")]
     Serve(ServeArgs),
     /// Show the site at a glance.
     Status,

@@ -318,6 +318,18 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
     })
 }
 
+/// The keys not at their default, with their sources, for the start-up log:
+/// `lock_wait=5s (KILN_LOCK_WAIT), data_dir="/var/lib/kiln" (config /etc/kiln/kiln.toml)`.
+pub fn describe(cfg: &DaemonConfig) -> String {
+    let set: Vec<String> = cfg
+        .table()
+        .iter()
+        .filter(|(k, _)| cfg.source(k) != Source::Default)
+        .map(|(k, v)| format!("{k}={v} ({})", cfg.source(k)))
+        .collect();
+    if set.is_empty() { "all defaults".into() } else { set.join(", ") }
+}
+
 /// `kiln serve --check-config`: validates, prints every key's effective
 /// value and where it came from, and exits (2 when the config is invalid).
 pub fn check(args: &ServeArgs, json: bool) -> std::process::ExitCode {

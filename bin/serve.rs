@@ -34,6 +34,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
+    tracing::info!(config = %config::describe(&cfg), "configuration");
     match actix::System::new().block_on(daemon(cfg, args, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
