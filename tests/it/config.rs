@@ -85,6 +85,11 @@ fn errors_name_the_key_and_the_file_variable_or_flag_it_came_from() {
     assert!(e.contains("--set max_frame: 12: expected between 1024"), "{e}");
     let e = refused(&["--set", "colour=red"], &[]);
     assert!(e.contains("--set: unknown key 'colour'"), "{e}");
+    let out = check(true, &["--set", "colour=red"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["valid"], false);
+    assert!(v["error"].as_str().unwrap().contains("colour"), "{v}");
 
     let missing = dir.path().join("missing.toml");
     let e = refused(&["--config", missing.to_str().unwrap()], &[]);
