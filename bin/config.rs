@@ -6,7 +6,7 @@
 //!
 //! To add a key: add a field to [`FileConfig`] (its environment variable,
 //! `--set`, `--check-config` output and unknown-key hints come with it), its
-//! default to [`FileConfig::defaults`], read it in [`build`], list it in
+//! default to [`FileConfig::defaults`], read it in `build`, list it in
 //! [`LIVE_KEYS`] if a SIGHUP can change it in a running daemon, and add a
 //! row to `docs/config.md` (a test checks that every key has one).
 
