@@ -26,6 +26,26 @@ fn completions_know_the_commands_for_every_shell() {
     assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
 }
 
+/// What bash completes `words` (the last one partial) to, with kiln's script.
+fn bash_completes(words: &[&str]) -> Vec<String> {
+    let list = words.join(" ");
+    let (cword, cur, prev) = (words.len() - 1, words[words.len() - 1], words[words.len() - 2]);
+    let script = format!(
+        "source <('{KILN}' completions bash)\nCOMP_WORDS=({list}); COMP_CWORD={cword}\n_kiln kiln '{cur}' '{prev}'\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\""
+    );
+    let out = Command::new("bash").arg("-c").arg(&script).output().expect("run bash");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn bash_completes_commands_and_subcommands() {
+    assert_eq!(bash_completes(&["kiln", "no"]), ["node", "nodeset"]);
+    assert_eq!(bash_completes(&["kiln", "node", "po"]), ["power"]);
+    assert!(bash_completes(&["kiln", "serve", "--check"]).contains(&"--check-config".to_string()));
+}
+
 #[test]
 fn the_man_page_is_roff_with_every_command() {
     let man = run(&["manpage"]);
