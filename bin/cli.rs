@@ -21,6 +21,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
+    #[command(after_help = "Every config key is also read from KILN_<KEY> (KILN_LOCK_WAIT=5s) and \
+--set KEY=VALUE; flags beat the environment, which beats the file. `kiln serve --check-config` shows \
+every key's value and source; docs/config.md lists them. SIGHUP reloads the file.")]
     Serve(ServeArgs),
     /// Show the site at a glance.
     Status,
@@ -59,6 +62,20 @@ pub enum Command {
     Bench(BenchArgs),
     /// Expand, fold or count a node set (no daemon needed).
     Nodeset(NodesetArgs),
+    /// The store: online backup (no daemon needed; safe while it runs).
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    Manpage {
+        /// Write kiln.1, kiln-node.1, kiln-node-create.1, ... here instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,45 +84,68 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Args)]
+/// `kiln serve`. Every key of the config file can also be set by its
+/// `KILN_<KEY>` environment variable or `--set KEY=VALUE`; precedence: flags,
+/// then environment, then file, then defaults (docs/config.md).
+#[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
     /// A TOML config file.
     #[arg(long, env = "KILN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the store (and by default the socket) live [default: ./kiln-data].
-    #[arg(long, env = "KILN_DATA_DIR")]
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// The admin socket to listen on [default: DATA_DIR/kiln.sock].
-    #[arg(long, env = "KILN_SOCKET")]
+    #[arg(long)]
     pub socket: Option<PathBuf>,
     /// Enrol N fake nodes demo1..N when the store is empty.
-    #[arg(long, value_name = "N", env = "KILN_DEMO")]
+    #[arg(long, value_name = "N")]
     pub demo: Option<usize>,
-    /// Seconds an exclusive request waits for a busy node [default: 0].
-    #[arg(long, value_name = "SECONDS", env = "KILN_LOCK_WAIT")]
-    pub lock_wait: Option<f64>,
+    /// How long an exclusive request waits for a busy node (5, 1.5, 500ms, 2m) [default: 0].
+    #[arg(long, value_name = "DURATION")]
+    pub lock_wait: Option<String>,
     /// At most this many jobs run at once [default: 64].
-    #[arg(long, value_name = "N", env = "KILN_MAX_RUNNING_JOBS")]
+    #[arg(long, value_name = "N")]
     pub max_running_jobs: Option<usize>,
-    /// Seconds between power syncs [default: 60].
-    #[arg(long, value_name = "SECONDS", env = "KILN_POWER_SYNC_INTERVAL")]
-    pub power_sync_interval: Option<f64>,
+    /// Time between power syncs [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub power_sync_interval: Option<String>,
     /// Run no periodic task on its own (`kiln periodic run` still works).
-    #[arg(long, env = "KILN_NO_PERIODIC")]
+    #[arg(long)]
     pub no_periodic: bool,
     /// Log format on stderr [default: text].
-    #[arg(long, value_enum, env = "KILN_LOG_FORMAT")]
+    #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Validate the configuration and exit.
+    /// Set any config key (repeatable): `--set lock_wait=5s`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Validate the configuration, print every key's value and source, and exit.
     #[arg(long)]
     pub check_config: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
-    #[arg(long, value_name = "ADDR", env = "KILN_METRICS_ADDR")]
+    #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
 }
 
 fn parse_event_kind(s: &str) -> Result<kiln_actors::EventKind, String> {
     s.trim().parse()
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the store into a new file: a consistent snapshot, checked,
+    /// taken while the daemon runs. Restore: stop kiln, put the copy in
+    /// place as DATA_DIR/kiln.sqlite, start kiln.
+    Backup {
+        /// The new file (it must not exist).
+        dest: PathBuf,
+        /// The daemon's config file (for its data_dir).
+        #[arg(long, env = "KILN_CONFIG")]
+        config: Option<PathBuf>,
+        /// The data dir [default: from the config, $KILN_DATA_DIR, else ./kiln-data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

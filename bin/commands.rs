@@ -48,7 +48,13 @@ impl From<ClientError> for Failure {
 pub fn run(cli: Cli) -> ExitCode {
     let json = cli.json;
     let result = match cli.command {
+        Command::Serve(args) if args.check_config => return crate::config::check(&args, json),
         Command::Serve(args) => return crate::serve::run(args),
+        Command::Store(StoreCommand::Backup { dest, config, data_dir }) => {
+            backup(ServeArgs { config, data_dir, ..Default::default() }, &dest, json)
+        }
+        Command::Completions { shell } => return crate::completions::completions(shell),
+        Command::Manpage { out_dir } => return crate::completions::manpage(out_dir.as_deref()),
         Command::Bench(args) => return crate::bench::run(args, json),
         Command::Nodeset(args) => nodeset(args, json),
         command => {
@@ -99,6 +105,34 @@ fn nodeset(args: NodesetArgs, json: bool) -> Result<(), Failure> {
         output::json(&set.len())
     } else {
         println!("{}", set.len())
+    }
+    Ok(())
+}
+
+/// `kiln store backup`: the data dir resolved as the daemon resolves it.
+fn backup(args: ServeArgs, dest: &Path, json: bool) -> Result<(), Failure> {
+    let cfg = crate::config::load(&args).map_err(Failure::Usage)?;
+    let src = cfg.site.database_path();
+    let info = kiln_store::backup_sqlite(&src, dest).map_err(|e| Failure::Other(anyhow::Error::new(e)))?;
+    if json {
+        output::json(&serde_json::json!({
+            "source": src.display().to_string(),
+            "backup": dest.display().to_string(),
+            "schema_version": info.schema_version,
+            "nodes": info.nodes,
+            "jobs": info.jobs,
+            "bytes": info.bytes,
+        }));
+    } else {
+        println!(
+            "backed up {} to {}: {} nodes, {} jobs, schema version {}, {} bytes, integrity ok",
+            src.display(),
+            dest.display(),
+            info.nodes,
+            info.jobs,
+            info.schema_version,
+            info.bytes
+        );
     }
     Ok(())
 }
@@ -374,6 +408,9 @@ fn build_request(command: Command) -> Result<Request, Failure> {
         Command::Serve(_)
         | Command::Bench(_)
         | Command::Nodeset(_)
+        | Command::Store(_)
+        | Command::Completions { .. }
+        | Command::Manpage { .. }
         | Command::Job(_)
         | Command::Queue(_)
         | Command::Periodic(_)

@@ -1,29 +1,43 @@
-//! The daemon's configuration: a TOML file, overridden by `KILN_*`
-//! environment variables and flags (clap reads both), validated before
-//! anything starts, with errors that name the key.
+//! The daemon's configuration: a TOML file, `KILN_<KEY>` environment
+//! variables and flags over built-in defaults (see [`crate::layered`] for
+//! how the layers combine and how errors name the key and its source),
+//! validated as a whole before anything starts. `docs/config.md` is the
+//! reference of every key.
+//!
+//! To add a key: add a field to [`FileConfig`] (its environment variable,
+//! `--set`, `--check-config` output and unknown-key hints come with it), its
+//! default to [`FileConfig::defaults`], read it in `build`, list it in
+//! [`LIVE_KEYS`] if a SIGHUP can change it in a running daemon, and add a
+//! row to `docs/config.md` (a test checks that every key has one).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, bail};
 use kiln_actors::SiteConfig;
-use serde::Deserialize;
+use kiln_actors::nodeset::NodeSet;
+use kiln_actors::periodic::PeriodicConfig;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::{LogFormat, ServeArgs};
+use crate::layered::{self, Layers, Resolved, Seconds, Source};
 
 /// The default data dir: `./kiln-data`.
 pub fn default_data_dir() -> PathBuf {
     PathBuf::from("kiln-data")
 }
 
-/// The config file's keys. Unknown keys are refused.
-#[derive(Debug, Default, Deserialize)]
+/// The config file's keys. Unknown keys are refused. Durations are
+/// [`Seconds`]: `30`, `1.5`, `500ms`, `30s`, `5m`, `2h`, `1d`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub demo: Option<usize>,
-    pub lock_wait: Option<f64>,
+    pub lock_wait: Option<Seconds>,
+    /// The log filter (tracing's `EnvFilter` directives: `info`,
+    /// `kiln_actors=debug,info`).
+    pub log: Option<String>,
     pub log_format: Option<String>,
     /// Octal mode of the socket: "0600" (default) or "0660".
     pub socket_mode: Option<String>,
@@ -35,22 +49,79 @@ pub struct FileConfig {
     /// At most this many jobs run at once.
     pub max_running_jobs: Option<usize>,
     /// Node groups: `rack1 = "r1-n[01-40]"`, used as `@rack1`.
-    pub groups: Option<std::collections::BTreeMap<String, String>>,
-    /// Periodic tasks (spec section 5); seconds unless said otherwise.
+    pub groups: Option<BTreeMap<String, String>>,
+    /// Periodic tasks (spec section 5).
     pub periodic_enabled: Option<bool>,
-    pub power_sync_interval: Option<f64>,
+    pub power_sync_interval: Option<Seconds>,
     pub power_sync_concurrency: Option<usize>,
     pub power_state_sync_max_retries: Option<u32>,
     pub force_power_state_during_sync: Option<bool>,
-    pub power_failure_recovery_interval: Option<f64>,
-    pub wait_timeouts_interval: Option<f64>,
-    pub wait_timeout: Option<f64>,
-    pub job_autoarchive_interval: Option<f64>,
-    pub job_archive_age: Option<f64>,
-    pub store_maintenance_interval: Option<f64>,
-    pub driver_call_timeout: Option<f64>,
+    pub power_failure_recovery_interval: Option<Seconds>,
+    pub wait_timeouts_interval: Option<Seconds>,
+    pub wait_timeout: Option<Seconds>,
+    pub job_autoarchive_interval: Option<Seconds>,
+    pub job_archive_age: Option<Seconds>,
+    pub store_maintenance_interval: Option<Seconds>,
+    pub driver_call_timeout: Option<Seconds>,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (off when absent).
     pub metrics_addr: Option<String>,
+}
+
+/// The keys a SIGHUP applies to a running daemon; any other key changed in
+/// the file is reported as needing a restart.
+pub const LIVE_KEYS: &[&str] = &[
+    "lock_wait",
+    "log",
+    "default_fanout",
+    "max_running_jobs",
+    "groups",
+    "periodic_enabled",
+    "power_sync_interval",
+    "power_sync_concurrency",
+    "power_state_sync_max_retries",
+    "force_power_state_during_sync",
+    "power_failure_recovery_interval",
+    "wait_timeouts_interval",
+    "wait_timeout",
+    "job_autoarchive_interval",
+    "job_archive_age",
+    "store_maintenance_interval",
+];
+
+impl FileConfig {
+    /// Every key's default (`socket` has none of its own: it follows
+    /// `data_dir`).
+    pub fn defaults() -> FileConfig {
+        let p = PeriodicConfig::default();
+        let site = SiteConfig::default();
+        FileConfig {
+            data_dir: Some(default_data_dir()),
+            socket: None,
+            demo: Some(0),
+            lock_wait: Some(Seconds(site.lock_wait)),
+            log: Some("info".into()),
+            log_format: Some("text".into()),
+            socket_mode: Some("0600".into()),
+            allowed_uids: Some(Vec::new()),
+            max_frame: Some(kiln_actors::codec::DEFAULT_MAX_FRAME),
+            default_fanout: Some(site.default_fanout),
+            max_running_jobs: Some(site.max_running_jobs),
+            groups: Some(BTreeMap::new()),
+            periodic_enabled: Some(p.enabled),
+            power_sync_interval: Some(Seconds(p.power_sync_interval)),
+            power_sync_concurrency: Some(p.power_sync_concurrency),
+            power_state_sync_max_retries: Some(p.power_state_sync_max_retries),
+            force_power_state_during_sync: Some(p.force_power_state_during_sync),
+            power_failure_recovery_interval: Some(Seconds(p.power_failure_recovery_interval)),
+            wait_timeouts_interval: Some(Seconds(p.wait_timeouts_interval)),
+            wait_timeout: Some(Seconds(p.wait_timeout)),
+            job_autoarchive_interval: Some(Seconds(p.job_autoarchive_interval)),
+            job_archive_age: Some(Seconds(p.job_archive_age)),
+            store_maintenance_interval: Some(Seconds(p.store_maintenance_interval)),
+            driver_call_timeout: Some(Seconds(site.driver_call_timeout)),
+            metrics_addr: None,
+        }
+    }
 }
 
 /// Everything `kiln serve` runs with.
@@ -64,91 +135,192 @@ pub struct DaemonConfig {
     pub log_format: LogFormat,
     /// Where `/metrics` is served; `None`: nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The log filter directives.
+    pub log: String,
+    /// Every key's effective value (what `--check-config` shows and a
+    /// reload compares).
+    pub effective: FileConfig,
+    /// Where each key's value came from.
+    pub sources: BTreeMap<String, Source>,
+    /// Things that are not errors but probably mistakes (an unknown
+    /// `KILN_*` variable).
+    pub warnings: Vec<String>,
 }
 
-fn seconds(key: &str, value: f64) -> anyhow::Result<Duration> {
-    if !value.is_finite() || !(0.0..=31_536_000.0).contains(&value) {
-        bail!("{key} = {value}: expected seconds between 0 and 31536000 (a year)");
+impl DaemonConfig {
+    /// The effective config as a TOML table, key by key.
+    pub fn table(&self) -> toml::Table {
+        match toml::Value::try_from(&self.effective) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        }
     }
-    Ok(Duration::from_secs_f64(value))
+
+    pub fn source(&self, key: &str) -> Source {
+        self.sources.get(key).cloned().unwrap_or(Source::Default)
+    }
 }
 
-/// Reads the file (if any) and applies the flags and environment over it.
+/// Reads the file (if any), the environment and the flags.
 pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
-    let file = match &args.config {
-        Some(path) => read_file(path)?,
-        None => FileConfig::default(),
+    load_with(args, &|var| std::env::var(var).ok().filter(|v| !v.is_empty()), std::env::vars().map(|(k, _)| k))
+}
+
+/// [`load`] with the environment given (tests).
+pub fn load_with(
+    args: &ServeArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+    env_names: impl Iterator<Item = String>,
+) -> anyhow::Result<DaemonConfig> {
+    let mut layers = Layers::new(&FileConfig::defaults());
+    if let Some(path) = &args.config {
+        layers.file(path);
+    }
+    layers.env(env);
+    flags(args, &mut layers);
+    let resolved = layers.resolve()?;
+    let mut cfg = build(&resolved)?;
+    let known: Vec<String> = layered::keys::<FileConfig>().iter().map(|k| layered::env_var(k)).collect();
+    for name in env_names {
+        // KILN_CONFIG names the file; KILN_SOCKET is also the CLI's.
+        if name.starts_with("KILN_") && name != "KILN_CONFIG" && !known.contains(&name) {
+            cfg.warnings.push(format!("{name} is set but is not a kiln setting (the keys are in docs/config.md)"));
+        }
+    }
+    Ok(cfg)
+}
+
+/// The dedicated flags of `kiln serve`, then `--set KEY=VALUE`.
+fn flags(args: &ServeArgs, layers: &mut Layers<FileConfig>) {
+    let path = |p: &Path| toml::Value::String(p.display().to_string());
+    if let Some(p) = &args.data_dir {
+        layers.flag("data_dir", path(p), "--data-dir");
+    }
+    if let Some(p) = &args.socket {
+        layers.flag("socket", path(p), "--socket");
+    }
+    if let Some(n) = args.demo {
+        layers.flag("demo", toml::Value::Integer(n as i64), "--demo");
+    }
+    if let Some(t) = &args.lock_wait {
+        layers.text("lock_wait", t, Source::Flag("--lock-wait"));
+    }
+    if let Some(n) = args.max_running_jobs {
+        layers.flag("max_running_jobs", toml::Value::Integer(n as i64), "--max-running-jobs");
+    }
+    if let Some(t) = &args.power_sync_interval {
+        layers.text("power_sync_interval", t, Source::Flag("--power-sync-interval"));
+    }
+    if let Some(a) = &args.metrics_addr {
+        layers.flag("metrics_addr", toml::Value::String(a.clone()), "--metrics-addr");
+    }
+    if args.no_periodic {
+        layers.flag("periodic_enabled", toml::Value::Boolean(false), "--no-periodic");
+    }
+    if let Some(f) = args.log_format {
+        let name = match f {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        layers.flag("log_format", toml::Value::String(name.into()), "--log-format");
+    }
+    layers.sets(&args.set);
+}
+
+/// Turns the layered keys into the daemon's settings, checking what a
+/// key's type alone cannot; every problem is reported, each naming its key
+/// and where its value came from.
+fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
+    let f = &r.value;
+    let d = FileConfig::defaults();
+    let mut errors: Vec<anyhow::Error> = Vec::new();
+    let secs = |v: Option<Seconds>, d: Option<Seconds>| v.or(d).unwrap_or_default().0;
+
+    let data_dir = f.data_dir.clone().unwrap_or_else(default_data_dir);
+    let socket = f.socket.clone().unwrap_or_else(|| data_dir.join("kiln.sock"));
+    let log_format = match f.log_format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            errors.push(r.invalid("log_format", format!("'{other}': expected text or json")));
+            LogFormat::Text
+        }
     };
-    let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(default_data_dir);
-    let socket = args.socket.clone().or(file.socket).unwrap_or_else(|| data_dir.join("kiln.sock"));
-    let lock_wait = seconds("lock_wait", args.lock_wait.or(file.lock_wait).unwrap_or(0.0))?;
-    let driver_call_timeout = seconds("driver_call_timeout", file.driver_call_timeout.unwrap_or(120.0))?;
-    let log_format = match (args.log_format, file.log_format.as_deref()) {
-        (Some(f), _) => f,
-        (None, None | Some("text")) => LogFormat::Text,
-        (None, Some("json")) => LogFormat::Json,
-        (None, Some(other)) => bail!("log_format = '{other}': expected text or json"),
+    let log = f.log.clone().unwrap_or_else(|| "info".into());
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
+        errors
+            .push(r.invalid("log", format!("'{log}' is not a log filter ({e}); e.g. info or kiln_actors=debug,info")));
+    }
+    let socket_mode = match f.socket_mode.as_deref().unwrap_or("0600") {
+        "0600" | "600" => 0o600,
+        "0660" | "660" => 0o660,
+        other => {
+            errors.push(r.invalid("socket_mode", format!("'{other}': expected \"0600\" or \"0660\"")));
+            0o600
+        }
     };
-    let socket_mode = match file.socket_mode.as_deref() {
-        None | Some("0600") | Some("600") => 0o600,
-        Some("0660") | Some("660") => 0o660,
-        Some(other) => bail!("socket_mode = '{other}': expected \"0600\" or \"0660\""),
-    };
-    let max_frame = file.max_frame.unwrap_or(kiln_actors::codec::DEFAULT_MAX_FRAME);
+    let max_frame = f.max_frame.unwrap_or(kiln_actors::codec::DEFAULT_MAX_FRAME);
     if !(1024..=1 << 30).contains(&max_frame) {
-        bail!("max_frame = {max_frame}: expected between 1024 and 1073741824 bytes");
+        errors.push(r.invalid("max_frame", format!("{max_frame}: expected between 1024 and 1073741824 bytes")));
     }
-    let default_fanout = file.default_fanout.unwrap_or(64);
-    if default_fanout == 0 {
-        bail!("default_fanout = 0: expected at least 1");
+    let at_least_one = |key: &str, v: Option<usize>, errors: &mut Vec<anyhow::Error>| {
+        let v = v.unwrap_or(1);
+        if v == 0 {
+            errors.push(r.invalid(key, "0: expected at least 1"));
+        }
+        v.max(1)
+    };
+    let default_fanout = at_least_one("default_fanout", f.default_fanout.or(d.default_fanout), &mut errors);
+    let max_running_jobs = at_least_one("max_running_jobs", f.max_running_jobs.or(d.max_running_jobs), &mut errors);
+    let power_sync_concurrency =
+        at_least_one("power_sync_concurrency", f.power_sync_concurrency.or(d.power_sync_concurrency), &mut errors);
+    let metrics_addr = match f.metrics_addr.as_deref().map(metrics_addr) {
+        Some(Err(e)) => {
+            errors.push(r.invalid("metrics_addr", e));
+            None
+        }
+        Some(Ok(a)) => Some(a),
+        None => None,
+    };
+    let groups = f.groups.clone().unwrap_or_default();
+    for (name, expr) in &groups {
+        if let Err(e) = NodeSet::parse_with(expr, &|g| groups.get(g).cloned()) {
+            errors.push(r.invalid("groups", format!("group '{name}' = '{expr}': {e}")));
+        }
     }
-    let d = kiln_actors::periodic::PeriodicConfig::default();
-    let secs = |key: &str, v: Option<f64>, default: Duration| -> anyhow::Result<Duration> {
-        v.map(|v| seconds(key, v)).transpose().map(|v| v.unwrap_or(default))
+    let periodic = PeriodicConfig {
+        enabled: f.periodic_enabled.unwrap_or(true),
+        power_sync_interval: secs(f.power_sync_interval, d.power_sync_interval),
+        power_sync_concurrency,
+        power_state_sync_max_retries: f.power_state_sync_max_retries.or(d.power_state_sync_max_retries).unwrap_or(3),
+        force_power_state_during_sync: f.force_power_state_during_sync.unwrap_or(false),
+        power_failure_recovery_interval: secs(f.power_failure_recovery_interval, d.power_failure_recovery_interval),
+        wait_timeouts_interval: secs(f.wait_timeouts_interval, d.wait_timeouts_interval),
+        wait_timeout: secs(f.wait_timeout, d.wait_timeout),
+        job_autoarchive_interval: secs(f.job_autoarchive_interval, d.job_autoarchive_interval),
+        job_archive_age: secs(f.job_archive_age, d.job_archive_age),
+        store_maintenance_interval: secs(f.store_maintenance_interval, d.store_maintenance_interval),
     };
-    let periodic = kiln_actors::periodic::PeriodicConfig {
-        enabled: !args.no_periodic && file.periodic_enabled.unwrap_or(true),
-        power_sync_interval: secs(
-            "power_sync_interval",
-            args.power_sync_interval.or(file.power_sync_interval),
-            d.power_sync_interval,
-        )?,
-        power_sync_concurrency: file.power_sync_concurrency.unwrap_or(d.power_sync_concurrency).max(1),
-        power_state_sync_max_retries: file.power_state_sync_max_retries.unwrap_or(d.power_state_sync_max_retries),
-        force_power_state_during_sync: file.force_power_state_during_sync.unwrap_or(false),
-        power_failure_recovery_interval: secs(
-            "power_failure_recovery_interval",
-            file.power_failure_recovery_interval,
-            d.power_failure_recovery_interval,
-        )?,
-        wait_timeouts_interval: secs("wait_timeouts_interval", file.wait_timeouts_interval, d.wait_timeouts_interval)?,
-        wait_timeout: secs("wait_timeout", file.wait_timeout, d.wait_timeout)?,
-        job_autoarchive_interval: secs(
-            "job_autoarchive_interval",
-            file.job_autoarchive_interval,
-            d.job_autoarchive_interval,
-        )?,
-        job_archive_age: secs("job_archive_age", file.job_archive_age, d.job_archive_age)?,
-        store_maintenance_interval: secs(
-            "store_maintenance_interval",
-            file.store_maintenance_interval,
-            d.store_maintenance_interval,
-        )?,
-    };
-    let metrics_addr = args.metrics_addr.clone().or(file.metrics_addr).map(|a| metrics_addr(&a)).transpose()?;
+    if !errors.is_empty() {
+        return Err(layered::problems(errors.iter().map(|e| e.to_string()).collect()));
+    }
     let me = own_uid();
     let mut allowed_uids = vec![me, 0];
-    allowed_uids.extend(file.allowed_uids.unwrap_or_default());
+    allowed_uids.extend(f.allowed_uids.clone().unwrap_or_default());
+    let mut effective = f.clone();
+    effective.socket = Some(socket.clone());
+    let mut sources: BTreeMap<String, Source> = r.entries.iter().map(|(k, e)| (k.clone(), e.source.clone())).collect();
+    sources.entry("socket".into()).or_insert(Source::Default);
     Ok(DaemonConfig {
         site: SiteConfig {
             data_dir,
-            lock_wait,
-            driver_call_timeout,
+            lock_wait: secs(f.lock_wait, d.lock_wait),
+            driver_call_timeout: secs(f.driver_call_timeout, d.driver_call_timeout),
             default_fanout,
             periodic,
-            groups: file.groups.clone().unwrap_or_default(),
-            max_running_jobs: args.max_running_jobs.or(file.max_running_jobs).unwrap_or(64).max(1),
-            demo_nodes: args.demo.or(file.demo).unwrap_or(0),
+            groups,
+            max_running_jobs,
+            demo_nodes: f.demo.unwrap_or(0),
         },
         socket,
         socket_mode,
@@ -156,28 +328,92 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
         max_frame,
         log_format,
         metrics_addr,
+        log,
+        effective,
+        sources,
+        warnings: Vec::new(),
     })
 }
 
 /// Parses `metrics_addr`: `HOST:PORT` (`127.0.0.1:9184`, `[::1]:9184`,
 /// `localhost:9184`; port 0 picks a free port, logged at start).
-fn metrics_addr(text: &str) -> anyhow::Result<std::net::SocketAddr> {
+fn metrics_addr(text: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;
-    let bad = || format!("metrics_addr = '{text}': expected HOST:PORT, such as 127.0.0.1:9184");
+    let bad = || format!("'{text}': expected HOST:PORT, such as 127.0.0.1:9184");
     if let Ok(a) = text.parse() {
         return Ok(a);
     }
-    text.to_socket_addrs().with_context(bad)?.next().with_context(bad)
+    text.to_socket_addrs().map_err(|_| bad())?.next().ok_or_else(bad)
+}
+
+/// The keys not at their default, with their sources, for the start-up log:
+/// `lock_wait=5s (KILN_LOCK_WAIT), data_dir="/var/lib/kiln" (config /etc/kiln/kiln.toml)`.
+pub fn describe(cfg: &DaemonConfig) -> String {
+    let set: Vec<String> = cfg
+        .table()
+        .iter()
+        .filter(|(k, _)| cfg.source(k) != Source::Default)
+        .map(|(k, v)| format!("{k}={v} ({})", cfg.source(k)))
+        .collect();
+    if set.is_empty() { "all defaults".into() } else { set.join(", ") }
+}
+
+/// `kiln serve --check-config`: validates, prints every key's effective
+/// value and where it came from, and exits (2 when the config is invalid).
+pub fn check(args: &ServeArgs, json: bool) -> std::process::ExitCode {
+    let cfg = match load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            if json {
+                crate::output::json(&serde_json::json!({ "valid": false, "error": format!("{e:#}") }));
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            return std::process::ExitCode::from(crate::exit::USAGE);
+        }
+    };
+    let table = cfg.table();
+    if json {
+        let keys: serde_json::Map<String, serde_json::Value> = table
+            .iter()
+            .map(|(k, v)| {
+                let row = serde_json::json!({
+                    "value": v,
+                    "source": cfg.source(k).to_string(),
+                    "env": layered::env_var(k),
+                    "live": LIVE_KEYS.contains(&k.as_str()),
+                });
+                (k.clone(), row)
+            })
+            .collect();
+        crate::output::json(&serde_json::json!({ "valid": true, "keys": keys, "warnings": cfg.warnings }));
+    } else {
+        for w in &cfg.warnings {
+            eprintln!("warning: {w}");
+        }
+        println!("configuration is valid");
+        let rows: Vec<(String, String, String, &str)> = table
+            .iter()
+            .map(|(k, v)| {
+                let live = if LIVE_KEYS.contains(&k.as_str()) { "live" } else { "restart" };
+                (k.clone(), v.to_string(), cfg.source(k).to_string(), live)
+            })
+            .collect();
+        let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(3).max(3);
+        let w2 = rows.iter().map(|r| r.2.len()).max().unwrap_or(6).max(6);
+        println!("{:w0$}  {:7}  {:w2$}  VALUE", "KEY", "SIGHUP", "SOURCE");
+        for (k, v, s, live) in rows {
+            println!("{k:w0$}  {live:7}  {s:w2$}  {v}");
+        }
+    }
+    std::process::ExitCode::SUCCESS
 }
 
 /// The node groups of a config file (for `kiln nodeset`).
-pub fn groups_of(path: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    Ok(read_file(path)?.groups.unwrap_or_default())
-}
-
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+pub fn groups_of(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut layers = Layers::new(&FileConfig::default());
+    layers.file(path);
+    Ok(layers.resolve()?.value.groups.unwrap_or_default())
 }
 
 /// The daemon's own uid.

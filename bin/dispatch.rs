@@ -62,7 +62,7 @@ pub async fn handle(site: &Site, request: Request) -> Response {
 }
 
 async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
-    let fanout = |f: Option<u32>| f.map(|f| f as usize).unwrap_or(site.config.default_fanout).max(1);
+    let fanout = |f: Option<u32>| f.map(|f| f as usize).unwrap_or(site.live.default_fanout()).max(1);
     Ok(match request {
         Request::Hello { .. } => return Err(KilnError::Protocol("hello was already exchanged".into())),
         Request::Events { .. } => return Err(KilnError::Protocol("events are streamed, not answered".into())),

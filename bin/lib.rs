@@ -10,11 +10,16 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod completions;
 pub mod config;
 pub mod dispatch;
 pub mod jobfile;
+pub mod layered;
+pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod output;
+pub mod reload;
 pub mod serve;
 
 use std::process::ExitCode;
@@ -34,5 +39,17 @@ pub mod exit {
 /// Runs the command line.
 pub fn run() -> ExitCode {
     let args = cli::Cli::parse();
+    let daemon = match &args.command {
+        cli::Command::Serve(a) => !a.check_config,
+        cli::Command::Bench(_) => true,
+        _ => false,
+    };
+    if !daemon {
+        // A client that prints is killed quietly by a closed pipe
+        // (`kiln node list | head`), as other Unix tools; the daemon keeps
+        // Rust's default (ignored) so a vanished client never kills it.
+        // SAFETY: resetting a signal's disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     commands::run(args)
 }

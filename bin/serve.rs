@@ -1,21 +1,25 @@
 //! `kiln serve`: load the config, start the site's actors, open the admin
-//! socket, and run until SIGTERM or SIGINT.
+//! socket, and run until SIGTERM or SIGINT; SIGHUP reloads the config
+//! ([`crate::reload`]). Under systemd it tells the manager when it is ready,
+//! reloading and stopping, and pings its watchdog ([`crate::notify`]).
 //!
 //! Shutdown order: stop accepting (the socket is removed), then stop the
 //! actix system; the store thread finishes the commits already queued before
 //! the process exits, so nothing acknowledged is lost.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 use crate::admin::{self, AdminConfig};
-use crate::cli::{LogFormat, ServeArgs};
+use crate::cli::ServeArgs;
 use crate::config::{self, DaemonConfig};
+use crate::logging::{self, LogFilter};
+use crate::notify::Notifier;
+use crate::reload::Reloader;
 
 /// Runs the daemon; returns its exit code.
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -26,12 +30,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(crate::exit::USAGE);
         }
     };
-    if args.check_config {
-        println!("configuration is valid: data dir {}, socket {}", cfg.site.data_dir.display(), cfg.socket.display());
-        return ExitCode::SUCCESS;
+    let log = logging::init(cfg.log_format, &cfg.log);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
     }
-    init_logging(cfg.log_format);
-    match actix::System::new().block_on(daemon(cfg)) {
+    tracing::info!(config = %config::describe(&cfg), "configuration");
+    match actix::System::new().block_on(daemon(cfg, args, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "kiln serve failed");
@@ -41,16 +45,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
-    };
-}
-
-async fn daemon(cfg: DaemonConfig) -> anyhow::Result<()> {
+async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::Result<()> {
+    // Signal handlers first: a SIGHUP during start-up must not kill the daemon.
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let notifier = Notifier::from_env();
     let admin_cfg = AdminConfig {
         socket: cfg.socket.clone(),
         mode: cfg.socket_mode,
@@ -63,13 +63,12 @@ async fn daemon(cfg: DaemonConfig) -> anyhow::Result<()> {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
     };
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let nodes = site.registry.by_id.len();
     tracing::info!(
         socket = %cfg.socket.display(),
         data_dir = %cfg.site.data_dir.display(),
-        nodes = site.registry.by_id.len(),
+        nodes,
         "kiln is serving"
     );
     if let Some(m) = metrics {
@@ -78,12 +77,52 @@ async fn daemon(cfg: DaemonConfig) -> anyhow::Result<()> {
         actix::spawn(crate::metrics::serve(m, site.clone(), stop_rx.clone()));
     }
     let server = actix::spawn(admin::serve(listener, admin_cfg, site.clone(), stop_rx));
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    let serving = format!("serving {nodes} nodes on {}", cfg.socket.display());
+    notifier.ready(&serving);
+    let watchdog = notifier.watchdog_interval().map(|every| actix::spawn(watchdog(site.clone(), every)));
+    let mut reloader = Reloader::new(args, &cfg, log);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => {
+                notifier.reloading();
+                match reloader.reload(&site).await {
+                    Ok(r) => tracing::info!(
+                        applied = %r.applied.join(", "),
+                        need_restart = %r.need_restart.join(", "),
+                        "configuration reloaded"
+                    ),
+                    Err(e) => tracing::error!(
+                        error = format!("{e:#}"),
+                        "configuration reload failed; running on with the configuration in force"
+                    ),
+                }
+                notifier.ready(&serving);
+            }
+        }
+    }
+    notifier.stopping();
+    if let Some(w) = watchdog {
+        w.abort();
     }
     let _ = stop_tx.send(true);
     let _ = server.await;
     actix::System::current().stop();
     Ok(())
+}
+
+/// Pings systemd's watchdog every `every` while the site answers a health
+/// check in time; a wedged site misses pings and systemd restarts it.
+async fn watchdog(site: kiln_actors::Site, every: Duration) {
+    let notifier = Notifier::from_env();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match site.check_alive(every).await {
+            Ok(()) => notifier.notify("WATCHDOG=1"),
+            Err(e) => tracing::error!(error = %e, "health check failed; not pinging the watchdog"),
+        }
+    }
 }

@@ -16,7 +16,9 @@ pub mod error;
 pub mod events;
 pub mod exec;
 pub mod fsm;
+pub mod health;
 pub mod jobs;
+pub mod live;
 pub mod metrics;
 pub mod node;
 pub mod nodeset;
@@ -41,6 +43,7 @@ pub use config::SiteConfig;
 pub use error::KilnError;
 pub use events::{EventBus, EventKind, NodeEvent, Subscribe};
 pub use fsm::Verb;
+pub use live::LiveSettings;
 pub use node::{NodeUpdate, Op};
 pub use supervisor::{
     BulkAction, CreateNodes, CreatePort, DeleteNodes, DeletePort, GetNode, GetStatus, ListNodes, ListPorts, NewNode,
@@ -62,9 +65,12 @@ pub struct Site {
     /// The registry the supervisor keeps (read-only use: resolve names).
     pub registry: Registry,
     pub store: StoreHandle,
+    /// The config the site started with; see `live` for the values in force.
     pub config: SiteConfig,
     /// The site's counters, gauges and histograms (`metrics.render` for a scrape).
     pub metrics: Arc<metrics::Metrics>,
+    /// The settings a running site can change ([`Site::reconfigure`]).
+    pub live: Arc<LiveSettings>,
 }
 
 impl Site {
@@ -129,12 +135,13 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
 
     let metrics = Arc::new(metrics::Metrics::default());
     let events = EventBus::default().start();
-    let registry = Registry { groups: Arc::new(config.groups.clone()), ..Default::default() };
+    let live = Arc::new(LiveSettings::new(&config));
+    let registry = Registry { live: live.clone(), ..Default::default() };
     let env = node::NodeEnv {
         store: store.clone(),
         events: events.clone(),
         drivers: Arc::new(DashMap::new()),
-        lock_wait: config.lock_wait,
+        live: live.clone(),
         driver_call_timeout: config.driver_call_timeout,
         metrics: metrics.clone(),
     };
@@ -164,5 +171,5 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
     let jobs = queue.start();
     let tasks = periodic::builtin(router, jobs.clone(), store.clone(), config.periodic.clone(), metrics.clone());
     let scheduler = scheduler::Scheduler::new(tasks).start();
-    Ok(Site { supervisor, jobs, scheduler, events, registry, store, config, metrics })
+    Ok(Site { supervisor, jobs, scheduler, events, registry, store, config, metrics, live })
 }

@@ -94,6 +94,19 @@ impl Schedule {
         self.slots.iter().filter(|s| s.enabled && !s.running).map(|s| s.next_due).min()
     }
 
+    /// Changes a task's spacing and enabled flag. A new spacing counts from
+    /// now (a task due sooner keeps its time); a task enabled again is due
+    /// one spacing from now.
+    pub fn retune(&mut self, i: usize, spacing: Duration, enabled: bool, now: Instant) {
+        let s = &mut self.slots[i];
+        if spacing != s.spacing || (enabled && !s.enabled) {
+            let next = now + spacing.max(TICK);
+            s.next_due = if s.enabled && enabled { s.next_due.min(next) } else { next };
+        }
+        s.spacing = spacing;
+        s.enabled = enabled;
+    }
+
     pub fn find(&self, name: &str) -> Option<usize> {
         self.slots.iter().position(|s| s.name == name)
     }
@@ -267,6 +280,31 @@ impl Handler<RegisterPeriodic> for Scheduler {
     }
 }
 
+/// Replaces the spacing, enabled flag and body of the tasks with these
+/// names, keeping their counters and last run (a config reload); a task
+/// not registered yet is added. A run in progress finishes as it began.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retune(pub Vec<PeriodicTask>);
+
+impl Handler<Retune> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, Retune(tasks): Retune, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        for t in tasks {
+            let Some(i) = self.schedule.find(&t.name) else {
+                self.push(t, now);
+                continue;
+            };
+            self.schedule.retune(i, t.spacing, t.enabled, now);
+            self.info[i].spacing_s = t.spacing.as_secs();
+            self.info[i].enabled = t.enabled;
+            self.runs[i] = t.run;
+        }
+        self.arm(ctx);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +324,24 @@ mod tests {
         s.finished(1);
         assert_eq!(s.next_wake(), Some(t0 + Duration::from_secs(10)));
         assert_eq!(s.due(t0 + Duration::from_secs(60)), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_retuned_task_counts_its_new_spacing_from_now() {
+        let t0 = Instant::now();
+        let mut s = Schedule::default();
+        s.add("a", Duration::from_secs(600), false, true, t0);
+        s.add("off", Duration::from_secs(60), false, false, t0);
+        let t1 = t0 + Duration::from_secs(100);
+        s.retune(0, Duration::from_secs(30), true, t1);
+        assert_eq!(s.slots[0].next_due, t1 + Duration::from_secs(30), "sooner than the old 600 s");
+        s.retune(0, Duration::from_secs(900), true, t1);
+        assert_eq!(s.slots[0].next_due, t1 + Duration::from_secs(30), "a due time already set is kept");
+        assert_eq!(s.due(t1 + Duration::from_secs(60)), vec![0]);
+        s.retune(1, Duration::from_secs(60), true, t1);
+        assert_eq!(s.slots[1].next_due, t1 + Duration::from_secs(60), "enabled: one spacing from now");
+        s.retune(0, Duration::from_secs(900), false, t1);
+        assert_eq!(s.next_wake(), Some(t1 + Duration::from_secs(60)), "disabled: not waited for");
     }
 
     #[test]

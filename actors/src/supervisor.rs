@@ -36,8 +36,8 @@ pub struct NodeEntry {
 pub struct Registry {
     pub by_id: Arc<DashMap<NodeId, NodeEntry>>,
     pub by_name: Arc<DashMap<String, NodeId>>,
-    /// Node groups (`@name` in node sets), from the config.
-    pub groups: Arc<BTreeMap<String, String>>,
+    /// The live settings; node groups (`@name` in node sets) come from them.
+    pub live: Arc<crate::LiveSettings>,
 }
 
 impl Registry {
@@ -88,7 +88,8 @@ impl Registry {
 
     /// Parses a node set, with the site's groups.
     pub fn parse(&self, expr: &str) -> Result<NodeSet, KilnError> {
-        NodeSet::parse_with(expr, &|g| self.groups.get(g).cloned())
+        let groups = self.live.groups();
+        NodeSet::parse_with(expr, &|g| groups.get(g).cloned())
             .map_err(|e| KilnError::InvalidInput(format!("node set '{expr}': {e}")))
     }
 

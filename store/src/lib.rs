@@ -14,6 +14,7 @@
 //! history ([`records`]), and the job queue's jobs, job logs and settings
 //! ([`jobs`]).
 
+pub mod backup;
 pub mod error;
 pub mod jobs;
 pub mod records;
@@ -21,6 +22,7 @@ pub mod sqlite;
 pub mod timestamp;
 pub mod writer;
 
+pub use backup::{BackupInfo, backup_sqlite};
 pub use error::StoreError;
 pub use jobs::*;
 pub use records::*;

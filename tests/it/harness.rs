@@ -25,6 +25,8 @@ pub struct Daemon {
     log: Option<mpsc::Receiver<String>>,
     /// `KILN_LOG` for the daemon.
     log_filter: String,
+    /// More environment variables for the daemon.
+    envs: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -36,6 +38,12 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with `KILN_LOG=filter` (e.g. `debug`).
     pub fn start_logging(demo: usize, extra: &[&str], filter: &str) -> Daemon {
+        Daemon::start_env(demo, extra, &[("KILN_LOG", filter)])
+    }
+
+    /// Like [`Daemon::start`], with environment variables for the daemon
+    /// (`KILN_LOG` among them overrides the default `info`).
+    pub fn start_env(demo: usize, extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("kiln.sock");
         let mut d = Daemon {
@@ -44,7 +52,8 @@ impl Daemon {
             socket,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: None,
-            log_filter: filter.to_string(),
+            log_filter: "info".to_string(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         d.spawn(demo);
         d
@@ -61,6 +70,7 @@ impl Daemon {
             .arg(demo.to_string())
             .args(&self.extra)
             .env("KILN_LOG", &self.log_filter)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env_remove("KILN_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -113,6 +123,13 @@ impl Daemon {
             lines.push(line);
         }
         lines
+    }
+
+    /// Sends a signal to the running daemon.
+    pub fn signal(&self, signal: i32) {
+        let c = self.child.as_ref().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, signal) };
     }
 
     /// SIGKILL, and reap.

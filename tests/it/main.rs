@@ -1,9 +1,12 @@
 //! Integration tests: the real `kiln` binary, over the real Unix socket, on
 //! real SQLite files in temporary directories.
 
+mod backup;
 mod bad_input;
 mod bench;
 mod bmc;
+mod completions;
+mod config;
 mod events;
 mod exec;
 mod harness;
@@ -13,5 +16,7 @@ mod locking;
 mod metrics;
 mod peers;
 mod periodic;
+mod readme;
 mod restart;
+mod service;
 mod socket;

@@ -151,7 +151,7 @@ fn a_bad_metrics_address_is_refused_before_anything_starts() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("metrics_addr = 'not an address'") && err.contains("HOST:PORT"), "{err}");
+    assert!(err.contains("--metrics-addr") && err.contains("'not an address'") && err.contains("HOST:PORT"), "{err}");
 
     // The config file's key, checked the same way.
     let config = dir.path().join("kiln.toml");

@@ -31,6 +31,10 @@ const MAX_NODE_LOG_LINES: usize = 100;
 /// A job that has not ended.
 struct ActiveJob {
     view: JobView,
+    /// The status as last committed: what watchers see. `view.status` runs
+    /// ahead of it while a commit is in flight, and a watcher told "ended"
+    /// before the end's log line is committed would stop without it.
+    committed_status: JobStatus,
     /// Committed log entries, oldest first.
     log: Vec<JobLogEntry>,
     control: FanOutControl,
@@ -56,7 +60,7 @@ impl ActiveJob {
     fn change_after(&self, after: u64) -> JobChange {
         JobChange {
             id: self.view.id,
-            status: self.view.status,
+            status: self.committed_status,
             log: self.log.iter().filter(|e| e.serial > after).cloned().collect(),
             progress: (self.view.status == JobStatus::Running && self.progress_total > 0)
                 .then(|| (self.control.done.load(Ordering::Relaxed), self.progress_total)),
@@ -160,6 +164,7 @@ impl JobQueue {
             q.active.insert(
                 id,
                 ActiveJob {
+                    committed_status: view.status,
                     view,
                     log,
                     control: FanOutControl::default(),
@@ -284,6 +289,7 @@ impl JobQueue {
         let first = job.take_serials(lines.len() as u64);
         let entries: Vec<JobLogEntry> =
             lines.into_iter().enumerate().map(|(i, m)| log_entry(id, first + i as u64, m)).collect();
+        let status = job.view.status;
         let mut batch = Vec::with_capacity(1 + entries.len());
         batch.push(Write::PutJob(job.view.to_record()));
         batch.extend(entries.iter().cloned().map(Write::AppendJobLog));
@@ -293,6 +299,7 @@ impl JobQueue {
                 Ok(()) => {
                     if let Some(job) = act.active.get_mut(&id) {
                         job.log.extend(entries);
+                        job.committed_status = status;
                         wake(job);
                     }
                 }
@@ -671,6 +678,7 @@ impl JobQueue {
         self.active.insert(
             id,
             ActiveJob {
+                committed_status: view.status,
                 view,
                 log: vec![entry],
                 control: FanOutControl::default(),
@@ -847,6 +855,20 @@ impl Handler<SetDrain> for JobQueue {
                 Ok(())
             },
         ))
+    }
+}
+
+/// Changes how many jobs may run at once (a config reload). Raising it
+/// starts queued jobs at once; lowering it lets running jobs finish.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SetMaxRunning(pub usize);
+
+impl Handler<SetMaxRunning> for JobQueue {
+    type Result = ();
+    fn handle(&mut self, SetMaxRunning(n): SetMaxRunning, ctx: &mut Context<Self>) {
+        self.max_running = n.max(1);
+        self.schedule(ctx);
     }
 }
 

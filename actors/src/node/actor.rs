@@ -35,7 +35,8 @@ pub struct NodeEnv {
     pub events: Addr<EventBus>,
     /// Driver actors of BMC endpoints shared by several nodes, by endpoint.
     pub drivers: Arc<DashMap<String, Addr<DriverActor>>>,
-    pub lock_wait: Duration,
+    /// `lock_wait` and the other settings a reload can change.
+    pub live: Arc<crate::LiveSettings>,
     pub driver_call_timeout: Duration,
     /// The site's metrics (node gauges, BMC calls).
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -188,14 +189,15 @@ impl NodeActor {
             self.begin(op, wait, reply, parent, ctx);
             return;
         }
-        if self.env.lock_wait.is_zero() {
+        let lock_wait = self.env.live.lock_wait();
+        if lock_wait.is_zero() {
             let _ = reply.send(Err(self.locked_error()));
             return;
         }
         self.next_waiter += 1;
         let id = self.next_waiter;
         self.waiters.push_back(Waiter { id, op, wait, reply, parent });
-        ctx.run_later(self.env.lock_wait, move |act, _| {
+        ctx.run_later(lock_wait, move |act, _| {
             if let Some(pos) = act.waiters.iter().position(|w| w.id == id) {
                 let w = act.waiters.remove(pos).expect("position is in range");
                 let _ = w.reply.send(Err(act.locked_error()));
