@@ -86,6 +86,9 @@ pub struct JobRecord {
     /// The opcodes, dependencies and results as the job queue encodes them
     /// (JSON text); the store keeps it opaque.
     pub body: String,
+    /// The job's whole log, oldest first, serials increasing. It is written
+    /// with the row: the queue rewrites the row at every change anyway.
+    pub log: Vec<JobLogEntry>,
 }
 
 /// One timestamped line of a job's log; `serial` counts up from the job's

@@ -47,14 +47,11 @@ pub enum Write {
     DeletePort(String),
     /// Append one line to a node's history.
     AppendHistory(HistoryEntry),
-    /// Insert or replace a job in the live queue (by id). Fails with
-    /// [`StoreError::Conflict`] when that id was archived: an archived job is
-    /// never written again.
+    /// Insert or replace a job in the live queue (by id), its log included.
+    /// Fails with [`StoreError::Conflict`] when that id was archived (an
+    /// archived job is never written again) or when the log's serials do
+    /// not increase or name another job.
     PutJob(JobRecord),
-    /// Append one line to a job's log; Conflict when the job already has a
-    /// line with that serial. The job need not be live: the log is kept
-    /// whether the job is live or archived.
-    AppendJobLog(JobLogEntry),
     /// Move a finished job from the live queue to the archive. NotFound when
     /// it is not live (never submitted, or archived already); Conflict, with
     /// nothing changed, when it is not finished.

@@ -30,6 +30,7 @@ fn job(id: u64) -> JobRecord {
         started_at: None,
         ended_at: None,
         body: format!(r#"{{"ops":[{{"op":"sleep","seconds":0}}],"n":{id}}}"#),
+        log: Vec::new(),
     }
 }
 
@@ -44,6 +45,15 @@ fn finished(id: u64, status: JobStatus) -> JobRecord {
         started_at: Some(submitted + Duration::nanoseconds(1)),
         ended_at: Some(submitted + Duration::seconds(3600)),
         body: r#"{"ops":[{"op":"deploy","nodes":"n[1-4]"}],"result":"nœud ✓ 'quoted' \"twice\""}"#.into(),
+        log: vec![
+            JobLogEntry { job: JobId(id), serial: 1, at: submitted, message: "submitted".into() },
+            JobLogEntry {
+                job: JobId(id),
+                serial: 7,
+                at: submitted + Duration::seconds(3600),
+                message: "line\n two: \"nœud\" ✓ \\ \u{0}".into(),
+            },
+        ],
     }
 }
 
@@ -111,25 +121,19 @@ fn ids_past_sqlites_integer_range_are_refused() {
     let mut store = open(&path);
     let err = commit_one(&mut store, vec![Write::PutJob(job(u64::MAX))]).unwrap_err();
     assert!(matches!(err, StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(_))), "{err:?}");
-    let err = commit_one(&mut store, vec![Write::AppendJobLog(log(1, u64::MAX, "x"))]).unwrap_err();
-    assert!(matches!(err, StoreError::Sqlite(_)), "{err:?}");
     assert!(store.load_live_jobs().unwrap().is_empty());
 }
 
 #[test]
-fn the_log_is_in_serial_order_after_a_serial_and_limited() {
+fn the_log_is_read_after_a_serial_and_limited() {
     let (_dir, path) = db();
     let mut store = open(&path);
-    commit_one(&mut store, vec![Write::PutJob(job(1)), Write::PutJob(job(2))]).unwrap();
-    let mut expected = Vec::new();
-    // Committed out of order and interleaved with another job's lines.
-    for serial in [3, 1, 5, 2, 4] {
-        let entry = log(1, serial, &format!("line {serial} ✓"));
-        commit_one(&mut store, vec![Write::AppendJobLog(entry.clone()), Write::AppendJobLog(log(2, serial, "other"))])
-            .unwrap();
-        expected.push(entry);
-    }
-    expected.sort_by_key(|e| e.serial);
+    let mut one = job(1);
+    one.log = (1..=5).map(|serial| log(1, serial, &format!("line {serial} ✓"))).collect();
+    let mut two = job(2);
+    two.log = vec![log(2, 1, "other")];
+    commit_one(&mut store, vec![Write::PutJob(one.clone()), Write::PutJob(two)]).unwrap();
+    let expected = one.log.clone();
 
     assert_eq!(store.load_job_log(JobId(1), 0, 100).unwrap(), expected);
     assert_eq!(store.load_job_log(JobId(1), 2, 100).unwrap(), expected[2..].to_vec());
@@ -140,20 +144,34 @@ fn the_log_is_in_serial_order_after_a_serial_and_limited() {
     assert!(store.load_job_log(JobId(1), 0, 0).unwrap().is_empty());
     assert!(store.load_job_log(JobId(3), 0, 100).unwrap().is_empty());
     assert!(store.load_job_log(JobId(u64::MAX), 0, 100).unwrap().is_empty());
+    assert_eq!(store.load_job(JobId(1)).unwrap().unwrap().0.log, expected);
 
-    // A duplicate serial fails its batch alone, and the whole batch.
+    // Serials that do not increase, or a line of another job, fail their
+    // batch alone, and the whole batch.
+    let mut repeated = one.clone();
+    repeated.log.push(log(1, 3, "again"));
+    let mut foreign = one.clone();
+    foreign.log.push(log(2, 6, "not mine"));
+    let mut fine = job(2);
+    fine.log = vec![log(2, 1, "other"), log(2, 6, "fine")];
     let results = store
         .commit(&[
-            vec![Write::AppendJobLog(log(1, 6, "would be new")), Write::AppendJobLog(log(1, 3, "again"))],
-            vec![Write::AppendJobLog(log(2, 6, "fine"))],
+            vec![Write::PutJob(job(4)), Write::PutJob(repeated)],
+            vec![Write::PutJob(foreign)],
+            vec![Write::PutJob(fine)],
         ])
         .unwrap();
     match &results[0] {
-        Err(StoreError::Conflict(m)) => assert_eq!(m, "job 1 already has log entry 3"),
+        Err(StoreError::Conflict(m)) => assert_eq!(m, "job 1: log serial 3 follows 5; serials must increase"),
         r => panic!("expected a conflict, got {r:?}"),
     }
-    assert!(results[1].is_ok());
+    match &results[1] {
+        Err(StoreError::Conflict(m)) => assert_eq!(m, "job 1: its log holds a line of job 2"),
+        r => panic!("expected a conflict, got {r:?}"),
+    }
+    assert!(results[2].is_ok());
     assert_eq!(store.load_job_log(JobId(1), 0, 100).unwrap(), expected);
+    assert_eq!(store.load_job(JobId(4)).unwrap(), None);
     assert_eq!(store.load_job_log(JobId(2), 5, 100).unwrap().len(), 1);
 }
 
@@ -163,20 +181,14 @@ fn archiving_moves_a_finished_job_and_keeps_its_log() {
     let mut store = open(&path);
     let done = finished(1, JobStatus::Success);
     let live = job(2);
-    commit_one(
-        &mut store,
-        vec![Write::PutJob(done.clone()), Write::PutJob(live.clone()), Write::AppendJobLog(log(1, 1, "started"))],
-    )
-    .unwrap();
+    commit_one(&mut store, vec![Write::PutJob(done.clone()), Write::PutJob(live.clone())]).unwrap();
 
     commit_one(&mut store, vec![Write::ArchiveJob(JobId(1))]).unwrap();
     assert_eq!(store.load_job(JobId(1)).unwrap(), Some((done.clone(), true)));
     assert_eq!(store.load_live_jobs().unwrap(), vec![live.clone()]);
     assert_eq!(store.list_archived_jobs(10).unwrap(), vec![done.clone()]);
-    assert_eq!(store.load_job_log(JobId(1), 0, 10).unwrap().len(), 1);
-    // The log still grows (a late line), though the job is archived.
-    commit_one(&mut store, vec![Write::AppendJobLog(log(1, 2, "archived"))]).unwrap();
-    assert_eq!(store.load_job_log(JobId(1), 1, 10).unwrap().len(), 1);
+    assert_eq!(store.load_job_log(JobId(1), 0, 10).unwrap(), done.log);
+    assert_eq!(store.load_job_log(JobId(1), 1, 10).unwrap(), done.log[1..].to_vec());
 
     // Archiving it again: it is no longer live.
     let err = commit_one(&mut store, vec![Write::ArchiveJob(JobId(1))]).unwrap_err();
@@ -278,6 +290,7 @@ fn jobs_logs_and_settings_are_there_after_reopening() {
     running.status = JobStatus::Running;
     running.started_at = Some(Utc::now());
     let line = log(2, 1, "opcode 1 of 1");
+    running.log = vec![line.clone()];
     {
         let mut store = open(&path);
         commit_one(
@@ -289,11 +302,7 @@ fn jobs_logs_and_settings_are_there_after_reopening() {
         // These stay in the WAL only: reopening must replay them.
         commit_one(
             &mut store,
-            vec![
-                Write::PutJob(running.clone()),
-                Write::AppendJobLog(line.clone()),
-                Write::SetMeta { key: "drain".into(), value: "true".into() },
-            ],
+            vec![Write::PutJob(running.clone()), Write::SetMeta { key: "drain".into(), value: "true".into() }],
         )
         .unwrap();
     }
@@ -309,9 +318,11 @@ fn jobs_logs_and_settings_are_there_after_reopening() {
 fn the_store_thread_serves_jobs_too() {
     let (_dir, path) = db();
     let store = StoreHandle::open_sqlite(&path).unwrap();
-    store.commit_blocking(vec![Write::PutJob(job(1)), Write::AppendJobLog(log(1, 1, "queued"))]).unwrap();
+    let mut queued = job(1);
+    queued.log = vec![log(1, 1, "queued")];
+    store.commit_blocking(vec![Write::PutJob(queued.clone())]).unwrap();
     let (seen, archived) = store.read_blocking(|s| s.load_job(JobId(1))).unwrap().unwrap();
-    assert_eq!((seen.id, archived), (JobId(1), false));
+    assert_eq!((seen, archived), (queued, false));
     assert_eq!(store.read_blocking(|s| s.max_job_id()).unwrap(), 1);
 }
 
@@ -340,16 +351,66 @@ fn a_version_1_file_is_upgraded_with_its_nodes_intact() {
     assert_eq!(user_version(&path), 1);
 
     let mut store = open(&path);
-    assert_eq!(SCHEMA_VERSION, 2);
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(SCHEMA_VERSION, 3);
+    assert_eq!(user_version(&path), 3);
     assert_eq!(store.load_nodes().unwrap(), vec![n]);
     assert_eq!(store.max_job_id().unwrap(), 0);
     commit_one(&mut store, vec![Write::PutJob(job(1))]).unwrap();
     drop(store);
     // And opening the upgraded file again runs nothing twice.
     let mut store = open(&path);
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), 3);
     assert_eq!(store.load_live_jobs().unwrap().len(), 1);
+}
+
+#[test]
+fn a_version_2_file_keeps_its_job_logs_in_the_rows() {
+    let (_dir, path) = db();
+    let at = |s: i64| Utc.timestamp_opt(1_700_000_000 + s, 7).unwrap();
+    let text = |s: i64| at(s).to_rfc3339_opts(SecondsFormat::Nanos, true);
+    {
+        // What a kiln of schema version 2 wrote: a log row per line.
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[0]).unwrap();
+        tx.execute_batch(MIGRATIONS[1]).unwrap();
+        tx.pragma_update(None, "user_version", 2).unwrap();
+        for (table, id) in [("jobs", 1), ("jobs_archive", 2), ("jobs", 3)] {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {table} (id, priority, status, submitted_at, body) VALUES (?1, 0, 'success', ?2, '{{}}')"
+                ),
+                rusqlite::params![id, text(0)],
+            )
+            .unwrap();
+        }
+        // Inserted out of order: the rows come out by serial.
+        for (job, serial, message) in [(1, 2, "second"), (1, 1, "first \"quoted\""), (2, 1, "archived line")] {
+            tx.execute(
+                "INSERT INTO job_log (job, serial, at, message) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![job, serial, text(serial), message],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    let mut store = open(&path);
+    assert_eq!(user_version(&path), 3);
+    let line = |job: u64, serial: u64, message: &str| JobLogEntry {
+        job: JobId(job),
+        serial,
+        at: at(serial as i64),
+        message: message.into(),
+    };
+    assert_eq!(store.load_job_log(JobId(1), 0, 10).unwrap(), [line(1, 1, "first \"quoted\""), line(1, 2, "second")]);
+    assert_eq!(store.load_job_log(JobId(2), 0, 10).unwrap(), [line(2, 1, "archived line")]);
+    assert!(store.load_job(JobId(3)).unwrap().unwrap().0.log.is_empty());
+    let tables: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'job_log'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tables, 0);
 }
 
 #[test]
@@ -359,12 +420,7 @@ fn damaged_job_values_are_corrupt_errors_not_panics() {
         let mut store = open(&path);
         commit_one(
             &mut store,
-            vec![
-                Write::PutJob(job(1)),
-                Write::PutJob(finished(2, JobStatus::Success)),
-                Write::ArchiveJob(JobId(2)),
-                Write::AppendJobLog(log(1, 1, "hello")),
-            ],
+            vec![Write::PutJob(job(1)), Write::PutJob(finished(2, JobStatus::Success)), Write::ArchiveJob(JobId(2))],
         )
         .unwrap();
     }
@@ -401,8 +457,11 @@ fn damaged_job_values_are_corrupt_errors_not_panics() {
     expect_corrupt(store.list_archived_jobs(10).map(|_| ()), &what);
     expect_corrupt(store.load_job(JobId(2)).map(|_| ()), &what);
 
-    damage("UPDATE job_log SET at = 'noon'");
-    expect_corrupt(store.load_job_log(JobId(1), 0, 10).map(|_| ()), &["job_log.at", "of job 1 entry 1", "'noon'"]);
+    damage("UPDATE jobs SET log = '[{\"serial\": 1, \"at\": \"noon\", \"message\": \"hello\"}]'");
+    let what = ["jobs.log of job 1", "not a readable log"];
+    expect_corrupt(store.load_job_log(JobId(1), 0, 10).map(|_| ()), &what);
+    expect_corrupt(store.load_live_jobs().map(|_| ()), &what);
+    damage("UPDATE jobs SET log = '[]'");
 
     damage("UPDATE jobs SET id = -3");
     expect_corrupt(store.load_live_jobs().map(|_| ()), &["jobs.id", "'-3'"]);

@@ -183,7 +183,7 @@ impl JobView {
     }
 
     /// The record the store keeps for this job.
-    pub fn to_record(&self) -> JobRecord {
+    pub fn to_record(&self, log: Vec<JobLogEntry>) -> JobRecord {
         let body = JobBody { ops: self.ops.clone(), depends: self.depends.clone(), error: self.error.clone() };
         JobRecord {
             id: self.id,
@@ -194,6 +194,7 @@ impl JobView {
             ended_at: self.ended_at,
             // Serialising plain data to JSON cannot fail.
             body: serde_json::to_string(&body).unwrap_or_default(),
+            log,
         }
     }
 }

@@ -35,8 +35,12 @@ struct ActiveJob {
     /// ahead of it while a commit is in flight, and a watcher told "ended"
     /// before the end's log line is committed would stop without it.
     committed_status: JobStatus,
-    /// Committed log entries, oldest first.
+    /// Every log line written (handed to a commit), oldest first: a commit
+    /// carries the whole log, so one built while another is in flight still
+    /// holds that one's lines.
     log: Vec<JobLogEntry>,
+    /// How many of `log` are committed: what watchers see.
+    committed: usize,
     control: FanOutControl,
     /// Nodes in the running node-set opcode.
     progress_total: u64,
@@ -61,7 +65,7 @@ impl ActiveJob {
         JobChange {
             id: self.view.id,
             status: self.committed_status,
-            log: self.log.iter().filter(|e| e.serial > after).cloned().collect(),
+            log: self.log[..self.committed].iter().filter(|e| e.serial > after).cloned().collect(),
             progress: (self.view.status == JobStatus::Running && self.progress_total > 0)
                 .then(|| (self.control.done.load(Ordering::Relaxed), self.progress_total)),
         }
@@ -148,9 +152,9 @@ impl JobQueue {
                 view.status = JobStatus::Error;
                 view.ended_at = Some(now);
                 view.error = Some(why.clone());
-                let serial =
-                    store.read(move |b| b.load_job_log(r.id, 0, usize::MAX)).await?.last().map_or(1, |e| e.serial + 1);
-                repairs.push(vec![Write::PutJob(view.to_record()), Write::AppendJobLog(log_entry(r.id, serial, why))]);
+                let mut log = r.log.clone();
+                log.push(log_entry(r.id, log.last().map_or(1, |e| e.serial + 1), why));
+                repairs.push(vec![Write::PutJob(view.to_record(log))]);
             }
             if view.status.is_finished() {
                 let at = view.ended_at.unwrap_or(now);
@@ -159,13 +163,14 @@ impl JobQueue {
                 continue;
             }
             let id = view.id;
-            let log = store.read(move |b| b.load_job_log(id, 0, usize::MAX)).await?;
+            let log = r.log;
             let next_serial = log.last().map_or(1, |e| e.serial + 1);
             q.active.insert(
                 id,
                 ActiveJob {
                     committed_status: view.status,
                     view,
+                    committed: log.len(),
                     log,
                     control: FanOutControl::default(),
                     progress_total: 0,
@@ -290,15 +295,15 @@ impl JobQueue {
         let entries: Vec<JobLogEntry> =
             lines.into_iter().enumerate().map(|(i, m)| log_entry(id, first + i as u64, m)).collect();
         let status = job.view.status;
-        let mut batch = Vec::with_capacity(1 + entries.len());
-        batch.push(Write::PutJob(job.view.to_record()));
-        batch.extend(entries.iter().cloned().map(Write::AppendJobLog));
+        job.log.extend(entries);
+        let written = job.log.len();
+        let batch = vec![Write::PutJob(job.view.to_record(job.log.clone()))];
         let store = self.store.clone();
         ctx.spawn(async move { store.commit(batch).await }.into_actor(self).map(move |res, act, ctx| {
             match res {
                 Ok(()) => {
                     if let Some(job) = act.active.get_mut(&id) {
-                        job.log.extend(entries);
+                        job.committed = job.committed.max(written);
                         job.committed_status = status;
                         wake(job);
                     }
@@ -491,7 +496,7 @@ impl JobQueue {
 
 /// Answers the watchers that have something new.
 fn wake(job: &mut ActiveJob) {
-    let last = job.log.last().map_or(0, |e| e.serial);
+    let last = job.log[..job.committed].last().map_or(0, |e| e.serial);
     let (ready, rest): (Vec<_>, Vec<_>) = job.watchers.drain(..).partition(|(after, _)| *after < last);
     job.watchers = rest;
     for (after, tx) in ready {
@@ -605,7 +610,7 @@ impl Handler<SubmitJob> for JobQueue {
                 let store = act.store.clone();
                 async move {
                     let (view, entry) = ready??;
-                    store.commit(vec![Write::PutJob(view.to_record()), Write::AppendJobLog(entry.clone())]).await?;
+                    store.commit(vec![Write::PutJob(view.to_record(vec![entry.clone()]))]).await?;
                     Ok((view, entry))
                 }
                 .into_actor(act)
@@ -681,6 +686,7 @@ impl JobQueue {
                 committed_status: view.status,
                 view,
                 log: vec![entry],
+                committed: 1,
                 control: FanOutControl::default(),
                 progress_total: 0,
                 watchers: Vec::new(),
