@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Run no periodic task on its own (`kiln periodic run` still works).
     #[arg(long, env = "KILN_NO_PERIODIC")]
     pub no_periodic: bool,
+    /// Seconds SIGTERM lets running opcodes finish before failing them [default: 30].
+    #[arg(long, value_name = "SECONDS", env = "KILN_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<f64>,
     /// Log format on stderr [default: text].
     #[arg(long, value_enum, env = "KILN_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,

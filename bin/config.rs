@@ -49,6 +49,8 @@ pub struct FileConfig {
     pub job_archive_age: Option<f64>,
     pub store_maintenance_interval: Option<f64>,
     pub driver_call_timeout: Option<f64>,
+    /// Seconds SIGTERM lets running opcodes finish before failing them.
+    pub shutdown_grace: Option<f64>,
 }
 
 /// Everything `kiln serve` runs with.
@@ -60,6 +62,7 @@ pub struct DaemonConfig {
     pub allowed_uids: Vec<u32>,
     pub max_frame: usize,
     pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
 }
 
 fn seconds(key: &str, value: f64) -> anyhow::Result<Duration> {
@@ -79,6 +82,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
     let socket = args.socket.clone().or(file.socket).unwrap_or_else(|| data_dir.join("kiln.sock"));
     let lock_wait = seconds("lock_wait", args.lock_wait.or(file.lock_wait).unwrap_or(0.0))?;
     let driver_call_timeout = seconds("driver_call_timeout", file.driver_call_timeout.unwrap_or(120.0))?;
+    let shutdown_grace = seconds("shutdown_grace", args.shutdown_grace.or(file.shutdown_grace).unwrap_or(30.0))?;
     let log_format = match (args.log_format, file.log_format.as_deref()) {
         (Some(f), _) => f,
         (None, None | Some("text")) => LogFormat::Text,
@@ -150,6 +154,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
         allowed_uids,
         max_frame,
         log_format,
+        shutdown_grace,
     })
 }
 

@@ -1,9 +1,12 @@
 //! `kiln serve`: load the config, start the site's actors, open the admin
 //! socket, and run until SIGTERM or SIGINT.
 //!
-//! Shutdown order: stop accepting (the socket is removed), then stop the
-//! actix system; the store thread finishes the commits already queued before
-//! the process exits, so nothing acknowledged is lost.
+//! Shutdown order (SIGTERM or SIGINT): stop accepting (the socket is
+//! removed), then [`kiln_actors::shutdown::shutdown`]: nothing new starts,
+//! running opcodes get `shutdown_grace` to finish, what still runs then is
+//! failed as the restart rule would fail it (a second signal cuts the grace
+//! short), and the store is checkpointed; then the actix system stops and the
+//! process exits 0.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -75,6 +78,20 @@ async fn daemon(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = server.await;
+    // A second SIGTERM or SIGINT ends the grace period at once.
+    let again = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let report = kiln_actors::shutdown::shutdown(&site, cfg.shutdown_grace, again).await;
+    tracing::info!(
+        finished_in_grace = report.finished_in_grace,
+        jobs_failed = report.jobs_abandoned,
+        nodes_released = report.nodes_released,
+        "kiln stopped"
+    );
     actix::System::current().stop();
     Ok(())
 }

@@ -12,4 +12,5 @@ mod locking;
 mod peers;
 mod periodic;
 mod restart;
+mod shutdown;
 mod socket;

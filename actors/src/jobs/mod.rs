@@ -10,5 +10,6 @@ mod queue;
 
 pub use model::*;
 pub use queue::{
-    ArchiveJob, ArchiveOld, CancelJob, GetJob, GetQueueInfo, JobQueue, ListJobs, SetDrain, SubmitJob, WaitJobChange,
+    AbandonRunning, ArchiveJob, ArchiveOld, CancelJob, GetJob, GetQueueInfo, JobQueue, ListJobs, SetDrain,
+    StopStarting, SubmitJob, WaitJobChange,
 };
