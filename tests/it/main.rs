@@ -4,6 +4,7 @@
 mod bad_input;
 mod bench;
 mod bmc;
+mod crash;
 mod exec;
 mod harness;
 mod jobs;
