@@ -51,6 +51,12 @@ pub struct FileConfig {
     pub driver_call_timeout: Option<f64>,
     /// Seconds SIGTERM lets running opcodes finish before failing them.
     pub shutdown_grace: Option<f64>,
+    /// Admin connections served at once; more are refused.
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to finish a frame it began (and its hello).
+    pub frame_timeout: Option<f64>,
+    /// Seconds an admin connection may sit idle between requests.
+    pub idle_timeout: Option<f64>,
 }
 
 /// Everything `kiln serve` runs with.
@@ -63,6 +69,7 @@ pub struct DaemonConfig {
     pub max_frame: usize,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    pub limits: crate::limits::Limits,
 }
 
 fn seconds(key: &str, value: f64) -> anyhow::Result<Duration> {
@@ -98,6 +105,23 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
     if !(1024..=1 << 30).contains(&max_frame) {
         bail!("max_frame = {max_frame}: expected between 1024 and 1073741824 bytes");
     }
+    let dl = crate::limits::Limits::default();
+    let max_connections = file.max_connections.unwrap_or(dl.max_connections);
+    if !(1..=65_536).contains(&max_connections) {
+        bail!("max_connections = {max_connections}: expected between 1 and 65536");
+    }
+    let positive = |key: &str, v: Option<f64>, default: Duration| -> anyhow::Result<Duration> {
+        let d = v.map(|v| seconds(key, v)).transpose()?.unwrap_or(default);
+        if d.is_zero() {
+            bail!("{key} = 0: expected more than 0 seconds");
+        }
+        Ok(d)
+    };
+    let limits = crate::limits::Limits {
+        max_connections,
+        frame_timeout: positive("frame_timeout", file.frame_timeout, dl.frame_timeout)?,
+        idle_timeout: positive("idle_timeout", file.idle_timeout, dl.idle_timeout)?,
+    };
     let default_fanout = file.default_fanout.unwrap_or(64);
     if default_fanout == 0 {
         bail!("default_fanout = 0: expected at least 1");
@@ -155,6 +179,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<DaemonConfig> {
         max_frame,
         log_format,
         shutdown_grace,
+        limits,
     })
 }
 

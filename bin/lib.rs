@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod dispatch;
 pub mod jobfile;
+pub mod limits;
 pub mod output;
 pub mod serve;
 

@@ -59,6 +59,7 @@ async fn daemon(cfg: DaemonConfig) -> anyhow::Result<()> {
         mode: cfg.socket_mode,
         allowed_uids: cfg.allowed_uids.clone(),
         max_frame: cfg.max_frame,
+        limits: cfg.limits.clone(),
     };
     let site = kiln_actors::start(cfg.site.clone()).await.context("cannot start the site")?;
     let listener = admin::bind(&admin_cfg)?;

@@ -9,6 +9,7 @@ mod exec;
 mod harness;
 mod jobs;
 mod lifecycle;
+mod limits;
 mod locking;
 mod peers;
 mod periodic;
