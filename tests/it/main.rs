@@ -1,6 +1,7 @@
 //! Integration tests: the real `kiln` binary, over the real Unix socket, on
 //! real SQLite files in temporary directories.
 
+mod access;
 mod bad_input;
 mod bench;
 mod bmc;
@@ -14,5 +15,6 @@ mod locking;
 mod peers;
 mod periodic;
 mod restart;
+mod secrets;
 mod shutdown;
 mod socket;
