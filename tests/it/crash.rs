@@ -1,7 +1,9 @@
 //! Crash tests (spec section 12): the real daemon under a mixed workload
 //! (bulk node verbs, jobs, power and maintenance actions, node settings,
 //! periodic tasks every second, BMCs with latency) is SIGKILLed at a random
-//! moment, many times, and restarted each time. After every kill:
+//! moment, many times, and restarted each time; every third round it gets
+//! SIGTERM instead (grace 0.2 s, shorter than a slow node's task), which must
+//! exit 0 and leave nothing for the restart rule. After every stop:
 //!
 //! - the store file passes `PRAGMA integrity_check` (checked on a copy, so
 //!   the daemon recovers the original itself);
@@ -15,9 +17,9 @@
 //! - every transition the event stream announced (events are published only
 //!   once committed) is in the node's history, in order.
 //!
-//! The run is bounded: `KILN_CRASH_ROUNDS` kill rounds (default 8) and a
-//! seeded RNG (`KILN_CRASH_SEED`, printed), so a failure can be replayed. A
-//! long run: `KILN_CRASH_ROUNDS=200 cargo test -p kiln --test it crash -- --nocapture`.
+//! The run is bounded: `KILN_CRASH_ROUNDS` rounds (default 8) and a seeded
+//! RNG (`KILN_CRASH_SEED`, printed), so a failure can be replayed. A long
+//! run: `KILN_CRASH_ROUNDS=200 cargo test -p kiln --test it crash -- --nocapture`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -213,10 +215,18 @@ impl Drop for Follower {
     }
 }
 
+/// What the store showed after a kill.
+struct Stored {
+    max_job: u64,
+    /// Nodes in a working state or with a reservation.
+    mid_task: usize,
+    /// Jobs `running` or `canceling`.
+    running_jobs: usize,
+}
+
 /// Checks the store file as the kill left it: integrity, and every
-/// acknowledged job with its first opcode. Returns the largest job id and
-/// how many nodes the kill caught mid-task.
-fn check_store(dir: &Path, acked: &Acked, round: u64) -> (u64, usize) {
+/// acknowledged job with its first opcode.
+fn check_store(dir: &Path, acked: &Acked, round: u64) -> Stored {
     // A copy, so the daemon later recovers the original WAL itself.
     let copy = tempfile::tempdir().expect("temp dir");
     for suffix in ["", "-wal", "-shm"] {
@@ -243,6 +253,8 @@ fn check_store(dir: &Path, acked: &Acked, round: u64) -> (u64, usize) {
         let got = stored.get(id).unwrap_or_else(|| panic!("round {round}: acknowledged job {id} is missing"));
         assert_eq!(got, want, "round {round}: job {id} holds another job's opcodes");
     }
+    let running_jobs: i64 =
+        db.query_row("SELECT count(*) FROM jobs WHERE status IN ('running', 'canceling')", [], |r| r.get(0)).unwrap();
     let working: usize = db
         .query_row(
             &format!(
@@ -253,7 +265,11 @@ fn check_store(dir: &Path, acked: &Acked, round: u64) -> (u64, usize) {
             |r| r.get::<_, i64>(0),
         )
         .unwrap() as usize;
-    (stored.keys().next_back().copied().unwrap_or(0), working)
+    Stored {
+        max_job: stored.keys().next_back().copied().unwrap_or(0),
+        mid_task: working,
+        running_jobs: running_jobs as usize,
+    }
 }
 
 /// The provision states a node went through, consecutive repeats folded.
@@ -306,7 +322,9 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
          wait_timeout = 2\njob_autoarchive_interval = 1\njob_archive_age = 2\nstore_maintenance_interval = 1\n",
     )
     .unwrap();
-    let mut d = Daemon::start(NODES, &["--config", conf.to_str().unwrap()]);
+    // A grace shorter than a slow node's deploy: SIGTERM rounds see work
+    // both finish within it and outlive it.
+    let mut d = Daemon::start(NODES, &["--config", conf.to_str().unwrap(), "--shutdown-grace", "0.2"]);
     // BMCs of three speeds, so kills find tasks in flight.
     for i in 1..=NODES {
         let ms = match i % 3 {
@@ -320,7 +338,8 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
     let acked = Arc::new(Mutex::new(Acked::default()));
     let marks = Arc::new(AtomicU64::new(1));
     let mut max_acked_job = 0;
-    let (mut mid_task, mut transitions, mut props_checked) = (0usize, 0usize, 0usize);
+    let (mut mid_task, mut transitions, mut props_checked, mut sigterms) = (0usize, 0usize, 0usize, 0usize);
+    let (mut abandoned_stops, mut abandoned_jobs, mut abandoned_nodes) = (0usize, 0usize, 0usize);
     for round in 1..=rounds {
         let follower = Follower::start(&d.socket);
         let stop = Arc::new(AtomicBool::new(false));
@@ -332,9 +351,31 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
                 std::thread::spawn(move || worker(w, seed, &socket, &dir, &acked, &stop, &marks))
             })
             .collect();
-        // The kill point: somewhere in the next 0.3 to 2.3 s of work.
+        // The kill point: somewhere in the next 0.3 to 2.3 s of work. Every
+        // third round is a SIGTERM instead, under the same load.
         std::thread::sleep(Duration::from_millis(300 + rng.below(2000)));
-        d.kill9();
+        let graceful = round % 3 == 0;
+        if graceful {
+            let status = d.terminate();
+            assert_eq!(status.code(), Some(0), "round {round}: SIGTERM under load: {status:?}");
+            let log = d.log_lines();
+            let line = log.iter().find(|l| l.contains("kiln stopped")).expect("the daemon logs how it stopped");
+            if let Some(waiting) = log.iter().find(|l| l.contains("waiting for running work")) {
+                println!("round {round}: {waiting}");
+            }
+            println!("round {round}: {line}");
+            let count = |key: &str| -> usize {
+                let at = line.find(&format!("{key}=")).map(|i| i + key.len() + 1).unwrap_or(line.len());
+                line[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap_or(0)
+            };
+            let (jobs, nodes) = (count("jobs_failed"), count("nodes_released"));
+            if jobs + nodes > 0 {
+                abandoned_stops += 1;
+            }
+            (abandoned_jobs, abandoned_nodes) = (abandoned_jobs + jobs, abandoned_nodes + nodes);
+        } else {
+            d.kill9();
+        }
         stop.store(true, Ordering::Relaxed);
         for w in workers {
             w.join().expect("a worker panicked");
@@ -342,8 +383,15 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
         let events = follower.finish();
 
         let a = acked.lock().unwrap();
-        let (max_stored, caught) = check_store(d.dir.path(), &a, round);
-        mid_task += caught;
+        let stored = check_store(d.dir.path(), &a, round);
+        let (max_stored, caught) = (stored.max_job, stored.mid_task);
+        if graceful {
+            // A graceful stop leaves nothing for the restart rule to do.
+            assert_eq!((caught, stored.running_jobs), (0, 0), "round {round}: SIGTERM left work mid-way");
+            sigterms += 1;
+        } else {
+            mid_task += caught;
+        }
         max_acked_job = max_acked_job.max(a.jobs.keys().next_back().copied().unwrap_or(0));
         drop(a);
 
@@ -395,8 +443,13 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
         for (name, seen) in by_node {
             let history = d.json(&["node", "history", &name, "--limit", "10000"]);
             let entries = history.as_array().unwrap();
+            // Every node is enrolled in `enroll`; its history goes on from there.
             let first = entries.first().map(|e| e["from_state"].as_str().unwrap().to_string());
-            let states = fold(first.into_iter().chain(entries.iter().map(|e| e["to_state"].as_str().unwrap().into())));
+            let states = fold(
+                std::iter::once("enroll".to_string())
+                    .chain(first)
+                    .chain(entries.iter().map(|e| e["to_state"].as_str().unwrap().into())),
+            );
             let seen = fold(seen);
             assert!(is_subsequence(&seen, &states), "round {round}: {name}: announced {seen:?}, history {states:?}");
             transitions += seen.len();
@@ -408,15 +461,19 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
             assert_eq!(d.json(&["job", "show", &id.to_string()])["id"], id);
         }
         println!(
-            "round {round}: killed with {caught} node(s) mid-task; {} jobs acknowledged so far",
+            "round {round}: {} with {caught} node(s) mid-task; {} jobs acknowledged so far",
+            if graceful { "SIGTERM" } else { "SIGKILL" },
             acked.lock().unwrap().jobs.len()
         );
     }
     let a = acked.lock().unwrap();
     let distinct: BTreeSet<&u64> = a.jobs.keys().collect();
     println!(
-        "crash test: {rounds} kill points survived; {} acknowledged jobs all present; {mid_task} node(s) caught mid-task \
-         and released; {transitions} announced transitions found in history; {props_checked} acknowledged settings checked",
+        "crash test: {} SIGKILL points and {sigterms} SIGTERMs under load survived; {} acknowledged jobs all present; \
+         {mid_task} node(s) caught mid-task and released; {transitions} announced transitions found in history; \
+         {props_checked} acknowledged settings checked; {abandoned_stops} SIGTERMs failed work that outlived the grace \
+         ({abandoned_jobs} jobs, {abandoned_nodes} nodes)",
+        rounds as usize - sigterms,
         distinct.len()
     );
 }
