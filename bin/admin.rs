@@ -102,8 +102,13 @@ fn remove_socket(path: &Path) {
     }
 }
 
-async fn send(stream: &mut UnixStream, resp: &Response) -> Result<(), CodecError> {
-    codec::write_message(stream, resp).await
+/// Writes one response; a client that does not read it within `timeout`
+/// (its socket buffer stays full) gets nothing more and is dropped.
+async fn send(stream: &mut UnixStream, resp: &Response, timeout: Duration) -> Result<(), CodecError> {
+    match tokio::time::timeout(timeout, codec::write_message(stream, resp)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+    }
 }
 
 fn protocol_error(text: impl Into<String>) -> Response {
@@ -112,6 +117,7 @@ fn protocol_error(text: impl Into<String>) -> Response {
 
 /// Serves one client.
 async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut stop: watch::Receiver<bool>) {
+    let frame_timeout = cfg.limits.frame_timeout;
     match stream.peer_cred() {
         Ok(cred) if cfg.allowed_uids.contains(&cred.uid()) => {}
         Ok(cred) => {
@@ -123,7 +129,12 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
                 codec::read_message::<_, Request>(&mut stream, cfg.max_frame),
             )
             .await;
-            let _ = send(&mut stream, &protocol_error(format!("uid {} may not use this socket", cred.uid()))).await;
+            let _ = send(
+                &mut stream,
+                &protocol_error(format!("uid {} may not use this socket", cred.uid())),
+                frame_timeout,
+            )
+            .await;
             return;
         }
         Err(e) => {
@@ -132,14 +143,13 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
         }
     }
     // The hello, within the frame timeout.
-    let frame_timeout = cfg.limits.frame_timeout;
     let hello =
         tokio::time::timeout(frame_timeout, codec::read_message::<_, Request>(&mut stream, cfg.max_frame)).await;
     match hello {
         Ok(Ok(Some(Request::Hello { version, .. }))) if version == PROTOCOL_VERSION => {
             let ok =
                 Response::Hello { version: PROTOCOL_VERSION, server: format!("kiln {}", env!("CARGO_PKG_VERSION")) };
-            if send(&mut stream, &ok).await.is_err() {
+            if send(&mut stream, &ok, frame_timeout).await.is_err() {
                 return;
             }
         }
@@ -147,20 +157,22 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             let text = format!(
                 "protocol version {version} is not supported: this daemon speaks version {PROTOCOL_VERSION}; use the kiln CLI of the same release"
             );
-            let _ = send(&mut stream, &protocol_error(text)).await;
+            let _ = send(&mut stream, &protocol_error(text), frame_timeout).await;
             return;
         }
         Ok(Ok(Some(_))) => {
-            let _ = send(&mut stream, &protocol_error("the first message must be a hello")).await;
+            let _ = send(&mut stream, &protocol_error("the first message must be a hello"), frame_timeout).await;
             return;
         }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            let _ = send(&mut stream, &protocol_error(e.to_string())).await;
+            let _ = send(&mut stream, &protocol_error(e.to_string()), frame_timeout).await;
             return;
         }
         Err(_) => {
-            let _ = send(&mut stream, &protocol_error(format!("no hello within {}", secs(frame_timeout)))).await;
+            let _ =
+                send(&mut stream, &protocol_error(format!("no hello within {}", secs(frame_timeout))), frame_timeout)
+                    .await;
             return;
         }
     }
@@ -175,7 +187,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             Ok(Err(_)) => return,
             Err(_) => {
                 let text = format!("idle for {}; closing the connection", secs(cfg.limits.idle_timeout));
-                let _ = send(&mut stream, &protocol_error(text)).await;
+                let _ = send(&mut stream, &protocol_error(text), frame_timeout).await;
                 return;
             }
         };
@@ -193,28 +205,28 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             Ok(Ok(Some(body))) => body,
             Ok(Ok(None)) => return,
             Ok(Err(e @ CodecError::TooLarge { .. })) => {
-                let _ = send(&mut stream, &protocol_error(e.to_string())).await;
+                let _ = send(&mut stream, &protocol_error(e.to_string()), frame_timeout).await;
                 let _ = stream.shutdown().await;
                 return;
             }
             Ok(Err(_)) => return,
             Err(_) => {
                 let text = format!("frame not completed within {}", secs(frame_timeout));
-                let _ = send(&mut stream, &protocol_error(text)).await;
+                let _ = send(&mut stream, &protocol_error(text), frame_timeout).await;
                 return;
             }
         };
         let request: Request = match codec::decode(&body) {
             Ok(r) => r,
             Err(e) => {
-                if send(&mut stream, &protocol_error(e.to_string())).await.is_err() {
+                if send(&mut stream, &protocol_error(e.to_string()), frame_timeout).await.is_err() {
                     return;
                 }
                 continue;
             }
         };
         if let Request::Events { follow } = request {
-            crate::dispatch::stream_events(&mut stream, &site, follow).await;
+            crate::dispatch::stream_events(&mut stream, &site, follow, frame_timeout).await;
             if follow {
                 return;
             }
@@ -230,7 +242,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
         } else {
             crate::dispatch::handle(&site, request).await
         };
-        if send(&mut stream, &response).await.is_err() {
+        if send(&mut stream, &response, frame_timeout).await.is_err() {
             return;
         }
     }

@@ -10,6 +10,9 @@
 //! - a frame (the hello included) must be complete within `frame_timeout`
 //!   of its first byte (the hello: of the connection);
 //! - a connection idle between requests for `idle_timeout` is closed;
+//! - an answer (or a followed event) the client leaves unread for
+//!   `frame_timeout` ends the connection, so a client that asks and never
+//!   reads cannot hold its slot;
 //! - frames above `max_frame` are refused (see [`crate::admin`]), and a
 //!   frame's buffer grows only with the bytes that actually arrive.
 

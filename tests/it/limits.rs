@@ -158,3 +158,30 @@ fn limits_in_the_config_are_checked() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{text}");
     }
 }
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_dropped_and_frees_its_slot() {
+    let (d, _conf) = start(600);
+    let _held: Vec<UnixStream> = (0..MAX - 1).map(|_| idle(&d)).collect();
+    // The last slot: a client that asks and asks and never reads an answer,
+    // until the daemon's answers fill both socket buffers.
+    let mut greedy = idle(&d);
+    greedy.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let ask = codec::encode_frame(&Request::NodeList { nodes: None, state: None, maintenance: None }).unwrap();
+    let mut sent = 0;
+    while sent < 1_000_000 && greedy.write_all(&ask).is_ok() {
+        sent += 1;
+    }
+    assert!(sent < 1_000_000, "the daemon kept reading without its answers being read");
+    // Every slot is held; the daemon gives up on the greedy client after
+    // `frame_timeout` without progress, which frees a slot for others.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !status_answers(&d) {
+        assert!(Instant::now() < deadline, "a client that never reads holds its slot for ever");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The greedy client finds its connection closed once it drains it.
+    let mut sink = Vec::new();
+    let drained = greedy.read_to_end(&mut sink);
+    assert!(drained.is_ok(), "closed, not left hanging: {drained:?}");
+}
