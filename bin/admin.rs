@@ -3,9 +3,11 @@
 //! [`crate::dispatch`].
 //!
 //! One task per connection. A connection that breaks the protocol (wrong
-//! hello, oversized frame, a frame that never finishes) gets an error frame
-//! and is closed; a malformed but complete frame gets an error response and
-//! the connection goes on. Nothing a client sends can stop the daemon.
+//! hello, oversized frame, a frame that never finishes, idle too long) gets
+//! an error frame and is closed; a malformed but complete frame gets an
+//! error response and the connection goes on. Nothing a client sends can
+//! stop the daemon, and [`crate::limits`] keeps one client from starving
+//! the others.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -15,12 +17,11 @@ use anyhow::{Context, bail};
 use kiln_actors::codec::{self, CodecError};
 use kiln_actors::protocol::{PROTOCOL_VERSION, Request, Response};
 use kiln_actors::{KilnError, Site};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-/// How long a client may take to say hello, and to finish a frame it began.
-const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::limits::{Admit, Gate, Limits, secs};
 
 /// The server's settings.
 #[derive(Clone, Debug)]
@@ -29,6 +30,8 @@ pub struct AdminConfig {
     pub mode: u32,
     pub allowed_uids: Vec<u32>,
     pub max_frame: usize,
+    /// Connections, frame and idle timeouts (see [`crate::limits`]).
+    pub limits: Limits,
 }
 
 /// Binds the socket: refuses to take over one a live daemon answers on,
@@ -59,15 +62,27 @@ pub fn bind(cfg: &AdminConfig) -> anyhow::Result<UnixListener> {
 
 /// Accepts connections until `shutdown` turns true, then removes the socket.
 pub async fn serve(listener: UnixListener, cfg: AdminConfig, site: Site, mut shutdown: watch::Receiver<bool>) {
+    let gate = Gate::new(&cfg.limits);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let site = site.clone();
-                    let cfg = cfg.clone();
-                    let stop = shutdown.clone();
-                    actix::spawn(async move { connection(stream, &cfg, site, stop).await });
-                }
+                Ok((stream, _)) => match gate.admit() {
+                    Admit::Serve(slot) => {
+                        let site = site.clone();
+                        let cfg = cfg.clone();
+                        let stop = shutdown.clone();
+                        actix::spawn(async move {
+                            connection(stream, &cfg, site, stop).await;
+                            drop(slot);
+                        });
+                    }
+                    Admit::Refuse(permit) => {
+                        tracing::warn!(max = cfg.limits.max_connections, "refused an admin connection: too many");
+                        let (gate, max_frame) = (gate.clone(), cfg.max_frame);
+                        actix::spawn(async move { gate.refuse(stream, max_frame, permit).await });
+                    }
+                    Admit::Drop => drop(stream),
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -87,8 +102,13 @@ fn remove_socket(path: &Path) {
     }
 }
 
-async fn send(stream: &mut UnixStream, resp: &Response) -> Result<(), CodecError> {
-    codec::write_message(stream, resp).await
+/// Writes one response; a client that does not read it within `timeout`
+/// (its socket buffer stays full) gets nothing more and is dropped.
+async fn send(stream: &mut UnixStream, resp: &Response, timeout: Duration) -> Result<(), CodecError> {
+    match tokio::time::timeout(timeout, codec::write_message(stream, resp)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+    }
 }
 
 fn protocol_error(text: impl Into<String>) -> Response {
@@ -97,15 +117,24 @@ fn protocol_error(text: impl Into<String>) -> Response {
 
 /// Serves one client.
 async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut stop: watch::Receiver<bool>) {
+    let frame_timeout = cfg.limits.frame_timeout;
     match stream.peer_cred() {
         Ok(cred) if cfg.allowed_uids.contains(&cred.uid()) => {}
         Ok(cred) => {
             tracing::warn!(uid = cred.uid(), "refused an admin connection from a uid that is not allowed");
             // Take the client's hello first, so it reads the refusal instead
             // of a broken pipe.
-            let _ = tokio::time::timeout(FRAME_TIMEOUT, codec::read_message::<_, Request>(&mut stream, cfg.max_frame))
-                .await;
-            let _ = send(&mut stream, &protocol_error(format!("uid {} may not use this socket", cred.uid()))).await;
+            let _ = tokio::time::timeout(
+                cfg.limits.frame_timeout,
+                codec::read_message::<_, Request>(&mut stream, cfg.max_frame),
+            )
+            .await;
+            let _ = send(
+                &mut stream,
+                &protocol_error(format!("uid {} may not use this socket", cred.uid())),
+                frame_timeout,
+            )
+            .await;
             return;
         }
         Err(e) => {
@@ -115,12 +144,12 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
     }
     // The hello, within the frame timeout.
     let hello =
-        tokio::time::timeout(FRAME_TIMEOUT, codec::read_message::<_, Request>(&mut stream, cfg.max_frame)).await;
+        tokio::time::timeout(frame_timeout, codec::read_message::<_, Request>(&mut stream, cfg.max_frame)).await;
     match hello {
         Ok(Ok(Some(Request::Hello { version, .. }))) if version == PROTOCOL_VERSION => {
             let ok =
                 Response::Hello { version: PROTOCOL_VERSION, server: format!("kiln {}", env!("CARGO_PKG_VERSION")) };
-            if send(&mut stream, &ok).await.is_err() {
+            if send(&mut stream, &ok, frame_timeout).await.is_err() {
                 return;
             }
         }
@@ -128,43 +157,62 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             let text = format!(
                 "protocol version {version} is not supported: this daemon speaks version {PROTOCOL_VERSION}; use the kiln CLI of the same release"
             );
-            let _ = send(&mut stream, &protocol_error(text)).await;
+            let _ = send(&mut stream, &protocol_error(text), frame_timeout).await;
             return;
         }
         Ok(Ok(Some(_))) => {
-            let _ = send(&mut stream, &protocol_error("the first message must be a hello")).await;
+            let _ = send(&mut stream, &protocol_error("the first message must be a hello"), frame_timeout).await;
             return;
         }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            let _ = send(&mut stream, &protocol_error(e.to_string())).await;
+            let _ = send(&mut stream, &protocol_error(e.to_string()), frame_timeout).await;
             return;
         }
         Err(_) => {
-            let _ = send(&mut stream, &protocol_error("no hello within 30 s")).await;
+            let _ =
+                send(&mut stream, &protocol_error(format!("no hello within {}", secs(frame_timeout))), frame_timeout)
+                    .await;
             return;
         }
     }
     loop {
-        let len = tokio::select! {
-            len = codec::read_len(&mut stream, cfg.max_frame) => len,
+        // Between requests: the next frame's first byte, within the idle timeout.
+        let first = tokio::select! {
+            first = tokio::time::timeout(cfg.limits.idle_timeout, stream.read_u8()) => first,
             _ = stop.changed() => return,
         };
-        let len = match len {
-            Ok(Some(len)) => len,
-            Ok(None) => return,
-            Err(e @ CodecError::TooLarge { .. }) => {
-                let _ = send(&mut stream, &protocol_error(e.to_string())).await;
+        let first = match first {
+            Ok(Ok(byte)) => byte,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let text = format!("idle for {}; closing the connection", secs(cfg.limits.idle_timeout));
+                let _ = send(&mut stream, &protocol_error(text), frame_timeout).await;
+                return;
+            }
+        };
+        // The rest of the frame, within the frame timeout of its first byte.
+        let frame = tokio::time::timeout(frame_timeout, async {
+            let head = [first];
+            let mut rest = (&head[..]).chain(&mut stream);
+            match codec::read_len(&mut rest, cfg.max_frame).await? {
+                Some(len) => codec::read_body(&mut rest, len).await.map(Some),
+                None => Ok(None),
+            }
+        })
+        .await;
+        let body = match frame {
+            Ok(Ok(Some(body))) => body,
+            Ok(Ok(None)) => return,
+            Ok(Err(e @ CodecError::TooLarge { .. })) => {
+                let _ = send(&mut stream, &protocol_error(e.to_string()), frame_timeout).await;
                 let _ = stream.shutdown().await;
                 return;
             }
-            Err(_) => return,
-        };
-        let body = match tokio::time::timeout(FRAME_TIMEOUT, codec::read_body(&mut stream, len)).await {
-            Ok(Ok(body)) => body,
             Ok(Err(_)) => return,
             Err(_) => {
-                let _ = send(&mut stream, &protocol_error("frame not completed within 30 s")).await;
+                let text = format!("frame not completed within {}", secs(frame_timeout));
+                let _ = send(&mut stream, &protocol_error(text), frame_timeout).await;
                 return;
             }
         };
@@ -173,7 +221,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             Err(e) => {
                 let slot = site.metrics.admin_request(None);
                 site.metrics.admin_error(slot);
-                if send(&mut stream, &protocol_error(e.to_string())).await.is_err() {
+                if send(&mut stream, &protocol_error(e.to_string()), frame_timeout).await.is_err() {
                     return;
                 }
                 continue;
@@ -185,13 +233,13 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
                 Ok(f) => f,
                 Err(e) => {
                     site.metrics.admin_error(slot);
-                    if send(&mut stream, &Response::Error(e)).await.is_err() {
+                    if send(&mut stream, &Response::Error(e), frame_timeout).await.is_err() {
                         return;
                     }
                     continue;
                 }
             };
-            crate::dispatch::stream_events(&mut stream, &site, follow, filter).await;
+            crate::dispatch::stream_events(&mut stream, &site, follow, filter, frame_timeout).await;
             if follow {
                 return;
             }
@@ -210,7 +258,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
         if matches!(response, Response::Error(_)) {
             site.metrics.admin_error(slot);
         }
-        if send(&mut stream, &response).await.is_err() {
+        if send(&mut stream, &response, frame_timeout).await.is_err() {
             return;
         }
     }

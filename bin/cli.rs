@@ -113,6 +113,9 @@ pub struct ServeArgs {
     /// Run no periodic task on its own (`kiln periodic run` still works).
     #[arg(long)]
     pub no_periodic: bool,
+    /// How long SIGTERM lets running opcodes finish before failing them [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
     /// Log format on stderr [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use kiln_actors::SiteConfig;
 use kiln_actors::nodeset::NodeSet;
@@ -65,6 +66,15 @@ pub struct FileConfig {
     pub driver_call_timeout: Option<Seconds>,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (off when absent).
     pub metrics_addr: Option<String>,
+    /// How long SIGTERM lets running opcodes finish before failing them.
+    pub shutdown_grace: Option<Seconds>,
+    /// Admin connections served at once; the next one is refused.
+    pub max_connections: Option<usize>,
+    /// The longest one admin frame may take from its first byte (and an
+    /// answer may wait unread).
+    pub frame_timeout: Option<Seconds>,
+    /// An admin connection idle this long between requests is closed.
+    pub idle_timeout: Option<Seconds>,
 }
 
 /// The keys a SIGHUP applies to a running daemon; any other key changed in
@@ -94,6 +104,7 @@ impl FileConfig {
     pub fn defaults() -> FileConfig {
         let p = PeriodicConfig::default();
         let site = SiteConfig::default();
+        let limits = crate::limits::Limits::default();
         FileConfig {
             data_dir: Some(default_data_dir()),
             socket: None,
@@ -120,6 +131,10 @@ impl FileConfig {
             store_maintenance_interval: Some(Seconds(p.store_maintenance_interval)),
             driver_call_timeout: Some(Seconds(site.driver_call_timeout)),
             metrics_addr: None,
+            shutdown_grace: Some(Seconds(Duration::from_secs(30))),
+            max_connections: Some(limits.max_connections),
+            frame_timeout: Some(Seconds(limits.frame_timeout)),
+            idle_timeout: Some(Seconds(limits.idle_timeout)),
         }
     }
 }
@@ -135,6 +150,10 @@ pub struct DaemonConfig {
     pub log_format: LogFormat,
     /// Where `/metrics` is served; `None`: nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// What SIGTERM gives running opcodes before failing them.
+    pub shutdown_grace: Duration,
+    /// Per-connection limits of the admin socket.
+    pub limits: crate::limits::Limits,
     /// The log filter directives.
     pub log: String,
     /// Every key's effective value (what `--check-config` shows and a
@@ -211,6 +230,9 @@ fn flags(args: &ServeArgs, layers: &mut Layers<FileConfig>) {
     if let Some(t) = &args.power_sync_interval {
         layers.text("power_sync_interval", t, Source::Flag("--power-sync-interval"));
     }
+    if let Some(t) = &args.shutdown_grace {
+        layers.text("shutdown_grace", t, Source::Flag("--shutdown-grace"));
+    }
     if let Some(a) = &args.metrics_addr {
         layers.flag("metrics_addr", toml::Value::String(a.clone()), "--metrics-addr");
     }
@@ -274,6 +296,22 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
     let max_running_jobs = at_least_one("max_running_jobs", f.max_running_jobs.or(d.max_running_jobs), &mut errors);
     let power_sync_concurrency =
         at_least_one("power_sync_concurrency", f.power_sync_concurrency.or(d.power_sync_concurrency), &mut errors);
+    let max_connections = f.max_connections.or(d.max_connections).unwrap_or(256);
+    if !(1..=65_536).contains(&max_connections) {
+        errors.push(r.invalid("max_connections", format!("{max_connections}: expected between 1 and 65536")));
+    }
+    let positive = |key: &str, v: Option<Seconds>, d: Option<Seconds>, errors: &mut Vec<anyhow::Error>| {
+        let v = secs(v, d);
+        if v.is_zero() {
+            errors.push(r.invalid(key, "0: expected more than 0 seconds"));
+        }
+        v
+    };
+    let limits = crate::limits::Limits {
+        max_connections,
+        frame_timeout: positive("frame_timeout", f.frame_timeout, d.frame_timeout, &mut errors),
+        idle_timeout: positive("idle_timeout", f.idle_timeout, d.idle_timeout, &mut errors),
+    };
     let metrics_addr = match f.metrics_addr.as_deref().map(metrics_addr) {
         Some(Err(e)) => {
             errors.push(r.invalid("metrics_addr", e));
@@ -328,6 +366,8 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
         max_frame,
         log_format,
         metrics_addr,
+        shutdown_grace: secs(f.shutdown_grace, d.shutdown_grace),
+        limits,
         log,
         effective,
         sources,

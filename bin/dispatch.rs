@@ -152,27 +152,37 @@ pub fn event_filter(site: &Site, nodes: Option<&str>, kinds: Vec<EventKind>) -> 
 /// Streams events to a client. Without `follow`: the recent ones, then a
 /// marker. With `follow`: the marker as soon as the subscription is in place
 /// (everything after it is live), then every new event until the client goes
-/// away. Only the events `filter` lets through are sent.
-pub async fn stream_events(stream: &mut UnixStream, site: &Site, follow: bool, filter: EventFilter) {
+/// away, or leaves an event unread for `write_timeout`. Only the events
+/// `filter` lets through are sent.
+pub async fn stream_events(
+    stream: &mut UnixStream,
+    site: &Site,
+    follow: bool,
+    filter: EventFilter,
+    write_timeout: Duration,
+) {
+    async fn write(stream: &mut UnixStream, r: Response, timeout: Duration) -> bool {
+        matches!(tokio::time::timeout(timeout, codec::write_message(stream, &r)).await, Ok(Ok(())))
+    }
     if !follow {
         let recent = site.events.send(RecentEvents(filter)).await.unwrap_or_default();
         for e in recent {
-            if codec::write_message(stream, &Response::Event(e)).await.is_err() {
+            if !write(stream, Response::Event(e), write_timeout).await {
                 return;
             }
         }
-        let _ = codec::write_message(stream, &Response::EventsCaughtUp).await;
+        let _ = write(stream, Response::EventsCaughtUp, write_timeout).await;
         return;
     }
     let (tx, mut rx) = mpsc::channel(events::RECENT + 4096);
     if site.events.send(SubscribeChannel { tx, backlog: false, filter }).await.is_err() {
         return;
     }
-    if codec::write_message(stream, &Response::EventsCaughtUp).await.is_err() {
+    if !write(stream, Response::EventsCaughtUp, write_timeout).await {
         return;
     }
     while let Some(e) = rx.recv().await {
-        if codec::write_message(stream, &Response::Event(e)).await.is_err() {
+        if !write(stream, Response::Event(e), write_timeout).await {
             return;
         }
     }

@@ -18,6 +18,7 @@ pub mod layered;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod limits;
 pub mod output;
 pub mod reload;
 pub mod serve;

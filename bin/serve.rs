@@ -3,9 +3,12 @@
 //! ([`crate::reload`]). Under systemd it tells the manager when it is ready,
 //! reloading and stopping, and pings its watchdog ([`crate::notify`]).
 //!
-//! Shutdown order: stop accepting (the socket is removed), then stop the
-//! actix system; the store thread finishes the commits already queued before
-//! the process exits, so nothing acknowledged is lost.
+//! Shutdown order (SIGTERM or SIGINT): stop accepting (the socket is
+//! removed), then [`kiln_actors::shutdown::shutdown`]: nothing new starts,
+//! running opcodes get `shutdown_grace` to finish, what still runs then is
+//! failed as the restart rule would fail it (a second signal cuts the grace
+//! short), and the store is checkpointed; then the actix system stops and the
+//! process exits 0.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -56,6 +59,7 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         mode: cfg.socket_mode,
         allowed_uids: cfg.allowed_uids.clone(),
         max_frame: cfg.max_frame,
+        limits: cfg.limits.clone(),
     };
     let site = kiln_actors::start(cfg.site.clone()).await.context("cannot start the site")?;
     let listener = admin::bind(&admin_cfg)?;
@@ -108,6 +112,20 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
     }
     let _ = stop_tx.send(true);
     let _ = server.await;
+    // A second SIGTERM or SIGINT ends the grace period at once.
+    let again = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let report = kiln_actors::shutdown::shutdown(&site, cfg.shutdown_grace, again).await;
+    tracing::info!(
+        finished_in_grace = report.finished_in_grace,
+        jobs_failed = report.jobs_abandoned,
+        nodes_released = report.nodes_released,
+        "kiln stopped"
+    );
     actix::System::current().stop();
     Ok(())
 }

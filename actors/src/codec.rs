@@ -69,10 +69,15 @@ pub async fn read_len<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Opt
     Ok(Some(len))
 }
 
-/// Reads one frame's body of `len` bytes.
+/// Reads one frame's body of `len` bytes. The buffer grows with the bytes
+/// that actually arrive, so a peer announcing a large frame and sending
+/// little holds little memory.
 pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Vec<u8>, CodecError> {
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    let got = (&mut *r).take(len as u64).read_to_end(&mut body).await?;
+    if got < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
     Ok(body)
 }
 

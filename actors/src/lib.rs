@@ -26,6 +26,7 @@ pub mod panics;
 pub mod periodic;
 pub mod protocol;
 pub mod scheduler;
+pub mod shutdown;
 pub mod supervisor;
 pub mod view;
 

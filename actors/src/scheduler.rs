@@ -305,6 +305,25 @@ impl Handler<Retune> for Scheduler {
     }
 }
 
+/// Starts no task on its own any more (a graceful shutdown); runs in flight
+/// go on to their end. Answers how many are still running.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct StopScheduler;
+
+impl Handler<StopScheduler> for Scheduler {
+    type Result = usize;
+    fn handle(&mut self, _: StopScheduler, ctx: &mut Context<Self>) -> usize {
+        for slot in &mut self.schedule.slots {
+            slot.enabled = false;
+        }
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.schedule.slots.iter().filter(|s| s.running).count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

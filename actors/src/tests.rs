@@ -98,3 +98,48 @@ fn a_node_actor_that_panicked_is_recreated_from_the_store() {
         assert_eq!(site.metrics.nodes_in(ProvisionState::Available), 0);
     });
 }
+
+#[test]
+fn a_shutdown_fails_work_that_outlives_its_grace_as_the_restart_rule_would() {
+    use crate::jobs::{GetJob, Opcode, SubmitJob};
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = start(config(dir.path(), 2, Duration::ZERO)).await.unwrap();
+        for node in ["demo1", "demo2"] {
+            act(&site, node, Op::Verb(Verb::Manage), true).await.unwrap();
+            act(&site, node, Op::Verb(Verb::Provide), true).await.unwrap();
+        }
+        act(&site, "demo1", slow(60_000), true).await.unwrap();
+        let ops = vec![
+            Opcode::Node { nodes: "demo1".into(), op: Op::Verb(Verb::Deploy), fanout: None },
+            Opcode::Sleep { seconds: 0.0 },
+        ];
+        let job = site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap().provision_state
+            != ProvisionState::Deploying
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the deploy never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let report = shutdown::shutdown(&site, Duration::from_millis(100), std::future::pending()).await;
+        assert_eq!((report.running_jobs, report.busy_nodes), (1, 1), "{report:?}");
+        assert!(!report.finished_in_grace);
+        assert_eq!((report.jobs_abandoned, report.nodes_released), (1, 1), "{report:?}");
+
+        // In the store, not only in memory: nothing for the restart rule.
+        let (id, _) = site.registry.find("demo1").unwrap();
+        let stored = site.store.read(move |b| b.load_node(id)).await.unwrap().unwrap();
+        assert_eq!(stored.provision_state, ProvisionState::DeployFailed);
+        assert!(stored.reservation.is_none() && stored.target_provision_state.is_none());
+        assert!(stored.last_error.as_deref().unwrap().contains("grace period"), "{:?}", stored.last_error);
+        let view = site.jobs.send(GetJob(job)).await.unwrap().unwrap();
+        assert_eq!(view.status, kiln_store::JobStatus::Error);
+        assert!(view.error.as_deref().unwrap().contains("grace period"), "{:?}", view.error);
+
+        // A node closed by the shutdown takes no new work.
+        let err = act(&site, "demo2", Op::Verb(Verb::Deploy), true).await.unwrap_err();
+        assert!(matches!(err, KilnError::Unavailable(_)), "{err}");
+    });
+}

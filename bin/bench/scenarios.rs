@@ -371,6 +371,7 @@ fn admin(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         mode: 0o600,
         allowed_uids: vec![crate::config::own_uid(), 0],
         max_frame: codec::DEFAULT_MAX_FRAME,
+        limits: crate::limits::Limits::default(),
     };
     // The daemon: its own thread and actix system, as in `kiln serve`.
     let daemon = std::thread::spawn(move || {

@@ -25,20 +25,26 @@ use crate::peers::{self, Answer, PASSWORD, Responder, USER};
 
 /// A daemon and everything its CLI printed, so that a test can check at the
 /// end that no password ever showed.
-struct Site {
-    d: Daemon,
-    said: RefCell<Vec<String>>,
+pub(crate) struct Site {
+    pub(crate) d: Daemon,
+    /// Everything the CLI printed (stdout and stderr), for `finish`.
+    pub(crate) said: RefCell<Vec<String>>,
 }
 
 impl Site {
     /// A daemon with `demo` fake nodes, logging at `debug`.
     fn start(demo: usize) -> Site {
         // No periodic task runs on its own: tests run them with `periodic run`.
-        Site { d: Daemon::start_logging(demo, &["--no-periodic"], "debug"), said: RefCell::new(Vec::new()) }
+        Site::start_with(demo, &["--no-periodic"])
+    }
+
+    /// A daemon with `demo` fake nodes and `extra` arguments, logging at `debug`.
+    pub(crate) fn start_with(demo: usize, extra: &[&str]) -> Site {
+        Site { d: Daemon::start_logging(demo, extra, "debug"), said: RefCell::new(Vec::new()) }
     }
 
     /// Runs the CLI with `--json`; panics unless it exits with `code`.
-    fn run(&self, args: &[&str], code: i32) -> Value {
+    pub(crate) fn run(&self, args: &[&str], code: i32) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let out = self.d.cli(&all);
@@ -46,7 +52,7 @@ impl Site {
     }
 
     /// Starts the CLI with `--json` and does not wait for it; see `collect`.
-    fn spawn(&self, args: &[&str]) -> Child {
+    pub(crate) fn spawn(&self, args: &[&str]) -> Child {
         Command::new(KILN)
             .arg("--socket")
             .arg(&self.d.socket)
@@ -61,12 +67,12 @@ impl Site {
     }
 
     /// Waits for a CLI started by `spawn`, as `run`.
-    fn collect(&self, child: Child, args: &[&str], code: i32) -> Value {
+    pub(crate) fn collect(&self, child: Child, args: &[&str], code: i32) -> Value {
         let out = child.wait_with_output().expect("wait for kiln");
         self.check(out, args, code)
     }
 
-    fn check(&self, out: Output, args: &[&str], code: i32) -> Value {
+    pub(crate) fn check(&self, out: Output, args: &[&str], code: i32) -> Value {
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         self.said.borrow_mut().extend([stdout.to_string(), stderr.to_string()]);
         assert_eq!(
@@ -78,7 +84,7 @@ impl Site {
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("kiln {args:?} printed no JSON ({e}): {stdout}"))
     }
 
-    fn ok(&self, args: &[&str]) -> Value {
+    pub(crate) fn ok(&self, args: &[&str]) -> Value {
         self.run(args, 0)
     }
 
@@ -94,7 +100,7 @@ impl Site {
     }
 
     /// Runs the CLI without `--json` (tables), which must succeed.
-    fn table(&self, args: &[&str]) -> String {
+    pub(crate) fn table(&self, args: &[&str]) -> String {
         let out = self.d.cli(args);
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         self.said.borrow_mut().extend([stdout.clone(), String::from_utf8_lossy(&out.stderr).to_string()]);
@@ -102,7 +108,7 @@ impl Site {
         stdout
     }
 
-    fn node(&self, name: &str) -> Value {
+    pub(crate) fn node(&self, name: &str) -> Value {
         self.ok(&["node", "show", name])
     }
 
@@ -112,7 +118,7 @@ impl Site {
 
     /// Enrols a node whose password is read from a file, as an operator
     /// would; checks that the answer masks it.
-    fn create(&self, name: &str, driver: &str, address: &str, password: &str, info: &[&str]) {
+    pub(crate) fn create(&self, name: &str, driver: &str, address: &str, password: &str, info: &[&str]) {
         let file = self.d.dir.path().join(format!("{name}.pw"));
         std::fs::write(&file, format!("{password}\n")).unwrap();
         let mut args = vec!["node", "create", name, "--driver", driver, "--address", address, "--username", USER];
@@ -126,7 +132,7 @@ impl Site {
     }
 
     /// A Redfish node on `address` for the system at `system`.
-    fn redfish(&self, name: &str, address: &str, system: &str, password: &str, info: &[&str]) {
+    pub(crate) fn redfish(&self, name: &str, address: &str, system: &str, password: &str, info: &[&str]) {
         let system = format!("system_id={system}");
         let mut all = vec![system.as_str()];
         all.extend_from_slice(info);
@@ -134,7 +140,7 @@ impl Site {
     }
 
     /// An IPMI node on the loopback port `port`.
-    fn ipmi(&self, name: &str, port: u16, password: &str, info: &[&str]) {
+    pub(crate) fn ipmi(&self, name: &str, port: u16, password: &str, info: &[&str]) {
         let port = format!("port={port}");
         let mut all = vec![port.as_str(), "min_command_interval=0.05"];
         all.extend_from_slice(info);
@@ -142,7 +148,7 @@ impl Site {
     }
 
     /// The node's history as (event, from, to, error) lines.
-    fn history(&self, name: &str) -> Vec<(String, String, String, Option<String>)> {
+    pub(crate) fn history(&self, name: &str) -> Vec<(String, String, String, Option<String>)> {
         let h = self.ok(&["node", "history", name]);
         h.as_array()
             .expect("a list")
@@ -161,7 +167,7 @@ impl Site {
     /// Shows every node as a table too (another output path), stops the
     /// daemon, and checks that none of `secrets` ever appeared in anything
     /// the CLI printed or the daemon logged.
-    fn finish(mut self, secrets: &[&str]) {
+    pub(crate) fn finish(mut self, secrets: &[&str]) -> Vec<String> {
         for n in self.ok(&["node", "list"]).as_array().unwrap().clone() {
             let name = n["name"].as_str().unwrap();
             if n["driver"] != "fake" {
@@ -183,6 +189,7 @@ impl Site {
                 assert!(!line.contains(secret), "the daemon logged '{secret}':\n{line}");
             }
         }
+        log
     }
 }
 

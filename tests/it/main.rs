@@ -1,22 +1,27 @@
 //! Integration tests: the real `kiln` binary, over the real Unix socket, on
 //! real SQLite files in temporary directories.
 
+mod access;
 mod backup;
 mod bad_input;
 mod bench;
 mod bmc;
 mod completions;
 mod config;
+mod crash;
 mod events;
 mod exec;
 mod harness;
 mod jobs;
 mod lifecycle;
+mod limits;
 mod locking;
 mod metrics;
 mod peers;
 mod periodic;
 mod readme;
 mod restart;
+mod secrets;
 mod service;
+mod shutdown;
 mod socket;

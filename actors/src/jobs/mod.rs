@@ -10,6 +10,6 @@ mod queue;
 
 pub use model::*;
 pub use queue::{
-    ArchiveJob, ArchiveOld, CancelJob, GetJob, GetQueueInfo, JobQueue, ListJobs, SetDrain, SetMaxRunning, SubmitJob,
-    WaitJobChange,
+    AbandonRunning, ArchiveJob, ArchiveOld, CancelJob, GetJob, GetQueueInfo, JobQueue, ListJobs, SetDrain,
+    SetMaxRunning, StopStarting, SubmitJob, WaitJobChange,
 };

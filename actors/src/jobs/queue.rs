@@ -88,6 +88,9 @@ pub struct JobQueue {
     running: usize,
     max_running: usize,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Set by [`StopStarting`] (a graceful shutdown): no job and no opcode
+    /// starts any more; the reason goes into the jobs cut short.
+    stopping: Option<String>,
 }
 
 impl Actor for JobQueue {
@@ -137,6 +140,7 @@ impl JobQueue {
             running: 0,
             max_running: max_running.max(1),
             metrics: Default::default(),
+            stopping: None,
         };
         let mut repairs = Vec::new();
         let now = Utc::now();
@@ -268,7 +272,7 @@ impl JobQueue {
 
     /// Starts runnable jobs while there is room.
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        while self.running < self.max_running {
+        while self.running < self.max_running && self.stopping.is_none() {
             let Some((_, id)) = self.runnable.pop_first() else { break };
             let Some(job) = self.active.get_mut(&id) else { continue };
             self.running += 1;
@@ -330,6 +334,10 @@ impl JobQueue {
         let total = job.view.ops.len();
         if idx >= total {
             return self.finish(id, JobStatus::Success, None, ctx);
+        }
+        if let Some(why) = &self.stopping {
+            let error = format!("{why}: opcode {}/{total} was not started", idx + 1);
+            return self.finish(id, JobStatus::Error, Some(error), ctx);
         }
         let op = &mut job.view.ops[idx];
         op.status = JobStatus::Running;
@@ -413,6 +421,10 @@ impl JobQueue {
         ctx: &mut Context<Self>,
     ) {
         let Some(job) = self.active.get_mut(&id) else { return };
+        if job.view.status.is_finished() {
+            // Ended meanwhile (abandoned at shutdown): the result comes too late.
+            return;
+        }
         job.progress_total = 0;
         let failed: Vec<&NodeResult> = results.iter().filter(|r| !r.ok).collect();
         let error = error
@@ -456,6 +468,10 @@ impl JobQueue {
     /// depended on it move on.
     fn finish(&mut self, id: JobId, status: JobStatus, error: Option<String>, ctx: &mut Context<Self>) {
         let Some(job) = self.active.get_mut(&id) else { return };
+        if job.view.status.is_finished() {
+            // Already ending: its end is being committed.
+            return;
+        }
         let was_running = job.view.started_at.is_some();
         let now = Utc::now();
         let ran = job.view.started_at.map(|at| (now - at).to_std().unwrap_or_default());
@@ -960,5 +976,58 @@ impl Handler<WaitJobChange> for JobQueue {
             }
             Ok(JobChange { id, status: r.status, log, progress: None })
         })
+    }
+}
+
+/// A graceful shutdown's first step: no job and no opcode starts from now
+/// on. Running opcodes go on; when one ends, its job ends `error` with `why`
+/// instead of starting the next. Queued and waiting jobs stay as they are
+/// (durable), to run after the restart. Answers how many jobs are running.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct StopStarting {
+    pub why: String,
+}
+
+impl Handler<StopStarting> for JobQueue {
+    type Result = usize;
+    fn handle(&mut self, msg: StopStarting, _: &mut Context<Self>) -> usize {
+        self.stopping = Some(msg.why);
+        self.running
+    }
+}
+
+/// A graceful shutdown's last step, once its grace period has run out: every
+/// running job stops starting nodes and ends `error` with `why`, as the
+/// restart rule would end it. Answers how many jobs it ended; they are
+/// committed once [`GetQueueInfo`] shows none running.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct AbandonRunning {
+    pub why: String,
+}
+
+impl Handler<AbandonRunning> for JobQueue {
+    type Result = usize;
+    fn handle(&mut self, msg: AbandonRunning, ctx: &mut Context<Self>) -> usize {
+        self.stopping.get_or_insert_with(|| msg.why.clone());
+        let running: Vec<JobId> = self
+            .active
+            .iter()
+            .filter(|(_, j)| matches!(j.view.status, JobStatus::Running | JobStatus::Canceling))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &running {
+            if let Some(job) = self.active.get_mut(id) {
+                job.control.request_cancel();
+                let now = Utc::now();
+                for op in job.view.ops.iter_mut().filter(|o| o.status == JobStatus::Running) {
+                    op.ended_at = Some(now);
+                    op.error = Some(msg.why.clone());
+                }
+            }
+            self.finish(*id, JobStatus::Error, Some(msg.why.clone()), ctx);
+        }
+        running.len()
     }
 }

@@ -49,7 +49,7 @@ pub(super) struct Waiter {
     id: u64,
     op: Op,
     wait: bool,
-    reply: Reply,
+    pub(super) reply: Reply,
     parent: tracing::Span,
 }
 
@@ -84,6 +84,9 @@ pub struct NodeActor {
     pub(super) power_failures: u32,
     /// This node's count in the node gauges, following `record`.
     gauge: crate::metrics::NodeGauge,
+    /// Set when the site shuts down ([`super::Abandon`]): no task starts any
+    /// more, and this says why.
+    pub(super) closing: Option<String>,
 }
 
 impl Actor for NodeActor {
@@ -103,6 +106,7 @@ impl NodeActor {
             driver: None,
             env,
             power_failures: 0,
+            closing: None,
         }
     }
 
@@ -185,6 +189,10 @@ impl NodeActor {
     /// Runs `op` now if the node is free, queues it for at most `lock_wait`
     /// otherwise, or refuses it with `NodeLocked`.
     fn submit(&mut self, op: Op, wait: bool, reply: Reply, parent: tracing::Span, ctx: &mut Context<Self>) {
+        if let Some(why) = &self.closing {
+            let _ = reply.send(Err(KilnError::Unavailable(format!("node {}: {why}", self.name()))));
+            return;
+        }
         if self.task.is_none() && self.waiters.is_empty() {
             self.begin(op, wait, reply, parent, ctx);
             return;
@@ -542,6 +550,11 @@ impl NodeActor {
     ) where
         F: FnOnce(&mut Self, &mut Context<Self>, Result<(), KilnError>) + 'static,
     {
+        if let Some(why) = &self.closing {
+            // Abandoned at shutdown: only the restart rule's change is written.
+            let err = KilnError::Unavailable(format!("node {}: {why}", self.name()));
+            return then(self, ctx, Err(err));
+        }
         next.updated_at = Utc::now();
         let mut batch = Vec::with_capacity(1 + history.len());
         batch.push(Write::UpdateNode(next.clone()));

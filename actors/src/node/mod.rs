@@ -9,6 +9,7 @@
 
 mod actor;
 pub mod plan;
+mod shutdown;
 pub mod upkeep;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(test)]
 pub use actor::CrashForTest;
 pub use actor::{NodeActor, NodeEnv};
+pub use shutdown::Abandon;
 
 use crate::KilnError;
 use crate::fsm::Verb;

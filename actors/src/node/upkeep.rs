@@ -70,7 +70,7 @@ pub struct ExpireWait {
 
 impl NodeActor {
     fn busy(&self) -> bool {
-        self.task.is_some() || !self.waiters.is_empty()
+        self.task.is_some() || !self.waiters.is_empty() || self.closing.is_some()
     }
 
     /// Holds the node for an upkeep task (no caller waits on it).
