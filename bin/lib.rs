@@ -12,6 +12,8 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod dispatch;
+pub mod fuzzing;
+pub mod import;
 pub mod jobfile;
 pub mod output;
 pub mod serve;
