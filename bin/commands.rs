@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use kiln_actors::node::parse_power_action;
 use kiln_actors::nodeset::NodeSet;
 use kiln_actors::protocol::{Request, Response};

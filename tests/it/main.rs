@@ -5,6 +5,8 @@ mod bad_input;
 mod bench;
 mod bmc;
 mod exec;
+mod faultproxy;
+mod faults;
 mod harness;
 mod jobs;
 mod lifecycle;
