@@ -13,5 +13,6 @@ mod lifecycle;
 mod locking;
 mod peers;
 mod periodic;
+mod rejected;
 mod restart;
 mod socket;
