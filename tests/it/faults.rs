@@ -171,7 +171,7 @@ fn each_bmc_fault_fails_only_its_own_node_with_a_clear_error() {
         (Fault::Status(500), Some("HTTP 500")),
         (Fault::Status(503), Some("HTTP 503")),
         (Fault::Status(404), Some("HTTP 404")),
-        (Fault::Garbage, Some("cannot reach the BMC at")),
+        (Fault::Garbage, Some("sent a reply kiln cannot read: GET /redfish/v1/Systems/")),
         (Fault::MalformedJson, Some("not JSON")),
         (Fault::WrongPowerState, Some("unknown PowerState 'Sideways'")),
         (Fault::Pass, None),
