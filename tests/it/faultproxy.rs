@@ -189,13 +189,10 @@ impl Shared {
             (&mut bmc).take(MAX_MESSAGE as u64).read_to_end(&mut answer).await.ok()?;
             Some(answer)
         };
-        match tokio::time::timeout(IO_TIMEOUT, relay).await {
-            Ok(Some(answer)) => {
-                let _ = client.write_all(&mangle(answer)).await;
-                let _ = client.shutdown().await;
-            }
-            // The BMC itself failed: the client sees a closed connection.
-            _ => {}
+        // When the BMC itself fails, the client sees a closed connection.
+        if let Ok(Some(answer)) = tokio::time::timeout(IO_TIMEOUT, relay).await {
+            let _ = client.write_all(&mangle(answer)).await;
+            let _ = client.shutdown().await;
         }
     }
 }
