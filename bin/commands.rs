@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use kiln_actors::node::parse_power_action;
 use kiln_actors::nodeset::NodeSet;
 use kiln_actors::protocol::{Request, Response};
@@ -158,16 +158,7 @@ fn read_password(path: &Path) -> Result<String, Failure> {
 /// Reads a node import file: a JSON or YAML list of nodes.
 fn read_import(path: &Path) -> anyhow::Result<Vec<NewNode>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let json_like = text.trim_start().starts_with('[') || text.trim_start().starts_with('{');
-    let nodes: Vec<NewNode> = if json_like {
-        serde_json::from_str(&text).with_context(|| format!("{} is not a JSON list of nodes", path.display()))?
-    } else {
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not a YAML list of nodes", path.display()))?
-    };
-    if nodes.is_empty() {
-        bail!("{} lists no nodes", path.display());
-    }
-    Ok(nodes)
+    crate::import::parse_node_list(&text).with_context(|| format!("{} is not a valid import file", path.display()))
 }
 
 /// Sends one request and returns the answer, turning an error answer into a

@@ -13,6 +13,8 @@ pub mod commands;
 pub mod completions;
 pub mod config;
 pub mod dispatch;
+pub mod fuzzing;
+pub mod import;
 pub mod jobfile;
 pub mod layered;
 pub mod limits;

@@ -50,8 +50,8 @@
 //! **Parsing never panics and never explodes.** Every error says what is wrong
 //! and the 1-based column (in characters) of the offending character. A range or
 //! a product is counted before it is expanded, and a set over [`MAX_NODES`]
-//! names is refused. Runs of unions and of differences are merged in one sort,
-//! so a 10,000-term folded set parses in milliseconds. Groups are resolved
+//! names is refused. Runs of unions and of differences are merged together,
+//! pairwise in rounds, so a 10,000-term folded set parses in milliseconds. Groups are resolved
 //! through a caller-supplied function, each group once per parse, and a group
 //! that includes itself is an error rather than a stack overflow.
 //!
@@ -63,7 +63,10 @@
 //!   group is an error instead of an empty set.
 //! - [`NodeSet::iter`] yields names sorted by pattern then by each index;
 //!   ClusterShell follows its folded vectors for multi-dimensional sets.
-//! - A set is refused above [`MAX_NODES`] names.
+//! - A set is refused above [`MAX_NODES`] names, or above
+//!   [`INDEXES_PER_NAME`] × [`MAX_NODES`] indexes in all: each number of a
+//!   name costs memory, so a set of names with many numbers (`a1b2c3d4…`) is
+//!   refused sooner.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
@@ -73,6 +76,12 @@ use std::str::FromStr;
 /// Largest number of names a node set may hold; parsing a larger one fails
 /// with [`NodeSetError::TooLarge`] before it allocates.
 pub const MAX_NODES: usize = 10_000_000;
+
+/// Indexes (numbers in names) a set may hold per name of [`MAX_NODES`], on
+/// average: 10 million names of up to 3 numbers each, or fewer names with
+/// more. Without it a 60-character expression (`n[1-9999999]x1x2…x9`) built a
+/// set of 2 GB (found by the `nodeset` fuzz target).
+pub const INDEXES_PER_NAME: usize = 3;
 
 /// Longest digit run that is an index (its ordinal must fit in a `u64`).
 const MAX_DIGITS: usize = 19;
@@ -126,7 +135,11 @@ pub enum NodeSetError {
     StepWithTrailingDigits { column: usize },
     #[error("number too long at column {column}: an index has at most 19 digits")]
     NumberTooLarge { column: usize },
-    #[error("node set too large at column {column}: more than {limit} names")]
+    #[error(
+        "node set too large at column {column}: more than {limit} names, or names with more \
+         than {} numbers in all",
+        limit.saturating_mul(INDEXES_PER_NAME)
+    )]
     TooLarge { limit: usize, column: usize },
     #[error("unknown group @{name} at column {column}")]
     UnknownGroup { name: String, column: usize },
@@ -257,6 +270,12 @@ impl NodeSet {
         self.by_pattern.values().map(|t| t.count).sum()
     }
 
+    /// Number of indexes held (a name without numbers counts as one), the
+    /// measure of the set's memory that [`INDEXES_PER_NAME`] limits.
+    fn indexes(&self) -> usize {
+        self.by_pattern.values().map(|t| t.count * t.dims.max(1)).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_pattern.is_empty()
     }
@@ -358,32 +377,25 @@ impl NodeSet {
         NodeSet { by_pattern: out }
     }
 
-    /// The union of many sets at once: one sort per pattern instead of one
-    /// merge per set, so folding output of 10,000 terms parses in linear-log
-    /// time.
-    fn union_all(sets: Vec<NodeSet>) -> NodeSet {
-        if sets.len() <= 2 {
-            let mut sets = sets.into_iter();
-            let first = sets.next().unwrap_or_default();
-            return match sets.next() {
-                Some(second) => first.union(&second),
-                None => first,
-            };
-        }
-        let mut flat: BTreeMap<Pattern, Vec<u64>> = BTreeMap::new();
-        for set in sets {
-            for (pattern, tuples) in set.by_pattern {
-                flat.entry(pattern).or_default().extend(tuples.flat);
+    /// The union of many sets at once, merged pairwise in rounds: each round
+    /// halves the number of parts with linear merges, so k sorted parts of N
+    /// names in all cost N log k, whatever their sizes. (One sort of
+    /// everything costs N log N even when one part holds nearly all the
+    /// names: `n[1-8000000]n1,n1[1-9]n1,n1[1-9]n1` took seconds; found by the
+    /// `nodeset` fuzz target.)
+    fn union_all(mut sets: Vec<NodeSet>) -> NodeSet {
+        while sets.len() > 1 {
+            let mut next = Vec::with_capacity(sets.len().div_ceil(2));
+            let mut parts = sets.into_iter();
+            while let Some(a) = parts.next() {
+                next.push(match parts.next() {
+                    Some(b) => a.union(&b),
+                    None => a,
+                });
             }
+            sets = next;
         }
-        let by_pattern = flat
-            .into_iter()
-            .map(|(pattern, data)| {
-                let tuples = Tuples::from_unsorted(pattern.dims(), data);
-                (pattern, tuples)
-            })
-            .collect();
-        NodeSet { by_pattern }
+        sets.pop().unwrap_or_default()
     }
 }
 
@@ -1152,7 +1164,7 @@ impl<'g> Parser<'g> {
         if !subtrahends.is_empty() {
             result = result.difference(&subtrahends.take());
         }
-        if result.len() > self.limit {
+        if result.len() > self.limit || result.indexes() > self.limit.saturating_mul(INDEXES_PER_NAME) {
             // Batch::fits may defer the exact count to here.
             let last = terms.last().map_or(0, |t| t.start);
             return Err(NodeSetError::TooLarge {
@@ -1206,7 +1218,7 @@ impl<'g> Parser<'g> {
             }
         }
         let result = result.take();
-        if result.len() > self.limit {
+        if result.len() > self.limit || result.indexes() > self.limit.saturating_mul(INDEXES_PER_NAME) {
             return Err(NodeSetError::TooLarge { limit: self.limit, column: at });
         }
         Ok(result)
@@ -1221,6 +1233,8 @@ struct Batch {
     len: usize,
     /// Names after the last merge, when `parts` was one set.
     merged: usize,
+    /// Indexes in `parts`, duplicates counted.
+    indexes: usize,
 }
 
 impl Batch {
@@ -1230,6 +1244,7 @@ impl Batch {
 
     fn push(&mut self, set: NodeSet) {
         self.len += set.len();
+        self.indexes += set.indexes();
         self.parts.push(set);
     }
 
@@ -1238,15 +1253,23 @@ impl Batch {
     /// merged to count them exactly, but only once they have doubled since
     /// the last merge, so that merging stays linear overall and memory within
     /// twice the limit; the caller checks the final union.
+    ///
+    /// Indexes are bounded the same way against `limit` ×
+    /// [`INDEXES_PER_NAME`]: merged once over twice that, so that memory
+    /// stays within twice the bound too.
     fn fits(&mut self, limit: usize) -> bool {
-        if self.len <= limit {
+        let index_limit = limit.saturating_mul(INDEXES_PER_NAME);
+        if self.len <= limit && self.indexes <= index_limit {
             return true;
         }
-        if self.len > self.merged.saturating_mul(2) || self.len > limit.saturating_mul(2) {
+        if self.len > self.merged.saturating_mul(2)
+            || self.len > limit.saturating_mul(2)
+            || self.indexes > index_limit.saturating_mul(2)
+        {
             let merged = self.take();
             self.push(merged);
             self.merged = self.len;
-            return self.len <= limit;
+            return self.len <= limit && self.indexes <= index_limit;
         }
         true
     }
@@ -1254,6 +1277,7 @@ impl Batch {
     fn take(&mut self) -> NodeSet {
         self.len = 0;
         self.merged = 0;
+        self.indexes = 0;
         NodeSet::union_all(std::mem::take(&mut self.parts))
     }
 }
@@ -1357,6 +1381,7 @@ fn pattern_term(text: &str, start: usize, end: usize, limit: usize) -> Result<(P
         .iter()
         .try_fold(1usize, |n, a| n.checked_mul(a.len()))
         .filter(|&n| n <= limit)
+        .filter(|&n| n.saturating_mul(axes.len().max(1)) <= limit.saturating_mul(INDEXES_PER_NAME))
         .ok_or_else(|| NodeSetError::TooLarge { limit, column: column(text, start) })?;
     let pattern = Pattern::from_key(key);
     let dims = axes.len();
@@ -1919,6 +1944,24 @@ mod tests {
         assert_eq!(with_limit("a[1-90],a[1-90],b[1-5],c[1-5]"), Ok(100));
         assert_eq!(with_limit("n[1-100]!m[1-60]!m[1-60]!n[1-10]"), Ok(90));
         assert_eq!(with_limit("n[1-100]!m[1-60]!o[1-60]"), over(18));
+
+        // Indexes: at most 300 with a limit of 100 names.
+        assert_eq!(with_limit("n[1-100]x1y2"), Ok(100));
+        assert_eq!(with_limit("n[1-76]x1y2z3"), over(1));
+        assert_eq!(with_limit("n[1-75]x1y2z3"), Ok(75));
+        assert_eq!(with_limit("n[1-50]x1y2z3,m[1-26]x1y2z3"), over(15));
+        assert_eq!(with_limit("n[1-50]x1y2z3!m[1-26]x1y2z3"), Ok(50));
+        assert_eq!(with_limit("a,b,c,n[1-97]"), Ok(100));
+    }
+
+    /// The input the `nodeset` fuzz target found: 10 million names of ten
+    /// numbers each (2 GB) from 31 characters.
+    #[test]
+    fn names_with_many_numbers_are_refused_before_they_fill_memory() {
+        let e = error("n[1-9999999]x1x2x3x4x5x6x7x8x9");
+        assert!(matches!(e, NodeSetError::TooLarge { column: 1, .. }), "{e}");
+        assert!(e.to_string().contains("more than 30000000 numbers"), "{e}");
+        assert_eq!(parsed("n[1-100000]x1x2x3x4x5x6x7x8x9").len(), 100_000);
     }
 
     #[test]

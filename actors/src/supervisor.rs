@@ -204,8 +204,9 @@ impl Handler<CreateNodes> for Supervisor {
 }
 
 /// Validates new nodes against each other and the registry and builds the
-/// records and the one batch that stores them.
-fn prepare_nodes(registry: &Registry, nodes: Vec<NewNode>) -> Result<(Vec<NodeRecord>, Vec<Write>), KilnError> {
+/// records and the one batch that stores them. Public so that the fuzz
+/// target for import files (fuzz/) runs the daemon's own checks.
+pub fn prepare_nodes(registry: &Registry, nodes: Vec<NewNode>) -> Result<(Vec<NodeRecord>, Vec<Write>), KilnError> {
     if nodes.is_empty() {
         return Err(KilnError::InvalidInput("no nodes given".into()));
     }

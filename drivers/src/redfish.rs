@@ -19,7 +19,7 @@
 //! - Failures are typed for the operator: refused or unroutable → `Unreachable`,
 //!   no answer in time → `Timeout`, 401/403 → `Auth`, other HTTP errors → `Bmc`
 //!   with the status and the Redfish error message, JSON that does not parse
-//!   or lacks a field → `BadReply`.
+//!   or lacks a field, or an answer that is not HTTP at all → `BadReply`.
 //! - Authentication is chosen by `auth_method`, as Ironic's sushy does it:
 //!   - `basic`: the user and password in the `Authorization` header of every
 //!     request (HTTP basic auth).
@@ -576,6 +576,8 @@ impl RedfishBmc {
             DriverError::Timeout { address: self.address.clone(), seconds: whole_seconds(self.request_timeout) }
         } else if e.is_decode() || e.is_body() {
             self.bad_reply(format!("{method} {path}: {}", causes(e)))
+        } else if not_http(e) {
+            self.bad_reply(format!("{method} {path}: not an HTTP answer ({})", causes(e)))
         } else {
             DriverError::Unreachable { address: self.address.clone(), reason: causes(e) }
         }
@@ -874,6 +876,20 @@ fn redfish_message(body: &[u8]) -> Option<String> {
 
 /// The causes of a transport error, innermost last, without the URL that
 /// reqwest puts in its own message.
+/// Whether the BMC answered with bytes that are not HTTP (hyper could not
+/// parse them): the BMC was reached, so this is a bad reply, not a network
+/// failure.
+fn not_http(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = e.source();
+    while let Some(cause) = next {
+        if cause.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
+}
+
 fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = e.source();

@@ -324,3 +324,22 @@ impl Peer {
         )
     }
 }
+
+/// The port of the Redfish emulator the fault tests put proxies in front of
+/// (its own, so that no other test's power changes meet theirs).
+pub const FAULTS_REDFISH_PORT: u16 = 8141;
+
+/// A Redfish emulator with four systems, node-1..node-4, for the fault tests.
+pub fn redfish_for_faults() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    once(&PEER, || {
+        let port = FAULTS_REDFISH_PORT.to_string();
+        start(
+            "redfish-emulator.sh",
+            &["4", &port],
+            &format!("redfish-{port}.pid"),
+            FAULTS_REDFISH_PORT,
+            &format!("redfish-{port}"),
+        )
+    })
+}
