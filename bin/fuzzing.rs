@@ -253,7 +253,11 @@ mod tests {
             Request::PortCreate { address: "52:54:00:00:00:02".into(), node: "n1".into() },
             Request::PortList { node: Some("n1".into()) },
             Request::PortDelete { address: "52:54:00:00:00:02".into() },
-            Request::Events { follow: true },
+            Request::Events {
+                follow: true,
+                nodes: Some("n[1-4]".into()),
+                kinds: vec![kiln_actors::EventKind::Start, kiln_actors::EventKind::Error],
+            },
             Request::JobSubmit {
                 ops: vec![
                     Opcode::Node { nodes: "n[1-4]".into(), op: Op::Verb(Verb::Manage), fanout: Some(2) },
