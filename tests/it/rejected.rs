@@ -266,10 +266,8 @@ fn no_rejected_request_changes_the_store() {
     cli(&["node", "undeploy", "demo3", "--wait"], 1, "invalid_state");
     let mut later = tables(&d);
     let mut earlier = before.tables.clone();
-    for t in ["jobs"] {
-        later.remove(t);
-        earlier.remove(t);
-    }
+    later.remove("jobs");
+    earlier.remove("jobs");
     assert_eq!(earlier, later);
     assert_eq!(before.nodes, d.json(&["node", "list"]));
     let jobs = d.json(&["job", "list"]);
