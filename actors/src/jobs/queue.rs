@@ -47,18 +47,16 @@ struct ActiveJob {
     watchers: Vec<(u64, oneshot::Sender<JobChange>)>,
     /// Log lines to commit with the job's next change.
     pending: Vec<String>,
-    /// The serial the next log line gets.
-    next_serial: u64,
 }
 
 impl ActiveJob {
-    /// Takes the next `n` log serials. Serials are handed out when a line is
-    /// written, not when its commit lands, so two commits in flight for one
-    /// job never claim the same serial.
-    fn take_serials(&mut self, n: u64) -> u64 {
-        let first = self.next_serial;
-        self.next_serial += n;
-        first
+    /// Appends `lines` to the log with the next serials. Serials are handed
+    /// out when a line is written, not when its commit lands, so two commits
+    /// in flight for one job never claim the same serial.
+    fn write_lines(&mut self, lines: Vec<String>) {
+        let first = self.log.last().map_or(1, |e| e.serial + 1);
+        let id = self.view.id;
+        self.log.extend(lines.into_iter().zip(first..).map(|(m, serial)| log_entry(id, serial, m)));
     }
 
     fn change_after(&self, after: u64) -> JobChange {
@@ -168,7 +166,6 @@ impl JobQueue {
             }
             let id = view.id;
             let log = r.log;
-            let next_serial = log.last().map_or(1, |e| e.serial + 1);
             q.active.insert(
                 id,
                 ActiveJob {
@@ -180,7 +177,6 @@ impl JobQueue {
                     progress_total: 0,
                     watchers: Vec::new(),
                     pending: Vec::new(),
-                    next_serial,
                 },
             );
             q.waiting.insert(id);
@@ -295,11 +291,8 @@ impl JobQueue {
         let Some(job) = self.active.get_mut(&id) else { return };
         let mut lines = std::mem::take(&mut job.pending);
         lines.push(message);
-        let first = job.take_serials(lines.len() as u64);
-        let entries: Vec<JobLogEntry> =
-            lines.into_iter().enumerate().map(|(i, m)| log_entry(id, first + i as u64, m)).collect();
         let status = job.view.status;
-        job.log.extend(entries);
+        job.write_lines(lines);
         let written = job.log.len();
         let batch = vec![Write::PutJob(job.view.to_record(job.log.clone()))];
         let store = self.store.clone();
@@ -707,7 +700,6 @@ impl JobQueue {
                 progress_total: 0,
                 watchers: Vec::new(),
                 pending: Vec::new(),
-                next_serial: 2,
             },
         );
         if status == JobStatus::Waiting {
