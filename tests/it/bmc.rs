@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Daemon, Events, KILN};
+use crate::harness::{Daemon, Events};
 use crate::peers::{self, Answer, PASSWORD, Responder, USER};
 
 /// A daemon and everything its CLI printed, so that a test can check at the
@@ -53,17 +53,8 @@ impl Site {
 
     /// Starts the CLI with `--json` and does not wait for it; see `collect`.
     pub(crate) fn spawn(&self, args: &[&str]) -> Child {
-        Command::new(KILN)
-            .arg("--socket")
-            .arg(&self.d.socket)
-            .arg("--json")
-            .args(args)
-            .env_remove("KILN_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kiln")
+        let args: Vec<&str> = ["--json"].iter().chain(args).copied().collect();
+        crate::harness::spawn_at(&self.d.socket, &args, Stdio::piped())
     }
 
     /// Waits for a CLI started by `spawn`, as `run`.

@@ -24,14 +24,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Daemon, KILN};
+use crate::harness::Daemon;
 
 const NODES: usize = 24;
 const WORKERS: usize = 4;
@@ -174,14 +174,7 @@ struct Follower {
 
 impl Follower {
     fn start(socket: &Path) -> Follower {
-        let mut child = Command::new(KILN)
-            .args(["--socket", socket.to_str().unwrap(), "--json", "events", "--follow"])
-            .env_remove("KILN_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run kiln events");
+        let mut child = crate::harness::spawn_at(socket, &["--json", "events", "--follow"], Stdio::null());
         let stdout = child.stdout.take().expect("piped");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {

@@ -9,13 +9,13 @@
 //! reports are only ever changed by these tests. Each test prints how many
 //! fault cases it tried (`--nocapture`).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::faultproxy::{Fault, FaultProxy};
-use crate::harness::{Daemon, KILN};
+use crate::harness::Daemon;
 use crate::peers::{self, PASSWORD, Peer, USER};
 
 /// How long a test polls for a condition before it fails.
@@ -66,16 +66,7 @@ fn emulator_power(peer: &Peer, system: usize) -> &'static str {
 
 /// `kiln --json node power status NODES`, started and not waited for.
 fn spawn_power_status(d: &Daemon, nodes: &str) -> Child {
-    Command::new(KILN)
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(["--json", "node", "power", "status", nodes])
-        .env_remove("KILN_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kiln")
+    crate::harness::spawn_at(&d.socket, &["--json", "node", "power", "status", nodes], Stdio::piped())
 }
 
 /// Polls `what` until it holds, at most [`DEADLINE`].

@@ -209,6 +209,21 @@ pub fn cli_at(socket: &Path, args: &[&str]) -> Output {
         .expect("run kiln")
 }
 
+/// Starts the CLI against a socket without waiting for it: stdout piped,
+/// stderr as given (piped, or null for a follower nobody reads it from).
+pub fn spawn_at(socket: &Path, args: &[&str], stderr: Stdio) -> Child {
+    Command::new(KILN)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("KILN_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("run kiln")
+}
+
 /// The states of every node, by name, from `node list --json`.
 pub fn states(d: &Daemon) -> std::collections::BTreeMap<String, String> {
     let list = d.json(&["node", "list"]);
@@ -234,15 +249,8 @@ impl Events {
 
     /// Subscribes with extra `kiln events` arguments (`-w`, `--kind`).
     pub fn follow_with(d: &Daemon, extra: &[&str]) -> Events {
-        let mut child = Command::new(KILN)
-            .args(["--socket", d.socket.to_str().unwrap(), "--json", "events", "--follow"])
-            .args(extra)
-            .env_remove("KILN_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run kiln events");
+        let args: Vec<&str> = ["--json", "events", "--follow"].iter().chain(extra).copied().collect();
+        let mut child = spawn_at(&d.socket, &args, Stdio::null());
         let stdout = child.stdout.take().expect("piped");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
