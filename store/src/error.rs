@@ -23,6 +23,12 @@ pub enum StoreError {
     /// failure's whole chain, copied to every batch of the group.
     #[error("commit failed: {0}")]
     CommitFailed(String),
+    /// The commit was applied but the log that makes it durable could not be
+    /// synced (fsync failed). Whether it survives a crash is unknown, and so
+    /// is every later commit's: the store refuses writes from then on, and
+    /// the operator must restart kiln once the disk is sound.
+    #[error("the store could not make its commits durable ({0}); it refuses writes until kiln is restarted")]
+    NotDurable(String),
     /// The store's thread is gone (the site is shutting down).
     #[error("the store is closed")]
     Closed,

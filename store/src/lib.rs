@@ -19,6 +19,7 @@ pub mod error;
 pub mod jobs;
 pub mod records;
 pub mod sqlite;
+mod syncer;
 pub mod timestamp;
 pub mod writer;
 
@@ -60,16 +61,40 @@ pub enum Write {
     SetMeta { key: String, value: String },
 }
 
+/// A log that makes commits durable when synced: for SQLite, the WAL file.
+pub trait LogSync: Send + 'static {
+    /// Flushes to stable storage everything written to the log before the
+    /// call began.
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+impl LogSync for std::fs::File {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_data()
+    }
+}
+
 /// Writes applied all together or not at all.
 pub type Batch = Vec<Write>;
 
 /// What a store can do. Implementations are used from one thread at a time.
 pub trait Backend: Send + 'static {
     /// Applies every batch in one transaction, each batch all-or-nothing
-    /// within it (a savepoint each), and makes the transaction durable before
-    /// returning. Returns one result per batch, in order: a batch that failed
-    /// changed nothing, the others are committed.
+    /// within it (a savepoint each). Returns one result per batch, in order:
+    /// a batch that failed changed nothing, the others are committed.
+    ///
+    /// The transaction is durable on return, unless the backend gave out a
+    /// [`LogSync`] ([`Backend::log_sync`]): then it is durable once a sync
+    /// of that log, begun after this call returned, has succeeded.
     fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+    /// The log whose sync makes every returned commit durable, when the
+    /// backend leaves that sync to its caller. The store thread asks once,
+    /// at start, and syncs it on a thread of its own, so the next group is
+    /// applied while the last one is being flushed (see `writer`). `None`
+    /// (the default): every commit is durable when it returns.
+    fn log_sync(&mut self) -> Option<Box<dyn LogSync>> {
+        None
+    }
     /// Every node.
     fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError>;
     /// One node, by uuid.

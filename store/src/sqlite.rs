@@ -4,7 +4,10 @@
 //!
 //! - **Durability first.** `journal_mode=WAL` with `synchronous=FULL` makes
 //!   every COMMIT an fsync of the WAL, so a commit that returned survives
-//!   `kill -9` and power loss (spec section 12). One fsync is amortised over
+//!   `kill -9` and power loss (spec section 12). The store thread takes the
+//!   fsync on itself instead ([`Backend::log_sync`]): the file drops to
+//!   `synchronous=NORMAL` and the WAL is synced explicitly, on another
+//!   thread, before any commit is acknowledged. One fsync is amortised over
 //!   many batches by [`Backend::commit`] taking several batches at once: the
 //!   writer thread groups whatever is queued into one transaction, and each
 //!   batch gets its own savepoint so that one bad batch (a duplicate name)
@@ -203,7 +206,8 @@ impl SqliteBackend {
                 journal_mode = %mode,
             );
         }
-        conn.pragma_update(None, "synchronous", std::env::var("XSYNC").unwrap_or("FULL".into()))?;
+        // FULL until a caller takes the WAL's sync on itself (`log_sync`).
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
@@ -243,6 +247,38 @@ macro_rules! node_select {
 }
 
 impl Backend for SqliteBackend {
+    /// Hands out the WAL file and drops to `synchronous=NORMAL`: a commit
+    /// then writes the WAL without an fsync, and syncing the WAL file makes
+    /// every commit written before it durable. (Checkpoints still sync on
+    /// their own: NORMAL syncs the WAL before one and the database after.)
+    /// `None`, leaving FULL, when the file is not in WAL mode or its WAL
+    /// cannot be opened.
+    fn log_sync(&mut self) -> Option<Box<dyn crate::LogSync>> {
+        let mode: String = self.conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).ok()?;
+        let path = format!("{}-wal", self.conn.path().filter(|p| !p.is_empty())?);
+        if !mode.eq_ignore_ascii_case("wal") {
+            return None;
+        }
+        let wal = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(wal) => wal,
+            Err(error) => {
+                tracing::warn!(
+                    message = "Cannot open the WAL to sync it; every commit syncs on its own (slower).",
+                    path = %path,
+                    %error,
+                );
+                return None;
+            }
+        };
+        match self.conn.pragma_update(None, "synchronous", "NORMAL") {
+            Ok(()) => Some(Box::new(wal)),
+            Err(error) => {
+                tracing::warn!(message = "Cannot set synchronous=NORMAL; every commit syncs on its own.", %error);
+                None
+            }
+        }
+    }
+
     fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         // Fast path: in nearly every group no write fails, and a savepoint
         // per batch costs about a sixth of the commit's CPU. Apply the group

@@ -201,15 +201,20 @@ fn the_thread_ends_with_the_last_handle_after_serving_the_queue() {
     assert_eq!(offered.load(Ordering::SeqCst), 1);
 }
 
-/// A backend that accepts everything and records the size of each group.
+/// A backend that accepts everything and records the size of each group;
+/// with a `log`, its commits are durable only once that log is synced.
 struct Recorder {
     groups: Arc<std::sync::Mutex<Vec<usize>>>,
+    log: Option<Box<dyn LogSync>>,
 }
 
 impl Backend for Recorder {
     fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         self.groups.lock().unwrap().push(batches.len());
         Ok(batches.iter().map(|_| Ok(())).collect())
+    }
+    fn log_sync(&mut self) -> Option<Box<dyn LogSync>> {
+        self.log.take()
     }
     fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         Ok(Vec::new())
@@ -264,7 +269,7 @@ async fn enqueue<T>(mut futures: Vec<Pending<'_, T>>) -> Vec<Pending<'_, T>> {
 #[tokio::test]
 async fn queued_commits_share_one_transaction_and_reads_keep_their_place() {
     let groups = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let store = StoreHandle::start(Box::new(Recorder { groups: groups.clone() }));
+    let store = StoreHandle::start(Box::new(Recorder { groups: groups.clone(), log: None }));
 
     // Hold the thread in a read until everything else is queued.
     let (release, held) = std::sync::mpsc::channel::<()>();
@@ -288,4 +293,79 @@ async fn queued_commits_share_one_transaction_and_reads_keep_their_place() {
         r.await.unwrap();
     }
     assert_eq!(*groups.lock().unwrap(), vec![3, kiln_store::writer::MAX_GROUP, 2]);
+}
+
+/// A log whose sync says it has begun, then waits for the test to say how
+/// it ends.
+struct GatedLog {
+    began: std::sync::mpsc::Sender<()>,
+    outcome: std::sync::mpsc::Receiver<std::io::Result<()>>,
+}
+
+impl LogSync for GatedLog {
+    fn sync(&mut self) -> std::io::Result<()> {
+        let _ = self.began.send(());
+        self.outcome.recv().unwrap_or(Ok(()))
+    }
+}
+
+/// A store over a [`Recorder`] with a [`GatedLog`]: the groups it applied,
+/// "a sync began", and the sender that ends each sync.
+fn gated_store() -> (
+    StoreHandle,
+    Arc<std::sync::Mutex<Vec<usize>>>,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<std::io::Result<()>>,
+) {
+    let groups = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (began_tx, began) = std::sync::mpsc::channel();
+    let (end_sync, outcome) = std::sync::mpsc::channel();
+    let log = GatedLog { began: began_tx, outcome };
+    let store = StoreHandle::start(Box::new(Recorder { groups: groups.clone(), log: Some(Box::new(log)) }));
+    (store, groups, began, end_sync)
+}
+
+/// Whether `f` is still waiting, polled once.
+async fn still_pending<T>(f: &mut Pending<'_, T>) -> bool {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(f.as_mut().poll(cx).is_pending())).await
+}
+
+#[tokio::test]
+async fn an_acknowledgement_waits_for_its_sync_while_the_next_group_is_applied() {
+    let (store, groups, began, end_sync) = gated_store();
+    let mut first = enqueue(vec![Box::pin(store.commit(vec![]))]).await.remove(0);
+    // The first group is committed and its sync has begun; hold it there.
+    began.recv().unwrap();
+    let mut second = enqueue(vec![Box::pin(store.commit(vec![]))]).await.remove(0);
+    // A read runs after the commits sent before it: the second group is
+    // applied although the first one's sync has not ended.
+    store.read(|_| Ok(())).await.unwrap();
+    assert_eq!(*groups.lock().unwrap(), vec![1, 1]);
+    assert!(still_pending(&mut first).await, "acknowledged before its sync ended");
+
+    end_sync.send(Ok(())).unwrap();
+    first.await.unwrap();
+    // The second group began after that sync: it waits for one of its own.
+    began.recv().unwrap();
+    assert!(still_pending(&mut second).await, "acknowledged by a sync that began before it was written");
+    end_sync.send(Ok(())).unwrap();
+    second.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_sync_refuses_its_group_and_every_later_write() {
+    let (store, groups, began, end_sync) = gated_store();
+    let first = enqueue(vec![Box::pin(store.commit(vec![]))]).await.remove(0);
+    began.recv().unwrap();
+    end_sync.send(Err(std::io::Error::other("EIO on the WAL"))).unwrap();
+    match first.await {
+        Err(StoreError::NotDurable(m)) => assert!(m.contains("EIO on the WAL"), "{m}"),
+        other => panic!("expected NotDurable, got {other:?}"),
+    }
+    // Later commits are refused without being applied; reads still answer.
+    let later = store.commit(vec![Write::InsertNode(node("after"))]).await.unwrap_err();
+    assert!(later.to_string().contains("refuses writes until kiln is restarted"), "{later}");
+    assert!(later.to_string().contains("EIO on the WAL"), "{later}");
+    assert_eq!(*groups.lock().unwrap(), vec![1]);
+    assert!(store.read(|b| b.load_nodes()).await.unwrap().is_empty());
 }
