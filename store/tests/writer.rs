@@ -309,20 +309,24 @@ impl LogSync for GatedLog {
     }
 }
 
-/// A store over a [`Recorder`] with a [`GatedLog`]: the groups it applied,
-/// "a sync began", and the sender that ends each sync.
-fn gated_store() -> (
-    StoreHandle,
-    Arc<std::sync::Mutex<Vec<usize>>>,
-    std::sync::mpsc::Receiver<()>,
-    std::sync::mpsc::Sender<std::io::Result<()>>,
-) {
+/// A store over a [`Recorder`] with a [`GatedLog`].
+struct Gated {
+    store: StoreHandle,
+    /// The groups the backend applied.
+    groups: Arc<std::sync::Mutex<Vec<usize>>>,
+    /// One message each time a sync begins.
+    began: std::sync::mpsc::Receiver<()>,
+    /// Ends the sync in progress, with this outcome.
+    end_sync: std::sync::mpsc::Sender<std::io::Result<()>>,
+}
+
+fn gated_store() -> Gated {
     let groups = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (began_tx, began) = std::sync::mpsc::channel();
     let (end_sync, outcome) = std::sync::mpsc::channel();
     let log = GatedLog { began: began_tx, outcome };
     let store = StoreHandle::start(Box::new(Recorder { groups: groups.clone(), log: Some(Box::new(log)) }));
-    (store, groups, began, end_sync)
+    Gated { store, groups, began, end_sync }
 }
 
 /// Whether `f` is still waiting, polled once.
@@ -332,7 +336,7 @@ async fn still_pending<T>(f: &mut Pending<'_, T>) -> bool {
 
 #[tokio::test]
 async fn an_acknowledgement_waits_for_its_sync_while_the_next_group_is_applied() {
-    let (store, groups, began, end_sync) = gated_store();
+    let Gated { store, groups, began, end_sync } = gated_store();
     let mut first = enqueue(vec![Box::pin(store.commit(vec![]))]).await.remove(0);
     // The first group is committed and its sync has begun; hold it there.
     began.recv().unwrap();
@@ -354,7 +358,7 @@ async fn an_acknowledgement_waits_for_its_sync_while_the_next_group_is_applied()
 
 #[tokio::test]
 async fn a_failed_sync_refuses_its_group_and_every_later_write() {
-    let (store, groups, began, end_sync) = gated_store();
+    let Gated { store, groups, began, end_sync } = gated_store();
     let first = enqueue(vec![Box::pin(store.commit(vec![]))]).await.remove(0);
     began.recv().unwrap();
     end_sync.send(Err(std::io::Error::other("EIO on the WAL"))).unwrap();
