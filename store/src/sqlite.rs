@@ -49,10 +49,12 @@ use crate::{
     StoreError, Timestamp, Write,
 };
 
+mod checkpointer;
 mod held;
 mod jobs;
 
 use crate::timestamp::timestamp_text;
+use checkpointer::Checkpointer;
 use held::Held;
 
 /// The schema, one entry per version: entry `i` takes a database from
@@ -178,6 +180,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A kiln store in one SQLite file.
 pub struct SqliteBackend {
+    /// Declared first, so its thread stops before the writer's connection
+    /// closes.
+    checkpointer: Option<Checkpointer>,
     conn: Connection,
 }
 
@@ -211,7 +216,17 @@ impl SqliteBackend {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
-        Ok(SqliteBackend { conn })
+        let checkpointer = if mode.eq_ignore_ascii_case("wal") { Checkpointer::start(path) } else { None };
+        Ok(SqliteBackend { checkpointer, conn })
+    }
+}
+
+impl SqliteBackend {
+    /// After every group commit: the background checkpointer keeps count.
+    fn committed(&mut self) {
+        if let Some(checkpointer) = &mut self.checkpointer {
+            checkpointer.committed();
+        }
     }
 }
 
@@ -292,6 +307,7 @@ impl Backend for SqliteBackend {
             };
             if clean {
                 tx.commit()?;
+                self.committed();
                 return Ok(batches.iter().map(|_| Ok(())).collect());
             }
             if !tx.is_autocommit() {
@@ -323,6 +339,7 @@ impl Backend for SqliteBackend {
         }
         drop(held);
         tx.commit()?;
+        self.committed();
         Ok(results)
     }
 
