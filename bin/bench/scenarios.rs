@@ -217,6 +217,7 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let site = kiln_actors::start(scratch.config()).await?;
     let total = args.jobs.unwrap_or(1_000_000);
     let clients = args.clients.unwrap_or(64).max(1);
+    let cpu = cpu_seconds();
     let t = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|c| {
@@ -239,6 +240,7 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         latencies.extend(h.await??);
     }
     let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
     latencies.sort_by(f64::total_cmp);
     // The last job must also run to its end.
     let last = site.jobs.send(kiln_actors::jobs::GetQueueInfo).await?.last_job_id;
@@ -248,14 +250,16 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         bail!("the last job ended {status}");
     }
     let drain = t_drain.elapsed().as_secs_f64();
-    let rate = latencies.len() as f64 / secs;
+    let submitted = latencies.len() as f64;
+    let rate = submitted / secs;
+    let cores = super::num_cpus();
     // The limits under the queue, measured now on the same disk: what the
     // store alone acknowledges, and one fsync.
     let template = site.store.read(|b| b.load_job(JobId(1))).await?.context("job 1 is not stored")?.0;
     let ceiling = store_ceiling(template, clients, (total / 5).max(clients)).await?;
     let fsync = fsync_ms(&scratch.0)?;
     Ok(vec![
-        Figure::new("jobs.submitted", latencies.len() as f64, "jobs"),
+        Figure::new("jobs.submitted", submitted, "jobs"),
         Figure::new("jobs.submitters", clients as f64, "clients"),
         Figure::new("jobs.submissions_per_s", rate, "jobs/s").at_least(100_000.0),
         Figure::new("jobs.ack_p50", percentile(&latencies, 50.0), "ms"),
@@ -264,6 +268,15 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         Figure::new("jobs.store_ceiling_per_s", ceiling, "jobs/s"),
         Figure::new("jobs.ratio_to_store_ceiling", rate / ceiling, "ratio"),
         Figure::new("jobs.fsync_p50", fsync, "ms"),
+        // Every acknowledgement waits for at least one fsync begun after its
+        // write: with `clients` submitters that alone allows this many.
+        Figure::new("jobs.fsync_bound_per_s", clients as f64 * 1000.0 / fsync.max(1e-6), "jobs/s"),
+        // CPU of the whole process per submission while they came in (the
+        // jobs running meanwhile included), and the rate at which that
+        // would keep every core busy.
+        Figure::new("jobs.cpu_per_submission", cpu * 1e6 / submitted, "us"),
+        Figure::new("jobs.cores_busy", cpu / secs, "cores"),
+        Figure::new("jobs.cpu_bound_per_s", cores as f64 * submitted / cpu.max(1e-9), "jobs/s"),
     ])
 }
 
