@@ -266,6 +266,9 @@ impl Backend for SqliteBackend {
     /// then writes the WAL without an fsync, and syncing the WAL file makes
     /// every commit written before it durable. (Checkpoints still sync on
     /// their own: NORMAL syncs the WAL before one and the database after.)
+    /// The handle stays valid: SQLite truncates and rewrites the WAL in
+    /// place, and deletes it only when the last connection closes, which
+    /// this backend's connection outlives the store thread to prevent.
     /// `None`, leaving FULL, when the file is not in WAL mode or its WAL
     /// cannot be opened.
     fn log_sync(&mut self) -> Option<Box<dyn crate::LogSync>> {

@@ -22,6 +22,10 @@
 //!   [`StoreError::NotDurable`]; the store thread stops applying writes.
 //! - Dropping the [`Syncer`] answers what is in flight and joins the thread,
 //!   so the store closes its backend only after the last sync.
+//! - Reads on the store thread see a group as soon as it is applied, before
+//!   its sync: a reader may see a change that a power cut then takes back.
+//!   Nobody is told a change happened before its sync (the actors adopt a
+//!   change only on the acknowledgement), so nothing acts on it.
 
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
