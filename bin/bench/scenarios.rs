@@ -300,7 +300,7 @@ async fn store_ceiling(template: kiln_store::JobRecord, clients: usize, total: u
                     let at = chrono::Utc::now();
                     let line = JobLogEntry { job: id, serial: 1, at, message: "submitted: 1 opcode(s)".into() };
                     let record = kiln_store::JobRecord { id, submitted_at: at, log: vec![line], ..template.clone() };
-                    store.commit(vec![Write::PutJob(record)]).await?;
+                    store.commit(vec![Write::InsertJob(record)]).await?;
                 }
                 Ok::<_, anyhow::Error>(())
             })

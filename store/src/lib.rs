@@ -53,6 +53,10 @@ pub enum Write {
     /// archived job is never written again) or when the log's serials do
     /// not increase or name another job.
     PutJob(JobRecord),
+    /// Insert a job that was never stored: [`Write::PutJob`] without the
+    /// update it tries first, for submissions. Conflict when the id is live
+    /// or archived, and for the same log rules.
+    InsertJob(JobRecord),
     /// Move a finished job from the live queue to the archive. NotFound when
     /// it is not live (never submitted, or archived already); Conflict, with
     /// nothing changed, when it is not finished.

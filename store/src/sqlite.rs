@@ -456,6 +456,7 @@ fn apply(held: &mut Held<'_>, write: &Write) -> Result<(), StoreError> {
         Write::DeletePort(address) => delete_port(held, address),
         Write::AppendHistory(entry) => append_history(held, entry),
         Write::PutJob(job) => jobs::put_job(held, job),
+        Write::InsertJob(job) => jobs::insert_job(held, job),
         Write::ArchiveJob(id) => jobs::archive_job(held, *id),
         Write::SetMeta { key, value } => jobs::set_meta(held, key, value),
     }

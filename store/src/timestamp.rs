@@ -15,31 +15,39 @@ use crate::Timestamp;
 
 /// `at` as RFC 3339 text with nine fractional digits.
 pub fn timestamp_text(at: Timestamp) -> String {
+    let mut out = String::with_capacity(30);
+    push_timestamp(&mut out, at);
+    out
+}
+
+/// Appends `at` to `out` as [`timestamp_text`] writes it, for callers that
+/// build a larger text (the job log column).
+pub fn push_timestamp(out: &mut String, at: Timestamp) {
     let (date, time) = (at.date_naive(), at.time());
     let (year, nanos) = (date.year(), time.nanosecond());
-    let Ok(year) = u32::try_from(year) else { return at.to_rfc3339_opts(SecondsFormat::Nanos, true) };
+    let Ok(year) = u32::try_from(year) else { return out.push_str(&at.to_rfc3339_opts(SecondsFormat::Nanos, true)) };
     if year > 9999 || nanos >= 1_000_000_000 {
-        return at.to_rfc3339_opts(SecondsFormat::Nanos, true);
+        return out.push_str(&at.to_rfc3339_opts(SecondsFormat::Nanos, true));
     }
-    let mut out = [0u8; 30];
-    digits(&mut out[0..4], year);
-    out[4] = b'-';
-    digits(&mut out[5..7], date.month());
-    out[7] = b'-';
-    digits(&mut out[8..10], date.day());
-    out[10] = b'T';
-    digits(&mut out[11..13], time.hour());
-    out[13] = b':';
-    digits(&mut out[14..16], time.minute());
-    out[16] = b':';
-    digits(&mut out[17..19], time.second());
-    out[19] = b'.';
-    digits(&mut out[20..29], nanos);
-    out[29] = b'Z';
-    match std::str::from_utf8(&out) {
-        Ok(text) => text.to_owned(),
+    let mut text = [0u8; 30];
+    digits(&mut text[0..4], year);
+    text[4] = b'-';
+    digits(&mut text[5..7], date.month());
+    text[7] = b'-';
+    digits(&mut text[8..10], date.day());
+    text[10] = b'T';
+    digits(&mut text[11..13], time.hour());
+    text[13] = b':';
+    digits(&mut text[14..16], time.minute());
+    text[16] = b':';
+    digits(&mut text[17..19], time.second());
+    text[19] = b'.';
+    digits(&mut text[20..29], nanos);
+    text[29] = b'Z';
+    match std::str::from_utf8(&text) {
+        Ok(text) => out.push_str(text),
         // Digits and separators only: not reached.
-        Err(_) => at.to_rfc3339_opts(SecondsFormat::Nanos, true),
+        Err(_) => out.push_str(&at.to_rfc3339_opts(SecondsFormat::Nanos, true)),
     }
 }
 

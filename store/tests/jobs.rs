@@ -236,6 +236,32 @@ fn an_archived_job_cannot_be_put_again() {
 }
 
 #[test]
+fn inserting_takes_only_ids_never_stored() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let first = finished(1, JobStatus::Success);
+    commit_one(&mut store, vec![Write::InsertJob(first.clone())]).unwrap();
+    assert_eq!(store.load_job(JobId(1)).unwrap(), Some((first.clone(), false)));
+
+    // Live already: refused, and the stored job is untouched.
+    let err = commit_one(&mut store, vec![Write::InsertJob(job(1))]).unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m == "job 1 exists already"), "{err:?}");
+    assert_eq!(store.load_job(JobId(1)).unwrap(), Some((first, false)));
+
+    // Archived: refused as a put is.
+    commit_one(&mut store, vec![Write::ArchiveJob(JobId(1))]).unwrap();
+    let err = commit_one(&mut store, vec![Write::InsertJob(job(1))]).unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m == "job 1 is archived"), "{err:?}");
+
+    // The log rules hold for inserts too.
+    let mut foreign = job(2);
+    foreign.log = vec![log(3, 1, "not mine")];
+    let err = commit_one(&mut store, vec![Write::InsertJob(foreign)]).unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m.contains("holds a line of job 3")), "{err:?}");
+    assert!(store.load_live_jobs().unwrap().is_empty());
+}
+
+#[test]
 fn the_largest_id_counts_the_archive_too() {
     let (_dir, path) = db();
     let mut store = open(&path);

@@ -141,6 +141,16 @@ pub struct JobBody {
     pub error: Option<String>,
 }
 
+/// [`JobBody`] borrowed from a view: encodes to the same JSON without
+/// copying the opcodes and their results first (a job is encoded at every
+/// change).
+#[derive(Serialize)]
+struct JobBodyRef<'a> {
+    ops: &'a [OpState],
+    depends: &'a [Dependency],
+    error: &'a Option<String>,
+}
+
 /// A job as callers see it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
@@ -184,7 +194,7 @@ impl JobView {
 
     /// The record the store keeps for this job.
     pub fn to_record(&self, log: Vec<JobLogEntry>) -> JobRecord {
-        let body = JobBody { ops: self.ops.clone(), depends: self.depends.clone(), error: self.error.clone() };
+        let body = JobBodyRef { ops: &self.ops, depends: &self.depends, error: &self.error };
         JobRecord {
             id: self.id,
             priority: self.priority,
@@ -218,4 +228,52 @@ pub struct QueueInfo {
     pub running: usize,
     pub max_running: usize,
     pub last_job_id: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_stored_and_read_back_is_the_same_view() {
+        let at: Timestamp = "2026-11-23T10:00:00.123456789Z".parse().unwrap();
+        let view = JobView {
+            id: JobId(7),
+            priority: -3,
+            status: JobStatus::Error,
+            submitted_at: at,
+            started_at: Some(at),
+            ended_at: Some(at),
+            archived: false,
+            ops: vec![
+                OpState {
+                    opcode: Opcode::Sleep { seconds: 0.5 },
+                    status: JobStatus::Success,
+                    started_at: Some(at),
+                    ended_at: Some(at),
+                    results: Vec::new(),
+                    error: None,
+                },
+                OpState {
+                    opcode: Opcode::Node {
+                        nodes: "n[1-2]".into(),
+                        op: crate::node::Op::Verb(crate::fsm::Verb::Manage),
+                        fanout: Some(4),
+                    },
+                    status: JobStatus::Error,
+                    started_at: Some(at),
+                    ended_at: None,
+                    results: vec![NodeResult::of("n1".into(), &Err(KilnError::NotFound("no \"n1\"\n".into())))],
+                    error: Some("1 of 1 nodes failed".into()),
+                },
+            ],
+            depends: vec![Dependency { job: JobId(3), statuses: vec![JobStatus::Success, JobStatus::Error] }],
+            error: Some("1 of 1 nodes failed".into()),
+        };
+        let record = view.to_record(Vec::new());
+        assert_eq!(JobView::from_record(&record, false), view);
+        // The stored body is the owned JobBody's encoding, field for field.
+        let owned = JobBody { ops: view.ops.clone(), depends: view.depends.clone(), error: view.error.clone() };
+        assert_eq!(record.body, serde_json::to_string(&owned).unwrap());
+    }
 }

@@ -619,7 +619,7 @@ impl Handler<SubmitJob> for JobQueue {
                 let store = act.store.clone();
                 async move {
                     let (view, entry) = ready??;
-                    store.commit(vec![Write::PutJob(view.to_record(vec![entry.clone()]))]).await?;
+                    store.commit(vec![Write::InsertJob(view.to_record(vec![entry.clone()]))]).await?;
                     Ok((view, entry))
                 }
                 .into_actor(act)

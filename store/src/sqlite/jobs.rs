@@ -7,8 +7,9 @@
 //!   every job at least twice (submitted, ended) at up to 100,000 jobs a
 //!   second; these simple statements need no statement journal, which the
 //!   earlier single upsert (`INSERT ... SELECT ... ON CONFLICT`) opened on
-//!   every write: 7% fewer instructions per job (callgrind). An archived id
-//!   is never written again.
+//!   every write: 7% fewer instructions per job (callgrind). A submission
+//!   is an `InsertJob`, which skips the update. An archived id is never
+//!   written again.
 //! - **A job's log is a JSON column of its row** (`[{serial, at, message}]`),
 //!   written whole with every put: one row write per job change instead of a
 //!   row plus a b-tree insert per line (migration 3). The put checks that the
@@ -23,7 +24,7 @@
 //!   since nothing can be stored there.
 
 use rusqlite::{Connection, Row, params};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{Fields, Held, timestamp_text, unique_violation};
 use crate::{JobId, JobLogEntry, JobRecord, JobStatus, StoreError, Timestamp};
@@ -37,12 +38,29 @@ macro_rules! job_select {
 
 // ---------------------------------------------------------------- writes --
 
+/// A job's columns as SQLite gets them.
+struct JobColumns {
+    id: i64,
+    submitted_at: String,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+    log: String,
+}
+
+impl JobColumns {
+    fn of(job: &JobRecord) -> Result<JobColumns, StoreError> {
+        Ok(JobColumns {
+            id: integer("job id", job.id.0)?,
+            submitted_at: timestamp_text(job.submitted_at),
+            started_at: job.started_at.map(timestamp_text),
+            ended_at: job.ended_at.map(timestamp_text),
+            log: log_text(job)?,
+        })
+    }
+}
+
 pub(super) fn put_job(held: &mut Held<'_>, job: &JobRecord) -> Result<(), StoreError> {
-    let id = integer("job id", job.id.0)?;
-    let submitted_at = timestamp_text(job.submitted_at);
-    let started_at = job.started_at.map(timestamp_text);
-    let ended_at = job.ended_at.map(timestamp_text);
-    let log = log_text(job)?;
+    let c = JobColumns::of(job)?;
     // A job already in the live table: a plain single-row update.
     let changed = held
         .get(
@@ -50,37 +68,78 @@ pub(super) fn put_job(held: &mut Held<'_>, job: &JobRecord) -> Result<(), StoreE
                              body = ?7, log = ?8
              WHERE id = ?1",
         )?
-        .execute(params![id, job.priority, job.status.as_str(), submitted_at, started_at, ended_at, job.body, log])?;
+        .execute(params![
+            c.id,
+            job.priority,
+            job.status.as_str(),
+            c.submitted_at,
+            c.started_at,
+            c.ended_at,
+            job.body,
+            c.log
+        ])?;
     if changed == 1 {
         return Ok(());
     }
-    // A new job, unless its id was archived: an archived id is never written again.
-    if held.get("SELECT 1 FROM jobs_archive WHERE id = ?1")?.exists([id])? {
+    insert_new(held, job, &c)
+}
+
+/// `Write::InsertJob`: a submission skips the update `put_job` tries first.
+pub(super) fn insert_job(held: &mut Held<'_>, job: &JobRecord) -> Result<(), StoreError> {
+    insert_new(held, job, &JobColumns::of(job)?).map_err(|e| match &e {
+        StoreError::Sqlite(sqlite) if unique_violation(sqlite).is_some() => {
+            StoreError::Conflict(format!("job {} exists already", job.id))
+        }
+        _ => e,
+    })
+}
+
+/// Inserts a job that is not live, unless its id was archived: an archived
+/// id is never written again.
+fn insert_new(held: &mut Held<'_>, job: &JobRecord, c: &JobColumns) -> Result<(), StoreError> {
+    if held.get("SELECT 1 FROM jobs_archive WHERE id = ?1")?.exists([c.id])? {
         return Err(StoreError::Conflict(format!("job {} is archived", job.id)));
     }
     held.get(
         "INSERT INTO jobs (id, priority, status, submitted_at, started_at, ended_at, body, log)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![id, job.priority, job.status.as_str(), submitted_at, started_at, ended_at, job.body, log])?;
+    .execute(params![
+        c.id,
+        job.priority,
+        job.status.as_str(),
+        c.submitted_at,
+        c.started_at,
+        c.ended_at,
+        job.body,
+        c.log
+    ])?;
     Ok(())
 }
 
-/// One line of the `log` column.
-#[derive(Serialize, Deserialize)]
+/// One line of the `log` column, as read back.
+#[derive(Deserialize)]
 struct LogLine<'a> {
     serial: u64,
-    #[serde(with = "crate::timestamp::rfc3339")]
     at: Timestamp,
     #[serde(borrow)]
     message: std::borrow::Cow<'a, str>,
 }
 
-/// The job's log as the `log` column holds it, after checking that every
-/// line is the job's own and the serials increase.
+/// The job's log as the `log` column holds it,
+/// `[{"serial":1,"at":"2026-...Z","message":"..."}]`, after checking that
+/// every line is the job's own and the serials increase.
+///
+/// Written by hand rather than through serde: the whole log is encoded at
+/// every put, and serde's map path was a quarter of the store thread's
+/// instructions per job (callgrind, `kiln bench jobs`). The text is what
+/// `serde_json` writes for the same lines, byte for byte (tested).
 fn log_text(job: &JobRecord) -> Result<String, StoreError> {
+    use std::fmt::Write as _;
     let mut last = 0;
-    let mut lines = Vec::with_capacity(job.log.len());
+    let size: usize = job.log.iter().map(|e| e.message.len() + 72).sum();
+    let mut out = String::with_capacity(size + 2);
+    out.push('[');
     for entry in &job.log {
         if entry.job != job.id {
             return Err(StoreError::Conflict(format!("job {}: its log holds a line of job {}", job.id, entry.job)));
@@ -91,11 +150,52 @@ fn log_text(job: &JobRecord) -> Result<String, StoreError> {
                 job.id, entry.serial
             )));
         }
+        if last != 0 {
+            out.push(',');
+        }
         last = entry.serial;
-        lines.push(LogLine { serial: entry.serial, at: entry.at, message: entry.message.as_str().into() });
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{{\"serial\":{},\"at\":\"", entry.serial);
+        crate::timestamp::push_timestamp(&mut out, entry.at);
+        out.push_str("\",\"message\":");
+        push_json_string(&mut out, &entry.message);
+        out.push('}');
     }
-    // Plain data: encoding cannot fail.
-    serde_json::to_string(&lines).map_err(|e| StoreError::Corrupt(format!("cannot encode job {}'s log: {e}", job.id)))
+    out.push(']');
+    Ok(out)
+}
+
+/// Appends `text` as a JSON string, escaped as `serde_json` escapes it:
+/// `"` and `\\`, and control characters as `\n`-style or `\u00XX`.
+fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    let mut clean = 0;
+    for (i, byte) in text.bytes().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Every byte escaped is ASCII, so `i` is a character boundary.
+        out.push_str(&text[clean..i]);
+        if escaped.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        } else {
+            out.push_str(escaped);
+        }
+        clean = i + 1;
+    }
+    out.push_str(&text[clean..]);
+    out.push('"');
 }
 
 /// Reads the `log` column of job `id` from `table`.
@@ -264,6 +364,8 @@ fn job_from_row(row: &Row<'_>, table: &'static str) -> Result<JobRecord, StoreEr
 
 #[cfg(test)]
 mod tests {
+    use serde::Serialize;
+
     use super::*;
 
     #[test]
@@ -274,5 +376,51 @@ mod tests {
             panic!("expected a conversion failure, got {err:?}");
         };
         assert!(cause.to_string().starts_with("job id 18446744073709551615 is beyond"), "{cause}");
+    }
+
+    /// A log line as serde writes it: the reference for [`log_text`].
+    #[derive(Serialize)]
+    struct SerdeLine<'a> {
+        serial: u64,
+        #[serde(with = "crate::timestamp::rfc3339")]
+        at: Timestamp,
+        message: &'a str,
+    }
+
+    #[test]
+    fn the_log_column_is_what_serde_json_writes_and_reads_back() {
+        let messages = [
+            "submitted: 1 opcode(s)",
+            "",
+            "a \"quoted\" name and a back\\slash",
+            "newline\n tab\t return\r",
+            "\u{0}\u{1}\u{8}\u{b}\u{c}\u{1b}\u{1f} and DEL \u{7f}",
+            "naïve ünïcødé ✓ 🚀 at the end: é",
+            "</script> / slash",
+        ];
+        let at: Timestamp = "2026-11-23T21:07:52.123456789Z".parse().unwrap();
+        let id = JobId(42);
+        let log: Vec<JobLogEntry> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| JobLogEntry { job: id, serial: i as u64 * 3 + 1, at, message: m.to_string() })
+            .collect();
+        let job = JobRecord {
+            id,
+            priority: 0,
+            status: JobStatus::Running,
+            submitted_at: at,
+            started_at: None,
+            ended_at: None,
+            body: "{}".into(),
+            log: log.clone(),
+        };
+        let reference: Vec<SerdeLine<'_>> =
+            log.iter().map(|e| SerdeLine { serial: e.serial, at: e.at, message: &e.message }).collect();
+        let text = log_text(&job).unwrap();
+        assert_eq!(text, serde_json::to_string(&reference).unwrap());
+        assert_eq!(log_from_text(&text, id, "jobs").unwrap(), log);
+        let empty = JobRecord { log: Vec::new(), ..job };
+        assert_eq!(log_text(&empty).unwrap(), "[]");
     }
 }
