@@ -31,11 +31,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
-use crate::writer::CommitReply;
+use crate::writer::{CommitReply, Committed};
 use crate::{LogSync, StoreError};
 
-/// A committed batch's reply and the result to send once it is durable.
-pub(crate) type Answer = (CommitReply, Result<(), StoreError>);
+/// A committed batch's reply and what to send once it is durable.
+pub(crate) type Answer = (CommitReply, Committed);
 
 /// The sync thread's handle, owned by the store thread.
 pub(crate) struct Syncer {
@@ -112,8 +112,8 @@ fn run(mut log: Box<dyn LogSync>, inbox: mpsc::Receiver<Vec<Answer>>, failure: A
         }
         match failure.get() {
             None => {
-                for (reply, result) in waiting.drain(..) {
-                    let _ = reply.send(result);
+                for (reply, committed) in waiting.drain(..) {
+                    let _ = reply.send(committed);
                 }
             }
             Some(why) => refuse(waiting.drain(..), why),
@@ -124,7 +124,7 @@ fn run(mut log: Box<dyn LogSync>, inbox: mpsc::Receiver<Vec<Answer>>, failure: A
 /// Answers every committed batch in `answers` with [`StoreError::NotDurable`];
 /// a batch that had failed on its own changed nothing and keeps its error.
 fn refuse(answers: impl IntoIterator<Item = Answer>, why: &str) {
-    for (reply, result) in answers {
-        let _ = reply.send(result.and(Err(StoreError::NotDurable(why.to_string()))));
+    for (reply, (result, batch)) in answers {
+        let _ = reply.send((result.and(Err(StoreError::NotDurable(why.to_string()))), batch));
     }
 }
