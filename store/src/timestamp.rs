@@ -15,19 +15,37 @@ use crate::Timestamp;
 
 /// `at` as RFC 3339 text with nine fractional digits.
 pub fn timestamp_text(at: Timestamp) -> String {
-    let mut out = String::with_capacity(30);
-    push_timestamp(&mut out, at);
-    out
+    with_timestamp(at, str::to_owned)
 }
 
 /// Appends `at` to `out` as [`timestamp_text`] writes it, for callers that
 /// build a larger text (the job log column).
 pub fn push_timestamp(out: &mut String, at: Timestamp) {
+    with_timestamp(at, |text| out.push_str(text));
+}
+
+/// Hands `at`'s text to `f`, from a buffer on the stack in the common case
+/// (a job's JSON holds several timestamps; this spares an allocation each).
+pub fn with_timestamp<R>(at: Timestamp, f: impl FnOnce(&str) -> R) -> R {
+    let general = || at.to_rfc3339_opts(SecondsFormat::Nanos, true);
+    match common_form(at) {
+        Some(text) => match std::str::from_utf8(&text) {
+            Ok(text) => f(text),
+            // Digits and separators only: not reached.
+            Err(_) => f(&general()),
+        },
+        None => f(&general()),
+    }
+}
+
+/// The text of a timestamp in years 0000-9999 outside a leap second,
+/// written digit by digit; `None` for the rest.
+fn common_form(at: Timestamp) -> Option<[u8; 30]> {
     let (date, time) = (at.date_naive(), at.time());
     let (year, nanos) = (date.year(), time.nanosecond());
-    let Ok(year) = u32::try_from(year) else { return out.push_str(&at.to_rfc3339_opts(SecondsFormat::Nanos, true)) };
-    if year > 9999 || nanos >= 1_000_000_000 {
-        return out.push_str(&at.to_rfc3339_opts(SecondsFormat::Nanos, true));
+    let year = u32::try_from(year).ok().filter(|y| *y <= 9999)?;
+    if nanos >= 1_000_000_000 {
+        return None;
     }
     let mut text = [0u8; 30];
     digits(&mut text[0..4], year);
@@ -44,11 +62,7 @@ pub fn push_timestamp(out: &mut String, at: Timestamp) {
     text[19] = b'.';
     digits(&mut text[20..29], nanos);
     text[29] = b'Z';
-    match std::str::from_utf8(&text) {
-        Ok(text) => out.push_str(text),
-        // Digits and separators only: not reached.
-        Err(_) => out.push_str(&at.to_rfc3339_opts(SecondsFormat::Nanos, true)),
-    }
+    Some(text)
 }
 
 /// Serde helpers that write a timestamp with [`timestamp_text`] and read
@@ -59,7 +73,7 @@ pub mod rfc3339 {
     use crate::Timestamp;
 
     pub fn serialize<S: Serializer>(at: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::timestamp_text(*at))
+        super::with_timestamp(*at, |text| s.serialize_str(text))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
@@ -75,7 +89,7 @@ pub mod rfc3339 {
 
         pub fn serialize<S: Serializer>(at: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
             match at {
-                Some(at) => s.serialize_some(&super::super::timestamp_text(*at)),
+                Some(at) => super::super::with_timestamp(*at, |text| s.serialize_some(text)),
                 None => s.serialize_none(),
             }
         }
