@@ -23,7 +23,7 @@
 //!   [`StoreError::Corrupt`]. A read for an id beyond the range finds nothing,
 //!   since nothing can be stored there.
 
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, Row, ToSql};
 use serde::Deserialize;
 
 use super::{Fields, Held, timestamp_text, unique_violation};
@@ -38,24 +38,43 @@ macro_rules! job_select {
 
 // ---------------------------------------------------------------- writes --
 
-/// A job's columns as SQLite gets them.
-struct JobColumns {
+/// A job's columns as SQLite gets them, bound in the order `?1`-`?8` of
+/// both the update and the insert.
+struct JobColumns<'j> {
+    job: &'j JobRecord,
     id: i64,
+    status: &'static str,
     submitted_at: String,
     started_at: Option<String>,
     ended_at: Option<String>,
     log: String,
 }
 
-impl JobColumns {
-    fn of(job: &JobRecord) -> Result<JobColumns, StoreError> {
+impl<'j> JobColumns<'j> {
+    fn of(job: &'j JobRecord) -> Result<JobColumns<'j>, StoreError> {
         Ok(JobColumns {
+            job,
             id: integer("job id", job.id.0)?,
+            status: job.status.as_str(),
             submitted_at: timestamp_text(job.submitted_at),
             started_at: job.started_at.map(timestamp_text),
             ended_at: job.ended_at.map(timestamp_text),
             log: log_text(job)?,
         })
+    }
+
+    /// id, priority, status, submitted_at, started_at, ended_at, body, log.
+    fn params(&self) -> [&dyn ToSql; 8] {
+        [
+            &self.id,
+            &self.job.priority,
+            &self.status,
+            &self.submitted_at,
+            &self.started_at,
+            &self.ended_at,
+            &self.job.body,
+            &self.log,
+        ]
     }
 }
 
@@ -68,25 +87,16 @@ pub(super) fn put_job(held: &mut Held<'_>, job: &JobRecord) -> Result<(), StoreE
                              body = ?7, log = ?8
              WHERE id = ?1",
         )?
-        .execute(params![
-            c.id,
-            job.priority,
-            job.status.as_str(),
-            c.submitted_at,
-            c.started_at,
-            c.ended_at,
-            job.body,
-            c.log
-        ])?;
+        .execute(&c.params()[..])?;
     if changed == 1 {
         return Ok(());
     }
-    insert_new(held, job, &c)
+    insert_new(held, &c)
 }
 
 /// `Write::InsertJob`: a submission skips the update `put_job` tries first.
 pub(super) fn insert_job(held: &mut Held<'_>, job: &JobRecord) -> Result<(), StoreError> {
-    insert_new(held, job, &JobColumns::of(job)?).map_err(|e| match &e {
+    insert_new(held, &JobColumns::of(job)?).map_err(|e| match &e {
         StoreError::Sqlite(sqlite) if unique_violation(sqlite).is_some() => {
             StoreError::Conflict(format!("job {} exists already", job.id))
         }
@@ -96,24 +106,15 @@ pub(super) fn insert_job(held: &mut Held<'_>, job: &JobRecord) -> Result<(), Sto
 
 /// Inserts a job that is not live, unless its id was archived: an archived
 /// id is never written again.
-fn insert_new(held: &mut Held<'_>, job: &JobRecord, c: &JobColumns) -> Result<(), StoreError> {
+fn insert_new(held: &mut Held<'_>, c: &JobColumns<'_>) -> Result<(), StoreError> {
     if held.get("SELECT 1 FROM jobs_archive WHERE id = ?1")?.exists([c.id])? {
-        return Err(StoreError::Conflict(format!("job {} is archived", job.id)));
+        return Err(StoreError::Conflict(format!("job {} is archived", c.job.id)));
     }
     held.get(
         "INSERT INTO jobs (id, priority, status, submitted_at, started_at, ended_at, body, log)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![
-        c.id,
-        job.priority,
-        job.status.as_str(),
-        c.submitted_at,
-        c.started_at,
-        c.ended_at,
-        job.body,
-        c.log
-    ])?;
+    .execute(&c.params()[..])?;
     Ok(())
 }
 
