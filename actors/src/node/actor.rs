@@ -649,6 +649,12 @@ impl NodeActor {
     }
 
     pub(super) fn publish(&self, kind: EventKind, error: Option<String>) {
+        self.publish_as(kind, self.current_action(), error);
+    }
+
+    /// [`publish`](Self::publish) naming the action, for an event about a
+    /// task that has already gone (released at shutdown).
+    pub(super) fn publish_as(&self, kind: EventKind, action: String, error: Option<String>) {
         let r = &self.record;
         self.env.events.do_send(Publish(NodeEvent {
             serial: 0,
@@ -656,7 +662,7 @@ impl NodeActor {
             node: r.uuid,
             node_name: r.name.clone(),
             kind,
-            action: self.current_action(),
+            action,
             provision_state: r.provision_state,
             target_provision_state: r.target_provision_state,
             power_state: r.power_state,

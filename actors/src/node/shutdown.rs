@@ -11,7 +11,7 @@ use kiln_store::Write;
 use super::actor::NodeActor;
 use super::plan;
 use crate::KilnError;
-use crate::events::{EventKind, NodeEvent, Publish};
+use crate::events::EventKind;
 
 /// Closes the node to new work (exclusive requests get `Unavailable` with
 /// `why`, and the actor commits nothing more), answers the requests waiting
@@ -60,19 +60,7 @@ impl Handler<Abandon> for NodeActor {
         Box::pin(fix.into_actor(self).map(move |res, act, _| match res {
             Ok(Some(fixed)) => {
                 act.record = fixed;
-                let r = &act.record;
-                act.env.events.do_send(Publish(NodeEvent {
-                    serial: 0,
-                    at: r.updated_at,
-                    node: r.uuid,
-                    node_name: r.name.clone(),
-                    kind: EventKind::Error,
-                    action,
-                    provision_state: r.provision_state,
-                    target_provision_state: r.target_provision_state,
-                    power_state: r.power_state,
-                    error: r.last_error.clone(),
-                }));
+                act.publish_as(EventKind::Error, action, act.record.last_error.clone());
                 true
             }
             Ok(None) => false,
