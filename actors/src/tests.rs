@@ -62,16 +62,23 @@ fn a_request_waits_at_most_lock_wait_then_fails_with_node_locked() {
     });
 }
 
+/// A site whose two demo nodes are available, demo1's driver taking a
+/// minute per task.
+async fn two_available_demo1_slow(dir: &std::path::Path) -> Site {
+    let site = start(config(dir, 2, Duration::ZERO)).await.unwrap();
+    for node in ["demo1", "demo2"] {
+        act(&site, node, Op::Verb(Verb::Manage), true).await.unwrap();
+        act(&site, node, Op::Verb(Verb::Provide), true).await.unwrap();
+    }
+    act(&site, "demo1", slow(60_000), true).await.unwrap();
+    site
+}
+
 #[test]
 fn a_node_actor_that_panicked_is_recreated_from_the_store() {
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
-        let site = start(config(dir.path(), 2, Duration::ZERO)).await.unwrap();
-        for node in ["demo1", "demo2"] {
-            act(&site, node, Op::Verb(Verb::Manage), true).await.unwrap();
-            act(&site, node, Op::Verb(Verb::Provide), true).await.unwrap();
-        }
-        act(&site, "demo1", slow(60_000), true).await.unwrap();
+        let site = two_available_demo1_slow(dir.path()).await;
         let started = act(&site, "demo1", Op::Verb(Verb::Deploy), false).await.unwrap();
         assert_eq!(started.provision_state, ProvisionState::Deploying);
 
@@ -104,12 +111,7 @@ fn a_shutdown_fails_work_that_outlives_its_grace_as_the_restart_rule_would() {
     use crate::jobs::{GetJob, Opcode, SubmitJob};
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
-        let site = start(config(dir.path(), 2, Duration::ZERO)).await.unwrap();
-        for node in ["demo1", "demo2"] {
-            act(&site, node, Op::Verb(Verb::Manage), true).await.unwrap();
-            act(&site, node, Op::Verb(Verb::Provide), true).await.unwrap();
-        }
-        act(&site, "demo1", slow(60_000), true).await.unwrap();
+        let site = two_available_demo1_slow(dir.path()).await;
         let ops = vec![
             Opcode::Node { nodes: "demo1".into(), op: Op::Verb(Verb::Deploy), fanout: None },
             Opcode::Sleep { seconds: 0.0 },
