@@ -197,31 +197,22 @@ impl Drop for Daemon {
     }
 }
 
+/// The CLI against a socket, ignoring any `KILN_SOCKET` of the caller's.
+fn kiln_at(socket: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(KILN);
+    cmd.arg("--socket").arg(socket).args(args).env_remove("KILN_SOCKET").stdin(Stdio::null());
+    cmd
+}
+
 /// Runs the CLI against a socket.
 pub fn cli_at(socket: &Path, args: &[&str]) -> Output {
-    Command::new(KILN)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_remove("KILN_SOCKET")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kiln")
+    kiln_at(socket, args).output().expect("run kiln")
 }
 
 /// Starts the CLI against a socket without waiting for it: stdout piped,
 /// stderr as given (piped, or null for a follower nobody reads it from).
 pub fn spawn_at(socket: &Path, args: &[&str], stderr: Stdio) -> Child {
-    Command::new(KILN)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_remove("KILN_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .expect("run kiln")
+    kiln_at(socket, args).stdout(Stdio::piped()).stderr(stderr).spawn().expect("run kiln")
 }
 
 /// The states of every node, by name, from `node list --json`.
