@@ -17,6 +17,7 @@
 pub mod backup;
 pub mod error;
 pub mod jobs;
+pub mod json;
 pub mod records;
 pub mod sqlite;
 mod syncer;

@@ -136,7 +136,6 @@ struct LogLine<'a> {
 /// instructions per job (callgrind, `kiln bench jobs`). The text is what
 /// `serde_json` writes for the same lines, byte for byte (tested).
 fn log_text(job: &JobRecord) -> Result<String, StoreError> {
-    use std::fmt::Write as _;
     let mut last = 0;
     let size: usize = job.log.iter().map(|e| e.message.len() + 72).sum();
     let mut out = String::with_capacity(size + 2);
@@ -155,48 +154,16 @@ fn log_text(job: &JobRecord) -> Result<String, StoreError> {
             out.push(',');
         }
         last = entry.serial;
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{{\"serial\":{},\"at\":\"", entry.serial);
+        out.push_str("{\"serial\":");
+        crate::json::push_u64(&mut out, entry.serial);
+        out.push_str(",\"at\":\"");
         crate::timestamp::push_timestamp(&mut out, entry.at);
         out.push_str("\",\"message\":");
-        push_json_string(&mut out, &entry.message);
+        crate::json::push_json_string(&mut out, &entry.message);
         out.push('}');
     }
     out.push(']');
     Ok(out)
-}
-
-/// Appends `text` as a JSON string, escaped as `serde_json` escapes it:
-/// `"` and `\\`, and control characters as `\n`-style or `\u00XX`.
-fn push_json_string(out: &mut String, text: &str) {
-    out.push('"');
-    let mut clean = 0;
-    for (i, byte) in text.bytes().enumerate() {
-        let escaped = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        // Every byte escaped is ASCII, so `i` is a character boundary.
-        out.push_str(&text[clean..i]);
-        if escaped.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
-        } else {
-            out.push_str(escaped);
-        }
-        clean = i + 1;
-    }
-    out.push_str(&text[clean..]);
-    out.push('"');
 }
 
 /// Reads the `log` column of job `id` from `table`.
