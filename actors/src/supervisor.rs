@@ -428,6 +428,12 @@ impl FanOutControl {
         if self.cancel.load(Ordering::Relaxed) {
             return true;
         }
+        if d.is_zero() {
+            // A timer would fire at the timer wheel's next tick, up to a
+            // millisecond on, and arming it wakes the runtime's driver
+            // through its eventfd: a `sleep 0` job paid both.
+            return false;
+        }
         tokio::select! {
             _ = tokio::time::sleep(d) => self.cancel.load(Ordering::Relaxed),
             _ = woken => true,
