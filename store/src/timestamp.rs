@@ -132,6 +132,23 @@ mod tests {
     }
 
     #[test]
+    fn matches_chrono_on_every_day_of_the_years_whose_leap_rules_differ() {
+        // Year 0 (a leap year, the first written here), century years
+        // with and without a leap day, and the last year written here.
+        for year in [0, 1, 4, 100, 1600, 1900, 1970, 2000, 2100, 2400, 9999] {
+            let first = Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).single().expect("in range");
+            for day in 0..366 {
+                let midnight = first + chrono::Duration::days(day);
+                for at in [midnight, midnight + chrono::Duration::nanoseconds(86_400_000_000_000 - 1)] {
+                    if at.format("%Y").to_string() == format!("{year:04}") {
+                        assert_eq!(timestamp_text(at), chrono_text(at));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn falls_back_outside_four_digit_years_and_on_leap_seconds() {
         let far = DateTime::from_timestamp(300_000_000_000, 5).expect("in range");
         assert_eq!(timestamp_text(far), chrono_text(far));
