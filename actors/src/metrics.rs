@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kiln_store::{DriverKind, JobStatus, NodeRecord, ProvisionState};
+use kiln_store::{DriverKind, JobStatus, NodeRecord, ProvisionState, StoreStats};
 
 use crate::protocol::Request;
 use crate::scheduler::PeriodicInfo;
@@ -264,7 +264,7 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4) of every metric, with
     /// the scheduler's periodic task figures (`periodic`).
-    pub fn render(&self, periodic: &[PeriodicInfo]) -> String {
+    pub fn render(&self, periodic: &[PeriodicInfo], store: &StoreStats) -> String {
         let mut out = String::with_capacity(32 * 1024);
         let o = &mut out;
 
@@ -318,6 +318,22 @@ impl Metrics {
         self.job_queue_wait.render(o, "kiln_job_queue_wait_seconds", "");
         header(o, "kiln_job_run_seconds", "histogram", "Time from a job's start to its end.");
         self.job_run.render(o, "kiln_job_run_seconds", "");
+
+        header(o, "kiln_store_commits_total", "counter", "Batches committed by the store (one per write request).");
+        let _ = writeln!(o, "kiln_store_commits_total {}", store.commits);
+        header(o, "kiln_store_groups_total", "counter", "Transactions the store grouped those commits into.");
+        let _ = writeln!(o, "kiln_store_groups_total {}", store.groups);
+        header(o, "kiln_store_syncs_total", "counter", "Log syncs (fsyncs) that made committed groups durable.");
+        let _ = writeln!(o, "kiln_store_syncs_total {}", store.syncs);
+        header(
+            o,
+            "kiln_store_commit_wait_seconds_total",
+            "counter",
+            "Time commits waited, summed over commits, by stage: queued, applying, syncing.",
+        );
+        for (stage, d) in [("queued", store.queued), ("applying", store.applying), ("syncing", store.syncing)] {
+            let _ = writeln!(o, "kiln_store_commit_wait_seconds_total{{stage=\"{stage}\"}} {}", d.as_secs_f64());
+        }
 
         header(o, "kiln_bmc_call_duration_seconds", "histogram", "BMC calls by driver and call, failed or not.");
         for d in DriverKind::ALL {
@@ -470,7 +486,15 @@ mod tests {
             last_duration_ms: Some(1500),
             ..Default::default()
         }];
-        let text = m.render(&periodic);
+        let store = StoreStats {
+            commits: 4,
+            groups: 2,
+            syncs: 1,
+            queued: Duration::from_millis(3),
+            applying: Duration::from_millis(5),
+            syncing: Duration::from_millis(1500),
+        };
+        let text = m.render(&periodic, &store);
 
         // Every family has HELP then TYPE, and every sample belongs to the
         // family declared last.
@@ -508,6 +532,11 @@ mod tests {
         assert_eq!(value(&text, "kiln_job_run_seconds_count"), 1.0);
         assert_eq!(value(&text, "kiln_periodic_runs_total{task=\"power_sync\"}"), 4.0);
         assert_eq!(value(&text, "kiln_periodic_last_duration_seconds{task=\"power_sync\"}"), 1.5);
+        assert_eq!(value(&text, "kiln_store_commits_total"), 4.0);
+        assert_eq!(value(&text, "kiln_store_groups_total"), 2.0);
+        assert_eq!(value(&text, "kiln_store_syncs_total"), 1.0);
+        assert_eq!(value(&text, "kiln_store_commit_wait_seconds_total{stage=\"applying\"}"), 0.005);
+        assert_eq!(value(&text, "kiln_store_commit_wait_seconds_total{stage=\"syncing\"}"), 1.5);
         assert_eq!(value(&text, &format!("kiln_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), 1.0);
     }
 
@@ -530,7 +559,7 @@ mod tests {
         drop(g);
         assert_eq!(m.nodes_in(ProvisionState::Manageable), 0);
         assert_eq!(m.nodes_in(ProvisionState::Enroll), 1);
-        assert!(m.render(&[]).contains("kiln_nodes{provision_state=\"enroll\"} 1\n"));
+        assert!(m.render(&[], &StoreStats::default()).contains("kiln_nodes{provision_state=\"enroll\"} 1\n"));
     }
 
     #[test]

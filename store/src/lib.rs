@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod json;
 pub mod records;
 pub mod sqlite;
+pub mod stats;
 mod syncer;
 pub mod timestamp;
 pub mod writer;
@@ -28,6 +29,7 @@ pub use backup::{BackupInfo, backup_sqlite};
 pub use error::StoreError;
 pub use jobs::*;
 pub use records::*;
+pub use stats::StoreStats;
 pub use writer::StoreHandle;
 
 /// One change to the store.

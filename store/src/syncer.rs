@@ -30,16 +30,21 @@
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
+use crate::stats::StatsCells;
 use crate::writer::{CommitReply, Committed};
 use crate::{LogSync, StoreError};
 
 /// A committed batch's reply and what to send once it is durable.
 pub(crate) type Answer = (CommitReply, Committed);
 
+/// A committed group: when its commit returned, and its answers.
+type Applied = (Instant, Vec<Answer>);
+
 /// The sync thread's handle, owned by the store thread.
 pub(crate) struct Syncer {
-    groups: Option<mpsc::Sender<Vec<Answer>>>,
+    groups: Option<mpsc::Sender<Applied>>,
     thread: Option<JoinHandle<()>>,
     /// Why the log could not be synced, once it could not: set once, by the
     /// sync thread (or here, if the thread could not start).
@@ -47,12 +52,12 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    /// Starts the thread that syncs `log`.
-    pub(crate) fn start(log: Box<dyn LogSync>) -> Syncer {
+    /// Starts the thread that syncs `log`, counting its syncs in `stats`.
+    pub(crate) fn start(log: Box<dyn LogSync>, stats: Arc<StatsCells>) -> Syncer {
         let failure = Arc::new(OnceLock::new());
         let (groups, inbox) = mpsc::channel();
         let shared = failure.clone();
-        match std::thread::Builder::new().name("kiln-sync".into()).spawn(move || run(log, inbox, shared)) {
+        match std::thread::Builder::new().name("kiln-sync".into()).spawn(move || run(log, inbox, shared, &stats)) {
             Ok(thread) => Syncer { groups: Some(groups), thread: Some(thread), failure },
             Err(error) => {
                 // Commits are not durable on their own: without the thread
@@ -69,12 +74,13 @@ impl Syncer {
         self.failure.get().map(String::as_str)
     }
 
-    /// Sends `answers` once the log has been synced past their commit.
-    pub(crate) fn answer_when_durable(&self, answers: Vec<Answer>) {
+    /// Sends `answers` once the log has been synced past their commit,
+    /// which returned at `applied`.
+    pub(crate) fn answer_when_durable(&self, applied: Instant, answers: Vec<Answer>) {
         let Some(groups) = &self.groups else {
             return refuse(answers, self.failure().unwrap_or("the sync thread is gone"));
         };
-        if let Err(mpsc::SendError(answers)) = groups.send(answers) {
+        if let Err(mpsc::SendError((_, answers))) = groups.send((applied, answers)) {
             // The thread ended early (a panic in the sync): nothing it
             // would have answered can be called durable.
             let _ = self.failure.set("the sync thread stopped".into());
@@ -94,11 +100,15 @@ impl Drop for Syncer {
 
 /// The sync thread's loop: wait for a group, take every group queued behind
 /// it, sync once, answer them all.
-fn run(mut log: Box<dyn LogSync>, inbox: mpsc::Receiver<Vec<Answer>>, failure: Arc<OnceLock<String>>) {
+fn run(mut log: Box<dyn LogSync>, inbox: mpsc::Receiver<Applied>, failure: Arc<OnceLock<String>>, stats: &StatsCells) {
     let mut waiting: Vec<Answer> = Vec::new();
-    while let Ok(group) = inbox.recv() {
+    // When each waiting group was applied, and its size.
+    let mut applied: Vec<(Instant, usize)> = Vec::new();
+    while let Ok((at, group)) = inbox.recv() {
+        applied.push((at, group.len()));
         waiting.extend(group);
-        while let Ok(more) = inbox.try_recv() {
+        while let Ok((at, more)) = inbox.try_recv() {
+            applied.push((at, more.len()));
             waiting.extend(more);
         }
         if failure.get().is_none()
@@ -110,6 +120,7 @@ fn run(mut log: Box<dyn LogSync>, inbox: mpsc::Receiver<Vec<Answer>>, failure: A
             );
             let _ = failure.set(format!("syncing the log failed: {error}"));
         }
+        stats.synced(applied.drain(..), Instant::now());
         match failure.get() {
             None => {
                 for (reply, committed) in waiting.drain(..) {

@@ -37,11 +37,13 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use crate::sqlite::SqliteBackend;
+use crate::stats::{StatsCells, StoreStats};
 use crate::syncer::{Answer, Syncer};
 use crate::{Backend, Batch, StoreError};
 
@@ -62,7 +64,8 @@ pub(crate) type CommitReply = oneshot::Sender<Committed>;
 type ReadJob = Box<dyn FnOnce(&mut dyn Backend) + Send>;
 
 enum Request {
-    Commit(Batch, CommitReply),
+    /// A batch, where to answer, and when it was sent.
+    Commit(Batch, CommitReply, Instant),
     Read(ReadJob),
 }
 
@@ -71,19 +74,28 @@ enum Request {
 #[derive(Clone)]
 pub struct StoreHandle {
     requests: mpsc::Sender<Request>,
+    stats: Arc<StatsCells>,
 }
 
 impl StoreHandle {
     /// Starts the store thread, which owns `backend` from now on.
     pub fn start(backend: Box<dyn Backend>) -> StoreHandle {
         let (requests, inbox) = mpsc::channel();
-        let spawned = std::thread::Builder::new().name("kiln-store".into()).spawn(move || serve(backend, inbox));
+        let stats = Arc::new(StatsCells::default());
+        let cells = stats.clone();
+        let spawned =
+            std::thread::Builder::new().name("kiln-store".into()).spawn(move || serve(backend, inbox, &cells));
         if let Err(error) = spawned {
             // The inbox went down with the closure, so every request on this
             // handle answers Closed: the caller learns it at its first use.
             tracing::error!(message = "Cannot start the store thread.", %error);
         }
-        StoreHandle { requests }
+        StoreHandle { requests, stats }
+    }
+
+    /// Where this store's commits have spent their time since it opened.
+    pub fn stats(&self) -> StoreStats {
+        self.stats.read()
     }
 
     /// Opens the SQLite store at `path` and starts its thread.
@@ -145,7 +157,7 @@ impl StoreHandle {
 
     fn send_commit(&self, batch: Batch) -> Result<oneshot::Receiver<Committed>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Commit(batch, reply)).map_err(|_| StoreError::Closed)?;
+        self.requests.send(Request::Commit(batch, reply, Instant::now())).map_err(|_| StoreError::Closed)?;
         Ok(answer)
     }
 
@@ -166,25 +178,20 @@ impl StoreHandle {
 
 /// The store thread's loop: until every handle is gone, serve requests in
 /// arrival order, grouping consecutive commits.
-fn serve(mut backend: Box<dyn Backend>, inbox: mpsc::Receiver<Request>) {
+fn serve(mut backend: Box<dyn Backend>, inbox: mpsc::Receiver<Request>, stats: &Arc<StatsCells>) {
     // Declared after the backend, so it is dropped (its last sync done)
     // before the backend closes.
-    let syncer = backend.log_sync().map(Syncer::start);
-    let mut batches: Vec<Batch> = Vec::new();
-    let mut replies: Vec<CommitReply> = Vec::new();
+    let syncer = backend.log_sync().map(|log| Syncer::start(log, stats.clone()));
+    let mut group = Group::default();
     let mut next = inbox.recv().ok();
     while let Some(request) = next.take() {
         match request {
             Request::Read(job) => run_read(&mut *backend, job),
-            Request::Commit(batch, reply) => {
-                batches.push(batch);
-                replies.push(reply);
-                while batches.len() < MAX_GROUP {
+            Request::Commit(batch, reply, sent) => {
+                group.push(batch, reply, sent);
+                while group.batches.len() < MAX_GROUP {
                     match inbox.try_recv() {
-                        Ok(Request::Commit(batch, reply)) => {
-                            batches.push(batch);
-                            replies.push(reply);
-                        }
+                        Ok(Request::Commit(batch, reply, sent)) => group.push(batch, reply, sent),
                         // A read waits for the commits sent before it.
                         Ok(read) => {
                             next = Some(read);
@@ -193,7 +200,7 @@ fn serve(mut backend: Box<dyn Backend>, inbox: mpsc::Receiver<Request>) {
                         Err(_) => break,
                     }
                 }
-                commit_group(&mut *backend, &mut batches, &mut replies, syncer.as_ref());
+                commit_group(&mut *backend, &mut group, syncer.as_ref(), stats);
             }
         }
         if next.is_none() {
@@ -211,25 +218,45 @@ fn run_read(backend: &mut dyn Backend, job: ReadJob) {
     }
 }
 
+/// The commits taken for one transaction, with where to answer each and
+/// when each was sent. Reused from group to group.
+#[derive(Default)]
+struct Group {
+    batches: Vec<Batch>,
+    replies: Vec<CommitReply>,
+    sent: Vec<Instant>,
+}
+
+impl Group {
+    fn push(&mut self, batch: Batch, reply: CommitReply, sent: Instant) {
+        self.batches.push(batch);
+        self.replies.push(reply);
+        self.sent.push(sent);
+    }
+}
+
 /// Commits one group and answers every caller in it: at once, or through
-/// the sync thread once the group is durable. Leaves both lists empty.
-fn commit_group(
-    backend: &mut dyn Backend,
-    batches: &mut Vec<Batch>,
-    replies: &mut Vec<CommitReply>,
-    syncer: Option<&Syncer>,
-) {
+/// the sync thread once the group is durable. Leaves the group empty.
+fn commit_group(backend: &mut dyn Backend, group: &mut Group, syncer: Option<&Syncer>, stats: &StatsCells) {
+    let Group { batches, replies, sent } = group;
     if let Some(why) = syncer.and_then(Syncer::failure) {
+        sent.clear();
         for (reply, batch) in replies.drain(..).zip(batches.drain(..)) {
             let _ = reply.send((Err(StoreError::NotDurable(why.to_string())), batch));
         }
         return;
     }
-    let failure = match catch_unwind(AssertUnwindSafe(|| backend.commit(batches))) {
+    let taken = Instant::now();
+    let outcome = catch_unwind(AssertUnwindSafe(|| backend.commit(batches)));
+    let applied = Instant::now();
+    stats.group_applied(sent, taken, applied);
+    sent.clear();
+    let failure = match outcome {
         Ok(Ok(results)) if results.len() == replies.len() => {
             let answers = replies.drain(..).zip(results).zip(batches.drain(..));
             match syncer {
                 Some(syncer) => syncer.answer_when_durable(
+                    applied,
                     answers.map(|((reply, result), batch)| (reply, (result, batch))).collect::<Vec<Answer>>(),
                 ),
                 None => {

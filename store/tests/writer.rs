@@ -373,3 +373,35 @@ async fn a_failed_sync_refuses_its_group_and_every_later_write() {
     assert_eq!(*groups.lock().unwrap(), vec![1]);
     assert!(store.read(|b| b.load_nodes()).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_stats_split_a_commits_wait_into_queued_applying_and_syncing() {
+    let Gated { store, groups, began, end_sync } = gated_store();
+    let before = store.stats();
+    let first = enqueue(vec![Box::pin(store.commit(vec![]))]).await.remove(0);
+    began.recv().unwrap();
+    // The first sync is held from here until the release below.
+    let held = std::time::Instant::now();
+    let rest = enqueue(vec![Box::pin(store.commit(vec![])), Box::pin(store.commit(vec![]))]).await;
+    store.read(|_| Ok(())).await.unwrap();
+    assert_eq!(*groups.lock().unwrap(), vec![1, 2]);
+    let during = store.stats().since(&before);
+    assert_eq!((during.commits, during.groups, during.syncs), (3, 2, 0));
+    let hold = held.elapsed();
+    end_sync.send(Ok(())).unwrap();
+    first.await.unwrap();
+    began.recv().unwrap();
+    end_sync.send(Ok(())).unwrap();
+    for commit in rest {
+        commit.await.unwrap();
+    }
+
+    let stats = store.stats().since(&before);
+    assert_eq!((stats.commits, stats.groups, stats.syncs), (3, 2, 2));
+    // The first commit waited out the whole hold in its sync.
+    assert!(stats.syncing >= hold, "{stats:?}, held {hold:?}");
+    let (_, _, syncing) = stats.mean_stages();
+    assert_eq!(syncing, stats.syncing / 3);
+    // An interval is the difference of two readings.
+    assert_eq!(store.stats().since(&store.stats()), kiln_store::StoreStats::default());
+}
