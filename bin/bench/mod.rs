@@ -34,6 +34,11 @@ pub fn run(args: BenchArgs, json: bool) -> ExitCode {
         // Each scenario in a process of its own, so one's memory (RSS) and
         // threads do not show in another's figures.
         for name in names {
+            // The previous scenario's writes (its data dir is gone, its
+            // pages may still be in write-back) would land in this one's
+            // fsyncs: start each on a quiet disk.
+            // SAFETY: sync(2) takes no arguments and cannot fail.
+            unsafe { libc::sync() };
             match run_child(name) {
                 Ok(figures) => report.figures.extend(figures.into_iter().filter(|f| f.name != "cores")),
                 Err(e) => {

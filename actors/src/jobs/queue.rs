@@ -6,7 +6,7 @@
 //! log for the long poll. Only jobs that have not ended are kept whole in
 //! memory; an ended job is a status and a time here, and whole in the store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -76,7 +76,10 @@ pub struct JobQueue {
     router: Router,
     active: BTreeMap<JobId, ActiveJob>,
     /// Jobs that have ended (live or archived) by id: their final status.
-    ended: HashMap<JobId, (JobStatus, Timestamp)>,
+    /// A B-tree, not a hash map: ids only grow, so inserts land on its
+    /// right edge, and it never rehashes (at a million ended jobs a rehash
+    /// copied the whole table while every submission waited).
+    ended: BTreeMap<JobId, (JobStatus, Timestamp)>,
     /// Ended jobs still in the live table, oldest end first (auto-archive).
     live_ended: BTreeSet<(Timestamp, JobId)>,
     runnable: BTreeSet<(i32, JobId)>,
@@ -129,7 +132,7 @@ impl JobQueue {
             store: store.clone(),
             router,
             active: BTreeMap::new(),
-            ended: HashMap::new(),
+            ended: BTreeMap::new(),
             live_ended: BTreeSet::new(),
             runnable: BTreeSet::new(),
             waiting: BTreeSet::new(),
