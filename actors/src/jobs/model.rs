@@ -157,7 +157,8 @@ impl JobBodyRef<'_> {
     /// only the parts whose shape varies (opcodes, results, dependencies)
     /// still go through serde.
     fn to_json(&self) -> String {
-        let mut out = String::with_capacity(160 * self.ops.len() + 40);
+        // A sleep opcode's state with both times is about 230 bytes.
+        let mut out = String::with_capacity(256 * self.ops.len() + 48);
         out.push_str("{\"ops\":[");
         for (i, op) in self.ops.iter().enumerate() {
             if i > 0 {

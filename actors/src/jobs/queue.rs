@@ -52,11 +52,17 @@ struct ActiveJob {
 impl ActiveJob {
     /// Appends `lines` to the log with the next serials. Serials are handed
     /// out when a line is written, not when its commit lands, so two commits
-    /// in flight for one job never claim the same serial.
+    /// in flight for one job never claim the same serial. Lines written
+    /// together are committed together, and carry that one time.
     fn write_lines(&mut self, lines: Vec<String>) {
         let first = self.log.last().map_or(1, |e| e.serial + 1);
-        let id = self.view.id;
-        self.log.extend(lines.into_iter().zip(first..).map(|(m, serial)| log_entry(id, serial, m)));
+        let (job, at) = (self.view.id, Utc::now());
+        self.log.extend(lines.into_iter().zip(first..).map(|(message, serial)| JobLogEntry {
+            job,
+            serial,
+            at,
+            message,
+        }));
     }
 
     fn change_after(&self, after: u64) -> JobChange {
