@@ -12,6 +12,7 @@ pub mod client;
 pub mod commands;
 pub mod completions;
 pub mod config;
+pub mod datadir_lock;
 pub mod dispatch;
 pub mod fuzzing;
 pub mod import;

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminConfig};
 use crate::cli::ServeArgs;
 use crate::config::{self, DaemonConfig};
+use crate::datadir_lock::DataDirLock;
 use crate::logging::{self, LogFilter};
 use crate::notify::Notifier;
 use crate::reload::Reloader;
@@ -61,6 +62,8 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         max_frame: cfg.max_frame,
         limits: cfg.limits.clone(),
     };
+    // Held until the daemon has shut down: one daemon per data dir.
+    let _data_dir = DataDirLock::acquire(&cfg.site.data_dir)?;
     let site = kiln_actors::start(cfg.site.clone()).await.context("cannot start the site")?;
     let listener = admin::bind(&admin_cfg)?;
     let metrics = match cfg.metrics_addr {

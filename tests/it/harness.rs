@@ -125,6 +125,11 @@ impl Daemon {
         lines
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends a signal to the running daemon.
     pub fn signal(&self, signal: i32) {
         let c = self.child.as_ref().expect("running");

@@ -108,6 +108,17 @@ fn metrics_endpoint_counts_nodes_jobs_bmc_calls_and_requests() {
     assert_eq!(at(&m, "kiln_job_queue_wait_seconds_count"), 2.0);
     assert_eq!(at(&m, "kiln_job_run_seconds_count"), 2.0);
 
+    // The store: every write went through a group, and every group through
+    // a sync of the WAL (the SQLite store syncs on its own thread).
+    let commits = at(&m, "kiln_store_commits_total");
+    let groups = at(&m, "kiln_store_groups_total");
+    let syncs = at(&m, "kiln_store_syncs_total");
+    assert!(commits >= 7.0 && groups >= 1.0 && groups <= commits, "{commits} commits in {groups} groups");
+    assert!(syncs >= 1.0 && syncs <= groups, "{syncs} syncs for {groups} groups");
+    for stage in ["applying", "syncing"] {
+        assert!(at(&m, &format!("kiln_store_commit_wait_seconds_total{{stage=\"{stage}\"}}")) > 0.0, "{stage}");
+    }
+
     // BMC calls of the fake driver: two power-ons, the failed verb's call,
     // one power read per node in the sync; the failing node's calls are
     // errors, and nothing went through another driver.

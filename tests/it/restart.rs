@@ -1,7 +1,10 @@
 //! SIGKILL and restart: every acknowledged transition survives, and nodes
 //! cut off mid-task are released into a state the operator can act on.
 
-use crate::harness::{Daemon, states};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{Daemon, KILN, states};
 
 #[test]
 fn every_acknowledged_transition_survives_sigkill() {
@@ -79,4 +82,43 @@ fn sigterm_stops_the_daemon_cleanly_and_removes_the_socket() {
     assert!(!d.socket.exists());
     d.restart();
     assert_eq!(d.state("demo1"), "manageable");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_data_dir_is_refused_and_changes_nothing() {
+    let d = Daemon::start(2, &[]);
+    let before = d.json(&["node", "list"]);
+    let other = d.dir.path().join("other.sock");
+    let second = Command::new(KILN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(d.dir.path())
+        .arg("--socket")
+        .arg(&other)
+        .arg("--demo")
+        .arg("5")
+        .env_remove("KILN_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a second kiln serve");
+    let pid = second.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(second.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(Duration::from_secs(60)) else {
+        // SAFETY: stopping the child this test started, by its pid.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        panic!("a second daemon on the same data dir kept running");
+    };
+    let out = out.expect("wait for the second kiln serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is in use by another kiln serve"), "{stderr}");
+    assert!(stderr.contains(&format!("(pid {})", d.pid())), "{stderr}");
+    // It bound nothing and added no demo nodes; the first one still serves.
+    assert!(!other.exists(), "the refused daemon created its socket");
+    assert_eq!(d.json(&["node", "list"]), before);
 }
