@@ -90,3 +90,57 @@ fn run(conn: &Connection, nudges: &mpsc::Receiver<()>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WAL database whose writer never checkpoints by itself, with `rows`
+    /// rows written since it was created.
+    fn database(dir: &Path, rows: usize) -> (std::path::PathBuf, Connection) {
+        let path = dir.join("db.sqlite");
+        let writer = Connection::open(&path).unwrap();
+        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
+        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        writer.execute("CREATE TABLE t (x INTEGER)", []).unwrap();
+        for x in 0..rows {
+            writer.execute("INSERT INTO t VALUES (?1)", [x as i64]).unwrap();
+        }
+        (path, writer)
+    }
+
+    /// The rows the database file holds on its own, without its WAL: what
+    /// a checkpoint has copied into it.
+    fn rows_in_the_file(path: &Path, dir: &Path) -> i64 {
+        let copy = dir.join("copy.sqlite");
+        std::fs::copy(path, &copy).unwrap();
+        let conn = Connection::open(&copy).unwrap();
+        conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap_or(-1)
+    }
+
+    #[test]
+    fn a_nudge_after_nudge_every_commits_checkpoints_the_wal_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _writer) = database(dir.path(), 10);
+        let mut checkpointer = Checkpointer::start(&path).expect("a checkpointer");
+        for _ in 0..NUDGE_EVERY {
+            checkpointer.committed();
+        }
+        // Dropping it lets the thread take the nudge, checkpoint, and end.
+        drop(checkpointer);
+        assert_eq!(rows_in_the_file(&path, dir.path()), 10);
+    }
+
+    #[test]
+    fn fewer_commits_leave_the_wal_uncopied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _writer) = database(dir.path(), 10);
+        let mut checkpointer = Checkpointer::start(&path).expect("a checkpointer");
+        for _ in 1..NUDGE_EVERY {
+            checkpointer.committed();
+        }
+        drop(checkpointer);
+        // The table itself was never copied: the file alone has no table t.
+        assert_eq!(rows_in_the_file(&path, dir.path()), -1);
+    }
+}
