@@ -32,6 +32,10 @@
 //!   every [`StoreHandle`] is gone and the queue is empty; requests already
 //!   sent are still served. A request whose thread is gone gets
 //!   [`StoreError::Closed`].
+//! - **Where each commit waited is counted** ([`crate::stats`]): queued,
+//!   applying, syncing, for the metrics and `kiln bench jobs`. Every
+//!   request carries the time it was sent; the counters are added to once
+//!   per group, never per row.
 //! - The thread needs no tokio runtime: it uses a std channel and answers
 //!   through `tokio::sync::oneshot`, whose sender is runtime-agnostic.
 
