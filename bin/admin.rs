@@ -228,6 +228,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             }
         };
         let slot = site.metrics.admin_request(Some(&request));
+        let decoded = std::time::Instant::now();
         if let Request::Events { follow, nodes, kinds } = request {
             let filter = match crate::dispatch::event_filter(&site, nodes.as_deref(), kinds) {
                 Ok(f) => f,
@@ -255,6 +256,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
         } else {
             crate::dispatch::handle(&site, request).await
         };
+        site.metrics.admin_answered(slot, decoded.elapsed());
         if matches!(response, Response::Error(_)) {
             site.metrics.admin_error(slot);
         }

@@ -114,6 +114,8 @@ struct BmcStats {
 struct AdminStats {
     requests: AtomicU64,
     errors: AtomicU64,
+    /// From the decoded request to its answer, ready to send.
+    latency: Histogram,
 }
 
 /// What a power sync cycle found for one node.
@@ -212,6 +214,13 @@ impl Metrics {
     pub fn admin_error(&self, slot: usize) {
         if let Some(s) = self.admin.get(slot) {
             s.errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The request in `slot` was answered `took` after it was decoded.
+    pub fn admin_answered(&self, slot: usize, took: Duration) {
+        if let Some(s) = self.admin.get(slot) {
+            s.latency.observe(took);
         }
     }
 
@@ -356,8 +365,17 @@ impl Metrics {
             let _ = writeln!(o, "kiln_admin_requests_total{{request=\"{k}\"}} {}", s.requests.load(Relaxed));
         }
         header(o, "kiln_admin_request_errors_total", "counter", "Admin socket requests answered with an error.");
-        for (k, s) in kinds.zip(&self.admin) {
+        for (k, s) in kinds.clone().zip(&self.admin) {
             let _ = writeln!(o, "kiln_admin_request_errors_total{{request=\"{k}\"}} {}", s.errors.load(Relaxed));
+        }
+        header(
+            o,
+            "kiln_admin_request_duration_seconds",
+            "histogram",
+            "Admin socket requests, from decoding to the answer ready to send (kinds seen so far).",
+        );
+        for (k, s) in kinds.zip(&self.admin).filter(|(_, s)| s.latency.count() > 0) {
+            s.latency.render(o, "kiln_admin_request_duration_seconds", &format!("request=\"{k}\""));
         }
         out
     }
@@ -475,6 +493,7 @@ mod tests {
         m.bmc_call(DriverKind::Fake, BmcCall::GetPower, Duration::from_secs(7200), false);
         let slot = m.admin_request(Some(&Request::Status));
         m.admin_error(slot);
+        m.admin_answered(slot, Duration::from_millis(3));
         m.admin_request(None);
         m.job_submitted();
         m.job_queue(2, 1, 3);
@@ -525,6 +544,12 @@ mod tests {
 
         assert_eq!(value(&text, "kiln_admin_requests_total{request=\"status\"}"), 1.0);
         assert_eq!(value(&text, "kiln_admin_request_errors_total{request=\"status\"}"), 1.0);
+        let took = "kiln_admin_request_duration_seconds";
+        assert_eq!(value(&text, &format!("{took}_bucket{{request=\"status\",le=\"0.0025\"}}")), 0.0);
+        assert_eq!(value(&text, &format!("{took}_bucket{{request=\"status\",le=\"0.005\"}}")), 1.0);
+        assert_eq!(value(&text, &format!("{took}_count{{request=\"status\"}}")), 1.0);
+        // Kinds never answered have no series.
+        assert!(!text.contains(&format!("{took}_count{{request=\"node_list\"}}")), "{text}");
         assert_eq!(value(&text, "kiln_admin_requests_total{request=\"invalid\"}"), 1.0);
         assert_eq!(value(&text, "kiln_jobs{status=\"queued\"}"), 2.0);
         assert_eq!(value(&text, "kiln_jobs{status=\"running\"}"), 3.0);

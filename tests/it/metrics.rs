@@ -141,6 +141,11 @@ fn metrics_endpoint_counts_nodes_jobs_bmc_calls_and_requests() {
     assert_eq!(at(&m, "kiln_admin_requests_total{request=\"node_op\"}"), 2.0);
     assert_eq!(at(&m, "kiln_admin_requests_total{request=\"node_create\"}"), 3.0);
     assert_eq!(at(&m, "kiln_admin_request_errors_total{request=\"node_create\"}"), 1.0);
+    // Every answered request was timed, the refused one too.
+    assert_eq!(at(&m, "kiln_admin_request_duration_seconds_count{request=\"node_create\"}"), 3.0);
+    assert_eq!(at(&m, "kiln_admin_request_duration_seconds_count{request=\"node_op\"}"), 2.0);
+    let waited = at(&m, "kiln_admin_request_duration_seconds_sum{request=\"node_op\"}");
+    assert!(waited > 0.0, "two --wait verbs took {waited} s");
     assert_eq!(at(&m, "kiln_admin_requests_total{request=\"node_list\"}"), 0.0);
     assert_eq!(at(&m, "kiln_build_info{version=\"0.1.0\"}"), 1.0);
 
