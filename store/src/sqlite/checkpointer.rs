@@ -118,29 +118,28 @@ mod tests {
         conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap_or(-1)
     }
 
-    #[test]
-    fn a_nudge_after_nudge_every_commits_checkpoints_the_wal_into_the_database() {
+    /// The rows the database file holds after `commits` group commits were
+    /// reported to a checkpointer over a WAL of ten rows, and it stopped.
+    fn rows_copied_after(commits: u32) -> i64 {
         let dir = tempfile::tempdir().unwrap();
         let (path, _writer) = database(dir.path(), 10);
         let mut checkpointer = Checkpointer::start(&path).expect("a checkpointer");
-        for _ in 0..NUDGE_EVERY {
+        for _ in 0..commits {
             checkpointer.committed();
         }
-        // Dropping it lets the thread take the nudge, checkpoint, and end.
+        // Dropping it lets the thread take a queued nudge, checkpoint, and end.
         drop(checkpointer);
-        assert_eq!(rows_in_the_file(&path, dir.path()), 10);
+        rows_in_the_file(&path, dir.path())
+    }
+
+    #[test]
+    fn a_nudge_after_nudge_every_commits_checkpoints_the_wal_into_the_database() {
+        assert_eq!(rows_copied_after(NUDGE_EVERY), 10);
     }
 
     #[test]
     fn fewer_commits_leave_the_wal_uncopied() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, _writer) = database(dir.path(), 10);
-        let mut checkpointer = Checkpointer::start(&path).expect("a checkpointer");
-        for _ in 1..NUDGE_EVERY {
-            checkpointer.committed();
-        }
-        drop(checkpointer);
         // The table itself was never copied: the file alone has no table t.
-        assert_eq!(rows_in_the_file(&path, dir.path()), -1);
+        assert_eq!(rows_copied_after(NUDGE_EVERY - 1), -1);
     }
 }
