@@ -219,9 +219,7 @@ impl SqliteBackend {
         let checkpointer = if mode.eq_ignore_ascii_case("wal") { Checkpointer::start(path) } else { None };
         Ok(SqliteBackend { checkpointer, conn })
     }
-}
 
-impl SqliteBackend {
     /// After every group commit: the background checkpointer keeps count.
     fn committed(&mut self) {
         if let Some(checkpointer) = &mut self.checkpointer {
