@@ -57,12 +57,7 @@ impl ActiveJob {
     fn write_lines(&mut self, lines: Vec<String>) {
         let first = self.log.last().map_or(1, |e| e.serial + 1);
         let (job, at) = (self.view.id, Utc::now());
-        self.log.extend(lines.into_iter().zip(first..).map(|(message, serial)| JobLogEntry {
-            job,
-            serial,
-            at,
-            message,
-        }));
+        self.log.extend(lines.into_iter().zip(first..).map(|(message, serial)| log_entry(job, serial, at, message)));
     }
 
     fn change_after(&self, after: u64) -> JobChange {
@@ -122,8 +117,8 @@ fn job_span(id: JobId) -> tracing::Span {
     tracing::info_span!("job", job = %id)
 }
 
-fn log_entry(job: JobId, serial: u64, message: String) -> JobLogEntry {
-    JobLogEntry { job, serial, at: Utc::now(), message }
+fn log_entry(job: JobId, serial: u64, at: Timestamp, message: String) -> JobLogEntry {
+    JobLogEntry { job, serial, at, message }
 }
 
 impl JobQueue {
@@ -164,7 +159,7 @@ impl JobQueue {
                 view.ended_at = Some(now);
                 view.error = Some(why.clone());
                 let mut log = r.log.clone();
-                log.push(log_entry(r.id, log.last().map_or(1, |e| e.serial + 1), why));
+                log.push(log_entry(r.id, log.last().map_or(1, |e| e.serial + 1), now, why));
                 repairs.push(vec![Write::PutJob(view.to_record(log))]);
             }
             if view.status.is_finished() {
@@ -684,7 +679,7 @@ impl JobQueue {
             depends: msg.depends,
             error,
         };
-        Ok((view, log_entry(id, 1, message)))
+        Ok((view, log_entry(id, 1, now, message)))
     }
 
     /// Puts a committed job where it belongs.
