@@ -382,7 +382,17 @@ async fn the_stats_split_a_commits_wait_into_queued_applying_and_syncing() {
     began.recv().unwrap();
     // The first sync is held from here until the release below.
     let held = std::time::Instant::now();
-    let rest = enqueue(vec![Box::pin(store.commit(vec![])), Box::pin(store.commit(vec![]))]).await;
+    // The next two commits form one group: the thread is held in a read
+    // until both are queued.
+    let (release, hold_thread) = std::sync::mpsc::channel::<()>();
+    let mut rest: Vec<Pending<'_, Result<(), StoreError>>> = vec![
+        Box::pin(store.read(move |_| hold_thread.recv().map_err(|_| StoreError::Closed))),
+        Box::pin(store.commit(vec![])),
+        Box::pin(store.commit(vec![])),
+    ];
+    rest = enqueue(rest).await;
+    release.send(()).unwrap();
+    rest.remove(0).await.unwrap();
     store.read(|_| Ok(())).await.unwrap();
     assert_eq!(*groups.lock().unwrap(), vec![1, 2]);
     let during = store.stats().since(&before);
