@@ -6,6 +6,7 @@
 //! read, never assertions: tests run the scenarios small only so they cannot
 //! rot.
 
+mod cpu;
 mod report;
 mod scenarios;
 

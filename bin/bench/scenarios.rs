@@ -14,6 +14,7 @@ use kiln_actors::{CreateNodes, ListNodes, NewNode, Op, Site, SiteConfig, Verb};
 use kiln_drivers::PowerAction;
 use kiln_store::{JobId, JobStatus};
 
+use super::cpu;
 use super::report::{Figure, percentile};
 use crate::cli::BenchArgs;
 
@@ -217,7 +218,8 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let site = kiln_actors::start(scratch.config()).await?;
     let total = args.jobs.unwrap_or(1_000_000);
     let clients = args.clients.unwrap_or(64).max(1);
-    let cpu = cpu_seconds();
+    let cpu = cpu::process_seconds();
+    let threads = cpu::thread_seconds();
     let store_before = site.store.stats();
     let t = Instant::now();
     let handles: Vec<_> = (0..clients)
@@ -241,7 +243,8 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         latencies.extend(h.await??);
     }
     let secs = t.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu;
+    let cpu = cpu::process_seconds() - cpu;
+    let threads = cpu::thread_seconds_since(&threads);
     let store = site.store.stats().since(&store_before);
     let ack_mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
     let (queued, applying, syncing) = store.mean_stages();
@@ -257,10 +260,15 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let drain = t_drain.elapsed().as_secs_f64();
     let submitted = latencies.len() as f64;
     let rate = submitted / secs;
+    let per_submission = |thread: &str| threads.get(thread).copied().unwrap_or(0.0) * 1e6 / submitted;
+    let (store_cpu, sync_cpu, checkpoint_cpu) =
+        (per_submission("kiln-store"), per_submission("kiln-sync"), per_submission("kiln-checkpoint"));
+    let cpu_per_submission = cpu * 1e6 / submitted;
     let cores = super::num_cpus();
     // The limits under the queue, measured now on the same disk: what the
     // store alone acknowledges, and one fsync.
     let template = site.store.read(|b| b.load_job(JobId(1))).await?.context("job 1 is not stored")?.0;
+    let writer = writer_ceiling(&template, (total / 5).max(clients))?;
     let ceiling = store_ceiling(template, clients, (total / 5).max(clients)).await?;
     let fsync = fsync_ms(&scratch.0)?;
     Ok(vec![
@@ -276,10 +284,12 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         Figure::new("jobs.commit_queued", ms(queued), "ms"),
         Figure::new("jobs.commit_applying", ms(applying), "ms"),
         Figure::new("jobs.commit_syncing", ms(syncing), "ms"),
+        Figure::new("jobs.commits_per_group", store.commits as f64 / store.groups.max(1) as f64, "commits"),
         Figure::new("jobs.commits_per_sync", store.commits as f64 / store.syncs.max(1) as f64, "commits"),
         Figure::new("jobs.drain_after_submit", drain, "s"),
         Figure::new("jobs.store_ceiling_per_s", ceiling, "jobs/s"),
         Figure::new("jobs.ratio_to_store_ceiling", rate / ceiling, "ratio"),
+        Figure::new("jobs.writer_ceiling_per_s", writer, "jobs/s"),
         Figure::new("jobs.fsync_p50", fsync, "ms"),
         // Every acknowledgement waits for at least one fsync begun after its
         // write: with `clients` submitters that alone allows this many.
@@ -287,7 +297,17 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         // CPU of the whole process per submission while they came in (the
         // jobs running meanwhile included), and the rate at which that
         // would keep every core busy.
-        Figure::new("jobs.cpu_per_submission", cpu * 1e6 / submitted, "us"),
+        Figure::new("jobs.cpu_per_submission", cpu_per_submission, "us"),
+        // The same, by thread: the store thread is SQLite's one writer and
+        // cannot spread over cores; the sync and checkpoint threads mostly
+        // wait for the disk; the rest is the actors (actix) and the kernel
+        // work they cause.
+        Figure::new("jobs.cpu_store_thread", store_cpu, "us"),
+        Figure::new("jobs.cpu_sync_thread", sync_cpu, "us"),
+        Figure::new("jobs.cpu_checkpoint_thread", checkpoint_cpu, "us"),
+        Figure::new("jobs.cpu_other_threads", cpu_per_submission - store_cpu - sync_cpu - checkpoint_cpu, "us"),
+        // The rate at which the store thread would be busy all the time.
+        Figure::new("jobs.store_thread_bound_per_s", 1e6 / store_cpu.max(1e-9), "jobs/s"),
         Figure::new("jobs.cores_busy", cpu / secs, "cores"),
         Figure::new("jobs.cpu_bound_per_s", cores as f64 * submitted / cpu.max(1e-9), "jobs/s"),
     ])
@@ -323,6 +343,53 @@ async fn store_ceiling(template: kiln_store::JobRecord, clients: usize, total: u
         task.await??;
     }
     Ok(total as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Jobs per second the store's one SQLite writer takes when nothing waits:
+/// each job inserted as the queue submits it and put again as it ends, the
+/// ends of one group's jobs in the next group's transaction, [`GROUP`] jobs
+/// to a transaction as the store thread groups them under load, and no sync
+/// at all. Every submission and every job end goes through this one writer
+/// (SQLite has one at a time), on one core, so this is the most the queue
+/// could reach if nothing else took any time.
+fn writer_ceiling(ended: &kiln_store::JobRecord, total: usize) -> anyhow::Result<f64> {
+    use kiln_actors::jobs::JobView;
+    use kiln_store::sqlite::SqliteBackend;
+    use kiln_store::{Backend, Write};
+    const GROUP: usize = 64;
+    let scratch = Scratch::new("jobs-writer");
+    let mut backend = SqliteBackend::open(&scratch.0.join("kiln.sqlite"))?;
+    // The caller syncs from now on, and this caller never does.
+    let _log = backend.log_sync();
+    let mut queued = JobView::from_record(ended, false);
+    queued.status = JobStatus::Queued;
+    (queued.started_at, queued.ended_at) = (None, None);
+    for op in &mut queued.ops {
+        (op.status, op.started_at, op.ended_at, op.results, op.error) =
+            (JobStatus::Queued, None, None, Vec::new(), None);
+    }
+    let submitted = queued.to_record(ended.log.iter().take(1).cloned().collect());
+    let record = |template: &kiln_store::JobRecord, id: u64| {
+        let id = JobId(id);
+        let log = template.log.iter().map(|l| kiln_store::JobLogEntry { job: id, ..l.clone() }).collect();
+        kiln_store::JobRecord { id, log, ..template.clone() }
+    };
+    let groups = total.div_ceil(GROUP) as u64;
+    let group = GROUP as u64;
+    let t = Instant::now();
+    for g in 0..=groups {
+        let mut batches = Vec::with_capacity(2 * GROUP);
+        if g < groups {
+            batches.extend((1..=group).map(|i| vec![Write::InsertJob(record(&submitted, g * group + i))]));
+        }
+        if g > 0 {
+            batches.extend((1..=group).map(|i| vec![Write::PutJob(record(ended, (g - 1) * group + i))]));
+        }
+        for result in backend.commit(&batches)? {
+            result?;
+        }
+    }
+    Ok((groups * group) as f64 / t.elapsed().as_secs_f64())
 }
 
 /// The median time of a 4 KiB write and fdatasync in `dir`: the floor of
@@ -498,19 +565,6 @@ fn scale(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
 // ----- power-sync ---------------------------------------------------------------------
 
 /// CPU time (user + system) this process has used so far.
-fn cpu_seconds() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage writes a rusage for RUSAGE_SELF into the buffer.
-    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
-    if !ok {
-        return 0.0;
-    }
-    // SAFETY: initialised by the successful call above.
-    let u = unsafe { usage.assume_init() };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(u.ru_utime) + secs(u.ru_stime)
-}
-
 async fn power_sync(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let scratch = Scratch::new("power-sync");
     let mut config = scratch.config();
@@ -535,12 +589,12 @@ async fn power_sync(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         from = to + 1;
     }
     let router = site.router();
-    let cpu = cpu_seconds();
+    let cpu = cpu::process_seconds();
     let t = Instant::now();
     let summary =
         kiln_actors::periodic::power_sync(router, config.periodic.clone()).await.map_err(anyhow::Error::msg)?;
     let secs = t.elapsed().as_secs_f64();
-    let cores = (cpu_seconds() - cpu) / secs;
+    let cores = (cpu::process_seconds() - cpu) / secs;
     if !summary.contains(&format!("{nodes} updated")) {
         bail!("the cycle did not read every node: {summary}");
     }
