@@ -175,6 +175,18 @@ pub const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes: the number of [`MIGRATIONS`].
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The page size of a new store, in bytes (SQLite's default is 4096).
+///
+/// Why larger: every group commit writes each page it changed to the WAL,
+/// one `pwrite` for the frame header and one for the page, and the kernel's
+/// cost is mostly per call. A group of job submissions and ends, or of node
+/// transitions, changes a few neighbouring pages of one table: with 16 KiB
+/// pages that is a quarter of the calls for a little more bytes. `kiln bench`
+/// against 4096, three runs each: the store thread's CPU per job 12.8 → 10.1
+/// µs, `lifecycle` 36-40k → 50k transitions/s, `lock` 206k → 242-252k
+/// tasks/s, `scale` restart 1.01 → 0.90 s. 32 and 64 KiB were no better.
+pub const PAGE_SIZE: i64 = 16_384;
+
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -203,6 +215,9 @@ impl SqliteBackend {
         }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Takes effect only while the file is still empty (before WAL mode
+        // and the first table); an existing store keeps its page size.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(

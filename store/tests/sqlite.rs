@@ -311,6 +311,34 @@ fn migrations_bring_a_new_file_to_the_latest_version_once() {
     assert_eq!(store.load_nodes().unwrap(), vec![n]);
 }
 
+fn page_size(path: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_query_value(None, "page_size", |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn a_new_store_has_large_pages_and_an_old_one_keeps_its_own() {
+    let (_dir, path) = db();
+    drop(open(&path));
+    assert_eq!(page_size(&path), kiln_store::sqlite::PAGE_SIZE);
+
+    // A store made by a kiln that used SQLite's default page size.
+    let old = path.with_file_name("old.db");
+    {
+        let conn = rusqlite::Connection::open(&old).unwrap();
+        conn.pragma_update(None, "page_size", 4096).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE before_kiln (x INTEGER)").unwrap();
+    }
+    let n = node("n");
+    {
+        let mut store = open(&old);
+        commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
+    }
+    assert_eq!(page_size(&old), 4096, "opening must not rewrite an existing file");
+    assert_eq!(open(&old).load_nodes().unwrap(), vec![n]);
+}
+
 #[test]
 fn a_file_from_a_newer_kiln_is_refused() {
     let (_dir, path) = db();
