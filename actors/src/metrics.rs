@@ -334,6 +334,8 @@ impl Metrics {
         let _ = writeln!(o, "kiln_store_groups_total {}", store.groups);
         header(o, "kiln_store_syncs_total", "counter", "Log syncs (fsyncs) that made committed groups durable.");
         let _ = writeln!(o, "kiln_store_syncs_total {}", store.syncs);
+        header(o, "kiln_store_sync_seconds_total", "counter", "Time spent in those log syncs, summed.");
+        let _ = writeln!(o, "kiln_store_sync_seconds_total {}", store.sync_time.as_secs_f64());
         header(
             o,
             "kiln_store_commit_wait_seconds_total",
@@ -509,6 +511,7 @@ mod tests {
             commits: 4,
             groups: 2,
             syncs: 1,
+            sync_time: Duration::from_millis(250),
             queued: Duration::from_millis(3),
             applying: Duration::from_millis(5),
             syncing: Duration::from_millis(1500),
@@ -560,6 +563,7 @@ mod tests {
         assert_eq!(value(&text, "kiln_store_commits_total"), 4.0);
         assert_eq!(value(&text, "kiln_store_groups_total"), 2.0);
         assert_eq!(value(&text, "kiln_store_syncs_total"), 1.0);
+        assert_eq!(value(&text, "kiln_store_sync_seconds_total"), 0.25);
         assert_eq!(value(&text, "kiln_store_commit_wait_seconds_total{stage=\"applying\"}"), 0.005);
         assert_eq!(value(&text, "kiln_store_commit_wait_seconds_total{stage=\"syncing\"}"), 1.5);
         assert_eq!(value(&text, &format!("kiln_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), 1.0);

@@ -286,6 +286,14 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         Figure::new("jobs.commit_syncing", ms(syncing), "ms"),
         Figure::new("jobs.commits_per_group", store.commits as f64 / store.groups.max(1) as f64, "commits"),
         Figure::new("jobs.commits_per_sync", store.commits as f64 / store.syncs.max(1) as f64, "commits"),
+        // One fsync of the WAL under this load, as the sync thread timed it:
+        // a submitter waits for at least one, begun after its write.
+        Figure::new("jobs.fsync_under_load", ms(store.mean_sync()), "ms"),
+        Figure::new(
+            "jobs.fsync_under_load_bound_per_s",
+            clients as f64 / store.mean_sync().as_secs_f64().max(1e-9),
+            "jobs/s",
+        ),
         Figure::new("jobs.drain_after_submit", drain, "s"),
         Figure::new("jobs.store_ceiling_per_s", ceiling, "jobs/s"),
         Figure::new("jobs.ratio_to_store_ceiling", rate / ceiling, "ratio"),

@@ -28,6 +28,9 @@ pub struct StoreStats {
     pub groups: u64,
     /// Log syncs (fsyncs) made by the sync thread.
     pub syncs: u64,
+    /// Summed over syncs: the fsync itself, from its call to its return.
+    /// Its mean under load is the disk's real floor for an acknowledgement.
+    pub sync_time: Duration,
     /// Summed over commits: sent until the store thread took its group.
     pub queued: Duration,
     /// Summed over commits: the group's apply and commit.
@@ -43,6 +46,7 @@ impl StoreStats {
             commits: self.commits.saturating_sub(earlier.commits),
             groups: self.groups.saturating_sub(earlier.groups),
             syncs: self.syncs.saturating_sub(earlier.syncs),
+            sync_time: self.sync_time.saturating_sub(earlier.sync_time),
             queued: self.queued.saturating_sub(earlier.queued),
             applying: self.applying.saturating_sub(earlier.applying),
             syncing: self.syncing.saturating_sub(earlier.syncing),
@@ -55,6 +59,11 @@ impl StoreStats {
         let n = u32::try_from(self.commits.max(1)).unwrap_or(u32::MAX);
         (self.queued / n, self.applying / n, self.syncing / n)
     }
+
+    /// The mean time of one fsync; zero without syncs.
+    pub fn mean_sync(&self) -> Duration {
+        self.sync_time / u32::try_from(self.syncs.max(1)).unwrap_or(u32::MAX)
+    }
 }
 
 /// The live counters, shared by the handles, the store thread and the sync
@@ -64,6 +73,7 @@ pub(crate) struct StatsCells {
     commits: AtomicU64,
     groups: AtomicU64,
     syncs: AtomicU64,
+    sync_ns: AtomicU64,
     queued_ns: AtomicU64,
     applying_ns: AtomicU64,
     syncing_ns: AtomicU64,
@@ -75,6 +85,7 @@ impl StatsCells {
             commits: self.commits.load(Relaxed),
             groups: self.groups.load(Relaxed),
             syncs: self.syncs.load(Relaxed),
+            sync_time: Duration::from_nanos(self.sync_ns.load(Relaxed)),
             queued: Duration::from_nanos(self.queued_ns.load(Relaxed)),
             applying: Duration::from_nanos(self.applying_ns.load(Relaxed)),
             syncing: Duration::from_nanos(self.syncing_ns.load(Relaxed)),
@@ -92,12 +103,13 @@ impl StatsCells {
         self.applying_ns.fetch_add(nanos(applied.saturating_duration_since(taken)).saturating_mul(n), Relaxed);
     }
 
-    /// One sync returned at `synced`, covering the groups applied at the
-    /// given times, with how many commits each held.
-    pub(crate) fn synced(&self, groups: impl Iterator<Item = (Instant, usize)>, synced: Instant) {
+    /// One sync, called at `began`, returned at `synced`, covering the
+    /// groups applied at the given times, with how many commits each held.
+    pub(crate) fn synced(&self, groups: impl Iterator<Item = (Instant, usize)>, began: Instant, synced: Instant) {
         let waited: u64 =
             groups.map(|(applied, n)| nanos(synced.saturating_duration_since(applied)).saturating_mul(n as u64)).sum();
         self.syncs.fetch_add(1, Relaxed);
+        self.sync_ns.fetch_add(nanos(synced.saturating_duration_since(began)), Relaxed);
         self.syncing_ns.fetch_add(waited, Relaxed);
     }
 }

@@ -111,6 +111,7 @@ fn run(mut log: Box<dyn LogSync>, inbox: mpsc::Receiver<Applied>, failure: Arc<O
             applied.push((at, more.len()));
             waiting.extend(more);
         }
+        let began = Instant::now();
         if failure.get().is_none()
             && let Err(error) = log.sync()
         {
@@ -120,7 +121,7 @@ fn run(mut log: Box<dyn LogSync>, inbox: mpsc::Receiver<Applied>, failure: Arc<O
             );
             let _ = failure.set(format!("syncing the log failed: {error}"));
         }
-        stats.synced(applied.drain(..), Instant::now());
+        stats.synced(applied.drain(..), began, Instant::now());
         match failure.get() {
             None => {
                 for (reply, committed) in waiting.drain(..) {

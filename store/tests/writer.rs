@@ -397,6 +397,7 @@ async fn the_stats_split_a_commits_wait_into_queued_applying_and_syncing() {
     assert_eq!(*groups.lock().unwrap(), vec![1, 2]);
     let during = store.stats().since(&before);
     assert_eq!((during.commits, during.groups, during.syncs), (3, 2, 0));
+    assert_eq!(during.sync_time, std::time::Duration::ZERO, "a sync counted before it returned");
     let hold = held.elapsed();
     end_sync.send(Ok(())).unwrap();
     first.await.unwrap();
@@ -412,6 +413,9 @@ async fn the_stats_split_a_commits_wait_into_queued_applying_and_syncing() {
     assert!(stats.syncing >= hold, "{stats:?}, held {hold:?}");
     let (_, _, syncing) = stats.mean_stages();
     assert_eq!(syncing, stats.syncing / 3);
+    // The first sync itself lasted the hold.
+    assert!(stats.sync_time >= hold, "{stats:?}, held {hold:?}");
+    assert_eq!(stats.mean_sync(), stats.sync_time / 2);
     // An interval is the difference of two readings.
     assert_eq!(store.stats().since(&store.stats()), kiln_store::StoreStats::default());
 }

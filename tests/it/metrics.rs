@@ -115,6 +115,7 @@ fn metrics_endpoint_counts_nodes_jobs_bmc_calls_and_requests() {
     let syncs = at(&m, "kiln_store_syncs_total");
     assert!(commits >= 7.0 && groups >= 1.0 && groups <= commits, "{commits} commits in {groups} groups");
     assert!(syncs >= 1.0 && syncs <= groups, "{syncs} syncs for {groups} groups");
+    assert!(at(&m, "kiln_store_sync_seconds_total") > 0.0, "the fsyncs took no time");
     for stage in ["applying", "syncing"] {
         assert!(at(&m, &format!("kiln_store_commit_wait_seconds_total{{stage=\"{stage}\"}}")) > 0.0, "{stage}");
     }
