@@ -409,6 +409,10 @@ pub struct BenchArgs {
     /// Simulated BMC latency in ms (power-sync: 100).
     #[arg(long)]
     pub latency_ms: Option<u64>,
+    /// Run each scenario this many times, each in a process of its own, and
+    /// report every figure's median (`--json` also lists each run's value).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
 }
 
 #[derive(Debug, Subcommand)]

@@ -31,22 +31,29 @@ pub fn run(args: BenchArgs, json: bool) -> ExitCode {
     };
     let mut report = Report::new();
     report.push(Figure::new("cores", num_cpus() as f64, "count"));
-    if names.len() > 1 {
-        // Each scenario in a process of its own, so one's memory (RSS) and
-        // threads do not show in another's figures.
+    if names.len() > 1 || args.repeat > 1 {
+        if args.repeat > 1 {
+            report.push(Figure::new("repeat", f64::from(args.repeat), "runs"));
+        }
+        // Each run of each scenario in a process of its own, so one's memory
+        // (RSS) and threads do not show in another's figures.
         for name in names {
-            // The previous scenario's writes (its data dir is gone, its
-            // pages may still be in write-back) would land in this one's
-            // fsyncs: start each on a quiet disk.
-            // SAFETY: sync(2) takes no arguments and cannot fail.
-            unsafe { libc::sync() };
-            match run_child(name) {
-                Ok(figures) => report.figures.extend(figures.into_iter().filter(|f| f.name != "cores")),
-                Err(e) => {
-                    eprintln!("error: scenario {name} failed: {e:#}");
-                    return ExitCode::from(crate::exit::FAILED);
+            let mut runs = Vec::with_capacity(args.repeat as usize);
+            for _ in 0..args.repeat {
+                // The previous run's writes (its data dir is gone, its pages
+                // may still be in write-back) would land in this one's
+                // fsyncs: start each on a quiet disk.
+                // SAFETY: sync(2) takes no arguments and cannot fail.
+                unsafe { libc::sync() };
+                match run_child(name, &args) {
+                    Ok(figures) => runs.push(figures.into_iter().filter(|f| f.name != "cores").collect()),
+                    Err(e) => {
+                        eprintln!("error: scenario {name} failed: {e:#}");
+                        return ExitCode::from(crate::exit::FAILED);
+                    }
                 }
             }
+            report.figures.extend(report::medians(&runs));
         }
         report.print(json);
         return ExitCode::SUCCESS;
@@ -70,21 +77,36 @@ pub fn run(args: BenchArgs, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Runs `kiln bench NAME --json` with this run's options and reads its figures.
-fn run_child(name: &str) -> anyhow::Result<Vec<Figure>> {
+/// Runs `kiln --json bench NAME` once, with this run's sizes, and reads
+/// its figures.
+fn run_child(name: &str, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let exe = std::env::current_exe()?;
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    // Replace the scenario `all` with this one; the options stay.
-    let pos = args.iter().position(|a| a == "all").ok_or_else(|| anyhow::anyhow!("no scenario in the arguments"))?;
-    args[pos] = name.to_string();
-    args.retain(|a| a != "--json");
-    let out =
-        std::process::Command::new(exe).arg("--json").args(&args).stderr(std::process::Stdio::inherit()).output()?;
+    let out = std::process::Command::new(exe)
+        .args(["--json", "bench", name])
+        .args(size_args(args))
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
     if !out.status.success() {
         anyhow::bail!("exited with {}", out.status);
     }
     let report: ReportIn = serde_json::from_slice(&out.stdout)?;
     Ok(report.figures)
+}
+
+/// The size options given, as command-line arguments (never `--repeat`:
+/// a child runs once).
+fn size_args(args: &BenchArgs) -> Vec<String> {
+    let sizes = [
+        ("--nodes", args.nodes.map(|v| v as u64)),
+        ("--jobs", args.jobs.map(|v| v as u64)),
+        ("--clients", args.clients.map(|v| v as u64)),
+        ("--requests", args.requests.map(|v| v as u64)),
+        ("--tasks", args.tasks.map(|v| v as u64)),
+        ("--names", args.names.map(|v| v as u64)),
+        ("--fanout", args.fanout.map(u64::from)),
+        ("--latency-ms", args.latency_ms),
+    ];
+    sizes.into_iter().filter_map(|(flag, v)| v.map(|v| [flag.to_string(), v.to_string()])).flatten().collect()
 }
 
 #[derive(serde::Deserialize)]
@@ -94,4 +116,39 @@ struct ReportIn {
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_gets_every_size_given_and_never_the_repeat() {
+        let args = BenchArgs {
+            scenario: "all".into(),
+            nodes: Some(1),
+            jobs: Some(2),
+            clients: Some(3),
+            requests: Some(4),
+            tasks: Some(5),
+            names: Some(6),
+            fanout: Some(7),
+            latency_ms: Some(8),
+            repeat: 9,
+        };
+        let flags = "--nodes 1 --jobs 2 --clients 3 --requests 4 --tasks 5 --names 6 --fanout 7 --latency-ms 8";
+        assert_eq!(size_args(&args).join(" "), flags);
+        let none = BenchArgs {
+            nodes: None,
+            jobs: None,
+            clients: None,
+            requests: None,
+            tasks: None,
+            names: None,
+            fanout: None,
+            latency_ms: None,
+            ..args
+        };
+        assert!(size_args(&none).is_empty());
+    }
 }

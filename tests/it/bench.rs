@@ -36,3 +36,29 @@ fn every_bench_scenario_runs_small_and_the_lock_holds() {
     assert_eq!(figures["scale.nodes"], 300.0);
     assert_eq!(figures["admin.requests"], 400.0);
 }
+
+#[test]
+fn a_repeated_scenario_reports_each_figures_median_and_every_run() {
+    let out = std::process::Command::new(crate::harness::KILN)
+        .args(["--json", "bench", "nodeset", "--names", "300", "--repeat", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let figures = report["figures"].as_array().unwrap();
+    let repeat = figures.iter().find(|f| f["name"] == "repeat").expect("a repeat figure");
+    assert_eq!(repeat["value"], 3.0);
+    let fold = figures.iter().find(|f| f["name"] == "nodeset.fold_1d.names").expect("the scenario's figures");
+    assert_eq!(fold["value"], 300.0);
+    assert_eq!(fold["runs"], serde_json::json!([300.0, 300.0, 300.0]));
+    let wall = figures.iter().find(|f| f["name"] == "nodeset.wall").unwrap();
+    let mut runs: Vec<f64> = wall["runs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    runs.sort_by(f64::total_cmp);
+    assert_eq!(wall["value"].as_f64().unwrap(), runs[1], "the median of three runs");
+
+    // A repeat count out of range changes nothing and says why.
+    let bad =
+        std::process::Command::new(crate::harness::KILN).args(["bench", "nodeset", "--repeat", "0"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--repeat"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
