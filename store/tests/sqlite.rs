@@ -74,9 +74,14 @@ fn commit_one(store: &mut SqliteBackend, batch: Batch) -> Result<(), StoreError>
     results.pop().unwrap()
 }
 
-fn user_version(path: &Path) -> i64 {
+/// An integer pragma of the file at `path`, read on a connection of its own.
+fn pragma(path: &Path, name: &str) -> i64 {
     let conn = rusqlite::Connection::open(path).unwrap();
-    conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
+    conn.pragma_query_value(None, name, |r| r.get(0)).unwrap()
+}
+
+fn user_version(path: &Path) -> i64 {
+    pragma(path, "user_version")
 }
 
 #[test]
@@ -311,16 +316,11 @@ fn migrations_bring_a_new_file_to_the_latest_version_once() {
     assert_eq!(store.load_nodes().unwrap(), vec![n]);
 }
 
-fn page_size(path: &Path) -> i64 {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.pragma_query_value(None, "page_size", |r| r.get(0)).unwrap()
-}
-
 #[test]
 fn a_new_store_has_large_pages_and_an_old_one_keeps_its_own() {
     let (_dir, path) = db();
     drop(open(&path));
-    assert_eq!(page_size(&path), kiln_store::sqlite::PAGE_SIZE);
+    assert_eq!(pragma(&path, "page_size"), kiln_store::sqlite::PAGE_SIZE);
 
     // A store made by a kiln that used SQLite's default page size.
     let old = path.with_file_name("old.db");
@@ -335,7 +335,7 @@ fn a_new_store_has_large_pages_and_an_old_one_keeps_its_own() {
         let mut store = open(&old);
         commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
     }
-    assert_eq!(page_size(&old), 4096, "opening must not rewrite an existing file");
+    assert_eq!(pragma(&old, "page_size"), 4096, "opening must not rewrite an existing file");
     assert_eq!(open(&old).load_nodes().unwrap(), vec![n]);
 }
 
