@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use kiln_drivers::{Bmc, Boot, DriverError, Facts, Power, PowerAction};
 use kiln_store::DriverKind;
+use tracing::Instrument;
 
 use crate::metrics::{BmcCall, Metrics};
 
@@ -24,6 +25,17 @@ pub enum DriverCall {
     SetBoot(Boot, bool),
     GetBoot,
     Inspect,
+}
+
+/// A [`DriverCall`] made for one node. The driver's own log lines during
+/// the call ("Redfish session token refused", an IPMI retry) carry `span`,
+/// the node's (with its task's action and job), so the operator learns
+/// which node's call met them even when nodes share the BMC's actor.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<DriverReply, DriverError>")]
+pub struct NodeCall {
+    pub call: DriverCall,
+    pub span: tracing::Span,
 }
 
 /// A BMC's answer.
@@ -78,26 +90,49 @@ impl Handler<DriverCall> for DriverActor {
     type Result = AtomicResponse<Self, Result<DriverReply, DriverError>>;
 
     fn handle(&mut self, call: DriverCall, _: &mut Context<Self>) -> Self::Result {
+        self.start(call, tracing::Span::none())
+    }
+}
+
+impl Handler<NodeCall> for DriverActor {
+    type Result = AtomicResponse<Self, Result<DriverReply, DriverError>>;
+
+    fn handle(&mut self, msg: NodeCall, _: &mut Context<Self>) -> Self::Result {
+        self.start(msg.call, msg.span)
+    }
+}
+
+impl DriverActor {
+    /// Runs `call` in a task of its own inside `span`, bounded by the call
+    /// timeout; the next message waits until it has answered.
+    fn start(
+        &mut self,
+        call: DriverCall,
+        span: tracing::Span,
+    ) -> AtomicResponse<Self, Result<DriverReply, DriverError>> {
         let bmc = self.bmc.clone();
         let label = self.label.clone();
         let limit = self.call_timeout;
         let metrics = self.metrics.clone();
         let began = Instant::now();
-        let running = tokio::spawn(async move {
-            let work = async {
-                match call {
-                    DriverCall::GetPower => bmc.get_power_state().await.map(DriverReply::Power),
-                    DriverCall::SetPower(a) => bmc.set_power_state(a).await.map(|_| DriverReply::Done),
-                    DriverCall::SetBoot(d, p) => bmc.set_boot_device(d, p).await.map(|_| DriverReply::Done),
-                    DriverCall::GetBoot => bmc.get_boot_device().await.map(DriverReply::Boot),
-                    DriverCall::Inspect => bmc.inspect().await.map(DriverReply::Facts),
+        let running = tokio::spawn(
+            async move {
+                let work = async {
+                    match call {
+                        DriverCall::GetPower => bmc.get_power_state().await.map(DriverReply::Power),
+                        DriverCall::SetPower(a) => bmc.set_power_state(a).await.map(|_| DriverReply::Done),
+                        DriverCall::SetBoot(d, p) => bmc.set_boot_device(d, p).await.map(|_| DriverReply::Done),
+                        DriverCall::GetBoot => bmc.get_boot_device().await.map(DriverReply::Boot),
+                        DriverCall::Inspect => bmc.inspect().await.map(DriverReply::Facts),
+                    }
+                };
+                match tokio::time::timeout(limit, work).await {
+                    Ok(result) => result,
+                    Err(_) => Err(DriverError::Timeout { address: label, seconds: limit.as_secs() }),
                 }
-            };
-            match tokio::time::timeout(limit, work).await {
-                Ok(result) => result,
-                Err(_) => Err(DriverError::Timeout { address: label, seconds: limit.as_secs() }),
             }
-        });
+            .instrument(span),
+        );
         AtomicResponse::new(Box::pin(
             async move {
                 let result = match running.await {

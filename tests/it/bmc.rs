@@ -196,6 +196,18 @@ const PEER_PASSWORD_LEAKS: &[&str] = &[
     "IPMI_PASSWORD=password",
 ];
 
+/// The daemon's log lines from inside a driver (`kiln_drivers::…`), after
+/// checking that there is one and that each names `node`, the only node of
+/// the test (spec section 9: lines carry the node where it applies).
+fn driver_lines_of(log: &[String], node: &str) -> Vec<String> {
+    let lines: Vec<String> = log.iter().filter(|l| l.contains(" kiln_drivers::")).cloned().collect();
+    assert!(!lines.is_empty(), "no driver log line at debug level: {log:?}");
+    for line in &lines {
+        assert!(line.contains(&format!("node_name={node}")), "a driver line without its node: {line}");
+    }
+    lines
+}
+
 fn assert_ok(result: &Value) {
     assert_eq!(result["ok"], true, "{result}");
 }
@@ -291,7 +303,9 @@ fn a_redfish_node_runs_its_whole_life_cycle_on_the_emulator() {
         assert_eq!(system["PowerState"], if on { "On" } else { "Off" }, "{system}");
         assert_eq!(system["Boot"]["BootSourceOverrideTarget"], "Pxe", "{system}");
     });
-    site.finish(PEER_PASSWORD_LEAKS);
+    let log = site.finish(PEER_PASSWORD_LEAKS);
+    let driver_lines = driver_lines_of(&log, "rf1");
+    assert!(driver_lines.iter().any(|l| l.contains("job{job=")), "a task's call carries its job: {driver_lines:?}");
 }
 
 #[test]
@@ -729,6 +743,8 @@ fn power_sync_follows_the_emulator_and_a_dead_bmc_goes_to_maintenance_and_back()
     // The BMC goes away: three failed reads put the node in maintenance.
     let dead = format!("http://127.0.0.1:{}", peers::closed_tcp_port());
     site.ok(&["node", "set", "rf6", "--driver-info", &format!("address={dead}")]);
+    let status = site.run(&["node", "power", "status", "rf6"], 1);
+    assert_driver_error(&status[0], "rf6", "cannot reach");
     for _ in 0..3 {
         site.ok(&["periodic", "run", "power_sync"]);
     }
@@ -745,5 +761,9 @@ fn power_sync_follows_the_emulator_and_a_dead_bmc_goes_to_maintenance_and_back()
     assert_eq!(n["maintenance"], false, "{n}");
     assert_eq!(n["fault"], Value::Null);
     assert_eq!(n["power_state"], "power off");
-    site.finish(PEER_PASSWORD_LEAKS);
+    let log = site.finish(PEER_PASSWORD_LEAKS);
+    // The power status read ran outside any task: its driver lines name
+    // the node all the same.
+    let driver_lines = driver_lines_of(&log, "rf6");
+    assert!(driver_lines.iter().any(|l| l.contains("action=power status")), "{driver_lines:?}");
 }

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use super::plan::{self, Step, VerbPlan};
 use super::{NodeUpdate, Op, ReadPower, RunOp, RunOpIn, ShowNode};
 use crate::KilnError;
-use crate::driver::{DriverActor, DriverCall, DriverReply};
+use crate::driver::{DriverActor, DriverCall, DriverReply, NodeCall};
 use crate::events::{EventBus, EventKind, NodeEvent, Publish};
 use crate::fsm::{self, Event, StateClass};
 use crate::view::NodeView;
@@ -133,6 +133,15 @@ impl NodeActor {
     /// The running task's span (none between tasks).
     fn current_span(&self) -> tracing::Span {
         self.task.as_ref().map_or_else(tracing::Span::none, |t| t.span.clone())
+    }
+
+    /// The span a driver call of the running task runs in: the task's, or
+    /// (no call is made between tasks) one naming the node.
+    fn call_span(&self) -> tracing::Span {
+        match &self.task {
+            Some(task) => task.span.clone(),
+            None => self.task_span("driver call", &tracing::Span::none()),
+        }
     }
 
     pub(super) fn locked_error(&self) -> KilnError {
@@ -617,6 +626,7 @@ impl NodeActor {
         F: FnOnce(&mut Self, &mut Context<Self>, Result<DriverReply, DriverError>) + 'static,
     {
         let span = self.current_span();
+        let call = NodeCall { call, span: self.call_span() };
         ctx.spawn(async move { driver.send(call).await }.into_actor(self).map(move |res, act, ctx| {
             let _entered = span.enter();
             let res = match res {
@@ -713,9 +723,12 @@ impl Handler<ReadPower> for NodeActor {
     fn handle(&mut self, _: ReadPower, _: &mut Context<Self>) -> Self::Result {
         let name = self.name();
         let driver = self.driver();
+        // Answered mid-task too, and no part of that task.
+        let call =
+            NodeCall { call: DriverCall::GetPower, span: self.task_span("power status", &tracing::Span::none()) };
         Box::pin(async move {
             let driver = driver.map_err(|e| KilnError::Driver { node: name.clone(), message: e.to_string() })?;
-            match driver.send(DriverCall::GetPower).await {
+            match driver.send(call).await {
                 Ok(Ok(DriverReply::Power(p))) => Ok(Some(power_state_of(p))),
                 Ok(Ok(_)) => Ok(None),
                 Ok(Err(e)) => Err(KilnError::Driver { node: name, message: e.to_string() }),
