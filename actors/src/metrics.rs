@@ -155,6 +155,7 @@ pub struct Metrics {
     started: SystemTime,
     nodes: [AtomicI64; STATES],
     nodes_maintenance: AtomicI64,
+    nodes_reserved: AtomicI64,
     power_sync_cycle: Histogram,
     power_sync_nodes: [AtomicU64; SyncResult::ALL.len()],
     jobs_queued: AtomicI64,
@@ -175,6 +176,7 @@ impl Default for Metrics {
             started: SystemTime::now(),
             nodes: Default::default(),
             nodes_maintenance: AtomicI64::new(0),
+            nodes_reserved: AtomicI64::new(0),
             power_sync_cycle: Histogram::default(),
             power_sync_nodes: Default::default(),
             jobs_queued: AtomicI64::new(0),
@@ -266,6 +268,16 @@ impl Metrics {
         self.nodes[state as usize].load(Relaxed)
     }
 
+    /// Nodes in maintenance now.
+    pub fn nodes_in_maintenance(&self) -> i64 {
+        self.nodes_maintenance.load(Relaxed)
+    }
+
+    /// Nodes reserved now: held by a task, their own or an upkeep's.
+    pub fn nodes_reserved(&self) -> i64 {
+        self.nodes_reserved.load(Relaxed)
+    }
+
     /// BMC calls of `driver` so far (all kinds) and how many failed.
     pub fn bmc_totals(&self, driver: DriverKind) -> (u64, u64) {
         self.bmc[driver as usize].iter().fold((0, 0), |(n, e), s| (n + s.latency.count(), e + s.errors.load(Relaxed)))
@@ -289,6 +301,8 @@ impl Metrics {
         }
         header(o, "kiln_nodes_maintenance", "gauge", "Nodes in maintenance.");
         let _ = writeln!(o, "kiln_nodes_maintenance {}", self.nodes_maintenance.load(Relaxed));
+        header(o, "kiln_nodes_reserved", "gauge", "Nodes reserved by a running task.");
+        let _ = writeln!(o, "kiln_nodes_reserved {}", self.nodes_reserved());
 
         header(o, "kiln_power_sync_duration_seconds", "histogram", "How long each power sync cycle took.");
         self.power_sync_cycle.render(o, "kiln_power_sync_duration_seconds", "");
@@ -394,12 +408,14 @@ fn escape(v: &str) -> String {
 }
 
 /// A node actor's share of the node gauges: counts its node in its state
-/// (and in maintenance) from creation to drop, so the gauges follow every
-/// adopted record, a deleted node and a crashed actor without a scan.
+/// (and in maintenance, and as reserved) from creation to drop, so the
+/// gauges follow every adopted record, every reservation, a deleted node
+/// and a crashed actor without a scan.
 pub struct NodeGauge {
     metrics: Arc<Metrics>,
     state: ProvisionState,
     maintenance: bool,
+    reserved: bool,
     /// Already taken out of the counts (the node was deleted).
     removed: bool,
 }
@@ -410,13 +426,20 @@ impl NodeGauge {
         if record.maintenance {
             metrics.nodes_maintenance.fetch_add(1, Relaxed);
         }
-        NodeGauge { metrics, state: record.provision_state, maintenance: record.maintenance, removed: false }
+        NodeGauge {
+            metrics,
+            state: record.provision_state,
+            maintenance: record.maintenance,
+            reserved: false,
+            removed: false,
+        }
     }
 
     /// The node is gone (deleted): it leaves the counts now, before anyone
     /// is told, rather than when its actor is dropped a moment later.
     pub fn remove(&mut self) {
         if !self.removed {
+            self.reserve(false);
             self.removed = true;
             self.metrics.nodes[self.state as usize].fetch_sub(1, Relaxed);
             if self.maintenance {
@@ -440,6 +463,15 @@ impl NodeGauge {
             self.metrics.nodes_maintenance.fetch_add(delta, Relaxed);
             self.maintenance = record.maintenance;
         }
+    }
+
+    /// The node is now reserved, or no longer.
+    pub fn reserve(&mut self, reserved: bool) {
+        if self.removed || reserved == self.reserved {
+            return;
+        }
+        self.metrics.nodes_reserved.fetch_add(if reserved { 1 } else { -1 }, Relaxed);
+        self.reserved = reserved;
     }
 }
 
@@ -589,6 +621,32 @@ mod tests {
         assert_eq!(m.nodes_in(ProvisionState::Manageable), 0);
         assert_eq!(m.nodes_in(ProvisionState::Enroll), 1);
         assert!(m.render(&[], &StoreStats::default()).contains("kiln_nodes{provision_state=\"enroll\"} 1\n"));
+    }
+
+    #[test]
+    fn the_reserved_gauge_follows_reservations_deletes_and_drops() {
+        let m = Arc::new(Metrics::default());
+        let r = NodeRecord::enroll("n1".into(), DriverKind::Fake, chrono::Utc::now());
+        let (mut a, mut b, mut c) =
+            (NodeGauge::new(m.clone(), &r), NodeGauge::new(m.clone(), &r), NodeGauge::new(m.clone(), &r));
+        a.reserve(true);
+        a.reserve(true); // already reserved: counted once
+        b.reserve(true);
+        c.reserve(false); // never reserved: nothing to take back
+        assert_eq!(m.nodes_reserved(), 2);
+        b.reserve(false);
+        assert_eq!(m.nodes_reserved(), 1);
+        assert!(m.render(&[], &StoreStats::default()).contains("kiln_nodes_reserved 1\n"));
+        // A deleted node leaves the count, and nothing after brings it back.
+        b.reserve(true);
+        b.remove();
+        b.reserve(true);
+        assert_eq!(m.nodes_reserved(), 1);
+        // A dropped actor (a crash) takes its reservation with it.
+        drop(a);
+        assert_eq!(m.nodes_reserved(), 0);
+        drop((b, c));
+        assert_eq!(m.nodes_reserved(), 0);
     }
 
     #[test]

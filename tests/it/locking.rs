@@ -26,6 +26,13 @@ fn a_busy_node_refuses_exclusive_requests_but_answers_reads() {
     // Other nodes are not held up.
     d.json(&["node", "manage", "demo2", "--wait"]);
     assert_eq!(d.state("demo2"), "manageable");
+
+    // The site at a glance counts the held node, and only it: demo2 was
+    // reserved for its manage and released again.
+    let status = d.json(&["status"]);
+    assert_eq!(status["reserved"], 1, "{status}");
+    assert_eq!(status["nodes"], 2, "{status}");
+    assert_eq!(status["by_provision_state"], serde_json::json!({"enroll": 1, "manageable": 1}), "{status}");
 }
 
 #[test]

@@ -73,7 +73,9 @@ pub(super) struct Task {
 pub struct NodeActor {
     /// The record as last committed.
     pub(super) record: NodeRecord,
-    pub(super) reservation: Option<Reservation>,
+    /// Private: changed only through [`NodeActor::reserve`] and
+    /// [`NodeActor::unreserve`], so the reserved gauge follows it.
+    reservation: Option<Reservation>,
     pub(super) task: Option<Task>,
     pub(super) waiters: VecDeque<Waiter>,
     pub(super) next_waiter: u64,
@@ -128,6 +130,18 @@ impl NodeActor {
             node_name = %self.record.name,
             action = %action
         )
+    }
+
+    /// Holds the node for `purpose` from now on.
+    pub(super) fn reserve(&mut self, purpose: String) {
+        self.reservation = Some(Reservation { purpose, since: Utc::now() });
+        self.gauge.reserve(true);
+    }
+
+    /// Lets the node go.
+    pub(super) fn unreserve(&mut self) {
+        self.reservation = None;
+        self.gauge.reserve(false);
     }
 
     /// The running task's span (none between tasks).
@@ -225,7 +239,7 @@ impl NodeActor {
     /// Releases the node and starts the next waiter whose caller still waits.
     pub(super) fn release(&mut self, ctx: &mut Context<Self>) {
         self.task = None;
-        self.reservation = None;
+        self.unreserve();
         while let Some(w) = self.waiters.pop_front() {
             if w.reply.is_closed() {
                 continue;
@@ -259,11 +273,10 @@ impl NodeActor {
     // ----- starting operations ----------------------------------------------
 
     fn begin(&mut self, op: Op, wait: bool, reply: Reply, parent: tracing::Span, ctx: &mut Context<Self>) {
-        let now = Utc::now();
         let action = op.purpose();
         let span = self.task_span(&action, &parent);
         let _entered = span.enter();
-        self.reservation = Some(Reservation { purpose: action.clone(), since: now });
+        self.reserve(action.clone());
         self.task = Some(Task {
             reply: Some(reply),
             wait,

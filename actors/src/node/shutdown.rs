@@ -44,7 +44,7 @@ impl Handler<Abandon> for NodeActor {
             let _ = reply.send(Err(KilnError::Driver { node: name, message: msg.why.clone() }));
         }
         let action = task.action;
-        self.reservation = None;
+        self.unreserve();
         // Read the record back from the store rather than trusting memory: the
         // store serves requests in order, so this read sees every commit the
         // task sent before it was abandoned, even one not yet answered.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use kiln_store::{PowerState, Reservation};
+use kiln_store::PowerState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -75,7 +75,7 @@ impl NodeActor {
 
     /// Holds the node for an upkeep task (no caller waits on it).
     fn hold(&mut self, purpose: &str) {
-        self.reservation = Some(Reservation { purpose: purpose.into(), since: Utc::now() });
+        self.reserve(purpose.into());
         self.task = Some(Task {
             reply: None,
             wait: false,
