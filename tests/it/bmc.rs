@@ -534,7 +534,7 @@ fn ipmi_power(port: u16) -> String {
 fn an_ipmi_node_runs_its_whole_life_cycle_on_the_simulator() {
     let port = ipmi_port(0);
     let site = Site::start(0);
-    site.ipmi("ip1", port, PASSWORD, &["timeout=5", "power_timeout=10"]);
+    site.ipmi("ip1", port, PASSWORD, &["timeout=15", "power_timeout=20"]);
     life_cycle(&site, "ip1", "ipmi", &|on| {
         assert_eq!(ipmi_power(port), if on { "Chassis Power is on" } else { "Chassis Power is off" });
         assert_eq!(ipmi_boot_device(port), "Force PXE");
@@ -546,7 +546,7 @@ fn an_ipmi_node_runs_its_whole_life_cycle_on_the_simulator() {
 fn ipmi_power_actions_and_boot_devices_reach_the_simulator() {
     let port = ipmi_port(1);
     let site = Site::start(0);
-    site.ipmi("ip2", port, PASSWORD, &["timeout=5", "power_timeout=10"]);
+    site.ipmi("ip2", port, PASSWORD, &["timeout=15", "power_timeout=20"]);
 
     let status = site.ok(&["node", "power", "status", "ip2"]);
     assert_eq!(status[0]["power_state"], "power off", "{status}");
@@ -613,7 +613,7 @@ fn ipmi_faults_are_named_and_the_daemon_keeps_serving_other_nodes() {
     // (Over UDP, "nothing listening" is silence too: ipmitool ignores the
     // ICMP port-unreachable.)
     site.ipmi("ip-nothing", nothing, secrets[2], &["timeout=6"]);
-    site.ipmi("ip-good", ipmi_port(3), PASSWORD, &["timeout=5"]);
+    site.ipmi("ip-good", ipmi_port(3), PASSWORD, &["timeout=15"]);
 
     let bad = ["ip-badpw", "ip-hung", "ip-nothing"];
     let mut events = Events::follow(&site.d);
@@ -680,7 +680,7 @@ fn a_corrected_password_is_used_from_the_next_operation_on() {
     let site = Site::start(0);
     let wrong = "wr0ng-fixed-0815";
     site.redfish("rf-fix", &redfish.url(), &redfish.system_id(5), wrong, &["timeout=20"]);
-    site.ipmi("ip-fix", port, wrong, &["timeout=5"]);
+    site.ipmi("ip-fix", port, wrong, &["timeout=15"]);
     let out = site.run(&["node", "manage", "rf-fix,ip-fix", "--wait"], 1);
     for r in out.as_array().unwrap() {
         assert_driver_error(r, r["node"].as_str().unwrap(), "refused the credentials");

@@ -18,8 +18,12 @@ fn bmc(i: u16, extra: &[(&str, &str)]) -> IpmiBmc {
         ("username", "admin"),
         ("password", "password"),
         ("min_command_interval", "0.05"),
-        ("timeout", "5"),
-        ("power_timeout", "10"),
+        // ipmitool waits a third of this per message (`-N 5`, one retry):
+        // the simulator is one Python process, and while the test binary
+        // starts the Redfish emulators and sshd beside it on two cores it
+        // can miss a 1 s window (a CI run lost six tests to that at once).
+        ("timeout", "15"),
+        ("power_timeout", "20"),
     ];
     pairs.extend_from_slice(extra);
     let info = info(&pairs);
