@@ -268,8 +268,9 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     // The limits under the queue, measured now on the same disk: what the
     // store alone acknowledges, and one fsync.
     let template = site.store.read(|b| b.load_job(JobId(1))).await?.context("job 1 is not stored")?.0;
-    let writer = writer_ceiling(&template, (total / 5).max(clients))?;
-    let ceiling = store_ceiling(template, clients, (total / 5).max(clients)).await?;
+    let probe_jobs = (total / 5).max(clients);
+    let writer = writer_ceiling(&template, probe_jobs)?;
+    let ceiling = store_ceiling(template, clients, probe_jobs).await?;
     let fsync = fsync_ms(&scratch.0)?;
     Ok(vec![
         Figure::new("jobs.submitted", submitted, "jobs"),
@@ -572,7 +573,6 @@ fn scale(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
 
 // ----- power-sync ---------------------------------------------------------------------
 
-/// CPU time (user + system) this process has used so far.
 async fn power_sync(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let scratch = Scratch::new("power-sync");
     let mut config = scratch.config();

@@ -57,7 +57,12 @@ impl ActiveJob {
     fn write_lines(&mut self, lines: Vec<String>) {
         let first = self.log.last().map_or(1, |e| e.serial + 1);
         let (job, at) = (self.view.id, Utc::now());
-        self.log.extend(lines.into_iter().zip(first..).map(|(message, serial)| log_entry(job, serial, at, message)));
+        self.log.extend(lines.into_iter().zip(first..).map(|(message, serial)| JobLogEntry {
+            job,
+            serial,
+            at,
+            message,
+        }));
     }
 
     fn change_after(&self, after: u64) -> JobChange {
@@ -117,10 +122,6 @@ fn job_span(id: JobId) -> tracing::Span {
     tracing::info_span!("job", job = %id)
 }
 
-fn log_entry(job: JobId, serial: u64, at: Timestamp, message: String) -> JobLogEntry {
-    JobLogEntry { job, serial, at, message }
-}
-
 impl JobQueue {
     /// Loads the queue from the store and applies the restart rule: a job
     /// that was running is marked `error` ("daemon restarted while running");
@@ -159,7 +160,8 @@ impl JobQueue {
                 view.ended_at = Some(now);
                 view.error = Some(why.clone());
                 let mut log = r.log.clone();
-                log.push(log_entry(r.id, log.last().map_or(1, |e| e.serial + 1), now, why));
+                let serial = log.last().map_or(1, |e| e.serial + 1);
+                log.push(JobLogEntry { job: r.id, serial, at: now, message: why });
                 repairs.push(vec![Write::PutJob(view.to_record(log))]);
             }
             if view.status.is_finished() {
@@ -679,7 +681,7 @@ impl JobQueue {
             depends: msg.depends,
             error,
         };
-        Ok((view, log_entry(id, 1, now, message)))
+        Ok((view, JobLogEntry { job: id, serial: 1, at: now, message }))
     }
 
     /// Puts a committed job where it belongs.
