@@ -8,11 +8,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The daemon's admin socket (default: $KILN_SOCKET, else ./kiln-data/kiln.sock).
-    #[arg(long, global = false)]
+    /// The daemon's admin socket: the one `serve` listens on, the one every
+    /// other command talks to (default: $KILN_SOCKET, else
+    /// ./kiln-data/kiln.sock; for `serve`, DATA_DIR/kiln.sock).
+    #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
-    /// Print one JSON document instead of tables.
-    #[arg(long)]
+    /// Print one JSON document instead of tables (before or after the
+    /// subcommand: `kiln --json node list`, `kiln node list --json`).
+    #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -95,8 +98,9 @@ pub struct ServeArgs {
     /// Where the store (and by default the socket) live [default: ./kiln-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// The admin socket to listen on [default: DATA_DIR/kiln.sock].
-    #[arg(long)]
+    /// The admin socket to listen on: the global `--socket`, which may
+    /// come before or after `serve`.
+    #[arg(skip)]
     pub socket: Option<PathBuf>,
     /// Enrol N fake nodes demo1..N when the store is empty.
     #[arg(long, value_name = "N")]

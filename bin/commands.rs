@@ -48,8 +48,13 @@ impl From<ClientError> for Failure {
 pub fn run(cli: Cli) -> ExitCode {
     let json = cli.json;
     let result = match cli.command {
-        Command::Serve(args) if args.check_config => return crate::config::check(&args, json),
-        Command::Serve(args) => return crate::serve::run(args),
+        Command::Serve(args) => {
+            let args = ServeArgs { socket: cli.socket, ..args };
+            if args.check_config {
+                return crate::config::check(&args, json);
+            }
+            return crate::serve::run(args);
+        }
         Command::Store(StoreCommand::Backup { dest, config, data_dir }) => {
             backup(ServeArgs { config, data_dir, ..Default::default() }, &dest, json)
         }

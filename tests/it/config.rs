@@ -144,6 +144,28 @@ fn flags_beat_the_environment_which_beats_the_file_which_beats_the_defaults() {
 }
 
 #[test]
+fn serve_listens_on_the_socket_named_before_or_after_it() {
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(KILN);
+        cmd.args(args).env_remove("KILN_SOCKET").stdin(Stdio::null()).output().expect("run kiln")
+    };
+    let out = run(&["--json", "--socket", "/tmp/kiln-before.sock", "serve", "--check-config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["keys"]["socket"]["value"], "/tmp/kiln-before.sock", "{v}");
+    assert_eq!(v["keys"]["socket"]["source"], "--socket");
+
+    let out = run(&["--json", "serve", "--check-config", "--socket", "/tmp/kiln-after.sock"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["keys"]["socket"]["value"], "/tmp/kiln-after.sock", "{v}");
+
+    // Given twice, the last one counts, as for every other flag.
+    let out = run(&["--json", "--socket", "/tmp/a.sock", "serve", "--socket", "/tmp/b.sock", "--check-config"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["keys"]["socket"]["value"], "/tmp/b.sock", "{v}");
+}
+
+#[test]
 fn the_running_daemon_uses_the_environment() {
     let d = crate::harness::Daemon::start_env(
         2,

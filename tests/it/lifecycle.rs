@@ -175,3 +175,28 @@ fn events_follow_shows_start_then_end_in_order() {
     let _ = follower.wait();
     assert_eq!(seen, [("start".to_string(), "verifying".to_string()), ("end".to_string(), "manageable".to_string())]);
 }
+
+#[test]
+fn json_and_socket_may_come_before_or_after_the_subcommand() {
+    let d = Daemon::start(2, &[]);
+    let after = |args: &[&str]| {
+        let out = d.cli(args);
+        assert!(out.status.success(), "kiln {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("kiln {args:?} printed no JSON ({e})"))
+    };
+    assert_eq!(after(&["node", "show", "demo1", "--json"]), d.node("demo1"));
+    assert_eq!(after(&["node", "list", "--json"]), d.json(&["node", "list"]));
+    assert_eq!(after(&["status", "--json"])["nodes"], 2);
+    let socket = d.socket.to_str().unwrap();
+    let out = std::process::Command::new(crate::harness::KILN)
+        .args(["node", "show", "demo2", "--socket", socket, "--json"])
+        .env_remove("KILN_SOCKET")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), d.node("demo2"));
+    // After `--`, it belongs to the command run on the nodes.
+    let out = after(&["exec", "-w", "demo1", "--json", "--worker", "exec", "--", "echo", "--json"]);
+    assert_eq!(out[0]["stdout"], "--json\n", "{out}");
+}
