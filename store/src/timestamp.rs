@@ -41,13 +41,37 @@ pub fn with_timestamp<R>(at: Timestamp, f: impl FnOnce(&str) -> R) -> R {
 /// The text of a timestamp in years 0000-9999 outside a leap second,
 /// written digit by digit; `None` for the rest.
 fn common_form(at: Timestamp) -> Option<[u8; 30]> {
-    let (date, time) = (at.date_naive(), at.time());
-    let (year, nanos) = (date.year(), time.nanosecond());
-    let year = u32::try_from(year).ok().filter(|y| *y <= 9999)?;
+    let nanos = at.timestamp_subsec_nanos();
     if nanos >= 1_000_000_000 {
         return None;
     }
     let mut text = [0u8; 30];
+    text[..20].copy_from_slice(&second_text(at.timestamp())?);
+    digits(&mut text[20..29], nanos);
+    text[29] = b'Z';
+    Some(text)
+}
+
+thread_local! {
+    /// The second [`second_text`] wrote last on this thread, and its text.
+    /// The timestamps of one write nearly always share their second (a
+    /// job's submission, start and end lines, a node's `updated_at` and
+    /// history), and turning a second into a calendar date was most of the
+    /// work of formatting one.
+    static LAST_SECOND: std::cell::Cell<(i64, [u8; 20])> = const { std::cell::Cell::new((i64::MIN, [0; 20])) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `second` (seconds since the epoch), or `None`
+/// outside years 0000-9999.
+fn second_text(second: i64) -> Option<[u8; 20]> {
+    let (last, text) = LAST_SECOND.get();
+    if last == second {
+        return Some(text);
+    }
+    let at = chrono::DateTime::from_timestamp(second, 0)?;
+    let (date, time) = (at.date_naive(), at.time());
+    let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+    let mut text = [0u8; 20];
     digits(&mut text[0..4], year);
     text[4] = b'-';
     digits(&mut text[5..7], date.month());
@@ -60,8 +84,7 @@ fn common_form(at: Timestamp) -> Option<[u8; 30]> {
     text[16] = b':';
     digits(&mut text[17..19], time.second());
     text[19] = b'.';
-    digits(&mut text[20..29], nanos);
-    text[29] = b'Z';
+    LAST_SECOND.set((second, text));
     Some(text)
 }
 
@@ -156,6 +179,25 @@ mod tests {
         assert_eq!(timestamp_text(before), chrono_text(before));
         let leap = DateTime::from_timestamp(1_483_228_799, 1_500_000_000).expect("a leap second");
         assert_eq!(timestamp_text(leap), chrono_text(leap));
+    }
+
+    #[test]
+    fn a_second_written_before_gives_the_same_text_as_a_new_one() {
+        // Same second with other fractions, a neighbour, back again, then a
+        // leap second and a year past 9999 right after a cached second.
+        let base = 1_795_000_019; // a second 59, where a leap second may follow
+        for (second, nanos) in
+            [(base, 1), (base, 999_999_999), (base + 1, 0), (base, 5), (base - 86_400, 7), (base, 0), (base + 1, 3)]
+        {
+            let at = Utc.timestamp_opt(second, nanos).single().expect("in range");
+            assert_eq!(timestamp_text(at), chrono_text(at), "{second}.{nanos}");
+        }
+        let leap = DateTime::from_timestamp(base, 1_500_000_000).expect("a leap second");
+        assert_eq!(timestamp_text(leap), chrono_text(leap));
+        let far = DateTime::from_timestamp(300_000_000_000, 5).expect("in range");
+        assert_eq!(timestamp_text(far), chrono_text(far));
+        let at = Utc.timestamp_opt(base, 42).single().expect("in range");
+        assert_eq!(timestamp_text(at), chrono_text(at));
     }
 
     #[test]
