@@ -332,21 +332,26 @@ pub enum PortCommand {
     Delete { mac: String },
 }
 
+/// As ClusterShell's `nodeset`: one mode flag, then one or more node sets,
+/// taken together (`kiln nodeset -f n1 n2 'n[5-7]'` prints `n[1-2,5-7]`).
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("mode").args(["expand", "fold", "count"]).required(true).multiple(false)))]
 pub struct NodesetArgs {
     /// Expand: print every name, space separated.
-    #[arg(short = 'e', long, value_name = "EXPR")]
-    pub expand: Option<String>,
+    #[arg(short = 'e', long)]
+    pub expand: bool,
     /// Fold: print the shortest form.
-    #[arg(short = 'f', long, value_name = "EXPR")]
-    pub fold: Option<String>,
+    #[arg(short = 'f', long)]
+    pub fold: bool,
     /// Count the names.
-    #[arg(short = 'c', long, value_name = "EXPR")]
-    pub count: Option<String>,
+    #[arg(short = 'c', long)]
+    pub count: bool,
     /// The config file whose `[groups]` define `@name`.
     #[arg(long, env = "KILN_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Node sets (`n[1-4]`, `@rack1!n3`); several are taken together.
+    #[arg(value_name = "NODESET", required = true)]
+    pub sets: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

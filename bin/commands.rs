@@ -94,17 +94,20 @@ fn report(f: Failure, json: bool) -> ExitCode {
 }
 
 fn nodeset(args: NodesetArgs, json: bool) -> Result<(), Failure> {
-    let expr = args.expand.as_deref().or(args.fold.as_deref()).or(args.count.as_deref()).unwrap_or_default();
     let groups = match &args.config {
         Some(path) => crate::config::groups_of(path).map_err(Failure::Usage)?,
         None => Default::default(),
     };
-    let set = NodeSet::parse_with(expr, &|g| groups.get(g).cloned())
-        .map_err(|e| Failure::Usage(anyhow::anyhow!("node set '{expr}': {e}")))?;
-    if args.expand.is_some() {
+    let mut set = NodeSet::new();
+    for expr in &args.sets {
+        let one = NodeSet::parse_with(expr, &|g| groups.get(g).cloned())
+            .map_err(|e| Failure::Usage(anyhow::anyhow!("node set '{expr}': {e}")))?;
+        set = set.union(&one);
+    }
+    if args.expand {
         let names: Vec<String> = set.iter().collect();
         if json { output::json(&names) } else { println!("{}", names.join(" ")) }
-    } else if args.fold.is_some() {
+    } else if args.fold {
         if json { output::json(&set.fold()) } else { println!("{}", set.fold()) }
     } else if json {
         output::json(&set.len())
@@ -240,8 +243,18 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
     let mut client = Client::connect(socket).await?;
     match plan {
         Remote::Once(request) => {
+            let archived = match &request {
+                Request::JobArchive { id } => Some(*id),
+                _ => None,
+            };
             let response = call(&mut client, request).await?;
-            print_response(response, json)
+            match (archived, &response) {
+                (Some(id), Response::Done) if !json => {
+                    println!("job {id} archived");
+                    Ok(())
+                }
+                _ => print_response(response, json),
+            }
         }
         Remote::Events { follow, nodes, kinds } => {
             events(&mut client, Request::Events { follow, nodes, kinds }, json).await

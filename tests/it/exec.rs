@@ -107,6 +107,11 @@ fn groups_from_the_config_name_nodes_for_the_daemon_and_for_kiln_nodeset() {
     assert_eq!(names, ["demo1", "demo3", "demo4", "demo5"]);
     let out = crate::harness::cli_at(&d.socket, &["nodeset", "--config", conf, "-f", "@some!demo3"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "demo[1,4-5]\n");
+    // Several sets are taken together, as ClusterShell's nodeset takes them.
+    let out = crate::harness::cli_at(&d.socket, &["nodeset", "--config", conf, "-f", "@odd", "demo2", "x[1-2]!x1"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "demo[1-3,5],x2\n");
+    let out = crate::harness::cli_at(&d.socket, &["nodeset", "-c", "n[1-10]", "n[5-20]"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "20\n");
     let out = crate::harness::cli_at(&d.socket, &["nodeset", "-e", "@nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown group @nope"));

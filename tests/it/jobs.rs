@@ -141,7 +141,9 @@ fn ended_jobs_can_be_archived_and_still_shown() {
     let running = submit(&d, "ops: [{op: sleep, seconds: 600}]");
     let err = d.json_code(&["job", "archive", &running.to_string()], 1);
     assert!(err["error"]["message"].as_str().unwrap().contains("only ended jobs"));
-    d.json(&["job", "archive", &id.to_string()]);
+    let out = d.cli(&["job", "archive", &id.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("job {id} archived\n"));
     assert_eq!(ids(&d.json(&["job", "list"])), [running]);
     let shown = job(&d, id);
     assert_eq!(shown["archived"], true);
