@@ -222,26 +222,7 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let threads = cpu::thread_seconds();
     let store_before = site.store.stats();
     let t = Instant::now();
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let jobs = site.jobs.clone();
-            let count = total / clients + usize::from(c < total % clients);
-            actix::spawn(async move {
-                let mut latencies = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let t = Instant::now();
-                    let msg = SubmitJob { ops: vec![Opcode::Sleep { seconds: 0.0 }], priority: 0, depends: Vec::new() };
-                    jobs.send(msg).await??;
-                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(total);
-    for h in handles {
-        latencies.extend(h.await??);
-    }
+    let mut latencies = submit_sleeps(&site, clients, total).await?;
     let secs = t.elapsed().as_secs_f64();
     let cpu = cpu::process_seconds() - cpu;
     let threads = cpu::thread_seconds_since(&threads);
@@ -269,6 +250,7 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     // store alone acknowledges, and one fsync.
     let template = site.store.read(|b| b.load_job(JobId(1))).await?.context("job 1 is not stored")?.0;
     let probe_jobs = (total / 5).max(clients);
+    let queue_only = queue_ceiling(&site, clients, probe_jobs).await?;
     let writer = writer_ceiling(&template, probe_jobs)?;
     let ceiling = store_ceiling(template, clients, probe_jobs).await?;
     let fsync = fsync_ms(&scratch.0)?;
@@ -296,6 +278,9 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
             "jobs/s",
         ),
         Figure::new("jobs.drain_after_submit", drain, "s"),
+        // The same submitters while the queue starts none of their jobs:
+        // what running and ending the jobs costs the submissions.
+        Figure::new("jobs.queue_only_per_s", queue_only, "jobs/s"),
         Figure::new("jobs.store_ceiling_per_s", ceiling, "jobs/s"),
         Figure::new("jobs.ratio_to_store_ceiling", rate / ceiling, "ratio"),
         Figure::new("jobs.writer_ceiling_per_s", writer, "jobs/s"),
@@ -320,6 +305,55 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         Figure::new("jobs.cores_busy", cpu / secs, "cores"),
         Figure::new("jobs.cpu_bound_per_s", cores as f64 * submitted / cpu.max(1e-9), "jobs/s"),
     ])
+}
+
+/// `total` `sleep 0` jobs submitted by `clients` tasks, each waiting for
+/// its acknowledgement before the next; every acknowledgement's time in ms.
+async fn submit_sleeps(site: &Site, clients: usize, total: usize) -> anyhow::Result<Vec<f64>> {
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let jobs = site.jobs.clone();
+            let count = total / clients + usize::from(c < total % clients);
+            actix::spawn(async move {
+                let mut latencies = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let t = Instant::now();
+                    let msg = SubmitJob { ops: vec![Opcode::Sleep { seconds: 0.0 }], priority: 0, depends: Vec::new() };
+                    jobs.send(msg).await??;
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(total);
+    for h in handles {
+        latencies.extend(h.await??);
+    }
+    Ok(latencies)
+}
+
+/// Submissions per second through the queue while it starts none of the
+/// jobs: one long sleep holds the only running slot (`max_running` 1), the
+/// submitters submit `total` jobs, then the sleep is canceled, the limit put
+/// back, and every job runs to its end before this returns.
+async fn queue_ceiling(site: &Site, clients: usize, total: usize) -> anyhow::Result<f64> {
+    use kiln_actors::jobs::{CancelJob, GetQueueInfo, SetMaxRunning};
+    let max_running = site.jobs.send(GetQueueInfo).await?.max_running;
+    site.jobs.send(SetMaxRunning(1)).await?;
+    let hold = SubmitJob { ops: vec![Opcode::Sleep { seconds: 86_400.0 }], priority: -20, depends: Vec::new() };
+    let holder = site.jobs.send(hold).await??;
+    let t = Instant::now();
+    let submitted = submit_sleeps(site, clients, total).await?;
+    let rate = submitted.len() as f64 / t.elapsed().as_secs_f64();
+    site.jobs.send(CancelJob(holder)).await??;
+    site.jobs.send(SetMaxRunning(max_running)).await?;
+    let last = site.jobs.send(GetQueueInfo).await?.last_job_id;
+    let status = follow(site, JobId(last)).await?;
+    if status != JobStatus::Success {
+        bail!("the last held job ended {status}");
+    }
+    Ok(rate)
 }
 
 /// Submissions per second the store alone acknowledges: `clients` tasks
