@@ -116,6 +116,14 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
             .map_err(|e| store_error(StoreError::Corrupt(e.to_string())))?
     };
     let store = opened.map_err(store_error)?;
+    start_with_store(config, store).await
+}
+
+/// [`start`] on a store already open: another [`kiln_store::Backend`]
+/// behind a [`StoreHandle`] (the spec's narrow store interface), or a test's.
+pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<Site, StartError> {
+    panics::install_hook();
+    let store_error = |source| StartError::Store { path: config.database_path().display().to_string(), source };
     let mut records = store.read(|b| b.load_nodes()).await.map_err(store_error)?;
 
     // The restart rule: nothing can be running yet, so whatever the store

@@ -145,3 +145,114 @@ fn a_shutdown_fails_work_that_outlives_its_grace_as_the_restart_rule_would() {
         assert!(matches!(err, KilnError::Unavailable(_)), "{err}");
     });
 }
+
+/// A store that refuses every write of a job's opcode start, as a disk that
+/// fills up between a submission and its first opcode would; the rest is
+/// the SQLite store.
+struct NoOpcodeStarts(kiln_store::sqlite::SqliteBackend);
+
+fn an_opcode_start(batch: &kiln_store::Batch) -> bool {
+    use kiln_store::Write;
+    batch
+        .iter()
+        .any(|w| matches!(w, Write::PutJob(j) if j.log.last().is_some_and(|l| l.message.contains(" started: "))))
+}
+
+impl kiln_store::Backend for NoOpcodeStarts {
+    fn commit(
+        &mut self,
+        batches: &[kiln_store::Batch],
+    ) -> Result<Vec<Result<(), kiln_store::StoreError>>, kiln_store::StoreError> {
+        let kept: Vec<kiln_store::Batch> = batches.iter().filter(|b| !an_opcode_start(b)).cloned().collect();
+        let mut results = self.0.commit(&kept)?.into_iter();
+        Ok(batches
+            .iter()
+            .map(|b| match an_opcode_start(b) {
+                true => Err(kiln_store::StoreError::CommitFailed("database or disk is full".into())),
+                false => results.next().expect("one result per batch"),
+            })
+            .collect())
+    }
+    fn load_nodes(&mut self) -> Result<Vec<kiln_store::NodeRecord>, kiln_store::StoreError> {
+        self.0.load_nodes()
+    }
+    fn load_node(&mut self, id: kiln_store::NodeId) -> Result<Option<kiln_store::NodeRecord>, kiln_store::StoreError> {
+        self.0.load_node(id)
+    }
+    fn load_ports(
+        &mut self,
+        node: Option<kiln_store::NodeId>,
+    ) -> Result<Vec<kiln_store::PortRecord>, kiln_store::StoreError> {
+        self.0.load_ports(node)
+    }
+    fn load_history(
+        &mut self,
+        node: kiln_store::NodeId,
+        limit: usize,
+    ) -> Result<Vec<kiln_store::HistoryEntry>, kiln_store::StoreError> {
+        self.0.load_history(node, limit)
+    }
+    fn load_live_jobs(&mut self) -> Result<Vec<kiln_store::JobRecord>, kiln_store::StoreError> {
+        self.0.load_live_jobs()
+    }
+    fn load_job(
+        &mut self,
+        id: kiln_store::JobId,
+    ) -> Result<Option<(kiln_store::JobRecord, bool)>, kiln_store::StoreError> {
+        self.0.load_job(id)
+    }
+    fn load_job_log(
+        &mut self,
+        id: kiln_store::JobId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<kiln_store::JobLogEntry>, kiln_store::StoreError> {
+        self.0.load_job_log(id, after, limit)
+    }
+    fn max_job_id(&mut self) -> Result<u64, kiln_store::StoreError> {
+        self.0.max_job_id()
+    }
+    fn load_meta(&mut self, key: &str) -> Result<Option<String>, kiln_store::StoreError> {
+        self.0.load_meta(key)
+    }
+    fn list_archived_jobs(&mut self, limit: usize) -> Result<Vec<kiln_store::JobRecord>, kiln_store::StoreError> {
+        self.0.list_archived_jobs(limit)
+    }
+    fn checkpoint(&mut self) -> Result<(), kiln_store::StoreError> {
+        self.0.checkpoint()
+    }
+}
+
+#[test]
+fn an_opcode_whose_start_cannot_be_stored_does_not_run() {
+    use crate::jobs::{Opcode, SubmitJob, WaitJobChange};
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let backend = kiln_store::sqlite::SqliteBackend::open(&dir.path().join("kiln.sqlite")).unwrap();
+        let store = kiln_store::StoreHandle::start(Box::new(NoOpcodeStarts(backend)));
+        let site = start_with_store(config(dir.path(), 1, Duration::ZERO), store).await.unwrap();
+        let ops = vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(PowerAction::On), fanout: None }];
+        let job = site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
+        let mut after = 0;
+        let change = loop {
+            let change = site
+                .jobs
+                .send(WaitJobChange { job, after_serial: after, timeout: Duration::from_secs(30) })
+                .await
+                .unwrap()
+                .unwrap();
+            after = change.log.last().map_or(after, |l| l.serial);
+            if change.status.is_finished() {
+                break change;
+            }
+            assert!(!change.log.is_empty(), "no change in 30 s: the job is stuck");
+        };
+        assert_eq!(change.status, kiln_store::JobStatus::Error);
+        let view = site.jobs.send(crate::jobs::GetJob(job)).await.unwrap().unwrap();
+        let error = view.error.unwrap_or_default();
+        assert!(error.contains("opcode 1/1 did not run: its start could not be stored"), "{error}");
+        let node = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_ne!(node.power_state, Some(kiln_store::PowerState::On), "the opcode ran");
+        assert!(node.reservation.is_none());
+    });
+}

@@ -289,10 +289,11 @@ impl JobQueue {
     }
 
     /// Commits the job's current view with its pending log lines and
-    /// `message`, in one batch, then wakes its watchers and calls `then`.
+    /// `message`, in one batch, then wakes its watchers and calls `then`
+    /// with why the commit failed, if it did.
     fn commit_job<F>(&mut self, id: JobId, message: String, ctx: &mut Context<Self>, then: F)
     where
-        F: FnOnce(&mut Self, &mut Context<Self>) + 'static,
+        F: FnOnce(&mut Self, &mut Context<Self>, Option<String>) + 'static,
     {
         let Some(job) = self.active.get_mut(&id) else { return };
         let mut lines = std::mem::take(&mut job.pending);
@@ -303,17 +304,21 @@ impl JobQueue {
         let batch = vec![Write::PutJob(job.view.to_record(job.log.clone()))];
         let store = self.store.clone();
         ctx.spawn(async move { store.commit(batch).await }.into_actor(self).map(move |res, act, ctx| {
-            match res {
+            let failure = match res {
                 Ok(()) => {
                     if let Some(job) = act.active.get_mut(&id) {
                         job.committed = job.committed.max(written);
                         job.committed_status = status;
                         wake(job);
                     }
+                    None
                 }
-                Err(e) => tracing::error!(job = %id, error = %e, "cannot commit a job change"),
-            }
-            then(act, ctx)
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "cannot commit a job change");
+                    Some(e.to_string())
+                }
+            };
+            then(act, ctx, failure)
         }));
     }
 
@@ -321,7 +326,7 @@ impl JobQueue {
         if let Some(job) = self.active.get_mut(&id) {
             job.view.status = status;
         }
-        self.commit_job(id, message, ctx, |_, _| {});
+        self.commit_job(id, message, ctx, |_, _, _| {});
     }
 
     /// Runs opcode `idx` of a running job, then the next.
@@ -344,8 +349,15 @@ impl JobQueue {
         let opcode = op.opcode.clone();
         let message = format!("opcode {}/{total} started: {}", idx + 1, opcode.summary());
         if opcode.has_side_effects() {
-            // Durable before it acts: after a crash the job is `error`, never run twice.
-            self.commit_job(id, message, ctx, move |act, ctx| act.execute(id, idx, opcode, ctx));
+            // Durable before it acts: after a crash the job is `error`, never
+            // run twice. A start that could not be stored does not act at all.
+            self.commit_job(id, message, ctx, move |act, ctx, failure| match failure {
+                None => act.execute(id, idx, opcode, ctx),
+                Some(why) => {
+                    let error = format!("opcode {}/{total} did not run: its start could not be stored: {why}", idx + 1);
+                    act.finish(id, JobStatus::Error, Some(error), ctx)
+                }
+            });
         } else {
             // Nothing to protect: the start goes out with the opcode's end,
             // one commit fewer per opcode (a crash in between reruns it).
@@ -493,7 +505,7 @@ impl JobQueue {
             Some(e) => tracing::warn!(status = %status, error = %e, "job ended"),
             None => tracing::info!(status = %status, "job ended"),
         });
-        self.commit_job(id, message, ctx, move |act, ctx| {
+        self.commit_job(id, message, ctx, move |act, ctx, _| {
             if let Some(mut job) = act.active.remove(&id) {
                 wake_all(&mut job);
             }
