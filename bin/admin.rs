@@ -11,6 +11,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -21,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
+use crate::config::InForce;
 use crate::limits::{Admit, Gate, Limits, secs};
 
 /// The server's settings.
@@ -32,6 +34,8 @@ pub struct AdminConfig {
     pub max_frame: usize,
     /// Connections, frame and idle timeouts (see [`crate::limits`]).
     pub limits: Limits,
+    /// The configuration in force, for `kiln status`.
+    pub in_force: Arc<InForce>,
 }
 
 /// Binds the socket: refuses to take over one a live daemon answers on,
@@ -255,6 +259,10 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             }
         } else {
             crate::dispatch::handle(&site, request).await
+        };
+        let response = match response {
+            Response::Status(status) => Response::Status(cfg.in_force.fill(status)),
+            other => other,
         };
         site.metrics.admin_answered(slot, decoded.elapsed());
         if matches!(response, Response::Error(_)) {

@@ -398,6 +398,48 @@ pub fn describe(cfg: &DaemonConfig) -> String {
     if set.is_empty() { "all defaults".into() } else { set.join(", ") }
 }
 
+/// The configuration a running daemon uses, for `kiln status`: every key's
+/// value as text and the keys not at their default. Set at start and again
+/// by each reload that applied something; readers take a whole copy.
+#[derive(Debug, Default)]
+pub struct InForce(std::sync::RwLock<std::sync::Arc<Described>>);
+
+/// Each key's value as text, and the keys not at their default.
+type Described = (BTreeMap<String, String>, Vec<String>);
+
+impl InForce {
+    /// `table`: each key's value in force ([`DaemonConfig::table`]).
+    pub fn new(table: &toml::Table) -> InForce {
+        let in_force = InForce::default();
+        in_force.set(table);
+        in_force
+    }
+
+    pub fn set(&self, table: &toml::Table) {
+        let defaults = match toml::Value::try_from(FileConfig::defaults()) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        let text = |v: &toml::Value| match v {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let values: BTreeMap<String, String> = table.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+        // A key without a default of its own (`socket` follows `data_dir`)
+        // is not called changed.
+        let changed = table.iter().filter(|(k, v)| defaults.get(*k).is_some_and(|d| d != *v)).map(|(k, _)| k.clone());
+        let changed = changed.collect();
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new((values, changed));
+    }
+
+    /// `status` with the configuration in force.
+    pub fn fill(&self, mut status: kiln_actors::SiteStatus) -> kiln_actors::SiteStatus {
+        let now = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        (status.config, status.config_changed) = (now.0.clone(), now.1.clone());
+        status
+    }
+}
+
 /// `kiln serve --check-config`: validates, prints every key's effective
 /// value and where it came from, and exits (2 when the config is invalid).
 pub fn check(args: &ServeArgs, json: bool) -> std::process::ExitCode {

@@ -199,6 +199,15 @@ pub fn status(s: &SiteStatus) {
     for (state, n) in &s.by_provision_state {
         println!("  {state:<20}{n}");
     }
+    if s.config.is_empty() {
+        return;
+    }
+    let changed: Vec<String> =
+        s.config_changed.iter().map(|k| format!("{k}={}", s.config.get(k).map_or("", String::as_str))).collect();
+    match changed.is_empty() {
+        true => println!("config       all defaults"),
+        false => println!("config       {} (the rest default; --json lists every key)", changed.join(", ")),
+    }
 }
 
 /// One line per event, for `kiln events`.

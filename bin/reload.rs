@@ -4,10 +4,12 @@
 //! nothing: the daemon keeps running with what it had, and the error names
 //! the key.
 
+use std::sync::Arc;
+
 use kiln_actors::{Site, SiteConfig};
 
 use crate::cli::ServeArgs;
-use crate::config::{self, DaemonConfig, LIVE_KEYS};
+use crate::config::{self, DaemonConfig, InForce, LIVE_KEYS};
 use crate::logging::LogFilter;
 
 /// What a reload did.
@@ -26,11 +28,13 @@ pub struct Reloader {
     table: toml::Table,
     site: SiteConfig,
     log: LogFilter,
+    /// What `kiln status` shows: `table`, once a reload applied it.
+    in_force: Arc<InForce>,
 }
 
 impl Reloader {
-    pub fn new(args: ServeArgs, started: &DaemonConfig, log: LogFilter) -> Self {
-        Reloader { args, table: started.table(), site: started.site.clone(), log }
+    pub fn new(args: ServeArgs, started: &DaemonConfig, log: LogFilter, in_force: Arc<InForce>) -> Self {
+        Reloader { args, table: started.table(), site: started.site.clone(), log, in_force }
     }
 
     /// Reads the configuration again and applies what changed.
@@ -92,6 +96,7 @@ impl Reloader {
                 None => self.table.remove(&key),
             };
         }
+        self.in_force.set(&self.table);
         Ok(done)
     }
 }

@@ -61,6 +61,7 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         allowed_uids: cfg.allowed_uids.clone(),
         max_frame: cfg.max_frame,
         limits: cfg.limits.clone(),
+        in_force: std::sync::Arc::new(crate::config::InForce::new(&cfg.table())),
     };
     // Held until the daemon has shut down: one daemon per data dir.
     let _data_dir = DataDirLock::acquire(&cfg.site.data_dir)?;
@@ -83,11 +84,12 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         tracing::info!(addr = %addr, url = %format!("http://{addr}/metrics"), "serving metrics");
         actix::spawn(crate::metrics::serve(m, site.clone(), stop_rx.clone()));
     }
+    let in_force = admin_cfg.in_force.clone();
     let server = actix::spawn(admin::serve(listener, admin_cfg, site.clone(), stop_rx));
     let serving = format!("serving {nodes} nodes on {}", cfg.socket.display());
     notifier.ready(&serving);
     let watchdog = notifier.watchdog_interval().map(|every| actix::spawn(watchdog(site.clone(), every)));
-    let mut reloader = Reloader::new(args, &cfg, log);
+    let mut reloader = Reloader::new(args, &cfg, log, in_force);
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }

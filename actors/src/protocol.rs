@@ -18,7 +18,7 @@ use crate::supervisor::NewNode;
 use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
 
 /// Bumped whenever a request or response changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

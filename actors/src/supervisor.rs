@@ -687,6 +687,8 @@ impl Handler<GetStatus> for Supervisor {
             maintenance: count(m.nodes_in_maintenance()),
             reserved: count(m.nodes_reserved()),
             data_dir: self.facts.data_dir.clone(),
+            config: BTreeMap::new(),
+            config_changed: Vec::new(),
         })
     }
 }

@@ -66,6 +66,12 @@ pub struct SiteStatus {
     pub maintenance: usize,
     pub reserved: usize,
     pub data_dir: String,
+    /// Every configuration key's value in force, as text (`lock_wait`:
+    /// `3s`), SIGHUP reloads included. The daemon fills it in; a site an
+    /// application embeds leaves it empty.
+    pub config: BTreeMap<String, String>,
+    /// The keys of `config` whose value is not the default.
+    pub config_changed: Vec<String>,
 }
 
 /// One node's outcome in an operation over several nodes.

@@ -508,6 +508,7 @@ fn admin(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         allowed_uids: vec![crate::config::own_uid(), 0],
         max_frame: codec::DEFAULT_MAX_FRAME,
         limits: crate::limits::Limits::default(),
+        in_force: Default::default(),
     };
     // The daemon: its own thread and actix system, as in `kiln serve`.
     let daemon = std::thread::spawn(move || {

@@ -101,6 +101,19 @@ fn sighup_applies_the_live_keys_and_an_invalid_file_changes_nothing() {
     assert_eq!(power_sync(&d)["spacing_s"], 60);
     assert_eq!(power_sync(&d)["enabled"], false);
     assert_eq!(d.json(&["node", "list", "@pair"]).as_array().unwrap().len(), 2);
+    // `kiln status` shows the configuration in force.
+    let config = |d: &Daemon| d.json(&["status"]);
+    let s = config(&d);
+    assert_eq!(s["config"]["max_running_jobs"], "4");
+    assert_eq!(s["config"]["power_sync_interval"], "1m", "60 s, as the config reference writes it");
+    assert_eq!(s["config"]["max_frame"], "16777216");
+    // Changed: keys away from their default (60 s is power_sync_interval's).
+    let changed = s["config_changed"].as_array().unwrap();
+    for (key, is) in [("max_running_jobs", true), ("periodic_enabled", true), ("power_sync_interval", false)] {
+        assert_eq!(changed.contains(&key.into()), is, "{key}: {s}");
+    }
+    let text = String::from_utf8(d.cli(&["status"]).stdout).unwrap();
+    assert!(text.contains("max_running_jobs=4") && text.contains("periodic_enabled=false"), "{text}");
 
     write(
         &conf,
@@ -119,6 +132,11 @@ fn sighup_applies_the_live_keys_and_an_invalid_file_changes_nothing() {
         d.json(&["node", "list", "@pair"]).as_array().unwrap().iter().map(|n| n["name"].to_string()).collect();
     assert_eq!(names, ["\"demo2\"", "\"demo3\""]);
     assert_eq!(d.json(&["node", "list", "@all"]).as_array().unwrap().len(), 3);
+    // Status follows the reload; a restart-only key keeps its running value.
+    let s = config(&d);
+    assert_eq!(s["config"]["max_running_jobs"], "9");
+    assert_eq!(s["config"]["power_sync_interval"], "2m");
+    assert_eq!(s["config"]["max_frame"], "16777216", "max_frame waits for a restart");
     // The new log filter is in force: the scheduler's debug lines show.
     d.json(&["periodic", "run", "store_maintenance"]);
     d.wait_for_log("periodic task done");
@@ -131,6 +149,7 @@ fn sighup_applies_the_live_keys_and_an_invalid_file_changes_nothing() {
     assert_eq!(d.json(&["queue", "status"])["max_running"], 9);
     assert_eq!(power_sync(&d)["spacing_s"], 120);
     assert_eq!(d.json(&["node", "list", "@all"]).as_array().unwrap().len(), 3);
+    assert_eq!(config(&d)["config"]["max_running_jobs"], "9");
 }
 
 #[test]
