@@ -25,6 +25,7 @@ fn unknown_nodes_invalid_transitions_and_duplicates_are_refused() {
     let (kind, msg) = error_of(&out[0]);
     assert_eq!(kind, "invalid_state");
     assert!(msg.contains("'enroll'") && msg.contains("allowed here: manage"), "{msg}");
+    assert_eq!(out[0]["provision_state"], "enroll", "the state it was refused in: {out}");
 
     let (kind, msg) = error_of(&d.json_code(&["node", "create", "demo1", "--driver", "fake"], 1));
     assert_eq!(kind, "conflict");

@@ -107,7 +107,11 @@ impl NodeResult {
             Err(e) => NodeResult {
                 node,
                 ok: false,
-                provision_state: None,
+                // A refused verb knows the state it was refused in.
+                provision_state: match e {
+                    KilnError::InvalidState { state, .. } => Some(state.clone()),
+                    _ => None,
+                },
                 power_state: None,
                 error_kind: Some(e.kind().to_string()),
                 error: Some(e.to_string()),
