@@ -195,6 +195,8 @@ enum Remote {
     },
     /// Follow an existing job's log.
     Watch(JobId),
+    /// Archive a job and say so.
+    Archive(JobId),
     Events {
         follow: bool,
         nodes: Option<String>,
@@ -243,19 +245,16 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
     let mut client = Client::connect(socket).await?;
     match plan {
         Remote::Once(request) => {
-            let archived = match &request {
-                Request::JobArchive { id } => Some(*id),
-                _ => None,
-            };
             let response = call(&mut client, request).await?;
-            match (archived, &response) {
-                (Some(id), Response::Done) if !json => {
-                    println!("job {id} archived");
-                    Ok(())
-                }
-                _ => print_response(response, json),
-            }
+            print_response(response, json)
         }
+        Remote::Archive(id) => match call(&mut client, Request::JobArchive { id }).await? {
+            Response::Done if !json => {
+                println!("job {id} archived");
+                Ok(())
+            }
+            response => print_response(response, json),
+        },
         Remote::Events { follow, nodes, kinds } => {
             events(&mut client, Request::Events { follow, nodes, kinds }, json).await
         }
@@ -321,7 +320,7 @@ fn job_plan(j: JobCommand) -> Result<Remote, Failure> {
         JobCommand::Show { id } => Remote::Once(Request::JobShow { id: JobId(id) }),
         JobCommand::Watch { id } => Remote::Watch(JobId(id)),
         JobCommand::Cancel { id } => Remote::Once(Request::JobCancel { id: JobId(id) }),
-        JobCommand::Archive { id } => Remote::Once(Request::JobArchive { id: JobId(id) }),
+        JobCommand::Archive { id } => Remote::Archive(JobId(id)),
         JobCommand::Submit { file, wait } => {
             let (ops, priority, depends) = crate::jobfile::read(&file).map_err(Failure::Usage)?;
             Remote::Job { request: Request::JobSubmit { ops, priority, depends }, wait, bulk: false }

@@ -402,10 +402,15 @@ pub fn describe(cfg: &DaemonConfig) -> String {
 /// value as text and the keys not at their default. Set at start and again
 /// by each reload that applied something; readers take a whole copy.
 #[derive(Debug, Default)]
-pub struct InForce(std::sync::RwLock<std::sync::Arc<Described>>);
+pub struct InForce(std::sync::RwLock<Described>);
 
-/// Each key's value as text, and the keys not at their default.
-type Described = (BTreeMap<String, String>, Vec<String>);
+#[derive(Debug, Default)]
+struct Described {
+    /// Each key's value as text.
+    values: BTreeMap<String, String>,
+    /// The keys not at their default.
+    changed: Vec<String>,
+}
 
 impl InForce {
     /// `table`: each key's value in force ([`DaemonConfig::table`]).
@@ -429,13 +434,13 @@ impl InForce {
         // is not called changed.
         let changed = table.iter().filter(|(k, v)| defaults.get(*k).is_some_and(|d| d != *v)).map(|(k, _)| k.clone());
         let changed = changed.collect();
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new((values, changed));
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Described { values, changed };
     }
 
     /// `status` with the configuration in force.
     pub fn fill(&self, mut status: kiln_actors::SiteStatus) -> kiln_actors::SiteStatus {
-        let now = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
-        (status.config, status.config_changed) = (now.0.clone(), now.1.clone());
+        let now = self.0.read().unwrap_or_else(|e| e.into_inner());
+        (status.config, status.config_changed) = (now.values.clone(), now.changed.clone());
         status
     }
 }
