@@ -196,6 +196,8 @@ pub struct SqliteBackend {
     /// closes.
     checkpointer: Option<Checkpointer>,
     conn: Connection,
+    /// No archived job has an id above this ([`Held::archive_ceiling`]).
+    archive_ceiling: i64,
 }
 
 impl SqliteBackend {
@@ -232,7 +234,8 @@ impl SqliteBackend {
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
         let checkpointer = if mode.eq_ignore_ascii_case("wal") { Checkpointer::start(path) } else { None };
-        Ok(SqliteBackend { checkpointer, conn })
+        let archive_ceiling = jobs::archive_ceiling(&conn)?;
+        Ok(SqliteBackend { checkpointer, conn, archive_ceiling })
     }
 
     /// After every group commit: the background checkpointer keeps count.
@@ -318,7 +321,7 @@ impl Backend for SqliteBackend {
         {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let clean = {
-                let mut held = Held::new(&tx);
+                let mut held = Held::new(&tx, &mut self.archive_ceiling);
                 batches.iter().all(|batch| batch.iter().all(|write| apply(&mut held, write).is_ok()))
             };
             if clean {
@@ -332,7 +335,7 @@ impl Backend for SqliteBackend {
         }
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batches.len());
-        let mut held = Held::new(&tx);
+        let mut held = Held::new(&tx, &mut self.archive_ceiling);
         for batch in batches {
             tx.prepare_cached("SAVEPOINT b")?.execute([])?;
             match batch.iter().try_for_each(|write| apply(&mut held, write)) {

@@ -236,6 +236,36 @@ fn an_archived_job_cannot_be_put_again() {
 }
 
 #[test]
+fn the_archive_refuses_its_ids_after_a_reopen_and_a_rolled_back_archive_refuses_nothing() {
+    let (_dir, path) = db();
+    {
+        let mut store = open(&path);
+        commit_one(&mut store, vec![Write::PutJob(finished(5, JobStatus::Success))]).unwrap();
+        commit_one(&mut store, vec![Write::ArchiveJob(JobId(5))]).unwrap();
+    }
+    let mut store = open(&path);
+    // The highest archived id is read back from the file: 5 stays refused.
+    let err = commit_one(&mut store, vec![Write::InsertJob(job(5))]).unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m == "job 5 is archived"), "{err:?}");
+    // Below it, an id never stored is free; above it, too.
+    commit_one(&mut store, vec![Write::InsertJob(job(3))]).unwrap();
+    commit_one(&mut store, vec![Write::InsertJob(job(6))]).unwrap();
+
+    // An archive whose batch fails is rolled back: job 7 was never stored,
+    // so it may be inserted after all.
+    let err = commit_one(
+        &mut store,
+        vec![Write::PutJob(finished(7, JobStatus::Success)), Write::ArchiveJob(JobId(7)), Write::ArchiveJob(JobId(6))],
+    )
+    .unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m.contains("job 6 is still queued")), "{err:?}");
+    assert_eq!(store.load_job(JobId(7)).unwrap(), None);
+    commit_one(&mut store, vec![Write::InsertJob(job(7))]).unwrap();
+    let live: Vec<u64> = store.load_live_jobs().unwrap().into_iter().map(|j| j.id.0).collect();
+    assert_eq!(live, [3, 6, 7]);
+}
+
+#[test]
 fn inserting_takes_only_ids_never_stored() {
     let (_dir, path) = db();
     let mut store = open(&path);

@@ -6,6 +6,10 @@
 //! job lifecycles). A group looks each statement up once and keeps the
 //! handle until the group ends; rusqlite resets a statement after every
 //! `execute`, so a held statement starts each write clean.
+//!
+//! The group also carries the one fact about the file that spares a
+//! statement per job: the highest id ever archived (see
+//! [`Held::archive_ceiling`]).
 
 use rusqlite::{CachedStatement, Connection};
 
@@ -16,11 +20,17 @@ use crate::StoreError;
 pub(super) struct Held<'c> {
     conn: &'c Connection,
     statements: Vec<(&'static str, CachedStatement<'c>)>,
+    /// No archived job has an id above this. A new job's id is above it
+    /// (ids are serial), so inserting one needs no probe of the archive
+    /// for an id archived before: that probe was a statement per
+    /// submission. Archiving raises it before it writes, so a rolled-back
+    /// archive leaves it too high, which costs a probe and is never wrong.
+    pub(super) archive_ceiling: &'c mut i64,
 }
 
 impl<'c> Held<'c> {
-    pub(super) fn new(conn: &'c Connection) -> Held<'c> {
-        Held { conn, statements: Vec::new() }
+    pub(super) fn new(conn: &'c Connection, archive_ceiling: &'c mut i64) -> Held<'c> {
+        Held { conn, statements: Vec::new(), archive_ceiling }
     }
 
     /// The statement for `sql`, prepared (or taken from the cache) at its
