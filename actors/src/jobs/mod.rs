@@ -5,6 +5,7 @@
 //! their node actors in parallel under a fanout limit, and the job keeps each
 //! node's result.
 
+mod ended;
 pub mod model;
 mod queue;
 
