@@ -106,11 +106,20 @@ fn remove_socket(path: &Path) {
     }
 }
 
-/// Writes one response; a client that does not read it within `timeout`
-/// (its socket buffer stays full) gets nothing more and is dropped.
-async fn send(stream: &mut UnixStream, resp: &Response, timeout: Duration) -> Result<(), CodecError> {
-    match tokio::time::timeout(timeout, codec::write_message(stream, resp)).await {
-        Ok(written) => written,
+/// Writes one response, in parts when it is longer than a frame
+/// ([`kiln_actors::parts`]); a client that does not read it within the
+/// frame timeout (its socket buffer stays full) gets nothing more and is
+/// dropped.
+async fn send(stream: &mut UnixStream, resp: &Response, cfg: &AdminConfig) -> Result<(), CodecError> {
+    let frames = kiln_actors::parts::answer_frames(resp, cfg.max_frame)?;
+    let write = async {
+        for frame in &frames {
+            stream.write_all(frame).await?;
+        }
+        stream.flush().await
+    };
+    match tokio::time::timeout(cfg.limits.frame_timeout, write).await {
+        Ok(written) => Ok(written?),
         Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
     }
 }
@@ -133,12 +142,8 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
                 codec::read_message::<_, Request>(&mut stream, cfg.max_frame),
             )
             .await;
-            let _ = send(
-                &mut stream,
-                &protocol_error(format!("uid {} may not use this socket", cred.uid())),
-                frame_timeout,
-            )
-            .await;
+            let _ =
+                send(&mut stream, &protocol_error(format!("uid {} may not use this socket", cred.uid())), cfg).await;
             return;
         }
         Err(e) => {
@@ -153,7 +158,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
         Ok(Ok(Some(Request::Hello { version, .. }))) if version == PROTOCOL_VERSION => {
             let ok =
                 Response::Hello { version: PROTOCOL_VERSION, server: format!("kiln {}", env!("CARGO_PKG_VERSION")) };
-            if send(&mut stream, &ok, frame_timeout).await.is_err() {
+            if send(&mut stream, &ok, cfg).await.is_err() {
                 return;
             }
         }
@@ -161,22 +166,20 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             let text = format!(
                 "protocol version {version} is not supported: this daemon speaks version {PROTOCOL_VERSION}; use the kiln CLI of the same release"
             );
-            let _ = send(&mut stream, &protocol_error(text), frame_timeout).await;
+            let _ = send(&mut stream, &protocol_error(text), cfg).await;
             return;
         }
         Ok(Ok(Some(_))) => {
-            let _ = send(&mut stream, &protocol_error("the first message must be a hello"), frame_timeout).await;
+            let _ = send(&mut stream, &protocol_error("the first message must be a hello"), cfg).await;
             return;
         }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            let _ = send(&mut stream, &protocol_error(e.to_string()), frame_timeout).await;
+            let _ = send(&mut stream, &protocol_error(e.to_string()), cfg).await;
             return;
         }
         Err(_) => {
-            let _ =
-                send(&mut stream, &protocol_error(format!("no hello within {}", secs(frame_timeout))), frame_timeout)
-                    .await;
+            let _ = send(&mut stream, &protocol_error(format!("no hello within {}", secs(frame_timeout))), cfg).await;
             return;
         }
     }
@@ -191,7 +194,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             Ok(Err(_)) => return,
             Err(_) => {
                 let text = format!("idle for {}; closing the connection", secs(cfg.limits.idle_timeout));
-                let _ = send(&mut stream, &protocol_error(text), frame_timeout).await;
+                let _ = send(&mut stream, &protocol_error(text), cfg).await;
                 return;
             }
         };
@@ -209,14 +212,14 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             Ok(Ok(Some(body))) => body,
             Ok(Ok(None)) => return,
             Ok(Err(e @ CodecError::TooLarge { .. })) => {
-                let _ = send(&mut stream, &protocol_error(e.to_string()), frame_timeout).await;
+                let _ = send(&mut stream, &protocol_error(e.to_string()), cfg).await;
                 let _ = stream.shutdown().await;
                 return;
             }
             Ok(Err(_)) => return,
             Err(_) => {
                 let text = format!("frame not completed within {}", secs(frame_timeout));
-                let _ = send(&mut stream, &protocol_error(text), frame_timeout).await;
+                let _ = send(&mut stream, &protocol_error(text), cfg).await;
                 return;
             }
         };
@@ -225,7 +228,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             Err(e) => {
                 let slot = site.metrics.admin_request(None);
                 site.metrics.admin_error(slot);
-                if send(&mut stream, &protocol_error(e.to_string()), frame_timeout).await.is_err() {
+                if send(&mut stream, &protocol_error(e.to_string()), cfg).await.is_err() {
                     return;
                 }
                 continue;
@@ -238,7 +241,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
                 Ok(f) => f,
                 Err(e) => {
                     site.metrics.admin_error(slot);
-                    if send(&mut stream, &Response::Error(e), frame_timeout).await.is_err() {
+                    if send(&mut stream, &Response::Error(e), cfg).await.is_err() {
                         return;
                     }
                     continue;
@@ -268,7 +271,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
         if matches!(response, Response::Error(_)) {
             site.metrics.admin_error(slot);
         }
-        if send(&mut stream, &response, frame_timeout).await.is_err() {
+        if send(&mut stream, &response, cfg).await.is_err() {
             return;
         }
     }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use kiln_actors::codec::{self, DEFAULT_MAX_FRAME};
+use kiln_actors::parts::Joiner;
 use kiln_actors::protocol::{PROTOCOL_VERSION, Request, Response};
 use tokio::net::UnixStream;
 
@@ -64,9 +65,17 @@ impl Client {
         self.next().await
     }
 
-    /// Reads the next response (for streams such as events).
+    /// Reads the next response (for streams such as events), joining the
+    /// parts of one longer than a frame.
     pub async fn next(&mut self) -> Result<Response, ClientError> {
-        codec::read_message(&mut self.stream, DEFAULT_MAX_FRAME).await?.ok_or(ClientError::Closed)
+        let mut joiner = Joiner::default();
+        loop {
+            let len = codec::read_len(&mut self.stream, DEFAULT_MAX_FRAME).await?.ok_or(ClientError::Closed)?;
+            let body = codec::read_body(&mut self.stream, len).await?;
+            if let Some(response) = joiner.take(&body)? {
+                return Ok(response);
+            }
+        }
     }
 
     /// Sends a request without waiting for its answer (streams).

@@ -6,6 +6,12 @@
 //! 2.0.1; moving to wincode (bincode-compatible) or postcard changes only
 //! this file. Decoding is bounded (`max_frame`, and bincode's own allocation
 //! limit), so a hostile length never allocates more than a frame's worth.
+//!
+//! Answers are the exception to that allocation limit: a client trusts the
+//! daemon it connected to, and an answer may decode to more than its frame
+//! (a list of 100,000 nodes does), or be longer than a frame and arrive in
+//! parts ([`crate::protocol::Response::Part`]). Answers are decoded with
+//! [`decode_answer`], bounded by [`MAX_ANSWER`] instead.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,10 +20,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The default largest frame (spec section 8).
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
+/// The most a client takes of one answer, all its parts together, and
+/// lets it allocate once decoded.
+pub const MAX_ANSWER: usize = 1 << 30;
+
 /// The bincode configuration: standard, with an allocation limit equal to
 /// the default largest frame.
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DEFAULT_MAX_FRAME>()
+}
+
+/// The same, with the allocation limit of an answer.
+fn answer_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_ANSWER>()
 }
 
 /// A frame could not be read, written, encoded or decoded.
@@ -35,19 +50,39 @@ pub enum CodecError {
 
 /// Encodes a message as one frame (length prefix included).
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
-    let body = bincode::serde::encode_to_vec(msg, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
+    frame_of(&encode_body(msg)?)
+}
+
+/// Encodes a message without its length prefix.
+pub fn encode_body<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(msg, config()).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Puts the length prefix before an encoded message.
+pub fn frame_of(body: &[u8]) -> Result<Vec<u8>, CodecError> {
     let len =
         u32::try_from(body.len()).map_err(|_| CodecError::TooLarge { len: body.len(), max: u32::MAX as usize })?;
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&body);
+    frame.extend_from_slice(body);
     Ok(frame)
 }
 
 /// Decodes one frame's body; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    let (msg, used) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| CodecError::Decode(e.to_string()))?;
+    let decoded = bincode::serde::decode_from_slice(body, config());
+    whole(body, decoded.map_err(|e| CodecError::Decode(e.to_string()))?)
+}
+
+/// Decodes an answer from the daemon: one frame's body, or the parts of a
+/// long answer joined. Its allocation limit is [`MAX_ANSWER`].
+pub fn decode_answer<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    let decoded = bincode::serde::decode_from_slice(body, answer_config());
+    whole(body, decoded.map_err(|e| CodecError::Decode(e.to_string()))?)
+}
+
+/// The decoded message, unless bytes were left after it.
+fn whole<T>(body: &[u8], (msg, used): (T, usize)) -> Result<T, CodecError> {
     if used != body.len() {
         return Err(CodecError::Decode(format!("{} bytes after the message", body.len() - used)));
     }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod node;
 pub mod nodeset;
 pub mod panics;
+pub mod parts;
 pub mod periodic;
 pub mod protocol;
 pub mod scheduler;

@@ -5,7 +5,8 @@
 //! [`PROTOCOL_VERSION`]; the daemon answers [`Response::Hello`] or, on a
 //! mismatch, an error naming both versions. Then each request gets one
 //! response, except [`Request::Events`] with `follow`, which streams
-//! [`Response::Event`]s until the client goes away.
+//! [`Response::Event`]s until the client goes away. A response longer than
+//! a frame arrives as [`Response::Part`]s ([`crate::parts`]).
 
 use kiln_store::{HistoryEntry, JobId, JobStatus, ProvisionState};
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,7 @@ use crate::supervisor::NewNode;
 use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
 
 /// Bumped whenever a request or response changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -222,4 +223,11 @@ pub enum Response {
     Periodic(Vec<crate::scheduler::PeriodicInfo>),
     Exec(Vec<crate::exec::ExecOutcome>),
     Done,
+    /// A piece of an answer longer than a frame: bytes of the whole
+    /// answer's encoding, in order; the last piece says so. See
+    /// [`crate::parts`].
+    Part {
+        bytes: Vec<u8>,
+        last: bool,
+    },
 }

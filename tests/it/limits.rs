@@ -1,7 +1,8 @@
 //! Per-connection limits of the admin socket: idle connections, a client
 //! that never says hello, and slow-loris frames cannot starve a normal
 //! client; each is closed with a clear error once its (short, configured)
-//! timeout passes; a connection over `max_connections` is refused clearly.
+//! timeout passes; a connection over `max_connections` is refused clearly;
+//! an answer longer than `max_frame` arrives in parts, each within it.
 //! Nothing here asserts how fast anything is, only what happens.
 
 use std::io::{Read, Write};
@@ -192,4 +193,52 @@ fn a_client_that_never_reads_its_answers_is_dropped_and_frees_its_slot() {
         Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
     };
     assert!(closed, "closed, not left hanging: {drained:?}");
+}
+
+#[test]
+fn an_answer_longer_than_a_frame_arrives_whole_in_parts_each_within_max_frame() {
+    const NODES: usize = 300;
+    let d = Daemon::start(NODES, &["--no-periodic", "--set", "max_frame=4096"]);
+
+    // The CLI joins the parts: every node, in the JSON and in the table.
+    let nodes = d.json(&["node", "list"]);
+    let names: Vec<&str> = nodes.as_array().expect("a list").iter().map(|n| n["name"].as_str().unwrap()).collect();
+    let mut expected: Vec<String> = (1..=NODES).map(|i| format!("demo{i}")).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    let table = d.cli(&["node", "list"]);
+    assert!(table.status.success(), "{table:?}");
+    assert_eq!(String::from_utf8_lossy(&table.stdout).lines().count(), NODES + 1, "a header and a row per node");
+
+    // On the wire: parts, none longer than max_frame, the last one marked.
+    let mut s = idle(&d);
+    send(&mut s, &Request::NodeList { nodes: None, state: None, maintenance: None });
+    let mut joined = Vec::new();
+    let mut parts = 0;
+    loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let len = u32::from_be_bytes(len) as usize;
+        assert!(len <= 4096, "a frame of {len} bytes");
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+        parts += 1;
+        match codec::decode(&body).unwrap() {
+            Response::Part { bytes, last } => {
+                joined.extend_from_slice(&bytes);
+                if last {
+                    break;
+                }
+            }
+            other => panic!("expected a part, got {other:?}"),
+        }
+    }
+    assert!(parts >= 5, "{parts} parts");
+    match codec::decode_answer(&joined).unwrap() {
+        Response::Nodes(list) => assert_eq!(list.len(), NODES),
+        other => panic!("expected the node list, got {other:?}"),
+    }
+    // The connection goes on: a short answer is one plain frame again.
+    send(&mut s, &Request::Status);
+    assert!(matches!(recv(&mut s), Some(Response::Status(_))));
 }
