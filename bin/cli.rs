@@ -356,10 +356,13 @@ pub struct NodesetArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
-    /// List live (not archived) jobs.
+    /// List live (not archived) jobs, oldest first: the newest `--limit`.
     List {
         #[arg(long)]
         status: Option<String>,
+        /// How many of the newest to list; 0 lists every live job.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
     },
     /// Show a job, its opcodes and per-node results.
     Show { id: u64 },

@@ -197,6 +197,12 @@ enum Remote {
     Watch(JobId),
     /// Archive a job and say so.
     Archive(JobId),
+    /// List jobs; with a `limit`, ask for one more to tell whether there
+    /// are more, and say so.
+    JobList {
+        status: Option<JobStatus>,
+        limit: Option<u32>,
+    },
     Events {
         follow: bool,
         nodes: Option<String>,
@@ -247,6 +253,21 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
         Remote::Once(request) => {
             let response = call(&mut client, request).await?;
             print_response(response, json)
+        }
+        Remote::JobList { status, limit } => {
+            let request = Request::JobList { status, limit: limit.map(|n| n.saturating_add(1)) };
+            match (call(&mut client, request).await?, limit) {
+                (Response::Jobs(mut jobs), Some(limit)) if jobs.len() > limit as usize => {
+                    // Oldest first: the one past the limit is the first.
+                    jobs.drain(..jobs.len() - limit as usize);
+                    eprintln!(
+                        "kiln: the newest {limit} live jobs are listed, and there are more \
+                         (--limit N lists more, --limit 0 every one)"
+                    );
+                    print_response(Response::Jobs(jobs), json)
+                }
+                (response, _) => print_response(response, json),
+            }
         }
         Remote::Archive(id) => match call(&mut client, Request::JobArchive { id }).await? {
             Response::Done if !json => {
@@ -314,9 +335,10 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
 
 fn job_plan(j: JobCommand) -> Result<Remote, Failure> {
     Ok(match j {
-        JobCommand::List { status } => Remote::Once(Request::JobList {
+        JobCommand::List { status, limit } => Remote::JobList {
             status: status.map(|s| s.parse::<JobStatus>()).transpose().map_err(|e| Failure::Usage(e.into()))?,
-        }),
+            limit: (limit > 0).then_some(limit),
+        },
         JobCommand::Show { id } => Remote::Once(Request::JobShow { id: JobId(id) }),
         JobCommand::Watch { id } => Remote::Watch(JobId(id)),
         JobCommand::Cancel { id } => Remote::Once(Request::JobCancel { id: JobId(id) }),

@@ -90,7 +90,10 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
         Request::JobSubmit { ops, priority, depends } => {
             Response::JobSubmitted(submit(site, SubmitJob { ops, priority, depends }).await?)
         }
-        Request::JobList { status } => Response::Jobs(site.jobs.send(ListJobs { status }).await.map_err(|_| gone())??),
+        Request::JobList { status, limit } => {
+            let list = ListJobs { status, limit: limit.map(|n| n as usize) };
+            Response::Jobs(site.jobs.send(list).await.map_err(|_| gone())??)
+        }
         Request::JobShow { id } => Response::Job(site.jobs.send(GetJob(id)).await.map_err(|_| gone())??),
         Request::JobWait { id, after_serial, timeout_ms } => {
             let wait = WaitJobChange { job: id, after_serial, timeout: Duration::from_millis(timeout_ms.min(600_000)) };

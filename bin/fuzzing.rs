@@ -267,7 +267,7 @@ mod tests {
                 priority: -3,
                 depends: vec![Dependency { job: JobId(7), statuses: vec![JobStatus::Success] }],
             },
-            Request::JobList { status: Some(JobStatus::Running) },
+            Request::JobList { status: Some(JobStatus::Running), limit: Some(1000) },
             Request::JobShow { id: JobId(1) },
             Request::JobWait { id: JobId(1), after_serial: 3, timeout_ms: 1000 },
             Request::JobCancel { id: JobId(2) },

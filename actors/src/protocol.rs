@@ -85,8 +85,10 @@ pub enum Request {
         priority: i32,
         depends: Vec<Dependency>,
     },
+    /// The newest `limit` live jobs (all when `None`), oldest first.
     JobList {
         status: Option<JobStatus>,
+        limit: Option<u32>,
     },
     JobShow {
         id: JobId,

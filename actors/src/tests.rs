@@ -218,6 +218,13 @@ impl kiln_store::Backend for NoOpcodeStarts {
     fn list_archived_jobs(&mut self, limit: usize) -> Result<Vec<kiln_store::JobRecord>, kiln_store::StoreError> {
         self.0.list_archived_jobs(limit)
     }
+    fn list_live_jobs(
+        &mut self,
+        status: Option<kiln_store::JobStatus>,
+        limit: usize,
+    ) -> Result<Vec<kiln_store::JobRecord>, kiln_store::StoreError> {
+        self.0.list_live_jobs(status, limit)
+    }
     fn checkpoint(&mut self) -> Result<(), kiln_store::StoreError> {
         self.0.checkpoint()
     }

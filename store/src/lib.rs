@@ -112,6 +112,9 @@ pub trait Backend: Send + 'static {
     fn load_history(&mut self, node: NodeId, limit: usize) -> Result<Vec<HistoryEntry>, StoreError>;
     /// Every job of the live queue, by id.
     fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError>;
+    /// The `limit` most recently submitted live jobs (highest id first),
+    /// only those stored with `status` when it is given.
+    fn list_live_jobs(&mut self, status: Option<JobStatus>, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
     /// One job, live or archived; the flag is true when it is archived.
     fn load_job(&mut self, id: JobId) -> Result<Option<(JobRecord, bool)>, StoreError>;
     /// At most `limit` lines of a job's log whose serial is above

@@ -45,8 +45,8 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, Row, TransactionBehavior, ffi, params};
 
 use crate::{
-    Backend, Batch, HistoryEntry, JobId, JobLogEntry, JobRecord, NodeId, NodeRecord, PortId, PortRecord, Reservation,
-    StoreError, Timestamp, Write,
+    Backend, Batch, HistoryEntry, JobId, JobLogEntry, JobRecord, JobStatus, NodeId, NodeRecord, PortId, PortRecord,
+    Reservation, StoreError, Timestamp, Write,
 };
 
 mod checkpointer;
@@ -443,6 +443,10 @@ impl Backend for SqliteBackend {
 
     fn list_archived_jobs(&mut self, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         jobs::list_archived_jobs(&self.conn, limit)
+    }
+
+    fn list_live_jobs(&mut self, status: Option<JobStatus>, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        jobs::list_live_jobs(&self.conn, status, limit)
     }
 
     fn checkpoint(&mut self) -> Result<(), StoreError> {

@@ -320,6 +320,25 @@ fn archived_jobs_are_listed_newest_first() {
 }
 
 #[test]
+fn live_jobs_are_listed_newest_first_by_stored_status() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    for id in 1..=6 {
+        let job = if id % 2 == 0 { finished(id, JobStatus::Success) } else { job(id) };
+        commit_one(&mut store, vec![Write::PutJob(job)]).unwrap();
+    }
+    commit_one(&mut store, vec![Write::ArchiveJob(JobId(6))]).unwrap();
+    let ids = |jobs: Vec<JobRecord>| jobs.into_iter().map(|j| j.id.0).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_live_jobs(None, 3).unwrap()), [5, 4, 3], "the archived job 6 is not live");
+    assert_eq!(ids(store.list_live_jobs(Some(JobStatus::Success), 10).unwrap()), [4, 2]);
+    assert_eq!(ids(store.list_live_jobs(Some(JobStatus::Queued), 2).unwrap()), [5, 3]);
+    assert!(store.list_live_jobs(Some(JobStatus::Error), 10).unwrap().is_empty());
+    assert!(store.list_live_jobs(None, 0).unwrap().is_empty());
+    let whole = store.list_live_jobs(None, usize::MAX).unwrap();
+    assert_eq!(whole.iter().rev().cloned().collect::<Vec<_>>(), store.load_live_jobs().unwrap());
+}
+
+#[test]
 fn settings_are_upserted() {
     let (_dir, path) = db();
     let mut store = open(&path);

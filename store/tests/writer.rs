@@ -159,6 +159,9 @@ impl Backend for BrokenDisk {
     fn list_archived_jobs(&mut self, _: usize) -> Result<Vec<JobRecord>, StoreError> {
         Ok(Vec::new())
     }
+    fn list_live_jobs(&mut self, _: Option<JobStatus>, _: usize) -> Result<Vec<JobRecord>, StoreError> {
+        Ok(Vec::new())
+    }
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -244,6 +247,9 @@ impl Backend for Recorder {
         Ok(None)
     }
     fn list_archived_jobs(&mut self, _: usize) -> Result<Vec<JobRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn list_live_jobs(&mut self, _: Option<JobStatus>, _: usize) -> Result<Vec<JobRecord>, StoreError> {
         Ok(Vec::new())
     }
     fn checkpoint(&mut self) -> Result<(), StoreError> {

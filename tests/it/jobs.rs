@@ -151,6 +151,46 @@ fn ended_jobs_can_be_archived_and_still_shown() {
 }
 
 #[test]
+fn job_list_shows_the_newest_up_to_its_limit_and_says_when_there_are_more() {
+    let d = Daemon::start(0, &["--max-running-jobs", "1"]);
+    let ended: Vec<u64> = (0..4)
+        .map(|_| {
+            let id = submit(&d, "ops: [{op: sleep, seconds: 0}]");
+            assert_eq!(watch(&d, id)["status"], "success");
+            id
+        })
+        .collect();
+    let running = submit(&d, "ops: [{op: sleep, seconds: 600}]");
+    let queued = submit(&d, "ops: [{op: sleep, seconds: 0}]");
+    let all: Vec<u64> = ended.iter().copied().chain([running, queued]).collect();
+
+    let list = |args: &[&str]| {
+        let mut full = vec!["--json", "job", "list"];
+        full.extend_from_slice(args);
+        let out = d.cli(&full);
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (ids(&serde_json::from_slice(&out.stdout).expect("JSON")), stderr)
+    };
+    let (listed, note) = list(&[]);
+    assert_eq!((listed, note.as_str()), (all.clone(), ""), "six jobs are under the default limit");
+    let (listed, note) = list(&["--limit", "3"]);
+    assert_eq!(listed, all[3..], "the newest three, oldest first");
+    assert!(note.contains("the newest 3 live jobs are listed, and there are more"), "{note}");
+    let (listed, note) = list(&["--limit", "6"]);
+    assert_eq!((listed, note.as_str()), (all.clone(), ""), "exactly the limit: nothing more to say");
+    assert_eq!(list(&["--limit", "0"]).0, all);
+
+    // By status: unfinished ones as they are now, ended ones newest first.
+    assert_eq!(list(&["--status", "running"]).0, [running]);
+    assert_eq!(list(&["--status", "queued"]).0, [queued]);
+    assert_eq!(list(&["--status", "success", "--limit", "2"]).0, ended[2..]);
+    assert_eq!(list(&["--status", "error"]).0, Vec::<u64>::new());
+    d.json(&["job", "cancel", &running.to_string()]);
+    assert_eq!(watch(&d, queued)["status"], "success");
+}
+
+#[test]
 fn after_sigkill_queued_jobs_run_and_the_running_one_is_in_error() {
     let mut d = Daemon::start(3, &["--max-running-jobs", "1"]);
     d.json(&["node", "manage", "demo[1-3]", "--wait"]);

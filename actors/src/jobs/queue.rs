@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use kiln_store::{JobId, JobLogEntry, JobRecord, JobStatus, StoreHandle, Write};
+use kiln_store::{JobId, JobLogEntry, JobStatus, StoreHandle, Write};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -747,26 +747,50 @@ impl Handler<GetJob> for JobQueue {
     }
 }
 
-/// The live jobs (not archived), optionally of one status, oldest first.
+/// Live jobs, oldest first: the newest `limit` of them (all of them when
+/// `None`), only those in `status` when it is given.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<JobView>, KilnError>")]
 pub struct ListJobs {
     pub status: Option<JobStatus>,
+    pub limit: Option<usize>,
 }
 
 impl Handler<ListJobs> for JobQueue {
-    type Result = ResponseFuture<Result<Vec<JobView>, KilnError>>;
+    type Result = ResponseActFuture<Self, Result<Vec<JobView>, KilnError>>;
     fn handle(&mut self, msg: ListJobs, _: &mut Context<Self>) -> Self::Result {
-        let active: BTreeMap<JobId, JobView> = self.active.iter().map(|(id, j)| (*id, j.view.clone())).collect();
+        let limit = msg.limit.unwrap_or(usize::MAX);
+        if let Some(status) = msg.status.filter(|s| !s.is_finished()) {
+            // Every unfinished job is here, and newer than its row.
+            let mut views: Vec<JobView> = self
+                .active
+                .values()
+                .rev()
+                .filter(|j| j.view.status == status)
+                .take(limit)
+                .map(|j| j.view.clone())
+                .collect();
+            views.reverse();
+            return Box::pin(actix::fut::ready(Ok(views)));
+        }
+        // The store reads only the rows listed (a live table can hold
+        // millions of ended jobs); a job still running is shown as it is
+        // now rather than as last stored.
         let store = self.store.clone();
-        Box::pin(async move {
-            let records: Vec<JobRecord> = store.read(|b| b.load_live_jobs()).await?;
-            Ok(records
-                .iter()
-                .map(|r| active.get(&r.id).cloned().unwrap_or_else(|| JobView::from_record(r, false)))
-                .filter(|v| msg.status.is_none_or(|s| v.status == s))
-                .collect())
-        })
+        let status = msg.status;
+        Box::pin(async move { store.read(move |b| b.list_live_jobs(status, limit)).await }.into_actor(self).map(
+            move |records, act, _| {
+                Ok(records?
+                    .iter()
+                    .rev()
+                    .map(|r| match act.active.get(&r.id) {
+                        Some(job) => job.view.clone(),
+                        None => JobView::from_record(r, false),
+                    })
+                    .filter(|v| status.is_none_or(|s| v.status == s))
+                    .collect())
+            },
+        ))
     }
 }
 

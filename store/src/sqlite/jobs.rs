@@ -323,6 +323,25 @@ pub(super) fn list_archived_jobs(conn: &Connection, limit: usize) -> Result<Vec<
     Ok(jobs)
 }
 
+pub(super) fn list_live_jobs(
+    conn: &Connection,
+    status: Option<JobStatus>,
+    limit: usize,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // Walks the table from its newest row and stops after `limit` matches:
+    // the live table may hold millions of ended jobs, and nothing here
+    // reads (or parses) the rows past the ones listed.
+    let mut stmt = conn
+        .prepare_cached(concat!(job_select!("jobs"), " WHERE ?1 IS NULL OR status = ?1 ORDER BY id DESC LIMIT ?2"))?;
+    let mut rows = stmt.query(rusqlite::params![status.map(|s| s.as_str()), limit])?;
+    let mut jobs = Vec::new();
+    while let Some(row) = rows.next()? {
+        jobs.push(job_from_row(row, "jobs")?);
+    }
+    Ok(jobs)
+}
+
 fn job_from_row(row: &Row<'_>, table: &'static str) -> Result<JobRecord, StoreError> {
     let mut f = Fields { row, table, key: String::new() };
     let id = JobId(f.unsigned(0, "id")?);
