@@ -263,3 +263,41 @@ fn an_opcode_whose_start_cannot_be_stored_does_not_run() {
         assert!(node.reservation.is_none());
     });
 }
+
+#[test]
+fn old_jobs_are_archived_in_waves_and_each_one_is_counted_once() {
+    use crate::jobs::{ArchiveOld, GetQueueInfo, ListJobs, Opcode, SubmitJob, WaitJobChange};
+    const JOBS: usize = 600; // more than two waves
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = start(config(dir.path(), 0, Duration::ZERO)).await.unwrap();
+        let mut last = None;
+        for _ in 0..JOBS {
+            let ops = vec![Opcode::Sleep { seconds: 0.0 }];
+            last = Some(site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap());
+        }
+        let last = last.unwrap();
+        let mut after = 0;
+        for _ in 0..1000 {
+            let wait = WaitJobChange { job: last, after_serial: after, timeout: Duration::from_secs(30) };
+            let change = site.jobs.send(wait).await.unwrap().unwrap();
+            after = change.log.last().map_or(after, |l| l.serial);
+            if change.status.is_finished() {
+                break;
+            }
+        }
+        let info = site.jobs.send(GetQueueInfo).await.unwrap();
+        assert_eq!(info.by_status.get("success"), Some(&JOBS), "{:?}", info.by_status);
+
+        let archived = site.jobs.send(ArchiveOld { age: Duration::ZERO }).await.unwrap().unwrap();
+        assert_eq!(archived, JOBS);
+        let info = site.jobs.send(GetQueueInfo).await.unwrap();
+        assert!(info.by_status.is_empty(), "{:?}", info.by_status);
+        let live = site.jobs.send(ListJobs { status: None, limit: None }).await.unwrap().unwrap();
+        assert!(live.is_empty(), "{} live", live.len());
+        let stored = site.store.read(|b| b.list_archived_jobs(usize::MAX)).await.unwrap();
+        assert_eq!(stored.len(), JOBS);
+        // Nothing is left to archive, and nothing is counted twice.
+        assert_eq!(site.jobs.send(ArchiveOld { age: Duration::ZERO }).await.unwrap().unwrap(), 0);
+    });
+}

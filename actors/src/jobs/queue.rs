@@ -856,11 +856,16 @@ impl Handler<ArchiveJob> for JobQueue {
 }
 
 /// Archives every live job that ended more than `age` ago; answers how many.
+/// The archive writes go to the store [`ARCHIVE_WAVE`] at a time.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<usize, KilnError>")]
 pub struct ArchiveOld {
     pub age: Duration,
 }
+
+/// Archive writes in flight at once while archiving old jobs: each its own
+/// batch (one job that cannot be archived fails alone), one group commit.
+const ARCHIVE_WAVE: usize = 256;
 
 impl Handler<ArchiveOld> for JobQueue {
     type Result = ResponseActFuture<Self, Result<usize, KilnError>>;
@@ -870,8 +875,16 @@ impl Handler<ArchiveOld> for JobQueue {
         let store = self.store.clone();
         Box::pin(
             async move {
-                let commits = ids.iter().map(|id| store.commit(vec![Write::ArchiveJob(*id)]));
-                (futures::future::join_all(commits).await, ids)
+                // A wave at a time: the store serves requests in order, so
+                // a million archive writes sent at once would queue every
+                // submission behind them for seconds; between two waves a
+                // submission waits for one wave at most.
+                let mut results = Vec::with_capacity(ids.len());
+                for wave in ids.chunks(ARCHIVE_WAVE) {
+                    let commits = wave.iter().map(|id| store.commit(vec![Write::ArchiveJob(*id)]));
+                    results.extend(futures::future::join_all(commits).await);
+                }
+                (results, ids)
             }
             .into_actor(self)
             .map(move |(results, ids), act, _| {
