@@ -101,6 +101,41 @@ fn dependencies_hold_a_job_and_fail_it_when_they_cannot_be_met() {
 }
 
 #[test]
+fn a_job_waits_for_each_of_its_dependencies_and_keeps_waiting_across_a_restart() {
+    let mut d = Daemon::start(0, &["--max-running-jobs", "2"]);
+    let a = submit(&d, "ops: [{op: sleep, seconds: 600}]");
+    let b = submit(&d, "ops: [{op: sleep, seconds: 600}]");
+    let both = submit(&d, &format!("depends: [{{job: {a}}}, {{job: {b}}}]\nops: [{{op: sleep, seconds: 0}}]"));
+    assert_eq!(job(&d, both)["status"], "waiting");
+    d.json(&["job", "cancel", &a.to_string()]);
+    assert_eq!(watch(&d, a)["status"], "canceled");
+    assert_eq!(job(&d, both)["status"], "waiting", "b has not ended");
+    d.json(&["job", "cancel", &b.to_string()]);
+    assert_eq!(watch(&d, both)["status"], "success");
+
+    // Killed with two jobs running, one queued behind them and one waiting
+    // for the queued one. The sleeps run again after the restart (a sleep
+    // changes nothing outside its job, so it is not held as started); once
+    // they are canceled the queued one runs, and its end moves the waiting
+    // one on.
+    let running = submit(&d, "ops: [{op: sleep, seconds: 600}]");
+    let filler = submit(&d, "ops: [{op: sleep, seconds: 600}]");
+    let queued = submit(&d, "ops: [{op: sleep, seconds: 0}]");
+    let waiting =
+        submit(&d, &format!("depends: [{{job: {queued}, statuses: [success]}}]\nops: [{{op: sleep, seconds: 0}}]"));
+    assert_eq!(job(&d, queued)["status"], "queued");
+    assert_eq!(job(&d, waiting)["status"], "waiting");
+    d.kill9();
+    d.restart();
+    assert_eq!(job(&d, waiting)["status"], "waiting");
+    for id in [running, filler] {
+        d.json(&["job", "cancel", &id.to_string()]);
+    }
+    assert_eq!(watch(&d, queued)["status"], "success");
+    assert_eq!(watch(&d, waiting)["status"], "success");
+}
+
+#[test]
 fn bad_job_files_and_unknown_nodes_queue_nothing() {
     let d = Daemon::start(2, &[]);
     for (text, code, needle) in [

@@ -89,6 +89,12 @@ pub struct JobQueue {
     ended: EndedJobs,
     runnable: BTreeSet<(i32, JobId)>,
     waiting: BTreeSet<JobId>,
+    /// The waiting jobs by a job they wait for (under each such job), so
+    /// that a job's end looks at its own dependents only: walking every
+    /// waiting job at every end made 10,000 waiting jobs slow the whole
+    /// queue from 57,000 to 1,000 jobs a second. Entries for jobs that
+    /// have since left `waiting` are skipped when read.
+    dependents: BTreeMap<JobId, Vec<JobId>>,
     next_id: u64,
     drained: bool,
     running: usize,
@@ -136,6 +142,7 @@ impl JobQueue {
             ended: EndedJobs::default(),
             runnable: BTreeSet::new(),
             waiting: BTreeSet::new(),
+            dependents: BTreeMap::new(),
             next_id: last + 1,
             drained,
             running: 0,
@@ -182,7 +189,7 @@ impl JobQueue {
                     pending: Vec::new(),
                 }),
             );
-            q.waiting.insert(id);
+            q.hold(id);
         }
         for batch in repairs {
             store.commit(batch).await?;
@@ -241,32 +248,53 @@ impl JobQueue {
         if pending { DepState::Pending } else { DepState::Met }
     }
 
-    /// Moves waiting jobs whose dependencies have all ended: to the runnable
-    /// set, or to `error` when one ended the wrong way.
+    /// Puts a job among the waiting, under every job it waits for that
+    /// has not ended.
+    fn hold(&mut self, id: JobId) {
+        let Some(job) = self.active.get(&id) else { return };
+        for dep in &job.view.depends {
+            if !self.ended.contains(dep.job) {
+                self.dependents.entry(dep.job).or_default().push(id);
+            }
+        }
+        self.waiting.insert(id);
+    }
+
+    /// Looks at every waiting job once (at start, when jobs come back from
+    /// the store); later, a job's end looks at its own dependents only.
     fn promote_waiting(&mut self, ctx: &mut Context<Self>) {
         let ids: Vec<JobId> = self.waiting.iter().copied().collect();
         for id in ids {
-            let Some(job) = self.active.get(&id) else { continue };
-            match self.deps_state(&job.view.depends) {
-                DepState::Pending => {
-                    if job.view.status != JobStatus::Waiting {
-                        self.set_status(id, JobStatus::Waiting, "waiting for dependencies".into(), ctx);
-                    }
-                }
-                DepState::Met => {
-                    self.waiting.remove(&id);
-                    self.runnable.insert((job.view.priority, id));
-                    if job.view.status != JobStatus::Queued {
-                        self.set_status(id, JobStatus::Queued, "dependencies met; queued".into(), ctx);
-                    }
-                }
-                DepState::Failed(why) => {
-                    self.waiting.remove(&id);
-                    self.finish(id, JobStatus::Error, Some(why), ctx);
-                }
-            }
+            self.recheck(id, ctx);
         }
         self.report_depth();
+    }
+
+    /// Moves a waiting job on if its dependencies allow: to the run queue
+    /// when they are met, to `error` when one cannot be.
+    fn recheck(&mut self, id: JobId, ctx: &mut Context<Self>) {
+        if !self.waiting.contains(&id) {
+            return;
+        }
+        let Some(job) = self.active.get(&id) else { return };
+        match self.deps_state(&job.view.depends) {
+            DepState::Pending => {
+                if job.view.status != JobStatus::Waiting {
+                    self.set_status(id, JobStatus::Waiting, "waiting for dependencies".into(), ctx);
+                }
+            }
+            DepState::Met => {
+                self.waiting.remove(&id);
+                self.runnable.insert((job.view.priority, id));
+                if job.view.status != JobStatus::Queued {
+                    self.set_status(id, JobStatus::Queued, "dependencies met; queued".into(), ctx);
+                }
+            }
+            DepState::Failed(why) => {
+                self.waiting.remove(&id);
+                self.finish(id, JobStatus::Error, Some(why), ctx);
+            }
+        }
     }
 
     /// Starts runnable jobs while there is room.
@@ -511,7 +539,12 @@ impl JobQueue {
             if was_running {
                 act.running -= 1;
             }
-            act.promote_waiting(ctx);
+            if let Some(dependents) = act.dependents.remove(&id) {
+                for waiting in dependents {
+                    act.recheck(waiting, ctx);
+                }
+                act.report_depth();
+            }
             act.schedule(ctx);
         });
     }
@@ -716,7 +749,7 @@ impl JobQueue {
             }),
         );
         if status == JobStatus::Waiting {
-            self.waiting.insert(id);
+            self.hold(id);
             self.report_depth();
         } else {
             self.runnable.insert((priority, id));
