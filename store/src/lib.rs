@@ -112,6 +112,20 @@ pub trait Backend: Send + 'static {
     fn load_history(&mut self, node: NodeId, limit: usize) -> Result<Vec<HistoryEntry>, StoreError>;
     /// Every job of the live queue, by id.
     fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError>;
+    /// The live queue as the job queue reloads it at start. The default
+    /// reads every job whole; a backend with many ended jobs reads only
+    /// their ends.
+    fn load_live_queue(&mut self) -> Result<LiveQueue, StoreError> {
+        let mut queue = LiveQueue::default();
+        for job in self.load_live_jobs()? {
+            if job.status.is_finished() {
+                queue.ended.push(JobEnd { id: job.id, status: job.status, ended_at: job.ended_at });
+            } else {
+                queue.unfinished.push(job);
+            }
+        }
+        Ok(queue)
+    }
     /// The `limit` most recently submitted live jobs (highest id first),
     /// only those stored with `status` when it is given.
     fn list_live_jobs(&mut self, status: Option<JobStatus>, limit: usize) -> Result<Vec<JobRecord>, StoreError>;

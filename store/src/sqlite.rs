@@ -45,8 +45,8 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, Row, TransactionBehavior, ffi, params};
 
 use crate::{
-    Backend, Batch, HistoryEntry, JobId, JobLogEntry, JobRecord, JobStatus, NodeId, NodeRecord, PortId, PortRecord,
-    Reservation, StoreError, Timestamp, Write,
+    Backend, Batch, HistoryEntry, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, NodeId, NodeRecord, PortId,
+    PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
 mod checkpointer;
@@ -423,6 +423,10 @@ impl Backend for SqliteBackend {
 
     fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
         jobs::load_live_jobs(&self.conn)
+    }
+
+    fn load_live_queue(&mut self) -> Result<LiveQueue, StoreError> {
+        jobs::load_live_queue(&self.conn)
     }
 
     fn load_job(&mut self, id: JobId) -> Result<Option<(JobRecord, bool)>, StoreError> {

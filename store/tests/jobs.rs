@@ -339,6 +339,35 @@ fn live_jobs_are_listed_newest_first_by_stored_status() {
 }
 
 #[test]
+fn the_live_queue_is_reloaded_whole_for_unfinished_jobs_and_as_ends_for_the_rest() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let mut running = job(2);
+    running.status = JobStatus::Running;
+    let jobs = [
+        job(1),
+        running,
+        finished(3, JobStatus::Success),
+        finished(4, JobStatus::Error),
+        finished(5, JobStatus::Canceled),
+        finished(6, JobStatus::Success),
+    ];
+    for j in &jobs {
+        commit_one(&mut store, vec![Write::PutJob(j.clone())]).unwrap();
+    }
+    commit_one(&mut store, vec![Write::ArchiveJob(JobId(6))]).unwrap();
+
+    let queue = store.load_live_queue().unwrap();
+    assert_eq!(queue.unfinished, jobs[..2]);
+    let ends: Vec<JobEnd> =
+        jobs[2..5].iter().map(|j| JobEnd { id: j.id, status: j.status, ended_at: j.ended_at }).collect();
+    assert_eq!(queue.ended, ends);
+    // The same as splitting every live job read whole.
+    let whole = store.load_live_jobs().unwrap();
+    assert_eq!(whole.len(), queue.unfinished.len() + queue.ended.len());
+}
+
+#[test]
 fn settings_are_upserted() {
     let (_dir, path) = db();
     let mut store = open(&path);

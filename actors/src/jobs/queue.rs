@@ -134,7 +134,7 @@ impl JobQueue {
     pub async fn load(store: StoreHandle, router: Router, max_running: usize) -> Result<JobQueue, KilnError> {
         let drained = store.read(|b| b.load_meta(DRAIN_KEY)).await?.as_deref() == Some("true");
         let last = store.read(|b| b.max_job_id()).await?;
-        let records = store.read(|b| b.load_live_jobs()).await?;
+        let live = store.read(|b| b.load_live_queue()).await?;
         let mut q = JobQueue {
             store: store.clone(),
             router,
@@ -152,7 +152,10 @@ impl JobQueue {
         };
         let mut repairs = Vec::new();
         let now = Utc::now();
-        for r in records {
+        for end in live.ended {
+            q.ended.ended(end.id, end.status, end.ended_at.unwrap_or(now));
+        }
+        for r in live.unfinished {
             let mut view = JobView::from_record(&r, false);
             if matches!(r.status, JobStatus::Running | JobStatus::Canceling) {
                 let why = "daemon restarted while running".to_string();

@@ -29,7 +29,7 @@ use rusqlite::{Connection, Row, ToSql};
 use serde::Deserialize;
 
 use super::{Fields, Held, timestamp_text, unique_violation};
-use crate::{JobId, JobLogEntry, JobRecord, JobStatus, StoreError, Timestamp};
+use crate::{JobEnd, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, StoreError, Timestamp};
 
 /// The job columns of `$table` in the order [`job_from_row`] reads them.
 macro_rules! job_select {
@@ -245,6 +245,25 @@ pub(super) fn load_live_jobs(conn: &Connection) -> Result<Vec<JobRecord>, StoreE
         jobs.push(job_from_row(row, "jobs")?);
     }
     Ok(jobs)
+}
+
+pub(super) fn load_live_queue(conn: &Connection) -> Result<LiveQueue, StoreError> {
+    let mut stmt = conn.prepare_cached(concat!(job_select!("jobs"), " ORDER BY id"))?;
+    let mut rows = stmt.query([])?;
+    let mut queue = LiveQueue::default();
+    while let Some(row) = rows.next()? {
+        let mut f = Fields { row, table: "jobs", key: String::new() };
+        let id = JobId(f.unsigned(0, "id")?);
+        f.key = format!(" of job {id}");
+        let status: JobStatus = f.parsed(2, "status")?;
+        if status.is_finished() {
+            // Its body and log stay unread: nothing at start needs them.
+            queue.ended.push(JobEnd { id, status, ended_at: f.timestamp_opt(5, "ended_at")? });
+        } else {
+            queue.unfinished.push(job_from_row(row, "jobs")?);
+        }
+    }
+    Ok(queue)
 }
 
 pub(super) fn load_job(conn: &Connection, id: JobId) -> Result<Option<(JobRecord, bool)>, StoreError> {
