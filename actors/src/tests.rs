@@ -146,11 +146,18 @@ fn a_shutdown_fails_work_that_outlives_its_grace_as_the_restart_rule_would() {
     });
 }
 
-/// A store that refuses every write of a job's opcode start, as a disk that
-/// fills up between a submission and its first opcode would; the rest is
-/// the SQLite store.
-struct NoOpcodeStarts(kiln_store::sqlite::SqliteBackend);
+/// The SQLite store with a hook that sees every batch before it is
+/// committed: it may refuse the batch (as a full disk would) or hold the
+/// store thread until the test lets it go on.
+struct Hooked {
+    store: kiln_store::sqlite::SqliteBackend,
+    before_commit: Box<BeforeCommit>,
+}
 
+/// Sees a batch before it is committed; an error refuses it.
+type BeforeCommit = dyn FnMut(&kiln_store::Batch) -> Option<kiln_store::StoreError> + Send;
+
+/// Whether the batch writes a job's opcode start.
 fn an_opcode_start(batch: &kiln_store::Batch) -> bool {
     use kiln_store::Write;
     batch
@@ -158,48 +165,50 @@ fn an_opcode_start(batch: &kiln_store::Batch) -> bool {
         .any(|w| matches!(w, Write::PutJob(j) if j.log.last().is_some_and(|l| l.message.contains(" started: "))))
 }
 
-impl kiln_store::Backend for NoOpcodeStarts {
+impl kiln_store::Backend for Hooked {
     fn commit(
         &mut self,
         batches: &[kiln_store::Batch],
     ) -> Result<Vec<Result<(), kiln_store::StoreError>>, kiln_store::StoreError> {
-        let kept: Vec<kiln_store::Batch> = batches.iter().filter(|b| !an_opcode_start(b)).cloned().collect();
-        let mut results = self.0.commit(&kept)?.into_iter();
-        Ok(batches
-            .iter()
-            .map(|b| match an_opcode_start(b) {
-                true => Err(kiln_store::StoreError::CommitFailed("database or disk is full".into())),
-                false => results.next().expect("one result per batch"),
+        let refused: Vec<Option<kiln_store::StoreError>> = batches.iter().map(|b| (self.before_commit)(b)).collect();
+        let kept: Vec<kiln_store::Batch> =
+            batches.iter().zip(&refused).filter(|(_, r)| r.is_none()).map(|(b, _)| b.clone()).collect();
+        let mut results = self.store.commit(&kept)?.into_iter();
+        Ok(refused
+            .into_iter()
+            .map(|r| match r {
+                Some(error) => Err(error),
+                None => results.next().expect("one result per batch"),
             })
             .collect())
     }
     fn load_nodes(&mut self) -> Result<Vec<kiln_store::NodeRecord>, kiln_store::StoreError> {
-        self.0.load_nodes()
+        self.store.load_nodes()
     }
     fn load_node(&mut self, id: kiln_store::NodeId) -> Result<Option<kiln_store::NodeRecord>, kiln_store::StoreError> {
-        self.0.load_node(id)
+        self.store.load_node(id)
     }
     fn load_ports(
         &mut self,
         node: Option<kiln_store::NodeId>,
     ) -> Result<Vec<kiln_store::PortRecord>, kiln_store::StoreError> {
-        self.0.load_ports(node)
+        self.store.load_ports(node)
     }
     fn load_history(
         &mut self,
         node: kiln_store::NodeId,
         limit: usize,
     ) -> Result<Vec<kiln_store::HistoryEntry>, kiln_store::StoreError> {
-        self.0.load_history(node, limit)
+        self.store.load_history(node, limit)
     }
     fn load_live_jobs(&mut self) -> Result<Vec<kiln_store::JobRecord>, kiln_store::StoreError> {
-        self.0.load_live_jobs()
+        self.store.load_live_jobs()
     }
     fn load_job(
         &mut self,
         id: kiln_store::JobId,
     ) -> Result<Option<(kiln_store::JobRecord, bool)>, kiln_store::StoreError> {
-        self.0.load_job(id)
+        self.store.load_job(id)
     }
     fn load_job_log(
         &mut self,
@@ -207,26 +216,26 @@ impl kiln_store::Backend for NoOpcodeStarts {
         after: u64,
         limit: usize,
     ) -> Result<Vec<kiln_store::JobLogEntry>, kiln_store::StoreError> {
-        self.0.load_job_log(id, after, limit)
+        self.store.load_job_log(id, after, limit)
     }
     fn max_job_id(&mut self) -> Result<u64, kiln_store::StoreError> {
-        self.0.max_job_id()
+        self.store.max_job_id()
     }
     fn load_meta(&mut self, key: &str) -> Result<Option<String>, kiln_store::StoreError> {
-        self.0.load_meta(key)
+        self.store.load_meta(key)
     }
     fn list_archived_jobs(&mut self, limit: usize) -> Result<Vec<kiln_store::JobRecord>, kiln_store::StoreError> {
-        self.0.list_archived_jobs(limit)
+        self.store.list_archived_jobs(limit)
     }
     fn list_live_jobs(
         &mut self,
         status: Option<kiln_store::JobStatus>,
         limit: usize,
     ) -> Result<Vec<kiln_store::JobRecord>, kiln_store::StoreError> {
-        self.0.list_live_jobs(status, limit)
+        self.store.list_live_jobs(status, limit)
     }
     fn checkpoint(&mut self) -> Result<(), kiln_store::StoreError> {
-        self.0.checkpoint()
+        self.store.checkpoint()
     }
 }
 
@@ -236,7 +245,11 @@ fn an_opcode_whose_start_cannot_be_stored_does_not_run() {
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
         let backend = kiln_store::sqlite::SqliteBackend::open(&dir.path().join("kiln.sqlite")).unwrap();
-        let store = kiln_store::StoreHandle::start(Box::new(NoOpcodeStarts(backend)));
+        let refuse_starts = |b: &kiln_store::Batch| {
+            an_opcode_start(b).then(|| kiln_store::StoreError::CommitFailed("database or disk is full".into()))
+        };
+        let store =
+            kiln_store::StoreHandle::start(Box::new(Hooked { store: backend, before_commit: Box::new(refuse_starts) }));
         let site = start_with_store(config(dir.path(), 1, Duration::ZERO), store).await.unwrap();
         let ops = vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(PowerAction::On), fanout: None }];
         let job = site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
@@ -299,5 +312,64 @@ fn old_jobs_are_archived_in_waves_and_each_one_is_counted_once() {
         assert_eq!(stored.len(), JOBS);
         // Nothing is left to archive, and nothing is counted twice.
         assert_eq!(site.jobs.send(ArchiveOld { age: Duration::ZERO }).await.unwrap().unwrap(), 0);
+    });
+}
+
+#[test]
+fn a_job_submitted_while_its_dependency_ends_runs_once_that_end_is_stored() {
+    use crate::jobs::{Dependency, GetJob, GetQueueInfo, Opcode, SubmitJob, WaitJobChange};
+    use kiln_store::{JobStatus, Write};
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    // The end of the first job is held on the store thread until the test
+    // has submitted the second, so the second is admitted as waiting for a
+    // job whose end is on its way to the disk.
+    let (release, released) = mpsc::channel::<()>();
+    let mut held_once = false;
+    let hold_first_end = move |b: &kiln_store::Batch| {
+        let ends_job_1 =
+            b.iter().any(|w| matches!(w, Write::PutJob(j) if j.id.0 == 1 && j.status == JobStatus::Success));
+        if ends_job_1 && !held_once {
+            held_once = true;
+            released.recv_timeout(Duration::from_secs(30)).expect("the test lets the end go on");
+        }
+        None
+    };
+    actix::System::new().block_on(async {
+        let backend = kiln_store::sqlite::SqliteBackend::open(&dir.path().join("kiln.sqlite")).unwrap();
+        let hooked = Hooked { store: backend, before_commit: Box::new(hold_first_end) };
+        let site =
+            start_with_store(config(dir.path(), 0, Duration::ZERO), kiln_store::StoreHandle::start(Box::new(hooked)))
+                .await
+                .unwrap();
+        let sleep = || vec![Opcode::Sleep { seconds: 0.0 }];
+        let first = site.jobs.send(SubmitJob { ops: sleep(), priority: 0, depends: vec![] }).await.unwrap().unwrap();
+        // Ended as the queue sees it; its end is held before the disk.
+        for _ in 0..1000 {
+            if site.jobs.send(GetJob(first)).await.unwrap().unwrap().status == JobStatus::Success {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let depends = vec![Dependency { job: first, statuses: vec![] }];
+        let second = site.jobs.send(SubmitJob { ops: sleep(), priority: 0, depends });
+        let second = actix::spawn(second);
+        // The queue handles messages in order: once this is answered, the
+        // submission has been admitted (as waiting: the end is not stored).
+        site.jobs.send(GetQueueInfo).await.unwrap();
+        release.send(()).unwrap();
+        let second = second.await.unwrap().unwrap().unwrap();
+        let mut after = 0;
+        let mut status = JobStatus::Waiting;
+        for _ in 0..100 {
+            let wait = WaitJobChange { job: second, after_serial: after, timeout: Duration::from_secs(10) };
+            let change = site.jobs.send(wait).await.unwrap().unwrap();
+            after = change.log.last().map_or(after, |l| l.serial);
+            status = change.status;
+            if status.is_finished() || change.log.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(status, JobStatus::Success, "the second job never left 'waiting'");
     });
 }

@@ -753,7 +753,11 @@ impl JobQueue {
         );
         if status == JobStatus::Waiting {
             self.hold(id);
-            self.report_depth();
+            // A dependency may have ended while this job's insert was being
+            // stored; its end looked for dependents before this one was
+            // held, so look again now.
+            self.recheck(id, ctx);
+            self.schedule(ctx);
         } else {
             self.runnable.insert((priority, id));
             self.schedule(ctx);
