@@ -356,8 +356,10 @@ pub struct NodesetArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
-    /// List live (not archived) jobs, oldest first: the newest `--limit`.
+    /// List live (not archived) jobs: the newest `--limit` of them, oldest first.
     List {
+        /// Only jobs in this status (queued, waiting, running, success,
+        /// error, canceling, canceled).
         #[arg(long)]
         status: Option<String>,
         /// How many of the newest to list; 0 lists every live job.
