@@ -94,7 +94,7 @@ pub struct JobRecord {
 /// What the job queue reloads at start ([`crate::Backend::load_live_queue`]):
 /// the live jobs that have not ended, whole, and of the ended ones only how
 /// and when they ended. A live table may hold millions of ended jobs (they
-/// stay live for `job_archive_age`); reading them whole took 8 s and 700 MB
+/// stay live for `job_archive_age`); reading them whole took 5-8 s and 700 MB
 /// at a million.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LiveQueue {

@@ -183,6 +183,21 @@ fn ended_jobs_can_be_archived_and_still_shown() {
     let shown = job(&d, id);
     assert_eq!(shown["archived"], true);
     assert_eq!(shown["status"], "success");
+    // The queue no longer holds it, and still knows what it was.
+    let err = d.json_code(&["job", "cancel", &id.to_string()], 1);
+    assert!(err["error"]["message"].as_str().unwrap().contains("already ended"), "{err}");
+    let after = submit(&d, &format!("depends: [{{job: {id}, statuses: [success]}}]\nops: [{{op: sleep, seconds: 0}}]"));
+    assert_eq!(watch(&d, after)["status"], "success");
+
+    // A job archived while another still waits for it counts as ended.
+    let quick = submit(&d, "ops: [{op: sleep, seconds: 0}]");
+    assert_eq!(watch(&d, quick)["status"], "success");
+    let both =
+        submit(&d, &format!("depends: [{{job: {quick}}}, {{job: {running}}}]\nops: [{{op: sleep, seconds: 0}}]"));
+    assert_eq!(job(&d, both)["status"], "waiting");
+    assert!(d.cli(&["job", "archive", &quick.to_string()]).status.success());
+    d.json(&["job", "cancel", &running.to_string()]);
+    assert_eq!(watch(&d, both)["status"], "success");
 }
 
 #[test]

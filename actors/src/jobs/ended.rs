@@ -9,6 +9,10 @@
 //! million of them a status request held up every submission for as long
 //! as that walk took. Here the counts are kept as jobs end and leave, so
 //! the answer costs a few map entries whatever the table's size.
+//!
+//! An archived job is forgotten (the store answers for it), unless a job
+//! still waiting depends on it: a daemon that runs for months must not hold
+//! every job it ever ran.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,8 +20,8 @@ use kiln_store::{JobId, JobStatus, Timestamp};
 
 #[derive(Default)]
 pub(super) struct EndedJobs {
-    /// Every ended job the queue knows (live or archived): its status and
-    /// when it ended. A B-tree, not a hash map: ids only grow, so inserts
+    /// Every ended job the queue knows: the live ones, and archived ones
+    /// a waiting job depends on. Its status and when it ended. A B-tree, not a hash map: ids only grow, so inserts
     /// land on its right edge, and it never rehashes (at a million ended
     /// jobs a rehash copied the whole table while every submission waited).
     by_id: BTreeMap<JobId, (JobStatus, Timestamp)>,
@@ -45,10 +49,13 @@ impl EndedJobs {
         }
     }
 
-    /// The job was moved to the archive: it stays known, no longer live.
-    pub(super) fn archived(&mut self, id: JobId) {
-        if let Some(&(status, at)) = self.by_id.get(&id) {
-            self.forget_live(status, at, id);
+    /// The job was moved to the archive: no longer live, and forgotten
+    /// unless `still_needed` (a waiting job depends on it).
+    pub(super) fn archived(&mut self, id: JobId, still_needed: bool) {
+        let Some(&(status, at)) = self.by_id.get(&id) else { return };
+        self.forget_live(status, at, id);
+        if !still_needed {
+            self.by_id.remove(&id);
         }
     }
 
@@ -105,19 +112,22 @@ mod tests {
         ended.ended(JobId(3), JobStatus::Success, at(3));
         assert_eq!(counts(&ended), [(JobStatus::Success, 2), (JobStatus::Error, 1)]);
 
-        ended.archived(JobId(1));
-        ended.archived(JobId(2));
+        ended.archived(JobId(1), false);
+        ended.archived(JobId(2), true);
         assert_eq!(counts(&ended), [(JobStatus::Success, 1)]);
-        // Archived jobs stay known by id, with how they ended.
+        // Forgotten, unless still needed: then known by id, with how it ended.
+        assert!(!ended.contains(JobId(1)));
         assert_eq!(ended.get(JobId(2)), Some((JobStatus::Error, at(2))));
-        assert!(ended.contains(JobId(1)));
         assert_eq!(ended.live_before(at(10)), [JobId(3)]);
 
         // Archiving twice, or a job never seen, changes nothing.
-        ended.archived(JobId(1));
-        ended.archived(JobId(99));
+        ended.archived(JobId(2), true);
+        ended.archived(JobId(99), false);
         assert_eq!(counts(&ended), [(JobStatus::Success, 1)]);
+        assert_eq!(ended.get(JobId(2)), Some((JobStatus::Error, at(2))));
         assert_eq!(ended.get(JobId(99)), None);
+        ended.archived(JobId(2), false);
+        assert!(!ended.contains(JobId(2)));
     }
 
     #[test]

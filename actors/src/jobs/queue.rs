@@ -263,6 +263,13 @@ impl JobQueue {
         self.waiting.insert(id);
     }
 
+    /// The jobs that waiting jobs depend on: an archived one among them
+    /// stays known, so its dependents need not ask the store again.
+    fn waited_for(&self) -> BTreeSet<JobId> {
+        let waiting = self.waiting.iter().filter_map(|id| self.active.get(id));
+        waiting.flat_map(|job| job.view.depends.iter().map(|d| d.job)).collect()
+    }
+
     /// Looks at every waiting job once (at start, when jobs come back from
     /// the store); later, a job's end looks at its own dependents only.
     fn promote_waiting(&mut self, ctx: &mut Context<Self>) {
@@ -846,6 +853,11 @@ impl Handler<CancelJob> for JobQueue {
         let Some(job) = self.active.get_mut(&id) else {
             return match self.ended.get(id) {
                 Some((status, _)) => Err(KilnError::InvalidInput(format!("job {id} already ended: {status}"))),
+                // Ids are serial: a lower one not live here was archived
+                // (the queue forgets archived jobs) or never stored.
+                None if id.0 < self.next_id => {
+                    Err(KilnError::InvalidInput(format!("job {id} already ended: it is not in the live queue")))
+                }
                 None => Err(KilnError::NotFound(format!("no such job: {id}"))),
             };
         };
@@ -888,7 +900,8 @@ impl Handler<ArchiveJob> for JobQueue {
                 .into_actor(self)
                 .map(move |res, act, _| {
                     res?;
-                    act.ended.archived(id);
+                    let needed = act.waited_for().contains(&id);
+                    act.ended.archived(id, needed);
                     Ok(())
                 }),
         )
@@ -929,9 +942,10 @@ impl Handler<ArchiveOld> for JobQueue {
             .into_actor(self)
             .map(move |(results, ids), act, _| {
                 let mut archived = 0;
+                let needed = act.waited_for();
                 for (id, res) in ids.into_iter().zip(results) {
                     if res.is_ok() {
-                        act.ended.archived(id);
+                        act.ended.archived(id, needed.contains(&id));
                         archived += 1;
                     }
                 }
