@@ -2,8 +2,11 @@
 //!
 //! Why: the spec bounds every admin frame by `max_frame` (16 MiB by
 //! default), and some answers are longer at the sizes kiln is built for:
-//! `kiln node list` on a site of 100,000 nodes is about 20 MB. Such an answer
-//! used to reach the CLI as "lost the connection to the daemon". Now the
+//! `kiln job list --limit 0` over a million live jobs is 196 MB, and
+//! `kiln node list` on 100,000 demo nodes is 11 MB, more with real nodes'
+//! driver info and properties. Such an answer used to reach the CLI as
+//! "lost the connection to the daemon: frame of ... bytes is larger than
+//! the limit". Now the
 //! daemon cuts the answer's encoding into [`Response::Part`]s, each one frame
 //! holding one encoded message as the framing rule asks, and the client
 //! joins them and decodes the whole once. Cutting bytes rather than lists
