@@ -161,6 +161,18 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_answer_may_decode_to_more_than_a_frame_a_request_may_not() {
+        // 3 MB encoded, 26 MB in memory: as 100,000 nodes (11 MB encoded)
+        // are larger decoded than the 16 MiB a request may claim.
+        let list = vec![[1u64; 16]; 200_000];
+        let body = encode_body(&list).unwrap();
+        assert!(body.len() < DEFAULT_MAX_FRAME / 4, "{}", body.len());
+        let err = decode::<Vec<[u64; 16]>>(&body).unwrap_err();
+        assert!(err.to_string().contains("LimitExceeded"), "{err}");
+        assert_eq!(decode_answer::<Vec<[u64; 16]>>(&body).unwrap(), list);
+    }
+
     #[tokio::test]
     async fn an_oversized_length_is_refused_before_reading_the_body() {
         let mut input: &[u8] = &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3];
