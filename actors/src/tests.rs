@@ -230,9 +230,10 @@ impl kiln_store::Backend for Hooked {
     fn list_live_jobs(
         &mut self,
         status: Option<kiln_store::JobStatus>,
+        before: Option<kiln_store::JobId>,
         limit: usize,
     ) -> Result<Vec<kiln_store::JobRecord>, kiln_store::StoreError> {
-        self.store.list_live_jobs(status, limit)
+        self.store.list_live_jobs(status, before, limit)
     }
     fn checkpoint(&mut self) -> Result<(), kiln_store::StoreError> {
         self.store.checkpoint()
@@ -301,6 +302,13 @@ fn old_jobs_are_archived_in_waves_and_each_one_is_counted_once() {
         }
         let info = site.jobs.send(GetQueueInfo).await.unwrap();
         assert_eq!(info.by_status.get("success"), Some(&JOBS), "{:?}", info.by_status);
+        // Listed a page at a time (64 in unit tests), oldest first, whole.
+        let ids = |views: Vec<crate::jobs::JobView>| views.into_iter().map(|v| v.id.0).collect::<Vec<u64>>();
+        let all = site.jobs.send(ListJobs { status: None, limit: None }).await.unwrap().unwrap();
+        assert_eq!(ids(all), (1..=JOBS as u64).collect::<Vec<_>>());
+        let success = ListJobs { status: Some(kiln_store::JobStatus::Success), limit: Some(250) };
+        let newest = site.jobs.send(success).await.unwrap().unwrap();
+        assert_eq!(ids(newest), ((JOBS as u64 - 249)..=JOBS as u64).collect::<Vec<_>>());
 
         let archived = site.jobs.send(ArchiveOld { age: Duration::ZERO }).await.unwrap().unwrap();
         assert_eq!(archived, JOBS);

@@ -126,9 +126,15 @@ pub trait Backend: Send + 'static {
         }
         Ok(queue)
     }
-    /// The `limit` most recently submitted live jobs (highest id first),
-    /// only those stored with `status` when it is given.
-    fn list_live_jobs(&mut self, status: Option<JobStatus>, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
+    /// The `limit` most recently submitted live jobs (highest id first)
+    /// with an id below `before` when it is given (the next page), only
+    /// those stored with `status` when it is given.
+    fn list_live_jobs(
+        &mut self,
+        status: Option<JobStatus>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError>;
     /// One job, live or archived; the flag is true when it is archived.
     fn load_job(&mut self, id: JobId) -> Result<Option<(JobRecord, bool)>, StoreError>;
     /// At most `limit` lines of a job's log whose serial is above

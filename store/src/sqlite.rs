@@ -449,8 +449,13 @@ impl Backend for SqliteBackend {
         jobs::list_archived_jobs(&self.conn, limit)
     }
 
-    fn list_live_jobs(&mut self, status: Option<JobStatus>, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
-        jobs::list_live_jobs(&self.conn, status, limit)
+    fn list_live_jobs(
+        &mut self,
+        status: Option<JobStatus>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        jobs::list_live_jobs(&self.conn, status, before, limit)
     }
 
     fn checkpoint(&mut self) -> Result<(), StoreError> {

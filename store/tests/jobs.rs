@@ -329,12 +329,16 @@ fn live_jobs_are_listed_newest_first_by_stored_status() {
     }
     commit_one(&mut store, vec![Write::ArchiveJob(JobId(6))]).unwrap();
     let ids = |jobs: Vec<JobRecord>| jobs.into_iter().map(|j| j.id.0).collect::<Vec<_>>();
-    assert_eq!(ids(store.list_live_jobs(None, 3).unwrap()), [5, 4, 3], "the archived job 6 is not live");
-    assert_eq!(ids(store.list_live_jobs(Some(JobStatus::Success), 10).unwrap()), [4, 2]);
-    assert_eq!(ids(store.list_live_jobs(Some(JobStatus::Queued), 2).unwrap()), [5, 3]);
-    assert!(store.list_live_jobs(Some(JobStatus::Error), 10).unwrap().is_empty());
-    assert!(store.list_live_jobs(None, 0).unwrap().is_empty());
-    let whole = store.list_live_jobs(None, usize::MAX).unwrap();
+    assert_eq!(ids(store.list_live_jobs(None, None, 3).unwrap()), [5, 4, 3], "the archived job 6 is not live");
+    assert_eq!(ids(store.list_live_jobs(Some(JobStatus::Success), None, 10).unwrap()), [4, 2]);
+    assert_eq!(ids(store.list_live_jobs(Some(JobStatus::Queued), None, 2).unwrap()), [5, 3]);
+    assert!(store.list_live_jobs(Some(JobStatus::Error), None, 10).unwrap().is_empty());
+    assert!(store.list_live_jobs(None, None, 0).unwrap().is_empty());
+    // Pages: below an id, with and without a status.
+    assert_eq!(ids(store.list_live_jobs(None, Some(JobId(4)), 2).unwrap()), [3, 2]);
+    assert_eq!(ids(store.list_live_jobs(Some(JobStatus::Queued), Some(JobId(3)), 10).unwrap()), [1]);
+    assert!(store.list_live_jobs(None, Some(JobId(1)), 10).unwrap().is_empty());
+    let whole = store.list_live_jobs(None, None, usize::MAX).unwrap();
     assert_eq!(whole.iter().rev().cloned().collect::<Vec<_>>(), store.load_live_jobs().unwrap());
 }
 

@@ -159,7 +159,12 @@ impl Backend for BrokenDisk {
     fn list_archived_jobs(&mut self, _: usize) -> Result<Vec<JobRecord>, StoreError> {
         Ok(Vec::new())
     }
-    fn list_live_jobs(&mut self, _: Option<JobStatus>, _: usize) -> Result<Vec<JobRecord>, StoreError> {
+    fn list_live_jobs(
+        &mut self,
+        _: Option<JobStatus>,
+        _: Option<JobId>,
+        _: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
         Ok(Vec::new())
     }
     fn checkpoint(&mut self) -> Result<(), StoreError> {
@@ -249,7 +254,12 @@ impl Backend for Recorder {
     fn list_archived_jobs(&mut self, _: usize) -> Result<Vec<JobRecord>, StoreError> {
         Ok(Vec::new())
     }
-    fn list_live_jobs(&mut self, _: Option<JobStatus>, _: usize) -> Result<Vec<JobRecord>, StoreError> {
+    fn list_live_jobs(
+        &mut self,
+        _: Option<JobStatus>,
+        _: Option<JobId>,
+        _: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
         Ok(Vec::new())
     }
     fn checkpoint(&mut self) -> Result<(), StoreError> {

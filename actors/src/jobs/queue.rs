@@ -821,25 +821,46 @@ impl Handler<ListJobs> for JobQueue {
             return Box::pin(actix::fut::ready(Ok(views)));
         }
         // The store reads only the rows listed (a live table can hold
-        // millions of ended jobs); a job still running is shown as it is
-        // now rather than as last stored.
+        // millions of ended jobs), a page at a time: between two pages the
+        // store commits and this actor answers others, and each page is
+        // turned into views before the next is read. A job still running
+        // is shown as it is now rather than as last stored.
         let store = self.store.clone();
         let status = msg.status;
-        Box::pin(async move { store.read(move |b| b.list_live_jobs(status, limit)).await }.into_actor(self).map(
-            move |records, act, _| {
-                Ok(records?
-                    .iter()
-                    .rev()
-                    .map(|r| match act.active.get(&r.id) {
-                        Some(job) => job.view.clone(),
-                        None => JobView::from_record(r, false),
-                    })
-                    .filter(|v| status.is_none_or(|s| v.status == s))
-                    .collect())
-            },
-        ))
+        let pages = async move {
+            let mut views: Vec<JobView> = Vec::new();
+            let mut before = None;
+            while views.len() < limit {
+                let page = LIST_PAGE.min(limit - views.len());
+                let records = store.read(move |b| b.list_live_jobs(status, before, page)).await?;
+                before = records.last().map(|r| r.id);
+                views.extend(records.iter().map(|r| JobView::from_record(r, false)));
+                if records.len() < page {
+                    break;
+                }
+            }
+            Ok::<_, KilnError>(views)
+        };
+        Box::pin(pages.into_actor(self).map(move |views, act, _| {
+            let mut views = views?;
+            for view in &mut views {
+                if let Some(job) = act.active.get(&view.id) {
+                    *view = job.view.clone();
+                }
+            }
+            views.retain(|v| status.is_none_or(|s| v.status == s));
+            views.reverse();
+            Ok(views)
+        }))
     }
 }
+
+/// Live jobs read from the store at once while listing them (small in the
+/// unit tests, so that their few hundred jobs take several pages).
+#[cfg(not(test))]
+const LIST_PAGE: usize = 10_000;
+#[cfg(test)]
+const LIST_PAGE: usize = 64;
 
 /// Cancels a job: at once if it has not started, before its next opcode
 /// (and its next node) if it runs.

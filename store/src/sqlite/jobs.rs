@@ -345,15 +345,19 @@ pub(super) fn list_archived_jobs(conn: &Connection, limit: usize) -> Result<Vec<
 pub(super) fn list_live_jobs(
     conn: &Connection,
     status: Option<JobStatus>,
+    before: Option<JobId>,
     limit: usize,
 ) -> Result<Vec<JobRecord>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let before = before.map_or(i64::MAX, |id| i64::try_from(id.0).unwrap_or(i64::MAX));
     // Walks the table from its newest row and stops after `limit` matches:
     // the live table may hold millions of ended jobs, and nothing here
     // reads (or parses) the rows past the ones listed.
-    let mut stmt = conn
-        .prepare_cached(concat!(job_select!("jobs"), " WHERE ?1 IS NULL OR status = ?1 ORDER BY id DESC LIMIT ?2"))?;
-    let mut rows = stmt.query(rusqlite::params![status.map(|s| s.as_str()), limit])?;
+    let mut stmt = conn.prepare_cached(concat!(
+        job_select!("jobs"),
+        " WHERE id < ?3 AND (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2"
+    ))?;
+    let mut rows = stmt.query(rusqlite::params![status.map(|s| s.as_str()), limit, before])?;
     let mut jobs = Vec::new();
     while let Some(row) = rows.next()? {
         jobs.push(job_from_row(row, "jobs")?);
