@@ -121,6 +121,53 @@ struct BrokenDisk {
     _alive: std::sync::mpsc::Sender<()>,
 }
 
+/// The reads of a backend that holds nothing: these tests only commit.
+macro_rules! no_reads {
+    () => {
+        fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn load_node(&mut self, _: NodeId) -> Result<Option<NodeRecord>, StoreError> {
+            Ok(None)
+        }
+        fn load_ports(&mut self, _: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn load_history(&mut self, _: NodeId, _: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn load_job(&mut self, _: JobId) -> Result<Option<(JobRecord, bool)>, StoreError> {
+            Ok(None)
+        }
+        fn load_job_log(&mut self, _: JobId, _: u64, _: usize) -> Result<Vec<JobLogEntry>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn max_job_id(&mut self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn load_meta(&mut self, _: &str) -> Result<Option<String>, StoreError> {
+            Ok(None)
+        }
+        fn list_archived_jobs(&mut self, _: usize) -> Result<Vec<JobRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn list_live_jobs(
+            &mut self,
+            _: Option<JobStatus>,
+            _: Option<JobId>,
+            _: usize,
+        ) -> Result<Vec<JobRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn checkpoint(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    };
+}
+
 impl Backend for BrokenDisk {
     fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         self.offered.fetch_add(batches.len(), Ordering::SeqCst);
@@ -129,47 +176,7 @@ impl Backend for BrokenDisk {
             Some("database or disk is full".into()),
         )))
     }
-    fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn load_node(&mut self, _: NodeId) -> Result<Option<NodeRecord>, StoreError> {
-        Ok(None)
-    }
-    fn load_ports(&mut self, _: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn load_history(&mut self, _: NodeId, _: usize) -> Result<Vec<HistoryEntry>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn load_job(&mut self, _: JobId) -> Result<Option<(JobRecord, bool)>, StoreError> {
-        Ok(None)
-    }
-    fn load_job_log(&mut self, _: JobId, _: u64, _: usize) -> Result<Vec<JobLogEntry>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn max_job_id(&mut self) -> Result<u64, StoreError> {
-        Ok(0)
-    }
-    fn load_meta(&mut self, _: &str) -> Result<Option<String>, StoreError> {
-        Ok(None)
-    }
-    fn list_archived_jobs(&mut self, _: usize) -> Result<Vec<JobRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn list_live_jobs(
-        &mut self,
-        _: Option<JobStatus>,
-        _: Option<JobId>,
-        _: usize,
-    ) -> Result<Vec<JobRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
-        Ok(())
-    }
+    no_reads!();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,47 +231,7 @@ impl Backend for Recorder {
     fn log_sync(&mut self) -> Option<Box<dyn LogSync>> {
         self.log.take()
     }
-    fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn load_node(&mut self, _: NodeId) -> Result<Option<NodeRecord>, StoreError> {
-        Ok(None)
-    }
-    fn load_ports(&mut self, _: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn load_history(&mut self, _: NodeId, _: usize) -> Result<Vec<HistoryEntry>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn load_job(&mut self, _: JobId) -> Result<Option<(JobRecord, bool)>, StoreError> {
-        Ok(None)
-    }
-    fn load_job_log(&mut self, _: JobId, _: u64, _: usize) -> Result<Vec<JobLogEntry>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn max_job_id(&mut self) -> Result<u64, StoreError> {
-        Ok(0)
-    }
-    fn load_meta(&mut self, _: &str) -> Result<Option<String>, StoreError> {
-        Ok(None)
-    }
-    fn list_archived_jobs(&mut self, _: usize) -> Result<Vec<JobRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn list_live_jobs(
-        &mut self,
-        _: Option<JobStatus>,
-        _: Option<JobId>,
-        _: usize,
-    ) -> Result<Vec<JobRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
-        Ok(())
-    }
+    no_reads!();
 }
 
 type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
