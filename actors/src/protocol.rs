@@ -233,3 +233,35 @@ pub enum Response {
         last: bool,
     },
 }
+
+impl Response {
+    /// How many entries the answer carries (nodes, jobs, per-node results,
+    /// log lines): what its encoding costs grows with this. The admin
+    /// server encodes an answer with many of them off the actors' thread.
+    pub fn entries(&self) -> usize {
+        let results = |job: &JobView| job.ops.iter().map(|op| op.results.len()).sum::<usize>();
+        match self {
+            Response::Nodes(list) => list.len(),
+            Response::Outcomes(list) => list.len(),
+            Response::Ports(list) => list.len(),
+            Response::History(list) => list.len(),
+            Response::Jobs(list) => list.iter().map(|job| 1 + results(job)).sum(),
+            Response::Job(job) => 1 + results(job),
+            Response::JobChange(change) => 1 + change.log.len(),
+            Response::Periodic(list) => list.len(),
+            Response::Exec(list) => list.len(),
+            Response::Hello { .. }
+            | Response::Error(_)
+            | Response::Status(_)
+            | Response::Node(_)
+            | Response::Port(_)
+            | Response::Event(_)
+            | Response::EventsCaughtUp
+            | Response::JobSubmitted(_)
+            | Response::JobCanceled(_)
+            | Response::Queue(_)
+            | Response::Done
+            | Response::Part { .. } => 1,
+        }
+    }
+}

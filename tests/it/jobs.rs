@@ -230,6 +230,11 @@ fn job_list_shows_the_newest_up_to_its_limit_and_says_when_there_are_more() {
     let (listed, note) = list(&["--limit", "6"]);
     assert_eq!((listed, note.as_str()), (all.clone(), ""), "exactly the limit: nothing more to say");
     assert_eq!(list(&["--limit", "0"]).0, all);
+    // A running job as it is now: its stored row still says queued, since
+    // a sleep's start is stored with its end.
+    let listed = d.json(&["job", "list"]);
+    let shown = listed.as_array().expect("a list").iter().find(|j| j["id"] == running).expect("listed");
+    assert_eq!(shown["status"], "running", "{shown}");
 
     // By status: unfinished ones as they are now, ended ones newest first.
     assert_eq!(list(&["--status", "running"]).0, [running]);

@@ -822,43 +822,74 @@ impl Handler<ListJobs> for JobQueue {
         }
         // The store reads only the rows listed (a live table can hold
         // millions of ended jobs), a page at a time: between two pages the
-        // store commits and this actor answers others, and each page is
-        // turned into views before the next is read. A job still running
-        // is shown as it is now rather than as last stored.
+        // store commits and this actor answers others. What is proportional
+        // to the whole list (parsing each row, putting the pages together)
+        // runs on blocking threads: at a million jobs it takes seconds, and
+        // this thread acknowledges submissions. A job still running is shown
+        // as it is now rather than as last stored.
         let store = self.store.clone();
         let status = msg.status;
         let pages = async move {
-            let mut views: Vec<JobView> = Vec::new();
-            let mut before = None;
-            while views.len() < limit {
-                let page = LIST_PAGE.min(limit - views.len());
+            // Newest page first, each page oldest first.
+            let mut pages: Vec<Vec<JobView>> = Vec::new();
+            let (mut listed, mut before) = (0, None);
+            while listed < limit {
+                let page = LIST_PAGE.min(limit - listed);
                 let records = store.read(move |b| b.list_live_jobs(status, before, page)).await?;
                 before = records.last().map(|r| r.id);
-                views.extend(records.iter().map(|r| JobView::from_record(r, false)));
-                if records.len() < page {
+                listed += records.len();
+                let full = records.len() == page;
+                pages.push(
+                    off_thread(move || records.iter().rev().map(|r| JobView::from_record(r, false)).collect()).await?,
+                );
+                if !full {
                     break;
                 }
             }
-            Ok::<_, KilnError>(views)
+            Ok::<_, KilnError>(pages)
         };
-        Box::pin(pages.into_actor(self).map(move |views, act, _| {
-            let mut views = views?;
-            for view in &mut views {
-                if let Some(job) = act.active.get(&view.id) {
-                    *view = job.view.clone();
-                }
-            }
-            views.retain(|v| status.is_none_or(|s| v.status == s));
-            views.reverse();
-            Ok(views)
-        }))
+        Box::pin(
+            pages
+                .into_actor(self)
+                .map(move |pages, act, _| {
+                    let mut pages = pages?;
+                    for page in &mut pages {
+                        let (Some(first), Some(last)) = (page.first(), page.last()) else { continue };
+                        for (id, job) in act.active.range(first.id..=last.id) {
+                            if let Ok(at) = page.binary_search_by_key(id, |v| v.id) {
+                                page[at] = job.view.clone();
+                            }
+                        }
+                    }
+                    Ok(pages)
+                })
+                .then(move |pages: Result<Vec<Vec<JobView>>, KilnError>, act, _| {
+                    let joined = async move {
+                        let pages = pages?;
+                        off_thread(move || {
+                            pages.into_iter().rev().flatten().filter(|v| status.is_none_or(|s| v.status == s)).collect()
+                        })
+                        .await
+                    };
+                    joined.into_actor(act)
+                }),
+        )
     }
+}
+
+/// Runs `work` on a blocking thread, away from the actors' thread.
+async fn off_thread<T, F>(work: F) -> Result<T, KilnError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work).await.map_err(|e| KilnError::Unavailable(format!("cannot list the jobs: {e}")))
 }
 
 /// Live jobs read from the store at once while listing them (small in the
 /// unit tests, so that their few hundred jobs take several pages).
 #[cfg(not(test))]
-const LIST_PAGE: usize = 10_000;
+const LIST_PAGE: usize = 1_000;
 #[cfg(test)]
 const LIST_PAGE: usize = 64;
 
