@@ -209,9 +209,31 @@ fn kiln_at(socket: &Path, args: &[&str]) -> Command {
     cmd
 }
 
-/// Runs the CLI against a socket.
+/// The longest any one CLI call in a test may take. `kiln job watch` and
+/// `--wait` run as long as a job does, so a job that hangs would hang its
+/// test with no word of why; past this the call is killed and the test
+/// fails naming it.
+const CLI_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs the CLI against a socket, killing it after [`CLI_TIMEOUT`].
 pub fn cli_at(socket: &Path, args: &[&str]) -> Output {
-    kiln_at(socket, args).output().expect("run kiln")
+    let child = kiln_at(socket, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run kiln");
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    let (finished, watched) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let late = watched.recv_timeout(CLI_TIMEOUT) == Err(mpsc::RecvTimeoutError::Timeout);
+        if late {
+            // SAFETY: kill takes no pointer; the pid is our child's, not yet
+            // waited for, since the waiting thread is still waiting.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        late
+    });
+    let out = child.wait_with_output().expect("run kiln");
+    let _ = finished.send(());
+    let late = watchdog.join().expect("the watchdog");
+    assert!(!late, "kiln {args:?} did not finish within {CLI_TIMEOUT:?}; killed");
+    out
 }
 
 /// Starts the CLI against a socket without waiting for it: stdout piped,

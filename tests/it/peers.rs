@@ -5,17 +5,13 @@
 //! purpose (never answer, answer HTTP 500), which no real emulator does on
 //! demand.
 //!
-//! Adapted from `drivers/tests/bmc/peers.rs`: the same start-once and
-//! watchdog scheme (Rust's test harness has no "after all tests" hook, so
-//! each start leaves a `setsid sh` that waits for this test process to exit
-//! and then kills the peer by the pid its script recorded), on other ports
-//! (Redfish 8111, IPMI 9711-9715) so that this binary and the driver tests
-//! can run at the same time. A script's `start` first stops the peer it
-//! started earlier on the same port, so every run begins with fresh BMCs.
+//! Each is started once per test binary by `tests/common/peer_start.rs`
+//! (shared with the driver tests), on ports of its own (Redfish 8111 and
+//! 8141, IPMI 9711-9715, sshd 2230) so that this binary and the driver
+//! tests can run at the same time.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,12 +20,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// A running peer.
-pub struct Peer {
-    pub port: u16,
-    /// The peer's own folder under `$PEERS_DIR` (Redfish: `systems.json`).
-    pub dir: PathBuf,
-}
+#[path = "../common/peer_start.rs"]
+mod peer_start;
+
+pub use peer_start::Peer;
 
 /// The user and password both peers accept (set by their scripts).
 pub const USER: &str = "admin";
@@ -40,18 +34,6 @@ pub const IPMI_FIRST_PORT: u16 = 9711;
 pub const IPMI_BMCS: u16 = 5;
 
 impl Peer {
-    /// `/redfish/v1/Systems/<uuid>` of the emulator's system `node-<i>`.
-    pub fn system_id(&self, i: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("systems.json")).expect("systems.json of the emulator");
-        let systems: Value = serde_json::from_str(&text).expect("systems.json is JSON");
-        let uuid = systems
-            .as_array()
-            .and_then(|a| a.iter().find(|s| s["name"] == format!("node-{i}")))
-            .and_then(|s| s["uuid"].as_str())
-            .unwrap_or_else(|| panic!("no node-{i} in the emulator"));
-        format!("/redfish/v1/Systems/{uuid}")
-    }
-
     /// The emulator's `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -86,83 +68,18 @@ pub fn ipmitool(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn peers_dir() -> PathBuf {
-    match std::env::var_os("PEERS_DIR") {
-        Some(d) => d.into(),
-        None => std::env::temp_dir().join("kiln-peers"),
-    }
-}
-
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/peers").join(name)
-}
-
-/// Runs `script start args...`, then leaves the watchdog for the pid
-/// recorded in `pid_file`.
-fn start(name: &str, args: &[&str], pid_file: &str, port: u16, dir: &str) -> Result<Peer, String> {
-    let out = Command::new("bash")
-        .arg(script(name))
-        .arg("start")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {name}: {e}"))?;
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        return Err(format!("{name} start {} failed ({}):\n{said}", args.join(" "), out.status));
-    }
-    let pid_path = peers_dir().join(pid_file);
-    let pid = std::fs::read_to_string(&pid_path).map_err(|e| format!("{name}: no pid file {pid_path:?}: {e}"))?;
-    let pid = pid.trim().to_string();
-    let watchdog = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done
-kill "$2" 2>/dev/null
-[ "$(cat "$3" 2>/dev/null)" = "$2" ] && rm -f "$3"
-exit 0"#;
-    Command::new("setsid")
-        .args(["sh", "-c", watchdog, "kiln-peer-watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(&pid)
-        .arg(&pid_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot leave the watchdog for {name}: {e}"))?;
-    eprintln!("{}", said.trim());
-    Ok(Peer { port, dir: peers_dir().join(dir) })
-}
-
-fn once(cell: &'static OnceLock<Result<Peer, String>>, init: impl FnOnce() -> Result<Peer, String>) -> &'static Peer {
-    match cell.get_or_init(init) {
-        Ok(peer) => peer,
-        Err(why) => panic!("the peer could not be started; this test needs it:\n{why}"),
-    }
-}
-
 /// The Redfish emulator with six systems, node-1..node-6: each test that
 /// changes a system has one of its own.
 pub fn redfish() -> &'static Peer {
     static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
-    once(&PEER, || {
-        let port = REDFISH_PORT.to_string();
-        start(
-            "redfish-emulator.sh",
-            &["6", &port],
-            &format!("redfish-{port}.pid"),
-            REDFISH_PORT,
-            &format!("redfish-{port}"),
-        )
-    })
+    peer_start::redfish_on(&PEER, 6, REDFISH_PORT, false)
 }
 
 /// `IPMI_BMCS` simulated IPMI BMCs from `IPMI_FIRST_PORT` (`port` is the
 /// first): each test that changes a BMC has one of its own.
 pub fn ipmi() -> &'static Peer {
     static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
-    once(&PEER, || {
-        let first = IPMI_FIRST_PORT.to_string();
-        start("ipmi-bmc.sh", &[&IPMI_BMCS.to_string(), &first], &format!("ipmi-{first}.pid"), IPMI_FIRST_PORT, ".")
-    })
+    peer_start::ipmi_from(&PEER, IPMI_BMCS, IPMI_FIRST_PORT)
 }
 
 // ----- misbehaving peers -----------------------------------------------------
@@ -311,7 +228,16 @@ pub const SSHD_PORT: u16 = 2230;
 /// (key-based login as the current user; the client key is `dir/client_key`).
 pub fn sshd() -> &'static Peer {
     static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
-    once(&PEER, || start("sshd.sh", &["4", &SSHD_PORT.to_string()], "sshd/sshd.pid", SSHD_PORT, "sshd"))
+    let port = SSHD_PORT.to_string();
+    let how = peer_start::Start {
+        script: "sshd.sh",
+        args: &["4", &port],
+        env: &[],
+        pid_file: "sshd/sshd.pid",
+        port: SSHD_PORT,
+        dir: "sshd",
+    };
+    peer_start::once(&PEER, how)
 }
 
 impl Peer {
@@ -332,14 +258,5 @@ pub const FAULTS_REDFISH_PORT: u16 = 8141;
 /// A Redfish emulator with four systems, node-1..node-4, for the fault tests.
 pub fn redfish_for_faults() -> &'static Peer {
     static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
-    once(&PEER, || {
-        let port = FAULTS_REDFISH_PORT.to_string();
-        start(
-            "redfish-emulator.sh",
-            &["4", &port],
-            &format!("redfish-{port}.pid"),
-            FAULTS_REDFISH_PORT,
-            &format!("redfish-{port}"),
-        )
-    })
+    peer_start::redfish_on(&PEER, 4, FAULTS_REDFISH_PORT, false)
 }
