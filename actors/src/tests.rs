@@ -162,7 +162,7 @@ fn an_opcode_start(batch: &kiln_store::Batch) -> bool {
     use kiln_store::Write;
     batch
         .iter()
-        .any(|w| matches!(w, Write::PutJob(j) if j.log.last().is_some_and(|l| l.message.contains(" started: "))))
+        .any(|w| matches!(w, Write::PutJob(j) | Write::UpdateJob(j) if j.log.last().is_some_and(|l| l.message.contains(" started: "))))
 }
 
 impl kiln_store::Backend for Hooked {
@@ -238,6 +238,54 @@ impl kiln_store::Backend for Hooked {
     fn checkpoint(&mut self) -> Result<(), kiln_store::StoreError> {
         self.store.checkpoint()
     }
+}
+
+#[test]
+fn a_job_whose_insert_is_refused_leaves_the_queue_having_done_nothing() {
+    use crate::jobs::{GetJob, GetQueueInfo, Opcode, SubmitJob, WaitJobChange};
+    use kiln_store::Write;
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let backend = kiln_store::sqlite::SqliteBackend::open(&dir.path().join("kiln.sqlite")).unwrap();
+        // The first job's insert fails, as on a full disk; nothing else does.
+        let refuse_job_1 = |b: &kiln_store::Batch| {
+            b.iter()
+                .any(|w| matches!(w, Write::InsertJob(j) if j.id.0 == 1))
+                .then(|| kiln_store::StoreError::CommitFailed("database or disk is full".into()))
+        };
+        let store =
+            kiln_store::StoreHandle::start(Box::new(Hooked { store: backend, before_commit: Box::new(refuse_job_1) }));
+        let site = start_with_store(config(dir.path(), 1, Duration::ZERO), store).await.unwrap();
+        // A job starts as soon as it is admitted, before its insert is
+        // stored: this one would power the node on if it could act.
+        let power_on = || vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(PowerAction::On), fanout: None }];
+        let refused = site.jobs.send(SubmitJob { ops: power_on(), priority: 0, depends: vec![] }).await.unwrap();
+        let error = refused.unwrap_err().to_string();
+        assert!(error.contains("database or disk is full"), "{error}");
+        let node = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_ne!(node.power_state, Some(kiln_store::PowerState::On), "the refused job acted");
+        assert!(node.reservation.is_none());
+        assert!(site.jobs.send(GetJob(kiln_store::JobId(1))).await.unwrap().is_err(), "still known");
+        let queue = site.jobs.send(GetQueueInfo).await.unwrap();
+        assert_eq!(queue.running, 0, "{queue:?}");
+        assert!(queue.by_status.is_empty(), "{queue:?}");
+
+        // The queue goes on: the next job runs, and acts.
+        let job = site.jobs.send(SubmitJob { ops: power_on(), priority: 0, depends: vec![] }).await.unwrap().unwrap();
+        assert_eq!(job, kiln_store::JobId(2));
+        let mut after = 0;
+        for _ in 0..100 {
+            let wait = WaitJobChange { job, after_serial: after, timeout: Duration::from_secs(30) };
+            let change = site.jobs.send(wait).await.unwrap().unwrap();
+            after = change.log.last().map_or(after, |l| l.serial);
+            if change.status.is_finished() {
+                assert_eq!(change.status, kiln_store::JobStatus::Success);
+                break;
+            }
+        }
+        let node = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_eq!(node.power_state, Some(kiln_store::PowerState::On));
+    });
 }
 
 #[test]
@@ -333,12 +381,14 @@ fn a_job_submitted_while_its_dependency_ends_runs_once_that_end_is_stored() {
     // has submitted the second, so the second is admitted as waiting for a
     // job whose end is on its way to the disk.
     let (release, released) = mpsc::channel::<()>();
-    let mut held_once = false;
+    let (holding, held) = tokio::sync::oneshot::channel::<()>();
+    let mut holding = Some(holding);
     let hold_first_end = move |b: &kiln_store::Batch| {
-        let ends_job_1 =
-            b.iter().any(|w| matches!(w, Write::PutJob(j) if j.id.0 == 1 && j.status == JobStatus::Success));
-        if ends_job_1 && !held_once {
-            held_once = true;
+        let ends_job_1 = b.iter().any(
+            |w| matches!(w, Write::PutJob(j) | Write::UpdateJob(j) if j.id.0 == 1 && j.status == JobStatus::Success),
+        );
+        if ends_job_1 && let Some(holding) = holding.take() {
+            let _ = holding.send(());
             released.recv_timeout(Duration::from_secs(30)).expect("the test lets the end go on");
         }
         None
@@ -351,14 +401,13 @@ fn a_job_submitted_while_its_dependency_ends_runs_once_that_end_is_stored() {
                 .await
                 .unwrap();
         let sleep = || vec![Opcode::Sleep { seconds: 0.0 }];
-        let first = site.jobs.send(SubmitJob { ops: sleep(), priority: 0, depends: vec![] }).await.unwrap().unwrap();
+        // Not awaited: a job starts once admitted, so its end may share its
+        // insert's group, and then its acknowledgement is held too.
+        let submitted = actix::spawn(site.jobs.send(SubmitJob { ops: sleep(), priority: 0, depends: vec![] }));
+        let first = kiln_store::JobId(1);
         // Ended as the queue sees it; its end is held before the disk.
-        for _ in 0..1000 {
-            if site.jobs.send(GetJob(first)).await.unwrap().unwrap().status == JobStatus::Success {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        held.await.expect("the first job's end reaches the store");
+        assert_eq!(site.jobs.send(GetJob(first)).await.unwrap().unwrap().status, JobStatus::Success);
         let depends = vec![Dependency { job: first, statuses: vec![] }];
         let second = site.jobs.send(SubmitJob { ops: sleep(), priority: 0, depends });
         let second = actix::spawn(second);
@@ -366,6 +415,7 @@ fn a_job_submitted_while_its_dependency_ends_runs_once_that_end_is_stored() {
         // submission has been admitted (as waiting: the end is not stored).
         site.jobs.send(GetQueueInfo).await.unwrap();
         release.send(()).unwrap();
+        assert_eq!(submitted.await.unwrap().unwrap().unwrap(), first);
         let second = second.await.unwrap().unwrap().unwrap();
         let mut after = 0;
         let mut status = JobStatus::Waiting;

@@ -60,6 +60,12 @@ pub enum Write {
     /// update it tries first, for submissions. Conflict when the id is live
     /// or archived, and for the same log rules.
     InsertJob(JobRecord),
+    /// Replace a live job's row (every column, its log included), for a
+    /// job already inserted. NotFound when no live job has its id, never
+    /// inserted or archived since: unlike [`Write::PutJob`] it never
+    /// creates a row, so a change of a job whose insert was refused
+    /// changes nothing. The same log rules as `PutJob`.
+    UpdateJob(JobRecord),
     /// Move a finished job from the live queue to the archive. NotFound when
     /// it is not live (never submitted, or archived already); Conflict, with
     /// nothing changed, when it is not finished.

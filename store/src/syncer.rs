@@ -24,8 +24,11 @@
 //!   so the store closes its backend only after the last sync.
 //! - Reads on the store thread see a group as soon as it is applied, before
 //!   its sync: a reader may see a change that a power cut then takes back.
-//!   Nobody is told a change happened before its sync (the actors adopt a
-//!   change only on the acknowledgement), so nothing acts on it.
+//!   Nobody is told a change happened before its sync (a node actor adopts
+//!   a change only on the acknowledgement; the job queue takes a job in
+//!   when it sends its insert, but gives no client its id and lets no
+//!   opcode of it act before a later commit of that job is acknowledged),
+//!   so nothing acts on it.
 
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};

@@ -118,6 +118,18 @@ impl StoreHandle {
         result
     }
 
+    /// Sends `batch` to the store thread now, and returns the wait for its
+    /// answer, which [`commit`](Self::commit) would give. Batches sent this
+    /// way are applied in the order of these calls, however their futures
+    /// are polled later; `commit` sends only when first polled.
+    pub fn send(&self, batch: Batch) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + use<> {
+        let sent = self.send_commit(batch);
+        async move {
+            let (result, _batch) = sent?.await.map_err(|_| StoreError::Closed)?;
+            result
+        }
+    }
+
     /// [`commit`](Self::commit) for callers outside async code.
     ///
     /// # Panics

@@ -292,6 +292,98 @@ fn inserting_takes_only_ids_never_stored() {
 }
 
 #[test]
+fn updating_changes_only_live_jobs_and_never_creates_one() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    // Never inserted: refused, nothing written.
+    let err = commit_one(&mut store, vec![Write::UpdateJob(job(1))]).unwrap_err();
+    assert!(matches!(&err, StoreError::NotFound(m) if m == "job 1 is not in the live queue"), "{err:?}");
+    assert!(store.load_live_jobs().unwrap().is_empty());
+
+    commit_one(&mut store, vec![Write::InsertJob(job(1))]).unwrap();
+    let done = finished(1, JobStatus::Success);
+    commit_one(&mut store, vec![Write::UpdateJob(done.clone())]).unwrap();
+    assert_eq!(store.load_job(JobId(1)).unwrap(), Some((done.clone(), false)));
+
+    // The log rules hold for updates too, and a refused one changes nothing.
+    let mut foreign = done.clone();
+    foreign.log.push(log(2, 9, "not mine"));
+    let err = commit_one(&mut store, vec![Write::UpdateJob(foreign)]).unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m.contains("holds a line of job 2")), "{err:?}");
+
+    // Archived: not live any more.
+    commit_one(&mut store, vec![Write::ArchiveJob(JobId(1))]).unwrap();
+    let err = commit_one(&mut store, vec![Write::UpdateJob(done.clone())]).unwrap_err();
+    assert!(matches!(&err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(store.load_job(JobId(1)).unwrap(), Some((done, true)));
+}
+
+#[test]
+fn a_job_inserted_and_changed_in_one_group_is_stored_as_it_ends() {
+    let (_dir, path) = db();
+    let mut store = open(&path);
+    let at = Utc::now();
+    let line =
+        |job: u64, serial: u64, message: &str| JobLogEntry { job: JobId(job), serial, at, message: message.into() };
+    let submitted = |id: u64| JobRecord { log: vec![line(id, 1, "submitted")], submitted_at: at, ..job(id) };
+    let ended = |id: u64| JobRecord {
+        log: vec![line(id, 1, "submitted"), line(id, 2, "job ended: success")],
+        ..finished(id, JobStatus::Success)
+    };
+    let running = JobRecord {
+        status: JobStatus::Running,
+        log: vec![line(2, 1, "submitted"), line(2, 2, "opcode 1/1 started")],
+        ..submitted(2)
+    };
+    let two_ended = JobRecord {
+        log: vec![line(2, 1, "submitted"), line(2, 2, "opcode 1/1 started"), line(2, 3, "job ended: success")],
+        ..finished(2, JobStatus::Success)
+    };
+    // Job 1 inserted and ended; job 2 inserted, started and ended (a put
+    // and then an update); job 3 only inserted; job 4 updated alone.
+    commit_one(&mut store, vec![Write::InsertJob(submitted(4))]).unwrap();
+    let group = vec![
+        vec![Write::InsertJob(submitted(1))],
+        vec![Write::InsertJob(submitted(2))],
+        vec![Write::UpdateJob(ended(1))],
+        vec![Write::PutJob(running)],
+        vec![Write::InsertJob(submitted(3))],
+        vec![Write::UpdateJob(ended(4))],
+        vec![Write::UpdateJob(two_ended.clone())],
+    ];
+    let results = store.commit(&group).unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let stored = |store: &mut SqliteBackend, id: u64| store.load_job(JobId(id)).unwrap().map(|(job, _)| job);
+    assert_eq!(stored(&mut store, 1), Some(ended(1)));
+    assert_eq!(stored(&mut store, 2), Some(two_ended));
+    assert_eq!(stored(&mut store, 3), Some(submitted(3)));
+    assert_eq!(stored(&mut store, 4), Some(ended(4)));
+
+    // A change that fails in such a group fails alone: the insert before
+    // it is stored as sent, and the group's other batches too.
+    let mut broken = ended(5);
+    broken.log[1].serial = 1;
+    let group = vec![
+        vec![Write::InsertJob(submitted(5))],
+        vec![Write::UpdateJob(broken)],
+        vec![Write::InsertJob(submitted(6))],
+        vec![Write::UpdateJob(ended(6))],
+    ];
+    let results = store.commit(&group).unwrap();
+    assert!(results[0].is_ok() && results[2].is_ok() && results[3].is_ok(), "{results:?}");
+    assert!(matches!(&results[1], Err(StoreError::Conflict(m)) if m.contains("serials must increase")), "{results:?}");
+    assert_eq!(stored(&mut store, 5), Some(submitted(5)));
+    assert_eq!(stored(&mut store, 6), Some(ended(6)));
+
+    // An insert refused in such a group (the id is live) leaves the row as
+    // it was, and the update then changes that row, as sent.
+    let group = vec![vec![Write::InsertJob(submitted(6))], vec![Write::UpdateJob(ended(6))]];
+    let results = store.commit(&group).unwrap();
+    assert!(matches!(&results[0], Err(StoreError::Conflict(m)) if m == "job 6 exists already"), "{results:?}");
+    assert!(results[1].is_ok(), "{results:?}");
+}
+
+#[test]
 fn the_largest_id_counts_the_archive_too() {
     let (_dir, path) = db();
     let mut store = open(&path);

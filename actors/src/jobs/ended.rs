@@ -59,6 +59,14 @@ impl EndedJobs {
         }
     }
 
+    /// The job never was: its submission was refused after it was told
+    /// here (see the queue's `withdraw`).
+    pub(super) fn forget(&mut self, id: JobId) {
+        if let Some((status, at)) = self.by_id.remove(&id) {
+            self.forget_live(status, at, id);
+        }
+    }
+
     fn forget_live(&mut self, status: JobStatus, at: Timestamp, id: JobId) {
         if self.live.remove(&(at, id))
             && let Some(count) = self.live_counts.get_mut(&status)

@@ -336,9 +336,9 @@ impl JobQueue {
         let status = job.view.status;
         job.write_lines(lines);
         let written = job.log.len();
-        let batch = vec![Write::PutJob(job.view.to_record(job.log.clone()))];
-        let store = self.store.clone();
-        ctx.spawn(async move { store.commit(batch).await }.into_actor(self).map(move |res, act, ctx| {
+        let batch = vec![Write::UpdateJob(job.view.to_record(job.log.clone()))];
+        let stored = self.store.send(batch);
+        ctx.spawn(stored.into_actor(self).map(move |res, act, ctx| {
             let failure = match res {
                 Ok(()) => {
                     if let Some(job) = act.active.get_mut(&id) {
@@ -408,6 +408,9 @@ impl JobQueue {
         let router = self.router.clone();
         let span = job_span(id);
         match opcode {
+            // A zero sleep ends in this turn: no timer, no task, and the
+            // job's end goes to the store right behind its insert.
+            Opcode::Sleep { seconds } if seconds <= 0.0 => self.op_done(id, idx, Vec::new(), None, ctx),
             Opcode::Sleep { seconds } => {
                 let wait = async move { control.sleep_unless_canceled(Duration::from_secs_f64(seconds)).await }
                     .instrument(span);
@@ -541,9 +544,10 @@ impl JobQueue {
             None => tracing::info!(status = %status, "job ended"),
         });
         self.commit_job(id, message, ctx, move |act, ctx, _| {
-            if let Some(mut job) = act.active.remove(&id) {
-                wake_all(&mut job);
-            }
+            // Gone only if withdrawn meanwhile (its insert was refused):
+            // then there is no end to record.
+            let Some(mut job) = act.active.remove(&id) else { return };
+            wake_all(&mut job);
             act.ended.ended(id, status, now);
             act.metrics.job_ended(status, ran);
             if was_running {
@@ -636,6 +640,10 @@ fn validate(job: &SubmitJob, router: &Router) -> Result<(), KilnError> {
     Ok(())
 }
 
+/// What became of an admitted job's insert: stored (the job's id, and its
+/// status when admitted), or refused (its id, and why).
+type Stored = Result<(JobId, JobStatus), (JobId, KilnError)>;
+
 impl Handler<SubmitJob> for JobQueue {
     type Result = ResponseActFuture<Self, Result<JobId, KilnError>>;
 
@@ -666,30 +674,49 @@ impl Handler<SubmitJob> for JobQueue {
                 Ok(found)
             }
             .into_actor(self)
-            .then(move |found, act, _| {
+            .then(move |found, act, ctx| {
                 let ready = found.map(|found| {
                     for (id, status, at) in found {
                         act.ended.found_archived(id, status, at);
                     }
                     act.admit(msg)
                 });
-                let store = act.store.clone();
+                // The job joins the queue, and may start, while its insert
+                // is on its way to the store: a short job's end then often
+                // shares the insert's transaction and its row is written
+                // once (see `kiln_store`'s `coalesce`). That is safe because
+                // the insert is sent first and the store applies in order:
+                // every later change of the job is an `UpdateJob`, which
+                // fails when the insert did, and an opcode acts only after
+                // its start is stored, so after the insert. No client is
+                // given the id before the insert is durable.
+                let admitted = ready.and_then(|r| r).map(|(view, entry)| {
+                    let (id, status) = (view.id, view.status);
+                    let stored = act.store.send(vec![Write::InsertJob(view.to_record(vec![entry.clone()]))]);
+                    act.enqueue(view, entry, ctx);
+                    (id, status, stored)
+                });
                 async move {
-                    let (view, entry) = ready??;
-                    store.commit(vec![Write::InsertJob(view.to_record(vec![entry.clone()]))]).await?;
-                    Ok((view, entry))
+                    let (id, status, stored) = admitted?;
+                    Ok(match stored.await {
+                        Ok(()) => Ok((id, status)),
+                        Err(refused) => Err((id, KilnError::from(refused))),
+                    })
                 }
                 .into_actor(act)
             })
-            .map(|res: Result<(JobView, JobLogEntry), KilnError>, act, ctx| {
-                let (view, entry) = res?;
-                let id = view.id;
-                act.metrics.job_submitted();
-                if view.status.is_finished() {
-                    act.metrics.job_ended(view.status, None);
+            .map(|res: Result<Stored, KilnError>, act, ctx| match res? {
+                Ok((id, status)) => {
+                    act.metrics.job_submitted();
+                    if status.is_finished() {
+                        act.metrics.job_ended(status, None);
+                    }
+                    Ok(id)
                 }
-                act.enqueue(view, entry, ctx);
-                Ok(id)
+                Err((id, refused)) => {
+                    act.withdraw(id, ctx);
+                    Err(refused)
+                }
             }),
         )
     }
@@ -735,7 +762,32 @@ impl JobQueue {
         Ok((view, JobLogEntry { job: id, serial: 1, at: now, message }))
     }
 
-    /// Puts a committed job where it belongs.
+    /// Takes out a job whose insert the store refused. Nobody was told its
+    /// id, and no change of it can be stored (an `UpdateJob` finds no row),
+    /// so it leaves as if never submitted; an opcode it runs is canceled.
+    /// It has acted on nothing: an opcode acts only once its start is
+    /// stored, and that needs the row.
+    fn withdraw(&mut self, id: JobId, ctx: &mut Context<Self>) {
+        self.ended.forget(id);
+        let Some(mut job) = self.active.remove(&id) else { return };
+        job.control.request_cancel();
+        self.runnable.remove(&(job.view.priority, id));
+        self.waiting.remove(&id);
+        if job.view.started_at.is_some() {
+            // Counted as running since it started; its end, if one is on
+            // its way, finds it gone and counts nothing.
+            self.running -= 1;
+        }
+        wake_all(&mut job);
+        if let Some(dependents) = self.dependents.remove(&id) {
+            for waiting in dependents {
+                self.recheck(waiting, ctx);
+            }
+        }
+        self.schedule(ctx);
+    }
+
+    /// Puts an admitted job where it belongs.
     fn enqueue(&mut self, view: JobView, entry: JobLogEntry, ctx: &mut Context<Self>) {
         let id = view.id;
         if view.status.is_finished() {
@@ -760,9 +812,7 @@ impl JobQueue {
         );
         if status == JobStatus::Waiting {
             self.hold(id);
-            // A dependency may have ended while this job's insert was being
-            // stored; its end looked for dependents before this one was
-            // held, so look again now.
+            // A dependency may have ended since the job was admitted.
             self.recheck(id, ctx);
             self.schedule(ctx);
         } else {

@@ -3,7 +3,8 @@
 //! Why they are shaped so:
 //!
 //! - **`PutJob` is a plain single-row `UPDATE`** for a job already live, and
-//!   for a new one an archive probe and a plain `INSERT`. The queue writes
+//!   for a new one an archive probe and a plain `INSERT`. `UpdateJob`, what
+//!   the queue sends once a job is inserted, is the `UPDATE` alone. The queue writes
 //!   every job at least twice (submitted, ended) at up to 100,000 jobs a
 //!   second; these simple statements need no statement journal, which the
 //!   earlier single upsert (`INSERT ... SELECT ... ON CONFLICT`) opened on
@@ -82,7 +83,23 @@ impl<'j> JobColumns<'j> {
 
 pub(super) fn put_job(held: &mut Held<'_>, job: &JobRecord) -> Result<(), StoreError> {
     let c = JobColumns::of(job)?;
-    // A job already in the live table: a plain single-row update.
+    if update(held, &c)? {
+        return Ok(());
+    }
+    insert_new(held, &c)
+}
+
+/// `Write::UpdateJob`: the update alone; a job that is not live is an error.
+pub(super) fn update_job(held: &mut Held<'_>, job: &JobRecord) -> Result<(), StoreError> {
+    if update(held, &JobColumns::of(job)?)? {
+        return Ok(());
+    }
+    Err(StoreError::NotFound(format!("job {} is not in the live queue", job.id)))
+}
+
+/// Replaces the row of a job already in the live table (a plain single-row
+/// update); false when there is none.
+fn update(held: &mut Held<'_>, c: &JobColumns<'_>) -> Result<bool, StoreError> {
     let changed = held
         .get(
             "UPDATE jobs SET priority = ?2, status = ?3, submitted_at = ?4, started_at = ?5, ended_at = ?6,
@@ -90,10 +107,7 @@ pub(super) fn put_job(held: &mut Held<'_>, job: &JobRecord) -> Result<(), StoreE
              WHERE id = ?1",
         )?
         .execute(&c.params()[..])?;
-    if changed == 1 {
-        return Ok(());
-    }
-    insert_new(held, &c)
+    Ok(changed == 1)
 }
 
 /// `Write::InsertJob`: a submission skips the update `put_job` tries first.
