@@ -240,22 +240,31 @@ impl kiln_store::Backend for Hooked {
     }
 }
 
+/// A site with `demo` nodes in `dir`, over a [`Hooked`] SQLite store that
+/// shows `before_commit` every batch.
+async fn hooked_site(
+    dir: &std::path::Path,
+    demo: usize,
+    before_commit: impl FnMut(&kiln_store::Batch) -> Option<kiln_store::StoreError> + Send + 'static,
+) -> Site {
+    let store = kiln_store::sqlite::SqliteBackend::open(&dir.join("kiln.sqlite")).unwrap();
+    let hooked = Hooked { store, before_commit: Box::new(before_commit) };
+    start_with_store(config(dir, demo, Duration::ZERO), kiln_store::StoreHandle::start(Box::new(hooked))).await.unwrap()
+}
+
 #[test]
 fn a_job_whose_insert_is_refused_leaves_the_queue_having_done_nothing() {
     use crate::jobs::{GetJob, GetQueueInfo, Opcode, SubmitJob, WaitJobChange};
     use kiln_store::Write;
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
-        let backend = kiln_store::sqlite::SqliteBackend::open(&dir.path().join("kiln.sqlite")).unwrap();
         // The first job's insert fails, as on a full disk; nothing else does.
         let refuse_job_1 = |b: &kiln_store::Batch| {
             b.iter()
                 .any(|w| matches!(w, Write::InsertJob(j) if j.id.0 == 1))
                 .then(|| kiln_store::StoreError::CommitFailed("database or disk is full".into()))
         };
-        let store =
-            kiln_store::StoreHandle::start(Box::new(Hooked { store: backend, before_commit: Box::new(refuse_job_1) }));
-        let site = start_with_store(config(dir.path(), 1, Duration::ZERO), store).await.unwrap();
+        let site = hooked_site(dir.path(), 1, refuse_job_1).await;
         // A job starts as soon as it is admitted, before its insert is
         // stored: this one would power the node on if it could act.
         let power_on = || vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(PowerAction::On), fanout: None }];
@@ -293,13 +302,10 @@ fn an_opcode_whose_start_cannot_be_stored_does_not_run() {
     use crate::jobs::{Opcode, SubmitJob, WaitJobChange};
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
-        let backend = kiln_store::sqlite::SqliteBackend::open(&dir.path().join("kiln.sqlite")).unwrap();
         let refuse_starts = |b: &kiln_store::Batch| {
             an_opcode_start(b).then(|| kiln_store::StoreError::CommitFailed("database or disk is full".into()))
         };
-        let store =
-            kiln_store::StoreHandle::start(Box::new(Hooked { store: backend, before_commit: Box::new(refuse_starts) }));
-        let site = start_with_store(config(dir.path(), 1, Duration::ZERO), store).await.unwrap();
+        let site = hooked_site(dir.path(), 1, refuse_starts).await;
         let ops = vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(PowerAction::On), fanout: None }];
         let job = site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
         let mut after = 0;
@@ -394,12 +400,7 @@ fn a_job_submitted_while_its_dependency_ends_runs_once_that_end_is_stored() {
         None
     };
     actix::System::new().block_on(async {
-        let backend = kiln_store::sqlite::SqliteBackend::open(&dir.path().join("kiln.sqlite")).unwrap();
-        let hooked = Hooked { store: backend, before_commit: Box::new(hold_first_end) };
-        let site =
-            start_with_store(config(dir.path(), 0, Duration::ZERO), kiln_store::StoreHandle::start(Box::new(hooked)))
-                .await
-                .unwrap();
+        let site = hooked_site(dir.path(), 0, hold_first_end).await;
         let sleep = || vec![Opcode::Sleep { seconds: 0.0 }];
         // Not awaited: a job starts once admitted, so its end may share its
         // insert's group, and then its acknowledgement is held too.
