@@ -113,9 +113,7 @@ impl StoreHandle {
     /// If the future is dropped after the batch was sent, the batch may still
     /// be committed: cancelling is not undoing.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        let reply = self.send_commit(batch)?;
-        let (result, _batch) = reply.await.map_err(|_| StoreError::Closed)?;
-        result
+        self.send(batch).await
     }
 
     /// Sends `batch` to the store thread now, and returns the wait for its

@@ -52,15 +52,17 @@ impl EndedJobs {
     /// The job was moved to the archive: no longer live, and forgotten
     /// unless `still_needed` (a waiting job depends on it).
     pub(super) fn archived(&mut self, id: JobId, still_needed: bool) {
-        let Some(&(status, at)) = self.by_id.get(&id) else { return };
-        self.forget_live(status, at, id);
         if !still_needed {
-            self.by_id.remove(&id);
+            return self.forget(id);
+        }
+        if let Some(&(status, at)) = self.by_id.get(&id) {
+            self.forget_live(status, at, id);
         }
     }
 
-    /// The job never was: its submission was refused after it was told
-    /// here (see the queue's `withdraw`).
+    /// Nothing of the job is kept: it was archived and nothing waits for
+    /// it, or it never was (its submission was refused after it was told
+    /// here; see the queue's `withdraw`).
     pub(super) fn forget(&mut self, id: JobId) {
         if let Some((status, at)) = self.by_id.remove(&id) {
             self.forget_live(status, at, id);

@@ -553,14 +553,21 @@ impl JobQueue {
             if was_running {
                 act.running -= 1;
             }
-            if let Some(dependents) = act.dependents.remove(&id) {
-                for waiting in dependents {
-                    act.recheck(waiting, ctx);
-                }
+            if act.recheck_dependents(id, ctx) {
                 act.report_depth();
             }
             act.schedule(ctx);
         });
+    }
+
+    /// The jobs waiting for `id`, which has ended or is gone, move on if
+    /// they can; false when none waited.
+    fn recheck_dependents(&mut self, id: JobId, ctx: &mut Context<Self>) -> bool {
+        let Some(dependents) = self.dependents.remove(&id) else { return false };
+        for waiting in dependents {
+            self.recheck(waiting, ctx);
+        }
+        true
     }
 }
 
@@ -779,11 +786,7 @@ impl JobQueue {
             self.running -= 1;
         }
         wake_all(&mut job);
-        if let Some(dependents) = self.dependents.remove(&id) {
-            for waiting in dependents {
-                self.recheck(waiting, ctx);
-            }
-        }
+        self.recheck_dependents(id, ctx);
         self.schedule(ctx);
     }
 
