@@ -93,11 +93,12 @@ impl Registry {
             .map_err(|e| KilnError::InvalidInput(format!("node set '{expr}': {e}")))
     }
 
-    /// Every node, sorted by name.
+    /// Every node, in the order a node set lists its names (`demo2` before
+    /// `demo10`), so that `kiln node list` and `kiln node list 'demo[1-64]'`
+    /// agree.
     pub fn all(&self) -> Vec<(NodeId, String)> {
-        let mut all: Vec<(NodeId, String)> = self.by_id.iter().map(|e| (*e.key(), e.value().name.clone())).collect();
-        all.sort_by(|a, b| a.1.cmp(&b.1));
-        all
+        let names: Vec<String> = self.by_name.iter().map(|e| e.key().clone()).collect();
+        NodeSet::from_names(&names).iter().filter_map(|name| Some((*self.by_name.get(&name)?, name))).collect()
     }
 }
 

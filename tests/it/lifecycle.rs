@@ -8,6 +8,13 @@ fn sixty_four_demo_nodes_go_from_enroll_to_active_and_back() {
     let all = "demo[1-64]";
     assert!(states(&d).values().all(|s| s == "enroll"));
     assert_eq!(states(&d).len(), 64);
+    // The whole list comes in node-set order, as the same nodes named by a set.
+    let names = |args: &[&str]| -> Vec<String> {
+        d.json(args).as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_string()).collect()
+    };
+    let expected: Vec<String> = (1..=64).map(|i| format!("demo{i}")).collect();
+    assert_eq!(names(&["node", "list"]), expected);
+    assert_eq!(names(&["node", "list", all]), expected);
 
     for verb in ["manage", "provide"] {
         let out = d.json(&["node", verb, all, "--wait"]);
