@@ -404,7 +404,7 @@ async fn follow_job(client: &mut Client, id: JobId, print_log: bool, progress: b
         for entry in &change.log {
             after = after.max(entry.serial);
             if print_log {
-                println!("{} {}", entry.at.to_rfc3339(), entry.message);
+                println!("{} {}", output::when(&entry.at), entry.message);
             }
         }
         if let (Some(bar), Some((done, total))) = (&bar, change.progress) {

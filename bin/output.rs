@@ -2,10 +2,11 @@
 //! in JSON use the field names of the spec (section 3); passwords are already
 //! masked in every view the daemon sends.
 
+use chrono::SecondsFormat;
 use kiln_actors::events::NodeEvent;
 use kiln_actors::jobs::{JobView, NodeResult, QueueInfo};
 use kiln_actors::{NodeView, PortView, SiteStatus};
-use kiln_store::HistoryEntry;
+use kiln_store::{HistoryEntry, Timestamp};
 use serde::Serialize;
 
 /// Prints a value as pretty JSON.
@@ -14,6 +15,12 @@ pub fn json<T: Serialize + ?Sized>(value: &T) {
         Ok(text) => println!("{text}"),
         Err(e) => eprintln!("error: cannot print JSON: {e}"),
     }
+}
+
+/// A time as people read it in tables: UTC to the millisecond
+/// (`2026-11-24T19:51:24.162Z`). `--json` keeps the full nanoseconds.
+pub fn when(t: &Timestamp) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
@@ -88,11 +95,11 @@ pub fn node(v: &NodeView) {
             "reservation",
             v.reservation
                 .as_ref()
-                .map(|r| format!("{} since {}", r.purpose, r.since.to_rfc3339()))
+                .map(|r| format!("{} since {}", r.purpose, when(&r.since)))
                 .unwrap_or_else(|| "-".into()),
         ),
-        ("created_at", v.created_at.to_rfc3339()),
-        ("updated_at", v.updated_at.to_rfc3339()),
+        ("created_at", when(&v.created_at)),
+        ("updated_at", when(&v.updated_at)),
     ];
     for (k, val) in rows {
         println!("{k:<24}{val}");
@@ -123,7 +130,7 @@ pub fn jobs(list: &[JobView]) {
                 j.id.to_string(),
                 j.status.to_string(),
                 j.priority.to_string(),
-                j.submitted_at.to_rfc3339(),
+                when(&j.submitted_at),
                 j.ops.iter().map(|o| o.opcode.summary()).collect::<Vec<_>>().join("; "),
             ]
         })
@@ -134,9 +141,9 @@ pub fn jobs(list: &[JobView]) {
 pub fn job(j: &JobView) {
     println!("job {} {}{}", j.id, j.status, if j.archived { " (archived)" } else { "" });
     println!("priority     {}", j.priority);
-    println!("submitted    {}", j.submitted_at.to_rfc3339());
-    println!("started      {}", j.started_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()));
-    println!("ended        {}", j.ended_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into()));
+    println!("submitted    {}", when(&j.submitted_at));
+    println!("started      {}", j.started_at.as_ref().map(when).unwrap_or_else(|| "-".into()));
+    println!("ended        {}", j.ended_at.as_ref().map(when).unwrap_or_else(|| "-".into()));
     if !j.depends.is_empty() {
         let deps: Vec<String> = j
             .depends
@@ -183,15 +190,16 @@ pub fn ports(list: &[PortView]) {
 pub fn history(list: &[HistoryEntry]) {
     let rows: Vec<Vec<String>> = list
         .iter()
-        .map(|h| {
-            vec![h.at.to_rfc3339(), h.event.clone(), h.from_state.to_string(), h.to_state.to_string(), opt(&h.error)]
-        })
+        .map(|h| vec![when(&h.at), h.event.clone(), h.from_state.to_string(), h.to_state.to_string(), opt(&h.error)])
         .collect();
     table(&["AT", "EVENT", "FROM", "TO", "ERROR"], &rows);
 }
 
 pub fn status(s: &SiteStatus) {
-    println!("kiln {} (started {})", s.version, s.started_at);
+    let started = chrono::DateTime::parse_from_rfc3339(&s.started_at)
+        .map(|t| when(&t.with_timezone(&chrono::Utc)))
+        .unwrap_or_else(|_| s.started_at.clone());
+    println!("kiln {} (started {started})", s.version);
     println!("data dir     {}", s.data_dir);
     println!("nodes        {}", s.nodes);
     println!("maintenance  {}", s.maintenance);
@@ -214,7 +222,7 @@ pub fn status(s: &SiteStatus) {
 pub fn event_line(e: &NodeEvent) -> String {
     let mut line = format!(
         "{} #{} {} {} {} {}",
-        e.at.to_rfc3339(),
+        when(&e.at),
         e.serial,
         e.node_name,
         match e.kind {
@@ -239,7 +247,7 @@ pub fn periodic(tasks: &[kiln_actors::scheduler::PeriodicInfo]) {
                 t.name.clone(),
                 format!("{}s", t.spacing_s),
                 if t.enabled { "yes".into() } else { "no".into() },
-                t.last_run.map(|r| r.to_rfc3339()).unwrap_or_else(|| "-".into()),
+                t.last_run.as_ref().map(when).unwrap_or_else(|| "-".into()),
                 t.last_duration_ms.map(|d| format!("{d}ms")).unwrap_or_else(|| "-".into()),
                 t.runs.to_string(),
                 t.failures.to_string(),
