@@ -77,30 +77,16 @@ impl Histogram {
     }
 }
 
-/// A call to a BMC, as metrics label it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BmcCall {
-    GetPower,
-    SetPower,
-    SetBoot,
-    GetBoot,
-    Inspect,
-}
-
-impl BmcCall {
-    pub const ALL: [BmcCall; 5] =
-        [BmcCall::GetPower, BmcCall::SetPower, BmcCall::SetBoot, BmcCall::GetBoot, BmcCall::Inspect];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BmcCall::GetPower => "get_power",
-            BmcCall::SetPower => "set_power",
-            BmcCall::SetBoot => "set_boot",
-            BmcCall::GetBoot => "get_boot",
-            BmcCall::Inspect => "inspect",
-        }
+kiln_store::string_enum!(
+    /// A call to a BMC, as metrics label it.
+    BmcCall, "BMC call" {
+        GetPower => "get_power",
+        SetPower => "set_power",
+        SetBoot => "set_boot",
+        GetBoot => "get_boot",
+        Inspect => "inspect",
     }
-}
+);
 
 /// One BMC call kind of one driver.
 #[derive(Default)]
@@ -118,30 +104,16 @@ struct AdminStats {
     latency: Histogram,
 }
 
-/// What a power sync cycle found for one node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyncResult {
-    InSync,
-    Updated,
-    Forced,
-    Failed,
-    Skipped,
-}
-
-impl SyncResult {
-    pub const ALL: [SyncResult; 5] =
-        [SyncResult::InSync, SyncResult::Updated, SyncResult::Forced, SyncResult::Failed, SyncResult::Skipped];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncResult::InSync => "in_sync",
-            SyncResult::Updated => "updated",
-            SyncResult::Forced => "forced",
-            SyncResult::Failed => "failed",
-            SyncResult::Skipped => "skipped",
-        }
+kiln_store::string_enum!(
+    /// What a power sync cycle found for one node.
+    SyncResult, "power sync result" {
+        InSync => "in_sync",
+        Updated => "updated",
+        Forced => "forced",
+        Failed => "failed",
+        Skipped => "skipped",
     }
-}
+);
 
 /// The admin label of frames that did not decode as any request.
 pub const INVALID_REQUEST: &str = "invalid";
@@ -307,7 +279,7 @@ impl Metrics {
         header(o, "kiln_power_sync_duration_seconds", "histogram", "How long each power sync cycle took.");
         self.power_sync_cycle.render(o, "kiln_power_sync_duration_seconds", "");
         header(o, "kiln_power_sync_nodes_total", "counter", "Nodes looked at by power sync cycles, by result.");
-        for r in SyncResult::ALL {
+        for &r in SyncResult::ALL {
             let n = self.power_sync_nodes[r as usize].load(Relaxed);
             let _ = writeln!(o, "kiln_power_sync_nodes_total{{result=\"{}\"}} {n}", r.as_str());
         }
@@ -362,14 +334,14 @@ impl Metrics {
 
         header(o, "kiln_bmc_call_duration_seconds", "histogram", "BMC calls by driver and call, failed or not.");
         for d in DriverKind::ALL {
-            for c in BmcCall::ALL {
+            for &c in BmcCall::ALL {
                 let labels = format!("driver=\"{d}\",call=\"{}\"", c.as_str());
                 self.bmc[*d as usize][c as usize].latency.render(o, "kiln_bmc_call_duration_seconds", &labels);
             }
         }
         header(o, "kiln_bmc_call_errors_total", "counter", "BMC calls that failed (error, timeout, panic).");
         for d in DriverKind::ALL {
-            for c in BmcCall::ALL {
+            for &c in BmcCall::ALL {
                 let n = self.bmc[*d as usize][c as usize].errors.load(Relaxed);
                 let _ = writeln!(o, "kiln_bmc_call_errors_total{{driver=\"{d}\",call=\"{}\"}} {n}", c.as_str());
             }

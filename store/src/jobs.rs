@@ -29,7 +29,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::records::{Timestamp, string_enum};
+use crate::records::Timestamp;
+use crate::string_enum;
 
 /// A job's serial id, unique for the life of the site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

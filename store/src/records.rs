@@ -81,8 +81,11 @@ impl FromStr for PortId {
 /// serde as the same strings, so the database, the JSON output and the CLI
 /// all spell a value one way.
 ///
-/// Every path in the expansion is absolute, so any module of the crate can
-/// declare such an enum without importing what the macro happens to use.
+/// Every path in the expansion is absolute, so any module or crate can
+/// declare such an enum without importing what the macro happens to use
+/// (the caller needs `serde` among its dependencies). Other crates call it
+/// as `kiln_store::string_enum!` (the actors' metrics labels do).
+#[macro_export]
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -130,7 +133,6 @@ macro_rules! string_enum {
         }
     };
 }
-pub(crate) use string_enum;
 
 /// A string that names none of an enum's values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
