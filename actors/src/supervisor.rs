@@ -271,7 +271,8 @@ pub struct BulkAction {
 pub struct GetNode(pub String);
 
 /// Lists nodes: all, or a node set; optionally only one state or only
-/// nodes in maintenance.
+/// nodes in maintenance. Either way in node-set order (`demo2` before
+/// `demo10`).
 #[derive(Debug, Default, Message)]
 #[rtype(result = "Result<Vec<NodeView>, KilnError>")]
 pub struct ListNodes {
