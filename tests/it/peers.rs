@@ -56,9 +56,16 @@ impl Peer {
 
 /// Runs `ipmitool` against simulated BMC `port` (not through kiln) and
 /// returns its output; panics if it fails.
+///
+/// As patient as the nodes the tests create (`timeout=15`: 5 s a message,
+/// and a retry): the simulator is one Python process on two busy cores. A
+/// CI run once lost all three IPMI tests at once to "Unable to establish
+/// IPMI v2 / RMCP+ session", and this check, then giving up after 2 s
+/// tries, was the least patient client of the three. A simulator that
+/// answers costs no wait.
 pub fn ipmitool(port: u16, args: &[&str]) -> String {
     let out = Command::new("ipmitool")
-        .args(["-I", "lanplus", "-H", "127.0.0.1", "-p", &port.to_string(), "-U", USER, "-E", "-R", "2", "-N", "2"])
+        .args(["-I", "lanplus", "-H", "127.0.0.1", "-p", &port.to_string(), "-U", USER, "-E", "-R", "3", "-N", "5"])
         .args(args)
         .env("IPMI_PASSWORD", PASSWORD)
         .stdin(Stdio::null())
