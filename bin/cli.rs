@@ -160,7 +160,10 @@ pub enum NodeCommand {
     /// Enrol a node.
     Create(CreateArgs),
     /// Enrol every node of a JSON or YAML file, all or nothing.
-    Import { file: PathBuf },
+    Import {
+        /// A list of {name, driver, driver_info, properties, ports: [MAC]}.
+        file: PathBuf,
+    },
     /// List nodes.
     List {
         /// A node set to list (default: all).
@@ -173,17 +176,25 @@ pub enum NodeCommand {
         maintenance: bool,
     },
     /// Show one node.
-    Show { node: String },
+    Show {
+        /// A node name or uuid.
+        node: String,
+    },
     /// Show a node's history of transitions and errors.
     History {
+        /// A node name or uuid.
         node: String,
+        /// How many of the newest entries to show.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Change a node's driver_info or properties.
     Set(SetArgs),
     /// Delete nodes.
-    Delete { nodes: String },
+    Delete {
+        /// A node name, a uuid or a node set (`demo[1-64]`).
+        nodes: String,
+    },
     /// manage: enroll → manageable (verifies the BMC).
     Manage(VerbArgs),
     /// provide: manageable → available (cleans).
@@ -223,6 +234,7 @@ pub enum NodeCommand {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    /// The node's name: letters, digits, '.', '_' or '-'.
     pub name: String,
     /// fake, redfish or ipmi.
     #[arg(long)]
@@ -236,9 +248,10 @@ pub struct CreateArgs {
     /// A file holding the BMC password (never pass it on the command line).
     #[arg(long)]
     pub password_file: Option<PathBuf>,
-    /// Any driver_info key.
+    /// Any driver_info key (repeatable).
     #[arg(long = "driver-info", value_name = "K=V")]
     pub driver_info: Vec<String>,
+    /// A property (repeatable).
     #[arg(long = "property", value_name = "K=V")]
     pub properties: Vec<String>,
     /// A port's MAC address (repeatable).
@@ -248,9 +261,12 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct SetArgs {
+    /// A node name or uuid.
     pub node: String,
+    /// Set a driver_info key (repeatable).
     #[arg(long = "driver-info", value_name = "K=V")]
     pub driver_info: Vec<String>,
+    /// Set a property (repeatable).
     #[arg(long = "property", value_name = "K=V")]
     pub properties: Vec<String>,
     /// Remove a driver_info key.
@@ -278,13 +294,18 @@ pub struct VerbArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PowerCommand {
+    /// Power on.
     On(VerbArgs),
+    /// Power off at once.
     Off(VerbArgs),
+    /// Hard off, then on (a node that is off is switched on).
     Reboot(VerbArgs),
+    /// Ask the OS to shut down (a graceful shutdown), until power is off.
     #[command(name = "soft-off")]
     SoftOff(VerbArgs),
     /// Read the power state from the BMCs.
     Status {
+        /// A node name, a uuid or a node set (`demo[1-64]`).
         nodes: String,
     },
 }
@@ -293,11 +314,14 @@ pub enum PowerCommand {
 pub enum BootDeviceCommand {
     /// Set the boot device.
     Set {
+        /// A node name, a uuid or a node set (`demo[1-64]`).
         nodes: String,
         /// pxe, disk, cdrom or bios.
         device: String,
+        /// For every boot, not only the next one.
         #[arg(long)]
         persistent: bool,
+        /// At most this many nodes at once.
         #[arg(long, short = 'f')]
         fanout: Option<u32>,
     },
@@ -305,12 +329,17 @@ pub enum BootDeviceCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum MaintenanceCommand {
+    /// Put nodes in maintenance: power sync leaves them alone.
     On {
+        /// A node name, a uuid or a node set (`demo[1-64]`).
         nodes: String,
+        /// Why, for whoever looks next.
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Take nodes out of maintenance.
     Off {
+        /// A node name, a uuid or a node set (`demo[1-64]`).
         nodes: String,
     },
 }
@@ -319,17 +348,23 @@ pub enum MaintenanceCommand {
 pub enum PortCommand {
     /// Add a port to a node.
     Create {
+        /// The port's MAC address.
         mac: String,
+        /// The node it belongs to (name or uuid).
         #[arg(long)]
         node: String,
     },
     /// List ports.
     List {
+        /// Only this node's ports (name or uuid).
         #[arg(long)]
         node: Option<String>,
     },
     /// Delete a port.
-    Delete { mac: String },
+    Delete {
+        /// The port's MAC address.
+        mac: String,
+    },
 }
 
 /// As ClusterShell's `nodeset`: one mode flag, then one or more node sets,
@@ -367,15 +402,29 @@ pub enum JobCommand {
         limit: u32,
     },
     /// Show a job, its opcodes and per-node results.
-    Show { id: u64 },
+    Show {
+        /// The job id.
+        id: u64,
+    },
     /// Follow a job's log until it ends; the exit code is 0 only on success.
-    Watch { id: u64 },
+    Watch {
+        /// The job id.
+        id: u64,
+    },
     /// Cancel a job (a running one stops before its next opcode and node).
-    Cancel { id: u64 },
+    Cancel {
+        /// The job id.
+        id: u64,
+    },
     /// Move an ended job out of the live queue.
-    Archive { id: u64 },
-    /// Submit a job file (JSON or YAML list of opcodes).
+    Archive {
+        /// The job id.
+        id: u64,
+    },
+    /// Submit a job file (JSON or YAML: `ops`, a list of opcodes, with an
+    /// optional `priority` and `depends`).
     Submit {
+        /// The job file, e.g. `ops: [{op: sleep, seconds: 1}]`, or the same in JSON.
         file: PathBuf,
         /// Follow it to its end.
         #[arg(long)]
@@ -434,7 +483,10 @@ pub enum PeriodicCommand {
     /// Every task: spacing, last run, duration, result, error, counts.
     List,
     /// Run a task now and wait for the run to end.
-    Run { name: String },
+    Run {
+        /// The task's name, as `kiln periodic list` shows it.
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -482,6 +534,8 @@ pub struct ExecArgs {
 pub struct CopyArgs {
     #[command(flatten)]
     pub fanout: FanoutArgs,
+    /// The local file to copy.
     pub source: PathBuf,
+    /// Where to put it on each node.
     pub dest: String,
 }
