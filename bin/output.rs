@@ -23,6 +23,11 @@ pub fn when(t: &Timestamp) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// [`when`], or `-` for a time that has not come.
+fn when_or_dash(t: &Option<Timestamp>) -> String {
+    t.as_ref().map(when).unwrap_or_else(|| "-".into())
+}
+
 fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map(|x| x.to_string()).unwrap_or_else(|| "-".into())
 }
@@ -142,8 +147,8 @@ pub fn job(j: &JobView) {
     println!("job {} {}{}", j.id, j.status, if j.archived { " (archived)" } else { "" });
     println!("priority     {}", j.priority);
     println!("submitted    {}", when(&j.submitted_at));
-    println!("started      {}", j.started_at.as_ref().map(when).unwrap_or_else(|| "-".into()));
-    println!("ended        {}", j.ended_at.as_ref().map(when).unwrap_or_else(|| "-".into()));
+    println!("started      {}", when_or_dash(&j.started_at));
+    println!("ended        {}", when_or_dash(&j.ended_at));
     if !j.depends.is_empty() {
         let deps: Vec<String> = j
             .depends
@@ -247,7 +252,7 @@ pub fn periodic(tasks: &[kiln_actors::scheduler::PeriodicInfo]) {
                 t.name.clone(),
                 format!("{}s", t.spacing_s),
                 if t.enabled { "yes".into() } else { "no".into() },
-                t.last_run.as_ref().map(when).unwrap_or_else(|| "-".into()),
+                when_or_dash(&t.last_run),
                 t.last_duration_ms.map(|d| format!("{d}ms")).unwrap_or_else(|| "-".into()),
                 t.runs.to_string(),
                 t.failures.to_string(),

@@ -97,8 +97,8 @@ impl Registry {
     /// `demo10`), so that `kiln node list` and `kiln node list 'demo[1-64]'`
     /// agree.
     pub fn all(&self) -> Vec<(NodeId, String)> {
-        let names: Vec<String> = self.by_name.iter().map(|e| e.key().clone()).collect();
-        NodeSet::from_names(&names).iter().filter_map(|name| Some((*self.by_name.get(&name)?, name))).collect()
+        let set = NodeSet::from_names(self.by_name.iter().map(|e| e.key().clone()));
+        set.iter().filter_map(|name| Some((*self.by_name.get(&name)?, name))).collect()
     }
 }
 
