@@ -80,6 +80,11 @@ fn report(f: Failure, json: bool) -> ExitCode {
     let (code, kind, message) = match &f {
         Failure::Usage(e) => (exit::USAGE, "usage", format!("{e:#}")),
         Failure::Unavailable(e) => (exit::UNAVAILABLE, "unavailable", e.to_string()),
+        // An unknown node, job or key and a request the daemon found
+        // malformed are bad input, as a bad command line is: nothing was done.
+        Failure::Refused(e @ (KilnError::NotFound(_) | KilnError::InvalidInput(_))) => {
+            (exit::USAGE, e.kind(), e.to_string())
+        }
         Failure::Refused(e) => (exit::FAILED, e.kind(), e.to_string()),
         Failure::Partial => return ExitCode::from(exit::FAILED),
         Failure::Exit(code) => return ExitCode::from(*code),

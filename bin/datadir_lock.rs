@@ -32,7 +32,9 @@ impl DataDirLock {
     /// Takes the data dir `dir` (creating it if needed), or says which
     /// process holds it.
     pub fn acquire(dir: &Path) -> anyhow::Result<DataDirLock> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+        // 0700 when created: the store inside holds BMC passwords.
+        kiln_store::private::create_private_dir(dir)
+            .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)

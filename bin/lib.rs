@@ -34,7 +34,8 @@ use clap::Parser;
 pub mod exit {
     /// Something asked for failed (an operation, a node, a request).
     pub const FAILED: u8 = 1;
-    /// The command line or an input file is wrong.
+    /// The command line, an input file or a request is wrong: an unknown
+    /// node, job or key, a node set that matches no node. Nothing was done.
     pub const USAGE: u8 = 2;
     /// The daemon could not be reached.
     pub const UNAVAILABLE: u8 = 3;

@@ -105,8 +105,13 @@ pub enum StartError {
 
 /// Starts a site inside the current actix system.
 pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
+    use std::os::unix::fs::DirBuilderExt;
     panics::install_hook();
-    std::fs::create_dir_all(&config.data_dir)
+    // Private (0700) when created: the store inside holds BMC passwords.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
         .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let db = config.database_path();
     let store_error = |source| StartError::Store { path: db.display().to_string(), source };
@@ -156,7 +161,8 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
         metrics: metrics.clone(),
     };
     let facts = supervisor::SiteFacts { started_at: now.to_rfc3339(), data_dir: config.data_dir.display().to_string() };
-    let empty = records.is_empty();
+    let held = records.len();
+    let empty = held == 0;
     let supervisor = Supervisor::new(registry.clone(), env, facts).start();
     supervisor
         .send(supervisor::AdoptRecords(records))
@@ -172,6 +178,14 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
             .await
             .map_err(|_| StartError::Demo(KilnError::Unavailable("the supervisor stopped".into())))?
             .map_err(StartError::Demo)?;
+    } else if config.demo_nodes > 0 {
+        tracing::warn!(
+            nodes = held,
+            data_dir = %config.data_dir.display(),
+            "--demo {}: the store already holds {held} nodes, so no demo nodes were enrolled; \
+             to start the tour over, stop kiln and remove the data dir (or serve another --data-dir)",
+            config.demo_nodes
+        );
     }
     let router = supervisor::Router { supervisor: supervisor.clone(), registry: registry.clone() };
     let queue = jobs::JobQueue::load(store.clone(), router.clone(), config.max_running_jobs)

@@ -62,12 +62,16 @@ impl Registry {
     }
 
     /// Every node named by a uuid, a name or a node set, sorted by name;
-    /// an error names the nodes that do not exist.
+    /// an error names the nodes that do not exist, and a set that names
+    /// no node at all (`demo1&demo2`) is bad input, not an empty success.
     pub fn resolve(&self, expr: &str) -> Result<Vec<(NodeId, String)>, KilnError> {
         if let Some((id, e)) = self.find(expr.trim()) {
             return Ok(vec![(id, e.name)]);
         }
         let set = self.parse(expr)?;
+        if set.is_empty() {
+            return Err(KilnError::InvalidInput(format!("node set '{expr}' matches no node")));
+        }
         let mut found = Vec::with_capacity(set.len());
         let mut missing = Vec::new();
         for name in set.iter() {

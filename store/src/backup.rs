@@ -32,15 +32,18 @@ pub fn backup_sqlite(src: &Path, dest: &Path) -> Result<BackupInfo, StoreError> 
     if !src.is_file() {
         return Err(StoreError::NotFound(format!("no store at {}", src.display())));
     }
-    if dest.exists() {
-        return Err(StoreError::Conflict(format!("{} exists; back up into a new file", dest.display())));
-    }
     // Read-write without CREATE: never makes an empty store where none was,
     // and can use the WAL index the daemon keeps.
     let conn = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(Duration::from_secs(30))?;
     let dest_text = dest.to_str().ok_or_else(|| StoreError::Corrupt(format!("{} is not UTF-8", dest.display())))?;
-    conn.execute("VACUUM INTO ?1", [dest_text])?;
+    // The copy holds the BMC passwords too: it is created empty and private
+    // first (never over an existing file), and VACUUM INTO fills it.
+    crate::private::create_private_file(dest)?;
+    if let Err(e) = conn.execute("VACUUM INTO ?1", [dest_text]) {
+        let _ = std::fs::remove_file(dest);
+        return Err(e.into());
+    }
     drop(conn);
     check(dest)
 }

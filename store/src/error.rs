@@ -29,6 +29,22 @@ pub enum StoreError {
     /// the operator must restart kiln once the disk is sound.
     #[error("the store could not make its commits durable ({0}); it refuses writes until kiln is restarted")]
     NotDurable(String),
+    /// A file or directory of the store could not be created or read.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of the store can be read by users other than its owner; it
+    /// holds BMC passwords, so the store refuses to open until it is fixed.
+    #[error(
+        "{} has mode {mode:04o}: the store holds BMC passwords and must be readable by its owner only; \
+         run `chmod 600 {}*` and start again",
+        path.display(),
+        database.display()
+    )]
+    Exposed { path: std::path::PathBuf, mode: u32, database: std::path::PathBuf },
     /// The store's thread is gone (the site is shutting down).
     #[error("the store is closed")]
     Closed,

@@ -18,6 +18,7 @@ pub mod backup;
 pub mod error;
 pub mod jobs;
 pub mod json;
+pub mod private;
 pub mod records;
 pub mod sqlite;
 pub mod stats;

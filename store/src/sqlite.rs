@@ -203,20 +203,11 @@ pub struct SqliteBackend {
 }
 
 impl SqliteBackend {
-    /// Opens (creating it and its directory if needed) the database at `path`,
-    /// sets the durability pragmas and brings the schema up to
-    /// [`SCHEMA_VERSION`].
+    /// Opens (creating it and its directory if needed, privately: see
+    /// [`crate::private`]) the database at `path`, sets the durability
+    /// pragmas and brings the schema up to [`SCHEMA_VERSION`].
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                // StoreError has no I/O variant: report it as SQLite's own
-                // "cannot open" would, with the reason the OS gave.
-                StoreError::Sqlite(rusqlite::Error::SqliteFailure(
-                    ffi::Error::new(ffi::SQLITE_CANTOPEN),
-                    Some(format!("cannot create the database directory {}: {e}", dir.display())),
-                ))
-            })?;
-        }
+        crate::private::prepare_database(path)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Takes effect only while the file is still empty (before WAL mode

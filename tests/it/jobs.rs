@@ -317,3 +317,35 @@ fn canceling_a_node_set_job_stops_starting_new_nodes() {
     assert_eq!(j["ops"][1]["status"], "canceled");
     assert_eq!(d.state("demo6"), "enroll");
 }
+
+#[test]
+fn a_queued_job_whose_stored_body_is_damaged_ends_error_and_acts_on_no_node() {
+    let mut d = Daemon::start(1, &["--max-running-jobs", "1"]);
+    let blocker = submit(&d, "ops: [{op: sleep, seconds: 600}]");
+    let damaged = d.json(&["node", "manage", "demo1"])["job"].as_u64().unwrap();
+    let healthy = submit(&d, "ops: [{op: sleep, seconds: 0}]");
+    assert_eq!(job(&d, damaged)["status"], "queued");
+    d.kill9();
+
+    // Damage the queued job's body in the store file, as a bad disk or a
+    // hand edit would.
+    let db = rusqlite::Connection::open(d.dir.path().join("kiln.sqlite")).unwrap();
+    let changed = db.execute("UPDATE jobs SET body = '{\"ops\": [{\"opcode\": tru' WHERE id = ?1", [damaged as i64]).unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    d.restart();
+
+    let j = job(&d, damaged);
+    assert_eq!(j["status"], "error", "{j}");
+    let why = j["error"].as_str().unwrap();
+    assert!(why.contains("stored job body cannot be read") && why.contains("not run"), "{why}");
+    assert!(j["ended_at"].is_string(), "{j}");
+    d.json(&["job", "cancel", &blocker.to_string()]);
+    assert_eq!(watch(&d, healthy)["status"], "success");
+    // Nothing acted on the node the damaged job named, and the failure
+    // stays failed across another restart.
+    assert_eq!(d.state("demo1"), "enroll");
+    d.restart();
+    assert_eq!(job(&d, damaged)["status"], "error");
+    assert_eq!(d.state("demo1"), "enroll");
+}

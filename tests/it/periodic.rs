@@ -68,3 +68,25 @@ fn power_sync_records_the_bmc_state_and_failures_lead_to_maintenance_and_back() 
     assert_eq!(n["fault"], Value::Null);
     assert_eq!(d.node("demo3")["maintenance"], false, "other nodes untouched");
 }
+
+#[test]
+fn nodes_in_enroll_are_not_power_synced_and_never_put_in_maintenance() {
+    let d = Daemon::start(2, &["--no-periodic"]);
+    // demo1 is enrolled with a BMC that is not set up yet: every read fails.
+    d.json(&["node", "set", "demo1", "--driver-info", "failure_rate=1"]);
+    d.json(&["node", "manage", "demo2", "--wait"]);
+    for _ in 0..4 {
+        let r = run(&d, "power_sync");
+        let said = r["last_result"].as_str().unwrap();
+        assert!(said.contains("1 in sync") && said.contains("0 failed") && said.contains("1 skipped"), "{r}");
+    }
+    let n = d.node("demo1");
+    assert_eq!(n["provision_state"], "enroll");
+    assert_eq!(n["maintenance"], false, "{n}");
+    assert_eq!(n["fault"], Value::Null);
+    assert_eq!(n["power_state"], Value::Null);
+    // Once managed it is synced like any other node.
+    d.json(&["node", "set", "demo1", "--unset-driver-info", "failure_rate"]);
+    d.json(&["node", "manage", "demo1", "--wait"]);
+    assert!(run(&d, "power_sync")["last_result"].as_str().unwrap().contains("2 in sync"));
+}

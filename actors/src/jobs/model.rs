@@ -238,14 +238,27 @@ pub struct JobView {
 
 impl JobView {
     /// Builds the view from a stored record; a body that does not decode is
-    /// reported in `error` rather than hidden.
+    /// reported in `error` rather than hidden (see [`JobView::decode`]).
     pub fn from_record(r: &JobRecord, archived: bool) -> Self {
-        let body: JobBody = serde_json::from_str(&r.body).unwrap_or_else(|e| JobBody {
-            ops: Vec::new(),
-            depends: Vec::new(),
-            error: Some(format!("the stored job body cannot be read: {e}")),
-        });
-        JobView {
+        match Self::decode(r, archived) {
+            Ok(view) | Err((view, _)) => view,
+        }
+    }
+
+    /// Builds the view from a stored record, or says why its body cannot
+    /// be read: then the view has no opcodes and `error` says why. The
+    /// job queue fails such a job instead of running it (a job with no
+    /// opcodes would otherwise "succeed"), as Ganeti loads a damaged job
+    /// file safely and fails it.
+    pub fn decode(r: &JobRecord, archived: bool) -> Result<Self, (Self, String)> {
+        let (body, unreadable) = match serde_json::from_str::<JobBody>(&r.body) {
+            Ok(body) => (body, None),
+            Err(e) => {
+                let why = format!("the stored job body cannot be read ({e}); the job was not run");
+                (JobBody { ops: Vec::new(), depends: Vec::new(), error: Some(why.clone()) }, Some(why))
+            }
+        };
+        let view = JobView {
             id: r.id,
             priority: r.priority,
             status: r.status,
@@ -256,6 +269,10 @@ impl JobView {
             ops: body.ops,
             depends: body.depends,
             error: body.error,
+        };
+        match unreadable {
+            None => Ok(view),
+            Some(why) => Err((view, why)),
         }
     }
 

@@ -156,9 +156,13 @@ impl JobQueue {
             q.ended.ended(end.id, end.status, end.ended_at.unwrap_or(now));
         }
         for r in live.unfinished {
-            let mut view = JobView::from_record(&r, false);
-            if matches!(r.status, JobStatus::Running | JobStatus::Canceling) {
-                let why = "daemon restarted while running".to_string();
+            let (mut view, unreadable) = match JobView::decode(&r, false) {
+                Ok(view) => (view, None),
+                Err((view, why)) => (view, Some(why)),
+            };
+            let cut_short = matches!(r.status, JobStatus::Running | JobStatus::Canceling)
+                .then(|| "daemon restarted while running".to_string());
+            if let Some(why) = unreadable.or(cut_short) {
                 for op in view.ops.iter_mut().filter(|o| !o.status.is_finished()) {
                     op.status = JobStatus::Error;
                     op.ended_at = Some(now);
@@ -606,32 +610,31 @@ fn validate(job: &SubmitJob, router: &Router) -> Result<(), KilnError> {
     if !(-20..=19).contains(&job.priority) {
         return Err(KilnError::InvalidInput(format!("priority {} is out of range -20..19", job.priority)));
     }
+    // A job of one opcode (every CLI verb) speaks of its opcode plainly.
+    let at = |i: usize, m: String| if job.ops.len() == 1 { m } else { format!("opcode {}: {m}", i + 1) };
     for (i, op) in job.ops.iter().enumerate() {
         match op {
             Opcode::Sleep { seconds } if !seconds.is_finite() || !(0.0..=86_400.0).contains(seconds) => {
-                return Err(KilnError::InvalidInput(format!(
-                    "opcode {}: sleep {seconds}: expected 0 to 86400 seconds",
-                    i + 1
-                )));
+                return Err(KilnError::InvalidInput(at(i, format!("sleep {seconds}: expected 0 to 86400 seconds"))));
             }
             Opcode::Node { nodes, fanout, .. } => {
                 router.registry.resolve(nodes).map_err(|e| match e {
-                    KilnError::NotFound(m) => KilnError::NotFound(format!("opcode {}: {m}", i + 1)),
-                    KilnError::InvalidInput(m) => KilnError::InvalidInput(format!("opcode {}: {m}", i + 1)),
+                    KilnError::NotFound(m) => KilnError::NotFound(at(i, m)),
+                    KilnError::InvalidInput(m) => KilnError::InvalidInput(at(i, m)),
                     other => other,
                 })?;
                 if *fanout == Some(0) {
-                    return Err(KilnError::InvalidInput(format!("opcode {}: fanout must be at least 1", i + 1)));
+                    return Err(KilnError::InvalidInput(at(i, "fanout must be at least 1".into())));
                 }
             }
             Opcode::Sleep { .. } => {}
             Opcode::Exec { nodes, spec } => {
                 router.registry.parse(nodes).map_err(|e| match e {
-                    KilnError::InvalidInput(m) => KilnError::InvalidInput(format!("opcode {}: {m}", i + 1)),
+                    KilnError::InvalidInput(m) => KilnError::InvalidInput(at(i, m)),
                     other => other,
                 })?;
                 if spec.command.trim().is_empty() {
-                    return Err(KilnError::InvalidInput(format!("opcode {}: exec needs a command", i + 1)));
+                    return Err(KilnError::InvalidInput(at(i, "exec needs a command".into())));
                 }
             }
         }

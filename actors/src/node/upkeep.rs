@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use kiln_store::PowerState;
+use kiln_store::{PowerState, ProvisionState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -24,7 +24,8 @@ pub const POWER_FAILURE: &str = "power failure";
 /// What a power sync did to one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncOutcome {
-    /// Not looked at: in maintenance, reserved, or with a power target.
+    /// Not looked at: in maintenance, in enroll, reserved, or with a power
+    /// target.
     Skipped(String),
     InSync,
     /// The record took the BMC's state.
@@ -101,6 +102,11 @@ impl Handler<SyncPower> for NodeActor {
         };
         if self.record.maintenance {
             return skip("maintenance");
+        }
+        // As Ironic: a node in enroll is not managed yet, and its BMC may
+        // not be set up; reading it would only put it in maintenance.
+        if self.record.provision_state == ProvisionState::Enroll {
+            return skip("enroll");
         }
         if self.busy() {
             return skip("reserved");
