@@ -614,23 +614,28 @@ async fn power_sync(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     config.periodic.enabled = false;
     let concurrency = args.fanout.map(|f| f as usize).unwrap_or(1024);
     config.periodic.power_sync_concurrency = concurrency;
-    let site = kiln_actors::start(config.clone()).await?;
     let nodes = args.nodes.unwrap_or(100_000);
     let latency = args.latency_ms.unwrap_or(100);
+    // Power sync reads managed nodes only (a node in enroll is skipped, as
+    // in Ironic), so the inventory is written to the store as manageable
+    // before the site starts, as a restarted site would find it.
+    let store = kiln_store::StoreHandle::open_sqlite(&config.database_path())?;
+    let now = chrono::Utc::now();
     let mut from = 1;
     while from <= nodes {
         let to = (from + 9_999).min(nodes);
         let batch = (from..=to)
-            .map(|i| NewNode {
-                name: format!("ps{i}"),
-                driver: "fake".into(),
-                driver_info: [("latency_ms".to_string(), latency.to_string())].into(),
-                ..Default::default()
+            .map(|i| {
+                let mut r = kiln_store::NodeRecord::enroll(format!("ps{i}"), kiln_store::DriverKind::Fake, now);
+                r.provision_state = kiln_store::ProvisionState::Manageable;
+                r.driver_info = [("latency_ms".to_string(), latency.to_string())].into();
+                kiln_store::Write::InsertNode(r)
             })
             .collect();
-        site.supervisor.send(CreateNodes(batch)).await??;
+        store.commit(batch).await?;
         from = to + 1;
     }
+    let site = kiln_actors::start_with_store(config.clone(), store).await?;
     let router = site.router();
     let cpu = cpu::process_seconds();
     let t = Instant::now();

@@ -20,6 +20,13 @@ fn open(path: &Path) -> SqliteBackend {
     SqliteBackend::open(path).unwrap()
 }
 
+/// Makes a store file written by hand private, as an operator must (with
+/// `chmod 600`) before kiln opens a store that others can read.
+fn make_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A node with every optional field set and a name that is not ASCII.
 fn full_node() -> NodeRecord {
     let created = Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 58).unwrap() + Duration::nanoseconds(123_456_789);
@@ -330,6 +337,7 @@ fn a_new_store_has_large_pages_and_an_old_one_keeps_its_own() {
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.execute_batch("CREATE TABLE before_kiln (x INTEGER)").unwrap();
     }
+    make_private(&old);
     let n = node("n");
     {
         let mut store = open(&old);

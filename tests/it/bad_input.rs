@@ -12,12 +12,12 @@ fn unknown_nodes_invalid_transitions_and_duplicates_are_refused() {
     let d = Daemon::start(3, &[]);
     let before = d.json(&["node", "list"]);
 
-    let (kind, msg) = error_of(&d.json_code(&["node", "show", "nope"], 1));
+    let (kind, msg) = error_of(&d.json_code(&["node", "show", "nope"], 2));
     assert_eq!(kind, "not_found");
     assert!(msg.contains("nope"), "{msg}");
 
     // A set naming a missing node acts on none of them.
-    let (kind, msg) = error_of(&d.json_code(&["node", "manage", "demo[1-5]"], 1));
+    let (kind, msg) = error_of(&d.json_code(&["node", "manage", "demo[1-5]"], 2));
     assert_eq!(kind, "not_found");
     assert!(msg.contains("demo[4-5]"), "{msg}");
 
@@ -31,28 +31,42 @@ fn unknown_nodes_invalid_transitions_and_duplicates_are_refused() {
     assert_eq!(kind, "conflict");
     assert!(msg.contains("demo1"), "{msg}");
 
-    let (kind, msg) = error_of(&d.json_code(&["node", "create", "x1", "--driver", "magic"], 1));
+    let (kind, msg) = error_of(&d.json_code(&["node", "create", "x1", "--driver", "magic"], 2));
     assert_eq!(kind, "invalid_input");
     assert!(msg.contains("unknown driver 'magic'"), "{msg}");
 
-    let (kind, msg) = error_of(&d.json_code(&["node", "create", "bad name", "--driver", "fake"], 1));
+    let (kind, msg) = error_of(&d.json_code(&["node", "create", "bad name", "--driver", "fake"], 2));
     assert_eq!(kind, "invalid_input");
     assert!(msg.contains("not valid"), "{msg}");
 
-    let (kind, _) = error_of(&d.json_code(&["node", "create", "r1", "--driver", "redfish"], 1));
+    let (kind, _) = error_of(&d.json_code(&["node", "create", "r1", "--driver", "redfish"], 2));
     assert_eq!(kind, "invalid_input");
 
     d.json(&["port", "create", "52:54:00:00:00:01", "--node", "demo1"]);
     let (kind, msg) = error_of(&d.json_code(&["port", "create", "52-54-00-00-00-01", "--node", "demo2"], 1));
     assert_eq!(kind, "conflict");
     assert!(msg.contains("52:54:00:00:00:01"), "{msg}");
-    let (kind, _) = error_of(&d.json_code(&["port", "create", "zz:zz", "--node", "demo2"], 1));
+    let (kind, _) = error_of(&d.json_code(&["port", "create", "zz:zz", "--node", "demo2"], 2));
     assert_eq!(kind, "invalid_input");
 
     // A node with a duplicate MAC is not created either.
     let (kind, _) =
         error_of(&d.json_code(&["node", "create", "x2", "--driver", "fake", "--mac", "52:54:00:00:00:01"], 1));
     assert_eq!(kind, "conflict");
+
+    // A set that names no node at all is bad input, not an empty success:
+    // nothing is queued.
+    let jobs_before = d.json(&["queue", "status"])["last_job_id"].clone();
+    for verb in [&["node", "manage", "demo1&demo2", "--wait"][..], &["node", "power", "on", "demo[1-3]!demo[1-3]"]] {
+        let (kind, msg) = error_of(&d.json_code(verb, 2));
+        assert_eq!(kind, "invalid_input");
+        assert!(msg.starts_with("node set '") && msg.ends_with("' matches no node"), "{msg}");
+        assert!(!msg.contains("opcode"), "a single verb speaks of no opcode: {msg}");
+    }
+    let out = d.cli(&["node", "manage", "demo1&demo2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "error: node set 'demo1&demo2' matches no node\n");
+    assert_eq!(d.json(&["queue", "status"])["last_job_id"], jobs_before, "no job was stored");
 
     let after = d.json(&["node", "list"]);
     assert_eq!(before, after);

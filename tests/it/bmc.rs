@@ -732,6 +732,8 @@ fn power_sync_follows_the_emulator_and_a_dead_bmc_goes_to_maintenance_and_back()
     let peer = peers::redfish();
     let site = Site::start(0);
     site.redfish("rf6", &peer.url(), &peer.system_id(6), PASSWORD, &["power_timeout=40", "timeout=5"]);
+    // Power sync reads managed nodes, not nodes in enroll.
+    site.ok(&["node", "manage", "rf6", "--wait"]);
     assert_ok(&site.timed("redfish power on", &["node", "power", "on", "rf6", "--wait"], 0));
     assert_eq!(site.node("rf6")["power_state"], "power on");
 

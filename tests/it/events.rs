@@ -53,7 +53,7 @@ fn recent_events_are_filtered_too() {
 #[test]
 fn a_bad_node_set_or_kind_is_a_clear_error() {
     let d = Daemon::start(1, &["--no-periodic"]);
-    let err = d.json_code(&["events", "--follow", "-w", "demo[1-"], 1);
+    let err = d.json_code(&["events", "--follow", "-w", "demo[1-"], 2);
     assert_eq!(err["error"]["kind"], "invalid_input", "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("node set 'demo[1-'"), "{err}");
 

@@ -221,6 +221,8 @@ fn repeated_power_read_failures_go_to_maintenance_and_recovery_takes_the_node_ou
     let d = Daemon::start(0, &["--config", config.to_str().unwrap()]);
     redfish_node(&d, "rf-flaky", &proxy.url(), peer, 2, 3);
     redfish_node(&d, "rf-steady", &peer.url(), peer, 3, 20);
+    // Power sync reads managed nodes, not nodes in enroll.
+    d.json(&["node", "manage", "rf-flaky,rf-steady", "--wait"]);
 
     let mut tried = 0;
     for fault in [Fault::Status(503), Fault::Reset, Fault::WrongPowerState] {

@@ -59,7 +59,8 @@ impl Daemon {
         d
     }
 
-    fn spawn(&mut self, demo: usize) {
+    /// Starts the daemon; returns the lines it logged before it served.
+    fn spawn(&mut self, demo: usize) -> Vec<String> {
         let mut cmd = Command::new(KILN);
         cmd.arg("serve")
             .arg("--data-dir")
@@ -86,19 +87,24 @@ impl Daemon {
         });
         self.child = Some(child);
         self.log = Some(rx);
-        self.wait_for_log("kiln is serving");
+        self.wait_for_log_after("kiln is serving").1
     }
 
     /// Waits for a stderr line containing `needle`; panics (with the lines
     /// seen) if the daemon exits or the timeout passes first.
     pub fn wait_for_log(&mut self, needle: &str) -> String {
+        self.wait_for_log_after(needle).0
+    }
+
+    /// [`Daemon::wait_for_log`], also returning the lines logged before it.
+    fn wait_for_log_after(&mut self, needle: &str) -> (String, Vec<String>) {
         let rx = self.log.as_ref().expect("daemon started");
         let deadline = std::time::Instant::now() + START_TIMEOUT;
         let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
+                Ok(line) if line.contains(needle) => return (line, seen),
                 Ok(line) => seen.push(line),
                 Err(_) => panic!("daemon never logged '{needle}'; it said:\n{}", seen.join("\n")),
             }
@@ -158,6 +164,13 @@ impl Daemon {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn(0);
+    }
+
+    /// Starts the daemon again on the same data dir with `--demo N`;
+    /// returns the lines it logged before it served.
+    pub fn restart_with_demo(&mut self, demo: usize) -> Vec<String> {
+        self.kill9();
+        self.spawn(demo)
     }
 
     /// Runs the CLI against this daemon.

@@ -72,7 +72,7 @@ fn higher_priority_jobs_run_first_and_cancel_stops_a_sleeping_job() {
     assert_eq!(h["status"], "success");
     assert!(h["started_at"].as_str().unwrap() < l["started_at"].as_str().unwrap(), "high ran first");
     // Canceling a job that ended is refused.
-    let err = d.json_code(&["job", "cancel", &blocker.to_string()], 1);
+    let err = d.json_code(&["job", "cancel", &blocker.to_string()], 2);
     assert!(err["error"]["message"].as_str().unwrap().contains("already ended"));
 }
 
@@ -94,7 +94,7 @@ fn dependencies_hold_a_job_and_fail_it_when_they_cannot_be_met() {
     // A dependency on a job that never existed is refused; nothing is queued.
     let before = ids(&d.json(&["job", "list"]));
     let f = write(&d, "bad.yaml", "depends: [{job: 9999}]\nops: [{op: sleep, seconds: 0}]");
-    let err = d.json_code(&["job", "submit", &f], 1);
+    let err = d.json_code(&["job", "submit", &f], 2);
     assert_eq!(err["error"]["kind"], "not_found");
     assert!(err["error"]["message"].as_str().unwrap().contains("9999"));
     assert_eq!(ids(&d.json(&["job", "list"])), before);
@@ -143,8 +143,8 @@ fn bad_job_files_and_unknown_nodes_queue_nothing() {
         ("ops: []", 2, "at least one opcode"),
         ("ops: [{op: sleep}]", 2, "sleep needs `seconds`"),
         ("{not yaml: [", 2, "not a valid"),
-        ("ops: [{op: deploy, nodes: 'demo[1-3]'}]", 1, "demo3"),
-        ("priority: 99\nops: [{op: sleep, seconds: 0}]", 1, "priority 99"),
+        ("ops: [{op: deploy, nodes: 'demo[1-3]'}]", 2, "demo3"),
+        ("priority: 99\nops: [{op: sleep, seconds: 0}]", 2, "priority 99"),
     ] {
         let f = write(&d, "bad.yaml", text);
         let err = d.json_code(&["job", "submit", &f], code);
@@ -174,7 +174,7 @@ fn ended_jobs_can_be_archived_and_still_shown() {
     let id = submit(&d, "ops: [{op: sleep, seconds: 0}]");
     assert_eq!(watch(&d, id)["status"], "success");
     let running = submit(&d, "ops: [{op: sleep, seconds: 600}]");
-    let err = d.json_code(&["job", "archive", &running.to_string()], 1);
+    let err = d.json_code(&["job", "archive", &running.to_string()], 2);
     assert!(err["error"]["message"].as_str().unwrap().contains("only ended jobs"));
     let out = d.cli(&["job", "archive", &id.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -184,7 +184,7 @@ fn ended_jobs_can_be_archived_and_still_shown() {
     assert_eq!(shown["archived"], true);
     assert_eq!(shown["status"], "success");
     // The queue no longer holds it, and still knows what it was.
-    let err = d.json_code(&["job", "cancel", &id.to_string()], 1);
+    let err = d.json_code(&["job", "cancel", &id.to_string()], 2);
     assert!(err["error"]["message"].as_str().unwrap().contains("already ended"), "{err}");
     let after = submit(&d, &format!("depends: [{{job: {id}, statuses: [success]}}]\nops: [{{op: sleep, seconds: 0}}]"));
     assert_eq!(watch(&d, after)["status"], "success");
@@ -330,7 +330,8 @@ fn a_queued_job_whose_stored_body_is_damaged_ends_error_and_acts_on_no_node() {
     // Damage the queued job's body in the store file, as a bad disk or a
     // hand edit would.
     let db = rusqlite::Connection::open(d.dir.path().join("kiln.sqlite")).unwrap();
-    let changed = db.execute("UPDATE jobs SET body = '{\"ops\": [{\"opcode\": tru' WHERE id = ?1", [damaged as i64]).unwrap();
+    let changed =
+        db.execute("UPDATE jobs SET body = '{\"ops\": [{\"opcode\": tru' WHERE id = ?1", [damaged as i64]).unwrap();
     assert_eq!(changed, 1);
     drop(db);
     d.restart();

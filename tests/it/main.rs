@@ -21,6 +21,7 @@ mod locking;
 mod metrics;
 mod peers;
 mod periodic;
+mod privacy;
 mod readme;
 mod rejected;
 mod restart;

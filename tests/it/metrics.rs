@@ -68,12 +68,16 @@ fn metrics_endpoint_counts_nodes_jobs_bmc_calls_and_requests() {
     let mut d = Daemon::start(3, &["--no-periodic", "--metrics-addr", "127.0.0.1:0"]);
     let addr = metrics_addr(&mut d);
 
-    // Work: a bulk power on (a job), a node whose BMC always fails and a
-    // verb on it (a failed job), a duplicate create (a refused request),
-    // and one power sync cycle.
+    // Work: managing the nodes and a bulk power on (jobs), a managed node
+    // whose BMC then always fails and a verb on it (a failed job), a
+    // duplicate create (a refused request), and one power sync cycle
+    // (which reads managed nodes, not nodes in enroll).
+    d.json(&["node", "manage", "demo[1-3]", "--wait"]);
     d.json(&["node", "power", "on", "demo[1-2]", "--wait"]);
-    d.json(&["node", "create", "bad", "--driver", "fake", "--driver-info", "failure_rate=1"]);
-    d.json_code(&["node", "manage", "bad", "--wait"], 1);
+    d.json(&["node", "create", "bad", "--driver", "fake"]);
+    d.json(&["node", "manage", "bad", "--wait"]);
+    d.json(&["node", "set", "bad", "--driver-info", "failure_rate=1"]);
+    d.json_code(&["node", "inspect", "bad", "--wait"], 1);
     d.json_code(&["node", "create", "bad", "--driver", "fake"], 1);
     d.json(&["periodic", "run", "power_sync"]);
     d.json(&["node", "create", "gone", "--driver", "fake"]);
@@ -98,15 +102,15 @@ fn metrics_endpoint_counts_nodes_jobs_bmc_calls_and_requests() {
     let in_maintenance = nodes.iter().filter(|n| n["maintenance"] == true).count();
     assert_eq!(at(&m, "kiln_nodes_maintenance"), in_maintenance as f64);
 
-    // Jobs: two submitted and ended (one success, one error), none left.
-    assert_eq!(at(&m, "kiln_jobs_submitted_total"), 2.0);
-    assert_eq!(at(&m, "kiln_jobs_ended_total{status=\"success\"}"), 1.0);
+    // Jobs: four submitted and ended (three success, one error), none left.
+    assert_eq!(at(&m, "kiln_jobs_submitted_total"), 4.0);
+    assert_eq!(at(&m, "kiln_jobs_ended_total{status=\"success\"}"), 3.0);
     assert_eq!(at(&m, "kiln_jobs_ended_total{status=\"error\"}"), 1.0);
     for s in ["queued", "waiting", "running"] {
         assert_eq!(at(&m, &format!("kiln_jobs{{status=\"{s}\"}}")), 0.0, "{s}");
     }
-    assert_eq!(at(&m, "kiln_job_queue_wait_seconds_count"), 2.0);
-    assert_eq!(at(&m, "kiln_job_run_seconds_count"), 2.0);
+    assert_eq!(at(&m, "kiln_job_queue_wait_seconds_count"), 4.0);
+    assert_eq!(at(&m, "kiln_job_run_seconds_count"), 4.0);
 
     // The store: every write went through a group, and every group through
     // a sync of the WAL (the SQLite store syncs on its own thread).
@@ -120,11 +124,12 @@ fn metrics_endpoint_counts_nodes_jobs_bmc_calls_and_requests() {
         assert!(at(&m, &format!("kiln_store_commit_wait_seconds_total{{stage=\"{stage}\"}}")) > 0.0, "{stage}");
     }
 
-    // BMC calls of the fake driver: two power-ons, the failed verb's call,
-    // one power read per node in the sync; the failing node's calls are
-    // errors, and nothing went through another driver.
+    // BMC calls of the fake driver: four power reads to manage, two
+    // power-ons, the failed verb's call, one power read per node in the
+    // sync; the failing node's calls are errors, and nothing went through
+    // another driver.
     let calls = sum_where(&m, "kiln_bmc_call_duration_seconds_count{", "driver=\"fake\"");
-    assert!(calls >= 2.0 + 1.0 + 4.0, "{calls} fake BMC calls");
+    assert!(calls >= 4.0 + 2.0 + 1.0 + 4.0, "{calls} fake BMC calls");
     assert_eq!(at(&m, "kiln_bmc_call_duration_seconds_count{driver=\"fake\",call=\"set_power\"}"), 2.0);
     let errors = sum_where(&m, "kiln_bmc_call_errors_total{", "driver=\"fake\"");
     assert_eq!(errors, 2.0, "the failed verb's call and the sync's read of bad");
@@ -139,14 +144,14 @@ fn metrics_endpoint_counts_nodes_jobs_bmc_calls_and_requests() {
     assert_eq!(at(&m, "kiln_periodic_runs_total{task=\"power_sync\"}"), 1.0);
 
     // Admin requests, by kind, and the refused create.
-    assert_eq!(at(&m, "kiln_admin_requests_total{request=\"node_op\"}"), 2.0);
+    assert_eq!(at(&m, "kiln_admin_requests_total{request=\"node_op\"}"), 4.0);
     assert_eq!(at(&m, "kiln_admin_requests_total{request=\"node_create\"}"), 3.0);
     assert_eq!(at(&m, "kiln_admin_request_errors_total{request=\"node_create\"}"), 1.0);
     // Every answered request was timed, the refused one too.
     assert_eq!(at(&m, "kiln_admin_request_duration_seconds_count{request=\"node_create\"}"), 3.0);
-    assert_eq!(at(&m, "kiln_admin_request_duration_seconds_count{request=\"node_op\"}"), 2.0);
+    assert_eq!(at(&m, "kiln_admin_request_duration_seconds_count{request=\"node_op\"}"), 4.0);
     let waited = at(&m, "kiln_admin_request_duration_seconds_sum{request=\"node_op\"}");
-    assert!(waited > 0.0, "two --wait verbs took {waited} s");
+    assert!(waited > 0.0, "four --wait verbs took {waited} s");
     assert_eq!(at(&m, "kiln_admin_requests_total{request=\"node_list\"}"), 0.0);
     assert_eq!(at(&m, "kiln_build_info{version=\"0.1.0\"}"), 1.0);
 

@@ -22,7 +22,7 @@ fn the_builtin_tasks_are_listed_and_an_unknown_one_is_refused() {
         ["power_sync", "power_failure_recovery", "wait_timeouts", "job_autoarchive", "store_maintenance"]
     );
     assert!(list.as_array().unwrap().iter().all(|t| t["enabled"] == false && t["runs"] == 0));
-    let err = d.json_code(&["periodic", "run", "reticulate"], 1);
+    let err = d.json_code(&["periodic", "run", "reticulate"], 2);
     assert_eq!(err["error"]["kind"], "not_found");
     for task in ["wait_timeouts", "job_autoarchive", "store_maintenance"] {
         let r = run(&d, task);

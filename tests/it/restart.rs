@@ -122,3 +122,17 @@ fn a_second_daemon_on_the_same_data_dir_is_refused_and_changes_nothing() {
     assert!(!other.exists(), "the refused daemon created its socket");
     assert_eq!(d.json(&["node", "list"]), before);
 }
+
+#[test]
+fn demo_on_a_store_that_holds_nodes_enrols_none_and_says_how_many() {
+    let mut d = Daemon::start(3, &["--no-periodic"]);
+    d.json(&["node", "manage", "demo1", "--wait"]);
+    let said = d.restart_with_demo(64);
+    let warning =
+        said.iter().find(|l| l.contains("--demo 64")).unwrap_or_else(|| panic!("no word of --demo: {said:?}"));
+    assert!(warning.contains("already holds 3 nodes") && warning.contains("remove the data dir"), "{warning}");
+    let names: Vec<String> =
+        d.json(&["node", "list"]).as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().into()).collect();
+    assert_eq!(names, ["demo1", "demo2", "demo3"]);
+    assert_eq!(d.state("demo1"), "manageable");
+}

@@ -30,7 +30,8 @@ fn raw(site: &Site, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_bmc_password_never_shows_in_logs_output_events_job_logs_or_errors() {
-    let site = Site::start_with(1, &["--log-format", "json", "--power-sync-interval", "1", "--max-running-jobs", "4"]);
+    let mut site =
+        Site::start_with(1, &["--log-format", "json", "--power-sync-interval", "1", "--max-running-jobs", "4"]);
     let rf401 = Responder::start(unauthorized);
     let closed_tcp = peers::closed_tcp_port();
     let closed_udp = peers::closed_udp_port();
@@ -61,6 +62,27 @@ fn a_bmc_password_never_shows_in_logs_output_events_job_logs_or_errors() {
     site.table(&["job", "list"]);
     raw(&site, &["job", "watch", &id]);
     raw(&site, &["--json", "job", "watch", &id]);
+
+    // Power sync reads managed nodes only (not nodes in enroll): the
+    // failing nodes are made manageable in the store, as nodes managed
+    // while their BMCs still answered would be. The first run's log is
+    // checked here, since a restart starts a new one.
+    site.d.kill9();
+    let first_run = site.d.log_lines();
+    assert!(first_run.iter().any(|l| l.contains("kiln_drivers")), "no driver line in the first run's log");
+    for line in &first_run {
+        assert!(!line.contains(SECRET) && !line.contains(SECRET_BASIC), "the daemon logged the password:\n{line}");
+    }
+    let db = rusqlite::Connection::open(site.d.dir.path().join("kiln.sqlite")).unwrap();
+    let managed = db
+        .execute(
+            "UPDATE nodes SET provision_state = 'manageable' WHERE name IN ('sec-ipmi', 'sec-rf', 'sec-rf401')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(managed, 3);
+    drop(db);
+    site.d.restart();
 
     // Periodic power sync (every second) against the failing BMCs, until
     // their failed reads put them in maintenance.

@@ -130,7 +130,8 @@ fn job_span(id: JobId) -> tracing::Span {
 impl JobQueue {
     /// Loads the queue from the store and applies the restart rule: a job
     /// that was running is marked `error` ("daemon restarted while running");
-    /// queued and waiting jobs will run.
+    /// queued and waiting jobs will run, except one whose stored body cannot
+    /// be read, which is marked `error` saying so and never acts on a node.
     pub async fn load(store: StoreHandle, router: Router, max_running: usize) -> Result<JobQueue, KilnError> {
         let drained = store.read(|b| b.load_meta(DRAIN_KEY)).await?.as_deref() == Some("true");
         let last = store.read(|b| b.max_job_id()).await?;
@@ -156,10 +157,7 @@ impl JobQueue {
             q.ended.ended(end.id, end.status, end.ended_at.unwrap_or(now));
         }
         for r in live.unfinished {
-            let (mut view, unreadable) = match JobView::decode(&r, false) {
-                Ok(view) => (view, None),
-                Err((view, why)) => (view, Some(why)),
-            };
+            let (mut view, unreadable) = JobView::decode(&r, false);
             let cut_short = matches!(r.status, JobStatus::Running | JobStatus::Canceling)
                 .then(|| "daemon restarted while running".to_string());
             if let Some(why) = unreadable.or(cut_short) {
