@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use kiln_actors::SiteConfig;
 use kiln_actors::nodeset::NodeSet;
-use kiln_actors::periodic::PeriodicConfig;
+use kiln_actors::periodic::{PeriodicConfig, TaskSettings};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{LogFormat, ServeArgs};
@@ -63,6 +63,9 @@ pub struct FileConfig {
     pub job_autoarchive_interval: Option<Seconds>,
     pub job_archive_age: Option<Seconds>,
     pub store_maintenance_interval: Option<Seconds>,
+    /// Each built-in task's own settings: `[periodic.power_sync]` with
+    /// `enabled`, `interval`, `run_immediately`.
+    pub periodic: Option<BTreeMap<String, TaskFile>>,
     pub driver_call_timeout: Option<Seconds>,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (off when absent).
     pub metrics_addr: Option<String>,
@@ -75,6 +78,47 @@ pub struct FileConfig {
     pub frame_timeout: Option<Seconds>,
     /// An admin connection idle this long between requests is closed.
     pub idle_timeout: Option<Seconds>,
+}
+
+/// One periodic task's own settings (`[periodic.NAME]`); what it leaves
+/// out comes from the site-wide keys (`periodic_enabled`, `NAME_interval`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Interval>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_immediately: Option<bool>,
+}
+
+/// A periodic task's interval, with Nova's meaning of its spacing: a
+/// duration (`0`: every tick of the scheduler, about a second), or a
+/// negative number: the task is disabled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Interval {
+    Every(Seconds),
+    Disabled,
+}
+
+impl Serialize for Interval {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Interval::Every(d) => d.serialize(s),
+            Interval::Disabled => s.serialize_i64(-1),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match toml::Value::deserialize(d)? {
+            toml::Value::Integer(n) if n < 0 => Ok(Interval::Disabled),
+            toml::Value::Float(n) if n < 0.0 => Ok(Interval::Disabled),
+            other => Seconds::deserialize(other).map(Interval::Every).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// The keys a SIGHUP applies to a running daemon; any other key changed in
@@ -96,6 +140,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "job_autoarchive_interval",
     "job_archive_age",
     "store_maintenance_interval",
+    "periodic",
 ];
 
 impl FileConfig {
@@ -129,6 +174,7 @@ impl FileConfig {
             job_autoarchive_interval: Some(Seconds(p.job_autoarchive_interval)),
             job_archive_age: Some(Seconds(p.job_archive_age)),
             store_maintenance_interval: Some(Seconds(p.store_maintenance_interval)),
+            periodic: Some(BTreeMap::new()),
             driver_call_timeout: Some(Seconds(site.driver_call_timeout)),
             metrics_addr: None,
             shutdown_grace: Some(Seconds(Duration::from_secs(30))),
@@ -326,6 +372,19 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
             errors.push(r.invalid("groups", format!("group '{name}' = '{expr}': {e}")));
         }
     }
+    let mut tasks = BTreeMap::new();
+    for (name, t) in f.periodic.clone().unwrap_or_default() {
+        if !kiln_actors::periodic::BUILTIN_TASKS.contains(&name.as_str()) {
+            let known = kiln_actors::periodic::BUILTIN_TASKS.join(", ");
+            errors.push(r.invalid("periodic", format!("no periodic task '{name}' (tasks: {known})")));
+            continue;
+        }
+        let interval = t.interval.map(|i| match i {
+            Interval::Every(d) => Some(d.0),
+            Interval::Disabled => None,
+        });
+        tasks.insert(name, TaskSettings { enabled: t.enabled, interval, run_immediately: t.run_immediately });
+    }
     let periodic = PeriodicConfig {
         enabled: f.periodic_enabled.unwrap_or(true),
         power_sync_interval: secs(f.power_sync_interval, d.power_sync_interval),
@@ -338,6 +397,7 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
         job_autoarchive_interval: secs(f.job_autoarchive_interval, d.job_autoarchive_interval),
         job_archive_age: secs(f.job_archive_age, d.job_archive_age),
         store_maintenance_interval: secs(f.store_maintenance_interval, d.store_maintenance_interval),
+        tasks,
     };
     if !errors.is_empty() {
         return Err(layered::problems(errors.iter().map(|e| e.to_string()).collect()));

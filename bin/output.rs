@@ -254,13 +254,17 @@ pub fn periodic(tasks: &[kiln_actors::scheduler::PeriodicInfo]) {
                 if t.enabled { "yes".into() } else { "no".into() },
                 when_or_dash(&t.last_run),
                 t.last_duration_ms.map(|d| format!("{d}ms")).unwrap_or_else(|| "-".into()),
+                if t.running { "running".into() } else { when_or_dash(&t.next_run) },
                 t.runs.to_string(),
                 t.failures.to_string(),
                 t.last_error.clone().or_else(|| t.last_result.clone()).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    table(&["NAME", "SPACING", "ENABLED", "LAST RUN", "DURATION", "RUNS", "FAILURES", "LAST RESULT / ERROR"], &rows);
+    table(
+        &["NAME", "SPACING", "ENABLED", "LAST RUN", "DURATION", "NEXT RUN", "RUNS", "FAILURES", "LAST RESULT / ERROR"],
+        &rows,
+    );
 }
 
 /// clush's default output: `node: line` for every line, stderr to stderr.

@@ -117,7 +117,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 })
             }),
         };
-        site.scheduler.send(RegisterPeriodic(count_active)).await?;
+        site.scheduler.send(RegisterPeriodic(count_active)).await??;
         let run = site.scheduler.send(RunPeriodic("count_active".into())).await??;
         println!("periodic {}: {}", run.name, run.last_result.unwrap_or_default());
 

@@ -19,6 +19,23 @@ use crate::node::upkeep::{ExpireWait, RecoverPowerFailure, SyncOutcome, SyncPowe
 use crate::scheduler::PeriodicTask;
 use crate::supervisor::{Router, send_to_node};
 
+/// The names of the built-in tasks, in the order they are registered.
+pub const BUILTIN_TASKS: [&str; 5] =
+    ["power_sync", "power_failure_recovery", "wait_timeouts", "job_autoarchive", "store_maintenance"];
+
+/// One task's own settings (`[periodic.power_sync]` in the config), over
+/// the site-wide ones: each unset field keeps the site-wide value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskSettings {
+    pub enabled: Option<bool>,
+    /// `Some(None)`: disabled by its interval (a negative interval, as a
+    /// negative spacing disables a task in Nova); `Some(Some(d))`: run every
+    /// `d` (zero: every tick of the scheduler).
+    pub interval: Option<Option<Duration>>,
+    /// Run once as soon as the site starts, then every interval.
+    pub run_immediately: Option<bool>,
+}
+
 /// The settings of the built-in tasks.
 #[derive(Clone, Debug)]
 pub struct PeriodicConfig {
@@ -34,6 +51,33 @@ pub struct PeriodicConfig {
     pub job_autoarchive_interval: Duration,
     pub job_archive_age: Duration,
     pub store_maintenance_interval: Duration,
+    /// Per-task settings by task name (a name of [`BUILTIN_TASKS`]).
+    pub tasks: std::collections::BTreeMap<String, TaskSettings>,
+}
+
+impl PeriodicConfig {
+    /// A built-in task with its interval, as this config sets it: the
+    /// site-wide `enabled` flag and the task's own settings applied.
+    fn task<F, Fut>(&self, name: &str, interval: Duration, f: F) -> PeriodicTask
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<String, String>> + Send + 'static,
+    {
+        let own = self.tasks.get(name).cloned().unwrap_or_default();
+        let (spacing, by_interval) = match own.interval {
+            None => (interval, true),
+            Some(Some(d)) => (d, true),
+            // Disabled by its interval; the spacing shown is the default.
+            Some(None) => (interval, false),
+        };
+        PeriodicTask {
+            name: name.into(),
+            spacing,
+            run_immediately: own.run_immediately.unwrap_or(false),
+            enabled: self.enabled && by_interval && own.enabled.unwrap_or(true),
+            run: Arc::new(move || Box::pin(f())),
+        }
+    }
 }
 
 impl Default for PeriodicConfig {
@@ -50,16 +94,9 @@ impl Default for PeriodicConfig {
             job_autoarchive_interval: Duration::from_secs(3600),
             job_archive_age: Duration::from_secs(7 * 24 * 3600),
             store_maintenance_interval: Duration::from_secs(600),
+            tasks: Default::default(),
         }
     }
-}
-
-fn task<F, Fut>(name: &str, spacing: Duration, enabled: bool, f: F) -> PeriodicTask
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<String, String>> + Send + 'static,
-{
-    PeriodicTask { name: name.into(), spacing, run_immediately: false, enabled, run: Arc::new(move || Box::pin(f())) }
 }
 
 /// One power sync cycle over every node.
@@ -142,30 +179,29 @@ pub fn builtin(
     cfg: PeriodicConfig,
     metrics: Arc<Metrics>,
 ) -> Vec<PeriodicTask> {
-    let on = cfg.enabled;
     let (r1, c1) = (router.clone(), cfg.clone());
     let (r2, c2) = (router.clone(), cfg.clone());
     let (r3, c3) = (router, cfg.clone());
     let age = cfg.job_archive_age;
     vec![
-        task("power_sync", cfg.power_sync_interval, on, move || {
+        cfg.task("power_sync", cfg.power_sync_interval, move || {
             power_sync_counted(r1.clone(), c1.clone(), Some(metrics.clone()))
         }),
-        task("power_failure_recovery", cfg.power_failure_recovery_interval, on, move || {
+        cfg.task("power_failure_recovery", cfg.power_failure_recovery_interval, move || {
             let (r, c) = (r2.clone(), c2.clone());
             async move {
                 let n = every_node(&r, c.power_sync_concurrency, || RecoverPowerFailure).await;
                 Ok(format!("{n} nodes recovered"))
             }
         }),
-        task("wait_timeouts", cfg.wait_timeouts_interval, on, move || {
+        cfg.task("wait_timeouts", cfg.wait_timeouts_interval, move || {
             let (r, timeout) = (r3.clone(), c3.wait_timeout);
             async move {
                 let n = every_node(&r, 1024, move || ExpireWait { timeout }).await;
                 Ok(format!("{n} nodes timed out"))
             }
         }),
-        task("job_autoarchive", cfg.job_autoarchive_interval, on, move || {
+        cfg.task("job_autoarchive", cfg.job_autoarchive_interval, move || {
             let jobs = jobs.clone();
             async move {
                 match jobs.send(ArchiveOld { age }).await {
@@ -175,7 +211,7 @@ pub fn builtin(
                 }
             }
         }),
-        task("store_maintenance", cfg.store_maintenance_interval, on, move || {
+        cfg.task("store_maintenance", cfg.store_maintenance_interval, move || {
             let store = store.clone();
             async move {
                 store.read(|b| b.checkpoint()).await.map_err(|e| crate::error::error_chain(&e))?;

@@ -125,6 +125,10 @@ pub struct PeriodicInfo {
     pub last_error: Option<String>,
     pub runs: u64,
     pub failures: u64,
+    /// When the task is due next (`None` while it is disabled or running:
+    /// its next time is set when the run ends).
+    #[serde(default)]
+    pub next_run: Option<Timestamp>,
 }
 
 /// The scheduler actor.
@@ -237,7 +241,15 @@ pub struct ListPeriodic;
 impl Handler<ListPeriodic> for Scheduler {
     type Result = MessageResult<ListPeriodic>;
     fn handle(&mut self, _: ListPeriodic, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.info.clone())
+        let (now, wall) = (Instant::now(), Utc::now());
+        let mut list = self.info.clone();
+        for (info, slot) in list.iter_mut().zip(&self.schedule.slots) {
+            info.next_run = (slot.enabled && !slot.running).then(|| {
+                let ahead = slot.next_due.saturating_duration_since(now);
+                wall + chrono::Duration::from_std(ahead).unwrap_or_default()
+            });
+        }
+        MessageResult(list)
     }
 }
 
@@ -267,16 +279,22 @@ impl Handler<RunPeriodic> for Scheduler {
     }
 }
 
-/// Registers a task (an embedding application's own).
+/// Registers a task (an embedding application's own). A name already
+/// registered is refused (`Conflict`): two tasks of one name could not be
+/// told apart by `kiln periodic run` or `list`.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), KilnError>")]
 pub struct RegisterPeriodic(pub PeriodicTask);
 
 impl Handler<RegisterPeriodic> for Scheduler {
-    type Result = ();
-    fn handle(&mut self, RegisterPeriodic(t): RegisterPeriodic, ctx: &mut Context<Self>) {
+    type Result = Result<(), KilnError>;
+    fn handle(&mut self, RegisterPeriodic(t): RegisterPeriodic, ctx: &mut Context<Self>) -> Self::Result {
+        if self.schedule.find(&t.name).is_some() {
+            return Err(KilnError::Conflict(format!("a periodic task named '{}' is already registered", t.name)));
+        }
         self.push(t, Instant::now());
         self.arm(ctx);
+        Ok(())
     }
 }
 
@@ -456,6 +474,31 @@ mod tests {
             let runs = scheduler.send(ListPeriodic).await.unwrap()[0].runs;
             assert_eq!(overlapped.load(Ordering::SeqCst), 0);
             assert!((3..=4).contains(&runs), "25 s runs, back to back: {runs}");
+        });
+    }
+
+    #[test]
+    fn a_second_task_of_one_name_is_refused_and_the_list_says_when_each_runs_next() {
+        actix::System::new().block_on(async {
+            tokio::time::pause();
+            let (a, b) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+            let scheduler = Scheduler::new(vec![counting("sync", 60, a.clone(), |_| Ok(String::new()))]).start();
+            let err = scheduler.send(RegisterPeriodic(counting("sync", 5, b.clone(), |_| Ok(String::new())))).await;
+            let err = err.unwrap().unwrap_err();
+            assert!(matches!(err, KilnError::Conflict(_)) && err.to_string().contains("'sync'"), "{err}");
+            let mut off = counting("off", 30, b.clone(), |_| Ok(String::new()));
+            off.enabled = false;
+            scheduler.send(RegisterPeriodic(off)).await.unwrap().unwrap();
+
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let before = Utc::now();
+            let list = scheduler.send(ListPeriodic).await.unwrap();
+            assert_eq!(list.len(), 2, "the refused task was not added");
+            let next = list[0].next_run.expect("an enabled task has a next run");
+            let ahead = (next - before).num_milliseconds();
+            assert!((59_000..=60_100).contains(&ahead), "ran at start, next in a minute: {ahead} ms");
+            assert_eq!(list[1].next_run, None, "a disabled task is not due");
+            assert_eq!(b.load(Ordering::SeqCst), 0, "the refused body never ran");
         });
     }
 }

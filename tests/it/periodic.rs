@@ -90,3 +90,63 @@ fn nodes_in_enroll_are_not_power_synced_and_never_put_in_maintenance() {
     d.json(&["node", "manage", "demo1", "--wait"]);
     assert!(run(&d, "power_sync")["last_result"].as_str().unwrap().contains("2 in sync"));
 }
+
+fn task(list: &Value, name: &str) -> Value {
+    list.as_array().unwrap().iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("no {name}: {list}")).clone()
+}
+
+#[test]
+fn each_task_has_its_own_settings_shown_with_its_next_run_and_changed_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("kiln.toml");
+    std::fs::write(
+        &conf,
+        "[periodic.power_sync]\ninterval = -1\n\
+         [periodic.wait_timeouts]\nenabled = false\n\
+         [periodic.store_maintenance]\ninterval = \"45s\"\n\
+         [periodic.job_autoarchive]\nrun_immediately = true\n",
+    )
+    .unwrap();
+    let mut d = Daemon::start(0, &["--config", conf.to_str().unwrap()]);
+    let list = d.json(&["periodic", "list"]);
+    let sync = task(&list, "power_sync");
+    assert_eq!((sync["enabled"].clone(), sync["next_run"].clone()), (false.into(), Value::Null), "{sync}");
+    assert_eq!(task(&list, "wait_timeouts")["enabled"], false);
+    let store = task(&list, "store_maintenance");
+    assert_eq!((store["enabled"].clone(), store["spacing_s"].clone()), (true.into(), 45.into()), "{store}");
+    assert!(store["next_run"].as_str().unwrap() > store["last_run"].as_str().unwrap_or(""), "{store}");
+    assert_eq!(task(&list, "power_failure_recovery")["spacing_s"], 300, "site-wide default kept");
+    // run_immediately: the archive pass ran at start (bounded wait for its end).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while task(&d.json(&["periodic", "list"]), "job_autoarchive")["runs"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "job_autoarchive never ran at start");
+        std::thread::yield_now();
+    }
+    let table = String::from_utf8(d.cli(&["periodic", "list"]).stdout).unwrap();
+    assert!(table.lines().next().unwrap().contains("NEXT RUN"), "{table}");
+
+    // A reload turns power sync on with its own interval.
+    std::fs::write(&conf, "[periodic.power_sync]\ninterval = \"30s\"\n").unwrap();
+    d.signal(libc::SIGHUP);
+    let line = d.wait_for_log("configuration reloaded");
+    assert!(line.contains("periodic"), "{line}");
+    let list = d.json(&["periodic", "list"]);
+    let sync = task(&list, "power_sync");
+    assert_eq!((sync["enabled"].clone(), sync["spacing_s"].clone()), (true.into(), 30.into()), "{sync}");
+    assert!(sync["next_run"].is_string(), "{sync}");
+    assert_eq!(task(&list, "wait_timeouts")["enabled"], true, "its own setting is gone: site-wide again");
+
+    // A task that does not exist is refused, naming the key and the tasks.
+    std::fs::write(&conf, "[periodic.reticulate]\ninterval = 5\n").unwrap();
+    let out = std::process::Command::new(crate::harness::KILN)
+        .args(["serve", "--check-config", "--config", conf.to_str().unwrap(), "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("periodic") && err.contains("no periodic task 'reticulate'") && err.contains("power_sync"),
+        "{err}"
+    );
+}
