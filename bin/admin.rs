@@ -254,7 +254,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
         };
         let slot = site.metrics.admin_request(Some(&request));
         let decoded = std::time::Instant::now();
-        if let Request::Events { follow, nodes, kinds } = request {
+        if let Request::Events { follow, nodes, kinds, since } = request {
             let filter = match crate::dispatch::event_filter(&site, nodes.as_deref(), kinds) {
                 Ok(f) => f,
                 Err(e) => {
@@ -265,7 +265,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
                     continue;
                 }
             };
-            crate::dispatch::stream_events(&mut stream, &site, follow, filter, frame_timeout).await;
+            crate::dispatch::stream_events(&mut stream, &site, follow, since, filter, frame_timeout).await;
             if follow {
                 return;
             }

@@ -49,11 +49,18 @@ every key's value and source; docs/config.md lists them. SIGHUP reloads the file
     /// Periodic tasks: list, run one now.
     #[command(subcommand)]
     Periodic(PeriodicCommand),
-    /// Show recent events; with --follow, keep printing new ones.
+    /// Show recent events (the last 1,000), or with --since the stored ones
+    /// after a serial; with --follow, keep printing new ones.
     Events {
-        /// After the recent events, print new ones as they happen (Ctrl-C stops).
+        /// Print new events as they happen, from now on (Ctrl-C stops);
+        /// with --since, after the stored events since that serial.
         #[arg(long, short)]
         follow: bool,
+        /// Replay the stored events after this serial (each event's
+        /// `serial`; the newest 100,000 are kept, across restarts), so a
+        /// consumer that reconnects misses nothing.
+        #[arg(long, value_name = "SERIAL")]
+        since: Option<u64>,
         /// Only the events of these nodes (a node set; the daemon filters).
         #[arg(short = 'w', long = "nodes", value_name = "NODESET")]
         nodes: Option<String>,

@@ -212,6 +212,7 @@ enum Remote {
         follow: bool,
         nodes: Option<String>,
         kinds: Vec<kiln_actors::EventKind>,
+        since: Option<u64>,
     },
     /// A fanout command: print per node (or gathered), exit with the largest code.
     Exec {
@@ -226,7 +227,7 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
         Command::Job(j) => job_plan(j)?,
         Command::Queue(QueueCommand::Drain { state }) => Remote::Once(Request::QueueDrain { on: state == "on" }),
         Command::Queue(QueueCommand::Status) => Remote::Once(Request::QueueStatus),
-        Command::Events { follow, nodes, kinds } => Remote::Events { follow, nodes, kinds },
+        Command::Events { follow, nodes, kinds, since } => Remote::Events { follow, nodes, kinds, since },
         Command::Exec(e) => {
             let spec = exec_spec(&e.fanout, e.command.join(" "))?;
             Remote::Exec { request: Request::Exec { nodes: e.fanout.nodes.clone(), spec }, gather: e.gather }
@@ -281,8 +282,8 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
             }
             response => print_response(response, json),
         },
-        Remote::Events { follow, nodes, kinds } => {
-            events(&mut client, Request::Events { follow, nodes, kinds }, json).await
+        Remote::Events { follow, nodes, kinds, since } => {
+            events(&mut client, Request::Events { follow, nodes, kinds, since }, json).await
         }
         Remote::Exec { request, gather } => {
             let outcomes = match call(&mut client, request).await? {

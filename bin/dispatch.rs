@@ -155,17 +155,58 @@ pub fn event_filter(site: &Site, nodes: Option<&str>, kinds: Vec<EventKind>) -> 
 /// Streams events to a client. Without `follow`: the recent ones, then a
 /// marker. With `follow`: the marker as soon as the subscription is in place
 /// (everything after it is live), then every new event until the client goes
-/// away, or leaves an event unread for `write_timeout`. Only the events
-/// `filter` lets through are sent.
+/// away, or leaves an event unread for `write_timeout`. With `since`, the
+/// stored events after that serial come first, where the recent ones would.
+/// Only the events `filter` lets through are sent.
 pub async fn stream_events(
     stream: &mut UnixStream,
     site: &Site,
     follow: bool,
+    since: Option<u64>,
     filter: EventFilter,
     write_timeout: Duration,
 ) {
     async fn write(stream: &mut UnixStream, r: Response, timeout: Duration) -> bool {
         matches!(tokio::time::timeout(timeout, codec::write_message(stream, &r)).await, Ok(Ok(())))
+    }
+    if let Some(after) = since {
+        // Subscribed first: the bus answers the last serial it delivered,
+        // which is stored; the replay goes up to it and the channel holds
+        // everything after it, so nothing falls in between.
+        let (tx, mut rx) = mpsc::channel(events::RECENT + 4096);
+        let subscribe = SubscribeChannel { tx, backlog: false, filter: filter.clone() };
+        let Ok(upto) = site.events.send(subscribe).await else { return };
+        let mut cursor = after;
+        while cursor < upto {
+            let page = match site.store.read(move |b| b.load_events(cursor, 1000)).await {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = write(stream, Response::Error(e.into()), write_timeout).await;
+                    return;
+                }
+            };
+            let Some(last) = page.last().map(|r| r.serial) else { break };
+            cursor = last;
+            let decoded = tokio::task::spawn_blocking(move || {
+                page.iter().filter(|r| r.serial <= upto).filter_map(events::event_of).collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for e in decoded.into_iter().filter(|e| filter.matches(e)) {
+                if !write(stream, Response::Event(e), write_timeout).await {
+                    return;
+                }
+            }
+        }
+        if !write(stream, Response::EventsCaughtUp, write_timeout).await || !follow {
+            return;
+        }
+        while let Some(e) = rx.recv().await {
+            if !write(stream, Response::Event(e), write_timeout).await {
+                return;
+            }
+        }
+        return;
     }
     if !follow {
         let recent = site.events.send(RecentEvents(filter)).await.unwrap_or_default();

@@ -257,6 +257,7 @@ mod tests {
                 follow: true,
                 nodes: Some("n[1-4]".into()),
                 kinds: vec![kiln_actors::EventKind::Start, kiln_actors::EventKind::Error],
+                since: Some(7),
             },
             Request::JobSubmit {
                 ops: vec![

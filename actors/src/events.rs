@@ -5,11 +5,19 @@
 //! store has committed the change, so a subscriber never sees an event for a
 //! change that is not durable, and sees one node's events in order (actix
 //! delivers one sender's messages in order).
+//!
+//! The bus of a site ([`EventBus::durable`]) also stores every event, with
+//! its serial, before it delivers it: serials go on increasing across
+//! restarts, and a consumer that reconnects asks for the events after the
+//! last serial it saw (`kiln events --since N`) and loses nothing. Events
+//! published while a commit of events is in flight wait for it and go in
+//! the next one, so the store sees a few commits a second, not one per
+//! event. The store keeps the newest [`KEPT`] events.
 
 use std::collections::VecDeque;
 
 use actix::prelude::*;
-use kiln_store::{NodeId, PowerState, ProvisionState, Timestamp};
+use kiln_store::{EventRecord, NodeId, PowerState, ProvisionState, StoreHandle, Timestamp, Write};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -98,9 +106,12 @@ pub struct Subscribe(pub Recipient<NodeEvent>);
 /// through from now on. A subscriber that falls `capacity` events behind is dropped, and its channel
 /// closes, rather than slowing the site down. With `backlog`, the recent
 /// events (at most [`RECENT`]) are sent first, with no gap before the live
-/// ones: give the channel room for them.
+/// ones: give the channel room for them. Answers the serial of the last
+/// event delivered before the subscription: every event after it comes on
+/// the channel, and every event up to it is in the store (a durable bus),
+/// so a replay from the store up to it followed by the channel misses none.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "u64")]
 pub struct SubscribeChannel {
     pub tx: mpsc::Sender<NodeEvent>,
     pub backlog: bool,
@@ -112,27 +123,68 @@ pub struct SubscribeChannel {
 #[rtype(result = "Vec<NodeEvent>")]
 pub struct RecentEvents(pub EventFilter);
 
-/// How many recent events the bus keeps for `kiln events`.
+/// How many recent events the bus keeps in memory for `kiln events`.
 pub const RECENT: usize = 1000;
+
+/// How many events a durable bus keeps in the store for replays.
+pub const KEPT: u64 = 100_000;
 
 /// The actor that fans events out to subscribers.
 #[derive(Default)]
 pub struct EventBus {
+    /// The last serial handed out.
     serial: u64,
+    /// The last serial delivered (all before it are delivered too).
+    delivered: u64,
     recent: VecDeque<NodeEvent>,
     recipients: Vec<Recipient<NodeEvent>>,
     channels: Vec<(mpsc::Sender<NodeEvent>, EventFilter)>,
+    /// Where events are stored before they are delivered; `None`: a bus
+    /// that only delivers (one built alone, in tests).
+    store: Option<StoreHandle>,
+    /// Events published while a commit of events was in flight.
+    pending: Vec<NodeEvent>,
+    committing: bool,
 }
 
-impl Actor for EventBus {
-    type Context = Context<Self>;
-}
+impl EventBus {
+    /// A bus that stores every event before delivering it, going on from
+    /// `last_serial` (the highest serial in the store).
+    pub fn durable(store: StoreHandle, last_serial: u64) -> Self {
+        EventBus { serial: last_serial, delivered: last_serial, store: Some(store), ..Default::default() }
+    }
 
-impl Handler<Publish> for EventBus {
-    type Result = ();
-    fn handle(&mut self, Publish(mut event): Publish, _: &mut Context<Self>) {
-        self.serial += 1;
-        event.serial = self.serial;
+    /// Stores the pending events in one commit, then delivers them.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let Some(store) = &self.store else { return };
+        let batch = std::mem::take(&mut self.pending);
+        let Some(last) = batch.last().map(|e| e.serial) else { return };
+        let mut writes: Vec<Write> = batch.iter().map(|e| Write::AppendEvent(record_of(e))).collect();
+        // Forget the oldest once per thousand events, so the store keeps
+        // at most KEPT and a few.
+        if last > KEPT && (last - batch.len() as u64) / 1000 != last / 1000 {
+            writes.push(Write::ForgetEventsThrough(last - KEPT));
+        }
+        self.committing = true;
+        let commit = store.send(writes);
+        ctx.spawn(commit.into_actor(self).map(move |stored, act, ctx| {
+            if let Err(e) = stored {
+                // Delivered all the same: a live consumer loses nothing;
+                // only a replay after a restart would miss these.
+                tracing::warn!(error = %e, events = batch.len(), "events could not be stored; delivered anyway");
+            }
+            for event in batch {
+                act.deliver(event);
+            }
+            act.committing = false;
+            if !act.pending.is_empty() {
+                act.flush(ctx);
+            }
+        }));
+    }
+
+    fn deliver(&mut self, event: NodeEvent) {
+        self.delivered = event.serial;
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
@@ -155,6 +207,43 @@ impl Handler<Publish> for EventBus {
     }
 }
 
+/// The stored form of an event: its JSON, with the serial and node as
+/// columns for the replay's range reads.
+pub fn record_of(event: &NodeEvent) -> EventRecord {
+    EventRecord {
+        serial: event.serial,
+        at: event.at,
+        node: event.node,
+        // Serialising plain data to JSON cannot fail.
+        body: serde_json::to_string(event).unwrap_or_default(),
+    }
+}
+
+/// An event read back from the store; `None` for a body that does not
+/// decode (a damaged row is skipped, not fatal to the replay).
+pub fn event_of(record: &EventRecord) -> Option<NodeEvent> {
+    serde_json::from_str(&record.body).ok()
+}
+
+impl Actor for EventBus {
+    type Context = Context<Self>;
+}
+
+impl Handler<Publish> for EventBus {
+    type Result = ();
+    fn handle(&mut self, Publish(mut event): Publish, ctx: &mut Context<Self>) {
+        self.serial += 1;
+        event.serial = self.serial;
+        if self.store.is_none() {
+            return self.deliver(event);
+        }
+        self.pending.push(event);
+        if !self.committing {
+            self.flush(ctx);
+        }
+    }
+}
+
 impl Handler<Subscribe> for EventBus {
     type Result = ();
     fn handle(&mut self, Subscribe(r): Subscribe, _: &mut Context<Self>) {
@@ -163,16 +252,17 @@ impl Handler<Subscribe> for EventBus {
 }
 
 impl Handler<SubscribeChannel> for EventBus {
-    type Result = ();
-    fn handle(&mut self, msg: SubscribeChannel, _: &mut Context<Self>) {
+    type Result = u64;
+    fn handle(&mut self, msg: SubscribeChannel, _: &mut Context<Self>) -> u64 {
         if msg.backlog {
             for e in self.recent.iter().filter(|e| msg.filter.matches(e)) {
                 if msg.tx.try_send(e.clone()).is_err() {
-                    return;
+                    return self.delivered;
                 }
             }
         }
         self.channels.push((msg.tx, msg.filter));
+        self.delivered
     }
 }
 

@@ -149,7 +149,9 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     }
 
     let metrics = Arc::new(metrics::Metrics::default());
-    let events = EventBus::default().start();
+    // Serials go on from the last stored event: they survive restarts.
+    let (last_event, _) = store.read(|b| b.event_span()).await.map_err(store_error)?;
+    let events = EventBus::durable(store.clone(), last_event).start();
     let live = Arc::new(LiveSettings::new(&config));
     let registry = Registry { live: live.clone(), ..Default::default() };
     let env = node::NodeEnv {

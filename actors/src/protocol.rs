@@ -19,7 +19,7 @@ use crate::supervisor::NewNode;
 use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
 
 /// Bumped whenever a request or response changes shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,13 +72,15 @@ pub enum Request {
     PortDelete {
         address: String,
     },
-    /// The recent events; with `follow`, then every new one. Only the
-    /// events of the nodes of `nodes` (a node set; `None`: every node) and
-    /// of the `kinds` given (empty: every kind).
+    /// The recent events (or, with `since`, the stored events after that
+    /// serial); with `follow`, then every new one. Only the events of the
+    /// nodes of `nodes` (a node set; `None`: every node) and of the `kinds`
+    /// given (empty: every kind).
     Events {
         follow: bool,
         nodes: Option<String>,
         kinds: Vec<crate::events::EventKind>,
+        since: Option<u64>,
     },
     JobSubmit {
         ops: Vec<Opcode>,

@@ -73,6 +73,12 @@ pub enum Write {
     ArchiveJob(JobId),
     /// Set one of the job queue's site-wide settings (the drain flag).
     SetMeta { key: String, value: String },
+    /// Append an event of the event stream; Conflict when its serial is
+    /// taken.
+    AppendEvent(EventRecord),
+    /// Forget the events with a serial at or below this one (the stream
+    /// keeps a bounded history).
+    ForgetEventsThrough(u64),
 }
 
 /// A log that makes commits durable when synced: for SQLite, the WAL file.
@@ -156,4 +162,15 @@ pub trait Backend: Send + 'static {
     fn list_archived_jobs(&mut self, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
     /// Housekeeping: a WAL checkpoint.
     fn checkpoint(&mut self) -> Result<(), StoreError>;
+    /// At most `limit` events with a serial above `after`, serial ascending.
+    /// The default: a backend that keeps no events.
+    fn load_events(&mut self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let _ = (after, limit);
+        Ok(Vec::new())
+    }
+    /// The highest event serial stored, and how many events are kept;
+    /// (0, 0) when there is none.
+    fn event_span(&mut self) -> Result<(u64, u64), StoreError> {
+        Ok((0, 0))
+    }
 }

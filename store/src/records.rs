@@ -323,6 +323,19 @@ pub struct HistoryEntry {
     pub error: Option<String>,
 }
 
+/// One event of the site's event stream, as the store keeps it so that its
+/// serial survives a restart and a consumer can replay what it missed. The
+/// store does not know the event's shape: `body` is its JSON, written and
+/// read by the actors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Site-wide, increasing, never reused.
+    pub serial: u64,
+    pub at: Timestamp,
+    pub node: NodeId,
+    pub body: String,
+}
+
 /// Parses and normalises a MAC address (`AA-bb:cc...` forms) to lower-case,
 /// colon-separated form.
 pub fn normalize_mac(text: &str) -> Result<String, InvalidMac> {

@@ -45,8 +45,8 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, Row, TransactionBehavior, ffi, params};
 
 use crate::{
-    Backend, Batch, HistoryEntry, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, NodeId, NodeRecord, PortId,
-    PortRecord, Reservation, StoreError, Timestamp, Write,
+    Backend, Batch, EventRecord, HistoryEntry, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, NodeId, NodeRecord,
+    PortId, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
 mod checkpointer;
@@ -171,6 +171,17 @@ pub const MIGRATIONS: &[&str] = &[
         FROM job_log WHERE job = jobs_archive.id
     ) WHERE EXISTS (SELECT 1 FROM job_log WHERE job = jobs_archive.id);
     DROP TABLE job_log;
+    ",
+    // 4: the event stream, so that its serials survive a restart and a
+    // consumer that reconnects can replay what it missed. No foreign key:
+    // the events of a deleted node stay in the stream's history.
+    "
+    CREATE TABLE events (
+        serial INTEGER PRIMARY KEY NOT NULL,
+        at     TEXT NOT NULL,
+        node   TEXT NOT NULL,
+        body   TEXT NOT NULL             -- JSON, the actors' event
+    ) STRICT;
     ",
 ];
 
@@ -459,6 +470,25 @@ impl Backend for SqliteBackend {
         jobs::list_live_jobs(&self.conn, status, before, limit)
     }
 
+    fn load_events(&mut self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT serial, at, node, body FROM events WHERE serial > ?1 ORDER BY serial LIMIT ?2")?;
+        let (after, limit) = (i64::try_from(after).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(i64::MAX));
+        let mut rows = stmt.query(params![after, limit])?;
+        let mut events = Vec::new();
+        while let Some(row) = rows.next()? {
+            events.push(event_from_row(row)?);
+        }
+        Ok(events)
+    }
+
+    fn event_span(&mut self) -> Result<(u64, u64), StoreError> {
+        let (max, count): (Option<i64>, i64) =
+            self.conn.query_row("SELECT max(serial), count(*) FROM events", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok((max.unwrap_or(0).max(0) as u64, count.max(0) as u64))
+    }
+
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         // Returns (busy, wal frames, frames checkpointed); busy means a reader
         // kept part of the WAL alive, which the next checkpoint will retry.
@@ -490,7 +520,26 @@ fn apply(held: &mut Held<'_>, write: &Write) -> Result<(), StoreError> {
         Write::InsertJob(job) => jobs::insert_job(held, job),
         Write::ArchiveJob(id) => jobs::archive_job(held, *id),
         Write::SetMeta { key, value } => jobs::set_meta(held, key, value),
+        Write::AppendEvent(event) => append_event(held, event),
+        Write::ForgetEventsThrough(serial) => {
+            let serial = i64::try_from(*serial).unwrap_or(i64::MAX);
+            held.get("DELETE FROM events WHERE serial <= ?1")?.execute([serial])?;
+            Ok(())
+        }
     }
+}
+
+fn append_event(held: &mut Held<'_>, event: &EventRecord) -> Result<(), StoreError> {
+    let serial = i64::try_from(event.serial).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    held.get("INSERT INTO events (serial, at, node, body) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![serial, timestamp_text(event.at), event.node.to_string(), event.body])
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == ffi::ErrorCode::ConstraintViolation => {
+                StoreError::Conflict(format!("event serial {} is taken", event.serial))
+            }
+            other => StoreError::Sqlite(other),
+        })?;
+    Ok(())
 }
 
 fn insert_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError> {
@@ -772,6 +821,19 @@ fn port_from_row(row: &Row<'_>) -> Result<PortRecord, StoreError> {
         address: f.raw(1, "address")?,
         node: f.parsed(2, "node")?,
         created_at: f.timestamp(3, "created_at")?,
+    })
+}
+
+fn event_from_row(row: &Row<'_>) -> Result<EventRecord, StoreError> {
+    let mut f = Fields { row, table: "events", key: String::new() };
+    let serial: i64 = f.raw(0, "serial")?;
+    f.key = format!(" of event {serial}");
+    Ok(EventRecord {
+        serial: u64::try_from(serial)
+            .map_err(|_| StoreError::Corrupt(format!("events: serial {serial} is negative")))?,
+        at: f.timestamp(1, "at")?,
+        node: f.parsed(2, "node")?,
+        body: f.raw(3, "body")?,
     })
 }
 

@@ -425,3 +425,27 @@ fn damaged_values_are_corrupt_errors_not_panics() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
+
+#[test]
+fn events_are_kept_in_serial_order_across_a_reopen_and_forgotten_from_the_oldest() {
+    let (_dir, path) = db();
+    let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+    let node = NodeId::new();
+    let event = |serial: u64| EventRecord { serial, at, node, body: format!(r#"{{"serial":{serial}}}"#) };
+    {
+        let mut store = open(&path);
+        assert_eq!(store.event_span().unwrap(), (0, 0));
+        let batch = (1..=5).map(|s| Write::AppendEvent(event(s))).collect();
+        commit_one(&mut store, batch).unwrap();
+        // A serial is never written twice; the refused batch changes nothing.
+        let again = commit_one(&mut store, vec![Write::AppendEvent(event(6)), Write::AppendEvent(event(3))]);
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    }
+    let mut store = open(&path);
+    assert_eq!(store.event_span().unwrap(), (5, 5));
+    assert_eq!(store.load_events(0, 2).unwrap(), vec![event(1), event(2)]);
+    assert_eq!(store.load_events(3, 100).unwrap(), vec![event(4), event(5)]);
+    commit_one(&mut store, vec![Write::ForgetEventsThrough(3)]).unwrap();
+    assert_eq!(store.event_span().unwrap(), (5, 2));
+    assert_eq!(store.load_events(0, 100).unwrap(), vec![event(4), event(5)]);
+}

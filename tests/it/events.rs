@@ -81,3 +81,52 @@ fn no_daemon_exits_3_and_says_what_to_do() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON error document");
     assert_eq!(doc["error"]["kind"], "unavailable");
 }
+
+/// The events `kiln --json events ARGS` prints.
+fn listed(d: &Daemon, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["--json", "events"];
+    all.extend_from_slice(args);
+    let out = d.cli(&all);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn serials(events: &[serde_json::Value]) -> Vec<u64> {
+    events.iter().map(|e| e["serial"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn serials_survive_a_restart_and_since_replays_what_a_consumer_missed() {
+    let mut d = Daemon::start(3, &["--no-periodic"]);
+    d.json(&["node", "power", "on", "demo[1-3]", "--wait"]);
+    let before = listed(&d, &[]);
+    let first = serials(&before);
+    assert_eq!(first, (1..=6).collect::<Vec<u64>>(), "a start and an end per node");
+    // A consumer saw up to serial 2, then lost its connection; the daemon
+    // is killed meanwhile and comes back.
+    d.kill9();
+    d.restart();
+    assert!(listed(&d, &[]).is_empty(), "the in-memory recent events start empty");
+    let replayed = listed(&d, &["--since", "2"]);
+    assert_eq!(replayed, before[2..], "the stored events after serial 2, as they were");
+
+    // New events go on from the last stored serial, never reusing one.
+    d.json(&["node", "power", "off", "demo1", "--wait"]);
+    let now = serials(&listed(&d, &[]));
+    assert_eq!(now, [7, 8]);
+    assert_eq!(serials(&listed(&d, &["--since", "5"])), [6, 7, 8]);
+    // Filters apply to a replay too; a serial past the end replays nothing.
+    let ends = listed(&d, &["--since", "0", "-w", "demo1", "--kind", "end"]);
+    let demo1_end = before.iter().find(|e| e["node_name"] == "demo1" && e["kind"] == "end").unwrap();
+    assert_eq!(serials(&ends), [demo1_end["serial"].as_u64().unwrap(), 8]);
+    assert!(listed(&d, &["--since", "999"]).is_empty());
+
+    // Following from a serial: the stored ones, the marker, then live.
+    let mut follower = Events::follow_with(&d, &["--since", "6"]);
+    d.json(&["node", "power", "on", "demo1", "--wait"]);
+    let got: Vec<u64> = (0..2)
+        .map(|_| follower.wait_for("a live event", |e| e["serial"].as_u64().is_some_and(|s| s > 8)))
+        .map(|e| e["serial"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, [9, 10]);
+}

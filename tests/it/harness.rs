@@ -199,6 +199,22 @@ impl Daemon {
         serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("kiln {args:?} printed no JSON ({e}): {stdout}"))
     }
 
+    /// Waits (at most a minute) until `kiln events` shows an event matching
+    /// `pred`. An event is shown once it is delivered, and delivered once it
+    /// is stored: after this, the store holds it and every event before it.
+    pub fn wait_for_stored_event(&self, what: &str, pred: impl Fn(&Value) -> bool) {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let out = self.cli(&["--json", "events"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|e| pred(&e)) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "no event for {what} within {START_TIMEOUT:?}");
+            std::thread::yield_now();
+        }
+    }
+
     /// The node's JSON object.
     pub fn node(&self, name: &str) -> Value {
         self.json(&["node", "show", name])

@@ -130,6 +130,9 @@ fn no_rejected_request_changes_the_store() {
     let pw = pw.to_str().unwrap();
     d.json(&["node", "create", "rf1", "--driver", "redfish", "--address", "http://127.0.0.1:9"]);
     d.json(&["node", "set", "rf1", "--driver-info", "username=admin", "--password-file", pw]);
+    // Events are stored by the event bus just after the changes they
+    // report: the snapshot waits for the last one.
+    d.wait_for_stored_event("rf1's update", |e| e["node_name"] == "rf1" && e["kind"] == "end");
     let before = snapshot(&d);
     let file = d.dir.path().join("nodes.json");
     // The exit code says the kind of refusal: bad input (2) or a refusal
