@@ -21,6 +21,12 @@ fn a_busy_node_refuses_exclusive_requests_but_answers_reads() {
     assert_eq!(out[0]["error"]["kind"], "node_locked");
     let msg = out[0]["error"]["message"].as_str().unwrap();
     assert!(msg.contains("locked by 'power on'"), "{msg}");
+    // The time as the tables print it: UTC to the millisecond, the same
+    // instant `node show` gives.
+    let since = msg.split(" since ").nth(1).and_then(|r| r.split(';').next()).unwrap();
+    assert!(since.len() == 24 && since.ends_with('Z') && since.as_bytes()[19] == b'.', "{msg}");
+    let held_since = n["reservation"]["since"].as_str().unwrap();
+    assert_eq!(since[..23], held_since[..23], "{msg} / {held_since}");
     assert_eq!(d.state("demo1"), "enroll");
 
     // Other nodes are not held up.

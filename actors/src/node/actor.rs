@@ -159,9 +159,11 @@ impl NodeActor {
     }
 
     pub(super) fn locked_error(&self) -> KilnError {
+        // The time as the CLI's tables print times: UTC, to the millisecond.
+        let shown = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let (purpose, since) = match &self.reservation {
-            Some(r) => (r.purpose.clone(), r.since.to_rfc3339()),
-            None => ("a queued request".into(), Utc::now().to_rfc3339()),
+            Some(r) => (r.purpose.clone(), shown(r.since)),
+            None => ("a queued request".into(), shown(Utc::now())),
         };
         KilnError::NodeLocked { node: self.name(), holder_purpose: purpose, since }
     }
