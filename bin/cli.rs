@@ -44,8 +44,12 @@ every key's value and source; docs/config.md lists them. SIGHUP reloads the file
     Queue(QueueCommand),
     /// Run a command on every node of a set (ClusterShell's clush).
     Exec(ExecArgs),
-    /// Copy a file to every node of a set (scp; cp with --worker exec).
+    /// Copy a file (or, with -r, a directory) to every node of a set (scp;
+    /// cp with --worker exec).
     Copy(CopyArgs),
+    /// Gather a file or directory from every node of a set into a local
+    /// directory, as DEST/NAME.node (clush --rcopy).
+    Rcopy(RcopyArgs),
     /// Periodic tasks: list, run one now.
     #[command(subcommand)]
     Periodic(PeriodicCommand),
@@ -507,9 +511,17 @@ pub struct FanoutArgs {
     /// Connect timeout in seconds (ssh).
     #[arg(short = 'u', long = "connect-timeout", default_value_t = 10.0)]
     pub connect_timeout: f64,
-    /// Command timeout in seconds (default: none).
+    /// Command timeout in seconds, per node (default: none).
     #[arg(short = 't', long = "command-timeout")]
     pub command_timeout: Option<f64>,
+    /// Timeout of the whole run in seconds: commands still running then are
+    /// killed and reported timed out, nodes not started are not (default: none).
+    #[arg(long = "timeout-total", value_name = "SECONDS")]
+    pub timeout_total: Option<f64>,
+    /// Print one JSON object per node as it ends, one a line (for scripts
+    /// that stream; --json prints one document at the end).
+    #[arg(long = "json-lines")]
+    pub json_lines: bool,
     /// ssh (to the node's `address` property, else its name) or exec (local, %h = node name).
     #[arg(long, value_enum, default_value_t = WorkerKind::Ssh)]
     pub worker: WorkerKind,
@@ -522,9 +534,14 @@ pub struct FanoutArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     pub fanout: FanoutArgs,
-    /// Gather nodes with identical output (dshbak -c style).
+    /// Gather nodes with identical output (dshbak -c style), printed at
+    /// the end; without it lines are printed as they come, `node: line`.
     #[arg(short = 'b')]
     pub gather: bool,
+    /// Do not send standard input to the commands (by default it is read
+    /// whole, unless it is a terminal, and sent to every node).
+    #[arg(long = "no-stdin")]
+    pub no_stdin: bool,
     /// The command.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -534,8 +551,24 @@ pub struct ExecArgs {
 pub struct CopyArgs {
     #[command(flatten)]
     pub fanout: FanoutArgs,
-    /// The local file to copy.
+    /// Copy directories and what they hold (scp -r, cp -r).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// The local file (or directory, with -r) to copy.
     pub source: PathBuf,
-    /// Where to put it on each node.
+    /// Where to put it on each node (%h: the node's name).
     pub dest: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RcopyArgs {
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
+    /// Gather directories and what they hold (scp -r, cp -r).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// The file (or directory, with -r) on each node (%h: the node's name).
+    pub source: String,
+    /// The local directory that receives each node's copy as NAME.node.
+    pub dest: PathBuf,
 }
