@@ -372,11 +372,14 @@ pub enum PortCommand {
 }
 
 /// As ClusterShell's `nodeset`: one mode flag, then one or more node sets,
-/// taken together (`kiln nodeset -f n1 n2 'n[5-7]'` prints `n[1-2,5-7]`).
+/// taken together (`kiln nodeset -f n1 n2 'n[5-7]'` prints `n[1-2,5-7]`),
+/// then intersected with every `-i` and less every `-x`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("mode").args(["expand", "fold", "count"]).required(true).multiple(false)))]
+#[command(group(
+    clap::ArgGroup::new("mode").args(["expand", "fold", "count", "list", "regroup"]).required(true).multiple(false)
+))]
 pub struct NodesetArgs {
-    /// Expand: print every name, space separated.
+    /// Expand: print every name, space separated (or -S).
     #[arg(short = 'e', long)]
     pub expand: bool,
     /// Fold: print the shortest form.
@@ -385,11 +388,27 @@ pub struct NodesetArgs {
     /// Count the names.
     #[arg(short = 'c', long)]
     pub count: bool,
-    /// The config file whose `[groups]` define `@name`.
+    /// List the groups (of the node sets given, else all): -l names them,
+    /// -ll adds their nodes, -lll their count too.
+    #[arg(short = 'l', long, action = clap::ArgAction::Count)]
+    pub list: u8,
+    /// Fold with groups: the groups wholly in the set as @name, then the rest.
+    #[arg(short = 'r', long)]
+    pub regroup: bool,
+    /// Remove these nodes (a node set; may be given more than once).
+    #[arg(short = 'x', long = "exclude", value_name = "NODESET")]
+    pub exclude: Vec<String>,
+    /// Keep only the nodes also in this node set (may be given more than once).
+    #[arg(short = 'i', long = "intersection", value_name = "NODESET")]
+    pub intersection: Vec<String>,
+    /// The separator of expanded names (default: a space; `\n` and `\t` are understood).
+    #[arg(short = 'S', long = "separator", value_name = "SEP")]
+    pub separator: Option<String>,
+    /// The config file whose `[groups]` and group sources define `@name`.
     #[arg(long, env = "KILN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Node sets (`n[1-4]`, `@rack1!n3`); several are taken together.
-    #[arg(value_name = "NODESET", required = true)]
+    #[arg(value_name = "NODESET", required_unless_present = "list")]
     pub sets: Vec<String>,
 }
 

@@ -456,3 +456,58 @@ fn copy_and_rcopy_over_ssh_take_trees() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(std::fs::read_to_string(gathered.join("sub.s2/deep")).unwrap(), "deep\n");
 }
+
+#[test]
+fn group_sources_name_nodes_for_the_daemon_and_kiln_nodeset_and_sighup_reads_them_again() {
+    let conf_dir = tempfile::tempdir().unwrap();
+    let file = conf_dir.path().join("groups");
+    std::fs::write(&file, "# racks\nrack2: demo[5-6]\n").unwrap();
+    let conf = conf_dir.path().join("kiln.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "group_file = \"{}\"\ngroup_list = \"echo login\"\n\
+             group_map = \"[ $GROUP = login ] && echo 'l[1-2]'\"\n[groups]\nrack1 = \"demo[1-2]\"\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let conf = conf.to_str().unwrap();
+    let mut d = Daemon::start(6, &["--config", conf]);
+    let (out, v) = exec(&d, &["-w", "@login", "--worker", "exec", "--", "echo %h"]);
+    assert!(out.status.success(), "{v}");
+    assert_eq!(by_node(&v)["l2"]["stdout"], "l2\n");
+    let names = |v: Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names(d.json(&["node", "list", "@rack2"])), ["demo5", "demo6"]);
+
+    // kiln nodeset: -l, -ll, -lll, -r, -x, -i, -S with the same groups.
+    let nodeset = |args: &[&str]| {
+        let mut all = vec!["nodeset", "--config", conf];
+        all.extend_from_slice(args);
+        let out = crate::harness::cli_at(&d.socket, &all);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(nodeset(&["-l"]), "@login\n@rack1\n@rack2\n");
+    assert_eq!(nodeset(&["-ll"]), "@login l[1-2]\n@rack1 demo[1-2]\n@rack2 demo[5-6]\n");
+    assert_eq!(nodeset(&["-lll", "demo[2-5]"]), "@rack1 demo2 1\n@rack2 demo5 1\n");
+    assert_eq!(nodeset(&["-r", "demo[1-6]", "l1", "l2"]), "@login,@rack1,@rack2,demo[3-4]\n");
+    assert_eq!(nodeset(&["-f", "demo[1-10]", "-x", "@rack1", "-i", "demo[2-8]", "-x", "demo7"]), "demo[3-6,8]\n");
+    assert_eq!(nodeset(&["-e", "-S", "\\n", "@rack2"]), "demo5\ndemo6\n");
+
+    // SIGHUP reads the sources again: a changed file is in force, no key changed.
+    std::fs::write(&file, "rack2: demo[3-4]\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for_log("configuration reloaded");
+    assert_eq!(names(d.json(&["node", "list", "@rack2"])), ["demo3", "demo4"]);
+
+    // A source that fails is refused, naming its key.
+    let bad = conf_dir.path().join("bad.toml");
+    std::fs::write(&bad, "group_list = \"echo x\"\ngroup_map = \"echo no >&2; exit 3\"\n").unwrap();
+    let out = crate::harness::cli_at(&d.socket, &["nodeset", "--config", bad.to_str().unwrap(), "-l"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("group_map") && err.contains("for x") && err.contains("no"), "{err}");
+}
