@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use kiln_actors::codec::{self, CodecError};
-use kiln_actors::protocol::{PROTOCOL_VERSION, Request, Response};
+use kiln_actors::protocol::{Live, PROTOCOL_VERSION, Request, Response};
 use kiln_actors::{KilnError, Site};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::InForce;
 use crate::limits::{Admit, Gate, Limits, secs};
@@ -271,6 +271,16 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             }
             continue;
         }
+        if let Request::Exec { live, .. } | Request::Copy { live, .. } = &request
+            && *live != Live::AtEnd
+        {
+            let Some(failed) = stream_fanout(&mut stream, cfg, &site, request).await else { return };
+            site.metrics.admin_answered(slot, decoded.elapsed());
+            if failed {
+                site.metrics.admin_error(slot);
+            }
+            continue;
+        }
         let response = if matches!(request, Request::Exec { .. } | Request::Copy { .. }) {
             // A fanout command runs until its client goes away (Ctrl-C):
             // dropping the run kills the commands still running.
@@ -293,6 +303,71 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
             return;
         }
     }
+}
+
+/// How many progress reports of a live fanout may wait for the client;
+/// past this the commands wait (their pipes fill), as clush's do on a
+/// terminal that does not keep up.
+const LIVE_BACKLOG: usize = 1024;
+
+/// The most reports sent in one frame: lines come in batches, so a
+/// thousand chatty nodes cost a frame per batch, not per line.
+const LIVE_BATCH: usize = 4096;
+
+/// Streams a live fanout to its client: the lines its commands print and
+/// each node's end as they come, then [`Response::Done`], or the error that
+/// kept it from running. Returns whether it failed, or `None` when the
+/// client went away: the run is dropped then, which kills its commands.
+async fn stream_fanout(stream: &mut UnixStream, cfg: &AdminConfig, site: &Site, request: Request) -> Option<bool> {
+    use kiln_actors::exec::{Progress, Sink};
+    let lines = matches!(request, Request::Exec { live: Live::Lines, .. } | Request::Copy { live: Live::Lines, .. });
+    let (tx, mut rx) = mpsc::channel(LIVE_BACKLOG);
+    let run = async move {
+        let sink = Sink::new(tx, lines);
+        crate::dispatch::fanout_run(site, request, Some(&sink)).await
+    };
+    tokio::pin!(run);
+    let mut result = None;
+    loop {
+        tokio::select! {
+            biased;
+            progress = rx.recv() => {
+                let Some(first) = progress else { break };
+                // What is waiting too, lines of a node before its end.
+                let mut frames: Vec<Response> = Vec::new();
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some(p) = next.take() {
+                    match (p, frames.last_mut()) {
+                        (Progress::Line(line), Some(Response::ExecLines(batch))) => batch.push(line),
+                        (Progress::Line(line), _) => frames.push(Response::ExecLines(vec![line])),
+                        (Progress::Done { index, outcome }, _) => frames.push(Response::ExecNode { index, outcome }),
+                    }
+                    taken += 1;
+                    if taken < LIVE_BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                for frame in frames {
+                    if send(stream, frame, cfg).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+            ended = &mut run, if result.is_none() => result = Some(ended),
+            _ = closed(stream) => return None,
+        }
+    }
+    let result = match result {
+        Some(r) => r,
+        None => run.await,
+    };
+    let (last, failed) = match result {
+        Ok(_) => (Response::Done, false),
+        Err(e) => (Response::Error(e), true),
+    };
+    send(stream, last, cfg).await.ok()?;
+    Some(failed)
 }
 
 /// Resolves when the client has closed its end (without consuming any byte

@@ -44,8 +44,12 @@ every key's value and source; docs/config.md lists them. SIGHUP reloads the file
     Queue(QueueCommand),
     /// Run a command on every node of a set (ClusterShell's clush).
     Exec(ExecArgs),
-    /// Copy a file to every node of a set (scp; cp with --worker exec).
+    /// Copy a file (or, with -r, a directory) to every node of a set (scp;
+    /// cp with --worker exec).
     Copy(CopyArgs),
+    /// Gather a file or directory from every node of a set into a local
+    /// directory, as DEST/NAME.node (clush --rcopy).
+    Rcopy(RcopyArgs),
     /// Periodic tasks: list, run one now.
     #[command(subcommand)]
     Periodic(PeriodicCommand),
@@ -375,11 +379,14 @@ pub enum PortCommand {
 }
 
 /// As ClusterShell's `nodeset`: one mode flag, then one or more node sets,
-/// taken together (`kiln nodeset -f n1 n2 'n[5-7]'` prints `n[1-2,5-7]`).
+/// taken together (`kiln nodeset -f n1 n2 'n[5-7]'` prints `n[1-2,5-7]`),
+/// then intersected with every `-i` and less every `-x`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("mode").args(["expand", "fold", "count"]).required(true).multiple(false)))]
+#[command(group(
+    clap::ArgGroup::new("mode").args(["expand", "fold", "count", "list", "regroup"]).required(true).multiple(false)
+))]
 pub struct NodesetArgs {
-    /// Expand: print every name, space separated.
+    /// Expand: print every name, space separated (or -S).
     #[arg(short = 'e', long)]
     pub expand: bool,
     /// Fold: print the shortest form.
@@ -388,11 +395,27 @@ pub struct NodesetArgs {
     /// Count the names.
     #[arg(short = 'c', long)]
     pub count: bool,
-    /// The config file whose `[groups]` define `@name`.
+    /// List the groups (of the node sets given, else all): -l names them,
+    /// -ll adds their nodes, -lll their count too.
+    #[arg(short = 'l', long, action = clap::ArgAction::Count)]
+    pub list: u8,
+    /// Fold with groups: the groups wholly in the set as @name, then the rest.
+    #[arg(short = 'r', long)]
+    pub regroup: bool,
+    /// Remove these nodes (a node set; may be given more than once).
+    #[arg(short = 'x', long = "exclude", value_name = "NODESET")]
+    pub exclude: Vec<String>,
+    /// Keep only the nodes also in this node set (may be given more than once).
+    #[arg(short = 'i', long = "intersection", value_name = "NODESET")]
+    pub intersection: Vec<String>,
+    /// The separator of expanded names (default: a space; `\n` and `\t` are understood).
+    #[arg(short = 'S', long = "separator", value_name = "SEP")]
+    pub separator: Option<String>,
+    /// The config file whose `[groups]` and group sources define `@name`.
     #[arg(long, env = "KILN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Node sets (`n[1-4]`, `@rack1!n3`); several are taken together.
-    #[arg(value_name = "NODESET", required = true)]
+    #[arg(value_name = "NODESET", required_unless_present = "list")]
     pub sets: Vec<String>,
 }
 
@@ -514,9 +537,17 @@ pub struct FanoutArgs {
     /// Connect timeout in seconds (ssh).
     #[arg(short = 'u', long = "connect-timeout", default_value_t = 10.0)]
     pub connect_timeout: f64,
-    /// Command timeout in seconds (default: none).
+    /// Command timeout in seconds, per node (default: none).
     #[arg(short = 't', long = "command-timeout")]
     pub command_timeout: Option<f64>,
+    /// Timeout of the whole run in seconds: commands still running then are
+    /// killed and reported timed out, nodes not started are not (default: none).
+    #[arg(long = "timeout-total", value_name = "SECONDS")]
+    pub timeout_total: Option<f64>,
+    /// Print one JSON object per node as it ends, one a line (for scripts
+    /// that stream; --json prints one document at the end).
+    #[arg(long = "json-lines")]
+    pub json_lines: bool,
     /// ssh (to the node's `address` property, else its name) or exec (local, %h = node name).
     #[arg(long, value_enum, default_value_t = WorkerKind::Ssh)]
     pub worker: WorkerKind,
@@ -529,9 +560,14 @@ pub struct FanoutArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     pub fanout: FanoutArgs,
-    /// Gather nodes with identical output (dshbak -c style).
+    /// Gather nodes with identical output (dshbak -c style), printed at
+    /// the end; without it lines are printed as they come, `node: line`.
     #[arg(short = 'b')]
     pub gather: bool,
+    /// Do not send standard input to the commands (by default it is read
+    /// whole, unless it is a terminal, and sent to every node).
+    #[arg(long = "no-stdin")]
+    pub no_stdin: bool,
     /// The command.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -541,8 +577,24 @@ pub struct ExecArgs {
 pub struct CopyArgs {
     #[command(flatten)]
     pub fanout: FanoutArgs,
-    /// The local file to copy.
+    /// Copy directories and what they hold (scp -r, cp -r).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// The local file (or directory, with -r) to copy.
     pub source: PathBuf,
-    /// Where to put it on each node.
+    /// Where to put it on each node (%h: the node's name).
     pub dest: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RcopyArgs {
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
+    /// Gather directories and what they hold (scp -r, cp -r).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// The file (or directory, with -r) on each node (%h: the node's name).
+    pub source: String,
+    /// The local directory that receives each node's copy as NAME.node.
+    pub dest: PathBuf,
 }

@@ -6,9 +6,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use kiln_actors::exec::{ExecOutcome, RunOptions};
 use kiln_actors::node::parse_power_action;
 use kiln_actors::nodeset::NodeSet;
-use kiln_actors::protocol::{Request, Response};
+use kiln_actors::protocol::{Live, Request, Response};
 use std::io::IsTerminal;
 
 use kiln_actors::jobs::{JobView, NodeResult};
@@ -47,6 +48,8 @@ impl From<ClientError> for Failure {
 /// Runs the command line and returns the process's exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let json = cli.json;
+    // Errors of a fanout printing JSON lines are a JSON line too.
+    let json_lines = fanout_args(&cli.command).is_some_and(|f| f.json_lines);
     let result = match cli.command {
         Command::Serve(args) => {
             let args = ServeArgs { socket: cli.socket, ..args };
@@ -72,11 +75,11 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => report(f, json),
+        Err(f) => report(f, json, json_lines),
     }
 }
 
-fn report(f: Failure, json: bool) -> ExitCode {
+fn report(f: Failure, json: bool, json_lines: bool) -> ExitCode {
     let (code, kind, message) = match &f {
         Failure::Usage(e) => (exit::USAGE, "usage", format!("{e:#}")),
         Failure::Unavailable(e) => (exit::UNAVAILABLE, "unavailable", e.to_string()),
@@ -90,8 +93,11 @@ fn report(f: Failure, json: bool) -> ExitCode {
         Failure::Exit(code) => return ExitCode::from(*code),
         Failure::Other(e) => (exit::FAILED, "error", format!("{e:#}")),
     };
-    if json {
-        output::json(&serde_json::json!({ "error": { "kind": kind, "message": message } }));
+    let doc = serde_json::json!({ "error": { "kind": kind, "message": message } });
+    if json_lines {
+        println!("{doc}");
+    } else if json {
+        output::json(&doc);
     } else {
         eprintln!("error: {message}");
     }
@@ -103,15 +109,52 @@ fn nodeset(args: NodesetArgs, json: bool) -> Result<(), Failure> {
         Some(path) => crate::config::groups_of(path).map_err(Failure::Usage)?,
         None => Default::default(),
     };
+    let parse = |expr: &str| {
+        NodeSet::parse_with(expr, &|g| groups.get(g).cloned())
+            .map_err(|e| Failure::Usage(anyhow::anyhow!("node set '{expr}': {e}")))
+    };
     let mut set = NodeSet::new();
     for expr in &args.sets {
-        let one = NodeSet::parse_with(expr, &|g| groups.get(g).cloned())
-            .map_err(|e| Failure::Usage(anyhow::anyhow!("node set '{expr}': {e}")))?;
-        set = set.union(&one);
+        set = set.union(&parse(expr)?);
     }
-    if args.expand {
+    for expr in &args.intersection {
+        set = set.intersection(&parse(expr)?);
+    }
+    for expr in &args.exclude {
+        set = set.difference(&parse(expr)?);
+    }
+    // Every group as a node set, for -l and -r.
+    let named = || -> Result<Vec<(String, NodeSet)>, Failure> {
+        groups.keys().map(|name| Ok((name.clone(), parse(&format!("@{name}"))?))).collect()
+    };
+    if args.list > 0 {
+        let filtered = !args.sets.is_empty() || !args.intersection.is_empty() || !args.exclude.is_empty();
+        let rows: Vec<(String, NodeSet)> = named()?
+            .into_iter()
+            .map(|(name, nodes)| if filtered { (name, nodes.intersection(&set)) } else { (name, nodes) })
+            .filter(|(_, nodes)| !filtered || !nodes.is_empty())
+            .collect();
+        if json {
+            let doc: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(name, nodes)| serde_json::json!({ "group": name, "nodes": nodes.fold(), "count": nodes.len() }))
+                .collect();
+            output::json(&doc);
+        }
+        for (name, nodes) in rows.iter().filter(|_| !json) {
+            match args.list {
+                1 => println!("@{name}"),
+                2 => println!("@{name} {}", nodes.fold()),
+                _ => println!("@{name} {} {}", nodes.fold(), nodes.len()),
+            }
+        }
+    } else if args.regroup {
+        let text = set.regroup(&named()?);
+        if json { output::json(&text) } else { println!("{text}") }
+    } else if args.expand {
         let names: Vec<String> = set.iter().collect();
-        if json { output::json(&names) } else { println!("{}", names.join(" ")) }
+        let separator = args.separator.as_deref().map(unescape).unwrap_or_else(|| " ".into());
+        if json { output::json(&names) } else { println!("{}", names.join(&separator)) }
     } else if args.fold {
         if json { output::json(&set.fold()) } else { println!("{}", set.fold()) }
     } else if json {
@@ -120,6 +163,28 @@ fn nodeset(args: NodesetArgs, json: bool) -> Result<(), Failure> {
         println!("{}", set.len())
     }
     Ok(())
+}
+
+/// `\n`, `\t` and `\\` in a separator, as ClusterShell's `nodeset -S` reads them.
+fn unescape(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            other => {
+                out.push('\\');
+                out.extend(other);
+            }
+        }
+    }
+    out
 }
 
 /// `kiln store backup`: the data dir resolved as the daemon resolves it.
@@ -214,11 +279,59 @@ enum Remote {
         kinds: Vec<kiln_actors::EventKind>,
         since: Option<u64>,
     },
-    /// A fanout command: print per node (or gathered), exit with the largest code.
-    Exec {
+    /// A fanout command: print as `print` says, exit with the largest code.
+    Fanout {
         request: Request,
-        gather: bool,
+        print: Print,
     },
+}
+
+/// How a fanout command prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Print {
+    /// `node: line` as the lines come (clush's default).
+    Lines,
+    /// Identical outputs gathered at the end (`-b`, dshbak -c).
+    Gathered,
+    /// One JSON document at the end (`--json`).
+    Json,
+    /// A JSON object per node as it ends (`--json-lines`).
+    JsonLines,
+}
+
+impl Print {
+    fn of(f: &FanoutArgs, json: bool, gather: bool) -> Result<Print, Failure> {
+        Ok(match (json, f.json_lines) {
+            (true, true) => {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "--json and --json-lines are two output formats; pick one"
+                )));
+            }
+            (true, false) => Print::Json,
+            (false, true) => Print::JsonLines,
+            (false, false) if gather => Print::Gathered,
+            (false, false) => Print::Lines,
+        })
+    }
+
+    /// What the daemon is asked to stream for it.
+    fn live(self) -> Live {
+        match self {
+            Print::Lines => Live::Lines,
+            Print::JsonLines => Live::Outcomes,
+            Print::Gathered | Print::Json => Live::AtEnd,
+        }
+    }
+}
+
+/// The fanout options of a fanout command.
+fn fanout_args(command: &Command) -> Option<&FanoutArgs> {
+    match command {
+        Command::Exec(e) => Some(&e.fanout),
+        Command::Copy(c) => Some(&c.fanout),
+        Command::Rcopy(c) => Some(&c.fanout),
+        _ => None,
+    }
 }
 
 async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failure> {
@@ -229,23 +342,43 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
         Command::Queue(QueueCommand::Status) => Remote::Once(Request::QueueStatus),
         Command::Events { follow, nodes, kinds, since } => Remote::Events { follow, nodes, kinds, since },
         Command::Exec(e) => {
+            let print = Print::of(&e.fanout, json, e.gather)?;
             let spec = exec_spec(&e.fanout, e.command.join(" "))?;
-            Remote::Exec { request: Request::Exec { nodes: e.fanout.nodes.clone(), spec }, gather: e.gather }
+            let options = RunOptions { stdin: read_stdin(e.no_stdin)?, total_timeout: total_timeout(&e.fanout)? };
+            let request = Request::Exec { nodes: e.fanout.nodes.clone(), spec, options, live: print.live() };
+            Remote::Fanout { request, print }
         }
         Command::Copy(c) => {
+            let print = Print::of(&c.fanout, json, true)?;
             let source = std::fs::canonicalize(&c.source)
                 .with_context(|| format!("cannot read {}", c.source.display()))
                 .map_err(Failure::Usage)?;
-            let base = exec_spec(&c.fanout, String::new())?;
-            let spec = kiln_actors::exec::CopySpec {
-                worker: base.worker,
-                source,
-                dest: c.dest.clone(),
-                fanout: base.fanout,
-                connect_timeout: base.connect_timeout,
-                command_timeout: base.command_timeout,
-            };
-            Remote::Exec { request: Request::Copy { nodes: c.fanout.nodes.clone(), spec }, gather: true }
+            if source.is_dir() && !c.recursive {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "{} is a directory; add -r to copy it with what it holds",
+                    c.source.display()
+                )));
+            }
+            let source = utf8(&source)?;
+            let spec = copy_spec(&c.fanout, source, c.dest.clone(), c.recursive, false)?;
+            let options = RunOptions { stdin: None, total_timeout: total_timeout(&c.fanout)? };
+            let request = Request::Copy { nodes: c.fanout.nodes.clone(), spec, options, live: print.live() };
+            Remote::Fanout { request, print }
+        }
+        Command::Rcopy(c) => {
+            let print = Print::of(&c.fanout, json, true)?;
+            let dest = std::fs::canonicalize(&c.dest).ok().filter(|d| d.is_dir()).ok_or_else(|| {
+                Failure::Usage(anyhow::anyhow!(
+                    "{} is not a local directory; kiln rcopy puts each node's copy in one, as NAME.node",
+                    c.dest.display()
+                ))
+            })?;
+            let dest = utf8(&dest)?;
+            let spec = copy_spec(&c.fanout, c.source.clone(), dest, c.recursive, true)?;
+            spec.validate().map_err(|e| Failure::Usage(e.into()))?;
+            let options = RunOptions { stdin: None, total_timeout: total_timeout(&c.fanout)? };
+            let request = Request::Copy { nodes: c.fanout.nodes.clone(), spec, options, live: print.live() };
+            Remote::Fanout { request, print }
         }
         Command::Periodic(PeriodicCommand::List) => Remote::Once(Request::PeriodicList),
         Command::Periodic(PeriodicCommand::Run { name }) => Remote::Once(Request::PeriodicRun { name }),
@@ -285,23 +418,7 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
         Remote::Events { follow, nodes, kinds, since } => {
             events(&mut client, Request::Events { follow, nodes, kinds, since }, json).await
         }
-        Remote::Exec { request, gather } => {
-            let outcomes = match call(&mut client, request).await? {
-                Response::Exec(o) => o,
-                other => return Err(unexpected(other)),
-            };
-            if json {
-                output::json(&outcomes);
-            } else if gather {
-                output::gathered(&outcomes);
-            } else {
-                output::per_node(&outcomes);
-            }
-            match kiln_actors::exec::overall_exit(&outcomes) {
-                0 => Ok(()),
-                code => Err(Failure::Exit(code.clamp(1, 255) as u8)),
-            }
-        }
+        Remote::Fanout { request, print } => fanout(&mut client, request, print).await,
         Remote::Watch(id) => {
             let job = follow_job(&mut client, id, !json, false).await?;
             if json {
@@ -356,15 +473,119 @@ fn job_plan(j: JobCommand) -> Result<Remote, Failure> {
     })
 }
 
-/// The fanout settings of `kiln exec` / `kiln copy`.
-fn exec_spec(f: &FanoutArgs, command: String) -> Result<kiln_actors::exec::ExecSpec, Failure> {
-    let secs = |what: &str, v: f64| -> Result<std::time::Duration, Failure> {
-        if v.is_finite() && v > 0.0 && v <= 86_400.0 {
-            Ok(std::time::Duration::from_secs_f64(v))
-        } else {
-            Err(Failure::Usage(anyhow::anyhow!("{what} {v}: expected seconds between 0 and 86400")))
+/// Runs a fanout command and prints it as `print` says; its exit code is
+/// the largest of the nodes' (clush -S).
+async fn fanout(client: &mut Client, request: Request, print: Print) -> Result<(), Failure> {
+    let outcomes = match print {
+        Print::Gathered | Print::Json => match call(client, request).await? {
+            Response::Exec(o) => o,
+            other => return Err(unexpected(other)),
+        },
+        Print::Lines | Print::JsonLines => {
+            client.send(&request).await?;
+            let mut ended: Vec<(usize, ExecOutcome)> = Vec::new();
+            loop {
+                match client.next().await? {
+                    Response::ExecLines(lines) => output::live_lines(&lines),
+                    Response::ExecNode { index, outcome } => {
+                        if print == Print::JsonLines {
+                            let line = serde_json::to_string(&outcome).map_err(|e| Failure::Other(e.into()))?;
+                            println!("{line}");
+                        } else {
+                            output::node_end(&outcome);
+                        }
+                        ended.push((index, outcome));
+                    }
+                    Response::Done => break,
+                    Response::Error(e) => return Err(Failure::Refused(e)),
+                    other => return Err(unexpected(other)),
+                }
+            }
+            ended.sort_by_key(|(index, _)| *index);
+            ended.into_iter().map(|(_, o)| o).collect()
         }
     };
+    match print {
+        Print::Json => output::json(&outcomes),
+        Print::Gathered => output::gathered(&outcomes),
+        Print::Lines | Print::JsonLines => {}
+    }
+    match kiln_actors::exec::overall_exit(&outcomes) {
+        0 => Ok(()),
+        code => Err(Failure::Exit(code.clamp(1, 255) as u8)),
+    }
+}
+
+/// The standard input for every node: read whole, unless `--no-stdin` or
+/// it is a terminal; refused above [`kiln_actors::exec::MAX_STDIN`].
+fn read_stdin(no_stdin: bool) -> Result<Option<Vec<u8>>, Failure> {
+    use std::io::Read;
+    let stdin = std::io::stdin();
+    if no_stdin || stdin.is_terminal() {
+        return Ok(None);
+    }
+    let max = kiln_actors::exec::MAX_STDIN;
+    let mut data = Vec::new();
+    stdin
+        .lock()
+        .take(max as u64 + 1)
+        .read_to_end(&mut data)
+        .context("cannot read standard input")
+        .map_err(Failure::Usage)?;
+    if data.len() > max {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "standard input is larger than {} MiB, the most kiln exec sends to every node; \
+             copy large data with kiln copy, or pass --no-stdin",
+            max >> 20
+        )));
+    }
+    Ok((!data.is_empty()).then_some(data))
+}
+
+fn total_timeout(f: &FanoutArgs) -> Result<Option<std::time::Duration>, Failure> {
+    f.timeout_total.map(|t| seconds("total timeout", t)).transpose()
+}
+
+/// A path as the daemon gets it: UTF-8.
+fn utf8(path: &Path) -> Result<String, Failure> {
+    path.to_str()
+        .map(String::from)
+        .ok_or_else(|| Failure::Usage(anyhow::anyhow!("{} is not a UTF-8 path", path.display())))
+}
+
+/// The settings of `kiln copy` / `kiln rcopy`.
+fn copy_spec(
+    f: &FanoutArgs,
+    source: String,
+    dest: String,
+    recursive: bool,
+    pull: bool,
+) -> Result<kiln_actors::exec::CopySpec, Failure> {
+    let base = exec_spec(f, String::new())?;
+    Ok(kiln_actors::exec::CopySpec {
+        worker: base.worker,
+        source,
+        dest,
+        recursive,
+        pull,
+        fanout: base.fanout,
+        connect_timeout: base.connect_timeout,
+        command_timeout: base.command_timeout,
+    })
+}
+
+/// Seconds given on the command line, as a duration.
+fn seconds(what: &str, v: f64) -> Result<std::time::Duration, Failure> {
+    if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+        Ok(std::time::Duration::from_secs_f64(v))
+    } else {
+        Err(Failure::Usage(anyhow::anyhow!("{what} {v}: expected seconds between 0 and 86400")))
+    }
+}
+
+/// The fanout settings of `kiln exec` / `kiln copy`.
+fn exec_spec(f: &FanoutArgs, command: String) -> Result<kiln_actors::exec::ExecSpec, Failure> {
+    let secs = seconds;
     if f.fanout == 0 {
         return Err(Failure::Usage(anyhow::anyhow!("fanout must be at least 1")));
     }
@@ -452,6 +673,7 @@ fn build_request(command: Command) -> Result<Request, Failure> {
         | Command::Periodic(_)
         | Command::Exec(_)
         | Command::Copy(_)
+        | Command::Rcopy(_)
         | Command::Events { .. } => {
             unreachable!("handled before")
         }

@@ -51,6 +51,12 @@ pub struct FileConfig {
     pub max_running_jobs: Option<usize>,
     /// Node groups: `rack1 = "r1-n[01-40]"`, used as `@rack1`.
     pub groups: Option<BTreeMap<String, String>>,
+    /// More groups: a file of `name: nodeset` lines ([`crate::groups`]).
+    pub group_file: Option<PathBuf>,
+    /// More groups: a command printing the group names.
+    pub group_list: Option<String>,
+    /// ...and one printing the node set of the group `$GROUP`.
+    pub group_map: Option<String>,
     /// Periodic tasks (spec section 5).
     pub periodic_enabled: Option<bool>,
     pub power_sync_interval: Option<Seconds>,
@@ -129,6 +135,9 @@ pub const LIVE_KEYS: &[&str] = &[
     "default_fanout",
     "max_running_jobs",
     "groups",
+    "group_file",
+    "group_list",
+    "group_map",
     "periodic_enabled",
     "power_sync_interval",
     "power_sync_concurrency",
@@ -163,6 +172,9 @@ impl FileConfig {
             default_fanout: Some(site.default_fanout),
             max_running_jobs: Some(site.max_running_jobs),
             groups: Some(BTreeMap::new()),
+            group_file: None,
+            group_list: None,
+            group_map: None,
             periodic_enabled: Some(p.enabled),
             power_sync_interval: Some(Seconds(p.power_sync_interval)),
             power_sync_concurrency: Some(p.power_sync_concurrency),
@@ -366,7 +378,13 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
         Some(Ok(a)) => Some(a),
         None => None,
     };
-    let groups = f.groups.clone().unwrap_or_default();
+    let groups = match all_groups(f) {
+        Ok(all) => all,
+        Err(e) => {
+            errors.push(r.invalid(e.key, e.why));
+            f.groups.clone().unwrap_or_default()
+        }
+    };
     for (name, expr) in &groups {
         if let Err(e) = NodeSet::parse_with(expr, &|g| groups.get(g).cloned()) {
             errors.push(r.invalid("groups", format!("group '{name}' = '{expr}': {e}")));
@@ -556,11 +574,23 @@ pub fn check(args: &ServeArgs, json: bool) -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-/// The node groups of a config file (for `kiln nodeset`).
+/// The node groups of a config file (for `kiln nodeset`): its `[groups]`
+/// and its group sources.
 pub fn groups_of(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     let mut layers = Layers::new(&FileConfig::default());
     layers.file(path);
-    Ok(layers.resolve()?.value.groups.unwrap_or_default())
+    let resolved = layers.resolve()?;
+    all_groups(&resolved.value).map_err(|e| anyhow::anyhow!("{}: {}: {e}", path.display(), e.key))
+}
+
+/// `[groups]` and what the group sources add.
+fn all_groups(f: &FileConfig) -> Result<BTreeMap<String, String>, crate::groups::SourceError> {
+    let sources = crate::groups::Sources {
+        file: f.group_file.as_deref(),
+        list: f.group_list.as_deref(),
+        map: f.group_map.as_deref(),
+    };
+    crate::groups::resolve(&f.groups.clone().unwrap_or_default(), &sources)
 }
 
 /// The daemon's own uid.

@@ -108,15 +108,8 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
             site.jobs.send(SetDrain(on)).await.map_err(|_| gone())??;
             Response::Queue(site.jobs.send(GetQueueInfo).await.map_err(|_| gone())?)
         }
-        Request::Exec { nodes, spec } => {
-            let router = site.router();
-            let targets = kiln_actors::exec::targets(&router, &nodes).await?;
-            Response::Exec(kiln_actors::exec::run(&spec, targets).await)
-        }
-        Request::Copy { nodes, spec } => {
-            let router = site.router();
-            let targets = kiln_actors::exec::targets(&router, &nodes).await?;
-            Response::Exec(kiln_actors::exec::copy(&spec, targets).await)
+        request @ (Request::Exec { .. } | Request::Copy { .. }) => {
+            Response::Exec(fanout_run(site, request, None).await?)
         }
         Request::PeriodicList => {
             Response::Periodic(site.scheduler.send(kiln_actors::scheduler::ListPeriodic).await.map_err(|_| gone())?)
@@ -133,6 +126,31 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
         Request::PortList { node } => Response::Ports(ask(site, ListPorts { node }).await?),
         Request::PortDelete { address } => Response::Port(ask(site, DeletePort(address)).await?),
     })
+}
+
+/// Runs a fanout request (exec or copy), reporting its progress to `sink`
+/// when given; its nodes' outcomes in node-set order. Bad input is refused
+/// before anything runs.
+pub async fn fanout_run(
+    site: &Site,
+    request: Request,
+    sink: Option<&kiln_actors::exec::Sink>,
+) -> Result<Vec<kiln_actors::exec::ExecOutcome>, KilnError> {
+    use kiln_actors::exec;
+    match request {
+        Request::Exec { nodes, spec, options, .. } => {
+            options.validate()?;
+            let targets = exec::targets(&site.router(), &nodes).await?;
+            Ok(exec::run_with(&spec, targets, &options, sink).await)
+        }
+        Request::Copy { nodes, spec, options, .. } => {
+            spec.validate()?;
+            options.validate()?;
+            let targets = exec::targets(&site.router(), &nodes).await?;
+            Ok(exec::copy_with(&spec, targets, &options, sink).await)
+        }
+        other => Err(KilnError::Protocol(format!("{} is not a fanout request", other.kind()))),
+    }
 }
 
 /// The filter of an events request: `nodes` is a node set (groups allowed)

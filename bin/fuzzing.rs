@@ -201,9 +201,9 @@ mod tests {
     fn sample_requests() -> Vec<kiln_actors::protocol::Request> {
         use std::time::Duration;
 
-        use kiln_actors::exec::{CopySpec, ExecSpec, Worker};
+        use kiln_actors::exec::{CopySpec, ExecSpec, RunOptions, Worker};
         use kiln_actors::jobs::{Dependency, Opcode};
-        use kiln_actors::protocol::{PROTOCOL_VERSION, Request};
+        use kiln_actors::protocol::{Live, PROTOCOL_VERSION, Request};
         use kiln_actors::{NewNode, NodeUpdate, Op, Verb};
         use kiln_drivers::PowerAction;
         use kiln_store::{BootDevice, JobId, JobStatus, ProvisionState};
@@ -276,17 +276,26 @@ mod tests {
             Request::QueueDrain { on: true },
             Request::QueueStatus,
             Request::PeriodicList,
-            Request::Exec { nodes: "n[1-2]".into(), spec: ExecSpec { worker: Worker::Exec, ..exec.clone() } },
+            Request::Exec {
+                nodes: "n[1-2]".into(),
+                spec: ExecSpec { worker: Worker::Exec, ..exec.clone() },
+                options: RunOptions { stdin: Some(b"input\n".to_vec()), total_timeout: Some(Duration::from_secs(9)) },
+                live: Live::Lines,
+            },
             Request::Copy {
                 nodes: "n1".into(),
                 spec: CopySpec {
                     worker: Worker::Exec,
                     source: "/etc/hostname".into(),
                     dest: "/tmp/x".into(),
+                    recursive: true,
+                    pull: true,
                     fanout: 4,
                     connect_timeout: Duration::from_secs(5),
                     command_timeout: None,
                 },
+                options: RunOptions::default(),
+                live: Live::Outcomes,
             },
             Request::PeriodicRun { name: "power_sync".into() },
         ];

@@ -15,6 +15,7 @@ pub mod config;
 pub mod datadir_lock;
 pub mod dispatch;
 pub mod fuzzing;
+pub mod groups;
 pub mod import;
 pub mod jobfile;
 pub mod layered;

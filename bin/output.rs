@@ -267,20 +267,25 @@ pub fn periodic(tasks: &[kiln_actors::scheduler::PeriodicInfo]) {
     );
 }
 
-/// clush's default output: `node: line` for every line, stderr to stderr.
-pub fn per_node(outcomes: &[kiln_actors::exec::ExecOutcome]) {
-    for o in outcomes {
-        for line in o.stdout.lines() {
-            println!("{}: {line}", o.node);
-        }
-        for line in o.stderr.lines() {
-            eprintln!("{}: {line}", o.node);
-        }
-        if let Some(e) = &o.error {
-            eprintln!("kiln: {}: {e}", o.node);
-        } else if o.exit_code != 0 {
-            eprintln!("kiln: {}: exited with exit code {}", o.node, o.exit_code);
-        }
+/// clush's default output, as the lines come: `node: line`, stderr's
+/// lines to stderr.
+pub fn live_lines(lines: &[kiln_actors::exec::OutputLine]) {
+    use std::io::Write;
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    for l in lines {
+        // A closed stdout ends the CLI (SIGPIPE), as it ends clush.
+        let _ =
+            if l.stderr { writeln!(err, "{}: {}", l.node, l.line) } else { writeln!(out, "{}: {}", l.node, l.line) };
+    }
+    let _ = out.flush();
+}
+
+/// A node's end, when it is news: why it failed, or its non-zero exit code.
+pub fn node_end(o: &kiln_actors::exec::ExecOutcome) {
+    if let Some(e) = &o.error {
+        eprintln!("kiln: {}: {e}", o.node);
+    } else if o.exit_code != 0 {
+        eprintln!("kiln: {}: exited with exit code {}", o.node, o.exit_code);
     }
 }
 

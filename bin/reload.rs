@@ -39,7 +39,9 @@ impl Reloader {
 
     /// Reads the configuration again and applies what changed.
     pub async fn reload(&mut self, site: &Site) -> anyhow::Result<Reloaded> {
-        let new = config::load(&self.args)?;
+        // Off the actors' thread: group sources run commands.
+        let args = self.args.clone();
+        let new = tokio::task::spawn_blocking(move || config::load(&args)).await??;
         for w in &new.warnings {
             tracing::warn!("{w}");
         }
@@ -69,6 +71,11 @@ impl Reloader {
                 );
                 done.need_restart.push(key.clone());
             }
+        }
+        // A group source's groups change with no key changing.
+        if new.site.groups != self.site.groups && !done.applied.iter().any(|k| k == "groups") {
+            tracing::info!("node groups changed");
+            done.applied.push("groups".into());
         }
         if done.applied.is_empty() {
             return Ok(done);

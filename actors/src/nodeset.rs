@@ -339,6 +339,30 @@ impl NodeSet {
         out
     }
 
+    /// Folded with groups, as ClusterShell's `nodeset -r`: the groups whose
+    /// every node is in the set, largest first, each taken only if none of
+    /// its nodes is taken already; then the names they leave, folded.
+    /// `groups` are `(name, nodes)`; the result names them `@name`.
+    pub fn regroup(&self, groups: &[(String, NodeSet)]) -> String {
+        let mut fitting: Vec<&(String, NodeSet)> =
+            groups.iter().filter(|(_, g)| !g.is_empty() && g.difference(self).is_empty()).collect();
+        fitting.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
+        let mut rest = self.clone();
+        let mut taken: Vec<&str> = Vec::new();
+        for (name, nodes) in fitting {
+            if nodes.difference(&rest).is_empty() {
+                rest = rest.difference(nodes);
+                taken.push(name);
+            }
+        }
+        taken.sort_unstable();
+        let mut parts: Vec<String> = taken.iter().map(|name| format!("@{name}")).collect();
+        if !rest.is_empty() {
+            parts.push(rest.fold());
+        }
+        parts.join(",")
+    }
+
     fn combine(&self, other: &NodeSet, keep: Keep) -> NodeSet {
         let mut out = BTreeMap::new();
         let mut a = self.by_pattern.iter().peekable();
@@ -1536,6 +1560,23 @@ fn parse_range(spec: &str, locate: &dyn Fn(usize) -> usize, limit: usize) -> Res
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn regroup_takes_the_largest_groups_that_fit_without_overlap() {
+        let set = |e: &str| NodeSet::parse(e).unwrap();
+        let groups: Vec<(String, NodeSet)> =
+            [("rack1", "n[1-4]"), ("rack2", "n[5-8]"), ("even", "n[2-8/2]"), ("big", "n[1-20]"), ("pair", "n[3-4]")]
+                .iter()
+                .map(|(n, e)| (n.to_string(), set(e)))
+                .collect();
+        // Ties go by name, as in ClusterShell: `even` is taken before the racks.
+        assert_eq!(set("n[1-9]").regroup(&groups), "@even,n[1,3,5,7,9]");
+        assert_eq!(set("n[1-9]").regroup(&groups[..2]), "@rack1,@rack2,n9");
+        assert_eq!(set("n[3-5]").regroup(&groups), "@pair,n5");
+        assert_eq!(set("n[1-20]").regroup(&groups), "@big");
+        assert_eq!(set("x1").regroup(&groups), "x1");
+        assert_eq!(NodeSet::new().regroup(&groups), "");
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

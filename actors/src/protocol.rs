@@ -5,8 +5,10 @@
 //! [`PROTOCOL_VERSION`]; the daemon answers [`Response::Hello`] or, on a
 //! mismatch, an error naming both versions. Then each request gets one
 //! response, except [`Request::Events`] with `follow`, which streams
-//! [`Response::Event`]s until the client goes away. A response longer than
-//! a frame arrives as [`Response::Part`]s ([`crate::parts`]).
+//! [`Response::Event`]s until the client goes away, and a fanout request
+//! ([`Request::Exec`], [`Request::Copy`]) asked to report [`Live`], which
+//! streams its progress and ends with [`Response::Done`]. A response longer
+//! than a frame arrives as [`Response::Part`]s ([`crate::parts`]).
 
 use kiln_store::{HistoryEntry, JobId, JobStatus, ProvisionState};
 use serde::{Deserialize, Serialize};
@@ -112,16 +114,20 @@ pub enum Request {
     },
     QueueStatus,
     PeriodicList,
-    /// A fanout command; answered with every node's outcome. The commands
-    /// are killed if the client goes away first.
+    /// A fanout command; answered with every node's outcome, or streamed
+    /// as `live` asks. The commands are killed if the client goes away first.
     Exec {
         nodes: String,
         spec: crate::exec::ExecSpec,
+        options: crate::exec::RunOptions,
+        live: Live,
     },
-    /// A file copied to every node.
+    /// A file or tree copied to every node, or gathered from each.
     Copy {
         nodes: String,
         spec: crate::exec::CopySpec,
+        options: crate::exec::RunOptions,
+        live: Live,
     },
     /// Runs a periodic task now; answered when the run has ended.
     PeriodicRun {
@@ -200,6 +206,19 @@ impl Request {
     }
 }
 
+/// How a fanout request is answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Live {
+    /// One [`Response::Exec`] with every node's outcome, at the end.
+    #[default]
+    AtEnd,
+    /// A [`Response::ExecNode`] as each node ends, then [`Response::Done`].
+    Outcomes,
+    /// [`Response::ExecLines`] as the commands print, a
+    /// [`Response::ExecNode`] as each node ends, then [`Response::Done`].
+    Lines,
+}
+
 /// A response from the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
@@ -226,6 +245,13 @@ pub enum Response {
     Queue(QueueInfo),
     Periodic(Vec<crate::scheduler::PeriodicInfo>),
     Exec(Vec<crate::exec::ExecOutcome>),
+    /// Lines the commands of a live fanout printed, in the order printed.
+    ExecLines(Vec<crate::exec::OutputLine>),
+    /// A node of a live fanout ended; `index` is its place in the node set.
+    ExecNode {
+        index: usize,
+        outcome: crate::exec::ExecOutcome,
+    },
     Done,
     /// A piece of an answer longer than a frame: bytes of the whole
     /// answer's encoding, in order; the last piece says so. See
@@ -252,6 +278,7 @@ impl Response {
             Response::JobChange(change) => 1 + change.log.len(),
             Response::Periodic(list) => list.len(),
             Response::Exec(list) => list.len(),
+            Response::ExecLines(list) => list.len(),
             Response::Hello { .. }
             | Response::Error(_)
             | Response::Status(_)
@@ -262,6 +289,7 @@ impl Response {
             | Response::JobSubmitted(_)
             | Response::JobCanceled(_)
             | Response::Queue(_)
+            | Response::ExecNode { .. }
             | Response::Done
             | Response::Part { .. } => 1,
         }
