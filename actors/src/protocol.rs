@@ -21,7 +21,7 @@ use crate::supervisor::NewNode;
 use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
 
 /// Bumped whenever a request or response changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
