@@ -114,8 +114,42 @@ pub fn once(cell: &'static OnceLock<Result<Peer, String>>, how: Start<'_>) -> &'
     }
 }
 
+/// A free loopback TCP port, for a peer to bind: found by binding port 0,
+/// so two test suites on one machine never ask for the same one.
+pub fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("its address").port()
+}
+
+/// The first of `n` consecutive free loopback UDP ports (the IPMI
+/// simulator serves a run of ports).
+pub fn free_udp_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let first = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a loopback UDP port");
+        let start = first.local_addr().expect("its address").port();
+        if u32::from(start) + u32::from(n) > 65_535 {
+            continue;
+        }
+        let rest: Vec<_> = (1..n).map_while(|i| std::net::UdpSocket::bind(("127.0.0.1", start + i)).ok()).collect();
+        if rest.len() + 1 == usize::from(n) {
+            return start;
+        }
+    }
+    panic!("no run of {n} free loopback UDP ports in 100 tries");
+}
+
+/// A Redfish emulator with `systems` systems (node-1..) on a free port.
+pub fn redfish(cell: &'static OnceLock<Result<Peer, String>>, systems: u32, tls: bool) -> &'static Peer {
+    cell.get().and_then(|p| p.as_ref().ok()).unwrap_or_else(|| redfish_on(cell, systems, free_tcp_port(), tls))
+}
+
+/// `bmcs` simulated IPMI BMCs on a run of free ports.
+pub fn ipmi(cell: &'static OnceLock<Result<Peer, String>>, bmcs: u16) -> &'static Peer {
+    cell.get().and_then(|p| p.as_ref().ok()).unwrap_or_else(|| ipmi_from(cell, bmcs, free_udp_ports(bmcs)))
+}
+
 /// A Redfish emulator with `systems` systems (node-1..) on `port`.
-pub fn redfish_on(cell: &'static OnceLock<Result<Peer, String>>, systems: u32, port: u16, tls: bool) -> &'static Peer {
+fn redfish_on(cell: &'static OnceLock<Result<Peer, String>>, systems: u32, port: u16, tls: bool) -> &'static Peer {
     let (count, text) = (systems.to_string(), port.to_string());
     let env: &[(&str, &str)] = if tls { &[("TLS", "1")] } else { &[] };
     let (pid_file, dir) = (format!("redfish-{port}.pid"), format!("redfish-{port}"));
@@ -126,7 +160,7 @@ pub fn redfish_on(cell: &'static OnceLock<Result<Peer, String>>, systems: u32, p
 }
 
 /// `bmcs` simulated IPMI BMCs on ports from `first`.
-pub fn ipmi_from(cell: &'static OnceLock<Result<Peer, String>>, bmcs: u16, first: u16) -> &'static Peer {
+fn ipmi_from(cell: &'static OnceLock<Result<Peer, String>>, bmcs: u16, first: u16) -> &'static Peer {
     let (count, text) = (bmcs.to_string(), first.to_string());
     let pid_file = format!("ipmi-{first}.pid");
     once(

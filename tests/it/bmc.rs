@@ -403,7 +403,8 @@ fn redfish_faults_are_named_and_the_daemon_keeps_serving_other_nodes() {
     let peer = peers::redfish();
     let bmc = Responder::start(scripted_bmc);
     let hung = Responder::start(|_, _| Answer::Never);
-    let refused = format!("http://127.0.0.1:{}", peers::closed_tcp_port());
+    let closed = peers::closed_tcp_port();
+    let refused = format!("http://127.0.0.1:{}", closed.port());
     let site = Site::start(2);
     let secrets =
         ["wr0ng-Secret-rf-4711", "S3cret-refused-rf", "S3cret-500-get-rf", "S3cret-500-post-rf", "S3cret-hung-rf"];
@@ -743,7 +744,8 @@ fn power_sync_follows_the_emulator_and_a_dead_bmc_goes_to_maintenance_and_back()
     assert_eq!(site.node("rf6")["power_state"], "power off");
 
     // The BMC goes away: three failed reads put the node in maintenance.
-    let dead = format!("http://127.0.0.1:{}", peers::closed_tcp_port());
+    let closed = peers::closed_tcp_port();
+    let dead = format!("http://127.0.0.1:{}", closed.port());
     site.ok(&["node", "set", "rf6", "--driver-info", &format!("address={dead}")]);
     let status = site.run(&["node", "power", "status", "rf6"], 1);
     assert_driver_error(&status[0], "rf6", "cannot reach");

@@ -6,9 +6,9 @@
 //! demand.
 //!
 //! Each is started once per test binary by `tests/common/peer_start.rs`
-//! (shared with the driver tests), on ports of its own (Redfish 8111 and
-//! 8141, IPMI 9711-9715, sshd 2230) so that this binary and the driver
-//! tests can run at the same time.
+//! (shared with the driver tests), on a free port found at start, so that
+//! this binary, the driver tests and a second checkout's tests can run at
+//! the same time on one machine.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -29,8 +29,6 @@ pub use peer_start::Peer;
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "password";
 
-pub const REDFISH_PORT: u16 = 8111;
-pub const IPMI_FIRST_PORT: u16 = 9711;
 pub const IPMI_BMCS: u16 = 5;
 
 impl Peer {
@@ -79,14 +77,14 @@ pub fn ipmitool(port: u16, args: &[&str]) -> String {
 /// changes a system has one of its own.
 pub fn redfish() -> &'static Peer {
     static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
-    peer_start::redfish_on(&PEER, 6, REDFISH_PORT, false)
+    peer_start::redfish(&PEER, 6, false)
 }
 
-/// `IPMI_BMCS` simulated IPMI BMCs from `IPMI_FIRST_PORT` (`port` is the
-/// first): each test that changes a BMC has one of its own.
+/// `IPMI_BMCS` simulated IPMI BMCs on consecutive free ports (`port` is
+/// the first): each test that changes a BMC has one of its own.
 pub fn ipmi() -> &'static Peer {
     static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
-    peer_start::ipmi_from(&PEER, IPMI_BMCS, IPMI_FIRST_PORT)
+    peer_start::ipmi(&PEER, IPMI_BMCS)
 }
 
 // ----- misbehaving peers -----------------------------------------------------
@@ -211,9 +209,50 @@ fn read_request(sock: &mut TcpStream) -> Option<Request> {
 }
 
 /// A loopback TCP port with nothing listening on it (connection refused).
-pub fn closed_tcp_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("its address").port()
+pub fn closed_tcp_port() -> ClosedTcpPort {
+    ClosedTcpPort::hold()
+}
+
+/// A loopback TCP port that refuses connections for as long as this is
+/// held: a socket bound to it that does not listen, so the kernel answers
+/// a connection with a reset and no other program can take the port (a
+/// port merely assumed closed, such as 9, may be open on another machine).
+pub struct ClosedTcpPort {
+    fd: libc::c_int,
+    port: u16,
+}
+
+impl ClosedTcpPort {
+    pub fn hold() -> ClosedTcpPort {
+        // SAFETY: plain socket calls on a socket this function owns; the
+        // address structs are initialised before use.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let bound = libc::bind(fd, &addr as *const libc::sockaddr_in as *const libc::sockaddr, len);
+            assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut got: libc::sockaddr_in = std::mem::zeroed();
+            let mut got_len = len;
+            let named = libc::getsockname(fd, &mut got as *mut libc::sockaddr_in as *mut libc::sockaddr, &mut got_len);
+            assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
+            ClosedTcpPort { fd, port: u16::from_be(got.sin_port) }
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for ClosedTcpPort {
+    fn drop(&mut self) {
+        // SAFETY: closing the socket this value owns, once.
+        unsafe { libc::close(self.fd) };
+    }
 }
 
 /// A loopback UDP socket that receives and never answers: an IPMI BMC that
@@ -228,20 +267,21 @@ pub fn closed_udp_port() -> u16 {
     s.local_addr().expect("its address").port()
 }
 
-/// The port of the private sshd that stands for nodes at 127.0.0.2..5.
-pub const SSHD_PORT: u16 = 2230;
-
 /// A private OpenSSH server on loopback, its nodes at 127.0.0.2..127.0.0.5
 /// (key-based login as the current user; the client key is `dir/client_key`).
 pub fn sshd() -> &'static Peer {
     static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
-    let port = SSHD_PORT.to_string();
+    if let Some(Ok(peer)) = PEER.get() {
+        return peer;
+    }
+    let free = peer_start::free_tcp_port();
+    let port = free.to_string();
     let how = peer_start::Start {
         script: "sshd.sh",
         args: &["4", &port],
         env: &[],
         pid_file: "sshd/sshd.pid",
-        port: SSHD_PORT,
+        port: free,
         dir: "sshd",
     };
     peer_start::once(&PEER, how)
@@ -258,12 +298,9 @@ impl Peer {
     }
 }
 
-/// The port of the Redfish emulator the fault tests put proxies in front of
+/// A Redfish emulator with four systems, node-1..node-4, for the fault tests
 /// (its own, so that no other test's power changes meet theirs).
-pub const FAULTS_REDFISH_PORT: u16 = 8141;
-
-/// A Redfish emulator with four systems, node-1..node-4, for the fault tests.
 pub fn redfish_for_faults() -> &'static Peer {
     static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
-    peer_start::redfish_on(&PEER, 4, FAULTS_REDFISH_PORT, false)
+    peer_start::redfish(&PEER, 4, false)
 }

@@ -34,10 +34,17 @@ fn a_bmc_password_never_shows_in_logs_output_events_job_logs_or_errors() {
         Site::start_with(1, &["--log-format", "json", "--power-sync-interval", "1", "--max-running-jobs", "4"]);
     let rf401 = Responder::start(unauthorized);
     let closed_tcp = peers::closed_tcp_port();
+    let closed_tcp_port = closed_tcp.port();
     let closed_udp = peers::closed_udp_port();
 
     site.ipmi("sec-ipmi", closed_udp, SECRET, &["timeout=2"]);
-    site.redfish("sec-rf", &format!("http://127.0.0.1:{closed_tcp}"), "/redfish/v1/Systems/1", SECRET, &["timeout=2"]);
+    site.redfish(
+        "sec-rf",
+        &format!("http://127.0.0.1:{closed_tcp_port}"),
+        "/redfish/v1/Systems/1",
+        SECRET,
+        &["timeout=2"],
+    );
     site.redfish("sec-rf401", &rf401.url(), "/redfish/v1/Systems/1", SECRET, &["timeout=2", "auth_method=basic"]);
     site.create("sec-fake", "fake", "10.0.0.9", SECRET, &[]);
     let bad = "sec-ipmi,sec-rf,sec-rf401";

@@ -6,7 +6,7 @@ use kiln_drivers::ipmi::IpmiBmc;
 use kiln_drivers::{Bmc, Boot, DriverError, Power, PowerAction};
 
 use crate::info;
-use crate::peers::{self, IPMI_BMCS, IPMI_FIRST_PORT};
+use crate::peers::{self, IPMI_BMCS};
 
 /// A driver for simulated BMC number `i` (0-based), with extra `driver_info`.
 fn bmc(i: u16, extra: &[(&str, &str)]) -> IpmiBmc {
@@ -102,7 +102,7 @@ async fn nothing_listening_is_unreachable_within_the_timeout() {
     // No simulator on this port; ipmitool gives up by itself (-R 1 -N 1).
     // (The simulators' start is what installs ipmitool on a fresh machine.)
     peers::ipmi();
-    let port = (IPMI_FIRST_PORT + IPMI_BMCS + 50).to_string();
+    let port = peers::closed_udp_port().to_string();
     let info = info(&[("address", "127.0.0.1"), ("port", &port), ("password", "password"), ("timeout", "5")]);
     let bmc = IpmiBmc::from_info(&info).unwrap();
     let started = Instant::now();
@@ -115,7 +115,9 @@ async fn nothing_listening_is_unreachable_within_the_timeout() {
 async fn a_run_longer_than_the_timeout_is_killed() {
     // ipmitool would take about 2 s to give up on this silent port.
     peers::ipmi();
-    let port = (IPMI_FIRST_PORT + IPMI_BMCS + 51).to_string();
+    // Bound and never read: a BMC that has hung.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
     let info = info(&[("address", "127.0.0.1"), ("port", &port), ("timeout", "0.5")]);
     let bmc = IpmiBmc::from_info(&info).unwrap();
     let started = Instant::now();
