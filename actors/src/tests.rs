@@ -116,14 +116,22 @@ fn a_shutdown_fails_work_that_outlives_its_grace_as_the_restart_rule_would() {
             Opcode::Node { nodes: "demo1".into(), op: Op::Verb(Verb::Deploy), fanout: None },
             Opcode::Sleep { seconds: 0.0 },
         ];
+        // Waits for the deploy's start event, not by polling the node.
+        let (tx, mut events) = tokio::sync::mpsc::channel(64);
+        let filter = crate::events::EventFilter::default();
+        site.events.send(crate::events::SubscribeChannel { tx, backlog: false, filter }).await.unwrap();
         let job = site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap().provision_state
-            != ProvisionState::Deploying
-        {
-            assert!(tokio::time::Instant::now() < deadline, "the deploy never started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let started = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let e = events.recv().await.expect("the event bus is running");
+                if e.node_name == "demo1" && e.kind == crate::events::EventKind::Start && e.action == "deploy" {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the deploy never started");
+        assert_eq!(started.provision_state, ProvisionState::Deploying);
 
         let report = shutdown::shutdown(&site, Duration::from_millis(100), std::future::pending()).await;
         assert_eq!((report.running_jobs, report.busy_nodes), (1, 1), "{report:?}");

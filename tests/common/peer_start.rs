@@ -41,6 +41,26 @@ impl Peer {
             .unwrap_or_else(|| panic!("no node-{i} in the emulator"));
         format!("/redfish/v1/Systems/{uuid}")
     }
+
+    /// The emulator's `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The ComputerSystem resource `node-<i>` as the emulator shows it,
+    /// read with `curl` (as `admin`/`password`, which the script sets), not
+    /// with kiln.
+    pub fn system(&self, i: usize) -> serde_json::Value {
+        let url = format!("{}{}", self.url(), self.system_id(i));
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "20", "-u", "admin:password", &url])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{url} is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
 }
 
 /// How to start one peer: `scripts/peers/<script> start <args>` with `env`,

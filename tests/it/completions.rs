@@ -44,6 +44,12 @@ fn bash_completes_commands_and_subcommands() {
     assert_eq!(bash_completes(&["kiln", "no"]), ["node", "nodeset"]);
     assert_eq!(bash_completes(&["kiln", "node", "po"]), ["power"]);
     assert!(bash_completes(&["kiln", "serve", "--check"]).contains(&"--check-config".to_string()));
+    // Options of subcommands, new ones included, complete from the same
+    // definition the parser uses.
+    assert_eq!(bash_completes(&["kiln", "events", "--si"]), ["--since"]);
+    assert_eq!(bash_completes(&["kiln", "exec", "--json-l"]), ["--json-lines"]);
+    assert_eq!(bash_completes(&["kiln", "rc"]), ["rcopy"]);
+    assert_eq!(bash_completes(&["kiln", "node", "power", "so"]), ["soft-off"]);
 }
 
 #[test]

@@ -18,8 +18,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde_json::Value;
-
 #[path = "../common/peer_start.rs"]
 mod peer_start;
 
@@ -30,27 +28,6 @@ pub const USER: &str = "admin";
 pub const PASSWORD: &str = "password";
 
 pub const IPMI_BMCS: u16 = 5;
-
-impl Peer {
-    /// The emulator's `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The ComputerSystem resource `node-<i>` as the emulator shows it,
-    /// read with `curl`, not with kiln.
-    pub fn system(&self, i: usize) -> Value {
-        let url = format!("{}{}", self.url(), self.system_id(i));
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "20", "-u", &format!("{USER}:{PASSWORD}"), &url])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run curl");
-        assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{url} is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-    }
-}
 
 /// Runs `ipmitool` against simulated BMC `port` (not through kiln) and
 /// returns its output; panics if it fails.
