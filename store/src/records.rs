@@ -325,15 +325,14 @@ pub struct HistoryEntry {
 
 /// One event of the site's event stream, as the store keeps it so that its
 /// serial survives a restart and a consumer can replay what it missed. The
-/// store does not know the event's shape: `body` is its JSON, written and
-/// read by the actors.
+/// store does not know the event's shape: `body` is its encoding, written
+/// and read by the actors (compact: a busy site writes an event for every
+/// start and end of every operation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventRecord {
     /// Site-wide, increasing, never reused.
     pub serial: u64,
-    pub at: Timestamp,
-    pub node: NodeId,
-    pub body: String,
+    pub body: Vec<u8>,
 }
 
 /// Parses and normalises a MAC address (`AA-bb:cc...` forms) to lower-case,

@@ -178,9 +178,7 @@ pub const MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE events (
         serial INTEGER PRIMARY KEY NOT NULL,
-        at     TEXT NOT NULL,
-        node   TEXT NOT NULL,
-        body   TEXT NOT NULL             -- JSON, the actors' event
+        body   BLOB NOT NULL             -- the actors' encoding of the event
     ) STRICT;
     ",
 ];
@@ -471,9 +469,8 @@ impl Backend for SqliteBackend {
     }
 
     fn load_events(&mut self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT serial, at, node, body FROM events WHERE serial > ?1 ORDER BY serial LIMIT ?2")?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT serial, body FROM events WHERE serial > ?1 ORDER BY serial LIMIT ?2")?;
         let (after, limit) = (i64::try_from(after).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(i64::MAX));
         let mut rows = stmt.query(params![after, limit])?;
         let mut events = Vec::new();
@@ -531,14 +528,14 @@ fn apply(held: &mut Held<'_>, write: &Write) -> Result<(), StoreError> {
 
 fn append_event(held: &mut Held<'_>, event: &EventRecord) -> Result<(), StoreError> {
     let serial = i64::try_from(event.serial).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    held.get("INSERT INTO events (serial, at, node, body) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![serial, timestamp_text(event.at), event.node.to_string(), event.body])
-        .map_err(|e| match e {
+    held.get("INSERT INTO events (serial, body) VALUES (?1, ?2)")?.execute(params![serial, event.body]).map_err(
+        |e| match e {
             rusqlite::Error::SqliteFailure(f, _) if f.code == ffi::ErrorCode::ConstraintViolation => {
                 StoreError::Conflict(format!("event serial {} is taken", event.serial))
             }
             other => StoreError::Sqlite(other),
-        })?;
+        },
+    )?;
     Ok(())
 }
 
@@ -831,9 +828,7 @@ fn event_from_row(row: &Row<'_>) -> Result<EventRecord, StoreError> {
     Ok(EventRecord {
         serial: u64::try_from(serial)
             .map_err(|_| StoreError::Corrupt(format!("events: serial {serial} is negative")))?,
-        at: f.timestamp(1, "at")?,
-        node: f.parsed(2, "node")?,
-        body: f.raw(3, "body")?,
+        body: f.raw(1, "body")?,
     })
 }
 
