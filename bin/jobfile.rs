@@ -130,7 +130,7 @@ fn opcode(f: &OpFile) -> anyhow::Result<Opcode> {
     let op = match f.op.as_str() {
         "power" => {
             let action = f.action.as_deref().context("power needs `action` (on, off, reboot, soft-off)")?;
-            Op::Power(parse_power_action(action).map_err(anyhow::Error::msg)?)
+            Op::Power(parse_power_action(action)?)
         }
         "boot-device" => {
             let device = f.device.as_deref().context("boot-device needs `device`")?;

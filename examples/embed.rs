@@ -111,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let list = ListNodes { state: Some(kiln_store::ProvisionState::Active), ..Default::default() };
                     match supervisor.send(list).await {
                         Ok(Ok(nodes)) => Ok(format!("{} nodes active", nodes.len())),
-                        Ok(Err(e)) => Err(e.to_string()),
+                        Ok(Err(e)) => Err(e.into()),
                         Err(_) => Err("the supervisor stopped".into()),
                     }
                 })

@@ -76,15 +76,4 @@ impl From<kiln_store::StoreError> for KilnError {
     }
 }
 
-/// An error and its sources, joined with ": ", for messages that cross the
-/// socket (where the chain cannot travel as types).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use kiln_store::error::error_chain;

@@ -157,13 +157,15 @@ impl fmt::Display for Verb {
     }
 }
 
+/// A word that names no operator verb.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown verb '{0}' (expected one of: {list})", list = Verb::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "))]
+pub struct UnknownVerb(pub String);
+
 impl FromStr for Verb {
-    type Err = String;
+    type Err = UnknownVerb;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Verb::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = Verb::ALL.iter().map(|v| v.as_str()).collect();
-            format!("unknown verb '{s}' (expected one of: {})", names.join(", "))
-        })
+        Verb::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| UnknownVerb(s.to_string()))
     }
 }
 
@@ -450,7 +452,7 @@ mod tests {
     #[test]
     fn verbs_parse_and_map_to_events() {
         assert_eq!("undeploy".parse::<Verb>().unwrap().event(), Event::Delete);
-        assert!("explode".parse::<Verb>().unwrap_err().contains("expected one of"));
+        assert!("explode".parse::<Verb>().unwrap_err().to_string().contains("expected one of"));
         for v in Verb::ALL {
             assert_eq!(v.as_str().parse::<Verb>().unwrap(), *v);
         }

@@ -16,7 +16,7 @@ use kiln_store::StoreHandle;
 use crate::jobs::{ArchiveOld, JobQueue};
 use crate::metrics::{Metrics, SyncResult};
 use crate::node::upkeep::{ExpireWait, RecoverPowerFailure, SyncOutcome, SyncPower};
-use crate::scheduler::PeriodicTask;
+use crate::scheduler::{PeriodicTask, TaskResult};
 use crate::supervisor::{Router, send_to_node};
 
 /// The names of the built-in tasks, in the order they are registered.
@@ -61,7 +61,7 @@ impl PeriodicConfig {
     fn task<F, Fut>(&self, name: &str, interval: Duration, f: F) -> PeriodicTask
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Result<String, String>> + Send + 'static,
+        Fut: std::future::Future<Output = TaskResult> + Send + 'static,
     {
         let own = self.tasks.get(name).cloned().unwrap_or_default();
         let (spacing, by_interval) = match own.interval {
@@ -100,16 +100,12 @@ impl Default for PeriodicConfig {
 }
 
 /// One power sync cycle over every node.
-pub async fn power_sync(router: Router, cfg: PeriodicConfig) -> Result<String, String> {
+pub async fn power_sync(router: Router, cfg: PeriodicConfig) -> TaskResult {
     power_sync_counted(router, cfg, None).await
 }
 
 /// [`power_sync`], counting the cycle's duration and findings in `metrics`.
-pub async fn power_sync_counted(
-    router: Router,
-    cfg: PeriodicConfig,
-    metrics: Option<Arc<Metrics>>,
-) -> Result<String, String> {
+pub async fn power_sync_counted(router: Router, cfg: PeriodicConfig, metrics: Option<Arc<Metrics>>) -> TaskResult {
     let began = std::time::Instant::now();
     let nodes = router.registry.all();
     let total = nodes.len();
@@ -206,7 +202,7 @@ pub fn builtin(
             async move {
                 match jobs.send(ArchiveOld { age }).await {
                     Ok(Ok(n)) => Ok(format!("{n} jobs archived")),
-                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Err(e)) => Err(e.into()),
                     Err(_) => Err("the job queue is not running".into()),
                 }
             }

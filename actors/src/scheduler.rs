@@ -21,9 +21,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::KilnError;
 
-/// What a periodic task runs: a future that ends with a one-line summary or
-/// an error.
-pub type TaskFn = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+/// Why a run of a periodic task failed, in the task's words (shown by
+/// `kiln periodic list` and logged; the scheduler goes on either way).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TaskFailed(pub String);
+
+impl From<String> for TaskFailed {
+    fn from(why: String) -> Self {
+        TaskFailed(why)
+    }
+}
+
+impl From<&str> for TaskFailed {
+    fn from(why: &str) -> Self {
+        TaskFailed(why.to_string())
+    }
+}
+
+impl From<KilnError> for TaskFailed {
+    fn from(e: KilnError) -> Self {
+        TaskFailed(crate::error::error_chain(&e))
+    }
+}
+
+/// How a run of a periodic task ends: a one-line summary, or why it failed.
+pub type TaskResult = Result<String, TaskFailed>;
+
+/// What a periodic task runs: a future that ends with a [`TaskResult`].
+pub type TaskFn = Arc<dyn Fn() -> BoxFuture<'static, TaskResult> + Send + Sync>;
 
 /// A task to register.
 #[derive(Clone)]
@@ -197,7 +223,7 @@ impl Scheduler {
         ctx.spawn(running.into_actor(self).map(move |joined, act, ctx| {
             let outcome = match joined {
                 Ok(r) => r,
-                Err(e) => Err(format!("panicked: {}", crate::driver::panic_text(e))),
+                Err(e) => Err(TaskFailed(format!("panicked: {}", crate::driver::panic_text(e)))),
             };
             let info = &mut act.info[i];
             info.running = false;
@@ -212,7 +238,7 @@ impl Scheduler {
                 Err(e) => {
                     tracing::warn!(task = %name, error = %e, "periodic task failed");
                     info.failures += 1;
-                    info.last_error = Some(e);
+                    info.last_error = Some(e.0);
                 }
             }
             let done = info.clone();
@@ -391,12 +417,7 @@ mod tests {
         assert_eq!(s.next_wake(), Some(t0 + TICK));
     }
 
-    fn counting(
-        name: &str,
-        spacing: u64,
-        counter: Arc<AtomicU32>,
-        outcome: fn(u32) -> Result<String, String>,
-    ) -> PeriodicTask {
+    fn counting(name: &str, spacing: u64, counter: Arc<AtomicU32>, outcome: fn(u32) -> TaskResult) -> PeriodicTask {
         PeriodicTask {
             name: name.into(),
             spacing: Duration::from_secs(spacing),

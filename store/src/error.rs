@@ -49,3 +49,17 @@ pub enum StoreError {
     #[error("the store is closed")]
     Closed,
 }
+
+/// An error and its sources, as one line ("database error: disk I/O
+/// error"), for messages that cross a thread or the admin socket, where the
+/// chain cannot travel as types. The one such function of the workspace.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

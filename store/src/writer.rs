@@ -46,6 +46,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use crate::error::error_chain;
 use crate::sqlite::SqliteBackend;
 use crate::stats::{StatsCells, StoreStats};
 use crate::syncer::{Answer, Syncer};
@@ -297,16 +298,4 @@ fn commit_group(backend: &mut dyn Backend, group: &mut Group, syncer: Option<&Sy
     for (reply, batch) in replies.drain(..).zip(batches.drain(..)) {
         let _ = reply.send((Err(StoreError::CommitFailed(failure.clone())), batch));
     }
-}
-
-/// An error and its sources, as one line: "database error: disk I/O error".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

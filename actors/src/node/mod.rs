@@ -74,14 +74,19 @@ pub fn power_action_name(a: PowerAction) -> &'static str {
     }
 }
 
+/// A word that names no power action.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown power action '{0}' (expected on, off, soft-off, reboot)")]
+pub struct UnknownPowerAction(pub String);
+
 /// Parses the CLI's name for a power action.
-pub fn parse_power_action(s: &str) -> Result<PowerAction, String> {
+pub fn parse_power_action(s: &str) -> Result<PowerAction, UnknownPowerAction> {
     match s {
         "on" => Ok(PowerAction::On),
         "off" => Ok(PowerAction::Off),
         "soft-off" => Ok(PowerAction::SoftOff),
         "reboot" => Ok(PowerAction::Reboot),
-        _ => Err(format!("unknown power action '{s}' (expected on, off, soft-off, reboot)")),
+        _ => Err(UnknownPowerAction(s.to_string())),
     }
 }
 
