@@ -103,8 +103,9 @@ pub struct Publish(pub NodeEvent);
 pub struct Subscribe(pub Recipient<NodeEvent>);
 
 /// Subscribes a channel (an admin connection) to the events `filter` lets
-/// through from now on. A subscriber that falls `capacity` events behind is dropped, and its channel
-/// closes, rather than slowing the site down. With `backlog`, the recent
+/// through from now on. A subscriber that falls behind by the channel's
+/// capacity is dropped, and its channel closes, rather than slowing the
+/// site down. With `backlog`, the recent
 /// events (at most [`RECENT`]) are sent first, with no gap before the live
 /// ones: give the channel room for them. Answers the serial of the last
 /// event delivered before the subscription: every event after it comes on

@@ -100,8 +100,10 @@ pub type Batch = Vec<Write>;
 /// What a store can do. Implementations are used from one thread at a time.
 pub trait Backend: Send + 'static {
     /// Applies every batch in one transaction, each batch all-or-nothing
-    /// within it (a savepoint each). Returns one result per batch, in order:
-    /// a batch that failed changed nothing, the others are committed.
+    /// within it (how is the backend's business: SQLite applies a group
+    /// straight and redoes it batch by batch, each under a savepoint, only
+    /// when a write fails). Returns one result per batch, in order: a batch
+    /// that failed changed nothing, the others are committed.
     ///
     /// The transaction is durable on return, unless the backend gave out a
     /// [`LogSync`] ([`Backend::log_sync`]): then it is durable once a sync
