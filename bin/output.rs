@@ -299,6 +299,11 @@ pub fn gathered(outcomes: &[kiln_actors::exec::ExecOutcome]) {
         groups.entry((text, o.exit_code, o.error.clone())).or_default().push(&o.node);
     }
     for ((text, code, error), nodes) in groups {
+        // Nodes that printed nothing and succeeded have nothing to show
+        // (as `clush -b`): a copy that worked prints nothing at all.
+        if text.is_empty() && code == 0 && error.is_none() {
+            continue;
+        }
         let set = kiln_actors::nodeset::NodeSet::from_names(nodes.iter().copied());
         println!("---------------");
         println!("{} ({})", set.fold(), nodes.len());

@@ -408,6 +408,7 @@ fn copy_takes_directories_with_r_and_rcopy_gathers_from_every_node() {
     assert!(!root.join("on-n1").exists());
     let out = d.cli(&["copy", "-r", "-w", "n[1-2]", "--worker", "exec", tree, &dest]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "a copy that worked prints nothing");
     assert_eq!(std::fs::read_to_string(root.join("on-n2/sub/deep")).unwrap(), "deep\n");
 
     // rcopy: each node's copy as DEST/NAME.node (%h picks each node's source).
