@@ -124,12 +124,6 @@ string_enum!(
     }
 );
 
-impl Default for LogLevel {
-    fn default() -> Self {
-        LogLevel::Info
-    }
-}
-
 /// One timestamped line of a job's log; `serial` counts up from the job's
 /// first line and is what `job watch` resumes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

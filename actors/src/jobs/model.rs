@@ -269,17 +269,16 @@ impl JobView {
     /// Builds the view from a stored record; a body that does not decode is
     /// reported in `error` rather than hidden (see [`JobView::decode`]).
     pub fn from_record(r: &JobRecord, archived: bool) -> Self {
-        match Self::decode(r, archived) {
-            Ok(view) | Err((view, _)) => view,
-        }
+        Self::decode(r, archived).0
     }
 
-    /// Builds the view from a stored record, or says why its body cannot
-    /// be read: then the view has no opcodes and `error` says why. The
+    /// Builds the view from a stored record, and says why its body cannot
+    /// be read if it cannot: then the view has no opcodes and `error` says
+    /// why. The
     /// job queue fails such a job instead of running it (a job with no
     /// opcodes would otherwise "succeed"), as Ganeti loads a damaged job
     /// file safely and fails it.
-    pub fn decode(r: &JobRecord, archived: bool) -> Result<Self, (Self, String)> {
+    pub fn decode(r: &JobRecord, archived: bool) -> (Self, Option<String>) {
         let (body, unreadable) = match serde_json::from_str::<JobBody>(&r.body) {
             Ok(body) => (body, None),
             Err(e) => {
@@ -300,10 +299,7 @@ impl JobView {
             error: body.error,
             log: None,
         };
-        match unreadable {
-            None => Ok(view),
-            Some(why) => Err((view, why)),
-        }
+        (view, unreadable)
     }
 
     /// The record the store keeps for this job.

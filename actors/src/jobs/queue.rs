@@ -171,10 +171,7 @@ impl JobQueue {
             q.ended.ended(end.id, end.status, end.ended_at.unwrap_or(now));
         }
         for r in live.unfinished {
-            let (mut view, unreadable) = match JobView::decode(&r, false) {
-                Ok(view) => (view, None),
-                Err((view, why)) => (view, Some(why)),
-            };
+            let (mut view, unreadable) = JobView::decode(&r, false);
             let cut_short = matches!(r.status, JobStatus::Running | JobStatus::Canceling)
                 .then(|| "daemon restarted while running".to_string());
             if let Some(why) = unreadable.or(cut_short) {
@@ -758,6 +755,10 @@ async fn find_archived(
 /// status when admitted), or refused (its id, and why).
 type Stored = Result<(JobId, JobStatus), (JobId, KilnError)>;
 
+/// What became of a submission of several jobs' one insert, and the jobs
+/// it admitted (their ids and statuses when admitted).
+type StoredMany = (Result<(), KilnError>, Vec<(JobId, JobStatus)>);
+
 impl Handler<SubmitJob> for JobQueue {
     type Result = ResponseActFuture<Self, Result<JobId, KilnError>>;
 
@@ -861,7 +862,7 @@ impl Handler<SubmitJobs> for JobQueue {
                     }
                     .into_actor(act)
                 })
-                .map(|res: Result<(Result<(), KilnError>, Vec<(JobId, JobStatus)>), KilnError>, act, ctx| {
+                .map(|res: Result<StoredMany, KilnError>, act, ctx| {
                     let (stored, admitted) = res?;
                     match stored {
                         Ok(()) => {

@@ -142,10 +142,15 @@ fn insert_new(held: &mut Held<'_>, c: &JobColumns<'_>) -> Result<(), StoreError>
 struct LogLine<'a> {
     serial: u64,
     at: Timestamp,
-    #[serde(default)]
+    #[serde(default = "info")]
     level: LogLevel,
     #[serde(borrow)]
     message: std::borrow::Cow<'a, str>,
+}
+
+/// The level of a line stored without one.
+fn info() -> LogLevel {
+    LogLevel::Info
 }
 
 /// The job's log as the `log` column holds it,
