@@ -20,6 +20,13 @@ fn open(path: &Path) -> SqliteBackend {
     SqliteBackend::open(path).unwrap()
 }
 
+/// Makes a file an older kiln wrote (here by hand, with the umask's mode)
+/// private, as kiln keeps its store: a readable one is refused.
+fn private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A queued job with every optional field unset.
 fn job(id: u64) -> JobRecord {
     JobRecord {
@@ -548,6 +555,7 @@ fn a_version_1_file_is_upgraded_with_its_nodes_intact() {
         .unwrap();
         tx.commit().unwrap();
     }
+    private(&path);
     assert_eq!(user_version(&path), 1);
 
     let mut store = open(&path);
@@ -594,6 +602,7 @@ fn a_version_2_file_keeps_its_job_logs_in_the_rows() {
         }
         tx.commit().unwrap();
     }
+    private(&path);
 
     let mut store = open(&path);
     assert_eq!(user_version(&path), 3);
