@@ -331,6 +331,9 @@ pub enum BootDeviceCommand {
         /// At most this many nodes at once.
         #[arg(long, short = 'f')]
         fanout: Option<u32>,
+        /// The job's priority, -20 (first) to 19 (last), like Ganeti's.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+        priority: i32,
     },
 }
 
@@ -343,11 +346,17 @@ pub enum MaintenanceCommand {
         /// Why, for whoever looks next.
         #[arg(long)]
         reason: Option<String>,
+        /// The job's priority, -20 (first) to 19 (last), like Ganeti's.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+        priority: i32,
     },
     /// Take nodes out of maintenance.
     Off {
         /// A node name, a uuid or a node set (`demo[1-64]`).
         nodes: String,
+        /// The job's priority, -20 (first) to 19 (last), like Ganeti's.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+        priority: i32,
     },
 }
 

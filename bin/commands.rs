@@ -632,22 +632,24 @@ fn build_request(command: Command) -> Result<Request, Failure> {
                 PowerCommand::SoftOff(a) => power("soft-off", a)?,
                 PowerCommand::Status { nodes } => Request::PowerStatus { nodes },
             },
-            NodeCommand::BootDevice(BootDeviceCommand::Set { nodes, device, persistent, fanout }) => Request::NodeOp {
-                nodes,
-                op: Op::BootDevice {
-                    device: device.parse::<BootDevice>().map_err(|e| Failure::Usage(e.into()))?,
-                    persistent,
-                },
-                wait: true,
-                fanout,
-                priority: 0,
-            },
+            NodeCommand::BootDevice(BootDeviceCommand::Set { nodes, device, persistent, fanout, priority }) => {
+                Request::NodeOp {
+                    nodes,
+                    op: Op::BootDevice {
+                        device: device.parse::<BootDevice>().map_err(|e| Failure::Usage(e.into()))?,
+                        persistent,
+                    },
+                    wait: true,
+                    fanout,
+                    priority,
+                }
+            }
             NodeCommand::Maintenance(m) => {
-                let (nodes, on, reason) = match m {
-                    MaintenanceCommand::On { nodes, reason } => (nodes, true, reason),
-                    MaintenanceCommand::Off { nodes } => (nodes, false, None),
+                let (nodes, on, reason, priority) = match m {
+                    MaintenanceCommand::On { nodes, reason, priority } => (nodes, true, reason, priority),
+                    MaintenanceCommand::Off { nodes, priority } => (nodes, false, None, priority),
                 };
-                Request::NodeOp { nodes, op: Op::Maintenance { on, reason }, wait: true, fanout: None, priority: 0 }
+                Request::NodeOp { nodes, op: Op::Maintenance { on, reason }, wait: true, fanout: None, priority }
             }
         },
         Command::Port(p) => match p {

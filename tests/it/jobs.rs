@@ -489,6 +489,9 @@ fn a_queued_jobs_priority_changes_durably_and_a_running_or_ended_one_is_refused(
     let out = d.cli(&["node", "provide", "demo1", "--priority", "20"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert_eq!(d.state("demo1"), "manageable");
+    d.json(&["node", "maintenance", "on", "demo2", "--priority", "4"]);
+    let list = d.json(&["job", "list", "-o", "id,priority,summary"]);
+    assert_eq!(list.as_array().unwrap().last().unwrap()["priority"], 4, "{list}");
 }
 
 #[test]

@@ -1336,8 +1336,8 @@ impl Handler<SetJobPriority> for JobQueue {
         let message = (LogLevel::Info, format!("priority changed from {old} to {new}"));
         self.commit_job(id, message, ctx, move |act, _, failure| {
             let Some(job) = act.active.get_mut(&id) else {
-                // Ended meanwhile (canceled): the change was stored before its end.
-                let _ = tx.send(Err(KilnError::InvalidInput(format!("job {id} ended meanwhile"))));
+                // Withdrawn: its insert was refused, so it never was.
+                let _ = tx.send(Err(KilnError::NotFound(format!("no such job: {id}"))));
                 return;
             };
             let answer = match failure {
