@@ -104,13 +104,17 @@ pub fn read(path: &Path) -> anyhow::Result<Submission> {
     parse(&text).with_context(|| format!("{}", path.display()))
 }
 
-/// Parses a job file's text (JSON when it starts with `{` or `[`, else YAML).
+/// Parses a job file's text: JSON when it reads as JSON, else YAML (so a
+/// YAML flow list, `[{ops: ...}]`, is YAML).
 pub fn parse(text: &str) -> anyhow::Result<Submission> {
-    let json = matches!(text.trim_start().chars().next(), Some('{' | '['));
-    let doc: Value = if json {
-        serde_json::from_str(text).context("not a valid JSON job")?
-    } else {
-        serde_yaml::from_str(text).context("not a valid YAML job")?
+    let looks_json = matches!(text.trim_start().chars().next(), Some('{' | '['));
+    let (doc, json): (Value, bool) = match serde_json::from_str(text) {
+        Ok(doc) => (doc, true),
+        Err(e) => match serde_yaml::from_str(text) {
+            Ok(doc) => (doc, false),
+            Err(_) if looks_json => return Err(anyhow::Error::new(e).context("not a valid JSON job")),
+            Err(e) => return Err(anyhow::Error::new(e).context("not a valid YAML job")),
+        },
     };
     match doc {
         Value::Array(jobs) => many(jobs),
@@ -412,6 +416,8 @@ mod tests {
         );
         let same = parse("jobs:\n  - ops: [{op: sleep, seconds: 0}]\n  - ops: [{op: sleep, seconds: 1}]\n").unwrap();
         assert!(matches!(same, Submission::Many(ref j) if j.len() == 2));
+        let flow = parse("[{ops: [{op: sleep, seconds: 0}]}, {ops: [{op: sleep, seconds: 1}]}]").unwrap();
+        assert!(matches!(flow, Submission::Many(ref j) if j.len() == 2), "a YAML flow list");
     }
 
     #[test]
