@@ -414,8 +414,9 @@ pub enum JobCommand {
         #[arg(value_name = "ID")]
         ids: Vec<u64>,
         /// The fields to show, comma-separated, as `gnt-job list -o`:
-        /// id, status, priority, summary, ops, submitted, started, ended,
-        /// depends, error, archived; `+FIELD,...` adds to the default
+        /// id, status, priority, summary, ops (the opcodes as a job file
+        /// writes them), opstatus, submitted, started, ended, depends,
+        /// error, archived; `+FIELD,...` adds to the default
         /// (id,status,priority,submitted,summary).
         #[arg(long, short = 'o', value_name = "FIELDS")]
         output: Option<String>,

@@ -150,6 +150,7 @@ kiln_store::string_enum!(
         Priority => "priority",
         Summary => "summary",
         Ops => "ops",
+        Opstatus => "opstatus",
         Submitted => "submitted",
         Started => "started",
         Ended => "ended",
@@ -190,7 +191,13 @@ impl JobField {
             JobField::Status => j.status.to_string(),
             JobField::Priority => j.priority.to_string(),
             JobField::Summary => j.ops.iter().map(|o| o.opcode.summary()).collect::<Vec<_>>().join("; "),
-            JobField::Ops => j.ops.len().to_string(),
+            JobField::Ops => j
+                .ops
+                .iter()
+                .map(|o| serde_json::to_string(&crate::jobfile::file_opcode(&o.opcode)).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("; "),
+            JobField::Opstatus => j.ops.iter().map(|o| o.status.as_str()).collect::<Vec<_>>().join(","),
             JobField::Submitted => when(&j.submitted_at),
             JobField::Started => when_or_dash(&j.started_at),
             JobField::Ended => when_or_dash(&j.ended_at),
@@ -205,7 +212,10 @@ impl JobField {
     fn value(self, j: &JobView, whole: &Value) -> Value {
         match self {
             JobField::Summary => j.ops.iter().map(|o| Value::from(o.opcode.summary())).collect(),
-            JobField::Ops => j.ops.len().into(),
+            JobField::Ops => {
+                whole["ops"].as_array().map_or(Value::Null, |ops| ops.iter().map(|o| o["opcode"].clone()).collect())
+            }
+            JobField::Opstatus => j.ops.iter().map(|o| Value::from(o.status.as_str())).collect(),
             JobField::Submitted => whole["submitted_at"].clone(),
             JobField::Started => whole["started_at"].clone(),
             JobField::Ended => whole["ended_at"].clone(),

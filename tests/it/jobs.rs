@@ -580,13 +580,19 @@ fn job_list_selects_fields_and_ids_and_a_shown_job_resubmits_its_own_opcodes() {
     assert_eq!(watch(&d, c)["status"], "success");
 
     // Fields, as gnt-job list -o; ids, in the order given.
-    let picked = d.json(&["job", "list", "-o", "id,status,summary,ops", &c.to_string(), &a.to_string()]);
-    assert_eq!(picked[0], serde_json::json!({"id": c, "status": "success", "summary": ["sleep 0"], "ops": 1}));
+    let picked = d.json(&["job", "list", "-o", "id,status,summary,ops,opstatus", &c.to_string(), &a.to_string()]);
+    let sleep = serde_json::json!({"id": c, "status": "success", "summary": ["sleep 0"],
+        "ops": [{"op": "sleep", "seconds": 0.0}], "opstatus": ["success"]});
+    assert_eq!(picked[0], sleep);
     assert_eq!(picked[1]["id"], a);
     assert_eq!(picked[1]["summary"].as_array().unwrap().len(), 7);
+    assert_eq!(picked[1]["ops"], serde_json::json!(opcodes(&job(&d, a))));
     let out = d.cli(&["job", "list", "-o", "id,priority,status", &a.to_string()]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(text, format!("ID  PRIORITY  STATUS\n{a:<2}  3         success\n"), "{text}");
+    let out = d.cli(&["job", "list", "-o", "id,opstatus,ops", &c.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(text, format!("ID  OPSTATUS  OPS\n{c:<2}  success   {{\"op\":\"sleep\",\"seconds\":0.0}}\n"), "{text}");
     let plus = d.json(&["job", "list", "-o", "+ended,error"]);
     let keys: Vec<&String> = plus[0].as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 7, "the default five and two more: {plus}");
@@ -604,7 +610,6 @@ fn job_list_selects_fields_and_ids_and_a_shown_job_resubmits_its_own_opcodes() {
     assert_eq!(copy["status"], "success", "{copy}");
     assert_ne!(copy["id"], a);
     assert_eq!(copy["priority"], 3);
-    let opcodes = |j: &Value| j["ops"].as_array().unwrap().iter().map(|o| o["opcode"].clone()).collect::<Vec<_>>();
     assert_eq!(opcodes(&copy), opcodes(&job(&d, a)));
     assert_eq!(
         opcodes(&copy)[3],
@@ -614,6 +619,11 @@ fn job_list_selects_fields_and_ids_and_a_shown_job_resubmits_its_own_opcodes() {
     let ops_only = write(&d, "ops.json", &serde_json::json!({ "ops": opcodes(&copy) }).to_string());
     let third = d.json(&["job", "submit", &ops_only, "--wait"]);
     assert_eq!(opcodes(&third), opcodes(&copy));
+}
+
+/// A job's opcodes, as `--json` prints them (in the words of a job file).
+fn opcodes(j: &Value) -> Vec<Value> {
+    j["ops"].as_array().unwrap().iter().map(|o| o["opcode"].clone()).collect()
 }
 
 #[test]
