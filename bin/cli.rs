@@ -36,7 +36,7 @@ every key's value and source; docs/config.md lists them. SIGHUP reloads the file
     /// Manage ports.
     #[command(subcommand)]
     Port(PortCommand),
-    /// Jobs: list, show, watch, cancel, archive, submit.
+    /// Jobs: list, show, watch, cancel, priority, archive, autoarchive, submit.
     #[command(subcommand)]
     Job(JobCommand),
     /// The job queue: drain on|off, status.
@@ -122,6 +122,10 @@ pub struct ServeArgs {
     /// At most this many jobs run at once [default: 64].
     #[arg(long, value_name = "N")]
     pub max_running_jobs: Option<usize>,
+    /// At most this many jobs not ended (queued, waiting, running); a
+    /// submission past it is refused [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_queued_jobs: Option<usize>,
     /// Time between power syncs [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub power_sync_interval: Option<String>,
@@ -301,6 +305,9 @@ pub struct VerbArgs {
     /// At most this many nodes at once.
     #[arg(long, short = 'f')]
     pub fanout: Option<u32>,
+    /// The job's priority, -20 (first) to 19 (last), like Ganeti's.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub priority: i32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -335,6 +342,9 @@ pub enum BootDeviceCommand {
         /// At most this many nodes at once.
         #[arg(long, short = 'f')]
         fanout: Option<u32>,
+        /// The job's priority, -20 (first) to 19 (last), like Ganeti's.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+        priority: i32,
     },
 }
 
@@ -347,11 +357,17 @@ pub enum MaintenanceCommand {
         /// Why, for whoever looks next.
         #[arg(long)]
         reason: Option<String>,
+        /// The job's priority, -20 (first) to 19 (last), like Ganeti's.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+        priority: i32,
     },
     /// Take nodes out of maintenance.
     Off {
         /// A node name, a uuid or a node set (`demo[1-64]`).
         nodes: String,
+        /// The job's priority, -20 (first) to 19 (last), like Ganeti's.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+        priority: i32,
     },
 }
 
@@ -421,8 +437,19 @@ pub struct NodesetArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
-    /// List live (not archived) jobs: the newest `--limit` of them, oldest first.
+    /// List live (not archived) jobs: the newest `--limit` of them, oldest
+    /// first; or the jobs given by id (archived ones too).
     List {
+        /// Only these jobs, in this order (`kiln job list 3 5 7`).
+        #[arg(value_name = "ID")]
+        ids: Vec<u64>,
+        /// The fields to show, comma-separated, as `gnt-job list -o`:
+        /// id, status, priority, summary, ops (the opcodes as a job file
+        /// writes them), opstatus, submitted, started, ended, depends,
+        /// error, archived; `+FIELD,...` adds to the default
+        /// (id,status,priority,submitted,summary).
+        #[arg(long, short = 'o', value_name = "FIELDS")]
+        output: Option<String>,
         /// Only jobs in this status (queued, waiting, running, success,
         /// error, canceling, canceled).
         #[arg(long)]
@@ -431,7 +458,7 @@ pub enum JobCommand {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
-    /// Show a job, its opcodes and per-node results.
+    /// Show a job: its opcodes, per-node results and log.
     Show {
         /// The job id.
         id: u64,
@@ -446,13 +473,29 @@ pub enum JobCommand {
         /// The job id.
         id: u64,
     },
+    /// Change a queued or waiting job's priority (-20 first … 19 last).
+    Priority {
+        /// The job id.
+        id: u64,
+        /// The new priority.
+        #[arg(allow_negative_numbers = true)]
+        priority: i32,
+    },
     /// Move an ended job out of the live queue.
     Archive {
         /// The job id.
         id: u64,
     },
+    /// Archive every job that ended more than AGE ago (`1h`, `7d`), or
+    /// every ended job (`all`); says how many.
+    Autoarchive {
+        /// An age (`90s`, `30m`, `1h`, `7d`) or `all`.
+        age: String,
+    },
     /// Submit a job file (JSON or YAML: `ops`, a list of opcodes, with an
-    /// optional `priority` and `depends`).
+    /// optional `priority` and `depends`), or several jobs at once (a list
+    /// of such jobs, or `jobs: [...]`; `depends: [{job: -1}]` names the job
+    /// before), all or nothing.
     Submit {
         /// The job file, e.g. `ops: [{op: sleep, seconds: 1}]`, or the same in JSON.
         file: PathBuf,

@@ -263,15 +263,24 @@ enum Remote {
         wait: bool,
         bulk: bool,
     },
+    /// Submit several jobs at once; with `wait`, follow each to its end.
+    Jobs {
+        request: Request,
+        wait: bool,
+    },
     /// Follow an existing job's log.
     Watch(JobId),
     /// Archive a job and say so.
     Archive(JobId),
+    /// Change a job's priority and say so.
+    Priority(JobId, i32),
     /// List jobs; with a `limit`, ask for one more to tell whether there
-    /// are more, and say so.
+    /// are more, and say so. With `ids`, those jobs.
     JobList {
         status: Option<JobStatus>,
         limit: Option<u32>,
+        ids: Vec<JobId>,
+        fields: Option<Vec<output::JobField>>,
     },
     Events {
         follow: bool,
@@ -393,24 +402,38 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
             let response = call(&mut client, request).await?;
             print_response(response, json)
         }
-        Remote::JobList { status, limit } => {
-            let request = Request::JobList { status, limit: limit.map(|n| n.saturating_add(1)) };
-            match (call(&mut client, request).await?, limit) {
-                (Response::Jobs(mut jobs), Some(limit)) if jobs.len() > limit as usize => {
-                    // Oldest first: the one past the limit is the first.
-                    jobs.drain(..jobs.len() - limit as usize);
-                    eprintln!(
-                        "kiln: the newest {limit} live jobs are listed, and there are more \
-                         (--limit N lists more, --limit 0 every one)"
-                    );
-                    print_response(Response::Jobs(jobs), json)
-                }
-                (response, _) => print_response(response, json),
+        Remote::JobList { status, limit, ids, fields } => {
+            let by_id = !ids.is_empty();
+            let request = Request::JobList { status, limit: limit.map(|n| n.saturating_add(1)), ids };
+            let mut jobs = match call(&mut client, request).await? {
+                Response::Jobs(jobs) => jobs,
+                other => return Err(unexpected(other)),
+            };
+            if let Some(limit) = limit.filter(|l| !by_id && jobs.len() > *l as usize) {
+                // Oldest first: the one past the limit is the first.
+                jobs.drain(..jobs.len() - limit as usize);
+                eprintln!(
+                    "kiln: the newest {limit} live jobs are listed, and there are more \
+                     (--limit N lists more, --limit 0 every one)"
+                );
             }
+            if json {
+                output::json(&output::jobs_value(&jobs, fields.as_deref()));
+            } else {
+                output::jobs(&jobs, fields.as_deref().unwrap_or(output::DEFAULT_JOB_FIELDS));
+            }
+            Ok(())
         }
         Remote::Archive(id) => match call(&mut client, Request::JobArchive { id }).await? {
             Response::Done if !json => {
                 println!("job {id} archived");
+                Ok(())
+            }
+            response => print_response(response, json),
+        },
+        Remote::Priority(id, priority) => match call(&mut client, Request::JobPriority { id, priority }).await? {
+            Response::Job(job) if !json => {
+                println!("job {id} {}: priority {}", job.status, job.priority);
                 Ok(())
             }
             response => print_response(response, json),
@@ -420,11 +443,46 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
         }
         Remote::Fanout { request, print } => fanout(&mut client, request, print).await,
         Remote::Watch(id) => {
-            let job = follow_job(&mut client, id, !json, false).await?;
+            let log = if json { LogOut::JsonLines } else { LogOut::Text };
+            let job = follow_job(&mut client, id, log, false).await?;
             if json {
-                output::json(&job);
+                // The last line of the stream: the job as it ended.
+                output::json_line(&output::job_value(&job));
             }
             job_exit(&job)
+        }
+        Remote::Jobs { request, wait } => {
+            let ids = match call(&mut client, request).await? {
+                Response::JobsSubmitted(ids) => ids,
+                other => return Err(unexpected(other)),
+            };
+            if !wait {
+                if json {
+                    output::json(&serde_json::json!({ "jobs": ids }));
+                } else {
+                    let list: Vec<String> = ids.iter().map(JobId::to_string).collect();
+                    println!("jobs {} submitted; follow one with `kiln job watch ID`", list.join(", "));
+                }
+                return Ok(());
+            }
+            let mut ended = Vec::with_capacity(ids.len());
+            for id in ids {
+                ended.push(follow_job(&mut client, id, LogOut::None, false).await?);
+            }
+            if json {
+                output::json(&ended.iter().map(output::job_value).collect::<Vec<_>>());
+            } else {
+                for (i, job) in ended.iter().enumerate() {
+                    if i > 0 {
+                        println!();
+                    }
+                    output::job(job);
+                }
+            }
+            match ended.iter().all(|j| j.status == JobStatus::Success) {
+                true => Ok(()),
+                false => Err(Failure::Partial),
+            }
         }
         Remote::Job { request, wait, bulk } => {
             let id = match call(&mut client, request).await? {
@@ -439,7 +497,7 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
                 }
                 return Ok(());
             }
-            let job = follow_job(&mut client, id, false, !json).await?;
+            let job = follow_job(&mut client, id, LogOut::None, !json).await?;
             if bulk {
                 let results: Vec<NodeResult> = job.ops.iter().flat_map(|o| o.results.clone()).collect();
                 print_results(&results, json);
@@ -447,7 +505,7 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
                     return Err(Failure::Refused(KilnError::InvalidInput(format!("job {id}: {e}"))));
                 }
             } else if json {
-                output::json(&job);
+                output::json(&output::job_value(&job));
             } else {
                 output::job(&job);
             }
@@ -458,19 +516,57 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
 
 fn job_plan(j: JobCommand) -> Result<Remote, Failure> {
     Ok(match j {
-        JobCommand::List { status, limit } => Remote::JobList {
-            status: status.map(|s| s.parse::<JobStatus>()).transpose().map_err(|e| Failure::Usage(e.into()))?,
-            limit: (limit > 0).then_some(limit),
-        },
+        JobCommand::List { ids, output, status, limit } => {
+            if !ids.is_empty() && status.is_some() {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "give job ids or --status, not both (ids list those jobs whatever their status)"
+                )));
+            }
+            Remote::JobList {
+                status: status.map(|s| s.parse::<JobStatus>()).transpose().map_err(|e| Failure::Usage(e.into()))?,
+                limit: (limit > 0).then_some(limit),
+                ids: ids.into_iter().map(JobId).collect(),
+                fields: output.as_deref().map(output::job_fields).transpose().map_err(Failure::Usage)?,
+            }
+        }
         JobCommand::Show { id } => Remote::Once(Request::JobShow { id: JobId(id) }),
         JobCommand::Watch { id } => Remote::Watch(JobId(id)),
         JobCommand::Cancel { id } => Remote::Once(Request::JobCancel { id: JobId(id) }),
-        JobCommand::Archive { id } => Remote::Archive(JobId(id)),
-        JobCommand::Submit { file, wait } => {
-            let (ops, priority, depends) = crate::jobfile::read(&file).map_err(Failure::Usage)?;
-            Remote::Job { request: Request::JobSubmit { ops, priority, depends }, wait, bulk: false }
+        JobCommand::Priority { id, priority } => {
+            if !(-20..=19).contains(&priority) {
+                return Err(Failure::Usage(anyhow::anyhow!("priority {priority} is out of range -20..19")));
+            }
+            Remote::Priority(JobId(id), priority)
         }
+        JobCommand::Archive { id } => Remote::Archive(JobId(id)),
+        JobCommand::Autoarchive { age } => {
+            let older_than = match age.trim() {
+                "all" => std::time::Duration::ZERO,
+                text => {
+                    crate::layered::Seconds::parse(text)
+                        .map_err(|e| Failure::Usage(anyhow::anyhow!("{e}; or `all` for every ended job")))?
+                        .0
+                }
+            };
+            Remote::Once(Request::JobAutoArchive { older_than })
+        }
+        JobCommand::Submit { file, wait } => match crate::jobfile::read(&file).map_err(Failure::Usage)? {
+            crate::jobfile::Submission::One { ops, priority, depends } => {
+                Remote::Job { request: Request::JobSubmit { ops, priority, depends }, wait, bulk: false }
+            }
+            crate::jobfile::Submission::Many(jobs) => Remote::Jobs { request: Request::JobSubmitMany { jobs }, wait },
+        },
     })
+}
+
+/// Where [`follow_job`] prints the job's log lines as they come.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogOut {
+    None,
+    /// `TIME [LEVEL: ]MESSAGE`, for people.
+    Text,
+    /// One JSON object per line, for scripts.
+    JsonLines,
 }
 
 /// Runs a fanout command and prints it as `print` says; its exit code is
@@ -610,9 +706,9 @@ fn job_exit(job: &JobView) -> Result<(), Failure> {
 }
 
 /// Follows a job with the long poll until it ends; prints its log lines
-/// (`print_log`) or a progress bar on a terminal (`progress`). Returns the
-/// job as it ended.
-async fn follow_job(client: &mut Client, id: JobId, print_log: bool, progress: bool) -> Result<JobView, Failure> {
+/// (`log`) or a progress bar on a terminal (`progress`). Returns the job as
+/// it ended.
+async fn follow_job(client: &mut Client, id: JobId, log: LogOut, progress: bool) -> Result<JobView, Failure> {
     let bar = (progress && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -630,8 +726,10 @@ async fn follow_job(client: &mut Client, id: JobId, print_log: bool, progress: b
         };
         for entry in &change.log {
             after = after.max(entry.serial);
-            if print_log {
-                println!("{} {}", output::when(&entry.at), entry.message);
+            match log {
+                LogOut::None => {}
+                LogOut::Text => println!("{}", output::log_line(entry)),
+                LogOut::JsonLines => output::json_line(entry),
             }
         }
         if let (Some(bar), Some((done, total))) = (&bar, change.progress) {
@@ -651,14 +749,20 @@ async fn follow_job(client: &mut Client, id: JobId, print_log: bool, progress: b
 }
 
 fn build_request(command: Command) -> Result<Request, Failure> {
-    let verb =
-        |v: Verb, a: VerbArgs| Request::NodeOp { nodes: a.nodes, op: Op::Verb(v), wait: a.wait, fanout: a.fanout };
+    let verb = |v: Verb, a: VerbArgs| Request::NodeOp {
+        nodes: a.nodes,
+        op: Op::Verb(v),
+        wait: a.wait,
+        fanout: a.fanout,
+        priority: a.priority,
+    };
     let power = |action: &str, a: VerbArgs| -> Result<Request, Failure> {
         Ok(Request::NodeOp {
             nodes: a.nodes,
             op: Op::Power(parse_power_action(action).map_err(|e| Failure::Usage(anyhow::anyhow!(e)))?),
             wait: a.wait,
             fanout: a.fanout,
+            priority: a.priority,
         })
     };
     Ok(match command {
@@ -751,21 +855,24 @@ fn build_request(command: Command) -> Result<Request, Failure> {
                 PowerCommand::SoftOff(a) => power("soft-off", a)?,
                 PowerCommand::Status { nodes } => Request::PowerStatus { nodes },
             },
-            NodeCommand::BootDevice(BootDeviceCommand::Set { nodes, device, persistent, fanout }) => Request::NodeOp {
-                nodes,
-                op: Op::BootDevice {
-                    device: device.parse::<BootDevice>().map_err(|e| Failure::Usage(e.into()))?,
-                    persistent,
-                },
-                wait: true,
-                fanout,
-            },
+            NodeCommand::BootDevice(BootDeviceCommand::Set { nodes, device, persistent, fanout, priority }) => {
+                Request::NodeOp {
+                    nodes,
+                    op: Op::BootDevice {
+                        device: device.parse::<BootDevice>().map_err(|e| Failure::Usage(e.into()))?,
+                        persistent,
+                    },
+                    wait: true,
+                    fanout,
+                    priority,
+                }
+            }
             NodeCommand::Maintenance(m) => {
-                let (nodes, on, reason) = match m {
-                    MaintenanceCommand::On { nodes, reason } => (nodes, true, reason),
-                    MaintenanceCommand::Off { nodes } => (nodes, false, None),
+                let (nodes, on, reason, priority) = match m {
+                    MaintenanceCommand::On { nodes, reason, priority } => (nodes, true, reason, priority),
+                    MaintenanceCommand::Off { nodes, priority } => (nodes, false, None, priority),
                 };
-                Request::NodeOp { nodes, op: Op::Maintenance { on, reason }, wait: true, fanout: None }
+                Request::NodeOp { nodes, op: Op::Maintenance { on, reason }, wait: true, fanout: None, priority }
             }
         },
         Command::Port(p) => match p {
@@ -808,16 +915,23 @@ fn print_response(response: Response, json: bool) -> Result<(), Failure> {
         }
         Response::Jobs(jobs) => {
             if json {
-                output::json(&jobs)
+                output::json(&output::jobs_value(&jobs, None))
             } else {
-                output::jobs(&jobs)
+                output::jobs(&jobs, output::DEFAULT_JOB_FIELDS)
             }
         }
         Response::Job(job) => {
             if json {
-                output::json(&job)
+                output::json(&output::job_value(&job))
             } else {
                 output::job(&job)
+            }
+        }
+        Response::JobsArchived(n) => {
+            if json {
+                output::json(&serde_json::json!({ "archived": n }))
+            } else {
+                println!("{n} job{} archived", if n == 1 { "" } else { "s" })
             }
         }
         Response::JobCanceled(status) => {

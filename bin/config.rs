@@ -49,6 +49,9 @@ pub struct FileConfig {
     pub default_fanout: Option<usize>,
     /// At most this many jobs run at once.
     pub max_running_jobs: Option<usize>,
+    /// At most this many jobs not ended (held whole in memory); a
+    /// submission past it is refused.
+    pub max_queued_jobs: Option<usize>,
     /// Node groups: `rack1 = "r1-n[01-40]"`, used as `@rack1`.
     pub groups: Option<BTreeMap<String, String>>,
     /// More groups: a file of `name: nodeset` lines ([`crate::groups`]).
@@ -171,6 +174,7 @@ impl FileConfig {
             max_frame: Some(kiln_actors::codec::DEFAULT_MAX_FRAME),
             default_fanout: Some(site.default_fanout),
             max_running_jobs: Some(site.max_running_jobs),
+            max_queued_jobs: Some(site.max_queued_jobs),
             groups: Some(BTreeMap::new()),
             group_file: None,
             group_list: None,
@@ -285,6 +289,9 @@ fn flags(args: &ServeArgs, layers: &mut Layers<FileConfig>) {
     if let Some(n) = args.max_running_jobs {
         layers.flag("max_running_jobs", toml::Value::Integer(n as i64), "--max-running-jobs");
     }
+    if let Some(n) = args.max_queued_jobs {
+        layers.flag("max_queued_jobs", toml::Value::Integer(n as i64), "--max-queued-jobs");
+    }
     if let Some(t) = &args.power_sync_interval {
         layers.text("power_sync_interval", t, Source::Flag("--power-sync-interval"));
     }
@@ -352,6 +359,7 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
     };
     let default_fanout = at_least_one("default_fanout", f.default_fanout.or(d.default_fanout), &mut errors);
     let max_running_jobs = at_least_one("max_running_jobs", f.max_running_jobs.or(d.max_running_jobs), &mut errors);
+    let max_queued_jobs = at_least_one("max_queued_jobs", f.max_queued_jobs.or(d.max_queued_jobs), &mut errors);
     let power_sync_concurrency =
         at_least_one("power_sync_concurrency", f.power_sync_concurrency.or(d.power_sync_concurrency), &mut errors);
     let max_connections = f.max_connections.or(d.max_connections).unwrap_or(256);
@@ -436,6 +444,7 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
             periodic,
             groups,
             max_running_jobs,
+            max_queued_jobs,
             demo_nodes: f.demo.unwrap_or(0),
         },
         socket,

@@ -1,6 +1,9 @@
 //! Turns each admin request into the site's typed messages and the answer
 //! into a response. The same messages are what an embedding application
-//! sends; this file only translates.
+//! sends; this file only translates, and applies the drain rule
+//! (`Request::drain_refuses`) to the requests that are not jobs: the job
+//! queue refuses jobs itself, and here the rest of what drain stops is
+//! refused before it reaches the supervisor.
 
 use std::time::Duration;
 
@@ -61,8 +64,16 @@ pub async fn handle(site: &Site, request: Request) -> Response {
     }
 }
 
+/// The most jobs one `kiln job list ID...` may name.
+const MAX_LISTED_IDS: usize = 10_000;
+
 async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
     let fanout = |f: Option<u32>| f.map(|f| f as usize).unwrap_or(site.live.default_fanout()).max(1);
+    // Jobs are refused by the queue itself, atomically with their admission.
+    let queued = matches!(request, Request::NodeOp { .. } | Request::JobSubmit { .. } | Request::JobSubmitMany { .. });
+    if request.drain_refuses() && !queued {
+        site.jobs.send(CheckNotDrained).await.map_err(|_| gone())??;
+    }
     Ok(match request {
         Request::Hello { .. } => return Err(KilnError::Protocol("hello was already exchanged".into())),
         Request::Events { .. } => return Err(KilnError::Protocol("events are streamed, not answered".into())),
@@ -83,14 +94,40 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
             Response::Node(ask(site, NodeAction { node, op: Op::Update(update), wait: true }).await?)
         }
         Request::NodeDelete { nodes } => Response::Outcomes(ask(site, DeleteNodes(nodes)).await?),
-        Request::NodeOp { nodes, op, wait: _, fanout: f } => {
+        Request::NodeOp { nodes, op, wait: _, fanout: f, priority } => {
             let ops = vec![Opcode::Node { nodes, op, fanout: Some(fanout(f) as u32) }];
-            Response::JobSubmitted(submit(site, SubmitJob { ops, priority: 0, depends: Vec::new() }).await?)
+            Response::JobSubmitted(submit(site, SubmitJob { ops, priority, depends: Vec::new() }).await?)
         }
         Request::JobSubmit { ops, priority, depends } => {
             Response::JobSubmitted(submit(site, SubmitJob { ops, priority, depends }).await?)
         }
-        Request::JobList { status, limit } => {
+        Request::JobSubmitMany { jobs } => {
+            Response::JobsSubmitted(site.jobs.send(SubmitJobs(jobs)).await.map_err(|_| gone())??)
+        }
+        Request::JobList { ids, .. } if !ids.is_empty() => {
+            if ids.len() > MAX_LISTED_IDS {
+                return Err(KilnError::InvalidInput(format!(
+                    "{} job ids: at most {MAX_LISTED_IDS} at once",
+                    ids.len()
+                )));
+            }
+            let mut jobs = Vec::with_capacity(ids.len());
+            let mut missing = Vec::new();
+            for id in ids {
+                match site.jobs.send(GetJob(id)).await.map_err(|_| gone())? {
+                    // Lists carry no logs (`kiln job show` has them).
+                    Ok(job) => jobs.push(JobView { log: None, ..job }),
+                    Err(KilnError::NotFound(_)) => missing.push(id.to_string()),
+                    Err(e) => return Err(e),
+                }
+            }
+            if !missing.is_empty() {
+                let s = if missing.len() == 1 { "" } else { "s" };
+                return Err(KilnError::NotFound(format!("no such job{s}: {}", missing.join(", "))));
+            }
+            Response::Jobs(jobs)
+        }
+        Request::JobList { status, limit, ids: _ } => {
             let list = ListJobs { status, limit: limit.map(|n| n as usize) };
             Response::Jobs(site.jobs.send(list).await.map_err(|_| gone())??)
         }
@@ -103,6 +140,13 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
         Request::JobArchive { id } => {
             site.jobs.send(ArchiveJob(id)).await.map_err(|_| gone())??;
             Response::Done
+        }
+        Request::JobAutoArchive { older_than } => {
+            let archived = site.jobs.send(ArchiveOld { age: older_than }).await.map_err(|_| gone())??;
+            Response::JobsArchived(archived as u64)
+        }
+        Request::JobPriority { id, priority } => {
+            Response::Job(site.jobs.send(SetJobPriority { job: id, priority }).await.map_err(|_| gone())??)
         }
         Request::QueueDrain { on } => {
             site.jobs.send(SetDrain(on)).await.map_err(|_| gone())??;

@@ -202,7 +202,7 @@ mod tests {
         use std::time::Duration;
 
         use kiln_actors::exec::{CopySpec, ExecSpec, RunOptions, Worker};
-        use kiln_actors::jobs::{Dependency, Opcode};
+        use kiln_actors::jobs::{Dependency, JobRef, NewDependency, NewJob, Opcode};
         use kiln_actors::protocol::{Live, PROTOCOL_VERSION, Request};
         use kiln_actors::{NewNode, NodeUpdate, Op, Verb};
         use kiln_drivers::PowerAction;
@@ -268,7 +268,23 @@ mod tests {
                 priority: -3,
                 depends: vec![Dependency { job: JobId(7), statuses: vec![JobStatus::Success] }],
             },
-            Request::JobList { status: Some(JobStatus::Running), limit: Some(1000) },
+            Request::JobSubmitMany {
+                jobs: vec![
+                    NewJob { ops: vec![Opcode::Sleep { seconds: 0.0 }], priority: 0, depends: Vec::new() },
+                    NewJob {
+                        ops: vec![Opcode::Node { nodes: "n[1-4]".into(), op: Op::Verb(Verb::Deploy), fanout: None }],
+                        priority: 5,
+                        depends: vec![
+                            NewDependency { job: JobRef::Earlier(1), statuses: vec![JobStatus::Success] },
+                            NewDependency { job: JobRef::Id(JobId(7)), statuses: Vec::new() },
+                        ],
+                    },
+                ],
+            },
+            Request::JobList { status: Some(JobStatus::Running), limit: Some(1000), ids: Vec::new() },
+            Request::JobList { status: None, limit: None, ids: vec![JobId(3), JobId(5)] },
+            Request::JobPriority { id: JobId(4), priority: -5 },
+            Request::JobAutoArchive { older_than: Duration::from_secs(3600) },
             Request::JobShow { id: JobId(1) },
             Request::JobWait { id: JobId(1), after_serial: 3, timeout_ms: 1000 },
             Request::JobCancel { id: JobId(2) },
@@ -299,7 +315,13 @@ mod tests {
             },
             Request::PeriodicRun { name: "power_sync".into() },
         ];
-        all.extend(ops.into_iter().map(|op| Request::NodeOp { nodes: "n1".into(), op, wait: true, fanout: Some(8) }));
+        all.extend(ops.into_iter().map(|op| Request::NodeOp {
+            nodes: "n1".into(),
+            op,
+            wait: true,
+            fanout: Some(8),
+            priority: -2,
+        }));
         all
     }
 

@@ -6,13 +6,28 @@ use chrono::SecondsFormat;
 use kiln_actors::events::NodeEvent;
 use kiln_actors::jobs::{JobView, NodeResult, QueueInfo};
 use kiln_actors::{NodeView, PortView, SiteStatus};
-use kiln_store::{HistoryEntry, Timestamp};
+use kiln_store::{HistoryEntry, JobLogEntry, LogLevel, Timestamp};
 use serde::Serialize;
+use serde_json::Value;
 
 /// Prints a value as pretty JSON.
 pub fn json<T: Serialize + ?Sized>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot print JSON: {e}"),
+    }
+}
+
+/// Prints a value as JSON on one line (a stream of them, as `kiln --json
+/// job watch` prints), flushed at once so a reader sees each as it comes.
+pub fn json_line<T: Serialize + ?Sized>(value: &T) {
+    use std::io::Write;
+    match serde_json::to_string(value) {
+        Ok(text) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        }
         Err(e) => eprintln!("error: cannot print JSON: {e}"),
     }
 }
@@ -127,20 +142,148 @@ pub fn results(list: &[NodeResult]) {
     table(&["NODE", "RESULT", "PROVISION STATE", "POWER", "ERROR"], &rows);
 }
 
-pub fn jobs(list: &[JobView]) {
-    let rows: Vec<Vec<String>> = list
+kiln_store::string_enum!(
+    /// A field of `kiln job list -o` (Ganeti's `gnt-job list -o`).
+    JobField, "job field" {
+        Id => "id",
+        Status => "status",
+        Priority => "priority",
+        Summary => "summary",
+        Ops => "ops",
+        Opstatus => "opstatus",
+        Submitted => "submitted",
+        Started => "started",
+        Ended => "ended",
+        Depends => "depends",
+        Error => "error",
+        Archived => "archived",
+    }
+);
+
+/// What `kiln job list` shows without `-o`.
+pub const DEFAULT_JOB_FIELDS: &[JobField] =
+    &[JobField::Id, JobField::Status, JobField::Priority, JobField::Submitted, JobField::Summary];
+
+/// Reads `-o id,status,...`; `+f1,f2` adds to the default fields.
+pub fn job_fields(spec: &str) -> anyhow::Result<Vec<JobField>> {
+    let (mut fields, spec) = match spec.strip_prefix('+') {
+        Some(more) => (DEFAULT_JOB_FIELDS.to_vec(), more),
+        None => (Vec::new(), spec),
+    };
+    for name in spec.split(',').map(str::trim) {
+        let field: JobField = name.parse()?;
+        if !fields.contains(&field) {
+            fields.push(field);
+        }
+    }
+    Ok(fields)
+}
+
+impl JobField {
+    fn header(self) -> String {
+        self.as_str().to_uppercase()
+    }
+
+    /// The field as a table cell.
+    fn text(self, j: &JobView) -> String {
+        match self {
+            JobField::Id => j.id.to_string(),
+            JobField::Status => j.status.to_string(),
+            JobField::Priority => j.priority.to_string(),
+            JobField::Summary => j.ops.iter().map(|o| o.opcode.summary()).collect::<Vec<_>>().join("; "),
+            JobField::Ops => j
+                .ops
+                .iter()
+                .map(|o| serde_json::to_string(&crate::jobfile::file_opcode(&o.opcode)).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("; "),
+            JobField::Opstatus => j.ops.iter().map(|o| o.status.as_str()).collect::<Vec<_>>().join(","),
+            JobField::Submitted => when(&j.submitted_at),
+            JobField::Started => when_or_dash(&j.started_at),
+            JobField::Ended => when_or_dash(&j.ended_at),
+            JobField::Depends if j.depends.is_empty() => "-".into(),
+            JobField::Depends => depends_text(j),
+            JobField::Error => opt(&j.error),
+            JobField::Archived => if j.archived { "yes" } else { "no" }.into(),
+        }
+    }
+
+    /// The field in JSON: the values `kiln --json job show` has.
+    fn value(self, j: &JobView, whole: &Value) -> Value {
+        match self {
+            JobField::Summary => j.ops.iter().map(|o| Value::from(o.opcode.summary())).collect(),
+            JobField::Ops => {
+                whole["ops"].as_array().map_or(Value::Null, |ops| ops.iter().map(|o| o["opcode"].clone()).collect())
+            }
+            JobField::Opstatus => j.ops.iter().map(|o| Value::from(o.status.as_str())).collect(),
+            JobField::Submitted => whole["submitted_at"].clone(),
+            JobField::Started => whole["started_at"].clone(),
+            JobField::Ended => whole["ended_at"].clone(),
+            other => whole[other.as_str()].clone(),
+        }
+    }
+}
+
+/// `12 (success), 13 (success|error)`.
+fn depends_text(j: &JobView) -> String {
+    let deps: Vec<String> = j
+        .depends
         .iter()
-        .map(|j| {
-            vec![
-                j.id.to_string(),
-                j.status.to_string(),
-                j.priority.to_string(),
-                when(&j.submitted_at),
-                j.ops.iter().map(|o| o.opcode.summary()).collect::<Vec<_>>().join("; "),
-            ]
+        .map(|d| {
+            let statuses = d.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("|");
+            if statuses.is_empty() { d.job.to_string() } else { format!("{} ({statuses})", d.job) }
         })
         .collect();
-    table(&["ID", "STATUS", "PRIORITY", "SUBMITTED", "OPCODES"], &rows);
+    deps.join(", ")
+}
+
+pub fn jobs(list: &[JobView], fields: &[JobField]) {
+    let rows: Vec<Vec<String>> = list.iter().map(|j| fields.iter().map(|f| f.text(j)).collect()).collect();
+    let headers: Vec<String> = fields.iter().map(|f| f.header()).collect();
+    table(&headers.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+}
+
+/// A job as `--json` prints it: every field of the view, its opcodes as
+/// a job file writes them (so the document can be submitted again), and
+/// its log when it has one.
+pub fn job_value(j: &JobView) -> Value {
+    let mut doc = serde_json::to_value(j).unwrap_or(Value::Null);
+    if let Some(ops) = doc.get_mut("ops").and_then(Value::as_array_mut) {
+        for (shown, op) in ops.iter_mut().zip(&j.ops) {
+            shown["opcode"] = serde_json::to_value(crate::jobfile::file_opcode(&op.opcode)).unwrap_or(Value::Null);
+        }
+    }
+    if let Some(fields) = doc.as_object_mut()
+        && fields.get("log").is_some_and(Value::is_null)
+    {
+        // A list has no logs; `job show` does.
+        fields.remove("log");
+    }
+    doc
+}
+
+/// Jobs as `--json` prints them: whole, or only `fields` (`-o`).
+pub fn jobs_value(list: &[JobView], fields: Option<&[JobField]>) -> Value {
+    list.iter()
+        .map(|j| {
+            let whole = job_value(j);
+            match fields {
+                None => whole,
+                Some(fields) => {
+                    Value::Object(fields.iter().map(|f| (f.as_str().to_string(), f.value(j, &whole))).collect())
+                }
+            }
+        })
+        .collect()
+}
+
+/// One log line for people: `TIME MESSAGE`, the level before the message
+/// when it is not info.
+pub fn log_line(e: &JobLogEntry) -> String {
+    match e.level {
+        LogLevel::Info => format!("{} {}", when(&e.at), e.message),
+        level => format!("{} {level}: {}", when(&e.at), e.message),
+    }
 }
 
 pub fn job(j: &JobView) {
@@ -150,12 +293,7 @@ pub fn job(j: &JobView) {
     println!("started      {}", when_or_dash(&j.started_at));
     println!("ended        {}", when_or_dash(&j.ended_at));
     if !j.depends.is_empty() {
-        let deps: Vec<String> = j
-            .depends
-            .iter()
-            .map(|d| format!("{} ({})", d.job, d.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("|")))
-            .collect();
-        println!("depends on   {}", deps.join(", "));
+        println!("depends on   {}", depends_text(j));
     }
     if let Some(e) = &j.error {
         println!("error        {e}");
@@ -176,11 +314,19 @@ pub fn job(j: &JobView) {
             println!("  {ok}/{} nodes ok", op.results.len());
         }
     }
+    if let Some(log) = j.log.as_ref().filter(|l| !l.is_empty()) {
+        println!("log");
+        let width = log.last().map_or(1, |e| e.serial.to_string().len());
+        for e in log {
+            println!("  {:>width$} {} {:<7} {}", e.serial, when(&e.at), e.level.as_str(), e.message);
+        }
+    }
 }
 
 pub fn queue(q: &QueueInfo) {
     println!("drained      {}", if q.drained { "yes (new jobs are refused)" } else { "no" });
     println!("running      {}/{}", q.running, q.max_running);
+    println!("not ended    {} (at most {})", q.unfinished, q.max_queued);
     println!("last job id  {}", q.last_job_id);
     for (status, n) in &q.by_status {
         println!("  {status:<12}{n}");

@@ -18,6 +18,10 @@ pub struct SiteConfig {
     pub default_fanout: usize,
     /// At most this many jobs run at once.
     pub max_running_jobs: usize,
+    /// At most this many jobs that have not ended (queued, waiting,
+    /// running): each is held whole in memory, so a submission past it is
+    /// refused.
+    pub max_queued_jobs: usize,
     /// Node groups: `@name` in a node set expands to the expression.
     pub groups: std::collections::BTreeMap<String, String>,
     /// The built-in periodic tasks' settings.
@@ -34,6 +38,7 @@ impl Default for SiteConfig {
             driver_call_timeout: Duration::from_secs(120),
             default_fanout: 64,
             max_running_jobs: 64,
+            max_queued_jobs: 100_000,
             periodic: Default::default(),
             groups: Default::default(),
             demo_nodes: 0,

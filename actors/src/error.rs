@@ -37,9 +37,18 @@ pub enum KilnError {
     /// The work was canceled before it ran.
     #[error("{0}")]
     Canceled(String),
-    /// The job queue is drained: it refuses new jobs.
-    #[error("the job queue is drained: new jobs are refused until `kiln queue drain off`")]
+    /// The job queue is drained: it refuses new jobs, and the admin socket
+    /// refuses every other change of nodes and ports and every command on
+    /// nodes (the rule is in `Request::drain_refuses`).
+    #[error("the job queue is drained: new jobs and changes to nodes are refused until `kiln queue drain off`")]
     Drained,
+    /// The job queue holds `max_queued_jobs` jobs that have not ended; a
+    /// submission of `adding` more is refused whole.
+    #[error(
+        "the job queue is full: {unfinished} jobs have not ended and {adding} more would pass max_queued_jobs = \
+         {limit}; retry when some have ended, or raise max_queued_jobs"
+    )]
+    QueueFull { unfinished: usize, adding: usize, limit: usize },
     /// The admin protocol was not followed (version, framing).
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -59,6 +68,7 @@ impl KilnError {
             KilnError::Unavailable(_) => "unavailable",
             KilnError::Canceled(_) => "canceled",
             KilnError::Drained => "drained",
+            KilnError::QueueFull { .. } => "queue_full",
             KilnError::Protocol(_) => "protocol",
         }
     }

@@ -15,13 +15,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::KilnError;
 use crate::events::NodeEvent;
-use crate::jobs::{Dependency, JobChange, JobView, Opcode, QueueInfo};
+use crate::jobs::{Dependency, JobChange, JobView, NewJob, Opcode, QueueInfo};
 use crate::node::{NodeUpdate, Op};
 use crate::supervisor::NewNode;
 use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
 
 /// Bumped whenever a request or response changes shape.
-pub const PROTOCOL_VERSION: u32 = 6;
+///
+/// 5: several jobs in one submission, job priority changes, job lists by
+/// id, auto-archive on demand, job log levels, the queue limit; live
+/// fanout output (`Live`, `ExecLines`, `ExecNode`).
+/// 6: event replays (`Events { since }`), and 5's two halves together.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +65,8 @@ pub enum Request {
         op: Op,
         wait: bool,
         fanout: Option<u32>,
+        /// The job's priority (-20..19, lower first).
+        priority: i32,
     },
     PowerStatus {
         nodes: String,
@@ -89,10 +96,18 @@ pub enum Request {
         priority: i32,
         depends: Vec<Dependency>,
     },
-    /// The newest `limit` live jobs (all when `None`), oldest first.
+    /// Several jobs, all or nothing, in one commit; answered with their
+    /// ids in order. A job may depend on one before it
+    /// ([`crate::jobs::JobRef::Earlier`]).
+    JobSubmitMany {
+        jobs: Vec<NewJob>,
+    },
+    /// The newest `limit` live jobs (all when `None`), oldest first; or,
+    /// when `ids` are given, those jobs (live or archived) in that order.
     JobList {
         status: Option<JobStatus>,
         limit: Option<u32>,
+        ids: Vec<JobId>,
     },
     JobShow {
         id: JobId,
@@ -108,6 +123,16 @@ pub enum Request {
     },
     JobArchive {
         id: JobId,
+    },
+    /// Archives every live job that ended more than `older_than` ago;
+    /// answered with how many.
+    JobAutoArchive {
+        older_than: std::time::Duration,
+    },
+    /// A queued or waiting job's new priority.
+    JobPriority {
+        id: JobId,
+        priority: i32,
     },
     QueueDrain {
         on: bool,
@@ -165,6 +190,9 @@ impl Request {
         "exec",
         "copy",
         "periodic_run",
+        "job_submit_many",
+        "job_autoarchive",
+        "job_priority",
     ];
 
     /// The request's place in [`Request::KINDS`].
@@ -197,6 +225,51 @@ impl Request {
             Request::Exec { .. } => 24,
             Request::Copy { .. } => 25,
             Request::PeriodicRun { .. } => 26,
+            Request::JobSubmitMany { .. } => 27,
+            Request::JobAutoArchive { .. } => 28,
+            Request::JobPriority { .. } => 29,
+        }
+    }
+
+    /// Whether a drained queue refuses the request. Drain stops new work
+    /// on nodes, whichever way it comes: every job (a submission, a bulk
+    /// verb), every other change of nodes and ports, and every command run
+    /// on nodes. Reads, following, queue management (cancel, archive,
+    /// priority, the drain flag) and the site's own periodic tasks go on,
+    /// and running jobs finish (as Ganeti's drain flag stops submissions
+    /// only). Exhaustive, so a new request must be placed.
+    pub fn drain_refuses(&self) -> bool {
+        match self {
+            Request::NodeCreate(_)
+            | Request::NodeImport(_)
+            | Request::NodeSet { .. }
+            | Request::NodeDelete { .. }
+            | Request::NodeOp { .. }
+            | Request::PortCreate { .. }
+            | Request::PortDelete { .. }
+            | Request::JobSubmit { .. }
+            | Request::JobSubmitMany { .. }
+            | Request::Exec { .. }
+            | Request::Copy { .. } => true,
+            Request::Hello { .. }
+            | Request::Status
+            | Request::NodeList { .. }
+            | Request::NodeShow { .. }
+            | Request::NodeHistory { .. }
+            | Request::PowerStatus { .. }
+            | Request::PortList { .. }
+            | Request::Events { .. }
+            | Request::JobList { .. }
+            | Request::JobShow { .. }
+            | Request::JobWait { .. }
+            | Request::JobCancel { .. }
+            | Request::JobArchive { .. }
+            | Request::JobAutoArchive { .. }
+            | Request::JobPriority { .. }
+            | Request::QueueDrain { .. }
+            | Request::QueueStatus
+            | Request::PeriodicList
+            | Request::PeriodicRun { .. } => false,
         }
     }
 
@@ -238,6 +311,10 @@ pub enum Response {
     /// The end of the recent events, before following starts.
     EventsCaughtUp,
     JobSubmitted(JobId),
+    /// The ids of a submission of several jobs, in order.
+    JobsSubmitted(Vec<JobId>),
+    /// How many jobs an auto-archive moved out of the live queue.
+    JobsArchived(u64),
     Jobs(Vec<JobView>),
     Job(JobView),
     JobChange(JobChange),
@@ -274,7 +351,8 @@ impl Response {
             Response::Ports(list) => list.len(),
             Response::History(list) => list.len(),
             Response::Jobs(list) => list.iter().map(|job| 1 + results(job)).sum(),
-            Response::Job(job) => 1 + results(job),
+            Response::Job(job) => 1 + results(job) + job.log.as_ref().map_or(0, Vec::len),
+            Response::JobsSubmitted(ids) => ids.len(),
             Response::JobChange(change) => 1 + change.log.len(),
             Response::Periodic(list) => list.len(),
             Response::Exec(list) => list.len(),
@@ -287,6 +365,7 @@ impl Response {
             | Response::Event(_)
             | Response::EventsCaughtUp
             | Response::JobSubmitted(_)
+            | Response::JobsArchived(_)
             | Response::JobCanceled(_)
             | Response::Queue(_)
             | Response::ExecNode { .. }

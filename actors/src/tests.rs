@@ -440,3 +440,66 @@ fn a_job_submitted_while_its_dependency_ends_runs_once_that_end_is_stored() {
         assert_eq!(status, JobStatus::Success, "the second job never left 'waiting'");
     });
 }
+
+#[test]
+fn several_jobs_are_inserted_in_one_batch_and_a_refused_batch_leaves_none_of_them() {
+    use crate::jobs::{GetJob, GetQueueInfo, JobRef, NewDependency, NewJob, Opcode, SubmitJobs, WaitJobChange};
+    use kiln_store::{JobId, JobStatus, Write};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        // Records how many jobs each batch inserts; refuses the one that
+        // inserts job 4, as a full disk would.
+        let inserts = Arc::new(Mutex::new(Vec::new()));
+        let seen = inserts.clone();
+        let hook = move |b: &kiln_store::Batch| {
+            let ids: Vec<u64> =
+                b.iter().filter_map(|w| if let Write::InsertJob(j) = w { Some(j.id.0) } else { None }).collect();
+            if !ids.is_empty() {
+                seen.lock().unwrap().push(ids.len());
+            }
+            ids.contains(&4).then(|| kiln_store::StoreError::CommitFailed("database or disk is full".into()))
+        };
+        let site = hooked_site(dir.path(), 1, hook).await;
+        let power = |action| vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(action), fanout: None }];
+        let after_previous = || vec![NewDependency { job: JobRef::Earlier(1), statuses: vec![JobStatus::Success] }];
+        let jobs = vec![
+            NewJob { ops: vec![Opcode::Sleep { seconds: 0.0 }], priority: 0, depends: vec![] },
+            NewJob { ops: power(PowerAction::On), priority: 0, depends: after_previous() },
+            NewJob { ops: vec![Opcode::Sleep { seconds: 0.0 }], priority: 0, depends: after_previous() },
+        ];
+        let ids = site.jobs.send(SubmitJobs(jobs)).await.unwrap().unwrap();
+        assert_eq!(ids, [JobId(1), JobId(2), JobId(3)]);
+        assert_eq!(inserts.lock().unwrap().as_slice(), [3], "one batch of three inserts");
+        let second = site.jobs.send(GetJob(JobId(2))).await.unwrap().unwrap();
+        assert_eq!(second.depends[0].job, JobId(1), "-1 is the job before");
+        let mut after = 0;
+        for _ in 0..100 {
+            let wait = WaitJobChange { job: JobId(3), after_serial: after, timeout: Duration::from_secs(30) };
+            let change = site.jobs.send(wait).await.unwrap().unwrap();
+            after = change.log.last().map_or(after, |l| l.serial);
+            if change.status.is_finished() {
+                assert_eq!(change.status, JobStatus::Success);
+                break;
+            }
+        }
+        let node = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_eq!(node.power_state, Some(kiln_store::PowerState::On));
+
+        // The next submission's batch is refused: none of its jobs is
+        // known, none acted, and the queue goes on.
+        let jobs = vec![
+            NewJob { ops: power(PowerAction::Off), priority: 0, depends: vec![] },
+            NewJob { ops: power(PowerAction::Off), priority: 0, depends: after_previous() },
+        ];
+        let error = site.jobs.send(SubmitJobs(jobs)).await.unwrap().unwrap_err().to_string();
+        assert!(error.contains("database or disk is full"), "{error}");
+        for id in [4, 5] {
+            assert!(site.jobs.send(GetJob(JobId(id))).await.unwrap().is_err(), "job {id} is known");
+        }
+        let node = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_eq!(node.power_state, Some(kiln_store::PowerState::On), "a refused job acted");
+        let queue = site.jobs.send(GetQueueInfo).await.unwrap();
+        assert_eq!((queue.running, queue.unfinished), (0, 0), "{queue:?}");
+    });
+}

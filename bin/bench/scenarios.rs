@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kiln_actors::jobs::{Opcode, SubmitJob, WaitJobChange};
+use kiln_actors::jobs::{NewJob, Opcode, SubmitJob, SubmitJobs, WaitJobChange};
 use kiln_actors::node::RunOp;
 use kiln_actors::{CreateNodes, ListNodes, NewNode, Op, Site, SiteConfig, Verb};
 use kiln_drivers::PowerAction;
@@ -29,7 +29,13 @@ impl Scratch {
     }
 
     fn config(&self) -> SiteConfig {
-        SiteConfig { data_dir: self.0.clone(), lock_wait: Duration::from_secs(600), ..Default::default() }
+        SiteConfig {
+            data_dir: self.0.clone(),
+            lock_wait: Duration::from_secs(600),
+            // The jobs scenario holds its whole probe queued at once.
+            max_queued_jobs: usize::MAX,
+            ..Default::default()
+        }
     }
 }
 
@@ -251,6 +257,7 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let template = site.store.read(|b| b.load_job(JobId(1))).await?.context("job 1 is not stored")?.0;
     let probe_jobs = (total / 5).max(clients);
     let queue_only = queue_ceiling(&site, clients, probe_jobs).await?;
+    let batched = batch_rate(&site, clients, probe_jobs).await?;
     let writer = writer_ceiling(&template, probe_jobs)?;
     let ceiling = store_ceiling(template, clients, probe_jobs).await?;
     let fsync = fsync_ms(&scratch.0)?;
@@ -281,6 +288,10 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         // The same submitters while the queue starts none of their jobs:
         // what running and ending the jobs costs the submissions.
         Figure::new("jobs.queue_only_per_s", queue_only, "jobs/s"),
+        // The same submitters, each submitting BATCH jobs a request
+        // (SubmitManyJobs): jobs acknowledged per second.
+        Figure::new("jobs.batch_size", BATCH as f64, "jobs"),
+        Figure::new("jobs.batch_submissions_per_s", batched, "jobs/s"),
         Figure::new("jobs.store_ceiling_per_s", ceiling, "jobs/s"),
         Figure::new("jobs.ratio_to_store_ceiling", rate / ceiling, "ratio"),
         Figure::new("jobs.writer_ceiling_per_s", writer, "jobs/s"),
@@ -333,6 +344,45 @@ async fn submit_sleeps(site: &Site, clients: usize, total: usize) -> anyhow::Res
     Ok(latencies)
 }
 
+/// Jobs a submission of several holds in [`batch_rate`].
+const BATCH: usize = 64;
+
+/// Jobs acknowledged per second when `clients` tasks submit `total` `sleep
+/// 0` jobs [`BATCH`] to a request (one commit each), each waiting for its
+/// acknowledgement before the next; then every job runs to its end.
+async fn batch_rate(site: &Site, clients: usize, total: usize) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let jobs = site.jobs.clone();
+            let mut count = total / clients + usize::from(c < total % clients);
+            actix::spawn(async move {
+                let mut acknowledged = 0;
+                while count > 0 {
+                    let n = count.min(BATCH);
+                    count -= n;
+                    let batch = (0..n)
+                        .map(|_| NewJob { ops: vec![Opcode::Sleep { seconds: 0.0 }], priority: 0, depends: Vec::new() })
+                        .collect();
+                    acknowledged += jobs.send(SubmitJobs(batch)).await??.len();
+                }
+                Ok::<_, anyhow::Error>(acknowledged)
+            })
+        })
+        .collect();
+    let mut acknowledged = 0;
+    for h in handles {
+        acknowledged += h.await??;
+    }
+    let rate = acknowledged as f64 / t.elapsed().as_secs_f64();
+    let last = site.jobs.send(kiln_actors::jobs::GetQueueInfo).await?.last_job_id;
+    let status = follow(site, JobId(last)).await?;
+    if status != JobStatus::Success {
+        bail!("the last batched job ended {status}");
+    }
+    Ok(rate)
+}
+
 /// Submissions per second through the queue while it starts none of the
 /// jobs: one long sleep holds the only running slot (`max_running` 1), the
 /// submitters submit `total` jobs, then the sleep is canceled, the limit put
@@ -374,7 +424,7 @@ async fn store_ceiling(template: kiln_store::JobRecord, clients: usize, total: u
                 for _ in 0..count {
                     let id = JobId(next.fetch_add(1, Ordering::Relaxed));
                     let at = chrono::Utc::now();
-                    let line = JobLogEntry { job: id, serial: 1, at, message: "submitted: 1 opcode(s)".into() };
+                    let line = JobLogEntry::info(id, 1, at, "submitted: 1 opcode(s)".into());
                     let record = kiln_store::JobRecord { id, submitted_at: at, log: vec![line], ..template.clone() };
                     store.commit(vec![Write::InsertJob(record)]).await?;
                 }

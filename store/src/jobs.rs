@@ -113,6 +113,17 @@ pub struct JobEnd {
     pub ended_at: Option<Timestamp>,
 }
 
+string_enum!(
+    /// How much a job's log line matters (Ganeti's log types, in the words
+    /// of log levels): most lines are `info`; a failed node or a cancel is
+    /// a `warning`, a failed opcode or job an `error`.
+    LogLevel, "log level" {
+        Info => "info",
+        Warning => "warning",
+        Error => "error",
+    }
+);
+
 /// One timestamped line of a job's log; `serial` counts up from the job's
 /// first line and is what `job watch` resumes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +131,16 @@ pub struct JobLogEntry {
     pub job: JobId,
     pub serial: u64,
     pub at: Timestamp,
+    /// Lines stored before levels existed read back as `info`.
+    pub level: LogLevel,
     pub message: String,
+}
+
+impl JobLogEntry {
+    /// An `info` line.
+    pub fn info(job: JobId, serial: u64, at: Timestamp, message: String) -> JobLogEntry {
+        JobLogEntry { job, serial, at, level: LogLevel::Info, message }
+    }
 }
 
 #[cfg(test)]

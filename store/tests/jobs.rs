@@ -53,11 +53,12 @@ fn finished(id: u64, status: JobStatus) -> JobRecord {
         ended_at: Some(submitted + Duration::seconds(3600)),
         body: r#"{"ops":[{"op":"deploy","nodes":"n[1-4]"}],"result":"nœud ✓ 'quoted' \"twice\""}"#.into(),
         log: vec![
-            JobLogEntry { job: JobId(id), serial: 1, at: submitted, message: "submitted".into() },
+            JobLogEntry::info(JobId(id), 1, submitted, "submitted".into()),
             JobLogEntry {
                 job: JobId(id),
                 serial: 7,
                 at: submitted + Duration::seconds(3600),
+                level: kiln_store::LogLevel::Error,
                 message: "line\n two: \"nœud\" ✓ \\ \u{0}".into(),
             },
         ],
@@ -65,7 +66,7 @@ fn finished(id: u64, status: JobStatus) -> JobRecord {
 }
 
 fn log(job: u64, serial: u64, message: &str) -> JobLogEntry {
-    JobLogEntry { job: JobId(job), serial, at: Utc::now(), message: message.into() }
+    JobLogEntry::info(JobId(job), serial, Utc::now(), message.into())
 }
 
 /// Commits one batch and returns its own result.
@@ -330,8 +331,7 @@ fn a_job_inserted_and_changed_in_one_group_is_stored_as_it_ends() {
     let (_dir, path) = db();
     let mut store = open(&path);
     let at = Utc::now();
-    let line =
-        |job: u64, serial: u64, message: &str| JobLogEntry { job: JobId(job), serial, at, message: message.into() };
+    let line = |job: u64, serial: u64, message: &str| JobLogEntry::info(JobId(job), serial, at, message.into());
     let submitted = |id: u64| JobRecord { log: vec![line(id, 1, "submitted")], submitted_at: at, ..job(id) };
     let ended = |id: u64| JobRecord {
         log: vec![line(id, 1, "submitted"), line(id, 2, "job ended: success")],
@@ -605,12 +605,8 @@ fn a_version_2_file_keeps_its_job_logs_in_the_rows() {
 
     let mut store = open(&path);
     assert_eq!(user_version(&path), SCHEMA_VERSION);
-    let line = |job: u64, serial: u64, message: &str| JobLogEntry {
-        job: JobId(job),
-        serial,
-        at: at(serial as i64),
-        message: message.into(),
-    };
+    let line =
+        |job: u64, serial: u64, message: &str| JobLogEntry::info(JobId(job), serial, at(serial as i64), message.into());
     assert_eq!(store.load_job_log(JobId(1), 0, 10).unwrap(), [line(1, 1, "first \"quoted\""), line(1, 2, "second")]);
     assert_eq!(store.load_job_log(JobId(2), 0, 10).unwrap(), [line(2, 1, "archived line")]);
     assert!(store.load_job(JobId(3)).unwrap().unwrap().0.log.is_empty());

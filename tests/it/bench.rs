@@ -27,9 +27,13 @@ fn every_bench_scenario_runs_small_and_the_lock_holds() {
     assert_eq!(figures["lock.contenders_ok"], 400.0);
     assert_eq!(figures["jobs.submitted"], 2000.0);
     // The limits under the queue are measured in the same run.
-    for limit in
-        ["jobs.writer_ceiling_per_s", "jobs.store_ceiling_per_s", "jobs.queue_only_per_s", "jobs.fsync_bound_per_s"]
-    {
+    for limit in [
+        "jobs.writer_ceiling_per_s",
+        "jobs.store_ceiling_per_s",
+        "jobs.queue_only_per_s",
+        "jobs.fsync_bound_per_s",
+        "jobs.batch_submissions_per_s",
+    ] {
         assert!(figures[limit].is_finite() && figures[limit] > 0.0, "{limit}: {}", figures[limit]);
     }
     for thread in ["store", "sync", "checkpoint"] {

@@ -9,11 +9,16 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 use kiln_actors::codec;
+use kiln_actors::jobs::{JobRef, NewDependency, NewJob, Opcode};
 use kiln_actors::protocol::{PROTOCOL_VERSION, Request, Response};
 use kiln_actors::{KilnError, NewNode, NodeUpdate, Op, Verb};
 use serde_json::Value;
 
 use crate::harness::Daemon;
+
+fn sleep_job(depends: Vec<NewDependency>) -> NewJob {
+    NewJob { ops: vec![Opcode::Sleep { seconds: 0.0 }], priority: 0, depends }
+}
 
 /// Every row of every table of the daemon's SQLite file, read-only.
 fn tables(d: &Daemon) -> BTreeMap<String, Vec<String>> {
@@ -228,12 +233,24 @@ fn no_rejected_request_changes_the_store() {
             op: Op::Verb(Verb::Deploy),
             wait: true,
             fanout: Some(0),
+            priority: 0,
         },
-        Request::NodeOp { nodes: "demo[1-99999999999]".into(), op: Op::Delete, wait: false, fanout: None },
+        Request::NodeOp { nodes: "demo[1-99999999999]".into(), op: Op::Delete, wait: false, fanout: None, priority: 0 },
+        Request::NodeOp { nodes: "demo1".into(), op: Op::Verb(Verb::Manage), wait: false, fanout: None, priority: 99 },
         Request::NodeDelete { nodes: "@nogroup".into() },
         Request::PowerStatus { nodes: "demo[".into() },
         Request::PortCreate { address: String::new(), node: "demo1".into() },
         Request::JobSubmit { ops: vec![], priority: 0, depends: vec![] },
+        // Several jobs: none, or one bad among good ones (nothing is stored),
+        // or one naming a job before the first.
+        Request::JobSubmitMany { jobs: vec![] },
+        Request::JobSubmitMany {
+            jobs: vec![sleep_job(vec![]), sleep_job(vec![]), NewJob { ops: vec![], ..sleep_job(vec![]) }],
+        },
+        Request::JobSubmitMany {
+            jobs: vec![sleep_job(vec![NewDependency { job: JobRef::Earlier(1), statuses: vec![] }])],
+        },
+        Request::JobPriority { id: kiln_store::JobId(9999), priority: 0 },
         Request::Hello { version: PROTOCOL_VERSION, client: "again".into() },
     ];
     for req in &raw_refusals {

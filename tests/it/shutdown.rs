@@ -101,7 +101,9 @@ fn sigterm_lets_a_short_opcode_finish_starts_nothing_new_and_exits_0() {
     assert!(j["error"].as_str().unwrap().contains("opcode 2/2 was not started"), "{j}");
     // The queued job survived the shutdown and runs after the restart.
     let out = d.cli(&["--json", "job", "watch", &queued.to_string()]);
-    let done: Value = serde_json::from_slice(&out.stdout).expect("job JSON");
+    // One JSON object a line: the log as it comes, then the job.
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().map(String::from).unwrap_or_default();
+    let done: Value = serde_json::from_str(&last).expect("job JSON");
     assert_eq!(done["status"], "success", "{done}");
     assert_eq!(d.state("demo2"), "active");
 }

@@ -11,6 +11,6 @@ mod queue;
 
 pub use model::*;
 pub use queue::{
-    AbandonRunning, ArchiveJob, ArchiveOld, CancelJob, GetJob, GetQueueInfo, JobQueue, ListJobs, SetDrain,
-    SetMaxRunning, StopStarting, SubmitJob, WaitJobChange,
+    AbandonRunning, ArchiveJob, ArchiveOld, CancelJob, CheckNotDrained, GetJob, GetQueueInfo, JobQueue, ListJobs,
+    SetDrain, SetJobPriority, SetMaxRunning, StopStarting, SubmitJob, SubmitJobs, WaitJobChange,
 };

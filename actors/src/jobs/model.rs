@@ -50,6 +50,32 @@ pub struct Dependency {
     pub statuses: Vec<JobStatus>,
 }
 
+/// A job named by a dependency of a job submitted with others: by its id,
+/// or as one of the same submission, counted back from the dependent job
+/// (`Earlier(1)`: the job just before it), as Ganeti's relative job ids
+/// (`-1`) in SubmitManyJobs. The ids are given out only when the
+/// submission is admitted, so a batch can only name its own jobs so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobRef {
+    Id(JobId),
+    Earlier(u32),
+}
+
+/// A dependency of a job submitted with others ([`crate::jobs::SubmitJobs`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewDependency {
+    pub job: JobRef,
+    pub statuses: Vec<JobStatus>,
+}
+
+/// One job of a submission of several.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    pub ops: Vec<Opcode>,
+    pub priority: i32,
+    pub depends: Vec<NewDependency>,
+}
+
 /// One node's outcome inside a node-set opcode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeResult {
@@ -234,6 +260,9 @@ pub struct JobView {
     pub ops: Vec<OpState>,
     pub depends: Vec<Dependency>,
     pub error: Option<String>,
+    /// The job's log, oldest first: in a job asked for by id
+    /// ([`crate::jobs::GetJob`]), not in lists.
+    pub log: Option<Vec<JobLogEntry>>,
 }
 
 impl JobView {
@@ -267,6 +296,7 @@ impl JobView {
             ops: body.ops,
             depends: body.depends,
             error: body.error,
+            log: None,
         };
         (view, unreadable)
     }
@@ -305,6 +335,10 @@ pub struct QueueInfo {
     pub by_status: BTreeMap<String, usize>,
     pub running: usize,
     pub max_running: usize,
+    /// Jobs that have not ended (queued, waiting, running, canceling), and
+    /// how many may be (`max_queued_jobs`): a submission past it is refused.
+    pub unfinished: usize,
+    pub max_queued: usize,
     pub last_job_id: u64,
 }
 
@@ -347,6 +381,7 @@ mod tests {
             ],
             depends: vec![Dependency { job: JobId(3), statuses: vec![JobStatus::Success, JobStatus::Error] }],
             error: Some("1 of 1 nodes failed".into()),
+            log: None,
         };
         stored_and_read_back(&view);
     }
@@ -390,6 +425,7 @@ mod tests {
             ops: Vec::new(),
             depends: Vec::new(),
             error: None,
+            log: None,
         };
         stored_and_read_back(&view);
         for (i, status) in JobStatus::ALL.iter().enumerate() {

@@ -5,6 +5,12 @@
 //! not ended, runs at most `max_running` jobs at once, and keeps each job's
 //! log for the long poll. Only jobs that have not ended are kept whole in
 //! memory; an ended job is a status and a time here, and whole in the store.
+//!
+//! A submission of several jobs ([`SubmitJobs`], Ganeti's SubmitManyJobs)
+//! is checked whole before any id is given out and stored as one batch, so
+//! it is one commit and all or nothing; its jobs may depend on each other
+//! by position. `max_queued_jobs` bounds the jobs that have not ended (their
+//! memory is here), and the drain flag refuses every submission.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,7 +19,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use kiln_store::{JobId, JobLogEntry, JobStatus, StoreHandle, Write};
+use kiln_store::{JobId, JobLogEntry, JobStatus, LogLevel, StoreHandle, Write};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -47,7 +53,7 @@ struct ActiveJob {
     progress_total: u64,
     watchers: Vec<(u64, oneshot::Sender<JobChange>)>,
     /// Log lines to commit with the job's next change.
-    pending: Vec<String>,
+    pending: Vec<(LogLevel, String)>,
 }
 
 impl ActiveJob {
@@ -55,15 +61,21 @@ impl ActiveJob {
     /// out when a line is written, not when its commit lands, so two commits
     /// in flight for one job never claim the same serial. Lines written
     /// together are committed together, and carry that one time.
-    fn write_lines(&mut self, lines: Vec<String>) {
+    fn write_lines(&mut self, lines: Vec<(LogLevel, String)>) {
         let first = self.log.last().map_or(1, |e| e.serial + 1);
         let (job, at) = (self.view.id, Utc::now());
-        self.log.extend(lines.into_iter().zip(first..).map(|(message, serial)| JobLogEntry {
+        self.log.extend(lines.into_iter().zip(first..).map(|((level, message), serial)| JobLogEntry {
             job,
             serial,
             at,
+            level,
             message,
         }));
+    }
+
+    /// The view with the committed log: what `kiln job show` prints.
+    fn shown(&self) -> JobView {
+        JobView { log: Some(self.log[..self.committed].to_vec()), ..self.view.clone() }
     }
 
     fn change_after(&self, after: u64) -> JobChange {
@@ -99,6 +111,8 @@ pub struct JobQueue {
     drained: bool,
     running: usize,
     max_running: usize,
+    /// At most this many jobs that have not ended (`active`).
+    max_queued: usize,
     metrics: Arc<crate::metrics::Metrics>,
     /// Set by [`StopStarting`] (a graceful shutdown): no job and no opcode
     /// starts any more; the reason goes into the jobs cut short.
@@ -148,6 +162,7 @@ impl JobQueue {
             drained,
             running: 0,
             max_running: max_running.max(1),
+            max_queued: usize::MAX,
             metrics: Default::default(),
             stopping: None,
         };
@@ -171,7 +186,7 @@ impl JobQueue {
                 view.error = Some(why.clone());
                 let mut log = r.log.clone();
                 let serial = log.last().map_or(1, |e| e.serial + 1);
-                log.push(JobLogEntry { job: r.id, serial, at: now, message: why });
+                log.push(JobLogEntry { job: r.id, serial, at: now, level: LogLevel::Error, message: why });
                 repairs.push(vec![Write::PutJob(view.to_record(log))]);
             }
             if view.status.is_finished() {
@@ -212,6 +227,13 @@ impl JobQueue {
             }
         }
         Ok(q)
+    }
+
+    /// Refuses submissions that would leave more than `limit` jobs not
+    /// ended (`max_queued_jobs`; unlimited unless set).
+    pub fn with_max_queued(mut self, limit: usize) -> Self {
+        self.max_queued = limit.max(1);
+        self
     }
 
     /// Counts the queue's work in `metrics` (the daemon's and an embedding
@@ -292,14 +314,14 @@ impl JobQueue {
         match self.deps_state(&job.view.depends) {
             DepState::Pending => {
                 if job.view.status != JobStatus::Waiting {
-                    self.set_status(id, JobStatus::Waiting, "waiting for dependencies".into(), ctx);
+                    self.set_status(id, JobStatus::Waiting, LogLevel::Info, "waiting for dependencies".into(), ctx);
                 }
             }
             DepState::Met => {
                 self.waiting.remove(&id);
                 self.runnable.insert((job.view.priority, id));
                 if job.view.status != JobStatus::Queued {
-                    self.set_status(id, JobStatus::Queued, "dependencies met; queued".into(), ctx);
+                    self.set_status(id, JobStatus::Queued, LogLevel::Info, "dependencies met; queued".into(), ctx);
                 }
             }
             DepState::Failed(why) => {
@@ -328,7 +350,7 @@ impl JobQueue {
     /// Commits the job's current view with its pending log lines and
     /// `message`, in one batch, then wakes its watchers and calls `then`
     /// with why the commit failed, if it did.
-    fn commit_job<F>(&mut self, id: JobId, message: String, ctx: &mut Context<Self>, then: F)
+    fn commit_job<F>(&mut self, id: JobId, message: (LogLevel, String), ctx: &mut Context<Self>, then: F)
     where
         F: FnOnce(&mut Self, &mut Context<Self>, Option<String>) + 'static,
     {
@@ -359,11 +381,11 @@ impl JobQueue {
         }));
     }
 
-    fn set_status(&mut self, id: JobId, status: JobStatus, message: String, ctx: &mut Context<Self>) {
+    fn set_status(&mut self, id: JobId, status: JobStatus, level: LogLevel, message: String, ctx: &mut Context<Self>) {
         if let Some(job) = self.active.get_mut(&id) {
             job.view.status = status;
         }
-        self.commit_job(id, message, ctx, |_, _, _| {});
+        self.commit_job(id, (level, message), ctx, |_, _, _| {});
     }
 
     /// Runs opcode `idx` of a running job, then the next.
@@ -388,7 +410,7 @@ impl JobQueue {
         if opcode.has_side_effects() {
             // Durable before it acts: after a crash the job is `error`, never
             // run twice. A start that could not be stored does not act at all.
-            self.commit_job(id, message, ctx, move |act, ctx, failure| match failure {
+            self.commit_job(id, (LogLevel::Info, message), ctx, move |act, ctx, failure| match failure {
                 None => act.execute(id, idx, opcode, ctx),
                 Some(why) => {
                     let error = format!("opcode {}/{total} did not run: its start could not be stored: {why}", idx + 1);
@@ -398,7 +420,7 @@ impl JobQueue {
         } else {
             // Nothing to protect: the start goes out with the opcode's end,
             // one commit fewer per opcode (a crash in between reruns it).
-            job.pending.push(message);
+            job.pending.push((LogLevel::Info, message));
             self.execute(id, idx, opcode, ctx);
         }
     }
@@ -486,11 +508,8 @@ impl JobQueue {
                 tracing::warn!(opcode = idx + 1, node_name = %r.node, error, "node failed");
             }
         });
-        let mut lines: Vec<String> = failed
-            .iter()
-            .take(MAX_NODE_LOG_LINES)
-            .map(|r| format!("node {}: {}", r.node, r.error.as_deref().unwrap_or("failed")))
-            .collect();
+        let mut lines: Vec<(LogLevel, String)> =
+            failed.iter().take(MAX_NODE_LOG_LINES).map(|r| (LogLevel::Warning, node_failure(r))).collect();
         let canceled = job.control.cancel.load(Ordering::Relaxed);
         let op = &mut job.view.ops[idx];
         op.results = results;
@@ -502,8 +521,8 @@ impl JobQueue {
         };
         op.error = error.clone();
         lines.push(match &error {
-            None => format!("opcode {} succeeded", idx + 1),
-            Some(e) => format!("opcode {} failed: {e}", idx + 1),
+            None => (LogLevel::Info, format!("opcode {} succeeded", idx + 1)),
+            Some(e) => (LogLevel::Error, format!("opcode {} failed: {e}", idx + 1)),
         });
         // The lines go out with the next commit (the next opcode's start or
         // the job's end): one commit per opcode boundary.
@@ -537,9 +556,14 @@ impl JobQueue {
         let key = (job.view.priority, id);
         self.runnable.remove(&key);
         self.waiting.remove(&id);
+        let level = match status {
+            JobStatus::Success => LogLevel::Info,
+            JobStatus::Canceled => LogLevel::Warning,
+            _ => LogLevel::Error,
+        };
         let message = match &job.view.error {
-            Some(e) => format!("job ended: {status} ({e})"),
-            None => format!("job ended: {status}"),
+            Some(e) => (level, format!("job ended: {status} ({e})")),
+            None => (level, format!("job ended: {status}")),
         };
         job_span(id).in_scope(|| match &job.view.error {
             Some(e) => tracing::warn!(status = %status, error = %e, "job ended"),
@@ -573,6 +597,15 @@ impl JobQueue {
     }
 }
 
+/// A failed node's log line: `node NAME: ERROR`, without naming the node
+/// twice when the error does.
+fn node_failure(r: &NodeResult) -> String {
+    let error = r.error.as_deref().unwrap_or("failed");
+    let named =
+        error.strip_prefix("node ").and_then(|e| e.strip_prefix(r.node.as_str())).is_some_and(|e| e.starts_with(':'));
+    if named { error.to_string() } else { format!("node {}: {error}", r.node) }
+}
+
 /// Answers the watchers that have something new.
 fn wake(job: &mut ActiveJob) {
     let last = job.log[..job.committed].last().map_or(0, |e| e.serial);
@@ -601,16 +634,36 @@ pub struct SubmitJob {
     pub depends: Vec<Dependency>,
 }
 
-fn validate(job: &SubmitJob, router: &Router) -> Result<(), KilnError> {
-    if job.ops.is_empty() {
+/// Submits several jobs at once (Ganeti's SubmitManyJobs); answered with
+/// their ids, in order, once all are durable. All or nothing: every job is
+/// checked before any id is given out, and all are inserted in one batch
+/// (one commit), so one bad job refuses the whole submission and stores
+/// nothing. A job may depend on one before it in the same submission
+/// ([`JobRef::Earlier`]).
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "Result<Vec<JobId>, KilnError>")]
+pub struct SubmitJobs(pub Vec<NewJob>);
+
+/// `e` with `prefix` before its message, when it is one of the errors
+/// about the input.
+fn prefixed(prefix: &str, e: KilnError) -> KilnError {
+    match e {
+        KilnError::NotFound(m) => KilnError::NotFound(format!("{prefix}{m}")),
+        KilnError::InvalidInput(m) => KilnError::InvalidInput(format!("{prefix}{m}")),
+        other => other,
+    }
+}
+
+fn validate(ops: &[Opcode], priority: i32, router: &Router) -> Result<(), KilnError> {
+    if ops.is_empty() {
         return Err(KilnError::InvalidInput("a job needs at least one opcode".into()));
     }
-    if !(-20..=19).contains(&job.priority) {
-        return Err(KilnError::InvalidInput(format!("priority {} is out of range -20..19", job.priority)));
+    if !(-20..=19).contains(&priority) {
+        return Err(KilnError::InvalidInput(format!("priority {priority} is out of range -20..19")));
     }
     // A job of one opcode (every CLI verb) speaks of its opcode plainly.
-    let at = |i: usize, m: String| if job.ops.len() == 1 { m } else { format!("opcode {}: {m}", i + 1) };
-    for (i, op) in job.ops.iter().enumerate() {
+    let at = |i: usize, m: String| if ops.len() == 1 { m } else { format!("opcode {}: {m}", i + 1) };
+    for (i, op) in ops.iter().enumerate() {
         match op {
             Opcode::Sleep { seconds } if !seconds.is_finite() || !(0.0..=86_400.0).contains(seconds) => {
                 return Err(KilnError::InvalidInput(at(i, format!("sleep {seconds}: expected 0 to 86400 seconds"))));
@@ -637,20 +690,75 @@ fn validate(job: &SubmitJob, router: &Router) -> Result<(), KilnError> {
             }
         }
     }
-    for d in &job.depends {
-        if let Some(s) = d.statuses.iter().find(|s| !s.is_finished()) {
-            return Err(KilnError::InvalidInput(format!(
-                "dependency on job {}: '{s}' is not a final status (use success, error or canceled)",
-                d.job
-            )));
-        }
+    Ok(())
+}
+
+/// A dependency may only wait for a final status.
+fn final_statuses(job: impl std::fmt::Display, statuses: &[JobStatus]) -> Result<(), KilnError> {
+    match statuses.iter().find(|s| !s.is_finished()) {
+        Some(s) => Err(KilnError::InvalidInput(format!(
+            "dependency on job {job}: '{s}' is not a final status (use success, error or canceled)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Checks every job of a submission of several, naming the job at fault
+/// by its place in the submission.
+fn validate_many(jobs: &[NewJob], router: &Router) -> Result<(), KilnError> {
+    if jobs.is_empty() {
+        return Err(KilnError::InvalidInput("a submission needs at least one job".into()));
+    }
+    for (k, job) in jobs.iter().enumerate() {
+        let prefix = if jobs.len() == 1 { String::new() } else { format!("job {} of {}: ", k + 1, jobs.len()) };
+        let check = || {
+            validate(&job.ops, job.priority, router)?;
+            for d in &job.depends {
+                match d.job {
+                    JobRef::Id(id) => final_statuses(id, &d.statuses)?,
+                    JobRef::Earlier(n) => {
+                        if n == 0 || n as usize > k {
+                            let before = match k {
+                                0 => "no job comes before it in this submission".to_string(),
+                                1 => "only 1 job comes before it in this submission".to_string(),
+                                k => format!("only {k} jobs come before it in this submission"),
+                            };
+                            return Err(KilnError::InvalidInput(format!("dependency on job -{n}: {before}")));
+                        }
+                        final_statuses(format_args!("-{n}"), &d.statuses)?
+                    }
+                }
+            }
+            Ok(())
+        };
+        check().map_err(|e| prefixed(&prefix, e))?;
     }
     Ok(())
+}
+
+/// Jobs named by dependencies that the queue does not know: each must be
+/// archived (its status is read from the store), or the submission fails.
+async fn find_archived(
+    store: StoreHandle,
+    unknown: Vec<JobId>,
+) -> Result<Vec<(JobId, JobStatus, kiln_store::Timestamp)>, KilnError> {
+    let mut found = Vec::new();
+    for id in unknown {
+        match store.read(move |b| b.load_job(id)).await? {
+            Some((r, _)) => found.push((id, r.status, r.ended_at.unwrap_or_else(Utc::now))),
+            None => return Err(KilnError::NotFound(format!("dependency on job {id}: no such job"))),
+        }
+    }
+    Ok(found)
 }
 
 /// What became of an admitted job's insert: stored (the job's id, and its
 /// status when admitted), or refused (its id, and why).
 type Stored = Result<(JobId, JobStatus), (JobId, KilnError)>;
+
+/// What became of a submission of several jobs' one insert, and the jobs
+/// it admitted (their ids and statuses when admitted).
+type StoredMany = (Result<(), KilnError>, Vec<(JobId, JobStatus)>);
 
 impl Handler<SubmitJob> for JobQueue {
     type Result = ResponseActFuture<Self, Result<JobId, KilnError>>;
@@ -659,101 +767,183 @@ impl Handler<SubmitJob> for JobQueue {
         if self.drained {
             return Box::pin(actix::fut::ready(Err(KilnError::Drained)));
         }
-        if let Err(e) = validate(&msg, &self.router) {
+        let checked = validate(&msg.ops, msg.priority, &self.router)
+            .and_then(|()| msg.depends.iter().try_for_each(|d| final_statuses(d.job, &d.statuses)));
+        if let Err(e) = checked {
             return Box::pin(actix::fut::ready(Err(e)));
         }
         // Dependencies on jobs this queue does not know must be archived ones.
-        let unknown: Vec<JobId> = msg
-            .depends
-            .iter()
-            .map(|d| d.job)
-            .filter(|id| !self.active.contains_key(id) && !self.ended.contains(*id))
-            .collect();
-        let store = self.store.clone();
+        let unknown = self.unknown(msg.depends.iter().map(|d| d.job));
         Box::pin(
-            async move {
-                let mut found = Vec::new();
-                for id in unknown {
-                    match store.read(move |b| b.load_job(id)).await? {
-                        Some((r, _)) => found.push((id, r.status, r.ended_at.unwrap_or_else(Utc::now))),
-                        None => return Err(KilnError::NotFound(format!("dependency on job {id}: no such job"))),
+            find_archived(self.store.clone(), unknown)
+                .into_actor(self)
+                .then(move |found, act, ctx| {
+                    let ready = found.and_then(|found| {
+                        act.learn_archived(found);
+                        act.room_for(1)?;
+                        Ok(act.admit(msg.ops, msg.priority, msg.depends))
+                    });
+                    // The job joins the queue, and may start, while its insert
+                    // is on its way to the store: a short job's end then often
+                    // shares the insert's transaction and its row is written
+                    // once (see `kiln_store`'s `coalesce`). That is safe because
+                    // the insert is sent first and the store applies in order:
+                    // every later change of the job is an `UpdateJob`, which
+                    // fails when the insert did, and an opcode acts only after
+                    // its start is stored, so after the insert. No client is
+                    // given the id before the insert is durable.
+                    let admitted = ready.map(|(view, entry)| {
+                        let (id, status) = (view.id, view.status);
+                        let stored = act.store.send(vec![Write::InsertJob(view.to_record(vec![entry.clone()]))]);
+                        act.register(view, entry);
+                        act.place(id, ctx);
+                        act.schedule(ctx);
+                        (id, status, stored)
+                    });
+                    async move {
+                        let (id, status, stored) = admitted?;
+                        Ok(match stored.await {
+                            Ok(()) => Ok((id, status)),
+                            Err(refused) => Err((id, KilnError::from(refused))),
+                        })
                     }
-                }
-                Ok(found)
-            }
-            .into_actor(self)
-            .then(move |found, act, ctx| {
-                let ready = found.map(|found| {
-                    for (id, status, at) in found {
-                        act.ended.found_archived(id, status, at);
+                    .into_actor(act)
+                })
+                .map(|res: Result<Stored, KilnError>, act, ctx| match res? {
+                    Ok((id, status)) => {
+                        act.count_submitted(status);
+                        Ok(id)
                     }
-                    act.admit(msg)
-                });
-                // The job joins the queue, and may start, while its insert
-                // is on its way to the store: a short job's end then often
-                // shares the insert's transaction and its row is written
-                // once (see `kiln_store`'s `coalesce`). That is safe because
-                // the insert is sent first and the store applies in order:
-                // every later change of the job is an `UpdateJob`, which
-                // fails when the insert did, and an opcode acts only after
-                // its start is stored, so after the insert. No client is
-                // given the id before the insert is durable.
-                let admitted = ready.and_then(|r| r).map(|(view, entry)| {
-                    let (id, status) = (view.id, view.status);
-                    let stored = act.store.send(vec![Write::InsertJob(view.to_record(vec![entry.clone()]))]);
-                    act.enqueue(view, entry, ctx);
-                    (id, status, stored)
-                });
-                async move {
-                    let (id, status, stored) = admitted?;
-                    Ok(match stored.await {
-                        Ok(()) => Ok((id, status)),
-                        Err(refused) => Err((id, KilnError::from(refused))),
-                    })
-                }
-                .into_actor(act)
-            })
-            .map(|res: Result<Stored, KilnError>, act, ctx| match res? {
-                Ok((id, status)) => {
-                    act.metrics.job_submitted();
-                    if status.is_finished() {
-                        act.metrics.job_ended(status, None);
+                    Err((id, refused)) => {
+                        act.withdraw(id, ctx);
+                        Err(refused)
                     }
-                    Ok(id)
-                }
-                Err((id, refused)) => {
-                    act.withdraw(id, ctx);
-                    Err(refused)
-                }
-            }),
+                }),
+        )
+    }
+}
+
+impl Handler<SubmitJobs> for JobQueue {
+    type Result = ResponseActFuture<Self, Result<Vec<JobId>, KilnError>>;
+
+    fn handle(&mut self, SubmitJobs(jobs): SubmitJobs, _: &mut Context<Self>) -> Self::Result {
+        if self.drained {
+            return Box::pin(actix::fut::ready(Err(KilnError::Drained)));
+        }
+        if let Err(e) = validate_many(&jobs, &self.router) {
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
+        let named = jobs.iter().flat_map(|j| j.depends.iter()).filter_map(|d| match d.job {
+            JobRef::Id(id) => Some(id),
+            JobRef::Earlier(_) => None,
+        });
+        let unknown = self.unknown(named);
+        Box::pin(
+            find_archived(self.store.clone(), unknown)
+                .into_actor(self)
+                .then(move |found, act, ctx| {
+                    let ready = found.and_then(|found| {
+                        act.learn_archived(found);
+                        act.room_for(jobs.len())?;
+                        Ok(act.admit_many(jobs))
+                    });
+                    // As for one job: every insert goes to the store (in one
+                    // batch) before any of the jobs can start.
+                    let admitted = ready.map(|(records, admitted)| {
+                        let stored = act.store.send(records.into_iter().map(Write::InsertJob).collect());
+                        for (id, _) in &admitted {
+                            act.place(*id, ctx);
+                        }
+                        act.schedule(ctx);
+                        (admitted, stored)
+                    });
+                    async move {
+                        let (admitted, stored) = admitted?;
+                        Ok((stored.await.map_err(KilnError::from), admitted))
+                    }
+                    .into_actor(act)
+                })
+                .map(|res: Result<StoredMany, KilnError>, act, ctx| {
+                    let (stored, admitted) = res?;
+                    match stored {
+                        Ok(()) => {
+                            for (_, status) in &admitted {
+                                act.count_submitted(*status);
+                            }
+                            Ok(admitted.into_iter().map(|(id, _)| id).collect())
+                        }
+                        Err(refused) => {
+                            // The last first: none of them is then waited
+                            // for by one still here.
+                            for (id, _) in admitted.into_iter().rev() {
+                                act.withdraw(id, ctx);
+                            }
+                            Err(refused)
+                        }
+                    }
+                }),
         )
     }
 }
 
 impl JobQueue {
+    /// The jobs among `ids` this queue does not know (archived, or never).
+    fn unknown(&self, ids: impl Iterator<Item = JobId>) -> Vec<JobId> {
+        let unknown: BTreeSet<JobId> =
+            ids.filter(|id| !self.active.contains_key(id) && !self.ended.contains(*id)).collect();
+        unknown.into_iter().collect()
+    }
+
+    fn learn_archived(&mut self, found: Vec<(JobId, JobStatus, kiln_store::Timestamp)>) {
+        for (id, status, at) in found {
+            self.ended.found_archived(id, status, at);
+        }
+    }
+
+    /// Refuses a submission of `adding` jobs that would leave more than
+    /// `max_queued` jobs not ended.
+    fn room_for(&self, adding: usize) -> Result<(), KilnError> {
+        let unfinished = self.active.len();
+        if unfinished.saturating_add(adding) > self.max_queued {
+            return Err(KilnError::QueueFull { unfinished, adding, limit: self.max_queued });
+        }
+        Ok(())
+    }
+
+    fn count_submitted(&self, status: JobStatus) {
+        self.metrics.job_submitted();
+        if status.is_finished() {
+            self.metrics.job_ended(status, None);
+        }
+    }
+
     /// Assigns the id and builds the job as it will be stored.
-    fn admit(&mut self, msg: SubmitJob) -> Result<(JobView, JobLogEntry), KilnError> {
+    fn admit(&mut self, ops: Vec<Opcode>, priority: i32, depends: Vec<Dependency>) -> (JobView, JobLogEntry) {
         let id = JobId(self.next_id);
         self.next_id += 1;
         let now = Utc::now();
-        let (status, error, message) = match self.deps_state(&msg.depends) {
-            DepState::Met => (JobStatus::Queued, None, format!("submitted: {} opcode(s)", msg.ops.len())),
-            DepState::Pending => {
-                (JobStatus::Waiting, None, format!("submitted: {} opcode(s); waiting for dependencies", msg.ops.len()))
+        let (status, error, level, message) = match self.deps_state(&depends) {
+            DepState::Met => (JobStatus::Queued, None, LogLevel::Info, format!("submitted: {} opcode(s)", ops.len())),
+            DepState::Pending => (
+                JobStatus::Waiting,
+                None,
+                LogLevel::Info,
+                format!("submitted: {} opcode(s); waiting for dependencies", ops.len()),
+            ),
+            DepState::Failed(why) => {
+                (JobStatus::Error, Some(why.clone()), LogLevel::Error, format!("submitted and failed: {why}"))
             }
-            DepState::Failed(why) => (JobStatus::Error, Some(why.clone()), format!("submitted and failed: {why}")),
         };
         let ended = status.is_finished();
         let view = JobView {
             id,
-            priority: msg.priority,
+            priority,
             status,
             submitted_at: now,
             started_at: None,
             ended_at: ended.then_some(now),
             archived: false,
-            ops: msg
-                .ops
+            ops: ops
                 .into_iter()
                 .map(|opcode| OpState {
                     opcode,
@@ -764,10 +954,40 @@ impl JobQueue {
                     error: None,
                 })
                 .collect(),
-            depends: msg.depends,
+            depends,
             error,
+            log: None,
         };
-        Ok((view, JobLogEntry { job: id, serial: 1, at: now, message }))
+        (view, JobLogEntry { job: id, serial: 1, at: now, level, message })
+    }
+
+    /// Admits the jobs of one submission in order, each known to the queue
+    /// before the next is admitted (so a later one sees an earlier one it
+    /// depends on). Returns their records to insert, and their ids and
+    /// statuses.
+    fn admit_many(&mut self, jobs: Vec<NewJob>) -> (Vec<kiln_store::JobRecord>, Vec<(JobId, JobStatus)>) {
+        let first = self.next_id;
+        let mut records = Vec::with_capacity(jobs.len());
+        let mut admitted = Vec::with_capacity(jobs.len());
+        for (k, job) in jobs.into_iter().enumerate() {
+            let depends = job
+                .depends
+                .into_iter()
+                .map(|d| Dependency {
+                    // Checked by `validate_many`: 1 ≤ n ≤ k.
+                    job: match d.job {
+                        JobRef::Id(id) => id,
+                        JobRef::Earlier(n) => JobId(first + k as u64 - u64::from(n)),
+                    },
+                    statuses: d.statuses,
+                })
+                .collect();
+            let (view, entry) = self.admit(job.ops, job.priority, depends);
+            records.push(view.to_record(vec![entry.clone()]));
+            admitted.push((view.id, view.status));
+            self.register(view, entry);
+        }
+        (records, admitted)
     }
 
     /// Takes out a job whose insert the store refused. Nobody was told its
@@ -791,16 +1011,15 @@ impl JobQueue {
         self.schedule(ctx);
     }
 
-    /// Puts an admitted job where it belongs.
-    fn enqueue(&mut self, view: JobView, entry: JobLogEntry, ctx: &mut Context<Self>) {
+    /// Makes an admitted job known: among the active jobs, or, when it
+    /// ended at admission (a dependency that cannot be met), the ended.
+    fn register(&mut self, view: JobView, entry: JobLogEntry) {
         let id = view.id;
         if view.status.is_finished() {
             let at = view.ended_at.unwrap_or_else(Utc::now);
             self.ended.ended(id, view.status, at);
             return;
         }
-        let priority = view.priority;
-        let status = view.status;
         self.active.insert(
             id,
             Box::new(ActiveJob {
@@ -814,19 +1033,23 @@ impl JobQueue {
                 pending: Vec::new(),
             }),
         );
-        if status == JobStatus::Waiting {
+    }
+
+    /// Puts a registered job where it belongs: the run queue, or among the
+    /// waiting. The caller schedules.
+    fn place(&mut self, id: JobId, ctx: &mut Context<Self>) {
+        let Some(job) = self.active.get(&id) else { return };
+        if job.view.status == JobStatus::Waiting {
             self.hold(id);
             // A dependency may have ended since the job was admitted.
             self.recheck(id, ctx);
-            self.schedule(ctx);
         } else {
-            self.runnable.insert((priority, id));
-            self.schedule(ctx);
+            self.runnable.insert((job.view.priority, id));
         }
     }
 }
 
-/// One job, live or archived.
+/// One job, live or archived, with its log.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<JobView, KilnError>")]
 pub struct GetJob(pub JobId);
@@ -835,13 +1058,13 @@ impl Handler<GetJob> for JobQueue {
     type Result = ResponseFuture<Result<JobView, KilnError>>;
     fn handle(&mut self, GetJob(id): GetJob, _: &mut Context<Self>) -> Self::Result {
         if let Some(job) = self.active.get(&id) {
-            let view = job.view.clone();
+            let view = job.shown();
             return Box::pin(async move { Ok(view) });
         }
         let store = self.store.clone();
         Box::pin(async move {
             match store.read(move |b| b.load_job(id)).await? {
-                Some((r, archived)) => Ok(JobView::from_record(&r, archived)),
+                Some((r, archived)) => Ok(JobView { log: Some(r.log.clone()), ..JobView::from_record(&r, archived) }),
                 None => Err(KilnError::NotFound(format!("no such job: {id}"))),
             }
         })
@@ -977,6 +1200,7 @@ impl Handler<CancelJob> for JobQueue {
                 self.set_status(
                     id,
                     JobStatus::Canceling,
+                    LogLevel::Warning,
                     "cancel requested; stopping before the next opcode".into(),
                     ctx,
                 );
@@ -1001,16 +1225,23 @@ impl Handler<ArchiveJob> for JobQueue {
             return Box::pin(actix::fut::ready(Err(err)));
         }
         let store = self.store.clone();
-        Box::pin(
-            async move { store.commit(vec![Write::ArchiveJob(id)]).await.map_err(KilnError::from) }
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    res?;
-                    let needed = act.waited_for().contains(&id);
-                    act.ended.archived(id, needed);
-                    Ok(())
-                }),
-        )
+        let archive = async move {
+            match store.commit(vec![Write::ArchiveJob(id)]).await {
+                Ok(()) => Ok(()),
+                // Not live: say why, as `kiln job cancel` does.
+                Err(kiln_store::StoreError::NotFound(_)) => match store.read(move |b| b.load_job(id)).await? {
+                    Some((_, true)) => Err(KilnError::InvalidInput(format!("job {id} is already archived"))),
+                    _ => Err(KilnError::NotFound(format!("no such job: {id}"))),
+                },
+                Err(e) => Err(KilnError::from(e)),
+            }
+        };
+        Box::pin(archive.into_actor(self).map(move |res, act, _| {
+            res?;
+            let needed = act.waited_for().contains(&id);
+            act.ended.archived(id, needed);
+            Ok(())
+        }))
     }
 }
 
@@ -1058,6 +1289,89 @@ impl Handler<ArchiveOld> for JobQueue {
                 Ok(archived)
             }),
         )
+    }
+}
+
+/// Changes the priority of a job that has not started (queued or
+/// waiting); answered with the job once the change is durable. A running
+/// or ended job is refused: its priority no longer orders anything.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<JobView, KilnError>")]
+pub struct SetJobPriority {
+    pub job: JobId,
+    pub priority: i32,
+}
+
+impl Handler<SetJobPriority> for JobQueue {
+    type Result = ResponseFuture<Result<JobView, KilnError>>;
+    fn handle(&mut self, msg: SetJobPriority, ctx: &mut Context<Self>) -> Self::Result {
+        let (id, new) = (msg.job, msg.priority);
+        let refused = |e| -> Self::Result { Box::pin(async move { Err(e) }) };
+        if !(-20..=19).contains(&new) {
+            return refused(KilnError::InvalidInput(format!("priority {new} is out of range -20..19")));
+        }
+        let only = "only a queued or waiting job's priority can change";
+        let Some(job) = self.active.get_mut(&id) else {
+            return refused(match self.ended.get(id) {
+                Some((status, _)) => KilnError::InvalidInput(format!("job {id} already ended ({status}); {only}")),
+                None if id.0 < self.next_id => {
+                    KilnError::InvalidInput(format!("job {id} already ended: it is not in the live queue; {only}"))
+                }
+                None => KilnError::NotFound(format!("no such job: {id}")),
+            });
+        };
+        let old = job.view.priority;
+        match job.view.status {
+            JobStatus::Queued | JobStatus::Waiting => {}
+            other => return refused(KilnError::InvalidInput(format!("job {id} is {other}; {only}"))),
+        }
+        if old == new {
+            let view = job.shown();
+            return Box::pin(async move { Ok(view) });
+        }
+        job.view.priority = new;
+        if self.runnable.remove(&(old, id)) {
+            self.runnable.insert((new, id));
+        }
+        let (tx, rx) = oneshot::channel();
+        let message = (LogLevel::Info, format!("priority changed from {old} to {new}"));
+        self.commit_job(id, message, ctx, move |act, _, failure| {
+            let Some(job) = act.active.get_mut(&id) else {
+                // Withdrawn: its insert was refused, so it never was.
+                let _ = tx.send(Err(KilnError::NotFound(format!("no such job: {id}"))));
+                return;
+            };
+            let answer = match failure {
+                None => Ok(job.shown()),
+                Some(why) => {
+                    // Not durable: not told, and not kept either.
+                    if job.view.priority == new && !job.view.status.is_finished() {
+                        job.view.priority = old;
+                        if act.runnable.remove(&(new, id)) {
+                            act.runnable.insert((old, id));
+                        }
+                    }
+                    Err(KilnError::Store(why))
+                }
+            };
+            let _ = tx.send(answer);
+        });
+        Box::pin(async move { rx.await.map_err(|_| KilnError::Unavailable("the job queue stopped".into()))? })
+    }
+}
+
+/// Refuses with [`KilnError::Drained`] while the queue is drained: what
+/// the admin socket asks before a change that is not a job (`node set`,
+/// `node delete`, ...), so that drain refuses the same things whichever way
+/// they come.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), KilnError>")]
+pub struct CheckNotDrained;
+
+impl Handler<CheckNotDrained> for JobQueue {
+    type Result = Result<(), KilnError>;
+    fn handle(&mut self, _: CheckNotDrained, _: &mut Context<Self>) -> Self::Result {
+        if self.drained { Err(KilnError::Drained) } else { Ok(()) }
     }
 }
 
@@ -1113,6 +1427,8 @@ impl Handler<GetQueueInfo> for JobQueue {
             by_status: counts.into_iter().map(|(status, n)| (status.to_string(), n)).collect(),
             running: self.running,
             max_running: self.max_running,
+            unfinished: self.active.len(),
+            max_queued: self.max_queued,
             last_job_id: self.next_id - 1,
         })
     }

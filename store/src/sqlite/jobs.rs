@@ -16,7 +16,10 @@
 //! - **A job's log is a JSON column of its row** (`[{serial, at, message}]`),
 //!   written whole with every put: one row write per job change instead of a
 //!   row plus a b-tree insert per line (migration 3). The put checks that the
-//!   serials increase and belong to the job.
+//!   serials increase and belong to the job. A line's `level` is written only
+//!   when it is not `info` (most lines are, and every byte is rewritten at
+//!   every put); a line without one, among them every line stored before
+//!   levels existed, reads back as `info`. No migration was needed.
 //! - **Archiving is a move inside the batch's savepoint**: check, copy,
 //!   delete. A failure at any step leaves the job live and unchanged, because
 //!   the savepoint rolls back the whole batch.
@@ -30,7 +33,7 @@ use rusqlite::{Connection, Row, ToSql};
 use serde::Deserialize;
 
 use super::{Fields, Held, timestamp_text, unique_violation};
-use crate::{JobEnd, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, StoreError, Timestamp};
+use crate::{JobEnd, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, LogLevel, StoreError, Timestamp};
 
 /// The job columns of `$table` in the order [`job_from_row`] reads them.
 macro_rules! job_select {
@@ -139,12 +142,20 @@ fn insert_new(held: &mut Held<'_>, c: &JobColumns<'_>) -> Result<(), StoreError>
 struct LogLine<'a> {
     serial: u64,
     at: Timestamp,
+    #[serde(default = "info")]
+    level: LogLevel,
     #[serde(borrow)]
     message: std::borrow::Cow<'a, str>,
 }
 
+/// The level of a line stored without one.
+fn info() -> LogLevel {
+    LogLevel::Info
+}
+
 /// The job's log as the `log` column holds it,
-/// `[{"serial":1,"at":"2026-...Z","message":"..."}]`, after checking that
+/// `[{"serial":1,"at":"2026-...Z","message":"..."}]` (with `"level"` before
+/// the message when it is not info), after checking that
 /// every line is the job's own and the serials increase.
 ///
 /// Written by hand rather than through serde: the whole log is encoded at
@@ -174,6 +185,10 @@ fn log_text(job: &JobRecord) -> Result<String, StoreError> {
         crate::json::push_u64(&mut out, entry.serial);
         out.push_str(",\"at\":\"");
         crate::timestamp::push_timestamp(&mut out, entry.at);
+        if entry.level != LogLevel::Info {
+            out.push_str("\",\"level\":\"");
+            out.push_str(entry.level.as_str());
+        }
         out.push_str("\",\"message\":");
         crate::json::push_json_string(&mut out, &entry.message);
         out.push('}');
@@ -188,7 +203,7 @@ fn log_from_text(text: &str, id: JobId, table: &str) -> Result<Vec<JobLogEntry>,
         .map_err(|e| StoreError::Corrupt(format!("{table}.log of job {id} is not a readable log: {e}")))?;
     Ok(lines
         .into_iter()
-        .map(|l| JobLogEntry { job: id, serial: l.serial, at: l.at, message: l.message.into_owned() })
+        .map(|l| JobLogEntry { job: id, serial: l.serial, at: l.at, level: l.level, message: l.message.into_owned() })
         .collect())
 }
 
@@ -417,7 +432,13 @@ mod tests {
         serial: u64,
         #[serde(with = "crate::timestamp::rfc3339")]
         at: Timestamp,
+        #[serde(skip_serializing_if = "is_info")]
+        level: LogLevel,
         message: &'a str,
+    }
+
+    fn is_info(level: &LogLevel) -> bool {
+        *level == LogLevel::Info
     }
 
     #[test]
@@ -436,7 +457,13 @@ mod tests {
         let log: Vec<JobLogEntry> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| JobLogEntry { job: id, serial: i as u64 * 3 + 1, at, message: m.to_string() })
+            .map(|(i, m)| JobLogEntry {
+                job: id,
+                serial: i as u64 * 3 + 1,
+                at,
+                level: LogLevel::ALL[i % LogLevel::ALL.len()],
+                message: m.to_string(),
+            })
             .collect();
         let job = JobRecord {
             id,
@@ -449,11 +476,20 @@ mod tests {
             log: log.clone(),
         };
         let reference: Vec<SerdeLine<'_>> =
-            log.iter().map(|e| SerdeLine { serial: e.serial, at: e.at, message: &e.message }).collect();
+            log.iter().map(|e| SerdeLine { serial: e.serial, at: e.at, level: e.level, message: &e.message }).collect();
         let text = log_text(&job).unwrap();
         assert_eq!(text, serde_json::to_string(&reference).unwrap());
         assert_eq!(log_from_text(&text, id, "jobs").unwrap(), log);
         let empty = JobRecord { log: Vec::new(), ..job };
         assert_eq!(log_text(&empty).unwrap(), "[]");
+    }
+
+    #[test]
+    fn a_line_stored_before_levels_existed_reads_as_info() {
+        let text = r#"[{"serial":1,"at":"2026-11-23T21:07:52Z","message":"old"},{"serial":2,"at":"2026-11-23T21:07:53Z","level":"error","message":"new"}]"#;
+        let log = log_from_text(text, JobId(3), "jobs").unwrap();
+        assert_eq!(log.iter().map(|e| e.level).collect::<Vec<_>>(), [LogLevel::Info, LogLevel::Error]);
+        let bad = r#"[{"serial":1,"at":"2026-11-23T21:07:52Z","level":"loud","message":"x"}]"#;
+        assert!(matches!(log_from_text(bad, JobId(3), "jobs"), Err(StoreError::Corrupt(_))));
     }
 }
