@@ -72,7 +72,7 @@ every key's value and source; docs/config.md lists them. SIGHUP reloads the file
         #[arg(long = "kind", value_name = "KIND,...", value_delimiter = ',', value_parser = parse_event_kind)]
         kinds: Vec<kiln_actors::EventKind>,
     },
-    /// Measure a performance scenario in-process (spec section 11).
+    /// Measure a performance scenario in-process (docs/performance.md).
     Bench(BenchArgs),
     /// Expand, fold or count a node set (no daemon needed).
     Nodeset(NodesetArgs),

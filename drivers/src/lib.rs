@@ -42,7 +42,7 @@ pub enum Power {
     Off,
 }
 
-/// A power action (spec section 7).
+/// A power action (`kiln node power on|off|soft-off|reboot`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PowerAction {

@@ -144,7 +144,7 @@ pub struct UnknownValue {
 }
 
 string_enum!(
-    /// Ironic's provision states (spec section 3).
+    /// Ironic's provision states (docs/state-machine.md).
     ProvisionState, "provision state" {
         Enroll => "enroll",
         Manageable => "manageable",
@@ -214,7 +214,7 @@ pub struct Reservation {
     pub since: Timestamp,
 }
 
-/// A node as stored (spec section 3's field list).
+/// A node as stored (docs/state-machine.md's field list).
 ///
 /// `driver_info` holds the BMC password in clear: it must be stored to be
 /// used. Everything that shows a node to a person or a log goes through a
