@@ -198,7 +198,9 @@ string_enum!(
 );
 
 string_enum!(
-    /// Which driver talks to the node's BMC.
+    /// Which driver talks to the node's BMC. The names are those of
+    /// `kiln_drivers::Kind`, the one list of drivers; this crate cannot
+    /// depend on that one, so a test in `bin/cli.rs` checks the two agree.
     DriverKind, "driver" {
         Fake => "fake",
         Redfish => "redfish",
