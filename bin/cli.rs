@@ -72,7 +72,7 @@ every key's value and source; docs/config.md lists them. SIGHUP reloads the file
         #[arg(long = "kind", value_name = "KIND,...", value_delimiter = ',', value_parser = parse_event_kind)]
         kinds: Vec<kiln_actors::EventKind>,
     },
-    /// Measure a performance scenario in-process (spec section 11).
+    /// Measure a performance scenario in-process (docs/performance.md).
     Bench(BenchArgs),
     /// Expand, fold or count a node set (no daemon needed).
     Nodeset(NodesetArgs),
@@ -251,8 +251,8 @@ pub enum NodeCommand {
 pub struct CreateArgs {
     /// The node's name: letters, digits, '.', '_' or '-'.
     pub name: String,
-    /// fake, redfish or ipmi.
-    #[arg(long)]
+    // The help is `driver_help()`: the drivers crate's list of drivers.
+    #[arg(long, help = driver_help())]
     pub driver: String,
     /// The BMC address (driver_info.address).
     #[arg(long)]
@@ -272,6 +272,16 @@ pub struct CreateArgs {
     /// A port's MAC address (repeatable).
     #[arg(long = "mac", value_name = "MAC")]
     pub macs: Vec<String>,
+}
+
+/// `--driver`'s help, from the drivers crate's list: "fake, redfish or ipmi".
+pub fn driver_help() -> String {
+    let names: Vec<&str> = kiln_drivers::Kind::ALL.iter().map(|k| k.as_str()).collect();
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -640,4 +650,18 @@ pub struct RcopyArgs {
     pub source: String,
     /// The local directory that receives each node's copy as NAME.node.
     pub dest: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    /// The drivers crate's list is the one the CLI shows; the store spells
+    /// the same names in `DriverKind` (neither crate may depend on the
+    /// other), so this checks the two lists agree, in order.
+    #[test]
+    fn the_store_and_the_drivers_crate_name_the_same_drivers() {
+        let drivers: Vec<&str> = kiln_drivers::Kind::ALL.iter().map(|k| k.as_str()).collect();
+        let stored: Vec<&str> = kiln_store::DriverKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(drivers, stored, "kiln_drivers::Kind::ALL and kiln_store::DriverKind::ALL");
+        assert_eq!(super::driver_help(), "fake, redfish or ipmi");
+    }
 }

@@ -60,7 +60,7 @@ pub struct FileConfig {
     pub group_list: Option<String>,
     /// ...and one printing the node set of the group `$GROUP`.
     pub group_map: Option<String>,
-    /// Periodic tasks (spec section 5).
+    /// Periodic tasks (docs/jobs.md).
     pub periodic_enabled: Option<bool>,
     pub power_sync_interval: Option<Seconds>,
     pub power_sync_concurrency: Option<usize>,

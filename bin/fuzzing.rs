@@ -1,4 +1,4 @@
-//! The properties kiln's input boundaries keep on any input (SPEC section 12),
+//! The properties kiln's input boundaries keep on any input (docs/reliability.md),
 //! one function per boundary: the admin frame decoder, node import files and
 //! node set expressions.
 //!

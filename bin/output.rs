@@ -1,5 +1,5 @@
 //! Printing: tables for people, one JSON document for scripts. Node objects
-//! in JSON use the field names of the spec (section 3); passwords are already
+//! in JSON use the field names of docs/state-machine.md; passwords are already
 //! masked in every view the daemon sends.
 
 use chrono::SecondsFormat;

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The default largest frame (spec section 8).
+/// The default largest frame (ARCHITECTURE.md, "API boundaries").
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// The most a client takes of one answer, all its parts together, and

@@ -4,7 +4,7 @@
 //! (`AtomicResponse`: the next message waits until the call has finished),
 //! bounds each call with a timeout, and runs the call itself in a spawned
 //! tokio task so that a panicking driver becomes a [`DriverError::Panicked`]
-//! for the node instead of killing an actor (spec section 2).
+//! for the node instead of killing an actor (ARCHITECTURE.md, "Panics").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! Fanout commands over node sets (spec section 6): ClusterShell's `Task`
+//! Fanout commands over node sets (the README's "Fanout commands"): ClusterShell's `Task`
 //! with its `exec` and `ssh` workers.
 //!
 //! A run keeps at most `fanout` commands going at once, as a sliding

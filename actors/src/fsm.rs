@@ -1,5 +1,5 @@
-//! The provisioning state machine, as data (spec section 3; Ironic's, checked
-//! against ironic 39.0.0).
+//! The provisioning state machine, as data (Ironic's, checked against ironic
+//! 39.0.0; described for operators in docs/state-machine.md).
 //!
 //! Pure: no actix, no I/O, no clock. [`step`] answers "what does this event do
 //! in this state", from the table [`TRANSITIONS`]; the node actor is the only
@@ -88,7 +88,7 @@ impl fmt::Display for Event {
     }
 }
 
-/// The operator verbs (spec section 3): each is an event, `undeploy` being
+/// The operator verbs (docs/state-machine.md): each is an event, `undeploy` being
 /// Ironic's name for `delete`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -169,7 +169,7 @@ impl FromStr for Verb {
     }
 }
 
-/// What kind of state a state is (spec section 3).
+/// What kind of state a state is (docs/state-machine.md, "States").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateClass {
     /// Nothing runs; the node stays until an operator acts.
@@ -216,7 +216,7 @@ pub fn is_settled(state: S) -> bool {
     !matches!(class(state), StateClass::Working)
 }
 
-/// The state a working state aims at unless told otherwise (spec section 3).
+/// The state a working state aims at unless told otherwise (docs/state-machine.md).
 pub fn default_target(working: S) -> Option<S> {
     match working {
         S::Deploying | S::Adopting | S::Unrescuing | S::Servicing => Some(S::Active),
@@ -228,7 +228,8 @@ pub fn default_target(working: S) -> Option<S> {
 }
 
 /// The transition table: for each state, the events it allows and where each
-/// leads. Kept in the spec's order so the two can be read side by side.
+/// leads. Kept in the order of docs/state-machine.md's table so the two can
+/// be read side by side.
 pub const TRANSITIONS: &[(S, &[(Event, S)])] = {
     use Event::*;
     &[
@@ -358,10 +359,11 @@ pub fn failed_state(working: S) -> Option<S> {
 mod tests {
     use super::*;
 
-    /// Every row of the spec's table, transcribed independently of
-    /// `TRANSITIONS` (as strings, the spec's own words), so a typo in either
-    /// is caught.
-    const SPEC_TABLE: &[(&str, &str)] = &[
+    /// Every row of docs/state-machine.md's transition table, transcribed
+    /// independently of `TRANSITIONS` (as strings, the page's own words), so
+    /// a typo in either is caught; `the_documented_table_is_this_one` checks
+    /// that the page still has these rows.
+    const TABLE_AS_DOCUMENTED: &[(&str, &str)] = &[
         ("enroll", "manage→verifying"),
         ("verifying", "done→manageable; fail→enroll"),
         ("manageable", "provide→cleaning; clean→cleaning; inspect→inspecting; adopt→adopting"),
@@ -408,9 +410,9 @@ mod tests {
     }
 
     #[test]
-    fn every_row_of_the_spec_is_allowed_and_every_other_pair_refused() {
+    fn every_documented_row_is_allowed_and_every_other_pair_refused() {
         let mut seen_states = 0;
-        for (state_name, row) in SPEC_TABLE {
+        for (state_name, row) in TABLE_AS_DOCUMENTED {
             let state: S = state_name.parse().unwrap();
             seen_states += 1;
             let mut allowed = Vec::new();
@@ -430,7 +432,23 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen_states, ProvisionState::ALL.len(), "the spec's table names every state");
+        assert_eq!(seen_states, ProvisionState::ALL.len(), "the documented table names every state");
+    }
+
+    /// docs/state-machine.md shows the table to operators: each row there
+    /// must be a row here, in the same words, and the page no other row.
+    #[test]
+    fn the_documented_table_is_this_one() {
+        let page = include_str!("../../docs/state-machine.md");
+        let table = page.split("## Transitions").nth(1).expect("the page has a Transitions section");
+        let documented: Vec<&str> = table
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter(|l| l.starts_with('|') && l.contains('→'))
+            .collect();
+        let expected: Vec<String> =
+            TABLE_AS_DOCUMENTED.iter().map(|(state, row)| format!("| {state} | {row} |")).collect();
+        assert_eq!(documented, expected, "docs/state-machine.md's transition table");
     }
 
     use kiln_store::ProvisionState;

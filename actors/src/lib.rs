@@ -126,7 +126,7 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
 }
 
 /// [`start`] on a store already open: another [`kiln_store::Backend`]
-/// behind a [`StoreHandle`] (the spec's narrow store interface), or a test's.
+/// behind a [`StoreHandle`] (the store's narrow interface: ARCHITECTURE.md, "API boundaries"), or a test's.
 pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<Site, StartError> {
     panics::install_hook();
     let store_error = |source| StartError::Store { path: config.database_path().display().to_string(), source };

@@ -1,7 +1,8 @@
 //! Node sets: ClusterShell's `NodeSet` syntax and semantics, in Rust.
 //!
-//! Every kiln command that takes nodes takes a node set (SPEC §6), written the
-//! way operators already write them for `clush` and `nodeset`:
+//! Every kiln command that takes nodes takes a node set (the README's
+//! "Fanout commands"), written the way operators already write them for
+//! `clush` and `nodeset`:
 //! `n[1-100]`, `n[001-100]`, `n[1-100/2]`, `n[1-3,7]`, `r[1-4]-n[01-40]`,
 //! groups `@name`, and the operators `,` (union), `!` (difference),
 //! `&` (intersection) and `^` (symmetric difference), applied strictly left to
@@ -2113,7 +2114,7 @@ mod tests {
         terms
     }
 
-    /// The sizes of `kiln bench nodeset` (SPEC §11). No timing here; run
+    /// The sizes of `kiln bench nodeset` (docs/performance.md). No timing here; run
     /// `cargo test --release` to see that they are fast.
     #[test]
     fn large_sets_fold() {

@@ -1,7 +1,8 @@
 //! Answers longer than a frame, sent in parts.
 //!
-//! Why: the spec bounds every admin frame by `max_frame` (16 MiB by
-//! default), and some answers are longer at the sizes kiln is built for:
+//! Why: the admin protocol bounds every frame by `max_frame` (16 MiB by
+//! default; ARCHITECTURE.md, "API boundaries"), and some answers are longer
+//! at the sizes kiln is built for:
 //! `kiln job list --limit 0` over a million live jobs is 196 MB, and
 //! `kiln node list` on 100,000 demo nodes is 11 MB, more with real nodes'
 //! driver info and properties. Such an answer used to reach the CLI as

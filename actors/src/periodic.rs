@@ -1,4 +1,4 @@
-//! The built-in periodic tasks (spec section 5's table), as [`PeriodicTask`]s
+//! The built-in periodic tasks (docs/jobs.md, "Built-in tasks"), as [`PeriodicTask`]s
 //! for the [`crate::scheduler::Scheduler`].
 //!
 //! Power sync reads every BMC in parallel, at most `power_sync_concurrency`

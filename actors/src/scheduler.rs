@@ -1,5 +1,5 @@
-//! The scheduler actor: Nova's periodic tasks as actor messages (spec
-//! section 5).
+//! The scheduler actor: Nova's periodic tasks as actor messages
+//! (docs/jobs.md, "Periodic tasks").
 //!
 //! [`Schedule`] is the plain part: which task is due when, given an
 //! `Instant`, so it is tested with made-up instants and no clock at all. The

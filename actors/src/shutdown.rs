@@ -1,6 +1,6 @@
-//! A graceful shutdown of a site (spec section 12: "SIGTERM: stop accepting,
-//! let running opcodes finish up to a grace period, then fail them as on
-//! restart").
+//! A graceful shutdown of a site (docs/reliability.md, "SIGTERM and the
+//! grace period": stop accepting, let running opcodes finish up to a grace
+//! period, then fail them as on restart).
 //!
 //! [`shutdown`] stops the scheduler and the job queue from starting anything,
 //! waits for the running opcodes and node tasks to end (at most the grace

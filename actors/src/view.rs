@@ -11,7 +11,7 @@ use kiln_store::{NodeRecord, PortRecord, Reservation, masked_driver_info};
 use serde::{Deserialize, Serialize};
 
 /// A node as shown to people, scripts and embedding applications: the
-/// record's fields under the spec's names, `driver_info` masked, and the live
+/// record's fields under the names docs/state-machine.md lists, `driver_info` masked, and the live
 /// reservation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]

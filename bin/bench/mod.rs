@@ -1,5 +1,5 @@
 //! `kiln bench SCENARIO`: in-process scenarios against a temporary data dir,
-//! measuring the spec's performance targets (section 11).
+//! measuring the performance targets of docs/performance.md.
 //!
 //! Each scenario prints one line per figure, `name value unit`, then one line
 //! per target saying `ok` or `below target`. Times here are measurements to

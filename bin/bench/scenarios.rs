@@ -708,7 +708,7 @@ async fn power_sync(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
 
 // ----- exec ------------------------------------------------------------------------------
 
-/// 1,000 nodes, exec worker, `true`, fanout 64: the spec compares the wall
+/// 1,000 nodes, exec worker, `true`, fanout 64: docs/performance.md compares the wall
 /// time with `clush -R exec -w n[1-1000] -f 64 true` (scripts/bench-vs-clush.sh
 /// runs both).
 fn exec(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {

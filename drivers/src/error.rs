@@ -43,6 +43,6 @@ pub enum InvalidDriverInfo {
     Malformed { field: String, value: String, why: String },
     #[error("driver_info.{field} is not a {driver} driver setting (known: {known})")]
     Unknown { driver: String, field: String, known: String },
-    #[error("unknown driver '{0}' (expected one of: fake, redfish, ipmi)")]
+    #[error("unknown driver '{0}' (expected one of: {known})", known = crate::Kind::names(", "))]
     UnknownDriver(String),
 }

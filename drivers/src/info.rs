@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::Kind;
 use crate::error::InvalidDriverInfo;
 
 /// How a value must look.
@@ -85,19 +86,20 @@ pub const REDFISH_AUTH_METHODS: &[&str] = &["auto", "basic", "session"];
 /// The calls of the fake driver that `panic_on` may name.
 pub const FAKE_CALLS: &[&str] = &["power", "set_power", "boot", "inspect", "any"];
 
-fn keys_of(driver: &str) -> Result<&'static [Key], InvalidDriverInfo> {
-    match driver {
-        "fake" => Ok(FAKE),
-        "redfish" => Ok(REDFISH),
-        "ipmi" => Ok(IPMI),
-        other => Err(InvalidDriverInfo::UnknownDriver(other.to_string())),
-    }
+fn keys_of(driver: &str) -> Result<(Kind, &'static [Key]), InvalidDriverInfo> {
+    let kind = Kind::named(driver).ok_or_else(|| InvalidDriverInfo::UnknownDriver(driver.to_string()))?;
+    let keys = match kind {
+        Kind::Fake => FAKE,
+        Kind::Redfish => REDFISH,
+        Kind::Ipmi => IPMI,
+    };
+    Ok((kind, keys))
 }
 
 /// Checks a node's `driver_info` for its driver: every required key is
 /// present, no unknown key, every value well formed.
 pub fn validate(driver: &str, info: &BTreeMap<String, String>) -> Result<(), InvalidDriverInfo> {
-    let keys = keys_of(driver)?;
+    let (kind, keys) = keys_of(driver)?;
     for k in keys.iter().filter(|k| k.required) {
         if info.get(k.name).is_none_or(|v| v.trim().is_empty()) {
             return Err(InvalidDriverInfo::Missing { driver: driver.to_string(), field: k.name });
@@ -121,7 +123,7 @@ pub fn validate(driver: &str, info: &BTreeMap<String, String>) -> Result<(), Inv
     }
     // A Redfish session is opened with a user name: without one there is
     // nothing to log in with (`auto` then sends no credentials at all).
-    if driver == "redfish"
+    if kind == Kind::Redfish
         && info.get("auth_method").is_some_and(|m| m == "session")
         && info.get("username").is_none_or(|u| u.is_empty())
     {

@@ -42,7 +42,7 @@ pub enum Power {
     Off,
 }
 
-/// A power action (spec section 7).
+/// A power action (`kiln node power on|off|soft-off|reboot`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PowerAction {
@@ -91,17 +91,58 @@ pub trait Bmc: Send + Sync + 'static {
     fn inspect(&self) -> BmcFuture<'_, Facts>;
 }
 
-/// The driver kinds this crate can build.
-pub const KINDS: &[&str] = &["fake", "redfish", "ipmi"];
+/// The driver kinds this crate can build: the one list of driver names.
+///
+/// Everything else that names drivers is derived from it: [`connect`],
+/// [`endpoint`], [`validate`] and its errors here, and the CLI's help. The
+/// store spells the same names in its `DriverKind` (it cannot depend on this
+/// crate); a test of the `kiln` package (`bin/cli.rs`) checks that the two
+/// lists agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Fake,
+    Redfish,
+    Ipmi,
+}
+
+impl Kind {
+    /// Every kind, in the order the CLI and error messages list them.
+    pub const ALL: &'static [Kind] = &[Kind::Fake, Kind::Redfish, Kind::Ipmi];
+
+    /// The driver's name, as `--driver`, the store and the JSON output spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Fake => "fake",
+            Kind::Redfish => "redfish",
+            Kind::Ipmi => "ipmi",
+        }
+    }
+
+    /// The kind named `name`, if this crate builds one.
+    pub fn named(name: &str) -> Option<Kind> {
+        Kind::ALL.iter().copied().find(|k| k.as_str() == name)
+    }
+
+    /// Every name, separated by `separator` (`"fake, redfish, ipmi"`).
+    pub fn names(separator: &str) -> String {
+        Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(separator)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Builds the BMC client for a node, after validating its `driver_info`.
 pub fn connect(kind: &str, info: &BTreeMap<String, String>) -> Result<Arc<dyn Bmc>, DriverError> {
     validate(kind, info)?;
-    match kind {
-        "fake" => Ok(Arc::new(fake::FakeBmc::from_info(info)?)),
-        "redfish" => Ok(Arc::new(redfish::RedfishBmc::from_info(info)?)),
-        "ipmi" => Ok(Arc::new(ipmi::IpmiBmc::from_info(info)?)),
-        other => Err(DriverError::Unsupported(other.to_string())),
+    match Kind::named(kind) {
+        Some(Kind::Fake) => Ok(Arc::new(fake::FakeBmc::from_info(info)?)),
+        Some(Kind::Redfish) => Ok(Arc::new(redfish::RedfishBmc::from_info(info)?)),
+        Some(Kind::Ipmi) => Ok(Arc::new(ipmi::IpmiBmc::from_info(info)?)),
+        None => Err(DriverError::Unsupported(kind.to_string())),
     }
 }
 
@@ -117,17 +158,17 @@ pub fn connect(kind: &str, info: &BTreeMap<String, String>) -> Result<Arc<dyn Bm
 /// Credentials are not part of it and never appear in it.
 pub fn endpoint(kind: &str, info: &BTreeMap<String, String>) -> Option<String> {
     let address = info.get("address")?;
-    match kind {
-        "fake" => None,
-        "redfish" => {
+    match Kind::named(kind) {
+        Some(Kind::Fake) => None,
+        Some(Kind::Redfish) => {
             let system = info.get("system_id").map(String::as_str).unwrap_or("");
             Some(format!("redfish:{}:{system}", address.trim_end_matches('/')))
         }
-        "ipmi" => {
+        Some(Kind::Ipmi) => {
             let port = info.get("port").map(String::as_str).unwrap_or("623");
             Some(format!("ipmi:{address}:{port}"))
         }
-        _ => {
+        None => {
             let port = info.get("port").map(String::as_str).unwrap_or("");
             Some(format!("{kind}:{address}:{port}"))
         }
@@ -151,9 +192,19 @@ mod tests {
         let r2 = info(&[("address", "https://bmc"), ("system_id", "/redfish/v1/Systems/2")]);
         assert_ne!(endpoint("redfish", &r1), endpoint("redfish", &r2));
         assert_eq!(endpoint("fake", &a), None);
-        for kind in KINDS {
-            assert!(!endpoint(kind, &a).unwrap_or_default().contains("hunter22"));
+        for kind in Kind::ALL {
+            assert!(!endpoint(kind.as_str(), &a).unwrap_or_default().contains("hunter22"));
         }
+    }
+
+    #[test]
+    fn kinds_are_named_by_their_names_only() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::named(kind.as_str()), Some(*kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        assert_eq!(Kind::named("Fake"), None);
+        assert_eq!(Kind::names(", "), "fake, redfish, ipmi");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 # Built on pyghmi's BMC server (pyghmi.ipmi.bmc), in a venv under $PEERS_DIR; needs apt package ipmitool for clients.
 # Try: ipmitool -I lanplus -H 127.0.0.1 -p 9623 -U admin -P password power status
 #
-# Copied from shared/peers/ipmi-bmc.sh and fixed for kiln's tests:
+# Changed for kiln's tests, from the generic simulator script it started as:
 # - pid, log and simulator files are per FIRST_PORT, so one user's `stop` does not kill another's simulators;
 # - the venv shared with redfish-emulator.sh, and the apt install, happen under a lock (tests start both at once);
 # - start first stops the simulators this script started earlier on FIRST_PORT.

@@ -6,7 +6,7 @@
 # Prints the endpoint; systems are at /redfish/v1/Systems/<uuid>, user admin / password password (HTTP basic auth).
 # With TLS=1 it serves HTTPS with a certificate for 127.0.0.1 signed by a throwaway CA, $PEERS_DIR/redfish-PORT/ca.pem.
 #
-# Copied from shared/peers/redfish-emulator.sh and fixed for kiln's tests:
+# Changed for kiln's tests, from the generic emulator script it started as:
 # - the venv shared with ipmi-bmc.sh is created and filled under a lock (tests start both peers at once);
 # - start first stops the emulator this script started earlier on PORT (a stale one would answer the health
 #   check while the new one fails to bind);

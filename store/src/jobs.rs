@@ -1,4 +1,4 @@
-//! The records of the job queue (spec section 4): jobs, their log, and the
+//! The records of the job queue (docs/jobs.md): jobs, their log, and the
 //! queue's few site-wide settings.
 //!
 //! Why they are shaped so:
@@ -51,7 +51,7 @@ impl FromStr for JobId {
 }
 
 string_enum!(
-    /// Where a job is in its life (spec section 4); opcodes use the same words.
+    /// Where a job is in its life (docs/jobs.md); opcodes use the same words.
     JobStatus, "job status" {
         Queued => "queued",
         Waiting => "waiting",

@@ -1,8 +1,8 @@
 //! kiln-store: the durable store of a kiln site.
 //!
-//! The interface is deliberately narrow (spec section 13): records go in as
-//! [`Write`]s applied atomically in a [`Batch`], records come out through a few
-//! load calls. [`Backend`] is that interface; [`sqlite::SqliteBackend`] is the
+//! The interface is deliberately narrow (ARCHITECTURE.md, "API boundaries"):
+//! records go in as [`Write`]s applied atomically in a [`Batch`], records
+//! come out through a few load calls. [`Backend`] is that interface; [`sqlite::SqliteBackend`] is the
 //! embedded implementation, and a PostgreSQL backend can sit beside it without
 //! touching the actors.
 //!

@@ -144,7 +144,7 @@ pub struct UnknownValue {
 }
 
 string_enum!(
-    /// Ironic's provision states (spec section 3).
+    /// Ironic's provision states (docs/state-machine.md).
     ProvisionState, "provision state" {
         Enroll => "enroll",
         Manageable => "manageable",
@@ -198,7 +198,9 @@ string_enum!(
 );
 
 string_enum!(
-    /// Which driver talks to the node's BMC.
+    /// Which driver talks to the node's BMC. The names are those of
+    /// `kiln_drivers::Kind`, the one list of drivers; this crate cannot
+    /// depend on that one, so a test in `bin/cli.rs` checks the two agree.
     DriverKind, "driver" {
         Fake => "fake",
         Redfish => "redfish",
@@ -214,7 +216,7 @@ pub struct Reservation {
     pub since: Timestamp,
 }
 
-/// A node as stored (spec section 3's field list).
+/// A node as stored (docs/state-machine.md's field list).
 ///
 /// `driver_info` holds the BMC password in clear: it must be stored to be
 /// used. Everything that shows a node to a person or a log goes through a

@@ -4,7 +4,7 @@
 //!
 //! - **Durability first.** `journal_mode=WAL` with `synchronous=FULL` makes
 //!   every COMMIT an fsync of the WAL, so a commit that returned survives
-//!   `kill -9` and power loss (spec section 12). The store thread takes the
+//!   `kill -9` and power loss (docs/reliability.md). The store thread takes the
 //!   fsync on itself instead ([`Backend::log_sync`]): the file drops to
 //!   `synchronous=NORMAL` and the WAL is synced explicitly, on another
 //!   thread, before any commit is acknowledged. One fsync is amortised over

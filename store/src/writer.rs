@@ -12,7 +12,7 @@
 //!   [`Backend::commit`]: one transaction, one fsync, each batch in its own
 //!   savepoint. Under load the fsync cost is shared by every waiting caller,
 //!   which is how 64 concurrent submitters get durable acknowledgements
-//!   without 64 fsyncs each (spec section 4). With no load a batch commits
+//!   without 64 fsyncs each (docs/jobs.md). With no load a batch commits
 //!   alone at once: there is no timer and no added latency.
 //! - **The fsync runs beside the next group.** A backend that hands out a
 //!   [`LogSync`](crate::LogSync) (SQLite: its WAL) commits without syncing;

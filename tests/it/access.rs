@@ -1,4 +1,4 @@
-//! Who may use the admin socket (spec section 8): the file mode (0600, or
+//! Who may use the admin socket (docs/operator-guide.md, "Who may use the socket"): the file mode (0600, or
 //! 0660 with `socket_mode`) and, behind it, the peer-uid check against the
 //! daemon's own uid, root and `allowed_uids`. A client runs as another uid
 //! (65534) in the socket's group, so only the layer under test stands in

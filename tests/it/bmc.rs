@@ -198,7 +198,7 @@ const PEER_PASSWORD_LEAKS: &[&str] = &[
 
 /// The daemon's log lines from inside a driver (`kiln_drivers::…`), after
 /// checking that there is one and that each names `node`, the only node of
-/// the test (spec section 9: lines carry the node where it applies).
+/// the test (docs/metrics.md, "Logs": lines carry the node where it applies).
 fn driver_lines_of(log: &[String], node: &str) -> Vec<String> {
     let lines: Vec<String> = log.iter().filter(|l| l.contains(" kiln_drivers::")).cloned().collect();
     assert!(!lines.is_empty(), "no driver log line at debug level: {log:?}");

@@ -1,4 +1,4 @@
-//! Crash tests (spec section 12): the real daemon under a mixed workload
+//! Crash tests (docs/reliability.md): the real daemon under a mixed workload
 //! (bulk node verbs, jobs, power and maintenance actions, node settings,
 //! periodic tasks every second, BMCs with latency) is SIGKILLed at a random
 //! moment, many times, and restarted each time; every third round it gets

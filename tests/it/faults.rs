@@ -1,4 +1,4 @@
-//! BMC faults (SPEC section 12): Redfish nodes on the real emulator, some
+//! BMC faults (docs/reliability.md): Redfish nodes on the real emulator, some
 //! of them behind a [`FaultProxy`] whose fault is switched while the daemon
 //! runs. A BMC that hangs, resets, answers 5xx, garbage or the wrong thing
 //! fails its own node with a clear error and never holds up another node;

@@ -1,4 +1,4 @@
-//! Every rejected request leaves the store unchanged (SPEC section 12): a
+//! Every rejected request leaves the store unchanged (docs/reliability.md): a
 //! long series of bad requests, through the CLI and as raw frames on the
 //! socket, against a daemon with nodes, ports and jobs in it; then every
 //! table of its SQLite file, read directly, and what `node list`,

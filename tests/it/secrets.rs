@@ -1,4 +1,4 @@
-//! BMC passwords never leave the store (spec section 12): after a full run
+//! BMC passwords never leave the store (docs/reliability.md): after a full run
 //! with one known password on IPMI, Redfish and fake nodes whose BMCs fail
 //! in every way (nothing listening, HTTP 401), failing power actions and
 //! verbs, jobs, periodic tasks, bad requests, the password is nowhere in the

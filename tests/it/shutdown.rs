@@ -1,4 +1,4 @@
-//! SIGTERM (spec section 12): the daemon stops accepting, lets running
+//! SIGTERM (docs/reliability.md): the daemon stops accepting, lets running
 //! opcodes finish within `--shutdown-grace`, fails what still runs then as
 //! the restart rule would (committed before it exits), and exits 0.
 

@@ -1,5 +1,5 @@
 //! Jobs: ordered opcodes submitted together, run by the [`JobQueue`] actor
-//! (spec section 4, Ganeti's job queue).
+//! (docs/jobs.md; Ganeti's job queue).
 //!
 //! Every bulk node verb is a job: a node-set opcode runs its nodes through
 //! their node actors in parallel under a fanout limit, and the job keeps each

@@ -41,7 +41,8 @@ pub enum VerbPlan {
     Work { working: S, target: S, steps: Vec<Step> },
 }
 
-/// The steps each working state runs (spec section 3's "driver work").
+/// The steps each working state runs (docs/state-machine.md, "The work of
+/// each working state").
 pub fn steps_of(working: S) -> Vec<Step> {
     use Step::*;
     match working {
@@ -83,7 +84,7 @@ pub fn finishing_event(working: S, target: Option<S>) -> Event {
     }
 }
 
-/// The restart rule (spec section 4): a record left mid-task by a crash or a
+/// The restart rule (docs/state-machine.md, "Rules"): a record left mid-task by a crash or a
 /// restart is released, a working state falls to its failed state with
 /// `last_error` saying why, and an unfinished power target is cleared.
 /// Returns the changed record and its history line, or `None` when the
