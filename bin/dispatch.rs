@@ -95,7 +95,9 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
         }
         Request::NodeDelete { nodes } => Response::Outcomes(ask(site, DeleteNodes(nodes)).await?),
         Request::NodeOp { nodes, op, wait: _, fanout: f, priority } => {
-            let ops = vec![Opcode::Node { nodes, op, fanout: Some(fanout(f) as u32) }];
+            // Without `-f`, the opcode takes `default_fanout` when it starts,
+            // as an opcode of a job file does.
+            let ops = vec![Opcode::Node { nodes, op, fanout: f }];
             Response::JobSubmitted(submit(site, SubmitJob { ops, priority, depends: Vec::new() }).await?)
         }
         Request::JobSubmit { ops, priority, depends } => {

@@ -743,3 +743,34 @@ fn drain_refuses_every_change_whichever_way_it_comes_and_lets_reads_and_queue_ma
     d.json(&["node", "set", "demo1", "--property", "rack=r1"]);
     assert_eq!(d.node("demo1")["properties"]["rack"], "r1");
 }
+
+#[test]
+fn an_opcode_without_a_fanout_takes_default_fanout_whichever_way_it_comes() {
+    let d = Daemon::start(3, &["--no-periodic", "--set", "default_fanout=1"]);
+    for i in 1..=3 {
+        d.json(&["node", "set", &format!("demo{i}"), "--driver-info", "latency_ms=50"]);
+    }
+    // One node at a time: each node's operation ends before the next
+    // starts, for a job file's opcode and a bulk verb alike.
+    let f = write(&d, "job.yaml", "ops: [{op: manage, nodes: 'demo[1-3]'}]");
+    assert_eq!(d.json(&["job", "submit", &f, "--wait"])["status"], "success");
+    d.json(&["node", "provide", "demo[1-3]", "--wait"]);
+    d.wait_for_stored_event("demo3 provided", |e| {
+        e["node_name"] == "demo3" && e["action"] == "provide" && e["kind"] == "end"
+    });
+    let out = d.cli(&["--json", "events", "--kind", "start,end"]);
+    let events: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for action in ["manage", "provide"] {
+        let seen: Vec<(String, String)> = events
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| (e["node_name"].as_str().unwrap().to_string(), e["kind"].as_str().unwrap().to_string()))
+            .collect();
+        let one_at_a_time: Vec<(String, String)> = ["demo1", "demo2", "demo3"]
+            .iter()
+            .flat_map(|n| ["start", "end"].map(|k| (n.to_string(), k.to_string())))
+            .collect();
+        assert_eq!(seen, one_at_a_time, "{action}");
+    }
+}

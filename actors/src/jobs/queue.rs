@@ -465,7 +465,9 @@ impl JobQueue {
                     Err(e) => return self.op_done(id, idx, Vec::new(), Some(e.to_string()), ctx),
                 };
                 job.progress_total = nodes.len() as u64;
-                let fanout = fanout.map(|f| f as usize).unwrap_or(64);
+                // One default for every way an opcode comes: the site's
+                // `default_fanout` as it is when the opcode starts.
+                let fanout = fanout.map(|f| f as usize).unwrap_or_else(|| router.registry.live.default_fanout());
                 let fut = async move {
                     router
                         .fan_out_with(nodes, fanout, &control, |r, node| {

@@ -244,7 +244,9 @@ impl Handler<ExpireWait> for NodeActor {
     fn handle(&mut self, msg: ExpireWait, ctx: &mut Context<Self>) -> Self::Result {
         let state = self.record.provision_state;
         let waited = (Utc::now() - self.record.updated_at).to_std().unwrap_or_default();
-        if fsm::class(state) != StateClass::Wait || waited < msg.timeout || self.busy() {
+        // A node in maintenance is left as it is, as by every periodic task
+        // (Ironic's deploy timeout check filters maintenance out too).
+        if fsm::class(state) != StateClass::Wait || waited < msg.timeout || self.busy() || self.record.maintenance {
             return Box::pin(async { false });
         }
         let Ok(to) = fsm::step(state, Event::Fail) else { return Box::pin(async { false }) };
