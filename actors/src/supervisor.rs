@@ -488,7 +488,7 @@ impl Router {
         let f = &f;
         stream::iter(nodes.into_iter().map(|(id, name)| async move {
             let result = if control.cancel.load(Ordering::Relaxed) {
-                Err(KilnError::Canceled(format!("node {name} was not started: the job was canceled")))
+                Err(KilnError::Canceled("not started: the job was canceled".into()))
             } else {
                 f(self.clone(), id).await
             };

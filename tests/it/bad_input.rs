@@ -126,6 +126,7 @@ fn a_failing_bmc_fails_the_task_with_last_error_and_history() {
     d.json(&["node", "set", "demo1", "--driver-info", "failure_rate=1"]);
     let out = d.json_code(&["node", "deploy", "demo1", "--wait"], 1);
     assert_eq!(out[0]["ok"], false);
+    assert_eq!(out[0]["provision_state"], "deploy failed", "the state it is in now: {out}");
     let n = d.node("demo1");
     assert_eq!(n["provision_state"], "deploy failed");
     assert!(n["last_error"].as_str().unwrap().contains("simulated BMC failure"));

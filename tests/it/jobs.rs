@@ -340,6 +340,32 @@ fn canceling_a_node_set_job_stops_starting_new_nodes() {
     assert!(not_started >= 1, "{j}");
     assert_eq!(j["ops"][1]["status"], "canceled");
     assert_eq!(d.state("demo6"), "enroll");
+    // The log counts nodes not started apart from failed ones, names them
+    // once, folded, and says "canceled" once.
+    let log: Vec<String> = j["log"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap().into()).collect();
+    let text = log.join("\n");
+    assert!(!text.contains("failed"), "{text}");
+    assert!(log.contains(&format!("opcode 1 canceled: {not_started} of 6 nodes not started")), "{text}");
+    assert!(log.iter().any(|l| l.starts_with("nodes not started (the job was canceled): demo")), "{text}");
+    assert_eq!(log.last().unwrap(), "job ended: canceled", "{text}");
+    let once = results.iter().find(|r| r["error_kind"] == "canceled").unwrap();
+    assert_eq!(once["error"], "not started: the job was canceled", "{once}");
+}
+
+#[test]
+fn a_sleeps_start_is_logged_when_it_starts() {
+    let d = Daemon::start(0, &[]);
+    let id = submit(&d, "ops: [{op: sleep, seconds: 1}]");
+    let j = watch(&d, id);
+    let at = |prefix: &str| {
+        let e = j["log"].as_array().unwrap().iter().find(|e| e["message"].as_str().unwrap().starts_with(prefix));
+        chrono::DateTime::parse_from_rfc3339(
+            e.unwrap_or_else(|| panic!("no '{prefix}' in {j}"))["at"].as_str().unwrap(),
+        )
+        .unwrap()
+    };
+    let slept = at("opcode 1 succeeded") - at("opcode 1/1 started: sleep");
+    assert!(slept >= chrono::Duration::milliseconds(1000), "started {slept} before its end: {j}");
 }
 
 #[test]

@@ -107,3 +107,20 @@ fn sigterm_lets_a_short_opcode_finish_starts_nothing_new_and_exits_0() {
     assert_eq!(done["status"], "success", "{done}");
     assert_eq!(d.state("demo2"), "active");
 }
+
+#[test]
+fn sigterm_does_not_wait_out_a_sleep() {
+    // A grace period far longer than the test may take: only a shutdown
+    // that ends the sleep at once lets the daemon exit in time.
+    let mut d = Daemon::start(0, &["--shutdown-grace", "120", "--no-periodic"]);
+    let id = submit(&d, "ops: [{op: sleep, seconds: 600}]");
+    assert_eq!(job(&d, id)["status"], "running");
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let log = d.log_lines().join("\n");
+    assert!(!log.contains("grace period ran out"), "{log}");
+    d.restart();
+    let j = job(&d, id);
+    assert_eq!(j["status"], "error", "{j}");
+    assert!(j["error"].as_str().unwrap().contains("shutting down during a sleep"), "{j}");
+}

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use kiln_store::{JobId, JobLogEntry, JobStatus, LogLevel, StoreHandle, Write};
+use kiln_store::{JobId, JobLogEntry, JobStatus, LogLevel, StoreHandle, Timestamp, Write};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -53,7 +53,9 @@ struct ActiveJob {
     progress_total: u64,
     watchers: Vec<(u64, oneshot::Sender<JobChange>)>,
     /// Log lines to commit with the job's next change.
-    pending: Vec<(LogLevel, String)>,
+    /// With the time a line was made, when that is not the commit's (a
+    /// sleep's start line waits for the sleep's end to be committed).
+    pending: Vec<(LogLevel, String, Option<Timestamp>)>,
 }
 
 impl ActiveJob {
@@ -61,13 +63,13 @@ impl ActiveJob {
     /// out when a line is written, not when its commit lands, so two commits
     /// in flight for one job never claim the same serial. Lines written
     /// together are committed together, and carry that one time.
-    fn write_lines(&mut self, lines: Vec<(LogLevel, String)>) {
+    fn write_lines(&mut self, lines: Vec<(LogLevel, String, Option<Timestamp>)>) {
         let first = self.log.last().map_or(1, |e| e.serial + 1);
-        let (job, at) = (self.view.id, Utc::now());
-        self.log.extend(lines.into_iter().zip(first..).map(|((level, message), serial)| JobLogEntry {
+        let (job, now) = (self.view.id, Utc::now());
+        self.log.extend(lines.into_iter().zip(first..).map(|((level, message, at), serial)| JobLogEntry {
             job,
             serial,
-            at,
+            at: at.unwrap_or(now),
             level,
             message,
         }));
@@ -356,7 +358,7 @@ impl JobQueue {
     {
         let Some(job) = self.active.get_mut(&id) else { return };
         let mut lines = std::mem::take(&mut job.pending);
-        lines.push(message);
+        lines.push((message.0, message.1, None));
         let status = job.view.status;
         job.write_lines(lines);
         let written = job.log.len();
@@ -403,8 +405,9 @@ impl JobQueue {
             return self.finish(id, JobStatus::Error, Some(error), ctx);
         }
         let op = &mut job.view.ops[idx];
+        let started = Utc::now();
         op.status = JobStatus::Running;
-        op.started_at = Some(Utc::now());
+        op.started_at = Some(started);
         let opcode = op.opcode.clone();
         let message = format!("opcode {}/{total} started: {}", idx + 1, opcode.summary());
         if opcode.has_side_effects() {
@@ -420,7 +423,7 @@ impl JobQueue {
         } else {
             // Nothing to protect: the start goes out with the opcode's end,
             // one commit fewer per opcode (a crash in between reruns it).
-            job.pending.push((LogLevel::Info, message));
+            job.pending.push((LogLevel::Info, message, Some(started)));
             self.execute(id, idx, opcode, ctx);
         }
     }
@@ -469,19 +472,33 @@ impl JobQueue {
                 // `default_fanout` as it is when the opcode starts.
                 let fanout = fanout.map(|f| f as usize).unwrap_or_else(|| router.registry.live.default_fanout());
                 let fut = async move {
-                    router
+                    let outcomes = router
                         .fan_out_with(nodes, fanout, &control, |r, node| {
                             let op: Op = op.clone();
                             async move { r.run(node, op, true).await }
                         })
-                        .await
+                        .await;
+                    let mut results = Vec::with_capacity(outcomes.len());
+                    for o in &outcomes {
+                        let mut result = NodeResult::of(o.node.clone(), &o.result);
+                        // A node that failed shows the state it is in now
+                        // (its failed state, or where a lock kept it), not
+                        // `-`: a shared read, answered at once.
+                        if !result.ok
+                            && result.provision_state.is_none()
+                            && result.error_kind.as_deref() != Some("canceled")
+                            && let Some((node, _)) = router.registry.find(&o.node)
+                            && let Ok(now) = router.show(node).await
+                        {
+                            result.provision_state = Some(now.provision_state.to_string());
+                            result.power_state = now.power_state.map(|p| p.to_string());
+                        }
+                        results.push(result);
+                    }
+                    results
                 }
                 .instrument(span);
-                ctx.spawn(fut.into_actor(self).map(move |outcomes, act, ctx| {
-                    let results: Vec<NodeResult> =
-                        outcomes.iter().map(|o| NodeResult::of(o.node.clone(), &o.result)).collect();
-                    act.op_done(id, idx, results, None, ctx)
-                }));
+                ctx.spawn(fut.into_actor(self).map(move |results, act, ctx| act.op_done(id, idx, results, None, ctx)));
             }
         }
     }
@@ -501,17 +518,30 @@ impl JobQueue {
             return;
         }
         job.progress_total = 0;
-        let failed: Vec<&NodeResult> = results.iter().filter(|r| !r.ok).collect();
-        let error = error
-            .or_else(|| (!failed.is_empty()).then(|| format!("{} of {} nodes failed", failed.len(), results.len())));
+        // Nodes a cancel kept from starting did not fail: they are counted
+        // and named apart.
+        let not_started = |r: &&NodeResult| r.error_kind.as_deref() == Some("canceled");
+        let failed: Vec<&NodeResult> = results.iter().filter(|r| !r.ok && !not_started(r)).collect();
+        let skipped: Vec<&str> = results.iter().filter(not_started).map(|r| r.node.as_str()).collect();
+        let total = results.len();
+        let error = error.or_else(|| match (failed.len(), skipped.len()) {
+            (0, 0) => None,
+            (f, 0) => Some(format!("{f} of {total} nodes failed")),
+            (0, s) => Some(format!("{s} of {total} nodes not started")),
+            (f, s) => Some(format!("{f} of {total} nodes failed, {s} not started")),
+        });
         job_span(id).in_scope(|| {
             for r in failed.iter().take(MAX_NODE_LOG_LINES) {
                 let error = r.error.as_deref().unwrap_or("failed");
                 tracing::warn!(opcode = idx + 1, node_name = %r.node, error, "node failed");
             }
         });
-        let mut lines: Vec<(LogLevel, String)> =
-            failed.iter().take(MAX_NODE_LOG_LINES).map(|r| (LogLevel::Warning, node_failure(r))).collect();
+        let mut lines: Vec<(LogLevel, String, Option<Timestamp>)> =
+            failed.iter().take(MAX_NODE_LOG_LINES).map(|r| (LogLevel::Warning, node_failure(r), None)).collect();
+        if !skipped.is_empty() {
+            let set = crate::nodeset::NodeSet::from_names(skipped.iter().copied()).fold();
+            lines.push((LogLevel::Warning, format!("nodes not started (the job was canceled): {set}"), None));
+        }
         let canceled = job.control.cancel.load(Ordering::Relaxed);
         let op = &mut job.view.ops[idx];
         op.results = results;
@@ -522,9 +552,10 @@ impl JobQueue {
             (Some(_), false) => JobStatus::Error,
         };
         op.error = error.clone();
-        lines.push(match &error {
-            None => (LogLevel::Info, format!("opcode {} succeeded", idx + 1)),
-            Some(e) => (LogLevel::Error, format!("opcode {} failed: {e}", idx + 1)),
+        lines.push(match (&error, canceled) {
+            (None, _) => (LogLevel::Info, format!("opcode {} succeeded", idx + 1), None),
+            (Some(e), true) => (LogLevel::Warning, format!("opcode {} canceled: {e}", idx + 1), None),
+            (Some(e), false) => (LogLevel::Error, format!("opcode {} failed: {e}", idx + 1), None),
         });
         // The lines go out with the next commit (the next opcode's start or
         // the job's end): one commit per opcode boundary.
@@ -564,8 +595,9 @@ impl JobQueue {
             _ => LogLevel::Error,
         };
         let message = match &job.view.error {
-            Some(e) => (level, format!("job ended: {status} ({e})")),
-            None => (level, format!("job ended: {status}")),
+            // "canceled (canceled)" says nothing twice.
+            Some(e) if e != status.as_str() => (level, format!("job ended: {status} ({e})")),
+            _ => (level, format!("job ended: {status}")),
         };
         job_span(id).in_scope(|| match &job.view.error {
             Some(e) => tracing::warn!(status = %status, error = %e, "job ended"),
@@ -1496,8 +1528,10 @@ impl Handler<WaitJobChange> for JobQueue {
 
 /// A graceful shutdown's first step: no job and no opcode starts from now
 /// on. Running opcodes go on; when one ends, its job ends `error` with `why`
-/// instead of starting the next. Queued and waiting jobs stay as they are
-/// (durable), to run after the restart. Answers how many jobs are running.
+/// instead of starting the next. A job in a `sleep` ends so at once: waiting
+/// out a sleep protects nothing, and a shutdown should not wait for one.
+/// Queued and waiting jobs stay as they are (durable), to run after the
+/// restart. Answers how many jobs are running.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub struct StopStarting {
@@ -1506,9 +1540,38 @@ pub struct StopStarting {
 
 impl Handler<StopStarting> for JobQueue {
     type Result = usize;
-    fn handle(&mut self, msg: StopStarting, _: &mut Context<Self>) -> usize {
+    fn handle(&mut self, msg: StopStarting, ctx: &mut Context<Self>) -> usize {
+        let sleeping: Vec<JobId> = self
+            .active
+            .iter()
+            .filter(|(_, j)| {
+                j.view.ops.iter().any(|o| o.status == JobStatus::Running && matches!(o.opcode, Opcode::Sleep { .. }))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let why = format!("{} during a sleep", msg.why);
         self.stopping = Some(msg.why);
+        for id in sleeping {
+            self.abandon(id, &why, ctx);
+        }
         self.running
+    }
+}
+
+impl JobQueue {
+    /// Ends a running job `error` with `why` now, as the restart rule
+    /// would: it starts no further node or opcode, and its running opcode
+    /// ends with `why`.
+    fn abandon(&mut self, id: JobId, why: &str, ctx: &mut Context<Self>) {
+        if let Some(job) = self.active.get_mut(&id) {
+            job.control.request_cancel();
+            let now = Utc::now();
+            for op in job.view.ops.iter_mut().filter(|o| o.status == JobStatus::Running) {
+                op.ended_at = Some(now);
+                op.error = Some(why.to_string());
+            }
+        }
+        self.finish(id, JobStatus::Error, Some(why.to_string()), ctx);
     }
 }
 
@@ -1533,15 +1596,7 @@ impl Handler<AbandonRunning> for JobQueue {
             .map(|(id, _)| *id)
             .collect();
         for id in &running {
-            if let Some(job) = self.active.get_mut(id) {
-                job.control.request_cancel();
-                let now = Utc::now();
-                for op in job.view.ops.iter_mut().filter(|o| o.status == JobStatus::Running) {
-                    op.ended_at = Some(now);
-                    op.error = Some(msg.why.clone());
-                }
-            }
-            self.finish(*id, JobStatus::Error, Some(msg.why.clone()), ctx);
+            self.abandon(*id, &msg.why, ctx);
         }
         running.len()
     }
