@@ -5,6 +5,7 @@
 //! priority: 0
 //! depends: [{job: 12, statuses: [success]}]
 //! ops:
+//!   - {op: hold, nodes: "rack1-n[01-40]"}   # held for the rest of the job
 //!   - {op: deploy, nodes: "rack1-n[01-40]", fanout: 16}
 //!   - {op: power, action: reboot, nodes: rack1-n01}
 //!   - {op: boot-device, device: pxe, persistent: true, nodes: rack1-n01}
@@ -238,6 +239,9 @@ fn opcode(f: &OpFile) -> anyhow::Result<Opcode> {
         return Ok(Opcode::Sleep { seconds });
     }
     let nodes = f.nodes.clone().with_context(|| format!("{} needs `nodes`", f.op))?;
+    if f.op == "hold" {
+        return Ok(Opcode::Hold { nodes });
+    }
     if f.op == "exec" {
         let command = f.command.clone().context("exec needs `command`")?;
         let worker = match f.worker.as_deref().unwrap_or("ssh") {
@@ -289,6 +293,7 @@ fn opcode(f: &OpFile) -> anyhow::Result<Opcode> {
 pub fn file_opcode(opcode: &Opcode) -> OpFile {
     match opcode {
         Opcode::Sleep { seconds } => OpFile { op: "sleep".into(), seconds: Some(*seconds), ..Default::default() },
+        Opcode::Hold { nodes } => OpFile { op: "hold".into(), nodes: Some(nodes.clone()), ..Default::default() },
         Opcode::Exec { nodes, spec } => {
             let (worker, options) = match &spec.worker {
                 kiln_actors::exec::Worker::Exec => ("exec", None),

@@ -25,8 +25,9 @@ use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
 /// 5: several jobs in one submission, job priority changes, job lists by
 /// id, auto-archive on demand, job log levels, the queue limit; live
 /// fanout output (`Live`, `ExecLines`, `ExecNode`).
-/// 6: event replays (`Events { since }`), and 5's two halves together.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 6: event replays (`Events { since }`); 7: 5's two halves together.
+/// 8: the `hold` opcode (`Opcode::Hold`).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -449,12 +449,31 @@ impl FanOutControl {
 
 impl Router {
     pub async fn run(&self, id: NodeId, op: Op, wait: bool) -> Result<NodeView, KilnError> {
+        self.run_for(id, op, wait, None).await
+    }
+
+    /// [`Router::run`] for `holder`: it may run on a node `holder` holds.
+    pub async fn run_for(&self, id: NodeId, op: Op, wait: bool, holder: Option<&str>) -> Result<NodeView, KilnError> {
         let parent = tracing::Span::current();
         send_to_node(&self.supervisor, &self.registry, id, || RunOpIn {
             run: RunOp { op: op.clone(), wait },
             parent: parent.clone(),
+            holder: holder.map(str::to_string),
         })
         .await?
+    }
+
+    /// Holds a node for `holder` ([`crate::node::HoldNode`]).
+    pub async fn hold(&self, id: NodeId, holder: &str) -> Result<NodeView, KilnError> {
+        send_to_node(&self.supervisor, &self.registry, id, || crate::node::HoldNode { holder: holder.to_string() })
+            .await?
+    }
+
+    /// Ends `holder`'s hold of a node; false when it held none.
+    pub async fn release(&self, id: NodeId, holder: &str) -> bool {
+        send_to_node(&self.supervisor, &self.registry, id, || crate::node::ReleaseNode { holder: holder.to_string() })
+            .await
+            .unwrap_or(false)
     }
 
     pub async fn show(&self, id: NodeId) -> Result<NodeView, KilnError> {

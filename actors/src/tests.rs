@@ -536,3 +536,34 @@ fn a_wait_that_timed_out_fails_the_node_unless_it_is_in_maintenance() {
         assert!(v.last_error.as_deref().unwrap_or_default().contains("timed out in 'wait call-back'"), "{v:?}");
     });
 }
+
+#[test]
+fn a_held_node_lets_in_only_its_holder_until_released() {
+    use crate::node::{HoldNode, ReleaseNode, RunOpIn};
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = start(config(dir.path(), 1, Duration::ZERO)).await.unwrap();
+        let (_, node) = site.registry.find("demo1").unwrap();
+        node.addr.send(HoldNode { holder: "app".into() }).await.unwrap().unwrap();
+        // Held again by the same holder: fine; by another: locked.
+        node.addr.send(HoldNode { holder: "app".into() }).await.unwrap().unwrap();
+        let other = node.addr.send(HoldNode { holder: "other".into() }).await.unwrap().unwrap_err();
+        assert!(matches!(&other, KilnError::NodeLocked { holder_purpose, .. } if holder_purpose == "held by app"));
+        // Anyone else's operation is refused; the holder's runs, and the
+        // node stays held after it.
+        let err = act(&site, "demo1", Op::Power(PowerAction::On), true).await.unwrap_err();
+        assert!(matches!(err, KilnError::NodeLocked { .. }), "{err}");
+        let run =
+            |op| RunOpIn { run: RunOp { op, wait: true }, parent: tracing::Span::none(), holder: Some("app".into()) };
+        let on = node.addr.send(run(Op::Power(PowerAction::On))).await.unwrap().unwrap();
+        assert_eq!(on.power_state, Some(kiln_store::PowerState::On));
+        let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_eq!(v.reservation.as_ref().map(|r| r.purpose.as_str()), Some("held by app"));
+        // Only the holder releases it; then anyone may act again.
+        assert!(!node.addr.send(ReleaseNode { holder: "other".into() }).await.unwrap());
+        assert!(node.addr.send(ReleaseNode { holder: "app".into() }).await.unwrap());
+        let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_eq!(v.reservation, None);
+        act(&site, "demo1", Op::Power(PowerAction::Off), true).await.unwrap();
+    });
+}

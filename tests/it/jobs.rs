@@ -800,3 +800,48 @@ fn an_opcode_without_a_fanout_takes_default_fanout_whichever_way_it_comes() {
         assert_eq!(seen, one_at_a_time, "{action}");
     }
 }
+
+#[test]
+fn a_job_holds_its_nodes_between_opcodes_and_lets_them_go_when_it_ends() {
+    let d = Daemon::start(2, &["--no-periodic"]);
+    d.json(&["node", "manage", "demo2", "--wait"]);
+    let mut events = Events::follow(&d);
+    let id = submit(
+        &d,
+        "ops:\n  - {op: hold, nodes: demo1}\n  - {op: manage, nodes: demo1}\n  - {op: sleep, seconds: 600}\n  - {op: provide, nodes: demo1}\n",
+    );
+    events.wait_for("demo1 managed", |e| e["node_name"] == "demo1" && e["action"] == "manage" && e["kind"] == "end");
+    // Between the job's opcodes the node stays the job's.
+    let n = d.node("demo1");
+    assert_eq!(n["reservation"]["purpose"], format!("held by job {id}"), "{n}");
+    let out = d.json_code(&["node", "power", "on", "demo1", "--wait"], 1);
+    assert_eq!(out[0]["error"]["kind"], "node_locked", "{out}");
+    assert!(out[0]["error"]["message"].as_str().unwrap().contains(&format!("held by job {id}")), "{out}");
+    // Power sync leaves a held node alone; other nodes are not held.
+    let sync = d.json(&["periodic", "run", "power_sync"]);
+    let said = sync[0]["last_result"].as_str().unwrap();
+    assert!(said.contains("1 in sync") && said.contains("1 skipped"), "{sync}");
+    d.json(&["node", "power", "on", "demo2", "--wait"]);
+
+    // However the job ends (here: canceled), the node is let go.
+    d.json(&["job", "cancel", &id.to_string()]);
+    assert_eq!(watch(&d, id)["status"], "canceled");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !d.node("demo1")["reservation"].is_null() {
+        assert!(std::time::Instant::now() < deadline, "demo1 was never released: {}", d.node("demo1"));
+        std::thread::yield_now();
+    }
+    d.json(&["node", "power", "on", "demo1", "--wait"]);
+    assert_eq!(d.node("demo1")["power_state"], "power on");
+    assert_eq!(d.state("demo1"), "manageable", "the canceled job's last opcode never ran");
+
+    // A hold of a node that another job's task holds fails the job, and
+    // nothing of it runs.
+    d.json(&["node", "set", "demo2", "--driver-info", "latency_ms=60000"]);
+    d.json(&["node", "provide", "demo2"]);
+    let blocked = submit(&d, "ops:\n  - {op: hold, nodes: 'demo[1-2]'}\n  - {op: provide, nodes: demo1}\n");
+    let j = watch(&d, blocked);
+    assert_eq!(j["status"], "error", "{j}");
+    assert_eq!(d.state("demo1"), "manageable");
+    assert!(d.node("demo1")["reservation"].is_null(), "the part of the hold it got is let go");
+}

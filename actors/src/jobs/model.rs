@@ -23,6 +23,11 @@ pub enum Opcode {
     Sleep { seconds: f64 },
     /// A fanout command over a node set; a node fails on a non-zero exit.
     Exec { nodes: String, spec: crate::exec::ExecSpec },
+    /// Holds every node of the set for the rest of the job (Ironic's lock
+    /// kept over several calls): between the job's opcodes nobody else's
+    /// exclusive operation or periodic upkeep gets in. Released when the
+    /// job ends, however it ends.
+    Hold { nodes: String },
 }
 
 impl Opcode {
@@ -32,6 +37,7 @@ impl Opcode {
             Opcode::Node { nodes, op, .. } => format!("{} {nodes}", op.purpose()),
             Opcode::Sleep { seconds } => format!("sleep {seconds}"),
             Opcode::Exec { nodes, spec } => format!("exec {nodes}: {}", spec.command),
+            Opcode::Hold { nodes } => format!("hold {nodes}"),
         }
     }
 

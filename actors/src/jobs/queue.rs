@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use kiln_store::{JobId, JobLogEntry, JobStatus, LogLevel, StoreHandle, Timestamp, Write};
+use kiln_store::{JobId, JobLogEntry, JobStatus, LogLevel, NodeId, StoreHandle, Timestamp, Write};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -38,6 +38,8 @@ const MAX_NODE_LOG_LINES: usize = 100;
 /// A job that has not ended.
 struct ActiveJob {
     view: JobView,
+    /// Nodes this job holds (its `hold` opcodes), released when it ends.
+    held: Vec<NodeId>,
     /// The status as last committed: what watchers see. `view.status` runs
     /// ahead of it while a commit is in flight, and a watcher told "ended"
     /// before the end's log line is committed would stop without it.
@@ -206,6 +208,7 @@ impl JobQueue {
                     committed: log.len(),
                     log,
                     control: FanOutControl::default(),
+                    held: Vec::new(),
                     progress_total: 0,
                     watchers: Vec::new(),
                     pending: Vec::new(),
@@ -461,6 +464,35 @@ impl JobQueue {
                     Err(e) => act.op_done(id, idx, Vec::new(), Some(e.to_string()), ctx),
                 }));
             }
+            Opcode::Hold { nodes } => {
+                let nodes = match router.registry.resolve(&nodes) {
+                    Ok(n) => n,
+                    Err(e) => return self.op_done(id, idx, Vec::new(), Some(e.to_string()), ctx),
+                };
+                job.progress_total = nodes.len() as u64;
+                let fanout = router.registry.live.default_fanout();
+                let fut = async move {
+                    let holder = holder_name(id);
+                    router
+                        .fan_out_with(nodes, fanout, &control, |r, node| {
+                            let holder = holder.clone();
+                            async move { r.hold(node, &holder).await }
+                        })
+                        .await
+                }
+                .instrument(span);
+                ctx.spawn(fut.into_actor(self).map(move |outcomes, act, ctx| {
+                    // Every node held is remembered, even when others failed:
+                    // the job's end releases them all.
+                    if let Some(job) = act.active.get_mut(&id) {
+                        for o in outcomes.iter().filter_map(|o| o.result.as_ref().ok()) {
+                            job.held.push(o.uuid);
+                        }
+                    }
+                    let results = outcomes.iter().map(|o| NodeResult::of(o.node.clone(), &o.result)).collect();
+                    act.op_done(id, idx, results, None, ctx)
+                }));
+            }
             Opcode::Node { nodes, op, fanout } => {
                 let resolved = router.registry.resolve(&nodes);
                 let nodes = match resolved {
@@ -472,10 +504,12 @@ impl JobQueue {
                 // `default_fanout` as it is when the opcode starts.
                 let fanout = fanout.map(|f| f as usize).unwrap_or_else(|| router.registry.live.default_fanout());
                 let fut = async move {
+                    // As the job: a node the job holds lets it in.
+                    let holder = holder_name(id);
                     let outcomes = router
                         .fan_out_with(nodes, fanout, &control, |r, node| {
-                            let op: Op = op.clone();
-                            async move { r.run(node, op, true).await }
+                            let (op, holder): (Op, &str) = (op.clone(), &holder);
+                            async move { r.run_for(node, op, true, Some(holder)).await }
                         })
                         .await;
                     let mut results = Vec::with_capacity(outcomes.len());
@@ -603,6 +637,17 @@ impl JobQueue {
             Some(e) => tracing::warn!(status = %status, error = %e, "job ended"),
             None => tracing::info!(status = %status, "job ended"),
         });
+        let held = std::mem::take(&mut job.held);
+        if !held.is_empty() {
+            // However the job ends, what it held is let go.
+            let router = self.router.clone();
+            actix::spawn(async move {
+                let holder = holder_name(id);
+                for node in held {
+                    router.release(node, &holder).await;
+                }
+            });
+        }
         self.commit_job(id, message, ctx, move |act, ctx, _| {
             // Gone only if withdrawn meanwhile (its insert was refused):
             // then there is no end to record.
@@ -629,6 +674,12 @@ impl JobQueue {
         }
         true
     }
+}
+
+/// Who a job is when it holds nodes: what `NodeLocked` shows others
+/// ("held by job 12").
+fn holder_name(id: JobId) -> String {
+    format!("job {id}")
 }
 
 /// A failed node's log line: `node NAME: ERROR`, without naming the node
@@ -701,6 +752,13 @@ fn validate(ops: &[Opcode], priority: i32, router: &Router) -> Result<(), KilnEr
         match op {
             Opcode::Sleep { seconds } if !seconds.is_finite() || !(0.0..=86_400.0).contains(seconds) => {
                 return Err(KilnError::InvalidInput(at(i, format!("sleep {seconds}: expected 0 to 86400 seconds"))));
+            }
+            Opcode::Hold { nodes } => {
+                router.registry.resolve(nodes).map_err(|e| match e {
+                    KilnError::NotFound(m) => KilnError::NotFound(at(i, m)),
+                    KilnError::InvalidInput(m) => KilnError::InvalidInput(at(i, m)),
+                    other => other,
+                })?;
             }
             Opcode::Node { nodes, fanout, .. } => {
                 router.registry.resolve(nodes).map_err(|e| match e {
@@ -1062,6 +1120,7 @@ impl JobQueue {
                 log: vec![entry],
                 committed: 1,
                 control: FanOutControl::default(),
+                held: Vec::new(),
                 progress_total: 0,
                 watchers: Vec::new(),
                 pending: Vec::new(),

@@ -51,6 +51,10 @@ pub(super) struct Waiter {
     wait: bool,
     pub(super) reply: Reply,
     parent: tracing::Span,
+    /// Who the request runs for (it may run on a node they hold).
+    holder: Option<String>,
+    /// The request takes a hold for `holder` ([`super::HoldNode`]).
+    takes_hold: bool,
 }
 
 /// The exclusive task that holds the node.
@@ -89,6 +93,8 @@ pub struct NodeActor {
     /// Set when the site shuts down ([`super::Abandon`]): no task starts any
     /// more, and this says why.
     pub(super) closing: Option<String>,
+    /// Who holds the node across operations ([`super::HoldNode`]).
+    pub(super) held_by: Option<String>,
 }
 
 impl Actor for NodeActor {
@@ -109,6 +115,7 @@ impl NodeActor {
             env,
             power_failures: 0,
             closing: None,
+            held_by: None,
         }
     }
 
@@ -159,6 +166,11 @@ impl NodeActor {
     }
 
     pub(super) fn locked_error(&self) -> KilnError {
+        if let (Some(holder), None) = (&self.held_by, &self.task) {
+            let since = self.reservation.as_ref().map_or_else(Utc::now, |r| r.since);
+            let since = since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            return KilnError::NodeLocked { node: self.name(), holder_purpose: format!("held by {holder}"), since };
+        }
         // The time as the CLI's tables print times: UTC, to the millisecond.
         let shown = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let (purpose, since) = match &self.reservation {
@@ -211,14 +223,44 @@ impl NodeActor {
 
     // ----- the lock ---------------------------------------------------------
 
-    /// Runs `op` now if the node is free, queues it for at most `lock_wait`
-    /// otherwise, or refuses it with `NodeLocked`.
-    fn submit(&mut self, op: Op, wait: bool, reply: Reply, parent: tracing::Span, ctx: &mut Context<Self>) {
+    /// Whether a request for `holder` may start now: no task runs, and the
+    /// node is free (nobody waits before it) or held by that holder.
+    fn may_start(&self, holder: Option<&str>) -> bool {
+        self.task.is_none()
+            && match &self.held_by {
+                None => self.waiters.is_empty(),
+                Some(h) => holder == Some(h.as_str()),
+            }
+    }
+
+    /// Runs `op` for `holder` now if the node is free (or held by that
+    /// holder), queues it for at most `lock_wait` otherwise, or refuses it
+    /// with `NodeLocked`. With `takes_hold`, the request takes the hold for
+    /// `holder` when it starts.
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &mut self,
+        op: Op,
+        wait: bool,
+        reply: Reply,
+        parent: tracing::Span,
+        holder: Option<String>,
+        takes_hold: bool,
+        ctx: &mut Context<Self>,
+    ) {
         if let Some(why) = &self.closing {
             let _ = reply.send(Err(KilnError::Unavailable(format!("node {}: {why}", self.name()))));
             return;
         }
-        if self.task.is_none() && self.waiters.is_empty() {
+        if takes_hold && self.held_by.is_some() && self.held_by == holder {
+            // Held already by the same holder: nothing to wait for.
+            let _ = reply.send(Ok(self.view()));
+            return;
+        }
+        if self.may_start(holder.as_deref()) {
+            if takes_hold {
+                self.held_by = holder;
+            }
             self.begin(op, wait, reply, parent, ctx);
             return;
         }
@@ -229,7 +271,7 @@ impl NodeActor {
         }
         self.next_waiter += 1;
         let id = self.next_waiter;
-        self.waiters.push_back(Waiter { id, op, wait, reply, parent });
+        self.waiters.push_back(Waiter { id, op, wait, reply, parent, holder, takes_hold });
         ctx.run_later(lock_wait, move |act, _| {
             if let Some(pos) = act.waiters.iter().position(|w| w.id == id) {
                 let w = act.waiters.remove(pos).expect("position is in range");
@@ -238,16 +280,22 @@ impl NodeActor {
         });
     }
 
-    /// Releases the node and starts the next waiter whose caller still waits.
+    /// Releases the node (to its holder, if it is held) and starts the
+    /// first waiter that may run and whose caller still waits.
     pub(super) fn release(&mut self, ctx: &mut Context<Self>) {
         self.task = None;
-        self.unreserve();
-        while let Some(w) = self.waiters.pop_front() {
-            if w.reply.is_closed() {
-                continue;
+        match self.held_by.clone() {
+            Some(holder) => self.reserve(format!("held by {holder}")),
+            None => self.unreserve(),
+        }
+        self.waiters.retain(|w| !w.reply.is_closed());
+        let held_by = self.held_by.clone();
+        let next = self.waiters.iter().position(|w| held_by.is_none() || w.holder == held_by);
+        if let Some(w) = next.and_then(|i| self.waiters.remove(i)) {
+            if w.takes_hold {
+                self.held_by = w.holder;
             }
             self.begin(w.op, w.wait, w.reply, w.parent, ctx);
-            break;
         }
     }
 
@@ -708,10 +756,12 @@ impl NodeActor {
         &mut self,
         msg: RunOp,
         parent: tracing::Span,
+        holder: Option<String>,
+        takes_hold: bool,
         ctx: &mut Context<Self>,
     ) -> ResponseFuture<Result<NodeView, KilnError>> {
         let (tx, rx) = oneshot::channel();
-        self.submit(msg.op, msg.wait, tx, parent, ctx);
+        self.submit(msg.op, msg.wait, tx, parent, holder, takes_hold, ctx);
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(KilnError::Unavailable("the node's worker stopped before answering".into())))
@@ -719,17 +769,41 @@ impl NodeActor {
     }
 }
 
+impl Handler<super::HoldNode> for NodeActor {
+    type Result = ResponseFuture<Result<NodeView, KilnError>>;
+    fn handle(&mut self, msg: super::HoldNode, ctx: &mut Context<Self>) -> Self::Result {
+        // A no-op task that, when it starts, takes the hold.
+        let run = RunOp { op: Op::Noop, wait: true };
+        self.run_op(run, tracing::Span::none(), Some(msg.holder), true, ctx)
+    }
+}
+
+impl Handler<super::ReleaseNode> for NodeActor {
+    type Result = bool;
+    fn handle(&mut self, msg: super::ReleaseNode, ctx: &mut Context<Self>) -> bool {
+        if self.held_by.as_deref() != Some(msg.holder.as_str()) {
+            return false;
+        }
+        self.held_by = None;
+        if self.task.is_none() {
+            // Idle and held: free it, and let the first waiter in.
+            self.release(ctx);
+        }
+        true
+    }
+}
+
 impl Handler<RunOp> for NodeActor {
     type Result = ResponseFuture<Result<NodeView, KilnError>>;
     fn handle(&mut self, msg: RunOp, ctx: &mut Context<Self>) -> Self::Result {
-        self.run_op(msg, tracing::Span::none(), ctx)
+        self.run_op(msg, tracing::Span::none(), None, false, ctx)
     }
 }
 
 impl Handler<RunOpIn> for NodeActor {
     type Result = ResponseFuture<Result<NodeView, KilnError>>;
     fn handle(&mut self, msg: RunOpIn, ctx: &mut Context<Self>) -> Self::Result {
-        self.run_op(msg.run, msg.parent, ctx)
+        self.run_op(msg.run, msg.parent, msg.holder, false, ctx)
     }
 }
 

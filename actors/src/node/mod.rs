@@ -109,12 +109,34 @@ pub struct RunOp {
 
 /// [`RunOp`] on behalf of the caller's span (a job's): the node's task span
 /// is its child, so the task's log lines carry the job's id too. A message
-/// between actors carries no span by itself.
+/// between actors carries no span by itself. `holder`: who the operation
+/// runs for, so that it may run on a node that holder holds ([`HoldNode`]).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<NodeView, KilnError>")]
 pub struct RunOpIn {
     pub run: RunOp,
     pub parent: tracing::Span,
+    pub holder: Option<String>,
+}
+
+/// Holds the node for `holder` across several operations, as an Ironic
+/// conductor keeps one task's lock over several calls: once it is held
+/// (answered with the node), exclusive operations run only when they carry
+/// the same holder ([`RunOpIn::holder`]); anyone else's wait `lock_wait` or
+/// fail with `NodeLocked` ("held by ..."), and periodic upkeep skips the
+/// node, until [`ReleaseNode`]. Taking a hold waits for the node like any
+/// exclusive request. A hold lives in memory: a restart ends it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<NodeView, KilnError>")]
+pub struct HoldNode {
+    pub holder: String,
+}
+
+/// Ends `holder`'s hold of the node; answers whether it held it.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct ReleaseNode {
+    pub holder: String,
 }
 
 /// Asks a node actor for its node as committed (shared: answered at once).

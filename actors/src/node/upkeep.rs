@@ -71,7 +71,7 @@ pub struct ExpireWait {
 
 impl NodeActor {
     fn busy(&self) -> bool {
-        self.task.is_some() || !self.waiters.is_empty() || self.closing.is_some()
+        self.task.is_some() || !self.waiters.is_empty() || self.closing.is_some() || self.held_by.is_some()
     }
 
     /// Holds the node for an upkeep task (no caller waits on it).
