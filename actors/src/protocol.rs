@@ -14,12 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::KilnError;
 use crate::events::NodeEvent;
 use crate::jobs::{Dependency, JobChange, JobView, Opcode, QueueInfo};
-use crate::node::{NodeUpdate, Op};
-use crate::supervisor::NewNode;
-use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
+use crate::node::{NodeUpdate, NodeValidation, Op};
+use crate::supervisor::{NewNode, NewPortGroup};
+use crate::view::{NodeDetail, NodeOutcome, NodeView, PortGroupView, PortView, SiteStatus};
 
 /// Bumped whenever a request or response changes shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -125,6 +125,27 @@ pub enum Request {
     PeriodicRun {
         name: String,
     },
+    /// Every driver interface of every node of a set checked (shared: also
+    /// while tasks hold the nodes); answered with [`Response::Validation`].
+    NodeValidate {
+        nodes: String,
+    },
+    /// A port put in a port group (by name or uuid), or in none.
+    PortSet {
+        address: String,
+        group: Option<String>,
+    },
+    PortGroupCreate(NewPortGroup),
+    PortGroupList {
+        node: Option<String>,
+    },
+    PortGroupShow {
+        group: String,
+    },
+    /// Its ports stay, in no group.
+    PortGroupDelete {
+        group: String,
+    },
 }
 
 impl Request {
@@ -157,6 +178,12 @@ impl Request {
         "exec",
         "copy",
         "periodic_run",
+        "node_validate",
+        "port_set",
+        "port_group_create",
+        "port_group_list",
+        "port_group_show",
+        "port_group_delete",
     ];
 
     /// The request's place in [`Request::KINDS`].
@@ -189,6 +216,12 @@ impl Request {
             Request::Exec { .. } => 24,
             Request::Copy { .. } => 25,
             Request::PeriodicRun { .. } => 26,
+            Request::NodeValidate { .. } => 27,
+            Request::PortSet { .. } => 28,
+            Request::PortGroupCreate(_) => 29,
+            Request::PortGroupList { .. } => 30,
+            Request::PortGroupShow { .. } => 31,
+            Request::PortGroupDelete { .. } => 32,
         }
     }
 
@@ -208,6 +241,8 @@ pub enum Response {
     Error(KilnError),
     Status(SiteStatus),
     Node(NodeView),
+    /// A node with its ports and port groups (`NodeShow`).
+    NodeDetail(NodeDetail),
     Nodes(Vec<NodeView>),
     Outcomes(Vec<NodeOutcome>),
     Port(PortView),
@@ -225,6 +260,10 @@ pub enum Response {
     Periodic(Vec<crate::scheduler::PeriodicInfo>),
     Exec(Vec<crate::exec::ExecOutcome>),
     Done,
+    /// Each node's driver interfaces checked (`NodeValidate`).
+    Validation(Vec<NodeValidation>),
+    PortGroup(PortGroupView),
+    PortGroups(Vec<PortGroupView>),
     /// A piece of an answer longer than a frame: bytes of the whole
     /// answer's encoding, in order; the last piece says so. See
     /// [`crate::parts`].
@@ -250,11 +289,15 @@ impl Response {
             Response::JobChange(change) => 1 + change.log.len(),
             Response::Periodic(list) => list.len(),
             Response::Exec(list) => list.len(),
+            Response::Validation(list) => list.len(),
+            Response::PortGroups(list) => list.len(),
+            Response::NodeDetail(detail) => 1 + detail.ports.len() + detail.portgroups.len(),
             Response::Hello { .. }
             | Response::Error(_)
             | Response::Status(_)
             | Response::Node(_)
             | Response::Port(_)
+            | Response::PortGroup(_)
             | Response::Event(_)
             | Response::EventsCaughtUp
             | Response::JobSubmitted(_)

@@ -559,15 +559,14 @@ fn a_version_1_file_is_upgraded_with_its_nodes_intact() {
     assert_eq!(user_version(&path), 1);
 
     let mut store = open(&path);
-    assert_eq!(SCHEMA_VERSION, 3);
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
     assert_eq!(store.load_nodes().unwrap(), vec![n]);
     assert_eq!(store.max_job_id().unwrap(), 0);
     commit_one(&mut store, vec![Write::PutJob(job(1))]).unwrap();
     drop(store);
     // And opening the upgraded file again runs nothing twice.
     let mut store = open(&path);
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
     assert_eq!(store.load_live_jobs().unwrap().len(), 1);
 }
 
@@ -605,7 +604,7 @@ fn a_version_2_file_keeps_its_job_logs_in_the_rows() {
     make_private(&path);
 
     let mut store = open(&path);
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
     let line = |job: u64, serial: u64, message: &str| JobLogEntry {
         job: JobId(job),
         serial,
