@@ -190,10 +190,17 @@ pub enum NodeCommand {
         #[arg(long)]
         maintenance: bool,
     },
-    /// Show one node.
+    /// Show one node, with its ports and port groups.
     Show {
         /// A node name or uuid.
         node: String,
+    },
+    /// Check each driver interface of nodes (power, management, boot,
+    /// deploy, inspect), as `openstack baremetal node validate`; answers
+    /// while a task holds a node. Exit 0 only if every interface passed.
+    Validate {
+        /// A node name, a uuid or a node set (`demo[1-64]`).
+        nodes: String,
     },
     /// Show a node's history of transitions and errors.
     History {
@@ -401,6 +408,60 @@ pub enum PortCommand {
     Delete {
         /// The port's MAC address.
         mac: String,
+    },
+    /// Put a port in a port group (bond), or take it out.
+    #[command(group(clap::ArgGroup::new("membership").args(["group", "no_group"]).required(true)))]
+    Set {
+        /// The port's MAC address.
+        mac: String,
+        /// The port group to put it in (name or uuid; one of the port's node).
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
+        /// Take it out of its port group.
+        #[arg(long)]
+        no_group: bool,
+    },
+    /// Port groups: bonds of a node's ports.
+    #[command(subcommand)]
+    Group(PortGroupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortGroupCommand {
+    /// Bond ports of one node into a new port group.
+    Create {
+        /// The group's name, unique in the site: letters, digits, '.', '_' or '-'.
+        name: String,
+        /// The node whose ports it bonds (name or uuid).
+        #[arg(long)]
+        node: String,
+        /// The bonding mode: balance-rr, active-backup, balance-xor,
+        /// broadcast, 802.3ad, balance-tlb or balance-alb.
+        #[arg(long, default_value = "active-backup")]
+        mode: String,
+        /// The bond's own MAC address, if it has a fixed one.
+        #[arg(long, value_name = "MAC")]
+        address: Option<String>,
+        /// A member: the MAC address of one of the node's ports, in no group
+        /// yet (repeatable).
+        #[arg(long = "port", value_name = "MAC")]
+        ports: Vec<String>,
+    },
+    /// List port groups with their member ports.
+    List {
+        /// Only this node's groups (name or uuid).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Show one port group.
+    Show {
+        /// The group's name or uuid.
+        name: String,
+    },
+    /// Delete a port group; its ports stay, in no group.
+    Delete {
+        /// The group's name or uuid.
+        name: String,
     },
 }
 

@@ -13,7 +13,7 @@ use kiln_actors::protocol::{Live, Request, Response};
 use std::io::IsTerminal;
 
 use kiln_actors::jobs::{JobView, NodeResult};
-use kiln_actors::{KilnError, NewNode, NodeUpdate, Op, Verb};
+use kiln_actors::{KilnError, NewNode, NewPortGroup, NodeUpdate, Op, Verb};
 use kiln_store::{BootDevice, JobId, JobStatus, ProvisionState};
 
 use crate::cli::*;
@@ -809,6 +809,7 @@ fn build_request(command: Command) -> Result<Request, Failure> {
                 maintenance: maintenance.then_some(true),
             },
             NodeCommand::Show { node } => Request::NodeShow { node },
+            NodeCommand::Validate { nodes } => Request::NodeValidate { nodes },
             NodeCommand::History { node, limit } => Request::NodeHistory { node, limit },
             NodeCommand::Set(s) => {
                 let mut update = NodeUpdate::default();
@@ -879,6 +880,15 @@ fn build_request(command: Command) -> Result<Request, Failure> {
             PortCommand::Create { mac, node } => Request::PortCreate { address: mac, node },
             PortCommand::List { node } => Request::PortList { node },
             PortCommand::Delete { mac } => Request::PortDelete { address: mac },
+            PortCommand::Set { mac, group, no_group: _ } => Request::PortSet { address: mac, group },
+            PortCommand::Group(g) => match g {
+                PortGroupCommand::Create { name, node, mode, address, ports } => {
+                    Request::PortGroupCreate(NewPortGroup { name, node, mode: Some(mode), address, ports })
+                }
+                PortGroupCommand::List { node } => Request::PortGroupList { node },
+                PortGroupCommand::Show { name } => Request::PortGroupShow { group: name },
+                PortGroupCommand::Delete { name } => Request::PortGroupDelete { group: name },
+            },
         },
     })
 }
@@ -897,6 +907,37 @@ fn print_response(response: Response, json: bool) -> Result<(), Failure> {
                 output::json(&v)
             } else {
                 output::node(&v)
+            }
+        }
+        Response::NodeDetail(d) => {
+            if json {
+                output::json(&output::NodeDetailJson::of(&d))
+            } else {
+                output::node_detail(&d)
+            }
+        }
+        Response::Validation(list) => {
+            if json {
+                output::json(&output::validation_json(&list))
+            } else {
+                output::validation(&list)
+            }
+            if !list.iter().all(|v| v.passed()) {
+                return Err(Failure::Partial);
+            }
+        }
+        Response::PortGroup(g) => {
+            if json {
+                output::json(&g)
+            } else {
+                output::port_groups(&[g])
+            }
+        }
+        Response::PortGroups(gs) => {
+            if json {
+                output::json(&gs)
+            } else {
+                output::port_groups(&gs)
             }
         }
         Response::Nodes(vs) => {

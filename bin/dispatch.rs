@@ -50,6 +50,13 @@ has_result!(
     CreatePort => PortView,
     ListPorts => Vec<PortView>,
     DeletePort => PortView,
+    GetNodeDetail => NodeDetail,
+    ValidateNodes => Vec<NodeValidation>,
+    SetPortGroup => PortView,
+    CreatePortGroup => PortGroupView,
+    ListPortGroups => Vec<PortGroupView>,
+    GetPortGroup => PortGroupView,
+    DeletePortGroup => PortGroupView,
 );
 
 async fn submit(site: &Site, job: SubmitJob) -> Result<JobId, KilnError> {
@@ -83,7 +90,10 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
         Request::NodeList { nodes, state, maintenance } => {
             Response::Nodes(ask(site, ListNodes { nodes, state, maintenance }).await?)
         }
-        Request::NodeShow { node } => Response::Node(ask(site, GetNode(node)).await?),
+        Request::NodeShow { node } => Response::NodeDetail(ask(site, GetNodeDetail(node)).await?),
+        Request::NodeValidate { nodes } => {
+            Response::Validation(ask(site, ValidateNodes { nodes, fanout: fanout(None) }).await?)
+        }
         Request::NodeHistory { node, limit } => {
             let (id, _) =
                 site.registry.find(&node).ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))?;
@@ -171,6 +181,11 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
         Request::PortCreate { address, node } => Response::Port(ask(site, CreatePort { address, node }).await?),
         Request::PortList { node } => Response::Ports(ask(site, ListPorts { node }).await?),
         Request::PortDelete { address } => Response::Port(ask(site, DeletePort(address)).await?),
+        Request::PortSet { address, group } => Response::Port(ask(site, SetPortGroup { address, group }).await?),
+        Request::PortGroupCreate(group) => Response::PortGroup(ask(site, CreatePortGroup(group)).await?),
+        Request::PortGroupList { node } => Response::PortGroups(ask(site, ListPortGroups { node }).await?),
+        Request::PortGroupShow { group } => Response::PortGroup(ask(site, GetPortGroup(group)).await?),
+        Request::PortGroupDelete { group } => Response::PortGroup(ask(site, DeletePortGroup(group)).await?),
     })
 }
 

@@ -314,6 +314,18 @@ mod tests {
                 live: Live::Outcomes,
             },
             Request::PeriodicRun { name: "power_sync".into() },
+            Request::NodeValidate { nodes: "n[1-3]".into() },
+            Request::PortSet { address: "52:54:00:00:00:02".into(), group: Some("bond0".into()) },
+            Request::PortGroupCreate(kiln_actors::NewPortGroup {
+                name: "bond0".into(),
+                node: "n1".into(),
+                mode: Some("802.3ad".into()),
+                address: Some("52:54:00:00:00:01".into()),
+                ports: vec!["52:54:00:00:00:01".into(), "52:54:00:00:00:02".into()],
+            }),
+            Request::PortGroupList { node: Some("n1".into()) },
+            Request::PortGroupShow { group: "bond0".into() },
+            Request::PortGroupDelete { group: "bond0".into() },
         ];
         all.extend(ops.into_iter().map(|op| Request::NodeOp {
             nodes: "n1".into(),

@@ -1,11 +1,12 @@
 //! Printing: tables for people, one JSON document for scripts. Node objects
 //! in JSON use the field names of docs/state-machine.md; passwords are already
-//! masked in every view the daemon sends.
+//! masked in every view the daemon sends. `node show` adds the node's
+//! `ports` and `portgroups` to its object.
 
 use chrono::SecondsFormat;
 use kiln_actors::events::NodeEvent;
 use kiln_actors::jobs::{JobView, NodeResult, QueueInfo};
-use kiln_actors::{NodeView, PortView, SiteStatus};
+use kiln_actors::{NodeDetail, NodeValidation, NodeView, PortGroupView, PortView, SiteStatus};
 use kiln_store::{HistoryEntry, JobLogEntry, LogLevel, Timestamp};
 use serde::Serialize;
 use serde_json::Value;
@@ -124,6 +125,92 @@ pub fn node(v: &NodeView) {
     for (k, val) in rows {
         println!("{k:<24}{val}");
     }
+}
+
+/// `node show --json`: the node object as everywhere else, then its
+/// `ports` and `portgroups`. serde's `flatten` works here, in JSON, where
+/// the admin protocol's bincode could not carry it.
+#[derive(Serialize)]
+pub struct NodeDetailJson<'a> {
+    #[serde(flatten)]
+    node: &'a NodeView,
+    ports: &'a [PortView],
+    portgroups: &'a [PortGroupView],
+}
+
+impl<'a> NodeDetailJson<'a> {
+    pub fn of(d: &'a NodeDetail) -> Self {
+        NodeDetailJson { node: &d.node, ports: &d.ports, portgroups: &d.portgroups }
+    }
+}
+
+/// `node show`: the node's fields, then one line per port and per group.
+pub fn node_detail(d: &NodeDetail) {
+    node(&d.node);
+    let lines = |key: &str, items: Vec<String>| {
+        if items.is_empty() {
+            println!("{key:<24}-");
+        }
+        for (i, item) in items.iter().enumerate() {
+            println!("{:<24}{item}", if i == 0 { key } else { "" });
+        }
+    };
+    lines(
+        "ports",
+        d.ports
+            .iter()
+            .map(|p| match &p.portgroup {
+                Some(g) => format!("{} (in {g})", p.address),
+                None => p.address.clone(),
+            })
+            .collect(),
+    );
+    lines(
+        "portgroups",
+        d.portgroups
+            .iter()
+            .map(|g| {
+                let members = if g.ports.is_empty() { "no ports".to_string() } else { g.ports.join(", ") };
+                let address = g.address.as_ref().map(|a| format!(", address {a}")).unwrap_or_default();
+                format!("{} ({}{address}): {members}", g.name, g.mode)
+            })
+            .collect(),
+    );
+}
+
+/// `node validate`: a row per node and interface, as `openstack baremetal
+/// node validate` prints them (`True`/`False`).
+pub fn validation(list: &[NodeValidation]) {
+    let mut rows = Vec::new();
+    for v in list {
+        if let Some(e) = &v.error {
+            rows.push(vec![v.node.clone(), "-".into(), "False".into(), e.to_string()]);
+        }
+        for (interface, check) in &v.interfaces {
+            rows.push(vec![
+                v.node.clone(),
+                interface.to_string(),
+                if check.result { "True".into() } else { "False".into() },
+                opt(&check.reason),
+            ]);
+        }
+    }
+    table(&["NODE", "INTERFACE", "RESULT", "REASON"], &rows);
+}
+
+/// `node validate --json`: per node, its interfaces keyed by name with
+/// `result` and `reason` (Ironic's API shape), and an `error` (kind and
+/// message) when the node could not be validated at all.
+pub fn validation_json(list: &[NodeValidation]) -> serde_json::Value {
+    list.iter()
+        .map(|v| {
+            let error = match &v.error {
+                Some(e) => serde_json::json!({ "kind": e.kind(), "message": e.to_string() }),
+                None => serde_json::Value::Null,
+            };
+            serde_json::json!({ "node": v.node, "interfaces": v.interfaces, "error": error })
+        })
+        .collect()
 }
 
 pub fn results(list: &[NodeResult]) {
@@ -334,8 +421,26 @@ pub fn queue(q: &QueueInfo) {
 }
 
 pub fn ports(list: &[PortView]) {
-    let rows: Vec<Vec<String>> = list.iter().map(|p| vec![p.address.clone(), p.node.clone(), p.uuid.clone()]).collect();
-    table(&["ADDRESS", "NODE", "UUID"], &rows);
+    let rows: Vec<Vec<String>> =
+        list.iter().map(|p| vec![p.address.clone(), p.node.clone(), opt(&p.portgroup), p.uuid.clone()]).collect();
+    table(&["ADDRESS", "NODE", "GROUP", "UUID"], &rows);
+}
+
+pub fn port_groups(list: &[PortGroupView]) {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|g| {
+            vec![
+                g.name.clone(),
+                g.node.clone(),
+                g.mode.to_string(),
+                opt(&g.address),
+                if g.ports.is_empty() { "-".into() } else { g.ports.join(",") },
+                g.uuid.clone(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "NODE", "MODE", "ADDRESS", "PORTS", "UUID"], &rows);
 }
 
 pub fn history(list: &[HistoryEntry]) {

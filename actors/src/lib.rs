@@ -46,12 +46,13 @@ pub use error::KilnError;
 pub use events::{EventBus, EventKind, NodeEvent, Subscribe};
 pub use fsm::Verb;
 pub use live::LiveSettings;
-pub use node::{NodeUpdate, Op};
+pub use node::{DriverInterface, InterfaceCheck, NodeUpdate, NodeValidation, Op};
 pub use supervisor::{
-    BulkAction, CreateNodes, CreatePort, DeleteNodes, DeletePort, GetNode, GetStatus, ListNodes, ListPorts, NewNode,
-    NodeAction, PowerStatus, Registry, Supervisor,
+    BulkAction, CreateNodes, CreatePort, CreatePortGroup, DeleteNodes, DeletePort, DeletePortGroup, GetNode,
+    GetNodeDetail, GetPortGroup, GetStatus, ListNodes, ListPortGroups, ListPorts, NewNode, NewPortGroup, NodeAction,
+    PowerStatus, Registry, SetPortGroup, Supervisor, ValidateNodes,
 };
-pub use view::{NodeOutcome, NodeView, PortView, SiteStatus};
+pub use view::{NodeDetail, NodeOutcome, NodeView, PortGroupView, PortView, SiteStatus};
 
 /// A running site: what callers talk to.
 #[derive(Clone)]

@@ -16,16 +16,17 @@ use serde::{Deserialize, Serialize};
 use crate::KilnError;
 use crate::events::NodeEvent;
 use crate::jobs::{Dependency, JobChange, JobView, NewJob, Opcode, QueueInfo};
-use crate::node::{NodeUpdate, Op};
-use crate::supervisor::NewNode;
-use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
+use crate::node::{NodeUpdate, NodeValidation, Op};
+use crate::supervisor::{NewNode, NewPortGroup};
+use crate::view::{NodeDetail, NodeOutcome, NodeView, PortGroupView, PortView, SiteStatus};
 
 /// Bumped whenever a request or response changes shape.
 ///
 /// 5: several jobs in one submission, job priority changes, job lists by
 /// id, auto-archive on demand, job log levels, the queue limit; live
-/// fanout output (`Live`, `ExecLines`, `ExecNode`).
-/// 6: event replays (`Events { since }`); 7: 5's two halves together.
+/// fanout output (`Live`, `ExecLines`, `ExecNode`); node detail (ports and
+/// port groups in `node show`), port groups, `NodeValidate`.
+/// 6: event replays (`Events { since }`); 7: 5's parts together.
 /// 8: the `hold` opcode (`Opcode::Hold`).
 pub const PROTOCOL_VERSION: u32 = 8;
 
@@ -159,6 +160,27 @@ pub enum Request {
     PeriodicRun {
         name: String,
     },
+    /// Every driver interface of every node of a set checked (shared: also
+    /// while tasks hold the nodes); answered with [`Response::Validation`].
+    NodeValidate {
+        nodes: String,
+    },
+    /// A port put in a port group (by name or uuid), or in none.
+    PortSet {
+        address: String,
+        group: Option<String>,
+    },
+    PortGroupCreate(NewPortGroup),
+    PortGroupList {
+        node: Option<String>,
+    },
+    PortGroupShow {
+        group: String,
+    },
+    /// Its ports stay, in no group.
+    PortGroupDelete {
+        group: String,
+    },
 }
 
 impl Request {
@@ -194,6 +216,12 @@ impl Request {
         "job_submit_many",
         "job_autoarchive",
         "job_priority",
+        "node_validate",
+        "port_set",
+        "port_group_create",
+        "port_group_list",
+        "port_group_show",
+        "port_group_delete",
     ];
 
     /// The request's place in [`Request::KINDS`].
@@ -229,6 +257,12 @@ impl Request {
             Request::JobSubmitMany { .. } => 27,
             Request::JobAutoArchive { .. } => 28,
             Request::JobPriority { .. } => 29,
+            Request::NodeValidate { .. } => 30,
+            Request::PortSet { .. } => 31,
+            Request::PortGroupCreate(_) => 32,
+            Request::PortGroupList { .. } => 33,
+            Request::PortGroupShow { .. } => 34,
+            Request::PortGroupDelete { .. } => 35,
         }
     }
 
@@ -248,6 +282,9 @@ impl Request {
             | Request::NodeOp { .. }
             | Request::PortCreate { .. }
             | Request::PortDelete { .. }
+            | Request::PortSet { .. }
+            | Request::PortGroupCreate(_)
+            | Request::PortGroupDelete { .. }
             | Request::JobSubmit { .. }
             | Request::JobSubmitMany { .. }
             | Request::Exec { .. }
@@ -257,6 +294,9 @@ impl Request {
             | Request::NodeList { .. }
             | Request::NodeShow { .. }
             | Request::NodeHistory { .. }
+            | Request::NodeValidate { .. }
+            | Request::PortGroupList { .. }
+            | Request::PortGroupShow { .. }
             | Request::PowerStatus { .. }
             | Request::PortList { .. }
             | Request::Events { .. }
@@ -303,6 +343,8 @@ pub enum Response {
     Error(KilnError),
     Status(SiteStatus),
     Node(NodeView),
+    /// A node with its ports and port groups (`NodeShow`).
+    NodeDetail(NodeDetail),
     Nodes(Vec<NodeView>),
     Outcomes(Vec<NodeOutcome>),
     Port(PortView),
@@ -331,6 +373,10 @@ pub enum Response {
         outcome: crate::exec::ExecOutcome,
     },
     Done,
+    /// Each node's driver interfaces checked (`NodeValidate`).
+    Validation(Vec<NodeValidation>),
+    PortGroup(PortGroupView),
+    PortGroups(Vec<PortGroupView>),
     /// A piece of an answer longer than a frame: bytes of the whole
     /// answer's encoding, in order; the last piece says so. See
     /// [`crate::parts`].
@@ -358,11 +404,15 @@ impl Response {
             Response::Periodic(list) => list.len(),
             Response::Exec(list) => list.len(),
             Response::ExecLines(list) => list.len(),
+            Response::Validation(list) => list.len(),
+            Response::PortGroups(list) => list.len(),
+            Response::NodeDetail(detail) => 1 + detail.ports.len() + detail.portgroups.len(),
             Response::Hello { .. }
             | Response::Error(_)
             | Response::Status(_)
             | Response::Node(_)
             | Response::Port(_)
+            | Response::PortGroup(_)
             | Response::Event(_)
             | Response::EventsCaughtUp
             | Response::JobSubmitted(_)

@@ -17,12 +17,18 @@ use chrono::Utc;
 use dashmap::DashMap;
 use futures::stream::{self, StreamExt};
 use kiln_store::{NodeId, NodeRecord, PortRecord, ProvisionState, Write, normalize_mac};
+
+mod ports;
+pub use ports::{
+    CreatePort, CreatePortGroup, DeletePort, DeletePortGroup, GetPortGroup, ListPortGroups, ListPorts, NewPortGroup,
+    SetPortGroup,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::KilnError;
-use crate::node::{NodeActor, NodeEnv, Op, ReadPower, RunOp, RunOpIn, ShowNode, plan};
+use crate::node::{NodeActor, NodeEnv, NodeValidation, Op, ReadPower, RunOp, RunOpIn, ShowNode, ValidateNode, plan};
 use crate::nodeset::NodeSet;
-use crate::view::{NodeOutcome, NodeView, PortView, SiteStatus};
+use crate::view::{NodeDetail, NodeOutcome, NodeView, PortGroupView, PortView, SiteStatus};
 
 /// One entry of the registry.
 #[derive(Clone)]
@@ -124,14 +130,20 @@ pub struct NewNode {
 /// Checks a node name: non-empty, at most 255 characters of letters, digits,
 /// `.`, `_`, `-`, and not a uuid (a uuid always means a node's identity).
 pub fn validate_name(name: &str) -> Result<(), KilnError> {
+    check_name("node", name)
+}
+
+/// The rule of [`validate_name`], for the names of `what` (nodes, port
+/// groups): both are looked up by name or uuid.
+fn check_name(what: &str, name: &str) -> Result<(), KilnError> {
     let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if name.is_empty() || name.len() > 255 || !ok_chars {
         return Err(KilnError::InvalidInput(format!(
-            "node name '{name}' is not valid: use 1-255 letters, digits, '.', '_' or '-'"
+            "{what} name '{name}' is not valid: use 1-255 letters, digits, '.', '_' or '-'"
         )));
     }
-    if name.parse::<NodeId>().is_ok() {
-        return Err(KilnError::InvalidInput(format!("node name '{name}' is a uuid; pick a name")));
+    if uuid::Uuid::parse_str(name).is_ok() {
+        return Err(KilnError::InvalidInput(format!("{what} name '{name}' is a uuid; pick a name")));
     }
     Ok(())
 }
@@ -240,7 +252,13 @@ pub fn prepare_nodes(registry: &Registry, nodes: Vec<NewNode>) -> Result<(Vec<No
             if !macs.insert(address.clone()) {
                 return Err(KilnError::Conflict(format!("port address '{address}' appears twice")));
             }
-            ports.push(PortRecord { uuid: kiln_store::PortId::new(), address, node: record.uuid, created_at: now });
+            ports.push(PortRecord {
+                uuid: kiln_store::PortId::new(),
+                address,
+                node: record.uuid,
+                portgroup: None,
+                created_at: now,
+            });
         }
         batch.push(Write::InsertNode(record.clone()));
         records.push(record);
@@ -274,6 +292,21 @@ pub struct BulkAction {
 #[rtype(result = "Result<NodeView, KilnError>")]
 pub struct GetNode(pub String);
 
+/// Shows one node with its ports and port groups (`kiln node show`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<NodeDetail, KilnError>")]
+pub struct GetNodeDetail(pub String);
+
+/// Validates the driver interfaces of every node of a set, at most `fanout`
+/// at once; one result per node, in node-set order. Shared: it answers
+/// while exclusive tasks hold the nodes and takes no reservation.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<NodeValidation>, KilnError>")]
+pub struct ValidateNodes {
+    pub nodes: String,
+    pub fanout: usize,
+}
+
 /// Lists nodes: all, or a node set; optionally only one state or only
 /// nodes in maintenance. Either way in node-set order (`demo2` before
 /// `demo10`).
@@ -297,26 +330,6 @@ pub struct PowerStatus {
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Vec<NodeOutcome>, KilnError>")]
 pub struct DeleteNodes(pub String);
-
-/// Creates a port.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<PortView, KilnError>")]
-pub struct CreatePort {
-    pub address: String,
-    pub node: String,
-}
-
-/// Lists ports, optionally one node's.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<PortView>, KilnError>")]
-pub struct ListPorts {
-    pub node: Option<String>,
-}
-
-/// Deletes a port by MAC address.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<PortView, KilnError>")]
-pub struct DeletePort(pub String);
 
 /// The site at a glance.
 #[derive(Debug, Message)]
@@ -568,6 +581,59 @@ impl Handler<GetNode> for Supervisor {
     }
 }
 
+impl Handler<GetNodeDetail> for Supervisor {
+    type Result = ResponseFuture<Result<NodeDetail, KilnError>>;
+    fn handle(&mut self, GetNodeDetail(node): GetNodeDetail, ctx: &mut Context<Self>) -> Self::Result {
+        let router = self.router(ctx);
+        let found = self.registry.find(&node);
+        let store = self.env.store.clone();
+        Box::pin(async move {
+            let (id, entry) = found.ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))?;
+            // The node from its actor, the rows from the store, at once.
+            let rows = store.read(move |b| Ok((b.load_ports(Some(id))?, b.load_port_groups(Some(id))?)));
+            let (view, rows) = futures::join!(router.show(id), rows);
+            let (ports, groups) = rows?;
+            Ok(NodeDetail {
+                node: view?,
+                ports: PortView::all(&ports, &groups, |_| entry.name.clone()),
+                portgroups: groups.iter().map(|g| PortGroupView::of(g, &entry.name, &ports)).collect(),
+            })
+        })
+    }
+}
+
+impl Handler<ValidateNodes> for Supervisor {
+    type Result = ResponseFuture<Result<Vec<NodeValidation>, KilnError>>;
+    fn handle(&mut self, msg: ValidateNodes, ctx: &mut Context<Self>) -> Self::Result {
+        let router = self.router(ctx);
+        let nodes = self.registry.resolve(&msg.nodes);
+        let store = self.env.store.clone();
+        Box::pin(async move {
+            let nodes = nodes?;
+            // One read for the whole set: one node's ports, or every port.
+            let one = (nodes.len() == 1).then(|| nodes[0].0);
+            let mut by_node: std::collections::HashMap<NodeId, Vec<PortRecord>> = Default::default();
+            for port in store.read(move |b| b.load_ports(one)).await? {
+                by_node.entry(port.node).or_default().push(port);
+            }
+            let router = &router;
+            let checks = nodes.into_iter().map(|(id, name)| {
+                let ports = by_node.remove(&id).unwrap_or_default();
+                async move {
+                    let asked = send_to_node(&router.supervisor, &router.registry, id, || ValidateNode {
+                        ports: ports.clone(),
+                    });
+                    match asked.await.and_then(|r| r) {
+                        Ok(interfaces) => NodeValidation { node: name, interfaces, error: None },
+                        Err(e) => NodeValidation { node: name, interfaces: Default::default(), error: Some(e) },
+                    }
+                }
+            });
+            Ok(stream::iter(checks).buffered(msg.fanout.max(1)).collect().await)
+        })
+    }
+}
+
 impl Handler<ListNodes> for Supervisor {
     type Result = ResponseFuture<Result<Vec<NodeView>, KilnError>>;
     fn handle(&mut self, msg: ListNodes, ctx: &mut Context<Self>) -> Self::Result {
@@ -624,62 +690,6 @@ impl Handler<DeleteNodes> for Supervisor {
                 }
             }
             Ok(outcomes)
-        })
-    }
-}
-
-impl Handler<CreatePort> for Supervisor {
-    type Result = ResponseFuture<Result<PortView, KilnError>>;
-    fn handle(&mut self, msg: CreatePort, _: &mut Context<Self>) -> Self::Result {
-        let found = self.registry.find(&msg.node);
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let address = normalize_mac(&msg.address).map_err(|e| KilnError::InvalidInput(e.to_string()))?;
-            let (id, entry) = found.ok_or_else(|| KilnError::NotFound(format!("no such node: {}", msg.node)))?;
-            let port = PortRecord { uuid: kiln_store::PortId::new(), address, node: id, created_at: Utc::now() };
-            store.commit(vec![Write::InsertPort(port.clone())]).await?;
-            Ok(PortView::of(&port, &entry.name))
-        })
-    }
-}
-
-impl Handler<ListPorts> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<PortView>, KilnError>>;
-    fn handle(&mut self, msg: ListPorts, _: &mut Context<Self>) -> Self::Result {
-        let registry = self.registry.clone();
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let node = match &msg.node {
-                Some(n) => Some(registry.find(n).ok_or_else(|| KilnError::NotFound(format!("no such node: {n}")))?.0),
-                None => None,
-            };
-            let ports = store.read(move |b| b.load_ports(node)).await?;
-            Ok(ports
-                .iter()
-                .map(|p| {
-                    let name = registry.by_id.get(&p.node).map(|e| e.name.clone()).unwrap_or_default();
-                    PortView::of(p, &name)
-                })
-                .collect())
-        })
-    }
-}
-
-impl Handler<DeletePort> for Supervisor {
-    type Result = ResponseFuture<Result<PortView, KilnError>>;
-    fn handle(&mut self, DeletePort(mac): DeletePort, _: &mut Context<Self>) -> Self::Result {
-        let registry = self.registry.clone();
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let address = normalize_mac(&mac).map_err(|e| KilnError::InvalidInput(e.to_string()))?;
-            let all = store.read(|b| b.load_ports(None)).await?;
-            let port = all
-                .into_iter()
-                .find(|p| p.address == address)
-                .ok_or_else(|| KilnError::NotFound(format!("no port with address {address}")))?;
-            store.commit(vec![Write::DeletePort(address)]).await?;
-            let name = registry.by_id.get(&port.node).map(|e| e.name.clone()).unwrap_or_default();
-            Ok(PortView::of(&port, &name))
         })
     }
 }

@@ -202,6 +202,15 @@ impl kiln_store::Backend for Hooked {
     ) -> Result<Vec<kiln_store::PortRecord>, kiln_store::StoreError> {
         self.store.load_ports(node)
     }
+    fn load_port_groups(
+        &mut self,
+        node: Option<kiln_store::NodeId>,
+    ) -> Result<Vec<kiln_store::PortGroupRecord>, kiln_store::StoreError> {
+        self.store.load_port_groups(node)
+    }
+    fn load_port_group(&mut self, key: &str) -> Result<Option<kiln_store::PortGroupRecord>, kiln_store::StoreError> {
+        self.store.load_port_group(key)
+    }
     fn load_history(
         &mut self,
         node: kiln_store::NodeId,

@@ -592,7 +592,7 @@ fn admin(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
                         let t = Instant::now();
                         codec::write_message(&mut s, &req).await?;
                         match codec::read_message::<_, Response>(&mut s, codec::DEFAULT_MAX_FRAME).await? {
-                            Some(Response::Node(_)) => {}
+                            Some(Response::NodeDetail(_)) => {}
                             other => anyhow::bail!("unexpected answer {other:?}"),
                         }
                         lat.push(t.elapsed().as_secs_f64() * 1000.0);

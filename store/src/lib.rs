@@ -10,8 +10,8 @@
 //! goes through it, so no rusqlite call ever runs on an async arbiter, and
 //! many concurrent requests share one commit (group commit).
 //!
-//! Two families of records share the file: nodes with their ports and
-//! history ([`records`]), and the job queue's jobs, job logs and settings
+//! Two families of records share the file: nodes with their ports, port
+//! groups and history ([`records`]), and the job queue's jobs, job logs and settings
 //! ([`jobs`]).
 
 pub mod backup;
@@ -46,10 +46,21 @@ pub enum Write {
     /// Delete a node with its ports and history; NotFound if absent.
     DeleteNode(NodeId),
     /// Insert a port; Conflict when the MAC is taken, NotFound when its node
-    /// does not exist.
+    /// (or its port group) does not exist, Conflict when its port group is
+    /// another node's.
     InsertPort(PortRecord),
     /// Delete a port by MAC address; NotFound if absent.
     DeletePort(String),
+    /// Insert a port group (no members: [`Write::SetPortGroup`] adds them);
+    /// Conflict when its name, uuid or address is taken, NotFound when its
+    /// node does not exist.
+    InsertPortGroup(PortGroupRecord),
+    /// Delete a port group; its members stay, in no group. NotFound if absent.
+    DeletePortGroup(PortGroupId),
+    /// Put the port with this MAC address in a group, or in none. NotFound
+    /// when the port or the group does not exist; Conflict, with nothing
+    /// changed, when the group is another node's.
+    SetPortGroup { address: String, group: Option<PortGroupId> },
     /// Append one line to a node's history.
     AppendHistory(HistoryEntry),
     /// Insert or replace a job in the live queue (by id), its log included.
@@ -123,6 +134,10 @@ pub trait Backend: Send + 'static {
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError>;
     /// Every port, optionally only one node's, ordered by address.
     fn load_ports(&mut self, node: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError>;
+    /// Every port group, optionally only one node's, ordered by name.
+    fn load_port_groups(&mut self, node: Option<NodeId>) -> Result<Vec<PortGroupRecord>, StoreError>;
+    /// One port group, by name or uuid.
+    fn load_port_group(&mut self, name_or_uuid: &str) -> Result<Option<PortGroupRecord>, StoreError>;
     /// The last `limit` history entries of a node, oldest first.
     fn load_history(&mut self, node: NodeId, limit: usize) -> Result<Vec<HistoryEntry>, StoreError>;
     /// Every job of the live queue, by id.

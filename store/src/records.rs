@@ -1,4 +1,5 @@
-//! The records the store keeps: nodes, ports and per-node history.
+//! The records the store keeps: nodes, their ports and port groups (bonds),
+//! and per-node history.
 //!
 //! These are plain data. They carry the vocabulary of the domain (provision
 //! and power states, driver kinds) because that is what is stored, but no
@@ -74,6 +75,36 @@ impl FromStr for PortId {
     type Err = uuid::Error;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Uuid::parse_str(s).map(PortId)
+    }
+}
+
+/// The identity of a port group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PortGroupId(pub Uuid);
+
+impl PortGroupId {
+    pub fn new() -> Self {
+        PortGroupId(Uuid::new_v4())
+    }
+}
+
+impl Default for PortGroupId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for PortGroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for PortGroupId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(PortGroupId)
     }
 }
 
@@ -208,6 +239,26 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// How a port group bonds its ports: the Linux bonding driver's mode
+    /// names (`mode=` of `bonding.ko`), which Ironic's port groups use too.
+    BondMode, "bond mode" {
+        BalanceRr => "balance-rr",
+        ActiveBackup => "active-backup",
+        BalanceXor => "balance-xor",
+        Broadcast => "broadcast",
+        Ieee8023ad => "802.3ad",
+        BalanceTlb => "balance-tlb",
+        BalanceAlb => "balance-alb",
+    }
+);
+
+impl BondMode {
+    /// The mode of a group created without one (Ironic's
+    /// `default_portgroup_mode`).
+    pub const DEFAULT: BondMode = BondMode::ActiveBackup;
+}
+
 /// Who holds a node exclusively: the purpose of the running task and when it
 /// started. Persisted so that a restart can see which nodes were mid-task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +358,24 @@ pub struct PortRecord {
     /// Lower-case, colon-separated MAC address.
     pub address: String,
     pub node: NodeId,
+    /// The port group (bond) the port is a member of, always one of the
+    /// same node's.
+    pub portgroup: Option<PortGroupId>,
+    pub created_at: Timestamp,
+}
+
+/// A port group: ports of one node bonded together (Ironic's portgroup).
+/// Its members are the ports whose `portgroup` names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortGroupRecord {
+    pub uuid: PortGroupId,
+    /// Unique across the site, like a node's.
+    pub name: String,
+    pub node: NodeId,
+    /// The bond's own MAC address, when it has a fixed one; unique among
+    /// port groups. Lower-case, colon-separated.
+    pub address: Option<String>,
+    pub mode: BondMode,
     pub created_at: Timestamp,
 }
 

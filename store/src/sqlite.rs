@@ -33,6 +33,7 @@
 //!   holds the statements it uses for the whole group (`sqlite/held.rs`).
 //!
 //! The job queue's statements are in `sqlite/jobs.rs`; its tables are migrations 2 and 3.
+//! Port groups' are in `sqlite/portgroups.rs` (migration 4).
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -46,13 +47,14 @@ use rusqlite::{Connection, Row, TransactionBehavior, ffi, params};
 
 use crate::{
     Backend, Batch, EventRecord, HistoryEntry, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, NodeId, NodeRecord,
-    PortId, PortRecord, Reservation, StoreError, Timestamp, Write,
+    PortGroupRecord, PortId, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
 mod checkpointer;
 mod coalesce;
 mod held;
 mod jobs;
+mod portgroups;
 
 use crate::timestamp::timestamp_text;
 use checkpointer::Checkpointer;
@@ -180,6 +182,40 @@ pub const MIGRATIONS: &[&str] = &[
         serial INTEGER PRIMARY KEY NOT NULL,
         body   BLOB NOT NULL             -- the actors' encoding of the event
     ) STRICT;
+    ",
+    // 5: port groups (bonds): ports of one node bonded together, as Ironic's
+    // portgroups. A port names its group; deleting a group leaves its ports
+    // in none, deleting a node takes its groups with its ports.
+    "
+    CREATE TABLE portgroups (
+        uuid       TEXT PRIMARY KEY NOT NULL,
+        name       TEXT NOT NULL UNIQUE,
+        node       TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+        address    TEXT UNIQUE,            -- the bond's MAC, when it has a fixed one
+        mode       TEXT NOT NULL,          -- a Linux bonding mode name
+        created_at TEXT NOT NULL
+    ) STRICT;
+    -- Serves load_port_groups(Some(node)) and the cascade when a node is deleted.
+    CREATE INDEX portgroups_node ON portgroups(node);
+
+    ALTER TABLE ports ADD COLUMN portgroup TEXT REFERENCES portgroups(uuid) ON DELETE SET NULL;
+    -- Serves 'the members of a group' and the SET NULL when a group is deleted.
+    CREATE INDEX ports_portgroup ON ports(portgroup);
+
+    -- A port and its group are one node's. Kept by the schema, so that no
+    -- write, now or later, can bond ports of two machines.
+    CREATE TRIGGER ports_portgroup_same_node_insert BEFORE INSERT ON ports
+    WHEN NEW.portgroup IS NOT NULL
+         AND EXISTS (SELECT 1 FROM portgroups WHERE uuid = NEW.portgroup AND node <> NEW.node)
+    BEGIN
+        SELECT RAISE(ABORT, 'port group of another node');
+    END;
+    CREATE TRIGGER ports_portgroup_same_node_update BEFORE UPDATE OF portgroup, node ON ports
+    WHEN NEW.portgroup IS NOT NULL
+         AND EXISTS (SELECT 1 FROM portgroups WHERE uuid = NEW.portgroup AND node <> NEW.node)
+    BEGIN
+        SELECT RAISE(ABORT, 'port group of another node');
+    END;
     ",
 ];
 
@@ -398,14 +434,15 @@ impl Backend for SqliteBackend {
         let mut rows = match node {
             Some(node) => {
                 stmt = self.conn.prepare_cached(
-                    "SELECT uuid, address, node, created_at FROM ports
+                    "SELECT uuid, address, node, portgroup, created_at FROM ports
                      WHERE node = ?1 ORDER BY address",
                 )?;
                 stmt.query([node.to_string()])?
             }
             None => {
-                stmt =
-                    self.conn.prepare_cached("SELECT uuid, address, node, created_at FROM ports ORDER BY address")?;
+                stmt = self
+                    .conn
+                    .prepare_cached("SELECT uuid, address, node, portgroup, created_at FROM ports ORDER BY address")?;
                 stmt.query([])?
             }
         };
@@ -414,6 +451,14 @@ impl Backend for SqliteBackend {
             ports.push(port_from_row(row)?);
         }
         Ok(ports)
+    }
+
+    fn load_port_groups(&mut self, node: Option<NodeId>) -> Result<Vec<PortGroupRecord>, StoreError> {
+        portgroups::load_port_groups(&self.conn, node)
+    }
+
+    fn load_port_group(&mut self, name_or_uuid: &str) -> Result<Option<PortGroupRecord>, StoreError> {
+        portgroups::load_port_group(&self.conn, name_or_uuid)
     }
 
     fn load_history(&mut self, node: NodeId, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
@@ -511,6 +556,9 @@ fn apply(held: &mut Held<'_>, write: &Write) -> Result<(), StoreError> {
         Write::DeleteNode(id) => delete_node(held, *id),
         Write::InsertPort(port) => insert_port(held, port),
         Write::DeletePort(address) => delete_port(held, address),
+        Write::InsertPortGroup(group) => portgroups::insert_port_group(held, group),
+        Write::DeletePortGroup(id) => portgroups::delete_port_group(held, *id),
+        Write::SetPortGroup { address, group } => portgroups::set_port_group(held, address, *group),
         Write::AppendHistory(entry) => append_history(held, entry),
         Write::PutJob(job) => jobs::put_job(held, job),
         Write::UpdateJob(job) => jobs::update_job(held, job),
@@ -580,11 +628,26 @@ fn delete_node(held: &mut Held<'_>, id: NodeId) -> Result<(), StoreError> {
 }
 
 fn insert_port(held: &mut Held<'_>, port: &PortRecord) -> Result<(), StoreError> {
-    held.get("INSERT INTO ports (uuid, address, node, created_at) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![port.uuid.to_string(), port.address, port.node.to_string(), timestamp_text(port.created_at),])
+    held.get("INSERT INTO ports (uuid, address, node, portgroup, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![
+            port.uuid.to_string(),
+            port.address,
+            port.node.to_string(),
+            port.portgroup.map(|g| g.to_string()),
+            timestamp_text(port.created_at),
+        ])
         .map_err(|e| {
             if is_foreign_key_violation(&e) {
-                return node_missing(port.node);
+                return match port.portgroup {
+                    Some(group) => StoreError::NotFound(format!(
+                        "node {} or port group {group} of port '{}' does not exist",
+                        port.node, port.address
+                    )),
+                    None => node_missing(port.node),
+                };
+            }
+            if portgroups::is_other_nodes_group(&e) {
+                return portgroups::other_nodes_group(&port.address);
             }
             match unique_violation(&e) {
                 Some("ports.address") => {
@@ -817,7 +880,8 @@ fn port_from_row(row: &Row<'_>) -> Result<PortRecord, StoreError> {
         uuid,
         address: f.raw(1, "address")?,
         node: f.parsed(2, "node")?,
-        created_at: f.timestamp(3, "created_at")?,
+        portgroup: f.parsed_opt(3, "portgroup")?,
+        created_at: f.timestamp(4, "created_at")?,
     })
 }
 

@@ -60,7 +60,7 @@ fn node(name: &str) -> NodeRecord {
 }
 
 fn port(node: NodeId, address: &str) -> PortRecord {
-    PortRecord { uuid: PortId::new(), address: address.into(), node, created_at: Utc::now() }
+    PortRecord { uuid: PortId::new(), address: address.into(), node, portgroup: None, created_at: Utc::now() }
 }
 
 fn history(node: NodeId, event: &str) -> HistoryEntry {

@@ -133,6 +133,12 @@ macro_rules! no_reads {
         fn load_ports(&mut self, _: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError> {
             Ok(Vec::new())
         }
+        fn load_port_groups(&mut self, _: Option<NodeId>) -> Result<Vec<PortGroupRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn load_port_group(&mut self, _: &str) -> Result<Option<PortGroupRecord>, StoreError> {
+            Ok(None)
+        }
         fn load_history(&mut self, _: NodeId, _: usize) -> Result<Vec<HistoryEntry>, StoreError> {
             Ok(Vec::new())
         }

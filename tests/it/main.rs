@@ -21,6 +21,7 @@ mod locking;
 mod metrics;
 mod peers;
 mod periodic;
+mod ports;
 mod privacy;
 mod readme;
 mod rejected;

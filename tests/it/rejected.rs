@@ -2,7 +2,8 @@
 //! long series of bad requests, through the CLI and as raw frames on the
 //! socket, against a daemon with nodes, ports and jobs in it; then every
 //! table of its SQLite file, read directly, and what `node list`,
-//! `port list` and `job list` print must be exactly as before.
+//! `port list`, `port group list` and `job list` print must be exactly as
+//! before.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -11,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use kiln_actors::codec;
 use kiln_actors::jobs::{JobRef, NewDependency, NewJob, Opcode};
 use kiln_actors::protocol::{PROTOCOL_VERSION, Request, Response};
-use kiln_actors::{KilnError, NewNode, NodeUpdate, Op, Verb};
+use kiln_actors::{KilnError, NewNode, NewPortGroup, NodeUpdate, Op, Verb};
 use serde_json::Value;
 
 use crate::harness::Daemon;
@@ -64,6 +65,7 @@ struct Snapshot {
     tables: BTreeMap<String, Vec<String>>,
     nodes: Value,
     ports: Value,
+    portgroups: Value,
     jobs: Value,
 }
 
@@ -72,6 +74,7 @@ fn snapshot(d: &Daemon) -> Snapshot {
         tables: tables(d),
         nodes: d.json(&["node", "list"]),
         ports: d.json(&["port", "list"]),
+        portgroups: d.json(&["port", "group", "list"]),
         jobs: d.json(&["job", "list"]),
     }
 }
@@ -130,6 +133,8 @@ fn no_rejected_request_changes_the_store() {
     d.json(&["node", "provide", "demo2", "--wait"]);
     d.json(&["node", "deploy", "demo2", "--wait"]);
     d.json(&["port", "create", "52:54:00:00:00:01", "--node", "demo1"]);
+    d.json(&["port", "create", "52:54:00:00:00:05", "--node", "demo2"]);
+    d.json(&["port", "group", "create", "bond0", "--node", "demo1", "--port", "52:54:00:00:00:01"]);
     let pw = d.dir.path().join("pw");
     std::fs::write(&pw, "S3cret-rejected").unwrap();
     let pw = pw.to_str().unwrap();
@@ -206,6 +211,17 @@ fn no_rejected_request_changes_the_store() {
     cli(&["port", "create", "zz:zz", "--node", "demo2"], "invalid_input");
     cli(&["port", "create", "52:54:00:00:00:02", "--node", "nope"], "not_found");
     cli(&["port", "delete", "52:54:00:00:00:03"], "not_found");
+    // Port groups: another node's port, a taken name, an unknown mode, a
+    // port already grouped, unknown groups; validate of unknown nodes.
+    cli(&["port", "group", "create", "bond1", "--node", "demo1", "--port", "52:54:00:00:00:05"], "invalid_input");
+    cli(&["port", "group", "create", "bond0", "--node", "demo2"], "conflict");
+    cli(&["port", "group", "create", "bond1", "--node", "demo2", "--mode", "lacp"], "invalid_input");
+    cli(&["port", "group", "create", "bond1", "--node", "demo1", "--port", "52:54:00:00:00:01"], "conflict");
+    cli(&["port", "group", "create", "bond1", "--node", "demo2", "--port", "52:54:00:00:00:09"], "not_found");
+    cli(&["port", "set", "52:54:00:00:00:05", "--group", "bond0"], "invalid_input");
+    cli(&["port", "set", "52:54:00:00:00:05", "--group", "nope"], "not_found");
+    cli(&["port", "group", "delete", "nope"], "not_found");
+    cli(&["node", "validate", "nope"], "not_found");
     cli(&["job", "cancel", "9999"], "not_found");
     cli(&["job", "archive", "9999"], "not_found");
     cli(&["periodic", "run", "reticulate"], "not_found");
@@ -240,6 +256,20 @@ fn no_rejected_request_changes_the_store() {
         Request::NodeDelete { nodes: "@nogroup".into() },
         Request::PowerStatus { nodes: "demo[".into() },
         Request::PortCreate { address: String::new(), node: "demo1".into() },
+        Request::PortGroupCreate(NewPortGroup { name: String::new(), node: "demo2".into(), ..Default::default() }),
+        Request::PortGroupCreate(NewPortGroup {
+            name: "7d3f0a9e-1b2c-4d5e-8f90-123456789abc".into(),
+            node: "demo2".into(),
+            ..Default::default()
+        }),
+        Request::PortGroupCreate(NewPortGroup {
+            name: "bond1".into(),
+            node: "demo2".into(),
+            ports: vec!["52:54:00:00:00:05".into(), "52-54-00-00-00-05".into()],
+            ..Default::default()
+        }),
+        Request::PortSet { address: String::new(), group: None },
+        Request::NodeValidate { nodes: "demo[".into() },
         Request::JobSubmit { ops: vec![], priority: 0, depends: vec![] },
         // Several jobs: none, or one bad among good ones (nothing is stored),
         // or one naming a job before the first.

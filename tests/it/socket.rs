@@ -82,7 +82,7 @@ fn garbage_frames_get_an_error_and_the_connection_goes_on() {
     }
     // The same connection still answers a good request.
     send(&mut s, &Request::NodeShow { node: "demo1".into() });
-    assert!(matches!(recv(&mut s), Some(Response::Node(_))));
+    assert!(matches!(recv(&mut s), Some(Response::NodeDetail(_))));
     still_serves(&d);
 }
 

@@ -2,15 +2,16 @@
 //!
 //! The actor owns the record, the reservation (who holds the node
 //! exclusively) and the node's place in the FSM. Shared requests
-//! ([`ShowNode`], [`ReadPower`]) are answered at once, even mid-task;
-//! exclusive ones ([`RunOp`]) run one at a time, later ones waiting in FIFO
-//! order for at most `lock_wait`. The mailbox is the lock: no mutex guards a
+//! ([`ShowNode`], [`ReadPower`], [`ValidateNode`]) are answered at once,
+//! even mid-task; exclusive ones ([`RunOp`]) run one at a time, later ones
+//! waiting in FIFO order for at most `lock_wait`. The mailbox is the lock: no mutex guards a
 //! node anywhere.
 
 mod actor;
 pub mod plan;
 mod shutdown;
 pub mod upkeep;
+pub mod validate;
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use actor::CrashForTest;
 pub use actor::{NodeActor, NodeEnv};
 pub use shutdown::Abandon;
+pub use validate::{DriverInterface, InterfaceCheck, InterfaceChecks, NodeValidation, ValidateNode};
 
 use crate::KilnError;
 use crate::fsm::Verb;
