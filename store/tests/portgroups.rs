@@ -233,7 +233,7 @@ fn a_version_3_store_is_upgraded_in_place_with_its_ports() {
     drop(store);
     // Opened again: nothing runs twice, everything is there.
     let mut store = open(&path);
-    assert_eq!(version(&path), 4);
+    assert_eq!(version(&path), SCHEMA_VERSION);
     assert_eq!(store.load_ports(None).unwrap()[0].portgroup, Some(bond.uuid));
     assert_eq!(store.load_port_groups(None).unwrap(), vec![bond]);
 }
