@@ -446,6 +446,7 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
             max_running_jobs,
             max_queued_jobs,
             demo_nodes: f.demo.unwrap_or(0),
+            clock: kiln_actors::clock::system(),
         },
         socket,
         socket_mode,

@@ -28,6 +28,9 @@ pub struct SiteConfig {
     pub periodic: crate::periodic::PeriodicConfig,
     /// Enrol this many `fake` nodes named `demo1..N` when the store is empty.
     pub demo_nodes: usize,
+    /// Where the site's actors read the time ([`crate::clock`]); a test
+    /// passes a [`crate::clock::ManualClock`].
+    pub clock: crate::clock::SharedClock,
 }
 
 impl Default for SiteConfig {
@@ -42,6 +45,7 @@ impl Default for SiteConfig {
             periodic: Default::default(),
             groups: Default::default(),
             demo_nodes: 0,
+            clock: crate::clock::system(),
         }
     }
 }

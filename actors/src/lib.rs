@@ -9,6 +9,7 @@
 //! Where to start reading: [`fsm`] (the state machine as data), then
 //! [`node`] (the actor that runs it for one node), then [`supervisor`].
 
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod driver;
@@ -37,7 +38,6 @@ mod tests;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use chrono::Utc;
 use dashmap::DashMap;
 use kiln_store::{StoreError, StoreHandle, Write};
 
@@ -135,7 +135,7 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
 
     // The restart rule: nothing can be running yet, so whatever the store
     // shows mid-task was cut short by the previous run's end.
-    let now = Utc::now();
+    let now = config.clock.now();
     let mut repairs = Vec::new();
     for r in records.iter_mut() {
         if let Some((fixed, entry)) = node::plan::recover(r, "daemon restarted", now) {
