@@ -137,7 +137,7 @@ impl DriverActor {
             async move {
                 let result = match running.await {
                     Ok(result) => result,
-                    Err(join) => Err(DriverError::Panicked(panic_text(join))),
+                    Err(join) => Err(DriverError::Panicked(crate::panics::join_text(join))),
                 };
                 if let Some((m, driver)) = metrics {
                     m.bmc_call(driver, call.metric(), began.elapsed(), result.is_err());
@@ -146,20 +146,5 @@ impl DriverActor {
             }
             .into_actor(self),
         ))
-    }
-}
-
-/// The message a panicking task carried, or a placeholder.
-pub fn panic_text(join: tokio::task::JoinError) -> String {
-    if !join.is_panic() {
-        return "the call was cancelled".into();
-    }
-    let payload = join.into_panic();
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".into()
     }
 }

@@ -100,6 +100,8 @@ pub enum StartError {
     },
     #[error("cannot load the job queue: {0}")]
     Jobs(KilnError),
+    #[error("the supervisor stopped while the site started")]
+    Supervisor,
     #[error("cannot enrol the demo nodes: {0}")]
     Demo(KilnError),
 }
@@ -167,20 +169,13 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     let held = records.len();
     let empty = held == 0;
     let supervisor = Supervisor::new(registry.clone(), env, facts).start();
-    supervisor
-        .send(supervisor::AdoptRecords(records))
-        .await
-        .map_err(|_| StartError::Demo(KilnError::Unavailable("the supervisor did not start".into())))?;
+    supervisor.send(supervisor::AdoptRecords(records)).await.map_err(|_| StartError::Supervisor)?;
 
     if empty && config.demo_nodes > 0 {
         let demo = (1..=config.demo_nodes)
             .map(|i| NewNode { name: format!("demo{i}"), driver: "fake".into(), ..Default::default() })
             .collect();
-        supervisor
-            .send(CreateNodes(demo))
-            .await
-            .map_err(|_| StartError::Demo(KilnError::Unavailable("the supervisor stopped".into())))?
-            .map_err(StartError::Demo)?;
+        supervisor.send(CreateNodes(demo)).await.map_err(|_| StartError::Supervisor)?.map_err(StartError::Demo)?;
     } else if config.demo_nodes > 0 {
         tracing::warn!(
             nodes = held,

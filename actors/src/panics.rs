@@ -5,6 +5,9 @@
 //! closes), so a process-wide panic hook records the message; the supervisor
 //! takes it when it finds the dead mailbox. This slot is diagnostics, not node
 //! state: no node's record is ever guarded by it.
+//!
+//! It also reads the message out of a panicked tokio task ([`join_text`]),
+//! for the driver calls and periodic task runs that run as one.
 
 use std::sync::{Mutex, Once};
 
@@ -16,12 +19,7 @@ pub fn install_hook() {
     INSTALL.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let text = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
+            let text = payload_text(info.payload());
             if let Ok(mut slot) = LAST.lock() {
                 *slot = Some(text);
             }
@@ -33,4 +31,24 @@ pub fn install_hook() {
 /// Takes the last recorded panic message, if any.
 pub fn take_last() -> Option<String> {
     LAST.lock().ok().and_then(|mut s| s.take())
+}
+
+/// The message a panicking task carried (a spawned driver call, a periodic
+/// task run), or what ended it otherwise.
+pub fn join_text(join: tokio::task::JoinError) -> String {
+    if !join.is_panic() {
+        return "the call was cancelled".into();
+    }
+    payload_text(join.into_panic().as_ref())
+}
+
+/// A panic payload's message: `panic!` carries a `&str` or a `String`.
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
 }

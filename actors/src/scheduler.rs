@@ -223,7 +223,7 @@ impl Scheduler {
         ctx.spawn(running.into_actor(self).map(move |joined, act, ctx| {
             let outcome = match joined {
                 Ok(r) => r,
-                Err(e) => Err(TaskFailed(format!("panicked: {}", crate::driver::panic_text(e)))),
+                Err(e) => Err(TaskFailed(format!("panicked: {}", crate::panics::join_text(e)))),
             };
             let info = &mut act.info[i];
             info.running = false;

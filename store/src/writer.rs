@@ -49,23 +49,12 @@ use tokio::sync::oneshot;
 use crate::error::error_chain;
 use crate::sqlite::SqliteBackend;
 use crate::stats::{StatsCells, StoreStats};
-use crate::syncer::{Answer, Syncer};
+use crate::syncer::{Answer, CommitReply, Committed, Syncer};
 use crate::{Backend, Batch, StoreError};
 
 /// The most batches one transaction takes; bounds a commit's latency and
 /// memory when the queue is very long.
 pub const MAX_GROUP: usize = 4096;
-
-/// A commit's answer: its outcome, and the batch itself. The batch goes
-/// back so that it is freed on the thread that built it. Measured under
-/// glibc's malloc, before the `kiln` binary moved to jemalloc, freeing here
-/// what the actix thread allocated took the slow cross-thread path for
-/// every job write, and handing it back cut the store thread's
-/// instructions per job by 7% (callgrind, `kiln bench jobs`); it still
-/// spares an embedding application on glibc that cost, and costs nothing.
-pub(crate) type Committed = (Result<(), StoreError>, Batch);
-
-pub(crate) type CommitReply = oneshot::Sender<Committed>;
 
 /// A read to run on the store thread; it carries its own reply sender.
 type ReadJob = Box<dyn FnOnce(&mut dyn Backend) + Send>;
