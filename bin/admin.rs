@@ -252,7 +252,7 @@ async fn connection(mut stream: UnixStream, cfg: &AdminConfig, site: Site, mut s
                 continue;
             }
         };
-        let slot = site.metrics.admin_request(Some(&request));
+        let slot = site.metrics.admin_request(Some(request.kind_index()));
         let decoded = std::time::Instant::now();
         if let Request::Events { follow, nodes, kinds, since } = request {
             let filter = match crate::dispatch::event_filter(&site, nodes.as_deref(), kinds) {

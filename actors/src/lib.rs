@@ -151,7 +151,7 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
         store.commit(repairs).await.map_err(store_error)?;
     }
 
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::with_request_kinds(protocol::Request::KINDS));
     // Serials go on from the last stored event: they survive restarts.
     let (last_event, _) = store.read(|b| b.event_span()).await.map_err(store_error)?;
     let events = EventBus::durable(store.clone(), last_event).start();

@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kiln_store::{DriverKind, JobStatus, NodeRecord, ProvisionState, StoreStats};
 
-use crate::protocol::Request;
 use crate::scheduler::PeriodicInfo;
 
 /// The histograms' upper bounds in seconds: from half a millisecond (a fake
@@ -138,12 +137,26 @@ pub struct Metrics {
     job_queue_wait: Histogram,
     job_run: Histogram,
     bmc: [[BmcStats; BmcCall::ALL.len()]; DRIVERS],
-    /// One per [`Request::KINDS`], then one for undecodable frames.
+    /// The admin request kinds, in slot order (the admin protocol's list;
+    /// metrics only count by slot, so they need not know the protocol).
+    request_kinds: &'static [&'static str],
+    /// One per entry of `request_kinds`, then one for undecodable frames.
     admin: Vec<AdminStats>,
 }
 
 impl Default for Metrics {
+    /// Metrics that count admin requests in one slot (undecodable or not):
+    /// for sites and tests that do not serve the admin protocol.
     fn default() -> Self {
+        Metrics::with_request_kinds(&[])
+    }
+}
+
+impl Metrics {
+    /// Metrics counting admin requests by kind, one slot per entry of
+    /// `kinds` (in the order the protocol numbers them) plus one for frames
+    /// that did not decode.
+    pub fn with_request_kinds(kinds: &'static [&'static str]) -> Self {
         Metrics {
             started: SystemTime::now(),
             nodes: Default::default(),
@@ -159,12 +172,11 @@ impl Default for Metrics {
             job_queue_wait: Histogram::default(),
             job_run: Histogram::default(),
             bmc: Default::default(),
-            admin: (0..=Request::KINDS.len()).map(|_| AdminStats::default()).collect(),
+            request_kinds: kinds,
+            admin: (0..=kinds.len()).map(|_| AdminStats::default()).collect(),
         }
     }
-}
 
-impl Metrics {
     // ----- updates --------------------------------------------------------
 
     /// A BMC call of `driver` ended after `took`, failed or not.
@@ -176,10 +188,12 @@ impl Metrics {
         }
     }
 
-    /// An admin request arrived; `None` for a frame that did not decode.
-    /// Returns the slot to pass to [`Metrics::admin_error`].
-    pub fn admin_request(&self, request: Option<&Request>) -> usize {
-        let slot = request.map_or(Request::KINDS.len(), Request::kind_index);
+    /// An admin request of the kind in slot `kind` arrived; `None` for a
+    /// frame that did not decode. Returns the slot to pass to
+    /// [`Metrics::admin_error`].
+    pub fn admin_request(&self, kind: Option<usize>) -> usize {
+        let undecoded = self.request_kinds.len();
+        let slot = kind.filter(|&k| k < undecoded).unwrap_or(undecoded);
         self.admin[slot].requests.fetch_add(1, Relaxed);
         slot
     }
@@ -347,7 +361,7 @@ impl Metrics {
             }
         }
 
-        let kinds = Request::KINDS.iter().copied().chain([INVALID_REQUEST]);
+        let kinds = self.request_kinds.iter().copied().chain([INVALID_REQUEST]);
         header(o, "kiln_admin_requests_total", "counter", "Admin socket requests, by request.");
         for (k, s) in kinds.clone().zip(&self.admin) {
             let _ = writeln!(o, "kiln_admin_requests_total{{request=\"{k}\"}} {}", s.requests.load(Relaxed));
@@ -493,11 +507,11 @@ mod tests {
 
     #[test]
     fn text_format_has_help_type_and_well_formed_samples() {
-        let m = Metrics::default();
+        let m = Metrics::with_request_kinds(&["status", "node_list"]);
         m.bmc_call(DriverKind::Fake, BmcCall::GetPower, Duration::from_micros(300), false);
         m.bmc_call(DriverKind::Fake, BmcCall::GetPower, Duration::from_millis(7), true);
         m.bmc_call(DriverKind::Fake, BmcCall::GetPower, Duration::from_secs(7200), false);
-        let slot = m.admin_request(Some(&Request::Status));
+        let slot = m.admin_request(Some(0));
         m.admin_error(slot);
         m.admin_answered(slot, Duration::from_millis(3));
         m.admin_request(None);

@@ -62,6 +62,8 @@ const REDFISH: &[Key] = &[
     key("auth_method", false, Shape::RedfishAuth),
     // Seconds per HTTP request (default 30).
     key("timeout", false, Shape::Seconds),
+    // Seconds to wait for the TCP (and TLS) connection (default 3).
+    key("connect_timeout", false, Shape::Seconds),
     // Seconds to wait for a power action to be reported done (default 60).
     key("power_timeout", false, Shape::Seconds),
 ];
@@ -75,6 +77,8 @@ const IPMI: &[Key] = &[
     key("min_command_interval", false, Shape::Seconds),
     // Seconds per ipmitool run (default 20).
     key("timeout", false, Shape::Seconds),
+    // Seconds to wait for the BMC's answer to a reachability probe (default 3).
+    key("connect_timeout", false, Shape::Seconds),
     // Seconds to wait for a power action to be reported done (default 60).
     key("power_timeout", false, Shape::Seconds),
 ];

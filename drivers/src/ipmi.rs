@@ -18,6 +18,10 @@
 //!   from the end of the previous command. The time of the last command is
 //!   state of this BMC client, kept under a tokio `Mutex` that also keeps two
 //!   runs against one BMC from overlapping.
+//! - Before each run a probe (one unauthenticated UDP exchange, see
+//!   [`probe`]) checks that the BMC answers at all, within `connect_timeout`
+//!   (default 3 s): a dead BMC fails in that time as `Unreachable`, without
+//!   starting ipmitool and paying its retransmissions.
 //! - ipmitool's own retransmission is bounded (`-R 1 -N n`, n = timeout/3
 //!   clamped to 1..5 s, as Ironic passes `-R 1`) so that an unreachable BMC
 //!   ends in ipmitool's own message (seconds) well before kiln's kill.
@@ -50,11 +54,14 @@ use tokio::process::Command;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+mod probe;
+
 use crate::info::seconds;
 use crate::secret::Secret;
 use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Power, PowerAction};
 
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_POWER_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MIN_COMMAND_INTERVAL: Duration = Duration::from_secs(5);
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -102,6 +109,7 @@ pub struct IpmiBmc {
     cipher_suite: Option<String>,
     min_command_interval: Duration,
     command_timeout: Duration,
+    connect_timeout: Duration,
     power_timeout: Duration,
     poll_interval: Duration,
     /// When the previous command to this BMC ended; held while a command runs.
@@ -118,6 +126,7 @@ impl fmt::Debug for IpmiBmc {
             .field("cipher_suite", &self.cipher_suite)
             .field("min_command_interval", &self.min_command_interval)
             .field("command_timeout", &self.command_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -132,8 +141,10 @@ enum RunError {
 impl IpmiBmc {
     /// Builds the client from validated `driver_info`: `address`, `port`,
     /// `username`, `password`, `cipher_suite`, `min_command_interval`,
-    /// `timeout` and `power_timeout`. Nothing runs until the first call.
+    /// `timeout`, `connect_timeout` and `power_timeout`. Nothing runs until
+    /// the first call.
     pub fn from_info(info: &BTreeMap<String, String>) -> Result<Self, DriverError> {
+        let command_timeout = seconds(info, "timeout", DEFAULT_COMMAND_TIMEOUT, true);
         Ok(IpmiBmc {
             tool: "ipmitool".into(),
             address: info.get("address").cloned().unwrap_or_default(),
@@ -142,7 +153,8 @@ impl IpmiBmc {
             password: Secret::new(info.get("password").cloned().unwrap_or_default()),
             cipher_suite: info.get("cipher_suite").cloned(),
             min_command_interval: seconds(info, "min_command_interval", DEFAULT_MIN_COMMAND_INTERVAL, false),
-            command_timeout: seconds(info, "timeout", DEFAULT_COMMAND_TIMEOUT, true),
+            command_timeout,
+            connect_timeout: seconds(info, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, true).min(command_timeout),
             power_timeout: seconds(info, "power_timeout", DEFAULT_POWER_TIMEOUT, true),
             poll_interval: POLL_INTERVAL,
             last_command: Mutex::new(None),
@@ -177,6 +189,9 @@ impl IpmiBmc {
             if let Some(ended) = *last {
                 tokio::time::sleep_until(ended + self.min_command_interval).await;
             }
+            probe::probe(&self.address, self.port, self.connect_timeout)
+                .await
+                .map_err(|e| DriverError::Unreachable { address: self.label(), reason: e.to_string() })?;
             let result = self.run_once(args).await;
             *last = Some(Instant::now());
             match result {

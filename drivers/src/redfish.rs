@@ -7,7 +7,10 @@
 //!   the system is named by `system_id`, or found as the service's only member
 //!   of `/redfish/v1/Systems` (looked up once and kept).
 //! - Every HTTP request has its own timeout (`timeout`, default 30 s), so a
-//!   hung BMC costs one bounded wait, never a stuck driver actor. Requests
+//!   hung BMC costs one bounded wait, never a stuck driver actor. Opening
+//!   the connection has a shorter one of its own (`connect_timeout`, default
+//!   3 s): a BMC that is down or unplugged fails in seconds, so a hall with
+//!   hundreds of dead BMCs does not cost the request timeout on each. Requests
 //!   that never reached the BMC (connection refused, TLS handshake failed) are
 //!   retried twice with backoff (0.5 s, 1 s); so are GETs answered with a 5xx.
 //!   A POST or PATCH the BMC may have acted on is never repeated, and a
@@ -74,6 +77,7 @@ use crate::secret::Secret;
 use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Power, PowerAction};
 
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_POWER_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Pauses before the second and the third try of a request worth retrying.
@@ -174,6 +178,7 @@ pub struct RedfishBmc {
     /// The system's path, from `system_id` or found once on first use.
     system: OnceCell<String>,
     request_timeout: Duration,
+    connect_timeout: Duration,
     power_timeout: Duration,
     poll_interval: Duration,
 }
@@ -194,6 +199,7 @@ impl fmt::Debug for RedfishBmc {
                 },
             )
             .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .field("power_timeout", &self.power_timeout)
             .finish_non_exhaustive()
     }
@@ -243,7 +249,7 @@ struct Reply {
 impl RedfishBmc {
     /// Builds the client from validated `driver_info`: `address`, optional
     /// `system_id`, `username`, `password`, `auth_method`, `verify_tls`,
-    /// `ca_file`, `timeout` and `power_timeout`. No request is made until the
+    /// `ca_file`, `timeout`, `connect_timeout` and `power_timeout`. No request is made until the
     /// first call.
     pub fn from_info(info: &BTreeMap<String, String>) -> Result<Self, DriverError> {
         let address = info.get("address").cloned().unwrap_or_default();
@@ -261,11 +267,14 @@ impl RedfishBmc {
             }
         })?;
         let request_timeout = seconds(info, "timeout", DEFAULT_REQUEST_TIMEOUT, true);
+        // Never longer than the request it is part of.
+        let connect_timeout = seconds(info, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, true).min(request_timeout);
         let power_timeout = seconds(info, "power_timeout", DEFAULT_POWER_TIMEOUT, true);
         let verify_tls = info.get("verify_tls").is_none_or(|v| parse_bool(v));
 
         let mut builder = Client::builder()
             .timeout(request_timeout)
+            .connect_timeout(connect_timeout)
             .no_proxy()
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .tls_danger_accept_invalid_certs(!verify_tls);
@@ -300,6 +309,7 @@ impl RedfishBmc {
             auth: Mutex::new(AuthState::default()),
             system,
             request_timeout,
+            connect_timeout,
             power_timeout,
             poll_interval: POLL_INTERVAL,
         })
@@ -572,7 +582,12 @@ impl RedfishBmc {
     }
 
     fn transport_error(&self, method: &Method, path: &str, e: &reqwest::Error) -> DriverError {
-        if e.is_timeout() {
+        if e.is_connect() && e.is_timeout() {
+            DriverError::Unreachable {
+                address: self.address.clone(),
+                reason: format!("no connection within {} s (connect_timeout)", whole_seconds(self.connect_timeout)),
+            }
+        } else if e.is_timeout() {
             DriverError::Timeout { address: self.address.clone(), seconds: whole_seconds(self.request_timeout) }
         } else if e.is_decode() || e.is_body() {
             self.bad_reply(format!("{method} {path}: {}", causes(e)))

@@ -608,11 +608,10 @@ fn ipmi_faults_are_named_and_the_daemon_keeps_serving_other_nodes() {
     // IPMI 2.0 passwords are at most 20 bytes.
     let secrets = ["wr0ngSecret-ip-4711", "S3cret-hung-ipmi", "S3cret-nothing-ipmi"];
     site.ipmi("ip-badpw", port, secrets[0], &["timeout=5"]);
-    // ipmitool would give up on a silent BMC after 2 s; kiln kills it at 1 s.
-    site.ipmi("ip-hung", silent_port, secrets[1], &["timeout=1"]);
-    // With 6 s, ipmitool gives up by itself (two 2 s tries): unreachable.
-    // (Over UDP, "nothing listening" is silence too: ipmitool ignores the
-    // ICMP port-unreachable.)
+    // A silent BMC fails its reachability probe after connect_timeout,
+    // long enough here for the other nodes to be served meanwhile.
+    site.ipmi("ip-hung", silent_port, secrets[1], &["timeout=10", "connect_timeout=8"]);
+    // Nothing listening: the probe is refused at once (ICMP port unreachable).
     site.ipmi("ip-nothing", nothing, secrets[2], &["timeout=6"]);
     site.ipmi("ip-good", ipmi_port(3), PASSWORD, &["timeout=15"]);
 
@@ -624,15 +623,15 @@ fn ipmi_faults_are_named_and_the_daemon_keeps_serving_other_nodes() {
     let bulk = site.spawn(&args);
     wait_for_starts(&mut events, &bad);
 
-    // While ipmitool still tries the silent BMCs, other nodes, fake and
-    // IPMI, are served at once.
+    // While the silent BMC is still probed, other nodes, fake and IPMI, are
+    // served at once.
     let served = Instant::now();
     assert_ok(&site.timed("fake manage while IPMI BMCs fail", &["node", "manage", "demo1", "--wait"], 0));
     assert_ok(&site.timed("fake power on while IPMI BMCs fail", &["node", "power", "on", "demo2", "--wait"], 0));
     assert_ok(&site.timed("ipmi power on while IPMI BMCs fail", &["node", "power", "on", "ip-good", "--wait"], 0));
-    let n = site.node("ip-nothing");
+    let n = site.node("ip-hung");
     println!("[bmc] while IPMI BMCs failed, 3 operations took {:.2?}", served.elapsed());
-    assert_eq!(n["provision_state"], "verifying", "the other nodes were served while ipmitool still tried");
+    assert_eq!(n["provision_state"], "verifying", "the other nodes were served while the silent BMC was probed");
     assert_eq!(ipmi_power(ipmi_port(3)), "Chassis Power is on");
 
     let out = site.collect(bulk, &args, 1);
@@ -646,12 +645,14 @@ fn ipmi_faults_are_named_and_the_daemon_keeps_serving_other_nodes() {
     let hung = assert_driver_error(
         &by_node("ip-hung"),
         "ip-hung",
-        &format!("the BMC at 127.0.0.1:{silent_port} did not answer within 1 s"),
+        &format!(
+            "cannot reach the BMC at 127.0.0.1:{silent_port}: no answer to an IPMI probe within 8 s (connect_timeout)"
+        ),
     );
     let unreachable = assert_driver_error(
         &by_node("ip-nothing"),
         "ip-nothing",
-        &format!("cannot reach the BMC at 127.0.0.1:{nothing}: "),
+        &format!("cannot reach the BMC at 127.0.0.1:{nothing}: nothing listens on its UDP port"),
     );
     for (name, message) in [("ip-badpw", &badpw), ("ip-hung", &hung), ("ip-nothing", &unreachable)] {
         let n = site.node(name);

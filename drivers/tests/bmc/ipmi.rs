@@ -99,7 +99,7 @@ async fn commands_are_spaced_by_min_command_interval() {
 
 #[tokio::test]
 async fn nothing_listening_is_unreachable_within_the_timeout() {
-    // No simulator on this port; ipmitool gives up by itself (-R 1 -N 1).
+    // No simulator on this port: the probe is refused at once.
     // (The simulators' start is what installs ipmitool on a fresh machine.)
     peers::ipmi();
     let port = peers::closed_udp_port().to_string();
@@ -112,12 +112,47 @@ async fn nothing_listening_is_unreachable_within_the_timeout() {
 }
 
 #[tokio::test]
-async fn a_run_longer_than_the_timeout_is_killed() {
-    // ipmitool would take about 2 s to give up on this silent port.
+async fn a_silent_bmc_is_unreachable_within_the_connect_timeout() {
+    // Bound and never read: a BMC that is powered off or unplugged. Without
+    // the probe ipmitool would retransmit for about 10 s (`-N 5 -R 1`).
     peers::ipmi();
-    // Bound and never read: a BMC that has hung.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port().to_string();
+    let info = info(&[("address", "127.0.0.1"), ("port", &port), ("timeout", "20"), ("connect_timeout", "1")]);
+    let bmc = IpmiBmc::from_info(&info).unwrap();
+    let started = Instant::now();
+    let err = bmc.get_power_state().await.unwrap_err();
+    assert!(matches!(err, DriverError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("no answer to an IPMI probe within 1 s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+/// A BMC that answers the reachability probe (the first datagram it gets)
+/// and then nothing: alive on the network, hung for commands. Returns its
+/// port; the thread ends after `quiet_for` without a datagram.
+fn answers_the_probe_only(quiet_for: Duration) -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(quiet_for)).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let mut answered = false;
+        while let Ok((_, from)) = socket.recv_from(&mut buf) {
+            if !answered {
+                // RMCP, class IPMI: enough for the probe to call it alive.
+                let _ = socket.send_to(&[0x06, 0x00, 0xff, 0x07, 0x00], from);
+                answered = true;
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_run_longer_than_the_timeout_is_killed() {
+    // ipmitool would take about 2 s to give up on this hung BMC.
+    peers::ipmi();
+    let port = answers_the_probe_only(Duration::from_secs(5)).to_string();
     let info = info(&[("address", "127.0.0.1"), ("port", &port), ("timeout", "0.5")]);
     let bmc = IpmiBmc::from_info(&info).unwrap();
     let started = Instant::now();
@@ -128,7 +163,8 @@ async fn a_run_longer_than_the_timeout_is_killed() {
 
 #[tokio::test]
 async fn a_missing_ipmitool_is_named() {
-    let info = info(&[("address", "127.0.0.1"), ("password", "password")]);
+    let port = answers_the_probe_only(Duration::from_secs(5)).to_string();
+    let info = info(&[("address", "127.0.0.1"), ("port", &port), ("password", "password")]);
     let bmc = IpmiBmc::from_info(&info).unwrap().with_tool("/nonexistent/ipmitool");
     let err = bmc.get_power_state().await.unwrap_err();
     assert!(matches!(err, DriverError::Tool { .. }), "{err}");

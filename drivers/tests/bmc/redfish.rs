@@ -140,6 +140,28 @@ async fn connection_refused_is_unreachable() {
 }
 
 #[tokio::test]
+async fn a_bmc_that_takes_no_connection_is_unreachable_within_the_connect_timeout() {
+    let dead = responder::never_accepts();
+    let address = format!("http://{}", dead.addr);
+    let bmc = RedfishBmc::from_info(&info(&[
+        ("address", &address),
+        ("system_id", "/redfish/v1/Systems/1"),
+        ("timeout", "30"),
+        ("connect_timeout", "1"),
+    ]))
+    .unwrap();
+    let started = Instant::now();
+    let err = bmc.get_power_state().await.unwrap_err();
+    let took = started.elapsed();
+    match &err {
+        DriverError::Unreachable { reason, .. } => assert!(reason.contains("no connection within 1 s"), "{err}"),
+        _ => panic!("expected Unreachable, got {err}"),
+    }
+    // Not the request timeout, and not retried.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[tokio::test]
 async fn a_bmc_that_never_answers_times_out_within_the_timeout() {
     let addr = responder::hung().await;
     let address = format!("http://{addr}");

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -126,6 +127,33 @@ pub async fn hung() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A listener that never accepts, its queue of pending connections full, so
+/// the kernel drops new connection attempts without an answer: a BMC that
+/// is switched off or cut off, as a client sees it. Held open while the
+/// returned value lives.
+pub struct NeverAccepts {
+    pub addr: SocketAddr,
+    _listener: std::net::TcpListener,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+pub fn never_accepts() -> NeverAccepts {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    // The queue holds at most somaxconn (4096) connections.
+    for _ in 0..5000 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(stream) => queued.push(stream),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return NeverAccepts { addr, _listener: listener, _queued: queued };
+            }
+            Err(e) => panic!("filling the listen queue: {e}"),
+        }
+    }
+    panic!("the listen queue of {addr} never filled");
 }
 
 /// A loopback port with nothing listening on it.
