@@ -579,3 +579,36 @@ fn a_held_node_lets_in_only_its_holder_until_released() {
         act(&site, "demo1", Op::Power(PowerAction::Off), true).await.unwrap();
     });
 }
+
+#[test]
+fn a_node_opcode_ends_when_its_nodes_started_or_with_wait_when_they_settled() {
+    use crate::jobs::{GetJob, Opcode, SubmitJob, WaitJobChange};
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = two_available_demo1_slow(dir.path()).await;
+        let run = |nodes: &str, wait: bool| {
+            let ops = vec![Opcode::Node { nodes: nodes.into(), op: Op::Verb(Verb::Deploy), fanout: None, wait }];
+            let site = &site;
+            async move {
+                let job = site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
+                let mut after = 0;
+                loop {
+                    let poll = WaitJobChange { job, after_serial: after, timeout: Duration::from_secs(30) };
+                    let change = site.jobs.send(poll).await.unwrap().unwrap();
+                    if change.status.is_finished() {
+                        return site.jobs.send(GetJob(job)).await.unwrap().unwrap();
+                    }
+                    after = change.log.last().map_or(after, |e| e.serial);
+                }
+            }
+        };
+        // demo1's BMC answers in a minute: without `wait` the job ends once
+        // its deploy started, and says where the node was then.
+        let started = run("demo1", false).await;
+        assert_eq!(started.status, kiln_store::JobStatus::Success, "{started:?}");
+        assert_eq!(started.ops[0].results[0].provision_state.as_deref(), Some("deploying"));
+        let settled = run("demo2", true).await;
+        assert_eq!(settled.status, kiln_store::JobStatus::Success, "{settled:?}");
+        assert_eq!(settled.ops[0].results[0].provision_state.as_deref(), Some("active"));
+    });
+}
