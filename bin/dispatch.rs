@@ -104,10 +104,10 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
             Response::Node(ask(site, NodeAction { node, op: Op::Update(update), wait: true }).await?)
         }
         Request::NodeDelete { nodes } => Response::Outcomes(ask(site, DeleteNodes(nodes)).await?),
-        Request::NodeOp { nodes, op, wait: _, fanout: f, priority } => {
+        Request::NodeOp { nodes, op, wait, fanout: f, priority } => {
             // Without `-f`, the opcode takes `default_fanout` when it starts,
             // as an opcode of a job file does.
-            let ops = vec![Opcode::Node { nodes, op, fanout: f }];
+            let ops = vec![Opcode::Node { nodes, op, fanout: f, wait }];
             Response::JobSubmitted(submit(site, SubmitJob { ops, priority, depends: Vec::new() }).await?)
         }
         Request::JobSubmit { ops, priority, depends } => {

@@ -261,9 +261,9 @@ mod tests {
             },
             Request::JobSubmit {
                 ops: vec![
-                    Opcode::Node { nodes: "n[1-4]".into(), op: Op::Verb(Verb::Manage), fanout: Some(2) },
+                    Opcode::Node { nodes: "n[1-4]".into(), op: Op::Verb(Verb::Manage), fanout: Some(2), wait: true },
                     Opcode::Sleep { seconds: 0.5 },
-                    Opcode::Exec { nodes: "n1".into(), spec: exec.clone() },
+                    Opcode::Exec { nodes: "n1".into(), spec: exec.clone(), fanout: None },
                 ],
                 priority: -3,
                 depends: vec![Dependency { job: JobId(7), statuses: vec![JobStatus::Success] }],
@@ -272,7 +272,12 @@ mod tests {
                 jobs: vec![
                     NewJob { ops: vec![Opcode::Sleep { seconds: 0.0 }], priority: 0, depends: Vec::new() },
                     NewJob {
-                        ops: vec![Opcode::Node { nodes: "n[1-4]".into(), op: Op::Verb(Verb::Deploy), fanout: None }],
+                        ops: vec![Opcode::Node {
+                            nodes: "n[1-4]".into(),
+                            op: Op::Verb(Verb::Deploy),
+                            fanout: None,
+                            wait: false,
+                        }],
                         priority: 5,
                         depends: vec![
                             NewDependency { job: JobRef::Earlier(1), statuses: vec![JobStatus::Success] },

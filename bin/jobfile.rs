@@ -261,11 +261,13 @@ fn opcode(f: &OpFile) -> anyhow::Result<Opcode> {
         let spec = kiln_actors::exec::ExecSpec {
             worker,
             command,
-            fanout: f.fanout.unwrap_or(64).max(1) as usize,
+            // Replaced by the opcode's fanout when it starts (without one,
+            // the daemon's `default_fanout`, as for a CLI verb).
+            fanout: 0,
             connect_timeout: secs("connect_timeout", f.connect_timeout.unwrap_or(10.0))?,
             command_timeout: f.timeout.map(|t| secs("timeout", t)).transpose()?,
         };
-        return Ok(Opcode::Exec { nodes, spec });
+        return Ok(Opcode::Exec { nodes, spec, fanout: f.fanout });
     }
     let op = match f.op.as_str() {
         "power" => {
@@ -283,7 +285,8 @@ fn opcode(f: &OpFile) -> anyhow::Result<Opcode> {
             verb.parse::<Verb>().map_err(|e| anyhow::anyhow!("{e}; or power, boot-device, maintenance, sleep"))?,
         ),
     };
-    Ok(Opcode::Node { nodes, op, fanout: f.fanout })
+    // A job's opcodes run in order: each waits for its nodes to settle.
+    Ok(Opcode::Node { nodes, op, fanout: f.fanout, wait: true })
 }
 
 /// An opcode as a job file writes it: what [`opcode`] reads back as the
@@ -294,7 +297,7 @@ pub fn file_opcode(opcode: &Opcode) -> OpFile {
     match opcode {
         Opcode::Sleep { seconds } => OpFile { op: "sleep".into(), seconds: Some(*seconds), ..Default::default() },
         Opcode::Hold { nodes } => OpFile { op: "hold".into(), nodes: Some(nodes.clone()), ..Default::default() },
-        Opcode::Exec { nodes, spec } => {
+        Opcode::Exec { nodes, spec, fanout } => {
             let (worker, options) = match &spec.worker {
                 kiln_actors::exec::Worker::Exec => ("exec", None),
                 kiln_actors::exec::Worker::Ssh { options } => {
@@ -304,7 +307,7 @@ pub fn file_opcode(opcode: &Opcode) -> OpFile {
             OpFile {
                 op: "exec".into(),
                 nodes: Some(nodes.clone()),
-                fanout: Some(u32::try_from(spec.fanout).unwrap_or(u32::MAX)),
+                fanout: *fanout,
                 command: Some(spec.command.clone()),
                 worker: Some(worker.into()),
                 options,
@@ -313,7 +316,7 @@ pub fn file_opcode(opcode: &Opcode) -> OpFile {
                 ..Default::default()
             }
         }
-        Opcode::Node { nodes, op, fanout } => {
+        Opcode::Node { nodes, op, fanout, .. } => {
             let node = |name: &str| OpFile {
                 op: name.into(),
                 nodes: Some(nodes.clone()),
@@ -354,35 +357,43 @@ mod tests {
         let nodes = || "rack1-n[01-40]".to_string();
         let ops = vec![
             Opcode::Sleep { seconds: 0.25 },
-            Opcode::Node { nodes: nodes(), op: Op::Verb(Verb::Deploy), fanout: Some(16) },
-            Opcode::Node { nodes: nodes(), op: Op::Verb(Verb::Manage), fanout: None },
-            Opcode::Node { nodes: nodes(), op: Op::Power(PowerAction::SoftOff), fanout: None },
+            Opcode::Node { nodes: nodes(), op: Op::Verb(Verb::Deploy), fanout: Some(16), wait: true },
+            Opcode::Node { nodes: nodes(), op: Op::Verb(Verb::Manage), fanout: None, wait: true },
+            Opcode::Node { nodes: nodes(), op: Op::Power(PowerAction::SoftOff), fanout: None, wait: true },
             Opcode::Node {
                 nodes: nodes(),
                 op: Op::BootDevice { device: BootDevice::Pxe, persistent: true },
                 fanout: Some(2),
+                wait: true,
             },
-            Opcode::Node { nodes: nodes(), op: Op::Maintenance { on: true, reason: Some("fan".into()) }, fanout: None },
-            Opcode::Node { nodes: nodes(), op: Op::Maintenance { on: false, reason: None }, fanout: None },
+            Opcode::Node {
+                nodes: nodes(),
+                op: Op::Maintenance { on: true, reason: Some("fan".into()) },
+                fanout: None,
+                wait: true,
+            },
+            Opcode::Node { nodes: nodes(), op: Op::Maintenance { on: false, reason: None }, fanout: None, wait: true },
             Opcode::Exec {
                 nodes: nodes(),
                 spec: ExecSpec {
                     worker: Worker::Ssh { options: vec!["-p".into(), "2222".into()] },
                     command: "uptime".into(),
-                    fanout: 8,
+                    fanout: 0,
                     connect_timeout: std::time::Duration::from_millis(1500),
                     command_timeout: Some(std::time::Duration::from_secs(30)),
                 },
+                fanout: Some(8),
             },
             Opcode::Exec {
                 nodes: nodes(),
                 spec: ExecSpec {
                     worker: Worker::Exec,
                     command: "true".into(),
-                    fanout: 64,
+                    fanout: 0,
                     connect_timeout: std::time::Duration::from_secs(10),
                     command_timeout: None,
                 },
+                fanout: None,
             },
         ];
         let files: Vec<OpFile> = ops.iter().map(file_opcode).collect();

@@ -76,6 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 nodes: "rack1-n[1-4]".into(),
                 op: Op::Power(kiln_drivers::PowerAction::Off),
                 fanout: None,
+                wait: true,
             }],
             priority: 0,
             depends: vec![],

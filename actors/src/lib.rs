@@ -186,10 +186,9 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
         );
     }
     let router = supervisor::Router { supervisor: supervisor.clone(), registry: registry.clone() };
-    let queue = jobs::JobQueue::load(store.clone(), router.clone(), config.max_running_jobs)
+    let queue = jobs::JobQueue::load(store.clone(), router.clone(), &config)
         .await
         .map_err(StartError::Jobs)?
-        .with_max_queued(config.max_queued_jobs)
         .with_metrics(metrics.clone());
     let jobs = queue.start();
     let tasks = periodic::builtin(router, jobs.clone(), store.clone(), config.periodic.clone(), metrics.clone());

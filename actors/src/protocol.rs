@@ -28,7 +28,9 @@ use crate::view::{NodeDetail, NodeOutcome, NodeView, PortGroupView, PortView, Si
 /// port groups in `node show`), port groups, `NodeValidate`.
 /// 6: event replays (`Events { since }`); 7: 5's parts together.
 /// 8: the `hold` opcode (`Opcode::Hold`).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 9: `wait` in node opcodes (`Opcode::Node`, honoured by the job queue) and
+/// `fanout` in exec opcodes (`Opcode::Exec`: `None` takes `default_fanout`).
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

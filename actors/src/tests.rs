@@ -113,7 +113,7 @@ fn a_shutdown_fails_work_that_outlives_its_grace_as_the_restart_rule_would() {
     actix::System::new().block_on(async {
         let site = two_available_demo1_slow(dir.path()).await;
         let ops = vec![
-            Opcode::Node { nodes: "demo1".into(), op: Op::Verb(Verb::Deploy), fanout: None },
+            Opcode::Node { nodes: "demo1".into(), op: Op::Verb(Verb::Deploy), fanout: None, wait: true },
             Opcode::Sleep { seconds: 0.0 },
         ];
         // Waits for the deploy's start event, not by polling the node.
@@ -284,7 +284,8 @@ fn a_job_whose_insert_is_refused_leaves_the_queue_having_done_nothing() {
         let site = hooked_site(dir.path(), 1, refuse_job_1).await;
         // A job starts as soon as it is admitted, before its insert is
         // stored: this one would power the node on if it could act.
-        let power_on = || vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(PowerAction::On), fanout: None }];
+        let power_on =
+            || vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(PowerAction::On), fanout: None, wait: true }];
         let refused = site.jobs.send(SubmitJob { ops: power_on(), priority: 0, depends: vec![] }).await.unwrap();
         let error = refused.unwrap_err().to_string();
         assert!(error.contains("database or disk is full"), "{error}");
@@ -323,7 +324,8 @@ fn an_opcode_whose_start_cannot_be_stored_does_not_run() {
             an_opcode_start(b).then(|| kiln_store::StoreError::CommitFailed("database or disk is full".into()))
         };
         let site = hooked_site(dir.path(), 1, refuse_starts).await;
-        let ops = vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(PowerAction::On), fanout: None }];
+        let ops =
+            vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(PowerAction::On), fanout: None, wait: true }];
         let job = site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
         let mut after = 0;
         let change = loop {
@@ -470,7 +472,8 @@ fn several_jobs_are_inserted_in_one_batch_and_a_refused_batch_leaves_none_of_the
             ids.contains(&4).then(|| kiln_store::StoreError::CommitFailed("database or disk is full".into()))
         };
         let site = hooked_site(dir.path(), 1, hook).await;
-        let power = |action| vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(action), fanout: None }];
+        let power =
+            |action| vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(action), fanout: None, wait: true }];
         let after_previous = || vec![NewDependency { job: JobRef::Earlier(1), statuses: vec![JobStatus::Success] }];
         let jobs = vec![
             NewJob { ops: vec![Opcode::Sleep { seconds: 0.0 }], priority: 0, depends: vec![] },
@@ -574,5 +577,38 @@ fn a_held_node_lets_in_only_its_holder_until_released() {
         let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
         assert_eq!(v.reservation, None);
         act(&site, "demo1", Op::Power(PowerAction::Off), true).await.unwrap();
+    });
+}
+
+#[test]
+fn a_node_opcode_ends_when_its_nodes_started_or_with_wait_when_they_settled() {
+    use crate::jobs::{GetJob, Opcode, SubmitJob, WaitJobChange};
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = two_available_demo1_slow(dir.path()).await;
+        let run = |nodes: &str, wait: bool| {
+            let ops = vec![Opcode::Node { nodes: nodes.into(), op: Op::Verb(Verb::Deploy), fanout: None, wait }];
+            let site = &site;
+            async move {
+                let job = site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
+                let mut after = 0;
+                loop {
+                    let poll = WaitJobChange { job, after_serial: after, timeout: Duration::from_secs(30) };
+                    let change = site.jobs.send(poll).await.unwrap().unwrap();
+                    if change.status.is_finished() {
+                        return site.jobs.send(GetJob(job)).await.unwrap().unwrap();
+                    }
+                    after = change.log.last().map_or(after, |e| e.serial);
+                }
+            }
+        };
+        // demo1's BMC answers in a minute: without `wait` the job ends once
+        // its deploy started, and says where the node was then.
+        let started = run("demo1", false).await;
+        assert_eq!(started.status, kiln_store::JobStatus::Success, "{started:?}");
+        assert_eq!(started.ops[0].results[0].provision_state.as_deref(), Some("deploying"));
+        let settled = run("demo2", true).await;
+        assert_eq!(settled.status, kiln_store::JobStatus::Success, "{settled:?}");
+        assert_eq!(settled.ops[0].results[0].provision_state.as_deref(), Some("active"));
     });
 }

@@ -514,7 +514,12 @@ async fn lifecycle(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let set = format!("lc[1-{nodes}]");
     let t = Instant::now();
     for verb in [Verb::Manage, Verb::Provide, Verb::Deploy] {
-        let op = Opcode::Node { nodes: set.clone(), op: Op::Verb(verb), fanout: Some(args.fanout.unwrap_or(1024)) };
+        let op = Opcode::Node {
+            nodes: set.clone(),
+            op: Op::Verb(verb),
+            fanout: Some(args.fanout.unwrap_or(1024)),
+            wait: true,
+        };
         let status = run_job(&site, vec![op]).await?;
         if status != JobStatus::Success {
             bail!("the {verb} job ended {status}");

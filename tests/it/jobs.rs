@@ -276,9 +276,12 @@ fn after_sigkill_queued_jobs_run_and_the_running_one_is_in_error() {
     d.json(&["node", "provide", "demo[1-3]", "--wait"]);
     d.json(&["node", "set", "demo1", "--driver-info", "latency_ms=60000"]);
     let mut events = Events::follow(&d);
-    let running = d.json(&["node", "deploy", "demo1"])["job"].as_u64().unwrap();
+    // Job files: their node opcodes wait for the nodes to settle, so the
+    // first job is still running when the daemon dies (a verb without
+    // `--wait` would have ended once demo1's deploy started).
+    let running = submit(&d, "ops: [{op: deploy, nodes: demo1}]");
     events.started("demo1");
-    let queued_a = d.json(&["node", "deploy", "demo2"])["job"].as_u64().unwrap();
+    let queued_a = submit(&d, "ops: [{op: deploy, nodes: demo2}]");
     let queued_b = submit(&d, "ops: [{op: sleep, seconds: 0}]");
     assert_eq!(job(&d, queued_a)["status"], "queued");
 

@@ -202,7 +202,11 @@ fn json_log_lines_carry_the_job_and_node_ids() {
     let mut d = Daemon::start(0, &["--no-periodic", "--log-format", "json"]);
     let node = d.json(&["node", "create", "flaky", "--driver", "fake", "--driver-info", "failure_rate=1"]);
     let uuid = node[0]["uuid"].as_str().expect("a uuid").to_string();
-    let job = d.json(&["node", "manage", "flaky"])["job"].as_u64().expect("a job id").to_string();
+    // A job file's node opcode waits for the node to settle (here: fail),
+    // as `--wait` does; a verb without it ends once the manage started.
+    let file = d.dir.path().join("job.yaml");
+    std::fs::write(&file, "ops: [{op: manage, nodes: flaky}]").unwrap();
+    let job = d.json(&["job", "submit", file.to_str().unwrap()])["job"].as_u64().expect("a job id").to_string();
 
     let started = wait_json(&mut d, "job started");
     assert_eq!(started["span"]["job"], job.as_str(), "{started}");

@@ -4,13 +4,31 @@
 //! Every bulk node verb is a job: a node-set opcode runs its nodes through
 //! their node actors in parallel under a fanout limit, and the job keeps each
 //! node's result.
+//!
+//! The queue's rules live in a plain core that neither actix, I/O nor a
+//! clock reaches, so they are tested directly (`tests.rs`):
+//! - `core`: [`JobQueue`]'s state and decisions, handing back effects;
+//! - `admission`: what a submission must be to join the queue;
+//! - `restart`: the restart rule, what becomes of each job found at load;
+//! - `archive`: which ended jobs an archive wave takes, by age;
+//! - `ended`: what is remembered of jobs that have ended.
+//!
+//! The actor around it: `actor` (messages, commits, watchers) and
+//! `execute` (running opcodes over node sets).
 
+mod actor;
+mod admission;
+mod archive;
+mod core;
 mod ended;
+mod execute;
 pub mod model;
-mod queue;
+mod restart;
+#[cfg(test)]
+mod tests;
 
-pub use model::*;
-pub use queue::{
+pub use actor::{
     AbandonRunning, ArchiveJob, ArchiveOld, CancelJob, CheckNotDrained, GetJob, GetQueueInfo, JobQueue, ListJobs,
     SetDrain, SetJobPriority, SetMaxRunning, StopStarting, SubmitJob, SubmitJobs, WaitJobChange,
 };
+pub use model::*;

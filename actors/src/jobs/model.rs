@@ -17,17 +17,40 @@ use crate::node::Op;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Opcode {
     /// An exclusive node operation over a node set (a name, a uuid or a set),
-    /// at most `fanout` nodes at once.
-    Node { nodes: String, op: Op, fanout: Option<u32> },
+    /// at most `fanout` nodes at once (`None`: the site's `default_fanout`
+    /// when the opcode starts). With `wait` each node's part ends when the
+    /// operation has (a task: when the node has settled, at its target or
+    /// failed); without, once the node has started it. A job file's opcode
+    /// waits (the next opcode needs the nodes settled); a CLI verb waits when
+    /// asked to (`--wait`).
+    Node {
+        nodes: String,
+        op: Op,
+        fanout: Option<u32>,
+        #[serde(default = "waits")]
+        wait: bool,
+    },
     /// Waits, then succeeds: a test opcode (Ganeti's OpTestDelay).
     Sleep { seconds: f64 },
     /// A fanout command over a node set; a node fails on a non-zero exit.
-    Exec { nodes: String, spec: crate::exec::ExecSpec },
+    /// At most `fanout` nodes at once (`None`: the site's `default_fanout`
+    /// when the opcode starts); it replaces the spec's own `fanout`.
+    Exec {
+        nodes: String,
+        spec: crate::exec::ExecSpec,
+        #[serde(default)]
+        fanout: Option<u32>,
+    },
     /// Holds every node of the set for the rest of the job (Ironic's lock
     /// kept over several calls): between the job's opcodes nobody else's
     /// exclusive operation or periodic upkeep gets in. Released when the
     /// job ends, however it ends.
     Hold { nodes: String },
+}
+
+/// A node opcode stored before it had `wait` waited: it still does.
+fn waits() -> bool {
+    true
 }
 
 impl Opcode {
@@ -36,7 +59,7 @@ impl Opcode {
         match self {
             Opcode::Node { nodes, op, .. } => format!("{} {nodes}", op.purpose()),
             Opcode::Sleep { seconds } => format!("sleep {seconds}"),
-            Opcode::Exec { nodes, spec } => format!("exec {nodes}: {}", spec.command),
+            Opcode::Exec { nodes, spec, .. } => format!("exec {nodes}: {}", spec.command),
             Opcode::Hold { nodes } => format!("hold {nodes}"),
         }
     }
@@ -377,6 +400,7 @@ mod tests {
                         nodes: "n[1-2]".into(),
                         op: crate::node::Op::Verb(crate::fsm::Verb::Manage),
                         fanout: Some(4),
+                        wait: true,
                     },
                     status: JobStatus::Error,
                     started_at: Some(at),
@@ -438,11 +462,12 @@ mod tests {
             view.ops.push(OpState {
                 opcode: match i % 3 {
                     0 => Opcode::Sleep { seconds: [0.0, 0.000_001, 86_400.0, 1.5][i % 4] },
-                    1 => Opcode::Exec { nodes: "n[1-2]".into(), spec: exec.clone() },
+                    1 => Opcode::Exec { nodes: "n[1-2]".into(), spec: exec.clone(), fanout: (i % 2 == 0).then_some(8) },
                     _ => Opcode::Node {
                         nodes: "rack\t1".into(),
                         op: crate::node::Op::Maintenance { on: true, reason: Some("a \"why\"".into()) },
                         fanout: None,
+                        wait: i % 2 == 0,
                     },
                 },
                 status: *status,
