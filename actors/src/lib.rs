@@ -164,6 +164,7 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
         live: live.clone(),
         driver_call_timeout: config.driver_call_timeout,
         metrics: metrics.clone(),
+        clock: config.clock.clone(),
     };
     let facts = supervisor::SiteFacts { started_at: now.to_rfc3339(), data_dir: config.data_dir.display().to_string() };
     let held = records.len();

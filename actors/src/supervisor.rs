@@ -353,6 +353,7 @@ impl Handler<RestartNode> for Supervisor {
         let current = self.registry.by_id.get(&msg.node).map(|e| e.addr.clone());
         let already = current.is_none_or(|a| a != msg.dead);
         let store = self.env.store.clone();
+        let clock = self.env.clock.clone();
         let id = msg.node;
         Box::pin(
             async move {
@@ -365,7 +366,7 @@ impl Handler<RestartNode> for Supervisor {
                 let why = crate::panics::take_last()
                     .map(|m| format!("the node's worker crashed ({m})"))
                     .unwrap_or_else(|| "the node's worker stopped unexpectedly".into());
-                let record = match plan::recover(&record, &why, Utc::now()) {
+                let record = match plan::recover(&record, &why, clock.now()) {
                     Some((fixed, entry)) => {
                         store.commit(vec![Write::UpdateNode(fixed.clone()), Write::AppendHistory(entry)]).await?;
                         fixed

@@ -6,8 +6,15 @@
 //! even mid-task; exclusive ones ([`RunOp`]) run one at a time, later ones
 //! waiting in FIFO order for at most `lock_wait`. The mailbox is the lock: no mutex guards a
 //! node anywhere.
+//!
+//! The logic is a plain [`core::NodeCore`] (inputs in, [`effects::Effect`]s
+//! out, no actix, no I/O, time from the site clock); [`NodeActor`] is the
+//! shell that carries the effects out and feeds their results back.
 
 mod actor;
+pub mod core;
+pub mod effects;
+mod gauged;
 pub mod plan;
 mod shutdown;
 pub mod upkeep;

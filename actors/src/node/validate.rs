@@ -141,7 +141,7 @@ impl Handler<ValidateNode> for NodeActor {
 
     fn handle(&mut self, msg: ValidateNode, _: &mut Context<Self>) -> Self::Result {
         // The committed record, as a task would start from it.
-        let record = self.record.clone();
+        let record = self.core.record().clone();
         Box::pin(async move {
             let name = record.name.clone();
             tokio::task::spawn_blocking(move || check(&record, &msg.ports))

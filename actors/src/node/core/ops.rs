@@ -1,0 +1,419 @@
+//! Exclusive operations: a request becomes effects (connect, commit, call
+//! the driver), and each result goes on from where the operation left off,
+//! named by a continuation enum rather than a closure so that it is data a
+//! test can drive. Every change follows one order: commit, adopt (in
+//! [`NodeCore::committed`]), publish, answer.
+
+use std::collections::BTreeMap;
+
+use kiln_drivers::{Boot, DriverError, Power, PowerAction};
+use kiln_store::{BootDevice, HistoryEntry, NodeRecord, PowerState, ProvisionState, Write};
+
+use super::super::plan::{self, Step, VerbPlan};
+use super::super::{NodeUpdate, Op};
+use super::{AfterCall as Call, AfterCommit as Commit, NodeCore, Task};
+use crate::KilnError;
+use crate::driver::{DriverCall, DriverReply};
+use crate::events::EventKind;
+use crate::fsm::{self, Event, StateClass, Verb};
+use crate::node::effects::{Effect, Reply};
+use crate::view::NodeView;
+
+/// What waits for the BMC to be reachable.
+pub(super) enum AfterConnect {
+    /// Enter `working` and run `steps`.
+    Verb { verb: Verb, working: ProvisionState, target: ProvisionState, steps: Vec<Step> },
+    /// Record the power target, then act.
+    Power(PowerAction),
+    /// Set the boot device.
+    Boot { device: BootDevice, persistent: bool },
+}
+
+/// What follows an operation's commit.
+pub(super) enum AfterCommit {
+    /// The working state is entered: answer, then run the steps.
+    VerbStarted,
+    /// The power target is recorded: answer, then act.
+    PowerStarted(PowerAction),
+    /// A mid-task event is committed: run the next step.
+    MidTask,
+    /// The operation's last change: publish `end` or `error` and answer.
+    /// `started`: a `start` was published already.
+    End { started: bool, failure: Option<String> },
+    /// The node is deleted.
+    Deleted,
+}
+
+/// What follows an operation's driver call.
+pub(super) enum AfterCall {
+    /// A task's step.
+    Step(Step),
+    /// A power action aiming at `target`.
+    Power(PowerState),
+    /// Setting the boot device.
+    Boot(BootDevice),
+}
+
+impl NodeCore {
+    /// Starts `op` as the node's task.
+    pub(super) fn begin(&mut self, op: Op, wait: bool, reply: Reply, parent: tracing::Span) {
+        let action = op.purpose();
+        let span = self.task_span(&action, &parent);
+        let _entered = span.enter();
+        self.reserve(action.clone());
+        self.task = Some(Task {
+            reply: Some(reply),
+            wait,
+            action,
+            draft: self.node.record().clone(),
+            steps: Default::default(),
+            span: span.clone(),
+        });
+        match op {
+            Op::Verb(verb) => self.begin_verb(verb),
+            Op::Power(action) => self.connect(AfterConnect::Power(action)),
+            Op::BootDevice { device, persistent } => self.connect(AfterConnect::Boot { device, persistent }),
+            Op::Maintenance { on, reason } => {
+                let mut next = self.node.record().clone();
+                next.maintenance = on;
+                next.maintenance_reason = if on { reason } else { None };
+                if !on {
+                    next.fault = None;
+                }
+                self.commit_and_end(next, None);
+            }
+            Op::Update(update) => self.begin_update(update),
+            Op::Delete => self.begin_delete(),
+            Op::Noop => {
+                let view = self.view_released();
+                self.end_task(Ok(view));
+            }
+        }
+    }
+
+    fn begin_verb(&mut self, verb: Verb) {
+        let record = self.node.record();
+        let plan = match plan::plan_verb(record, verb) {
+            Ok(p) => p,
+            Err(invalid) => {
+                let err = KilnError::InvalidState {
+                    node: self.name(),
+                    state: invalid.state.to_string(),
+                    event: verb.to_string(),
+                    allowed: allowed_verbs(invalid.state),
+                };
+                return self.end_task(Err(err));
+            }
+        };
+        match plan {
+            VerbPlan::Immediate { to } => {
+                let from = record.provision_state;
+                let mut next = record.clone();
+                next.provision_state = to;
+                next.target_provision_state = None;
+                let entry = self.history(verb.event().as_str(), from, to, None);
+                self.commit_and_end(next, Some(entry));
+            }
+            // The working state is entered only once its work can start:
+            // without a driver, nothing changes and the caller is told.
+            VerbPlan::Work { working, target, steps } => {
+                self.connect(AfterConnect::Verb { verb, working, target, steps })
+            }
+        }
+    }
+
+    /// The BMC can be reached (or not): the operation that waited for it
+    /// goes on.
+    pub(super) fn connected(&mut self, then: AfterConnect, result: Result<(), DriverError>) {
+        if let Err(e) = result {
+            let err = KilnError::Driver { node: self.name(), message: e.to_string() };
+            return self.end_task(Err(err));
+        }
+        match then {
+            AfterConnect::Verb { verb, working, target, steps } => {
+                let from = self.node.record().provision_state;
+                let mut next = self.node.record().clone();
+                next.provision_state = working;
+                next.target_provision_state = Some(target);
+                next.last_error = None;
+                next.reservation = self.node.reservation().cloned();
+                let entry = self.history(verb.event().as_str(), from, working, None);
+                if let Some(task) = self.task.as_mut() {
+                    task.steps = steps.into();
+                }
+                self.commit(next, vec![entry], Commit::Op(AfterCommit::VerbStarted));
+            }
+            AfterConnect::Power(action) => {
+                let mut next = self.node.record().clone();
+                next.target_power_state = Some(power_state_of(action.target()));
+                next.last_error = None;
+                self.commit(next, vec![], Commit::Op(AfterCommit::PowerStarted(action)));
+            }
+            AfterConnect::Boot { device, persistent } => {
+                self.call(DriverCall::SetBoot(boot_of(device), persistent), Call::Op(AfterCall::Boot(device)));
+            }
+        }
+    }
+
+    fn begin_update(&mut self, update: NodeUpdate) {
+        let mut next = self.node.record().clone();
+        apply_changes(&mut next.driver_info, &update.driver_info);
+        apply_changes(&mut next.properties, &update.properties);
+        if let Err(e) = kiln_drivers::validate(next.driver.as_str(), &next.driver_info) {
+            let err = KilnError::InvalidInput(format!("node {}: {e}", self.name()));
+            return self.end_task(Err(err));
+        }
+        if !update.driver_info.is_empty() {
+            // The BMC may be another one now: reconnect on next use.
+            self.out.push(Effect::ForgetDriver);
+        }
+        self.commit_and_end(next, None);
+    }
+
+    fn begin_delete(&mut self) {
+        let record = self.node.record();
+        let state = record.provision_state;
+        let allowed = matches!(
+            state,
+            ProvisionState::Enroll
+                | ProvisionState::Manageable
+                | ProvisionState::Available
+                | ProvisionState::AdoptFailed
+                | ProvisionState::Error
+        ) || (record.maintenance && fsm::class(state) != StateClass::Working);
+        if !allowed {
+            let err = KilnError::InvalidInput(format!(
+                "node {} is {state}; delete it from enroll, manageable, available, adopt failed or error \
+                 (or put it in maintenance first)",
+                self.name()
+            ));
+            return self.end_task(Err(err));
+        }
+        let id = record.uuid;
+        self.commit_writes(vec![Write::DeleteNode(id)], None, Commit::Op(AfterCommit::Deleted));
+    }
+
+    // ----- running a task's steps -------------------------------------------
+
+    fn run_next_step(&mut self) {
+        let Some(step) = self.task.as_mut().and_then(|t| t.steps.pop_front()) else {
+            return self.finish_work();
+        };
+        let call = match step {
+            Step::Validate => {
+                let draft = &self.task.as_ref().expect("a task runs").draft;
+                return match kiln_drivers::validate(draft.driver.as_str(), &draft.driver_info) {
+                    Ok(()) => self.run_next_step(),
+                    Err(e) => self.fail_work(e.to_string()),
+                };
+            }
+            Step::Fire(event) => return self.fire_mid_task(event),
+            Step::ReadPower => DriverCall::GetPower,
+            Step::Power(a) => DriverCall::SetPower(a),
+            Step::SetBoot(d, p) => DriverCall::SetBoot(d, p),
+            Step::Inspect => DriverCall::Inspect,
+        };
+        self.call(call, Call::Op(AfterCall::Step(step)));
+    }
+
+    /// A mid-task event (deleting → cleaning): committed, then the steps go on.
+    fn fire_mid_task(&mut self, event: Event) {
+        let Some(task) = self.task.as_ref() else { return };
+        let mut next = task.draft.clone();
+        let from = next.provision_state;
+        let to = match fsm::step(from, event) {
+            Ok(to) => to,
+            Err(e) => return self.fail_work(e.to_string()),
+        };
+        next.provision_state = to;
+        let entry = self.history(event.as_str(), from, to, None);
+        self.commit(next, vec![entry], Commit::Op(AfterCommit::MidTask));
+    }
+
+    /// Every step succeeded: fire the finishing event and release.
+    fn finish_work(&mut self) {
+        let Some(task) = self.task.as_ref() else { return };
+        let mut next = task.draft.clone();
+        let from = next.provision_state;
+        let event = plan::finishing_event(from, next.target_provision_state);
+        let to = match fsm::step(from, event) {
+            Ok(to) => to,
+            Err(e) => return self.fail_work(e.to_string()),
+        };
+        next.provision_state = to;
+        next.target_provision_state = None;
+        next.reservation = None;
+        let entry = self.history(event.as_str(), from, to, None);
+        self.commit_and_end(next, Some(entry));
+    }
+
+    /// A step failed: the working state falls to its failed state with the
+    /// error in `last_error` and the node's history.
+    fn fail_work(&mut self, message: String) {
+        let Some(task) = self.task.as_ref() else { return };
+        let mut next = task.draft.clone();
+        let from = next.provision_state;
+        next.provision_state = fsm::failed_state(from).unwrap_or(from);
+        next.target_provision_state = None;
+        next.reservation = None;
+        next.last_error = Some(message.clone());
+        let entry = self.history("fail", from, next.provision_state, Some(message));
+        self.commit_and_end(next, Some(entry));
+    }
+
+    /// Commits the operation's last change; then publishes `end` or `error`
+    /// and answers (a failed operation with the error).
+    fn commit_and_end(&mut self, next: NodeRecord, entry: Option<HistoryEntry>) {
+        let record = self.node.record();
+        let started = record.target_provision_state.is_some() || record.target_power_state.is_some();
+        let failure = entry.as_ref().and_then(|e| e.error.clone());
+        self.commit(next, entry.into_iter().collect(), Commit::Op(AfterCommit::End { started, failure }));
+    }
+
+    /// The view as it will be once the running task has released the node.
+    fn view_released(&self) -> NodeView {
+        NodeView::of(self.node.record(), None)
+    }
+
+    pub(super) fn op_committed(&mut self, then: AfterCommit, result: Result<(), KilnError>) {
+        if let Err(e) = result {
+            return self.end_task(Err(e));
+        }
+        match then {
+            AfterCommit::VerbStarted => {
+                self.publish(EventKind::Start, None);
+                self.acknowledge_start();
+                self.run_next_step();
+            }
+            AfterCommit::PowerStarted(action) => {
+                self.publish(EventKind::Start, None);
+                self.acknowledge_start();
+                let target = power_state_of(action.target());
+                self.call(DriverCall::SetPower(action), Call::Op(AfterCall::Power(target)));
+            }
+            AfterCommit::MidTask => self.run_next_step(),
+            AfterCommit::End { started, failure } => {
+                if !started {
+                    self.publish(EventKind::Start, None);
+                }
+                match failure {
+                    None => {
+                        tracing::debug!(state = %self.node.record().provision_state, "operation done");
+                        self.publish(EventKind::End, None);
+                        let view = self.view_released();
+                        self.end_task(Ok(view));
+                    }
+                    Some(message) => {
+                        tracing::warn!(state = %self.node.record().provision_state, error = %message,
+                            "operation failed");
+                        self.publish(EventKind::Error, Some(message.clone()));
+                        let err = KilnError::Driver { node: self.name(), message };
+                        self.end_task(Err(err));
+                    }
+                }
+            }
+            AfterCommit::Deleted => {
+                self.node.remove();
+                let view = self.view();
+                self.end_task(Ok(view));
+                self.out.push(Effect::Stop);
+            }
+        }
+    }
+
+    pub(super) fn op_replied(&mut self, then: AfterCall, result: Result<DriverReply, DriverError>) {
+        match then {
+            AfterCall::Step(step) => {
+                let reply = match result {
+                    Ok(r) => r,
+                    Err(e) => return self.fail_work(e.to_string()),
+                };
+                let Some(task) = self.task.as_mut() else { return };
+                let draft = &mut task.draft;
+                match (step, reply) {
+                    (_, DriverReply::Power(p)) => draft.power_state = Some(power_state_of(p)),
+                    (Step::Power(a), _) => draft.power_state = Some(power_state_of(a.target())),
+                    (Step::SetBoot(d, _), _) => draft.boot_device = Some(boot_device_of(d)),
+                    (_, DriverReply::Facts(facts)) => draft.properties.extend(facts),
+                    _ => {}
+                }
+                self.run_next_step();
+            }
+            AfterCall::Power(target) => {
+                let mut next = self.node.record().clone();
+                next.target_power_state = None;
+                let failure = match result {
+                    Ok(_) => {
+                        next.power_state = Some(target);
+                        None
+                    }
+                    Err(e) => Some(e.to_string()),
+                };
+                next.last_error = failure.clone();
+                let state = next.provision_state;
+                let entry = self.history(&self.current_action(), state, state, failure);
+                self.commit_and_end(next, Some(entry));
+            }
+            AfterCall::Boot(device) => {
+                let mut next = self.node.record().clone();
+                let failure = match result {
+                    Ok(_) => {
+                        next.boot_device = Some(device);
+                        None
+                    }
+                    Err(e) => Some(e.to_string()),
+                };
+                next.last_error = failure.clone();
+                let state = next.provision_state;
+                let entry = self.history("boot device", state, state, failure);
+                self.commit_and_end(next, Some(entry));
+            }
+        }
+    }
+}
+
+/// The verbs whose events a state allows, for `InvalidState` messages.
+fn allowed_verbs(state: ProvisionState) -> String {
+    let verbs: Vec<&str> =
+        fsm::Verb::ALL.iter().filter(|v| fsm::step(state, v.event()).is_ok()).map(|v| v.as_str()).collect();
+    if verbs.is_empty() { "none".into() } else { verbs.join(", ") }
+}
+
+fn apply_changes(map: &mut BTreeMap<String, String>, changes: &BTreeMap<String, Option<String>>) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                map.insert(k.clone(), v.clone());
+            }
+            None => {
+                map.remove(k);
+            }
+        }
+    }
+}
+
+/// The record's power state for the BMC's.
+pub(in crate::node) fn power_state_of(p: Power) -> PowerState {
+    match p {
+        Power::On => PowerState::On,
+        Power::Off => PowerState::Off,
+    }
+}
+
+fn boot_of(d: BootDevice) -> Boot {
+    match d {
+        BootDevice::Pxe => Boot::Pxe,
+        BootDevice::Disk => Boot::Disk,
+        BootDevice::Cdrom => Boot::Cdrom,
+        BootDevice::Bios => Boot::Bios,
+    }
+}
+
+fn boot_device_of(b: Boot) -> BootDevice {
+    match b {
+        Boot::Pxe => BootDevice::Pxe,
+        Boot::Disk => BootDevice::Disk,
+        Boot::Cdrom => BootDevice::Cdrom,
+        Boot::Bios => BootDevice::Bios,
+    }
+}

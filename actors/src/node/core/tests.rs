@@ -1,0 +1,724 @@
+//! The node core driven directly: no actix, no store, no BMC. A [`Sim`]
+//! plays the world: it keeps a stored copy of the record (applying the
+//! core's commits), answers driver calls from a script, and writes every
+//! effect into a trace, so that a test reads the order of a path.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kiln_drivers::{DriverError, Power, PowerAction};
+use kiln_store::{BootDevice, DriverKind, NodeRecord, PowerState, ProvisionState as S, StoreError, Write};
+use tokio::sync::oneshot::{self, Receiver, error::TryRecvError};
+
+use super::{Input, NodeCore, Request};
+use crate::KilnError;
+use crate::clock::ManualClock;
+use crate::driver::{DriverCall, DriverReply};
+use crate::events::{EventKind, NodeEvent};
+use crate::fsm::Verb;
+use crate::metrics::Metrics;
+use crate::node::effects::{Effect, Ticket};
+use crate::node::upkeep::{POWER_FAILURE, SyncOutcome};
+use crate::node::{NodeUpdate, Op};
+use crate::view::NodeView;
+
+type NodeAnswer = Receiver<Result<NodeView, KilnError>>;
+
+/// The world around one core.
+struct Sim {
+    clock: ManualClock,
+    metrics: Arc<Metrics>,
+    core: NodeCore,
+    /// The record as the store holds it.
+    stored: Option<NodeRecord>,
+    /// Every effect (and fed result), in order, as a short word.
+    trace: Vec<String>,
+    events: Vec<NodeEvent>,
+    timers: Vec<(u64, Duration)>,
+    /// How the BMC answers each call, in order; an empty script answers
+    /// like a healthy fake BMC.
+    replies: VecDeque<Result<DriverReply, DriverError>>,
+    /// Whether connecting to the BMC works.
+    connect: Result<(), DriverError>,
+    /// How the store answers the next commits, in order (empty: it works).
+    store_results: VecDeque<Result<(), StoreError>>,
+    /// With `park`, driver calls wait here until [`Sim::resume`].
+    park: bool,
+    parked: VecDeque<(Ticket, DriverCall)>,
+    stopped: bool,
+}
+
+fn start() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+fn sim_in(state: S) -> Sim {
+    let clock = ManualClock::starting_at(start());
+    let mut record = NodeRecord::enroll("n1".into(), DriverKind::Fake, clock.shared().now());
+    record.provision_state = state;
+    record.power_state = Some(PowerState::Off);
+    let metrics = Arc::new(Metrics::default());
+    let core = NodeCore::new(record.clone(), metrics.clone(), clock.shared());
+    Sim {
+        clock,
+        metrics,
+        core,
+        stored: Some(record),
+        trace: Vec::new(),
+        events: Vec::new(),
+        timers: Vec::new(),
+        replies: VecDeque::new(),
+        connect: Ok(()),
+        store_results: VecDeque::new(),
+        park: false,
+        parked: VecDeque::new(),
+        stopped: false,
+    }
+}
+
+fn request(op: Op, wait: bool, holder: Option<&str>, takes_hold: bool) -> (Request, NodeAnswer) {
+    let (reply, rx) = oneshot::channel();
+    let lock_wait = Duration::from_secs(5);
+    let holder = holder.map(str::to_string);
+    (Request { op, wait, reply, parent: tracing::Span::none(), holder, takes_hold, lock_wait }, rx)
+}
+
+fn healthy_reply(call: &DriverCall) -> DriverReply {
+    match call {
+        DriverCall::GetPower => DriverReply::Power(Power::Off),
+        DriverCall::Inspect => DriverReply::Facts(Default::default()),
+        _ => DriverReply::Done,
+    }
+}
+
+fn injected(what: &str) -> DriverError {
+    DriverError::Injected(what.into())
+}
+
+impl Sim {
+    /// Feeds `input` and everything that follows from it until the core
+    /// waits for nothing the sim answers on its own.
+    fn feed(&mut self, input: Input) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            for effect in self.core.handle(input) {
+                if let Some(next) = self.execute(effect) {
+                    inputs.push_back(next);
+                }
+            }
+        }
+    }
+
+    fn execute(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Commit { ticket, writes } => {
+                let result = self.store_results.pop_front().unwrap_or(Ok(()));
+                self.trace.push(if result.is_ok() { "commit" } else { "commit failed" }.into());
+                if result.is_ok() {
+                    for w in writes {
+                        match w {
+                            Write::UpdateNode(r) => self.stored = Some(r),
+                            Write::DeleteNode(_) => self.stored = None,
+                            _ => {}
+                        }
+                    }
+                }
+                Some(Input::Committed { ticket, result })
+            }
+            Effect::Connect { ticket } => {
+                self.trace.push("connect".into());
+                Some(Input::Connected { ticket, result: self.connect.clone() })
+            }
+            Effect::CallDriver { ticket, call, .. } => {
+                self.trace.push(format!("call {call:?}"));
+                if self.park {
+                    self.parked.push_back((ticket, call));
+                    return None;
+                }
+                let result = self.replies.pop_front().unwrap_or_else(|| Ok(healthy_reply(&call)));
+                Some(Input::DriverReplied { ticket, result })
+            }
+            Effect::ForgetDriver => {
+                self.trace.push("forget driver".into());
+                None
+            }
+            Effect::LoadStored { ticket } => {
+                self.trace.push("load".into());
+                Some(Input::Loaded { ticket, result: Ok(self.stored.clone()) })
+            }
+            Effect::Publish(event) => {
+                self.trace.push(format!("publish {:?}", event.kind).to_lowercase());
+                self.events.push(event);
+                None
+            }
+            Effect::Answer(answer) => {
+                self.trace.push("answer".into());
+                answer.send();
+                None
+            }
+            Effect::StartTimer { waiter, after } => {
+                self.trace.push("timer".into());
+                self.timers.push((waiter, after));
+                None
+            }
+            Effect::Stop => {
+                self.trace.push("stop".into());
+                self.stopped = true;
+                None
+            }
+        }
+    }
+
+    fn run(&mut self, op: Op, wait: bool) -> NodeAnswer {
+        let (r, rx) = request(op, wait, None, false);
+        self.feed(Input::Run(r));
+        rx
+    }
+
+    fn run_for(&mut self, op: Op, holder: &str) -> NodeAnswer {
+        let (r, rx) = request(op, true, Some(holder), false);
+        self.feed(Input::Run(r));
+        rx
+    }
+
+    fn hold(&mut self, holder: &str) -> NodeAnswer {
+        let (r, rx) = request(Op::Noop, true, Some(holder), true);
+        self.feed(Input::Run(r));
+        rx
+    }
+
+    fn release_hold(&mut self, holder: &str) -> bool {
+        let (reply, mut rx) = oneshot::channel();
+        self.feed(Input::ReleaseHold { holder: holder.into(), reply });
+        rx.try_recv().expect("answered at once")
+    }
+
+    /// Answers the first parked driver call (as a healthy BMC, or from the
+    /// script).
+    fn resume(&mut self) {
+        let (ticket, call) = self.parked.pop_front().expect("a call is parked");
+        let result = self.replies.pop_front().unwrap_or_else(|| Ok(healthy_reply(&call)));
+        self.feed(Input::DriverReplied { ticket, result });
+    }
+
+    fn sync(&mut self, force: bool, max_retries: u32) -> SyncOutcome {
+        let (reply, mut rx) = oneshot::channel();
+        self.feed(Input::SyncPower { force, max_retries, reply });
+        rx.try_recv().expect("answered")
+    }
+
+    fn recover(&mut self) -> bool {
+        let (reply, mut rx) = oneshot::channel();
+        self.feed(Input::RecoverPowerFailure { reply });
+        rx.try_recv().expect("answered")
+    }
+
+    fn expire(&mut self, timeout: Duration) -> bool {
+        let (reply, mut rx) = oneshot::channel();
+        self.feed(Input::ExpireWait { timeout, reply });
+        rx.try_recv().expect("answered")
+    }
+
+    fn abandon(&mut self, why: &str) -> bool {
+        let (reply, mut rx) = oneshot::channel();
+        self.feed(Input::Abandon { why: why.into(), reply });
+        rx.try_recv().expect("answered")
+    }
+
+    fn state(&self) -> S {
+        self.core.record().provision_state
+    }
+
+    fn kinds(&self) -> Vec<EventKind> {
+        self.events.iter().map(|e| e.kind).collect()
+    }
+
+    /// The gauges count this one node exactly as its record and
+    /// reservation say (or not at all once deleted).
+    fn assert_gauges(&self) {
+        let m = &self.metrics;
+        if self.stopped {
+            for s in [S::Enroll, S::Manageable, S::Available, S::Active] {
+                assert_eq!(m.nodes_in(s), 0, "a deleted node counts nowhere");
+            }
+            assert_eq!(m.nodes_reserved(), 0);
+            return;
+        }
+        let r = self.core.record();
+        assert_eq!(m.nodes_in(r.provision_state), 1, "the state gauge follows the record ({})", r.provision_state);
+        let total: i64 = S::ALL.iter().map(|s| m.nodes_in(*s)).sum();
+        assert_eq!(total, 1, "the node counts in one state only");
+        assert_eq!(m.nodes_in_maintenance(), i64::from(r.maintenance));
+        assert_eq!(m.nodes_reserved(), i64::from(self.core.view().reservation.is_some()));
+    }
+}
+
+fn answered(rx: &mut NodeAnswer) -> Result<NodeView, KilnError> {
+    rx.try_recv().expect("the caller is answered")
+}
+
+fn pending(rx: &mut NodeAnswer) {
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty, "the caller still waits");
+}
+
+// ----- operations: commit, adopt, publish, answer -------------------------
+
+#[test]
+fn an_immediate_verb_commits_then_publishes_then_answers() {
+    let mut sim = sim_in(S::Available);
+    let mut rx = sim.run(Op::Verb(Verb::Manage), false);
+    let view = answered(&mut rx).unwrap();
+    assert_eq!(view.provision_state, S::Manageable);
+    assert_eq!(sim.trace, ["commit", "publish start", "publish end", "answer"]);
+    assert_eq!(sim.stored.as_ref().unwrap().provision_state, S::Manageable);
+    assert!(sim.events.iter().all(|e| e.provision_state == S::Manageable), "published after adopting");
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_task_enters_its_working_state_answers_and_runs_its_steps() {
+    let mut sim = sim_in(S::Enroll);
+    let mut rx = sim.run(Op::Verb(Verb::Manage), false);
+    assert_eq!(answered(&mut rx).unwrap().provision_state, S::Verifying, "answered at the first commit");
+    assert_eq!(sim.trace, ["connect", "commit", "publish start", "answer", "call GetPower", "commit", "publish end"]);
+    assert_eq!(sim.state(), S::Manageable);
+    assert_eq!(sim.kinds(), [EventKind::Start, EventKind::End]);
+    assert!(sim.core.view().reservation.is_none(), "released at the end");
+    sim.assert_gauges();
+}
+
+#[test]
+fn with_wait_the_answer_comes_at_the_end() {
+    let mut sim = sim_in(S::Enroll);
+    let mut rx = sim.run(Op::Verb(Verb::Manage), true);
+    assert_eq!(answered(&mut rx).unwrap().provision_state, S::Manageable);
+    assert_eq!(sim.trace.last().unwrap(), "answer");
+    sim.assert_gauges();
+}
+
+#[test]
+fn the_working_state_is_visible_and_gauged_while_the_step_runs() {
+    let mut sim = sim_in(S::Enroll);
+    sim.park = true;
+    let _rx = sim.run(Op::Verb(Verb::Manage), true);
+    assert_eq!(sim.state(), S::Verifying);
+    assert_eq!(sim.core.view().reservation.clone().unwrap().purpose, "manage");
+    sim.assert_gauges();
+    sim.resume();
+    assert_eq!(sim.state(), S::Manageable);
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_failing_step_drops_to_the_failed_state_with_the_error() {
+    let mut sim = sim_in(S::Available);
+    // deploy: set boot, then power on; the power on fails.
+    sim.replies = VecDeque::from([Ok(DriverReply::Done), Err(injected("no power"))]);
+    let mut rx = sim.run(Op::Verb(Verb::Deploy), true);
+    let err = answered(&mut rx).unwrap_err();
+    assert!(matches!(&err, KilnError::Driver { message, .. } if message.contains("no power")), "{err}");
+    assert_eq!(sim.state(), S::DeployFailed);
+    assert!(sim.core.record().last_error.as_deref().unwrap().contains("no power"));
+    assert_eq!(sim.kinds(), [EventKind::Start, EventKind::Error]);
+    assert_eq!(sim.stored.as_ref().unwrap().provision_state, S::DeployFailed);
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_driver_that_cannot_be_had_changes_nothing_and_says_so() {
+    let mut sim = sim_in(S::Available);
+    sim.connect = Err(injected("bad info"));
+    let before = sim.core.record().clone();
+    let mut rx = sim.run(Op::Verb(Verb::Deploy), false);
+    assert!(matches!(answered(&mut rx), Err(KilnError::Driver { .. })));
+    assert_eq!(sim.trace, ["connect", "answer"]);
+    assert_eq!(sim.core.record(), &before);
+    assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_failed_first_commit_answers_the_error_and_releases_unchanged() {
+    let mut sim = sim_in(S::Enroll);
+    sim.store_results = VecDeque::from([Err(StoreError::Corrupt("disk".into()))]);
+    let mut rx = sim.run(Op::Verb(Verb::Manage), false);
+    assert!(answered(&mut rx).is_err());
+    assert_eq!(sim.trace, ["connect", "commit failed", "answer"]);
+    assert_eq!(sim.state(), S::Enroll, "nothing adopted");
+    assert!(sim.events.is_empty(), "nothing published");
+    assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_failed_last_commit_answers_the_error_and_publishes_nothing_more() {
+    let mut sim = sim_in(S::Enroll);
+    sim.store_results = VecDeque::from([Ok(()), Err(StoreError::Corrupt("disk".into()))]);
+    let mut rx = sim.run(Op::Verb(Verb::Manage), true);
+    assert!(answered(&mut rx).is_err());
+    assert_eq!(sim.state(), S::Verifying, "the last change was never adopted");
+    assert_eq!(sim.kinds(), [EventKind::Start]);
+    assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}
+
+#[test]
+fn an_invalid_verb_is_refused_without_a_commit() {
+    let mut sim = sim_in(S::Enroll);
+    let mut rx = sim.run(Op::Verb(Verb::Deploy), false);
+    assert!(matches!(answered(&mut rx), Err(KilnError::InvalidState { .. })));
+    assert_eq!(sim.trace, ["answer"]);
+    sim.assert_gauges();
+}
+
+#[test]
+fn power_records_its_target_then_the_result() {
+    let mut sim = sim_in(S::Manageable);
+    sim.park = true;
+    let mut rx = sim.run(Op::Power(PowerAction::On), false);
+    assert_eq!(answered(&mut rx).unwrap().target_power_state, Some(PowerState::On));
+    assert_eq!(sim.core.record().target_power_state, Some(PowerState::On));
+    sim.resume();
+    let r = sim.core.record();
+    assert_eq!((r.power_state, r.target_power_state), (Some(PowerState::On), None));
+    assert_eq!(sim.kinds(), [EventKind::Start, EventKind::End]);
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_failed_power_action_keeps_the_state_and_records_the_error() {
+    let mut sim = sim_in(S::Manageable);
+    sim.replies = VecDeque::from([Err(injected("psu"))]);
+    let mut rx = sim.run(Op::Power(PowerAction::On), true);
+    assert!(matches!(answered(&mut rx), Err(KilnError::Driver { .. })));
+    let r = sim.core.record();
+    assert_eq!((r.power_state, r.target_power_state), (Some(PowerState::Off), None));
+    assert!(r.last_error.as_deref().unwrap().contains("psu"));
+    assert_eq!(sim.kinds(), [EventKind::Start, EventKind::Error]);
+    sim.assert_gauges();
+}
+
+#[test]
+fn the_boot_device_is_recorded_after_the_bmc_took_it() {
+    let mut sim = sim_in(S::Manageable);
+    let mut rx = sim.run(Op::BootDevice { device: BootDevice::Pxe, persistent: true }, true);
+    assert_eq!(answered(&mut rx).unwrap().boot_device, Some(BootDevice::Pxe));
+    assert_eq!(sim.trace[..3], ["connect", "call SetBoot(Pxe, true)", "commit"]);
+    sim.assert_gauges();
+}
+
+#[test]
+fn maintenance_on_and_off_keep_the_maintenance_gauge() {
+    let mut sim = sim_in(S::Manageable);
+    let on = Op::Maintenance { on: true, reason: Some("disk".into()) };
+    answered(&mut sim.run(on, true)).unwrap();
+    assert!(sim.core.record().maintenance);
+    sim.assert_gauges();
+    answered(&mut sim.run(Op::Maintenance { on: false, reason: None }, true)).unwrap();
+    assert!(!sim.core.record().maintenance);
+    sim.assert_gauges();
+}
+
+#[test]
+fn an_update_of_driver_info_forgets_the_driver_and_a_bad_one_is_refused() {
+    let mut sim = sim_in(S::Manageable);
+    let mut update = NodeUpdate::default();
+    update.driver_info.insert("power".into(), Some("on".into()));
+    answered(&mut sim.run(Op::Update(update), true)).unwrap();
+    assert_eq!(sim.trace[0], "forget driver");
+    let mut bad = NodeUpdate::default();
+    bad.driver_info.insert("bogus".into(), Some("x".into()));
+    sim.trace.clear();
+    let res = answered(&mut sim.run(Op::Update(bad), true));
+    assert!(matches!(res, Err(KilnError::InvalidInput(_))), "{res:?}");
+    assert_eq!(sim.trace, ["answer"]);
+    sim.assert_gauges();
+}
+
+#[test]
+fn delete_takes_the_node_out_of_the_gauges_and_stops() {
+    let mut sim = sim_in(S::Manageable);
+    answered(&mut sim.run(Op::Delete, true)).unwrap();
+    assert_eq!(sim.trace, ["commit", "answer", "stop"]);
+    assert!(sim.stored.is_none());
+    assert!(sim.stopped);
+    sim.assert_gauges();
+}
+
+#[test]
+fn delete_is_refused_from_a_busy_state() {
+    let mut sim = sim_in(S::Active);
+    let res = answered(&mut sim.run(Op::Delete, true));
+    assert!(matches!(res, Err(KilnError::InvalidInput(_))));
+    assert!(!sim.stopped);
+    sim.assert_gauges();
+}
+
+#[test]
+fn commits_are_stamped_by_the_site_clock() {
+    let mut sim = sim_in(S::Available);
+    sim.clock.advance(Duration::from_secs(3600));
+    answered(&mut sim.run(Op::Verb(Verb::Manage), true)).unwrap();
+    let hour_later = start() + chrono::Duration::hours(1);
+    assert_eq!(sim.core.record().updated_at, hour_later);
+    assert_eq!(sim.events[0].at, hour_later);
+}
+
+// ----- the lock ---------------------------------------------------------------
+
+#[test]
+fn exclusive_requests_queue_in_fifo_order() {
+    let mut sim = sim_in(S::Manageable);
+    sim.park = true;
+    let mut first = sim.run(Op::Power(PowerAction::On), true);
+    let mut second = sim.run(Op::Maintenance { on: true, reason: None }, true);
+    let mut third = sim.run(Op::Maintenance { on: false, reason: None }, true);
+    assert_eq!(sim.timers.len(), 2, "each waiter gets its lock_wait timer");
+    pending(&mut second);
+    pending(&mut third);
+    sim.resume();
+    answered(&mut first).unwrap();
+    assert!(answered(&mut second).unwrap().maintenance, "the first waiter ran first");
+    assert!(!answered(&mut third).unwrap().maintenance, "then the second");
+    assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_waiter_whose_lock_wait_runs_out_gets_node_locked() {
+    let mut sim = sim_in(S::Manageable);
+    sim.park = true;
+    let _first = sim.run(Op::Power(PowerAction::On), true);
+    let mut second = sim.run(Op::Noop, true);
+    let (waiter, after) = sim.timers[0];
+    assert_eq!(after, Duration::from_secs(5));
+    sim.feed(Input::LockWaitOver { waiter });
+    match answered(&mut second) {
+        Err(KilnError::NodeLocked { holder_purpose, since, .. }) => {
+            assert_eq!(holder_purpose, "power on");
+            assert_eq!(since, "2026-01-01T00:00:00.000Z", "the reservation's time, from the site clock");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The timer of a waiter that already ran does nothing.
+    sim.feed(Input::LockWaitOver { waiter });
+    sim.resume();
+    sim.assert_gauges();
+}
+
+#[test]
+fn with_no_lock_wait_a_busy_node_refuses_at_once() {
+    let mut sim = sim_in(S::Manageable);
+    sim.park = true;
+    let _first = sim.run(Op::Power(PowerAction::On), true);
+    let (mut r, mut rx) = request(Op::Noop, true, None, false);
+    r.lock_wait = Duration::ZERO;
+    sim.feed(Input::Run(r));
+    assert!(matches!(answered(&mut rx), Err(KilnError::NodeLocked { .. })));
+    assert!(sim.timers.is_empty());
+}
+
+#[test]
+fn a_waiter_whose_caller_left_is_skipped() {
+    let mut sim = sim_in(S::Manageable);
+    sim.park = true;
+    let _first = sim.run(Op::Power(PowerAction::On), true);
+    let gone = sim.run(Op::Maintenance { on: true, reason: None }, true);
+    drop(gone);
+    let mut next = sim.run(Op::Noop, true);
+    sim.resume();
+    assert!(!answered(&mut next).unwrap().maintenance, "the abandoned request never ran");
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_hold_admits_only_its_holder_until_released() {
+    let mut sim = sim_in(S::Manageable);
+    answered(&mut sim.hold("job-1")).unwrap();
+    assert_eq!(sim.core.view().reservation.clone().unwrap().purpose, "held by job-1");
+    sim.assert_gauges();
+    // The holder's operation runs at once; anyone else's waits.
+    answered(&mut sim.run_for(Op::Maintenance { on: true, reason: None }, "job-1")).unwrap();
+    let mut other = sim.run(Op::Maintenance { on: false, reason: None }, true);
+    pending(&mut other);
+    assert_eq!(sim.core.view().reservation.clone().unwrap().purpose, "held by job-1", "the hold outlives the task");
+    assert!(!sim.release_hold("job-2"), "only the holder releases");
+    assert!(sim.release_hold("job-1"));
+    assert!(!answered(&mut other).unwrap().maintenance, "the waiter ran on release");
+    assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}
+
+#[test]
+fn taking_a_hold_twice_answers_at_once_and_others_see_held_by() {
+    let mut sim = sim_in(S::Manageable);
+    answered(&mut sim.hold("job-1")).unwrap();
+    answered(&mut sim.hold("job-1")).unwrap();
+    let (mut r, mut rx) = request(Op::Noop, true, None, false);
+    r.lock_wait = Duration::ZERO;
+    sim.feed(Input::Run(r));
+    match answered(&mut rx) {
+        Err(KilnError::NodeLocked { holder_purpose, .. }) => assert_eq!(holder_purpose, "held by job-1"),
+        other => panic!("{other:?}"),
+    }
+}
+
+// ----- upkeep -------------------------------------------------------------------
+
+#[test]
+fn power_sync_skips_a_busy_node_and_a_held_one() {
+    let mut sim = sim_in(S::Manageable);
+    sim.park = true;
+    let _task = sim.run(Op::Power(PowerAction::On), true);
+    assert_eq!(sim.sync(false, 3), SyncOutcome::Skipped("reserved".into()));
+    sim.resume();
+    sim.park = false;
+    answered(&mut sim.hold("job")).unwrap();
+    assert_eq!(sim.sync(false, 3), SyncOutcome::Skipped("reserved".into()));
+    assert!(!sim.recover());
+    sim.assert_gauges();
+}
+
+#[test]
+fn power_sync_skips_maintenance_enroll_and_a_power_target() {
+    let mut sim = sim_in(S::Enroll);
+    assert_eq!(sim.sync(false, 3), SyncOutcome::Skipped("enroll".into()));
+    let mut sim = sim_in(S::Manageable);
+    answered(&mut sim.run(Op::Maintenance { on: true, reason: None }, true)).unwrap();
+    assert_eq!(sim.sync(false, 3), SyncOutcome::Skipped("maintenance".into()));
+}
+
+#[test]
+fn power_sync_records_the_bmc_state_and_releases() {
+    let mut sim = sim_in(S::Manageable);
+    assert_eq!(sim.sync(false, 3), SyncOutcome::InSync);
+    sim.replies = VecDeque::from([Ok(DriverReply::Power(Power::On))]);
+    let outcome = sim.sync(false, 3);
+    assert_eq!(outcome, SyncOutcome::Updated { from: Some(PowerState::Off), to: PowerState::On });
+    assert_eq!(sim.core.record().power_state, Some(PowerState::On));
+    assert_eq!(sim.kinds(), [EventKind::End]);
+    assert_eq!(sim.events[0].action, "power sync");
+    assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}
+
+#[test]
+fn forced_power_sync_sets_the_bmc_back() {
+    let mut sim = sim_in(S::Manageable);
+    sim.replies = VecDeque::from([Ok(DriverReply::Power(Power::On))]);
+    assert_eq!(sim.sync(true, 3), SyncOutcome::Forced { to: PowerState::Off });
+    assert!(sim.trace.contains(&"call SetPower(Off)".to_string()));
+    assert_eq!(sim.core.record().power_state, Some(PowerState::Off));
+    sim.assert_gauges();
+}
+
+#[test]
+fn repeated_power_read_failures_put_the_node_in_maintenance_then_recovery_takes_it_out() {
+    let mut sim = sim_in(S::Manageable);
+    sim.replies = VecDeque::from([Err(injected("a")), Err(injected("b"))]);
+    let first = sim.sync(false, 2);
+    assert!(matches!(first, SyncOutcome::Failed { attempts: 1, maintenance: false, .. }), "{first:?}");
+    let second = sim.sync(false, 2);
+    assert!(matches!(second, SyncOutcome::Failed { attempts: 2, maintenance: true, .. }), "{second:?}");
+    let r = sim.core.record();
+    assert!(r.maintenance);
+    assert_eq!(r.fault.as_deref(), Some(POWER_FAILURE));
+    assert_eq!(sim.kinds(), [EventKind::Error]);
+    sim.assert_gauges();
+
+    assert!(sim.recover());
+    let r = sim.core.record();
+    assert!(!r.maintenance && r.fault.is_none());
+    sim.assert_gauges();
+}
+
+#[test]
+fn recovery_leaves_a_node_whose_bmc_still_fails() {
+    let mut sim = sim_in(S::Manageable);
+    sim.replies = VecDeque::from([Err(injected("a"))]);
+    assert!(matches!(sim.sync(false, 1), SyncOutcome::Failed { maintenance: true, .. }));
+    sim.replies = VecDeque::from([Err(injected("still"))]);
+    assert!(!sim.recover());
+    assert!(sim.core.record().maintenance);
+    assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_wait_state_expires_by_the_site_clock() {
+    let mut sim = sim_in(S::WaitCallBack);
+    let timeout = Duration::from_secs(600);
+    assert!(!sim.expire(timeout), "not yet");
+    sim.clock.advance(Duration::from_secs(601));
+    assert!(sim.expire(timeout));
+    assert_eq!(sim.state(), S::DeployFailed);
+    assert!(sim.core.record().last_error.as_deref().unwrap().contains("timed out"));
+    assert_eq!(sim.kinds(), [EventKind::Error]);
+    assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_failed_upkeep_commit_changes_nothing_and_releases() {
+    let mut sim = sim_in(S::WaitCallBack);
+    sim.clock.advance(Duration::from_secs(601));
+    sim.store_results = VecDeque::from([Err(StoreError::Corrupt("disk".into()))]);
+    assert!(!sim.expire(Duration::from_secs(600)));
+    assert_eq!(sim.state(), S::WaitCallBack);
+    assert!(sim.events.is_empty());
+    assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}
+
+// ----- abandonment at shutdown ----------------------------------------------------
+
+#[test]
+fn abandoning_an_idle_node_closes_it_and_changes_nothing() {
+    let mut sim = sim_in(S::Manageable);
+    assert!(!sim.abandon("shutting down"));
+    let res = answered(&mut sim.run(Op::Noop, true));
+    assert!(matches!(res, Err(KilnError::Unavailable(m)) if m.contains("shutting down")));
+    assert_eq!(sim.sync(false, 3), SyncOutcome::Skipped("reserved".into()), "closed nodes get no upkeep");
+    sim.assert_gauges();
+}
+
+#[test]
+fn abandoning_a_task_fails_the_node_answers_everyone_and_keeps_the_gauges() {
+    let mut sim = sim_in(S::Available);
+    sim.park = true;
+    let mut task = sim.run(Op::Verb(Verb::Deploy), true);
+    let mut waiter = sim.run(Op::Noop, true);
+    assert_eq!(sim.state(), S::Deploying);
+    sim.assert_gauges();
+
+    assert!(sim.abandon("shutting down"));
+    assert!(matches!(answered(&mut task), Err(KilnError::Driver { message, .. }) if message == "shutting down"));
+    assert!(matches!(answered(&mut waiter), Err(KilnError::Unavailable(_))));
+    assert_eq!(sim.state(), S::DeployFailed, "the restart rule's change is adopted");
+    assert_eq!(sim.stored.as_ref().unwrap().provision_state, S::DeployFailed);
+    assert!(sim.core.view().reservation.is_none());
+    let last = sim.events.last().unwrap();
+    assert_eq!((last.kind, last.action.as_str()), (EventKind::Error, "deploy"));
+    sim.assert_gauges();
+
+    // The BMC's late answer finds no task to continue, and nothing is committed.
+    let commits = sim.trace.iter().filter(|t| t.starts_with("commit")).count();
+    sim.resume();
+    assert_eq!(sim.trace.iter().filter(|t| t.starts_with("commit")).count(), commits);
+    assert_eq!(sim.state(), S::DeployFailed);
+    sim.assert_gauges();
+}
+
+#[test]
+fn abandoning_a_task_whose_fix_cannot_be_committed_answers_false() {
+    let mut sim = sim_in(S::Available);
+    sim.park = true;
+    let _task = sim.run(Op::Verb(Verb::Deploy), true);
+    sim.store_results = VecDeque::from([Err(StoreError::Corrupt("disk".into()))]);
+    assert!(!sim.abandon("shutting down"));
+    assert_eq!(sim.state(), S::Deploying, "nothing adopted: the restart rule will fix it");
+    assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}

@@ -1,0 +1,70 @@
+//! The node's record and reservation together with the gauges that count
+//! them, so that neither can change without the gauges following.
+//!
+//! Before this wrapper the actor set `record` in several places and each had
+//! to remember the gauge update; the shutdown path forgot, and the state
+//! gauges went stale. Now the fields are private: [`Gauged::adopt`] is the one
+//! way a new record comes in, [`Gauged::reserve`]/[`Gauged::unreserve`] the one
+//! way the reservation changes, and [`Gauged::remove`] takes a deleted node out
+//! of the counts.
+
+use std::sync::Arc;
+
+use kiln_store::{NodeRecord, Reservation};
+
+use crate::metrics::{Metrics, NodeGauge};
+use crate::view::NodeView;
+
+/// A node's committed record and reservation, counted in the site's gauges.
+pub struct Gauged {
+    record: NodeRecord,
+    reservation: Option<Reservation>,
+    gauge: NodeGauge,
+}
+
+impl Gauged {
+    /// Counts `record` in `metrics` from now on.
+    pub fn new(record: NodeRecord, metrics: Arc<Metrics>) -> Self {
+        let gauge = NodeGauge::new(metrics, &record);
+        Gauged { record, reservation: None, gauge }
+    }
+
+    /// The record as last committed.
+    pub fn record(&self) -> &NodeRecord {
+        &self.record
+    }
+
+    /// Who holds the node now, for what.
+    pub fn reservation(&self) -> Option<&Reservation> {
+        self.reservation.as_ref()
+    }
+
+    /// Takes `next` as the node's record (it is durable now): the only way
+    /// the record changes.
+    pub fn adopt(&mut self, next: NodeRecord) {
+        self.gauge.track(&next);
+        self.record = next;
+    }
+
+    /// Holds the node under `reservation` from now on.
+    pub fn reserve(&mut self, reservation: Reservation) {
+        self.reservation = Some(reservation);
+        self.gauge.reserve(true);
+    }
+
+    /// Lets the node go.
+    pub fn unreserve(&mut self) {
+        self.reservation = None;
+        self.gauge.reserve(false);
+    }
+
+    /// The node was deleted: it leaves the counts now.
+    pub fn remove(&mut self) {
+        self.gauge.remove();
+    }
+
+    /// The node as a client sees it.
+    pub fn view(&self) -> NodeView {
+        NodeView::of(&self.record, self.reservation.as_ref())
+    }
+}
