@@ -17,7 +17,7 @@ use kiln_actors::{KilnError, NewNode, NewPortGroup, NodeUpdate, Op, Verb};
 use kiln_store::{BootDevice, JobId, JobStatus, ProvisionState};
 
 use crate::cli::*;
-use crate::client::{Client, ClientError, socket_path};
+use crate::connection::{Connection, ConnectionError, socket_path};
 use crate::{exit, output};
 
 /// Why a command did not succeed, and with which exit code.
@@ -26,7 +26,7 @@ enum Failure {
     /// Bad arguments or input file: nothing was sent.
     Usage(anyhow::Error),
     /// The daemon could not be reached.
-    Unavailable(ClientError),
+    Unavailable(ConnectionError),
     /// The daemon answered with an error.
     Refused(KilnError),
     /// Some of the nodes failed (already printed).
@@ -36,10 +36,10 @@ enum Failure {
     Other(anyhow::Error),
 }
 
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Self {
+impl From<ConnectionError> for Failure {
+    fn from(e: ConnectionError) -> Self {
         match e {
-            ClientError::Connect { .. } => Failure::Unavailable(e),
+            ConnectionError::Connect { .. } => Failure::Unavailable(e),
             other => Failure::Other(other.into()),
         }
     }
@@ -241,7 +241,7 @@ fn read_import(path: &Path) -> anyhow::Result<Vec<NewNode>> {
 
 /// Sends one request and returns the answer, turning an error answer into a
 /// failure.
-async fn call(client: &mut Client, req: Request) -> Result<Response, Failure> {
+async fn call(client: &mut Connection, req: Request) -> Result<Response, Failure> {
     match client.call(&req).await? {
         Response::Error(e) => Err(Failure::Refused(e)),
         other => Ok(other),
@@ -396,7 +396,7 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
             r => Remote::Once(r),
         },
     };
-    let mut client = Client::connect(socket).await?;
+    let mut client = Connection::connect(socket).await?;
     match plan {
         Remote::Once(request) => {
             let response = call(&mut client, request).await?;
@@ -571,17 +571,17 @@ enum LogOut {
 
 /// Runs a fanout command and prints it as `print` says; its exit code is
 /// the largest of the nodes' (clush -S).
-async fn fanout(client: &mut Client, request: Request, print: Print) -> Result<(), Failure> {
+async fn fanout(client: &mut Connection, request: Request, print: Print) -> Result<(), Failure> {
     let outcomes = match print {
         Print::Gathered | Print::Json => match call(client, request).await? {
             Response::Exec(o) => o,
             other => return Err(unexpected(other)),
         },
         Print::Lines | Print::JsonLines => {
-            client.send(&request).await?;
+            client.send_request(&request).await?;
             let mut ended: Vec<(usize, ExecOutcome)> = Vec::new();
             loop {
-                match client.next().await? {
+                match client.next_response().await? {
                     Response::ExecLines(lines) => output::live_lines(&lines),
                     Response::ExecNode { index, outcome } => {
                         if print == Print::JsonLines {
@@ -708,7 +708,7 @@ fn job_exit(job: &JobView) -> Result<(), Failure> {
 /// Follows a job with the long poll until it ends; prints its log lines
 /// (`log`) or a progress bar on a terminal (`progress`). Returns the job as
 /// it ended.
-async fn follow_job(client: &mut Client, id: JobId, log: LogOut, progress: bool) -> Result<JobView, Failure> {
+async fn follow_job(client: &mut Connection, id: JobId, log: LogOut, progress: bool) -> Result<JobView, Failure> {
     let bar = (progress && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -1052,11 +1052,11 @@ fn print_results(results: &[NodeResult], json: bool) {
     }
 }
 
-async fn events(client: &mut Client, request: Request, json: bool) -> Result<(), Failure> {
+async fn events(client: &mut Connection, request: Request, json: bool) -> Result<(), Failure> {
     let follow = matches!(request, Request::Events { follow: true, .. });
-    client.send(&request).await?;
+    client.send_request(&request).await?;
     loop {
-        match client.next().await? {
+        match client.next_response().await? {
             Response::Event(e) => {
                 if json {
                     match serde_json::to_string(&e) {

@@ -7,15 +7,15 @@
 
 use std::time::Duration;
 
-use kiln_actors::codec;
 use kiln_actors::events::{EventFilter, EventKind, RecentEvents, SubscribeChannel};
 use kiln_actors::jobs::*;
 use kiln_actors::protocol::{Request, Response};
 use kiln_actors::supervisor::GetStatus;
 use kiln_actors::*;
 use kiln_store::JobId;
-use tokio::net::UnixStream;
 use tokio::sync::mpsc;
+
+use crate::connection::Connection;
 
 fn gone() -> KilnError {
     KilnError::Unavailable("the site is shutting down".into())
@@ -234,19 +234,12 @@ pub fn event_filter(site: &Site, nodes: Option<&str>, kinds: Vec<EventKind>) -> 
 /// Streams events to a client. Without `follow`: the recent ones, then a
 /// marker. With `follow`: the marker as soon as the subscription is in place
 /// (everything after it is live), then every new event until the client goes
-/// away, or leaves an event unread for `write_timeout`. With `since`, the
+/// away, or leaves an event unread for the frame timeout. With `since`, the
 /// stored events after that serial come first, where the recent ones would.
 /// Only the events `filter` lets through are sent.
-pub async fn stream_events(
-    stream: &mut UnixStream,
-    site: &Site,
-    follow: bool,
-    since: Option<u64>,
-    filter: EventFilter,
-    write_timeout: Duration,
-) {
-    async fn write(stream: &mut UnixStream, r: Response, timeout: Duration) -> bool {
-        matches!(tokio::time::timeout(timeout, codec::write_message(stream, &r)).await, Ok(Ok(())))
+pub async fn stream_events(conn: &mut Connection, site: &Site, follow: bool, since: Option<u64>, filter: EventFilter) {
+    async fn write(conn: &mut Connection, r: Response) -> bool {
+        conn.send(r).await.is_ok()
     }
     if let Some(after) = since {
         // Subscribed first: the bus answers the last serial it delivered,
@@ -260,7 +253,7 @@ pub async fn stream_events(
             let page = match site.store.read(move |b| b.load_events(cursor, 1000)).await {
                 Ok(page) => page,
                 Err(e) => {
-                    let _ = write(stream, Response::Error(e.into()), write_timeout).await;
+                    let _ = write(conn, Response::Error(e.into())).await;
                     return;
                 }
             };
@@ -272,16 +265,16 @@ pub async fn stream_events(
             .await
             .unwrap_or_default();
             for e in decoded.into_iter().filter(|e| filter.matches(e)) {
-                if !write(stream, Response::Event(e), write_timeout).await {
+                if !write(conn, Response::Event(e)).await {
                     return;
                 }
             }
         }
-        if !write(stream, Response::EventsCaughtUp, write_timeout).await || !follow {
+        if !write(conn, Response::EventsCaughtUp).await || !follow {
             return;
         }
         while let Some(e) = rx.recv().await {
-            if !write(stream, Response::Event(e), write_timeout).await {
+            if !write(conn, Response::Event(e)).await {
                 return;
             }
         }
@@ -290,22 +283,22 @@ pub async fn stream_events(
     if !follow {
         let recent = site.events.send(RecentEvents(filter)).await.unwrap_or_default();
         for e in recent {
-            if !write(stream, Response::Event(e), write_timeout).await {
+            if !write(conn, Response::Event(e)).await {
                 return;
             }
         }
-        let _ = write(stream, Response::EventsCaughtUp, write_timeout).await;
+        let _ = write(conn, Response::EventsCaughtUp).await;
         return;
     }
     let (tx, mut rx) = mpsc::channel(events::RECENT + 4096);
     if site.events.send(SubscribeChannel { tx, backlog: false, filter }).await.is_err() {
         return;
     }
-    if !write(stream, Response::EventsCaughtUp, write_timeout).await {
+    if !write(conn, Response::EventsCaughtUp).await {
         return;
     }
     while let Some(e) = rx.recv().await {
-        if !write(stream, Response::Event(e), write_timeout).await {
+        if !write(conn, Response::Event(e)).await {
             return;
         }
     }
