@@ -116,29 +116,7 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
         Request::JobSubmitMany { jobs } => {
             Response::JobsSubmitted(site.jobs.send(SubmitJobs(jobs)).await.map_err(|_| gone())??)
         }
-        Request::JobList { ids, .. } if !ids.is_empty() => {
-            if ids.len() > MAX_LISTED_IDS {
-                return Err(KilnError::InvalidInput(format!(
-                    "{} job ids: at most {MAX_LISTED_IDS} at once",
-                    ids.len()
-                )));
-            }
-            let mut jobs = Vec::with_capacity(ids.len());
-            let mut missing = Vec::new();
-            for id in ids {
-                match site.jobs.send(GetJob(id)).await.map_err(|_| gone())? {
-                    // Lists carry no logs (`kiln job show` has them).
-                    Ok(job) => jobs.push(JobView { log: None, ..job }),
-                    Err(KilnError::NotFound(_)) => missing.push(id.to_string()),
-                    Err(e) => return Err(e),
-                }
-            }
-            if !missing.is_empty() {
-                let s = if missing.len() == 1 { "" } else { "s" };
-                return Err(KilnError::NotFound(format!("no such job{s}: {}", missing.join(", "))));
-            }
-            Response::Jobs(jobs)
-        }
+        Request::JobList { ids, .. } if !ids.is_empty() => Response::Jobs(jobs_by_id(site, ids).await?),
         Request::JobList { status, limit, ids: _ } => {
             let list = ListJobs { status, limit: limit.map(|n| n as usize) };
             Response::Jobs(site.jobs.send(list).await.map_err(|_| gone())??)
@@ -187,6 +165,29 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
         Request::PortGroupShow { group } => Response::PortGroup(ask(site, GetPortGroup(group)).await?),
         Request::PortGroupDelete { group } => Response::PortGroup(ask(site, DeletePortGroup(group)).await?),
     })
+}
+
+/// The jobs of `kiln job list ID...`, live or archived, in the order
+/// named; every id that names no job is reported at once.
+async fn jobs_by_id(site: &Site, ids: Vec<JobId>) -> Result<Vec<JobView>, KilnError> {
+    if ids.len() > MAX_LISTED_IDS {
+        return Err(KilnError::InvalidInput(format!("{} job ids: at most {MAX_LISTED_IDS} at once", ids.len())));
+    }
+    let mut jobs = Vec::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for id in ids {
+        match site.jobs.send(GetJob(id)).await.map_err(|_| gone())? {
+            // Lists carry no logs (`kiln job show` has them).
+            Ok(job) => jobs.push(JobView { log: None, ..job }),
+            Err(KilnError::NotFound(_)) => missing.push(id.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    if !missing.is_empty() {
+        let s = if missing.len() == 1 { "" } else { "s" };
+        return Err(KilnError::NotFound(format!("no such job{s}: {}", missing.join(", "))));
+    }
+    Ok(jobs)
 }
 
 /// Runs a fanout request (exec or copy), reporting its progress to `sink`
