@@ -7,15 +7,15 @@
 
 use std::time::Duration;
 
-use kiln_actors::codec;
 use kiln_actors::events::{EventFilter, EventKind, RecentEvents, SubscribeChannel};
 use kiln_actors::jobs::*;
 use kiln_actors::protocol::{Request, Response};
 use kiln_actors::supervisor::GetStatus;
 use kiln_actors::*;
 use kiln_store::JobId;
-use tokio::net::UnixStream;
 use tokio::sync::mpsc;
+
+use crate::connection::Connection;
 
 fn gone() -> KilnError {
     KilnError::Unavailable("the site is shutting down".into())
@@ -116,29 +116,7 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
         Request::JobSubmitMany { jobs } => {
             Response::JobsSubmitted(site.jobs.send(SubmitJobs(jobs)).await.map_err(|_| gone())??)
         }
-        Request::JobList { ids, .. } if !ids.is_empty() => {
-            if ids.len() > MAX_LISTED_IDS {
-                return Err(KilnError::InvalidInput(format!(
-                    "{} job ids: at most {MAX_LISTED_IDS} at once",
-                    ids.len()
-                )));
-            }
-            let mut jobs = Vec::with_capacity(ids.len());
-            let mut missing = Vec::new();
-            for id in ids {
-                match site.jobs.send(GetJob(id)).await.map_err(|_| gone())? {
-                    // Lists carry no logs (`kiln job show` has them).
-                    Ok(job) => jobs.push(JobView { log: None, ..job }),
-                    Err(KilnError::NotFound(_)) => missing.push(id.to_string()),
-                    Err(e) => return Err(e),
-                }
-            }
-            if !missing.is_empty() {
-                let s = if missing.len() == 1 { "" } else { "s" };
-                return Err(KilnError::NotFound(format!("no such job{s}: {}", missing.join(", "))));
-            }
-            Response::Jobs(jobs)
-        }
+        Request::JobList { ids, .. } if !ids.is_empty() => Response::Jobs(jobs_by_id(site, ids).await?),
         Request::JobList { status, limit, ids: _ } => {
             let list = ListJobs { status, limit: limit.map(|n| n as usize) };
             Response::Jobs(site.jobs.send(list).await.map_err(|_| gone())??)
@@ -189,6 +167,29 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
     })
 }
 
+/// The jobs of `kiln job list ID...`, live or archived, in the order
+/// named; every id that names no job is reported at once.
+async fn jobs_by_id(site: &Site, ids: Vec<JobId>) -> Result<Vec<JobView>, KilnError> {
+    if ids.len() > MAX_LISTED_IDS {
+        return Err(KilnError::InvalidInput(format!("{} job ids: at most {MAX_LISTED_IDS} at once", ids.len())));
+    }
+    let mut jobs = Vec::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for id in ids {
+        match site.jobs.send(GetJob(id)).await.map_err(|_| gone())? {
+            // Lists carry no logs (`kiln job show` has them).
+            Ok(job) => jobs.push(JobView { log: None, ..job }),
+            Err(KilnError::NotFound(_)) => missing.push(id.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    if !missing.is_empty() {
+        let s = if missing.len() == 1 { "" } else { "s" };
+        return Err(KilnError::NotFound(format!("no such job{s}: {}", missing.join(", "))));
+    }
+    Ok(jobs)
+}
+
 /// Runs a fanout request (exec or copy), reporting its progress to `sink`
 /// when given; its nodes' outcomes in node-set order. Bad input is refused
 /// before anything runs.
@@ -234,19 +235,12 @@ pub fn event_filter(site: &Site, nodes: Option<&str>, kinds: Vec<EventKind>) -> 
 /// Streams events to a client. Without `follow`: the recent ones, then a
 /// marker. With `follow`: the marker as soon as the subscription is in place
 /// (everything after it is live), then every new event until the client goes
-/// away, or leaves an event unread for `write_timeout`. With `since`, the
+/// away, or leaves an event unread for the frame timeout. With `since`, the
 /// stored events after that serial come first, where the recent ones would.
 /// Only the events `filter` lets through are sent.
-pub async fn stream_events(
-    stream: &mut UnixStream,
-    site: &Site,
-    follow: bool,
-    since: Option<u64>,
-    filter: EventFilter,
-    write_timeout: Duration,
-) {
-    async fn write(stream: &mut UnixStream, r: Response, timeout: Duration) -> bool {
-        matches!(tokio::time::timeout(timeout, codec::write_message(stream, &r)).await, Ok(Ok(())))
+pub async fn stream_events(conn: &mut Connection, site: &Site, follow: bool, since: Option<u64>, filter: EventFilter) {
+    async fn write(conn: &mut Connection, r: Response) -> bool {
+        conn.send(r).await.is_ok()
     }
     if let Some(after) = since {
         // Subscribed first: the bus answers the last serial it delivered,
@@ -260,7 +254,7 @@ pub async fn stream_events(
             let page = match site.store.read(move |b| b.load_events(cursor, 1000)).await {
                 Ok(page) => page,
                 Err(e) => {
-                    let _ = write(stream, Response::Error(e.into()), write_timeout).await;
+                    let _ = write(conn, Response::Error(e.into())).await;
                     return;
                 }
             };
@@ -272,16 +266,16 @@ pub async fn stream_events(
             .await
             .unwrap_or_default();
             for e in decoded.into_iter().filter(|e| filter.matches(e)) {
-                if !write(stream, Response::Event(e), write_timeout).await {
+                if !write(conn, Response::Event(e)).await {
                     return;
                 }
             }
         }
-        if !write(stream, Response::EventsCaughtUp, write_timeout).await || !follow {
+        if !write(conn, Response::EventsCaughtUp).await || !follow {
             return;
         }
         while let Some(e) = rx.recv().await {
-            if !write(stream, Response::Event(e), write_timeout).await {
+            if !write(conn, Response::Event(e)).await {
                 return;
             }
         }
@@ -290,22 +284,22 @@ pub async fn stream_events(
     if !follow {
         let recent = site.events.send(RecentEvents(filter)).await.unwrap_or_default();
         for e in recent {
-            if !write(stream, Response::Event(e), write_timeout).await {
+            if !write(conn, Response::Event(e)).await {
                 return;
             }
         }
-        let _ = write(stream, Response::EventsCaughtUp, write_timeout).await;
+        let _ = write(conn, Response::EventsCaughtUp).await;
         return;
     }
     let (tx, mut rx) = mpsc::channel(events::RECENT + 4096);
     if site.events.send(SubscribeChannel { tx, backlog: false, filter }).await.is_err() {
         return;
     }
-    if !write(stream, Response::EventsCaughtUp, write_timeout).await {
+    if !write(conn, Response::EventsCaughtUp).await {
         return;
     }
     while let Some(e) = rx.recv().await {
-        if !write(stream, Response::Event(e), write_timeout).await {
+        if !write(conn, Response::Event(e)).await {
             return;
         }
     }

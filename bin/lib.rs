@@ -8,10 +8,10 @@
 pub mod admin;
 pub mod bench;
 pub mod cli;
-pub mod client;
 pub mod commands;
 pub mod completions;
 pub mod config;
+pub mod connection;
 pub mod datadir_lock;
 pub mod dispatch;
 pub mod fuzzing;

@@ -13,17 +13,17 @@
 //! - an answer (or a followed event) the client leaves unread for
 //!   `frame_timeout` ends the connection, so a client that asks and never
 //!   reads cannot hold its slot;
-//! - frames above `max_frame` are refused (see [`crate::admin`]), and a
+//! - frames above `max_frame` are refused (see [`crate::connection`]), and a
 //!   frame's buffer grows only with the bytes that actually arrive.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_actors::KilnError;
-use kiln_actors::codec;
-use kiln_actors::protocol::{Request, Response};
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::connection::Connection;
 
 /// The most connections being refused at once.
 pub const MAX_REFUSING: usize = 64;
@@ -84,10 +84,10 @@ impl Gate {
 
     /// Refuses a connection: takes its hello (so the client reads the
     /// refusal, not a broken pipe), answers the error, closes.
-    pub async fn refuse(&self, mut stream: UnixStream, max_frame: usize, _permit: OwnedSemaphorePermit) {
-        let _ = tokio::time::timeout(REFUSE_TIMEOUT, codec::read_message::<_, Request>(&mut stream, max_frame)).await;
+    pub async fn refuse(&self, stream: UnixStream, max_frame: usize, _permit: OwnedSemaphorePermit) {
         let text = format!("too many connections: this daemon serves at most {} at once; try again", self.max);
-        let _ = codec::write_message(&mut stream, &Response::Error(KilnError::Unavailable(text))).await;
+        let mut conn = Connection::accepted(stream, max_frame, REFUSE_TIMEOUT);
+        conn.refuse(KilnError::Unavailable(text), REFUSE_TIMEOUT).await;
     }
 }
 

@@ -1,0 +1,206 @@
+//! `kiln node`: enroll, list, show, change and delete nodes, and the verbs
+//! that act on them. A verb (manage, deploy, power on, ...) is a job of one
+//! opcode: submitted, then followed with `--wait` ([`super::job::submitted`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use kiln_actors::jobs::NodeResult;
+use kiln_actors::node::parse_power_action;
+use kiln_actors::protocol::{Request, Response};
+use kiln_actors::{NewNode, NodeUpdate, Op, Verb};
+use kiln_store::{BootDevice, ProvisionState};
+
+use super::job::{print_results, submitted};
+use super::{Failure, call, connect, print, unexpected, usage};
+use crate::cli::{BootDeviceCommand, CreateArgs, MaintenanceCommand, NodeCommand, PowerCommand, SetArgs, VerbArgs};
+use crate::output;
+
+pub(super) async fn run(command: NodeCommand, socket: &Path, json: bool) -> Result<(), Failure> {
+    // Everything that can be refused locally is checked before connecting.
+    let request = request(command)?;
+    let mut conn = connect(socket).await?;
+    match request {
+        r @ Request::NodeOp { wait, .. } => submitted(&mut conn, socket, r, wait, true, json).await,
+        r => print_answer(call(&mut conn, r).await?, json),
+    }
+}
+
+/// The request a node command sends.
+fn request(command: NodeCommand) -> Result<Request, Failure> {
+    Ok(match command {
+        NodeCommand::Create(c) => create(c)?,
+        NodeCommand::Import { file } => Request::NodeImport(read_import(&file).map_err(Failure::Usage)?),
+        NodeCommand::List { nodes, state, maintenance } => Request::NodeList {
+            nodes,
+            state: state.map(|s| s.parse::<ProvisionState>()).transpose().map_err(|e| Failure::Usage(e.into()))?,
+            maintenance: maintenance.then_some(true),
+        },
+        NodeCommand::Show { node } => Request::NodeShow { node },
+        NodeCommand::Validate { nodes } => Request::NodeValidate { nodes },
+        NodeCommand::History { node, limit } => Request::NodeHistory { node, limit },
+        NodeCommand::Set(s) => set(s)?,
+        NodeCommand::Delete { nodes } => Request::NodeDelete { nodes },
+        NodeCommand::Manage(a) => verb(Verb::Manage, a),
+        NodeCommand::Provide(a) => verb(Verb::Provide, a),
+        NodeCommand::Inspect(a) => verb(Verb::Inspect, a),
+        NodeCommand::Clean(a) => verb(Verb::Clean, a),
+        NodeCommand::Deploy(a) => verb(Verb::Deploy, a),
+        NodeCommand::Undeploy(a) => verb(Verb::Undeploy, a),
+        NodeCommand::Rebuild(a) => verb(Verb::Rebuild, a),
+        NodeCommand::Abort(a) => verb(Verb::Abort, a),
+        NodeCommand::Rescue(a) => verb(Verb::Rescue, a),
+        NodeCommand::Unrescue(a) => verb(Verb::Unrescue, a),
+        NodeCommand::Adopt(a) => verb(Verb::Adopt, a),
+        NodeCommand::Unhold(a) => verb(Verb::Unhold, a),
+        NodeCommand::Service(a) => verb(Verb::Service, a),
+        NodeCommand::Power(p) => match p {
+            PowerCommand::On(a) => power("on", a)?,
+            PowerCommand::Off(a) => power("off", a)?,
+            PowerCommand::Reboot(a) => power("reboot", a)?,
+            PowerCommand::SoftOff(a) => power("soft-off", a)?,
+            PowerCommand::Status { nodes } => Request::PowerStatus { nodes },
+        },
+        NodeCommand::BootDevice(BootDeviceCommand::Set { nodes, device, persistent, fanout, priority }) => {
+            Request::NodeOp {
+                nodes,
+                op: Op::BootDevice {
+                    device: device.parse::<BootDevice>().map_err(|e| Failure::Usage(e.into()))?,
+                    persistent,
+                },
+                wait: true,
+                fanout,
+                priority,
+            }
+        }
+        NodeCommand::Maintenance(m) => {
+            let (nodes, on, reason, priority) = match m {
+                MaintenanceCommand::On { nodes, reason, priority } => (nodes, true, reason, priority),
+                MaintenanceCommand::Off { nodes, priority } => (nodes, false, None, priority),
+            };
+            Request::NodeOp { nodes, op: Op::Maintenance { on, reason }, wait: true, fanout: None, priority }
+        }
+    })
+}
+
+fn verb(v: Verb, a: VerbArgs) -> Request {
+    Request::NodeOp { nodes: a.nodes, op: Op::Verb(v), wait: a.wait, fanout: a.fanout, priority: a.priority }
+}
+
+fn power(action: &str, a: VerbArgs) -> Result<Request, Failure> {
+    Ok(Request::NodeOp {
+        nodes: a.nodes,
+        op: Op::Power(parse_power_action(action).map_err(usage)?),
+        wait: a.wait,
+        fanout: a.fanout,
+        priority: a.priority,
+    })
+}
+
+/// `kiln node create`: the BMC's address, user and password join the
+/// other `--driver-info`.
+fn create(c: CreateArgs) -> Result<Request, Failure> {
+    let mut driver_info = pairs(&c.driver_info, "--driver-info")?;
+    if let Some(a) = c.address {
+        driver_info.insert("address".into(), a);
+    }
+    if let Some(u) = c.username {
+        driver_info.insert("username".into(), u);
+    }
+    if let Some(p) = &c.password_file {
+        driver_info.insert("password".into(), read_password(p)?);
+    }
+    Ok(Request::NodeCreate(NewNode {
+        name: c.name,
+        driver: c.driver,
+        driver_info,
+        properties: pairs(&c.properties, "--property")?,
+        ports: c.macs,
+    }))
+}
+
+/// `kiln node set`: keys set and unset; at least one.
+fn set(s: SetArgs) -> Result<Request, Failure> {
+    let mut update = NodeUpdate::default();
+    for (k, v) in pairs(&s.driver_info, "--driver-info")? {
+        update.driver_info.insert(k, Some(v));
+    }
+    if let Some(p) = &s.password_file {
+        update.driver_info.insert("password".into(), Some(read_password(p)?));
+    }
+    for k in s.unset_driver_info {
+        update.driver_info.insert(k, None);
+    }
+    for (k, v) in pairs(&s.properties, "--property")? {
+        update.properties.insert(k, Some(v));
+    }
+    for k in s.unset_properties {
+        update.properties.insert(k, None);
+    }
+    if update.driver_info.is_empty() && update.properties.is_empty() {
+        return Err(usage(
+            "nothing to change: give --driver-info, --property, --unset-driver-info or --unset-property",
+        ));
+    }
+    Ok(Request::NodeSet { node: s.node, update })
+}
+
+/// Prints the answer to a node command that is not a job.
+fn print_answer(response: Response, json: bool) -> Result<(), Failure> {
+    match response {
+        Response::Node(v) => print(json, &v, output::node),
+        Response::NodeDetail(d) => {
+            if json {
+                output::json(&output::NodeDetailJson::of(&d))
+            } else {
+                output::node_detail(&d)
+            }
+        }
+        Response::Validation(list) => {
+            if json {
+                output::json(&output::validation_json(&list))
+            } else {
+                output::validation(&list)
+            }
+            if !list.iter().all(|v| v.passed()) {
+                return Err(Failure::Partial);
+            }
+        }
+        Response::Nodes(vs) => print(json, &vs, |vs| output::nodes(vs)),
+        Response::Outcomes(list) => {
+            let results: Vec<NodeResult> = list.iter().map(|o| NodeResult::of(o.node.clone(), &o.result)).collect();
+            print_results(&results, json);
+            if results.iter().any(|r| !r.ok) {
+                return Err(Failure::Partial);
+            }
+        }
+        Response::History(h) => print(json, &h, |h| output::history(h)),
+        other => return Err(unexpected(other)),
+    }
+    Ok(())
+}
+
+/// Parses `K=V` arguments.
+fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>, Failure> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(usage(format_args!("{what} '{item}' is not K=V"))),
+        })
+        .collect()
+}
+
+fn read_password(path: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the password file {}", path.display()))
+        .map_err(Failure::Usage)?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Reads a node import file: a JSON or YAML list of nodes.
+fn read_import(path: &Path) -> anyhow::Result<Vec<NewNode>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    crate::import::parse_node_list(&text).with_context(|| format!("{} is not a valid import file", path.display()))
+}
