@@ -109,6 +109,9 @@ pub struct ServeArgs {
     /// Where the store (and by default the socket) live [default: ./kiln-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The store: "sqlite" (the file in the data dir) or a postgres:// URL [default: sqlite].
+    #[arg(long, value_name = "sqlite|URL")]
+    pub store: Option<String>,
     /// The admin socket to listen on: the global `--socket`, which may
     /// come before or after `serve`.
     #[arg(skip)]

@@ -87,6 +87,11 @@ pub struct FileConfig {
     pub frame_timeout: Option<Seconds>,
     /// An admin connection idle this long between requests is closed.
     pub idle_timeout: Option<Seconds>,
+    /// The store: "sqlite" (the file in the data dir) or a `postgres://`
+    /// URL. Shown and logged with its password masked.
+    pub store: Option<String>,
+    /// How long `kiln serve` keeps trying to reach PostgreSQL at start.
+    pub store_connect_timeout: Option<Seconds>,
 }
 
 /// One periodic task's own settings (`[periodic.NAME]`); what it leaves
@@ -197,6 +202,8 @@ impl FileConfig {
             max_connections: Some(limits.max_connections),
             frame_timeout: Some(Seconds(limits.frame_timeout)),
             idle_timeout: Some(Seconds(limits.idle_timeout)),
+            store: Some("sqlite".into()),
+            store_connect_timeout: Some(Seconds(Duration::from_secs(30))),
         }
     }
 }
@@ -214,6 +221,10 @@ pub struct DaemonConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// What SIGTERM gives running opcodes before failing them.
     pub shutdown_grace: Duration,
+    /// Where the site's records are kept (`store`).
+    pub store: kiln_store::postgres::StoreTarget,
+    /// How long to keep trying to reach a PostgreSQL store at start.
+    pub store_connect_timeout: Duration,
     /// Per-connection limits of the admin socket.
     pub limits: crate::limits::Limits,
     /// The log filter directives.
@@ -297,6 +308,9 @@ fn flags(args: &ServeArgs, layers: &mut Layers<FileConfig>) {
     }
     if let Some(t) = &args.shutdown_grace {
         layers.text("shutdown_grace", t, Source::Flag("--shutdown-grace"));
+    }
+    if let Some(s) = &args.store {
+        layers.flag("store", toml::Value::String(s.clone()), "--store");
     }
     if let Some(a) = &args.metrics_addr {
         layers.flag("metrics_addr", toml::Value::String(a.clone()), "--metrics-addr");
@@ -386,6 +400,16 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
         Some(Ok(a)) => Some(a),
         None => None,
     };
+    let store = match kiln_store::postgres::StoreTarget::parse(f.store.as_deref().unwrap_or("sqlite")) {
+        Ok(store) => store,
+        Err(e) => {
+            errors.push(
+                r.invalid("store", format!("{e}; expected \"sqlite\" or postgres://USER:PASSWORD@HOST:PORT/DATABASE")),
+            );
+            kiln_store::postgres::StoreTarget::Sqlite
+        }
+    };
+    let store_connect_timeout = secs(f.store_connect_timeout, d.store_connect_timeout);
     let groups = match all_groups(f) {
         Ok(all) => all,
         Err(e) => {
@@ -433,6 +457,8 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
     allowed_uids.extend(f.allowed_uids.clone().unwrap_or_default());
     let mut effective = f.clone();
     effective.socket = Some(socket.clone());
+    // What --check-config and the start-up log show: never the password.
+    effective.store = Some(store.to_string());
     let mut sources: BTreeMap<String, Source> = r.entries.iter().map(|(k, e)| (k.clone(), e.source.clone())).collect();
     sources.entry("socket".into()).or_insert(Source::Default);
     Ok(DaemonConfig {
@@ -455,6 +481,8 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
         log_format,
         metrics_addr,
         shutdown_grace: secs(f.shutdown_grace, d.shutdown_grace),
+        store,
+        store_connect_timeout,
         limits,
         log,
         effective,

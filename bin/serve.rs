@@ -49,6 +49,35 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// Opens the store the config names and starts the site on it. A
+/// PostgreSQL store that cannot be reached is retried for
+/// `store_connect_timeout`, then kiln stops: it never falls back to SQLite.
+async fn start_site(cfg: &DaemonConfig) -> anyhow::Result<kiln_actors::Site> {
+    use kiln_store::postgres::{PgBackend, PgOptions, StoreTarget};
+    let target = match &cfg.store {
+        StoreTarget::Sqlite => return kiln_actors::start(cfg.site.clone()).await.context("cannot start the site"),
+        StoreTarget::Postgres(target) => target.clone(),
+    };
+    let options = PgOptions { target: target.clone(), member: member_name(), connect_for: cfg.store_connect_timeout };
+    tracing::info!(store = %target, member = %options.member, "opening the PostgreSQL store");
+    let backend = tokio::task::spawn_blocking(move || PgBackend::open(options))
+        .await
+        .context("the store's start-up panicked")?
+        .with_context(|| format!("cannot open the PostgreSQL store {target}"))?;
+    let store = kiln_store::StoreHandle::start(Box::new(backend));
+    kiln_actors::start_with_store(cfg.site.clone(), store).await.context("cannot start the site")
+}
+
+/// This process's name as a member of the site: host and pid.
+fn member_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let host = if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "localhost".into() };
+    format!("{host}:{}", std::process::id())
+}
+
 async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::Result<()> {
     // Signal handlers first: a SIGHUP during start-up must not kill the daemon.
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -65,7 +94,7 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
     };
     // Held until the daemon has shut down: one daemon per data dir.
     let _data_dir = DataDirLock::acquire(&cfg.site.data_dir)?;
-    let site = kiln_actors::start(cfg.site.clone()).await.context("cannot start the site")?;
+    let site = start_site(&cfg).await?;
     let listener = admin::bind(&admin_cfg)?;
     let metrics = match cfg.metrics_addr {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -76,6 +105,7 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
     tracing::info!(
         socket = %cfg.socket.display(),
         data_dir = %cfg.site.data_dir.display(),
+        store = %cfg.store,
         nodes,
         "kiln is serving"
     );

@@ -9,9 +9,27 @@ pub enum StoreError {
     /// The record to change does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// The database file could not be used (opened, migrated, written).
-    #[error("database error")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The database refused or failed a statement (opened, migrated,
+    /// written), in the same words on every backend: the engine's message,
+    /// and which kind of rule it broke when it was one, so that a caller can
+    /// tell a duplicate from a missing reference without knowing the engine.
+    #[error("database error: {message}")]
+    Database { message: String, constraint: Option<Constraint> },
+    /// The database server could not be reached or refused the session
+    /// (PostgreSQL: address, authentication, TLS). The text never holds a
+    /// password.
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    /// A node or job row is owned by another member, or by a later epoch
+    /// of this one: the write was refused, nothing of its batch was
+    /// written. Never a silent success (spec section 13, fencing).
+    #[error("{0}")]
+    Fenced(String),
+    /// The connection was lost while a COMMIT was under way: the group may
+    /// or may not be committed. It is never retried blindly; the member
+    /// stops writing and the operator (or a restart) reads what was kept.
+    #[error("the outcome of a commit is unknown (the database connection was lost during COMMIT): {0}")]
+    OutcomeUnknown(String),
     /// A stored value could not be read back (a hand-edited or damaged file).
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
@@ -48,6 +66,41 @@ pub enum StoreError {
     /// The store's thread is gone (the site is shutting down).
     #[error("the store is closed")]
     Closed,
+}
+
+/// Which kind of schema rule a failed write broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Constraint {
+    /// UNIQUE or PRIMARY KEY.
+    Unique,
+    /// A reference to a row that does not exist.
+    ForeignKey,
+    /// NOT NULL, CHECK or a trigger's refusal.
+    Other,
+}
+
+impl StoreError {
+    /// The kind of rule a [`StoreError::Database`] broke, if any.
+    pub fn constraint(&self) -> Option<Constraint> {
+        match self {
+            StoreError::Database { constraint, .. } => *constraint,
+            _ => None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        let constraint = error.sqlite_error().and_then(|e| match e.extended_code {
+            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                Some(Constraint::Unique)
+            }
+            rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => Some(Constraint::ForeignKey),
+            _ if e.code == rusqlite::ffi::ErrorCode::ConstraintViolation => Some(Constraint::Other),
+            _ => None,
+        });
+        StoreError::Database { message: error_chain(&error), constraint }
+    }
 }
 
 /// An error and its sources, as one line ("database error: disk I/O

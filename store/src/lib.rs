@@ -18,6 +18,7 @@ pub mod backup;
 pub mod error;
 pub mod jobs;
 pub mod json;
+pub mod postgres;
 pub mod private;
 pub mod records;
 pub mod sqlite;
@@ -27,7 +28,7 @@ pub mod timestamp;
 pub mod writer;
 
 pub use backup::{BackupInfo, backup_sqlite};
-pub use error::StoreError;
+pub use error::{Constraint, StoreError};
 pub use jobs::*;
 pub use records::*;
 pub use stats::StoreStats;
@@ -189,5 +190,72 @@ pub trait Backend: Send + 'static {
     /// (0, 0) when there is none.
     fn event_span(&mut self) -> Result<(u64, u64), StoreError> {
         Ok((0, 0))
+    }
+}
+
+/// A boxed backend is a backend (so code written for `&mut dyn Backend`
+/// takes a `Box<dyn Backend>` as it is).
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        (**self).commit(batches)
+    }
+    fn log_sync(&mut self) -> Option<Box<dyn LogSync>> {
+        (**self).log_sync()
+    }
+    fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        (**self).load_nodes()
+    }
+    fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        (**self).load_node(id)
+    }
+    fn load_ports(&mut self, node: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError> {
+        (**self).load_ports(node)
+    }
+    fn load_port_groups(&mut self, node: Option<NodeId>) -> Result<Vec<PortGroupRecord>, StoreError> {
+        (**self).load_port_groups(node)
+    }
+    fn load_port_group(&mut self, name_or_uuid: &str) -> Result<Option<PortGroupRecord>, StoreError> {
+        (**self).load_port_group(name_or_uuid)
+    }
+    fn load_history(&mut self, node: NodeId, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        (**self).load_history(node, limit)
+    }
+    fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
+        (**self).load_live_jobs()
+    }
+    fn load_live_queue(&mut self) -> Result<LiveQueue, StoreError> {
+        (**self).load_live_queue()
+    }
+    fn list_live_jobs(
+        &mut self,
+        status: Option<JobStatus>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        (**self).list_live_jobs(status, before, limit)
+    }
+    fn load_job(&mut self, id: JobId) -> Result<Option<(JobRecord, bool)>, StoreError> {
+        (**self).load_job(id)
+    }
+    fn load_job_log(&mut self, id: JobId, after_serial: u64, limit: usize) -> Result<Vec<JobLogEntry>, StoreError> {
+        (**self).load_job_log(id, after_serial, limit)
+    }
+    fn max_job_id(&mut self) -> Result<u64, StoreError> {
+        (**self).max_job_id()
+    }
+    fn load_meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        (**self).load_meta(key)
+    }
+    fn list_archived_jobs(&mut self, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        (**self).list_archived_jobs(limit)
+    }
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        (**self).checkpoint()
+    }
+    fn load_events(&mut self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        (**self).load_events(after, limit)
+    }
+    fn event_span(&mut self) -> Result<(u64, u64), StoreError> {
+        (**self).event_span()
     }
 }

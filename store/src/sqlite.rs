@@ -53,7 +53,7 @@ use crate::{
 mod checkpointer;
 mod coalesce;
 mod held;
-mod jobs;
+pub(crate) mod jobs;
 mod portgroups;
 
 use crate::timestamp::timestamp_text;
@@ -581,7 +581,7 @@ fn append_event(held: &mut Held<'_>, event: &EventRecord) -> Result<(), StoreErr
             rusqlite::Error::SqliteFailure(f, _) if f.code == ffi::ErrorCode::ConstraintViolation => {
                 StoreError::Conflict(format!("event serial {} is taken", event.serial))
             }
-            other => StoreError::Sqlite(other),
+            other => StoreError::from(other),
         },
     )?;
     Ok(())
@@ -654,7 +654,7 @@ fn insert_port(held: &mut Held<'_>, port: &PortRecord) -> Result<(), StoreError>
                     StoreError::Conflict(format!("port address '{}' is already in use", port.address))
                 }
                 Some("ports.uuid") => StoreError::Conflict(format!("port uuid {} already exists", port.uuid)),
-                _ => StoreError::Sqlite(e),
+                _ => StoreError::from(e),
             }
         })?;
     Ok(())
@@ -681,7 +681,7 @@ fn append_history(held: &mut Held<'_>, entry: &HistoryEntry) -> Result<(), Store
         entry.to_state.as_str(),
         entry.error,
     ])
-    .map_err(|e| if is_foreign_key_violation(&e) { node_missing(entry.node) } else { StoreError::Sqlite(e) })?;
+    .map_err(|e| if is_foreign_key_violation(&e) { node_missing(entry.node) } else { StoreError::from(e) })?;
     Ok(())
 }
 
@@ -719,7 +719,7 @@ fn node_error(e: rusqlite::Error, node: &NodeRecord) -> StoreError {
     match unique_violation(&e) {
         Some("nodes.name") => StoreError::Conflict(format!("node name '{}' is already in use", node.name)),
         Some("nodes.uuid") => StoreError::Conflict(format!("node uuid {} already exists", node.uuid)),
-        _ => StoreError::Sqlite(e),
+        _ => StoreError::from(e),
     }
 }
 
@@ -773,7 +773,7 @@ impl Fields<'_, '_> {
             rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::IntegralValueOutOfRange(..) => {
                 StoreError::Corrupt(format!("{}.{column}{} holds an unreadable value: {e}", self.table, self.key))
             }
-            other => StoreError::Sqlite(other),
+            other => StoreError::from(other),
         })
     }
 

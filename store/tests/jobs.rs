@@ -6,6 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod support;
+use support::Place;
+
 use chrono::{Duration, SecondsFormat, TimeZone, Utc};
 use kiln_store::sqlite::{MIGRATIONS, SCHEMA_VERSION, SqliteBackend};
 use kiln_store::*;
@@ -70,7 +73,7 @@ fn log(job: u64, serial: u64, message: &str) -> JobLogEntry {
 }
 
 /// Commits one batch and returns its own result.
-fn commit_one(store: &mut SqliteBackend, batch: Batch) -> Result<(), StoreError> {
+fn commit_one(store: &mut dyn Backend, batch: Batch) -> Result<(), StoreError> {
     let mut results = store.commit(&[batch]).unwrap();
     assert_eq!(results.len(), 1);
     results.pop().unwrap()
@@ -81,10 +84,8 @@ fn user_version(path: &Path) -> i64 {
     conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
 }
 
-#[test]
-fn jobs_round_trip_with_and_without_optional_fields() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn jobs_round_trip_with_and_without_optional_fields(place: &Place) {
+    let mut store = place.open();
     let bare = job(1);
     let full = finished(2, JobStatus::Error);
     let mut extreme = finished(3, JobStatus::Canceled);
@@ -103,10 +104,8 @@ fn jobs_round_trip_with_and_without_optional_fields() {
     assert_eq!(store.load_job(JobId(u64::MAX)).unwrap(), None);
 }
 
-#[test]
-fn putting_a_job_again_replaces_every_field() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn putting_a_job_again_replaces_every_field(place: &Place) {
+    let mut store = place.open();
     let queued = job(7);
     commit_one(&mut store, vec![Write::PutJob(queued.clone())]).unwrap();
 
@@ -123,19 +122,15 @@ fn putting_a_job_again_replaces_every_field() {
     assert_eq!(store.load_job(JobId(7)).unwrap(), Some((queued, false)));
 }
 
-#[test]
-fn ids_past_sqlites_integer_range_are_refused() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn ids_past_sqlites_integer_range_are_refused(place: &Place) {
+    let mut store = place.open();
     let err = commit_one(&mut store, vec![Write::PutJob(job(u64::MAX))]).unwrap_err();
-    assert!(matches!(err, StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(_))), "{err:?}");
+    assert!(matches!(err, StoreError::Database { constraint: None, .. }), "{err:?}");
     assert!(store.load_live_jobs().unwrap().is_empty());
 }
 
-#[test]
-fn the_log_is_read_after_a_serial_and_limited() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn the_log_is_read_after_a_serial_and_limited(place: &Place) {
+    let mut store = place.open();
     let mut one = job(1);
     one.log = (1..=5).map(|serial| log(1, serial, &format!("line {serial} ✓"))).collect();
     let mut two = job(2);
@@ -183,10 +178,8 @@ fn the_log_is_read_after_a_serial_and_limited() {
     assert_eq!(store.load_job_log(JobId(2), 5, 100).unwrap().len(), 1);
 }
 
-#[test]
-fn archiving_moves_a_finished_job_and_keeps_its_log() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn archiving_moves_a_finished_job_and_keeps_its_log(place: &Place) {
+    let mut store = place.open();
     let done = finished(1, JobStatus::Success);
     let live = job(2);
     commit_one(&mut store, vec![Write::PutJob(done.clone()), Write::PutJob(live.clone())]).unwrap();
@@ -210,10 +203,8 @@ fn archiving_moves_a_finished_job_and_keeps_its_log() {
     assert_eq!(store.load_job(JobId(3)).unwrap(), Some((canceled, true)));
 }
 
-#[test]
-fn unfinished_jobs_are_not_archived_and_nothing_changes() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn unfinished_jobs_are_not_archived_and_nothing_changes(place: &Place) {
+    let mut store = place.open();
     for status in JobStatus::ALL.iter().filter(|s| !s.is_finished()) {
         let mut j = job(1);
         j.status = *status;
@@ -227,10 +218,8 @@ fn unfinished_jobs_are_not_archived_and_nothing_changes() {
     }
 }
 
-#[test]
-fn an_archived_job_cannot_be_put_again() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn an_archived_job_cannot_be_put_again(place: &Place) {
+    let mut store = place.open();
     let done = finished(5, JobStatus::Error);
     commit_one(&mut store, vec![Write::PutJob(done.clone())]).unwrap();
     commit_one(&mut store, vec![Write::ArchiveJob(JobId(5))]).unwrap();
@@ -243,15 +232,13 @@ fn an_archived_job_cannot_be_put_again() {
     assert!(store.load_live_jobs().unwrap().is_empty());
 }
 
-#[test]
-fn the_archive_refuses_its_ids_after_a_reopen_and_a_rolled_back_archive_refuses_nothing() {
-    let (_dir, path) = db();
+fn the_archive_refuses_its_ids_after_a_reopen_and_a_rolled_back_archive_refuses_nothing(place: &Place) {
     {
-        let mut store = open(&path);
+        let mut store = place.open();
         commit_one(&mut store, vec![Write::PutJob(finished(5, JobStatus::Success))]).unwrap();
         commit_one(&mut store, vec![Write::ArchiveJob(JobId(5))]).unwrap();
     }
-    let mut store = open(&path);
+    let mut store = place.open();
     // The highest archived id is read back from the file: 5 stays refused.
     let err = commit_one(&mut store, vec![Write::InsertJob(job(5))]).unwrap_err();
     assert!(matches!(&err, StoreError::Conflict(m) if m == "job 5 is archived"), "{err:?}");
@@ -273,10 +260,8 @@ fn the_archive_refuses_its_ids_after_a_reopen_and_a_rolled_back_archive_refuses_
     assert_eq!(live, [3, 6, 7]);
 }
 
-#[test]
-fn inserting_takes_only_ids_never_stored() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn inserting_takes_only_ids_never_stored(place: &Place) {
+    let mut store = place.open();
     let first = finished(1, JobStatus::Success);
     commit_one(&mut store, vec![Write::InsertJob(first.clone())]).unwrap();
     assert_eq!(store.load_job(JobId(1)).unwrap(), Some((first.clone(), false)));
@@ -299,10 +284,8 @@ fn inserting_takes_only_ids_never_stored() {
     assert!(store.load_live_jobs().unwrap().is_empty());
 }
 
-#[test]
-fn updating_changes_only_live_jobs_and_never_creates_one() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn updating_changes_only_live_jobs_and_never_creates_one(place: &Place) {
+    let mut store = place.open();
     // Never inserted: refused, nothing written.
     let err = commit_one(&mut store, vec![Write::UpdateJob(job(1))]).unwrap_err();
     assert!(matches!(&err, StoreError::NotFound(m) if m == "job 1 is not in the live queue"), "{err:?}");
@@ -360,7 +343,7 @@ fn a_job_inserted_and_changed_in_one_group_is_stored_as_it_ends() {
     ];
     let results = store.commit(&group).unwrap();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    let stored = |store: &mut SqliteBackend, id: u64| store.load_job(JobId(id)).unwrap().map(|(job, _)| job);
+    let stored = |store: &mut dyn Backend, id: u64| store.load_job(JobId(id)).unwrap().map(|(job, _)| job);
     assert_eq!(stored(&mut store, 1), Some(ended(1)));
     assert_eq!(stored(&mut store, 2), Some(two_ended));
     assert_eq!(stored(&mut store, 3), Some(submitted(3)));
@@ -390,10 +373,8 @@ fn a_job_inserted_and_changed_in_one_group_is_stored_as_it_ends() {
     assert!(results[1].is_ok(), "{results:?}");
 }
 
-#[test]
-fn the_largest_id_counts_the_archive_too() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn the_largest_id_counts_the_archive_too(place: &Place) {
+    let mut store = place.open();
     assert_eq!(store.max_job_id().unwrap(), 0);
     commit_one(&mut store, vec![Write::PutJob(job(3)), Write::PutJob(finished(10, JobStatus::Success))]).unwrap();
     assert_eq!(store.max_job_id().unwrap(), 10);
@@ -404,10 +385,8 @@ fn the_largest_id_counts_the_archive_too() {
     assert_eq!(store.max_job_id().unwrap(), 11);
 }
 
-#[test]
-fn archived_jobs_are_listed_newest_first() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn archived_jobs_are_listed_newest_first(place: &Place) {
+    let mut store = place.open();
     for id in 1..=5 {
         commit_one(&mut store, vec![Write::PutJob(finished(id, JobStatus::Success)), Write::ArchiveJob(JobId(id))])
             .unwrap();
@@ -418,10 +397,8 @@ fn archived_jobs_are_listed_newest_first() {
     assert!(store.list_archived_jobs(0).unwrap().is_empty());
 }
 
-#[test]
-fn live_jobs_are_listed_newest_first_by_stored_status() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn live_jobs_are_listed_newest_first_by_stored_status(place: &Place) {
+    let mut store = place.open();
     for id in 1..=6 {
         let job = if id % 2 == 0 { finished(id, JobStatus::Success) } else { job(id) };
         commit_one(&mut store, vec![Write::PutJob(job)]).unwrap();
@@ -441,10 +418,8 @@ fn live_jobs_are_listed_newest_first_by_stored_status() {
     assert_eq!(whole.iter().rev().cloned().collect::<Vec<_>>(), store.load_live_jobs().unwrap());
 }
 
-#[test]
-fn the_live_queue_is_reloaded_whole_for_unfinished_jobs_and_as_ends_for_the_rest() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn the_live_queue_is_reloaded_whole_for_unfinished_jobs_and_as_ends_for_the_rest(place: &Place) {
+    let mut store = place.open();
     let mut running = job(2);
     running.status = JobStatus::Running;
     let jobs = [
@@ -470,10 +445,8 @@ fn the_live_queue_is_reloaded_whole_for_unfinished_jobs_and_as_ends_for_the_rest
     assert_eq!(whole.len(), queue.unfinished.len() + queue.ended.len());
 }
 
-#[test]
-fn settings_are_upserted() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn settings_are_upserted(place: &Place) {
+    let mut store = place.open();
     assert_eq!(store.load_meta("drain").unwrap(), None);
     commit_one(&mut store, vec![Write::SetMeta { key: "drain".into(), value: "true".into() }]).unwrap();
     assert_eq!(store.load_meta("drain").unwrap().as_deref(), Some("true"));
@@ -489,9 +462,7 @@ fn settings_are_upserted() {
     assert_eq!(store.load_meta("other").unwrap().as_deref(), Some(""));
 }
 
-#[test]
-fn jobs_logs_and_settings_are_there_after_reopening() {
-    let (_dir, path) = db();
+fn jobs_logs_and_settings_are_there_after_reopening(place: &Place) {
     let archived = finished(1, JobStatus::Success);
     let mut running = job(2);
     running.status = JobStatus::Running;
@@ -499,7 +470,7 @@ fn jobs_logs_and_settings_are_there_after_reopening() {
     let line = log(2, 1, "opcode 1 of 1");
     running.log = vec![line.clone()];
     {
-        let mut store = open(&path);
+        let mut store = place.open();
         commit_one(
             &mut store,
             vec![Write::PutJob(archived.clone()), Write::ArchiveJob(JobId(1)), Write::PutJob(job(2))],
@@ -513,7 +484,7 @@ fn jobs_logs_and_settings_are_there_after_reopening() {
         )
         .unwrap();
     }
-    let mut store = open(&path);
+    let mut store = place.open();
     assert_eq!(store.load_live_jobs().unwrap(), vec![running]);
     assert_eq!(store.load_job(JobId(1)).unwrap(), Some((archived, true)));
     assert_eq!(store.load_job_log(JobId(2), 0, 10).unwrap(), vec![line]);
@@ -670,3 +641,22 @@ fn damaged_job_values_are_corrupt_errors_not_panics() {
     damage("UPDATE jobs SET id = -3");
     expect_corrupt(store.load_live_jobs().map(|_| ()), &["jobs.id", "'-3'"]);
 }
+
+on_both!(
+    jobs_round_trip_with_and_without_optional_fields,
+    putting_a_job_again_replaces_every_field,
+    ids_past_sqlites_integer_range_are_refused,
+    the_log_is_read_after_a_serial_and_limited,
+    archiving_moves_a_finished_job_and_keeps_its_log,
+    unfinished_jobs_are_not_archived_and_nothing_changes,
+    an_archived_job_cannot_be_put_again,
+    the_archive_refuses_its_ids_after_a_reopen_and_a_rolled_back_archive_refuses_nothing,
+    inserting_takes_only_ids_never_stored,
+    updating_changes_only_live_jobs_and_never_creates_one,
+    the_largest_id_counts_the_archive_too,
+    archived_jobs_are_listed_newest_first,
+    live_jobs_are_listed_newest_first_by_stored_status,
+    the_live_queue_is_reloaded_whole_for_unfinished_jobs_and_as_ends_for_the_rest,
+    settings_are_upserted,
+    jobs_logs_and_settings_are_there_after_reopening,
+);

@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod support;
+use support::Place;
+
 use chrono::{SecondsFormat, TimeZone, Utc};
 use kiln_store::sqlite::{MIGRATIONS, SCHEMA_VERSION, SqliteBackend};
 use kiln_store::*;
@@ -18,7 +21,7 @@ fn open(path: &Path) -> SqliteBackend {
     SqliteBackend::open(path).unwrap()
 }
 
-fn commit_one(store: &mut SqliteBackend, batch: Batch) -> Result<(), StoreError> {
+fn commit_one(store: &mut dyn Backend, batch: Batch) -> Result<(), StoreError> {
     let mut results = store.commit(&[batch]).unwrap();
     results.pop().unwrap()
 }
@@ -47,12 +50,12 @@ fn join(address: &str, group: &PortGroupRecord) -> Write {
 }
 
 /// Every port's (address, group), by address.
-fn membership(store: &mut SqliteBackend) -> Vec<(String, Option<PortGroupId>)> {
+fn membership(store: &mut dyn Backend) -> Vec<(String, Option<PortGroupId>)> {
     store.load_ports(None).unwrap().into_iter().map(|p| (p.address, p.portgroup)).collect()
 }
 
 /// Two nodes with two ports each; `bond0` on n1 holding both its ports.
-fn site(store: &mut SqliteBackend) -> (NodeRecord, NodeRecord, PortGroupRecord) {
+fn site(store: &mut dyn Backend) -> (NodeRecord, NodeRecord, PortGroupRecord) {
     let (n1, n2) = (node("n1"), node("n2"));
     let mut bond = group(n1.uuid, "bond0");
     bond.address = Some("52:54:00:00:01:01".into());
@@ -75,10 +78,8 @@ fn site(store: &mut SqliteBackend) -> (NodeRecord, NodeRecord, PortGroupRecord) 
     (n1, n2, bond)
 }
 
-#[test]
-fn a_group_round_trips_with_its_members() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn a_group_round_trips_with_its_members(place: &Place) {
+    let mut store = place.open();
     let (n1, n2, bond) = site(&mut store);
     assert_eq!(store.load_port_groups(None).unwrap(), vec![bond.clone()]);
     assert_eq!(store.load_port_groups(Some(n1.uuid)).unwrap(), vec![bond.clone()]);
@@ -96,10 +97,8 @@ fn a_group_round_trips_with_its_members() {
     }
 }
 
-#[test]
-fn refused_group_writes_change_nothing() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn refused_group_writes_change_nothing(place: &Place) {
+    let mut store = place.open();
     let (n1, n2, bond) = site(&mut store);
     let groups = store.load_port_groups(None).unwrap();
     let ports = membership(&mut store);
@@ -145,10 +144,8 @@ fn refused_group_writes_change_nothing() {
     let _ = n1;
 }
 
-#[test]
-fn deleting_a_group_ungroups_its_ports_and_deleting_a_node_takes_its_groups() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn deleting_a_group_ungroups_its_ports_and_deleting_a_node_takes_its_groups(place: &Place) {
+    let mut store = place.open();
     let (n1, n2, bond) = site(&mut store);
     // A port leaves its group, and joins it again.
     commit_one(&mut store, vec![Write::SetPortGroup { address: "52:54:00:00:01:02".into(), group: None }]).unwrap();
@@ -237,3 +234,9 @@ fn a_version_3_store_is_upgraded_in_place_with_its_ports() {
     assert_eq!(store.load_ports(None).unwrap()[0].portgroup, Some(bond.uuid));
     assert_eq!(store.load_port_groups(None).unwrap(), vec![bond]);
 }
+
+on_both!(
+    a_group_round_trips_with_its_members,
+    refused_group_writes_change_nothing,
+    deleting_a_group_ungroups_its_ports_and_deleting_a_node_takes_its_groups,
+);

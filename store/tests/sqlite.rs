@@ -5,6 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod support;
+use support::Place;
+
 use chrono::{Duration, TimeZone, Utc};
 use kiln_store::sqlite::{SCHEMA_VERSION, SqliteBackend};
 use kiln_store::*;
@@ -75,7 +78,7 @@ fn history(node: NodeId, event: &str) -> HistoryEntry {
 }
 
 /// Commits one batch and returns its own result.
-fn commit_one(store: &mut SqliteBackend, batch: Batch) -> Result<(), StoreError> {
+fn commit_one(store: &mut dyn Backend, batch: Batch) -> Result<(), StoreError> {
     let mut results = store.commit(&[batch]).unwrap();
     assert_eq!(results.len(), 1);
     results.pop().unwrap()
@@ -91,10 +94,8 @@ fn user_version(path: &Path) -> i64 {
     pragma(path, "user_version")
 }
 
-#[test]
-fn a_fully_populated_node_round_trips_exactly() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn a_fully_populated_node_round_trips_exactly(place: &Place) {
+    let mut store = place.open();
     let n = full_node();
     commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
 
@@ -108,10 +109,8 @@ fn a_fully_populated_node_round_trips_exactly() {
     assert_eq!(store.load_node(bare.uuid).unwrap(), Some(bare));
 }
 
-#[test]
-fn update_replaces_every_field_and_missing_nodes_are_not_found() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn update_replaces_every_field_and_missing_nodes_are_not_found(place: &Place) {
+    let mut store = place.open();
     let n = node("n1");
     commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
 
@@ -131,10 +130,8 @@ fn update_replaces_every_field_and_missing_nodes_are_not_found() {
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }
 
-#[test]
-fn a_duplicate_name_fails_its_batch_alone() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn a_duplicate_name_fails_its_batch_alone(place: &Place) {
+    let mut store = place.open();
     let first = node("dup");
     commit_one(&mut store, vec![Write::InsertNode(first.clone())]).unwrap();
 
@@ -172,10 +169,8 @@ fn a_duplicate_name_fails_its_batch_alone() {
     assert_eq!(store.load_node(other.uuid).unwrap(), Some(other));
 }
 
-#[test]
-fn a_duplicate_uuid_is_a_conflict() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn a_duplicate_uuid_is_a_conflict(place: &Place) {
+    let mut store = place.open();
     let n = node("a");
     commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
     let mut again = node("b");
@@ -184,10 +179,8 @@ fn a_duplicate_uuid_is_a_conflict() {
     assert!(matches!(&err, StoreError::Conflict(m) if m == &format!("node uuid {} already exists", n.uuid)), "{err:?}");
 }
 
-#[test]
-fn ports_conflict_on_mac_and_need_their_node() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn ports_conflict_on_mac_and_need_their_node(place: &Place) {
+    let mut store = place.open();
     let a = node("a");
     let b = node("b");
     commit_one(&mut store, vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())]).unwrap();
@@ -217,10 +210,8 @@ fn ports_conflict_on_mac_and_need_their_node() {
     assert!(matches!(&err, StoreError::NotFound(m) if m.contains("52:54:00:00:00:02")), "{err:?}");
 }
 
-#[test]
-fn deleting_a_node_takes_its_ports_and_history() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn deleting_a_node_takes_its_ports_and_history(place: &Place) {
+    let mut store = place.open();
     let gone = node("gone");
     let kept = node("kept");
     commit_one(
@@ -252,10 +243,8 @@ fn deleting_a_node_takes_its_ports_and_history() {
     .unwrap();
 }
 
-#[test]
-fn history_is_the_last_entries_oldest_first() {
-    let (_dir, path) = db();
-    let mut store = open(&path);
+fn history_is_the_last_entries_oldest_first(place: &Place) {
+    let mut store = place.open();
     let a = node("a");
     let b = node("b");
     commit_one(&mut store, vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())]).unwrap();
@@ -277,14 +266,12 @@ fn history_is_the_last_entries_oldest_first() {
     assert_eq!(store.load_history(a.uuid, usize::MAX).unwrap().len(), 10);
 }
 
-#[test]
-fn everything_committed_is_there_after_reopening() {
-    let (_dir, path) = db();
+fn everything_committed_is_there_after_reopening(place: &Place) {
     let n = full_node();
     let p = port(n.uuid, "52:54:00:ab:cd:ef");
     let h = history(n.uuid, "manage");
     {
-        let mut store = open(&path);
+        let mut store = place.open();
         commit_one(
             &mut store,
             vec![Write::InsertNode(n.clone()), Write::InsertPort(p.clone()), Write::AppendHistory(h.clone())],
@@ -297,7 +284,7 @@ fn everything_committed_is_there_after_reopening() {
         // This one stays in the WAL only: reopening must replay it.
         commit_one(&mut store, vec![Write::UpdateNode(later)]).unwrap();
     }
-    let mut store = open(&path);
+    let mut store = place.open();
     let mut expected = n.clone();
     expected.provision_state = ProvisionState::Active;
     expected.reservation = None;
@@ -426,12 +413,10 @@ fn damaged_values_are_corrupt_errors_not_panics() {
     }
 }
 
-#[test]
-fn events_are_kept_in_serial_order_across_a_reopen_and_forgotten_from_the_oldest() {
-    let (_dir, path) = db();
+fn events_are_kept_in_serial_order_across_a_reopen_and_forgotten_from_the_oldest(place: &Place) {
     let event = |serial: u64| EventRecord { serial, body: format!("event {serial}").into_bytes() };
     {
-        let mut store = open(&path);
+        let mut store = place.open();
         assert_eq!(store.event_span().unwrap(), (0, 0));
         let batch = (1..=5).map(|s| Write::AppendEvent(event(s))).collect();
         commit_one(&mut store, batch).unwrap();
@@ -439,7 +424,7 @@ fn events_are_kept_in_serial_order_across_a_reopen_and_forgotten_from_the_oldest
         let again = commit_one(&mut store, vec![Write::AppendEvent(event(6)), Write::AppendEvent(event(3))]);
         assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     }
-    let mut store = open(&path);
+    let mut store = place.open();
     assert_eq!(store.event_span().unwrap(), (5, 5));
     assert_eq!(store.load_events(0, 2).unwrap(), vec![event(1), event(2)]);
     assert_eq!(store.load_events(3, 100).unwrap(), vec![event(4), event(5)]);
@@ -447,3 +432,15 @@ fn events_are_kept_in_serial_order_across_a_reopen_and_forgotten_from_the_oldest
     assert_eq!(store.event_span().unwrap(), (5, 2));
     assert_eq!(store.load_events(0, 100).unwrap(), vec![event(4), event(5)]);
 }
+
+on_both!(
+    a_fully_populated_node_round_trips_exactly,
+    update_replaces_every_field_and_missing_nodes_are_not_found,
+    a_duplicate_name_fails_its_batch_alone,
+    a_duplicate_uuid_is_a_conflict,
+    ports_conflict_on_mac_and_need_their_node,
+    deleting_a_node_takes_its_ports_and_history,
+    history_is_the_last_entries_oldest_first,
+    everything_committed_is_there_after_reopening,
+    events_are_kept_in_serial_order_across_a_reopen_and_forgotten_from_the_oldest,
+);

@@ -177,7 +177,7 @@ macro_rules! no_reads {
 impl Backend for BrokenDisk {
     fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         self.offered.fetch_add(batches.len(), Ordering::SeqCst);
-        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+        Err(StoreError::from(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
             Some("database or disk is full".into()),
         )))

@@ -22,6 +22,7 @@ mod metrics;
 mod peers;
 mod periodic;
 mod ports;
+mod postgres;
 mod privacy;
 mod readme;
 mod rejected;

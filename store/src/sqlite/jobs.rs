@@ -33,6 +33,7 @@ use rusqlite::{Connection, Row, ToSql};
 use serde::Deserialize;
 
 use super::{Fields, Held, timestamp_text, unique_violation};
+use crate::error::Constraint;
 use crate::{JobEnd, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, LogLevel, StoreError, Timestamp};
 
 /// The job columns of `$table` in the order [`job_from_row`] reads them.
@@ -116,7 +117,7 @@ fn update(held: &mut Held<'_>, c: &JobColumns<'_>) -> Result<bool, StoreError> {
 /// `Write::InsertJob`: a submission skips the update `put_job` tries first.
 pub(super) fn insert_job(held: &mut Held<'_>, job: &JobRecord) -> Result<(), StoreError> {
     insert_new(held, &JobColumns::of(job)?).map_err(|e| match &e {
-        StoreError::Sqlite(sqlite) if unique_violation(sqlite).is_some() => {
+        StoreError::Database { constraint: Some(Constraint::Unique), .. } => {
             StoreError::Conflict(format!("job {} exists already", job.id))
         }
         _ => e,
@@ -162,7 +163,7 @@ fn info() -> LogLevel {
 /// every put, and serde's map path was a quarter of the store thread's
 /// instructions per job (callgrind, `kiln bench jobs`). The text is what
 /// `serde_json` writes for the same lines, byte for byte (tested).
-fn log_text(job: &JobRecord) -> Result<String, StoreError> {
+pub(crate) fn log_text(job: &JobRecord) -> Result<String, StoreError> {
     let mut last = 0;
     let size: usize = job.log.iter().map(|e| e.message.len() + 72).sum();
     let mut out = String::with_capacity(size + 2);
@@ -198,7 +199,7 @@ fn log_text(job: &JobRecord) -> Result<String, StoreError> {
 }
 
 /// Reads the `log` column of job `id` from `table`.
-fn log_from_text(text: &str, id: JobId, table: &str) -> Result<Vec<JobLogEntry>, StoreError> {
+pub(crate) fn log_from_text(text: &str, id: JobId, table: &str) -> Result<Vec<JobLogEntry>, StoreError> {
     let lines: Vec<LogLine<'_>> = serde_json::from_str(text)
         .map_err(|e| StoreError::Corrupt(format!("{table}.log of job {id} is not a readable log: {e}")))?;
     Ok(lines
@@ -233,7 +234,7 @@ pub(super) fn archive_job(held: &mut Held<'_>, id: JobId) -> Result<(), StoreErr
     .map_err(|e| match unique_violation(&e) {
         // PutJob refuses archived ids, so only a hand-edited file gets here.
         Some("jobs_archive.id") => StoreError::Corrupt(format!("job {id} is both in the live queue and the archive")),
-        _ => StoreError::Sqlite(e),
+        _ => StoreError::from(e),
     })?;
     held.get("DELETE FROM jobs WHERE id = ?1")?.execute([key])?;
     Ok(())
@@ -250,11 +251,10 @@ pub(super) fn set_meta(held: &mut Held<'_>, key: &str, value: &str) -> Result<()
 
 /// `value` as SQLite's signed integer, refusing what does not fit (rusqlite
 /// itself would, were its `fallible_uint` feature on).
-fn integer(what: &str, value: u64) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| {
-        StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(
-            format!("{what} {value} is beyond the store's range (at most {})", i64::MAX).into(),
-        ))
+pub(crate) fn integer(what: &str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Database {
+        message: format!("{what} {value} is beyond the store's range (at most {})", i64::MAX),
+        constraint: None,
     })
 }
 
@@ -420,10 +420,10 @@ mod tests {
     fn ids_past_sqlites_range_are_refused_not_wrapped() {
         assert_eq!(integer("job id", i64::MAX as u64).unwrap(), i64::MAX);
         let err = integer("job id", u64::MAX).unwrap_err();
-        let StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(cause)) = err else {
-            panic!("expected a conversion failure, got {err:?}");
+        let StoreError::Database { message, constraint: None } = err else {
+            panic!("expected a database error, got {err:?}");
         };
-        assert!(cause.to_string().starts_with("job id 18446744073709551615 is beyond"), "{cause}");
+        assert!(message.starts_with("job id 18446744073709551615 is beyond"), "{message}");
     }
 
     /// A log line as serde writes it: the reference for [`log_text`].

@@ -50,7 +50,7 @@ pub(super) fn insert_port_group(held: &mut Held<'_>, group: &PortGroupRecord) ->
                 Some("portgroups.uuid") => {
                     StoreError::Conflict(format!("port group uuid {} already exists", group.uuid))
                 }
-                _ => StoreError::Sqlite(e),
+                _ => StoreError::from(e),
             }
         })?;
     Ok(())
@@ -75,7 +75,7 @@ pub(super) fn set_port_group(held: &mut Held<'_>, address: &str, group: Option<P
             }
             match group {
                 Some(group) if is_foreign_key_violation(&e) => group_missing(group),
-                _ => StoreError::Sqlite(e),
+                _ => StoreError::from(e),
             }
         })?;
     if changed == 0 {

@@ -1,0 +1,1161 @@
+//! The shared backend: a PostgreSQL database, for sites whose control plane
+//! must outlive one host (spec section 13).
+//!
+//! Why it is shaped so:
+//!
+//! - **Synchronous outside, async inside.** [`Backend`] is called from the
+//!   store thread only (`writer`). This backend owns a current-thread tokio
+//!   runtime and drives tokio-postgres on it with `block_on`, so no SQL ever
+//!   runs on an actix arbiter and the actors see the same interface as with
+//!   SQLite. The connection task runs only inside those calls; nothing else
+//!   needs it.
+//! - **A group commit is one round trip.** `BEGIN`, every write of every
+//!   batch and `COMMIT` are sent as one pipeline (tokio-postgres sends the
+//!   requests it is given before reading any answer). Checks that need a
+//!   row count (the node is gone, the owner changed) are made inside the
+//!   statements (`kiln_*` functions, see [`migrations`]), so a failed check
+//!   aborts the transaction and the `COMMIT` becomes a rollback on the
+//!   server. Only then is the group redone batch by batch, each under a
+//!   savepoint, so that one bad batch fails alone, as on SQLite.
+//! - **Fencing in the data.** A node row names its `owner` (this member)
+//!   and `owner_epoch`. Every node and history write carries the owner and
+//!   epoch this backend holds for the node and is refused with
+//!   [`StoreError::Fenced`] when the row says otherwise, never a silent
+//!   success. Until membership exists (issue #23's next slice), a backend
+//!   claims every node when it opens, raising each node's epoch: a second
+//!   process opened on the same database fences the first.
+//! - **A lost COMMIT is never guessed at.** When the connection fails while
+//!   a group's answers are outstanding, whether the server committed is
+//!   unknown: every batch of the group gets [`StoreError::OutcomeUnknown`],
+//!   and the group is not retried. The next group reconnects.
+//! - **Errors read as on SQLite.** Unique and foreign-key violations are
+//!   recognised by SQLSTATE and constraint name and become the same
+//!   [`StoreError::Conflict`] and [`StoreError::NotFound`] texts; anything
+//!   else is [`StoreError::Database`] with its constraint kind.
+//! - **Sessions are named and bounded**: `application_name` names kiln and
+//!   the member, `idle_in_transaction_session_timeout` ends a transaction
+//!   left open by a stalled member, `lock_timeout` bounds a wait on a row
+//!   another session holds.
+//! - The password of the URL never reaches a message ([`PgTarget`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::{Client, Row, Statement};
+
+use crate::error::Constraint;
+use crate::sqlite::jobs::{integer, log_from_text, log_text};
+use crate::timestamp::timestamp_text;
+use crate::{
+    Backend, Batch, EventRecord, HistoryEntry, JobEnd, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, NodeId,
+    NodeRecord, PortGroupRecord, PortRecord, Reservation, StoreError, Timestamp, Write,
+};
+
+pub mod migrations;
+pub mod target;
+
+pub use migrations::{MIGRATIONS, SCHEMA_VERSION};
+pub use target::{PgTarget, StoreTarget, Tls, mask_url};
+
+/// How long a statement waits for a row lock another session holds.
+const LOCK_TIMEOUT: &str = "10s";
+/// How long a session may sit in an open transaction before the server
+/// ends it (a member that stalled mid-commit holds no lock for longer).
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+
+/// How to open a PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    pub target: PgTarget,
+    /// This member's name: the owner written into node rows, and part of
+    /// the sessions' `application_name`.
+    pub member: String,
+    /// How long to keep trying while the server cannot be reached at start
+    /// (refused, unreachable); a refusal by the server itself (password,
+    /// database) is not retried.
+    pub connect_for: Duration,
+}
+
+/// A kiln store in a PostgreSQL database.
+pub struct PgBackend {
+    /// Declared before the runtime: dropped (closing the session) first.
+    client: Client,
+    runtime: tokio::runtime::Runtime,
+    options: PgOptions,
+    statements: HashMap<&'static str, Statement>,
+    /// The epoch this member holds for each node it owns.
+    epochs: HashMap<NodeId, i64>,
+}
+
+type Pipelined<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + 'a>>;
+
+/// One statement of a write, with its parameters owned.
+struct Op {
+    sql: &'static str,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl PgBackend {
+    /// Connects (retrying for `options.connect_for` while the server cannot
+    /// be reached), brings the schema up to [`SCHEMA_VERSION`] and claims
+    /// every node for this member.
+    pub fn open(options: PgOptions) -> Result<PgBackend, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| StoreError::Io { what: "cannot start the PostgreSQL runtime".into(), source })?;
+        let client = runtime.block_on(connect(&options, true))?;
+        let mut backend = PgBackend { client, runtime, options, statements: HashMap::new(), epochs: HashMap::new() };
+        backend.migrate()?;
+        backend.claim_nodes()?;
+        Ok(backend)
+    }
+
+    /// The member name this backend writes as owner.
+    pub fn member(&self) -> &str {
+        &self.options.member
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let target = self.options.target.clone();
+        let client = &mut self.client;
+        self.runtime.block_on(async move {
+            let tx = client.transaction().await.map_err(|e| db_error(&target, e))?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&migrations::MIGRATION_LOCK])
+                .await
+                .map_err(|e| db_error(&target, e))?;
+            tx.batch_execute("CREATE TABLE IF NOT EXISTS kiln_schema (version bigint NOT NULL)")
+                .await
+                .map_err(|e| db_error(&target, e))?;
+            let row = tx.query_opt("SELECT version FROM kiln_schema", &[]).await.map_err(|e| db_error(&target, e))?;
+            let found: i64 = match row {
+                Some(row) => row.get(0),
+                None => {
+                    tx.execute("INSERT INTO kiln_schema (version) VALUES (0)", &[])
+                        .await
+                        .map_err(|e| db_error(&target, e))?;
+                    0
+                }
+            };
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION });
+            }
+            for (version, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+                tx.batch_execute(sql).await.map_err(|e| db_error(&target, e))?;
+                let next = version as i64 + 1;
+                tx.execute("UPDATE kiln_schema SET version = $1", &[&next]).await.map_err(|e| db_error(&target, e))?;
+                tracing::info!(message = "Migrated the PostgreSQL store schema.", version = next);
+            }
+            tx.commit().await.map_err(|e| db_error(&target, e))
+        })
+    }
+
+    /// Takes every node for this member at a new epoch, so that a member
+    /// still writing under an older one is refused.
+    fn claim_nodes(&mut self) -> Result<(), StoreError> {
+        let member = self.options.member.clone();
+        let rows = self
+            .runtime
+            .block_on(self.client.query(
+                "UPDATE nodes SET owner = $1, owner_epoch = owner_epoch + 1 RETURNING uuid, owner_epoch",
+                &[&member],
+            ))
+            .map_err(|e| db_error(&self.options.target, e))?;
+        self.epochs.clear();
+        for row in rows {
+            let f = Fields { row: &row, table: "nodes", key: String::new() };
+            let uuid: NodeId = f.parsed(0, "uuid")?;
+            self.epochs.insert(uuid, f.raw(1, "owner_epoch")?);
+        }
+        if !self.epochs.is_empty() {
+            tracing::info!(message = "Claimed the site's nodes.", nodes = self.epochs.len(), member = %self.options.member);
+        }
+        Ok(())
+    }
+
+    fn reconnect_if_closed(&mut self) -> Result<(), StoreError> {
+        if self.client.is_closed() {
+            tracing::warn!(message = "The PostgreSQL session was lost; reconnecting.", target = %self.options.target);
+            self.client = self.runtime.block_on(connect(&self.options, false))?;
+            self.statements.clear();
+        }
+        Ok(())
+    }
+
+    /// Prepares (once per session) every statement of `ops`.
+    fn prepare(&mut self, sqls: impl Iterator<Item = &'static str>) -> Result<(), StoreError> {
+        for sql in sqls {
+            if !self.statements.contains_key(sql) {
+                let statement =
+                    self.runtime.block_on(self.client.prepare(sql)).map_err(|e| db_error(&self.options.target, e))?;
+                self.statements.insert(sql, statement);
+            }
+        }
+        Ok(())
+    }
+
+    /// A read: prepares `sql` once and runs it.
+    fn query(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        self.reconnect_if_closed()?;
+        self.prepare(std::iter::once(sql))?;
+        let statement = &self.statements[sql];
+        self.runtime.block_on(self.client.query(statement, params)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    /// The statements of one write, or the error that refuses it before
+    /// anything is sent (a log whose serials go back, an id out of range).
+    fn ops(&mut self, write: &Write) -> Result<Vec<Op>, StoreError> {
+        let me = self.options.member.clone();
+        let op = |sql: &'static str, params: Vec<Box<dyn ToSql + Sync + Send>>| vec![Op { sql, params }];
+        Ok(match write {
+            Write::InsertNode(node) => {
+                self.epochs.insert(node.uuid, 1);
+                let mut params = node_params(node)?;
+                params.push(Box::new(me));
+                op(sql::INSERT_NODE, params)
+            }
+            Write::UpdateNode(node) => {
+                let mut params = node_params(node)?;
+                params.push(Box::new(me));
+                params.push(Box::new(self.epoch(node.uuid)));
+                op(sql::UPDATE_NODE, params)
+            }
+            Write::DeleteNode(id) => {
+                op(sql::DELETE_NODE, vec![Box::new(id.to_string()), Box::new(me), Box::new(self.epoch(*id))])
+            }
+            Write::InsertPort(port) => op(
+                sql::INSERT_PORT,
+                vec![
+                    Box::new(port.uuid.to_string()),
+                    Box::new(port.address.clone()),
+                    Box::new(port.node.to_string()),
+                    Box::new(port.portgroup.map(|g| g.to_string())),
+                    Box::new(timestamp_text(port.created_at)),
+                ],
+            ),
+            Write::DeletePort(address) => op(sql::DELETE_PORT, vec![Box::new(address.clone())]),
+            Write::InsertPortGroup(g) => op(
+                sql::INSERT_PORT_GROUP,
+                vec![
+                    Box::new(g.uuid.to_string()),
+                    Box::new(g.name.clone()),
+                    Box::new(g.node.to_string()),
+                    Box::new(g.address.clone()),
+                    Box::new(g.mode.as_str().to_string()),
+                    Box::new(timestamp_text(g.created_at)),
+                ],
+            ),
+            Write::DeletePortGroup(id) => op(sql::DELETE_PORT_GROUP, vec![Box::new(id.to_string())]),
+            Write::SetPortGroup { address, group } => {
+                op(sql::SET_PORT_GROUP, vec![Box::new(address.clone()), Box::new(group.map(|g| g.to_string()))])
+            }
+            Write::AppendHistory(e) => op(
+                sql::APPEND_HISTORY,
+                vec![
+                    Box::new(e.node.to_string()),
+                    Box::new(timestamp_text(e.at)),
+                    Box::new(e.event.clone()),
+                    Box::new(e.from_state.as_str().to_string()),
+                    Box::new(e.to_state.as_str().to_string()),
+                    Box::new(e.error.clone()),
+                    Box::new(me),
+                    Box::new(self.epoch(e.node)),
+                ],
+            ),
+            Write::PutJob(job) => op(sql::PUT_JOB, job_params(job)?),
+            Write::InsertJob(job) => op(sql::INSERT_JOB, job_params(job)?),
+            Write::UpdateJob(job) => op(sql::UPDATE_JOB, job_params(job)?),
+            Write::ArchiveJob(id) => {
+                let finished: Vec<String> = [JobStatus::Success, JobStatus::Error, JobStatus::Canceled]
+                    .iter()
+                    .filter(|s| s.is_finished())
+                    .map(|s| s.as_str().to_string())
+                    .collect();
+                match i64::try_from(id.0) {
+                    Ok(key) => op(sql::ARCHIVE_JOB, vec![Box::new(key), Box::new(finished)]),
+                    Err(_) => return Err(StoreError::NotFound(format!("job {id} is not in the live queue"))),
+                }
+            }
+            Write::SetMeta { key, value } => op(sql::SET_META, vec![Box::new(key.clone()), Box::new(value.clone())]),
+            Write::AppendEvent(event) => op(
+                sql::APPEND_EVENT,
+                vec![
+                    Box::new(i64::try_from(event.serial).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+                    Box::new(event.body.clone()),
+                ],
+            ),
+            Write::ForgetEventsThrough(serial) => {
+                op(sql::FORGET_EVENTS, vec![Box::new(i64::try_from(*serial).unwrap_or(i64::MAX))])
+            }
+        })
+    }
+
+    /// The epoch this member holds for `node`; -1 (matching no row) for a
+    /// node it does not own, so a write of it is fenced.
+    fn epoch(&self, node: NodeId) -> i64 {
+        self.epochs.get(&node).copied().unwrap_or(-1)
+    }
+
+    /// Sends `steps` as one pipeline and returns each one's answer, in order.
+    fn pipeline(&self, steps: &[Step<'_>]) -> Vec<Result<u64, tokio_postgres::Error>> {
+        let client = &self.client;
+        let futures: Vec<Pipelined<'_>> = steps
+            .iter()
+            .map(|step| -> Pipelined<'_> {
+                match step {
+                    Step::Simple(sql) => Box::pin(async move { client.batch_execute(sql).await.map(|()| 0) }),
+                    Step::Write(op) => {
+                        let statement = &self.statements[op.sql];
+                        let params: Vec<&(dyn ToSql + Sync)> =
+                            op.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+                        Box::pin(async move { client.execute(statement, &params).await })
+                    }
+                }
+            })
+            .collect();
+        // Polled in order, so that the requests go out in order (a
+        // request is sent when its future is first polled), all before the
+        // connection task writes them in one go.
+        let mut futures = futures;
+        let mut answers: Vec<Option<Result<u64, tokio_postgres::Error>>> = futures.iter().map(|_| None).collect();
+        self.runtime.block_on(std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (future, answer) in futures.iter_mut().zip(answers.iter_mut()) {
+                if answer.is_none() {
+                    match future.as_mut().poll(cx) {
+                        std::task::Poll::Ready(result) => *answer = Some(result),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        }));
+        answers.into_iter().map(|a| a.expect("every future finished")).collect()
+    }
+}
+
+/// One request of a pipeline.
+enum Step<'o> {
+    Simple(&'static str),
+    Write(&'o Op),
+}
+
+/// Opens a session: TLS as the URL's `sslmode` asks, named, with its
+/// timeouts. At start (`retry`), a server that cannot be reached is tried
+/// again until `connect_for` has passed.
+async fn connect(options: &PgOptions, retry: bool) -> Result<Client, StoreError> {
+    let target = &options.target;
+    let mut config = target.config();
+    if config.get_application_name().is_none() {
+        config.application_name(format!("kiln member {}", options.member));
+    }
+    config.options(format!(
+        "-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT} -c lock_timeout={LOCK_TIMEOUT}"
+    ));
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    let deadline = Instant::now() + options.connect_for;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let attempt = match target.tls() {
+            Tls::Disable => match config.connect(tokio_postgres::NoTls).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(drive(connection));
+                    Ok(client)
+                }
+                Err(e) => Err(e),
+            },
+            Tls::Prefer | Tls::Require => match config.connect(tls_connector()?).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(drive(connection));
+                    Ok(client)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match attempt {
+            Ok(client) => return Ok(client),
+            // The server answered and refused (password, database, role):
+            // trying again will not help.
+            Err(e) if e.as_db_error().is_some() => {
+                return Err(StoreError::Connect(format!("{target}: {}", target.scrub(&error_text(&e)))));
+            }
+            Err(e) if retry && Instant::now() < deadline => {
+                if attempts == 1 {
+                    tracing::warn!(
+                        message = "Cannot reach PostgreSQL; retrying.",
+                        target = %target,
+                        error = %target.scrub(&error_text(&e)),
+                        for_s = options.connect_for.as_secs_f64(),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                let waited = if retry {
+                    format!(" (tried for {} s, {attempts} attempts)", options.connect_for.as_secs())
+                } else {
+                    String::new()
+                };
+                return Err(StoreError::Connect(format!("{target}: {}{waited}", target.scrub(&error_text(&e)))));
+            }
+        }
+    }
+}
+
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(error) = connection.await {
+        tracing::warn!(message = "The PostgreSQL session ended.", error = %error_text(&error));
+    }
+}
+
+/// TLS without certificate verification, as libpq's `sslmode=require`:
+/// the session is encrypted; the server is not authenticated.
+fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Connect(format!("cannot set up TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// Accepts any server certificate (`sslmode=require`), still checking that
+/// the handshake is signed by the key of the certificate shown.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The driver's error with its cause (tokio-postgres puts the server's
+/// message in the source).
+fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => crate::error::error_chain(e),
+    }
+}
+
+/// A driver error as a [`StoreError`]: a lost session is
+/// [`StoreError::Connect`], anything the server said is
+/// [`StoreError::Database`] with its constraint kind.
+fn db_error(target: &PgTarget, e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            let constraint = match code {
+                "23505" => Some(Constraint::Unique),
+                "23503" => Some(Constraint::ForeignKey),
+                c if c.starts_with("23") || c == "KLPG0" => Some(Constraint::Other),
+                _ => None,
+            };
+            StoreError::Database { message: target.scrub(db.message()), constraint }
+        }
+        None => StoreError::Connect(format!("{target}: {}", target.scrub(&error_text(&e)))),
+    }
+}
+
+/// Whether `e` is the echo of an earlier failure in the same transaction
+/// ("current transaction is aborted"), not a failure of its own.
+fn is_echo(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| db.code().code() == "25P02")
+}
+
+/// What a failed write means to its caller, in the words SQLite's backend
+/// uses for the same failure.
+fn write_error(target: &PgTarget, write: &Write, e: tokio_postgres::Error) -> StoreError {
+    let Some(db) = e.as_db_error() else {
+        return db_error(target, e);
+    };
+    let code = db.code().code();
+    let constraint = db.constraint().unwrap_or_default();
+    let node_missing = |id: NodeId| StoreError::NotFound(format!("node {id} does not exist"));
+    let fenced = |id: NodeId| {
+        StoreError::Fenced(format!("node {id} is owned by another member or a later epoch; this write was refused"))
+    };
+    match (write, code) {
+        (Write::InsertNode(n) | Write::UpdateNode(n), "23505") if constraint == "nodes_name_key" => {
+            StoreError::Conflict(format!("node name '{}' is already in use", n.name))
+        }
+        (Write::InsertNode(n), "23505") if constraint == "nodes_pkey" => {
+            StoreError::Conflict(format!("node uuid {} already exists", n.uuid))
+        }
+        (Write::UpdateNode(n), "KLNF0") => node_missing(n.uuid),
+        (Write::UpdateNode(n), "KLFN0") => fenced(n.uuid),
+        (Write::DeleteNode(id), "KLNF0") => node_missing(*id),
+        (Write::DeleteNode(id), "KLFN0") => fenced(*id),
+        (Write::AppendHistory(e), "KLNF0" | "23503") => node_missing(e.node),
+        (Write::AppendHistory(e), "KLFN0") => fenced(e.node),
+        (Write::InsertPort(port), "23503") => match port.portgroup {
+            Some(group) => StoreError::NotFound(format!(
+                "node {} or port group {group} of port '{}' does not exist",
+                port.node, port.address
+            )),
+            None => node_missing(port.node),
+        },
+        (Write::InsertPort(port), "KLPG0") => other_nodes_group(&port.address),
+        (Write::SetPortGroup { address, .. }, "KLPG0") => other_nodes_group(address),
+        (Write::InsertPort(port), "23505") if constraint == "ports_address_key" => {
+            StoreError::Conflict(format!("port address '{}' is already in use", port.address))
+        }
+        (Write::InsertPort(port), "23505") if constraint == "ports_pkey" => {
+            StoreError::Conflict(format!("port uuid {} already exists", port.uuid))
+        }
+        (Write::DeletePort(address), "KLNF0") | (Write::SetPortGroup { address, .. }, "KLNF0") => {
+            StoreError::NotFound(format!("no port has address '{address}'"))
+        }
+        (Write::InsertPortGroup(g), "23503") => node_missing(g.node),
+        (Write::InsertPortGroup(g), "23505") => match constraint {
+            "portgroups_name_key" => StoreError::Conflict(format!("port group name '{}' is already in use", g.name)),
+            "portgroups_address_key" => StoreError::Conflict(format!(
+                "port group address '{}' is already in use",
+                g.address.as_deref().unwrap_or_default()
+            )),
+            _ => StoreError::Conflict(format!("port group uuid {} already exists", g.uuid)),
+        },
+        (Write::DeletePortGroup(id), "KLNF0") => StoreError::NotFound(format!("port group {id} does not exist")),
+        (Write::SetPortGroup { group: Some(group), .. }, "23503") => {
+            StoreError::NotFound(format!("port group {group} does not exist"))
+        }
+        (Write::PutJob(job) | Write::InsertJob(job), "KLAR0") => {
+            StoreError::Conflict(format!("job {} is archived", job.id))
+        }
+        (Write::InsertJob(job), "23505") => StoreError::Conflict(format!("job {} exists already", job.id)),
+        (Write::UpdateJob(job), "KLNF0") => StoreError::NotFound(format!("job {} is not in the live queue", job.id)),
+        (Write::ArchiveJob(id), "KLNF0") => StoreError::NotFound(format!("job {id} is not in the live queue")),
+        (Write::ArchiveJob(id), "KLUF0") => {
+            StoreError::Conflict(format!("job {id} is still {}; only finished jobs can be archived", db.message()))
+        }
+        (Write::ArchiveJob(id), "23505") => {
+            StoreError::Corrupt(format!("job {id} is both in the live queue and the archive"))
+        }
+        (Write::AppendEvent(event), "23505") => StoreError::Conflict(format!("event serial {} is taken", event.serial)),
+        _ => db_error(target, e),
+    }
+}
+
+fn other_nodes_group(address: &str) -> StoreError {
+    StoreError::Conflict(format!("port '{address}' cannot join a port group of another node"))
+}
+
+/// A node's columns as bound in `$1`-`$18` of both its insert and update.
+fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, StoreError> {
+    Ok(vec![
+        Box::new(n.uuid.to_string()),
+        Box::new(n.name.clone()),
+        Box::new(n.driver.as_str().to_string()),
+        Box::new(map_json(&n.driver_info)?),
+        Box::new(map_json(&n.properties)?),
+        Box::new(n.provision_state.as_str().to_string()),
+        Box::new(n.target_provision_state.map(|s| s.as_str().to_string())),
+        Box::new(n.power_state.map(|s| s.as_str().to_string())),
+        Box::new(n.target_power_state.map(|s| s.as_str().to_string())),
+        Box::new(n.boot_device.map(|d| d.as_str().to_string())),
+        Box::new(n.maintenance),
+        Box::new(n.maintenance_reason.clone()),
+        Box::new(n.fault.clone()),
+        Box::new(n.last_error.clone()),
+        Box::new(n.reservation.as_ref().map(|r| r.purpose.clone())),
+        Box::new(n.reservation.as_ref().map(|r| timestamp_text(r.since))),
+        Box::new(timestamp_text(n.created_at)),
+        Box::new(timestamp_text(n.updated_at)),
+    ])
+}
+
+/// A job's columns as bound in `$1`-`$8` of its insert, put and update.
+fn job_params(job: &JobRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, StoreError> {
+    let log = log_text(job)?;
+    Ok(vec![
+        Box::new(integer("job id", job.id.0)?),
+        Box::new(job.priority),
+        Box::new(job.status.as_str().to_string()),
+        Box::new(timestamp_text(job.submitted_at)),
+        Box::new(job.started_at.map(timestamp_text)),
+        Box::new(job.ended_at.map(timestamp_text)),
+        Box::new(job.body.clone()),
+        Box::new(log),
+    ])
+}
+
+fn map_json(map: &BTreeMap<String, String>) -> Result<String, StoreError> {
+    serde_json::to_string(map).map_err(|e| StoreError::Corrupt(format!("cannot encode a map: {e}")))
+}
+
+/// The statements, numbered as [`node_params`] and [`job_params`] bind them.
+mod sql {
+    pub const INSERT_NODE: &str = "INSERT INTO nodes (
+             uuid, name, driver, driver_info, properties,
+             provision_state, target_provision_state, power_state, target_power_state,
+             boot_device, maintenance, maintenance_reason, fault, last_error,
+             reservation_purpose, reservation_since, created_at, updated_at, owner, owner_epoch
+         ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 1)";
+    pub const UPDATE_NODE: &str = "WITH u AS (
+             UPDATE nodes SET
+                 name = $2, driver = $3, driver_info = $4, properties = $5,
+                 provision_state = $6, target_provision_state = $7,
+                 power_state = $8, target_power_state = $9, boot_device = $10,
+                 maintenance = $11, maintenance_reason = $12, fault = $13, last_error = $14,
+                 reservation_purpose = $15, reservation_since = $16,
+                 created_at = $17, updated_at = $18
+             WHERE uuid = $1 AND owner = $19 AND owner_epoch = $20
+             RETURNING 1)
+         SELECT kiln_node_written((SELECT count(*) FROM u), $1)";
+    pub const DELETE_NODE: &str = "WITH d AS (
+             DELETE FROM nodes WHERE uuid = $1 AND owner = $2 AND owner_epoch = $3 RETURNING 1)
+         SELECT kiln_node_written((SELECT count(*) FROM d), $1)";
+    pub const INSERT_PORT: &str =
+        "INSERT INTO ports (uuid, address, node, portgroup, created_at) VALUES ($1, $2, $3, $4, $5)";
+    pub const DELETE_PORT: &str =
+        "WITH d AS (DELETE FROM ports WHERE address = $1 RETURNING 1) SELECT kiln_expect((SELECT count(*) FROM d))";
+    pub const INSERT_PORT_GROUP: &str =
+        "INSERT INTO portgroups (uuid, name, node, address, mode, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
+    pub const DELETE_PORT_GROUP: &str =
+        "WITH d AS (DELETE FROM portgroups WHERE uuid = $1 RETURNING 1) SELECT kiln_expect((SELECT count(*) FROM d))";
+    pub const SET_PORT_GROUP: &str = "WITH u AS (UPDATE ports SET portgroup = $2 WHERE address = $1 RETURNING 1)
+         SELECT kiln_expect((SELECT count(*) FROM u))";
+    pub const APPEND_HISTORY: &str = "WITH i AS (
+             INSERT INTO node_history (node, at, event, from_state, to_state, error)
+             SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text
+             WHERE EXISTS (SELECT 1 FROM nodes WHERE uuid = $1::text AND owner = $7 AND owner_epoch = $8)
+             RETURNING 1)
+         SELECT kiln_node_written((SELECT count(*) FROM i), $1::text)";
+    pub const PUT_JOB: &str = "INSERT INTO jobs (id, priority, status, submitted_at, started_at, ended_at, body, log)
+         SELECT $1::bigint, $2::integer, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text
+         WHERE kiln_not_archived($1::bigint)
+         ON CONFLICT (id) DO UPDATE SET priority = excluded.priority, status = excluded.status,
+             submitted_at = excluded.submitted_at, started_at = excluded.started_at,
+             ended_at = excluded.ended_at, body = excluded.body, log = excluded.log";
+    pub const INSERT_JOB: &str =
+        "INSERT INTO jobs (id, priority, status, submitted_at, started_at, ended_at, body, log)
+         SELECT $1::bigint, $2::integer, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text
+         WHERE kiln_not_archived($1::bigint)";
+    pub const UPDATE_JOB: &str = "WITH u AS (
+             UPDATE jobs SET priority = $2, status = $3, submitted_at = $4, started_at = $5, ended_at = $6,
+                             body = $7, log = $8
+             WHERE id = $1 RETURNING 1)
+         SELECT kiln_expect((SELECT count(*) FROM u))";
+    pub const ARCHIVE_JOB: &str = "WITH moved AS (
+             DELETE FROM jobs WHERE id = $1 AND status = ANY($2) RETURNING *),
+         kept AS (
+             INSERT INTO jobs_archive (id, priority, status, submitted_at, started_at, ended_at, body, log)
+             SELECT id, priority, status, submitted_at, started_at, ended_at, body, log FROM moved RETURNING 1)
+         SELECT kiln_archived((SELECT count(*) FROM kept), $1)";
+    pub const SET_META: &str =
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+    pub const APPEND_EVENT: &str = "INSERT INTO events (serial, body) VALUES ($1, $2)";
+    pub const FORGET_EVENTS: &str = "DELETE FROM events WHERE serial <= $1";
+}
+
+/// The node columns in the order [`node_from_row`] reads them.
+macro_rules! node_select {
+    () => {
+        "SELECT uuid, name, driver, driver_info, properties,
+                provision_state, target_provision_state, power_state, target_power_state,
+                boot_device, maintenance, maintenance_reason, fault, last_error,
+                reservation_purpose, reservation_since, created_at, updated_at
+         FROM nodes"
+    };
+}
+
+/// The job columns of `$table` in the order [`job_from_row`] reads them.
+macro_rules! job_select {
+    ($table:literal) => {
+        concat!("SELECT id, priority, status, submitted_at, started_at, ended_at, body, log FROM ", $table)
+    };
+}
+
+impl Backend for PgBackend {
+    fn commit(&mut self, batches: &[Batch]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.reconnect_if_closed()?;
+        // Each batch's statements, or the error that refuses it unsent.
+        let mut planned: Vec<Result<Vec<Op>, StoreError>> = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut ops = Vec::new();
+            let built = batch.iter().try_for_each(|write| {
+                ops.extend(self.ops(write)?);
+                Ok::<(), StoreError>(())
+            });
+            planned.push(built.map(|()| ops));
+        }
+        self.prepare(planned.iter().flatten().flatten().map(|op| op.sql))?;
+
+        // Fast path: the whole group in one pipeline.
+        if planned.iter().all(Result::is_ok) {
+            let mut steps = vec![Step::Simple("BEGIN")];
+            steps.extend(planned.iter().flatten().flatten().map(Step::Write));
+            steps.push(Step::Simple("COMMIT"));
+            let mut writes = self.pipeline(&steps);
+            let commit = writes.pop().unwrap_or(Ok(0));
+            let writes_ok = writes.iter().all(Result::is_ok);
+            match commit {
+                Err(e) if e.as_db_error().is_none() => return Err(self.lost(&e)),
+                Err(e) if writes_ok => return Err(db_error(&self.options.target, e)),
+                Ok(_) if writes_ok => return Ok(batches.iter().map(|_| Ok(())).collect()),
+                // A write failed: the server rolled the group back.
+                _ => {
+                    if let Some(lost) =
+                        writes.iter().filter_map(|a| a.as_ref().err()).find(|e| e.as_db_error().is_none())
+                    {
+                        return Err(self.lost(lost));
+                    }
+                }
+            }
+        }
+
+        // Batch by batch, each under a savepoint.
+        let answers = self.pipeline(&[Step::Simple("BEGIN")]);
+        if let Some(Err(e)) = answers.into_iter().next() {
+            return Err(db_error(&self.options.target, e));
+        }
+        let mut results = Vec::with_capacity(batches.len());
+        for (batch, ops) in batches.iter().zip(planned) {
+            let ops = match ops {
+                Ok(ops) => ops,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let mut steps = vec![Step::Simple("SAVEPOINT b")];
+            steps.extend(ops.iter().map(Step::Write));
+            let mut answers = self.pipeline(&steps).into_iter();
+            if let Some(Err(e)) = answers.next() {
+                return Err(db_error(&self.options.target, e));
+            }
+            // Which write each op belongs to: one op per write.
+            let failed = batch.iter().zip(answers).find_map(|(write, a)| match a {
+                Err(e) if !is_echo(&e) => Some((write, e)),
+                _ => None,
+            });
+            match failed {
+                None => {
+                    self.simple("RELEASE b")?;
+                    results.push(Ok(()));
+                }
+                Some((_, e)) if e.as_db_error().is_none() => return Err(self.lost(&e)),
+                Some((write, e)) => {
+                    self.simple("ROLLBACK TO b")?;
+                    self.simple("RELEASE b")?;
+                    results.push(Err(write_error(&self.options.target, write, e)));
+                }
+            }
+        }
+        let answers = self.pipeline(&[Step::Simple("COMMIT")]);
+        match answers.into_iter().next() {
+            Some(Err(e)) if e.as_db_error().is_none() => Err(self.lost(&e)),
+            Some(Err(e)) => Err(db_error(&self.options.target, e)),
+            _ => Ok(results),
+        }
+    }
+
+    fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.query(concat!(node_select!(), " ORDER BY name"), &[])?.iter().map(node_from_row).collect()
+    }
+
+    fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        self.query(concat!(node_select!(), " WHERE uuid = $1"), &[&id.to_string()])?
+            .first()
+            .map(node_from_row)
+            .transpose()
+    }
+
+    fn load_ports(&mut self, node: Option<NodeId>) -> Result<Vec<PortRecord>, StoreError> {
+        let rows = match node {
+            Some(node) => self.query(
+                "SELECT uuid, address, node, portgroup, created_at FROM ports WHERE node = $1 ORDER BY address",
+                &[&node.to_string()],
+            )?,
+            None => self.query("SELECT uuid, address, node, portgroup, created_at FROM ports ORDER BY address", &[])?,
+        };
+        rows.iter().map(port_from_row).collect()
+    }
+
+    fn load_port_groups(&mut self, node: Option<NodeId>) -> Result<Vec<PortGroupRecord>, StoreError> {
+        let rows = match node {
+            Some(node) => self.query(
+                "SELECT uuid, name, node, address, mode, created_at FROM portgroups WHERE node = $1 ORDER BY name",
+                &[&node.to_string()],
+            )?,
+            None => {
+                self.query("SELECT uuid, name, node, address, mode, created_at FROM portgroups ORDER BY name", &[])?
+            }
+        };
+        rows.iter().map(group_from_row).collect()
+    }
+
+    fn load_port_group(&mut self, name_or_uuid: &str) -> Result<Option<PortGroupRecord>, StoreError> {
+        self.query(
+            "SELECT uuid, name, node, address, mode, created_at FROM portgroups WHERE uuid = $1 OR name = $1",
+            &[&name_or_uuid],
+        )?
+        .first()
+        .map(group_from_row)
+        .transpose()
+    }
+
+    fn load_history(&mut self, node: NodeId, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(
+            "SELECT id, node, at, event, from_state, to_state, error FROM (
+                 SELECT * FROM node_history WHERE node = $1 ORDER BY id DESC LIMIT $2
+             ) last ORDER BY id",
+            &[&node.to_string(), &limit],
+        )?
+        .iter()
+        .map(history_from_row)
+        .collect()
+    }
+
+    fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
+        self.query(concat!(job_select!("jobs"), " ORDER BY id"), &[])?.iter().map(|r| job_from_row(r, "jobs")).collect()
+    }
+
+    fn load_live_queue(&mut self) -> Result<LiveQueue, StoreError> {
+        let mut queue = LiveQueue::default();
+        for row in self.query(concat!(job_select!("jobs"), " ORDER BY id"), &[])? {
+            let mut f = Fields { row: &row, table: "jobs", key: String::new() };
+            let id = JobId(f.unsigned(0, "id")?);
+            f.key = format!(" of job {id}");
+            let status: JobStatus = f.parsed(2, "status")?;
+            if status.is_finished() {
+                queue.ended.push(JobEnd { id, status, ended_at: f.timestamp_opt(5, "ended_at")? });
+            } else {
+                queue.unfinished.push(job_from_row(&row, "jobs")?);
+            }
+        }
+        Ok(queue)
+    }
+
+    fn list_live_jobs(
+        &mut self,
+        status: Option<JobStatus>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let before = before.map_or(i64::MAX, |id| i64::try_from(id.0).unwrap_or(i64::MAX));
+        let status = status.map(|s| s.as_str().to_string());
+        self.query(
+            concat!(
+                job_select!("jobs"),
+                " WHERE id < $3 AND ($1::text IS NULL OR status = $1) ORDER BY id DESC LIMIT $2"
+            ),
+            &[&status, &limit, &before],
+        )?
+        .iter()
+        .map(|r| job_from_row(r, "jobs"))
+        .collect()
+    }
+
+    fn load_job(&mut self, id: JobId) -> Result<Option<(JobRecord, bool)>, StoreError> {
+        let Ok(key) = i64::try_from(id.0) else {
+            return Ok(None);
+        };
+        if let Some(row) = self.query(concat!(job_select!("jobs"), " WHERE id = $1"), &[&key])?.first() {
+            return Ok(Some((job_from_row(row, "jobs")?, false)));
+        }
+        if let Some(row) = self.query(concat!(job_select!("jobs_archive"), " WHERE id = $1"), &[&key])?.first() {
+            return Ok(Some((job_from_row(row, "jobs_archive")?, true)));
+        }
+        Ok(None)
+    }
+
+    fn load_job_log(&mut self, id: JobId, after_serial: u64, limit: usize) -> Result<Vec<JobLogEntry>, StoreError> {
+        let Ok(key) = i64::try_from(id.0) else {
+            return Ok(Vec::new());
+        };
+        for (table, sql) in [
+            ("jobs", "SELECT log FROM jobs WHERE id = $1"),
+            ("jobs_archive", "SELECT log FROM jobs_archive WHERE id = $1"),
+        ] {
+            if let Some(row) = self.query(sql, &[&key])?.first() {
+                let f = Fields { row, table, key: format!(" of job {id}") };
+                let text: String = f.raw(0, "log")?;
+                let log = log_from_text(&text, id, table)?;
+                return Ok(log.into_iter().filter(|e| e.serial > after_serial).take(limit).collect());
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn max_job_id(&mut self) -> Result<u64, StoreError> {
+        let rows = self.query(
+            "SELECT greatest(coalesce((SELECT max(id) FROM jobs), 0), coalesce((SELECT max(id) FROM jobs_archive), 0))",
+            &[],
+        )?;
+        let max: i64 =
+            rows.first().map_or(Ok(0), |r| Fields { row: r, table: "jobs", key: String::new() }.raw(0, "id"))?;
+        u64::try_from(max).map_err(|_| StoreError::Corrupt(format!("the largest job id is {max}")))
+    }
+
+    fn load_meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        self.query("SELECT value FROM meta WHERE key = $1", &[&key])?
+            .first()
+            .map(|row| Fields { row, table: "meta", key: format!(" of key '{key}'") }.raw(0, "value"))
+            .transpose()
+    }
+
+    fn list_archived_jobs(&mut self, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(concat!(job_select!("jobs_archive"), " ORDER BY id DESC LIMIT $1"), &[&limit])?
+            .iter()
+            .map(|r| job_from_row(r, "jobs_archive"))
+            .collect()
+    }
+
+    /// Nothing to do: PostgreSQL's own checkpointer and autovacuum keep the
+    /// database.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn load_events(&mut self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let (after, limit) = (i64::try_from(after).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(i64::MAX));
+        self.query("SELECT serial, body FROM events WHERE serial > $1 ORDER BY serial LIMIT $2", &[&after, &limit])?
+            .iter()
+            .map(|row| {
+                let f = Fields { row, table: "events", key: String::new() };
+                Ok(EventRecord { serial: f.unsigned(0, "serial")?, body: f.raw(1, "body")? })
+            })
+            .collect()
+    }
+
+    fn event_span(&mut self) -> Result<(u64, u64), StoreError> {
+        let rows = self.query("SELECT max(serial), count(*) FROM events", &[])?;
+        let Some(row) = rows.first() else {
+            return Ok((0, 0));
+        };
+        let f = Fields { row, table: "events", key: String::new() };
+        let (max, count): (Option<i64>, i64) = (f.raw(0, "serial")?, f.raw(1, "count")?);
+        Ok((max.unwrap_or(0).max(0) as u64, count.max(0) as u64))
+    }
+}
+
+impl PgBackend {
+    fn simple(&self, sql: &'static str) -> Result<(), StoreError> {
+        match self.pipeline(&[Step::Simple(sql)]).into_iter().next() {
+            Some(Err(e)) if e.as_db_error().is_none() => Err(self.lost(&e)),
+            Some(Err(e)) => Err(db_error(&self.options.target, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The session was lost with a group's answers outstanding.
+    fn lost(&self, e: &tokio_postgres::Error) -> StoreError {
+        tracing::error!(
+            message = "The PostgreSQL session was lost during a commit; its outcome is unknown and it is not retried.",
+            target = %self.options.target,
+            error = %self.options.target.scrub(&error_text(e)),
+        );
+        StoreError::OutcomeUnknown(self.options.target.scrub(&error_text(e)))
+    }
+}
+
+// ----------------------------------------------------------------- reads --
+
+/// Reads one row's columns by index, turning anything unreadable into
+/// [`StoreError::Corrupt`] that names `table.column`, the value and the row
+/// (as SQLite's backend does).
+struct Fields<'r> {
+    row: &'r Row,
+    table: &'static str,
+    key: String,
+}
+
+impl Fields<'_> {
+    fn raw<'a, T: FromSql<'a>>(&'a self, index: usize, column: &str) -> Result<T, StoreError> {
+        self.row.try_get(index).map_err(|e| {
+            StoreError::Corrupt(format!("{}.{column}{} holds an unreadable value: {e}", self.table, self.key))
+        })
+    }
+
+    fn parsed<T>(&self, index: usize, column: &str) -> Result<T, StoreError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let text: String = self.raw(index, column)?;
+        text.parse().map_err(|e| self.corrupt(column, &text, e))
+    }
+
+    fn parsed_opt<T>(&self, index: usize, column: &str) -> Result<Option<T>, StoreError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let text: Option<String> = self.raw(index, column)?;
+        text.map(|t| t.parse().map_err(|e| self.corrupt(column, &t, e))).transpose()
+    }
+
+    fn unsigned(&self, index: usize, column: &str) -> Result<u64, StoreError> {
+        let value: i64 = self.raw(index, column)?;
+        u64::try_from(value).map_err(|e| self.corrupt(column, &value.to_string(), e))
+    }
+
+    fn timestamp(&self, index: usize, column: &str) -> Result<Timestamp, StoreError> {
+        let text: String = self.raw(index, column)?;
+        self.timestamp_from(column, &text)
+    }
+
+    fn timestamp_opt(&self, index: usize, column: &str) -> Result<Option<Timestamp>, StoreError> {
+        let text: Option<String> = self.raw(index, column)?;
+        text.map(|t| self.timestamp_from(column, &t)).transpose()
+    }
+
+    fn timestamp_from(&self, column: &str, text: &str) -> Result<Timestamp, StoreError> {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| self.corrupt(column, text, e))
+    }
+
+    fn map(&self, index: usize, column: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        let text: String = self.raw(index, column)?;
+        serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
+    }
+
+    fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
+        StoreError::Corrupt(format!("{}.{column}{} holds '{value}': {error}", self.table, self.key))
+    }
+}
+
+fn node_from_row(row: &Row) -> Result<NodeRecord, StoreError> {
+    let mut f = Fields { row, table: "nodes", key: String::new() };
+    let uuid: NodeId = f.parsed(0, "uuid")?;
+    f.key = format!(" of node {uuid}");
+    let purpose: Option<String> = f.raw(14, "reservation_purpose")?;
+    let since: Option<String> = f.raw(15, "reservation_since")?;
+    let reservation = match (purpose, since) {
+        (Some(purpose), Some(since)) => {
+            Some(Reservation { purpose, since: f.timestamp_from("reservation_since", &since)? })
+        }
+        (None, None) => None,
+        (purpose, since) => {
+            return Err(StoreError::Corrupt(format!(
+                "node {uuid} has half a reservation (purpose {purpose:?}, since {since:?})"
+            )));
+        }
+    };
+    Ok(NodeRecord {
+        uuid,
+        name: f.raw(1, "name")?,
+        driver: f.parsed(2, "driver")?,
+        driver_info: f.map(3, "driver_info")?,
+        properties: f.map(4, "properties")?,
+        provision_state: f.parsed(5, "provision_state")?,
+        target_provision_state: f.parsed_opt(6, "target_provision_state")?,
+        power_state: f.parsed_opt(7, "power_state")?,
+        target_power_state: f.parsed_opt(8, "target_power_state")?,
+        boot_device: f.parsed_opt(9, "boot_device")?,
+        maintenance: f.raw(10, "maintenance")?,
+        maintenance_reason: f.raw(11, "maintenance_reason")?,
+        fault: f.raw(12, "fault")?,
+        last_error: f.raw(13, "last_error")?,
+        reservation,
+        created_at: f.timestamp(16, "created_at")?,
+        updated_at: f.timestamp(17, "updated_at")?,
+    })
+}
+
+fn port_from_row(row: &Row) -> Result<PortRecord, StoreError> {
+    let mut f = Fields { row, table: "ports", key: String::new() };
+    let uuid = f.parsed(0, "uuid")?;
+    f.key = format!(" of port {uuid}");
+    Ok(PortRecord {
+        uuid,
+        address: f.raw(1, "address")?,
+        node: f.parsed(2, "node")?,
+        portgroup: f.parsed_opt(3, "portgroup")?,
+        created_at: f.timestamp(4, "created_at")?,
+    })
+}
+
+fn group_from_row(row: &Row) -> Result<PortGroupRecord, StoreError> {
+    let mut f = Fields { row, table: "portgroups", key: String::new() };
+    let uuid = f.parsed(0, "uuid")?;
+    f.key = format!(" of port group {uuid}");
+    Ok(PortGroupRecord {
+        uuid,
+        name: f.raw(1, "name")?,
+        node: f.parsed(2, "node")?,
+        address: f.raw(3, "address")?,
+        mode: f.parsed(4, "mode")?,
+        created_at: f.timestamp(5, "created_at")?,
+    })
+}
+
+fn history_from_row(row: &Row) -> Result<HistoryEntry, StoreError> {
+    let mut f = Fields { row, table: "node_history", key: String::new() };
+    let id: i64 = f.raw(0, "id")?;
+    f.key = format!(" of entry {id}");
+    Ok(HistoryEntry {
+        node: f.parsed(1, "node")?,
+        at: f.timestamp(2, "at")?,
+        event: f.raw(3, "event")?,
+        from_state: f.parsed(4, "from_state")?,
+        to_state: f.parsed(5, "to_state")?,
+        error: f.raw(6, "error")?,
+    })
+}
+
+fn job_from_row(row: &Row, table: &'static str) -> Result<JobRecord, StoreError> {
+    let mut f = Fields { row, table, key: String::new() };
+    let id = JobId(f.unsigned(0, "id")?);
+    f.key = format!(" of job {id}");
+    let log: String = f.raw(7, "log")?;
+    Ok(JobRecord {
+        id,
+        priority: f.raw(1, "priority")?,
+        status: f.parsed(2, "status")?,
+        submitted_at: f.timestamp(3, "submitted_at")?,
+        started_at: f.timestamp_opt(4, "started_at")?,
+        ended_at: f.timestamp_opt(5, "ended_at")?,
+        body: f.raw(6, "body")?,
+        log: log_from_text(&log, id, table)?,
+    })
+}

@@ -1,0 +1,165 @@
+//! The PostgreSQL schema, versioned as SQLite's is: entry `i` of
+//! [`MIGRATIONS`] takes a database from version `i` to `i + 1`, entries are
+//! only appended, and `kiln_schema.version` says how many ran.
+//!
+//! Why it is shaped so:
+//!
+//! - **The same columns as SQLite, in the same text forms** (timestamps as
+//!   RFC 3339 text with nine digits, enums as their `as_str`, maps and job
+//!   logs as JSON text): one set of encoders for both backends, and an exact
+//!   round trip of every record (PostgreSQL's `timestamptz` keeps only
+//!   microseconds).
+//! - **Node rows carry their owner** (`owner`, `owner_epoch`): every write of
+//!   a node or its history names the owner and epoch it believes in, and a
+//!   row that says otherwise refuses it (spec section 13, fencing).
+//! - **Checks that SQLite's backend makes from a changed-rows count are made
+//!   in the statement**, by the `kiln_*` functions below raising an error
+//!   with a kiln SQLSTATE (class `KL`): a group commit is sent as one
+//!   pipeline, so a failed check must abort the transaction by itself, and
+//!   the backend reads which check from the code. The codes:
+//!   `KLNF0` not found, `KLFN0` fenced, `KLAR0` an archived job id,
+//!   `KLUF0` a job not finished (the message is its status), `KLPG0` a port
+//!   in another node's group.
+//! - Migration and its version are one transaction under an advisory lock,
+//!   so two members starting together migrate once.
+
+/// The schema, one entry per version.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: everything SQLite's migrations 1-5 built, plus node ownership.
+    r#"
+    CREATE TABLE nodes (
+        uuid                   text PRIMARY KEY,
+        name                   text NOT NULL UNIQUE,
+        driver                 text NOT NULL,
+        driver_info            text NOT NULL,
+        properties             text NOT NULL,
+        provision_state        text NOT NULL,
+        target_provision_state text,
+        power_state            text,
+        target_power_state     text,
+        boot_device            text,
+        maintenance            boolean NOT NULL,
+        maintenance_reason     text,
+        fault                  text,
+        last_error             text,
+        reservation_purpose    text,
+        reservation_since      text,
+        created_at             text NOT NULL,
+        updated_at             text NOT NULL,
+        owner                  text NOT NULL,
+        owner_epoch            bigint NOT NULL
+    );
+
+    CREATE TABLE portgroups (
+        uuid       text PRIMARY KEY,
+        name       text NOT NULL UNIQUE,
+        node       text NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+        address    text UNIQUE,
+        mode       text NOT NULL,
+        created_at text NOT NULL
+    );
+    CREATE INDEX portgroups_node ON portgroups(node);
+
+    CREATE TABLE ports (
+        uuid       text PRIMARY KEY,
+        address    text NOT NULL UNIQUE,
+        node       text NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+        portgroup  text REFERENCES portgroups(uuid) ON DELETE SET NULL,
+        created_at text NOT NULL
+    );
+    CREATE INDEX ports_node ON ports(node);
+    CREATE INDEX ports_portgroup ON ports(portgroup);
+
+    CREATE TABLE node_history (
+        id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        node       text NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+        at         text NOT NULL,
+        event      text NOT NULL,
+        from_state text NOT NULL,
+        to_state   text NOT NULL,
+        error      text
+    );
+    CREATE INDEX node_history_node_id ON node_history(node, id);
+
+    CREATE TABLE jobs (
+        id           bigint PRIMARY KEY,
+        priority     integer NOT NULL,
+        status       text NOT NULL,
+        submitted_at text NOT NULL,
+        started_at   text,
+        ended_at     text,
+        body         text NOT NULL,
+        log          text NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE jobs_archive (LIKE jobs INCLUDING ALL);
+
+    CREATE TABLE meta (
+        key   text PRIMARY KEY,
+        value text NOT NULL
+    );
+
+    CREATE TABLE events (
+        serial bigint PRIMARY KEY,
+        body   bytea NOT NULL
+    );
+
+    -- A check that a statement changed a row; raised as 'not found'.
+    CREATE FUNCTION kiln_expect(changed bigint) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        IF changed = 0 THEN RAISE EXCEPTION 'no such row' USING ERRCODE = 'KLNF0'; END IF;
+    END $$;
+
+    -- A node write that changed nothing: the node is gone, or it is not
+    -- this owner's at this epoch.
+    CREATE FUNCTION kiln_node_written(changed bigint, node text) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        IF changed = 0 THEN
+            IF EXISTS (SELECT 1 FROM nodes WHERE uuid = node) THEN
+                RAISE EXCEPTION 'node % is owned by another member or epoch', node USING ERRCODE = 'KLFN0';
+            END IF;
+            RAISE EXCEPTION 'node % does not exist', node USING ERRCODE = 'KLNF0';
+        END IF;
+    END $$;
+
+    -- True, unless the job id was archived: an archived id is never written again.
+    CREATE FUNCTION kiln_not_archived(job bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+    BEGIN
+        IF EXISTS (SELECT 1 FROM jobs_archive WHERE id = job) THEN
+            RAISE EXCEPTION 'job % is archived', job USING ERRCODE = 'KLAR0';
+        END IF;
+        RETURN true;
+    END $$;
+
+    -- An archive that moved nothing: the job is not live, or not finished.
+    CREATE FUNCTION kiln_archived(moved bigint, job bigint) RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE
+        found text;
+    BEGIN
+        IF moved = 0 THEN
+            SELECT status INTO found FROM jobs WHERE id = job;
+            IF found IS NULL THEN
+                RAISE EXCEPTION 'job % is not live', job USING ERRCODE = 'KLNF0';
+            END IF;
+            RAISE EXCEPTION '%', found USING ERRCODE = 'KLUF0';
+        END IF;
+    END $$;
+
+    -- A port and its group are one node's, whatever writes them.
+    CREATE FUNCTION kiln_port_group_same_node() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.portgroup IS NOT NULL
+           AND EXISTS (SELECT 1 FROM portgroups WHERE uuid = NEW.portgroup AND node <> NEW.node) THEN
+            RAISE EXCEPTION 'port group of another node' USING ERRCODE = 'KLPG0';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER ports_portgroup_same_node BEFORE INSERT OR UPDATE OF portgroup, node ON ports
+        FOR EACH ROW EXECUTE FUNCTION kiln_port_group_same_node();
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The advisory lock key under which the schema is migrated ("kiln" in ASCII).
+pub const MIGRATION_LOCK: i64 = 0x6b69_6c6e;

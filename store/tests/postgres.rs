@@ -1,0 +1,184 @@
+//! What only the PostgreSQL backend has: fencing in the node rows, the
+//! schema version table, the group commit through the store thread, and
+//! connection failures that name their cause without the password. The
+//! tests both backends share are in `sqlite.rs`, `jobs.rs` and
+//! `portgroups.rs` (`on_both!`).
+
+use chrono::Utc;
+use kiln_store::postgres::{PgOptions, PgTarget, SCHEMA_VERSION};
+use kiln_store::*;
+
+mod support;
+use support::{Kind, PASSWORD, Place, server};
+
+fn node(name: &str) -> NodeRecord {
+    NodeRecord::enroll(name.into(), DriverKind::Fake, Utc::now())
+}
+
+fn history(node: NodeId) -> HistoryEntry {
+    HistoryEntry {
+        node,
+        at: Utc::now(),
+        event: "manage".into(),
+        from_state: ProvisionState::Enroll,
+        to_state: ProvisionState::Verifying,
+        error: None,
+    }
+}
+
+fn commit_one(store: &mut dyn Backend, batch: Batch) -> Result<(), StoreError> {
+    store.commit(&[batch]).unwrap().pop().unwrap()
+}
+
+#[test]
+fn a_member_whose_nodes_were_claimed_is_fenced_and_writes_nothing() {
+    let place = Place::new(Kind::Postgres);
+    let mut old = place.open_as("old");
+    let n = node("n1");
+    commit_one(&mut *old, vec![Write::InsertNode(n.clone()), Write::AppendHistory(history(n.uuid))]).unwrap();
+
+    // A new member opens the same database: it claims every node.
+    let mut new = place.open_as("new");
+    let mut stale = n.clone();
+    stale.provision_state = ProvisionState::Active;
+    for batch in [
+        vec![Write::UpdateNode(stale.clone())],
+        vec![Write::AppendHistory(history(n.uuid))],
+        vec![Write::DeleteNode(n.uuid)],
+    ] {
+        let err = commit_one(&mut *old, batch).unwrap_err();
+        assert!(matches!(&err, StoreError::Fenced(m) if m.contains(&n.uuid.to_string())), "{err:?}");
+    }
+    // A fenced write fails its batch alone, in a group with others.
+    let other = node("other");
+    let results = old
+        .commit(&[vec![Write::UpdateNode(stale)], vec![Write::SetMeta { key: "k".into(), value: "v".into() }]])
+        .unwrap();
+    assert!(matches!(results[0], Err(StoreError::Fenced(_))), "{results:?}");
+    assert!(results[1].is_ok());
+    commit_one(&mut *old, vec![Write::InsertNode(other.clone())]).unwrap();
+
+    assert_eq!(new.load_node(n.uuid).unwrap(), Some(n.clone()));
+    assert_eq!(new.load_history(n.uuid, 10).unwrap().len(), 1);
+    let mut moved = n.clone();
+    moved.provision_state = ProvisionState::Manageable;
+    commit_one(&mut *new, vec![Write::UpdateNode(moved.clone()), Write::AppendHistory(history(n.uuid))]).unwrap();
+    assert_eq!(new.load_node(n.uuid).unwrap(), Some(moved));
+    // The new member may not write the node the old one inserted after it
+    // claimed (it never claimed it): fenced too, never silent.
+    let err = commit_one(&mut *new, vec![Write::UpdateNode(other.clone())]).unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err:?}");
+}
+
+#[test]
+fn unique_and_foreign_key_errors_carry_their_kind_on_both_backends() {
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let place = Place::new(kind);
+        let mut store = place.open();
+        let n = node("a");
+        commit_one(&mut *store, vec![Write::InsertNode(n.clone())]).unwrap();
+        let mut same = node("b");
+        same.uuid = n.uuid;
+        let err = commit_one(&mut *store, vec![Write::InsertNode(same)]).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict(m) if m == &format!("node uuid {} already exists", n.uuid)),
+            "{kind:?} {err:?}"
+        );
+        let err = commit_one(&mut *store, vec![Write::InsertNode(node("a"))]).unwrap_err();
+        assert_eq!(err.to_string(), "node name 'a' is already in use", "{kind:?}");
+    }
+}
+
+#[test]
+fn the_schema_is_versioned_and_a_newer_one_is_refused() {
+    let place = Place::new(Kind::Postgres);
+    drop(place.open());
+    drop(place.open());
+    let url = place.target();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let version: i64 = runtime.block_on(async {
+        let raw = server().url(url.masked().rsplit('/').next().unwrap().split('?').next().unwrap());
+        let (client, connection) = tokio_postgres::connect(&raw, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let version = client.query_one("SELECT version FROM kiln_schema", &[]).await.unwrap().get(0);
+        client.execute("UPDATE kiln_schema SET version = version + 1", &[]).await.unwrap();
+        version
+    });
+    assert_eq!(version, SCHEMA_VERSION);
+    match place.open_pg("m") {
+        Err(StoreError::TooNew { found, supported }) => {
+            assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION))
+        }
+        other => panic!("expected TooNew, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_committers_share_pipelined_groups_on_the_store_thread() {
+    let backend = tokio::task::spawn_blocking(|| {
+        let place = Place::new(Kind::Postgres);
+        (place.open_pg("m").unwrap(), place)
+    })
+    .await
+    .unwrap();
+    let store = StoreHandle::start(Box::new(backend.0));
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let n = node(&format!("n{i}"));
+            store.commit(vec![Write::InsertNode(n.clone()), Write::AppendHistory(history(n.uuid))]).await.unwrap();
+            let mut later = n.clone();
+            later.provision_state = ProvisionState::Manageable;
+            store.commit(vec![Write::UpdateNode(later)]).await.unwrap();
+            // A duplicate fails alone.
+            store.commit(vec![Write::InsertNode(node(&format!("n{i}")))]).await.unwrap_err();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let nodes = store.read(|b| b.load_nodes()).await.unwrap();
+    assert_eq!(nodes.len(), 64);
+    assert!(nodes.iter().all(|n| n.provision_state == ProvisionState::Manageable));
+    drop(backend.1);
+}
+
+#[test]
+fn a_wrong_password_is_refused_at_once_and_never_shown() {
+    let bad = format!("postgres://kiln:not-{PASSWORD}@127.0.0.1:{}/postgres?sslmode=disable", server().port());
+    let target = PgTarget::parse(&bad).unwrap();
+    let started = std::time::Instant::now();
+    let err = kiln_store::postgres::PgBackend::open(PgOptions {
+        target,
+        member: "m".into(),
+        connect_for: std::time::Duration::from_secs(30),
+    })
+    .map(|_| ())
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Connect(_)), "{err:?}");
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(!text.contains(PASSWORD) && !format!("{err:?}").contains(PASSWORD), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn a_server_that_is_down_is_retried_for_a_bounded_time_then_named() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("postgres://kiln:s3cret@127.0.0.1:{port}/kiln?sslmode=disable");
+    let started = std::time::Instant::now();
+    let err = kiln_store::postgres::PgBackend::open(PgOptions {
+        target: PgTarget::parse(&url).unwrap(),
+        member: "m".into(),
+        connect_for: std::time::Duration::from_secs(2),
+    })
+    .map(|_| ())
+    .unwrap_err();
+    let waited = started.elapsed();
+    assert!(waited >= std::time::Duration::from_secs(2) && waited < std::time::Duration::from_secs(10), "{waited:?}");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Connect(_)), "{err:?}");
+    assert!(text.contains(&format!("127.0.0.1:{port}")) && !text.contains("s3cret"), "{text}");
+}
