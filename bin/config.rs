@@ -636,3 +636,15 @@ pub fn own_uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
 }
+
+/// The socket path the CLI uses: `--socket`, then `KILN_SOCKET`, then the
+/// default data dir's socket.
+pub fn socket_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("KILN_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    default_data_dir().join("kiln.sock")
+}

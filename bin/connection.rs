@@ -16,7 +16,7 @@
 //! `read` rather than one for its length and one for its body; each frame
 //! is written with one `write`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use kiln_actors::KilnError;
@@ -26,8 +26,6 @@ use kiln_actors::protocol::{PROTOCOL_VERSION, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
-
-use crate::limits::secs;
 
 /// Why the CLI could not talk to the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -46,18 +44,6 @@ pub enum ConnectionError {
     Closed,
     #[error("the daemon refused the session: {0}")]
     Refused(String),
-}
-
-/// The socket path the CLI uses: `--socket`, then `KILN_SOCKET`, then the
-/// default data dir's socket.
-pub fn socket_path(flag: Option<&Path>) -> PathBuf {
-    if let Some(p) = flag {
-        return p.to_path_buf();
-    }
-    if let Some(p) = std::env::var_os("KILN_SOCKET").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    crate::config::default_data_dir().join("kiln.sock")
 }
 
 /// What the daemon reads between requests.
@@ -309,6 +295,11 @@ async fn frames_of(resp: Response, max_frame: usize) -> Result<Vec<Vec<u8>>, Cod
     tokio::task::spawn_blocking(move || kiln_actors::parts::answer_frames(&resp, max_frame))
         .await
         .map_err(|e| CodecError::Encode(format!("the encoding thread failed: {e}")))?
+}
+
+/// A duration as the refusals word it: `30 s`.
+fn secs(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 #[cfg(test)]

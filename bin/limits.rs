@@ -90,8 +90,3 @@ impl Gate {
         conn.refuse(KilnError::Unavailable(text), REFUSE_TIMEOUT).await;
     }
 }
-
-/// Seconds as people write them in messages: `30 s`, `0.5 s`.
-pub fn secs(d: Duration) -> String {
-    format!("{} s", d.as_secs_f64())
-}

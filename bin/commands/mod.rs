@@ -29,7 +29,8 @@ use kiln_actors::KilnError;
 use kiln_actors::protocol::{Request, Response};
 
 use crate::cli::{Cli, Command, ServeArgs, StoreCommand};
-use crate::connection::{Connection, ConnectionError, socket_path};
+use crate::config::socket_path;
+use crate::connection::{Connection, ConnectionError};
 use crate::{exit, output};
 
 /// Why a command did not succeed, and with which exit code.
