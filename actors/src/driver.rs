@@ -148,3 +148,18 @@ impl DriverActor {
         ))
     }
 }
+
+/// Asks a driver actor which thread it runs on, so tests can check where the
+/// site put it. Exists only in test builds.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "std::thread::ThreadId")]
+pub struct ThreadOfForTest;
+
+#[cfg(test)]
+impl Handler<ThreadOfForTest> for DriverActor {
+    type Result = MessageResult<ThreadOfForTest>;
+    fn handle(&mut self, _: ThreadOfForTest, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(std::thread::current().id())
+    }
+}

@@ -38,7 +38,6 @@ mod tests;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use dashmap::DashMap;
 use kiln_store::{StoreError, StoreHandle, Write};
 
 pub use config::SiteConfig;
@@ -160,9 +159,8 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     let env = node::NodeEnv {
         store: store.clone(),
         events: events.clone(),
-        drivers: Arc::new(DashMap::new()),
+        drivers: node::connect::DriverPool::new(None, config.driver_call_timeout, metrics.clone()),
         live: live.clone(),
-        driver_call_timeout: config.driver_call_timeout,
         metrics: metrics.clone(),
         clock: config.clock.clone(),
     };

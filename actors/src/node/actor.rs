@@ -9,19 +9,18 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
-use dashmap::DashMap;
 use kiln_drivers::DriverError;
-use kiln_store::{DriverKind, NodeRecord, PowerState, StoreHandle};
+use kiln_store::{NodeRecord, PowerState, StoreHandle};
 use tokio::sync::oneshot;
 
+use super::connect::{Connecting, DriverPool, DriverSpec, usable};
 use super::core::{Input, NodeCore, Request};
 use super::effects::{Effect, Ticket};
 use super::{ReadPower, RunOp, RunOpIn, ShowNode};
 use crate::KilnError;
-use crate::driver::{DriverActor, DriverCall, DriverReply, NodeCall};
+use crate::driver::{DriverCall, DriverReply, NodeCall};
 use crate::events::{EventBus, Publish};
 use crate::view::NodeView;
 
@@ -31,11 +30,11 @@ use crate::view::NodeView;
 pub struct NodeEnv {
     pub store: StoreHandle,
     pub events: Addr<EventBus>,
-    /// Driver actors of BMC endpoints shared by several nodes, by endpoint.
-    pub drivers: Arc<DashMap<String, Addr<DriverActor>>>,
+    /// Driver actors of BMC endpoints shared by several nodes, by endpoint,
+    /// built off the actors' thread.
+    pub drivers: DriverPool,
     /// `lock_wait` and the other settings a reload can change.
     pub live: Arc<crate::LiveSettings>,
-    pub driver_call_timeout: Duration,
     /// The site's metrics (node gauges, BMC calls).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where node decisions read the time (wait deadlines, reservation and
@@ -46,8 +45,9 @@ pub struct NodeEnv {
 /// The actor of one node.
 pub struct NodeActor {
     pub(super) core: NodeCore,
-    /// The node's own driver actor (for BMCs no other node shares).
-    driver: Option<Addr<DriverActor>>,
+    /// The node's driver actor, or its connection under way (kept here too
+    /// for BMCs no other node shares, which the pool does not hold).
+    driver: Option<Connecting>,
     pub(super) env: NodeEnv,
 }
 
@@ -89,10 +89,8 @@ impl NodeActor {
                     act.feed(Input::Committed { ticket, result }, ctx);
                 }));
             }
-            Effect::Connect { ticket } => {
-                return Some(Input::Connected { ticket, result: self.driver().map(|_| ()) });
-            }
-            Effect::CallDriver { ticket, call, span } => return self.call(ticket, call, span, ctx),
+            Effect::Connect { ticket } => return self.connect(ticket, ctx),
+            Effect::CallDriver { ticket, call, span } => self.call(ticket, call, span, ctx),
             Effect::ForgetDriver => self.driver = None,
             Effect::LoadStored { ticket } => {
                 let store = self.env.store.clone();
@@ -111,68 +109,45 @@ impl NodeActor {
         None
     }
 
-    /// Sends a call to the driver actor; its reply comes back as an input.
-    fn call(
-        &mut self,
-        ticket: Ticket,
-        call: DriverCall,
-        span: tracing::Span,
-        ctx: &mut Context<Self>,
-    ) -> Option<Input> {
-        let driver = match self.driver() {
-            Ok(d) => d,
-            Err(e) => return Some(Input::DriverReplied { ticket, result: Err(e) }),
-        };
-        let task_span = self.core.current_span();
-        let call = NodeCall { call, span };
-        ctx.spawn(async move { driver.send(call).await }.into_actor(self).map(move |res, act, ctx| {
-            let _entered = task_span.enter();
-            let result = res.unwrap_or(Err(DriverError::Unavailable));
-            act.feed(Input::DriverReplied { ticket, result }, ctx);
+    /// Connects to the BMC, off this thread; the result comes back as an
+    /// input (at once when the driver is there already).
+    fn connect(&mut self, ticket: Ticket, ctx: &mut Context<Self>) -> Option<Input> {
+        let connecting = self.driver();
+        if let Some(result) = connecting.peek() {
+            return Some(Input::Connected { ticket, result: result.clone().map(|_| ()) });
+        }
+        let span = self.core.current_span();
+        ctx.spawn(connecting.into_actor(self).map(move |result, act, ctx| {
+            let _entered = span.enter();
+            act.feed(Input::Connected { ticket, result: result.map(|_| ()) }, ctx);
         }));
         None
     }
 
-    /// The driver actor for this node's BMC, started on first use.
-    fn driver(&mut self) -> Result<Addr<DriverActor>, DriverError> {
-        if let Some(d) = &self.driver
-            && d.connected()
+    /// Sends a call to the driver actor (once connected); its reply comes
+    /// back as an input.
+    fn call(&mut self, ticket: Ticket, call: DriverCall, span: tracing::Span, ctx: &mut Context<Self>) {
+        let connecting = self.driver();
+        let task_span = self.core.current_span();
+        let call = NodeCall { call, span };
+        let reply = async move { connecting.await?.send(call).await.unwrap_or(Err(DriverError::Unavailable)) };
+        ctx.spawn(reply.into_actor(self).map(move |result, act, ctx| {
+            let _entered = task_span.enter();
+            act.feed(Input::DriverReplied { ticket, result }, ctx);
+        }));
+    }
+
+    /// The driver actor for this node's BMC, connected on first use (and
+    /// again once its connection failed or its actor stopped).
+    fn driver(&mut self) -> Connecting {
+        if let Some(connecting) = &self.driver
+            && usable(connecting)
         {
-            return Ok(d.clone());
+            return connecting.clone();
         }
-        let record = self.core.record();
-        let kind = record.driver.as_str();
-        let mut info = record.driver_info.clone();
-        if record.driver == DriverKind::Fake && record.power_state == Some(PowerState::On) {
-            // A fake BMC lives in memory: start it where the record says it was.
-            info.entry("power".into()).or_insert_with(|| "on".into());
-        }
-        // Nodes share a driver actor only when they name the same BMC with
-        // the same settings: a changed password or timeout gets a fresh one
-        // (the key holds a hash of the settings, never the password itself).
-        let endpoint = kiln_drivers::endpoint(kind, &info).map(|ep| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            info.hash(&mut h);
-            format!("{ep}#{:016x}", h.finish())
-        });
-        if let Some(ep) = &endpoint
-            && let Some(d) = self.env.drivers.get(ep)
-            && d.connected()
-        {
-            self.driver = Some(d.clone());
-            return Ok(d.clone());
-        }
-        let bmc = kiln_drivers::connect(kind, &info)?;
-        let label = info.get("address").cloned().unwrap_or_else(|| format!("fake BMC of {}", record.name));
-        let addr = DriverActor::new(bmc, label, self.env.driver_call_timeout)
-            .observed(self.env.metrics.clone(), record.driver)
-            .start();
-        if let Some(ep) = endpoint {
-            self.env.drivers.insert(ep, addr.clone());
-        }
-        self.driver = Some(addr.clone());
-        Ok(addr)
+        let connecting = self.env.drivers.obtain(DriverSpec::of(self.core.record()));
+        self.driver = Some(connecting.clone());
+        connecting
     }
 
     /// Feeds an input carrying a reply channel and answers when the core does.
@@ -247,13 +222,14 @@ impl Handler<ReadPower> for NodeActor {
     type Result = ResponseFuture<Result<Option<PowerState>, KilnError>>;
     fn handle(&mut self, _: ReadPower, _: &mut Context<Self>) -> Self::Result {
         let name = self.core.record().name.clone();
-        let driver = self.driver();
+        let connecting = self.driver();
         // Answered mid-task too, and no part of that task: nothing to decide,
         // so the core is not asked.
         let call =
             NodeCall { call: DriverCall::GetPower, span: self.core.task_span("power status", &tracing::Span::none()) };
         Box::pin(async move {
-            let driver = driver.map_err(|e| KilnError::Driver { node: name.clone(), message: e.to_string() })?;
+            let driver =
+                connecting.await.map_err(|e| KilnError::Driver { node: name.clone(), message: e.to_string() })?;
             match driver.send(call).await {
                 Ok(Ok(DriverReply::Power(p))) => Ok(Some(super::core::power_state_of(p))),
                 Ok(Ok(_)) => Ok(None),

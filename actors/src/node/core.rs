@@ -203,7 +203,11 @@ impl NodeCore {
             Input::Committed { ticket, result } => self.committed(ticket, result),
             Input::DriverReplied { ticket, result } => self.replied(ticket, result),
             Input::Connected { ticket, result } => {
-                if let Some(Awaiting::Connect(then)) = self.awaiting.remove(&ticket) {
+                // A connection ends after the task that asked for it was
+                // abandoned (shutdown): nothing is left to go on with.
+                if let Some(Awaiting::Connect(then)) = self.awaiting.remove(&ticket)
+                    && self.task.is_some()
+                {
                     self.connected(then, result);
                 }
             }

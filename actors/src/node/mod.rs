@@ -12,6 +12,7 @@
 //! shell that carries the effects out and feeds their results back.
 
 mod actor;
+pub mod connect;
 pub mod core;
 pub mod effects;
 mod gauged;

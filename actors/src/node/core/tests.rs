@@ -47,6 +47,10 @@ struct Sim {
     /// With `park`, driver calls wait here until [`Sim::resume`].
     park: bool,
     parked: VecDeque<(Ticket, DriverCall)>,
+    /// With `park_connects`, connecting waits here until [`Sim::connected`]
+    /// (the actor builds the BMC client on a blocking thread).
+    park_connects: bool,
+    parked_connects: VecDeque<Ticket>,
     stopped: bool,
 }
 
@@ -74,6 +78,8 @@ fn sim_in(state: S) -> Sim {
         store_results: VecDeque::new(),
         park: false,
         parked: VecDeque::new(),
+        park_connects: false,
+        parked_connects: VecDeque::new(),
         stopped: false,
     }
 }
@@ -129,6 +135,10 @@ impl Sim {
             }
             Effect::Connect { ticket } => {
                 self.trace.push("connect".into());
+                if self.park_connects {
+                    self.parked_connects.push_back(ticket);
+                    return None;
+                }
                 Some(Input::Connected { ticket, result: self.connect.clone() })
             }
             Effect::CallDriver { ticket, call, .. } => {
@@ -201,6 +211,12 @@ impl Sim {
         let (ticket, call) = self.parked.pop_front().expect("a call is parked");
         let result = self.replies.pop_front().unwrap_or_else(|| Ok(healthy_reply(&call)));
         self.feed(Input::DriverReplied { ticket, result });
+    }
+
+    /// Ends the first parked connection with the sim's `connect` result.
+    fn connected(&mut self) {
+        let ticket = self.parked_connects.pop_front().expect("a connection is parked");
+        self.feed(Input::Connected { ticket, result: self.connect.clone() });
     }
 
     fn sync(&mut self, force: bool, max_retries: u32) -> SyncOutcome {
@@ -720,5 +736,54 @@ fn abandoning_a_task_whose_fix_cannot_be_committed_answers_false() {
     assert!(!sim.abandon("shutting down"));
     assert_eq!(sim.state(), S::Deploying, "nothing adopted: the restart rule will fix it");
     assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_request_arriving_while_the_bmc_is_connecting_waits_for_the_task() {
+    let mut sim = sim_in(S::Available);
+    sim.park_connects = true;
+    let mut deploy = sim.run(Op::Verb(Verb::Deploy), true);
+    assert_eq!(sim.state(), S::Available, "no working state before the BMC can be reached");
+    let mut second = sim.run(Op::Maintenance { on: true, reason: None }, true);
+    assert_eq!(sim.timers.len(), 1, "the second request waits its lock_wait");
+    assert!(matches!(second.try_recv(), Err(TryRecvError::Empty)));
+
+    sim.connected();
+    assert!(answered(&mut deploy).is_ok());
+    assert_eq!(sim.state(), S::Active);
+    assert!(answered(&mut second).is_ok(), "the waiter runs once the task ends");
+    assert!(sim.core.record().maintenance);
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_connection_ending_after_the_task_was_abandoned_changes_nothing() {
+    let mut sim = sim_in(S::Available);
+    sim.park_connects = true;
+    let mut deploy = sim.run(Op::Verb(Verb::Deploy), true);
+    assert!(!sim.abandon("shutting down"), "nothing was stored mid-task");
+    assert!(matches!(answered(&mut deploy), Err(KilnError::Driver { .. })));
+
+    let commits = sim.trace.iter().filter(|t| t.starts_with("commit")).count();
+    sim.connected();
+    assert_eq!(sim.trace.iter().filter(|t| t.starts_with("commit")).count(), commits);
+    assert_eq!(sim.state(), S::Available);
+    assert_eq!(sim.stored.as_ref().unwrap().provision_state, S::Available);
+    assert!(sim.events.is_empty());
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_connection_that_fails_ends_the_task_and_lets_the_waiter_in() {
+    let mut sim = sim_in(S::Available);
+    sim.park_connects = true;
+    sim.connect = Err(DriverError::Unavailable);
+    let mut deploy = sim.run(Op::Verb(Verb::Deploy), true);
+    let mut second = sim.run(Op::Noop, true);
+    sim.connected();
+    assert!(matches!(answered(&mut deploy), Err(KilnError::Driver { .. })));
+    assert_eq!(sim.state(), S::Available, "the node keeps its state");
+    assert!(answered(&mut second).is_ok());
     sim.assert_gauges();
 }

@@ -1,0 +1,197 @@
+//! Connecting a node to its BMC without holding up the actors' thread.
+//!
+//! Building a BMC client may read a file (a Redfish `ca_file`) and sets up a
+//! TLS client: slow enough to stall every node, job and admin request that
+//! shares the arbiter. So [`DriverPool::obtain`] builds it on a blocking
+//! thread and hands back a [`Connecting`]: a shared future of the driver
+//! actor. The node core already waits for a connection as an effect
+//! (`Effect::Connect`, answered by `Input::Connected`), so nothing but the
+//! shell notices that the answer now comes later.
+//!
+//! Nodes that name the same BMC endpoint with the same settings share one
+//! driver actor, which serialises the calls to that BMC. The pool keeps the
+//! connection by that key from the moment it starts, not only once it is
+//! done, so nodes connecting at the same time await the same future and get
+//! the same actor. A connection that failed, or whose actor stopped, is
+//! replaced by the next request for it.
+//!
+//! The driver actors run on the site's driver arbiter when it has one (their
+//! HTTP and IPMI work then leaves the node actors' thread), otherwise on the
+//! arbiter of whoever awaits the connection.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use kiln_drivers::DriverError;
+use kiln_store::{DriverKind, NodeRecord, PowerState};
+
+use crate::driver::DriverActor;
+use crate::metrics::Metrics;
+
+/// A driver actor on its way (or there already): await it, or `peek` it.
+pub type Connecting = Shared<BoxFuture<'static, Result<Addr<DriverActor>, DriverError>>>;
+
+/// Whether `connecting` can still give a driver: it is under way, or done
+/// with an actor that still runs.
+pub fn usable(connecting: &Connecting) -> bool {
+    match connecting.peek() {
+        None => true,
+        Some(Ok(driver)) => driver.connected(),
+        Some(Err(_)) => false,
+    }
+}
+
+/// What building a node's driver actor needs, read from its record.
+pub struct DriverSpec {
+    kind: DriverKind,
+    info: BTreeMap<String, String>,
+    /// How the BMC is named in errors (its address; never credentials).
+    label: String,
+}
+
+impl DriverSpec {
+    /// The driver `record` names.
+    pub fn of(record: &NodeRecord) -> Self {
+        let mut info = record.driver_info.clone();
+        if record.driver == DriverKind::Fake && record.power_state == Some(PowerState::On) {
+            // A fake BMC lives in memory: start it where the record says it was.
+            info.entry("power".into()).or_insert_with(|| "on".into());
+        }
+        let label = info.get("address").cloned().unwrap_or_else(|| format!("fake BMC of {}", record.name));
+        DriverSpec { kind: record.driver, info, label }
+    }
+
+    /// The pool key: the endpoint and a hash of the settings, so a changed
+    /// password or timeout gets a fresh actor (the key never holds the
+    /// password itself). None for drivers that share nothing (`fake`).
+    fn key(&self) -> Option<String> {
+        kiln_drivers::endpoint(self.kind.as_str(), &self.info).map(|endpoint| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.info.hash(&mut h);
+            format!("{endpoint}#{:016x}", h.finish())
+        })
+    }
+}
+
+/// The site's driver actors for shared BMC endpoints, and where new ones run.
+#[derive(Clone)]
+pub struct DriverPool {
+    by_endpoint: Arc<DashMap<String, Connecting>>,
+    /// The arbiter driver actors start on; `None`: the awaiting actor's.
+    arbiter: Option<ArbiterHandle>,
+    call_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl DriverPool {
+    pub fn new(arbiter: Option<ArbiterHandle>, call_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        DriverPool { by_endpoint: Arc::default(), arbiter, call_timeout, metrics }
+    }
+
+    /// The driver for `spec`: the one of its endpoint when it is usable
+    /// (connected or connecting), else a new connection.
+    pub fn obtain(&self, spec: DriverSpec) -> Connecting {
+        let Some(key) = spec.key() else { return self.connect(spec) };
+        match self.by_endpoint.entry(key) {
+            Entry::Occupied(held) if usable(held.get()) => held.get().clone(),
+            Entry::Occupied(mut stale) => {
+                let fresh = self.connect(spec);
+                drop(stale.insert(fresh.clone()));
+                fresh
+            }
+            Entry::Vacant(free) => free.insert(self.connect(spec)).clone(),
+        }
+    }
+
+    /// Builds the BMC client on a blocking thread, then starts its actor.
+    fn connect(&self, spec: DriverSpec) -> Connecting {
+        let DriverSpec { kind, info, label } = spec;
+        let (arbiter, call_timeout, metrics) = (self.arbiter.clone(), self.call_timeout, self.metrics.clone());
+        async move {
+            let bmc = tokio::task::spawn_blocking(move || kiln_drivers::connect(kind.as_str(), &info))
+                .await
+                .map_err(|e| DriverError::Panicked(crate::panics::join_text(e)))??;
+            let actor =
+                move |_: &mut Context<DriverActor>| DriverActor::new(bmc, label, call_timeout).observed(metrics, kind);
+            Ok(match arbiter {
+                Some(arbiter) => DriverActor::start_in_arbiter(&arbiter, actor),
+                None => DriverActor::create(actor),
+            })
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipmi_node(name: &str, password: &str) -> NodeRecord {
+        let mut record = NodeRecord::enroll(name.into(), DriverKind::Ipmi, chrono::Utc::now());
+        record.driver_info = [("address", "10.0.0.9"), ("password", password)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        record
+    }
+
+    fn pool(arbiter: Option<ArbiterHandle>) -> DriverPool {
+        DriverPool::new(arbiter, Duration::from_secs(5), Arc::new(Metrics::default()))
+    }
+
+    #[test]
+    fn nodes_connecting_at_once_to_one_endpoint_share_one_actor() {
+        actix::System::new().block_on(async {
+            let pool = pool(None);
+            // Both ask before either connection has ended.
+            let a = pool.obtain(DriverSpec::of(&ipmi_node("a", "hunter22")));
+            let b = pool.obtain(DriverSpec::of(&ipmi_node("b", "hunter22")));
+            assert!(a.peek().is_none(), "the client is built off this thread");
+            let (a, b) = (a.await.unwrap(), b.await.unwrap());
+            assert_eq!(a, b);
+            // Later nodes find it done.
+            assert_eq!(pool.obtain(DriverSpec::of(&ipmi_node("c", "hunter22"))).await.unwrap(), a);
+            // Other settings, another actor.
+            assert_ne!(pool.obtain(DriverSpec::of(&ipmi_node("d", "other"))).await.unwrap(), a);
+        });
+    }
+
+    #[test]
+    fn fake_bmcs_are_not_shared_and_a_failed_connection_is_tried_again() {
+        actix::System::new().block_on(async {
+            let pool = pool(None);
+            let record = NodeRecord::enroll("f".into(), DriverKind::Fake, chrono::Utc::now());
+            let one = pool.obtain(DriverSpec::of(&record)).await.unwrap();
+            assert_ne!(pool.obtain(DriverSpec::of(&record)).await.unwrap(), one);
+
+            let mut bad = ipmi_node("bad", "hunter22");
+            bad.driver_info.insert("port".into(), "not a port".into());
+            let failed = pool.obtain(DriverSpec::of(&bad));
+            assert!(failed.clone().await.is_err());
+            assert!(!usable(&failed));
+            let again = pool.obtain(DriverSpec::of(&bad));
+            assert!(again.peek().is_none(), "a new attempt, not the cached failure");
+        });
+    }
+
+    #[test]
+    fn driver_actors_run_on_the_pool_s_arbiter() {
+        actix::System::new().block_on(async {
+            let arbiter = Arbiter::new();
+            let pool = pool(Some(arbiter.handle()));
+            let here = std::thread::current().id();
+            let driver = pool.obtain(DriverSpec::of(&ipmi_node("a", "hunter22"))).await.unwrap();
+            let there = driver.send(crate::driver::ThreadOfForTest).await.unwrap();
+            assert_ne!(there, here);
+            arbiter.stop();
+        });
+    }
+}
