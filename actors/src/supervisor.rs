@@ -442,8 +442,9 @@ impl FanOutControl {
         self.canceled.notify_waiters();
     }
 
-    /// Waits `d`, or less if canceled meanwhile; true when canceled.
-    pub async fn sleep_unless_canceled(&self, d: std::time::Duration) -> bool {
+    /// Waits `d` on `clock`, or less if canceled meanwhile; true when
+    /// canceled.
+    pub async fn sleep_unless_canceled(&self, d: std::time::Duration, clock: &crate::clock::SharedClock) -> bool {
         let woken = self.canceled.notified();
         if self.cancel.load(Ordering::Relaxed) {
             return true;
@@ -455,7 +456,7 @@ impl FanOutControl {
             return false;
         }
         tokio::select! {
-            _ = tokio::time::sleep(d) => self.cancel.load(Ordering::Relaxed),
+            _ = clock.sleep(d) => self.cancel.load(Ordering::Relaxed),
             _ = woken => true,
         }
     }

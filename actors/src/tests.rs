@@ -612,3 +612,83 @@ fn a_node_opcode_ends_when_its_nodes_started_or_with_wait_when_they_settled() {
         assert_eq!(settled.ops[0].results[0].provision_state.as_deref(), Some("active"));
     });
 }
+
+/// A site on a [`crate::clock::ManualClock`], with `lock_wait`.
+async fn site_on(clock: &crate::clock::ManualClock, dir: &std::path::Path, lock_wait: Duration) -> Site {
+    start(SiteConfig { clock: clock.shared(), ..config(dir, 1, lock_wait) }).await.unwrap()
+}
+
+/// Lets the actors run until `clock` has `n` sleeps under way: a timer is
+/// set before the test moves the clock past it. Yields, never sleeps.
+async fn until_sleeping(clock: &crate::clock::ManualClock, n: usize) {
+    for _ in 0..1_000_000 {
+        if clock.sleepers() == n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("expected {n} sleeps on the clock, found {}", clock.sleepers());
+}
+
+#[test]
+fn lock_wait_runs_out_on_the_site_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = crate::clock::ManualClock::starting_at(chrono::Utc::now());
+    actix::System::new().block_on(async {
+        let site = site_on(&clock, dir.path(), Duration::from_secs(600)).await;
+        act(&site, "demo1", slow(600_000), true).await.unwrap();
+        act(&site, "demo1", Op::Power(PowerAction::On), false).await.unwrap();
+        let waiting = site.supervisor.send(NodeAction { node: "demo1".into(), op: Op::Verb(Verb::Manage), wait: true });
+        let waiting = tokio::task::spawn_local(waiting);
+        until_sleeping(&clock, 1).await;
+
+        clock.advance(Duration::from_secs(599));
+        assert_eq!(clock.sleepers(), 1, "still waiting a second before lock_wait");
+        clock.advance(Duration::from_secs(1));
+        match waiting.await.unwrap().unwrap() {
+            Err(KilnError::NodeLocked { holder_purpose, .. }) => assert_eq!(holder_purpose, "power on"),
+            other => panic!("expected NodeLocked, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn the_job_long_poll_and_the_sleep_opcode_wait_on_the_site_clock() {
+    use crate::jobs::{Opcode, SubmitJob, WaitJobChange};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = crate::clock::ManualClock::starting_at(chrono::Utc::now());
+    actix::System::new().block_on(async {
+        let site = site_on(&clock, dir.path(), Duration::ZERO).await;
+        let ops = vec![Opcode::Sleep { seconds: 3600.0 }];
+        let job = site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
+        until_sleeping(&clock, 1).await;
+        let now = WaitJobChange { job, after_serial: 0, timeout: Duration::ZERO };
+        let after = site.jobs.send(now).await.unwrap().unwrap().log.last().map_or(0, |l| l.serial);
+
+        // A poll of 30 s answers after 30 s on the clock, with nothing new.
+        let poll = site.jobs.send(WaitJobChange { job, after_serial: after, timeout: Duration::from_secs(30) });
+        let poll = tokio::task::spawn_local(poll);
+        until_sleeping(&clock, 2).await;
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(clock.sleepers(), 2, "the poll waits a second more");
+        clock.advance(Duration::from_secs(1));
+        let change = poll.await.unwrap().unwrap().unwrap();
+        assert!(change.log.is_empty());
+        assert!(!change.status.is_finished(), "{:?}", change.status);
+
+        // The sleep ends when the clock reaches its end; the poll sees it.
+        let poll = site.jobs.send(WaitJobChange { job, after_serial: after, timeout: Duration::from_secs(7200) });
+        let poll = tokio::task::spawn_local(poll);
+        until_sleeping(&clock, 2).await;
+        clock.advance(Duration::from_secs(3570));
+        let mut after = after;
+        let mut status = poll.await.unwrap().unwrap().unwrap().status;
+        while !status.is_finished() {
+            let wait = WaitJobChange { job, after_serial: after, timeout: Duration::from_secs(7200) };
+            let change = site.jobs.send(wait).await.unwrap().unwrap();
+            after = change.log.last().map_or(after, |l| l.serial);
+            status = change.status;
+        }
+        assert_eq!(status, kiln_store::JobStatus::Success);
+    });
+}

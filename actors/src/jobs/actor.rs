@@ -767,7 +767,8 @@ impl Handler<WaitJobChange> for JobQueue {
             let (tx, rx) = oneshot::channel();
             job.shell.watchers.push((msg.after_serial, tx));
             let after = msg.after_serial;
-            ctx.run_later(msg.timeout.min(Duration::from_secs(3600)), move |act, _| {
+            let timeout = self.clock.sleep(msg.timeout.min(Duration::from_secs(3600)));
+            ctx.spawn(timeout.into_actor(self).map(move |(), act, _| {
                 if let Some(job) = act.core.active.get_mut(&id) {
                     // Answer the watchers whose time is up (closed ones too).
                     let change = change_after(job, after);
@@ -778,14 +779,14 @@ impl Handler<WaitJobChange> for JobQueue {
                         let _ = tx.send(change.clone());
                     }
                 }
-            });
+            }));
             return Box::pin(
                 async move { rx.await.map_err(|_| KilnError::Unavailable("the job queue stopped".into())) },
             );
         }
         let store = self.store.clone();
         let after = msg.after_serial;
-        let timeout = msg.timeout.min(Duration::from_secs(3600));
+        let timeout = self.clock.sleep(msg.timeout.min(Duration::from_secs(3600)));
         Box::pin(async move {
             let Some((r, _)) = store.read(move |b| b.load_job(id)).await? else {
                 return Err(KilnError::NotFound(format!("no such job: {id}")));
@@ -796,7 +797,7 @@ impl Handler<WaitJobChange> for JobQueue {
                 // commit leaves a job so. Answer after the timeout rather than
                 // at once, so a follower never spins.
                 tracing::warn!(job = %id, status = %r.status, "job is neither running nor ended");
-                tokio::time::sleep(timeout).await;
+                timeout.await;
             }
             Ok(JobChange { id, status: r.status, log, progress: None })
         })

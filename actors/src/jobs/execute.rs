@@ -63,7 +63,8 @@ impl JobQueue {
             // job's end goes to the store right behind its insert.
             Opcode::Sleep { seconds } if seconds <= 0.0 => self.op_done(id, idx, Vec::new(), None, ctx),
             Opcode::Sleep { seconds } => {
-                let wait = async move { control.sleep_unless_canceled(Duration::from_secs_f64(seconds)).await }
+                let clock = self.clock.clone();
+                let wait = async move { control.sleep_unless_canceled(Duration::from_secs_f64(seconds), &clock).await }
                     .instrument(span);
                 ctx.spawn(wait.into_actor(self).map(move |canceled, act, ctx| {
                     let error = canceled.then(|| "canceled during the sleep".to_string());

@@ -102,7 +102,8 @@ impl NodeActor {
                 );
             }
             Effect::StartTimer { waiter, after } => {
-                ctx.run_later(after, move |act, ctx| act.feed(Input::LockWaitOver { waiter }, ctx));
+                let over = self.env.clock.sleep(after).into_actor(self);
+                ctx.spawn(over.map(move |(), act, ctx| act.feed(Input::LockWaitOver { waiter }, ctx)));
             }
             Effect::Stop => ctx.stop(),
         }
