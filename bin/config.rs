@@ -473,6 +473,9 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
             max_queued_jobs,
             demo_nodes: f.demo.unwrap_or(0),
             clock: kiln_actors::clock::system(),
+            // Driver actors and the admin socket off the node actors'
+            // thread when there is more than one core.
+            threads: kiln_actors::threads::Threads::Auto,
         },
         socket,
         socket_mode,

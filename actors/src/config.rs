@@ -31,6 +31,8 @@ pub struct SiteConfig {
     /// Where the site's actors read the time ([`crate::clock`]); a test
     /// passes a [`crate::clock::ManualClock`].
     pub clock: crate::clock::SharedClock,
+    /// Which threads the site runs on ([`crate::threads`]).
+    pub threads: crate::threads::Threads,
 }
 
 impl Default for SiteConfig {
@@ -46,6 +48,7 @@ impl Default for SiteConfig {
             groups: Default::default(),
             demo_nodes: 0,
             clock: crate::clock::system(),
+            threads: Default::default(),
         }
     }
 }

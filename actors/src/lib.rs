@@ -30,6 +30,7 @@ pub mod protocol;
 pub mod scheduler;
 pub mod shutdown;
 pub mod supervisor;
+pub mod threads;
 pub mod view;
 
 #[cfg(test)]
@@ -73,9 +74,18 @@ pub struct Site {
     pub metrics: Arc<metrics::Metrics>,
     /// The settings a running site can change ([`Site::reconfigure`]).
     pub live: Arc<LiveSettings>,
+    /// The driver actors' arbiter, when the site runs on threads of its own
+    /// ([`threads::Threads`]).
+    pub driver_arbiter: Option<threads::OwnArbiter>,
 }
 
 impl Site {
+    /// Whether the site runs work off the arbiter that started it: then
+    /// the daemon gives its admin socket an arbiter of its own too.
+    pub fn own_threads(&self) -> bool {
+        self.driver_arbiter.is_some()
+    }
+
     /// The supervisor's router: what runs node messages and fan-outs.
     pub fn router(&self) -> supervisor::Router {
         supervisor::Router { supervisor: self.supervisor.clone(), registry: self.registry.clone() }
@@ -155,11 +165,12 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     let (last_event, _) = store.read(|b| b.event_span()).await.map_err(store_error)?;
     let events = EventBus::durable(store.clone(), last_event).start();
     let live = Arc::new(LiveSettings::new(&config));
+    let driver_arbiter = config.threads.split().then(threads::OwnArbiter::start);
     let registry = Registry { live: live.clone(), ..Default::default() };
     let env = node::NodeEnv {
         store: store.clone(),
         events: events.clone(),
-        drivers: node::connect::DriverPool::new(None, config.driver_call_timeout, metrics.clone()),
+        drivers: node::connect::DriverPool::new(driver_arbiter.clone(), config.driver_call_timeout, metrics.clone()),
         live: live.clone(),
         metrics: metrics.clone(),
         clock: config.clock.clone(),
@@ -192,5 +203,5 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     let jobs = queue.start();
     let tasks = periodic::builtin(router, jobs.clone(), store.clone(), config.periodic.clone(), metrics.clone());
     let scheduler = scheduler::Scheduler::new(tasks).start();
-    Ok(Site { supervisor, jobs, scheduler, events, registry, store, config, metrics, live })
+    Ok(Site { supervisor, jobs, scheduler, events, registry, store, config, metrics, live, driver_arbiter })
 }

@@ -692,3 +692,19 @@ fn the_job_long_poll_and_the_sleep_opcode_wait_on_the_site_clock() {
         assert_eq!(status, kiln_store::JobStatus::Success);
     });
 }
+
+#[test]
+fn a_site_on_one_thread_and_a_site_on_its_own_threads_both_run_tasks() {
+    for threads in [crate::threads::Threads::One, crate::threads::Threads::Split] {
+        let dir = tempfile::tempdir().unwrap();
+        actix::System::new().block_on(async {
+            let site = start(SiteConfig { threads, ..config(dir.path(), 1, Duration::ZERO) }).await.unwrap();
+            assert_eq!(site.own_threads(), threads == crate::threads::Threads::Split);
+            act(&site, "demo1", Op::Verb(Verb::Manage), true).await.unwrap();
+            act(&site, "demo1", Op::Verb(Verb::Provide), true).await.unwrap();
+            let v = act(&site, "demo1", Op::Verb(Verb::Deploy), true).await.unwrap();
+            assert_eq!(v.provision_state, ProvisionState::Active, "{threads:?}");
+            assert_eq!(v.power_state, Some(kiln_store::PowerState::On), "{threads:?}");
+        });
+    }
+}

@@ -34,6 +34,7 @@ use kiln_store::{DriverKind, NodeRecord, PowerState};
 
 use crate::driver::DriverActor;
 use crate::metrics::Metrics;
+use crate::threads::OwnArbiter;
 
 /// A driver actor on its way (or there already): await it, or `peek` it.
 pub type Connecting = Shared<BoxFuture<'static, Result<Addr<DriverActor>, DriverError>>>;
@@ -84,14 +85,15 @@ impl DriverSpec {
 #[derive(Clone)]
 pub struct DriverPool {
     by_endpoint: Arc<DashMap<String, Connecting>>,
-    /// The arbiter driver actors start on; `None`: the awaiting actor's.
-    arbiter: Option<ArbiterHandle>,
+    /// The arbiter driver actors start on (kept running while the pool
+    /// lives); `None`: the awaiting actor's.
+    arbiter: Option<OwnArbiter>,
     call_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl DriverPool {
-    pub fn new(arbiter: Option<ArbiterHandle>, call_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(arbiter: Option<OwnArbiter>, call_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         DriverPool { by_endpoint: Arc::default(), arbiter, call_timeout, metrics }
     }
 
@@ -113,7 +115,8 @@ impl DriverPool {
     /// Builds the BMC client on a blocking thread, then starts its actor.
     fn connect(&self, spec: DriverSpec) -> Connecting {
         let DriverSpec { kind, info, label } = spec;
-        let (arbiter, call_timeout, metrics) = (self.arbiter.clone(), self.call_timeout, self.metrics.clone());
+        let arbiter = self.arbiter.as_ref().map(OwnArbiter::handle);
+        let (call_timeout, metrics) = (self.call_timeout, self.metrics.clone());
         async move {
             let bmc = tokio::task::spawn_blocking(move || kiln_drivers::connect(kind.as_str(), &info))
                 .await
@@ -143,7 +146,7 @@ mod tests {
         record
     }
 
-    fn pool(arbiter: Option<ArbiterHandle>) -> DriverPool {
+    fn pool(arbiter: Option<OwnArbiter>) -> DriverPool {
         DriverPool::new(arbiter, Duration::from_secs(5), Arc::new(Metrics::default()))
     }
 
@@ -185,13 +188,11 @@ mod tests {
     #[test]
     fn driver_actors_run_on_the_pool_s_arbiter() {
         actix::System::new().block_on(async {
-            let arbiter = Arbiter::new();
-            let pool = pool(Some(arbiter.handle()));
+            let pool = pool(Some(OwnArbiter::start()));
             let here = std::thread::current().id();
             let driver = pool.obtain(DriverSpec::of(&ipmi_node("a", "hunter22"))).await.unwrap();
             let there = driver.send(crate::driver::ThreadOfForTest).await.unwrap();
             assert_ne!(there, here);
-            arbiter.stop();
         });
     }
 }
