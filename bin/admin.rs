@@ -10,6 +10,14 @@
 //! error response and the connection goes on. Nothing a client sends can
 //! stop the daemon, and [`crate::limits`] keeps one client from starving
 //! the others.
+//!
+//! When the site runs on threads of its own ([`Site::own_threads`]),
+//! [`start`] runs the accept loop and every connection task on an arbiter
+//! of their own: encoding, decoding and socket I/O for many clients then
+//! leave the node actors' thread. A connection reaches the site only by
+//! messages, which cross threads as they are. The listener is bound by
+//! [`bind`] as a std socket and taken into tokio where it is served, so it
+//! is registered with the event loop that polls it.
 
 use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
@@ -20,9 +28,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use kiln_actors::codec::CodecError;
 use kiln_actors::protocol::{Live, Request, Response};
+use kiln_actors::threads::OwnArbiter;
 use kiln_actors::{KilnError, Site};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::InForce;
 use crate::connection::{Connection, Incoming, protocol_error};
@@ -42,8 +51,10 @@ pub struct AdminConfig {
 }
 
 /// Binds the socket: refuses to take over one a live daemon answers on,
-/// removes a stale one, and creates it with the configured mode.
-pub fn bind(cfg: &AdminConfig) -> anyhow::Result<UnixListener> {
+/// removes a stale one, and creates it with the configured mode. The
+/// listener is a std one, set non-blocking, for [`serve`] to take into the
+/// event loop that serves it.
+pub fn bind(cfg: &AdminConfig) -> anyhow::Result<std::os::unix::net::UnixListener> {
     let path = &cfg.socket;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -58,17 +69,73 @@ pub fn bind(cfg: &AdminConfig) -> anyhow::Result<UnixListener> {
     // it to the configured mode: no window in which others can connect.
     // SAFETY: umask only changes this process's file creation mask.
     let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
+    let bound = std::os::unix::net::UnixListener::bind(path);
     // SAFETY: as above, restoring the previous mask.
     unsafe { libc::umask(old) };
     let listener = bound.with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.mode))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    listener.set_nonblocking(true).with_context(|| format!("cannot make {} non-blocking", path.display()))?;
     Ok(listener)
 }
 
+/// The admin server, running.
+pub struct Server {
+    /// Its arbiter, when it has one: kept until the server is dropped, so
+    /// the connections still answering after the accept loop ended (during
+    /// a shutdown's grace period) keep their thread.
+    _arbiter: Option<OwnArbiter>,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+impl Server {
+    /// Waits until the accept loop has ended (and the socket is removed).
+    pub async fn stopped(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// Starts [`serve`]: on an arbiter of its own when the site has threads
+/// of its own, else on the current one.
+pub fn start(
+    listener: std::os::unix::net::UnixListener,
+    cfg: AdminConfig,
+    site: Site,
+    shutdown: watch::Receiver<bool>,
+) -> Server {
+    let (done_tx, done) = oneshot::channel();
+    let arbiter = site.own_threads().then(OwnArbiter::start);
+    let serving = async move {
+        serve(listener, cfg, site, shutdown).await;
+        let _ = done_tx.send(());
+    };
+    match &arbiter {
+        Some(arbiter) => {
+            arbiter.handle().spawn(serving);
+        }
+        None => {
+            actix::spawn(serving);
+        }
+    }
+    Server { _arbiter: arbiter, done: Some(done) }
+}
+
 /// Accepts connections until `shutdown` turns true, then removes the socket.
-pub async fn serve(listener: UnixListener, cfg: AdminConfig, site: Site, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    cfg: AdminConfig,
+    site: Site,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match UnixListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(socket = %cfg.socket.display(), error = %e, "cannot serve the admin socket");
+            return remove_socket(&cfg.socket);
+        }
+    };
     let gate = Gate::new(&cfg.limits);
     loop {
         tokio::select! {

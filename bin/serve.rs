@@ -115,7 +115,7 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         actix::spawn(crate::metrics::serve(m, site.clone(), stop_rx.clone()));
     }
     let in_force = admin_cfg.in_force.clone();
-    let server = actix::spawn(admin::serve(listener, admin_cfg, site.clone(), stop_rx));
+    let mut server = admin::start(listener, admin_cfg, site.clone(), stop_rx);
     let serving = format!("serving {nodes} nodes on {}", cfg.socket.display());
     notifier.ready(&serving);
     let watchdog = notifier.watchdog_interval().map(|every| actix::spawn(watchdog(site.clone(), every)));
@@ -146,7 +146,7 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         w.abort();
     }
     let _ = stop_tx.send(true);
-    let _ = server.await;
+    server.stopped().await;
     // A second SIGTERM or SIGINT ends the grace period at once.
     let again = async move {
         tokio::select! {
@@ -161,6 +161,9 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         nodes_released = report.nodes_released,
         "kiln stopped"
     );
+    // The admin arbiter stops here, after the connections that were
+    // answering during the grace period got their answers.
+    drop(server);
     actix::System::current().stop();
     Ok(())
 }

@@ -572,7 +572,7 @@ fn admin(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
             create_nodes(&site, "adm", nodes).await?;
             let listener = crate::admin::bind(&admin_cfg)?;
             let _ = ready_tx.send(());
-            crate::admin::serve(listener, admin_cfg, site, stop_rx).await;
+            crate::admin::start(listener, admin_cfg, site, stop_rx).stopped().await;
             Ok::<(), anyhow::Error>(())
         })
     });
