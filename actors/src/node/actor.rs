@@ -4,8 +4,11 @@
 //! results it feeds back as inputs. No decision is made here: the lock, the
 //! task runner and upkeep are the core's, tested without actix.
 //!
-//! While a commit or a BMC call is in flight the actor keeps serving shared
-//! requests; exclusive ones queue in the core.
+//! While a commit, a connection to the BMC or a BMC call is in flight the
+//! actor keeps serving shared requests; exclusive ones queue in the core.
+//! Connecting builds the BMC client on a blocking thread
+//! ([`super::connect`]), and the `lock_wait` timer runs on the site clock,
+//! so neither holds this thread nor reads real time.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

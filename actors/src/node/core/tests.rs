@@ -749,6 +749,8 @@ fn a_request_arriving_while_the_bmc_is_connecting_waits_for_the_task() {
     assert_eq!(sim.timers.len(), 1, "the second request waits its lock_wait");
     assert!(matches!(second.try_recv(), Err(TryRecvError::Empty)));
 
+    assert_eq!(sim.sync(false, 3), SyncOutcome::Skipped("reserved".into()), "upkeep skips a node connecting");
+
     sim.connected();
     assert!(answered(&mut deploy).is_ok());
     assert_eq!(sim.state(), S::Active);
