@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use actix::prelude::*;
-use chrono::Utc;
 use dashmap::DashMap;
 use futures::stream::{self, StreamExt};
 use kiln_store::{NodeId, NodeRecord, PortRecord, ProvisionState, Write, normalize_mac};
@@ -196,7 +195,7 @@ impl Handler<CreateNodes> for Supervisor {
     type Result = ResponseActFuture<Self, Result<Vec<NodeView>, KilnError>>;
 
     fn handle(&mut self, CreateNodes(nodes): CreateNodes, _: &mut Context<Self>) -> Self::Result {
-        let prepared = prepare_nodes(&self.registry, nodes);
+        let prepared = prepare_nodes(&self.registry, nodes, self.env.clock.now());
         let store = self.env.store.clone();
         Box::pin(
             async move {
@@ -221,13 +220,17 @@ impl Handler<CreateNodes> for Supervisor {
 }
 
 /// Validates new nodes against each other and the registry and builds the
-/// records and the one batch that stores them. Public so that the fuzz
-/// target for import files (fuzz/) runs the daemon's own checks.
-pub fn prepare_nodes(registry: &Registry, nodes: Vec<NewNode>) -> Result<(Vec<NodeRecord>, Vec<Write>), KilnError> {
+/// records and the one batch that stores them, stamped `now` (the site
+/// clock's reading). Public so that the fuzz target for import files
+/// (fuzz/) runs the daemon's own checks.
+pub fn prepare_nodes(
+    registry: &Registry,
+    nodes: Vec<NewNode>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(Vec<NodeRecord>, Vec<Write>), KilnError> {
     if nodes.is_empty() {
         return Err(KilnError::InvalidInput("no nodes given".into()));
     }
-    let now = Utc::now();
     let mut names = BTreeSet::new();
     let mut macs = BTreeSet::new();
     let mut records = Vec::with_capacity(nodes.len());

@@ -10,7 +10,6 @@
 //! and its members are one batch: all of it is stored or none.
 
 use actix::prelude::*;
-use chrono::Utc;
 use kiln_store::{BondMode, NodeId, PortGroupRecord, PortRecord, Write, normalize_mac};
 use serde::{Deserialize, Serialize};
 
@@ -118,16 +117,12 @@ impl Handler<CreatePort> for Supervisor {
     fn handle(&mut self, msg: CreatePort, _: &mut Context<Self>) -> Self::Result {
         let found = self.registry.find(&msg.node);
         let store = self.env.store.clone();
+        let now = self.env.clock.now();
         Box::pin(async move {
             let address = mac(&msg.address)?;
             let (id, entry) = found.ok_or_else(|| no_node(&msg.node))?;
-            let port = PortRecord {
-                uuid: kiln_store::PortId::new(),
-                address,
-                node: id,
-                portgroup: None,
-                created_at: Utc::now(),
-            };
+            let port =
+                PortRecord { uuid: kiln_store::PortId::new(), address, node: id, portgroup: None, created_at: now };
             store.commit(vec![Write::InsertPort(port.clone())]).await?;
             Ok(PortView::of(&port, &entry.name, None))
         })
@@ -219,6 +214,7 @@ impl Handler<CreatePortGroup> for Supervisor {
         let registry = self.registry.clone();
         let found = self.registry.find(&new.node);
         let store = self.env.store.clone();
+        let now = self.env.clock.now();
         Box::pin(async move {
             check_name("port group", &new.name)?;
             let mode = match &new.mode {
@@ -267,7 +263,7 @@ impl Handler<CreatePortGroup> for Supervisor {
                 node: id,
                 address,
                 mode,
-                created_at: Utc::now(),
+                created_at: now,
             };
             let mut batch = vec![Write::InsertPortGroup(group.clone())];
             batch.extend(members.iter().map(|m| Write::SetPortGroup { address: m.clone(), group: Some(group.uuid) }));
