@@ -52,7 +52,7 @@ pub use supervisor::{
     GetNodeDetail, GetPortGroup, GetStatus, ListNodes, ListPortGroups, ListPorts, NewNode, NewPortGroup, NodeAction,
     PowerStatus, Registry, SetPortGroup, Supervisor, ValidateNodes,
 };
-pub use view::{NodeDetail, NodeOutcome, NodeView, PortGroupView, PortView, SiteStatus};
+pub use view::{ErrorView, NodeDetail, NodeResult, NodeView, PortGroupView, PortView, SiteStatus};
 
 /// A running site: what callers talk to.
 #[derive(Clone)]

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::KilnError;
 use crate::node::{NodeActor, NodeEnv, NodeValidation, Op, ReadPower, RunOp, RunOpIn, ShowNode, ValidateNode, plan};
 use crate::nodeset::NodeSet;
-use crate::view::{NodeDetail, NodeOutcome, NodeView, PortGroupView, PortView, SiteStatus};
+use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, SiteStatus};
 
 /// One entry of the registry.
 #[derive(Clone)]
@@ -282,7 +282,7 @@ pub struct NodeAction {
 /// Runs an exclusive operation on every node of a node set, at most
 /// `fanout` at once; one outcome per node, in name order.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<NodeOutcome>, KilnError>")]
+#[rtype(result = "Result<Vec<NodeResult>, KilnError>")]
 pub struct BulkAction {
     pub nodes: String,
     pub op: Op,
@@ -323,7 +323,7 @@ pub struct ListNodes {
 
 /// Reads the power state of every node of a set from its BMC.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<NodeOutcome>, KilnError>")]
+#[rtype(result = "Result<Vec<NodeResult>, KilnError>")]
 pub struct PowerStatus {
     pub nodes: String,
     pub fanout: usize,
@@ -331,7 +331,7 @@ pub struct PowerStatus {
 
 /// Deletes every node of a set (each refused unless its state allows it).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<NodeOutcome>, KilnError>")]
+#[rtype(result = "Result<Vec<NodeResult>, KilnError>")]
 pub struct DeleteNodes(pub String);
 
 /// The site at a glance.
@@ -497,9 +497,9 @@ impl Router {
         send_to_node(&self.supervisor, &self.registry, id, || ShowNode).await
     }
 
-    /// Runs `f` over `nodes` with at most `fanout` in flight; outcomes in the
-    /// nodes' order.
-    pub async fn fan_out<F, Fut>(&self, nodes: Vec<(NodeId, String)>, fanout: usize, f: F) -> Vec<NodeOutcome>
+    /// Runs `f` over `nodes` with at most `fanout` in flight; one result
+    /// per node, in the nodes' order.
+    pub async fn fan_out<F, Fut>(&self, nodes: Vec<(NodeId, String)>, fanout: usize, f: F) -> Vec<NodeResult>
     where
         F: Fn(Router, NodeId) -> Fut,
         Fut: std::future::Future<Output = Result<NodeView, KilnError>>,
@@ -509,17 +509,36 @@ impl Router {
 
     /// [`Router::fan_out`], counting finished nodes in `control.done` and
     /// starting no new node once `control.cancel` is set (those not started
-    /// get a `Canceled` outcome).
+    /// get a `canceled` error). Where a fan-out ends, each node's answer
+    /// becomes its [`NodeResult`], the shape every caller passes on.
     pub async fn fan_out_with<F, Fut>(
         &self,
         nodes: Vec<(NodeId, String)>,
         fanout: usize,
         control: &FanOutControl,
         f: F,
-    ) -> Vec<NodeOutcome>
+    ) -> Vec<NodeResult>
     where
         F: Fn(Router, NodeId) -> Fut,
         Fut: std::future::Future<Output = Result<NodeView, KilnError>>,
+    {
+        let answers = self.answers(nodes, fanout, control, f).await;
+        answers.into_iter().map(|(node, result)| NodeResult::of(node, &result)).collect()
+    }
+
+    /// Each node's answer to `f` as it came, in the nodes' order: for a
+    /// caller that keeps more of an answer than its result (a list keeps
+    /// the views).
+    async fn answers<T, F, Fut>(
+        &self,
+        nodes: Vec<(NodeId, String)>,
+        fanout: usize,
+        control: &FanOutControl,
+        f: F,
+    ) -> Vec<(String, Result<T, KilnError>)>
+    where
+        F: Fn(Router, NodeId) -> Fut,
+        Fut: std::future::Future<Output = Result<T, KilnError>>,
     {
         let f = &f;
         stream::iter(nodes.into_iter().map(|(id, name)| async move {
@@ -529,7 +548,7 @@ impl Router {
                 f(self.clone(), id).await
             };
             control.done.fetch_add(1, Ordering::Relaxed);
-            NodeOutcome { node: name, result }
+            (name, result)
         }))
         .buffered(fanout.max(1))
         .collect()
@@ -556,7 +575,7 @@ impl Handler<NodeAction> for Supervisor {
 }
 
 impl Handler<BulkAction> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<NodeOutcome>, KilnError>>;
+    type Result = ResponseFuture<Result<Vec<NodeResult>, KilnError>>;
     fn handle(&mut self, msg: BulkAction, ctx: &mut Context<Self>) -> Self::Result {
         let router = self.router(ctx);
         let nodes = self.registry.resolve(&msg.nodes);
@@ -647,10 +666,11 @@ impl Handler<ListNodes> for Supervisor {
             None => Ok(self.registry.all()),
         };
         Box::pin(async move {
-            let outcomes = router.fan_out(nodes?, 1024, |r, id| async move { r.show(id).await }).await;
-            Ok(outcomes
+            let control = FanOutControl::default();
+            let answers = router.answers(nodes?, 1024, &control, |r, id| async move { r.show(id).await }).await;
+            Ok(answers
                 .into_iter()
-                .filter_map(|o| o.result.ok())
+                .filter_map(|(_, result)| result.ok())
                 .filter(|v| msg.state.is_none_or(|s| v.provision_state == s))
                 .filter(|v| msg.maintenance.is_none_or(|m| v.maintenance == m))
                 .collect())
@@ -659,7 +679,7 @@ impl Handler<ListNodes> for Supervisor {
 }
 
 impl Handler<PowerStatus> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<NodeOutcome>, KilnError>>;
+    type Result = ResponseFuture<Result<Vec<NodeResult>, KilnError>>;
     fn handle(&mut self, msg: PowerStatus, ctx: &mut Context<Self>) -> Self::Result {
         let router = self.router(ctx);
         let nodes = self.registry.resolve(&msg.nodes);
@@ -681,19 +701,18 @@ impl Handler<PowerStatus> for Supervisor {
 }
 
 impl Handler<DeleteNodes> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<NodeOutcome>, KilnError>>;
+    type Result = ResponseFuture<Result<Vec<NodeResult>, KilnError>>;
     fn handle(&mut self, DeleteNodes(expr): DeleteNodes, ctx: &mut Context<Self>) -> Self::Result {
         let router = self.router(ctx);
         let nodes = self.registry.resolve(&expr);
-        let registry = self.registry.clone();
         Box::pin(async move {
-            let outcomes = router.fan_out(nodes?, 64, |r, id| async move { r.run(id, Op::Delete, true).await }).await;
-            for o in &outcomes {
-                if let Ok(v) = &o.result {
-                    registry.remove(v.uuid);
-                }
-            }
-            Ok(outcomes)
+            Ok(router
+                .fan_out(nodes?, 64, |r, id| async move {
+                    let deleted = r.run(id, Op::Delete, true).await?;
+                    r.registry.remove(id);
+                    Ok(deleted)
+                })
+                .await)
         })
     }
 }
