@@ -59,7 +59,7 @@ pub fn import_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(nodes) = crate::import::parse_node_list(text) else { return };
     let count = nodes.len();
-    if let Ok((records, batch)) = prepare_nodes(&Registry::default(), nodes) {
+    if let Ok((records, batch)) = prepare_nodes(&Registry::default(), nodes, chrono::DateTime::UNIX_EPOCH) {
         assert_eq!(records.len(), count);
         assert!(batch.len() >= count);
     }

@@ -222,7 +222,7 @@ pub fn results(list: &[NodeResult]) {
                 if r.ok { "ok".into() } else { "failed".into() },
                 opt(&r.provision_state),
                 opt(&r.power_state),
-                opt(&r.error),
+                opt(&r.error.as_ref().map(|e| &e.message)),
             ]
         })
         .collect();
@@ -394,7 +394,7 @@ pub fn job(j: &JobView) {
             op.error.as_ref().map(|e| format!(" {e}")).unwrap_or_default()
         );
         for r in op.results.iter().filter(|r| !r.ok) {
-            println!("  {}: {}", r.node, r.error.as_deref().unwrap_or("failed"));
+            println!("  {}: {}", r.node, r.error.as_ref().map_or("failed", |e| e.message.as_str()));
         }
         let ok = op.results.iter().filter(|r| r.ok).count();
         if !op.results.is_empty() {

@@ -56,12 +56,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         site.supervisor.send(CreateNodes(nodes)).await??;
 
         for verb in [Verb::Manage, Verb::Provide, Verb::Deploy] {
-            let outcomes = site
+            let results = site
                 .supervisor
                 .send(BulkAction { nodes: "rack1-n[1-8]".into(), op: Op::Verb(verb), wait: true, fanout: 4 })
                 .await??;
-            let ok = outcomes.iter().filter(|o| o.result.is_ok()).count();
-            println!("{verb}: {ok}/{} nodes ok", outcomes.len());
+            let ok = results.iter().filter(|r| r.ok).count();
+            println!("{verb}: {ok}/{} nodes ok", results.len());
         }
         // The site's metrics are plain atomics an application can read or
         // render for its own Prometheus endpoint.

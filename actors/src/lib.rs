@@ -52,7 +52,7 @@ pub use supervisor::{
     GetNodeDetail, GetPortGroup, GetStatus, ListNodes, ListPortGroups, ListPorts, NewNode, NewPortGroup, NodeAction,
     PowerStatus, Registry, SetPortGroup, Supervisor, ValidateNodes,
 };
-pub use view::{NodeDetail, NodeOutcome, NodeView, PortGroupView, PortView, SiteStatus};
+pub use view::{ErrorView, NodeDetail, NodeResult, NodeView, PortGroupView, PortView, SiteStatus};
 
 /// A running site: what callers talk to.
 #[derive(Clone)]
@@ -88,7 +88,12 @@ impl Site {
 
     /// The supervisor's router: what runs node messages and fan-outs.
     pub fn router(&self) -> supervisor::Router {
-        supervisor::Router { supervisor: self.supervisor.clone(), registry: self.registry.clone() }
+        supervisor::Router {
+            supervisor: self.supervisor.clone(),
+            registry: self.registry.clone(),
+            store: self.store.clone(),
+            clock: self.config.clock.clone(),
+        }
     }
 }
 
@@ -195,7 +200,12 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
             config.demo_nodes
         );
     }
-    let router = supervisor::Router { supervisor: supervisor.clone(), registry: registry.clone() };
+    let router = supervisor::Router {
+        supervisor: supervisor.clone(),
+        registry: registry.clone(),
+        store: store.clone(),
+        clock: config.clock.clone(),
+    };
     let queue = jobs::JobQueue::load(store.clone(), router.clone(), &config)
         .await
         .map_err(StartError::Jobs)?

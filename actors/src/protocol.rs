@@ -18,7 +18,7 @@ use crate::events::NodeEvent;
 use crate::jobs::{Dependency, JobChange, JobView, NewJob, Opcode, QueueInfo};
 use crate::node::{NodeUpdate, NodeValidation, Op};
 use crate::supervisor::{NewNode, NewPortGroup};
-use crate::view::{NodeDetail, NodeOutcome, NodeView, PortGroupView, PortView, SiteStatus};
+use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, SiteStatus};
 
 /// Bumped whenever a request or response changes shape.
 ///
@@ -30,7 +30,9 @@ use crate::view::{NodeDetail, NodeOutcome, NodeView, PortGroupView, PortView, Si
 /// 8: the `hold` opcode (`Opcode::Hold`).
 /// 9: `wait` in node opcodes (`Opcode::Node`, honoured by the job queue) and
 /// `fanout` in exec opcodes (`Opcode::Exec`: `None` takes `default_fanout`).
-pub const PROTOCOL_VERSION: u32 = 9;
+/// 10: one per-node result (`NodeResult`, its error a kind and a message)
+/// in `Outcomes` and in job views, instead of `NodeOutcome`.
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -348,7 +350,7 @@ pub enum Response {
     /// A node with its ports and port groups (`NodeShow`).
     NodeDetail(NodeDetail),
     Nodes(Vec<NodeView>),
-    Outcomes(Vec<NodeOutcome>),
+    Outcomes(Vec<NodeResult>),
     Port(PortView),
     Ports(Vec<PortView>),
     History(Vec<HistoryEntry>),

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use actix::prelude::*;
-use chrono::Utc;
 use dashmap::DashMap;
 use futures::stream::{self, StreamExt};
 use kiln_store::{NodeId, NodeRecord, PortRecord, ProvisionState, Write, normalize_mac};
@@ -28,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::KilnError;
 use crate::node::{NodeActor, NodeEnv, NodeValidation, Op, ReadPower, RunOp, RunOpIn, ShowNode, ValidateNode, plan};
 use crate::nodeset::NodeSet;
-use crate::view::{NodeDetail, NodeOutcome, NodeView, PortGroupView, PortView, SiteStatus};
+use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, SiteStatus};
 
 /// One entry of the registry.
 #[derive(Clone)]
@@ -196,7 +195,7 @@ impl Handler<CreateNodes> for Supervisor {
     type Result = ResponseActFuture<Self, Result<Vec<NodeView>, KilnError>>;
 
     fn handle(&mut self, CreateNodes(nodes): CreateNodes, _: &mut Context<Self>) -> Self::Result {
-        let prepared = prepare_nodes(&self.registry, nodes);
+        let prepared = prepare_nodes(&self.registry, nodes, self.env.clock.now());
         let store = self.env.store.clone();
         Box::pin(
             async move {
@@ -221,13 +220,17 @@ impl Handler<CreateNodes> for Supervisor {
 }
 
 /// Validates new nodes against each other and the registry and builds the
-/// records and the one batch that stores them. Public so that the fuzz
-/// target for import files (fuzz/) runs the daemon's own checks.
-pub fn prepare_nodes(registry: &Registry, nodes: Vec<NewNode>) -> Result<(Vec<NodeRecord>, Vec<Write>), KilnError> {
+/// records and the one batch that stores them, stamped `now` (the site
+/// clock's reading). Public so that the fuzz target for import files
+/// (fuzz/) runs the daemon's own checks.
+pub fn prepare_nodes(
+    registry: &Registry,
+    nodes: Vec<NewNode>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(Vec<NodeRecord>, Vec<Write>), KilnError> {
     if nodes.is_empty() {
         return Err(KilnError::InvalidInput("no nodes given".into()));
     }
-    let now = Utc::now();
     let mut names = BTreeSet::new();
     let mut macs = BTreeSet::new();
     let mut records = Vec::with_capacity(nodes.len());
@@ -279,7 +282,7 @@ pub struct NodeAction {
 /// Runs an exclusive operation on every node of a node set, at most
 /// `fanout` at once; one outcome per node, in name order.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<NodeOutcome>, KilnError>")]
+#[rtype(result = "Result<Vec<NodeResult>, KilnError>")]
 pub struct BulkAction {
     pub nodes: String,
     pub op: Op,
@@ -320,7 +323,7 @@ pub struct ListNodes {
 
 /// Reads the power state of every node of a set from its BMC.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<NodeOutcome>, KilnError>")]
+#[rtype(result = "Result<Vec<NodeResult>, KilnError>")]
 pub struct PowerStatus {
     pub nodes: String,
     pub fanout: usize,
@@ -328,7 +331,7 @@ pub struct PowerStatus {
 
 /// Deletes every node of a set (each refused unless its state allows it).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Vec<NodeOutcome>, KilnError>")]
+#[rtype(result = "Result<Vec<NodeResult>, KilnError>")]
 pub struct DeleteNodes(pub String);
 
 /// The site at a glance.
@@ -417,12 +420,18 @@ where
     Err(KilnError::Unavailable(format!("node {id}'s worker keeps failing; see the daemon's log")))
 }
 
-/// The node-facing part of the supervisor's handlers: route, restart, fan
-/// out. Also what the job queue runs node-set opcodes with.
+/// The one routing path of node work: route, restart, fan out. The CLI's
+/// dispatch and the job queue's opcodes call its functions directly (from
+/// [`crate::Site::router`]); the supervisor's messages, the embedding API,
+/// are answered by the same functions. Only what spawns node actors
+/// (creating nodes, restarting one) goes through the supervisor's mailbox.
 #[derive(Clone)]
 pub struct Router {
     pub supervisor: Addr<Supervisor>,
     pub registry: Registry,
+    pub store: kiln_store::StoreHandle,
+    /// The site clock: what new rows are stamped with.
+    pub clock: crate::clock::SharedClock,
 }
 
 /// Lets the caller of a fan-out stop it from starting more nodes and see how
@@ -495,9 +504,9 @@ impl Router {
         send_to_node(&self.supervisor, &self.registry, id, || ShowNode).await
     }
 
-    /// Runs `f` over `nodes` with at most `fanout` in flight; outcomes in the
-    /// nodes' order.
-    pub async fn fan_out<F, Fut>(&self, nodes: Vec<(NodeId, String)>, fanout: usize, f: F) -> Vec<NodeOutcome>
+    /// Runs `f` over `nodes` with at most `fanout` in flight; one result
+    /// per node, in the nodes' order.
+    pub async fn fan_out<F, Fut>(&self, nodes: Vec<(NodeId, String)>, fanout: usize, f: F) -> Vec<NodeResult>
     where
         F: Fn(Router, NodeId) -> Fut,
         Fut: std::future::Future<Output = Result<NodeView, KilnError>>,
@@ -507,17 +516,36 @@ impl Router {
 
     /// [`Router::fan_out`], counting finished nodes in `control.done` and
     /// starting no new node once `control.cancel` is set (those not started
-    /// get a `Canceled` outcome).
+    /// get a `canceled` error). Where a fan-out ends, each node's answer
+    /// becomes its [`NodeResult`], the shape every caller passes on.
     pub async fn fan_out_with<F, Fut>(
         &self,
         nodes: Vec<(NodeId, String)>,
         fanout: usize,
         control: &FanOutControl,
         f: F,
-    ) -> Vec<NodeOutcome>
+    ) -> Vec<NodeResult>
     where
         F: Fn(Router, NodeId) -> Fut,
         Fut: std::future::Future<Output = Result<NodeView, KilnError>>,
+    {
+        let answers = self.answers(nodes, fanout, control, f).await;
+        answers.into_iter().map(|(node, result)| NodeResult::of(node, &result)).collect()
+    }
+
+    /// Each node's answer to `f` as it came, in the nodes' order: for a
+    /// caller that keeps more of an answer than its result (a list keeps
+    /// the views).
+    async fn answers<T, F, Fut>(
+        &self,
+        nodes: Vec<(NodeId, String)>,
+        fanout: usize,
+        control: &FanOutControl,
+        f: F,
+    ) -> Vec<(String, Result<T, KilnError>)>
+    where
+        F: Fn(Router, NodeId) -> Fut,
+        Fut: std::future::Future<Output = Result<T, KilnError>>,
     {
         let f = &f;
         stream::iter(nodes.into_iter().map(|(id, name)| async move {
@@ -527,7 +555,7 @@ impl Router {
                 f(self.clone(), id).await
             };
             control.done.fetch_add(1, Ordering::Relaxed);
-            NodeOutcome { node: name, result }
+            (name, result)
         }))
         .buffered(fanout.max(1))
         .collect()
@@ -537,164 +565,143 @@ impl Router {
 
 impl Supervisor {
     pub fn router(&self, ctx: &Context<Self>) -> Router {
-        Router { supervisor: ctx.address(), registry: self.registry.clone() }
+        Router {
+            supervisor: ctx.address(),
+            registry: self.registry.clone(),
+            store: self.env.store.clone(),
+            clock: self.env.clock.clone(),
+        }
     }
 }
 
-impl Handler<NodeAction> for Supervisor {
-    type Result = ResponseFuture<Result<NodeView, KilnError>>;
-    fn handle(&mut self, msg: NodeAction, ctx: &mut Context<Self>) -> Self::Result {
-        let router = self.router(ctx);
-        let found = self.registry.find(&msg.node);
-        Box::pin(async move {
-            let (id, _) = found.ok_or_else(|| KilnError::NotFound(format!("no such node: {}", msg.node)))?;
-            router.run(id, msg.op, msg.wait).await
-        })
-    }
+/// One node by name or uuid, or the refusal that names it.
+fn found(registry: &Registry, node: &str) -> Result<(NodeId, NodeEntry), KilnError> {
+    registry.find(node).ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))
 }
 
-impl Handler<BulkAction> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<NodeOutcome>, KilnError>>;
-    fn handle(&mut self, msg: BulkAction, ctx: &mut Context<Self>) -> Self::Result {
-        let router = self.router(ctx);
-        let nodes = self.registry.resolve(&msg.nodes);
-        Box::pin(async move {
-            let nodes = nodes?;
-            let (op, wait) = (msg.op, msg.wait);
-            Ok(router
-                .fan_out(nodes, msg.fanout, |r, id| {
-                    let op = op.clone();
-                    async move { r.run(id, op, wait).await }
-                })
-                .await)
-        })
+/// The functions behind the node messages ([`NodeAction`], [`BulkAction`],
+/// [`GetNode`], [`GetNodeDetail`], [`ValidateNodes`], [`ListNodes`],
+/// [`PowerStatus`], [`DeleteNodes`]).
+impl Router {
+    pub async fn node_action(&self, msg: NodeAction) -> Result<NodeView, KilnError> {
+        let (id, _) = found(&self.registry, &msg.node)?;
+        self.run(id, msg.op, msg.wait).await
     }
-}
 
-impl Handler<GetNode> for Supervisor {
-    type Result = ResponseFuture<Result<NodeView, KilnError>>;
-    fn handle(&mut self, GetNode(node): GetNode, ctx: &mut Context<Self>) -> Self::Result {
-        let router = self.router(ctx);
-        let found = self.registry.find(&node);
-        Box::pin(async move {
-            let (id, _) = found.ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))?;
-            router.show(id).await
-        })
-    }
-}
-
-impl Handler<GetNodeDetail> for Supervisor {
-    type Result = ResponseFuture<Result<NodeDetail, KilnError>>;
-    fn handle(&mut self, GetNodeDetail(node): GetNodeDetail, ctx: &mut Context<Self>) -> Self::Result {
-        let router = self.router(ctx);
-        let found = self.registry.find(&node);
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let (id, entry) = found.ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))?;
-            // The node from its actor, the rows from the store, at once.
-            let rows = store.read(move |b| Ok((b.load_ports(Some(id))?, b.load_port_groups(Some(id))?)));
-            let (view, rows) = futures::join!(router.show(id), rows);
-            let (ports, groups) = rows?;
-            Ok(NodeDetail {
-                node: view?,
-                ports: PortView::all(&ports, &groups, |_| entry.name.clone()),
-                portgroups: groups.iter().map(|g| PortGroupView::of(g, &entry.name, &ports)).collect(),
+    pub async fn bulk_action(&self, msg: BulkAction) -> Result<Vec<NodeResult>, KilnError> {
+        let nodes = self.registry.resolve(&msg.nodes)?;
+        let (op, wait) = (msg.op, msg.wait);
+        Ok(self
+            .fan_out(nodes, msg.fanout, |r, id| {
+                let op = op.clone();
+                async move { r.run(id, op, wait).await }
             })
+            .await)
+    }
+
+    pub async fn get_node(&self, GetNode(node): GetNode) -> Result<NodeView, KilnError> {
+        let (id, _) = found(&self.registry, &node)?;
+        self.show(id).await
+    }
+
+    pub async fn node_detail(&self, GetNodeDetail(node): GetNodeDetail) -> Result<NodeDetail, KilnError> {
+        let (id, entry) = found(&self.registry, &node)?;
+        // The node from its actor, the rows from the store, at once.
+        let rows = self.store.read(move |b| Ok((b.load_ports(Some(id))?, b.load_port_groups(Some(id))?)));
+        let (view, rows) = futures::join!(self.show(id), rows);
+        let (ports, groups) = rows?;
+        Ok(NodeDetail {
+            node: view?,
+            ports: PortView::all(&ports, &groups, |_| entry.name.clone()),
+            portgroups: groups.iter().map(|g| PortGroupView::of(g, &entry.name, &ports)).collect(),
         })
     }
-}
 
-impl Handler<ValidateNodes> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<NodeValidation>, KilnError>>;
-    fn handle(&mut self, msg: ValidateNodes, ctx: &mut Context<Self>) -> Self::Result {
-        let router = self.router(ctx);
-        let nodes = self.registry.resolve(&msg.nodes);
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let nodes = nodes?;
-            // One read for the whole set: one node's ports, or every port.
-            let one = (nodes.len() == 1).then(|| nodes[0].0);
-            let mut by_node: std::collections::HashMap<NodeId, Vec<PortRecord>> = Default::default();
-            for port in store.read(move |b| b.load_ports(one)).await? {
-                by_node.entry(port.node).or_default().push(port);
-            }
-            let router = &router;
-            let checks = nodes.into_iter().map(|(id, name)| {
-                let ports = by_node.remove(&id).unwrap_or_default();
-                async move {
-                    let asked = send_to_node(&router.supervisor, &router.registry, id, || ValidateNode {
-                        ports: ports.clone(),
-                    });
-                    match asked.await.and_then(|r| r) {
-                        Ok(interfaces) => NodeValidation { node: name, interfaces, error: None },
-                        Err(e) => NodeValidation { node: name, interfaces: Default::default(), error: Some(e) },
-                    }
+    pub async fn validate_nodes(&self, msg: ValidateNodes) -> Result<Vec<NodeValidation>, KilnError> {
+        let nodes = self.registry.resolve(&msg.nodes)?;
+        // One read for the whole set: one node's ports, or every port.
+        let one = (nodes.len() == 1).then(|| nodes[0].0);
+        let mut by_node: std::collections::HashMap<NodeId, Vec<PortRecord>> = Default::default();
+        for port in self.store.read(move |b| b.load_ports(one)).await? {
+            by_node.entry(port.node).or_default().push(port);
+        }
+        let checks = nodes.into_iter().map(|(id, name)| {
+            let ports = by_node.remove(&id).unwrap_or_default();
+            async move {
+                let asked =
+                    send_to_node(&self.supervisor, &self.registry, id, || ValidateNode { ports: ports.clone() });
+                match asked.await.and_then(|r| r) {
+                    Ok(interfaces) => NodeValidation { node: name, interfaces, error: None },
+                    Err(e) => NodeValidation { node: name, interfaces: Default::default(), error: Some(e) },
                 }
-            });
-            Ok(stream::iter(checks).buffered(msg.fanout.max(1)).collect().await)
-        })
+            }
+        });
+        Ok(stream::iter(checks).buffered(msg.fanout.max(1)).collect().await)
     }
-}
 
-impl Handler<ListNodes> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<NodeView>, KilnError>>;
-    fn handle(&mut self, msg: ListNodes, ctx: &mut Context<Self>) -> Self::Result {
-        let router = self.router(ctx);
+    pub async fn list_nodes(&self, msg: ListNodes) -> Result<Vec<NodeView>, KilnError> {
         let nodes = match &msg.nodes {
-            Some(expr) => self.registry.resolve(expr),
-            None => Ok(self.registry.all()),
+            Some(expr) => self.registry.resolve(expr)?,
+            None => self.registry.all(),
         };
-        Box::pin(async move {
-            let outcomes = router.fan_out(nodes?, 1024, |r, id| async move { r.show(id).await }).await;
-            Ok(outcomes
-                .into_iter()
-                .filter_map(|o| o.result.ok())
-                .filter(|v| msg.state.is_none_or(|s| v.provision_state == s))
-                .filter(|v| msg.maintenance.is_none_or(|m| v.maintenance == m))
-                .collect())
-        })
+        let control = FanOutControl::default();
+        let answers = self.answers(nodes, 1024, &control, |r, id| async move { r.show(id).await }).await;
+        Ok(answers
+            .into_iter()
+            .filter_map(|(_, result)| result.ok())
+            .filter(|v| msg.state.is_none_or(|s| v.provision_state == s))
+            .filter(|v| msg.maintenance.is_none_or(|m| v.maintenance == m))
+            .collect())
+    }
+
+    pub async fn power_status(&self, msg: PowerStatus) -> Result<Vec<NodeResult>, KilnError> {
+        let nodes = self.registry.resolve(&msg.nodes)?;
+        Ok(self
+            .fan_out(nodes, msg.fanout, |r, id| async move {
+                let power = send_to_node(&r.supervisor, &r.registry, id, || ReadPower).await??;
+                let view = r.show(id).await?;
+                // The reading is live; the record keeps what was last committed.
+                Ok(NodeView::of(&NodeRecord { power_state: power, ..(*view).clone() }, view.reservation.as_ref()))
+            })
+            .await)
+    }
+
+    pub async fn delete_nodes(&self, DeleteNodes(expr): DeleteNodes) -> Result<Vec<NodeResult>, KilnError> {
+        let nodes = self.registry.resolve(&expr)?;
+        Ok(self
+            .fan_out(nodes, 64, |r, id| async move {
+                let deleted = r.run(id, Op::Delete, true).await?;
+                r.registry.remove(id);
+                Ok(deleted)
+            })
+            .await)
     }
 }
 
-impl Handler<PowerStatus> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<NodeOutcome>, KilnError>>;
-    fn handle(&mut self, msg: PowerStatus, ctx: &mut Context<Self>) -> Self::Result {
-        let router = self.router(ctx);
-        let nodes = self.registry.resolve(&msg.nodes);
-        Box::pin(async move {
-            Ok(router
-                .fan_out(nodes?, msg.fanout, |r, id| async move {
-                    let power = send_to_node(&r.supervisor, &r.registry, id, || ReadPower).await??;
-                    let mut view = r.show(id).await?;
-                    // The reading is live; the record keeps what was last committed.
-                    view = NodeView::of(
-                        &kiln_store::NodeRecord { power_state: power, ..(*view).clone() },
-                        view.reservation.as_ref(),
-                    );
-                    Ok(view)
-                })
-                .await)
-        })
-    }
-}
-
-impl Handler<DeleteNodes> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<NodeOutcome>, KilnError>>;
-    fn handle(&mut self, DeleteNodes(expr): DeleteNodes, ctx: &mut Context<Self>) -> Self::Result {
-        let router = self.router(ctx);
-        let nodes = self.registry.resolve(&expr);
-        let registry = self.registry.clone();
-        Box::pin(async move {
-            let outcomes = router.fan_out(nodes?, 64, |r, id| async move { r.run(id, Op::Delete, true).await }).await;
-            for o in &outcomes {
-                if let Ok(v) = &o.result {
-                    registry.remove(v.uuid);
-                }
+/// The node messages' handlers: each is its [`Router`] function.
+macro_rules! routed {
+    ($($msg:ty => $f:ident -> $ok:ty),* $(,)?) => {$(
+        impl Handler<$msg> for Supervisor {
+            type Result = ResponseFuture<Result<$ok, KilnError>>;
+            fn handle(&mut self, msg: $msg, ctx: &mut Context<Self>) -> Self::Result {
+                let router = self.router(ctx);
+                Box::pin(async move { router.$f(msg).await })
             }
-            Ok(outcomes)
-        })
-    }
+        }
+    )*};
 }
+pub(crate) use routed;
+
+routed!(
+    NodeAction => node_action -> NodeView,
+    BulkAction => bulk_action -> Vec<NodeResult>,
+    GetNode => get_node -> NodeView,
+    GetNodeDetail => node_detail -> NodeDetail,
+    ValidateNodes => validate_nodes -> Vec<NodeValidation>,
+    ListNodes => list_nodes -> Vec<NodeView>,
+    PowerStatus => power_status -> Vec<NodeResult>,
+    DeleteNodes => delete_nodes -> Vec<NodeResult>,
+);
 
 /// Facts the status report needs that the supervisor does not keep.
 #[derive(Clone)]

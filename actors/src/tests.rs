@@ -653,6 +653,34 @@ fn lock_wait_runs_out_on_the_site_clock() {
 }
 
 #[test]
+#[test]
+fn the_router_and_the_supervisors_messages_answer_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = start(config(dir.path(), 3, Duration::ZERO)).await.unwrap();
+        let router = site.router();
+        let bulk = |nodes: &str| BulkAction { nodes: nodes.into(), op: Op::Verb(Verb::Manage), wait: true, fanout: 2 };
+        let by_router = router.bulk_action(bulk("demo[1-2]")).await.unwrap();
+        let by_message = site.supervisor.send(bulk("demo3")).await.unwrap().unwrap();
+        for r in by_router.iter().chain(&by_message) {
+            assert!(r.ok && r.error.is_none(), "{r:?}");
+            assert_eq!(r.provision_state.as_deref(), Some("manageable"));
+        }
+        // Refusals keep their words on either path.
+        let refused = router.get_node(GetNode("nope".into())).await.unwrap_err();
+        let sent = site.supervisor.send(GetNode("nope".into())).await.unwrap().unwrap_err();
+        assert_eq!(refused.to_string(), sent.to_string());
+        assert_eq!(refused.to_string(), "no such node: nope");
+        // A node deleted through the router leaves the registry.
+        let deleted = router.delete_nodes(DeleteNodes("demo3".into())).await.unwrap();
+        assert!(deleted[0].ok, "{deleted:?}");
+        assert!(site.registry.find("demo3").is_none());
+        let listed = router.list_nodes(ListNodes::default()).await.unwrap();
+        assert_eq!(listed.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["demo1", "demo2"]);
+    });
+}
+
+#[test]
 fn the_job_long_poll_and_the_sleep_opcode_wait_on_the_site_clock() {
     use crate::jobs::{Opcode, SubmitJob, WaitJobChange};
     let dir = tempfile::tempdir().unwrap();
@@ -707,4 +735,21 @@ fn a_site_on_one_thread_and_a_site_on_its_own_threads_both_run_tasks() {
             assert_eq!(v.power_state, Some(kiln_store::PowerState::On), "{threads:?}");
         });
     }
+}
+
+#[test]
+fn new_nodes_and_ports_are_stamped_by_the_site_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let at: chrono::DateTime<chrono::Utc> = "2001-02-03T04:05:06Z".parse().unwrap();
+    let clock = clock::ManualClock::starting_at(at);
+    actix::System::new().block_on(async {
+        let config = SiteConfig { clock: std::sync::Arc::new(clock), ..config(dir.path(), 0, Duration::ZERO) };
+        let site = start(config).await.unwrap();
+        let new = NewNode { name: "n1".into(), driver: "fake".into(), ..Default::default() };
+        let created = site.supervisor.send(CreateNodes(vec![new])).await.unwrap().unwrap();
+        assert_eq!(created[0].created_at, at);
+        let port = CreatePort { address: "52:54:00:00:00:01".into(), node: "n1".into() };
+        let port = site.router().create_port(port).await.unwrap();
+        assert_eq!(port.created_at, at.to_rfc3339());
+    });
 }

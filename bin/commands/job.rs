@@ -10,7 +10,7 @@ use kiln_actors::protocol::{Request, Response};
 use kiln_store::{JobId, JobStatus};
 
 use super::wait::{Bar, LogOut, follow_job};
-use super::{Failure, call, call_once, connect, unexpected, usage};
+use super::{Failure, call, call_once, connect, print, unexpected, usage};
 use crate::cli::JobCommand;
 use crate::connection::Connection;
 use crate::output;
@@ -246,24 +246,8 @@ fn job_exit(job: &JobView) -> Result<(), Failure> {
     if job.status == JobStatus::Success { Ok(()) } else { Err(Failure::Partial) }
 }
 
-/// Per-node results: one JSON object per node, or a table.
+/// Per-node results: one JSON object per node (the result as it
+/// serialises), or a table.
 pub(super) fn print_results(results: &[NodeResult], json: bool) {
-    if json {
-        let doc: Vec<serde_json::Value> = results
-            .iter()
-            .map(|r| {
-                let error = match (&r.error_kind, &r.error) {
-                    (Some(kind), Some(message)) => serde_json::json!({ "kind": kind, "message": message }),
-                    _ => serde_json::Value::Null,
-                };
-                serde_json::json!({
-                    "node": r.node, "ok": r.ok, "provision_state": r.provision_state,
-                    "power_state": r.power_state, "error": error,
-                })
-            })
-            .collect();
-        output::json(&doc);
-    } else {
-        output::results(results);
-    }
+    print(json, results, output::results)
 }

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
-use kiln_actors::jobs::NodeResult;
 use kiln_actors::node::parse_power_action;
 use kiln_actors::protocol::{Request, Response};
 use kiln_actors::{NewNode, NodeUpdate, Op, Verb};
@@ -168,8 +167,7 @@ fn print_answer(response: Response, json: bool) -> Result<(), Failure> {
             }
         }
         Response::Nodes(vs) => print(json, &vs, |vs| output::nodes(vs)),
-        Response::Outcomes(list) => {
-            let results: Vec<NodeResult> = list.iter().map(|o| NodeResult::of(o.node.clone(), &o.result)).collect();
+        Response::Outcomes(results) => {
             print_results(&results, json);
             if results.iter().any(|r| !r.ok) {
                 return Err(Failure::Partial);

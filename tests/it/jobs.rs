@@ -339,7 +339,7 @@ fn canceling_a_node_set_job_stops_starting_new_nodes() {
     let j = watch(&d, id);
     assert_eq!(j["status"], "canceled");
     let results = j["ops"][0]["results"].as_array().unwrap();
-    let not_started = results.iter().filter(|r| r["error_kind"] == "canceled").count();
+    let not_started = results.iter().filter(|r| r["error"]["kind"] == "canceled").count();
     assert!(not_started >= 1, "{j}");
     assert_eq!(j["ops"][1]["status"], "canceled");
     assert_eq!(d.state("demo6"), "enroll");
@@ -351,8 +351,8 @@ fn canceling_a_node_set_job_stops_starting_new_nodes() {
     assert!(log.contains(&format!("opcode 1 canceled: {not_started} of 6 nodes not started")), "{text}");
     assert!(log.iter().any(|l| l.starts_with("nodes not started (the job was canceled): demo")), "{text}");
     assert_eq!(log.last().unwrap(), "job ended: canceled", "{text}");
-    let once = results.iter().find(|r| r["error_kind"] == "canceled").unwrap();
-    assert_eq!(once["error"], "not started: the job was canceled", "{once}");
+    let once = results.iter().find(|r| r["error"]["kind"] == "canceled").unwrap();
+    assert_eq!(once["error"]["message"], "not started: the job was canceled", "{once}");
 }
 
 #[test]

@@ -586,7 +586,7 @@ impl<S: Shell> JobCore<S> {
         }
         // Nodes a cancel kept from starting did not fail: they are counted
         // and named apart.
-        let not_started = |r: &&NodeResult| r.error_kind.as_deref() == Some("canceled");
+        let not_started = |r: &&NodeResult| r.error_kind() == Some("canceled");
         let failed: Vec<&NodeResult> = results.iter().filter(|r| !r.ok && !not_started(r)).collect();
         let skipped: Vec<&str> = results.iter().filter(not_started).map(|r| r.node.as_str()).collect();
         let total = results.len();
@@ -598,7 +598,7 @@ impl<S: Shell> JobCore<S> {
         });
         job_span(id).in_scope(|| {
             for r in failed.iter().take(MAX_NODE_LOG_LINES) {
-                let error = r.error.as_deref().unwrap_or("failed");
+                let error = r.error.as_ref().map_or("failed", |e| e.message.as_str());
                 tracing::warn!(opcode = idx + 1, node_name = %r.node, error, "node failed");
             }
         });
@@ -842,7 +842,7 @@ pub(super) fn job_span(id: JobId) -> tracing::Span {
 /// A failed node's log line: `node NAME: ERROR`, without naming the node
 /// twice when the error does.
 fn node_failure(r: &NodeResult) -> String {
-    let error = r.error.as_deref().unwrap_or("failed");
+    let error = r.error.as_ref().map_or("failed", |e| e.message.as_str());
     let named =
         error.strip_prefix("node ").and_then(|e| e.strip_prefix(r.node.as_str())).is_some_and(|e| e.starts_with(':'));
     if named { error.to_string() } else { format!("node {}: {error}", r.node) }

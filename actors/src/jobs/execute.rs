@@ -92,6 +92,7 @@ impl JobQueue {
                     Err(e) => return self.op_done(id, idx, Vec::new(), Some(e.to_string()), ctx),
                 };
                 job.shell.progress_total = nodes.len() as u64;
+                let ids: Vec<_> = nodes.iter().map(|(node, _)| *node).collect();
                 let fut = async move {
                     let holder = holder_name(id);
                     router
@@ -102,11 +103,11 @@ impl JobQueue {
                         .await
                 }
                 .instrument(span);
-                ctx.spawn(fut.into_actor(self).map(move |outcomes, act, ctx| {
+                ctx.spawn(fut.into_actor(self).map(move |results: Vec<NodeResult>, act, ctx| {
                     // Every node held is remembered, even when others failed:
-                    // the job's end releases them all.
-                    act.core.held(id, outcomes.iter().filter_map(|o| o.result.as_ref().ok()).map(|v| v.uuid));
-                    let results = outcomes.iter().map(|o| NodeResult::of(o.node.clone(), &o.result)).collect();
+                    // the job's end releases them all. The results are in
+                    // the nodes' order.
+                    act.core.held(id, ids.iter().zip(&results).filter(|(_, r)| r.ok).map(|(node, _)| *node));
                     act.op_done(id, idx, results, None, ctx)
                 }));
             }
@@ -120,7 +121,7 @@ impl JobQueue {
                 let fut = async move {
                     // As the job: a node the job holds lets it in.
                     let holder = holder_name(id);
-                    let outcomes = router
+                    let mut results = router
                         .fan_out_with(nodes, fanout, &control, |r, node| {
                             let (op, holder): (Op, &str) = (op.clone(), &holder);
                             // With `wait`, a node's result is its settled
@@ -128,22 +129,19 @@ impl JobQueue {
                             async move { r.run_for(node, op, wait, Some(holder)).await }
                         })
                         .await;
-                    let mut results = Vec::with_capacity(outcomes.len());
-                    for o in &outcomes {
-                        let mut result = NodeResult::of(o.node.clone(), &o.result);
+                    for result in &mut results {
                         // A node that failed shows the state it is in now
                         // (its failed state, or where a lock kept it), not
                         // `-`: a shared read, answered at once.
                         if !result.ok
                             && result.provision_state.is_none()
-                            && result.error_kind.as_deref() != Some("canceled")
-                            && let Some((node, _)) = router.registry.find(&o.node)
+                            && result.error_kind() != Some("canceled")
+                            && let Some((node, _)) = router.registry.find(&result.node)
                             && let Ok(now) = router.show(node).await
                         {
                             result.provision_state = Some(now.provision_state.to_string());
                             result.power_state = now.power_state.map(|p| p.to_string());
                         }
-                        results.push(result);
                     }
                     results
                 }

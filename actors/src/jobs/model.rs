@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use kiln_store::{JobId, JobLogEntry, JobRecord, JobStatus, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::KilnError;
 use crate::node::Op;
 
 /// One step of a job.
@@ -105,23 +104,7 @@ pub struct NewJob {
     pub depends: Vec<NewDependency>,
 }
 
-/// One node's outcome inside a node-set opcode.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeResult {
-    pub node: String,
-    pub ok: bool,
-    pub provision_state: Option<String>,
-    pub power_state: Option<String>,
-    /// `KilnError::kind` of the failure.
-    pub error_kind: Option<String>,
-    pub error: Option<String>,
-    /// An exec opcode's exit code and output (stdout, then stderr; at most
-    /// 4 KiB kept in the job).
-    #[serde(default)]
-    pub exit_code: Option<i32>,
-    #[serde(default)]
-    pub output: Option<String>,
-}
+pub use crate::view::{ErrorView, NodeResult};
 
 impl NodeResult {
     /// A node's result of an exec opcode.
@@ -140,39 +123,10 @@ impl NodeResult {
             ok: failure.is_none(),
             provision_state: None,
             power_state: None,
-            error_kind: failure.as_ref().map(|_| if o.timed_out { "timeout" } else { "exec" }.to_string()),
-            error: failure,
+            error: failure
+                .map(|message| ErrorView { kind: if o.timed_out { "timeout" } else { "exec" }.to_string(), message }),
             exit_code: Some(o.exit_code),
             output: Some(output),
-        }
-    }
-
-    pub fn of(node: String, result: &Result<crate::NodeView, KilnError>) -> Self {
-        match result {
-            Ok(v) => NodeResult {
-                node,
-                ok: true,
-                provision_state: Some(v.provision_state.to_string()),
-                power_state: v.power_state.map(|p| p.to_string()),
-                error_kind: None,
-                error: None,
-                exit_code: None,
-                output: None,
-            },
-            Err(e) => NodeResult {
-                node,
-                ok: false,
-                // A refused verb knows the state it was refused in.
-                provision_state: match e {
-                    KilnError::InvalidState { state, .. } => Some(state.clone()),
-                    _ => None,
-                },
-                power_state: None,
-                error_kind: Some(e.kind().to_string()),
-                error: Some(e.to_string()),
-                exit_code: None,
-                output: None,
-            },
         }
     }
 }
@@ -374,6 +328,7 @@ pub struct QueueInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::KilnError;
 
     #[test]
     fn a_view_stored_and_read_back_is_the_same_view() {
@@ -414,6 +369,42 @@ mod tests {
             log: None,
         };
         stored_and_read_back(&view);
+    }
+
+    #[test]
+    fn a_body_stored_by_an_earlier_version_still_loads() {
+        let at: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let view = JobView {
+            id: JobId(4),
+            priority: 0,
+            status: JobStatus::Error,
+            submitted_at: at,
+            started_at: Some(at),
+            ended_at: Some(at),
+            archived: false,
+            ops: Vec::new(),
+            depends: Vec::new(),
+            error: Some("1 of 1 nodes failed".into()),
+            log: None,
+        };
+        let mut record = view.to_record(Vec::new());
+        // The flat `error_kind` beside an `error` string, as versions up to
+        // protocol 9 stored a node's result.
+        let opcode = serde_json::to_string(&Opcode::Hold { nodes: "n1".into() }).unwrap();
+        record.body =
+            format!("{{\"ops\":[{{\"opcode\":{opcode},{OLD_OP}}}],\"depends\":[],\"error\":\"1 of 1 nodes failed\"}}");
+        const OLD_OP: &str = r#""status":"error","started_at":"2026-11-23T10:00:00Z","ended_at":"2026-11-23T10:00:00Z",
+            "results":[{"node":"n1","ok":false,"provision_state":"verifying","power_state":null,
+            "error_kind":"driver","error":"node n1: BMC unreachable","exit_code":null,"output":null}],
+            "error":"1 of 1 nodes failed""#;
+        let loaded = JobView::from_record(&record, false);
+        let results = &loaded.ops[0].results;
+        assert_eq!(results.len(), 1, "{loaded:?}");
+        assert_eq!(
+            results[0].error,
+            Some(ErrorView { kind: "driver".into(), message: "node n1: BMC unreachable".into() })
+        );
+        assert_eq!(results[0].provision_state.as_deref(), Some("verifying"));
     }
 
     /// Stores `view`, checks the body is the owned [`JobBody`]'s serde

@@ -526,7 +526,7 @@ fn failed_and_skipped_nodes_are_counted_apart() {
     assert!(start.durable_start.is_some(), "a node opcode's start is committed before it acts");
     let failed = NodeResult::of("n1".into(), &Err(KilnError::NotFound("gone".into())));
     let skipped = NodeResult::of("n2".into(), &Err(KilnError::Canceled("not started".into())));
-    let ok = NodeResult { ok: true, error_kind: None, error: None, ..failed.clone() };
+    let ok = NodeResult { ok: true, error: None, ..failed.clone() };
     let next = q.core.op_done(a, 0, vec![failed, skipped, ok], None, q.now(), &mut effects);
     assert_eq!(next, None);
     q.apply(effects);

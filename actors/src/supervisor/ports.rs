@@ -1,8 +1,9 @@
-//! The supervisor's messages for ports and port groups (bonds).
+//! The supervisor's messages for ports and port groups (bonds), and the
+//! [`Router`] functions that answer them (and the CLI's dispatch).
 //!
 //! Ports and port groups are rows of the store beside a node, not fields of
-//! its record, so the supervisor writes them itself, as it writes a new
-//! node: the node actor stays the only writer of the node's record. Every
+//! its record, so the router writes them itself, as the supervisor writes a
+//! new node: the node actor stays the only writer of the node's record. Every
 //! rule the store keeps too (a MAC or a group name taken, a port in another
 //! node's group) is checked here first, to refuse it in the operator's
 //! words, by names rather than uuids; a request that races another is
@@ -10,11 +11,10 @@
 //! and its members are one batch: all of it is stored or none.
 
 use actix::prelude::*;
-use chrono::Utc;
 use kiln_store::{BondMode, NodeId, PortGroupRecord, PortRecord, Write, normalize_mac};
 use serde::{Deserialize, Serialize};
 
-use super::{Registry, Supervisor, check_name};
+use super::{Registry, Router, Supervisor, check_name, routed};
 use crate::KilnError;
 use crate::view::{PortGroupView, PortView};
 
@@ -113,57 +113,152 @@ fn other_node(address: &str, port_node: &str, group: &str, group_node: &str) -> 
     ))
 }
 
-impl Handler<CreatePort> for Supervisor {
-    type Result = ResponseFuture<Result<PortView, KilnError>>;
-    fn handle(&mut self, msg: CreatePort, _: &mut Context<Self>) -> Self::Result {
+/// The functions behind the port messages.
+impl Router {
+    pub async fn create_port(&self, msg: CreatePort) -> Result<PortView, KilnError> {
         let found = self.registry.find(&msg.node);
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let address = mac(&msg.address)?;
-            let (id, entry) = found.ok_or_else(|| no_node(&msg.node))?;
-            let port = PortRecord {
-                uuid: kiln_store::PortId::new(),
-                address,
-                node: id,
-                portgroup: None,
-                created_at: Utc::now(),
-            };
-            store.commit(vec![Write::InsertPort(port.clone())]).await?;
-            Ok(PortView::of(&port, &entry.name, None))
-        })
+        let now = self.clock.now();
+        let address = mac(&msg.address)?;
+        let (id, entry) = found.ok_or_else(|| no_node(&msg.node))?;
+        let port = PortRecord { uuid: kiln_store::PortId::new(), address, node: id, portgroup: None, created_at: now };
+        self.store.commit(vec![Write::InsertPort(port.clone())]).await?;
+        Ok(PortView::of(&port, &entry.name, None))
+    }
+
+    pub async fn list_ports(&self, msg: ListPorts) -> Result<Vec<PortView>, KilnError> {
+        let node = match &msg.node {
+            Some(n) => Some(self.registry.find(n).ok_or_else(|| no_node(n))?.0),
+            None => None,
+        };
+        let (ports, groups) = self.store.read(move |b| Ok((b.load_ports(node)?, b.load_port_groups(node)?))).await?;
+        Ok(PortView::all(&ports, &groups, |p| node_name(&self.registry, p.node)))
+    }
+
+    pub async fn delete_port(&self, DeletePort(address): DeletePort) -> Result<PortView, KilnError> {
+        let address = mac(&address)?;
+        let (port, group) = find_port(&self.store, address.clone()).await?;
+        let port = port.ok_or_else(|| no_port(&address))?;
+        self.store.commit(vec![Write::DeletePort(address)]).await?;
+        Ok(PortView::of(&port, &node_name(&self.registry, port.node), group.as_ref().map(|g| g.name.as_str())))
+    }
+
+    pub async fn set_port_group(&self, msg: SetPortGroup) -> Result<PortView, KilnError> {
+        let address = mac(&msg.address)?;
+        let (port, _) = find_port(&self.store, address.clone()).await?;
+        let port = port.ok_or_else(|| no_port(&address))?;
+        let group = match &msg.group {
+            Some(key) => {
+                let key = key.clone();
+                let group = self.store.read(move |b| b.load_port_group(&key)).await?;
+                Some(group.ok_or_else(|| no_group(msg.group.as_deref().unwrap_or_default()))?)
+            }
+            None => None,
+        };
+        if let Some(g) = &group
+            && g.node != port.node
+        {
+            let (port_node, group_node) = (node_name(&self.registry, port.node), node_name(&self.registry, g.node));
+            return Err(other_node(&address, &port_node, &g.name, &group_node));
+        }
+        let id = group.as_ref().map(|g| g.uuid);
+        self.store.commit(vec![Write::SetPortGroup { address, group: id }]).await?;
+        let port = PortRecord { portgroup: id, ..port };
+        Ok(PortView::of(&port, &node_name(&self.registry, port.node), group.as_ref().map(|g| g.name.as_str())))
+    }
+
+    pub async fn create_port_group(&self, CreatePortGroup(new): CreatePortGroup) -> Result<PortGroupView, KilnError> {
+        let found = self.registry.find(&new.node);
+        let now = self.clock.now();
+        check_name("port group", &new.name)?;
+        let mode = match &new.mode {
+            Some(m) => m.parse::<BondMode>().map_err(|e| KilnError::InvalidInput(e.to_string()))?,
+            None => BondMode::DEFAULT,
+        };
+        let address = new.address.as_deref().map(mac).transpose()?;
+        let mut members: Vec<String> = Vec::with_capacity(new.ports.len());
+        for text in &new.ports {
+            let m = mac(text)?;
+            if members.contains(&m) {
+                return Err(KilnError::InvalidInput(format!("port {m} is named twice")));
+            }
+            members.push(m);
+        }
+        let (id, entry) = found.ok_or_else(|| no_node(&new.node))?;
+        let name = new.name.clone();
+        let (taken, ports, groups) = self
+            .store
+            .read(move |b| Ok((b.load_port_group(&name)?, b.load_ports(Some(id))?, b.load_port_groups(Some(id))?)))
+            .await?;
+        if taken.is_some() {
+            return Err(KilnError::Conflict(format!("port group name '{}' is already in use", new.name)));
+        }
+        for m in &members {
+            match ports.iter().find(|p| &p.address == m) {
+                Some(PortRecord { portgroup: Some(g), .. }) => {
+                    let group = groups.iter().find(|x| x.uuid == *g).map_or_else(|| g.to_string(), |x| x.name.clone());
+                    return Err(KilnError::Conflict(format!(
+                        "port {m} is already in port group {group}; `kiln port set {m} --no-group` frees it"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    let (other, _) = find_port(&self.store, m.clone()).await?;
+                    return Err(match other {
+                        Some(p) => other_node(m, &node_name(&self.registry, p.node), &new.name, &entry.name),
+                        None => no_port(m),
+                    });
+                }
+            }
+        }
+        let group = PortGroupRecord {
+            uuid: kiln_store::PortGroupId::new(),
+            name: new.name,
+            node: id,
+            address,
+            mode,
+            created_at: now,
+        };
+        let mut batch = vec![Write::InsertPortGroup(group.clone())];
+        batch.extend(members.iter().map(|m| Write::SetPortGroup { address: m.clone(), group: Some(group.uuid) }));
+        self.store.commit(batch).await?;
+        let joined: Vec<PortRecord> = ports
+            .into_iter()
+            .map(|p| if members.contains(&p.address) { PortRecord { portgroup: Some(group.uuid), ..p } } else { p })
+            .collect();
+        Ok(PortGroupView::of(&group, &entry.name, &joined))
+    }
+
+    pub async fn list_port_groups(&self, msg: ListPortGroups) -> Result<Vec<PortGroupView>, KilnError> {
+        let node = match &msg.node {
+            Some(n) => Some(self.registry.find(n).ok_or_else(|| no_node(n))?.0),
+            None => None,
+        };
+        let (groups, ports) = self.store.read(move |b| Ok((b.load_port_groups(node)?, b.load_ports(node)?))).await?;
+        Ok(groups.iter().map(|g| PortGroupView::of(g, &node_name(&self.registry, g.node), &ports)).collect())
+    }
+
+    pub async fn get_port_group(&self, GetPortGroup(key): GetPortGroup) -> Result<PortGroupView, KilnError> {
+        let (group, ports) = find_group(&self.store, &key).await?;
+        Ok(PortGroupView::of(&group, &node_name(&self.registry, group.node), &ports))
+    }
+
+    pub async fn delete_port_group(&self, DeletePortGroup(key): DeletePortGroup) -> Result<PortGroupView, KilnError> {
+        let (group, ports) = find_group(&self.store, &key).await?;
+        self.store.commit(vec![Write::DeletePortGroup(group.uuid)]).await?;
+        Ok(PortGroupView::of(&group, &node_name(&self.registry, group.node), &ports))
     }
 }
 
-impl Handler<ListPorts> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<PortView>, KilnError>>;
-    fn handle(&mut self, msg: ListPorts, _: &mut Context<Self>) -> Self::Result {
-        let registry = self.registry.clone();
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let node = match &msg.node {
-                Some(n) => Some(registry.find(n).ok_or_else(|| no_node(n))?.0),
-                None => None,
-            };
-            let (ports, groups) = store.read(move |b| Ok((b.load_ports(node)?, b.load_port_groups(node)?))).await?;
-            Ok(PortView::all(&ports, &groups, |p| node_name(&registry, p.node)))
-        })
-    }
-}
-
-impl Handler<DeletePort> for Supervisor {
-    type Result = ResponseFuture<Result<PortView, KilnError>>;
-    fn handle(&mut self, DeletePort(address): DeletePort, _: &mut Context<Self>) -> Self::Result {
-        let registry = self.registry.clone();
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let address = mac(&address)?;
-            let (port, group) = find_port(&store, address.clone()).await?;
-            let port = port.ok_or_else(|| no_port(&address))?;
-            store.commit(vec![Write::DeletePort(address)]).await?;
-            Ok(PortView::of(&port, &node_name(&registry, port.node), group.as_ref().map(|g| g.name.as_str())))
-        })
-    }
-}
+routed!(
+    CreatePort => create_port -> PortView,
+    ListPorts => list_ports -> Vec<PortView>,
+    DeletePort => delete_port -> PortView,
+    SetPortGroup => set_port_group -> PortView,
+    CreatePortGroup => create_port_group -> PortGroupView,
+    ListPortGroups => list_port_groups -> Vec<PortGroupView>,
+    GetPortGroup => get_port_group -> PortGroupView,
+    DeletePortGroup => delete_port_group -> PortGroupView,
+);
 
 /// The port with this MAC address, and the group it is in.
 async fn find_port(
@@ -182,121 +277,6 @@ async fn find_port(
         .await?)
 }
 
-impl Handler<SetPortGroup> for Supervisor {
-    type Result = ResponseFuture<Result<PortView, KilnError>>;
-    fn handle(&mut self, msg: SetPortGroup, _: &mut Context<Self>) -> Self::Result {
-        let registry = self.registry.clone();
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let address = mac(&msg.address)?;
-            let (port, _) = find_port(&store, address.clone()).await?;
-            let port = port.ok_or_else(|| no_port(&address))?;
-            let group = match &msg.group {
-                Some(key) => {
-                    let key = key.clone();
-                    let group = store.read(move |b| b.load_port_group(&key)).await?;
-                    Some(group.ok_or_else(|| no_group(msg.group.as_deref().unwrap_or_default()))?)
-                }
-                None => None,
-            };
-            if let Some(g) = &group
-                && g.node != port.node
-            {
-                let (port_node, group_node) = (node_name(&registry, port.node), node_name(&registry, g.node));
-                return Err(other_node(&address, &port_node, &g.name, &group_node));
-            }
-            let id = group.as_ref().map(|g| g.uuid);
-            store.commit(vec![Write::SetPortGroup { address, group: id }]).await?;
-            let port = PortRecord { portgroup: id, ..port };
-            Ok(PortView::of(&port, &node_name(&registry, port.node), group.as_ref().map(|g| g.name.as_str())))
-        })
-    }
-}
-
-impl Handler<CreatePortGroup> for Supervisor {
-    type Result = ResponseFuture<Result<PortGroupView, KilnError>>;
-    fn handle(&mut self, CreatePortGroup(new): CreatePortGroup, _: &mut Context<Self>) -> Self::Result {
-        let registry = self.registry.clone();
-        let found = self.registry.find(&new.node);
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            check_name("port group", &new.name)?;
-            let mode = match &new.mode {
-                Some(m) => m.parse::<BondMode>().map_err(|e| KilnError::InvalidInput(e.to_string()))?,
-                None => BondMode::DEFAULT,
-            };
-            let address = new.address.as_deref().map(mac).transpose()?;
-            let mut members: Vec<String> = Vec::with_capacity(new.ports.len());
-            for text in &new.ports {
-                let m = mac(text)?;
-                if members.contains(&m) {
-                    return Err(KilnError::InvalidInput(format!("port {m} is named twice")));
-                }
-                members.push(m);
-            }
-            let (id, entry) = found.ok_or_else(|| no_node(&new.node))?;
-            let name = new.name.clone();
-            let (taken, ports, groups) = store
-                .read(move |b| Ok((b.load_port_group(&name)?, b.load_ports(Some(id))?, b.load_port_groups(Some(id))?)))
-                .await?;
-            if taken.is_some() {
-                return Err(KilnError::Conflict(format!("port group name '{}' is already in use", new.name)));
-            }
-            for m in &members {
-                match ports.iter().find(|p| &p.address == m) {
-                    Some(PortRecord { portgroup: Some(g), .. }) => {
-                        let group =
-                            groups.iter().find(|x| x.uuid == *g).map_or_else(|| g.to_string(), |x| x.name.clone());
-                        return Err(KilnError::Conflict(format!(
-                            "port {m} is already in port group {group}; `kiln port set {m} --no-group` frees it"
-                        )));
-                    }
-                    Some(_) => {}
-                    None => {
-                        let (other, _) = find_port(&store, m.clone()).await?;
-                        return Err(match other {
-                            Some(p) => other_node(m, &node_name(&registry, p.node), &new.name, &entry.name),
-                            None => no_port(m),
-                        });
-                    }
-                }
-            }
-            let group = PortGroupRecord {
-                uuid: kiln_store::PortGroupId::new(),
-                name: new.name,
-                node: id,
-                address,
-                mode,
-                created_at: Utc::now(),
-            };
-            let mut batch = vec![Write::InsertPortGroup(group.clone())];
-            batch.extend(members.iter().map(|m| Write::SetPortGroup { address: m.clone(), group: Some(group.uuid) }));
-            store.commit(batch).await?;
-            let joined: Vec<PortRecord> = ports
-                .into_iter()
-                .map(|p| if members.contains(&p.address) { PortRecord { portgroup: Some(group.uuid), ..p } } else { p })
-                .collect();
-            Ok(PortGroupView::of(&group, &entry.name, &joined))
-        })
-    }
-}
-
-impl Handler<ListPortGroups> for Supervisor {
-    type Result = ResponseFuture<Result<Vec<PortGroupView>, KilnError>>;
-    fn handle(&mut self, msg: ListPortGroups, _: &mut Context<Self>) -> Self::Result {
-        let registry = self.registry.clone();
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let node = match &msg.node {
-                Some(n) => Some(registry.find(n).ok_or_else(|| no_node(n))?.0),
-                None => None,
-            };
-            let (groups, ports) = store.read(move |b| Ok((b.load_port_groups(node)?, b.load_ports(node)?))).await?;
-            Ok(groups.iter().map(|g| PortGroupView::of(g, &node_name(&registry, g.node), &ports)).collect())
-        })
-    }
-}
-
 /// A group (by name or uuid) with its node's ports.
 async fn find_group(
     store: &kiln_store::StoreHandle,
@@ -311,29 +291,4 @@ async fn find_group(
         .await?;
     let (ports, group) = found.ok_or_else(|| no_group(key))?;
     Ok((group, ports))
-}
-
-impl Handler<GetPortGroup> for Supervisor {
-    type Result = ResponseFuture<Result<PortGroupView, KilnError>>;
-    fn handle(&mut self, GetPortGroup(key): GetPortGroup, _: &mut Context<Self>) -> Self::Result {
-        let registry = self.registry.clone();
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let (group, ports) = find_group(&store, &key).await?;
-            Ok(PortGroupView::of(&group, &node_name(&registry, group.node), &ports))
-        })
-    }
-}
-
-impl Handler<DeletePortGroup> for Supervisor {
-    type Result = ResponseFuture<Result<PortGroupView, KilnError>>;
-    fn handle(&mut self, DeletePortGroup(key): DeletePortGroup, _: &mut Context<Self>) -> Self::Result {
-        let registry = self.registry.clone();
-        let store = self.env.store.clone();
-        Box::pin(async move {
-            let (group, ports) = find_group(&store, &key).await?;
-            store.commit(vec![Write::DeletePortGroup(group.uuid)]).await?;
-            Ok(PortGroupView::of(&group, &node_name(&registry, group.node), &ports))
-        })
-    }
 }
