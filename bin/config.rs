@@ -334,123 +334,35 @@ fn flags(args: &ServeArgs, layers: &mut Layers<FileConfig>) {
 fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
     let f = &r.value;
     let d = FileConfig::defaults();
-    let mut errors: Vec<anyhow::Error> = Vec::new();
-    let secs = |v: Option<Seconds>, d: Option<Seconds>| v.or(d).unwrap_or_default().0;
+    let mut c = Check { r, errors: Vec::new() };
 
     let data_dir = f.data_dir.clone().unwrap_or_else(default_data_dir);
     let socket = f.socket.clone().unwrap_or_else(|| data_dir.join("kiln.sock"));
-    let log_format = match f.log_format.as_deref().unwrap_or("text") {
-        "text" => LogFormat::Text,
-        "json" => LogFormat::Json,
-        other => {
-            errors.push(r.invalid("log_format", format!("'{other}': expected text or json")));
-            LogFormat::Text
-        }
-    };
-    let log = f.log.clone().unwrap_or_else(|| "info".into());
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
-        errors
-            .push(r.invalid("log", format!("'{log}' is not a log filter ({e}); e.g. info or kiln_actors=debug,info")));
-    }
-    let socket_mode = match f.socket_mode.as_deref().unwrap_or("0600") {
-        "0600" | "600" => 0o600,
-        "0660" | "660" => 0o660,
-        other => {
-            errors.push(r.invalid("socket_mode", format!("'{other}': expected \"0600\" or \"0660\"")));
-            0o600
-        }
-    };
+    let (log_format, log) = c.logging(f);
+    let socket_mode = c.socket_mode(f);
     let max_frame = f.max_frame.unwrap_or(kiln_actors::codec::DEFAULT_MAX_FRAME);
     if !(1024..=1 << 30).contains(&max_frame) {
-        errors.push(r.invalid("max_frame", format!("{max_frame}: expected between 1024 and 1073741824 bytes")));
+        c.fail("max_frame", format!("{max_frame}: expected between 1024 and 1073741824 bytes"));
     }
-    let at_least_one = |key: &str, v: Option<usize>, errors: &mut Vec<anyhow::Error>| {
-        let v = v.unwrap_or(1);
-        if v == 0 {
-            errors.push(r.invalid(key, "0: expected at least 1"));
-        }
-        v.max(1)
-    };
-    let default_fanout = at_least_one("default_fanout", f.default_fanout.or(d.default_fanout), &mut errors);
-    let max_running_jobs = at_least_one("max_running_jobs", f.max_running_jobs.or(d.max_running_jobs), &mut errors);
-    let max_queued_jobs = at_least_one("max_queued_jobs", f.max_queued_jobs.or(d.max_queued_jobs), &mut errors);
+    let default_fanout = c.at_least_one("default_fanout", f.default_fanout.or(d.default_fanout));
+    let max_running_jobs = c.at_least_one("max_running_jobs", f.max_running_jobs.or(d.max_running_jobs));
+    let max_queued_jobs = c.at_least_one("max_queued_jobs", f.max_queued_jobs.or(d.max_queued_jobs));
     let power_sync_concurrency =
-        at_least_one("power_sync_concurrency", f.power_sync_concurrency.or(d.power_sync_concurrency), &mut errors);
-    let max_connections = f.max_connections.or(d.max_connections).unwrap_or(256);
-    if !(1..=65_536).contains(&max_connections) {
-        errors.push(r.invalid("max_connections", format!("{max_connections}: expected between 1 and 65536")));
-    }
-    let positive = |key: &str, v: Option<Seconds>, d: Option<Seconds>, errors: &mut Vec<anyhow::Error>| {
-        let v = secs(v, d);
-        if v.is_zero() {
-            errors.push(r.invalid(key, "0: expected more than 0 seconds"));
-        }
-        v
-    };
-    let limits = crate::limits::Limits {
-        max_connections,
-        frame_timeout: positive("frame_timeout", f.frame_timeout, d.frame_timeout, &mut errors),
-        idle_timeout: positive("idle_timeout", f.idle_timeout, d.idle_timeout, &mut errors),
-    };
+        c.at_least_one("power_sync_concurrency", f.power_sync_concurrency.or(d.power_sync_concurrency));
+    let limits = c.limits(f, &d);
     let metrics_addr = match f.metrics_addr.as_deref().map(metrics_addr) {
         Some(Err(e)) => {
-            errors.push(r.invalid("metrics_addr", e));
+            c.fail("metrics_addr", e);
             None
         }
         Some(Ok(a)) => Some(a),
         None => None,
     };
-    let store = match kiln_store::postgres::StoreTarget::parse(f.store.as_deref().unwrap_or("sqlite")) {
-        Ok(store) => store,
-        Err(e) => {
-            errors.push(
-                r.invalid("store", format!("{e}; expected \"sqlite\" or postgres://USER:PASSWORD@HOST:PORT/DATABASE")),
-            );
-            kiln_store::postgres::StoreTarget::Sqlite
-        }
-    };
-    let store_connect_timeout = secs(f.store_connect_timeout, d.store_connect_timeout);
-    let groups = match all_groups(f) {
-        Ok(all) => all,
-        Err(e) => {
-            errors.push(r.invalid(e.key, e.why));
-            f.groups.clone().unwrap_or_default()
-        }
-    };
-    for (name, expr) in &groups {
-        if let Err(e) = NodeSet::parse_with(expr, &|g| groups.get(g).cloned()) {
-            errors.push(r.invalid("groups", format!("group '{name}' = '{expr}': {e}")));
-        }
-    }
-    let mut tasks = BTreeMap::new();
-    for (name, t) in f.periodic.clone().unwrap_or_default() {
-        if !kiln_actors::periodic::BUILTIN_TASKS.contains(&name.as_str()) {
-            let known = kiln_actors::periodic::BUILTIN_TASKS.join(", ");
-            errors.push(r.invalid("periodic", format!("no periodic task '{name}' (tasks: {known})")));
-            continue;
-        }
-        let interval = t.interval.map(|i| match i {
-            Interval::Every(d) => Some(d.0),
-            Interval::Disabled => None,
-        });
-        tasks.insert(name, TaskSettings { enabled: t.enabled, interval, run_immediately: t.run_immediately });
-    }
-    let periodic = PeriodicConfig {
-        enabled: f.periodic_enabled.unwrap_or(true),
-        power_sync_interval: secs(f.power_sync_interval, d.power_sync_interval),
-        power_sync_concurrency,
-        power_state_sync_max_retries: f.power_state_sync_max_retries.or(d.power_state_sync_max_retries).unwrap_or(3),
-        force_power_state_during_sync: f.force_power_state_during_sync.unwrap_or(false),
-        power_failure_recovery_interval: secs(f.power_failure_recovery_interval, d.power_failure_recovery_interval),
-        wait_timeouts_interval: secs(f.wait_timeouts_interval, d.wait_timeouts_interval),
-        wait_timeout: secs(f.wait_timeout, d.wait_timeout),
-        job_autoarchive_interval: secs(f.job_autoarchive_interval, d.job_autoarchive_interval),
-        job_archive_age: secs(f.job_archive_age, d.job_archive_age),
-        store_maintenance_interval: secs(f.store_maintenance_interval, d.store_maintenance_interval),
-        tasks,
-    };
-    if !errors.is_empty() {
-        return Err(layered::problems(errors.iter().map(|e| e.to_string()).collect()));
+    let store = c.store(f);
+    let groups = c.groups(f);
+    let periodic = c.periodic(f, &d, power_sync_concurrency);
+    if !c.errors.is_empty() {
+        return Err(layered::problems(c.errors.iter().map(|e| e.to_string()).collect()));
     }
     let me = own_uid();
     let mut allowed_uids = vec![me, 0];
@@ -485,13 +397,151 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
         metrics_addr,
         shutdown_grace: secs(f.shutdown_grace, d.shutdown_grace),
         store,
-        store_connect_timeout,
+        store_connect_timeout: secs(f.store_connect_timeout, d.store_connect_timeout),
         limits,
         log,
         effective,
         sources,
         warnings: Vec::new(),
     })
+}
+
+/// A duration key's value, or its default.
+fn secs(v: Option<Seconds>, d: Option<Seconds>) -> std::time::Duration {
+    v.or(d).unwrap_or_default().0
+}
+
+/// The checks [`build`] makes of the keys, gathering every problem.
+struct Check<'a> {
+    r: &'a Resolved<FileConfig>,
+    errors: Vec<anyhow::Error>,
+}
+
+impl Check<'_> {
+    /// Records a problem with `key`'s value.
+    fn fail(&mut self, key: &str, why: impl std::fmt::Display) {
+        self.errors.push(self.r.invalid(key, why));
+    }
+
+    /// A count that must be at least 1.
+    fn at_least_one(&mut self, key: &str, v: Option<usize>) -> usize {
+        let v = v.unwrap_or(1);
+        if v == 0 {
+            self.fail(key, "0: expected at least 1");
+        }
+        v.max(1)
+    }
+
+    /// A duration that must be more than 0.
+    fn positive(&mut self, key: &str, v: Option<Seconds>, d: Option<Seconds>) -> std::time::Duration {
+        let v = secs(v, d);
+        if v.is_zero() {
+            self.fail(key, "0: expected more than 0 seconds");
+        }
+        v
+    }
+
+    /// `log_format` and `log` (a tracing filter).
+    fn logging(&mut self, f: &FileConfig) -> (LogFormat, String) {
+        let format = match f.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.fail("log_format", format!("'{other}': expected text or json"));
+                LogFormat::Text
+            }
+        };
+        let log = f.log.clone().unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
+            self.fail("log", format!("'{log}' is not a log filter ({e}); e.g. info or kiln_actors=debug,info"));
+        }
+        (format, log)
+    }
+
+    fn socket_mode(&mut self, f: &FileConfig) -> u32 {
+        match f.socket_mode.as_deref().unwrap_or("0600") {
+            "0600" | "600" => 0o600,
+            "0660" | "660" => 0o660,
+            other => {
+                self.fail("socket_mode", format!("'{other}': expected \"0600\" or \"0660\""));
+                0o600
+            }
+        }
+    }
+
+    /// The admin socket's limits.
+    fn limits(&mut self, f: &FileConfig, d: &FileConfig) -> crate::limits::Limits {
+        let max_connections = f.max_connections.or(d.max_connections).unwrap_or(256);
+        if !(1..=65_536).contains(&max_connections) {
+            self.fail("max_connections", format!("{max_connections}: expected between 1 and 65536"));
+        }
+        crate::limits::Limits {
+            max_connections,
+            frame_timeout: self.positive("frame_timeout", f.frame_timeout, d.frame_timeout),
+            idle_timeout: self.positive("idle_timeout", f.idle_timeout, d.idle_timeout),
+        }
+    }
+
+    fn store(&mut self, f: &FileConfig) -> kiln_store::postgres::StoreTarget {
+        match kiln_store::postgres::StoreTarget::parse(f.store.as_deref().unwrap_or("sqlite")) {
+            Ok(store) => store,
+            Err(e) => {
+                self.fail("store", format!("{e}; expected \"sqlite\" or postgres://USER:PASSWORD@HOST:PORT/DATABASE"));
+                kiln_store::postgres::StoreTarget::Sqlite
+            }
+        }
+    }
+
+    /// The node groups, each a node set that parses.
+    fn groups(&mut self, f: &FileConfig) -> BTreeMap<String, String> {
+        let groups = match all_groups(f) {
+            Ok(all) => all,
+            Err(e) => {
+                self.fail(e.key, e.why);
+                f.groups.clone().unwrap_or_default()
+            }
+        };
+        for (name, expr) in &groups {
+            if let Err(e) = NodeSet::parse_with(expr, &|g| groups.get(g).cloned()) {
+                self.fail("groups", format!("group '{name}' = '{expr}': {e}"));
+            }
+        }
+        groups
+    }
+
+    /// The periodic tasks' settings; a task that does not exist is refused.
+    fn periodic(&mut self, f: &FileConfig, d: &FileConfig, power_sync_concurrency: usize) -> PeriodicConfig {
+        let mut tasks = BTreeMap::new();
+        for (name, t) in f.periodic.clone().unwrap_or_default() {
+            if !kiln_actors::periodic::BUILTIN_TASKS.contains(&name.as_str()) {
+                let known = kiln_actors::periodic::BUILTIN_TASKS.join(", ");
+                self.fail("periodic", format!("no periodic task '{name}' (tasks: {known})"));
+                continue;
+            }
+            let interval = t.interval.map(|i| match i {
+                Interval::Every(d) => Some(d.0),
+                Interval::Disabled => None,
+            });
+            tasks.insert(name, TaskSettings { enabled: t.enabled, interval, run_immediately: t.run_immediately });
+        }
+        PeriodicConfig {
+            enabled: f.periodic_enabled.unwrap_or(true),
+            power_sync_interval: secs(f.power_sync_interval, d.power_sync_interval),
+            power_sync_concurrency,
+            power_state_sync_max_retries: f
+                .power_state_sync_max_retries
+                .or(d.power_state_sync_max_retries)
+                .unwrap_or(3),
+            force_power_state_during_sync: f.force_power_state_during_sync.unwrap_or(false),
+            power_failure_recovery_interval: secs(f.power_failure_recovery_interval, d.power_failure_recovery_interval),
+            wait_timeouts_interval: secs(f.wait_timeouts_interval, d.wait_timeouts_interval),
+            wait_timeout: secs(f.wait_timeout, d.wait_timeout),
+            job_autoarchive_interval: secs(f.job_autoarchive_interval, d.job_autoarchive_interval),
+            job_archive_age: secs(f.job_archive_age, d.job_archive_age),
+            store_maintenance_interval: secs(f.store_maintenance_interval, d.store_maintenance_interval),
+            tasks,
+        }
+    }
 }
 
 /// Parses `metrics_addr`: `HOST:PORT` (`127.0.0.1:9184`, `[::1]:9184`,

@@ -103,14 +103,18 @@ pub struct Publish(pub NodeEvent);
 pub struct Subscribe(pub Recipient<NodeEvent>);
 
 /// Subscribes a channel (an admin connection) to the events `filter` lets
-/// through from now on. A subscriber that falls behind by the channel's
+/// through from now on: every event published after the subscription, and
+/// none published before it, even one whose storing is still in flight (a
+/// client that ran a command and then follows the stream does not get that
+/// command's events). A subscriber that falls behind by the channel's
 /// capacity is dropped, and its channel closes, rather than slowing the
-/// site down. With `backlog`, the recent
-/// events (at most [`RECENT`]) are sent first, with no gap before the live
-/// ones: give the channel room for them. Answers the serial of the last
-/// event delivered before the subscription: every event after it comes on
-/// the channel, and every event up to it is in the store (a durable bus),
-/// so a replay from the store up to it followed by the channel misses none.
+/// site down. With `backlog`, the recent events (at most [`RECENT`]) are
+/// sent first, with no gap before the live ones: give the channel room for
+/// them. Answers the serial of the last event published before the
+/// subscription, once that event is stored (a durable bus) and delivered:
+/// every event after it comes on the channel and every event up to it is
+/// in the store, so a replay from the store up to it followed by the
+/// channel misses none.
 #[derive(Message)]
 #[rtype(result = "u64")]
 pub struct SubscribeChannel {
@@ -146,6 +150,9 @@ pub struct EventBus {
     /// Events published while a commit of events was in flight.
     pending: Vec<NodeEvent>,
     committing: bool,
+    /// Subscriptions that wait for the events published before them to be
+    /// stored and delivered, each with the serial it waits for.
+    waiting: Vec<(u64, SubscribeChannel, tokio::sync::oneshot::Sender<u64>)>,
 }
 
 impl EventBus {
@@ -205,6 +212,40 @@ impl EventBus {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             },
         });
+        self.admit_waiting();
+    }
+}
+
+impl EventBus {
+    /// Subscribes `msg`'s channel from now on: it is sent what is delivered
+    /// from here (after the backlog, if asked for). Answers the serial of
+    /// the last event delivered.
+    fn admit(&mut self, msg: SubscribeChannel) -> u64 {
+        if msg.backlog {
+            for e in self.recent.iter().filter(|e| msg.filter.matches(e)) {
+                if msg.tx.try_send(e.clone()).is_err() {
+                    return self.delivered;
+                }
+            }
+        }
+        self.channels.push((msg.tx, msg.filter));
+        self.delivered
+    }
+
+    /// Admits the waiting subscriptions whose last earlier event has just
+    /// been delivered, before any later event is.
+    fn admit_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let delivered = self.delivered;
+        let (ready, still): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.waiting).into_iter().partition(|w| w.0 <= delivered);
+        self.waiting = still;
+        for (_, msg, answer) in ready {
+            let upto = self.admit(msg);
+            let _ = answer.send(upto);
+        }
     }
 }
 
@@ -249,17 +290,18 @@ impl Handler<Subscribe> for EventBus {
 }
 
 impl Handler<SubscribeChannel> for EventBus {
-    type Result = u64;
-    fn handle(&mut self, msg: SubscribeChannel, _: &mut Context<Self>) -> u64 {
-        if msg.backlog {
-            for e in self.recent.iter().filter(|e| msg.filter.matches(e)) {
-                if msg.tx.try_send(e.clone()).is_err() {
-                    return self.delivered;
-                }
-            }
+    type Result = ResponseFuture<u64>;
+    fn handle(&mut self, msg: SubscribeChannel, _: &mut Context<Self>) -> Self::Result {
+        if self.delivered == self.serial {
+            let upto = self.admit(msg);
+            return Box::pin(std::future::ready(upto));
         }
-        self.channels.push((msg.tx, msg.filter));
-        self.delivered
+        // Events published before this subscription are still being
+        // stored: it starts right after the last of them is delivered.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let upto = self.serial;
+        self.waiting.push((upto, msg, tx));
+        Box::pin(async move { rx.await.unwrap_or(upto) })
     }
 }
 
@@ -267,5 +309,62 @@ impl Handler<RecentEvents> for EventBus {
     type Result = MessageResult<RecentEvents>;
     fn handle(&mut self, RecentEvents(filter): RecentEvents, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.recent.iter().filter(|e| filter.matches(e)).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(name: &str) -> NodeEvent {
+        NodeEvent {
+            serial: 0,
+            at: chrono::Utc::now(),
+            node: NodeId::new(),
+            node_name: name.into(),
+            kind: EventKind::Start,
+            action: "deploy".into(),
+            provision_state: ProvisionState::Deploying,
+            target_provision_state: Some(ProvisionState::Active),
+            power_state: None,
+            error: None,
+        }
+    }
+
+    /// A client that ran a command and then follows the stream must not
+    /// be sent that command's events, even while they are being stored.
+    #[test]
+    fn a_subscription_gets_what_is_published_after_it_and_nothing_before() {
+        let dir = tempfile::tempdir().unwrap();
+        actix::System::new().block_on(async {
+            let store = StoreHandle::open_sqlite(&dir.path().join("kiln.sqlite")).unwrap();
+            let bus = EventBus::durable(store.clone(), 0).start();
+            // Queued before the subscription, so published before it; its
+            // commit is still in flight when the subscription is handled.
+            bus.do_send(Publish(event("before")));
+            let (tx, mut rx) = mpsc::channel(16);
+            let upto = bus.send(SubscribeChannel { tx, backlog: false, filter: EventFilter::default() }).await.unwrap();
+            assert_eq!(upto, 1, "the subscription answers the serial of the event published before it");
+            let stored = store.read(|b| b.load_events(0, 10)).await.unwrap();
+            assert_eq!(stored.iter().map(|r| r.serial).collect::<Vec<_>>(), vec![1], "and that event is stored");
+
+            bus.do_send(Publish(event("after")));
+            let first = rx.recv().await.expect("the bus is running");
+            assert_eq!((first.serial, first.node_name.as_str()), (2, "after"));
+        });
+    }
+
+    /// A bus that does not store answers at once and delivers what follows.
+    #[test]
+    fn a_bus_without_a_store_subscribes_at_once() {
+        actix::System::new().block_on(async {
+            let bus = EventBus::default().start();
+            bus.do_send(Publish(event("before")));
+            let (tx, mut rx) = mpsc::channel(16);
+            let upto = bus.send(SubscribeChannel { tx, backlog: false, filter: EventFilter::default() }).await.unwrap();
+            assert_eq!(upto, 1);
+            bus.do_send(Publish(event("after")));
+            assert_eq!(rx.recv().await.unwrap().node_name, "after");
+        });
     }
 }

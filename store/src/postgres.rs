@@ -60,7 +60,7 @@ pub mod migrations;
 pub mod target;
 
 pub use migrations::{MIGRATIONS, SCHEMA_VERSION};
-pub use target::{PgTarget, StoreTarget, Tls, mask_url};
+pub use target::{PgTarget, StoreTarget, TargetError, Tls, mask_url};
 
 /// How long a statement waits for a row lock another session holds.
 const LOCK_TIMEOUT: &str = "10s";

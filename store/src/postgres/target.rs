@@ -22,7 +22,7 @@ pub enum StoreTarget {
 
 impl StoreTarget {
     /// `"sqlite"` or a `postgres://` URL; the error never holds the password.
-    pub fn parse(text: &str) -> Result<StoreTarget, String> {
+    pub fn parse(text: &str) -> Result<StoreTarget, TargetError> {
         match text {
             "sqlite" => Ok(StoreTarget::Sqlite),
             url => PgTarget::parse(url).map(StoreTarget::Postgres),
@@ -37,6 +37,17 @@ impl fmt::Display for StoreTarget {
             StoreTarget::Postgres(target) => target.fmt(f),
         }
     }
+}
+
+/// Why a `store` setting was refused. Every URL it holds is masked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("'{0}' is neither \"sqlite\" nor a postgres:// URL")]
+    NotPostgres(String),
+    #[error("'{url}' is not a usable PostgreSQL URL: {why}")]
+    Unusable { url: String, why: String },
+    #[error("'{0}' names no host")]
+    NoHost(String),
 }
 
 /// A PostgreSQL URL that parsed, holding its password out of sight.
@@ -62,15 +73,17 @@ pub enum Tls {
 
 impl PgTarget {
     /// Parses `text`; the error names what is wrong, never the password.
-    pub fn parse(text: &str) -> Result<PgTarget, String> {
+    pub fn parse(text: &str) -> Result<PgTarget, TargetError> {
         let masked = mask_url(text);
         if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
-            return Err(format!("'{masked}' is neither \"sqlite\" nor a postgres:// URL"));
+            return Err(TargetError::NotPostgres(masked));
         }
-        let config = tokio_postgres::Config::from_str(text)
-            .map_err(|e| format!("'{masked}' is not a usable PostgreSQL URL: {}", mask_text(&e.to_string(), text)))?;
+        let config = match tokio_postgres::Config::from_str(text) {
+            Ok(config) => config,
+            Err(e) => return Err(TargetError::Unusable { why: mask_text(&e.to_string(), text), url: masked }),
+        };
         if config.get_hosts().is_empty() {
-            return Err(format!("'{masked}' names no host"));
+            return Err(TargetError::NoHost(masked));
         }
         let tls = match config.get_ssl_mode() {
             tokio_postgres::config::SslMode::Disable => Tls::Disable,
@@ -181,7 +194,10 @@ mod tests {
     #[test]
     fn bad_urls_are_refused_without_their_password() {
         let err = PgTarget::parse("postgres://kiln:s3cret@db/kiln?sslmode=bogus").unwrap_err();
-        assert!(!err.contains("s3cret"), "{err}");
-        assert!(PgTarget::parse("mysql://kiln:s3cret@db").unwrap_err().contains("***"));
+        assert!(matches!(err, TargetError::Unusable { .. }), "{err:?}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let err = PgTarget::parse("mysql://kiln:s3cret@db").unwrap_err();
+        assert_eq!(err, TargetError::NotPostgres("mysql://kiln:***@db".into()));
+        assert!(matches!(PgTarget::parse("postgres:///kiln"), Err(TargetError::NoHost(_))));
     }
 }
