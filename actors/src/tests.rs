@@ -653,7 +653,6 @@ fn lock_wait_runs_out_on_the_site_clock() {
 }
 
 #[test]
-#[test]
 fn the_router_and_the_supervisors_messages_answer_alike() {
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
