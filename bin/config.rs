@@ -386,7 +386,7 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
             demo_nodes: f.demo.unwrap_or(0),
             clock: kiln_actors::clock::system(),
             // Driver actors and the admin socket off the node actors'
-            // thread when there is more than one core.
+            // thread when there are cores to spare (four or more).
             threads: kiln_actors::threads::Threads::Auto,
         },
         socket,

@@ -399,37 +399,13 @@ async fn run_one(
         let error = format!("not started: the run's total timeout of {} passed first", secs(total.after));
         return ended(String::new(), String::new(), 255, true, Some(error));
     }
-    // The nearer of the two limits, and what to say when it passes.
-    let own = limit.map(|l| (started + l, format!("command timed out after {}", secs(l))));
-    let whole = total.map(|t| (t.at, format!("the run's total timeout of {} passed", secs(t.after))));
-    let (deadline, timeout_text) = match (own, whole) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
-    .unzip();
-
-    let mut command = Command::new(&inv.program);
-    command
-        .args(&inv.args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let child = match command.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            return ended(String::new(), String::new(), 255, false, Some(format!("cannot run {}: {e}", inv.program)));
-        }
+    let (deadline, timeout_text) = nearer_limit(started, limit, total).unzip();
+    let (mut running, mut pipes, input) = match spawn(&inv.program, &inv.args, stdin) {
+        Ok(spawned) => spawned,
+        Err(error) => return ended(String::new(), String::new(), 255, false, Some(error)),
     };
-    let group = child.id().and_then(|id| libc::pid_t::try_from(id).ok());
-    let mut running = Running { child, group };
-    let (Some(mut out), Some(mut err)) = (running.child.stdout.take(), running.child.stderr.take()) else {
-        return ended(String::new(), String::new(), 255, false, Some("no pipes to the command".into()));
-    };
-    let pipe = running.child.stdin.take();
     let feed = async move {
-        if let (Some(mut pipe), Some(data)) = (pipe, stdin) {
+        if let Some((mut pipe, data)) = input {
             // A command that does not read its input breaks the pipe; fine.
             let _ = pipe.write_all(&data).await;
         }
@@ -438,20 +414,11 @@ async fn run_one(
     let expired = until(deadline);
     tokio::pin!(expired);
 
-    let (mut cap_out, mut cap_err) = (Capture::new(false), Capture::new(true));
-    let (mut out_buf, mut err_buf) = (vec![0u8; 8192], vec![0u8; 8192]);
-    let (mut out_open, mut err_open, mut feeding) = (true, true, true);
+    let mut feeding = true;
     let mut timed_out = false;
-    while (out_open || err_open) && !timed_out {
+    while pipes.open() && !timed_out {
         tokio::select! {
-            n = read_chunk(&mut out, &mut out_buf), if out_open => match n {
-                0 => out_open = false,
-                n => cap_out.take(&out_buf[..n], &node, sink).await,
-            },
-            n = read_chunk(&mut err, &mut err_buf), if err_open => match n {
-                0 => err_open = false,
-                n => cap_err.take(&err_buf[..n], &node, sink).await,
-            },
+            chunk = pipes.read() => pipes.keep(chunk, &node, sink).await,
             _ = &mut feed, if feeding => feeding = false,
             _ = &mut expired => timed_out = true,
         }
@@ -468,17 +435,9 @@ async fn run_one(
         running.kill_group();
         // What the group wrote before it died is still in the pipes.
         let drain = async {
-            while out_open || err_open {
-                tokio::select! {
-                    n = read_chunk(&mut out, &mut out_buf), if out_open => match n {
-                        0 => out_open = false,
-                        n => cap_out.take(&out_buf[..n], &node, sink).await,
-                    },
-                    n = read_chunk(&mut err, &mut err_buf), if err_open => match n {
-                        0 => err_open = false,
-                        n => cap_err.take(&err_buf[..n], &node, sink).await,
-                    },
-                }
+            while pipes.open() {
+                let chunk = pipes.read().await;
+                pipes.keep(chunk, &node, sink).await;
             }
         };
         let _ = tokio::time::timeout(DRAIN_AFTER_KILL, drain).await;
@@ -488,14 +447,118 @@ async fn run_one(
     } else {
         running.reaped();
     }
-    cap_out.finish(&node, sink).await;
-    cap_err.finish(&node, sink).await;
-    let (stdout, stderr) = (cap_out.text(), cap_err.text());
+    let (stdout, stderr) = pipes.finish(&node, sink).await;
     match status {
         _ if timed_out => ended(stdout, stderr, 255, true, timeout_text),
         Some(Ok(s)) => ended(stdout, stderr, s.code().unwrap_or(255), false, None),
         Some(Err(e)) => ended(stdout, stderr, 255, false, Some(format!("cannot wait for {}: {e}", inv.program))),
         None => ended(stdout, stderr, 255, false, Some("the command was not waited for".into())),
+    }
+}
+
+/// The nearer of a command's own limit and the run's total one, with what
+/// to say when it passes.
+fn nearer_limit(started: Instant, limit: Option<Duration>, total: Option<TotalLimit>) -> Option<(Instant, String)> {
+    let own = limit.map(|l| (started + l, format!("command timed out after {}", secs(l))));
+    let whole = total.map(|t| (t.at, format!("the run's total timeout of {} passed", secs(t.after))));
+    match (own, whole) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Starts `program` in a process group of its own, its output piped; with
+/// its input pipe and what to write to it when `stdin` is given.
+#[allow(clippy::type_complexity)]
+fn spawn(
+    program: &str,
+    args: &[String],
+    stdin: Option<Arc<[u8]>>,
+) -> Result<(Running, Pipes, Option<(tokio::process::ChildStdin, Arc<[u8]>)>), String> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = command.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
+    let group = child.id().and_then(|id| libc::pid_t::try_from(id).ok());
+    let mut running = Running { child, group };
+    let (Some(out), Some(err)) = (running.child.stdout.take(), running.child.stderr.take()) else {
+        return Err("no pipes to the command".into());
+    };
+    let input = running.child.stdin.take().zip(stdin);
+    Ok((running, Pipes::new(out, err), input))
+}
+
+/// How much was read, and from which pipe (0: its end).
+enum Chunk {
+    Out(usize),
+    Err(usize),
+}
+
+/// Reads a chunk from `pipe`; never ends once the pipe is closed.
+async fn read_open<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> usize {
+    match pipe {
+        Some(r) => read_chunk(r, buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A command's output pipes and what has been captured of each.
+struct Pipes {
+    out: Option<tokio::process::ChildStdout>,
+    err: Option<tokio::process::ChildStderr>,
+    out_buf: Vec<u8>,
+    err_buf: Vec<u8>,
+    cap_out: Capture,
+    cap_err: Capture,
+}
+
+impl Pipes {
+    fn new(out: tokio::process::ChildStdout, err: tokio::process::ChildStderr) -> Self {
+        Pipes {
+            out: Some(out),
+            err: Some(err),
+            out_buf: vec![0u8; 8192],
+            err_buf: vec![0u8; 8192],
+            cap_out: Capture::new(false),
+            cap_err: Capture::new(true),
+        }
+    }
+
+    /// Whether either pipe may still carry output.
+    fn open(&self) -> bool {
+        self.out.is_some() || self.err.is_some()
+    }
+
+    /// Waits for a chunk on either open pipe (cancel-safe: nothing is read
+    /// until it is returned); [`Pipes::keep`] takes it.
+    async fn read(&mut self) -> Chunk {
+        let Pipes { out, err, out_buf, err_buf, .. } = self;
+        tokio::select! {
+            n = read_open(out, out_buf) => Chunk::Out(n),
+            n = read_open(err, err_buf) => Chunk::Err(n),
+        }
+    }
+
+    /// Captures a chunk [`Pipes::read`] returned; an empty one closes its pipe.
+    async fn keep(&mut self, chunk: Chunk, node: &str, sink: Option<&Sink>) {
+        match chunk {
+            Chunk::Out(0) => self.out = None,
+            Chunk::Err(0) => self.err = None,
+            Chunk::Out(n) => self.cap_out.take(&self.out_buf[..n], node, sink).await,
+            Chunk::Err(n) => self.cap_err.take(&self.err_buf[..n], node, sink).await,
+        }
+    }
+
+    /// Ends both captures; the output and the error text.
+    async fn finish(mut self, node: &str, sink: Option<&Sink>) -> (String, String) {
+        self.cap_out.finish(node, sink).await;
+        self.cap_err.finish(node, sink).await;
+        (self.cap_out.text(), self.cap_err.text())
     }
 }
 

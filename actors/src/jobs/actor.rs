@@ -167,7 +167,7 @@ impl JobQueue {
                     let Some(view) = self.core.mark_started(id, now) else { continue };
                     self.metrics.job_started((now - view.submitted_at).to_std().unwrap_or_default());
                     job_span(id).in_scope(|| tracing::info!(opcodes = view.ops.len(), "job started"));
-                    self.run_op(id, 0, ctx);
+                    self.execute_opcode(id, 0, ctx);
                 }
                 Effect::End(end) => self.end(end, ctx),
             }

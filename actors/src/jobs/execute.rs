@@ -29,7 +29,7 @@ pub(super) fn holder_name(id: JobId) -> String {
 
 impl JobQueue {
     /// Runs opcode `idx` of a running job, then the next.
-    pub(super) fn run_op(&mut self, id: JobId, idx: usize, ctx: &mut Context<Self>) {
+    pub(super) fn execute_opcode(&mut self, id: JobId, idx: usize, ctx: &mut Context<Self>) {
         let mut effects = Vec::new();
         let now = self.clock.now();
         let start = self.core.start_op(id, idx, now, &mut effects);
@@ -168,7 +168,7 @@ impl JobQueue {
         let next = self.core.op_done(id, idx, results, error, self.clock.now(), &mut effects);
         self.apply(effects, ctx);
         if let Some(next) = next {
-            self.run_op(id, next, ctx);
+            self.execute_opcode(id, next, ctx);
         }
     }
 }
