@@ -21,6 +21,7 @@ pub mod json;
 pub mod postgres;
 pub mod private;
 pub mod records;
+pub mod ring;
 pub mod sqlite;
 pub mod stats;
 mod syncer;

@@ -56,11 +56,29 @@ use crate::{
     NodeRecord, PortGroupRecord, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
+pub mod members;
 pub mod migrations;
 pub mod target;
 
 pub use migrations::{MIGRATIONS, SCHEMA_VERSION};
 pub use target::{PgTarget, StoreTarget, TargetError, Tls, mask_url};
+
+/// The node columns in the order [`node_from_row`] reads them.
+macro_rules! node_select {
+    () => {
+        concat!("SELECT ", node_columns!(), " FROM nodes")
+    };
+}
+
+/// The node columns [`node_from_row`] reads, in its order.
+macro_rules! node_columns {
+    () => {
+        "uuid, name, driver, driver_info, properties,
+         provision_state, target_provision_state, power_state, target_power_state,
+         boot_device, maintenance, maintenance_reason, fault, last_error,
+         reservation_purpose, reservation_since, created_at, updated_at"
+    };
+}
 
 /// How long a statement waits for a row lock another session holds.
 const LOCK_TIMEOUT: &str = "10s";
@@ -79,6 +97,10 @@ pub struct PgOptions {
     /// (refused, unreachable); a refusal by the server itself (password,
     /// database) is not retried.
     pub connect_for: Duration,
+    /// The key a node is placed on the members' ring by ([`crate::ring`]):
+    /// its BMC endpoint, so nodes behind one BMC stay on one member. The
+    /// store cannot read driver settings itself; without a key, the uuid.
+    pub ring_key: Option<fn(&NodeRecord) -> String>,
 }
 
 /// A kiln store in a PostgreSQL database.
@@ -103,7 +125,8 @@ struct Op {
 impl PgBackend {
     /// Connects (retrying for `options.connect_for` while the server cannot
     /// be reached), brings the schema up to [`SCHEMA_VERSION`] and claims
-    /// every node for this member.
+    /// for this member the nodes no live member owns and the ring gives it
+    /// ([`PgBackend::claim_orphans`]).
     pub fn open(options: PgOptions) -> Result<PgBackend, StoreError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -112,7 +135,7 @@ impl PgBackend {
         let client = runtime.block_on(connect(&options, true))?;
         let mut backend = PgBackend { client, runtime, options, statements: HashMap::new(), epochs: HashMap::new() };
         backend.migrate()?;
-        backend.claim_nodes()?;
+        backend.claim_orphans()?;
         Ok(backend)
     }
 
@@ -155,27 +178,71 @@ impl PgBackend {
         })
     }
 
-    /// Takes every node for this member at a new epoch, so that a member
-    /// still writing under an older one is refused.
-    fn claim_nodes(&mut self) -> Result<(), StoreError> {
-        let member = self.options.member.clone();
-        let rows = self
-            .runtime
-            .block_on(self.client.query(
-                "UPDATE nodes SET owner = $1, owner_epoch = owner_epoch + 1 RETURNING uuid, owner_epoch",
-                &[&member],
-            ))
-            .map_err(|e| db_error(&self.options.target, e))?;
-        self.epochs.clear();
-        for row in rows {
-            let f = Fields { row: &row, table: "nodes", key: String::new() };
-            let uuid: NodeId = f.parsed(0, "uuid")?;
-            self.epochs.insert(uuid, f.raw(1, "owner_epoch")?);
+    /// Takes for this member, each at a new epoch, the nodes whose owner is
+    /// not a live member and that the ring over the live members (this one
+    /// included) places here. A member still writing under an older epoch
+    /// is refused from then on. The claim is conditional on the row, so two
+    /// members that disagree on the ring for a moment never both take a
+    /// node. Returns the nodes taken, as stored.
+    pub fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        let me = self.options.member.clone();
+        let live: Vec<String> = self
+            .query("SELECT id FROM members WHERE state = 'alive'", &[])?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let ring = crate::ring::Ring::new(live.into_iter().chain([me.clone()]), crate::ring::POINTS_PER_MEMBER);
+        let orphans = self.query(
+            concat!(node_select!(), " WHERE owner <> $1 AND owner NOT IN (SELECT id FROM members WHERE state = 'alive')"),
+            &[&me],
+        )?;
+        let key = self.options.ring_key.unwrap_or(|node| node.uuid.to_string());
+        let mut mine = Vec::new();
+        for row in &orphans {
+            let node = node_from_row(row)?;
+            if ring.owner(&key(&node)) == Some(me.as_str()) {
+                mine.push(node.uuid.to_string());
+            }
         }
-        if !self.epochs.is_empty() {
-            tracing::info!(message = "Claimed the site's nodes.", nodes = self.epochs.len(), member = %self.options.member);
+        if mine.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(())
+        let rows = self.query(
+            concat!(
+                "UPDATE nodes SET owner = $1, owner_epoch = owner_epoch + 1 ",
+                "WHERE uuid = ANY($2) AND owner <> $1 ",
+                "AND owner NOT IN (SELECT id FROM members WHERE state = 'alive') RETURNING ",
+                node_columns!(),
+                ", owner_epoch"
+            ),
+            &[&me, &mine],
+        )?;
+        let mut taken = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let epoch: i64 = Fields { row, table: "nodes", key: String::new() }.raw(18, "owner_epoch")?;
+            let node = node_from_row(row)?;
+            self.epochs.insert(node.uuid, epoch);
+            taken.push(node);
+        }
+        if !taken.is_empty() {
+            tracing::info!(message = "Claimed nodes no live member owned.", nodes = taken.len(), member = %me);
+        }
+        Ok(taken)
+    }
+
+    /// Every member the site remembers ([`members::MemberRow`]).
+    pub fn members(&mut self) -> Result<Vec<members::MemberRow>, StoreError> {
+        self.reconnect_if_closed()?;
+        self.runtime.block_on(members::list(&self.client)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    /// The nodes this member owns, as stored.
+    pub fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        let me = self.options.member.clone();
+        self.query(concat!(node_select!(), " WHERE owner = $1 ORDER BY name"), &[&me])?
+            .iter()
+            .map(node_from_row)
+            .collect()
     }
 
     fn reconnect_if_closed(&mut self) -> Result<(), StoreError> {
@@ -351,9 +418,8 @@ enum Step<'o> {
 async fn connect(options: &PgOptions, retry: bool) -> Result<Client, StoreError> {
     let target = &options.target;
     let mut config = target.config();
-    if config.get_application_name().is_none() {
-        config.application_name(format!("kiln member {}", options.member));
-    }
+    // Always this member's: the janitor ends a dead member's sessions by it.
+    config.application_name(application_name(&options.member));
     config.options(format!(
         "-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT} -c lock_timeout={LOCK_TIMEOUT}"
     ));
@@ -408,6 +474,12 @@ async fn connect(options: &PgOptions, retry: bool) -> Result<Client, StoreError>
             }
         }
     }
+}
+
+/// The `application_name` of every session of a member: how the janitor
+/// finds a dead member's sessions to end them.
+fn application_name(member: &str) -> String {
+    format!("kiln member {member}")
 }
 
 async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
@@ -482,11 +554,15 @@ fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A driver error as a [`StoreError`]: a lost session is
+/// A driver error as a [`StoreError`]: a lost or ended session is
 /// [`StoreError::Connect`], anything the server said is
 /// [`StoreError::Database`] with its constraint kind.
 fn db_error(target: &PgTarget, e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
+        Some(_) if ends_session(&e) => StoreError::Connect(format!(
+            "{target}: the server ended the session ({})",
+            target.scrub(&error_text(&e))
+        )),
         Some(db) => {
             let code = db.code().code();
             let constraint = match code {
@@ -499,6 +575,14 @@ fn db_error(target: &PgTarget, e: tokio_postgres::Error) -> StoreError {
         }
         None => StoreError::Connect(format!("{target}: {}", target.scrub(&error_text(&e)))),
     }
+}
+
+/// Whether `e` ended the session: the connection broke, or the server
+/// ended it (SQLSTATE class 57: the janitor or an administrator terminated
+/// it, or the server is shutting down). A write answered so may or may not
+/// have run.
+fn ends_session(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_none_or(|db| db.code().code().starts_with("57"))
 }
 
 /// Whether `e` is the echo of an earlier failure in the same transaction
@@ -692,17 +776,6 @@ mod sql {
     pub const FORGET_EVENTS: &str = "DELETE FROM events WHERE serial <= $1";
 }
 
-/// The node columns in the order [`node_from_row`] reads them.
-macro_rules! node_select {
-    () => {
-        "SELECT uuid, name, driver, driver_info, properties,
-                provision_state, target_provision_state, power_state, target_power_state,
-                boot_device, maintenance, maintenance_reason, fault, last_error,
-                reservation_purpose, reservation_since, created_at, updated_at
-         FROM nodes"
-    };
-}
-
 /// The job columns of `$table` in the order [`job_from_row`] reads them.
 macro_rules! job_select {
     ($table:literal) => {
@@ -732,15 +805,22 @@ impl Backend for PgBackend {
             steps.push(Step::Simple("COMMIT"));
             let mut writes = self.pipeline(&steps);
             let commit = writes.pop().unwrap_or(Ok(0));
+            if let Some(Err(e)) = writes.first().filter(|begun| begun.as_ref().is_err_and(ends_session)) {
+                // Ended before BEGIN was answered: nothing of the group ran.
+                return Err(StoreError::Connect(format!(
+                    "{}: the session ended before the group began ({}); nothing of it was written",
+                    self.options.target,
+                    self.options.target.scrub(&error_text(e))
+                )));
+            }
             let writes_ok = writes.iter().all(Result::is_ok);
             match commit {
-                Err(e) if e.as_db_error().is_none() => return Err(self.lost(&e)),
+                Err(e) if ends_session(&e) => return Err(self.lost(&e)),
                 Err(e) if writes_ok => return Err(db_error(&self.options.target, e)),
                 Ok(_) if writes_ok => return Ok(batches.iter().map(|_| Ok(())).collect()),
                 // A write failed: the server rolled the group back.
                 _ => {
-                    if let Some(lost) =
-                        writes.iter().filter_map(|a| a.as_ref().err()).find(|e| e.as_db_error().is_none())
+                    if let Some(lost) = writes.iter().filter_map(|a| a.as_ref().err()).find(|e| ends_session(e))
                     {
                         return Err(self.lost(lost));
                     }
@@ -778,7 +858,7 @@ impl Backend for PgBackend {
                     self.simple("RELEASE b")?;
                     results.push(Ok(()));
                 }
-                Some((_, e)) if e.as_db_error().is_none() => return Err(self.lost(&e)),
+                Some((_, e)) if ends_session(&e) => return Err(self.lost(&e)),
                 Some((write, e)) => {
                     self.simple("ROLLBACK TO b")?;
                     self.simple("RELEASE b")?;
@@ -788,7 +868,7 @@ impl Backend for PgBackend {
         }
         let answers = self.pipeline(&[Step::Simple("COMMIT")]);
         match answers.into_iter().next() {
-            Some(Err(e)) if e.as_db_error().is_none() => Err(self.lost(&e)),
+            Some(Err(e)) if ends_session(&e) => Err(self.lost(&e)),
             Some(Err(e)) => Err(db_error(&self.options.target, e)),
             _ => Ok(results),
         }

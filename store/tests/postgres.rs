@@ -153,6 +153,7 @@ fn a_wrong_password_is_refused_at_once_and_never_shown() {
         target,
         member: "m".into(),
         connect_for: std::time::Duration::from_secs(30),
+        ring_key: None,
     })
     .map(|_| ())
     .unwrap_err();
@@ -173,6 +174,7 @@ fn a_server_that_is_down_is_retried_for_a_bounded_time_then_named() {
         target: PgTarget::parse(&url).unwrap(),
         member: "m".into(),
         connect_for: std::time::Duration::from_secs(2),
+        ring_key: None,
     })
     .map(|_| ())
     .unwrap_err();

@@ -156,6 +156,20 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER ports_portgroup_same_node BEFORE INSERT OR UPDATE OF portgroup, node ON ports
         FOR EACH ROW EXECUTE FUNCTION kiln_port_group_same_node();
     "#,
+    // 2: the members of a site (`members.rs`), and finding a member's nodes.
+    r#"
+    CREATE TABLE members (
+        id           text PRIMARY KEY,
+        name         text NOT NULL,
+        host         text NOT NULL,
+        pid          bigint NOT NULL,
+        started_at   timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at timestamptz NOT NULL DEFAULT now(),
+        state        text NOT NULL CHECK (state IN ('alive', 'dead', 'left'))
+    );
+    CREATE INDEX members_alive ON members (state, heartbeat_at);
+    CREATE INDEX nodes_owner ON nodes (owner);
+    "#,
 ];
 
 /// The schema version this build writes.

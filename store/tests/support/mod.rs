@@ -59,6 +59,7 @@ impl Place {
             target: self.target.clone().expect("a PostgreSQL place"),
             member: member.into(),
             connect_for: Duration::from_secs(5),
+            ring_key: None,
         })
     }
 

@@ -1,0 +1,427 @@
+//! Membership: the processes that run one site on a shared database, each
+//! alive only while it keeps renewing its row.
+//!
+//! Why it is shaped so:
+//!
+//! - **A heartbeat of its own.** Each member renews `members.heartbeat_at`
+//!   every [`MemberSettings::heartbeat`] from a thread and a session of its
+//!   own, so a long group commit on the store thread never delays it. The
+//!   time written is the database's (`now()`): members' clocks never
+//!   compare.
+//! - **Dead is decided in one place.** A janitor (whichever member holds
+//!   the advisory lock [`JANITOR_LOCK`] for one transaction) marks a member
+//!   dead when its heartbeat is older than [`MemberSettings::timeout`] by
+//!   the database's clock, and terminates that member's sessions, so a
+//!   paused member that wakes up finds its connection gone. The marks are
+//!   conditional and idempotent, because an advisory lock is not a fence.
+//! - **A member fences itself first.** [`Membership::fenced`] says so once
+//!   the heartbeat has not been renewed for `timeout - 2 x heartbeat` by the
+//!   member's own monotonic clock, or once the row says it is no longer
+//!   alive: before any other member can see it as dead, it stops writing.
+//!   The node rows' owner and epoch (`postgres.rs`) are the fence that holds
+//!   even when it does not.
+//! - **A restart replaces its previous incarnation at once.** A member's
+//!   name is stable across restarts (one per host and data directory, which
+//!   the data-directory lock keeps to one process); joining marks an older
+//!   live row of the same name and host dead, so a restarted member takes
+//!   its nodes back without waiting out the timeout.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::{PgOptions, connect, db_error};
+use crate::StoreError;
+use crate::ring::POINTS_PER_MEMBER;
+
+/// The advisory lock key the janitor runs under ("kjan" in ASCII).
+pub const JANITOR_LOCK: i64 = 0x6b6a_616e;
+
+/// The meta key holding the ring's points per member, written by the first
+/// member to join.
+const RING_POINTS_KEY: &str = "ring.points_per_member";
+
+/// How long a dead or departed member's row is kept (for `member list`)
+/// once it owns no node.
+const FORGET_AFTER: &str = "1 day";
+
+/// Timing of membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberSettings {
+    /// How often a member renews its heartbeat.
+    pub heartbeat: Duration,
+    /// A member silent this long (database time) is dead.
+    pub timeout: Duration,
+}
+
+impl Default for MemberSettings {
+    fn default() -> Self {
+        MemberSettings { heartbeat: Duration::from_secs(2), timeout: Duration::from_secs(10) }
+    }
+}
+
+impl MemberSettings {
+    /// How long a member may go without renewing before it stops writing:
+    /// two heartbeats short of the timeout, so it has stopped before the
+    /// others may take its nodes.
+    pub fn self_fence_after(&self) -> Duration {
+        self.timeout.saturating_sub(self.heartbeat * 2)
+    }
+}
+
+/// Who a member is, beyond its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Stable across restarts: one per host and data directory.
+    pub name: String,
+    pub host: String,
+    pub pid: u32,
+}
+
+/// A member's state as its row says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    Alive,
+    /// Declared dead by the janitor or replaced by its next incarnation.
+    Dead,
+    /// Stopped cleanly.
+    Left,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+
+    fn parse(s: &str) -> Result<MemberState, StoreError> {
+        match s {
+            "alive" => Ok(MemberState::Alive),
+            "dead" => Ok(MemberState::Dead),
+            "left" => Ok(MemberState::Left),
+            other => Err(StoreError::Corrupt(format!("members.state holds '{other}'"))),
+        }
+    }
+}
+
+/// One row of `members`, as `kiln member list` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberRow {
+    pub id: String,
+    pub name: String,
+    pub host: String,
+    pub pid: u32,
+    pub state: MemberState,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_s: f64,
+    /// Nodes whose rows name it as owner.
+    pub nodes: u64,
+}
+
+/// This process's membership: its row, and the thread that keeps it alive.
+pub struct Membership {
+    id: String,
+    settings: MemberSettings,
+    shared: Arc<Shared>,
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the heartbeat thread tells the rest of the process.
+struct Shared {
+    /// When the last heartbeat that the database accepted was sent.
+    renewed: Mutex<Instant>,
+    /// Set once the row says this member is no longer alive.
+    expelled: AtomicBool,
+    /// Set by [`Membership::halt`]: the thread stops without leaving.
+    halted: AtomicBool,
+}
+
+impl Membership {
+    /// Joins the site as a new member: checks the ring settings, marks an
+    /// earlier incarnation of the same name and host dead, writes the row
+    /// and starts heartbeating. `options.member` is the new member's id.
+    pub fn join(options: PgOptions, identity: Identity, settings: MemberSettings) -> Result<Membership, StoreError> {
+        if settings.heartbeat.is_zero() || settings.self_fence_after() <= settings.heartbeat {
+            return Err(StoreError::Database {
+                message: format!(
+                    "member_timeout ({} s) must be more than three heartbeats ({} s each)",
+                    settings.timeout.as_secs_f64(),
+                    settings.heartbeat.as_secs_f64()
+                ),
+                constraint: None,
+            });
+        }
+        let runtime = runtime()?;
+        let mut client = runtime.block_on(connect(&options, true))?;
+        let sent = Instant::now();
+        runtime.block_on(enter(&mut client, &options, &identity))?;
+        let shared = Arc::new(Shared { renewed: Mutex::new(sent), expelled: AtomicBool::new(false), halted: AtomicBool::new(false) });
+        let (stop, stopped) = channel();
+        let beat = Heartbeat { options: options.clone(), settings, shared: shared.clone(), client: Some(client) };
+        let thread = std::thread::Builder::new()
+            .name("kiln-heartbeat".into())
+            .spawn(move || beat.run(runtime, stopped))
+            .map_err(|source| StoreError::Io { what: "cannot start the heartbeat thread".into(), source })?;
+        tracing::info!(message = "Joined the site.", member = %options.member, name = %identity.name);
+        Ok(Membership { id: options.member, settings, shared, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// This member's id (new at every start).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn settings(&self) -> MemberSettings {
+        self.settings
+    }
+
+    /// Why this member must stop writing, if it must: its heartbeat is
+    /// overdue by its own clock, or the site has declared it dead.
+    pub fn fenced(&self) -> Option<String> {
+        if self.shared.expelled.load(Ordering::SeqCst) {
+            return Some(format!("member {} was declared dead by the site", self.id));
+        }
+        let since = self.shared.renewed.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        let limit = self.settings.self_fence_after();
+        (since > limit).then(|| {
+            format!(
+                "member {} has not renewed its heartbeat for {:.1} s (it stops writing after {:.1} s)",
+                self.id,
+                since.as_secs_f64(),
+                limit.as_secs_f64()
+            )
+        })
+    }
+
+    /// Leaves the site cleanly: the row says `left`, and the thread stops.
+    pub fn leave(mut self) {
+        self.stop_thread();
+    }
+
+    /// Stops heartbeating without leaving, as a paused or killed process
+    /// does: the site declares this member dead once its timeout has
+    /// passed, and [`Membership::fenced`] says so here before that. For
+    /// takeover drills and tests.
+    pub fn halt(&mut self) {
+        self.shared.halted.store(true, Ordering::SeqCst);
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+/// The heartbeat thread's state.
+struct Heartbeat {
+    options: PgOptions,
+    settings: MemberSettings,
+    shared: Arc<Shared>,
+    client: Option<Client>,
+}
+
+impl Heartbeat {
+    fn run(mut self, runtime: tokio::runtime::Runtime, stop: Receiver<()>) {
+        loop {
+            match stop.recv_timeout(self.settings.heartbeat) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.shared.expelled.load(Ordering::SeqCst) {
+                continue;
+            }
+            if let Err(e) = runtime.block_on(self.tick()) {
+                tracing::warn!(message = "A heartbeat failed.", member = %self.options.member, error = %e);
+                self.client = None;
+            }
+        }
+        if self.shared.halted.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(client) = self.client.as_ref() {
+            let left = runtime.block_on(client.execute(
+                "UPDATE members SET state = 'left' WHERE id = $1 AND state = 'alive'",
+                &[&self.options.member],
+            ));
+            if let Err(e) = left {
+                tracing::warn!(message = "Could not mark this member as left.", error = %db_error(&self.options.target, e));
+            }
+        }
+    }
+
+    /// One heartbeat, then the janitor's round if no other member holds it.
+    async fn tick(&mut self) -> Result<(), StoreError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(connect(&self.options, false).await?);
+        }
+        let client = self.client.as_mut().expect("connected above");
+        let target = &self.options.target;
+        let sent = Instant::now();
+        let renewed = client
+            .execute(
+                "UPDATE members SET heartbeat_at = now() WHERE id = $1 AND state = 'alive'",
+                &[&self.options.member],
+            )
+            .await
+            .map_err(|e| db_error(target, e))?;
+        if renewed == 0 {
+            self.shared.expelled.store(true, Ordering::SeqCst);
+            tracing::error!(message = "This member was declared dead by the site; it stops writing.", member = %self.options.member);
+            return Ok(());
+        }
+        *self.shared.renewed.lock().unwrap_or_else(|e| e.into_inner()) = sent;
+        let dead = janitor(client, self.settings.timeout).await.map_err(|e| db_error(target, e))?;
+        for id in dead {
+            tracing::warn!(message = "A member stopped renewing its heartbeat: declared dead.", dead = %id, by = %self.options.member);
+        }
+        Ok(())
+    }
+}
+
+/// Marks an earlier incarnation dead, checks the ring settings and writes
+/// this member's row, in one transaction.
+async fn enter(client: &mut Client, options: &PgOptions, identity: &Identity) -> Result<(), StoreError> {
+    let target = &options.target;
+    let tx = client.transaction().await.map_err(|e| db_error(target, e))?;
+    let points = POINTS_PER_MEMBER.to_string();
+    tx.execute("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&RING_POINTS_KEY, &points])
+        .await
+        .map_err(|e| db_error(target, e))?;
+    let stored: String = tx
+        .query_one("SELECT value FROM meta WHERE key = $1", &[&RING_POINTS_KEY])
+        .await
+        .map_err(|e| db_error(target, e))?
+        .get(0);
+    if stored != points {
+        return Err(StoreError::Database {
+            message: format!(
+                "the site's members place nodes with {stored} ring points each and this kiln with {points}: \
+                 every member of a site must run the same ring settings"
+            ),
+            constraint: None,
+        });
+    }
+    let earlier: Vec<String> = tx
+        .query(
+            "UPDATE members SET state = 'dead' WHERE name = $1 AND host = $2 AND state = 'alive' RETURNING id",
+            &[&identity.name, &identity.host],
+        )
+        .await
+        .map_err(|e| db_error(target, e))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    terminate(&tx, &earlier).await.map_err(|e| db_error(target, e))?;
+    for id in &earlier {
+        tracing::info!(message = "Replaced this member's earlier incarnation.", earlier = %id);
+    }
+    tx.execute(
+        "INSERT INTO members (id, name, host, pid, state) VALUES ($1, $2, $3, $4, 'alive')",
+        &[&options.member, &identity.name, &identity.host, &i64::from(identity.pid)],
+    )
+    .await
+    .map_err(|e| db_error(target, e))?;
+    tx.commit().await.map_err(|e| db_error(target, e))
+}
+
+/// One round of the janitor, if this member gets its lock: marks members
+/// silent longer than `timeout` dead, ends their sessions, and forgets old
+/// rows that own nothing. Returns the ids it marked.
+async fn janitor(client: &mut Client, timeout: Duration) -> Result<Vec<String>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let locked: bool = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&JANITOR_LOCK]).await?.get(0);
+    if !locked {
+        return Ok(Vec::new());
+    }
+    let dead: Vec<String> = tx
+        .query(
+            "UPDATE members SET state = 'dead' \
+             WHERE state = 'alive' AND heartbeat_at < now() - make_interval(secs => $1) RETURNING id",
+            &[&timeout.as_secs_f64()],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    terminate(&tx, &dead).await?;
+    tx.execute(
+        &format!(
+            "DELETE FROM members m WHERE state <> 'alive' AND heartbeat_at < now() - interval '{FORGET_AFTER}' \
+             AND NOT EXISTS (SELECT 1 FROM nodes WHERE owner = m.id)"
+        ),
+        &[],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(dead)
+}
+
+/// Ends every database session of these members (their store, heartbeat
+/// and listener sessions), so that a paused one cannot commit on waking.
+async fn terminate(tx: &tokio_postgres::Transaction<'_>, ids: &[String]) -> Result<(), tokio_postgres::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = ids.iter().map(|id| super::application_name(id)).collect();
+    tx.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ANY($1) AND pid <> pg_backend_pid()",
+        &[&names],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every member the site remembers, alive first, then by name.
+pub(super) async fn list(client: &Client) -> Result<Vec<MemberRow>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT m.id, m.name, m.host, m.pid, m.state, \
+                    extract(epoch FROM now() - m.heartbeat_at)::float8, \
+                    (SELECT count(*) FROM nodes WHERE owner = m.id) \
+             FROM members m ORDER BY m.state = 'alive' DESC, m.name, m.started_at",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let state: String = row.get(4);
+            let pid: i64 = row.get(3);
+            let nodes: i64 = row.get(6);
+            Ok(MemberRow {
+                id: row.get(0),
+                name: row.get(1),
+                host: row.get(2),
+                pid: u32::try_from(pid).unwrap_or(0),
+                state: MemberState::parse(&state).unwrap_or(MemberState::Dead),
+                heartbeat_age_s: row.get(5),
+                nodes: u64::try_from(nodes).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, StoreError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StoreError::Io { what: "cannot start the membership runtime".into(), source })
+}
