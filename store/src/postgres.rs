@@ -186,14 +186,14 @@ impl PgBackend {
     /// node. Returns the nodes taken, as stored.
     pub fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         let me = self.options.member.clone();
-        let live: Vec<String> = self
-            .query("SELECT id FROM members WHERE state = 'alive'", &[])?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let live: Vec<String> =
+            self.query("SELECT id FROM members WHERE state = 'alive'", &[])?.iter().map(|row| row.get(0)).collect();
         let ring = crate::ring::Ring::new(live.into_iter().chain([me.clone()]), crate::ring::POINTS_PER_MEMBER);
         let orphans = self.query(
-            concat!(node_select!(), " WHERE owner <> $1 AND owner NOT IN (SELECT id FROM members WHERE state = 'alive')"),
+            concat!(
+                node_select!(),
+                " WHERE owner <> $1 AND owner NOT IN (SELECT id FROM members WHERE state = 'alive')"
+            ),
             &[&me],
         )?;
         let key = self.options.ring_key.unwrap_or(|node| node.uuid.to_string());
@@ -559,10 +559,9 @@ fn error_text(e: &tokio_postgres::Error) -> String {
 /// [`StoreError::Database`] with its constraint kind.
 fn db_error(target: &PgTarget, e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
-        Some(_) if ends_session(&e) => StoreError::Connect(format!(
-            "{target}: the server ended the session ({})",
-            target.scrub(&error_text(&e))
-        )),
+        Some(_) if ends_session(&e) => {
+            StoreError::Connect(format!("{target}: the server ended the session ({})", target.scrub(&error_text(&e))))
+        }
         Some(db) => {
             let code = db.code().code();
             let constraint = match code {
@@ -820,8 +819,7 @@ impl Backend for PgBackend {
                 Ok(_) if writes_ok => return Ok(batches.iter().map(|_| Ok(())).collect()),
                 // A write failed: the server rolled the group back.
                 _ => {
-                    if let Some(lost) = writes.iter().filter_map(|a| a.as_ref().err()).find(|e| ends_session(e))
-                    {
+                    if let Some(lost) = writes.iter().filter_map(|a| a.as_ref().err()).find(|e| ends_session(e)) {
                         return Err(self.lost(lost));
                     }
                 }

@@ -163,7 +163,11 @@ impl Membership {
         let mut client = runtime.block_on(connect(&options, true))?;
         let sent = Instant::now();
         runtime.block_on(enter(&mut client, &options, &identity))?;
-        let shared = Arc::new(Shared { renewed: Mutex::new(sent), expelled: AtomicBool::new(false), halted: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            renewed: Mutex::new(sent),
+            expelled: AtomicBool::new(false),
+            halted: AtomicBool::new(false),
+        });
         let (stop, stopped) = channel();
         let beat = Heartbeat { options: options.clone(), settings, shared: shared.clone(), client: Some(client) };
         let thread = std::thread::Builder::new()
@@ -241,11 +245,8 @@ struct Heartbeat {
 
 impl Heartbeat {
     fn run(mut self, runtime: tokio::runtime::Runtime, stop: Receiver<()>) {
-        loop {
-            match stop.recv_timeout(self.settings.heartbeat) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-            }
+        // A stop (or the Membership dropped) ends the loop; a timeout is a tick.
+        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(self.settings.heartbeat) {
             if self.shared.expelled.load(Ordering::SeqCst) {
                 continue;
             }
@@ -303,9 +304,12 @@ async fn enter(client: &mut Client, options: &PgOptions, identity: &Identity) ->
     let target = &options.target;
     let tx = client.transaction().await.map_err(|e| db_error(target, e))?;
     let points = POINTS_PER_MEMBER.to_string();
-    tx.execute("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&RING_POINTS_KEY, &points])
-        .await
-        .map_err(|e| db_error(target, e))?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        &[&RING_POINTS_KEY, &points],
+    )
+    .await
+    .map_err(|e| db_error(target, e))?;
     let stored: String = tx
         .query_one("SELECT value FROM meta WHERE key = $1", &[&RING_POINTS_KEY])
         .await
