@@ -33,6 +33,9 @@ pub struct SiteConfig {
     pub clock: crate::clock::SharedClock,
     /// Which threads the site runs on ([`crate::threads`]).
     pub threads: crate::threads::Threads,
+    /// This process's member id when its store is shared by several
+    /// members (the daemon on PostgreSQL); `None` on a store of its own.
+    pub member: Option<String>,
 }
 
 impl Default for SiteConfig {
@@ -49,6 +52,7 @@ impl Default for SiteConfig {
             demo_nodes: 0,
             clock: crate::clock::system(),
             threads: Default::default(),
+            member: None,
         }
     }
 }

@@ -733,6 +733,7 @@ impl Handler<GetStatus> for Supervisor {
             data_dir: self.facts.data_dir.clone(),
             config: BTreeMap::new(),
             config_changed: Vec::new(),
+            members: Vec::new(),
         })
     }
 }

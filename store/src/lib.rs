@@ -132,6 +132,22 @@ pub trait Backend: Send + 'static {
     }
     /// Every node.
     fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// The nodes this process runs: on a store shared by several members,
+    /// only the ones whose rows name it as owner. The default: every node.
+    fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.load_nodes()
+    }
+    /// Takes for this process the nodes no live member owns that the ring
+    /// places on it, and returns them as stored (`postgres::PgBackend::claim_orphans`).
+    /// The default, for a store one process owns: nothing to take.
+    fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The members of the site sharing this store; none for a store one
+    /// process owns.
+    fn members(&mut self) -> Result<Vec<postgres::members::MemberRow>, StoreError> {
+        Ok(Vec::new())
+    }
     /// One node, by uuid.
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError>;
     /// Every port, optionally only one node's, ordered by address.
@@ -205,6 +221,15 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         (**self).load_nodes()
+    }
+    fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        (**self).load_owned_nodes()
+    }
+    fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        (**self).claim_orphans()
+    }
+    fn members(&mut self) -> Result<Vec<postgres::members::MemberRow>, StoreError> {
+        (**self).members()
     }
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
         (**self).load_node(id)

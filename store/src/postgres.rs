@@ -126,7 +126,7 @@ impl PgBackend {
     /// Connects (retrying for `options.connect_for` while the server cannot
     /// be reached), brings the schema up to [`SCHEMA_VERSION`] and claims
     /// for this member the nodes no live member owns and the ring gives it
-    /// ([`PgBackend::claim_orphans`]).
+    /// ([`Backend::claim_orphans`]).
     pub fn open(options: PgOptions) -> Result<PgBackend, StoreError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -135,7 +135,7 @@ impl PgBackend {
         let client = runtime.block_on(connect(&options, true))?;
         let mut backend = PgBackend { client, runtime, options, statements: HashMap::new(), epochs: HashMap::new() };
         backend.migrate()?;
-        backend.claim_orphans()?;
+        backend.claim_for_me()?;
         Ok(backend)
     }
 
@@ -145,37 +145,7 @@ impl PgBackend {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let target = self.options.target.clone();
-        let client = &mut self.client;
-        self.runtime.block_on(async move {
-            let tx = client.transaction().await.map_err(|e| db_error(&target, e))?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&migrations::MIGRATION_LOCK])
-                .await
-                .map_err(|e| db_error(&target, e))?;
-            tx.batch_execute("CREATE TABLE IF NOT EXISTS kiln_schema (version bigint NOT NULL)")
-                .await
-                .map_err(|e| db_error(&target, e))?;
-            let row = tx.query_opt("SELECT version FROM kiln_schema", &[]).await.map_err(|e| db_error(&target, e))?;
-            let found: i64 = match row {
-                Some(row) => row.get(0),
-                None => {
-                    tx.execute("INSERT INTO kiln_schema (version) VALUES (0)", &[])
-                        .await
-                        .map_err(|e| db_error(&target, e))?;
-                    0
-                }
-            };
-            if found > SCHEMA_VERSION {
-                return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION });
-            }
-            for (version, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
-                tx.batch_execute(sql).await.map_err(|e| db_error(&target, e))?;
-                let next = version as i64 + 1;
-                tx.execute("UPDATE kiln_schema SET version = $1", &[&next]).await.map_err(|e| db_error(&target, e))?;
-                tracing::info!(message = "Migrated the PostgreSQL store schema.", version = next);
-            }
-            tx.commit().await.map_err(|e| db_error(&target, e))
-        })
+        self.runtime.block_on(migrate(&mut self.client, &self.options.target))
     }
 
     /// Takes for this member, each at a new epoch, the nodes whose owner is
@@ -184,7 +154,7 @@ impl PgBackend {
     /// is refused from then on. The claim is conditional on the row, so two
     /// members that disagree on the ring for a moment never both take a
     /// node. Returns the nodes taken, as stored.
-    pub fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+    fn claim_for_me(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         let me = self.options.member.clone();
         let live: Vec<String> =
             self.query("SELECT id FROM members WHERE state = 'alive'", &[])?.iter().map(|row| row.get(0)).collect();
@@ -230,14 +200,12 @@ impl PgBackend {
         Ok(taken)
     }
 
-    /// Every member the site remembers ([`members::MemberRow`]).
-    pub fn members(&mut self) -> Result<Vec<members::MemberRow>, StoreError> {
+    fn list_members(&mut self) -> Result<Vec<members::MemberRow>, StoreError> {
         self.reconnect_if_closed()?;
         self.runtime.block_on(members::list(&self.client)).map_err(|e| db_error(&self.options.target, e))
     }
 
-    /// The nodes this member owns, as stored.
-    pub fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+    fn load_mine(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         let me = self.options.member.clone();
         self.query(concat!(node_select!(), " WHERE owner = $1 ORDER BY name"), &[&me])?
             .iter()
@@ -474,6 +442,36 @@ async fn connect(options: &PgOptions, retry: bool) -> Result<Client, StoreError>
             }
         }
     }
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`], in one transaction under an
+/// advisory lock, so that members starting together migrate once.
+async fn migrate(client: &mut Client, target: &PgTarget) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(|e| db_error(target, e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&migrations::MIGRATION_LOCK])
+        .await
+        .map_err(|e| db_error(target, e))?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS kiln_schema (version bigint NOT NULL)")
+        .await
+        .map_err(|e| db_error(target, e))?;
+    let row = tx.query_opt("SELECT version FROM kiln_schema", &[]).await.map_err(|e| db_error(target, e))?;
+    let found: i64 = match row {
+        Some(row) => row.get(0),
+        None => {
+            tx.execute("INSERT INTO kiln_schema (version) VALUES (0)", &[]).await.map_err(|e| db_error(target, e))?;
+            0
+        }
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        tx.batch_execute(sql).await.map_err(|e| db_error(target, e))?;
+        let next = version as i64 + 1;
+        tx.execute("UPDATE kiln_schema SET version = $1", &[&next]).await.map_err(|e| db_error(target, e))?;
+        tracing::info!(message = "Migrated the PostgreSQL store schema.", version = next);
+    }
+    tx.commit().await.map_err(|e| db_error(target, e))
 }
 
 /// The `application_name` of every session of a member: how the janitor
@@ -874,6 +872,20 @@ impl Backend for PgBackend {
 
     fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         self.query(concat!(node_select!(), " ORDER BY name"), &[])?.iter().map(node_from_row).collect()
+    }
+
+    /// The nodes whose rows name this member as owner.
+    fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.load_mine()
+    }
+
+    fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.claim_for_me()
+    }
+
+    /// Every member the site remembers, alive first.
+    fn members(&mut self) -> Result<Vec<members::MemberRow>, StoreError> {
+        self.list_members()
     }
 
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {

@@ -16,6 +16,7 @@ mod faults;
 mod harness;
 mod jobs;
 mod lifecycle;
+mod members;
 mod limits;
 mod locking;
 mod metrics;

@@ -1,0 +1,123 @@
+//! `kiln serve` as one member of a site whose store is shared (PostgreSQL):
+//! joining, taking over what dead members left, and fencing itself.
+//!
+//! Why it is shaped so:
+//!
+//! - **Join before open.** The membership row is written before the store
+//!   claims its nodes, so the ring the claim computes already counts this
+//!   member, and the janitor can see it from its first heartbeat.
+//! - **Takeover is a loop, not an event.** Every heartbeat the member asks
+//!   the store for orphans (nodes whose owner is not a live member, placed
+//!   here by the ring) and runs what it got through the restart rule
+//!   ([`kiln_actors::takeover`]). A claim is a conditional write, so
+//!   members racing for the same orphans cannot both win one.
+//! - **Fencing stops the process.** A member that can no longer prove it is
+//!   alive (its heartbeat overdue by its own clock, or its row declared
+//!   dead) exits at once with [`FENCED`], committing nothing more: node
+//!   actors, job queue and BMC calls in flight end with the process, and
+//!   the service manager starts it again as a new member. The rows' owner
+//!   and epoch refuse whatever it might still try to write before that.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use kiln_store::NodeRecord;
+use kiln_store::postgres::PgOptions;
+use kiln_store::postgres::members::{Identity, Membership};
+use tokio::sync::watch;
+
+use crate::config::DaemonConfig;
+
+/// The exit code of a member that fenced itself (EX_TEMPFAIL: start it
+/// again, and it joins as a new member).
+pub const FENCED: u8 = 75;
+
+/// How often a member checks whether it must fence itself: well inside
+/// the two heartbeats of margin it has before the others may take over.
+const FENCE_CHECK: Duration = Duration::from_millis(200);
+
+/// This host's name (`localhost` if it cannot be read).
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "localhost".into() }
+}
+
+/// Where a node sits on the members' ring: its BMC service (nodes behind
+/// one BMC stay on one member, with its per-BMC limits), or its uuid for a
+/// node without one.
+pub fn ring_key(node: &NodeRecord) -> String {
+    let address = node.driver_info.get("address").map(|a| a.trim_end_matches('/'));
+    match (node.driver.as_str(), address) {
+        ("fake", _) | (_, None) => node.uuid.to_string(),
+        ("ipmi", Some(address)) => {
+            let port = node.driver_info.get("port").map(String::as_str).unwrap_or("623");
+            format!("ipmi:{address}:{port}")
+        }
+        (kind, Some(address)) => format!("{kind}:{address}"),
+    }
+}
+
+/// Joins the site as a new member and returns the membership and the
+/// options to open the store with (as this member).
+pub async fn join(cfg: &DaemonConfig, target: kiln_store::postgres::PgTarget) -> anyhow::Result<(Membership, PgOptions)> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let options = PgOptions {
+        target: target.clone(),
+        member: id,
+        connect_for: cfg.store_connect_timeout,
+        ring_key: Some(ring_key),
+    };
+    let identity = Identity { name: cfg.member_name.clone(), host: host_name(), pid: std::process::id() };
+    let settings = cfg.membership;
+    let joining = options.clone();
+    let membership = tokio::task::spawn_blocking(move || Membership::join(joining, identity, settings))
+        .await
+        .context("joining the site panicked")?
+        .with_context(|| format!("cannot join the site on {target}"))?;
+    Ok((membership, options))
+}
+
+/// Runs for the daemon's life: fences this member when it must, and takes
+/// over orphaned nodes every heartbeat. Returns when `stop` turns true.
+pub async fn keep(site: kiln_actors::Site, membership: Arc<Membership>, mut stop: watch::Receiver<bool>) {
+    let heartbeat = membership.settings().heartbeat;
+    let mut fence_check = tokio::time::interval(FENCE_CHECK);
+    let mut takeover = tokio::time::interval(heartbeat);
+    takeover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = fence_check.tick() => {
+                if let Some(why) = membership.fenced() {
+                    fence(&why);
+                }
+            }
+            _ = takeover.tick() => {
+                if let Err(e) = take_over(&site, membership.id()).await {
+                    tracing::warn!(error = %e, "taking over orphaned nodes failed; trying again next heartbeat");
+                }
+            }
+        }
+    }
+}
+
+/// Claims the orphans the ring places here and runs them.
+async fn take_over(site: &kiln_actors::Site, me: &str) -> Result<(), kiln_store::StoreError> {
+    let claimed = site.store.read(|b| b.claim_orphans()).await?;
+    if !claimed.is_empty() {
+        let why = format!("member {me} took the node over from a member that died or left");
+        kiln_actors::takeover::adopt(site, claimed, &why).await?;
+    }
+    Ok(())
+}
+
+/// Stops the process at once, committing nothing more.
+fn fence(why: &str) -> ! {
+    tracing::error!(reason = why, "this member is fenced: stopping at once without writing (a restart joins as a new member)");
+    eprintln!("kiln: fenced: {why}; stopping without writing");
+    std::process::exit(i32::from(FENCED))
+}
