@@ -406,7 +406,7 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
             // Driver actors and the admin socket off the node actors'
             // thread when there are cores to spare (four or more).
             threads: kiln_actors::threads::Threads::Auto,
-            member: None,
+            shared: None,
         },
         socket,
         socket_mode,

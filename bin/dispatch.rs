@@ -44,7 +44,7 @@ pub async fn handle(site: &Site, request: Request) -> Response {
 /// The members of the site as its store remembers them (none on a store of
 /// its own), read from the database on whichever member is asked.
 async fn members(site: &Site) -> Result<Vec<MemberView>, KilnError> {
-    let me = site.config.member.clone();
+    let me = site.config.shared.as_ref().map(|s| s.member.clone());
     let rows = site.store.read(|b| b.members()).await?;
     Ok(rows.iter().map(|row| MemberView::of(row, me.as_deref())).collect())
 }
@@ -79,8 +79,7 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
             Response::Validation(router.validate_nodes(ValidateNodes { nodes, fanout: fanout(None) }).await?)
         }
         Request::NodeHistory { node, limit } => {
-            let (id, _) =
-                site.registry.find(&node).ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))?;
+            let id = router.find(&node).await?;
             let limit = limit.clamp(1, 10_000) as usize;
             Response::History(site.store.read(move |b| b.load_history(id, limit)).await?)
         }

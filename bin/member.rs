@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use kiln_store::NodeRecord;
 use kiln_store::postgres::PgOptions;
+use kiln_store::postgres::listener::Listener;
 use kiln_store::postgres::members::{Identity, Membership};
 use tokio::sync::watch;
 
@@ -61,9 +62,31 @@ pub fn ring_key(node: &NodeRecord) -> String {
     }
 }
 
-/// Joins the site as a new member and returns the membership and the
-/// options to open the store with (as this member).
-pub async fn join(cfg: &DaemonConfig, target: kiln_store::postgres::PgTarget) -> anyhow::Result<(Membership, PgOptions)> {
+/// This process as a member: its row's heartbeat, and its ears for node
+/// requests. Dropped, both stop (without marking the row `left`: see
+/// [`Joined::leave`]).
+pub struct Joined {
+    membership: Membership,
+    listener: Listener,
+}
+
+impl Joined {
+    /// What the site's actors need of the membership.
+    pub fn shared(&self) -> kiln_actors::remote::Shared {
+        kiln_actors::remote::Shared { member: self.membership.id().to_string(), wakes: self.listener.wakes() }
+    }
+
+    /// Leaves the site cleanly: the row says `left`, so that the living
+    /// take the nodes over at once.
+    pub fn leave(self) {
+        drop(self.listener);
+        self.membership.leave();
+    }
+}
+
+/// Joins the site as a new member and returns it with the options to open
+/// the store with (as this member).
+pub async fn join(cfg: &DaemonConfig, target: kiln_store::postgres::PgTarget) -> anyhow::Result<(Joined, PgOptions)> {
     let id = uuid::Uuid::new_v4().to_string();
     let options = PgOptions {
         target: target.clone(),
@@ -74,16 +97,21 @@ pub async fn join(cfg: &DaemonConfig, target: kiln_store::postgres::PgTarget) ->
     let identity = Identity { name: cfg.member_name.clone(), host: host_name(), pid: std::process::id() };
     let settings = cfg.membership;
     let joining = options.clone();
-    let membership = tokio::task::spawn_blocking(move || Membership::join(joining, identity, settings))
-        .await
-        .context("joining the site panicked")?
-        .with_context(|| format!("cannot join the site on {target}"))?;
-    Ok((membership, options))
+    let joined = tokio::task::spawn_blocking(move || {
+        let membership = Membership::join(joining.clone(), identity, settings)?;
+        let listener = Listener::start(joining)?;
+        Ok::<_, kiln_store::StoreError>(Joined { membership, listener })
+    })
+    .await
+    .context("joining the site panicked")?
+    .with_context(|| format!("cannot join the site on {target}"))?;
+    Ok((joined, options))
 }
 
 /// Runs for the daemon's life: fences this member when it must, and takes
 /// over orphaned nodes every heartbeat. Returns when `stop` turns true.
-pub async fn keep(site: kiln_actors::Site, membership: Arc<Membership>, mut stop: watch::Receiver<bool>) {
+pub async fn keep(site: kiln_actors::Site, joined: Arc<Joined>, mut stop: watch::Receiver<bool>) {
+    let membership = &joined.membership;
     let heartbeat = membership.settings().heartbeat;
     let mut fence_check = tokio::time::interval(FENCE_CHECK);
     let mut takeover = tokio::time::interval(heartbeat);
@@ -117,7 +145,10 @@ async fn take_over(site: &kiln_actors::Site, me: &str) -> Result<(), kiln_store:
 
 /// Stops the process at once, committing nothing more.
 fn fence(why: &str) -> ! {
-    tracing::error!(reason = why, "this member is fenced: stopping at once without writing (a restart joins as a new member)");
+    tracing::error!(
+        reason = why,
+        "this member is fenced: stopping at once without writing (a restart joins as a new member)"
+    );
     eprintln!("kiln: fenced: {why}; stopping without writing");
     std::process::exit(i32::from(FENCED))
 }

@@ -14,7 +14,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use kiln_store::postgres::members::Membership;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -56,7 +55,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
 /// `store_connect_timeout`, then kiln stops: it never falls back to SQLite.
 /// On PostgreSQL this process joins the site as a new member first
 /// ([`crate::member`]) and runs only the nodes it owns.
-async fn start_site(cfg: &DaemonConfig) -> anyhow::Result<(kiln_actors::Site, Option<Membership>)> {
+async fn start_site(cfg: &DaemonConfig) -> anyhow::Result<(kiln_actors::Site, Option<member::Joined>)> {
     use kiln_store::postgres::{PgBackend, StoreTarget};
     let target = match &cfg.store {
         StoreTarget::Sqlite => {
@@ -65,17 +64,16 @@ async fn start_site(cfg: &DaemonConfig) -> anyhow::Result<(kiln_actors::Site, Op
         }
         StoreTarget::Postgres(target) => target.clone(),
     };
-    let (membership, options) = member::join(cfg, target.clone()).await?;
+    let (joined, options) = member::join(cfg, target.clone()).await?;
     tracing::info!(store = %target, member = %options.member, name = %cfg.member_name, "opening the PostgreSQL store");
-    let member_id = options.member.clone();
     let backend = tokio::task::spawn_blocking(move || PgBackend::open(options))
         .await
         .context("the store's start-up panicked")?
         .with_context(|| format!("cannot open the PostgreSQL store {target}"))?;
     let store = kiln_store::StoreHandle::start(Box::new(backend));
-    let site_cfg = kiln_actors::SiteConfig { member: Some(member_id), ..cfg.site.clone() };
+    let site_cfg = kiln_actors::SiteConfig { shared: Some(joined.shared()), ..cfg.site.clone() };
     let site = kiln_actors::start_with_store(site_cfg, store).await.context("cannot start the site")?;
-    Ok((site, Some(membership)))
+    Ok((site, Some(joined)))
 }
 
 async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::Result<()> {
@@ -167,8 +165,8 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
     if let Some(keeper) = keeper {
         let _ = keeper.await;
     }
-    if let Some(membership) = membership.and_then(|m| std::sync::Arc::try_unwrap(m).ok()) {
-        let _ = tokio::task::spawn_blocking(move || membership.leave()).await;
+    if let Some(joined) = membership.and_then(|m| std::sync::Arc::try_unwrap(m).ok()) {
+        let _ = tokio::task::spawn_blocking(move || joined.leave()).await;
     }
     // The admin arbiter stops here, after the connections that were
     // answering during the grace period got their answers.

@@ -27,6 +27,7 @@ pub mod panics;
 pub mod parts;
 pub mod periodic;
 pub mod protocol;
+pub mod remote;
 pub mod scheduler;
 pub mod shutdown;
 pub mod supervisor;
@@ -164,7 +165,7 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     let events = EventBus::durable(store.clone(), last_event).start();
     let live = Arc::new(LiveSettings::new(&config));
     let driver_arbiter = config.threads.split().then(threads::OwnArbiter::start);
-    let registry = Registry { live: live.clone(), ..Default::default() };
+    let registry = Registry { live: live.clone(), shared: config.shared.clone(), ..Default::default() };
     let env = node::NodeEnv {
         store: store.clone(),
         events: events.clone(),
@@ -199,6 +200,9 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
         store: store.clone(),
         clock: config.clock.clone(),
     };
+    if let Some(shared) = config.shared.clone() {
+        actix::spawn(remote::serve(router.clone(), shared));
+    }
     let queue = jobs::JobQueue::load(store.clone(), router.clone(), &config)
         .await
         .map_err(StartError::Jobs)?

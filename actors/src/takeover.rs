@@ -28,7 +28,12 @@ pub fn recover_all(records: &mut [NodeRecord], why: &str, now: Timestamp) -> Vec
 
 /// Repairs what `records` were left doing (`why` says who left them) and
 /// commits that, all or nothing.
-pub async fn repair(store: &StoreHandle, records: &mut [NodeRecord], why: &str, now: Timestamp) -> Result<usize, StoreError> {
+pub async fn repair(
+    store: &StoreHandle,
+    records: &mut [NodeRecord],
+    why: &str,
+    now: Timestamp,
+) -> Result<usize, StoreError> {
     let repairs = recover_all(records, why, now);
     let repaired = repairs.len() / 2;
     if !repairs.is_empty() {

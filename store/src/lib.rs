@@ -148,6 +148,10 @@ pub trait Backend: Send + 'static {
     fn members(&mut self) -> Result<Vec<postgres::members::MemberRow>, StoreError> {
         Ok(Vec::new())
     }
+    /// The store's shared side, when several members share it.
+    fn shared(&mut self) -> Option<&mut dyn Shared> {
+        None
+    }
     /// One node, by uuid.
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError>;
     /// Every port, optionally only one node's, ordered by address.
@@ -210,6 +214,25 @@ pub trait Backend: Send + 'static {
     }
 }
 
+/// What only a store shared by several members does (PostgreSQL): find
+/// nodes other members run, and pass node requests to their owners
+/// (`postgres::requests`). Reached through [`Backend::shared`].
+pub trait Shared {
+    /// The nodes with these names or uuids, whoever runs them.
+    fn find_nodes(&mut self, names: &[String]) -> Result<Vec<(NodeId, String)>, StoreError>;
+    /// Writes a request for `node` and wakes its owner; `None` when the
+    /// node does not exist.
+    fn submit_node_request(&mut self, node: NodeId, body: &str) -> Result<Option<i64>, StoreError>;
+    /// Claims up to `limit` queued requests for this member's nodes.
+    fn take_node_requests(&mut self, limit: i64) -> Result<Vec<postgres::requests::NodeRequest>, StoreError>;
+    /// Writes the answer of a claimed request and wakes its caller.
+    fn answer_node_request(&mut self, id: i64, answer: &str) -> Result<(), StoreError>;
+    /// A request's answer once there is one (the row goes with it).
+    fn collect_node_answer(&mut self, id: i64) -> Result<Option<String>, StoreError>;
+    /// Withdraws a request nobody has claimed; false when it runs already.
+    fn cancel_node_request(&mut self, id: i64) -> Result<bool, StoreError>;
+}
+
 /// A boxed backend is a backend (so code written for `&mut dyn Backend`
 /// takes a `Box<dyn Backend>` as it is).
 impl<B: Backend + ?Sized> Backend for Box<B> {
@@ -230,6 +253,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn members(&mut self) -> Result<Vec<postgres::members::MemberRow>, StoreError> {
         (**self).members()
+    }
+    fn shared(&mut self) -> Option<&mut dyn Shared> {
+        (**self).shared()
     }
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
         (**self).load_node(id)

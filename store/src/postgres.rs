@@ -56,8 +56,10 @@ use crate::{
     NodeRecord, PortGroupRecord, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
+pub mod listener;
 pub mod members;
 pub mod migrations;
+pub mod requests;
 pub mod target;
 
 pub use migrations::{MIGRATIONS, SCHEMA_VERSION};
@@ -384,6 +386,11 @@ enum Step<'o> {
 /// timeouts. At start (`retry`), a server that cannot be reached is tried
 /// again until `connect_for` has passed.
 async fn connect(options: &PgOptions, retry: bool) -> Result<Client, StoreError> {
+    connect_hearing(options, retry, None).await
+}
+
+/// [`connect`], passing the session's notifications (`LISTEN`) to `notes`.
+async fn connect_hearing(options: &PgOptions, retry: bool, notes: Option<Notes>) -> Result<Client, StoreError> {
     let target = &options.target;
     let mut config = target.config();
     // Always this member's: the janitor ends a dead member's sessions by it.
@@ -401,14 +408,14 @@ async fn connect(options: &PgOptions, retry: bool) -> Result<Client, StoreError>
         let attempt = match target.tls() {
             Tls::Disable => match config.connect(tokio_postgres::NoTls).await {
                 Ok((client, connection)) => {
-                    tokio::spawn(drive(connection));
+                    tokio::spawn(drive(connection, notes.clone()));
                     Ok(client)
                 }
                 Err(e) => Err(e),
             },
             Tls::Prefer | Tls::Require => match config.connect(tls_connector()?).await {
                 Ok((client, connection)) => {
-                    tokio::spawn(drive(connection));
+                    tokio::spawn(drive(connection, notes.clone()));
                     Ok(client)
                 }
                 Err(e) => Err(e),
@@ -480,13 +487,30 @@ fn application_name(member: &str) -> String {
     format!("kiln member {member}")
 }
 
-async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+/// Where a session's notifications go.
+type Notes = tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>;
+
+/// Runs a session's connection until it ends, passing its notifications
+/// on when someone listens.
+async fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>, notes: Option<Notes>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if let Err(error) = connection.await {
-        tracing::warn!(message = "The PostgreSQL session ended.", error = %error_text(&error));
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(note))) => {
+                if let Some(notes) = &notes {
+                    let _ = notes.send(note);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::warn!(message = "The PostgreSQL session ended.", error = %error_text(&error));
+                return;
+            }
+            None => return,
+        }
     }
 }
 
@@ -888,6 +912,10 @@ impl Backend for PgBackend {
         self.list_members()
     }
 
+    fn shared(&mut self) -> Option<&mut dyn crate::Shared> {
+        Some(self)
+    }
+
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
         self.query(concat!(node_select!(), " WHERE uuid = $1"), &[&id.to_string()])?
             .first()
@@ -1084,6 +1112,49 @@ impl PgBackend {
             error = %self.options.target.scrub(&error_text(e)),
         );
         StoreError::OutcomeUnknown(self.options.target.scrub(&error_text(e)))
+    }
+}
+
+impl crate::Shared for PgBackend {
+    fn find_nodes(&mut self, names: &[String]) -> Result<Vec<(NodeId, String)>, StoreError> {
+        let names: Vec<String> = names.to_vec();
+        let rows =
+            self.query("SELECT uuid, name FROM nodes WHERE name = ANY($1) OR uuid = ANY($1) ORDER BY name", &[&names])?;
+        rows.iter()
+            .map(|row| {
+                let f = Fields { row, table: "nodes", key: String::new() };
+                Ok((f.parsed(0, "uuid")?, f.raw(1, "name")?))
+            })
+            .collect()
+    }
+
+    fn submit_node_request(&mut self, node: NodeId, body: &str) -> Result<Option<i64>, StoreError> {
+        self.reconnect_if_closed()?;
+        let me = self.options.member.clone();
+        self.runtime
+            .block_on(requests::submit(&self.client, node, &me, body))
+            .map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn take_node_requests(&mut self, limit: i64) -> Result<Vec<requests::NodeRequest>, StoreError> {
+        self.reconnect_if_closed()?;
+        let me = self.options.member.clone();
+        self.runtime.block_on(requests::take(&self.client, &me, limit)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn answer_node_request(&mut self, id: i64, answer: &str) -> Result<(), StoreError> {
+        self.reconnect_if_closed()?;
+        self.runtime.block_on(requests::answer(&self.client, id, answer)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn collect_node_answer(&mut self, id: i64) -> Result<Option<String>, StoreError> {
+        self.reconnect_if_closed()?;
+        self.runtime.block_on(requests::collect(&self.client, id)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn cancel_node_request(&mut self, id: i64) -> Result<bool, StoreError> {
+        self.reconnect_if_closed()?;
+        self.runtime.block_on(requests::cancel(&self.client, id)).map_err(|e| db_error(&self.options.target, e))
     }
 }
 

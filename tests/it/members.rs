@@ -27,7 +27,9 @@ fn members(d: &Daemon) -> Vec<(String, String, u64)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["name"].as_str().unwrap().into(), m["state"].as_str().unwrap().into(), m["nodes"].as_u64().unwrap()))
+        .map(|m| {
+            (m["name"].as_str().unwrap().into(), m["state"].as_str().unwrap().into(), m["nodes"].as_u64().unwrap())
+        })
         .collect();
     rows.sort();
     rows
@@ -64,9 +66,7 @@ fn a_killed_member_s_nodes_are_taken_over_with_their_work_kept() {
     a.json(&["node", "provide", "demo[1-5]", "--wait"]);
     a.kill9();
 
-    let took = wait_members(&b, Duration::from_secs(15), |rows| {
-        rows == [row("a", "dead", 0), row("b", "alive", 20)]
-    });
+    let took = wait_members(&b, Duration::from_secs(15), |rows| rows == [row("a", "dead", 0), row("b", "alive", 20)]);
     eprintln!("takeover after SIGKILL: {:.1} s", took.as_secs_f64());
     // Every acknowledged transition is kept, and the nodes answer on b.
     let list = b.json(&["node", "list"]);
@@ -136,4 +136,24 @@ fn member_settings_that_cannot_work_are_refused_with_exit_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("member_timeout"), "{stderr}");
+}
+
+#[test]
+fn any_member_answers_for_any_node_and_its_owner_acts() {
+    let url = database();
+    let a = member(8, &url, "a");
+    let b = member(0, &url, "b");
+    // b runs none of them, and sees and drives all of them.
+    assert_eq!(b.json(&["node", "list"]).as_array().unwrap().len(), 8);
+    assert_eq!(b.state("demo3"), "enroll");
+    b.json(&["node", "manage", "demo[1-4]", "--wait"]);
+    assert_eq!(a.state("demo1"), "manageable", "the owner's own actor did it");
+    assert_eq!(b.state("demo4"), "manageable");
+    let history = b.json(&["node", "history", "demo2"]);
+    assert!(history.as_array().unwrap().iter().any(|h| h["event"] == "manage"), "{history}");
+    // Refusals come back as the owner gave them.
+    let refused = b.json_code(&["node", "deploy", "demo5", "--wait"], 1);
+    assert!(refused.to_string().contains("cannot deploy"), "{refused}");
+    let missing = b.json_code(&["node", "show", "nosuch"], 2);
+    assert!(missing.to_string().contains("no such node"), "{missing}");
 }

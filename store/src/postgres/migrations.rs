@@ -170,6 +170,19 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX members_alive ON members (state, heartbeat_at);
     CREATE INDEX nodes_owner ON nodes (owner);
     "#,
+    // 3: node requests between members (`requests.rs`).
+    r#"
+    CREATE TABLE node_requests (
+        id         bigserial PRIMARY KEY,
+        node       text NOT NULL,
+        caller     text NOT NULL,
+        body       text NOT NULL,
+        state      text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running', 'answered')),
+        answer     text,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX node_requests_queued ON node_requests (state, node);
+    "#,
 ];
 
 /// The schema version this build writes.
