@@ -26,6 +26,7 @@ use kiln_store::NodeRecord;
 use kiln_store::postgres::PgOptions;
 use kiln_store::postgres::listener::Listener;
 use kiln_store::postgres::members::{Identity, Membership};
+use kiln_store::ring::{POINTS_PER_MEMBER, Ring};
 use tokio::sync::watch;
 
 use crate::config::DaemonConfig;
@@ -116,6 +117,7 @@ pub async fn keep(site: kiln_actors::Site, joined: Arc<Joined>, mut stop: watch:
     let mut fence_check = tokio::time::interval(FENCE_CHECK);
     let mut takeover = tokio::time::interval(heartbeat);
     takeover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut balance = Balance::default();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -127,6 +129,9 @@ pub async fn keep(site: kiln_actors::Site, joined: Arc<Joined>, mut stop: watch:
             _ = takeover.tick() => {
                 if let Err(e) = take_over(&site, membership.id()).await {
                     tracing::warn!(error = %e, "taking over orphaned nodes failed; trying again next heartbeat");
+                }
+                if let Err(e) = balance.round(&site, membership.id()).await {
+                    tracing::warn!(error = %e, "handing nodes over failed; trying again next heartbeat");
                 }
             }
         }
@@ -141,6 +146,46 @@ async fn take_over(site: &kiln_actors::Site, me: &str) -> Result<(), kiln_store:
         kiln_actors::takeover::adopt(site, claimed, &why).await?;
     }
     Ok(())
+}
+
+/// Nodes handed over per round: a joining member takes its share in waves,
+/// and no round stops this member's nodes for long.
+const WAVE: usize = 1000;
+
+/// Handing nodes over when the ring changes: a member that joins gets its
+/// share from the living, node by node as each is idle (nothing is taken
+/// from a live member: it gives).
+#[derive(Default)]
+struct Balance {
+    /// The live members the last round saw.
+    seen: Vec<String>,
+    /// Nodes the ring places elsewhere are still here (busy, or more than
+    /// a wave): look again next round even if nobody joined or left.
+    pending: bool,
+}
+
+impl Balance {
+    async fn round(&mut self, site: &kiln_actors::Site, me: &str) -> Result<(), kiln_actors::KilnError> {
+        let mut live = site.store.read(|b| b.shared().map_or_else(|| Ok(Vec::new()), |s| s.live_members())).await?;
+        live.sort();
+        if live == self.seen && !self.pending {
+            return Ok(());
+        }
+        self.seen = live.clone();
+        let ring = Ring::new(live, POINTS_PER_MEMBER);
+        let owned = site.store.read(|b| b.load_owned_nodes()).await?;
+        let away: Vec<_> =
+            owned.iter().filter(|r| ring.owner(&ring_key(r)) != Some(me)).map(|r| r.uuid).take(WAVE).collect();
+        if away.is_empty() {
+            self.pending = false;
+            return Ok(());
+        }
+        let wanted = away.len();
+        let handed = kiln_actors::remote::hand_over(&site.router(), away).await?;
+        self.pending = handed < wanted || wanted == WAVE;
+        tracing::info!(handed, wanted, "handed nodes over to the members the ring places them on");
+        Ok(())
+    }
 }
 
 /// Stops the process at once, committing nothing more.

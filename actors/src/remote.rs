@@ -117,6 +117,15 @@ pub async fn serve(router: Router, shared: Shared) {
                 for request in taken {
                     let router = router.clone();
                     actix::spawn(async move {
+                        let id = request.id;
+                        if !router.registry.by_id.contains_key(&request.node) {
+                            // Handed over or not adopted yet: for whoever
+                            // runs the node to take.
+                            if let Err(e) = router.store.read(move |b| shared_of(b)?.requeue_node_request(id)).await {
+                                tracing::warn!(request = id, error = %e, "could not requeue a node request");
+                            }
+                            return;
+                        }
                         let answer = execute(&router, request.node, &request.body).await;
                         let text = serde_json::to_string(&answer).unwrap_or_else(|e| {
                             serde_json::to_string(&Answer::Err(KilnError::Protocol(format!(
@@ -124,7 +133,6 @@ pub async fn serve(router: Router, shared: Shared) {
                             ))))
                             .unwrap_or_default()
                         });
-                        let id = request.id;
                         if let Err(e) = router.store.read(move |b| shared_of(b)?.answer_node_request(id, &text)).await {
                             tracing::warn!(request = id, error = %e, "could not answer a node request");
                         }
@@ -136,6 +144,35 @@ pub async fn serve(router: Router, shared: Shared) {
         }
         let me = shared.member.clone();
         wait_for(&mut wakes, move |w| matches!(w, Wake::Requests(owner) if *owner == me)).await;
+    }
+}
+
+/// Gives up the idle ones of `nodes` to the member the ring names: their
+/// actors stop, then their rows lose this member as owner, for the other
+/// to claim. A node that is busy stays (the next round tries again).
+/// Returns how many were given up.
+pub async fn hand_over(router: &Router, nodes: Vec<NodeId>) -> Result<usize, KilnError> {
+    let mut handed = Vec::new();
+    for id in nodes {
+        let Some(entry) = router.registry.by_id.get(&id).map(|e| e.clone()) else { continue };
+        if entry.addr.send(crate::node::HandOver).await.unwrap_or(false) {
+            router.registry.remove(id);
+            handed.push(id);
+        }
+    }
+    if handed.is_empty() {
+        return Ok(0);
+    }
+    let asked = handed.clone();
+    match router.store.read(move |b| shared_of(b)?.release_nodes(&asked)).await {
+        Ok(released) => Ok(released.len()),
+        Err(e) => {
+            // The rows are still this member's: run the nodes again.
+            let back = router.store.read(move |b| b.load_owned_nodes()).await?;
+            let back: Vec<_> = back.into_iter().filter(|r| handed.contains(&r.uuid)).collect();
+            let _ = router.supervisor.send(crate::supervisor::AdoptRecords(back)).await;
+            Err(e.into())
+        }
     }
 }
 

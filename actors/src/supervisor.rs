@@ -55,7 +55,7 @@ impl Registry {
         self.by_id.insert(id, NodeEntry { addr, name });
     }
 
-    fn remove(&self, id: NodeId) {
+    pub(crate) fn remove(&self, id: NodeId) {
         if let Some((_, entry)) = self.by_id.remove(&id) {
             self.by_name.remove(&entry.name);
         }

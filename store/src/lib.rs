@@ -231,6 +231,15 @@ pub trait Shared {
     fn collect_node_answer(&mut self, id: i64) -> Result<Option<String>, StoreError>;
     /// Withdraws a request nobody has claimed; false when it runs already.
     fn cancel_node_request(&mut self, id: i64) -> Result<bool, StoreError>;
+    /// Puts a claimed request back in the queue (its node is not run here
+    /// any more, or not yet), for whoever runs the node to take.
+    fn requeue_node_request(&mut self, id: i64) -> Result<(), StoreError>;
+    /// Gives up these nodes (their actors have stopped): each row whose
+    /// owner and epoch are still this member's gets no owner, for the
+    /// member the ring names to claim. Returns the nodes released.
+    fn release_nodes(&mut self, nodes: &[NodeId]) -> Result<Vec<NodeId>, StoreError>;
+    /// The ids of the live members, this one among them.
+    fn live_members(&mut self) -> Result<Vec<String>, StoreError>;
 }
 
 /// A boxed backend is a backend (so code written for `&mut dyn Backend`

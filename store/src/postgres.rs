@@ -158,9 +158,8 @@ impl PgBackend {
     /// node. Returns the nodes taken, as stored.
     fn claim_for_me(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         let me = self.options.member.clone();
-        let live: Vec<String> =
-            self.query("SELECT id FROM members WHERE state = 'alive'", &[])?.iter().map(|row| row.get(0)).collect();
-        let ring = crate::ring::Ring::new(live.into_iter().chain([me.clone()]), crate::ring::POINTS_PER_MEMBER);
+        let live = crate::Shared::live_members(self)?;
+        let ring = crate::ring::Ring::new(live, crate::ring::POINTS_PER_MEMBER);
         let orphans = self.query(
             concat!(
                 node_select!(),
@@ -1155,6 +1154,39 @@ impl crate::Shared for PgBackend {
     fn cancel_node_request(&mut self, id: i64) -> Result<bool, StoreError> {
         self.reconnect_if_closed()?;
         self.runtime.block_on(requests::cancel(&self.client, id)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn requeue_node_request(&mut self, id: i64) -> Result<(), StoreError> {
+        self.reconnect_if_closed()?;
+        self.runtime.block_on(requests::requeue(&self.client, id)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn release_nodes(&mut self, nodes: &[NodeId]) -> Result<Vec<NodeId>, StoreError> {
+        let me = self.options.member.clone();
+        let uuids: Vec<String> = nodes.iter().map(NodeId::to_string).collect();
+        let epochs: Vec<i64> = nodes.iter().map(|n| self.epoch(*n)).collect();
+        let rows = self.query(
+            "UPDATE nodes n SET owner = '' FROM unnest($2::text[], $3::bigint[]) AS h(uuid, epoch)
+             WHERE n.uuid = h.uuid AND n.owner = $1 AND n.owner_epoch = h.epoch RETURNING n.uuid",
+            &[&me, &uuids, &epochs],
+        )?;
+        let mut released = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: NodeId = Fields { row, table: "nodes", key: String::new() }.parsed(0, "uuid")?;
+            self.epochs.remove(&id);
+            released.push(id);
+        }
+        Ok(released)
+    }
+
+    fn live_members(&mut self) -> Result<Vec<String>, StoreError> {
+        let me = self.options.member.clone();
+        let mut ids: Vec<String> =
+            self.query("SELECT id FROM members WHERE state = 'alive'", &[])?.iter().map(|row| row.get(0)).collect();
+        if !ids.contains(&me) {
+            ids.push(me);
+        }
+        Ok(ids)
     }
 }
 

@@ -101,3 +101,9 @@ pub(super) async fn collect(client: &Client, id: i64) -> Result<Option<String>, 
 pub(super) async fn cancel(client: &Client, id: i64) -> Result<bool, tokio_postgres::Error> {
     Ok(client.execute("DELETE FROM node_requests WHERE id = $1 AND state = 'queued'", &[&id]).await? == 1)
 }
+
+/// Puts a claimed request back in the queue.
+pub(super) async fn requeue(client: &Client, id: i64) -> Result<(), tokio_postgres::Error> {
+    client.execute("UPDATE node_requests SET state = 'queued' WHERE id = $1 AND state = 'running'", &[&id]).await?;
+    Ok(())
+}
