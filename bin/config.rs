@@ -100,6 +100,9 @@ pub struct FileConfig {
     pub member_heartbeat: Option<Seconds>,
     /// A member silent this long is dead and its nodes are taken over.
     pub member_timeout: Option<Seconds>,
+    /// How long a member waits before acting on nodes it took from a dead
+    /// member.
+    pub bmc_fence_delay: Option<Seconds>,
 }
 
 /// One periodic task's own settings (`[periodic.NAME]`); what it leaves
@@ -215,6 +218,7 @@ impl FileConfig {
             member_name: None,
             member_heartbeat: Some(Seconds(MemberSettings::default().heartbeat)),
             member_timeout: Some(Seconds(MemberSettings::default().timeout)),
+            bmc_fence_delay: Some(Seconds(Duration::from_secs(2))),
         }
     }
 }
@@ -241,6 +245,8 @@ pub struct DaemonConfig {
     pub member_name: String,
     /// Heartbeat and timeout of membership on a shared store.
     pub membership: MemberSettings,
+    /// What nodes taken from a dead member wait before this member acts.
+    pub bmc_fence_delay: Duration,
     /// Per-connection limits of the admin socket.
     pub limits: crate::limits::Limits,
     /// The log filter directives.
@@ -419,6 +425,7 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
         store_connect_timeout: secs(f.store_connect_timeout, d.store_connect_timeout),
         member_name,
         membership,
+        bmc_fence_delay: secs(f.bmc_fence_delay, d.bmc_fence_delay),
         limits,
         log,
         effective,

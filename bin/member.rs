@@ -72,9 +72,15 @@ pub struct Joined {
 }
 
 impl Joined {
-    /// What the site's actors need of the membership.
-    pub fn shared(&self) -> kiln_actors::remote::Shared {
-        kiln_actors::remote::Shared { member: self.membership.id().to_string(), wakes: self.listener.wakes() }
+    /// What the site's actors need of the membership; nodes taken from a
+    /// dead member wait `fence_delay` before this one acts on them.
+    pub fn shared(&self, fence_delay: Duration) -> kiln_actors::remote::Shared {
+        kiln_actors::remote::Shared {
+            member: self.membership.id().to_string(),
+            wakes: self.listener.wakes(),
+            fence: kiln_actors::remote::Fence(self.membership.fence()),
+            fence_delay,
+        }
     }
 
     /// Leaves the site cleanly: the row says `left`, so that the living
@@ -143,7 +149,8 @@ async fn take_over(site: &kiln_actors::Site, me: &str) -> Result<(), kiln_store:
     let claimed = site.store.read(|b| b.claim_orphans()).await?;
     if !claimed.is_empty() {
         let why = format!("member {me} took the node over from a member that died or left");
-        kiln_actors::takeover::adopt(site, claimed, &why).await?;
+        let delay = site.config.shared.as_ref().map_or(Duration::ZERO, |s| s.fence_delay);
+        kiln_actors::takeover::adopt(site, claimed, &why, delay).await?;
     }
     Ok(())
 }

@@ -71,7 +71,7 @@ async fn start_site(cfg: &DaemonConfig) -> anyhow::Result<(kiln_actors::Site, Op
         .context("the store's start-up panicked")?
         .with_context(|| format!("cannot open the PostgreSQL store {target}"))?;
     let store = kiln_store::StoreHandle::start(Box::new(backend));
-    let site_cfg = kiln_actors::SiteConfig { shared: Some(joined.shared()), ..cfg.site.clone() };
+    let site_cfg = kiln_actors::SiteConfig { shared: Some(joined.shared(cfg.bmc_fence_delay)), ..cfg.site.clone() };
     let site = kiln_actors::start_with_store(site_cfg, store).await.context("cannot start the site")?;
     Ok((site, Some(joined)))
 }

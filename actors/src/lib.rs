@@ -173,6 +173,7 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
         live: live.clone(),
         metrics: metrics.clone(),
         clock: config.clock.clone(),
+        fence: config.shared.as_ref().map(|s| s.fence.clone()),
     };
     let facts = supervisor::SiteFacts { started_at: now.to_rfc3339(), data_dir: config.data_dir.display().to_string() };
     let held = records.len();

@@ -47,6 +47,29 @@ pub struct Shared {
     pub member: String,
     /// The listener's wake-ups.
     pub wakes: broadcast::Sender<Wake>,
+    /// Whether this member may still act (checked right before each BMC
+    /// call).
+    pub fence: Fence,
+    /// How long nodes taken from a dead member wait before this member
+    /// acts on them (`bmc_fence_delay`).
+    pub fence_delay: Duration,
+}
+
+/// Why this member must not act any more, if it must not.
+#[derive(Clone)]
+pub struct Fence(pub std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl Fence {
+    /// Why not, when this member is fenced.
+    pub fn check(&self) -> Option<String> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fence")
+    }
 }
 
 /// A request for another member's node, as written into its row.

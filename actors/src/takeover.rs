@@ -7,7 +7,9 @@
 //! releases it first, with its reason in the node's history; only then
 //! does a node actor start for it.
 
-use kiln_store::{NodeRecord, StoreError, StoreHandle, Timestamp, Write};
+use std::time::Duration;
+
+use kiln_store::{Claimed, NodeRecord, StoreError, StoreHandle, Timestamp, Write};
 
 use crate::Site;
 use crate::supervisor::AdoptRecords;
@@ -42,15 +44,30 @@ pub async fn repair(
     Ok(repaired)
 }
 
-/// Takes on nodes this member has just claimed: repairs them, then starts
-/// a node actor for each. Returns how many were repaired.
-pub async fn adopt(site: &Site, mut records: Vec<NodeRecord>, why: &str) -> Result<usize, StoreError> {
-    if records.is_empty() {
+/// Takes on nodes this member has just claimed: repairs them at once, then
+/// starts a node actor for each; for a node whose last owner died, only
+/// after `fence_delay`, so that a BMC call the dead member sent cannot land
+/// after one of this member's (a BMC cannot check who asks). Meanwhile its
+/// requests wait in the store and reads come from there. Returns how many
+/// were repaired.
+pub async fn adopt(site: &Site, claimed: Vec<Claimed>, why: &str, fence_delay: Duration) -> Result<usize, StoreError> {
+    if claimed.is_empty() {
         return Ok(0);
     }
+    let dead: std::collections::HashSet<_> =
+        claimed.iter().filter(|c| c.from_dead_owner).map(|c| c.node.uuid).collect();
+    let mut records: Vec<NodeRecord> = claimed.into_iter().map(|c| c.node).collect();
     let repaired = repair(&site.store, &mut records, why, site.config.clock.now()).await?;
-    let nodes = records.len();
-    site.supervisor.send(AdoptRecords(records)).await.map_err(|_| StoreError::Closed)?;
-    tracing::info!(message = "Took over nodes.", nodes, repaired, why);
+    let (later, now): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| dead.contains(&r.uuid));
+    tracing::info!(message = "Took over nodes.", released = now.len(), from_dead = later.len(), repaired, why);
+    site.supervisor.send(AdoptRecords(now)).await.map_err(|_| StoreError::Closed)?;
+    if !later.is_empty() {
+        let supervisor = site.supervisor.clone();
+        let clock = site.config.clock.clone();
+        actix::spawn(async move {
+            clock.sleep(fence_delay).await;
+            let _ = supervisor.send(AdoptRecords(later)).await;
+        });
+    }
     Ok(repaired)
 }

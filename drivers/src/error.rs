@@ -32,6 +32,11 @@ pub enum DriverError {
     Panicked(String),
     #[error("the driver for this BMC is not running")]
     Unavailable,
+    /// The member this call would be sent from can no longer prove it is
+    /// alive (a store shared by several members): its nodes may be another
+    /// member's now, and a BMC cannot check who asks.
+    #[error("not sent: {0}")]
+    Fenced(String),
 }
 
 /// A node's `driver_info` is missing a field or has a malformed one.

@@ -140,7 +140,7 @@ pub trait Backend: Send + 'static {
     /// Takes for this process the nodes no live member owns that the ring
     /// places on it, and returns them as stored (`postgres::PgBackend::claim_orphans`).
     /// The default, for a store one process owns: nothing to take.
-    fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+    fn claim_orphans(&mut self) -> Result<Vec<Claimed>, StoreError> {
         Ok(Vec::new())
     }
     /// The members of the site sharing this store; none for a store one
@@ -214,6 +214,17 @@ pub trait Backend: Send + 'static {
     }
 }
 
+/// A node a member has just claimed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claimed {
+    /// The node as stored.
+    pub node: NodeRecord,
+    /// Its last owner died (rather than released it or left cleanly): a
+    /// call it sent to the BMC may still land, so the new owner waits
+    /// before its own.
+    pub from_dead_owner: bool,
+}
+
 /// What only a store shared by several members does (PostgreSQL): find
 /// nodes other members run, and pass node requests to their owners
 /// (`postgres::requests`). Reached through [`Backend::shared`].
@@ -257,7 +268,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         (**self).load_owned_nodes()
     }
-    fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+    fn claim_orphans(&mut self) -> Result<Vec<Claimed>, StoreError> {
         (**self).claim_orphans()
     }
     fn members(&mut self) -> Result<Vec<postgres::members::MemberRow>, StoreError> {

@@ -156,22 +156,31 @@ impl PgBackend {
     /// is refused from then on. The claim is conditional on the row, so two
     /// members that disagree on the ring for a moment never both take a
     /// node. Returns the nodes taken, as stored.
-    fn claim_for_me(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+    fn claim_for_me(&mut self) -> Result<Vec<crate::Claimed>, StoreError> {
         let me = self.options.member.clone();
         let live = crate::Shared::live_members(self)?;
         let ring = crate::ring::Ring::new(live, crate::ring::POINTS_PER_MEMBER);
+        // With each orphan, whether its last owner stopped acting on it
+        // for sure: it released it, or left the site cleanly.
         let orphans = self.query(
             concat!(
-                node_select!(),
+                "SELECT ",
+                node_columns!(),
+                ", owner = '' OR owner IN (SELECT id FROM members WHERE state = 'left') FROM nodes",
                 " WHERE owner <> $1 AND owner NOT IN (SELECT id FROM members WHERE state = 'alive')"
             ),
             &[&me],
         )?;
         let key = self.options.ring_key.unwrap_or(|node| node.uuid.to_string());
         let mut mine = Vec::new();
+        let mut quiet = std::collections::HashSet::new();
         for row in &orphans {
             let node = node_from_row(row)?;
             if ring.owner(&key(&node)) == Some(me.as_str()) {
+                let released: bool = Fields { row, table: "nodes", key: String::new() }.raw(18, "owner")?;
+                if released {
+                    quiet.insert(node.uuid);
+                }
                 mine.push(node.uuid.to_string());
             }
         }
@@ -193,7 +202,7 @@ impl PgBackend {
             let epoch: i64 = Fields { row, table: "nodes", key: String::new() }.raw(18, "owner_epoch")?;
             let node = node_from_row(row)?;
             self.epochs.insert(node.uuid, epoch);
-            taken.push(node);
+            taken.push(crate::Claimed { from_dead_owner: !quiet.contains(&node.uuid), node });
         }
         if !taken.is_empty() {
             tracing::info!(message = "Claimed nodes no live member owned.", nodes = taken.len(), member = %me);
@@ -902,7 +911,7 @@ impl Backend for PgBackend {
         self.load_mine()
     }
 
-    fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+    fn claim_orphans(&mut self) -> Result<Vec<crate::Claimed>, StoreError> {
         self.claim_for_me()
     }
 

@@ -43,6 +43,9 @@ pub struct NodeEnv {
     /// Where node decisions read the time (wait deadlines, reservation and
     /// history stamps): the site's clock.
     pub clock: crate::clock::SharedClock,
+    /// On a store shared by several members: checked right before every
+    /// BMC call, which no row can fence.
+    pub fence: Option<crate::remote::Fence>,
 }
 
 /// The actor of one node.
@@ -134,7 +137,12 @@ impl NodeActor {
         let connecting = self.driver();
         let task_span = self.core.current_span();
         let call = NodeCall { call, span };
-        let reply = async move { connecting.await?.send(call).await.unwrap_or(Err(DriverError::Unavailable)) };
+        let fence = self.env.fence.clone();
+        let reply = async move {
+            let driver = connecting.await?;
+            unfenced(fence.as_ref())?;
+            driver.send(call).await.unwrap_or(Err(DriverError::Unavailable))
+        };
         ctx.spawn(reply.into_actor(self).map(move |result, act, ctx| {
             let _entered = task_span.enter();
             act.feed(Input::DriverReplied { ticket, result }, ctx);
@@ -185,6 +193,15 @@ impl NodeActor {
     }
 }
 
+/// Refuses a BMC call from a member that is fenced: the last check before
+/// a call goes out, made as late as it can be.
+fn unfenced(fence: Option<&crate::remote::Fence>) -> Result<(), DriverError> {
+    match fence.and_then(crate::remote::Fence::check) {
+        Some(why) => Err(DriverError::Fenced(why)),
+        None => Ok(()),
+    }
+}
+
 impl Handler<ShowNode> for NodeActor {
     type Result = MessageResult<ShowNode>;
     fn handle(&mut self, _: ShowNode, _: &mut Context<Self>) -> Self::Result {
@@ -231,9 +248,11 @@ impl Handler<ReadPower> for NodeActor {
         // so the core is not asked.
         let call =
             NodeCall { call: DriverCall::GetPower, span: self.core.task_span("power status", &tracing::Span::none()) };
+        let fence = self.env.fence.clone();
         Box::pin(async move {
             let driver =
                 connecting.await.map_err(|e| KilnError::Driver { node: name.clone(), message: e.to_string() })?;
+            unfenced(fence.as_ref()).map_err(|e| KilnError::Driver { node: name.clone(), message: e.to_string() })?;
             match driver.send(call).await {
                 Ok(Ok(DriverReply::Power(p))) => Ok(Some(super::core::power_state_of(p))),
                 Ok(Ok(_)) => Ok(None),

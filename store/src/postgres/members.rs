@@ -192,19 +192,14 @@ impl Membership {
     /// Why this member must stop writing, if it must: its heartbeat is
     /// overdue by its own clock, or the site has declared it dead.
     pub fn fenced(&self) -> Option<String> {
-        if self.shared.expelled.load(Ordering::SeqCst) {
-            return Some(format!("member {} was declared dead by the site", self.id));
-        }
-        let since = self.shared.renewed.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
-        let limit = self.settings.self_fence_after();
-        (since > limit).then(|| {
-            format!(
-                "member {} has not renewed its heartbeat for {:.1} s (it stops writing after {:.1} s)",
-                self.id,
-                since.as_secs_f64(),
-                limit.as_secs_f64()
-            )
-        })
+        fenced(&self.id, &self.shared, self.settings)
+    }
+
+    /// [`Membership::fenced`] as a check to make right before an action
+    /// nothing else can fence (a BMC call): cheap, and current.
+    pub fn fence(&self) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
+        let (id, shared, settings) = (self.id.clone(), self.shared.clone(), self.settings);
+        Arc::new(move || fenced(&id, &shared, settings))
     }
 
     /// Leaves the site cleanly: the row says `left`, and the thread stops.
@@ -235,6 +230,21 @@ impl Drop for Membership {
     fn drop(&mut self) {
         self.stop_thread();
     }
+}
+
+fn fenced(id: &str, shared: &Shared, settings: MemberSettings) -> Option<String> {
+    if shared.expelled.load(Ordering::SeqCst) {
+        return Some(format!("member {id} was declared dead by the site"));
+    }
+    let since = shared.renewed.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+    let limit = settings.self_fence_after();
+    (since > limit).then(|| {
+        format!(
+            "member {id} has not renewed its heartbeat for {:.1} s (it stops writing after {:.1} s)",
+            since.as_secs_f64(),
+            limit.as_secs_f64()
+        )
+    })
 }
 
 /// The heartbeat thread's state.
