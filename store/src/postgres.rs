@@ -23,7 +23,10 @@
 //!   [`StoreError::Fenced`] when the row says otherwise, never a silent
 //!   success. Until membership exists (issue #23's next slice), a backend
 //!   claims every node when it opens, raising each node's epoch: a second
-//!   process opened on the same database fences the first.
+//!   process opened on the same database fences the first. Job rows name
+//!   their `runner` the same way (no epoch: a job changes runner only from
+//!   a member that is not alive, and member ids are not reused), so a
+//!   member whose jobs another adopted cannot write them again.
 //! - **A lost COMMIT is never guessed at.** When the connection fails while
 //!   a group's answers are outstanding, whether the server committed is
 //!   unknown: every batch of the group gets [`StoreError::OutcomeUnknown`],
