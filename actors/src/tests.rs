@@ -826,3 +826,42 @@ fn new_nodes_and_ports_are_stamped_by_the_site_clock() {
         assert_eq!(port.created_at, at.to_rfc3339());
     });
 }
+
+#[test]
+fn an_archive_wave_forgets_another_members_ended_jobs_instead_of_trying_them_again() {
+    use crate::jobs::{ArchiveOld, GetQueueInfo, Opcode, SubmitJob, WaitJobChange};
+    use kiln_store::{JobId, StoreError, Write};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        // Job 1 is refused as another member's would be on a shared store.
+        let tries = Arc::new(Mutex::new(0));
+        let counted = tries.clone();
+        let hook = move |b: &kiln_store::Batch| {
+            b.iter().any(|w| matches!(w, Write::ArchiveJob(JobId(1)))).then(|| {
+                *counted.lock().unwrap() += 1;
+                StoreError::Fenced("job 1 is run by another member; this write was refused".into())
+            })
+        };
+        let site = hooked_site(dir.path(), 0, hook).await;
+        for _ in 0..2 {
+            let ops = vec![Opcode::Sleep { seconds: 0.0 }];
+            site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
+        }
+        let mut after = 0;
+        for _ in 0..100 {
+            let wait = WaitJobChange { job: JobId(2), after_serial: after, timeout: Duration::from_secs(30) };
+            let change = site.jobs.send(wait).await.unwrap().unwrap();
+            after = change.log.last().map_or(after, |l| l.serial);
+            if change.status.is_finished() {
+                break;
+            }
+        }
+        assert_eq!(site.jobs.send(ArchiveOld { age: Duration::ZERO }).await.unwrap().unwrap(), 1);
+        assert_eq!(*tries.lock().unwrap(), 1);
+        let info = site.jobs.send(GetQueueInfo).await.unwrap();
+        assert!(info.by_status.is_empty(), "forgotten here: {:?}", info.by_status);
+        assert_eq!(site.jobs.send(ArchiveOld { age: Duration::ZERO }).await.unwrap().unwrap(), 0);
+        assert_eq!(*tries.lock().unwrap(), 1, "not tried again");
+    });
+}

@@ -613,9 +613,8 @@ fn write_error(target: &PgTarget, write: &Write, e: tokio_postgres::Error) -> St
     let fenced = |id: NodeId| {
         StoreError::Fenced(format!("node {id} is owned by another member or a later epoch; this write was refused"))
     };
-    let job_fenced = |id: JobId| {
-        StoreError::Fenced(format!("job {id} is run by another member (it was adopted); this write was refused"))
-    };
+    let job_fenced =
+        |id: JobId| StoreError::Fenced(format!("job {id} is run by another member; this write was refused"));
     match (write, code) {
         (Write::InsertNode(n) | Write::UpdateNode(n), "23505") if constraint == "nodes_name_key" => {
             StoreError::Conflict(format!("node name '{}' is already in use", n.name))

@@ -682,9 +682,11 @@ impl Handler<ArchiveOld> for JobQueue {
                     match res {
                         Ok(()) => archived.push(id),
                         // Another member's job (a shared store loads every
-                        // member's ended jobs): its member archives it, so
-                        // this queue forgets it as if archived.
-                        Err(kiln_store::StoreError::Fenced(_)) => others.push(id),
+                        // member's ended jobs), or one no longer live (that
+                        // member archived it): not this queue's to archive,
+                        // so it forgets it as if archived, and no later wave
+                        // tries again.
+                        Err(kiln_store::StoreError::Fenced(_) | kiln_store::StoreError::NotFound(_)) => others.push(id),
                         Err(_) => {}
                     }
                 }
