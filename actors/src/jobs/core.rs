@@ -443,10 +443,11 @@ impl<S: Shell> JobCore<S> {
         out: &mut Vec<Effect>,
     ) -> Result<(JobView, JobLogEntry), KilnError> {
         self.check_ids(1, out)?;
-        Ok(self.admit_with_id(ops, priority, depends, now, out))
+        self.admit_with_id(ops, priority, depends, now, out)
     }
 
-    /// [`JobCore::admit`] once the id is known to be there.
+    /// [`JobCore::admit`] once the ids are checked: taking one fails only
+    /// if the check was not made.
     fn admit_with_id(
         &mut self,
         ops: Vec<Opcode>,
@@ -454,8 +455,8 @@ impl<S: Shell> JobCore<S> {
         depends: Vec<Dependency>,
         now: Timestamp,
         out: &mut Vec<Effect>,
-    ) -> (JobView, JobLogEntry) {
-        let id = self.ids.take().expect("checked by check_ids");
+    ) -> Result<(JobView, JobLogEntry), KilnError> {
+        let id = self.ids.take()?;
         self.want_ids(out);
         let (status, error, level, message) = match self.deps_state(&depends) {
             DepState::Met => (JobStatus::Queued, None, LogLevel::Info, format!("submitted: {} opcode(s)", ops.len())),
@@ -493,7 +494,7 @@ impl<S: Shell> JobCore<S> {
             error,
             log: None,
         };
-        (view, JobLogEntry { job: id, serial: 1, at: now, level, message })
+        Ok((view, JobLogEntry { job: id, serial: 1, at: now, level, message }))
     }
 
     /// Admits the jobs of one submission in order, each known to the queue
@@ -525,7 +526,7 @@ impl<S: Shell> JobCore<S> {
                     statuses: d.statuses,
                 })
                 .collect();
-            let (view, entry) = self.admit_with_id(job.ops, job.priority, depends, now, out);
+            let (view, entry) = self.admit_with_id(job.ops, job.priority, depends, now, out)?;
             records.push(view.to_record(vec![entry.clone()]));
             admitted.push((view.id, view.status));
             self.register(view, entry);

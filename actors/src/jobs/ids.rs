@@ -81,29 +81,31 @@ impl JobIds {
     /// Refuses a submission of `n` jobs when fewer ids are left, before any
     /// id is given out.
     pub(super) fn check(&self, n: usize) -> Result<(), KilnError> {
+        if (n as u64) <= self.left() { Ok(()) } else { Err(self.refusal(n)) }
+    }
+
+    /// Why a submission of `n` jobs finds too few ids.
+    fn refusal(&self, n: usize) -> KilnError {
         let left = self.left();
-        if (n as u64) <= left {
-            return Ok(());
-        }
-        Err(KilnError::Unavailable(format!(
+        KilnError::Unavailable(format!(
             "no job ids left: {left} of this member's block remain for {n} job(s), and the next block of {} has not \
              come from the store yet{}; retry shortly",
             self.block,
             if self.asked { " (it is being fetched)" } else { "" }
-        )))
+        ))
     }
 
-    /// The next id, if one is left.
-    pub(super) fn take(&mut self) -> Option<JobId> {
+    /// The next id; refused as [`JobIds::check`] refuses when none is left.
+    pub(super) fn take(&mut self) -> Result<JobId, KilnError> {
         if self.end == Some(self.next) {
-            let (first, size) = self.spare.take()?;
+            let Some((first, size)) = self.spare.take() else { return Err(self.refusal(1)) };
             self.next = first;
             self.end = Some(first + size);
         }
         let id = self.next;
         self.next += 1;
         self.last = id;
-        Some(JobId(id))
+        Ok(JobId(id))
     }
 
     /// The size of the block to fetch now, if one should be: ids come in
