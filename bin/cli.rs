@@ -42,6 +42,10 @@ every key's value and source; docs/config.md lists them. SIGHUP reloads the file
     /// The job queue: drain on|off, status.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// The members of a site whose store (PostgreSQL) is shared by several
+    /// `kiln serve`: list.
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// Run a command on every node of a set (ClusterShell's clush).
     Exec(ExecArgs),
     /// Copy a file (or, with -r, a directory) to every node of a set (scp;
@@ -577,6 +581,13 @@ pub enum JobCommand {
         #[arg(long)]
         wait: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Every member the site remembers: name, state, host, pid, heartbeat
+    /// age, nodes owned (the member that answered is marked `*`).
+    List,
 }
 
 #[derive(Debug, Subcommand)]

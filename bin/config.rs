@@ -17,6 +17,7 @@ use std::time::Duration;
 use kiln_actors::SiteConfig;
 use kiln_actors::nodeset::NodeSet;
 use kiln_actors::periodic::{PeriodicConfig, TaskSettings};
+use kiln_store::postgres::members::MemberSettings;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{LogFormat, ServeArgs};
@@ -92,6 +93,13 @@ pub struct FileConfig {
     pub store: Option<String>,
     /// How long `kiln serve` keeps trying to reach PostgreSQL at start.
     pub store_connect_timeout: Option<Seconds>,
+    /// This member's name on a shared store, stable across restarts
+    /// (default: host and data dir).
+    pub member_name: Option<String>,
+    /// How often a member renews its heartbeat on a shared store.
+    pub member_heartbeat: Option<Seconds>,
+    /// A member silent this long is dead and its nodes are taken over.
+    pub member_timeout: Option<Seconds>,
 }
 
 /// One periodic task's own settings (`[periodic.NAME]`); what it leaves
@@ -204,6 +212,9 @@ impl FileConfig {
             idle_timeout: Some(Seconds(limits.idle_timeout)),
             store: Some("sqlite".into()),
             store_connect_timeout: Some(Seconds(Duration::from_secs(30))),
+            member_name: None,
+            member_heartbeat: Some(Seconds(MemberSettings::default().heartbeat)),
+            member_timeout: Some(Seconds(MemberSettings::default().timeout)),
         }
     }
 }
@@ -225,6 +236,11 @@ pub struct DaemonConfig {
     pub store: kiln_store::postgres::StoreTarget,
     /// How long to keep trying to reach a PostgreSQL store at start.
     pub store_connect_timeout: Duration,
+    /// This member's name on a shared store (`member_name`, or host and
+    /// data dir).
+    pub member_name: String,
+    /// Heartbeat and timeout of membership on a shared store.
+    pub membership: MemberSettings,
     /// Per-connection limits of the admin socket.
     pub limits: crate::limits::Limits,
     /// The log filter directives.
@@ -359,6 +375,8 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
         None => None,
     };
     let store = c.store(f);
+    let membership = c.membership(f, &d);
+    let member_name = c.member_name(f, &data_dir);
     let groups = c.groups(f);
     let periodic = c.periodic(f, &d, power_sync_concurrency);
     if !c.errors.is_empty() {
@@ -388,6 +406,7 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
             // Driver actors and the admin socket off the node actors'
             // thread when there are cores to spare (four or more).
             threads: kiln_actors::threads::Threads::Auto,
+            shared: None,
         },
         socket,
         socket_mode,
@@ -398,6 +417,8 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
         shutdown_grace: secs(f.shutdown_grace, d.shutdown_grace),
         store,
         store_connect_timeout: secs(f.store_connect_timeout, d.store_connect_timeout),
+        member_name,
+        membership,
         limits,
         log,
         effective,
@@ -479,6 +500,38 @@ impl Check<'_> {
             max_connections,
             frame_timeout: self.positive("frame_timeout", f.frame_timeout, d.frame_timeout),
             idle_timeout: self.positive("idle_timeout", f.idle_timeout, d.idle_timeout),
+        }
+    }
+
+    /// Membership timing: a member must be able to miss two heartbeats and
+    /// still stop writing before it is declared dead.
+    fn membership(&mut self, f: &FileConfig, d: &FileConfig) -> MemberSettings {
+        let heartbeat = self.positive("member_heartbeat", f.member_heartbeat, d.member_heartbeat);
+        let timeout = self.positive("member_timeout", f.member_timeout, d.member_timeout);
+        let settings = MemberSettings { heartbeat, timeout };
+        if settings.self_fence_after() <= heartbeat {
+            self.fail(
+                "member_timeout",
+                format!(
+                    "{} s: must be more than three member_heartbeat ({} s)",
+                    timeout.as_secs_f64(),
+                    heartbeat.as_secs_f64()
+                ),
+            );
+        }
+        settings
+    }
+
+    /// `member_name`, or this host and the data dir: one member per host
+    /// and data dir, which the data dir lock keeps to one process.
+    fn member_name(&mut self, f: &FileConfig, data_dir: &Path) -> String {
+        match f.member_name.as_deref() {
+            Some(name) if name.trim().is_empty() || name.len() > 200 => {
+                self.fail("member_name", format!("'{name}': expected 1 to 200 characters"));
+                String::new()
+            }
+            Some(name) => name.to_string(),
+            None => format!("{}:{}", crate::member::host_name(), data_dir.display()),
         }
     }
 

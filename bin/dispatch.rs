@@ -41,6 +41,14 @@ pub async fn handle(site: &Site, request: Request) -> Response {
     }
 }
 
+/// The members of the site as its store remembers them (none on a store of
+/// its own), read from the database on whichever member is asked.
+async fn members(site: &Site) -> Result<Vec<MemberView>, KilnError> {
+    let me = site.config.shared.as_ref().map(|s| s.member.clone());
+    let rows = site.store.read(|b| b.members()).await?;
+    Ok(rows.iter().map(|row| MemberView::of(row, me.as_deref())).collect())
+}
+
 /// The most jobs one `kiln job list ID...` may name.
 const MAX_LISTED_IDS: usize = 10_000;
 
@@ -55,7 +63,12 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
     Ok(match request {
         Request::Hello { .. } => return Err(KilnError::Protocol("hello was already exchanged".into())),
         Request::Events { .. } => return Err(KilnError::Protocol("events are streamed, not answered".into())),
-        Request::Status => Response::Status(site.supervisor.send(GetStatus).await.map_err(|_| gone())?),
+        Request::Status => {
+            let mut status = site.supervisor.send(GetStatus).await.map_err(|_| gone())?;
+            status.members = members(site).await?;
+            Response::Status(status)
+        }
+        Request::MemberList => Response::Members(members(site).await?),
         Request::NodeCreate(n) => Response::Nodes(create(site, vec![n]).await?),
         Request::NodeImport(ns) => Response::Nodes(create(site, ns).await?),
         Request::NodeList { nodes, state, maintenance } => {
@@ -66,8 +79,7 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
             Response::Validation(router.validate_nodes(ValidateNodes { nodes, fanout: fanout(None) }).await?)
         }
         Request::NodeHistory { node, limit } => {
-            let (id, _) =
-                site.registry.find(&node).ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))?;
+            let id = router.find(&node).await?;
             let limit = limit.clamp(1, 10_000) as usize;
             Response::History(site.store.read(move |b| b.load_history(id, limit)).await?)
         }

@@ -21,6 +21,7 @@ pub mod jobfile;
 pub mod layered;
 pub mod limits;
 pub mod logging;
+pub mod member;
 pub mod metrics;
 pub mod notify;
 pub mod output;

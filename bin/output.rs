@@ -6,7 +6,7 @@
 use chrono::SecondsFormat;
 use kiln_actors::events::NodeEvent;
 use kiln_actors::jobs::{JobView, NodeResult, QueueInfo};
-use kiln_actors::{NodeDetail, NodeValidation, NodeView, PortGroupView, PortView, SiteStatus};
+use kiln_actors::{MemberView, NodeDetail, NodeValidation, NodeView, PortGroupView, PortView, SiteStatus};
 use kiln_store::{HistoryEntry, JobLogEntry, LogLevel, Timestamp};
 use serde::Serialize;
 use serde_json::Value;
@@ -420,6 +420,25 @@ pub fn queue(q: &QueueInfo) {
     }
 }
 
+/// `kiln member list`, and the members part of `kiln status`.
+pub fn members(list: &[MemberView]) {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|m| {
+            vec![
+                if m.this { format!("{} *", m.name) } else { m.name.clone() },
+                m.state.clone(),
+                m.host.clone(),
+                m.pid.to_string(),
+                format!("{:.1}s", m.heartbeat_age_ms as f64 / 1000.0),
+                m.nodes.to_string(),
+                m.id.clone(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "STATE", "HOST", "PID", "HEARTBEAT", "NODES", "ID"], &rows);
+}
+
 pub fn ports(list: &[PortView]) {
     let rows: Vec<Vec<String>> =
         list.iter().map(|p| vec![p.address.clone(), p.node.clone(), opt(&p.portgroup), p.uuid.clone()]).collect();
@@ -462,6 +481,11 @@ pub fn status(s: &SiteStatus) {
     println!("reserved     {}", s.reserved);
     for (state, n) in &s.by_provision_state {
         println!("  {state:<20}{n}");
+    }
+    if !s.members.is_empty() {
+        let alive = s.members.iter().filter(|m| m.state == "alive").count();
+        println!("members      {alive} alive of {} (* answered)", s.members.len());
+        members(&s.members);
     }
     if s.config.is_empty() {
         return;

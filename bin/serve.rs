@@ -22,6 +22,7 @@ use crate::cli::ServeArgs;
 use crate::config::{self, DaemonConfig};
 use crate::datadir_lock::DataDirLock;
 use crate::logging::{self, LogFilter};
+use crate::member;
 use crate::notify::Notifier;
 use crate::reload::Reloader;
 
@@ -52,30 +53,27 @@ pub fn run(args: ServeArgs) -> ExitCode {
 /// Opens the store the config names and starts the site on it. A
 /// PostgreSQL store that cannot be reached is retried for
 /// `store_connect_timeout`, then kiln stops: it never falls back to SQLite.
-async fn start_site(cfg: &DaemonConfig) -> anyhow::Result<kiln_actors::Site> {
-    use kiln_store::postgres::{PgBackend, PgOptions, StoreTarget};
+/// On PostgreSQL this process joins the site as a new member first
+/// ([`crate::member`]) and runs only the nodes it owns.
+async fn start_site(cfg: &DaemonConfig) -> anyhow::Result<(kiln_actors::Site, Option<member::Joined>)> {
+    use kiln_store::postgres::{PgBackend, StoreTarget};
     let target = match &cfg.store {
-        StoreTarget::Sqlite => return kiln_actors::start(cfg.site.clone()).await.context("cannot start the site"),
+        StoreTarget::Sqlite => {
+            let site = kiln_actors::start(cfg.site.clone()).await.context("cannot start the site")?;
+            return Ok((site, None));
+        }
         StoreTarget::Postgres(target) => target.clone(),
     };
-    let options = PgOptions { target: target.clone(), member: member_name(), connect_for: cfg.store_connect_timeout };
-    tracing::info!(store = %target, member = %options.member, "opening the PostgreSQL store");
+    let (joined, options) = member::join(cfg, target.clone()).await?;
+    tracing::info!(store = %target, member = %options.member, name = %cfg.member_name, "opening the PostgreSQL store");
     let backend = tokio::task::spawn_blocking(move || PgBackend::open(options))
         .await
         .context("the store's start-up panicked")?
         .with_context(|| format!("cannot open the PostgreSQL store {target}"))?;
     let store = kiln_store::StoreHandle::start(Box::new(backend));
-    kiln_actors::start_with_store(cfg.site.clone(), store).await.context("cannot start the site")
-}
-
-/// This process's name as a member of the site: host and pid.
-fn member_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most that.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let host = if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "localhost".into() };
-    format!("{host}:{}", std::process::id())
+    let site_cfg = kiln_actors::SiteConfig { shared: Some(joined.shared()), ..cfg.site.clone() };
+    let site = kiln_actors::start_with_store(site_cfg, store).await.context("cannot start the site")?;
+    Ok((site, Some(joined)))
 }
 
 async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::Result<()> {
@@ -94,7 +92,7 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
     };
     // Held until the daemon has shut down: one daemon per data dir.
     let _data_dir = DataDirLock::acquire(&cfg.site.data_dir)?;
-    let site = start_site(&cfg).await?;
+    let (site, membership) = start_site(&cfg).await?;
     let listener = admin::bind(&admin_cfg)?;
     let metrics = match cfg.metrics_addr {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -114,6 +112,8 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         tracing::info!(addr = %addr, url = %format!("http://{addr}/metrics"), "serving metrics");
         actix::spawn(crate::metrics::serve(m, site.clone(), stop_rx.clone()));
     }
+    let membership = membership.map(std::sync::Arc::new);
+    let keeper = membership.clone().map(|m| actix::spawn(member::keep(site.clone(), m, stop_rx.clone())));
     let in_force = admin_cfg.in_force.clone();
     let mut server = admin::start(listener, admin_cfg, site.clone(), stop_rx);
     let serving = format!("serving {nodes} nodes on {}", cfg.socket.display());
@@ -161,6 +161,13 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         nodes_released = report.nodes_released,
         "kiln stopped"
     );
+    // Leaving last: the nodes stay this member's until the row says so.
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
+    if let Some(joined) = membership.and_then(|m| std::sync::Arc::try_unwrap(m).ok()) {
+        let _ = tokio::task::spawn_blocking(move || joined.leave()).await;
+    }
     // The admin arbiter stops here, after the connections that were
     // answering during the grace period got their answers.
     drop(server);

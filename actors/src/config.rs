@@ -33,6 +33,9 @@ pub struct SiteConfig {
     pub clock: crate::clock::SharedClock,
     /// Which threads the site runs on ([`crate::threads`]).
     pub threads: crate::threads::Threads,
+    /// This process as a member of a site whose store is shared by
+    /// several (the daemon on PostgreSQL); `None` on a store of its own.
+    pub shared: Option<crate::remote::Shared>,
 }
 
 impl Default for SiteConfig {
@@ -49,6 +52,7 @@ impl Default for SiteConfig {
             demo_nodes: 0,
             clock: crate::clock::system(),
             threads: Default::default(),
+            shared: None,
         }
     }
 }

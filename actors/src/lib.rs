@@ -27,9 +27,11 @@ pub mod panics;
 pub mod parts;
 pub mod periodic;
 pub mod protocol;
+pub mod remote;
 pub mod scheduler;
 pub mod shutdown;
 pub mod supervisor;
+pub mod takeover;
 pub mod threads;
 pub mod view;
 
@@ -39,7 +41,7 @@ mod tests;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use kiln_store::{StoreError, StoreHandle, Write};
+use kiln_store::{StoreError, StoreHandle};
 
 pub use config::SiteConfig;
 pub use error::KilnError;
@@ -52,7 +54,7 @@ pub use supervisor::{
     GetNodeDetail, GetPortGroup, GetStatus, ListNodes, ListPortGroups, ListPorts, NewNode, NewPortGroup, NodeAction,
     PowerStatus, Registry, SetPortGroup, Supervisor, ValidateNodes,
 };
-pub use view::{ErrorView, NodeDetail, NodeResult, NodeView, PortGroupView, PortView, SiteStatus};
+pub use view::{ErrorView, MemberView, NodeDetail, NodeResult, NodeView, PortGroupView, PortView, SiteStatus};
 
 /// A running site: what callers talk to.
 #[derive(Clone)]
@@ -147,22 +149,14 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
 pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<Site, StartError> {
     panics::install_hook();
     let store_error = |source| StartError::Store { path: config.database_path().display().to_string(), source };
-    let mut records = store.read(|b| b.load_nodes()).await.map_err(store_error)?;
+    let mut records = store.read(|b| b.load_owned_nodes()).await.map_err(store_error)?;
 
     // The restart rule: nothing can be running yet, so whatever the store
     // shows mid-task was cut short by the previous run's end.
     let now = config.clock.now();
-    let mut repairs = Vec::new();
-    for r in records.iter_mut() {
-        if let Some((fixed, entry)) = node::plan::recover(r, "daemon restarted", now) {
-            *r = fixed.clone();
-            repairs.push(Write::UpdateNode(fixed));
-            repairs.push(Write::AppendHistory(entry));
-        }
-    }
-    if !repairs.is_empty() {
-        tracing::warn!(nodes = repairs.len() / 2, "released nodes left mid-task by the previous run");
-        store.commit(repairs).await.map_err(store_error)?;
+    let repaired = takeover::repair(&store, &mut records, "daemon restarted", now).await.map_err(store_error)?;
+    if repaired > 0 {
+        tracing::warn!(nodes = repaired, "released nodes left mid-task by the previous run");
     }
 
     let metrics = Arc::new(metrics::Metrics::with_request_kinds(protocol::Request::KINDS));
@@ -171,7 +165,7 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     let events = EventBus::durable(store.clone(), last_event).start();
     let live = Arc::new(LiveSettings::new(&config));
     let driver_arbiter = config.threads.split().then(threads::OwnArbiter::start);
-    let registry = Registry { live: live.clone(), ..Default::default() };
+    let registry = Registry { live: live.clone(), shared: config.shared.clone(), ..Default::default() };
     let env = node::NodeEnv {
         store: store.clone(),
         events: events.clone(),
@@ -206,6 +200,9 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
         store: store.clone(),
         clock: config.clock.clone(),
     };
+    if let Some(shared) = config.shared.clone() {
+        actix::spawn(remote::serve(router.clone(), shared));
+    }
     let queue = jobs::JobQueue::load(store.clone(), router.clone(), &config)
         .await
         .map_err(StartError::Jobs)?

@@ -32,7 +32,9 @@ use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, Sit
 /// `fanout` in exec opcodes (`Opcode::Exec`: `None` takes `default_fanout`).
 /// 10: one per-node result (`NodeResult`, its error a kind and a message)
 /// in `Outcomes` and in job views, instead of `NodeOutcome`.
-pub const PROTOCOL_VERSION: u32 = 10;
+/// 11: members of a site on a shared store (`MemberList`, `Members`, and
+/// `members` in `SiteStatus`).
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -185,6 +187,8 @@ pub enum Request {
     PortGroupDelete {
         group: String,
     },
+    /// The members of a site whose store is shared.
+    MemberList,
 }
 
 impl Request {
@@ -226,6 +230,7 @@ impl Request {
         "port_group_list",
         "port_group_show",
         "port_group_delete",
+        "member_list",
     ];
 
     /// The request's place in [`Request::KINDS`].
@@ -267,6 +272,7 @@ impl Request {
             Request::PortGroupList { .. } => 33,
             Request::PortGroupShow { .. } => 34,
             Request::PortGroupDelete { .. } => 35,
+            Request::MemberList => 36,
         }
     }
 
@@ -314,7 +320,8 @@ impl Request {
             | Request::QueueDrain { .. }
             | Request::QueueStatus
             | Request::PeriodicList
-            | Request::PeriodicRun { .. } => false,
+            | Request::PeriodicRun { .. }
+            | Request::MemberList => false,
         }
     }
 
@@ -381,6 +388,7 @@ pub enum Response {
     Validation(Vec<NodeValidation>),
     PortGroup(PortGroupView),
     PortGroups(Vec<PortGroupView>),
+    Members(Vec<crate::view::MemberView>),
     /// A piece of an answer longer than a frame: bytes of the whole
     /// answer's encoding, in order; the last piece says so. See
     /// [`crate::parts`].
@@ -410,6 +418,7 @@ impl Response {
             Response::ExecLines(list) => list.len(),
             Response::Validation(list) => list.len(),
             Response::PortGroups(list) => list.len(),
+            Response::Members(list) => list.len(),
             Response::NodeDetail(detail) => 1 + detail.ports.len() + detail.portgroups.len(),
             Response::Hello { .. }
             | Response::Error(_)

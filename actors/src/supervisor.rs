@@ -43,6 +43,10 @@ pub struct Registry {
     pub by_name: Arc<DashMap<String, NodeId>>,
     /// The live settings; node groups (`@name` in node sets) come from them.
     pub live: Arc<crate::LiveSettings>,
+    /// On a store shared by several members: this member, and the way to
+    /// nodes the others run ([`crate::remote`]). `None`: every node of the
+    /// site is in the maps above.
+    pub shared: Option<crate::remote::Shared>,
 }
 
 impl Registry {
@@ -51,7 +55,7 @@ impl Registry {
         self.by_id.insert(id, NodeEntry { addr, name });
     }
 
-    fn remove(&self, id: NodeId) {
+    pub(crate) fn remove(&self, id: NodeId) {
         if let Some((_, entry)) = self.by_id.remove(&id) {
             self.by_name.remove(&entry.name);
         }
@@ -477,7 +481,18 @@ impl Router {
     }
 
     /// [`Router::run`] for `holder`: it may run on a node `holder` holds.
+    /// A node another member runs is asked of its owner.
     pub async fn run_for(&self, id: NodeId, op: Op, wait: bool, holder: Option<&str>) -> Result<NodeView, KilnError> {
+        match &self.registry.shared {
+            Some(shared) if !self.registry.by_id.contains_key(&id) => {
+                crate::remote::run(self, shared, id, op, wait, holder).await
+            }
+            _ => self.run_local(id, op, wait, holder).await,
+        }
+    }
+
+    /// [`Router::run_for`] on this process's own node actor only.
+    pub async fn run_local(&self, id: NodeId, op: Op, wait: bool, holder: Option<&str>) -> Result<NodeView, KilnError> {
         let parent = tracing::Span::current();
         send_to_node(&self.supervisor, &self.registry, id, || RunOpIn {
             run: RunOp { op: op.clone(), wait },
@@ -500,8 +515,68 @@ impl Router {
             .unwrap_or(false)
     }
 
+    /// A node as its actor holds it; one another member runs, as stored.
     pub async fn show(&self, id: NodeId) -> Result<NodeView, KilnError> {
+        if self.registry.shared.is_some() && !self.registry.by_id.contains_key(&id) {
+            let record = self.store.read(move |b| b.load_node(id)).await?;
+            let record = record.ok_or_else(|| KilnError::NotFound(format!("node {id} does not exist")))?;
+            return Ok(NodeView::of(&record, record.reservation.as_ref()));
+        }
         send_to_node(&self.supervisor, &self.registry, id, || ShowNode).await
+    }
+
+    /// Every node named by a uuid, a name or a node set
+    /// ([`Registry::resolve`]); on a shared store, also the ones other
+    /// members run.
+    pub async fn resolve(&self, expr: &str) -> Result<Vec<(NodeId, String)>, KilnError> {
+        let local = self.registry.resolve(expr);
+        if self.registry.shared.is_none() || !matches!(local, Err(KilnError::NotFound(_))) {
+            return local;
+        }
+        let names: Vec<String> = match self.registry.find(expr.trim()) {
+            Some((id, e)) => return Ok(vec![(id, e.name)]),
+            None if expr.trim().parse::<NodeId>().is_ok() => vec![expr.trim().to_string()],
+            None => self.registry.parse(expr)?.iter().collect(),
+        };
+        let asked = names.clone();
+        let found = self.store.read(move |b| match b.shared() {
+            Some(shared) => shared.find_nodes(&asked),
+            None => Ok(Vec::new()),
+        });
+        let found = found.await?;
+        let known: std::collections::HashMap<String, NodeId> =
+            found.iter().flat_map(|(id, name)| [(name.clone(), *id), (id.to_string(), *id)]).collect();
+        let names_of: std::collections::HashMap<NodeId, String> = found.into_iter().collect();
+        let mut nodes = Vec::with_capacity(names.len());
+        let mut missing = Vec::new();
+        for name in &names {
+            match known.get(name) {
+                Some(id) => nodes.push((*id, names_of[id].clone())),
+                None => missing.push(name.as_str()),
+            }
+        }
+        if !missing.is_empty() {
+            let folded = NodeSet::from_names(missing.iter().copied()).fold();
+            return Err(KilnError::NotFound(format!(
+                "no such node{}: {folded}",
+                if missing.len() > 1 { "s" } else { "" }
+            )));
+        }
+        Ok(nodes)
+    }
+
+    /// One node by name or uuid, whichever member runs it.
+    pub async fn find(&self, node: &str) -> Result<NodeId, KilnError> {
+        if let Some((id, _)) = self.registry.find(node) {
+            return Ok(id);
+        }
+        if self.registry.shared.is_none() {
+            return Err(KilnError::NotFound(format!("no such node: {node}")));
+        }
+        match self.resolve(node).await?.as_slice() {
+            [(id, _)] => Ok(*id),
+            _ => Err(KilnError::NotFound(format!("no such node: {node}"))),
+        }
     }
 
     /// Runs `f` over `nodes` with at most `fanout` in flight; one result
@@ -574,22 +649,17 @@ impl Supervisor {
     }
 }
 
-/// One node by name or uuid, or the refusal that names it.
-fn found(registry: &Registry, node: &str) -> Result<(NodeId, NodeEntry), KilnError> {
-    registry.find(node).ok_or_else(|| KilnError::NotFound(format!("no such node: {node}")))
-}
-
 /// The functions behind the node messages ([`NodeAction`], [`BulkAction`],
 /// [`GetNode`], [`GetNodeDetail`], [`ValidateNodes`], [`ListNodes`],
 /// [`PowerStatus`], [`DeleteNodes`]).
 impl Router {
     pub async fn node_action(&self, msg: NodeAction) -> Result<NodeView, KilnError> {
-        let (id, _) = found(&self.registry, &msg.node)?;
+        let id = self.find(&msg.node).await?;
         self.run(id, msg.op, msg.wait).await
     }
 
     pub async fn bulk_action(&self, msg: BulkAction) -> Result<Vec<NodeResult>, KilnError> {
-        let nodes = self.registry.resolve(&msg.nodes)?;
+        let nodes = self.resolve(&msg.nodes).await?;
         let (op, wait) = (msg.op, msg.wait);
         Ok(self
             .fan_out(nodes, msg.fanout, |r, id| {
@@ -600,20 +670,22 @@ impl Router {
     }
 
     pub async fn get_node(&self, GetNode(node): GetNode) -> Result<NodeView, KilnError> {
-        let (id, _) = found(&self.registry, &node)?;
+        let id = self.find(&node).await?;
         self.show(id).await
     }
 
     pub async fn node_detail(&self, GetNodeDetail(node): GetNodeDetail) -> Result<NodeDetail, KilnError> {
-        let (id, entry) = found(&self.registry, &node)?;
+        let id = self.find(&node).await?;
         // The node from its actor, the rows from the store, at once.
         let rows = self.store.read(move |b| Ok((b.load_ports(Some(id))?, b.load_port_groups(Some(id))?)));
         let (view, rows) = futures::join!(self.show(id), rows);
         let (ports, groups) = rows?;
+        let view = view?;
+        let name = view.name.clone();
         Ok(NodeDetail {
-            node: view?,
-            ports: PortView::all(&ports, &groups, |_| entry.name.clone()),
-            portgroups: groups.iter().map(|g| PortGroupView::of(g, &entry.name, &ports)).collect(),
+            ports: PortView::all(&ports, &groups, |_| name.clone()),
+            portgroups: groups.iter().map(|g| PortGroupView::of(g, &name, &ports)).collect(),
+            node: view,
         })
     }
 
@@ -640,6 +712,9 @@ impl Router {
     }
 
     pub async fn list_nodes(&self, msg: ListNodes) -> Result<Vec<NodeView>, KilnError> {
+        if self.registry.shared.is_some() {
+            return self.list_stored_nodes(msg).await;
+        }
         let nodes = match &msg.nodes {
             Some(expr) => self.registry.resolve(expr)?,
             None => self.registry.all(),
@@ -651,6 +726,27 @@ impl Router {
             .filter_map(|(_, result)| result.ok())
             .filter(|v| msg.state.is_none_or(|s| v.provision_state == s))
             .filter(|v| msg.maintenance.is_none_or(|m| v.maintenance == m))
+            .collect())
+    }
+
+    /// [`Router::list_nodes`] on a shared store: every member's nodes, as
+    /// stored, in node set order.
+    async fn list_stored_nodes(&self, msg: ListNodes) -> Result<Vec<NodeView>, KilnError> {
+        let wanted: Option<std::collections::HashSet<NodeId>> = match &msg.nodes {
+            Some(expr) => Some(self.resolve(expr).await?.into_iter().map(|(id, _)| id).collect()),
+            None => None,
+        };
+        let records = self.store.read(|b| b.load_nodes()).await?;
+        let set = NodeSet::from_names(records.iter().map(|r| r.name.clone()));
+        let by_name: std::collections::HashMap<&str, &NodeRecord> =
+            records.iter().map(|r| (r.name.as_str(), r)).collect();
+        Ok(set
+            .iter()
+            .filter_map(|name| by_name.get(name.as_str()).copied())
+            .filter(|r| wanted.as_ref().is_none_or(|w| w.contains(&r.uuid)))
+            .filter(|r| msg.state.is_none_or(|s| r.provision_state == s))
+            .filter(|r| msg.maintenance.is_none_or(|m| r.maintenance == m))
+            .map(|r| NodeView::of(r, r.reservation.as_ref()))
             .collect())
     }
 
@@ -733,6 +829,7 @@ impl Handler<GetStatus> for Supervisor {
             data_dir: self.facts.data_dir.clone(),
             config: BTreeMap::new(),
             config_changed: Vec::new(),
+            members: Vec::new(),
         })
     }
 }

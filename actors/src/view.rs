@@ -140,6 +140,44 @@ pub struct SiteStatus {
     pub config: BTreeMap<String, String>,
     /// The keys of `config` whose value is not the default.
     pub config_changed: Vec<String>,
+    /// On a store shared by several members: every member the site
+    /// remembers (empty for a site on its own store).
+    pub members: Vec<MemberView>,
+}
+
+/// One member of a site whose store is shared (`kiln member list`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// New at every start of the process.
+    pub id: String,
+    /// Stable across restarts: one per host and data dir.
+    pub name: String,
+    pub host: String,
+    pub pid: u32,
+    /// alive, dead or left.
+    pub state: String,
+    /// Milliseconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_ms: u64,
+    /// Nodes it owns.
+    pub nodes: u64,
+    /// True for the member that answered.
+    pub this: bool,
+}
+
+impl MemberView {
+    /// The store's row, seen from member `me`.
+    pub fn of(row: &kiln_store::postgres::members::MemberRow, me: Option<&str>) -> Self {
+        MemberView {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            host: row.host.clone(),
+            pid: row.pid,
+            state: row.state.as_str().to_string(),
+            heartbeat_age_ms: (row.heartbeat_age_s.max(0.0) * 1000.0) as u64,
+            nodes: row.nodes,
+            this: me == Some(row.id.as_str()),
+        }
+    }
 }
 
 /// An error as shown beside a node: its kind (`KilnError::kind`, or an exec

@@ -13,6 +13,7 @@
 mod events;
 mod exec;
 mod job;
+mod member;
 mod node;
 mod nodeset;
 mod periodic;
@@ -105,6 +106,7 @@ async fn remote(command: Command, socket: &Path, json: bool) -> Result<(), Failu
         Command::Port(p) => port::run(p, socket, json).await,
         Command::Job(j) => job::run(j, socket, json).await,
         Command::Queue(q) => queue::run(q, socket, json).await,
+        Command::Member(m) => member::run(m, socket, json).await,
         Command::Periodic(p) => periodic::run(p, socket, json).await,
         Command::Events { follow, nodes, kinds, since } => {
             events::run(Request::Events { follow, nodes, kinds, since }, socket, json).await

@@ -132,6 +132,26 @@ pub trait Backend: Send + 'static {
     }
     /// Every node.
     fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// The nodes this process runs: on a store shared by several members,
+    /// only the ones whose rows name it as owner. The default: every node.
+    fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.load_nodes()
+    }
+    /// Takes for this process the nodes no live member owns that the ring
+    /// places on it, and returns them as stored (`postgres::PgBackend::claim_orphans`).
+    /// The default, for a store one process owns: nothing to take.
+    fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The members of the site sharing this store; none for a store one
+    /// process owns.
+    fn members(&mut self) -> Result<Vec<postgres::members::MemberRow>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The store's shared side, when several members share it.
+    fn shared(&mut self) -> Option<&mut dyn Shared> {
+        None
+    }
     /// One node, by uuid.
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError>;
     /// Every port, optionally only one node's, ordered by address.
@@ -211,6 +231,34 @@ pub trait Backend: Send + 'static {
     }
 }
 
+/// What only a store shared by several members does (PostgreSQL): find
+/// nodes other members run, and pass node requests to their owners
+/// (`postgres::requests`). Reached through [`Backend::shared`].
+pub trait Shared {
+    /// The nodes with these names or uuids, whoever runs them.
+    fn find_nodes(&mut self, names: &[String]) -> Result<Vec<(NodeId, String)>, StoreError>;
+    /// Writes a request for `node` and wakes its owner; `None` when the
+    /// node does not exist.
+    fn submit_node_request(&mut self, node: NodeId, body: &str) -> Result<Option<i64>, StoreError>;
+    /// Claims up to `limit` queued requests for this member's nodes.
+    fn take_node_requests(&mut self, limit: i64) -> Result<Vec<postgres::requests::NodeRequest>, StoreError>;
+    /// Writes the answer of a claimed request and wakes its caller.
+    fn answer_node_request(&mut self, id: i64, answer: &str) -> Result<(), StoreError>;
+    /// A request's answer once there is one (the row goes with it).
+    fn collect_node_answer(&mut self, id: i64) -> Result<Option<String>, StoreError>;
+    /// Withdraws a request nobody has claimed; false when it runs already.
+    fn cancel_node_request(&mut self, id: i64) -> Result<bool, StoreError>;
+    /// Puts a claimed request back in the queue (its node is not run here
+    /// any more, or not yet), for whoever runs the node to take.
+    fn requeue_node_request(&mut self, id: i64) -> Result<(), StoreError>;
+    /// Gives up these nodes (their actors have stopped): each row whose
+    /// owner and epoch are still this member's gets no owner, for the
+    /// member the ring names to claim. Returns the nodes released.
+    fn release_nodes(&mut self, nodes: &[NodeId]) -> Result<Vec<NodeId>, StoreError>;
+    /// The ids of the live members, this one among them.
+    fn live_members(&mut self) -> Result<Vec<String>, StoreError>;
+}
+
 /// A boxed backend is a backend (so code written for `&mut dyn Backend`
 /// takes a `Box<dyn Backend>` as it is).
 impl<B: Backend + ?Sized> Backend for Box<B> {
@@ -222,6 +270,18 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         (**self).load_nodes()
+    }
+    fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        (**self).load_owned_nodes()
+    }
+    fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        (**self).claim_orphans()
+    }
+    fn members(&mut self) -> Result<Vec<postgres::members::MemberRow>, StoreError> {
+        (**self).members()
+    }
+    fn shared(&mut self) -> Option<&mut dyn Shared> {
+        (**self).shared()
     }
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
         (**self).load_node(id)

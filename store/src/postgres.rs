@@ -59,8 +59,10 @@ use crate::{
     NodeRecord, PortGroupRecord, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
+pub mod listener;
 pub mod members;
 pub mod migrations;
+pub mod requests;
 pub mod target;
 
 pub use migrations::{MIGRATIONS, SCHEMA_VERSION};
@@ -138,7 +140,7 @@ impl PgBackend {
     /// Connects (retrying for `options.connect_for` while the server cannot
     /// be reached), brings the schema up to [`SCHEMA_VERSION`] and claims
     /// for this member the nodes no live member owns and the ring gives it
-    /// ([`PgBackend::claim_orphans`]), and the jobs no live member runs
+    /// ([`Backend::claim_orphans`]), and the jobs no live member runs
     /// ([`Backend::claim_orphan_jobs`]): a restarted member has its jobs
     /// back before its queue loads them.
     pub fn open(options: PgOptions) -> Result<PgBackend, StoreError> {
@@ -149,7 +151,7 @@ impl PgBackend {
         let client = runtime.block_on(connect(&options, true))?;
         let mut backend = PgBackend { client, runtime, options, statements: HashMap::new(), epochs: HashMap::new() };
         backend.migrate()?;
-        backend.claim_orphans()?;
+        backend.claim_for_me()?;
         backend.claim_orphan_jobs()?;
         Ok(backend)
     }
@@ -160,37 +162,7 @@ impl PgBackend {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let target = self.options.target.clone();
-        let client = &mut self.client;
-        self.runtime.block_on(async move {
-            let tx = client.transaction().await.map_err(|e| db_error(&target, e))?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&migrations::MIGRATION_LOCK])
-                .await
-                .map_err(|e| db_error(&target, e))?;
-            tx.batch_execute("CREATE TABLE IF NOT EXISTS kiln_schema (version bigint NOT NULL)")
-                .await
-                .map_err(|e| db_error(&target, e))?;
-            let row = tx.query_opt("SELECT version FROM kiln_schema", &[]).await.map_err(|e| db_error(&target, e))?;
-            let found: i64 = match row {
-                Some(row) => row.get(0),
-                None => {
-                    tx.execute("INSERT INTO kiln_schema (version) VALUES (0)", &[])
-                        .await
-                        .map_err(|e| db_error(&target, e))?;
-                    0
-                }
-            };
-            if found > SCHEMA_VERSION {
-                return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION });
-            }
-            for (version, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
-                tx.batch_execute(sql).await.map_err(|e| db_error(&target, e))?;
-                let next = version as i64 + 1;
-                tx.execute("UPDATE kiln_schema SET version = $1", &[&next]).await.map_err(|e| db_error(&target, e))?;
-                tracing::info!(message = "Migrated the PostgreSQL store schema.", version = next);
-            }
-            tx.commit().await.map_err(|e| db_error(&target, e))
-        })
+        self.runtime.block_on(migrate(&mut self.client, &self.options.target))
     }
 
     /// Takes for this member, each at a new epoch, the nodes whose owner is
@@ -199,11 +171,10 @@ impl PgBackend {
     /// is refused from then on. The claim is conditional on the row, so two
     /// members that disagree on the ring for a moment never both take a
     /// node. Returns the nodes taken, as stored.
-    pub fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+    fn claim_for_me(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         let me = self.options.member.clone();
-        let live: Vec<String> =
-            self.query("SELECT id FROM members WHERE state = 'alive'", &[])?.iter().map(|row| row.get(0)).collect();
-        let ring = crate::ring::Ring::new(live.into_iter().chain([me.clone()]), crate::ring::POINTS_PER_MEMBER);
+        let live = crate::Shared::live_members(self)?;
+        let ring = crate::ring::Ring::new(live, crate::ring::POINTS_PER_MEMBER);
         let orphans = self.query(
             concat!(
                 node_select!(),
@@ -245,14 +216,12 @@ impl PgBackend {
         Ok(taken)
     }
 
-    /// Every member the site remembers ([`members::MemberRow`]).
-    pub fn members(&mut self) -> Result<Vec<members::MemberRow>, StoreError> {
+    fn list_members(&mut self) -> Result<Vec<members::MemberRow>, StoreError> {
         self.reconnect_if_closed()?;
         self.runtime.block_on(members::list(&self.client)).map_err(|e| db_error(&self.options.target, e))
     }
 
-    /// The nodes this member owns, as stored.
-    pub fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+    fn load_mine(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         let me = self.options.member.clone();
         self.query(concat!(node_select!(), " WHERE owner = $1 ORDER BY name"), &[&me])?
             .iter()
@@ -427,6 +396,11 @@ enum Step<'o> {
 /// timeouts. At start (`retry`), a server that cannot be reached is tried
 /// again until `connect_for` has passed.
 async fn connect(options: &PgOptions, retry: bool) -> Result<Client, StoreError> {
+    connect_hearing(options, retry, None).await
+}
+
+/// [`connect`], passing the session's notifications (`LISTEN`) to `notes`.
+async fn connect_hearing(options: &PgOptions, retry: bool, notes: Option<Notes>) -> Result<Client, StoreError> {
     let target = &options.target;
     let mut config = target.config();
     // Always this member's: the janitor ends a dead member's sessions by it.
@@ -444,14 +418,14 @@ async fn connect(options: &PgOptions, retry: bool) -> Result<Client, StoreError>
         let attempt = match target.tls() {
             Tls::Disable => match config.connect(tokio_postgres::NoTls).await {
                 Ok((client, connection)) => {
-                    tokio::spawn(drive(connection));
+                    tokio::spawn(drive(connection, notes.clone()));
                     Ok(client)
                 }
                 Err(e) => Err(e),
             },
             Tls::Prefer | Tls::Require => match config.connect(tls_connector()?).await {
                 Ok((client, connection)) => {
-                    tokio::spawn(drive(connection));
+                    tokio::spawn(drive(connection, notes.clone()));
                     Ok(client)
                 }
                 Err(e) => Err(e),
@@ -487,19 +461,66 @@ async fn connect(options: &PgOptions, retry: bool) -> Result<Client, StoreError>
     }
 }
 
+/// Brings the schema up to [`SCHEMA_VERSION`], in one transaction under an
+/// advisory lock, so that members starting together migrate once.
+async fn migrate(client: &mut Client, target: &PgTarget) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(|e| db_error(target, e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&migrations::MIGRATION_LOCK])
+        .await
+        .map_err(|e| db_error(target, e))?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS kiln_schema (version bigint NOT NULL)")
+        .await
+        .map_err(|e| db_error(target, e))?;
+    let row = tx.query_opt("SELECT version FROM kiln_schema", &[]).await.map_err(|e| db_error(target, e))?;
+    let found: i64 = match row {
+        Some(row) => row.get(0),
+        None => {
+            tx.execute("INSERT INTO kiln_schema (version) VALUES (0)", &[]).await.map_err(|e| db_error(target, e))?;
+            0
+        }
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        tx.batch_execute(sql).await.map_err(|e| db_error(target, e))?;
+        let next = version as i64 + 1;
+        tx.execute("UPDATE kiln_schema SET version = $1", &[&next]).await.map_err(|e| db_error(target, e))?;
+        tracing::info!(message = "Migrated the PostgreSQL store schema.", version = next);
+    }
+    tx.commit().await.map_err(|e| db_error(target, e))
+}
+
 /// The `application_name` of every session of a member: how the janitor
 /// finds a dead member's sessions to end them.
 fn application_name(member: &str) -> String {
     format!("kiln member {member}")
 }
 
-async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+/// Where a session's notifications go.
+type Notes = tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>;
+
+/// Runs a session's connection until it ends, passing its notifications
+/// on when someone listens.
+async fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>, notes: Option<Notes>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if let Err(error) = connection.await {
-        tracing::warn!(message = "The PostgreSQL session ended.", error = %error_text(&error));
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(note))) => {
+                if let Some(notes) = &notes {
+                    let _ = notes.send(note);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::warn!(message = "The PostgreSQL session ended.", error = %error_text(&error));
+                return;
+            }
+            None => return,
+        }
     }
 }
 
@@ -917,6 +938,24 @@ impl Backend for PgBackend {
         self.query(concat!(node_select!(), " ORDER BY name"), &[])?.iter().map(node_from_row).collect()
     }
 
+    /// The nodes whose rows name this member as owner.
+    fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.load_mine()
+    }
+
+    fn claim_orphans(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.claim_for_me()
+    }
+
+    /// Every member the site remembers, alive first.
+    fn members(&mut self) -> Result<Vec<members::MemberRow>, StoreError> {
+        self.list_members()
+    }
+
+    fn shared(&mut self) -> Option<&mut dyn crate::Shared> {
+        Some(self)
+    }
+
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
         self.query(concat!(node_select!(), " WHERE uuid = $1"), &[&id.to_string()])?
             .first()
@@ -1150,6 +1189,82 @@ impl PgBackend {
             error = %self.options.target.scrub(&error_text(e)),
         );
         StoreError::OutcomeUnknown(self.options.target.scrub(&error_text(e)))
+    }
+}
+
+impl crate::Shared for PgBackend {
+    fn find_nodes(&mut self, names: &[String]) -> Result<Vec<(NodeId, String)>, StoreError> {
+        let names: Vec<String> = names.to_vec();
+        let rows =
+            self.query("SELECT uuid, name FROM nodes WHERE name = ANY($1) OR uuid = ANY($1) ORDER BY name", &[&names])?;
+        rows.iter()
+            .map(|row| {
+                let f = Fields { row, table: "nodes", key: String::new() };
+                Ok((f.parsed(0, "uuid")?, f.raw(1, "name")?))
+            })
+            .collect()
+    }
+
+    fn submit_node_request(&mut self, node: NodeId, body: &str) -> Result<Option<i64>, StoreError> {
+        self.reconnect_if_closed()?;
+        let me = self.options.member.clone();
+        self.runtime
+            .block_on(requests::submit(&self.client, node, &me, body))
+            .map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn take_node_requests(&mut self, limit: i64) -> Result<Vec<requests::NodeRequest>, StoreError> {
+        self.reconnect_if_closed()?;
+        let me = self.options.member.clone();
+        self.runtime.block_on(requests::take(&self.client, &me, limit)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn answer_node_request(&mut self, id: i64, answer: &str) -> Result<(), StoreError> {
+        self.reconnect_if_closed()?;
+        self.runtime.block_on(requests::answer(&self.client, id, answer)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn collect_node_answer(&mut self, id: i64) -> Result<Option<String>, StoreError> {
+        self.reconnect_if_closed()?;
+        self.runtime.block_on(requests::collect(&self.client, id)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn cancel_node_request(&mut self, id: i64) -> Result<bool, StoreError> {
+        self.reconnect_if_closed()?;
+        self.runtime.block_on(requests::cancel(&self.client, id)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn requeue_node_request(&mut self, id: i64) -> Result<(), StoreError> {
+        self.reconnect_if_closed()?;
+        self.runtime.block_on(requests::requeue(&self.client, id)).map_err(|e| db_error(&self.options.target, e))
+    }
+
+    fn release_nodes(&mut self, nodes: &[NodeId]) -> Result<Vec<NodeId>, StoreError> {
+        let me = self.options.member.clone();
+        let uuids: Vec<String> = nodes.iter().map(NodeId::to_string).collect();
+        let epochs: Vec<i64> = nodes.iter().map(|n| self.epoch(*n)).collect();
+        let rows = self.query(
+            "UPDATE nodes n SET owner = '' FROM unnest($2::text[], $3::bigint[]) AS h(uuid, epoch)
+             WHERE n.uuid = h.uuid AND n.owner = $1 AND n.owner_epoch = h.epoch RETURNING n.uuid",
+            &[&me, &uuids, &epochs],
+        )?;
+        let mut released = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: NodeId = Fields { row, table: "nodes", key: String::new() }.parsed(0, "uuid")?;
+            self.epochs.remove(&id);
+            released.push(id);
+        }
+        Ok(released)
+    }
+
+    fn live_members(&mut self) -> Result<Vec<String>, StoreError> {
+        let me = self.options.member.clone();
+        let mut ids: Vec<String> =
+            self.query("SELECT id FROM members WHERE state = 'alive'", &[])?.iter().map(|row| row.get(0)).collect();
+        if !ids.contains(&me) {
+            ids.push(me);
+        }
+        Ok(ids)
     }
 }
 

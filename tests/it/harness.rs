@@ -151,6 +151,23 @@ impl Daemon {
         }
     }
 
+    /// Waits (at most `limit`) for the daemon to exit by itself, and reaps
+    /// it; `None` if it still runs.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        let c = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = c.try_wait().expect("wait for kiln") {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");

@@ -18,6 +18,7 @@ mod jobs;
 mod lifecycle;
 mod limits;
 mod locking;
+mod members;
 mod metrics;
 mod peers;
 mod periodic;

@@ -43,7 +43,7 @@ fn server() -> &'static Server {
 }
 
 /// A new database on the server, and its URL (password included).
-fn database() -> String {
+pub fn database() -> String {
     let s = server();
     let name = format!("it{}_{}", std::process::id(), s.databases.fetch_add(1, Ordering::SeqCst));
     let psql = std::fs::read_dir("/usr/lib/postgresql")

@@ -24,8 +24,14 @@ pub(super) trait NodeNames {
 }
 
 impl NodeNames for Registry {
+    /// On a shared store a name this member does not run may be another
+    /// member's: only a set that is not well formed is refused here, and
+    /// the opcode resolves it against the whole site when it starts.
     fn resolve(&self, nodes: &str) -> Result<(), KilnError> {
-        Registry::resolve(self, nodes).map(|_| ())
+        match Registry::resolve(self, nodes) {
+            Err(KilnError::NotFound(_)) if self.shared.is_some() => Registry::parse(self, nodes).map(|_| ()),
+            other => other.map(|_| ()),
+        }
     }
     fn parse(&self, nodes: &str) -> Result<(), KilnError> {
         Registry::parse(self, nodes).map(|_| ())

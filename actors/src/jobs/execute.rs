@@ -111,14 +111,21 @@ impl JobQueue {
                     act.op_done(id, idx, results, None, ctx)
                 }));
             }
-            Opcode::Node { nodes, op, fanout, wait } => {
-                let nodes = match router.registry.resolve(&nodes) {
-                    Ok(n) => n,
+            Opcode::Node { nodes: expr, op, fanout, wait } => {
+                // Nodes other members run are looked up in the store, once
+                // the opcode has started.
+                let local = match router.registry.resolve(&expr) {
+                    Ok(n) => Some(n),
+                    Err(KilnError::NotFound(_)) if router.registry.shared.is_some() => None,
                     Err(e) => return self.op_done(id, idx, Vec::new(), Some(e.to_string()), ctx),
                 };
-                job.shell.progress_total = nodes.len() as u64;
+                job.shell.progress_total = local.as_ref().map_or(0, |n| n.len() as u64);
                 let fanout = fanout_of(fanout);
                 let fut = async move {
+                    let nodes = match local {
+                        Some(nodes) => nodes,
+                        None => router.resolve(&expr).await?,
+                    };
                     // As the job: a node the job holds lets it in.
                     let holder = holder_name(id);
                     let mut results = router
@@ -143,10 +150,13 @@ impl JobQueue {
                             result.power_state = now.power_state.map(|p| p.to_string());
                         }
                     }
-                    results
+                    Ok::<_, KilnError>(results)
                 }
                 .instrument(span);
-                ctx.spawn(fut.into_actor(self).map(move |results, act, ctx| act.op_done(id, idx, results, None, ctx)));
+                ctx.spawn(fut.into_actor(self).map(move |results, act, ctx| match results {
+                    Ok(results) => act.op_done(id, idx, results, None, ctx),
+                    Err(e) => act.op_done(id, idx, Vec::new(), Some(e.to_string()), ctx),
+                }));
             }
         }
     }

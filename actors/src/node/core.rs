@@ -232,6 +232,16 @@ impl NodeCore {
         tracing::info_span!(parent: parent, "node", node = %r.uuid, node_name = %r.name, action = %action)
     }
 
+    /// Gives the node up to another member, if nothing holds or waits for
+    /// it: from then on no task starts here. True when given up.
+    pub fn hand_over(&mut self) -> bool {
+        if self.busy() {
+            return false;
+        }
+        self.closing = Some("the node was handed over to another member".into());
+        true
+    }
+
     // ----- the lock ---------------------------------------------------------
 
     fn name(&self) -> String {

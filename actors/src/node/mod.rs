@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(test)]
 pub use actor::CrashForTest;
 pub use actor::{NodeActor, NodeEnv};
-pub use shutdown::Abandon;
+pub use shutdown::{Abandon, HandOver};
 pub use validate::{DriverInterface, InterfaceCheck, InterfaceChecks, NodeValidation, ValidateNode};
 
 use crate::KilnError;

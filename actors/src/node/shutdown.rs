@@ -26,3 +26,22 @@ impl Handler<Abandon> for NodeActor {
         self.ask(|reply| Input::Abandon { why: msg.why, reply }, false, ctx)
     }
 }
+
+/// Gives the node up to another member of a shared store, if it is idle
+/// (nothing runs, waits or holds it): the actor stops, and the caller
+/// releases the row. Answers whether it did.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "bool")]
+pub struct HandOver;
+
+impl Handler<HandOver> for NodeActor {
+    type Result = bool;
+
+    fn handle(&mut self, _: HandOver, ctx: &mut Context<Self>) -> bool {
+        let handed = self.core.hand_over();
+        if handed {
+            ctx.stop();
+        }
+        handed
+    }
+}

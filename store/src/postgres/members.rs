@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::{PgOptions, connect, db_error};
+use super::{PgOptions, connect, db_error, migrate};
 use crate::StoreError;
 use crate::ring::POINTS_PER_MEMBER;
 
@@ -145,7 +145,8 @@ struct Shared {
 }
 
 impl Membership {
-    /// Joins the site as a new member: checks the ring settings, marks an
+    /// Joins the site as a new member: brings the schema up to date, checks
+    /// the ring settings, marks an
     /// earlier incarnation of the same name and host dead, writes the row
     /// and starts heartbeating. `options.member` is the new member's id.
     pub fn join(options: PgOptions, identity: Identity, settings: MemberSettings) -> Result<Membership, StoreError> {
@@ -161,6 +162,7 @@ impl Membership {
         }
         let runtime = runtime()?;
         let mut client = runtime.block_on(connect(&options, true))?;
+        runtime.block_on(migrate(&mut client, &options.target))?;
         let sent = Instant::now();
         runtime.block_on(enter(&mut client, &options, &identity))?;
         let shared = Arc::new(Shared {

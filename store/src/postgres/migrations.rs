@@ -20,7 +20,7 @@
 //!   `KLNF0` not found, `KLFN0` fenced, `KLAR0` an archived job id,
 //!   `KLUF0` a job not finished (the message is its status), `KLPG0` a port
 //!   in another node's group.
-//! - **Job rows carry their runner** (`runner`, from version 3): the member
+//! - **Job rows carry their runner** (`runner`, from version 4): the member
 //!   that runs the job. Every change of a live job is conditional on it, so
 //!   a member whose jobs were adopted by another after it was declared dead
 //!   is refused (`KLFN0`) rather than overwriting the adopter's progress.
@@ -176,7 +176,20 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX members_alive ON members (state, heartbeat_at);
     CREATE INDEX nodes_owner ON nodes (owner);
     "#,
-    // 3: the member that runs each job (`runner`), fenced as node owners are.
+    // 3: node requests between members (`requests.rs`).
+    r#"
+    CREATE TABLE node_requests (
+        id         bigserial PRIMARY KEY,
+        node       text NOT NULL,
+        caller     text NOT NULL,
+        body       text NOT NULL,
+        state      text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running', 'answered')),
+        answer     text,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX node_requests_queued ON node_requests (state, node);
+    "#,
+    // 4: the member that runs each job (`runner`), fenced as node owners are.
     r#"
     ALTER TABLE jobs ADD COLUMN runner text NOT NULL DEFAULT '';
     ALTER TABLE jobs_archive ADD COLUMN runner text NOT NULL DEFAULT '';

@@ -701,6 +701,22 @@ fn abandoning_an_idle_node_closes_it_and_changes_nothing() {
 }
 
 #[test]
+fn a_node_is_handed_over_only_when_idle_and_starts_nothing_after() {
+    let mut busy = sim_in(S::Available);
+    busy.park = true;
+    let _task = busy.run(Op::Verb(Verb::Deploy), true);
+    assert!(!busy.core.hand_over(), "a running task keeps the node here");
+    let mut sim = sim_in(S::Available);
+    let commits = sim.trace.iter().filter(|t| t.starts_with("commit")).count();
+    assert!(sim.core.hand_over(), "idle: given up");
+    let res = answered(&mut sim.run(Op::Noop, true));
+    assert!(matches!(res, Err(KilnError::Unavailable(m)) if m.contains("handed over")), "nothing starts after");
+    assert_eq!(sim.sync(false, 3), SyncOutcome::Skipped("reserved".into()), "and no upkeep");
+    assert_eq!(sim.trace.iter().filter(|t| t.starts_with("commit")).count(), commits, "nothing more is written");
+    sim.assert_gauges();
+}
+
+#[test]
 fn abandoning_a_task_fails_the_node_answers_everyone_and_keeps_the_gauges() {
     let mut sim = sim_in(S::Available);
     sim.park = true;

@@ -1,0 +1,199 @@
+//! `kiln serve` as one member of a site whose store is shared (PostgreSQL):
+//! joining, taking over what dead members left, and fencing itself.
+//!
+//! Why it is shaped so:
+//!
+//! - **Join before open.** The membership row is written before the store
+//!   claims its nodes, so the ring the claim computes already counts this
+//!   member, and the janitor can see it from its first heartbeat.
+//! - **Takeover is a loop, not an event.** Every heartbeat the member asks
+//!   the store for orphans (nodes whose owner is not a live member, placed
+//!   here by the ring) and runs what it got through the restart rule
+//!   ([`kiln_actors::takeover`]). A claim is a conditional write, so
+//!   members racing for the same orphans cannot both win one.
+//! - **Fencing stops the process.** A member that can no longer prove it is
+//!   alive (its heartbeat overdue by its own clock, or its row declared
+//!   dead) exits at once with [`FENCED`], committing nothing more: node
+//!   actors, job queue and BMC calls in flight end with the process, and
+//!   the service manager starts it again as a new member. The rows' owner
+//!   and epoch refuse whatever it might still try to write before that.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use kiln_store::NodeRecord;
+use kiln_store::postgres::PgOptions;
+use kiln_store::postgres::listener::Listener;
+use kiln_store::postgres::members::{Identity, Membership};
+use kiln_store::ring::{POINTS_PER_MEMBER, Ring};
+use tokio::sync::watch;
+
+use crate::config::DaemonConfig;
+
+/// The exit code of a member that fenced itself (EX_TEMPFAIL: start it
+/// again, and it joins as a new member).
+pub const FENCED: u8 = 75;
+
+/// How often a member checks whether it must fence itself: well inside
+/// the two heartbeats of margin it has before the others may take over.
+const FENCE_CHECK: Duration = Duration::from_millis(200);
+
+/// This host's name (`localhost` if it cannot be read).
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "localhost".into() }
+}
+
+/// Where a node sits on the members' ring: its BMC service (nodes behind
+/// one BMC stay on one member, with its per-BMC limits), or its uuid for a
+/// node without one.
+pub fn ring_key(node: &NodeRecord) -> String {
+    let address = node.driver_info.get("address").map(|a| a.trim_end_matches('/'));
+    match (node.driver.as_str(), address) {
+        ("fake", _) | (_, None) => node.uuid.to_string(),
+        ("ipmi", Some(address)) => {
+            let port = node.driver_info.get("port").map(String::as_str).unwrap_or("623");
+            format!("ipmi:{address}:{port}")
+        }
+        (kind, Some(address)) => format!("{kind}:{address}"),
+    }
+}
+
+/// This process as a member: its row's heartbeat, and its ears for node
+/// requests. Dropped, both stop (without marking the row `left`: see
+/// [`Joined::leave`]).
+pub struct Joined {
+    membership: Membership,
+    listener: Listener,
+}
+
+impl Joined {
+    /// What the site's actors need of the membership.
+    pub fn shared(&self) -> kiln_actors::remote::Shared {
+        kiln_actors::remote::Shared { member: self.membership.id().to_string(), wakes: self.listener.wakes() }
+    }
+
+    /// Leaves the site cleanly: the row says `left`, so that the living
+    /// take the nodes over at once.
+    pub fn leave(self) {
+        drop(self.listener);
+        self.membership.leave();
+    }
+}
+
+/// Joins the site as a new member and returns it with the options to open
+/// the store with (as this member).
+pub async fn join(cfg: &DaemonConfig, target: kiln_store::postgres::PgTarget) -> anyhow::Result<(Joined, PgOptions)> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let options = PgOptions {
+        target: target.clone(),
+        member: id,
+        connect_for: cfg.store_connect_timeout,
+        ring_key: Some(ring_key),
+    };
+    let identity = Identity { name: cfg.member_name.clone(), host: host_name(), pid: std::process::id() };
+    let settings = cfg.membership;
+    let joining = options.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let membership = Membership::join(joining.clone(), identity, settings)?;
+        let listener = Listener::start(joining)?;
+        Ok::<_, kiln_store::StoreError>(Joined { membership, listener })
+    })
+    .await
+    .context("joining the site panicked")?
+    .with_context(|| format!("cannot join the site on {target}"))?;
+    Ok((joined, options))
+}
+
+/// Runs for the daemon's life: fences this member when it must, and takes
+/// over orphaned nodes every heartbeat. Returns when `stop` turns true.
+pub async fn keep(site: kiln_actors::Site, joined: Arc<Joined>, mut stop: watch::Receiver<bool>) {
+    let membership = &joined.membership;
+    let heartbeat = membership.settings().heartbeat;
+    let mut fence_check = tokio::time::interval(FENCE_CHECK);
+    let mut takeover = tokio::time::interval(heartbeat);
+    takeover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut balance = Balance::default();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = fence_check.tick() => {
+                if let Some(why) = membership.fenced() {
+                    fence(&why);
+                }
+            }
+            _ = takeover.tick() => {
+                if let Err(e) = take_over(&site, membership.id()).await {
+                    tracing::warn!(error = %e, "taking over orphaned nodes failed; trying again next heartbeat");
+                }
+                if let Err(e) = balance.round(&site, membership.id()).await {
+                    tracing::warn!(error = %e, "handing nodes over failed; trying again next heartbeat");
+                }
+            }
+        }
+    }
+}
+
+/// Claims the orphans the ring places here and runs them.
+async fn take_over(site: &kiln_actors::Site, me: &str) -> Result<(), kiln_store::StoreError> {
+    let claimed = site.store.read(|b| b.claim_orphans()).await?;
+    if !claimed.is_empty() {
+        let why = format!("member {me} took the node over from a member that died or left");
+        kiln_actors::takeover::adopt(site, claimed, &why).await?;
+    }
+    Ok(())
+}
+
+/// Nodes handed over per round: a joining member takes its share in waves,
+/// and no round stops this member's nodes for long.
+const WAVE: usize = 1000;
+
+/// Handing nodes over when the ring changes: a member that joins gets its
+/// share from the living, node by node as each is idle (nothing is taken
+/// from a live member: it gives).
+#[derive(Default)]
+struct Balance {
+    /// The live members the last round saw.
+    seen: Vec<String>,
+    /// Nodes the ring places elsewhere are still here (busy, or more than
+    /// a wave): look again next round even if nobody joined or left.
+    pending: bool,
+}
+
+impl Balance {
+    async fn round(&mut self, site: &kiln_actors::Site, me: &str) -> Result<(), kiln_actors::KilnError> {
+        let mut live = site.store.read(|b| b.shared().map_or_else(|| Ok(Vec::new()), |s| s.live_members())).await?;
+        live.sort();
+        if live == self.seen && !self.pending {
+            return Ok(());
+        }
+        self.seen = live.clone();
+        let ring = Ring::new(live, POINTS_PER_MEMBER);
+        let owned = site.store.read(|b| b.load_owned_nodes()).await?;
+        let away: Vec<_> =
+            owned.iter().filter(|r| ring.owner(&ring_key(r)) != Some(me)).map(|r| r.uuid).take(WAVE).collect();
+        if away.is_empty() {
+            self.pending = false;
+            return Ok(());
+        }
+        let wanted = away.len();
+        let handed = kiln_actors::remote::hand_over(&site.router(), away).await?;
+        self.pending = handed < wanted || wanted == WAVE;
+        tracing::info!(handed, wanted, "handed nodes over to the members the ring places them on");
+        Ok(())
+    }
+}
+
+/// Stops the process at once, committing nothing more.
+fn fence(why: &str) -> ! {
+    tracing::error!(
+        reason = why,
+        "this member is fenced: stopping at once without writing (a restart joins as a new member)"
+    );
+    eprintln!("kiln: fenced: {why}; stopping without writing");
+    std::process::exit(i32::from(FENCED))
+}

@@ -1,0 +1,164 @@
+//! Several `kiln serve` on one PostgreSQL: members join and list each
+//! other, a joining member is handed its share, any member answers for
+//! any node, a member killed outright has its nodes taken over by the living
+//! (and their work kept), and a member paused past its timeout fences
+//! itself when it wakes, writing nothing.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::Daemon;
+use crate::postgres::database;
+
+/// Fast membership for tests: dead after 3 s of silence.
+const FAST: [&str; 4] = ["--set", "member_heartbeat=500ms", "--set", "member_timeout=3s"];
+
+fn member(demo: usize, url: &str, name: &str) -> Daemon {
+    let name = format!("member_name={name}");
+    let mut args = vec!["--store", url, "--set", &name];
+    args.extend(FAST);
+    Daemon::start(demo, &args)
+}
+
+/// `kiln member list` as (name, state, nodes), by name.
+fn members(d: &Daemon) -> Vec<(String, String, u64)> {
+    let list = d.json(&["member", "list"]);
+    let mut rows: Vec<(String, String, u64)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (m["name"].as_str().unwrap().into(), m["state"].as_str().unwrap().into(), m["nodes"].as_u64().unwrap())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Waits (at most `limit`) until `kiln member list` on `d` satisfies `done`.
+fn wait_members(d: &Daemon, limit: Duration, done: impl Fn(&[(String, String, u64)]) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let rows = members(d);
+        if done(&rows) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "members never got there within {limit:?}: {rows:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn row(name: &str, state: &str, nodes: u64) -> (String, String, u64) {
+    (name.into(), state.into(), nodes)
+}
+
+#[test]
+fn a_killed_member_s_nodes_are_taken_over_with_their_work_kept() {
+    let url = database();
+    let mut a = member(20, &url, "a");
+    let b = member(0, &url, "b");
+    // a gives b its share as the ring places it, node by node.
+    let spread = wait_members(&b, Duration::from_secs(15), |rows| {
+        rows.len() == 2 && rows.iter().all(|r| r.1 == "alive" && r.2 > 0) && rows.iter().map(|r| r.2).sum::<u64>() == 20
+    });
+    eprintln!("handover to a joining member: {:.1} s", spread.as_secs_f64());
+    let status = b.json(&["status"]);
+    assert_eq!(status["members"].as_array().unwrap().len(), 2, "{status}");
+    assert!(status["members"].as_array().unwrap().iter().any(|m| m["name"] == "b" && m["this"] == true));
+
+    a.json(&["node", "manage", "demo[1-10]", "--wait"]);
+    a.json(&["node", "provide", "demo[1-5]", "--wait"]);
+    a.kill9();
+
+    let took = wait_members(&b, Duration::from_secs(15), |rows| rows == [row("a", "dead", 0), row("b", "alive", 20)]);
+    eprintln!("takeover after SIGKILL: {:.1} s", took.as_secs_f64());
+    // Every acknowledged transition is kept, and the nodes answer on b.
+    let list = b.json(&["node", "list"]);
+    let state = |name: &str| -> String {
+        list.as_array().unwrap().iter().find(|n| n["name"] == name).unwrap()["provision_state"].as_str().unwrap().into()
+    };
+    assert_eq!(list.as_array().unwrap().len(), 20);
+    assert_eq!(state("demo1"), "available");
+    assert_eq!(state("demo6"), "manageable");
+    assert_eq!(state("demo11"), "enroll");
+    b.json(&["node", "provide", "demo[6-10]", "--wait"]);
+    b.json(&["node", "deploy", "demo1", "--wait"]);
+    assert_eq!(b.state("demo1"), "active");
+    let history = b.json(&["node", "history", "demo6"]);
+    let events: Vec<&str> = history.as_array().unwrap().iter().map(|h| h["event"].as_str().unwrap()).collect();
+    assert_eq!(events.iter().filter(|e| **e == "manage").count(), 1, "{events:?}");
+}
+
+#[test]
+fn a_paused_member_is_fenced_when_it_wakes_and_writes_nothing() {
+    let url = database();
+    let mut a = member(6, &url, "a");
+    let b = member(0, &url, "b");
+    a.json(&["node", "manage", "demo[1-6]", "--wait"]);
+    let before: Value = b.json(&["member", "list"]);
+    assert_eq!(before.as_array().unwrap().len(), 2);
+
+    a.signal(libc::SIGSTOP);
+    wait_members(&b, Duration::from_secs(15), |rows| rows == [row("a", "dead", 0), row("b", "alive", 6)]);
+    let history_before = b.json(&["node", "history", "demo1"]);
+    b.json(&["node", "provide", "demo1", "--wait"]);
+    a.signal(libc::SIGCONT);
+    let status = a.wait_for_exit(Duration::from_secs(10)).expect("a woke up and went on running");
+    assert_eq!(status.code(), Some(75), "a fenced member exits 75");
+    let said = a.log_lines().join("\n");
+    assert!(said.contains("fenced"), "{said}");
+    // b's view is what b wrote: a added nothing after it was taken over.
+    let history_after = b.json(&["node", "history", "demo1"]);
+    assert_eq!(
+        history_after.as_array().unwrap().len(),
+        history_before.as_array().unwrap().len() + 1,
+        "{history_before}\n{history_after}"
+    );
+    assert_eq!(b.state("demo1"), "available");
+}
+
+#[test]
+fn a_restarted_member_takes_its_nodes_back_at_once_and_member_list_says_so() {
+    let url = database();
+    let mut a = member(5, &url, "a");
+    a.restart();
+    let rows = members(&a);
+    assert_eq!(rows.iter().filter(|r| r.1 == "alive").collect::<Vec<_>>(), vec![&row("a", "alive", 5)], "{rows:?}");
+    assert!(rows.contains(&row("a", "dead", 0)), "the earlier incarnation is dead: {rows:?}");
+    a.json(&["node", "manage", "demo1", "--wait"]);
+}
+
+#[test]
+fn member_settings_that_cannot_work_are_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::harness::KILN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--set", "member_heartbeat=2s", "--set", "member_timeout=5s", "--check-config"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("member_timeout"), "{stderr}");
+}
+
+#[test]
+fn any_member_answers_for_any_node_and_its_owner_acts() {
+    let url = database();
+    let a = member(8, &url, "a");
+    let b = member(0, &url, "b");
+    // b runs none of them, and sees and drives all of them.
+    assert_eq!(b.json(&["node", "list"]).as_array().unwrap().len(), 8);
+    assert_eq!(b.state("demo3"), "enroll");
+    b.json(&["node", "manage", "demo[1-4]", "--wait"]);
+    assert_eq!(a.state("demo1"), "manageable", "the owner's own actor did it");
+    assert_eq!(b.state("demo4"), "manageable");
+    let history = b.json(&["node", "history", "demo2"]);
+    assert!(history.as_array().unwrap().iter().any(|h| h["event"] == "manage"), "{history}");
+    // Refusals come back as the owner gave them.
+    let refused = b.json_code(&["node", "deploy", "demo5", "--wait"], 1);
+    assert!(refused.to_string().contains("cannot deploy"), "{refused}");
+    let missing = b.json_code(&["node", "show", "nosuch"], 2);
+    assert!(missing.to_string().contains("no such node"), "{missing}");
+}
