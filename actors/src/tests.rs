@@ -160,6 +160,9 @@ fn a_shutdown_fails_work_that_outlives_its_grace_as_the_restart_rule_would() {
 struct Hooked {
     store: kiln_store::sqlite::SqliteBackend,
     before_commit: Box<BeforeCommit>,
+    /// As a shared store: the first id of the next block of job ids it
+    /// hands out. `None`: as SQLite, no blocks.
+    id_blocks: Option<u64>,
 }
 
 /// Sees a batch before it is committed; an error refuses it.
@@ -189,6 +192,13 @@ impl kiln_store::Backend for Hooked {
                 None => results.next().expect("one result per batch"),
             })
             .collect())
+    }
+    fn job_id_block(&mut self, size: u64) -> Result<Option<u64>, kiln_store::StoreError> {
+        Ok(self.id_blocks.as_mut().map(|next| {
+            let first = *next;
+            *next += size;
+            first
+        }))
     }
     fn load_nodes(&mut self) -> Result<Vec<kiln_store::NodeRecord>, kiln_store::StoreError> {
         self.store.load_nodes()
@@ -265,8 +275,72 @@ async fn hooked_site(
     before_commit: impl FnMut(&kiln_store::Batch) -> Option<kiln_store::StoreError> + Send + 'static,
 ) -> Site {
     let store = kiln_store::sqlite::SqliteBackend::open(&dir.join("kiln.sqlite")).unwrap();
-    let hooked = Hooked { store, before_commit: Box::new(before_commit) };
+    let hooked = Hooked { store, before_commit: Box::new(before_commit), id_blocks: None };
     start_with_store(config(dir, demo, Duration::ZERO), kiln_store::StoreHandle::start(Box::new(hooked))).await.unwrap()
+}
+
+/// A site whose store acts as a shared one for job ids: blocks from
+/// `first_id` on.
+async fn shared_site(dir: &std::path::Path, demo: usize, first_id: u64) -> Site {
+    let store = kiln_store::sqlite::SqliteBackend::open(&dir.join("kiln.sqlite")).unwrap();
+    let hooked = Hooked { store, before_commit: Box::new(|_| None), id_blocks: Some(first_id) };
+    start_with_store(config(dir, demo, Duration::ZERO), kiln_store::StoreHandle::start(Box::new(hooked))).await.unwrap()
+}
+
+#[test]
+fn adopted_jobs_are_ended_or_resumed_and_stored_and_ids_come_from_the_stores_block() {
+    use crate::jobs::{AdoptJobs, Adopted, GetJob, JobBody, OpState, Opcode, SubmitJob, WaitJobChange};
+    use kiln_store::{JobId, JobLogEntry, JobStatus, Write};
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = shared_site(dir.path(), 1, 1_000_000).await;
+        let sleep = || vec![Opcode::Sleep { seconds: 0.0 }];
+        let id = site.jobs.send(SubmitJob { ops: sleep(), priority: 0, depends: vec![] }).await.unwrap().unwrap();
+        assert_eq!(id, JobId(1_000_000), "the first id of the store's block");
+
+        // Two jobs of a member that died, as the store hands them over.
+        let record = |id: u64, status: JobStatus| {
+            let op = OpState {
+                opcode: Opcode::Sleep { seconds: 0.0 },
+                status,
+                started_at: None,
+                ended_at: None,
+                results: Vec::new(),
+                error: None,
+            };
+            let body = JobBody { ops: vec![op], depends: Vec::new(), error: None };
+            let now = chrono::Utc::now();
+            kiln_store::JobRecord {
+                id: JobId(id),
+                priority: 0,
+                status,
+                submitted_at: now,
+                started_at: (status == JobStatus::Running).then_some(now),
+                ended_at: None,
+                body: serde_json::to_string(&body).unwrap(),
+                log: vec![JobLogEntry::info(JobId(id), 1, now, "submitted".into())],
+            }
+        };
+        let (cut, queued) = (record(5, JobStatus::Running), record(6, JobStatus::Queued));
+        site.store.commit(vec![Write::PutJob(cut.clone()), Write::PutJob(queued.clone())]).await.unwrap();
+        let adopted = site.jobs.send(AdoptJobs(vec![cut, queued])).await.unwrap().unwrap();
+        assert_eq!(adopted, Adopted { resumed: 1, ended: 1 });
+
+        let (stored, _) = site.store.read(|b| b.load_job(JobId(5))).await.unwrap().unwrap();
+        assert_eq!(stored.status, JobStatus::Error, "the repair is stored before the answer");
+        let shown = site.jobs.send(GetJob(JobId(5))).await.unwrap().unwrap();
+        assert!(shown.error.unwrap().contains("member running it died"));
+        let mut status = JobStatus::Queued;
+        for _ in 0..50 {
+            let wait = WaitJobChange { job: JobId(6), after_serial: 0, timeout: Duration::from_secs(5) };
+            status = site.jobs.send(wait).await.unwrap().unwrap().status;
+            if status.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(status, JobStatus::Success, "the queued job ran here");
+    });
 }
 
 #[test]
@@ -750,5 +824,44 @@ fn new_nodes_and_ports_are_stamped_by_the_site_clock() {
         let port = CreatePort { address: "52:54:00:00:00:01".into(), node: "n1".into() };
         let port = site.router().create_port(port).await.unwrap();
         assert_eq!(port.created_at, at.to_rfc3339());
+    });
+}
+
+#[test]
+fn an_archive_wave_forgets_another_members_ended_jobs_instead_of_trying_them_again() {
+    use crate::jobs::{ArchiveOld, GetQueueInfo, Opcode, SubmitJob, WaitJobChange};
+    use kiln_store::{JobId, StoreError, Write};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        // Job 1 is refused as another member's would be on a shared store.
+        let tries = Arc::new(Mutex::new(0));
+        let counted = tries.clone();
+        let hook = move |b: &kiln_store::Batch| {
+            b.iter().any(|w| matches!(w, Write::ArchiveJob(JobId(1)))).then(|| {
+                *counted.lock().unwrap() += 1;
+                StoreError::Fenced("job 1 is run by another member; this write was refused".into())
+            })
+        };
+        let site = hooked_site(dir.path(), 0, hook).await;
+        for _ in 0..2 {
+            let ops = vec![Opcode::Sleep { seconds: 0.0 }];
+            site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
+        }
+        let mut after = 0;
+        for _ in 0..100 {
+            let wait = WaitJobChange { job: JobId(2), after_serial: after, timeout: Duration::from_secs(30) };
+            let change = site.jobs.send(wait).await.unwrap().unwrap();
+            after = change.log.last().map_or(after, |l| l.serial);
+            if change.status.is_finished() {
+                break;
+            }
+        }
+        assert_eq!(site.jobs.send(ArchiveOld { age: Duration::ZERO }).await.unwrap().unwrap(), 1);
+        assert_eq!(*tries.lock().unwrap(), 1);
+        let info = site.jobs.send(GetQueueInfo).await.unwrap();
+        assert!(info.by_status.is_empty(), "forgotten here: {:?}", info.by_status);
+        assert_eq!(site.jobs.send(ArchiveOld { age: Duration::ZERO }).await.unwrap().unwrap(), 0);
+        assert_eq!(*tries.lock().unwrap(), 1, "not tried again");
     });
 }

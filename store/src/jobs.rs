@@ -12,7 +12,10 @@
 //! - **Ids are serial and never reused.** A [`JobId`] is a plain number an
 //!   operator types (`kiln job show 42`); the queue picks `max_job_id() + 1`
 //!   at startup, and the store keeps archived jobs' ids so that an id, once
-//!   given out, means one job for the life of the site.
+//!   given out, means one job for the life of the site. A store shared by
+//!   several members hands each one blocks of ids instead
+//!   ([`crate::Backend::job_id_block`]): unique still, increasing per
+//!   member, not across members.
 //! - **Live and archived jobs live apart.** The live table holds what the
 //!   queue must reload after a restart (queued, waiting, running and recently
 //!   finished jobs) and stays small however long the site runs; archiving

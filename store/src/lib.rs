@@ -166,7 +166,8 @@ pub trait Backend: Send + 'static {
     fn load_live_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError>;
     /// The live queue as the job queue reloads it at start. The default
     /// reads every job whole; a backend with many ended jobs reads only
-    /// their ends.
+    /// their ends. A store shared by several processes returns as
+    /// unfinished only the jobs this process runs, and every ended job.
     fn load_live_queue(&mut self) -> Result<LiveQueue, StoreError> {
         let mut queue = LiveQueue::default();
         for job in self.load_live_jobs()? {
@@ -177,6 +178,22 @@ pub trait Backend: Send + 'static {
             }
         }
         Ok(queue)
+    }
+    /// Takes for this process every live job whose runner is no live
+    /// member (its member died or left), in one conditional write, and
+    /// returns the unfinished ones taken, by id: the caller applies the
+    /// restart rule to them. The default, for a store one process owns:
+    /// there is nobody to take from.
+    fn claim_orphan_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The first id of a fresh block of `size` job ids that no other
+    /// process sharing the store will ever be given, above every stored
+    /// id; `None` (the default) when one process owns the store and goes
+    /// on from [`Backend::max_job_id`].
+    fn job_id_block(&mut self, size: u64) -> Result<Option<u64>, StoreError> {
+        let _ = size;
+        Ok(None)
     }
     /// The `limit` most recently submitted live jobs (highest id first)
     /// with an id below `before` when it is given (the next page), only
@@ -297,6 +314,12 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn load_live_queue(&mut self) -> Result<LiveQueue, StoreError> {
         (**self).load_live_queue()
+    }
+    fn claim_orphan_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
+        (**self).claim_orphan_jobs()
+    }
+    fn job_id_block(&mut self, size: u64) -> Result<Option<u64>, StoreError> {
+        (**self).job_id_block(size)
     }
     fn list_live_jobs(
         &mut self,

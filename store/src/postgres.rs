@@ -23,7 +23,10 @@
 //!   [`StoreError::Fenced`] when the row says otherwise, never a silent
 //!   success. Until membership exists (issue #23's next slice), a backend
 //!   claims every node when it opens, raising each node's epoch: a second
-//!   process opened on the same database fences the first.
+//!   process opened on the same database fences the first. Job rows name
+//!   their `runner` the same way (no epoch: a job changes runner only from
+//!   a member that is not alive, and member ids are not reused), so a
+//!   member whose jobs another adopted cannot write them again.
 //! - **A lost COMMIT is never guessed at.** When the connection fails while
 //!   a group's answers are outstanding, whether the server committed is
 //!   unknown: every batch of the group gets [`StoreError::OutcomeUnknown`],
@@ -64,6 +67,15 @@ pub mod target;
 
 pub use migrations::{MIGRATIONS, SCHEMA_VERSION};
 pub use target::{PgTarget, StoreTarget, TargetError, Tls, mask_url};
+
+/// The `meta` key of the next job id no member has been given
+/// ([`Backend::job_id_block`]).
+const JOB_ID_COUNTER: &str = "jobs.next_id";
+
+/// The final job statuses, as stored.
+fn finished_statuses() -> Vec<String> {
+    JobStatus::ALL.iter().filter(|s| s.is_finished()).map(|s| s.as_str().to_string()).collect()
+}
 
 /// The node columns in the order [`node_from_row`] reads them.
 macro_rules! node_select {
@@ -128,7 +140,9 @@ impl PgBackend {
     /// Connects (retrying for `options.connect_for` while the server cannot
     /// be reached), brings the schema up to [`SCHEMA_VERSION`] and claims
     /// for this member the nodes no live member owns and the ring gives it
-    /// ([`Backend::claim_orphans`]).
+    /// ([`Backend::claim_orphans`]), and the jobs no live member runs
+    /// ([`Backend::claim_orphan_jobs`]): a restarted member has its jobs
+    /// back before its queue loads them.
     pub fn open(options: PgOptions) -> Result<PgBackend, StoreError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -138,6 +152,7 @@ impl PgBackend {
         let mut backend = PgBackend { client, runtime, options, statements: HashMap::new(), epochs: HashMap::new() };
         backend.migrate()?;
         backend.claim_for_me()?;
+        backend.claim_orphan_jobs()?;
         Ok(backend)
     }
 
@@ -312,17 +327,13 @@ impl PgBackend {
                     Box::new(self.epoch(e.node)),
                 ],
             ),
-            Write::PutJob(job) => op(sql::PUT_JOB, job_params(job)?),
-            Write::InsertJob(job) => op(sql::INSERT_JOB, job_params(job)?),
-            Write::UpdateJob(job) => op(sql::UPDATE_JOB, job_params(job)?),
+            Write::PutJob(job) => op(sql::PUT_JOB, job_params(job, me)?),
+            Write::InsertJob(job) => op(sql::INSERT_JOB, job_params(job, me)?),
+            Write::UpdateJob(job) => op(sql::UPDATE_JOB, job_params(job, me)?),
             Write::ArchiveJob(id) => {
-                let finished: Vec<String> = [JobStatus::Success, JobStatus::Error, JobStatus::Canceled]
-                    .iter()
-                    .filter(|s| s.is_finished())
-                    .map(|s| s.as_str().to_string())
-                    .collect();
+                let finished = finished_statuses();
                 match i64::try_from(id.0) {
-                    Ok(key) => op(sql::ARCHIVE_JOB, vec![Box::new(key), Box::new(finished)]),
+                    Ok(key) => op(sql::ARCHIVE_JOB, vec![Box::new(key), Box::new(finished), Box::new(me)]),
                     Err(_) => return Err(StoreError::NotFound(format!("job {id} is not in the live queue"))),
                 }
             }
@@ -632,6 +643,8 @@ fn write_error(target: &PgTarget, write: &Write, e: tokio_postgres::Error) -> St
     let fenced = |id: NodeId| {
         StoreError::Fenced(format!("node {id} is owned by another member or a later epoch; this write was refused"))
     };
+    let job_fenced =
+        |id: JobId| StoreError::Fenced(format!("job {id} is run by another member; this write was refused"));
     match (write, code) {
         (Write::InsertNode(n) | Write::UpdateNode(n), "23505") if constraint == "nodes_name_key" => {
             StoreError::Conflict(format!("node name '{}' is already in use", n.name))
@@ -681,6 +694,8 @@ fn write_error(target: &PgTarget, write: &Write, e: tokio_postgres::Error) -> St
         }
         (Write::InsertJob(job), "23505") => StoreError::Conflict(format!("job {} exists already", job.id)),
         (Write::UpdateJob(job), "KLNF0") => StoreError::NotFound(format!("job {} is not in the live queue", job.id)),
+        (Write::PutJob(job) | Write::UpdateJob(job), "KLFN0") => job_fenced(job.id),
+        (Write::ArchiveJob(id), "KLFN0") => job_fenced(*id),
         (Write::ArchiveJob(id), "KLNF0") => StoreError::NotFound(format!("job {id} is not in the live queue")),
         (Write::ArchiveJob(id), "KLUF0") => {
             StoreError::Conflict(format!("job {id} is still {}; only finished jobs can be archived", db.message()))
@@ -721,8 +736,9 @@ fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Stor
     ])
 }
 
-/// A job's columns as bound in `$1`-`$8` of its insert, put and update.
-fn job_params(job: &JobRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, StoreError> {
+/// A job's columns as bound in `$1`-`$8` of its insert, put and update,
+/// and its runner (this member) in `$9`.
+fn job_params(job: &JobRecord, runner: String) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, StoreError> {
     let log = log_text(job)?;
     Ok(vec![
         Box::new(integer("job id", job.id.0)?),
@@ -733,6 +749,7 @@ fn job_params(job: &JobRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Stor
         Box::new(job.ended_at.map(timestamp_text)),
         Box::new(job.body.clone()),
         Box::new(log),
+        Box::new(runner),
     ])
 }
 
@@ -778,27 +795,51 @@ mod sql {
              WHERE EXISTS (SELECT 1 FROM nodes WHERE uuid = $1::text AND owner = $7 AND owner_epoch = $8)
              RETURNING 1)
          SELECT kiln_node_written((SELECT count(*) FROM i), $1::text)";
-    pub const PUT_JOB: &str = "INSERT INTO jobs (id, priority, status, submitted_at, started_at, ended_at, body, log)
-         SELECT $1::bigint, $2::integer, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text
-         WHERE kiln_not_archived($1::bigint)
-         ON CONFLICT (id) DO UPDATE SET priority = excluded.priority, status = excluded.status,
-             submitted_at = excluded.submitted_at, started_at = excluded.started_at,
-             ended_at = excluded.ended_at, body = excluded.body, log = excluded.log";
+    // A job write names its runner in `$9`: an insert writes it, a change
+    // of a live row is refused (`kiln_job_written`) when the row names
+    // another.
+    pub const PUT_JOB: &str = "WITH p AS (
+             INSERT INTO jobs (id, priority, status, submitted_at, started_at, ended_at, body, log, runner)
+             SELECT $1::bigint, $2::integer, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text
+             WHERE kiln_not_archived($1::bigint)
+             ON CONFLICT (id) DO UPDATE SET priority = excluded.priority, status = excluded.status,
+                 submitted_at = excluded.submitted_at, started_at = excluded.started_at,
+                 ended_at = excluded.ended_at, body = excluded.body, log = excluded.log
+             WHERE jobs.runner = excluded.runner
+             RETURNING 1)
+         SELECT kiln_job_written((SELECT count(*) FROM p), $1::bigint)";
     pub const INSERT_JOB: &str =
-        "INSERT INTO jobs (id, priority, status, submitted_at, started_at, ended_at, body, log)
-         SELECT $1::bigint, $2::integer, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text
+        "INSERT INTO jobs (id, priority, status, submitted_at, started_at, ended_at, body, log, runner)
+         SELECT $1::bigint, $2::integer, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text
          WHERE kiln_not_archived($1::bigint)";
     pub const UPDATE_JOB: &str = "WITH u AS (
              UPDATE jobs SET priority = $2, status = $3, submitted_at = $4, started_at = $5, ended_at = $6,
                              body = $7, log = $8
-             WHERE id = $1 RETURNING 1)
-         SELECT kiln_expect((SELECT count(*) FROM u))";
+             WHERE id = $1 AND runner = $9 RETURNING 1)
+         SELECT kiln_job_written((SELECT count(*) FROM u), $1)";
     pub const ARCHIVE_JOB: &str = "WITH moved AS (
-             DELETE FROM jobs WHERE id = $1 AND status = ANY($2) RETURNING *),
+             DELETE FROM jobs WHERE id = $1 AND status = ANY($2) AND runner = $3 RETURNING *),
          kept AS (
-             INSERT INTO jobs_archive (id, priority, status, submitted_at, started_at, ended_at, body, log)
-             SELECT id, priority, status, submitted_at, started_at, ended_at, body, log FROM moved RETURNING 1)
-         SELECT kiln_archived((SELECT count(*) FROM kept), $1)";
+             INSERT INTO jobs_archive (id, priority, status, submitted_at, started_at, ended_at, body, log, runner)
+             SELECT id, priority, status, submitted_at, started_at, ended_at, body, log, runner FROM moved
+             RETURNING 1)
+         SELECT kiln_job_archived((SELECT count(*) FROM kept), $1, $3)";
+    /// Hands out a block of `$2` job ids (its first is returned): a counter
+    /// in `meta` (`$1`), never below every stored id, advanced under the
+    /// row's lock, so two members never get the same id.
+    pub const JOB_ID_BLOCK: &str = "INSERT INTO meta AS m (key, value)
+         VALUES ($1, ((SELECT greatest(coalesce((SELECT max(id) FROM jobs), 0),
+                                       coalesce((SELECT max(id) FROM jobs_archive), 0))) + 1 + $2)::text)
+         ON CONFLICT (key) DO UPDATE SET value = (greatest(m.value::bigint, excluded.value::bigint - $2) + $2)::text
+         RETURNING m.value::bigint - $2";
+    /// Takes the live jobs whose runner is not a live member (nor this
+    /// one), the finished ones too (this member archives them), and
+    /// returns the unfinished ones (`$2`: the final statuses) whole.
+    pub const CLAIM_JOBS: &str = "WITH taken AS (
+             UPDATE jobs SET runner = $1
+             WHERE runner <> $1 AND runner NOT IN (SELECT id FROM members WHERE state = 'alive')
+             RETURNING id, priority, status, submitted_at, started_at, ended_at, body, log)
+         SELECT * FROM taken WHERE NOT status = ANY($2) ORDER BY id";
     pub const SET_META: &str =
         "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
     pub const APPEND_EVENT: &str = "INSERT INTO events (serial, body) VALUES ($1, $2)";
@@ -982,20 +1023,57 @@ impl Backend for PgBackend {
         self.query(concat!(job_select!("jobs"), " ORDER BY id"), &[])?.iter().map(|r| job_from_row(r, "jobs")).collect()
     }
 
+    /// The unfinished jobs this member runs, whole, and every member's
+    /// ended jobs as ends (a dependency may name any of them). Another
+    /// member's unfinished jobs are its own business.
     fn load_live_queue(&mut self) -> Result<LiveQueue, StoreError> {
+        let me = self.options.member.clone();
+        let finished = finished_statuses();
         let mut queue = LiveQueue::default();
-        for row in self.query(concat!(job_select!("jobs"), " ORDER BY id"), &[])? {
+        for row in
+            self.query("SELECT id, status, ended_at FROM jobs WHERE status = ANY($1) ORDER BY id", &[&finished])?
+        {
             let mut f = Fields { row: &row, table: "jobs", key: String::new() };
             let id = JobId(f.unsigned(0, "id")?);
             f.key = format!(" of job {id}");
-            let status: JobStatus = f.parsed(2, "status")?;
-            if status.is_finished() {
-                queue.ended.push(JobEnd { id, status, ended_at: f.timestamp_opt(5, "ended_at")? });
-            } else {
-                queue.unfinished.push(job_from_row(&row, "jobs")?);
-            }
+            let status: JobStatus = f.parsed(1, "status")?;
+            queue.ended.push(JobEnd { id, status, ended_at: f.timestamp_opt(2, "ended_at")? });
+        }
+        let unfinished = self.query(
+            concat!(job_select!("jobs"), " WHERE runner = $1 AND NOT status = ANY($2) ORDER BY id"),
+            &[&me, &finished],
+        )?;
+        for row in &unfinished {
+            queue.unfinished.push(job_from_row(row, "jobs")?);
         }
         Ok(queue)
+    }
+
+    fn claim_orphan_jobs(&mut self) -> Result<Vec<JobRecord>, StoreError> {
+        let me = self.options.member.clone();
+        let taken = self.query(sql::CLAIM_JOBS, &[&me, &finished_statuses()])?;
+        let taken = taken.iter().map(|row| job_from_row(row, "jobs")).collect::<Result<Vec<_>, _>>()?;
+        if !taken.is_empty() {
+            tracing::info!(message = "Took over unfinished jobs no live member ran.", jobs = taken.len(), member = %me);
+        }
+        Ok(taken)
+    }
+
+    fn job_id_block(&mut self, size: u64) -> Result<Option<u64>, StoreError> {
+        let size = i64::try_from(size)
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| StoreError::Database { message: format!("a block of {size} job ids"), constraint: None })?;
+        let rows = self.query(sql::JOB_ID_BLOCK, &[&JOB_ID_COUNTER, &size])?;
+        let first: i64 = match rows.first() {
+            Some(row) => Fields { row, table: "meta", key: format!(" of key '{JOB_ID_COUNTER}'") }.raw(0, "value")?,
+            None => return Err(StoreError::Corrupt("the job id counter was not written".into())),
+        };
+        let first = u64::try_from(first)
+            .ok()
+            .filter(|f| *f > 0)
+            .ok_or_else(|| StoreError::Corrupt(format!("meta.value of key '{JOB_ID_COUNTER}' gave {first}")))?;
+        Ok(Some(first))
     }
 
     fn list_live_jobs(

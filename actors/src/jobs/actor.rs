@@ -14,21 +14,27 @@
 //! it is one commit and all or nothing; its jobs may depend on each other
 //! by position. `max_queued_jobs` bounds the jobs that have not ended (their
 //! memory is here), and the drain flag refuses every submission.
+//!
+//! On a store several members share, this queue runs only its member's
+//! jobs: it loads those, gives ids from blocks the store hands it
+//! ([`super::ids`]), and adopts the jobs of a member that died when told
+//! to ([`AdoptJobs`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
-use kiln_store::{JobId, JobStatus, LogLevel, StoreHandle, Write};
+use kiln_store::{JobId, JobRecord, JobStatus, LogLevel, StoreHandle, Write};
 use tokio::sync::oneshot;
 
 use super::admission;
 use super::archive;
 use super::core::{Effect, Job, JobCore, JobEnd, PriorityChange, Shell, job_span};
 use super::execute::holder_name;
+use super::ids::{self, JobIds};
 use super::model::*;
-use super::restart::{self, Recovered};
+use super::restart;
 use crate::clock::SharedClock;
 use crate::supervisor::{FanOutControl, Router};
 use crate::{KilnError, SiteConfig};
@@ -106,37 +112,28 @@ impl Actor for JobQueue {
 impl JobQueue {
     /// Loads the queue from the store and applies the restart rule
     /// ([`restart::recover`]) to every unfinished job, with the limits and
-    /// the clock of `config`.
+    /// the clock of `config`. Ids go on after the largest stored one, or,
+    /// on a shared store, come from a first block of [`ids::BLOCK`].
     pub async fn load(store: StoreHandle, router: Router, config: &SiteConfig) -> Result<JobQueue, KilnError> {
         let drained = store.read(|b| b.load_meta(DRAIN_KEY)).await?.as_deref() == Some("true");
-        let last = store.read(|b| b.max_job_id()).await?;
+        let ids = match store.read(|b| b.job_id_block(ids::BLOCK)).await? {
+            Some(first) => JobIds::blocks(first, ids::BLOCK),
+            None => JobIds::after(store.read(|b| b.max_job_id()).await?),
+        };
         let live = store.read(|b| b.load_live_queue()).await?;
         let clock = config.clock.clone();
-        let mut core = JobCore::new(last, config.max_running_jobs, config.max_queued_jobs, drained);
+        let mut core = JobCore::new(ids, config.max_running_jobs, config.max_queued_jobs, drained);
         let now = clock.now();
         for end in live.ended {
             core.ended.ended(end.id, end.status, end.ended_at.unwrap_or(now));
         }
-        let mut repairs = Vec::new();
-        for r in &live.unfinished {
-            match restart::recover(r, now) {
-                Recovered::Resume { view, log } => core.resume(view, log),
-                Recovered::Ended { id, status, at, repair } => {
-                    repairs.extend(repair);
-                    core.ended.ended(id, status, at);
-                }
-            }
-        }
+        let (repairs, _) = core.adopt(&live.unfinished, now, restart::CUT_SHORT);
         for record in repairs {
             store.commit(vec![Write::PutJob(record)]).await?;
         }
         // Dependencies on archived jobs: learn their final status once.
         let unknown = core.unknown(core.active.values().flat_map(|j| j.view.depends.iter().map(|d| d.job)));
-        for id in unknown {
-            if let Some((r, _)) = store.read(move |b| b.load_job(id)).await? {
-                core.ended.found_archived(id, r.status, r.ended_at.unwrap_or(now));
-            }
-        }
+        core.learn_archived(ended_elsewhere(&store, unknown, now).await?);
         Ok(JobQueue { core, store, router, clock, metrics: Default::default() })
     }
 
@@ -170,9 +167,31 @@ impl JobQueue {
                     self.execute_opcode(id, 0, ctx);
                 }
                 Effect::End(end) => self.end(end, ctx),
+                Effect::FetchIds(size) => self.fetch_ids(size, ctx),
             }
         }
         self.report_depth();
+    }
+
+    /// Fetches the next block of job ids, ahead of need; a failure is
+    /// logged and the next admission asks again.
+    fn fetch_ids(&mut self, size: u64, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let block = async move { store.read(move |b| b.job_id_block(size)).await };
+        ctx.spawn(block.into_actor(self).map(move |res, act, _| match res {
+            Ok(Some(first)) => {
+                tracing::debug!(first, size, "fetched a block of job ids");
+                act.core.add_id_block(first, size);
+            }
+            Ok(None) => {
+                tracing::error!("the store handed out no block of job ids: it is not shared (any more)");
+                act.core.id_block_failed();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot fetch a block of job ids; the next submission asks again");
+                act.core.id_block_failed();
+            }
+        }));
     }
 
     /// Ends a job now (see [`JobCore::finish`]).
@@ -265,8 +284,9 @@ pub struct SubmitJob {
 #[rtype(result = "Result<Vec<JobId>, KilnError>")]
 pub struct SubmitJobs(pub Vec<NewJob>);
 
-/// Jobs named by dependencies that the queue does not know: each must be
-/// archived (its status is read from the store), or the submission fails.
+/// Jobs named by dependencies that the queue does not know: each must have
+/// ended (archived, or, on a shared store, ended on another member; its
+/// status is read from the store), or the submission fails.
 async fn find_archived(
     store: StoreHandle,
     unknown: Vec<JobId>,
@@ -275,8 +295,33 @@ async fn find_archived(
     let mut found = Vec::new();
     for id in unknown {
         match store.read(move |b| b.load_job(id)).await? {
-            Some((r, _)) => found.push((id, r.status, r.ended_at.unwrap_or(now))),
+            Some((r, _)) if r.status.is_finished() => found.push((id, r.status, r.ended_at.unwrap_or(now))),
+            Some((r, _)) => {
+                return Err(KilnError::InvalidInput(format!(
+                    "dependency on job {id}: it is {} on another member; a job can wait only for its own \
+                     member's jobs, or for jobs that have ended",
+                    r.status
+                )));
+            }
             None => return Err(KilnError::NotFound(format!("dependency on job {id}: no such job"))),
+        }
+    }
+    Ok(found)
+}
+
+/// How the jobs of `ids` that the store shows ended (archived, or ended on
+/// another member) ended; the others are left out.
+async fn ended_elsewhere(
+    store: &StoreHandle,
+    ids: Vec<JobId>,
+    now: kiln_store::Timestamp,
+) -> Result<Vec<(JobId, JobStatus, kiln_store::Timestamp)>, KilnError> {
+    let mut found = Vec::new();
+    for id in ids {
+        if let Some((r, _)) = store.read(move |b| b.load_job(id)).await?
+            && r.status.is_finished()
+        {
+            found.push((id, r.status, r.ended_at.unwrap_or(now)));
         }
     }
     Ok(found)
@@ -308,10 +353,11 @@ impl Handler<SubmitJob> for JobQueue {
                 .into_actor(self)
                 .then(move |found, act, ctx| {
                     let now = act.clock.now();
+                    let mut effects = Vec::new();
                     let ready = found.and_then(|found| {
                         act.core.learn_archived(found);
                         act.core.room_for(1)?;
-                        Ok(act.core.admit(msg.ops, msg.priority, msg.depends, now))
+                        act.core.admit(msg.ops, msg.priority, msg.depends, now, &mut effects)
                     });
                     // The job joins the queue, and may start, while its insert
                     // is on its way to the store: a short job's end then often
@@ -326,11 +372,10 @@ impl Handler<SubmitJob> for JobQueue {
                         let (id, status) = (view.id, view.status);
                         let stored = act.store.send(vec![Write::InsertJob(view.to_record(vec![entry.clone()]))]);
                         act.core.register(view, entry);
-                        let mut effects = Vec::new();
                         act.core.place(id, now, &mut effects);
-                        act.apply(effects, ctx);
                         (id, status, stored)
                     });
+                    act.apply(effects, ctx);
                     async move {
                         let (id, status, stored) = admitted?;
                         Ok(match stored.await {
@@ -373,20 +418,20 @@ impl Handler<SubmitJobs> for JobQueue {
                 .into_actor(self)
                 .then(move |found, act, ctx| {
                     let now = act.clock.now();
+                    let mut effects = Vec::new();
                     let ready = found.and_then(|found| {
                         act.core.learn_archived(found);
                         act.core.room_for(jobs.len())?;
-                        Ok(act.core.admit_many(jobs, now))
+                        act.core.admit_many(jobs, now, &mut effects)
                     });
                     // As for one job: every insert goes to the store (in one
                     // batch) before any of the jobs can start.
                     let admitted = ready.map(|(records, admitted)| {
                         let stored = act.store.send(records.into_iter().map(Write::InsertJob).collect());
-                        let mut effects = Vec::new();
                         act.core.place_all(admitted.iter().map(|(id, _)| *id), now, &mut effects);
-                        act.apply(effects, ctx);
                         (admitted, stored)
                     });
+                    act.apply(effects, ctx);
                     async move {
                         let (admitted, stored) = admitted?;
                         Ok((stored.await.map_err(KilnError::from), admitted))
@@ -631,10 +676,22 @@ impl Handler<ArchiveOld> for JobQueue {
             }
             .into_actor(self)
             .map(move |(results, ids), act, _| {
-                let archived: Vec<JobId> =
-                    ids.into_iter().zip(results).filter(|(_, res)| res.is_ok()).map(|(id, _)| id).collect();
+                let mut archived = Vec::new();
+                let mut others = Vec::new();
+                for (id, res) in ids.into_iter().zip(results) {
+                    match res {
+                        Ok(()) => archived.push(id),
+                        // Another member's job (a shared store loads every
+                        // member's ended jobs), or one no longer live (that
+                        // member archived it): not this queue's to archive,
+                        // so it forgets it as if archived, and no later wave
+                        // tries again.
+                        Err(kiln_store::StoreError::Fenced(_) | kiln_store::StoreError::NotFound(_)) => others.push(id),
+                        Err(_) => {}
+                    }
+                }
                 let count = archived.len();
-                act.core.archived(archived);
+                act.core.archived(archived.into_iter().chain(others));
                 Ok(count)
             }),
         )
@@ -801,6 +858,58 @@ impl Handler<WaitJobChange> for JobQueue {
             }
             Ok(JobChange { id, status: r.status, log, progress: None })
         })
+    }
+}
+
+/// Adopts jobs this member just took over from a member that died
+/// ([`kiln_store::Backend::claim_orphan_jobs`]), as [`JobQueue::load`] takes
+/// the jobs it finds at start: the restart rule ends a job the dead member
+/// was running `error` ("the member running it died ..."), since its
+/// opcodes may have acted, and queues a queued or waiting one again. The
+/// repairs are committed before the answer, and what may run starts. A job
+/// this queue already knows is left alone.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Adopted, KilnError>")]
+pub struct AdoptJobs(pub Vec<JobRecord>);
+
+/// What [`AdoptJobs`] made of the jobs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    /// Queued or waiting: back in this queue.
+    pub resumed: usize,
+    /// Cut short (or unreadable): ended `error`.
+    pub ended: usize,
+}
+
+impl Handler<AdoptJobs> for JobQueue {
+    type Result = ResponseActFuture<Self, Result<Adopted, KilnError>>;
+    fn handle(&mut self, AdoptJobs(records): AdoptJobs, _: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let (repairs, resumed) = self.core.adopt(&records, now, restart::MEMBER_DIED);
+        let adopted = Adopted { resumed, ended: repairs.len() };
+        if !records.is_empty() {
+            tracing::warn!(resumed, ended = adopted.ended, "adopted the jobs of a member that died");
+        }
+        let unknown = self.core.unknown(self.core.active.values().flat_map(|j| j.view.depends.iter().map(|d| d.job)));
+        let store = self.store.clone();
+        let commits: Vec<_> = repairs.into_iter().map(|r| store.send(vec![Write::PutJob(r)])).collect();
+        let work = async move {
+            let failed = futures::future::join_all(commits).await.into_iter().find_map(Result::err);
+            let found = ended_elsewhere(&store, unknown, now).await;
+            (failed, found)
+        };
+        Box::pin(work.into_actor(self).map(move |(failed, found), act, ctx| {
+            let found = found.map(|found| act.core.learn_archived(found));
+            let mut effects = Vec::new();
+            act.core.promote_waiting(act.clock.now(), &mut effects);
+            act.core.schedule(&mut effects);
+            act.apply(effects, ctx);
+            if let Some(e) = failed {
+                tracing::error!(error = %e, "cannot store the end of an adopted job");
+                return Err(KilnError::from(e));
+            }
+            found.map(|()| adopted)
+        }))
     }
 }
 

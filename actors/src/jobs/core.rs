@@ -21,7 +21,9 @@ use kiln_store::{JobId, JobLogEntry, JobStatus, LogLevel, NodeId, Timestamp};
 
 use super::admission;
 use super::ended::EndedJobs;
+use super::ids::JobIds;
 use super::model::*;
+use super::restart::{self, Recovered};
 use crate::KilnError;
 
 /// At most this many failed nodes get a line of their own in a job's log.
@@ -103,6 +105,10 @@ impl<S: Shell> Job<S> {
     }
 }
 
+/// What a submission of several jobs admitted: their records to insert,
+/// and their ids and statuses, in order.
+pub(super) type Admitted = (Vec<kiln_store::JobRecord>, Vec<(JobId, JobStatus)>);
+
 /// What the actor must do for the core.
 #[derive(Debug, PartialEq)]
 pub(super) enum Effect {
@@ -114,6 +120,9 @@ pub(super) enum Effect {
     /// The job ended: release what it held, commit the end, then tell the
     /// core ([`JobCore::end_committed`]).
     End(JobEnd),
+    /// Fetch a block of this many job ids from the store, then hand it to
+    /// [`JobCore::add_id_block`] (or tell [`JobCore::id_block_failed`]).
+    FetchIds(u64),
 }
 
 /// A job's end, as it is to be committed.
@@ -173,7 +182,7 @@ pub(super) struct JobCore<S> {
     /// waiting job. Entries for jobs that have since left `waiting` are
     /// skipped when read.
     dependents: BTreeMap<JobId, Vec<JobId>>,
-    next_id: u64,
+    ids: JobIds,
     pub(super) drained: bool,
     running: usize,
     max_running: usize,
@@ -185,21 +194,52 @@ pub(super) struct JobCore<S> {
 }
 
 impl<S: Shell> JobCore<S> {
-    /// An empty queue whose next id follows `last_id`.
-    pub(super) fn new(last_id: u64, max_running: usize, max_queued: usize, drained: bool) -> Self {
+    /// An empty queue that gives out `ids`.
+    pub(super) fn new(ids: JobIds, max_running: usize, max_queued: usize, drained: bool) -> Self {
         JobCore {
             active: BTreeMap::new(),
             ended: EndedJobs::default(),
             runnable: BTreeSet::new(),
             waiting: BTreeSet::new(),
             dependents: BTreeMap::new(),
-            next_id: last_id + 1,
+            ids,
             drained,
             running: 0,
             max_running: max_running.max(1),
             max_queued: max_queued.max(1),
             stopping: None,
         }
+    }
+
+    /// Applies the restart rule ([`restart::recover`], `why` saying what
+    /// cut a running job short) to jobs found unfinished in the store, at
+    /// load or when adopted from a dead member: queued and waiting ones are
+    /// resumed, the others are ended. Returns the records of the ended ones
+    /// to store, and how many were resumed. A job already known here is
+    /// left alone. Nothing starts until [`JobCore::promote_waiting`].
+    pub(super) fn adopt(
+        &mut self,
+        records: &[kiln_store::JobRecord],
+        now: Timestamp,
+        why: &str,
+    ) -> (Vec<kiln_store::JobRecord>, usize) {
+        let (mut repairs, mut resumed) = (Vec::new(), 0);
+        for r in records {
+            if self.active.contains_key(&r.id) || self.ended.contains(r.id) {
+                continue;
+            }
+            match restart::recover(r, now, why) {
+                Recovered::Resume { view, log } => {
+                    self.resume(view, log);
+                    resumed += 1;
+                }
+                Recovered::Ended { id, status, at, repair } => {
+                    repairs.extend(repair);
+                    self.ended.ended(id, status, at);
+                }
+            }
+        }
+        (repairs, resumed)
     }
 
     /// Takes back a job the restart rule resumes (queued or waiting, with
@@ -234,7 +274,7 @@ impl<S: Shell> JobCore<S> {
             max_running: self.max_running,
             unfinished: self.active.len(),
             max_queued: self.max_queued,
-            last_job_id: self.next_id - 1,
+            last_job_id: self.ids.last_given(),
         }
     }
 
@@ -364,17 +404,60 @@ impl<S: Shell> JobCore<S> {
         admission::room_for(self.active.len(), adding, self.max_queued)
     }
 
+    /// A block of ids arrived from the store.
+    pub(super) fn add_id_block(&mut self, first: u64, size: u64) {
+        self.ids.add_block(first, size);
+    }
+
+    /// The block of ids asked for could not be fetched; the next
+    /// admission asks again.
+    pub(super) fn id_block_failed(&mut self) {
+        self.ids.block_failed();
+    }
+
+    /// Asks for the next block of ids ([`Effect::FetchIds`]) when it is
+    /// time to.
+    fn want_ids(&mut self, out: &mut Vec<Effect>) {
+        if let Some(size) = self.ids.want_block() {
+            out.push(Effect::FetchIds(size));
+        }
+    }
+
+    /// Refuses a submission of `n` jobs for which no ids are left, before
+    /// any is given out (and asks for more).
+    fn check_ids(&mut self, n: usize, out: &mut Vec<Effect>) -> Result<(), KilnError> {
+        let checked = self.ids.check(n);
+        self.want_ids(out);
+        checked
+    }
+
     /// Assigns the id and builds the job as it will be stored, submitted
-    /// at `now`. The caller then [`JobCore::register`]s it.
+    /// at `now`. The caller then [`JobCore::register`]s it. Refused when no
+    /// id is left; asks for the next block of ids when it is time to.
     pub(super) fn admit(
         &mut self,
         ops: Vec<Opcode>,
         priority: i32,
         depends: Vec<Dependency>,
         now: Timestamp,
-    ) -> (JobView, JobLogEntry) {
-        let id = JobId(self.next_id);
-        self.next_id += 1;
+        out: &mut Vec<Effect>,
+    ) -> Result<(JobView, JobLogEntry), KilnError> {
+        self.check_ids(1, out)?;
+        self.admit_with_id(ops, priority, depends, now, out)
+    }
+
+    /// [`JobCore::admit`] once the ids are checked: taking one fails only
+    /// if the check was not made.
+    fn admit_with_id(
+        &mut self,
+        ops: Vec<Opcode>,
+        priority: i32,
+        depends: Vec<Dependency>,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) -> Result<(JobView, JobLogEntry), KilnError> {
+        let id = self.ids.take()?;
+        self.want_ids(out);
         let (status, error, level, message) = match self.deps_state(&depends) {
             DepState::Met => (JobStatus::Queued, None, LogLevel::Info, format!("submitted: {} opcode(s)", ops.len())),
             DepState::Pending => (
@@ -411,21 +494,25 @@ impl<S: Shell> JobCore<S> {
             error,
             log: None,
         };
-        (view, JobLogEntry { job: id, serial: 1, at: now, level, message })
+        Ok((view, JobLogEntry { job: id, serial: 1, at: now, level, message }))
     }
 
     /// Admits the jobs of one submission in order, each known to the queue
     /// before the next is admitted (so a later one sees an earlier one it
     /// depends on). Returns their records to insert, and their ids and
-    /// statuses. The caller then [`JobCore::place`]s each.
+    /// statuses. The caller then [`JobCore::place`]s each. Refused, with no
+    /// id given out, when fewer ids are left than jobs. One submission's
+    /// ids need not follow each other (they may span two blocks), so a
+    /// reference to an earlier job is resolved by its place.
     pub(super) fn admit_many(
         &mut self,
         jobs: Vec<NewJob>,
         now: Timestamp,
-    ) -> (Vec<kiln_store::JobRecord>, Vec<(JobId, JobStatus)>) {
-        let first = self.next_id;
+        out: &mut Vec<Effect>,
+    ) -> Result<Admitted, KilnError> {
+        self.check_ids(jobs.len(), out)?;
         let mut records = Vec::with_capacity(jobs.len());
-        let mut admitted = Vec::with_capacity(jobs.len());
+        let mut admitted: Vec<(JobId, JobStatus)> = Vec::with_capacity(jobs.len());
         for (k, job) in jobs.into_iter().enumerate() {
             let depends = job
                 .depends
@@ -434,17 +521,17 @@ impl<S: Shell> JobCore<S> {
                     // Checked by `validate_many`: 1 ≤ n ≤ k.
                     job: match d.job {
                         JobRef::Id(id) => id,
-                        JobRef::Earlier(n) => JobId(first + k as u64 - u64::from(n)),
+                        JobRef::Earlier(n) => admitted[k - n as usize].0,
                     },
                     statuses: d.statuses,
                 })
                 .collect();
-            let (view, entry) = self.admit(job.ops, job.priority, depends, now);
+            let (view, entry) = self.admit_with_id(job.ops, job.priority, depends, now, out)?;
             records.push(view.to_record(vec![entry.clone()]));
             admitted.push((view.id, view.status));
             self.register(view, entry);
         }
-        (records, admitted)
+        Ok((records, admitted))
     }
 
     /// Makes an admitted job known: among the active jobs, or, when it
@@ -700,8 +787,12 @@ impl<S: Shell> JobCore<S> {
         match self.ended.get(id) {
             Some((status, _)) => KilnError::InvalidInput(format!("job {id} already ended: {status}{only}")),
             // Ids are serial: a lower one not live here was archived (the
-            // queue forgets archived jobs) or never stored.
-            None if id.0 < self.next_id => {
+            // queue forgets archived jobs) or never stored. On a shared
+            // store it may also be another member's.
+            None if id.0 <= self.ids.last_given() && self.ids.shared() => KilnError::InvalidInput(format!(
+                "job {id} is not in this member's live queue: it ended, or another member runs it{only}"
+            )),
+            None if id.0 <= self.ids.last_given() => {
                 KilnError::InvalidInput(format!("job {id} already ended: it is not in the live queue{only}"))
             }
             None => KilnError::NotFound(format!("no such job: {id}")),

@@ -9,7 +9,9 @@
 //! clock reaches, so they are tested directly (`tests.rs`):
 //! - `core`: [`JobQueue`]'s state and decisions, handing back effects;
 //! - `admission`: what a submission must be to join the queue;
-//! - `restart`: the restart rule, what becomes of each job found at load;
+//! - `restart`: the restart rule, what becomes of each job found at load
+//!   or adopted from a member that died;
+//! - `ids`: where job ids come from (serial, or blocks of a shared store);
 //! - `archive`: which ended jobs an archive wave takes, by age;
 //! - `ended`: what is remembered of jobs that have ended.
 //!
@@ -22,13 +24,15 @@ mod archive;
 mod core;
 mod ended;
 mod execute;
+mod ids;
 pub mod model;
 mod restart;
 #[cfg(test)]
 mod tests;
 
 pub use actor::{
-    AbandonRunning, ArchiveJob, ArchiveOld, CancelJob, CheckNotDrained, GetJob, GetQueueInfo, JobQueue, ListJobs,
-    SetDrain, SetJobPriority, SetMaxRunning, StopStarting, SubmitJob, SubmitJobs, WaitJobChange,
+    AbandonRunning, AdoptJobs, Adopted, ArchiveJob, ArchiveOld, CancelJob, CheckNotDrained, GetJob, GetQueueInfo,
+    JobQueue, ListJobs, SetDrain, SetJobPriority, SetMaxRunning, StopStarting, SubmitJob, SubmitJobs, WaitJobChange,
 };
+pub use ids::BLOCK as JOB_ID_BLOCK;
 pub use model::*;

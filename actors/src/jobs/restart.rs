@@ -8,6 +8,10 @@
 //! acted on nodes), so it ends `error`. A queued or waiting job has acted on
 //! nothing and runs as it would have. A job whose stored body cannot be read
 //! ends `error` too: a job with no opcodes would otherwise "succeed".
+//!
+//! The same rule applies to the jobs a member adopts from a member that
+//! died (issue #23): what the dead member was running is cut short just as
+//! a restart cuts it, only the reason differs ([`MEMBER_DIED`]).
 
 use kiln_store::{JobId, JobLogEntry, JobRecord, JobStatus, LogLevel, Timestamp};
 
@@ -15,6 +19,9 @@ use super::model::JobView;
 
 /// Why a job found running at load ends.
 pub(super) const CUT_SHORT: &str = "daemon restarted while running";
+
+/// Why a job adopted from a dead member, which it was running, ends.
+pub(super) const MEMBER_DIED: &str = "the member running it died; adopted by another member";
 
 /// What the restart rule makes of one unfinished job.
 #[derive(Debug, PartialEq)]
@@ -27,10 +34,11 @@ pub(super) enum Recovered {
 }
 
 /// Applies the restart rule to a job the store shows unfinished; `now` is
-/// when the queue loads.
-pub(super) fn recover(r: &JobRecord, now: Timestamp) -> Recovered {
+/// when the queue loads (or adopts it), `why` what cut a running job short
+/// ([`CUT_SHORT`], [`MEMBER_DIED`]).
+pub(super) fn recover(r: &JobRecord, now: Timestamp, why: &str) -> Recovered {
     let (mut view, unreadable) = JobView::decode(r, false);
-    let cut_short = matches!(r.status, JobStatus::Running | JobStatus::Canceling).then(|| CUT_SHORT.to_string());
+    let cut_short = matches!(r.status, JobStatus::Running | JobStatus::Canceling).then(|| why.to_string());
     let mut repair = None;
     if let Some(why) = unreadable.or(cut_short) {
         for op in view.ops.iter_mut().filter(|o| !o.status.is_finished()) {

@@ -11,6 +11,7 @@ use kiln_store::{JobId, JobLogEntry, JobRecord, JobStatus, LogLevel, Timestamp};
 use super::admission::{self, NodeNames};
 use super::archive;
 use super::core::{Effect, JobCore, PriorityChange};
+use super::ids::JobIds;
 use super::model::*;
 use super::restart::{self, Recovered};
 use crate::KilnError;
@@ -72,15 +73,18 @@ struct Queue {
     started: Vec<JobId>,
     /// Log lines committed with a change or an end (job, line), in order.
     commits: Vec<(JobId, String)>,
+    /// Blocks of ids asked for (their sizes), in order.
+    fetches: Vec<u64>,
 }
 
 impl Queue {
     fn new(max_running: usize, max_queued: usize) -> Self {
         Queue {
-            core: JobCore::new(0, max_running, max_queued, false),
+            core: JobCore::new(JobIds::after(0), max_running, max_queued, false),
             clock: ManualClock::starting_at(start()),
             started: Vec::new(),
             commits: Vec::new(),
+            fetches: Vec::new(),
         }
     }
 
@@ -94,10 +98,17 @@ impl Queue {
         admission::validate(&ops, priority, &NAMES)?;
         self.core.room_for(1)?;
         let now = self.now();
-        let (view, entry) = self.core.admit(ops, priority, depends, now);
+        let mut effects = Vec::new();
+        let admitted = self.core.admit(ops, priority, depends, now, &mut effects);
+        let (view, entry) = match admitted {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                self.apply(effects);
+                return Err(e);
+            }
+        };
         let id = view.id;
         self.core.register(view, entry);
-        let mut effects = Vec::new();
         self.core.place(id, now, &mut effects);
         self.apply(effects);
         Ok(id)
@@ -123,6 +134,7 @@ impl Queue {
                     self.core.end_committed(&end, now, &mut more);
                     self.apply(more);
                 }
+                Effect::FetchIds(size) => self.fetches.push(size),
             }
         }
     }
@@ -262,7 +274,7 @@ fn a_drained_queue_refuses_submissions() {
 #[test]
 fn ids_are_serial_after_the_last_stored_one() {
     let mut q = Queue::new(1, 10);
-    q.core = JobCore::new(41, 1, 10, false);
+    q.core = JobCore::new(JobIds::after(41), 1, 10, false);
     assert_eq!([q.job(0), q.job(0)], [JobId(42), JobId(43)]);
     assert_eq!(q.core.info().last_job_id, 43);
 }
@@ -285,7 +297,8 @@ fn a_refused_dependency_says_why() {
     let mut q = Queue::new(1, 10);
     let a = q.job(0);
     q.run(a, Some("boom"));
-    let (view, entry) = q.core.admit(sleep(1.0), 0, vec![on(a, &[JobStatus::Success])], q.now());
+    let (view, entry) =
+        q.core.admit(sleep(1.0), 0, vec![on(a, &[JobStatus::Success])], q.now(), &mut Vec::new()).unwrap();
     assert_eq!(view.error.as_deref(), Some("dependency on job 1 cannot be met: it ended as error, not success"));
     assert_eq!(entry.level, LogLevel::Error);
     assert!(view.ops.iter().all(|o| o.status == JobStatus::Error));
@@ -424,10 +437,11 @@ fn a_dependency_on_a_cancel_runs_the_job_after_the_cancel() {
 #[test]
 fn jobs_of_one_submission_name_each_other_by_position() {
     let mut q = Queue::new(1, 10);
-    q.core = JobCore::new(10, 1, 10, false);
+    q.core = JobCore::new(JobIds::after(10), 1, 10, false);
     let job = |depends: Vec<NewDependency>| NewJob { ops: sleep(1.0), priority: 0, depends };
     let back = |n| vec![NewDependency { job: JobRef::Earlier(n), statuses: vec![JobStatus::Success] }];
-    let (records, admitted) = q.core.admit_many(vec![job(vec![]), job(back(1)), job(back(2))], q.now());
+    let (records, admitted) =
+        q.core.admit_many(vec![job(vec![]), job(back(1)), job(back(2))], q.now(), &mut Vec::new()).unwrap();
     assert_eq!(records.len(), 3);
     assert_eq!(
         admitted,
@@ -605,7 +619,8 @@ fn a_job_found_running_ends_in_error_keeping_what_finished() {
             (node_op("n2"), JobStatus::Running),
             (node_op("n1"), JobStatus::Queued),
         ];
-        let Recovered::Ended { id, status: ended, at, repair } = restart::recover(&stored(status, &body(&ops)), now)
+        let Recovered::Ended { id, status: ended, at, repair } =
+            restart::recover(&stored(status, &body(&ops)), now, restart::CUT_SHORT)
         else {
             panic!("a {status} job resumed");
         };
@@ -625,7 +640,9 @@ fn a_job_found_running_ends_in_error_keeping_what_finished() {
 fn a_job_found_queued_or_waiting_resumes_as_it_was() {
     for status in [JobStatus::Queued, JobStatus::Waiting] {
         let record = stored(status, &body(&[(node_op("n1"), JobStatus::Queued)]));
-        let Recovered::Resume { view, log } = restart::recover(&record, start()) else { panic!("{status} ended") };
+        let Recovered::Resume { view, log } = restart::recover(&record, start(), restart::CUT_SHORT) else {
+            panic!("{status} ended")
+        };
         assert_eq!(view, JobView::from_record(&record, false));
         assert_eq!(log, record.log);
     }
@@ -634,7 +651,9 @@ fn a_job_found_queued_or_waiting_resumes_as_it_was() {
 #[test]
 fn a_job_whose_body_cannot_be_read_ends_without_running() {
     let now = start();
-    let Recovered::Ended { status, repair, .. } = restart::recover(&stored(JobStatus::Queued, "{not json"), now) else {
+    let Recovered::Ended { status, repair, .. } =
+        restart::recover(&stored(JobStatus::Queued, "{not json"), now, restart::CUT_SHORT)
+    else {
         panic!("an unreadable job resumed");
     };
     assert_eq!(status, JobStatus::Error);
@@ -647,19 +666,21 @@ fn a_job_whose_body_cannot_be_read_ends_without_running() {
 fn a_row_already_ended_needs_no_repair() {
     let mut record = stored(JobStatus::Success, &body(&[(node_op("n1"), JobStatus::Success)]));
     record.ended_at = Some(start());
-    let recovered = restart::recover(&record, start() + chrono::Duration::hours(1));
+    let recovered = restart::recover(&record, start() + chrono::Duration::hours(1), restart::CUT_SHORT);
     assert_eq!(recovered, Recovered::Ended { id: JobId(5), status: JobStatus::Success, at: start(), repair: None });
 }
 
 #[test]
 fn resumed_jobs_wait_until_their_dependencies_have_ended() {
     let mut q = Queue::new(4, 10);
-    q.core = JobCore::new(10, 4, 10, false);
+    q.core = JobCore::new(JobIds::after(10), 4, 10, false);
     q.core.ended.ended(JobId(1), JobStatus::Success, start());
     let job = |id, status, depends: Vec<Dependency>| {
         let mut record = stored(status, &body(&[(node_op("n1"), JobStatus::Queued)]));
         record.id = JobId(id);
-        let Recovered::Resume { mut view, log } = restart::recover(&record, start()) else { panic!() };
+        let Recovered::Resume { mut view, log } = restart::recover(&record, start(), restart::CUT_SHORT) else {
+            panic!()
+        };
         view.depends = depends;
         (view, log)
     };
@@ -737,4 +758,145 @@ fn an_unfinished_job_cannot_be_archived() {
     assert_eq!(invalid(q.core.check_archivable(a).unwrap_err()), "job 1 is running; only ended jobs can be archived");
     q.run(a, None);
     q.core.check_archivable(a).unwrap();
+}
+
+// ----- ids from blocks (a shared store) ------------------------------------------
+
+/// A queue whose ids come in blocks of `size`, the first at `first`.
+fn in_blocks(first: u64, size: u64) -> Queue {
+    let mut q = Queue::new(1, 100);
+    q.core = JobCore::new(JobIds::blocks(first, size), 1, 100, false);
+    q
+}
+
+fn no_ids_left(e: KilnError) -> String {
+    match e {
+        KilnError::Unavailable(m) if m.starts_with("no job ids left") => m,
+        other => panic!("not a refusal for want of ids: {other:?}"),
+    }
+}
+
+#[test]
+fn ids_come_from_blocks_and_the_next_is_asked_for_once_when_less_than_half_is_left() {
+    let mut q = in_blocks(1000, 4);
+    assert_eq!([q.job(0), q.job(0)], [JobId(1000), JobId(1001)]);
+    assert!(q.fetches.is_empty(), "half of the block is left");
+    assert_eq!(q.job(0), JobId(1002));
+    assert_eq!(q.fetches, [4], "less than half left: the next block is asked for");
+    assert_eq!(q.job(0), JobId(1003));
+    assert_eq!(q.fetches, [4], "asked for once while it is on its way");
+    assert_eq!(q.core.info().last_job_id, 1003);
+
+    // The block arrives: ids go on from it, increasing.
+    q.core.add_id_block(5000, 4);
+    assert_eq!([q.job(0), q.job(0), q.job(0)], [JobId(5000), JobId(5001), JobId(5002)]);
+    assert_eq!(q.fetches, [4, 4]);
+}
+
+#[test]
+fn a_submission_with_no_id_left_is_refused_and_asks_again_after_a_failed_fetch() {
+    let mut q = in_blocks(1, 2);
+    q.job(0);
+    q.job(0);
+    assert_eq!(q.fetches, [2]);
+    let m = no_ids_left(q.submit(sleep(1.0), 0, Vec::new()).unwrap_err());
+    assert!(m.contains("being fetched"), "{m}");
+    assert_eq!(q.fetches, [2], "still on its way: not asked twice");
+    assert_eq!(q.core.info().last_job_id, 2, "no id given out");
+
+    // The fetch failed: the next submission is refused too, and asks again.
+    q.core.id_block_failed();
+    no_ids_left(q.submit(sleep(1.0), 0, Vec::new()).unwrap_err());
+    assert_eq!(q.fetches, [2, 2]);
+    q.core.add_id_block(10, 2);
+    assert_eq!(q.job(0), JobId(10));
+}
+
+#[test]
+fn a_block_fetched_ahead_is_used_once_the_current_one_is() {
+    let mut q = in_blocks(1, 3);
+    q.job(0);
+    q.job(0);
+    assert_eq!(q.fetches, [3]);
+    q.core.add_id_block(100, 3);
+    assert_eq!([q.job(0), q.job(0)], [JobId(3), JobId(100)]);
+}
+
+#[test]
+fn a_submission_of_several_spans_two_blocks_and_refers_back_by_place() {
+    let mut q = in_blocks(1, 4);
+    q.job(0);
+    q.job(0);
+    q.job(0);
+    q.core.add_id_block(500, 4);
+    let job = |depends: Vec<NewDependency>| NewJob { ops: sleep(1.0), priority: 0, depends };
+    let back = |n| vec![NewDependency { job: JobRef::Earlier(n), statuses: vec![JobStatus::Success] }];
+    let mut effects = Vec::new();
+    let (_, admitted) =
+        q.core.admit_many(vec![job(vec![]), job(back(1)), job(back(2))], q.now(), &mut effects).unwrap();
+    let ids: Vec<JobId> = admitted.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [JobId(4), JobId(500), JobId(501)]);
+    assert_eq!(q.core.active[&JobId(500)].view.depends, [on(JobId(4), &[JobStatus::Success])]);
+    assert_eq!(q.core.active[&JobId(501)].view.depends, [on(JobId(4), &[JobStatus::Success])]);
+
+    assert!(effects.is_empty(), "half of the new block is left: {effects:?}");
+
+    // More jobs than ids left: refused whole, no id given out.
+    assert_eq!(q.job(0), JobId(502));
+    assert_eq!(q.fetches, [4, 4]);
+    let e = q.core.admit_many((0..3).map(|_| job(vec![])).collect(), q.now(), &mut effects).unwrap_err();
+    assert!(no_ids_left(e).contains("1 of this member's block remain for 3 job(s)"));
+    assert_eq!(q.core.info().last_job_id, 502);
+}
+
+#[test]
+fn serial_ids_never_run_out_and_ask_for_no_block() {
+    let mut q = Queue::new(1, 10);
+    for _ in 0..5 {
+        q.job(0);
+    }
+    assert!(q.fetches.is_empty());
+    assert_eq!(q.core.info().last_job_id, 5);
+}
+
+// ----- adopting a dead member's jobs ---------------------------------------------
+
+#[test]
+fn adopted_jobs_follow_the_restart_rule_naming_the_dead_member() {
+    let mut q = in_blocks(100, 10);
+    let record = |id, status: JobStatus, depends: Vec<Dependency>| {
+        let mut r = stored(status, &body(&[(node_op("n1"), status)]));
+        r.id = JobId(id);
+        let mut view = JobView::from_record(&r, false);
+        view.depends = depends;
+        view.to_record(r.log.clone())
+    };
+    let records = [
+        record(7, JobStatus::Running, vec![]),
+        record(8, JobStatus::Queued, vec![]),
+        record(9, JobStatus::Waiting, vec![on(JobId(7), &[JobStatus::Success])]),
+        record(10, JobStatus::Waiting, vec![on(JobId(8), &[])]),
+    ];
+    let now = q.now();
+    let (repairs, resumed) = q.core.adopt(&records, now, restart::MEMBER_DIED);
+    assert_eq!(resumed, 3);
+    assert_eq!(repairs.len(), 1);
+    let ended = JobView::from_record(&repairs[0], false);
+    assert_eq!((ended.id, ended.status), (JobId(7), JobStatus::Error));
+    assert!(ended.error.as_deref().unwrap().contains("member running it died"), "{:?}", ended.error);
+    assert_eq!(repairs[0].log.last().unwrap().message, restart::MEMBER_DIED);
+
+    // Adopted twice (a repeated claim): nothing changes.
+    let (again, resumed) = q.core.adopt(&records, now, restart::MEMBER_DIED);
+    assert!(again.is_empty() && resumed == 0);
+
+    let mut effects = Vec::new();
+    q.core.promote_waiting(now, &mut effects);
+    q.core.schedule(&mut effects);
+    q.apply(effects);
+    assert_eq!(q.started, [JobId(8)]);
+    assert_eq!(q.status(JobId(9)), JobStatus::Error, "its dependency was cut short");
+    q.run(JobId(8), None);
+    assert_eq!(q.started, [JobId(8), JobId(10)]);
+    assert_eq!(q.job(0), JobId(100), "new ids still come from this member's block");
 }

@@ -20,6 +20,12 @@
 //!   `KLNF0` not found, `KLFN0` fenced, `KLAR0` an archived job id,
 //!   `KLUF0` a job not finished (the message is its status), `KLPG0` a port
 //!   in another node's group.
+//! - **Job rows carry their runner** (`runner`, from version 4): the member
+//!   that runs the job. Every change of a live job is conditional on it, so
+//!   a member whose jobs were adopted by another after it was declared dead
+//!   is refused (`KLFN0`) rather than overwriting the adopter's progress.
+//!   Job ids need no epoch: a job's runner changes only from a member that
+//!   is not alive, and a member id is never reused.
 //! - Migration and its version are one transaction under an advisory lock,
 //!   so two members starting together migrate once.
 
@@ -182,6 +188,43 @@ pub const MIGRATIONS: &[&str] = &[
         created_at timestamptz NOT NULL DEFAULT now()
     );
     CREATE INDEX node_requests_queued ON node_requests (state, node);
+    "#,
+    // 4: the member that runs each job (`runner`), fenced as node owners are.
+    r#"
+    ALTER TABLE jobs ADD COLUMN runner text NOT NULL DEFAULT '';
+    ALTER TABLE jobs_archive ADD COLUMN runner text NOT NULL DEFAULT '';
+    CREATE INDEX jobs_runner ON jobs (runner);
+
+    -- A job write that changed nothing: the job is run by another member,
+    -- or it is not live.
+    CREATE FUNCTION kiln_job_written(changed bigint, job bigint) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        IF changed = 0 THEN
+            IF EXISTS (SELECT 1 FROM jobs WHERE id = job) THEN
+                RAISE EXCEPTION 'job % is run by another member', job USING ERRCODE = 'KLFN0';
+            END IF;
+            RAISE EXCEPTION 'job % is not live', job USING ERRCODE = 'KLNF0';
+        END IF;
+    END $$;
+
+    -- An archive that moved nothing: the job is not live, is run by another
+    -- member, or is not finished.
+    CREATE FUNCTION kiln_job_archived(moved bigint, job bigint, me text) RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE
+        found_status text;
+        found_runner text;
+    BEGIN
+        IF moved = 0 THEN
+            SELECT status, runner INTO found_status, found_runner FROM jobs WHERE id = job;
+            IF found_status IS NULL THEN
+                RAISE EXCEPTION 'job % is not live', job USING ERRCODE = 'KLNF0';
+            END IF;
+            IF found_runner <> me THEN
+                RAISE EXCEPTION 'job % is run by another member', job USING ERRCODE = 'KLFN0';
+            END IF;
+            RAISE EXCEPTION '%', found_status USING ERRCODE = 'KLUF0';
+        END IF;
+    END $$;
     "#,
 ];
 
