@@ -144,13 +144,27 @@ pub async fn keep(site: kiln_actors::Site, joined: Arc<Joined>, mut stop: watch:
     }
 }
 
-/// Claims the orphans the ring places here and runs them.
-async fn take_over(site: &kiln_actors::Site, me: &str) -> Result<(), kiln_store::StoreError> {
+/// Claims the orphans the ring places here and runs them, then the jobs
+/// no live member runs (the restart rule ends those that were running).
+async fn take_over(site: &kiln_actors::Site, me: &str) -> Result<(), kiln_actors::KilnError> {
     let claimed = site.store.read(|b| b.claim_orphans()).await?;
     if !claimed.is_empty() {
         let why = format!("member {me} took the node over from a member that died or left");
         let delay = site.config.shared.as_ref().map_or(Duration::ZERO, |s| s.fence_delay);
         kiln_actors::takeover::adopt(site, claimed, &why, delay).await?;
+    }
+    let jobs = site.store.read(|b| b.claim_orphan_jobs()).await?;
+    if !jobs.is_empty() {
+        let adopted = site
+            .jobs
+            .send(kiln_actors::jobs::AdoptJobs(jobs))
+            .await
+            .map_err(|_| kiln_actors::KilnError::Unavailable("the job queue is not running".into()))??;
+        tracing::info!(
+            resumed = adopted.resumed,
+            ended = adopted.ended,
+            "took over the jobs of a member that died or left"
+        );
     }
     Ok(())
 }
