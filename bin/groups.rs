@@ -84,6 +84,9 @@ pub fn resolve(
 
 /// A group name as a node set can name it (`@name`).
 fn check_name(name: &str) -> Result<(), String> {
+    if name == kiln_actors::supervisor::LOCAL_GROUP {
+        return Err(format!("the group name '{name}', which kiln keeps for the nodes this member runs"));
+    }
     let ok =
         !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/'));
     if ok { Ok(()) } else { Err(format!("the group name '{name}', which a node set cannot name")) }

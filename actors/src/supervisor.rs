@@ -36,6 +36,11 @@ pub struct NodeEntry {
     pub name: String,
 }
 
+/// The built-in node group of the nodes this process runs (`@local`): on a
+/// store shared by several members, this member's share; otherwise every
+/// node. A configured group may not take the name.
+pub const LOCAL_GROUP: &str = "local";
+
 /// The registry of running node actors.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -102,7 +107,10 @@ impl Registry {
     /// Parses a node set, with the site's groups.
     pub fn parse(&self, expr: &str) -> Result<NodeSet, KilnError> {
         let groups = self.live.groups();
-        NodeSet::parse_with(expr, &|g| groups.get(g).cloned())
+        let local = |g: &str| {
+            (g == LOCAL_GROUP).then(|| NodeSet::from_names(self.by_name.iter().map(|e| e.key().clone())).fold())
+        };
+        NodeSet::parse_with(expr, &|g| groups.get(g).cloned().or_else(|| local(g)))
             .map_err(|e| KilnError::InvalidInput(format!("node set '{expr}': {e}")))
     }
 

@@ -56,6 +56,7 @@ pub fn run(name: &str, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         "scale" => scale(args),
         "power-sync" => in_system(power_sync(args.clone())),
         "exec" => exec(args),
+        "scale-out" => super::scaleout::run(args),
         other => bail!("no scenario {other}"),
     }
 }
