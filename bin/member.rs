@@ -100,6 +100,7 @@ pub async fn join(cfg: &DaemonConfig, target: kiln_store::postgres::PgTarget) ->
         member: id,
         connect_for: cfg.store_connect_timeout,
         ring_key: Some(ring_key),
+        name: Some(cfg.member_name.clone()),
     };
     let identity = Identity { name: cfg.member_name.clone(), host: host_name(), pid: std::process::id() };
     let settings = cfg.membership;

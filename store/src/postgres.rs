@@ -115,6 +115,10 @@ pub struct PgOptions {
     /// its BMC endpoint, so nodes behind one BMC stay on one member. The
     /// store cannot read driver settings itself; without a key, the uuid.
     pub ring_key: Option<fn(&NodeRecord) -> String>,
+    /// This member's name, stable across its restarts (`member_name`): its
+    /// event stream is kept under it, so serials go on across restarts and
+    /// members never take each other's. `None`: the member id.
+    pub name: Option<String>,
 }
 
 /// A kiln store in a PostgreSQL database.
@@ -343,12 +347,19 @@ impl PgBackend {
                 vec![
                     Box::new(i64::try_from(event.serial).map_err(|e| StoreError::Corrupt(e.to_string()))?),
                     Box::new(event.body.clone()),
+                    Box::new(self.source()),
                 ],
             ),
-            Write::ForgetEventsThrough(serial) => {
-                op(sql::FORGET_EVENTS, vec![Box::new(i64::try_from(*serial).unwrap_or(i64::MAX))])
-            }
+            Write::ForgetEventsThrough(serial) => op(
+                sql::FORGET_EVENTS,
+                vec![Box::new(i64::try_from(*serial).unwrap_or(i64::MAX)), Box::new(self.source())],
+            ),
         })
+    }
+
+    /// The event stream this member writes and reads: its name.
+    fn source(&self) -> String {
+        self.options.name.clone().unwrap_or_else(|| self.options.member.clone())
     }
 
     /// The epoch this member holds for `node`; -1 (matching no row) for a
@@ -842,8 +853,8 @@ mod sql {
          SELECT * FROM taken WHERE NOT status = ANY($2) ORDER BY id";
     pub const SET_META: &str =
         "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
-    pub const APPEND_EVENT: &str = "INSERT INTO events (serial, body) VALUES ($1, $2)";
-    pub const FORGET_EVENTS: &str = "DELETE FROM events WHERE serial <= $1";
+    pub const APPEND_EVENT: &str = "INSERT INTO events (serial, body, source) VALUES ($1, $2, $3)";
+    pub const FORGET_EVENTS: &str = "DELETE FROM events WHERE serial <= $1 AND source = $2";
 }
 
 /// The job columns of `$table` in the order [`job_from_row`] reads them.
@@ -1161,17 +1172,22 @@ impl Backend for PgBackend {
 
     fn load_events(&mut self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let (after, limit) = (i64::try_from(after).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(i64::MAX));
-        self.query("SELECT serial, body FROM events WHERE serial > $1 ORDER BY serial LIMIT $2", &[&after, &limit])?
-            .iter()
-            .map(|row| {
-                let f = Fields { row, table: "events", key: String::new() };
-                Ok(EventRecord { serial: f.unsigned(0, "serial")?, body: f.raw(1, "body")? })
-            })
-            .collect()
+        let source = self.source();
+        self.query(
+            "SELECT serial, body FROM events WHERE source = $3 AND serial > $1 ORDER BY serial LIMIT $2",
+            &[&after, &limit, &source],
+        )?
+        .iter()
+        .map(|row| {
+            let f = Fields { row, table: "events", key: String::new() };
+            Ok(EventRecord { serial: f.unsigned(0, "serial")?, body: f.raw(1, "body")? })
+        })
+        .collect()
     }
 
     fn event_span(&mut self) -> Result<(u64, u64), StoreError> {
-        let rows = self.query("SELECT max(serial), count(*) FROM events", &[])?;
+        let source = self.source();
+        let rows = self.query("SELECT max(serial), count(*) FROM events WHERE source = $1", &[&source])?;
         let Some(row) = rows.first() else {
             return Ok((0, 0));
         };

@@ -18,7 +18,13 @@ use support::{Kind, Place};
 const FAST: MemberSettings = MemberSettings { heartbeat: Duration::from_millis(500), timeout: Duration::from_secs(4) };
 
 fn options(place: &Place, id: &str) -> PgOptions {
-    PgOptions { target: place.target(), member: id.into(), connect_for: Duration::from_secs(5), ring_key: None }
+    PgOptions {
+        target: place.target(),
+        member: id.into(),
+        connect_for: Duration::from_secs(5),
+        ring_key: None,
+        name: None,
+    }
 }
 
 fn join(place: &Place, id: &str, name: &str) -> Membership {

@@ -17,7 +17,13 @@ use support::{Kind, Place};
 const FAST: MemberSettings = MemberSettings { heartbeat: Duration::from_millis(500), timeout: Duration::from_secs(4) };
 
 fn options(place: &Place, id: &str) -> PgOptions {
-    PgOptions { target: place.target(), member: id.into(), connect_for: Duration::from_secs(5), ring_key: None }
+    PgOptions {
+        target: place.target(),
+        member: id.into(),
+        connect_for: Duration::from_secs(5),
+        ring_key: None,
+        name: None,
+    }
 }
 
 fn join(place: &Place, id: &str, name: &str) -> Membership {
@@ -162,4 +168,13 @@ fn a_timeout_too_short_for_three_heartbeats_is_refused() {
     let settings = MemberSettings { heartbeat: Duration::from_secs(2), timeout: Duration::from_secs(5) };
     let err = Membership::join(options(&place, "y"), identity, settings).map(|_| ()).unwrap_err();
     assert!(err.to_string().contains("member_timeout"), "{err}");
+}
+
+#[test]
+fn a_name_a_live_member_on_another_host_has_is_refused() {
+    let place = Place::new(Kind::Postgres);
+    let _first = join(&place, "first", "kiln-a");
+    let identity = Identity { name: "kiln-a".into(), host: "other-host".into(), pid: 1 };
+    let err = Membership::join(options(&place, "second"), identity, FAST).map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("already has the name 'kiln-a'"), "{err}");
 }

@@ -154,6 +154,7 @@ fn a_wrong_password_is_refused_at_once_and_never_shown() {
         member: "m".into(),
         connect_for: std::time::Duration::from_secs(30),
         ring_key: None,
+        name: None,
     })
     .map(|_| ())
     .unwrap_err();
@@ -175,6 +176,7 @@ fn a_server_that_is_down_is_retried_for_a_bounded_time_then_named() {
         member: "m".into(),
         connect_for: std::time::Duration::from_secs(2),
         ring_key: None,
+        name: None,
     })
     .map(|_| ())
     .unwrap_err();

@@ -68,3 +68,31 @@ fn a_repeated_scenario_reports_each_figures_median_and_every_run() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--repeat"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+#[test]
+fn the_scale_out_bench_runs_small_and_loses_nothing() {
+    let out = std::process::Command::new(crate::harness::KILN)
+        .args(["--json", "bench", "scale-out", "--nodes", "60"])
+        // Small timeouts: the drills wait for a member to be declared dead.
+        .env("KILN_MEMBER_TIMEOUT", "3s")
+        .env("KILN_MEMBER_HEARTBEAT", "500ms")
+        .env_remove("KILN_STORE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let figures: BTreeMap<String, f64> = report["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap().to_string(), f["value"].as_f64().unwrap()))
+        .collect();
+    for k in 1..=3 {
+        assert!(figures[&format!("scaleout.transitions_per_s.m{k}")] > 0.0, "{figures:?}");
+        assert_eq!(figures[&format!("scaleout.lost_transitions.m{k}")], 0.0, "{figures:?}");
+        assert_eq!(figures[&format!("scaleout.duplicated_transitions.m{k}")], 0.0, "{figures:?}");
+    }
+    for drill in ["scaleout.detect_s", "scaleout.claim_s", "scaleout.takeover_s", "scaleout.fenced_writes"] {
+        assert!(figures.contains_key(drill), "{drill} missing: {figures:?}");
+    }
+}

@@ -187,4 +187,10 @@ fn any_member_answers_for_any_node_and_its_owner_acts() {
     assert!(refused.to_string().contains("cannot deploy"), "{refused}");
     let missing = b.json_code(&["node", "show", "nosuch"], 2);
     assert!(missing.to_string().contains("no such node"), "{missing}");
+    // Each member keeps its own event stream: no serial of one is taken by
+    // the other's.
+    for d in [&a, &b] {
+        let lines = d.log_lines();
+        assert!(!lines.iter().any(|l| l.contains("could not be stored")), "{}", lines.join("\n"));
+    }
 }

@@ -336,6 +336,21 @@ async fn enter(client: &mut Client, options: &PgOptions, identity: &Identity) ->
             constraint: None,
         });
     }
+    let taken = tx
+        .query_opt(
+            "SELECT host FROM members WHERE name = $1 AND host <> $2 AND state = 'alive' LIMIT 1",
+            &[&identity.name, &identity.host],
+        )
+        .await
+        .map_err(|e| db_error(target, e))?;
+    if let Some(row) = taken {
+        let host: String = row.get(0);
+        return Err(StoreError::Conflict(format!(
+            "a live member on host {host} already has the name '{}': every member of a site needs its own \
+             (member_name)",
+            identity.name
+        )));
+    }
     let earlier: Vec<String> = tx
         .query(
             "UPDATE members SET state = 'dead' WHERE name = $1 AND host = $2 AND state = 'alive' RETURNING id",

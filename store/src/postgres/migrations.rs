@@ -226,6 +226,13 @@ pub const MIGRATIONS: &[&str] = &[
         END IF;
     END $$;
     "#,
+    // 5: each member's event stream apart (`source`: its name), so members'
+    // serials never collide and each goes on across its restarts.
+    r#"
+    ALTER TABLE events ADD COLUMN source text NOT NULL DEFAULT '';
+    ALTER TABLE events DROP CONSTRAINT events_pkey;
+    ALTER TABLE events ADD PRIMARY KEY (source, serial);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -60,6 +60,7 @@ impl Place {
             member: member.into(),
             connect_for: Duration::from_secs(5),
             ring_key: None,
+            name: None,
         })
     }
 
