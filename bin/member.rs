@@ -19,6 +19,7 @@
 //!   and epoch refuse whatever it might still try to write before that.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -116,23 +117,20 @@ pub async fn join(cfg: &DaemonConfig, target: kiln_store::postgres::PgTarget) ->
     Ok((joined, options))
 }
 
-/// Runs for the daemon's life: fences this member when it must, and takes
-/// over orphaned nodes every heartbeat. Returns when `stop` turns true.
+/// Runs for the daemon's life: takes over orphaned nodes and jobs and
+/// hands nodes over every heartbeat, with a watch thread that fences this
+/// member when it must. Returns when `stop` turns true (the watch stops
+/// with it).
 pub async fn keep(site: kiln_actors::Site, joined: Arc<Joined>, mut stop: watch::Receiver<bool>) {
     let membership = &joined.membership;
-    let heartbeat = membership.settings().heartbeat;
-    let mut fence_check = tokio::time::interval(FENCE_CHECK);
-    let mut takeover = tokio::time::interval(heartbeat);
+    let stopped = Arc::new(AtomicBool::new(false));
+    watch_fence(membership.fence(), stopped.clone());
+    let mut takeover = tokio::time::interval(membership.settings().heartbeat);
     takeover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut balance = Balance::default();
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
-            _ = fence_check.tick() => {
-                if let Some(why) = membership.fenced() {
-                    fence(&why);
-                }
-            }
+            _ = stop.changed() => break,
             _ = takeover.tick() => {
                 if let Err(e) = take_over(&site, membership.id()).await {
                     tracing::warn!(error = %e, "taking over orphaned nodes failed; trying again next heartbeat");
@@ -142,6 +140,27 @@ pub async fn keep(site: kiln_actors::Site, joined: Arc<Joined>, mut stop: watch:
                 }
             }
         }
+    }
+    stopped.store(true, Ordering::SeqCst);
+}
+
+/// Checks every [`FENCE_CHECK`] whether this member must fence itself, on
+/// a thread of its own: nothing the site is waiting for (a store call
+/// hanging on a cut link, a busy arbiter) can delay it.
+fn watch_fence(fenced: Arc<dyn Fn() -> Option<String> + Send + Sync>, stopped: Arc<AtomicBool>) {
+    let watch = move || {
+        while !stopped.load(Ordering::SeqCst) {
+            std::thread::sleep(FENCE_CHECK);
+            if let Some(why) = fenced()
+                && !stopped.load(Ordering::SeqCst)
+            {
+                fence(&why);
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("kiln-fence".into()).spawn(watch) {
+        // Without the watch, the rows' epochs still refuse a stale member.
+        tracing::error!(error = %e, "cannot start the fence watch");
     }
 }
 

@@ -199,6 +199,20 @@ pub async fn hand_over(router: &Router, nodes: Vec<NodeId>) -> Result<usize, Kil
     }
 }
 
+/// Ends the requests a dead member was running on `nodes` (just claimed
+/// from it) with an error that says so: whether each was carried out is
+/// for the node's history to tell, and none is run again.
+pub async fn fail_orphaned(router: &Router, nodes: Vec<NodeId>) -> Result<u64, KilnError> {
+    if nodes.is_empty() || router.registry.shared.is_none() {
+        return Ok(0);
+    }
+    let answer: Answer = Err(KilnError::Unavailable(
+        "the member running this request died before it answered; the node's history says what was done".into(),
+    ));
+    let text = serde_json::to_string(&answer).map_err(|e| KilnError::Protocol(e.to_string()))?;
+    Ok(router.store.read(move |b| shared_of(b)?.fail_running_requests(&nodes, &text)).await?)
+}
+
 /// Runs one request on this member's own node actor.
 async fn execute(router: &Router, node: NodeId, body: &str) -> Answer {
     match serde_json::from_str::<Request>(body) {

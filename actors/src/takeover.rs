@@ -58,6 +58,12 @@ pub async fn adopt(site: &Site, claimed: Vec<Claimed>, why: &str, fence_delay: D
         claimed.iter().filter(|c| c.from_dead_owner).map(|c| c.node.uuid).collect();
     let mut records: Vec<NodeRecord> = claimed.into_iter().map(|c| c.node).collect();
     let repaired = repair(&site.store, &mut records, why, site.config.clock.now()).await?;
+    let orphaned = crate::remote::fail_orphaned(&site.router(), dead.iter().copied().collect())
+        .await
+        .map_err(|e| StoreError::Database { message: e.to_string(), constraint: None })?;
+    if orphaned > 0 {
+        tracing::warn!(requests = orphaned, "ended the node requests a dead member was running");
+    }
     let (later, now): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| dead.contains(&r.uuid));
     tracing::info!(message = "Took over nodes.", released = now.len(), from_dead = later.len(), repaired, why);
     site.supervisor.send(AdoptRecords(now)).await.map_err(|_| StoreError::Closed)?;

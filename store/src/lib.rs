@@ -266,6 +266,9 @@ pub trait Shared {
     /// owner and epoch are still this member's gets no owner, for the
     /// member the ring names to claim. Returns the nodes released.
     fn release_nodes(&mut self, nodes: &[NodeId]) -> Result<Vec<NodeId>, StoreError>;
+    /// Answers with `answer` every request that was running on one of
+    /// `nodes` (claimed from a member that died); returns how many.
+    fn fail_running_requests(&mut self, nodes: &[NodeId], answer: &str) -> Result<u64, StoreError>;
     /// The ids of the live members, this one among them.
     fn live_members(&mut self) -> Result<Vec<String>, StoreError>;
 }

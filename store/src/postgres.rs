@@ -1282,6 +1282,14 @@ impl crate::Shared for PgBackend {
         Ok(released)
     }
 
+    fn fail_running_requests(&mut self, nodes: &[NodeId], answer: &str) -> Result<u64, StoreError> {
+        self.reconnect_if_closed()?;
+        let nodes: Vec<String> = nodes.iter().map(NodeId::to_string).collect();
+        self.runtime
+            .block_on(requests::fail_running(&self.client, &nodes, answer))
+            .map_err(|e| db_error(&self.options.target, e))
+    }
+
     fn live_members(&mut self) -> Result<Vec<String>, StoreError> {
         let me = self.options.member.clone();
         let mut ids: Vec<String> =

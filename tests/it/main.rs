@@ -27,6 +27,7 @@ mod postgres;
 mod privacy;
 mod readme;
 mod rejected;
+mod relay;
 mod restart;
 mod secrets;
 mod service;

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::harness::Daemon;
 use crate::postgres::database;
+use crate::relay::Relay;
 
 /// Fast membership for tests: dead after 3 s of silence.
 const FAST: [&str; 4] = ["--set", "member_heartbeat=500ms", "--set", "member_timeout=3s"];
@@ -193,4 +194,109 @@ fn any_member_answers_for_any_node_and_its_owner_acts() {
         let lines = d.log_lines();
         assert!(!lines.iter().any(|l| l.contains("could not be stored")), "{}", lines.join("\n"));
     }
+}
+
+/// The nodes a member runs, as one folded node set.
+fn local(d: &Daemon) -> Vec<String> {
+    let list = d.json(&["node", "list", "@local"]);
+    list.as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_member_cut_off_from_postgres_stops_itself_and_its_nodes_go_on_elsewhere() {
+    let url = database();
+    let port: u16 = url.split(':').nth(3).and_then(|p| p.split('/').next()).unwrap().parse().unwrap();
+    let relay = Relay::start(([127, 0, 0, 1], port).into());
+    let cut_url = url.replace(&format!(":{port}/"), &format!(":{}/", relay.addr.port()));
+    let a = member(10, &url, "a");
+    let mut b = member(0, &cut_url, "b");
+    wait_members(&a, Duration::from_secs(15), |rows| rows.iter().all(|r| r.1 == "alive" && r.2 > 0) && rows.len() == 2);
+    a.json(&["node", "manage", "demo[1-10]", "--wait"]);
+    let theirs = local(&b);
+    assert!(!theirs.is_empty());
+
+    relay.cut(true);
+    // b cannot renew its row: it stops itself, writing nothing more.
+    let status = b.wait_for_exit(Duration::from_secs(20)).expect("b went on running while cut off");
+    assert_eq!(status.code(), Some(75));
+    wait_members(&a, Duration::from_secs(20), |rows| rows == [row("a", "alive", 10), row("b", "dead", 0)]);
+    // Healed: whatever b left in the link arrives late, and changes nothing.
+    relay.cut(false);
+    a.json(&["node", "provide", "demo[1-10]", "--wait"]);
+    for name in &theirs {
+        let history = a.json(&["node", "history", name]);
+        let events: Vec<&str> = history.as_array().unwrap().iter().map(|h| h["event"].as_str().unwrap()).collect();
+        assert_eq!(events, ["manage", "done", "provide", "done"], "{name}");
+        assert_eq!(a.state(name), "available");
+    }
+}
+
+#[test]
+fn three_members_lose_nothing_when_one_is_killed_under_load() {
+    let url = database();
+    let a = member(1000, &url, "a");
+    let b = member(0, &url, "b");
+    let mut c = member(0, &url, "c");
+    wait_members(&a, Duration::from_secs(30), |rows| {
+        rows.len() == 3
+            && rows.iter().all(|r| r.1 == "alive" && r.2 > 0)
+            && rows.iter().map(|r| r.2).sum::<u64>() == 1000
+    });
+    a.json(&["node", "manage", "demo[1-1000]", "--wait"]);
+    // Acknowledged work on c: a job running (its node's BMC is slow), and
+    // one waiting for it to fail.
+    c.json(&["node", "set", "demo1000", "--driver-info", "latency_ms=60000"]);
+    let long = submit(&c, "ops: [{op: provide, nodes: demo1000}]");
+    let queued =
+        submit(&c, &format!("depends: [{{job: {long}, statuses: [error]}}]\nops: [{{op: sleep, seconds: 0}}]"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b.json(&["job", "show", &long.to_string()])["status"] != "running" {
+        assert!(Instant::now() < deadline, "job {long} was never stored as running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A bulk verb through a, over every member's nodes, while c dies.
+    let bulk = crate::harness::spawn_at(
+        &a.socket,
+        &["--json", "node", "provide", "demo[1-999]", "--wait"],
+        std::process::Stdio::null(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.json(&["node", "list", "--state", "available"]).as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the bulk verb never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.kill9();
+    let killed = Instant::now();
+    wait_members(&a, Duration::from_secs(15), |rows| {
+        rows.iter().any(|r| r.0 == "c" && r.1 == "dead")
+            && rows.iter().filter(|r| r.1 == "alive").map(|r| r.2).sum::<u64>() == 1000
+    });
+    eprintln!(
+        "3 members, 1000 nodes: c's nodes owned by the living {:.1} s after SIGKILL",
+        killed.elapsed().as_secs_f64()
+    );
+    // The bulk verb ends, with a result for every node.
+    let out = bulk.wait_with_output().unwrap();
+    assert!(out.status.code().is_some(), "the bulk verb was killed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let results: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let results = results.as_array().or_else(|| results["results"].as_array()).unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(results.len(), 999, "a result for every node");
+    // Every node is in a state its history explains, and nothing is busy.
+    let list = a.json(&["node", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1000);
+    for n in list.as_array().unwrap() {
+        let state = n["provision_state"].as_str().unwrap();
+        assert!(["available", "manageable", "cleaning", "clean failed"].contains(&state), "{n}");
+    }
+    for name in ["demo1", "demo500", "demo1000"] {
+        let history = a.json(&["node", "history", name]);
+        let last = history.as_array().unwrap().last().unwrap()["to_state"].as_str().unwrap().to_string();
+        assert_eq!(last, a.state(name), "{name}: {history}");
+    }
+    // c's jobs are the living's: the long one ended error, the queued one ran.
+    assert_eq!(a.json(&["job", "show", &long.to_string()])["status"], "error");
+    let out = a.cli(&["--json", "job", "watch", &queued.to_string()]);
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().map(str::to_string).unwrap_or_default();
+    assert!(last.contains("\"success\""), "{last}");
 }

@@ -107,3 +107,22 @@ pub(super) async fn requeue(client: &Client, id: i64) -> Result<(), tokio_postgr
     client.execute("UPDATE node_requests SET state = 'queued' WHERE id = $1 AND state = 'running'", &[&id]).await?;
     Ok(())
 }
+
+/// Answers every request that was running on one of `nodes` with `answer`
+/// and wakes their callers: their member died while running them, so
+/// whether they were carried out is for the nodes' history to say; they
+/// are never run again.
+pub(super) async fn fail_running(
+    client: &Client,
+    nodes: &[String],
+    answer: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "WITH a AS (UPDATE node_requests SET state = 'answered', answer = $2
+                        WHERE state = 'running' AND node = ANY($1) RETURNING id)
+             SELECT pg_notify($3, id::text) FROM a",
+            &[&nodes, &answer, &ANSWERS],
+        )
+        .await
+}
