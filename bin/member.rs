@@ -84,6 +84,12 @@ impl Joined {
         }
     }
 
+    /// Fences this member from elsewhere, saying why (the store, when a
+    /// commit's outcome is unknown).
+    pub fn expeller(&self) -> Arc<dyn Fn(&str) + Send + Sync> {
+        self.membership.expeller()
+    }
+
     /// Leaves the site cleanly: the row says `left`, so that the living
     /// take the nodes over at once.
     pub fn leave(self) {

@@ -66,10 +66,11 @@ async fn start_site(cfg: &DaemonConfig) -> anyhow::Result<(kiln_actors::Site, Op
     };
     let (joined, options) = member::join(cfg, target.clone()).await?;
     tracing::info!(store = %target, member = %options.member, name = %cfg.member_name, "opening the PostgreSQL store");
-    let backend = tokio::task::spawn_blocking(move || PgBackend::open(options))
+    let mut backend = tokio::task::spawn_blocking(move || PgBackend::open(options))
         .await
         .context("the store's start-up panicked")?
         .with_context(|| format!("cannot open the PostgreSQL store {target}"))?;
+    backend.on_lost_commit(joined.expeller());
     let store = kiln_store::StoreHandle::start(Box::new(backend));
     let site_cfg = kiln_actors::SiteConfig { shared: Some(joined.shared(cfg.bmc_fence_delay)), ..cfg.site.clone() };
     let site = kiln_actors::start_with_store(site_cfg, store).await.context("cannot start the site")?;

@@ -130,6 +130,8 @@ pub struct PgBackend {
     statements: HashMap<&'static str, Statement>,
     /// The epoch this member holds for each node it owns.
     epochs: HashMap<NodeId, i64>,
+    /// Told when a commit's outcome is unknown ([`PgBackend::on_lost_commit`]).
+    on_lost: Option<std::sync::Arc<dyn Fn(&str) + Send + Sync>>,
 }
 
 type Pipelined<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + 'a>>;
@@ -153,11 +155,19 @@ impl PgBackend {
             .build()
             .map_err(|source| StoreError::Io { what: "cannot start the PostgreSQL runtime".into(), source })?;
         let client = runtime.block_on(connect(&options, true))?;
-        let mut backend = PgBackend { client, runtime, options, statements: HashMap::new(), epochs: HashMap::new() };
+        let mut backend =
+            PgBackend { client, runtime, options, statements: HashMap::new(), epochs: HashMap::new(), on_lost: None };
         backend.migrate()?;
         backend.claim_for_me()?;
         backend.claim_orphan_jobs()?;
         Ok(backend)
+    }
+
+    /// Calls `f` with the cause when a commit's outcome is unknown (the
+    /// connection was lost during COMMIT): a member fences itself then,
+    /// rather than go on from a state it does not know.
+    pub fn on_lost_commit(&mut self, f: std::sync::Arc<dyn Fn(&str) + Send + Sync>) {
+        self.on_lost = Some(f);
     }
 
     /// The member name this backend writes as owner.
@@ -1213,7 +1223,11 @@ impl PgBackend {
             target = %self.options.target,
             error = %self.options.target.scrub(&error_text(e)),
         );
-        StoreError::OutcomeUnknown(self.options.target.scrub(&error_text(e)))
+        let cause = self.options.target.scrub(&error_text(e));
+        if let Some(f) = &self.on_lost {
+            f(&format!("the outcome of a commit is unknown (the connection was lost during COMMIT: {cause})"));
+        }
+        StoreError::OutcomeUnknown(cause)
     }
 }
 

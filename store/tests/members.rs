@@ -178,3 +178,14 @@ fn a_name_a_live_member_on_another_host_has_is_refused() {
     let err = Membership::join(options(&place, "second"), identity, FAST).map(|_| ()).unwrap_err();
     assert!(err.to_string().contains("already has the name 'kiln-a'"), "{err}");
 }
+
+#[test]
+fn a_member_told_that_a_commit_was_lost_fences_itself_saying_why() {
+    let place = Place::new(Kind::Postgres);
+    let m = join(&place, "lost-commit", "a");
+    assert_eq!(m.fenced(), None);
+    let expel = m.expeller();
+    expel("the outcome of a commit is unknown");
+    assert_eq!(m.fenced().as_deref(), Some("the outcome of a commit is unknown"));
+    assert_eq!((m.fence())().as_deref(), Some("the outcome of a commit is unknown"), "the BMC-call check agrees");
+}

@@ -142,6 +142,8 @@ struct Shared {
     expelled: AtomicBool,
     /// Set by [`Membership::halt`]: the thread stops without leaving.
     halted: AtomicBool,
+    /// Why this member stopped itself ([`Membership::expeller`]), if it did.
+    expelled_why: Mutex<Option<String>>,
 }
 
 impl Membership {
@@ -169,6 +171,7 @@ impl Membership {
             renewed: Mutex::new(sent),
             expelled: AtomicBool::new(false),
             halted: AtomicBool::new(false),
+            expelled_why: Mutex::new(None),
         });
         let (stop, stopped) = channel();
         let beat = Heartbeat { options: options.clone(), settings, shared: shared.clone(), client: Some(client) };
@@ -193,6 +196,18 @@ impl Membership {
     /// overdue by its own clock, or the site has declared it dead.
     pub fn fenced(&self) -> Option<String> {
         fenced(&self.id, &self.shared, self.settings)
+    }
+
+    /// A way to fence this member from elsewhere, saying why: the store
+    /// calls it when a commit's outcome is unknown (the connection was lost
+    /// during COMMIT), since a member must not go on from a state it does
+    /// not know.
+    pub fn expeller(&self) -> Arc<dyn Fn(&str) + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move |why: &str| {
+            *shared.expelled_why.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+            shared.expelled.store(true, Ordering::SeqCst);
+        })
     }
 
     /// [`Membership::fenced`] as a check to make right before an action
@@ -234,7 +249,8 @@ impl Drop for Membership {
 
 fn fenced(id: &str, shared: &Shared, settings: MemberSettings) -> Option<String> {
     if shared.expelled.load(Ordering::SeqCst) {
-        return Some(format!("member {id} was declared dead by the site"));
+        let why = shared.expelled_why.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        return Some(why.unwrap_or_else(|| format!("member {id} was declared dead by the site")));
     }
     let since = shared.renewed.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
     let limit = settings.self_fence_after();
