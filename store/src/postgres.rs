@@ -131,8 +131,11 @@ pub struct PgBackend {
     /// The epoch this member holds for each node it owns.
     epochs: HashMap<NodeId, i64>,
     /// Told when a commit's outcome is unknown ([`PgBackend::on_lost_commit`]).
-    on_lost: Option<std::sync::Arc<dyn Fn(&str) + Send + Sync>>,
+    on_lost: Option<LostCommit>,
 }
+
+/// What a backend tells when a commit's outcome is unknown.
+pub type LostCommit = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
 type Pipelined<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + 'a>>;
 
@@ -166,7 +169,7 @@ impl PgBackend {
     /// Calls `f` with the cause when a commit's outcome is unknown (the
     /// connection was lost during COMMIT): a member fences itself then,
     /// rather than go on from a state it does not know.
-    pub fn on_lost_commit(&mut self, f: std::sync::Arc<dyn Fn(&str) + Send + Sync>) {
+    pub fn on_lost_commit(&mut self, f: LostCommit) {
         self.on_lost = Some(f);
     }
 
