@@ -13,6 +13,9 @@
 # password KILN_PG_PASSWORD (default `kiln`), asked for on TCP (scram).
 # KILN_PG_CLEAN=1 (with KILN_PG_WATCH) removes DIR after that stop.
 # KILN_PG_FAST=1 turns fsync off (tests only: a crash loses the cluster).
+# KILN_PG_TLS=1 serves TLS with a certificate for 127.0.0.1 and localhost,
+# signed by a throwaway CA whose certificate `start` names in a `ca=PATH`
+# line (for sslmode=verify-full&sslrootcert=PATH).
 # initdb refuses to run as root: as root, DIR is given to user `postgres`
 # and the server runs as that user.
 set -euo pipefail
@@ -67,6 +70,22 @@ start)
   fi
   rm -f "$dir/pwfile"
   opts="-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200"
+  if [ "${KILN_PG_TLS:-0}" = 1 ]; then
+    tls="$dir/tls"
+    if [ ! -e "$tls/server.pem" ]; then
+      mkdir -p "$tls"
+      openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj "/CN=kiln test CA" \
+        -keyout "$tls/ca.key" -out "$tls/ca.pem" >/dev/null 2>&1
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$tls/server.key" -out "$tls/server.csr" >/dev/null 2>&1
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > "$tls/ext"
+      openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+        -days 7 -extfile "$tls/ext" -out "$tls/server.pem" >/dev/null 2>&1
+      chmod 600 "$tls/server.key"
+      if [ "$(id -u)" = 0 ]; then chown -R postgres: "$tls"; fi
+    fi
+    opts="$opts -c ssl=on -c ssl_cert_file=$tls/server.pem -c ssl_key_file=$tls/server.key"
+  fi
   [ "${KILN_PG_FAST:-0}" = 1 ] && opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
   as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -o "$opts" -w -t 60 start >/dev/null \
     || { cat "$dir/server.log" >&2; exit 1; }
@@ -82,6 +101,7 @@ start)
   echo "port=$port"
   echo "pid=$pid"
   echo "url=postgres://kiln@127.0.0.1:$port/postgres?sslmode=disable"
+  if [ "${KILN_PG_TLS:-0}" = 1 ]; then echo "ca=$dir/tls/ca.pem"; fi
   ;;
 stop)
   bin=$(bindir)

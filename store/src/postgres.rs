@@ -456,7 +456,7 @@ async fn connect_hearing(options: &PgOptions, retry: bool, notes: Option<Notes>)
                 }
                 Err(e) => Err(e),
             },
-            Tls::Prefer | Tls::Require => match config.connect(tls_connector()?).await {
+            Tls::Prefer | Tls::Require | Tls::VerifyFull => match config.connect(tls_connector(target)?).await {
                 Ok((client, connection)) => {
                     tokio::spawn(drive(connection, notes.clone()));
                     Ok(client)
@@ -559,15 +559,34 @@ where
 
 /// TLS without certificate verification, as libpq's `sslmode=require`:
 /// the session is encrypted; the server is not authenticated.
-fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+fn tls_connector(target: &PgTarget) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Connect(format!("cannot set up TLS: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
+        .map_err(|e| StoreError::Connect(format!("cannot set up TLS: {e}")))?;
+    let config = match (target.tls(), target.root_cert()) {
+        (Tls::VerifyFull, Some(path)) => builder.with_root_certificates(root_store(path)?).with_no_client_auth(),
+        _ => builder
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth(),
+    };
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The CA certificates of `sslrootcert` (PEM), for `verify-full`.
+fn root_store(path: &std::path::Path) -> Result<rustls::RootCertStore, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let unreadable = |e: &dyn Display| StoreError::Connect(format!("sslrootcert {}: {e}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))? {
+        roots.add(cert.map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(&"holds no certificate"));
+    }
+    Ok(roots)
 }
 
 /// Accepts any server certificate (`sslmode=require`), still checking that

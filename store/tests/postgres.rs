@@ -186,3 +186,68 @@ fn a_server_that_is_down_is_retried_for_a_bounded_time_then_named() {
     assert!(matches!(err, StoreError::Connect(_)), "{err:?}");
     assert!(text.contains(&format!("127.0.0.1:{port}")) && !text.contains("s3cret"), "{text}");
 }
+
+/// A server of its own, serving TLS (`KILN_PG_TLS=1`): its port and the
+/// CA that signed its certificate.
+fn tls_server(dir: &std::path::Path) -> (u16, std::path::PathBuf) {
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg.sh"))
+        .args(["start", dir.to_str().unwrap(), "0"])
+        .env("KILN_PG_TLS", "1")
+        .env("KILN_PG_FAST", "1")
+        .env("KILN_PG_PASSWORD", PASSWORD)
+        .env("KILN_PG_WATCH", std::process::id().to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let port = stdout.lines().find_map(|l| l.strip_prefix("port=")).unwrap().parse().unwrap();
+    let ca = stdout.lines().find_map(|l| l.strip_prefix("ca=")).unwrap().into();
+    (port, ca)
+}
+
+fn open_url(url: &str) -> Result<kiln_store::postgres::PgBackend, StoreError> {
+    kiln_store::postgres::PgBackend::open(PgOptions {
+        target: PgTarget::parse(url).unwrap(),
+        member: "tls".into(),
+        connect_for: std::time::Duration::from_secs(5),
+        ring_key: None,
+        name: None,
+    })
+}
+
+#[test]
+fn verify_full_checks_the_server_certificate_against_sslrootcert() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, ca) = tls_server(&dir.path().join("pg"));
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!(
+            "postgres://kiln:{PASSWORD}@{host}:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        );
+        let mut store = open_url(&url).unwrap_or_else(|e| panic!("{host}: {e}"));
+        commit_one(&mut store, vec![Write::InsertNode(node(&format!("tls-{host}")))]).unwrap();
+    }
+    // A CA that did not sign the server's certificate: refused, and said so.
+    let other = dir.path().join("other-ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=another CA"])
+        .arg("-keyout")
+        .arg(dir.path().join("other-ca.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let url = format!(
+        "postgres://kiln:{PASSWORD}@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+        other.display()
+    );
+    let err = open_url(&url).map(|_| ()).unwrap_err();
+    assert!(matches!(err, StoreError::Connect(_)), "{err:?}");
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    assert!(!err.to_string().contains(PASSWORD), "{err}");
+    // require still encrypts without checking.
+    let url = format!("postgres://kiln:{PASSWORD}@127.0.0.1:{port}/postgres?sslmode=require");
+    open_url(&url).unwrap();
+}

@@ -53,9 +53,14 @@ pub enum TargetError {
 /// A PostgreSQL URL that parsed, holding its password out of sight.
 #[derive(Clone)]
 pub struct PgTarget {
+    /// What tokio-postgres is given: the URL without the parameters it does
+    /// not know (`sslmode=verify-full`, `sslrootcert`).
     url: String,
     masked: String,
     tls: Tls,
+    /// `sslrootcert`: the CA certificates (PEM) a `verify-full` server's
+    /// certificate must chain to.
+    root_cert: Option<std::path::PathBuf>,
 }
 
 /// What `sslmode` asked for.
@@ -69,6 +74,10 @@ pub enum Tls {
     /// server's certificate is not verified: this protects against
     /// listening, not against a server that impersonates another.
     Require,
+    /// `sslmode=verify-full`: TLS, with the server's certificate checked
+    /// against the CA certificates of `sslrootcert` and the host name (or
+    /// address) the URL names, as libpq's.
+    VerifyFull,
 }
 
 impl PgTarget {
@@ -78,6 +87,8 @@ impl PgTarget {
         if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
             return Err(TargetError::NotPostgres(masked));
         }
+        let (text, verify_full, root_cert) = split_tls_params(text, &masked)?;
+        let text = text.as_str();
         let config = match tokio_postgres::Config::from_str(text) {
             Ok(config) => config,
             Err(e) => return Err(TargetError::Unusable { why: mask_text(&e.to_string(), text), url: masked }),
@@ -86,11 +97,17 @@ impl PgTarget {
             return Err(TargetError::NoHost(masked));
         }
         let tls = match config.get_ssl_mode() {
+            _ if verify_full => Tls::VerifyFull,
             tokio_postgres::config::SslMode::Disable => Tls::Disable,
             tokio_postgres::config::SslMode::Require => Tls::Require,
             _ => Tls::Prefer,
         };
-        Ok(PgTarget { url: text.to_string(), masked, tls })
+        Ok(PgTarget { url: text.to_string(), masked, tls, root_cert })
+    }
+
+    /// `sslrootcert`, for `verify-full`.
+    pub fn root_cert(&self) -> Option<&std::path::Path> {
+        self.root_cert.as_deref()
     }
 
     /// The URL with its password masked: what messages show.
@@ -114,6 +131,40 @@ impl PgTarget {
     pub fn scrub(&self, text: &str) -> String {
         mask_text(text, &self.url)
     }
+}
+
+/// Takes `sslmode=verify-full` and `sslrootcert=PATH` out of a URL's
+/// query (tokio-postgres knows neither): returns the URL left, asking for
+/// `sslmode=require` instead, whether `verify-full` was asked for, and the
+/// path. `verify-ca` is refused (kiln checks the host too, or nothing), and
+/// so is `verify-full` without `sslrootcert`.
+fn split_tls_params(text: &str, masked: &str) -> Result<(String, bool, Option<std::path::PathBuf>), TargetError> {
+    let unusable = |why: &str| TargetError::Unusable { url: masked.to_string(), why: why.to_string() };
+    let Some((base, query)) = text.split_once('?') else {
+        return Ok((text.to_string(), false, None));
+    };
+    let (mut kept, mut verify_full, mut root) = (Vec::new(), false, None);
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", "verify-full")) => {
+                verify_full = true;
+                kept.push("sslmode=require".to_string());
+            }
+            Some(("sslmode", "verify-ca")) => {
+                return Err(unusable("sslmode=verify-ca is not supported; use verify-full (it checks the host too)"));
+            }
+            Some(("sslrootcert", path)) => root = Some(std::path::PathBuf::from(path)),
+            _ => kept.push(pair.to_string()),
+        }
+    }
+    if verify_full && root.is_none() {
+        return Err(unusable("sslmode=verify-full needs sslrootcert=PATH (the CA certificates, PEM)"));
+    }
+    if !verify_full && root.is_some() {
+        return Err(unusable("sslrootcert is used with sslmode=verify-full only"));
+    }
+    let url = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+    Ok((url, verify_full, root))
 }
 
 impl fmt::Display for PgTarget {
@@ -193,6 +244,18 @@ mod tests {
 
     #[test]
     fn bad_urls_are_refused_without_their_password() {
+        let full =
+            PgTarget::parse("postgres://kiln:s3cret@db/kiln?sslmode=verify-full&sslrootcert=/etc/ca.pem").unwrap();
+        assert_eq!(full.tls(), Tls::VerifyFull);
+        assert_eq!(full.root_cert(), Some(std::path::Path::new("/etc/ca.pem")));
+        for (url, why) in [
+            ("postgres://kiln:s3cret@db/kiln?sslmode=verify-full", "needs sslrootcert"),
+            ("postgres://kiln:s3cret@db/kiln?sslmode=verify-ca&sslrootcert=/ca", "verify-ca is not supported"),
+            ("postgres://kiln:s3cret@db/kiln?sslrootcert=/ca", "with sslmode=verify-full only"),
+        ] {
+            let err = PgTarget::parse(url).unwrap_err().to_string();
+            assert!(err.contains(why) && !err.contains("s3cret"), "{url}: {err}");
+        }
         let err = PgTarget::parse("postgres://kiln:s3cret@db/kiln?sslmode=bogus").unwrap_err();
         assert!(matches!(err, TargetError::Unusable { .. }), "{err:?}");
         assert!(!err.to_string().contains("s3cret"), "{err}");
