@@ -30,7 +30,25 @@ async fn create(site: &Site, nodes: Vec<NewNode>) -> Result<Vec<NodeView>, KilnE
 }
 
 async fn submit(site: &Site, job: SubmitJob) -> Result<JobId, KilnError> {
+    nodes_exist(site, &job.ops).await?;
     site.jobs.send(job).await.map_err(|_| gone())?
+}
+
+/// On a shared store the queue's own admission cannot see the nodes other
+/// members run: a node set that names a node no member has is refused
+/// here, from the store, so that nothing is stored for it (as on a site of
+/// one).
+async fn nodes_exist(site: &Site, ops: &[Opcode]) -> Result<(), KilnError> {
+    if site.registry.shared.is_none() {
+        return Ok(());
+    }
+    let router = site.router();
+    for op in ops {
+        if let Opcode::Node { nodes, .. } | Opcode::Hold { nodes } = op {
+            router.resolve(nodes).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Answers one request.
@@ -97,6 +115,9 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
             Response::JobSubmitted(submit(site, SubmitJob { ops, priority, depends }).await?)
         }
         Request::JobSubmitMany { jobs } => {
+            for job in &jobs {
+                nodes_exist(site, &job.ops).await?;
+            }
             Response::JobsSubmitted(site.jobs.send(SubmitJobs(jobs)).await.map_err(|_| gone())??)
         }
         Request::JobList { ids, .. } if !ids.is_empty() => Response::Jobs(jobs_by_id(site, ids).await?),

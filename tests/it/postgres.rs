@@ -46,18 +46,21 @@ fn server() -> &'static Server {
 pub fn database() -> String {
     let s = server();
     let name = format!("it{}_{}", std::process::id(), s.databases.fetch_add(1, Ordering::SeqCst));
+    let url = format!("postgres://kiln:{PASSWORD}@127.0.0.1:{}/{name}?sslmode=disable", s.port);
+    psql(&url.replace(&format!("/{name}?"), "/postgres?"), &format!("CREATE DATABASE {name}"));
+    url
+}
+
+/// Runs one statement with psql on the database `url` names; its rows,
+/// unaligned, one a line.
+pub fn psql(url: &str, sql: &str) -> String {
     let psql = std::fs::read_dir("/usr/lib/postgresql")
         .ok()
         .and_then(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin/psql")).find(|p| p.exists()))
         .expect("psql from the postgresql package");
-    let out = Command::new(psql)
-        .args(["-h", "127.0.0.1", "-p", &s.port.to_string(), "-U", "kiln", "-d", "postgres", "-c"])
-        .arg(format!("CREATE DATABASE {name}"))
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    format!("postgres://kiln:{PASSWORD}@127.0.0.1:{}/{name}?sslmode=disable", s.port)
+    let out = Command::new(psql).args(["-tA", "-c", sql, url]).output().unwrap();
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -21,8 +21,40 @@ fn sleep_job(depends: Vec<NewDependency>) -> NewJob {
     NewJob { ops: vec![Opcode::Sleep { seconds: 0.0 }], priority: 0, depends }
 }
 
+/// Where the daemon under test keeps its records.
+#[derive(Clone)]
+enum Store {
+    Sqlite,
+    /// A PostgreSQL database (its URL).
+    Postgres(String),
+}
+
+/// Every row of every table of the daemon's store, read directly.
+fn tables(d: &Daemon, store: &Store) -> BTreeMap<String, Vec<String>> {
+    match store {
+        Store::Sqlite => sqlite_tables(d),
+        Store::Postgres(url) => postgres_tables(url),
+    }
+}
+
+/// Every row of every table of a PostgreSQL store but `members` (whose
+/// heartbeats move on their own), through psql.
+fn postgres_tables(url: &str) -> BTreeMap<String, Vec<String>> {
+    let names = crate::postgres::psql(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1");
+    names
+        .lines()
+        .filter(|t| *t != "members")
+        .map(|table| {
+            let mut rows: Vec<String> =
+                crate::postgres::psql(url, &format!("SELECT * FROM \"{table}\"")).lines().map(str::to_string).collect();
+            rows.sort();
+            (table.to_string(), rows)
+        })
+        .collect()
+}
+
 /// Every row of every table of the daemon's SQLite file, read-only.
-fn tables(d: &Daemon) -> BTreeMap<String, Vec<String>> {
+fn sqlite_tables(d: &Daemon) -> BTreeMap<String, Vec<String>> {
     use rusqlite::{Connection, OpenFlags};
     let db = Connection::open_with_flags(d.dir.path().join("kiln.sqlite"), OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("open the store read-only");
@@ -69,9 +101,9 @@ struct Snapshot {
     jobs: Value,
 }
 
-fn snapshot(d: &Daemon) -> Snapshot {
+fn snapshot(d: &Daemon, store: &Store) -> Snapshot {
     Snapshot {
-        tables: tables(d),
+        tables: tables(d, store),
         nodes: d.json(&["node", "list"]),
         ports: d.json(&["port", "list"]),
         portgroups: d.json(&["port", "group", "list"]),
@@ -126,7 +158,19 @@ fn node(name: &str, driver: &str) -> NewNode {
 
 #[test]
 fn no_rejected_request_changes_the_store() {
-    let d = Daemon::start(3, &["--no-periodic"]);
+    rejected_requests_change_nothing(Store::Sqlite);
+}
+
+#[test]
+fn no_rejected_request_changes_a_postgres_store() {
+    rejected_requests_change_nothing(Store::Postgres(crate::postgres::database()));
+}
+
+fn rejected_requests_change_nothing(store: Store) {
+    let d = match &store {
+        Store::Sqlite => Daemon::start(3, &["--no-periodic"]),
+        Store::Postgres(url) => Daemon::start(3, &["--no-periodic", "--store", url]),
+    };
     // Something in every table: nodes in several states, ports, jobs,
     // history, a Redfish node with driver_info.
     d.json(&["node", "manage", "demo[1-2]", "--wait"]);
@@ -143,7 +187,7 @@ fn no_rejected_request_changes_the_store() {
     // Events are stored by the event bus just after the changes they
     // report: the snapshot waits for the last one.
     d.wait_for_stored_event("rf1's update", |e| e["node_name"] == "rf1" && e["kind"] == "end");
-    let before = snapshot(&d);
+    let before = snapshot(&d, &store);
     let file = d.dir.path().join("nodes.json");
     // The exit code says the kind of refusal: bad input (2) or a refusal
     // the request could not help (1).
@@ -311,7 +355,7 @@ fn no_rejected_request_changes_the_store() {
     assert!(raw.recv().is_none(), "the connection is closed after an oversized frame");
     count();
 
-    let after = snapshot(&d);
+    let after = snapshot(&d, &store);
     if before != after {
         for (table, rows) in &before.tables {
             assert_eq!(rows, &after.tables[table], "table {table} changed");
@@ -324,7 +368,7 @@ fn no_rejected_request_changes_the_store() {
     refused_as(&["node", "deploy", "demo1", "--wait"], "invalid_state", true);
     refused_as(&["node", "provide", "demo2", "--wait"], "invalid_state", true);
     refused_as(&["node", "undeploy", "demo3", "--wait"], "invalid_state", true);
-    let mut later = tables(&d);
+    let mut later = tables(&d, &store);
     let mut earlier = before.tables.clone();
     later.remove("jobs");
     earlier.remove("jobs");
