@@ -133,19 +133,20 @@ pub async fn power_sync_counted(router: Router, cfg: PeriodicConfig, metrics: Op
                     SyncOutcome::Updated { .. } => SyncResult::Updated,
                     SyncOutcome::Forced { .. } => SyncResult::Forced,
                     SyncOutcome::Failed { .. } => SyncResult::Failed,
-                    SyncOutcome::Skipped(_) => SyncResult::Skipped,
+                    SyncOutcome::Skipped(_) | SyncOutcome::BackedOff { .. } => SyncResult::Skipped,
                 },
                 1,
             );
         }
     }
     Ok(format!(
-        "{total} nodes: {} in sync, {} updated, {} forced, {} failed, {} skipped",
+        "{total} nodes: {} in sync, {} updated, {} forced, {} failed, {} skipped, {} backed off (BMC unreachable)",
         count(|o| matches!(o, SyncOutcome::InSync)),
         count(|o| matches!(o, SyncOutcome::Updated { .. })),
         count(|o| matches!(o, SyncOutcome::Forced { .. })),
         count(|o| matches!(o, SyncOutcome::Failed { .. })),
         count(|o| matches!(o, SyncOutcome::Skipped(_))),
+        count(|o| matches!(o, SyncOutcome::BackedOff { .. })),
     ))
 }
 

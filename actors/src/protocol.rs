@@ -32,7 +32,9 @@ use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, Sit
 /// `fanout` in exec opcodes (`Opcode::Exec`: `None` takes `default_fanout`).
 /// 10: one per-node result (`NodeResult`, its error a kind and a message)
 /// in `Outcomes` and in job views, instead of `NodeOutcome`.
-pub const PROTOCOL_VERSION: u32 = 10;
+/// 11: a node's BMC contact (`bmc_last_contact`, `bmc_unreachable_since`,
+/// `power_verified_at` in `NodeRecord`); `bmc` and `stale` in `NodeList`.
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,8 @@ pub enum Request {
         nodes: Option<String>,
         state: Option<ProvisionState>,
         maintenance: Option<bool>,
+        bmc: Option<crate::supervisor::BmcReach>,
+        stale: Option<std::time::Duration>,
     },
     NodeShow {
         node: String,

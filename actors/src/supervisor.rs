@@ -319,6 +319,31 @@ pub struct ListNodes {
     pub nodes: Option<String>,
     pub state: Option<ProvisionState>,
     pub maintenance: Option<bool>,
+    /// Only nodes whose BMC is (not) marked unreachable.
+    pub bmc: Option<BmcReach>,
+    /// Only nodes whose power state no BMC has confirmed for longer than
+    /// this (or ever), by the site clock.
+    pub stale: Option<std::time::Duration>,
+}
+
+/// Whether a node's BMC answers, as `node list --bmc` filters it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BmcReach {
+    Reachable,
+    Unreachable,
+}
+
+impl BmcReach {
+    /// Whether `node` is so.
+    pub fn of(self, node: &NodeRecord) -> bool {
+        node.bmc_unreachable_since.is_some() == (self == BmcReach::Unreachable)
+    }
+}
+
+/// Whether no BMC has confirmed `node`'s power state for longer than
+/// `age` at `now` (never confirmed counts as stale).
+pub fn power_stale(node: &NodeRecord, age: std::time::Duration, now: kiln_store::Timestamp) -> bool {
+    node.power_verified_at.is_none_or(|at| (now - at).to_std().unwrap_or_default() > age)
 }
 
 /// Reads the power state of every node of a set from its BMC.
@@ -646,11 +671,14 @@ impl Router {
         };
         let control = FanOutControl::default();
         let answers = self.answers(nodes, 1024, &control, |r, id| async move { r.show(id).await }).await;
+        let now = self.clock.now();
         Ok(answers
             .into_iter()
             .filter_map(|(_, result)| result.ok())
             .filter(|v| msg.state.is_none_or(|s| v.provision_state == s))
             .filter(|v| msg.maintenance.is_none_or(|m| v.maintenance == m))
+            .filter(|v| msg.bmc.is_none_or(|b| b.of(v)))
+            .filter(|v| msg.stale.is_none_or(|age| power_stale(v, age, now)))
             .collect())
     }
 

@@ -16,6 +16,7 @@
 //! the state gauges can never disagree with the record.
 
 mod abandon;
+mod contact;
 mod ops;
 mod upkeep;
 
@@ -139,6 +140,17 @@ enum AfterCall {
     Upkeep(upkeep::AfterCall),
 }
 
+/// Whether a successful call confirmed the node's power state: a read,
+/// or a power action the driver saw reach its target.
+fn confirms_power(then: &AfterCall, reply: &DriverReply) -> bool {
+    matches!(reply, DriverReply::Power(_))
+        || matches!(
+            then,
+            AfterCall::Op(ops::AfterCall::Power(_) | ops::AfterCall::Step(Step::Power(_)))
+                | AfterCall::Upkeep(upkeep::AfterCall::SyncForced { .. })
+        )
+}
+
 /// One node's state and logic, without actix.
 pub struct NodeCore {
     node: Gauged,
@@ -151,6 +163,8 @@ pub struct NodeCore {
     next_ticket: Ticket,
     /// Power reads that failed in a row (power sync); in memory, as Ironic.
     power_failures: u32,
+    /// The BMC's reachability and backoff (`contact.rs`).
+    contact: contact::Contact,
     /// Set when the site shuts down: no task starts any more, and this
     /// says why.
     closing: Option<String>,
@@ -163,6 +177,7 @@ pub struct NodeCore {
 impl NodeCore {
     pub fn new(record: NodeRecord, metrics: std::sync::Arc<Metrics>, clock: SharedClock) -> Self {
         NodeCore {
+            contact: contact::Contact::of(&record),
             node: Gauged::new(record, metrics),
             clock,
             task: None,
@@ -182,9 +197,12 @@ impl NodeCore {
         self.node.record()
     }
 
-    /// The node as a client sees it (shared requests read it at once).
+    /// The node as a client sees it (shared requests read it at once),
+    /// with the BMC contact as known now, committed or not.
     pub fn view(&self) -> NodeView {
-        self.node.view()
+        let mut record = self.node.record().clone();
+        self.contact.stamp(&mut record);
+        NodeView::of(&record, self.node.reservation())
     }
 
     /// Reacts to `input`; returns what to do, in order.
@@ -410,6 +428,7 @@ impl NodeCore {
             return self.after_commit(then, Err(err));
         }
         next.updated_at = self.clock.now();
+        self.contact.stamp(&mut next);
         let mut writes = Vec::with_capacity(1 + history.len());
         writes.push(Write::UpdateNode(next.clone()));
         writes.extend(history.into_iter().map(Write::AppendHistory));
@@ -459,11 +478,26 @@ impl NodeCore {
     }
 
     fn replied(&mut self, ticket: Ticket, result: Result<DriverReply, DriverError>) {
-        match self.awaiting.remove(&ticket) {
+        let awaiting = self.awaiting.remove(&ticket);
+        if let Some(Awaiting::Call(then)) = &awaiting {
+            let now = self.clock.now();
+            match &result {
+                Ok(reply) => self.contact.answered(now, confirms_power(then, reply)),
+                Err(DriverError::Unreachable { .. }) => self.contact.unreachable(now),
+                Err(_) => {}
+            }
+        }
+        match awaiting {
             Some(Awaiting::Call(AfterCall::Op(then))) => self.op_replied(then, result),
             Some(Awaiting::Call(AfterCall::Upkeep(then))) => self.upkeep_replied(then, result),
             _ => {}
         }
+    }
+
+    /// Whether the node was marked unreachable by a call and the record
+    /// does not say so yet, or the other way round.
+    fn contact_changed(&self) -> bool {
+        self.contact.mark_differs(self.node.record())
     }
 
     /// Makes sure the node's BMC can be reached before a change that needs it.

@@ -35,6 +35,11 @@ pub enum SyncOutcome {
     Forced {
         to: PowerState,
     },
+    /// Not looked at: the BMC was found unreachable and its backoff runs
+    /// until `until` (RFC 3339).
+    BackedOff {
+        until: String,
+    },
     /// The read failed; `maintenance` when this failure put the node there.
     Failed {
         attempts: u32,

@@ -156,6 +156,13 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER ports_portgroup_same_node BEFORE INSERT OR UPDATE OF portgroup, node ON ports
         FOR EACH ROW EXECUTE FUNCTION kiln_port_group_same_node();
     "#,
+    // 2: SQLite's 6: what kiln knows of a node's BMC.
+    r#"
+    ALTER TABLE nodes ADD COLUMN bmc_last_contact text;
+    ALTER TABLE nodes ADD COLUMN bmc_unreachable_since text;
+    ALTER TABLE nodes ADD COLUMN power_verified_at text;
+    CREATE INDEX nodes_bmc_unreachable ON nodes(bmc_unreachable_since) WHERE bmc_unreachable_since IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -31,10 +31,28 @@ pub(super) enum AfterCall {
 
 /// What follows an upkeep commit.
 pub(super) enum AfterCommit {
-    SyncUpdated { reply: oneshot::Sender<SyncOutcome>, from: Option<PowerState>, to: PowerState },
-    PowerFailed { reply: oneshot::Sender<SyncOutcome>, attempts: u32, error: String },
-    Recovered { reply: oneshot::Sender<bool> },
-    Expired { reply: oneshot::Sender<bool>, error: String },
+    SyncUpdated {
+        reply: oneshot::Sender<SyncOutcome>,
+        from: Option<PowerState>,
+        to: PowerState,
+    },
+    PowerFailed {
+        reply: oneshot::Sender<SyncOutcome>,
+        attempts: u32,
+        error: String,
+    },
+    Recovered {
+        reply: oneshot::Sender<bool>,
+    },
+    /// The BMC's reachability is stored: answer the sync with `outcome`.
+    Marked {
+        reply: oneshot::Sender<SyncOutcome>,
+        outcome: SyncOutcome,
+    },
+    Expired {
+        reply: oneshot::Sender<bool>,
+        error: String,
+    },
 }
 
 impl NodeCore {
@@ -56,6 +74,12 @@ impl NodeCore {
         if let Some(why) = skip {
             return self.answer(Answer::Sync(reply, SyncOutcome::Skipped(why.into())));
         }
+        // A BMC found unreachable is left alone until its backoff ends,
+        // rather than costing a connect timeout every cycle.
+        if let Some(until) = self.contact.backing_off(self.clock.now()) {
+            let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            return self.answer(Answer::Sync(reply, SyncOutcome::BackedOff { until }));
+        }
         self.hold_for_upkeep("power sync");
         self.call(DriverCall::GetPower, Call::Upkeep(AfterCall::SyncRead { reply, force, max_retries }));
     }
@@ -66,8 +90,8 @@ impl NodeCore {
         self.power_failures += 1;
         let attempts = self.power_failures;
         if attempts < max_retries.max(1) {
-            self.answer(Answer::Sync(reply, SyncOutcome::Failed { attempts, maintenance: false, error }));
-            return self.release();
+            let outcome = SyncOutcome::Failed { attempts, maintenance: false, error };
+            return self.answer_sync_marked(reply, outcome);
         }
         let mut next = self.node.record().clone();
         next.maintenance = true;
@@ -77,6 +101,18 @@ impl NodeCore {
         let state = next.provision_state;
         let entry = self.history("power failure", state, state, Some(error.clone()));
         self.commit(next, vec![entry], Commit::Upkeep(AfterCommit::PowerFailed { reply, attempts, error }));
+    }
+
+    /// Answers a sync with `outcome`; first, when the BMC's reachability
+    /// is not the one stored, commits the node with it (so the mark, and
+    /// the last contact, survive a restart).
+    fn answer_sync_marked(&mut self, reply: oneshot::Sender<SyncOutcome>, outcome: SyncOutcome) {
+        if !self.contact_changed() {
+            self.answer(Answer::Sync(reply, outcome));
+            return self.release();
+        }
+        let next = self.node.record().clone();
+        self.commit(next, vec![], Commit::Upkeep(AfterCommit::Marked { reply, outcome }));
     }
 
     pub(super) fn recover_power_failure(&mut self, reply: oneshot::Sender<bool>) {
@@ -122,8 +158,7 @@ impl NodeCore {
                 self.power_failures = 0;
                 let recorded = self.node.record().power_state;
                 if recorded == Some(read) {
-                    self.answer(Answer::Sync(reply, SyncOutcome::InSync));
-                    return self.release();
+                    return self.answer_sync_marked(reply, SyncOutcome::InSync);
                 }
                 if force && let Some(want) = recorded {
                     let action = match want {
@@ -182,6 +217,7 @@ impl NodeCore {
                 }
                 self.answer(Answer::Sync(reply, SyncOutcome::Failed { attempts, maintenance: ok, error }));
             }
+            AfterCommit::Marked { reply, outcome } => self.answer(Answer::Sync(reply, outcome)),
             AfterCommit::Recovered { reply } => {
                 if ok {
                     self.publish(EventKind::End, None);
