@@ -31,3 +31,4 @@ mod secrets;
 mod service;
 mod shutdown;
 mod socket;
+mod unreachable;
