@@ -29,6 +29,7 @@ mod rejected;
 mod restart;
 mod secrets;
 mod service;
+mod shared_bmc;
 mod shutdown;
 mod socket;
 mod unreachable;

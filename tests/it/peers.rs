@@ -308,6 +308,14 @@ impl Peer {
     }
 }
 
+/// A Redfish emulator with four systems, node-1..node-4, for the tests of
+/// one endpoint's limit (`shared_bmc.rs`): its own, so that their bursts of
+/// calls slow no other test's BMC.
+pub fn redfish_for_limits() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    peer_start::redfish(&PEER, 4, false)
+}
+
 /// A Redfish emulator with four systems, node-1..node-4, for the fault tests
 /// (its own, so that no other test's power changes meet theirs).
 pub fn redfish_for_faults() -> &'static Peer {

@@ -116,3 +116,45 @@ fn dead_bmcs_are_marked_stored_backed_off_and_cleared_by_one_success() {
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     site.finish(&["admin:password", "IPMI_PASSWORD=password", "\"password\":\"password\""]);
 }
+
+/// Figures for the issue: a bulk `power on` over N dead BMCs (each its own
+/// endpoint, a listener that never accepts) and N live nodes (fake BMCs
+/// answering in 100 ms), at the default `bmc_connect_timeout` (3 s). The dead
+/// ones fail with "no connection within 3 s" and the whole run takes about
+/// one connect timeout plus the live nodes' own time; printed, not asserted.
+#[test]
+fn dead_bmcs_cost_one_connect_timeout_in_a_bulk_power_on() {
+    let n: usize = std::env::var("KILN_DEAD_BMCS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let silent: Vec<peers::SilentTcpPort> = (0..n).map(|_| peers::SilentTcpPort::hold()).collect();
+    let site = Site::start_with(0, &["--no-periodic"]);
+    for (i, port) in silent.iter().enumerate() {
+        site.redfish(&format!("dead{}", i + 1), &port.url(), "/redfish/v1/Systems/1", PASSWORD, &[]);
+    }
+    for i in 1..=n {
+        site.ok(&["node", "create", &format!("live{i}"), "--driver", "fake", "--driver-info", "latency_ms=100"]);
+    }
+    let nodes = format!("dead[1-{n}],live[1-{n}]");
+    let fanout = (2 * n).to_string();
+    for (label, args) in [
+        ("default fanout (64)", vec!["node", "power", "on", nodes.as_str(), "--wait"]),
+        ("fanout 2N", vec!["node", "power", "on", nodes.as_str(), "--wait", "-f", fanout.as_str()]),
+    ] {
+        let began = Instant::now();
+        let out = site.run(&args, 1);
+        let took = began.elapsed().as_secs_f64();
+        let results = out.as_array().unwrap();
+        assert_eq!(results.len(), 2 * n, "{out}");
+        for r in results {
+            let name = r["node"].as_str().unwrap();
+            if name.starts_with("dead") {
+                let message = r["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains("no connection within 3 s (connect_timeout)"), "{r}");
+            } else {
+                assert!(r["error"].is_null(), "{r}");
+            }
+        }
+        println!("[unreachable] bulk power on, {n} dead + {n} live nodes, {label}: {took:.2} s");
+    }
+    assert_eq!(listed(&site, &["--bmc", "unreachable"]).len(), n);
+    site.finish(&["admin:password"]);
+}

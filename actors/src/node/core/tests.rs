@@ -844,6 +844,19 @@ fn an_unreachable_bmc_is_marked_stored_and_backed_off_until_its_backoff_ends() {
 }
 
 #[test]
+fn recovery_waits_for_the_backoff_of_an_unreachable_bmc() {
+    let mut sim = sim_in(S::Manageable);
+    sim.replies = VecDeque::from([Err(unreachable())]);
+    assert!(matches!(sim.sync(false, 1), SyncOutcome::Failed { maintenance: true, .. }));
+    assert!(!sim.recover(), "backing off: the BMC is not asked");
+    assert!(sim.core.record().maintenance);
+    sim.clock.advance(super::contact::CAP * 2);
+    assert!(sim.recover());
+    let r = sim.core.record();
+    assert!(!r.maintenance && r.bmc_unreachable_since.is_none());
+}
+
+#[test]
 fn an_operator_call_that_succeeds_clears_the_mark_and_other_failures_do_not_set_it() {
     let mut sim = sim_in(S::Manageable);
     sim.replies = VecDeque::from([Err(injected("500"))]);

@@ -118,7 +118,10 @@ impl NodeCore {
     pub(super) fn recover_power_failure(&mut self, reply: oneshot::Sender<bool>) {
         let record = self.node.record();
         let failed = record.maintenance && record.fault.as_deref() == Some(POWER_FAILURE);
-        if !failed || self.busy() {
+        // An unreachable BMC is tried again when its backoff ends, by
+        // recovery as by power sync.
+        let backing_off = self.contact.backing_off(self.clock.now()).is_some();
+        if !failed || self.busy() || backing_off {
             return self.answer(Answer::Done(reply, false));
         }
         self.hold_for_upkeep("power failure recovery");
