@@ -39,12 +39,16 @@ pub enum SyncOutcome {
     /// until `until` (RFC 3339).
     BackedOff {
         until: String,
+        /// When the BMC last confirmed the node's power state.
+        verified_at: Option<kiln_store::Timestamp>,
     },
     /// The read failed; `maintenance` when this failure put the node there.
     Failed {
         attempts: u32,
         maintenance: bool,
         error: String,
+        /// When the BMC last confirmed the node's power state.
+        verified_at: Option<kiln_store::Timestamp>,
     },
 }
 

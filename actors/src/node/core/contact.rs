@@ -86,6 +86,11 @@ impl Contact {
         self.retry_at = None;
     }
 
+    /// When the BMC last confirmed the node's power state.
+    pub(in crate::node) fn power_verified_at(&self) -> Option<Timestamp> {
+        self.power_verified_at
+    }
+
     /// Until when power sync leaves the BMC alone, if it is backing off now.
     pub(in crate::node) fn backing_off(&self, now: Timestamp) -> Option<Timestamp> {
         self.retry_at.filter(|at| now < *at)

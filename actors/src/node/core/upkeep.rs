@@ -78,7 +78,10 @@ impl NodeCore {
         // rather than costing a connect timeout every cycle.
         if let Some(until) = self.contact.backing_off(self.clock.now()) {
             let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            return self.answer(Answer::Sync(reply, SyncOutcome::BackedOff { until }));
+            return self.answer(Answer::Sync(
+                reply,
+                SyncOutcome::BackedOff { until, verified_at: self.contact.power_verified_at() },
+            ));
         }
         self.hold_for_upkeep("power sync");
         self.call(DriverCall::GetPower, Call::Upkeep(AfterCall::SyncRead { reply, force, max_retries }));
@@ -90,7 +93,8 @@ impl NodeCore {
         self.power_failures += 1;
         let attempts = self.power_failures;
         if attempts < max_retries.max(1) {
-            let outcome = SyncOutcome::Failed { attempts, maintenance: false, error };
+            let verified_at = self.contact.power_verified_at();
+            let outcome = SyncOutcome::Failed { attempts, maintenance: false, error, verified_at };
             return self.answer_sync_marked(reply, outcome);
         }
         let mut next = self.node.record().clone();
@@ -181,7 +185,12 @@ impl NodeCore {
             AfterCall::SyncForced { reply, want } => {
                 let outcome = match result {
                     Ok(_) => SyncOutcome::Forced { to: want },
-                    Err(e) => SyncOutcome::Failed { attempts: 1, maintenance: false, error: e.to_string() },
+                    Err(e) => SyncOutcome::Failed {
+                        attempts: 1,
+                        maintenance: false,
+                        error: e.to_string(),
+                        verified_at: self.contact.power_verified_at(),
+                    },
                 };
                 self.answer(Answer::Sync(reply, outcome));
                 self.release();
@@ -218,7 +227,9 @@ impl NodeCore {
                     tracing::warn!(attempts, error = %error, "power state unreadable; node put in maintenance");
                     self.publish(EventKind::Error, Some(error.clone()));
                 }
-                self.answer(Answer::Sync(reply, SyncOutcome::Failed { attempts, maintenance: ok, error }));
+                let verified_at = self.contact.power_verified_at();
+                let outcome = SyncOutcome::Failed { attempts, maintenance: ok, error, verified_at };
+                self.answer(Answer::Sync(reply, outcome));
             }
             AfterCommit::Marked { reply, outcome } => self.answer(Answer::Sync(reply, outcome)),
             AfterCommit::Recovered { reply } => {
