@@ -282,12 +282,12 @@ impl NodeCore {
     fn submit(&mut self, r: Request) {
         if let Some(why) = &self.closing {
             let err = KilnError::Unavailable(format!("node {}: {why}", self.name()));
-            return self.answer(Answer::Node(r.reply, Err(err)));
+            return self.answer(Answer::Node(r.reply, Box::new(Err(err))));
         }
         if r.takes_hold && self.held_by.is_some() && self.held_by == r.holder {
             // Held already by the same holder: nothing to wait for.
             let view = self.view();
-            return self.answer(Answer::Node(r.reply, Ok(view)));
+            return self.answer(Answer::Node(r.reply, Box::new(Ok(view))));
         }
         if self.may_start(r.holder.as_deref()) {
             if r.takes_hold {
@@ -297,7 +297,7 @@ impl NodeCore {
         }
         if r.lock_wait.is_zero() {
             let err = self.locked_error();
-            return self.answer(Answer::Node(r.reply, Err(err)));
+            return self.answer(Answer::Node(r.reply, Box::new(Err(err))));
         }
         self.next_waiter += 1;
         let id = self.next_waiter;
@@ -310,7 +310,7 @@ impl NodeCore {
         if let Some(pos) = self.waiters.iter().position(|w| w.id == waiter) {
             let w = self.waiters.remove(pos).expect("position is in range");
             let err = self.locked_error();
-            self.answer(Answer::Node(w.reply, Err(err)));
+            self.answer(Answer::Node(w.reply, Box::new(Err(err))));
         }
     }
 
@@ -368,7 +368,7 @@ impl NodeCore {
     /// Ends the task: answers its caller (if not answered yet) and releases.
     fn end_task(&mut self, result: Result<NodeView, KilnError>) {
         if let Some(reply) = self.task.as_mut().and_then(|t| t.reply.take()) {
-            self.answer(Answer::Node(reply, result));
+            self.answer(Answer::Node(reply, Box::new(result)));
         }
         self.release();
     }
@@ -380,7 +380,7 @@ impl NodeCore {
             && !task.wait
             && let Some(reply) = task.reply.take()
         {
-            self.out.push(Effect::Answer(Answer::Node(reply, Ok(view))));
+            self.out.push(Effect::Answer(Answer::Node(reply, Box::new(Ok(view)))));
         }
     }
 
