@@ -200,9 +200,7 @@ impl NodeCore {
     /// The node as a client sees it (shared requests read it at once),
     /// with the BMC contact as known now, committed or not.
     pub fn view(&self) -> NodeView {
-        let mut record = self.node.record().clone();
-        self.contact.stamp(&mut record);
-        NodeView::of(&record, self.node.reservation())
+        NodeView::of(self.node.record(), self.node.reservation()).with_contact(|r| self.contact.stamp(r))
     }
 
     /// Reacts to `input`; returns what to do, in order.
