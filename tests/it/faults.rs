@@ -227,7 +227,7 @@ fn repeated_power_read_failures_go_to_maintenance_and_recovery_takes_the_node_ou
     let mut tried = 0;
     // Not a BMC that cannot be reached (Reset): power sync backs off from
     // that one instead of reading it again at once (tests/it/unreachable.rs).
-    for fault in [Fault::Status(503), Fault::MalformedJson, Fault::WrongPowerState] {
+    for fault in [Fault::Status(503), Fault::Garbage, Fault::WrongPowerState] {
         proxy.set(fault);
         wait_until(&format!("rf-flaky in maintenance under {fault:?}"), || d.node("rf-flaky")["maintenance"] == true);
         let n = d.node("rf-flaky");
