@@ -156,5 +156,29 @@ fn dead_bmcs_cost_one_connect_timeout_in_a_bulk_power_on() {
         println!("[unreachable] bulk power on, {n} dead + {n} live nodes, {label}: {took:.2} s");
     }
     assert_eq!(listed(&site, &["--bmc", "unreachable"]).len(), n);
+
+    // Power sync over them (it reads managed nodes): the dead ones are
+    // managed while their BMCs answer (the emulator), then go away.
+    let peer = peers::redfish_for_limits();
+    let managed = format!("managed-dead[1-{n}]");
+    for i in 1..=n {
+        site.redfish(&format!("managed-dead{i}"), &peer.url(), &peer.system_id(1 + i % 4), PASSWORD, &[]);
+    }
+    site.ok(&["node", "manage", &format!("live[1-{n}],{managed}"), "--wait"]);
+    let baseline = sync(&site, &format!("{n} live and {n} managed on the emulator"));
+    assert!(baseline.contains(&format!("{} in sync", 2 * n)), "{baseline}");
+    for (i, port) in silent.iter().enumerate() {
+        site.ok(&[
+            "node",
+            "set",
+            &format!("managed-dead{}", i + 1),
+            "--driver-info",
+            &format!("address={}", port.url()),
+        ]);
+    }
+    let first = sync(&site, &format!("{n} live, {n} dead paying one connect timeout each"));
+    assert!(first.contains(&format!("{n} in sync")) && first.contains(&format!("{n} failed")), "{first}");
+    let second = sync(&site, &format!("{n} live, {n} dead backed off"));
+    assert!(second.contains(&format!("{n} in sync")) && second.contains(&format!("{n} backed off")), "{second}");
     site.finish(&["admin:password"]);
 }
