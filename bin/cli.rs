@@ -156,6 +156,10 @@ pub struct ServeArgs {
     pub metrics_addr: Option<String>,
 }
 
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::layered::Seconds::parse(s).map(|d| d.0)
+}
+
 fn parse_event_kind(s: &str) -> Result<kiln_actors::EventKind, String> {
     s.trim().parse()
 }
@@ -196,6 +200,14 @@ pub enum NodeCommand {
         /// Only nodes in maintenance.
         #[arg(long)]
         maintenance: bool,
+        /// Only nodes whose BMC could not be reached at its last call
+        /// (`unreachable`), or could (`reachable`).
+        #[arg(long, value_name = "REACH", value_parser = ["reachable", "unreachable"])]
+        bmc: Option<String>,
+        /// Only nodes whose power state no BMC has confirmed for longer
+        /// than DURATION (30s, 5m, 2h), or ever.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        stale: Option<std::time::Duration>,
     },
     /// Show one node, with its ports and port groups.
     Show {

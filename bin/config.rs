@@ -77,6 +77,11 @@ pub struct FileConfig {
     /// `enabled`, `interval`, `run_immediately`.
     pub periodic: Option<BTreeMap<String, TaskFile>>,
     pub driver_call_timeout: Option<Seconds>,
+    /// How long a BMC may take to accept a connection or answer the IPMI
+    /// probe; a node's `driver_info.connect_timeout` overrides it.
+    pub bmc_connect_timeout: Option<Seconds>,
+    /// At most this many calls in flight to one BMC endpoint (host:port).
+    pub bmc_max_concurrent: Option<usize>,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (off when absent).
     pub metrics_addr: Option<String>,
     /// How long SIGTERM lets running opcodes finish before failing them.
@@ -208,6 +213,8 @@ impl FileConfig {
             store_maintenance_interval: Some(Seconds(p.store_maintenance_interval)),
             periodic: Some(BTreeMap::new()),
             driver_call_timeout: Some(Seconds(site.driver_call_timeout)),
+            bmc_connect_timeout: Some(Seconds(site.bmc_connect_timeout)),
+            bmc_max_concurrent: Some(site.bmc_max_concurrent),
             metrics_addr: None,
             shutdown_grace: Some(Seconds(Duration::from_secs(30))),
             max_connections: Some(limits.max_connections),
@@ -371,6 +378,11 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
     let max_queued_jobs = c.at_least_one("max_queued_jobs", f.max_queued_jobs.or(d.max_queued_jobs));
     let power_sync_concurrency =
         c.at_least_one("power_sync_concurrency", f.power_sync_concurrency.or(d.power_sync_concurrency));
+    let bmc_connect_timeout = c.positive("bmc_connect_timeout", f.bmc_connect_timeout, d.bmc_connect_timeout);
+    if bmc_connect_timeout > Duration::from_secs(3600) {
+        c.fail("bmc_connect_timeout", format!("{} s: expected at most 1h", bmc_connect_timeout.as_secs()));
+    }
+    let bmc_max_concurrent = c.at_least_one("bmc_max_concurrent", f.bmc_max_concurrent.or(d.bmc_max_concurrent));
     let limits = c.limits(f, &d);
     let metrics_addr = match f.metrics_addr.as_deref().map(metrics_addr) {
         Some(Err(e)) => {
@@ -402,6 +414,8 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
             data_dir,
             lock_wait: secs(f.lock_wait, d.lock_wait),
             driver_call_timeout: secs(f.driver_call_timeout, d.driver_call_timeout),
+            bmc_connect_timeout,
+            bmc_max_concurrent,
             default_fanout,
             periodic,
             groups,

@@ -89,8 +89,8 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
         Request::MemberList => Response::Members(members(site).await?),
         Request::NodeCreate(n) => Response::Nodes(create(site, vec![n]).await?),
         Request::NodeImport(ns) => Response::Nodes(create(site, ns).await?),
-        Request::NodeList { nodes, state, maintenance } => {
-            Response::Nodes(router.list_nodes(ListNodes { nodes, state, maintenance }).await?)
+        Request::NodeList { nodes, state, maintenance, bmc, stale } => {
+            Response::Nodes(router.list_nodes(ListNodes { nodes, state, maintenance, bmc, stale }).await?)
         }
         Request::NodeShow { node } => Response::NodeDetail(router.node_detail(GetNodeDetail(node)).await?),
         Request::NodeValidate { nodes } => {

@@ -244,6 +244,8 @@ mod tests {
                 nodes: Some("n[1-10]".into()),
                 state: Some(ProvisionState::Active),
                 maintenance: Some(false),
+                bmc: Some(kiln_actors::supervisor::BmcReach::Unreachable),
+                stale: Some(std::time::Duration::from_secs(300)),
             },
             Request::NodeShow { node: "n1".into() },
             Request::NodeHistory { node: "n1".into(), limit: 20 },

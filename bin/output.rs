@@ -89,6 +89,17 @@ pub fn nodes(views: &[NodeView]) {
     table(&["NAME", "UUID", "PROVISION STATE", "TARGET", "POWER", "MAINTENANCE", "RESERVATION"], &rows);
 }
 
+/// `node show`'s `bmc` line: whether the BMC answered its last call, and
+/// when it last did.
+fn bmc_reach(v: &NodeView) -> String {
+    let last = v.bmc_last_contact.as_ref().map_or_else(|| "never".into(), when);
+    match &v.bmc_unreachable_since {
+        Some(since) => format!("unreachable since {} (last contact {last})", when(since)),
+        None if v.bmc_last_contact.is_none() => "not contacted yet".into(),
+        None => format!("reachable (last contact {last})"),
+    }
+}
+
 pub fn node(v: &NodeView) {
     let map = |m: &std::collections::BTreeMap<String, String>| {
         if m.is_empty() {
@@ -112,6 +123,8 @@ pub fn node(v: &NodeView) {
         ("maintenance_reason", opt(&v.maintenance_reason)),
         ("fault", opt(&v.fault)),
         ("last_error", opt(&v.last_error)),
+        ("bmc", bmc_reach(v)),
+        ("power_verified_at", v.power_verified_at.as_ref().map_or_else(|| "never".into(), when)),
         (
             "reservation",
             v.reservation

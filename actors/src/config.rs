@@ -14,6 +14,13 @@ pub struct SiteConfig {
     pub lock_wait: Duration,
     /// The longest one BMC call may take.
     pub driver_call_timeout: Duration,
+    /// How long a BMC may take to accept a connection (Redfish) or answer
+    /// the reachability probe (IPMI) before it is unreachable; a node's
+    /// `driver_info.connect_timeout` overrides it.
+    pub bmc_connect_timeout: Duration,
+    /// At most this many calls in flight to one BMC endpoint (host and
+    /// port), across every node that names it.
+    pub bmc_max_concurrent: usize,
     /// At most this many nodes of one bulk operation run at once.
     pub default_fanout: usize,
     /// At most this many jobs run at once.
@@ -44,6 +51,8 @@ impl Default for SiteConfig {
             data_dir: PathBuf::from("kiln-data"),
             lock_wait: Duration::ZERO,
             driver_call_timeout: Duration::from_secs(120),
+            bmc_connect_timeout: Duration::from_secs(3),
+            bmc_max_concurrent: 4,
             default_fanout: 64,
             max_running_jobs: 64,
             max_queued_jobs: 100_000,

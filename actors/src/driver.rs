@@ -1,8 +1,11 @@
-//! Driver actors: one per BMC endpoint, the only way node actors reach a BMC.
+//! Driver actors: one per BMC endpoint and settings, the only way node
+//! actors reach a BMC.
 //!
-//! A BMC is slow and fragile, so its actor runs one call at a time
-//! (`AtomicResponse`: the next message waits until the call has finished),
-//! bounds each call with a timeout, and runs the call itself in a spawned
+//! A BMC is slow and fragile, so each call holds a permit of its network
+//! endpoint's semaphore while it runs (`bmc_max_concurrent`, shared by every
+//! actor of that `host:port`, see `node/connect.rs`): more calls wait their
+//! turn, in order. The actor bounds each call, its wait for a permit
+//! included, with a timeout, and runs the call itself in a spawned
 //! tokio task so that a panicking driver becomes a [`DriverError::Panicked`]
 //! for the node instead of killing an actor (ARCHITECTURE.md, "Panics").
 
@@ -53,13 +56,21 @@ pub struct DriverActor {
     /// How the BMC is named in errors (its address; never credentials).
     label: String,
     call_timeout: Duration,
+    /// The endpoint's calls in flight (`None`: no limit, a fake BMC).
+    limit: Option<Arc<tokio::sync::Semaphore>>,
     /// Where each call's latency and failure are counted, under which driver.
     metrics: Option<(Arc<Metrics>, DriverKind)>,
 }
 
 impl DriverActor {
     pub fn new(bmc: Arc<dyn Bmc>, label: String, call_timeout: Duration) -> Self {
-        DriverActor { bmc, label, call_timeout, metrics: None }
+        DriverActor { bmc, label, call_timeout, limit: None, metrics: None }
+    }
+
+    /// Holds a permit of `limit` during each call.
+    pub fn limited(mut self, limit: Option<Arc<tokio::sync::Semaphore>>) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// Counts every call in `metrics`, labelled with `driver`.
@@ -87,7 +98,7 @@ impl Actor for DriverActor {
 }
 
 impl Handler<DriverCall> for DriverActor {
-    type Result = AtomicResponse<Self, Result<DriverReply, DriverError>>;
+    type Result = ResponseFuture<Result<DriverReply, DriverError>>;
 
     fn handle(&mut self, call: DriverCall, _: &mut Context<Self>) -> Self::Result {
         self.start(call, tracing::Span::none())
@@ -95,7 +106,7 @@ impl Handler<DriverCall> for DriverActor {
 }
 
 impl Handler<NodeCall> for DriverActor {
-    type Result = AtomicResponse<Self, Result<DriverReply, DriverError>>;
+    type Result = ResponseFuture<Result<DriverReply, DriverError>>;
 
     fn handle(&mut self, msg: NodeCall, _: &mut Context<Self>) -> Self::Result {
         self.start(msg.call, msg.span)
@@ -103,21 +114,23 @@ impl Handler<NodeCall> for DriverActor {
 }
 
 impl DriverActor {
-    /// Runs `call` in a task of its own inside `span`, bounded by the call
-    /// timeout; the next message waits until it has answered.
-    fn start(
-        &mut self,
-        call: DriverCall,
-        span: tracing::Span,
-    ) -> AtomicResponse<Self, Result<DriverReply, DriverError>> {
+    /// Runs `call` in a task of its own inside `span`, holding a permit of
+    /// the endpoint, bounded by the call timeout.
+    fn start(&mut self, call: DriverCall, span: tracing::Span) -> ResponseFuture<Result<DriverReply, DriverError>> {
         let bmc = self.bmc.clone();
         let label = self.label.clone();
         let limit = self.call_timeout;
+        let permits = self.limit.clone();
         let metrics = self.metrics.clone();
         let began = Instant::now();
         let running = tokio::spawn(
             async move {
                 let work = async {
+                    // Closed never: the pool keeps the semaphore.
+                    let _permit = match &permits {
+                        Some(p) => Some(p.acquire().await.map_err(|_| DriverError::Unavailable)?),
+                        None => None,
+                    };
                     match call {
                         DriverCall::GetPower => bmc.get_power_state().await.map(DriverReply::Power),
                         DriverCall::SetPower(a) => bmc.set_power_state(a).await.map(|_| DriverReply::Done),
@@ -133,19 +146,16 @@ impl DriverActor {
             }
             .instrument(span),
         );
-        AtomicResponse::new(Box::pin(
-            async move {
-                let result = match running.await {
-                    Ok(result) => result,
-                    Err(join) => Err(DriverError::Panicked(crate::panics::join_text(join))),
-                };
-                if let Some((m, driver)) = metrics {
-                    m.bmc_call(driver, call.metric(), began.elapsed(), result.is_err());
-                }
-                result
+        Box::pin(async move {
+            let result = match running.await {
+                Ok(result) => result,
+                Err(join) => Err(DriverError::Panicked(crate::panics::join_text(join))),
+            };
+            if let Some((m, driver)) = metrics {
+                m.bmc_call(driver, call.metric(), began.elapsed(), result.is_err());
             }
-            .into_actor(self),
-        ))
+            result
+        })
     }
 }
 

@@ -169,7 +169,15 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     let env = node::NodeEnv {
         store: store.clone(),
         events: events.clone(),
-        drivers: node::connect::DriverPool::new(driver_arbiter.clone(), config.driver_call_timeout, metrics.clone()),
+        drivers: node::connect::DriverPool::new(
+            driver_arbiter.clone(),
+            config.driver_call_timeout,
+            node::connect::BmcLimits {
+                connect_timeout: config.bmc_connect_timeout,
+                max_concurrent: config.bmc_max_concurrent,
+            },
+            metrics.clone(),
+        ),
         live: live.clone(),
         metrics: metrics.clone(),
         clock: config.clock.clone(),

@@ -129,6 +129,10 @@ pub struct Metrics {
     nodes_reserved: AtomicI64,
     power_sync_cycle: Histogram,
     power_sync_nodes: [AtomicU64; SyncResult::ALL.len()],
+    /// The oldest power state confirmation among the nodes the last power
+    /// sync cycle synced, in milliseconds since the Unix epoch; `i64::MIN`
+    /// before the first cycle or when it synced none.
+    power_sync_oldest_verified_ms: AtomicI64,
     jobs_queued: AtomicI64,
     jobs_waiting: AtomicI64,
     jobs_running: AtomicI64,
@@ -164,6 +168,7 @@ impl Metrics {
             nodes_reserved: AtomicI64::new(0),
             power_sync_cycle: Histogram::default(),
             power_sync_nodes: Default::default(),
+            power_sync_oldest_verified_ms: AtomicI64::new(i64::MIN),
             jobs_queued: AtomicI64::new(0),
             jobs_waiting: AtomicI64::new(0),
             jobs_running: AtomicI64::new(0),
@@ -215,6 +220,13 @@ impl Metrics {
     /// A power sync cycle ended after `took`.
     pub fn power_sync_cycle(&self, took: Duration) {
         self.power_sync_cycle.observe(took);
+    }
+
+    /// The oldest power state confirmation among the nodes a power sync
+    /// cycle synced (`None`: it synced none).
+    pub fn power_sync_oldest_verified(&self, at: Option<chrono::DateTime<chrono::Utc>>) {
+        let ms = at.map_or(i64::MIN, |t| t.timestamp_millis());
+        self.power_sync_oldest_verified_ms.store(ms, Relaxed);
     }
 
     /// A power sync cycle's finding for `n` nodes.
@@ -292,6 +304,17 @@ impl Metrics {
 
         header(o, "kiln_power_sync_duration_seconds", "histogram", "How long each power sync cycle took.");
         self.power_sync_cycle.render(o, "kiln_power_sync_duration_seconds", "");
+        header(
+            o,
+            "kiln_power_sync_lag_seconds",
+            "gauge",
+            "Age of the oldest power state a BMC confirmed, among the nodes the last power sync cycle synced.",
+        );
+        let oldest = self.power_sync_oldest_verified_ms.load(Relaxed);
+        if oldest != i64::MIN {
+            let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+            let _ = writeln!(o, "kiln_power_sync_lag_seconds {}", (now - oldest).max(0) as f64 / 1000.0);
+        }
         header(o, "kiln_power_sync_nodes_total", "counter", "Nodes looked at by power sync cycles, by result.");
         for &r in SyncResult::ALL {
             let n = self.power_sync_nodes[r as usize].load(Relaxed);
@@ -585,6 +608,27 @@ mod tests {
         assert_eq!(value(&text, "kiln_store_commit_wait_seconds_total{stage=\"applying\"}"), 0.005);
         assert_eq!(value(&text, "kiln_store_commit_wait_seconds_total{stage=\"syncing\"}"), 1.5);
         assert_eq!(value(&text, &format!("kiln_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), 1.0);
+    }
+
+    #[test]
+    fn power_sync_lag_is_the_age_of_the_oldest_confirmation_at_the_scrape() {
+        let m = Metrics::default();
+        let none = m.render(&[], &StoreStats::default());
+        assert!(!none.contains("\nkiln_power_sync_lag_seconds "), "no figure before a cycle");
+        let outcomes = [
+            crate::node::upkeep::SyncOutcome::InSync,
+            crate::node::upkeep::SyncOutcome::BackedOff {
+                until: String::new(),
+                verified_at: Some(chrono::Utc::now() - chrono::Duration::seconds(600)),
+            },
+            crate::node::upkeep::SyncOutcome::Skipped("maintenance".into()),
+        ];
+        m.power_sync_oldest_verified(crate::periodic::oldest_verified(&outcomes, chrono::Utc::now()));
+        let lag = value(&m.render(&[], &StoreStats::default()), "kiln_power_sync_lag_seconds");
+        assert!((600.0..700.0).contains(&lag), "{lag}");
+        let synced = [crate::node::upkeep::SyncOutcome::InSync];
+        m.power_sync_oldest_verified(crate::periodic::oldest_verified(&synced, chrono::Utc::now()));
+        assert!(value(&m.render(&[], &StoreStats::default()), "kiln_power_sync_lag_seconds") < 60.0);
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub async fn power_sync(router: Router, cfg: PeriodicConfig) -> TaskResult {
 /// [`power_sync`], counting the cycle's duration and findings in `metrics`.
 pub async fn power_sync_counted(router: Router, cfg: PeriodicConfig, metrics: Option<Arc<Metrics>>) -> TaskResult {
     let began = std::time::Instant::now();
+    let cycle_began = router.clock.now();
     let nodes = router.registry.all();
     let total = nodes.len();
     let outcomes: Vec<SyncOutcome> = stream::iter(nodes)
@@ -126,6 +127,7 @@ pub async fn power_sync_counted(router: Router, cfg: PeriodicConfig, metrics: Op
     let count = |f: fn(&SyncOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     if let Some(m) = metrics {
         m.power_sync_cycle(began.elapsed());
+        m.power_sync_oldest_verified(oldest_verified(&outcomes, cycle_began));
         for o in &outcomes {
             m.power_sync_nodes(
                 match o {
@@ -133,20 +135,37 @@ pub async fn power_sync_counted(router: Router, cfg: PeriodicConfig, metrics: Op
                     SyncOutcome::Updated { .. } => SyncResult::Updated,
                     SyncOutcome::Forced { .. } => SyncResult::Forced,
                     SyncOutcome::Failed { .. } => SyncResult::Failed,
-                    SyncOutcome::Skipped(_) => SyncResult::Skipped,
+                    SyncOutcome::Skipped(_) | SyncOutcome::BackedOff { .. } => SyncResult::Skipped,
                 },
                 1,
             );
         }
     }
     Ok(format!(
-        "{total} nodes: {} in sync, {} updated, {} forced, {} failed, {} skipped",
+        "{total} nodes: {} in sync, {} updated, {} forced, {} failed, {} skipped, {} backed off (BMC unreachable)",
         count(|o| matches!(o, SyncOutcome::InSync)),
         count(|o| matches!(o, SyncOutcome::Updated { .. })),
         count(|o| matches!(o, SyncOutcome::Forced { .. })),
         count(|o| matches!(o, SyncOutcome::Failed { .. })),
         count(|o| matches!(o, SyncOutcome::Skipped(_))),
+        count(|o| matches!(o, SyncOutcome::BackedOff { .. })),
     ))
+}
+
+/// The oldest confirmation of a power state among the nodes a cycle synced
+/// (read, or failed to read): a node read now was confirmed at the cycle's
+/// start at the latest; one that failed or was backed off, when its BMC last
+/// confirmed it (never: not counted; `node list --stale` shows it). `None`
+/// when the cycle synced no node.
+pub fn oldest_verified(outcomes: &[SyncOutcome], began: kiln_store::Timestamp) -> Option<kiln_store::Timestamp> {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            SyncOutcome::InSync | SyncOutcome::Updated { .. } | SyncOutcome::Forced { .. } => Some(began),
+            SyncOutcome::Failed { verified_at, .. } | SyncOutcome::BackedOff { verified_at, .. } => *verified_at,
+            SyncOutcome::Skipped(_) => None,
+        })
+        .min()
 }
 
 /// Sends a yes/no upkeep message to every node; answers how many said yes.

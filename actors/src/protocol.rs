@@ -33,7 +33,9 @@ use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, Sit
 /// 10: one per-node result (`NodeResult`, its error a kind and a message)
 /// in `Outcomes` and in job views, instead of `NodeOutcome`.
 /// 11: members of a site on a shared store (`MemberList`, `Members`, and
-/// `members` in `SiteStatus`).
+/// `members` in `SiteStatus`); a node's BMC contact (`bmc_last_contact`,
+/// `bmc_unreachable_since`, `power_verified_at` in `NodeRecord`); `bmc` and
+/// `stale` in `NodeList`.
 pub const PROTOCOL_VERSION: u32 = 11;
 
 /// A request to the daemon.
@@ -51,6 +53,8 @@ pub enum Request {
         nodes: Option<String>,
         state: Option<ProvisionState>,
         maintenance: Option<bool>,
+        bmc: Option<crate::supervisor::BmcReach>,
+        stale: Option<std::time::Duration>,
     },
     NodeShow {
         node: String,

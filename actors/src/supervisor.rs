@@ -331,6 +331,41 @@ pub struct ListNodes {
     pub nodes: Option<String>,
     pub state: Option<ProvisionState>,
     pub maintenance: Option<bool>,
+    /// Only nodes whose BMC is (not) marked unreachable.
+    pub bmc: Option<BmcReach>,
+    /// Only nodes whose power state no BMC has confirmed for longer than
+    /// this (or ever), by the site clock.
+    pub stale: Option<std::time::Duration>,
+}
+
+impl ListNodes {
+    /// Whether `v` passes the list's filters (`now`: the site clock's time).
+    fn lists(&self, v: &NodeView, now: kiln_store::Timestamp) -> bool {
+        self.state.is_none_or(|s| v.provision_state == s)
+            && self.maintenance.is_none_or(|m| v.maintenance == m)
+            && self.bmc.is_none_or(|b| b.of(v))
+            && self.stale.is_none_or(|age| power_stale(v, age, now))
+    }
+}
+
+/// Whether a node's BMC answers, as `node list --bmc` filters it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BmcReach {
+    Reachable,
+    Unreachable,
+}
+
+impl BmcReach {
+    /// Whether `node` is so.
+    pub fn of(self, node: &NodeRecord) -> bool {
+        node.bmc_unreachable_since.is_some() == (self == BmcReach::Unreachable)
+    }
+}
+
+/// Whether no BMC has confirmed `node`'s power state for longer than
+/// `age` at `now` (never confirmed counts as stale).
+pub fn power_stale(node: &NodeRecord, age: std::time::Duration, now: kiln_store::Timestamp) -> bool {
+    node.power_verified_at.is_none_or(|at| (now - at).to_std().unwrap_or_default() > age)
 }
 
 /// Reads the power state of every node of a set from its BMC.
@@ -729,12 +764,8 @@ impl Router {
         };
         let control = FanOutControl::default();
         let answers = self.answers(nodes, 1024, &control, |r, id| async move { r.show(id).await }).await;
-        Ok(answers
-            .into_iter()
-            .filter_map(|(_, result)| result.ok())
-            .filter(|v| msg.state.is_none_or(|s| v.provision_state == s))
-            .filter(|v| msg.maintenance.is_none_or(|m| v.maintenance == m))
-            .collect())
+        let now = self.clock.now();
+        Ok(answers.into_iter().filter_map(|(_, result)| result.ok()).filter(|v| msg.lists(v, now)).collect())
     }
 
     /// [`Router::list_nodes`] on a shared store: every member's nodes, as
@@ -748,13 +779,13 @@ impl Router {
         let set = NodeSet::from_names(records.iter().map(|r| r.name.clone()));
         let by_name: std::collections::HashMap<&str, &NodeRecord> =
             records.iter().map(|r| (r.name.as_str(), r)).collect();
+        let now = self.clock.now();
         Ok(set
             .iter()
             .filter_map(|name| by_name.get(name.as_str()).copied())
             .filter(|r| wanted.as_ref().is_none_or(|w| w.contains(&r.uuid)))
-            .filter(|r| msg.state.is_none_or(|s| r.provision_state == s))
-            .filter(|r| msg.maintenance.is_none_or(|m| r.maintenance == m))
             .map(|r| NodeView::of(r, r.reservation.as_ref()))
+            .filter(|v| msg.lists(v, now))
             .collect())
     }
 

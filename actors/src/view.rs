@@ -27,6 +27,15 @@ impl NodeView {
         shown.reservation = reservation.cloned();
         NodeView(shown)
     }
+
+    /// The view with the BMC contact times `stamp` writes (the node core
+    /// keeps them between commits); nothing else of the record changes.
+    pub(crate) fn with_contact(mut self, stamp: impl FnOnce(&mut NodeRecord)) -> Self {
+        let driver_info = std::mem::take(&mut self.0.driver_info);
+        stamp(&mut self.0);
+        self.0.driver_info = driver_info;
+        self
+    }
 }
 
 impl Deref for NodeView {

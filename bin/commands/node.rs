@@ -31,10 +31,15 @@ fn request(command: NodeCommand) -> Result<Request, Failure> {
     Ok(match command {
         NodeCommand::Create(c) => create(c)?,
         NodeCommand::Import { file } => Request::NodeImport(read_import(&file).map_err(Failure::Usage)?),
-        NodeCommand::List { nodes, state, maintenance } => Request::NodeList {
+        NodeCommand::List { nodes, state, maintenance, bmc, stale } => Request::NodeList {
             nodes,
             state: state.map(|s| s.parse::<ProvisionState>()).transpose().map_err(|e| Failure::Usage(e.into()))?,
             maintenance: maintenance.then_some(true),
+            bmc: bmc.map(|b| match b.as_str() {
+                "unreachable" => kiln_actors::supervisor::BmcReach::Unreachable,
+                _ => kiln_actors::supervisor::BmcReach::Reachable,
+            }),
+            stale,
         },
         NodeCommand::Show { node } => Request::NodeShow { node },
         NodeCommand::Validate { nodes } => Request::NodeValidate { nodes },

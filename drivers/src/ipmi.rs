@@ -112,9 +112,15 @@ pub struct IpmiBmc {
     connect_timeout: Duration,
     power_timeout: Duration,
     poll_interval: Duration,
-    /// When the previous command to this BMC ended; held while a command runs.
-    last_command: Mutex<Option<Instant>>,
+    /// When the previous command to this BMC endpoint ended; held while a
+    /// command runs. Shared by every client of the endpoint
+    /// ([`crate::EndpointState`]), so the spacing holds per BMC even for
+    /// nodes whose other settings differ.
+    last_command: Pacer,
 }
+
+/// The spacing state of one IPMI endpoint: when its last command ended.
+pub type Pacer = std::sync::Arc<Mutex<Option<Instant>>>;
 
 impl fmt::Debug for IpmiBmc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -157,8 +163,15 @@ impl IpmiBmc {
             connect_timeout: seconds(info, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, true).min(command_timeout),
             power_timeout: seconds(info, "power_timeout", DEFAULT_POWER_TIMEOUT, true),
             poll_interval: POLL_INTERVAL,
-            last_command: Mutex::new(None),
+            last_command: Pacer::default(),
         })
+    }
+
+    /// Spaces this client's commands with every other client of `pacer`
+    /// (the other nodes of the same endpoint).
+    pub fn with_pacer(mut self, pacer: Pacer) -> Self {
+        self.last_command = pacer;
+        self
     }
 
     /// Runs `tool` instead of the `ipmitool` found on `PATH` (a site with

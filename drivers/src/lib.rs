@@ -76,7 +76,10 @@ pub enum Boot {
 pub type Facts = BTreeMap<String, String>;
 
 /// The calls kiln makes to a BMC. Implementations may be called from any
-/// thread, but a driver actor never runs two calls on one BMC at once.
+/// thread, and several calls at once: a driver actor runs up to the site's
+/// `bmc_max_concurrent` calls to one endpoint together (each node's own
+/// calls one at a time). What must not overlap on a BMC (an IPMI session's
+/// commands) the implementation serialises itself.
 pub trait Bmc: Send + Sync + 'static {
     /// The node's power state as the BMC reports it.
     fn get_power_state(&self) -> BmcFuture<'_, Power>;
@@ -137,12 +140,54 @@ impl std::fmt::Display for Kind {
 
 /// Builds the BMC client for a node, after validating its `driver_info`.
 pub fn connect(kind: &str, info: &BTreeMap<String, String>) -> Result<Arc<dyn Bmc>, DriverError> {
+    connect_at(kind, info, &EndpointState::default())
+}
+
+/// What the clients of one BMC endpoint ([`host_port`]) share whatever
+/// their other settings: IPMI's command spacing (`min_command_interval` is
+/// a property of the BMC, not of one node's settings).
+#[derive(Clone, Default)]
+pub struct EndpointState {
+    ipmi_pacer: ipmi::Pacer,
+}
+
+/// [`connect`], sharing `shared` with the other clients of the endpoint.
+pub fn connect_at(
+    kind: &str,
+    info: &BTreeMap<String, String>,
+    shared: &EndpointState,
+) -> Result<Arc<dyn Bmc>, DriverError> {
     validate(kind, info)?;
     match Kind::named(kind) {
         Some(Kind::Fake) => Ok(Arc::new(fake::FakeBmc::from_info(info)?)),
         Some(Kind::Redfish) => Ok(Arc::new(redfish::RedfishBmc::from_info(info)?)),
-        Some(Kind::Ipmi) => Ok(Arc::new(ipmi::IpmiBmc::from_info(info)?)),
+        Some(Kind::Ipmi) => Ok(Arc::new(ipmi::IpmiBmc::from_info(info)?.with_pacer(shared.ipmi_pacer.clone()))),
         None => Err(DriverError::Unsupported(kind.to_string())),
+    }
+}
+
+/// The network endpoint of a node's BMC, `host:port`, as one limit of calls
+/// in flight applies to it: every node naming it counts, whatever its other
+/// settings (a Redfish service's systems, a password). Redfish without a
+/// port is 80 or 443 by its scheme, IPMI 623. `None` for the fake driver.
+pub fn host_port(kind: &str, info: &BTreeMap<String, String>) -> Option<String> {
+    let address = info.get("address")?;
+    match Kind::named(kind)? {
+        Kind::Fake => None,
+        Kind::Redfish => {
+            let (scheme, rest) = address.split_once("://")?;
+            let authority = rest.split('/').next()?.to_ascii_lowercase();
+            let has_port =
+                authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']');
+            if has_port {
+                Some(authority)
+            } else {
+                Some(format!("{authority}:{}", if scheme == "https" { 443 } else { 80 }))
+            }
+        }
+        Kind::Ipmi => {
+            Some(format!("{}:{}", address.to_ascii_lowercase(), info.get("port").map_or("623", String::as_str)))
+        }
     }
 }
 
@@ -195,6 +240,19 @@ mod tests {
         for kind in Kind::ALL {
             assert!(!endpoint(kind.as_str(), &a).unwrap_or_default().contains("hunter22"));
         }
+    }
+
+    #[test]
+    fn host_port_names_the_network_endpoint_whatever_the_system() {
+        let r1 = info(&[("address", "http://127.0.0.1:8000/"), ("system_id", "/redfish/v1/Systems/1")]);
+        let r2 = info(&[("address", "http://127.0.0.1:8000"), ("system_id", "/redfish/v1/Systems/2")]);
+        assert_eq!(host_port("redfish", &r1).unwrap(), "127.0.0.1:8000");
+        assert_eq!(host_port("redfish", &r1), host_port("redfish", &r2));
+        assert_eq!(host_port("redfish", &info(&[("address", "https://bmc")])).unwrap(), "bmc:443");
+        assert_eq!(host_port("redfish", &info(&[("address", "http://[::1]")])).unwrap(), "[::1]:80");
+        assert_eq!(host_port("ipmi", &info(&[("address", "h"), ("password", "x")])).unwrap(), "h:623");
+        assert_eq!(host_port("ipmi", &info(&[("address", "h"), ("port", "6230")])).unwrap(), "h:6230");
+        assert_eq!(host_port("fake", &info(&[("address", "h")])), None);
     }
 
     #[test]

@@ -90,9 +90,14 @@ macro_rules! node_columns {
         "uuid, name, driver, driver_info, properties,
          provision_state, target_provision_state, power_state, target_power_state,
          boot_device, maintenance, maintenance_reason, fault, last_error,
-         reservation_purpose, reservation_since, created_at, updated_at"
+         reservation_purpose, reservation_since, created_at, updated_at,
+         bmc_last_contact, bmc_unreachable_since, power_verified_at"
     };
 }
+
+/// How many columns [`node_columns!`] names: the index of a column a query
+/// adds after them.
+const NODE_COLUMNS: usize = 21;
 
 /// How long a statement waits for a row lock another session holds.
 const LOCK_TIMEOUT: &str = "10s";
@@ -209,7 +214,7 @@ impl PgBackend {
         for row in &orphans {
             let node = node_from_row(row)?;
             if ring.owner(&key(&node)) == Some(me.as_str()) {
-                let released: bool = Fields { row, table: "nodes", key: String::new() }.raw(18, "owner")?;
+                let released: bool = Fields { row, table: "nodes", key: String::new() }.raw(NODE_COLUMNS, "owner")?;
                 if released {
                     quiet.insert(node.uuid);
                 }
@@ -231,7 +236,7 @@ impl PgBackend {
         )?;
         let mut taken = Vec::with_capacity(rows.len());
         for row in &rows {
-            let epoch: i64 = Fields { row, table: "nodes", key: String::new() }.raw(18, "owner_epoch")?;
+            let epoch: i64 = Fields { row, table: "nodes", key: String::new() }.raw(NODE_COLUMNS, "owner_epoch")?;
             let node = node_from_row(row)?;
             self.epochs.insert(node.uuid, epoch);
             taken.push(crate::Claimed { from_dead_owner: !quiet.contains(&node.uuid), node });
@@ -755,7 +760,7 @@ fn other_nodes_group(address: &str) -> StoreError {
     StoreError::Conflict(format!("port '{address}' cannot join a port group of another node"))
 }
 
-/// A node's columns as bound in `$1`-`$18` of both its insert and update.
+/// A node's columns as bound in `$1`-`$21` of both its insert and update.
 fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, StoreError> {
     Ok(vec![
         Box::new(n.uuid.to_string()),
@@ -776,6 +781,9 @@ fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Stor
         Box::new(n.reservation.as_ref().map(|r| timestamp_text(r.since))),
         Box::new(timestamp_text(n.created_at)),
         Box::new(timestamp_text(n.updated_at)),
+        Box::new(n.bmc_last_contact.map(timestamp_text)),
+        Box::new(n.bmc_unreachable_since.map(timestamp_text)),
+        Box::new(n.power_verified_at.map(timestamp_text)),
     ])
 }
 
@@ -806,8 +814,10 @@ mod sql {
              uuid, name, driver, driver_info, properties,
              provision_state, target_provision_state, power_state, target_power_state,
              boot_device, maintenance, maintenance_reason, fault, last_error,
-             reservation_purpose, reservation_since, created_at, updated_at, owner, owner_epoch
-         ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 1)";
+             reservation_purpose, reservation_since, created_at, updated_at,
+             bmc_last_contact, bmc_unreachable_since, power_verified_at, owner, owner_epoch
+         ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                   $22, 1)";
     pub const UPDATE_NODE: &str = "WITH u AS (
              UPDATE nodes SET
                  name = $2, driver = $3, driver_info = $4, properties = $5,
@@ -815,8 +825,9 @@ mod sql {
                  power_state = $8, target_power_state = $9, boot_device = $10,
                  maintenance = $11, maintenance_reason = $12, fault = $13, last_error = $14,
                  reservation_purpose = $15, reservation_since = $16,
-                 created_at = $17, updated_at = $18
-             WHERE uuid = $1 AND owner = $19 AND owner_epoch = $20
+                 created_at = $17, updated_at = $18,
+                 bmc_last_contact = $19, bmc_unreachable_since = $20, power_verified_at = $21
+             WHERE uuid = $1 AND owner = $22 AND owner_epoch = $23
              RETURNING 1)
          SELECT kiln_node_written((SELECT count(*) FROM u), $1)";
     pub const DELETE_NODE: &str = "WITH d AS (
@@ -1439,6 +1450,9 @@ fn node_from_row(row: &Row) -> Result<NodeRecord, StoreError> {
         reservation,
         created_at: f.timestamp(16, "created_at")?,
         updated_at: f.timestamp(17, "updated_at")?,
+        bmc_last_contact: f.timestamp_opt(18, "bmc_last_contact")?,
+        bmc_unreachable_since: f.timestamp_opt(19, "bmc_unreachable_since")?,
+        power_verified_at: f.timestamp_opt(20, "power_verified_at")?,
     })
 }
 

@@ -291,6 +291,17 @@ pub struct NodeRecord {
     pub reservation: Option<Reservation>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The BMC: when it last answered kiln, as of the node's last commit
+    /// (a call that succeeds updates it in memory; it is stored with the
+    /// next change of the node, and always when the BMC is found
+    /// unreachable, so the mark says how long it has been silent).
+    pub bmc_last_contact: Option<Timestamp>,
+    /// Set when a call found the BMC unreachable (no connection, refused,
+    /// no answer to the IPMI probe): since when. Cleared by one success.
+    pub bmc_unreachable_since: Option<Timestamp>,
+    /// The last time the BMC confirmed the node's power state (a read, or
+    /// a power action reported done), as of the node's last commit.
+    pub power_verified_at: Option<Timestamp>,
 }
 
 /// Keys of `driver_info` whose values are secrets and are never shown.
@@ -322,6 +333,7 @@ impl fmt::Debug for NodeRecord {
             .field("maintenance", &self.maintenance)
             .field("reservation", &self.reservation)
             .field("last_error", &self.last_error)
+            .field("bmc_unreachable_since", &self.bmc_unreachable_since)
             .finish_non_exhaustive()
     }
 }
@@ -347,6 +359,9 @@ impl NodeRecord {
             reservation: None,
             created_at: now,
             updated_at: now,
+            bmc_last_contact: None,
+            bmc_unreachable_since: None,
+            power_verified_at: None,
         }
     }
 }

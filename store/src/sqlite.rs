@@ -217,6 +217,15 @@ pub const MIGRATIONS: &[&str] = &[
         SELECT RAISE(ABORT, 'port group of another node');
     END;
     ",
+    // 6: what kiln knows of a node's BMC: its last answer, since when it
+    // cannot be reached, and when it last confirmed the power state.
+    "
+    ALTER TABLE nodes ADD COLUMN bmc_last_contact TEXT;
+    ALTER TABLE nodes ADD COLUMN bmc_unreachable_since TEXT;
+    ALTER TABLE nodes ADD COLUMN power_verified_at TEXT;
+    -- Serves 'node list --bmc unreachable' without reading every node.
+    CREATE INDEX nodes_bmc_unreachable ON nodes(bmc_unreachable_since) WHERE bmc_unreachable_since IS NOT NULL;
+    ",
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].
@@ -310,7 +319,8 @@ macro_rules! node_select {
         "SELECT uuid, name, driver, driver_info, properties,
                 provision_state, target_provision_state, power_state, target_power_state,
                 boot_device, maintenance, maintenance_reason, fault, last_error,
-                reservation_purpose, reservation_since, created_at, updated_at
+                reservation_purpose, reservation_since, created_at, updated_at,
+                bmc_last_contact, bmc_unreachable_since, power_verified_at
          FROM nodes"
     };
 }
@@ -593,8 +603,9 @@ fn insert_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
              uuid, name, driver, driver_info, properties,
              provision_state, target_provision_state, power_state, target_power_state,
              boot_device, maintenance, maintenance_reason, fault, last_error,
-             reservation_purpose, reservation_since, created_at, updated_at
-         ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+             reservation_purpose, reservation_since, created_at, updated_at,
+             bmc_last_contact, bmc_unreachable_since, power_verified_at
+         ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
     )?;
     execute_node(stmt, node)?;
     Ok(())
@@ -608,7 +619,8 @@ fn update_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
              power_state = ?8, target_power_state = ?9, boot_device = ?10,
              maintenance = ?11, maintenance_reason = ?12, fault = ?13, last_error = ?14,
              reservation_purpose = ?15, reservation_since = ?16,
-             created_at = ?17, updated_at = ?18
+             created_at = ?17, updated_at = ?18,
+             bmc_last_contact = ?19, bmc_unreachable_since = ?20, power_verified_at = ?21
          WHERE uuid = ?1",
     )?;
     let changed = execute_node(stmt, node)?;
@@ -686,7 +698,7 @@ fn append_history(held: &mut Held<'_>, entry: &HistoryEntry) -> Result<(), Store
 }
 
 /// Runs the INSERT or UPDATE of `nodes`, whose parameters are numbered
-/// alike: ?1 is the uuid, ?2..?18 the other columns.
+/// alike: ?1 is the uuid, ?2..?21 the other columns.
 fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<usize, StoreError> {
     let changed = stmt
         .execute(params![
@@ -708,6 +720,9 @@ fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<us
             n.reservation.as_ref().map(|r| timestamp_text(r.since)),
             timestamp_text(n.created_at),
             timestamp_text(n.updated_at),
+            n.bmc_last_contact.map(timestamp_text),
+            n.bmc_unreachable_since.map(timestamp_text),
+            n.power_verified_at.map(timestamp_text),
         ])
         .map_err(|e| node_error(e, n))?;
     Ok(changed)
@@ -869,6 +884,9 @@ fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
         reservation,
         created_at: f.timestamp(16, "created_at")?,
         updated_at: f.timestamp(17, "updated_at")?,
+        bmc_last_contact: f.timestamp_opt(18, "bmc_last_contact")?,
+        bmc_unreachable_since: f.timestamp_opt(19, "bmc_unreachable_since")?,
+        power_verified_at: f.timestamp_opt(20, "power_verified_at")?,
     })
 }
 

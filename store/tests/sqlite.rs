@@ -55,6 +55,9 @@ fn full_node() -> NodeRecord {
         reservation: Some(Reservation { purpose: "deploy".into(), since: created + Duration::microseconds(7) }),
         created_at: created,
         updated_at: Utc::now(),
+        bmc_last_contact: Some(created + Duration::seconds(3)),
+        bmc_unreachable_since: Some(created + Duration::seconds(4)),
+        power_verified_at: Some(created + Duration::nanoseconds(1)),
     }
 }
 

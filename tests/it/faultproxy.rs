@@ -54,6 +54,8 @@ pub struct FaultProxy {
     held: Arc<AtomicUsize>,
     /// Every request received, with the fault it met.
     seen: Arc<Mutex<Vec<(Fault, String)>>>,
+    /// Requests being served now, and the most ever served at once.
+    in_flight: Arc<(AtomicUsize, AtomicUsize)>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -67,7 +69,15 @@ impl FaultProxy {
         let (stop, stop_rx) = watch::channel(false);
         let held = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let shared = Shared { upstream, fault: fault_rx, stop: stop_rx, held: held.clone(), seen: seen.clone() };
+        let in_flight = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let shared = Shared {
+            upstream,
+            fault: fault_rx,
+            stop: stop_rx,
+            held: held.clone(),
+            seen: seen.clone(),
+            in_flight: in_flight.clone(),
+        };
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
             runtime.block_on(async move {
@@ -86,7 +96,7 @@ impl FaultProxy {
             });
             // Dropping the runtime drops every connection task.
         });
-        FaultProxy { addr, fault, stop, held, seen, thread: Some(thread) }
+        FaultProxy { addr, fault, stop, held, seen, in_flight, thread: Some(thread) }
     }
 
     pub fn url(&self) -> String {
@@ -102,6 +112,12 @@ impl FaultProxy {
     /// How many connections are hanging now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::SeqCst)
+    }
+
+    /// The most requests the proxy was serving at one moment (from the
+    /// whole request read to the answer relayed).
+    pub fn most_in_flight(&self) -> usize {
+        self.in_flight.1.load(Ordering::SeqCst)
     }
 
     /// The requests received so far: the fault each met, and its request line.
@@ -126,6 +142,24 @@ struct Shared {
     stop: watch::Receiver<bool>,
     held: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<(Fault, String)>>>,
+    in_flight: Arc<(AtomicUsize, AtomicUsize)>,
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight(Arc<(AtomicUsize, AtomicUsize)>);
+
+impl InFlight {
+    fn start(counts: &Arc<(AtomicUsize, AtomicUsize)>) -> InFlight {
+        let now = counts.0.fetch_add(1, Ordering::SeqCst) + 1;
+        counts.1.fetch_max(now, Ordering::SeqCst);
+        InFlight(counts.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Bounds every wait of the proxy, so that no test can hang on it.
@@ -139,6 +173,7 @@ impl Shared {
         let fault = *self.fault.borrow();
         let line = String::from_utf8_lossy(request.split(|b| *b == b'\r').next().unwrap_or_default()).into_owned();
         self.seen.lock().unwrap().push((fault, line));
+        let _counted = InFlight::start(&self.in_flight);
         match fault {
             Fault::Pass => self.forward(client, &request, |r| r).await,
             Fault::Latency(d) => {

@@ -168,7 +168,9 @@ fn a_client_that_never_reads_its_answers_is_dropped_and_frees_its_slot() {
     // until the daemon's answers fill both socket buffers.
     let mut greedy = idle(&d);
     greedy.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
-    let ask = codec::encode_frame(&Request::NodeList { nodes: None, state: None, maintenance: None }).unwrap();
+    let ask =
+        codec::encode_frame(&Request::NodeList { nodes: None, state: None, maintenance: None, bmc: None, stale: None })
+            .unwrap();
     let mut sent = 0;
     while sent < 1_000_000 && greedy.write_all(&ask).is_ok() {
         sent += 1;
@@ -216,7 +218,7 @@ fn an_answer_longer_than_a_frame_arrives_whole_in_parts_each_within_max_frame() 
     // (encoded in place).
     let mut s = idle(&d);
     for (nodes, count) in [(None, NODES), (Some("demo[1-300]".to_string()), 300)] {
-        send(&mut s, &Request::NodeList { nodes, state: None, maintenance: None });
+        send(&mut s, &Request::NodeList { nodes, state: None, maintenance: None, bmc: None, stale: None });
         let (parts, joined) = read_parts(&mut s, 4096);
         assert!(parts >= 5, "{parts} parts");
         match codec::decode_answer(&joined).unwrap() {

@@ -31,5 +31,7 @@ mod relay;
 mod restart;
 mod secrets;
 mod service;
+mod shared_bmc;
 mod shutdown;
 mod socket;
+mod unreachable;

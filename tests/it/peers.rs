@@ -232,6 +232,39 @@ impl Drop for ClosedTcpPort {
     }
 }
 
+/// A loopback TCP port whose listener never accepts: its accept queue (of
+/// one, `listen(fd, 0)`) is held full by connections of its own, so the
+/// kernel drops every new SYN and a client's connect times out, as with a
+/// BMC that is powered off behind a switch. No other program can take the
+/// port while this is held.
+pub struct SilentTcpPort {
+    bound: ClosedTcpPort,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+impl SilentTcpPort {
+    pub fn hold() -> SilentTcpPort {
+        let bound = ClosedTcpPort::hold();
+        // SAFETY: listen on the socket `bound` owns.
+        let listening = unsafe { libc::listen(bound.fd, 0) };
+        assert_eq!(listening, 0, "listen: {}", std::io::Error::last_os_error());
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], bound.port));
+        // Connect until one does not get through: the queue is full then.
+        let mut fillers = Vec::new();
+        for _ in 0..8 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(s) => fillers.push(s),
+                Err(_) => return SilentTcpPort { bound, _fillers: fillers },
+            }
+        }
+        panic!("the accept queue of 127.0.0.1:{} did not fill", bound.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.bound.port)
+    }
+}
+
 /// A loopback UDP socket that receives and never answers: an IPMI BMC that
 /// has hung. Closed when dropped.
 pub fn silent_udp() -> UdpSocket {
@@ -273,6 +306,14 @@ impl Peer {
             self.dir.join("client_key").display()
         )
     }
+}
+
+/// A Redfish emulator with four systems, node-1..node-4, for the tests of
+/// one endpoint's limit (`shared_bmc.rs`): its own, so that their bursts of
+/// calls slow no other test's BMC.
+pub fn redfish_for_limits() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    peer_start::redfish(&PEER, 4, false)
 }
 
 /// A Redfish emulator with four systems, node-1..node-4, for the fault tests

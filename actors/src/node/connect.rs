@@ -9,7 +9,17 @@
 //! shell notices that the answer now comes later.
 //!
 //! Nodes that name the same BMC endpoint with the same settings share one
-//! driver actor, which serialises the calls to that BMC. The pool keeps the
+//! driver actor. Whatever their settings, every node naming one network
+//! endpoint (`host:port`, [`kiln_drivers::host_port`]) shares that
+//! endpoint's [`Endpoint`]: a semaphore of `bmc_max_concurrent` permits that
+//! each driver call holds while it runs, and the state its clients share
+//! (IPMI's command spacing), so a BMC behind which many nodes sit is asked
+//! at most that many things at once, as NVIDIA's bare-metal manager caps
+//! calls per BMC. The endpoint is kept from its first use for the pool's
+//! life: a few bytes per BMC, and a limit that never resets while calls
+//! hold it. A node's `connect_timeout` defaults to the site's
+//! `bmc_connect_timeout` here, put into the settings the client is built
+//! from. The pool keeps the
 //! connection by that key from the moment it starts, not only once it is
 //! done, so nodes connecting at the same time await the same future and get
 //! the same actor. A connection that failed, or whose actor stopped, is
@@ -29,8 +39,9 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use kiln_drivers::DriverError;
+use kiln_drivers::{DriverError, EndpointState};
 use kiln_store::{DriverKind, NodeRecord, PowerState};
+use tokio::sync::Semaphore;
 
 use crate::driver::DriverActor;
 use crate::metrics::Metrics;
@@ -81,10 +92,36 @@ impl DriverSpec {
     }
 }
 
+/// What the site asks of every BMC: `bmc_connect_timeout` and
+/// `bmc_max_concurrent` ([`crate::SiteConfig`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BmcLimits {
+    pub connect_timeout: Duration,
+    pub max_concurrent: usize,
+}
+
+impl Default for BmcLimits {
+    fn default() -> Self {
+        BmcLimits { connect_timeout: Duration::from_secs(3), max_concurrent: 4 }
+    }
+}
+
+/// What the nodes of one network endpoint share.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// Calls in flight to the endpoint: each holds a permit while it runs.
+    pub limit: Arc<Semaphore>,
+    /// What its BMC clients share (IPMI's spacing).
+    state: EndpointState,
+}
+
 /// The site's driver actors for shared BMC endpoints, and where new ones run.
 #[derive(Clone)]
 pub struct DriverPool {
     by_endpoint: Arc<DashMap<String, Connecting>>,
+    /// By `host:port`.
+    endpoints: Arc<DashMap<String, Endpoint>>,
+    limits: BmcLimits,
     /// The arbiter driver actors start on (kept running while the pool
     /// lives); `None`: the awaiting actor's.
     arbiter: Option<OwnArbiter>,
@@ -93,13 +130,29 @@ pub struct DriverPool {
 }
 
 impl DriverPool {
-    pub fn new(arbiter: Option<OwnArbiter>, call_timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        DriverPool { by_endpoint: Arc::default(), arbiter, call_timeout, metrics }
+    pub fn new(arbiter: Option<OwnArbiter>, call_timeout: Duration, limits: BmcLimits, metrics: Arc<Metrics>) -> Self {
+        DriverPool { by_endpoint: Arc::default(), endpoints: Arc::default(), limits, arbiter, call_timeout, metrics }
+    }
+
+    /// The shared part of the network endpoint `host_port`, made on first use.
+    pub fn endpoint(&self, host_port: &str) -> Endpoint {
+        self.endpoints
+            .entry(host_port.to_string())
+            .or_insert_with(|| Endpoint {
+                limit: Arc::new(Semaphore::new(self.limits.max_concurrent.max(1))),
+                state: EndpointState::default(),
+            })
+            .clone()
     }
 
     /// The driver for `spec`: the one of its endpoint when it is usable
     /// (connected or connecting), else a new connection.
-    pub fn obtain(&self, spec: DriverSpec) -> Connecting {
+    pub fn obtain(&self, mut spec: DriverSpec) -> Connecting {
+        if spec.kind != DriverKind::Fake {
+            // The site's connect timeout, unless the node sets its own.
+            let secs = self.limits.connect_timeout.as_secs_f64();
+            spec.info.entry("connect_timeout".into()).or_insert_with(|| format!("{secs}"));
+        }
         let Some(key) = spec.key() else { return self.connect(spec) };
         match self.by_endpoint.entry(key) {
             Entry::Occupied(held) if usable(held.get()) => held.get().clone(),
@@ -129,12 +182,16 @@ impl DriverPool {
         }
         let arbiter = self.arbiter.as_ref().map(OwnArbiter::handle);
         let (call_timeout, metrics) = (self.call_timeout, self.metrics.clone());
+        let endpoint = kiln_drivers::host_port(kind.as_str(), &info).map(|hp| self.endpoint(&hp));
         async move {
-            let bmc = tokio::task::spawn_blocking(move || kiln_drivers::connect(kind.as_str(), &info))
+            let state = endpoint.as_ref().map(|e| e.state.clone()).unwrap_or_default();
+            let bmc = tokio::task::spawn_blocking(move || kiln_drivers::connect_at(kind.as_str(), &info, &state))
                 .await
                 .map_err(|e| DriverError::Panicked(crate::panics::join_text(e)))??;
-            let actor =
-                move |_: &mut Context<DriverActor>| DriverActor::new(bmc, label, call_timeout).observed(metrics, kind);
+            let limit = endpoint.map(|e| e.limit);
+            let actor = move |_: &mut Context<DriverActor>| {
+                DriverActor::new(bmc, label, call_timeout).limited(limit).observed(metrics, kind)
+            };
             Ok(match arbiter {
                 Some(arbiter) => DriverActor::start_in_arbiter(&arbiter, actor),
                 None => DriverActor::create(actor),
@@ -159,7 +216,7 @@ mod tests {
     }
 
     fn pool(arbiter: Option<OwnArbiter>) -> DriverPool {
-        DriverPool::new(arbiter, Duration::from_secs(5), Arc::new(Metrics::default()))
+        DriverPool::new(arbiter, Duration::from_secs(5), BmcLimits::default(), Arc::new(Metrics::default()))
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! the state gauges can never disagree with the record.
 
 mod abandon;
+mod contact;
 mod ops;
 mod upkeep;
 
@@ -139,6 +140,17 @@ enum AfterCall {
     Upkeep(upkeep::AfterCall),
 }
 
+/// Whether a successful call confirmed the node's power state: a read,
+/// or a power action the driver saw reach its target.
+fn confirms_power(then: &AfterCall, reply: &DriverReply) -> bool {
+    matches!(reply, DriverReply::Power(_))
+        || matches!(
+            then,
+            AfterCall::Op(ops::AfterCall::Power(_) | ops::AfterCall::Step(Step::Power(_)))
+                | AfterCall::Upkeep(upkeep::AfterCall::SyncForced { .. })
+        )
+}
+
 /// One node's state and logic, without actix.
 pub struct NodeCore {
     node: Gauged,
@@ -151,6 +163,8 @@ pub struct NodeCore {
     next_ticket: Ticket,
     /// Power reads that failed in a row (power sync); in memory, as Ironic.
     power_failures: u32,
+    /// The BMC's reachability and backoff (`contact.rs`).
+    contact: contact::Contact,
     /// Set when the site shuts down: no task starts any more, and this
     /// says why.
     closing: Option<String>,
@@ -163,6 +177,7 @@ pub struct NodeCore {
 impl NodeCore {
     pub fn new(record: NodeRecord, metrics: std::sync::Arc<Metrics>, clock: SharedClock) -> Self {
         NodeCore {
+            contact: contact::Contact::of(&record),
             node: Gauged::new(record, metrics),
             clock,
             task: None,
@@ -182,9 +197,10 @@ impl NodeCore {
         self.node.record()
     }
 
-    /// The node as a client sees it (shared requests read it at once).
+    /// The node as a client sees it (shared requests read it at once),
+    /// with the BMC contact as known now, committed or not.
     pub fn view(&self) -> NodeView {
-        self.node.view()
+        NodeView::of(self.node.record(), self.node.reservation()).with_contact(|r| self.contact.stamp(r))
     }
 
     /// Reacts to `input`; returns what to do, in order.
@@ -274,12 +290,12 @@ impl NodeCore {
     fn submit(&mut self, r: Request) {
         if let Some(why) = &self.closing {
             let err = KilnError::Unavailable(format!("node {}: {why}", self.name()));
-            return self.answer(Answer::Node(r.reply, Err(err)));
+            return self.answer(Answer::Node(r.reply, Box::new(Err(err))));
         }
         if r.takes_hold && self.held_by.is_some() && self.held_by == r.holder {
             // Held already by the same holder: nothing to wait for.
             let view = self.view();
-            return self.answer(Answer::Node(r.reply, Ok(view)));
+            return self.answer(Answer::Node(r.reply, Box::new(Ok(view))));
         }
         if self.may_start(r.holder.as_deref()) {
             if r.takes_hold {
@@ -289,7 +305,7 @@ impl NodeCore {
         }
         if r.lock_wait.is_zero() {
             let err = self.locked_error();
-            return self.answer(Answer::Node(r.reply, Err(err)));
+            return self.answer(Answer::Node(r.reply, Box::new(Err(err))));
         }
         self.next_waiter += 1;
         let id = self.next_waiter;
@@ -302,7 +318,7 @@ impl NodeCore {
         if let Some(pos) = self.waiters.iter().position(|w| w.id == waiter) {
             let w = self.waiters.remove(pos).expect("position is in range");
             let err = self.locked_error();
-            self.answer(Answer::Node(w.reply, Err(err)));
+            self.answer(Answer::Node(w.reply, Box::new(Err(err))));
         }
     }
 
@@ -360,7 +376,7 @@ impl NodeCore {
     /// Ends the task: answers its caller (if not answered yet) and releases.
     fn end_task(&mut self, result: Result<NodeView, KilnError>) {
         if let Some(reply) = self.task.as_mut().and_then(|t| t.reply.take()) {
-            self.answer(Answer::Node(reply, result));
+            self.answer(Answer::Node(reply, Box::new(result)));
         }
         self.release();
     }
@@ -372,7 +388,7 @@ impl NodeCore {
             && !task.wait
             && let Some(reply) = task.reply.take()
         {
-            self.out.push(Effect::Answer(Answer::Node(reply, Ok(view))));
+            self.out.push(Effect::Answer(Answer::Node(reply, Box::new(Ok(view)))));
         }
     }
 
@@ -420,6 +436,7 @@ impl NodeCore {
             return self.after_commit(then, Err(err));
         }
         next.updated_at = self.clock.now();
+        self.contact.stamp(&mut next);
         let mut writes = Vec::with_capacity(1 + history.len());
         writes.push(Write::UpdateNode(next.clone()));
         writes.extend(history.into_iter().map(Write::AppendHistory));
@@ -469,11 +486,26 @@ impl NodeCore {
     }
 
     fn replied(&mut self, ticket: Ticket, result: Result<DriverReply, DriverError>) {
-        match self.awaiting.remove(&ticket) {
+        let awaiting = self.awaiting.remove(&ticket);
+        if let Some(Awaiting::Call(then)) = &awaiting {
+            let now = self.clock.now();
+            match &result {
+                Ok(reply) => self.contact.answered(now, confirms_power(then, reply)),
+                Err(DriverError::Unreachable { .. }) => self.contact.unreachable(now),
+                Err(_) => {}
+            }
+        }
+        match awaiting {
             Some(Awaiting::Call(AfterCall::Op(then))) => self.op_replied(then, result),
             Some(Awaiting::Call(AfterCall::Upkeep(then))) => self.upkeep_replied(then, result),
             _ => {}
         }
+    }
+
+    /// Whether the node was marked unreachable by a call and the record
+    /// does not say so yet, or the other way round.
+    fn contact_changed(&self) -> bool {
+        self.contact.mark_differs(self.node.record())
     }
 
     /// Makes sure the node's BMC can be reached before a change that needs it.

@@ -52,8 +52,9 @@ pub enum Effect {
 /// An answer to one caller, through the channel it waits on.
 #[derive(Debug)]
 pub enum Answer {
-    /// An exclusive request's result.
-    Node(Reply, Result<NodeView, KilnError>),
+    /// An exclusive request's result (boxed: a view is large, the other
+    /// answers small).
+    Node(Reply, Box<Result<NodeView, KilnError>>),
     /// A power sync's outcome.
     Sync(oneshot::Sender<SyncOutcome>, SyncOutcome),
     /// A yes or no ([`super::ReleaseNode`], upkeep, [`super::Abandon`]).
@@ -65,7 +66,7 @@ impl Answer {
     pub fn send(self) {
         match self {
             Answer::Node(tx, v) => {
-                let _ = tx.send(v);
+                let _ = tx.send(*v);
             }
             Answer::Sync(tx, v) => {
                 let _ = tx.send(v);

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use kiln_store::{NodeRecord, Reservation};
 
 use crate::metrics::{Metrics, NodeGauge};
-use crate::view::NodeView;
 
 /// A node's committed record and reservation, counted in the site's gauges.
 pub struct Gauged {
@@ -61,10 +60,5 @@ impl Gauged {
     /// The node was deleted: it leaves the counts now.
     pub fn remove(&mut self) {
         self.gauge.remove();
-    }
-
-    /// The node as a client sees it.
-    pub fn view(&self) -> NodeView {
-        NodeView::of(&self.record, self.reservation.as_ref())
     }
 }

@@ -35,11 +35,20 @@ pub enum SyncOutcome {
     Forced {
         to: PowerState,
     },
+    /// Not looked at: the BMC was found unreachable and its backoff runs
+    /// until `until` (RFC 3339).
+    BackedOff {
+        until: String,
+        /// When the BMC last confirmed the node's power state.
+        verified_at: Option<kiln_store::Timestamp>,
+    },
     /// The read failed; `maintenance` when this failure put the node there.
     Failed {
         attempts: u32,
         maintenance: bool,
         error: String,
+        /// When the BMC last confirmed the node's power state.
+        verified_at: Option<kiln_store::Timestamp>,
     },
 }
 

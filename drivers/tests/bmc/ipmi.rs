@@ -97,6 +97,37 @@ async fn commands_are_spaced_by_min_command_interval() {
     assert!(started.elapsed() >= Duration::from_millis(600), "took {:?}", started.elapsed());
 }
 
+/// The spacing is the endpoint's: two clients of one BMC whose other
+/// settings differ (as two nodes' would), built with the endpoint's shared
+/// state, space their commands as one.
+#[tokio::test]
+async fn the_spacing_holds_per_endpoint_across_clients_with_other_settings() {
+    let port = (peers::ipmi().port + 5).to_string();
+    let shared = kiln_drivers::EndpointState::default();
+    let client = |timeout: &str| {
+        let pairs = [
+            ("address", "127.0.0.1"),
+            ("port", port.as_str()),
+            ("username", "admin"),
+            ("password", "password"),
+            ("min_command_interval", "1"),
+            ("timeout", timeout),
+        ];
+        kiln_drivers::connect_at("ipmi", &info(&pairs), &shared).unwrap()
+    };
+    let (a, b) = (client("15"), client("16"));
+    let started = Instant::now();
+    let reads = |bmc: std::sync::Arc<dyn Bmc>| async move {
+        for _ in 0..2 {
+            bmc.get_power_state().await.unwrap();
+        }
+    };
+    tokio::join!(reads(a), reads(b));
+    // Four commands to one endpoint: three gaps of at least 1 s (each
+    // client spaced on its own would take one gap and its two runs).
+    assert!(started.elapsed() >= Duration::from_secs(3), "took {:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn nothing_listening_is_unreachable_within_the_timeout() {
     // No simulator on this port: the probe is refused at once.

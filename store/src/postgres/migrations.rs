@@ -233,6 +233,13 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE events DROP CONSTRAINT events_pkey;
     ALTER TABLE events ADD PRIMARY KEY (source, serial);
     "#,
+    // 6: SQLite's 6: what kiln knows of a node's BMC.
+    r#"
+    ALTER TABLE nodes ADD COLUMN bmc_last_contact text;
+    ALTER TABLE nodes ADD COLUMN bmc_unreachable_since text;
+    ALTER TABLE nodes ADD COLUMN power_verified_at text;
+    CREATE INDEX nodes_bmc_unreachable ON nodes(bmc_unreachable_since) WHERE bmc_unreachable_since IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

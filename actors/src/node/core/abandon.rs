@@ -38,7 +38,7 @@ impl NodeCore {
         let name = self.name();
         for w in std::mem::take(&mut self.waiters) {
             let err = KilnError::Unavailable(format!("node {name}: {why}"));
-            self.answer(Answer::Node(w.reply, Err(err)));
+            self.answer(Answer::Node(w.reply, Box::new(Err(err))));
         }
         // Taking the task away makes the driver replies still on their way
         // find no task to continue. Without a task no commit of this node is
@@ -48,7 +48,7 @@ impl NodeCore {
         };
         if let Some(caller) = task.reply.take() {
             let err = KilnError::Driver { node: name, message: why.clone() };
-            self.answer(Answer::Node(caller, Err(err)));
+            self.answer(Answer::Node(caller, Box::new(Err(err))));
         }
         self.node.unreserve();
         // Read the record back from the store rather than trusting memory: the

@@ -164,8 +164,10 @@ impl NodeCore {
             return self.end_task(Err(err));
         }
         if !update.driver_info.is_empty() {
-            // The BMC may be another one now: reconnect on next use.
+            // The BMC may be another one now: reconnect on next use, and
+            // let the next power sync try it.
             self.out.push(Effect::ForgetDriver);
+            self.contact.reset_backoff();
         }
         self.commit_and_end(next, None);
     }

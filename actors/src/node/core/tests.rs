@@ -805,3 +805,113 @@ fn a_connection_that_fails_ends_the_task_and_lets_the_waiter_in() {
     assert!(answered(&mut second).is_ok());
     sim.assert_gauges();
 }
+
+fn unreachable() -> DriverError {
+    DriverError::Unreachable { address: "127.0.0.1:9".into(), reason: "connection refused".into() }
+}
+
+#[test]
+fn an_unreachable_bmc_is_marked_stored_and_backed_off_until_its_backoff_ends() {
+    let mut sim = sim_in(S::Manageable);
+    // A healthy read first: contact and power verified, nothing committed.
+    assert_eq!(sim.sync(false, 10), SyncOutcome::InSync);
+    assert!(sim.stored.as_ref().unwrap().bmc_last_contact.is_none(), "a healthy sync commits nothing");
+    let verified = sim.core.view().power_verified_at;
+    assert_eq!(verified, Some(start()));
+    assert_eq!(sim.core.view().bmc_last_contact, Some(start()));
+
+    sim.clock.advance(Duration::from_secs(100));
+    sim.replies = VecDeque::from([Err(unreachable())]);
+    let failed = sim.sync(false, 10);
+    assert!(matches!(failed, SyncOutcome::Failed { attempts: 1, maintenance: false, .. }), "{failed:?}");
+    // The mark is stored, with the last contact known before it.
+    let stored = sim.stored.clone().unwrap();
+    let marked_at = start() + chrono::Duration::seconds(100);
+    assert_eq!(stored.bmc_unreachable_since, Some(marked_at));
+    assert_eq!(stored.bmc_last_contact, Some(start()));
+    assert_eq!(stored.power_verified_at, Some(start()));
+    assert!(sim.core.view().reservation.is_none());
+
+    // Within the backoff the BMC is not asked.
+    let first = super::contact::backoff(1, seed_of(&sim));
+    sim.clock.advance(first - Duration::from_secs(1));
+    let calls = sim.trace.iter().filter(|t| t.starts_with("call")).count();
+    assert!(matches!(sim.sync(false, 10), SyncOutcome::BackedOff { .. }));
+    assert_eq!(sim.trace.iter().filter(|t| t.starts_with("call")).count(), calls, "no call while backing off");
+
+    // After it, asked again; still dead: a longer backoff, the first mark kept.
+    sim.clock.advance(Duration::from_secs(1));
+    sim.replies = VecDeque::from([Err(unreachable())]);
+    assert!(matches!(sim.sync(false, 10), SyncOutcome::Failed { attempts: 2, .. }));
+    assert_eq!(sim.stored.as_ref().unwrap().bmc_unreachable_since, Some(marked_at));
+    let second = super::contact::backoff(2, seed_of(&sim));
+    assert!(second > first);
+    sim.clock.advance(second - Duration::from_secs(1));
+    assert!(matches!(sim.sync(false, 10), SyncOutcome::BackedOff { .. }));
+
+    // One success clears it, and the clear is stored.
+    sim.clock.advance(Duration::from_secs(1));
+    assert_eq!(sim.sync(false, 10), SyncOutcome::InSync);
+    let stored = sim.stored.clone().unwrap();
+    assert_eq!(stored.bmc_unreachable_since, None);
+    assert_eq!(stored.bmc_last_contact, Some(sim.clock.shared().now()));
+    assert_eq!(sim.sync(false, 10), SyncOutcome::InSync, "no backoff left");
+    sim.assert_gauges();
+}
+
+#[test]
+fn recovery_waits_for_the_backoff_of_an_unreachable_bmc() {
+    let mut sim = sim_in(S::Manageable);
+    sim.replies = VecDeque::from([Err(unreachable())]);
+    assert!(matches!(sim.sync(false, 1), SyncOutcome::Failed { maintenance: true, .. }));
+    assert!(!sim.recover(), "backing off: the BMC is not asked");
+    assert!(sim.core.record().maintenance);
+    sim.clock.advance(super::contact::CAP * 2);
+    assert!(sim.recover());
+    let r = sim.core.record();
+    assert!(!r.maintenance && r.bmc_unreachable_since.is_none());
+}
+
+#[test]
+fn an_operator_call_that_succeeds_clears_the_mark_and_other_failures_do_not_set_it() {
+    let mut sim = sim_in(S::Manageable);
+    sim.replies = VecDeque::from([Err(injected("500"))]);
+    assert!(matches!(sim.sync(false, 10), SyncOutcome::Failed { .. }));
+    assert!(sim.core.view().bmc_unreachable_since.is_none(), "only Unreachable marks");
+
+    sim.replies = VecDeque::from([Err(unreachable())]);
+    let mut rx = sim.run(Op::Power(PowerAction::On), true);
+    assert!(answered(&mut rx).is_err());
+    assert!(sim.stored.as_ref().unwrap().bmc_unreachable_since.is_some(), "stored with the power action's end");
+    assert!(matches!(sim.sync(false, 10), SyncOutcome::BackedOff { .. }));
+
+    // Power on is the operator's: it is not held back, and its success clears.
+    let mut rx = sim.run(Op::Power(PowerAction::On), true);
+    answered(&mut rx).unwrap();
+    let stored = sim.stored.clone().unwrap();
+    assert!(stored.bmc_unreachable_since.is_none());
+    assert_eq!(stored.power_verified_at, Some(start()));
+    assert_eq!(sim.sync(false, 10), SyncOutcome::Updated { from: Some(PowerState::On), to: PowerState::Off });
+}
+
+#[test]
+fn new_driver_info_lets_the_next_sync_try_at_once() {
+    let mut sim = sim_in(S::Manageable);
+    sim.replies = VecDeque::from([Err(unreachable())]);
+    assert!(matches!(sim.sync(false, 10), SyncOutcome::Failed { .. }));
+    assert!(matches!(sim.sync(false, 10), SyncOutcome::BackedOff { .. }));
+    let update =
+        NodeUpdate { driver_info: [("latency_ms".to_string(), Some("0".to_string()))].into(), ..Default::default() };
+    let mut rx = sim.run(Op::Update(update), true);
+    answered(&mut rx).unwrap();
+    assert!(sim.core.view().bmc_unreachable_since.is_some(), "the mark stays until a call succeeds");
+    assert_eq!(sim.sync(false, 10), SyncOutcome::InSync);
+    assert!(sim.stored.as_ref().unwrap().bmc_unreachable_since.is_none());
+}
+
+fn seed_of(sim: &Sim) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sim.core.record().uuid.hash(&mut h);
+    h.finish()
+}

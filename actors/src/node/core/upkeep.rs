@@ -31,10 +31,28 @@ pub(super) enum AfterCall {
 
 /// What follows an upkeep commit.
 pub(super) enum AfterCommit {
-    SyncUpdated { reply: oneshot::Sender<SyncOutcome>, from: Option<PowerState>, to: PowerState },
-    PowerFailed { reply: oneshot::Sender<SyncOutcome>, attempts: u32, error: String },
-    Recovered { reply: oneshot::Sender<bool> },
-    Expired { reply: oneshot::Sender<bool>, error: String },
+    SyncUpdated {
+        reply: oneshot::Sender<SyncOutcome>,
+        from: Option<PowerState>,
+        to: PowerState,
+    },
+    PowerFailed {
+        reply: oneshot::Sender<SyncOutcome>,
+        attempts: u32,
+        error: String,
+    },
+    Recovered {
+        reply: oneshot::Sender<bool>,
+    },
+    /// The BMC's reachability is stored: answer the sync with `outcome`.
+    Marked {
+        reply: oneshot::Sender<SyncOutcome>,
+        outcome: SyncOutcome,
+    },
+    Expired {
+        reply: oneshot::Sender<bool>,
+        error: String,
+    },
 }
 
 impl NodeCore {
@@ -56,6 +74,15 @@ impl NodeCore {
         if let Some(why) = skip {
             return self.answer(Answer::Sync(reply, SyncOutcome::Skipped(why.into())));
         }
+        // A BMC found unreachable is left alone until its backoff ends,
+        // rather than costing a connect timeout every cycle.
+        if let Some(until) = self.contact.backing_off(self.clock.now()) {
+            let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            return self.answer(Answer::Sync(
+                reply,
+                SyncOutcome::BackedOff { until, verified_at: self.contact.power_verified_at() },
+            ));
+        }
         self.hold_for_upkeep("power sync");
         self.call(DriverCall::GetPower, Call::Upkeep(AfterCall::SyncRead { reply, force, max_retries }));
     }
@@ -66,8 +93,9 @@ impl NodeCore {
         self.power_failures += 1;
         let attempts = self.power_failures;
         if attempts < max_retries.max(1) {
-            self.answer(Answer::Sync(reply, SyncOutcome::Failed { attempts, maintenance: false, error }));
-            return self.release();
+            let verified_at = self.contact.power_verified_at();
+            let outcome = SyncOutcome::Failed { attempts, maintenance: false, error, verified_at };
+            return self.answer_sync_marked(reply, outcome);
         }
         let mut next = self.node.record().clone();
         next.maintenance = true;
@@ -79,10 +107,25 @@ impl NodeCore {
         self.commit(next, vec![entry], Commit::Upkeep(AfterCommit::PowerFailed { reply, attempts, error }));
     }
 
+    /// Answers a sync with `outcome`; first, when the BMC's reachability
+    /// is not the one stored, commits the node with it (so the mark, and
+    /// the last contact, survive a restart).
+    fn answer_sync_marked(&mut self, reply: oneshot::Sender<SyncOutcome>, outcome: SyncOutcome) {
+        if !self.contact_changed() {
+            self.answer(Answer::Sync(reply, outcome));
+            return self.release();
+        }
+        let next = self.node.record().clone();
+        self.commit(next, vec![], Commit::Upkeep(AfterCommit::Marked { reply, outcome }));
+    }
+
     pub(super) fn recover_power_failure(&mut self, reply: oneshot::Sender<bool>) {
         let record = self.node.record();
         let failed = record.maintenance && record.fault.as_deref() == Some(POWER_FAILURE);
-        if !failed || self.busy() {
+        // An unreachable BMC is tried again when its backoff ends, by
+        // recovery as by power sync.
+        let backing_off = self.contact.backing_off(self.clock.now()).is_some();
+        if !failed || self.busy() || backing_off {
             return self.answer(Answer::Done(reply, false));
         }
         self.hold_for_upkeep("power failure recovery");
@@ -122,8 +165,7 @@ impl NodeCore {
                 self.power_failures = 0;
                 let recorded = self.node.record().power_state;
                 if recorded == Some(read) {
-                    self.answer(Answer::Sync(reply, SyncOutcome::InSync));
-                    return self.release();
+                    return self.answer_sync_marked(reply, SyncOutcome::InSync);
                 }
                 if force && let Some(want) = recorded {
                     let action = match want {
@@ -143,7 +185,12 @@ impl NodeCore {
             AfterCall::SyncForced { reply, want } => {
                 let outcome = match result {
                     Ok(_) => SyncOutcome::Forced { to: want },
-                    Err(e) => SyncOutcome::Failed { attempts: 1, maintenance: false, error: e.to_string() },
+                    Err(e) => SyncOutcome::Failed {
+                        attempts: 1,
+                        maintenance: false,
+                        error: e.to_string(),
+                        verified_at: self.contact.power_verified_at(),
+                    },
                 };
                 self.answer(Answer::Sync(reply, outcome));
                 self.release();
@@ -180,8 +227,11 @@ impl NodeCore {
                     tracing::warn!(attempts, error = %error, "power state unreadable; node put in maintenance");
                     self.publish(EventKind::Error, Some(error.clone()));
                 }
-                self.answer(Answer::Sync(reply, SyncOutcome::Failed { attempts, maintenance: ok, error }));
+                let verified_at = self.contact.power_verified_at();
+                let outcome = SyncOutcome::Failed { attempts, maintenance: ok, error, verified_at };
+                self.answer(Answer::Sync(reply, outcome));
             }
+            AfterCommit::Marked { reply, outcome } => self.answer(Answer::Sync(reply, outcome)),
             AfterCommit::Recovered { reply } => {
                 if ok {
                     self.publish(EventKind::End, None);
