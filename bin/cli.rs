@@ -150,6 +150,9 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    /// Serve the Ironic-compatible HTTP API at ADDR (off by default; docs/api.md).
+    #[arg(long, value_name = "ADDR")]
+    pub api_addr: Option<String>,
 }
 
 fn parse_event_kind(s: &str) -> Result<kiln_actors::EventKind, String> {

@@ -100,6 +100,10 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
     };
+    let api_listener = match &cfg.api {
+        Some(api) => Some(crate::api::bind(api.addr)?),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let nodes = site.registry.by_id.len();
     tracing::info!(
@@ -114,6 +118,15 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         tracing::info!(addr = %addr, url = %format!("http://{addr}/metrics"), "serving metrics");
         actix::spawn(crate::metrics::serve(m, site.clone(), stop_rx.clone()));
     }
+    let api = match (api_listener, &cfg.api) {
+        (Some(listener), Some(settings)) => {
+            let addr = listener.local_addr().context("cannot read the API address")?;
+            let handle = crate::api::serve(listener, settings.clone(), site.clone(), member_name())?;
+            tracing::info!(addr = %addr, url = %format!("http://{addr}/v1"), "serving the Ironic API");
+            Some(handle)
+        }
+        _ => None,
+    };
     let in_force = admin_cfg.in_force.clone();
     let mut server = admin::start(listener, admin_cfg, site.clone(), stop_rx);
     let serving = format!("serving {nodes} nodes on {}", cfg.socket.display());
@@ -146,6 +159,11 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         w.abort();
     }
     let _ = stop_tx.send(true);
+    if let Some(api) = &api {
+        // Stop taking API requests with the socket; those being answered
+        // finish (within the request timeout).
+        api.stop(true).await;
+    }
     server.stopped().await;
     // A second SIGTERM or SIGINT ends the grace period at once.
     let again = async move {
