@@ -68,6 +68,12 @@ async fn start_site(cfg: &DaemonConfig) -> anyhow::Result<kiln_actors::Site> {
     kiln_actors::start_with_store(cfg.site.clone(), store).await.context("cannot start the site")
 }
 
+/// This host's name (the API's `conductor`).
+fn host_name() -> String {
+    let member = member_name();
+    member.rsplit_once(':').map(|(host, _)| host.to_string()).unwrap_or(member)
+}
+
 /// This process's name as a member of the site: host and pid.
 fn member_name() -> String {
     let mut buf = [0u8; 256];
@@ -113,20 +119,20 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         nodes,
         "kiln is serving"
     );
-    if let Some(m) = metrics {
-        let addr = m.local_addr().context("cannot read the metrics address")?;
-        tracing::info!(addr = %addr, url = %format!("http://{addr}/metrics"), "serving metrics");
-        actix::spawn(crate::metrics::serve(m, site.clone(), stop_rx.clone()));
-    }
     let api = match (api_listener, &cfg.api) {
         (Some(listener), Some(settings)) => {
             let addr = listener.local_addr().context("cannot read the API address")?;
-            let handle = crate::api::serve(listener, settings.clone(), site.clone(), member_name())?;
+            let handle = crate::api::serve(listener, settings.clone(), site.clone(), host_name())?;
             tracing::info!(addr = %addr, url = %format!("http://{addr}/v1"), "serving the Ironic API");
             Some(handle)
         }
         _ => None,
     };
+    if let Some(m) = metrics {
+        let addr = m.local_addr().context("cannot read the metrics address")?;
+        tracing::info!(addr = %addr, url = %format!("http://{addr}/metrics"), "serving metrics");
+        actix::spawn(crate::metrics::serve(m, site.clone(), stop_rx.clone()));
+    }
     let in_force = admin_cfg.in_force.clone();
     let mut server = admin::start(listener, admin_cfg, site.clone(), stop_rx);
     let serving = format!("serving {nodes} nodes on {}", cfg.socket.display());

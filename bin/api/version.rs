@@ -48,7 +48,12 @@ pub fn parse(text: &str) -> Result<Version, ApiError> {
     if text.eq_ignore_ascii_case("latest") {
         return Ok(MAX);
     }
-    let bad = || not_acceptable(format!("Invalid value for {HEADER} header: '{text}': expected MAJOR.MINOR or latest"));
+    let bad = || {
+        not_acceptable(format!(
+            "Invalid value for {HEADER} header: '{text}': expected MAJOR.MINOR or latest; the supported version range \
+             is: [{MIN}, {MAX}]."
+        ))
+    };
     let (major, minor) = text.split_once('.').ok_or_else(bad)?;
     let v = Version(major.parse().map_err(|_| bad())?, minor.parse().map_err(|_| bad())?);
     if v < MIN || v > MAX {
