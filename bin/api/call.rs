@@ -53,7 +53,14 @@ pub fn unexpected(r: &Response) -> ApiError {
 }
 
 /// A request's body as JSON, at most `limit` bytes.
-pub async fn body(mut payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
+pub async fn body(payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
+    let bytes = raw_body(payload, limit).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))
+}
+
+/// A request's body as it came, at most `limit` bytes.
+pub async fn raw_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
@@ -65,8 +72,7 @@ pub async fn body(mut payload: web::Payload, limit: usize) -> Result<Value, ApiE
         }
         bytes.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))
+    Ok(bytes)
 }
 
 /// The query's parameters (the last of a repeated one wins).

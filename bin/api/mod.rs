@@ -22,6 +22,7 @@ pub mod call;
 pub mod drivers;
 pub mod errors;
 pub mod fields;
+pub mod jobs;
 pub mod list;
 pub mod nodes;
 pub mod ports;

@@ -465,14 +465,29 @@ async fn history(req: HttpRequest, state: State, path: web::Path<String>) -> Res
         Response::History(h) => h,
         other => return Err(call::unexpected(&other)),
     };
+    let b = base(&req);
+    let (high, _) = node.uuid.0.as_u64_pair();
     let shown: Vec<Value> = entries
         .iter()
         .map(|e| {
-            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
-            if let Value::Object(m) = &mut v {
-                m.entry("node_uuid").or_insert(json!(node.uuid.to_string()));
+            // Entries have no id of their own: one made of the node's and
+            // the time, the same at every read.
+            let at = e.at.timestamp_nanos_opt().unwrap_or_default() as u64;
+            let uuid = uuid::Uuid::from_u64_pair(high, at).to_string();
+            let mut event = format!("{}: {} -> {}", e.event, e.from_state, e.to_state);
+            if let Some(err) = &e.error {
+                event.push_str(&format!(": {err}"));
             }
-            v
+            json!({
+                "uuid": uuid,
+                "created_at": e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+                "severity": if e.error.is_some() { "ERROR" } else { "INFO" },
+                "event": event,
+                "event_type": "provisioning",
+                "conductor": state.host,
+                "user": null,
+                "links": [{"href": format!("{b}/v1/nodes/{}/history/{uuid}", node.uuid), "rel": "self"}],
+            })
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({"history": shown})))

@@ -23,7 +23,7 @@ use kiln_actors::Site;
 
 use super::errors::ApiError;
 use super::version::{self, Version};
-use super::{ApiAuth, ApiSettings, drivers, nodes, ports};
+use super::{ApiAuth, ApiSettings, drivers, jobs, nodes, ports};
 
 /// What every handler shares.
 pub struct ApiState {
@@ -83,6 +83,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/drivers/{driver}", web::get().to(drivers::show));
     nodes::routes(cfg);
     ports::routes(cfg);
+    jobs::routes(cfg);
 }
 
 async fn root(req: HttpRequest) -> HttpResponse {
@@ -93,7 +94,49 @@ async fn v1(req: HttpRequest) -> HttpResponse {
     HttpResponse::Ok().json(version::v1(&base(&req)))
 }
 
+/// Every path served, as patterns: a request on one with a method it
+/// does not take gets 405, not 404.
+const PATHS: &[&str] = &[
+    "/",
+    "/v1",
+    "/v1/drivers",
+    "/v1/drivers/*",
+    "/v1/nodes",
+    "/v1/nodes/detail",
+    "/v1/nodes/*",
+    "/v1/nodes/*/states",
+    "/v1/nodes/*/states/provision",
+    "/v1/nodes/*/states/power",
+    "/v1/nodes/*/maintenance",
+    "/v1/nodes/*/management/boot_device",
+    "/v1/nodes/*/management/boot_device/supported",
+    "/v1/nodes/*/validate",
+    "/v1/nodes/*/history",
+    "/v1/nodes/*/ports",
+    "/v1/nodes/*/ports/detail",
+    "/v1/ports",
+    "/v1/ports/detail",
+    "/v1/ports/*",
+    "/v1/kiln/jobs",
+    "/v1/kiln/jobs/*",
+];
+
+fn served(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    let parts: Vec<&str> = path.split('/').collect();
+    PATHS.iter().any(|p| {
+        let pattern: Vec<&str> = p.trim_end_matches('/').split('/').collect();
+        pattern.len() == parts.len() && pattern.iter().zip(&parts).all(|(a, b)| *a == "*" || a == b)
+    })
+}
+
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if served(req.path()) {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not allowed on {} (docs/api.md lists what is served)", req.method(), req.path()),
+        ));
+    }
     Err(ApiError::not_found(format!(
         "The resource could not be found: {} {} (kiln serves the part of Ironic's API that docs/api.md lists; \
          the `kiln` command does the rest)",
@@ -191,4 +234,18 @@ async fn admit(req: &ServiceRequest, state: &State) -> Result<Version, ApiError>
         }
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_paths_match_their_patterns_only() {
+        assert!(served("/v1/nodes"));
+        assert!(served("/v1/nodes/n1/states/power"));
+        assert!(served("/v1/"));
+        assert!(!served("/v1/chassis"));
+        assert!(!served("/v1/nodes/n1/vifs"));
+    }
 }

@@ -352,3 +352,41 @@ fn api_auth_none_is_refused_off_loopback() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("api_htpasswd"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn kiln_jobs_run_a_node_set_verb_in_one_request() {
+    let (d, url) = start(3, &[]);
+    let job = "ops:\n  - {op: manage, nodes: \"demo[1-3]\"}\n";
+    let (status, head, body) =
+        http(&url, "POST", "/v1/kiln/jobs", &[("Content-Type", "application/yaml")], job.as_bytes());
+    assert_eq!(status, 202, "{body}");
+    let submitted: Value = serde_json::from_str(&body).unwrap();
+    let id = submitted["id"].as_u64().expect("a job id").to_string();
+    assert!(head.contains(&format!("location: {url}/v1/kiln/jobs/{id}")), "{head}");
+    let out = d.cli(&["job", "watch", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (status, _, body) = http(&url, "GET", &format!("/v1/kiln/jobs/{id}"), &[], b"");
+    assert_eq!(status, 200, "{body}");
+    let shown: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(shown["status"], "success", "{shown}");
+    assert!(shown["log"].as_array().is_some_and(|l| !l.is_empty()), "{shown}");
+    let states = crate::harness::states(&d);
+    assert!(states.values().all(|s| s == "manageable"), "{states:?}");
+
+    // Its node history, in Ironic's shape.
+    let (_, _, body) = http(&url, "GET", "/v1/nodes/demo1/history", &[], b"");
+    let history: Value = serde_json::from_str(&body).unwrap();
+    let events: Vec<&str> =
+        history["history"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert!(events.contains(&"manage: enroll -> verifying"), "{events:?}");
+
+    // A bad job, a job that is not there, a method a path does not take.
+    let (status, _, body) = http(&url, "POST", "/v1/kiln/jobs", &[], b"ops: [{op: explode, nodes: demo1}]");
+    assert_eq!(status, 400, "{body}");
+    assert!(fault(&body).contains("explode"), "{body}");
+    assert_eq!(http(&url, "GET", "/v1/kiln/jobs/999", &[], b"").0, 404);
+    let (status, _, body) = http(&url, "DELETE", "/v1/nodes", &[], b"");
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(crate::harness::states(&d).len(), 3);
+}
