@@ -84,6 +84,9 @@ pub struct FileConfig {
     pub api_auth: Option<String>,
     /// The htpasswd file (bcrypt hashes) of `api_auth = "http_basic"`.
     pub api_htpasswd: Option<PathBuf>,
+    /// The API's TLS certificate chain and private key (PEM); both or neither.
+    pub api_tls_cert: Option<PathBuf>,
+    pub api_tls_key: Option<PathBuf>,
     /// How long SIGTERM lets running opcodes finish before failing them.
     pub shutdown_grace: Option<Seconds>,
     /// Admin connections served at once; the next one is refused.
@@ -207,6 +210,8 @@ impl FileConfig {
             api_addr: None,
             api_auth: Some("none".into()),
             api_htpasswd: None,
+            api_tls_cert: None,
+            api_tls_key: None,
             shutdown_grace: Some(Seconds(Duration::from_secs(30))),
             max_connections: Some(limits.max_connections),
             frame_timeout: Some(Seconds(limits.frame_timeout)),
@@ -483,7 +488,26 @@ impl Check<'_> {
                 return None;
             }
         };
+        let tls = match (&f.api_tls_cert, &f.api_tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => match crate::api::tls::load(cert, key) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    self.fail("api_tls_cert", e);
+                    return None;
+                }
+            },
+            (Some(_), None) => {
+                self.fail("api_tls_key", "api_tls_cert is set: its private key is needed too");
+                return None;
+            }
+            (None, Some(_)) => {
+                self.fail("api_tls_cert", "api_tls_key is set: its certificate chain is needed too");
+                return None;
+            }
+        };
         Some(ApiSettings {
+            tls,
             addr,
             auth,
             max_body: max_frame,

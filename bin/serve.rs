@@ -123,7 +123,8 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         (Some(listener), Some(settings)) => {
             let addr = listener.local_addr().context("cannot read the API address")?;
             let handle = crate::api::serve(listener, settings.clone(), site.clone(), host_name())?;
-            tracing::info!(addr = %addr, url = %format!("http://{addr}/v1"), "serving the Ironic API");
+            let scheme = if settings.tls.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %addr, url = %format!("{scheme}://{addr}/v1"), "serving the Ironic API");
             Some(handle)
         }
         _ => None,

@@ -13,6 +13,7 @@
 //!   the middleware every request passes (auth, microversion, timeout, metrics);
 //! - [`auth`]: `http_basic` against an htpasswd file of bcrypt hashes;
 //! - [`version`]: the microversion range and version discovery;
+//! - [`tls`]: the certificate and key of `api_tls_cert`, `api_tls_key`;
 //! - [`errors`]: kiln's errors as Ironic's status codes and error body;
 //! - [`fields`]: nodes and ports as Ironic's JSON objects;
 //! - [`nodes`], [`ports`], [`drivers`]: the handlers.
@@ -27,6 +28,7 @@ pub mod list;
 pub mod nodes;
 pub mod ports;
 pub mod server;
+pub mod tls;
 pub mod version;
 
 use std::net::SocketAddr;
@@ -57,4 +59,6 @@ pub struct ApiSettings {
     /// The longest one request may take, from its head to its answer.
     pub request_timeout: Duration,
     pub max_connections: usize,
+    /// TLS (`api_tls_cert`, `api_tls_key`); `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }

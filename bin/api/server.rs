@@ -62,8 +62,11 @@ pub fn serve(listener: TcpListener, settings: ApiSettings, site: Site, host: Str
     .workers(workers)
     .max_connections(settings.max_connections.div_ceil(workers).max(1))
     .client_request_timeout(settings.request_timeout)
-    .disable_signals()
-    .listen(listener)
+    .disable_signals();
+    let server = match &settings.tls {
+        Some(tls) => server.listen_rustls_0_23(listener, (**tls).clone()),
+        None => server.listen(listener),
+    }
     .context("cannot serve the API")?
     .run();
     let handle = server.handle();

@@ -390,3 +390,57 @@ fn kiln_jobs_run_a_node_set_verb_in_one_request() {
     assert_eq!(status, 405, "{body}");
     assert_eq!(crate::harness::states(&d).len(), 3);
 }
+
+/// A self-signed certificate for 127.0.0.1 and its key, made by `openssl`.
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = run(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        "openssl req (the openssl package makes the test's certificate)",
+    );
+    assert!(out.status.success(), "openssl failed: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+#[test]
+fn tls_serves_the_clients_and_bad_files_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut d =
+        Daemon::start_env(0, &["--api-addr", "127.0.0.1:0"], &[("KILN_API_TLS_CERT", cert), ("KILN_API_TLS_KEY", key)]);
+    let line = d.wait_for_log("serving the Ironic API");
+    let url = line.split_whitespace().find_map(|w| w.strip_prefix("url=")).expect("url=").trim_end_matches("/v1");
+    assert!(url.starts_with("https://127.0.0.1:"), "{line}");
+    let tls = ["--os-auth-type", "none", "--os-cacert", cert];
+    let out = baremetal_with(url, &tls, &["node", "create", "--driver", "fake-hardware", "--name", "tls1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(d.state("tls1"), "enroll");
+    let out = baremetal_with(url, &tls, &["node", "list", "-f", "value", "-c", "name"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tls1");
+
+    // Plain HTTP gets no answer of the API.
+    let addr = url.trim_start_matches("https://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /v1/nodes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(!String::from_utf8_lossy(&got).contains("tls1"), "plain HTTP was answered");
+
+    let check = |envs: &[(&str, &str)]| {
+        let mut cmd = Command::new(crate::harness::KILN);
+        cmd.args(["serve", "--check-config", "--api-addr", "127.0.0.1:6385"]).envs(envs.iter().copied());
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{envs:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(check(&[("KILN_API_TLS_CERT", cert)]).contains("api_tls_key"));
+    let e = check(&[("KILN_API_TLS_CERT", key), ("KILN_API_TLS_KEY", key)]);
+    assert!(e.contains("KILN_API_TLS_CERT") && e.contains("no certificate"), "{e}");
+}
