@@ -20,6 +20,7 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use anyhow::Context;
 use kiln_actors::Site;
+use tracing::Instrument;
 
 use super::errors::ApiError;
 use super::version::{self, Version};
@@ -178,14 +179,39 @@ async fn gate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse, actix_web::Error> {
-    let state = req.app_data::<State>().cloned().expect("the API state is set");
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_string());
+    // One span per request: the log lines of its handling carry the route
+    // (never the query or the body, which may hold a password), and its
+    // end is logged with the status at debug level.
+    let span = tracing::info_span!("api", method = %req.method(), route = %route);
+    let started = std::time::Instant::now();
+    let result = gate_in(req, next, &route).instrument(span.clone()).await;
+    let status = match &result {
+        Ok(res) => res.status(),
+        Err(e) => e.as_response_error().status_code(),
+    };
+    span.in_scope(|| {
+        tracing::debug!(
+            status = status.as_u16(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "API request answered"
+        )
+    });
+    result
+}
+
+async fn gate_in(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    route: &str,
+) -> Result<ServiceResponse, actix_web::Error> {
+    let state = req.app_data::<State>().cloned().expect("the API state is set");
     let served = match admit(&req, &state).await {
         Ok(v) => v,
         Err(e) => {
             let mut res = e.error_response();
             stamp(res.status(), res.headers_mut(), None);
-            state.site.metrics.api_answered(&route, res.status().as_u16());
+            state.site.metrics.api_answered(route, res.status().as_u16());
             return Ok(req.into_response(res));
         }
     };
@@ -194,18 +220,18 @@ async fn gate(
             let mut res = res.map_into_boxed_body();
             let status = res.status();
             stamp(status, res.headers_mut(), Some(served));
-            state.site.metrics.api_answered(&route, status.as_u16());
+            state.site.metrics.api_answered(route, status.as_u16());
             Ok(res)
         }
         Ok(Err(e)) => {
-            state.site.metrics.api_answered(&route, e.as_response_error().status_code().as_u16());
+            state.site.metrics.api_answered(route, e.as_response_error().status_code().as_u16());
             Err(e)
         }
         Err(_) => {
             // The request is gone with the handler: the answer is made from
             // the error alone (the site's work goes on, as an answer lost on
             // the admin socket would).
-            state.site.metrics.api_answered(&route, StatusCode::SERVICE_UNAVAILABLE.as_u16());
+            state.site.metrics.api_answered(route, StatusCode::SERVICE_UNAVAILABLE.as_u16());
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the request took longer than {:?} (frame_timeout); retry", state.settings.request_timeout),

@@ -444,3 +444,38 @@ fn tls_serves_the_clients_and_bad_files_are_refused_at_start() {
     let e = check(&[("KILN_API_TLS_CERT", key), ("KILN_API_TLS_KEY", key)]);
     assert!(e.contains("KILN_API_TLS_CERT") && e.contains("no certificate"), "{e}");
 }
+
+#[test]
+fn a_redfish_node_on_the_emulator_is_deployed_through_the_api() {
+    use crate::peers::{self, PASSWORD, USER};
+    let peer = peers::redfish();
+    let (d, url) = start(0, &[]);
+    let (address, system) =
+        (format!("redfish_address={}", peer.url()), format!("redfish_system_id={}", peer.system_id(7)));
+    let (user, password) = (format!("redfish_username={USER}"), format!("redfish_password={PASSWORD}"));
+    let mut args = vec!["node", "create", "--driver", "redfish", "--name", "rf-api"];
+    // Ironic's driver_info names, and two of kiln's own (the emulator
+    // applies a power change 1 to 11 s after it accepted it).
+    for kv in [address.as_str(), &system, &user, &password, "power_timeout=40", "timeout=20"] {
+        args.extend(["--driver-info", kv]);
+    }
+    let created = baremetal_json(&url, &args);
+    assert_eq!(created["driver"], "redfish");
+    assert_eq!(created["driver_info"]["password"], "******", "{created}");
+    let n = d.node("rf-api");
+    assert_eq!(
+        (n["driver_info"]["address"].as_str(), n["driver_info"]["password"].as_str()),
+        (Some(peer.url().as_str()), Some("******"))
+    );
+
+    for (verb, state) in [("manage", "manageable"), ("provide", "available"), ("deploy", "active")] {
+        baremetal(&url, &["node", verb, "rf-api", "--wait", "280"]);
+        assert_eq!(d.state("rf-api"), state, "after {verb}");
+    }
+    assert_eq!(d.node("rf-api")["power_state"], "power on");
+    assert_eq!(peer.system(7)["PowerState"], "On");
+    baremetal(&url, &["node", "undeploy", "rf-api", "--wait", "280"]);
+    let n = d.node("rf-api");
+    assert_eq!((n["provision_state"].as_str(), n["power_state"].as_str()), (Some("available"), Some("power off")));
+    assert_eq!(peer.system(7)["PowerState"], "Off");
+}
