@@ -6,6 +6,7 @@
 //! read, never assertions: tests run the scenarios small only so they cannot
 //! rot.
 
+mod api;
 mod cpu;
 mod report;
 mod scenarios;
@@ -17,7 +18,7 @@ pub use report::{Figure, Report, Target};
 use crate::cli::BenchArgs;
 
 /// The scenarios, in the order `all` runs them.
-pub const SCENARIOS: &[&str] = &["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec"];
+pub const SCENARIOS: &[&str] = &["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec", "api"];
 
 /// Runs `kiln bench`.
 pub fn run(args: BenchArgs, json: bool) -> ExitCode {
