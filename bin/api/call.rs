@@ -13,7 +13,7 @@ use actix_web::web;
 use futures::StreamExt;
 use kiln_actors::jobs::CheckNotDrained;
 use kiln_actors::protocol::{Request, Response};
-use kiln_actors::{KilnError, NodeAction, NodeView, Op, Site};
+use kiln_actors::{GetNode, KilnError, NodeAction, NodeView, Op, Site};
 use serde_json::Value;
 
 use super::errors::ApiError;
@@ -30,12 +30,11 @@ pub async fn call(site: &Site, request: Request) -> Result<Response, ApiError> {
     }
 }
 
-/// One node by uuid or name.
+/// One node by uuid or name, from its actor through the router (as
+/// `NodeShow` gets it, without the ports Ironic's node does not carry, so
+/// a poll costs no store read).
 pub async fn node(site: &Site, ident: &str) -> Result<NodeView, ApiError> {
-    match call(site, Request::NodeShow { node: ident.to_string() }).await? {
-        Response::NodeDetail(d) => Ok(d.node),
-        other => Err(unexpected(&other)),
-    }
+    Ok(site.router().get_node(GetNode(ident.to_string())).await?)
 }
 
 /// Runs an exclusive operation on one node; without `wait`, answered once
