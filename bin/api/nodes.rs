@@ -391,10 +391,17 @@ async fn maintenance_on(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     // The body is optional: `{"reason": "..."}`.
-    let reason = match body(payload, state.settings.max_body).await {
-        Ok(v) => v.get("reason").and_then(Value::as_str).map(str::to_string),
-        Err(e) if e.message.contains("EOF while parsing") => None,
-        Err(e) => return Err(e),
+    let bytes = call::raw_body(payload, state.settings.max_body).await?;
+    let reason = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+        match v.get("reason") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(r)) => Some(r.clone()),
+            Some(_) => return Err(ApiError::bad_request("reason must be a string")),
+        }
     };
     let node = call::node(&state.site, &path).await?;
     act(&state.site, &node.uuid.to_string(), Op::Maintenance { on: true, reason }, true).await?;
