@@ -238,6 +238,31 @@ fn a_node_a_running_task_holds_answers_409_naming_the_task() {
 }
 
 #[test]
+fn openstacksdk_retries_a_409_until_the_task_holding_the_node_ends() {
+    let (mut d, url) = start(1, &[("KILN_METRICS_ADDR", "127.0.0.1:0")]);
+    // A task of ten seconds: longer than the client takes to start, shorter
+    // than openstacksdk's retries of a 409 (5, backing off from half a
+    // second: 15.5 s in all).
+    d.json(&["node", "set", "demo1", "--driver-info", "latency_ms=10000"]);
+    let mut events = crate::harness::Events::follow(&d);
+    d.json(&["node", "power", "on", "demo1"]);
+    events.started("demo1");
+    let steps = sdk(&url, "retried", &["demo1"]);
+    assert_eq!(steps[0]["provision_state"], "manageable", "{steps:?}");
+    assert_eq!(d.state("demo1"), "manageable");
+    let line = d.wait_for_log("serving metrics");
+    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).unwrap();
+    let (_, _, metrics) = http(&format!("http://{addr}"), "GET", "/metrics", &[], b"");
+    let conflicts = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("kiln_api_requests_total{route=\"/v1/nodes/{node}/states/provision\",status=\"409\"} ")
+        })
+        .unwrap_or_else(|| panic!("no 409 was answered:\n{metrics}"));
+    assert!(conflicts.parse::<u64>().unwrap() >= 1, "{conflicts}");
+}
+
+#[test]
 fn bad_requests_get_ironics_errors_and_change_nothing() {
     let (d, url) = start(1, &[("KILN_MAX_FRAME", "65536")]);
     let before = d.json(&["node", "list"]);

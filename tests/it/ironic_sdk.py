@@ -61,6 +61,13 @@ def locked(conn, name):
         say(step='update', status=e.status_code, message=str(e))
 
 
+def retried(conn, name):
+    """A target on a node a short task holds: openstacksdk retries the 409s
+    until the task ends, then the node goes on."""
+    node = conn.baremetal.set_node_provision_state(name, 'manage', wait=True, timeout=TIMEOUT)
+    say(step='manage', provision_state=node.provision_state)
+
+
 def main():
     url, scenario, *args = sys.argv[1:]
     user = password = None
@@ -73,6 +80,8 @@ def main():
         many(conn, args[0], int(args[1]))
     elif scenario == 'locked':
         locked(conn, args[0])
+    elif scenario == 'retried':
+        retried(conn, args[0])
     elif scenario == 'list':
         say(step='list', names=sorted(n.name for n in conn.baremetal.nodes()))
     else:
