@@ -142,11 +142,39 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
         ));
     }
     Err(ApiError::not_found(format!(
-        "The resource could not be found: {} {} (kiln serves the part of Ironic's API that docs/api.md lists; \
-         the `kiln` command does the rest)",
+        "The resource could not be found: {} {}: {}",
         req.method(),
-        req.path()
+        req.path(),
+        instead(req.path())
     )))
+}
+
+/// What to use instead of a part of Ironic's API that kiln does not serve.
+fn instead(path: &str) -> &'static str {
+    const HINTS: &[(&str, &str)] = &[
+        ("/v1/portgroups", "kiln keeps port groups: use `kiln port group create|list|show|delete`"),
+        ("/v1/conductors", "kiln is its own conductor: `kiln status` shows the site"),
+        ("/v1/chassis", "kiln keeps no chassis; group nodes with node sets and `[groups]`"),
+        ("/v1/allocations", "kiln keeps no allocations; pick nodes with `kiln node list --state available`"),
+        ("/v1/events", "`kiln events --follow` streams every change"),
+    ];
+    const NODE_HINTS: &[(&str, &str)] = &[
+        ("/vifs", "kiln attaches no VIFs"),
+        ("/traits", "kiln keeps no traits; use properties"),
+        ("/states/console", "kiln serves no console"),
+        ("/states/raid", "kiln configures no RAID"),
+        ("/bios", "kiln configures no BIOS settings"),
+        ("/vendor_passthru", "kiln has no vendor passthru; `kiln exec` runs commands on nodes"),
+    ];
+    if let Some((_, hint)) = HINTS.iter().find(|(prefix, _)| path.starts_with(prefix)) {
+        return hint;
+    }
+    if path.starts_with("/v1/nodes/")
+        && let Some((_, hint)) = NODE_HINTS.iter().find(|(part, _)| path.contains(part))
+    {
+        return hint;
+    }
+    "kiln serves the part of Ironic's API that docs/api.md lists; the `kiln` command does the rest"
 }
 
 /// The paths open without a credential: version discovery.
@@ -276,5 +304,12 @@ mod tests {
         assert!(served("/v1/"));
         assert!(!served("/v1/chassis"));
         assert!(!served("/v1/nodes/n1/vifs"));
+    }
+
+    #[test]
+    fn what_is_not_served_names_what_to_use() {
+        assert!(instead("/v1/portgroups/x").contains("kiln port group"));
+        assert!(instead("/v1/nodes/n1/vifs").contains("VIF"));
+        assert!(instead("/v1/volume/targets").contains("docs/api.md"));
     }
 }

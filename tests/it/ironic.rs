@@ -294,7 +294,8 @@ fn bad_requests_get_ironics_errors_and_change_nothing() {
         ("GET", "/v1/nodes/nope", Vec::new(), 404, "nope"),
         ("GET", "/v1/nodes?fields=uuid,secret", Vec::new(), 400, "secret"),
         ("GET", "/v1/nodes?limit=-3", Vec::new(), 400, "Limit"),
-        ("GET", "/v1/chassis", Vec::new(), 404, "could not be found"),
+        ("GET", "/v1/chassis", Vec::new(), 404, "kiln keeps no chassis"),
+        ("GET", "/v1/portgroups", Vec::new(), 404, "kiln port group"),
         ("POST", "/v1/nodes", vec![b' '; 100_000], 413, "larger than"),
     ];
     for (method, path, body, status, needle) in cases {
