@@ -186,6 +186,9 @@ struct PatchOp {
 
 fn patch_ops(v: Value) -> Result<Vec<PatchOp>, ApiError> {
     let Value::Array(items) = v else { return Err(ApiError::bad_request("A JSON patch must be a list of operations")) };
+    if items.is_empty() {
+        return Err(ApiError::bad_request("The patch is empty: it must hold at least one operation"));
+    }
     items
         .into_iter()
         .map(|item| {

@@ -122,6 +122,9 @@ async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let v = body(payload, state.settings.max_body).await?;
     let Value::Array(ops) = v else { return Err(ApiError::bad_request("A JSON patch must be a list of operations")) };
+    if ops.is_empty() {
+        return Err(ApiError::bad_request("The patch is empty: it must hold at least one operation"));
+    }
     let port = find(&state, &path).await?;
     let mut group = port.portgroup_uuid.clone();
     for op in &ops {

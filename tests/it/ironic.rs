@@ -317,6 +317,26 @@ fn bad_requests_get_ironics_errors_and_change_nothing() {
             assert!(head.contains(&format!("x-openstack-ironic-api-version: {served}")), "{head}");
         }
     }
+    // Every body that changes something, with JSON of every wrong shape:
+    // refused as the client's fault, never a server error or a panic.
+    let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let garbage: Vec<&[u8]> =
+        vec![b"null", b"[]", b"{}", b"123", b"\"text\"", b"{\"target\": 5}", b"\xff\xfe", nested.as_bytes()];
+    let changes = [
+        ("POST", "/v1/nodes"),
+        ("PATCH", "/v1/nodes/demo1"),
+        ("PUT", "/v1/nodes/demo1/states/provision"),
+        ("PUT", "/v1/nodes/demo1/states/power"),
+        ("PUT", "/v1/nodes/demo1/management/boot_device"),
+        ("POST", "/v1/ports"),
+        ("POST", "/v1/kiln/jobs"),
+    ];
+    for (method, path) in changes {
+        for body in &garbage {
+            let (got, _, text) = http(&url, method, path, &json, body);
+            assert_eq!(got, 400, "{method} {path} {}: {text}", String::from_utf8_lossy(body));
+        }
+    }
     assert_eq!(d.json(&["node", "list"]), before, "the store is unchanged");
 }
 
