@@ -16,7 +16,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-use actix_web::middleware::{Next, from_fn};
+use actix_web::middleware::{Next, NormalizePath, from_fn};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use anyhow::Context;
 use kiln_actors::Site;
@@ -57,6 +57,9 @@ pub fn serve(listener: TcpListener, settings: ApiSettings, site: Site, host: Str
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(state.settings.max_body))
             .wrap(from_fn(gate))
+            // `/v1/nodes/` is `/v1/nodes` (python-ironicclient asks both);
+            // outermost, so the gate sees the route it will take.
+            .wrap(NormalizePath::trim())
             .configure(routes)
             .default_service(web::to(not_found))
     })

@@ -525,3 +525,30 @@ fn a_redfish_node_on_the_emulator_is_deployed_through_the_api() {
     assert_eq!((n["provision_state"].as_str(), n["power_state"].as_str()), (Some("available"), Some("power off")));
     assert_eq!(peer.system(7)["PowerState"], "Off");
 }
+
+#[test]
+fn the_baremetal_command_lists_with_filters_fields_and_limits() {
+    let (d, url) = start(3, &[]);
+    d.json(&["node", "manage", "demo1", "--wait"]);
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["node", "list", "-f", "value", "-c", "name"];
+        all.extend_from_slice(args);
+        let mut n: Vec<String> = baremetal(&url, &all).lines().map(str::to_string).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&["--provision-state", "manageable"]), ["demo1"]);
+    assert_eq!(names(&["--provision-state", "enroll"]), ["demo2", "demo3"]);
+    assert!(names(&["--maintenance"]).is_empty());
+    assert!(names(&["--associated"]).is_empty());
+    assert_eq!(names(&["--unassociated", "--driver", "fake-hardware"]), ["demo1", "demo2", "demo3"]);
+    assert_eq!(names(&["--limit", "2"]).len(), 2);
+    let listed = baremetal_json(&url, &["node", "list", "--fields", "uuid", "name"]);
+    let keys: Vec<Vec<&String>> =
+        listed.as_array().unwrap().iter().map(|n| n.as_object().unwrap().keys().collect()).collect();
+    assert!(keys.iter().all(|k| k.len() == 2), "{listed}");
+    let shown = baremetal_json(&url, &["node", "show", "demo1", "--fields", "name", "provision_state"]);
+    assert_eq!(shown, serde_json::json!({"name": "demo1", "provision_state": "manageable"}));
+    let kiln = d.node("demo1");
+    assert_eq!(kiln["provision_state"], "manageable");
+}
