@@ -222,7 +222,13 @@ impl Metrics {
     /// An HTTP API request on `route` (its pattern) was answered `status`.
     pub fn api_answered(&self, route: &str, status: u16) {
         if let Ok(mut api) = self.api.lock() {
-            *api.entry((route.to_string(), status)).or_default() += 1;
+            // The key is built only the first time a pair is seen.
+            match api.iter_mut().find(|((r, s), _)| *s == status && r == route) {
+                Some((_, n)) => *n += 1,
+                None => {
+                    api.insert((route.to_string(), status), 1);
+                }
+            }
         }
     }
 

@@ -51,7 +51,10 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// Starts serving on `listener`; the server runs until its handle stops it.
 pub fn serve(listener: TcpListener, settings: ApiSettings, site: Site, host: String) -> anyhow::Result<ServerHandle> {
     let state = web::Data::new(ApiState { site, settings: settings.clone(), host });
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    // One worker a core past the site's own (the node actors' arbiter),
+    // at most four: on two cores a second worker only contends with it.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let workers = cores.saturating_sub(1).clamp(1, 4);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
