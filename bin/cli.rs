@@ -154,6 +154,9 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    /// Serve the Ironic-compatible HTTP API at ADDR (off by default; docs/api.md).
+    #[arg(long, value_name = "ADDR")]
+    pub api_addr: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -615,18 +618,18 @@ pub enum QueueCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
-    /// nodeset, lock, jobs, lifecycle, admin, scale, power-sync, exec, or all.
+    /// nodeset, lock, jobs, lifecycle, admin, scale, power-sync, exec, api, or all.
     pub scenario: String,
-    /// Nodes (lifecycle: 10000, lock: 10000, scale: 100000).
+    /// Nodes (lifecycle: 10000, lock: 10000, scale: 100000, api: 1000).
     #[arg(long)]
     pub nodes: Option<usize>,
     /// Jobs to submit (jobs: 1000000).
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Concurrent clients (jobs: 64 submitters, admin: 32 socket clients).
+    /// Concurrent clients (jobs: 64 submitters, admin: 32 socket clients, api: 8 HTTP clients).
     #[arg(long)]
     pub clients: Option<usize>,
-    /// Requests (admin: 200000; lock: 1000 contenders on one node).
+    /// Requests (admin and api: 200000; lock: 1000 contenders on one node).
     #[arg(long)]
     pub requests: Option<usize>,
     /// Exclusive no-op tasks (lock: 100000).

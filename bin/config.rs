@@ -84,6 +84,15 @@ pub struct FileConfig {
     pub bmc_max_concurrent: Option<usize>,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (off when absent).
     pub metrics_addr: Option<String>,
+    /// Serve the Ironic-compatible HTTP API here (off when absent).
+    pub api_addr: Option<String>,
+    /// How API callers authenticate: `none` (loopback only) or `http_basic`.
+    pub api_auth: Option<String>,
+    /// The htpasswd file (bcrypt hashes) of `api_auth = "http_basic"`.
+    pub api_htpasswd: Option<PathBuf>,
+    /// The API's TLS certificate chain and private key (PEM); both or neither.
+    pub api_tls_cert: Option<PathBuf>,
+    pub api_tls_key: Option<PathBuf>,
     /// How long SIGTERM lets running opcodes finish before failing them.
     pub shutdown_grace: Option<Seconds>,
     /// Admin connections served at once; the next one is refused.
@@ -216,6 +225,11 @@ impl FileConfig {
             bmc_connect_timeout: Some(Seconds(site.bmc_connect_timeout)),
             bmc_max_concurrent: Some(site.bmc_max_concurrent),
             metrics_addr: None,
+            api_addr: None,
+            api_auth: Some("none".into()),
+            api_htpasswd: None,
+            api_tls_cert: None,
+            api_tls_key: None,
             shutdown_grace: Some(Seconds(Duration::from_secs(30))),
             max_connections: Some(limits.max_connections),
             frame_timeout: Some(Seconds(limits.frame_timeout)),
@@ -241,6 +255,8 @@ pub struct DaemonConfig {
     pub log_format: LogFormat,
     /// Where `/metrics` is served; `None`: nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The Ironic-compatible HTTP API (`api_addr`); `None`: not served.
+    pub api: Option<crate::api::ApiSettings>,
     /// What SIGTERM gives running opcodes before failing them.
     pub shutdown_grace: Duration,
     /// Where the site's records are kept (`store`).
@@ -344,6 +360,9 @@ fn flags(args: &ServeArgs, layers: &mut Layers<FileConfig>) {
     if let Some(a) = &args.metrics_addr {
         layers.flag("metrics_addr", toml::Value::String(a.clone()), "--metrics-addr");
     }
+    if let Some(a) = &args.api_addr {
+        layers.flag("api_addr", toml::Value::String(a.clone()), "--api-addr");
+    }
     if args.no_periodic {
         layers.flag("periodic_enabled", toml::Value::Boolean(false), "--no-periodic");
     }
@@ -392,6 +411,7 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
         Some(Ok(a)) => Some(a),
         None => None,
     };
+    let api = c.api(f, &limits, max_frame);
     let store = c.store(f);
     let membership = c.membership(f, &d);
     let member_name = c.member_name(f, &data_dir);
@@ -434,6 +454,7 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
         max_frame,
         log_format,
         metrics_addr,
+        api,
         shutdown_grace: secs(f.shutdown_grace, d.shutdown_grace),
         store,
         store_connect_timeout: secs(f.store_connect_timeout, d.store_connect_timeout),
@@ -463,6 +484,78 @@ impl Check<'_> {
     /// Records a problem with `key`'s value.
     fn fail(&mut self, key: &str, why: impl std::fmt::Display) {
         self.errors.push(self.r.invalid(key, why));
+    }
+
+    /// The API's settings (`api_addr`, `api_auth`, `api_htpasswd`): the
+    /// address parsed, `none` refused off loopback, the htpasswd file read.
+    fn api(
+        &mut self,
+        f: &FileConfig,
+        limits: &crate::limits::Limits,
+        max_frame: usize,
+    ) -> Option<crate::api::ApiSettings> {
+        use crate::api::{ApiAuth, ApiSettings, Htpasswd};
+        let addr = match f.api_addr.as_deref().map(metrics_addr) {
+            None => return None,
+            Some(Err(e)) => {
+                self.fail("api_addr", e);
+                return None;
+            }
+            Some(Ok(a)) => a,
+        };
+        let auth = match f.api_auth.as_deref().unwrap_or("none") {
+            "none" if addr.ip().is_loopback() => ApiAuth::None,
+            "none" => {
+                self.fail(
+                    "api_auth",
+                    format!("\"none\" is only allowed on a loopback api_addr, not {addr}; use \"http_basic\""),
+                );
+                return None;
+            }
+            "http_basic" => match &f.api_htpasswd {
+                None => {
+                    self.fail("api_htpasswd", "api_auth = \"http_basic\" needs an htpasswd file");
+                    return None;
+                }
+                Some(path) => match Htpasswd::load(path) {
+                    Ok(h) => ApiAuth::HttpBasic(std::sync::Arc::new(h)),
+                    Err(e) => {
+                        self.fail("api_htpasswd", e);
+                        return None;
+                    }
+                },
+            },
+            other => {
+                self.fail("api_auth", format!("'{other}': expected \"none\" or \"http_basic\""));
+                return None;
+            }
+        };
+        let tls = match (&f.api_tls_cert, &f.api_tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => match crate::api::tls::load(cert, key) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    self.fail("api_tls_cert", e);
+                    return None;
+                }
+            },
+            (Some(_), None) => {
+                self.fail("api_tls_key", "api_tls_cert is set: its private key is needed too");
+                return None;
+            }
+            (None, Some(_)) => {
+                self.fail("api_tls_cert", "api_tls_key is set: its certificate chain is needed too");
+                return None;
+            }
+        };
+        Some(ApiSettings {
+            tls,
+            addr,
+            auth,
+            max_body: max_frame,
+            request_timeout: limits.frame_timeout,
+            max_connections: limits.max_connections,
+        })
     }
 
     /// A count that must be at least 1.

@@ -6,6 +6,7 @@
 //! here, at the binary's edge.
 
 pub mod admin;
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod commands;

@@ -99,6 +99,10 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
     };
+    let api_listener = match &cfg.api {
+        Some(api) => Some(crate::api::bind(api.addr)?),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let nodes = site.registry.by_id.len();
     tracing::info!(
@@ -108,6 +112,16 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         nodes,
         "kiln is serving"
     );
+    let api = match (api_listener, &cfg.api) {
+        (Some(listener), Some(settings)) => {
+            let addr = listener.local_addr().context("cannot read the API address")?;
+            let handle = crate::api::serve(listener, settings.clone(), site.clone(), member::host_name())?;
+            let scheme = if settings.tls.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %addr, url = %format!("{scheme}://{addr}/v1"), "serving the Ironic API");
+            Some(handle)
+        }
+        _ => None,
+    };
     if let Some(m) = metrics {
         let addr = m.local_addr().context("cannot read the metrics address")?;
         tracing::info!(addr = %addr, url = %format!("http://{addr}/metrics"), "serving metrics");
@@ -147,6 +161,11 @@ async fn daemon(cfg: DaemonConfig, args: ServeArgs, log: LogFilter) -> anyhow::R
         w.abort();
     }
     let _ = stop_tx.send(true);
+    if let Some(api) = &api {
+        // Stop taking API requests with the socket; those being answered
+        // finish (within the request timeout).
+        api.stop(true).await;
+    }
     server.stopped().await;
     // A second SIGTERM or SIGINT ends the grace period at once.
     let again = async move {

@@ -146,6 +146,11 @@ pub struct Metrics {
     request_kinds: &'static [&'static str],
     /// One per entry of `request_kinds`, then one for undecodable frames.
     admin: Vec<AdminStats>,
+    /// HTTP API requests answered, by route pattern and status code (the
+    /// routes are the API's fixed list, so the set stays small).
+    api: std::sync::Mutex<std::collections::BTreeMap<(String, u16), u64>>,
+    /// HTTP API requests refused for a wrong or missing credential.
+    api_auth_failures: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -179,6 +184,8 @@ impl Metrics {
             bmc: Default::default(),
             request_kinds: kinds,
             admin: (0..=kinds.len()).map(|_| AdminStats::default()).collect(),
+            api: Default::default(),
+            api_auth_failures: AtomicU64::new(0),
         }
     }
 
@@ -215,6 +222,24 @@ impl Metrics {
         if let Some(s) = self.admin.get(slot) {
             s.latency.observe(took);
         }
+    }
+
+    /// An HTTP API request on `route` (its pattern) was answered `status`.
+    pub fn api_answered(&self, route: &str, status: u16) {
+        if let Ok(mut api) = self.api.lock() {
+            // The key is built only the first time a pair is seen.
+            match api.iter_mut().find(|((r, s), _)| *s == status && r == route) {
+                Some((_, n)) => *n += 1,
+                None => {
+                    api.insert((route.to_string(), status), 1);
+                }
+            }
+        }
+    }
+
+    /// An HTTP API request was refused for its credential (or its lack).
+    pub fn api_auth_failed(&self) {
+        self.api_auth_failures.fetch_add(1, Relaxed);
     }
 
     /// A power sync cycle ended after `took`.
@@ -402,6 +427,19 @@ impl Metrics {
         for (k, s) in kinds.zip(&self.admin).filter(|(_, s)| s.latency.count() > 0) {
             s.latency.render(o, "kiln_admin_request_duration_seconds", &format!("request=\"{k}\""));
         }
+        header(o, "kiln_api_requests_total", "counter", "HTTP API requests answered, by route and status.");
+        if let Ok(api) = self.api.lock() {
+            for ((route, status), n) in api.iter() {
+                let _ = writeln!(o, "kiln_api_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
+            }
+        }
+        header(
+            o,
+            "kiln_api_auth_failures_total",
+            "counter",
+            "HTTP API requests refused for a wrong or missing credential.",
+        );
+        let _ = writeln!(o, "kiln_api_auth_failures_total {}", self.api_auth_failures.load(Relaxed));
         out
     }
 }

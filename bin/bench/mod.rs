@@ -6,6 +6,7 @@
 //! read, never assertions: tests run the scenarios small only so they cannot
 //! rot.
 
+mod api;
 mod cpu;
 mod report;
 mod scaleout;
@@ -18,7 +19,7 @@ pub use report::{Figure, Report, Target};
 use crate::cli::BenchArgs;
 
 /// The scenarios, in the order `all` runs them.
-pub const SCENARIOS: &[&str] = &["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec"];
+pub const SCENARIOS: &[&str] = &["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec", "api"];
 
 /// Scenarios run only by name, not by `all`: `scale-out` needs PostgreSQL
 /// and several processes.

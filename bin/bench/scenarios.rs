@@ -19,16 +19,16 @@ use super::report::{Figure, percentile};
 use crate::cli::BenchArgs;
 
 /// A data dir removed when dropped.
-struct Scratch(PathBuf);
+pub(super) struct Scratch(pub(super) PathBuf);
 
 impl Scratch {
-    fn new(name: &str) -> Scratch {
+    pub(super) fn new(name: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!("kiln-bench-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         Scratch(dir)
     }
 
-    fn config(&self) -> SiteConfig {
+    pub(super) fn config(&self) -> SiteConfig {
         SiteConfig {
             data_dir: self.0.clone(),
             lock_wait: Duration::from_secs(600),
@@ -57,6 +57,7 @@ pub fn run(name: &str, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         "power-sync" => in_system(power_sync(args.clone())),
         "exec" => exec(args),
         "scale-out" => super::scaleout::run(args),
+        "api" => super::api::api(args),
         other => bail!("no scenario {other}"),
     }
 }
@@ -82,7 +83,7 @@ fn new_nodes(prefix: &str, from: usize, to: usize) -> Vec<NewNode> {
     (from..=to).map(|i| NewNode { name: format!("{prefix}{i}"), driver: "fake".into(), ..Default::default() }).collect()
 }
 
-async fn create_nodes(site: &Site, prefix: &str, count: usize) -> anyhow::Result<()> {
+pub(super) async fn create_nodes(site: &Site, prefix: &str, count: usize) -> anyhow::Result<()> {
     let mut from = 1;
     while from <= count {
         let to = (from + 9_999).min(count);

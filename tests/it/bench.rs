@@ -19,7 +19,7 @@ fn every_bench_scenario_runs_small_and_the_lock_holds() {
         .iter()
         .map(|f| (f["name"].as_str().unwrap().to_string(), f["value"].as_f64().unwrap()))
         .collect();
-    for scenario in ["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec"] {
+    for scenario in ["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec", "api"] {
         assert!(figures.contains_key(&format!("{scenario}.wall")), "{scenario} did not run: {figures:?}");
     }
     assert_eq!(figures["lock.max_holders"], 1.0, "two holders of one node at once");
@@ -41,6 +41,8 @@ fn every_bench_scenario_runs_small_and_the_lock_holds() {
     }
     assert_eq!(figures["scale.nodes"], 300.0);
     assert_eq!(figures["admin.requests"], 400.0);
+    assert_eq!(figures["api.nodes"], 300.0);
+    assert_eq!(figures["api.requests"], 400.0);
 }
 
 #[test]

@@ -50,11 +50,11 @@ pub fn ipmitool(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The Redfish emulator with six systems, node-1..node-6: each test that
-/// changes a system has one of its own.
+/// The Redfish emulator with seven systems, node-1..node-7: each test that
+/// changes a system has one of its own (node-7: `ironic.rs`).
 pub fn redfish() -> &'static Peer {
     static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
-    peer_start::redfish(&PEER, 6, false)
+    peer_start::redfish(&PEER, 7, false)
 }
 
 /// `IPMI_BMCS` simulated IPMI BMCs on consecutive free ports (`port` is

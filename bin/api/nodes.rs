@@ -1,0 +1,549 @@
+//! `/v1/nodes`: Ironic's node resource on kiln's nodes. Reads and changes
+//! go through the admin socket's requests ([`super::call`]); provision and
+//! power targets are answered 202 once the node has taken them, and the
+//! clients poll the node until it settles, as they do with Ironic.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use kiln_actors::protocol::{Request, Response};
+use kiln_actors::supervisor::NewNode;
+use kiln_actors::{NodeUpdate, NodeView, Op, Verb};
+use kiln_drivers::PowerAction;
+use kiln_store::{BootDevice, DriverKind, ProvisionState};
+use serde_json::{Map, Value, json};
+
+use super::call::{self, act, body, boolean, query};
+use super::errors::ApiError;
+use super::fields::{self, NODE_FIELDS, NODE_LIST_FIELDS};
+use super::list::ListParams;
+use super::server::{State, base};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/nodes", web::get().to(list))
+        .route("/v1/nodes", web::post().to(create))
+        .route("/v1/nodes/detail", web::get().to(list_detail))
+        .route("/v1/nodes/{node}", web::get().to(show))
+        .route("/v1/nodes/{node}", web::patch().to(update))
+        .route("/v1/nodes/{node}", web::delete().to(delete))
+        .route("/v1/nodes/{node}/states", web::get().to(states))
+        .route("/v1/nodes/{node}/states/provision", web::put().to(provision))
+        .route("/v1/nodes/{node}/states/power", web::put().to(power))
+        .route("/v1/nodes/{node}/maintenance", web::put().to(maintenance_on))
+        .route("/v1/nodes/{node}/maintenance", web::delete().to(maintenance_off))
+        .route("/v1/nodes/{node}/management/boot_device", web::get().to(boot_device))
+        .route("/v1/nodes/{node}/management/boot_device", web::put().to(set_boot_device))
+        .route("/v1/nodes/{node}/management/boot_device/supported", web::get().to(supported_boot_devices))
+        .route("/v1/nodes/{node}/validate", web::get().to(validate))
+        .route("/v1/nodes/{node}/history", web::get().to(history))
+        .route("/v1/nodes/{node}/ports", web::get().to(super::ports::of_node))
+        .route("/v1/nodes/{node}/ports/detail", web::get().to(super::ports::of_node_detail));
+}
+
+/// Ironic's JSON of a node.
+fn shown(n: &NodeView, req: &HttpRequest, state: &State) -> Map<String, Value> {
+    fields::node(n, &base(req), &state.host)
+}
+
+async fn list(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
+    listing(req, state, false).await
+}
+
+async fn list_detail(req: HttpRequest, state: State) -> Result<HttpResponse, ApiError> {
+    listing(req, state, true).await
+}
+
+async fn listing(req: HttpRequest, state: State, detail: bool) -> Result<HttpResponse, ApiError> {
+    let q = query(&req)?;
+    let params = ListParams::of(&q, detail, NODE_FIELDS, NODE_LIST_FIELDS)?;
+    let provision: Option<ProvisionState> = q
+        .get("provision_state")
+        .map(|s| s.parse().map_err(|e: kiln_store::UnknownValue| ApiError::bad_request(e.to_string())))
+        .transpose()?;
+    let maintenance = q.get("maintenance").map(|v| boolean("maintenance", v)).transpose()?;
+    let driver: Option<DriverKind> = q.get("driver").map(|d| fields::driver_of(d)).transpose()?;
+    // kiln keeps no instances: no node is associated with one.
+    let associated = q.get("associated").map(|v| boolean("associated", v)).transpose()?;
+    let nodes = match call::call(
+        &state.site,
+        Request::NodeList { nodes: None, state: provision, maintenance, bmc: None, stale: None },
+    )
+    .await?
+    {
+        Response::Nodes(n) => n,
+        other => return Err(call::unexpected(&other)),
+    };
+    let objects = nodes
+        .iter()
+        .filter(|n| driver.is_none_or(|d| n.driver == d))
+        .filter(|_| associated != Some(true))
+        .map(|n| shown(n, &req, &state))
+        .collect();
+    let path = if detail { "/v1/nodes/detail" } else { "/v1/nodes" };
+    Ok(HttpResponse::Ok().json(params.page(objects, "nodes", &base(&req), path)?))
+}
+
+async fn show(req: HttpRequest, state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let q = query(&req)?;
+    let asked = fields::requested(q.get("fields").map(String::as_str), NODE_FIELDS)?;
+    let n = call::node(&state.site, &path).await?;
+    let m = shown(&n, &req, &state);
+    Ok(HttpResponse::Ok().json(match asked {
+        Some(f) => fields::only(m, &f),
+        None => Value::Object(m),
+    }))
+}
+
+/// The fields of a node Ironic's clients may send on create that kiln
+/// keeps nothing of: accepted when empty.
+fn empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// A JSON value as kiln keeps map values: text as it is, anything else as
+/// its JSON.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A `driver_info` key as kiln names it: Ironic's `ipmi_address`,
+/// `redfish_password`, ... lose their driver's prefix.
+fn info_key(driver: DriverKind, key: &str) -> String {
+    let prefix = match driver {
+        DriverKind::Ipmi => "ipmi_",
+        DriverKind::Redfish => "redfish_",
+        DriverKind::Fake => return key.to_string(),
+    };
+    match key {
+        "redfish_verify_ca" if driver == DriverKind::Redfish => "verify_tls".into(),
+        _ => key.strip_prefix(prefix).unwrap_or(key).to_string(),
+    }
+}
+
+fn string_map(
+    what: &str,
+    v: Option<&Value>,
+    key: impl Fn(&str) -> String,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(Value::Object(m)) => Ok(m.iter().map(|(k, v)| (key(k), text(v))).collect()),
+        Some(_) => Err(ApiError::bad_request(format!("{what} must be an object"))),
+    }
+}
+
+async fn create(req: HttpRequest, state: State, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let v = body(payload, state.settings.max_body).await?;
+    let Value::Object(m) = v else { return Err(ApiError::bad_request("The node must be a JSON object")) };
+    for (k, v) in &m {
+        match k.as_str() {
+            "name" | "driver" | "driver_info" | "properties" => {}
+            k if !NODE_FIELDS.contains(&k) => {
+                return Err(ApiError::bad_request(format!("Unknown attribute for argument node: {k}")));
+            }
+            k if !(empty(v) || k.ends_with("_interface") && v == "fake") => {
+                return Err(ApiError::bad_request(format!("kiln does not keep a node's {k}; leave it out")));
+            }
+            _ => {}
+        }
+    }
+    let driver = match m.get("driver") {
+        Some(Value::String(d)) => fields::driver_of(d)?,
+        _ => return Err(ApiError::bad_request("Mandatory field missing: driver")),
+    };
+    let name = match m.get("name") {
+        Some(Value::String(n)) => n.clone(),
+        // kiln names every node; one created without a name gets one.
+        None | Some(Value::Null) => format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        Some(_) => return Err(ApiError::bad_request("name must be a string")),
+    };
+    let new = NewNode {
+        name,
+        driver: driver.as_str().to_string(),
+        driver_info: string_map("driver_info", m.get("driver_info"), |k| info_key(driver, k))?,
+        properties: string_map("properties", m.get("properties"), str::to_string)?,
+        ports: Vec::new(),
+    };
+    let node = match call::call(&state.site, Request::NodeCreate(new)).await? {
+        Response::Nodes(mut n) if n.len() == 1 => n.remove(0),
+        other => return Err(call::unexpected(&other)),
+    };
+    let location = format!("{}/v1/nodes/{}", base(&req), node.uuid);
+    Ok(HttpResponse::Created().insert_header(("Location", location)).json(shown(&node, &req, &state)))
+}
+
+/// One operation of a JSON patch (RFC 6902), as Ironic takes them.
+struct PatchOp {
+    op: String,
+    path: String,
+    value: Option<Value>,
+}
+
+fn patch_ops(v: Value) -> Result<Vec<PatchOp>, ApiError> {
+    let Value::Array(items) = v else { return Err(ApiError::bad_request("A JSON patch must be a list of operations")) };
+    if items.is_empty() {
+        return Err(ApiError::bad_request("The patch is empty: it must hold at least one operation"));
+    }
+    items
+        .into_iter()
+        .map(|item| {
+            let Value::Object(mut m) = item else {
+                return Err(ApiError::bad_request("Each patch operation must be an object"));
+            };
+            let op = match m.remove("op") {
+                Some(Value::String(op)) if matches!(op.as_str(), "add" | "replace" | "remove") => op,
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid patch operation {other}: expected add, replace or remove"
+                    )));
+                }
+                None => return Err(ApiError::bad_request("A patch operation has no 'op'")),
+            };
+            let path = match m.remove("path") {
+                Some(Value::String(p)) if p.starts_with('/') => p,
+                _ => return Err(ApiError::bad_request("A patch operation needs a 'path' starting with '/'")),
+            };
+            let value = m.remove("value");
+            if op != "remove" && value.is_none() {
+                return Err(ApiError::bad_request(format!("'{op}' of {path} needs a 'value'")));
+            }
+            if let Some(k) = m.keys().next() {
+                return Err(ApiError::bad_request(format!("Unknown key '{k}' in a patch operation")));
+            }
+            Ok(PatchOp { op, path, value })
+        })
+        .collect()
+}
+
+/// A JSON patch of a node as kiln's update: keys of `driver_info` and
+/// `properties` set or removed, or either replaced whole. Anything else
+/// is refused, and with it the whole patch: nothing is changed.
+fn node_update(node: &NodeView, ops: Vec<PatchOp>) -> Result<NodeUpdate, ApiError> {
+    let mut update = NodeUpdate::default();
+    for PatchOp { op, path, value } in ops {
+        let parts: Vec<&str> = path.trim_start_matches('/').splitn(2, '/').collect();
+        let (target, current) = match parts[0] {
+            "driver_info" => (&mut update.driver_info, &node.driver_info),
+            "properties" => (&mut update.properties, &node.properties),
+            "name" | "driver" | "extra" | "instance_info" | "instance_uuid" => {
+                return Err(ApiError::bad_request(format!(
+                    "kiln does not change a node's {} through the API; it changes driver_info and properties",
+                    parts[0]
+                )));
+            }
+            f if NODE_FIELDS.contains(&f) => {
+                return Err(ApiError::bad_request(format!("'/{f}' cannot be changed by a patch")));
+            }
+            f => return Err(ApiError::bad_request(format!("Invalid patch path '/{f}': no such field"))),
+        };
+        let key = |k: &str| if parts[0] == "driver_info" { info_key(node.driver, k) } else { k.to_string() };
+        match (parts.get(1), op.as_str(), value) {
+            (Some(k), "remove", _) => {
+                let k = key(k);
+                if !current.contains_key(&k) && target.get(&k).is_none_or(Option::is_none) {
+                    return Err(ApiError::bad_request(format!("Can't remove non-existent object '{k}' of {path}")));
+                }
+                target.insert(k, None);
+            }
+            (Some(k), _, Some(v)) => {
+                target.insert(key(k), Some(text(&v)));
+            }
+            (None, "remove", _) => {
+                for k in current.keys() {
+                    target.insert(k.clone(), None);
+                }
+            }
+            (None, _, Some(Value::Object(m))) => {
+                for k in current.keys() {
+                    target.insert(k.clone(), None);
+                }
+                for (k, v) in m {
+                    target.insert(key(&k), Some(text(&v)));
+                }
+            }
+            (None, _, _) => return Err(ApiError::bad_request(format!("{path} must be an object"))),
+            (Some(_), _, None) => unreachable!("checked in patch_ops"),
+        }
+    }
+    Ok(update)
+}
+
+async fn update(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let ops = patch_ops(body(payload, state.settings.max_body).await?)?;
+    let node = call::node(&state.site, &path).await?;
+    let update = node_update(&node, ops)?;
+    let updated = match call::call(&state.site, Request::NodeSet { node: node.uuid.to_string(), update }).await? {
+        Response::Node(n) => n,
+        other => return Err(call::unexpected(&other)),
+    };
+    Ok(HttpResponse::Ok().json(shown(&updated, &req, &state)))
+}
+
+async fn delete(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let node = call::node(&state.site, &path).await?;
+    match call::call(&state.site, Request::NodeDelete { nodes: node.uuid.to_string() }).await? {
+        Response::Outcomes(results) => match results.into_iter().find_map(|r| r.error) {
+            None => Ok(HttpResponse::NoContent().finish()),
+            Some(e) => {
+                let status = match e.kind.as_str() {
+                    "node_locked" | "conflict" => StatusCode::CONFLICT,
+                    "not_found" => StatusCode::NOT_FOUND,
+                    "invalid_state" | "invalid_input" => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                Err(ApiError::new(status, e.message))
+            }
+        },
+        other => Err(call::unexpected(&other)),
+    }
+}
+
+async fn states(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let n = call::node(&state.site, &path).await?;
+    Ok(HttpResponse::Ok().json(fields::states(&n)))
+}
+
+/// Ironic's provision targets and the kiln verbs they are.
+pub fn verb_of(target: &str) -> Option<Verb> {
+    Some(match target {
+        "manage" => Verb::Manage,
+        "provide" => Verb::Provide,
+        "inspect" => Verb::Inspect,
+        "clean" => Verb::Clean,
+        "active" | "deploy" => Verb::Deploy,
+        "deleted" | "undeploy" => Verb::Undeploy,
+        "rebuild" => Verb::Rebuild,
+        "abort" => Verb::Abort,
+        "rescue" => Verb::Rescue,
+        "unrescue" => Verb::Unrescue,
+        "adopt" => Verb::Adopt,
+        "unhold" => Verb::Unhold,
+        "service" => Verb::Service,
+        _ => return None,
+    })
+}
+
+fn target_of(v: &Value) -> Result<String, ApiError> {
+    match v.get("target") {
+        Some(Value::String(t)) => Ok(t.clone()),
+        _ => Err(ApiError::bad_request("Mandatory field missing: target")),
+    }
+}
+
+fn accepted(req: &HttpRequest, uuid: &str) -> HttpResponse {
+    HttpResponse::Accepted().insert_header(("Location", format!("{}/v1/nodes/{uuid}/states", base(req)))).finish()
+}
+
+async fn provision(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let v = body(payload, state.settings.max_body).await?;
+    let target = target_of(&v)?;
+    let verb = verb_of(&target).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "The requested action \"{target}\" is not supported (expected one of: manage, provide, inspect, clean, \
+             active, deleted, rebuild, abort, rescue, unrescue, adopt, unhold, service)"
+        ))
+    })?;
+    let node = call::node(&state.site, &path).await?;
+    act(&state.site, &node.uuid.to_string(), Op::Verb(verb), false).await?;
+    Ok(accepted(&req, &node.uuid.to_string()))
+}
+
+async fn power(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let v = body(payload, state.settings.max_body).await?;
+    let target = target_of(&v)?;
+    let action = match target.as_str() {
+        "power on" => PowerAction::On,
+        "power off" => PowerAction::Off,
+        "rebooting" => PowerAction::Reboot,
+        "soft power off" => PowerAction::SoftOff,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid power target \"{other}\" (expected power on, power off, rebooting, soft power off)"
+            )));
+        }
+    };
+    let node = call::node(&state.site, &path).await?;
+    act(&state.site, &node.uuid.to_string(), Op::Power(action), false).await?;
+    Ok(accepted(&req, &node.uuid.to_string()))
+}
+
+async fn maintenance_on(
+    req: HttpRequest,
+    state: State,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    // The body is optional: `{"reason": "..."}`.
+    let bytes = call::raw_body(payload, state.settings.max_body).await?;
+    let reason = if bytes.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+        match v.get("reason") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(r)) => Some(r.clone()),
+            Some(_) => return Err(ApiError::bad_request("reason must be a string")),
+        }
+    };
+    let node = call::node(&state.site, &path).await?;
+    act(&state.site, &node.uuid.to_string(), Op::Maintenance { on: true, reason }, true).await?;
+    Ok(accepted(&req, &node.uuid.to_string()))
+}
+
+async fn maintenance_off(req: HttpRequest, state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let node = call::node(&state.site, &path).await?;
+    act(&state.site, &node.uuid.to_string(), Op::Maintenance { on: false, reason: None }, true).await?;
+    Ok(accepted(&req, &node.uuid.to_string()))
+}
+
+async fn boot_device(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let n = call::node(&state.site, &path).await?;
+    Ok(HttpResponse::Ok().json(json!({"boot_device": n.boot_device.map(|d| d.as_str()), "persistent": null})))
+}
+
+async fn set_boot_device(
+    state: State,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let v = body(payload, state.settings.max_body).await?;
+    let device: BootDevice = match v.get("boot_device") {
+        Some(Value::String(d)) => {
+            d.parse().map_err(|e: kiln_store::UnknownValue| ApiError::bad_request(e.to_string()))?
+        }
+        _ => return Err(ApiError::bad_request("Mandatory field missing: boot_device")),
+    };
+    let persistent = match v.get("persistent") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => boolean("persistent", s)?,
+        Some(_) => return Err(ApiError::bad_request("persistent must be a boolean")),
+    };
+    let node = call::node(&state.site, &path).await?;
+    act(&state.site, &node.uuid.to_string(), Op::BootDevice { device, persistent }, true).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn supported_boot_devices(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    call::node(&state.site, &path).await?;
+    let all: Vec<&str> = BootDevice::ALL.iter().map(|d| d.as_str()).collect();
+    Ok(HttpResponse::Ok().json(json!({"supported_boot_devices": all})))
+}
+
+async fn validate(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let node = call::node(&state.site, &path).await?;
+    let checks = match call::call(&state.site, Request::NodeValidate { nodes: node.uuid.to_string() }).await? {
+        Response::Validation(mut v) if v.len() == 1 => v.remove(0),
+        other => return Err(call::unexpected(&other)),
+    };
+    if let Some(e) = checks.error {
+        return Err(e.into());
+    }
+    let mut out = Map::new();
+    for (interface, check) in &checks.interfaces {
+        out.insert(interface.to_string(), json!({"result": check.result, "reason": check.reason}));
+    }
+    Ok(HttpResponse::Ok().json(out))
+}
+
+async fn history(req: HttpRequest, state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let node = call::node(&state.site, &path).await?;
+    let q = query(&req)?;
+    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
+    let entries = match call::call(&state.site, Request::NodeHistory { node: node.uuid.to_string(), limit }).await? {
+        Response::History(h) => h,
+        other => return Err(call::unexpected(&other)),
+    };
+    let b = base(&req);
+    let (high, _) = node.uuid.0.as_u64_pair();
+    let shown: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            // Entries have no id of their own: one made of the node's and
+            // the time, the same at every read.
+            let at = e.at.timestamp_nanos_opt().unwrap_or_default() as u64;
+            let uuid = uuid::Uuid::from_u64_pair(high, at).to_string();
+            let mut event = format!("{}: {} -> {}", e.event, e.from_state, e.to_state);
+            if let Some(err) = &e.error {
+                event.push_str(&format!(": {err}"));
+            }
+            json!({
+                "uuid": uuid,
+                "created_at": e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+                "severity": if e.error.is_some() { "ERROR" } else { "INFO" },
+                "event": event,
+                "event_type": "provisioning",
+                "conductor": state.host,
+                "user": null,
+                "links": [{"href": format!("{b}/v1/nodes/{}/history/{uuid}", node.uuid), "rel": "self"}],
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"history": shown})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ironic_target_names_a_verb() {
+        for t in ["manage", "provide", "inspect", "clean", "active", "deleted", "rebuild", "abort", "rescue"] {
+            assert!(verb_of(t).is_some(), "{t}");
+        }
+        for t in ["unrescue", "adopt", "unhold", "service"] {
+            assert!(verb_of(t).is_some(), "{t}");
+        }
+        assert_eq!(verb_of("active"), Some(Verb::Deploy));
+        assert_eq!(verb_of("deleted"), Some(Verb::Undeploy));
+        assert_eq!(verb_of("explode"), None);
+    }
+
+    #[test]
+    fn malformed_patches_are_refused() {
+        for bad in [
+            json!({"op": "add"}),
+            json!([{"op": "move", "path": "/name", "from": "/x"}]),
+            json!([{"op": "add", "path": "properties/x", "value": 1}]),
+            json!([{"op": "add", "path": "/properties/x"}]),
+            json!([{"op": "add", "path": "/properties/x", "value": 1, "extra": 2}]),
+            json!(["add"]),
+        ] {
+            assert!(patch_ops(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ironics_driver_info_names_are_kilns() {
+        assert_eq!(info_key(DriverKind::Ipmi, "ipmi_address"), "address");
+        assert_eq!(info_key(DriverKind::Redfish, "redfish_system_id"), "system_id");
+        assert_eq!(info_key(DriverKind::Redfish, "redfish_verify_ca"), "verify_tls");
+        assert_eq!(info_key(DriverKind::Fake, "latency_ms"), "latency_ms");
+    }
+}
