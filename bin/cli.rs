@@ -154,7 +154,7 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
-    /// Serve the Ironic-compatible HTTP API at ADDR (off by default; docs/api.md).
+    /// Serve the Ironic-compatible HTTP API at ADDR (off by default; docs/ironic-api.md).
     #[arg(long, value_name = "ADDR")]
     pub api_addr: Option<String>,
 }

@@ -1,5 +1,5 @@
 //! The HTTP API that OpenStack Ironic's own clients (python-ironicclient's
-//! `baremetal`, openstacksdk) drive unchanged (docs/api.md).
+//! `baremetal`, openstacksdk) drive unchanged (docs/ironic-api.md).
 //!
 //! Why a second front door: operators' automation already speaks Ironic's
 //! REST API v1; kiln answers the part of it those clients use. Every request

@@ -144,7 +144,7 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if served(req.path()) {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{} is not allowed on {} (docs/api.md lists what is served)", req.method(), req.path()),
+            format!("{} is not allowed on {} (docs/ironic-api.md lists what is served)", req.method(), req.path()),
         ));
     }
     Err(ApiError::not_found(format!(
@@ -180,7 +180,7 @@ fn instead(path: &str) -> &'static str {
     {
         return hint;
     }
-    "kiln serves the part of Ironic's API that docs/api.md lists; the `kiln` command does the rest"
+    "kiln serves the part of Ironic's API that docs/ironic-api.md lists; the `kiln` command does the rest"
 }
 
 /// The paths open without a credential: version discovery.
@@ -316,6 +316,6 @@ mod tests {
     fn what_is_not_served_names_what_to_use() {
         assert!(instead("/v1/portgroups/x").contains("kiln port group"));
         assert!(instead("/v1/nodes/n1/vifs").contains("VIF"));
-        assert!(instead("/v1/volume/targets").contains("docs/api.md"));
+        assert!(instead("/v1/volume/targets").contains("docs/ironic-api.md"));
     }
 }
