@@ -197,7 +197,7 @@ async fn take_over(site: &kiln_actors::Site, me: &str) -> Result<(), kiln_actors
 
 /// Nodes handed over per round: a joining member takes its share in waves,
 /// and no round stops this member's nodes for long.
-const WAVE: usize = 1000;
+const WAVE: usize = 10_000;
 
 /// Handing nodes over when the ring changes: a member that joins gets its
 /// share from the living, node by node as each is idle (nothing is taken
