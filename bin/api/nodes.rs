@@ -345,38 +345,50 @@ fn target_of(v: &Value) -> Result<String, ApiError> {
     }
 }
 
+/// What a handler answers.
+type Reply = Result<HttpResponse, ApiError>;
+
 fn accepted(req: &HttpRequest, uuid: &str) -> HttpResponse {
     HttpResponse::Accepted().insert_header(("Location", format!("{}/v1/nodes/{uuid}/states", base(req)))).finish()
 }
 
-async fn provision(
+async fn provision(req: HttpRequest, state: State, path: web::Path<String>, payload: web::Payload) -> Reply {
+    change_state(req, state, path, payload, provision_op).await
+}
+
+async fn power(req: HttpRequest, state: State, path: web::Path<String>, payload: web::Payload) -> Reply {
+    change_state(req, state, path, payload, power_op).await
+}
+
+/// `PUT …/states/provision` and `…/states/power`: the body's `target`,
+/// read by `op_of`, started on the node; answered 202 as Ironic does.
+async fn change_state(
     req: HttpRequest,
     state: State,
     path: web::Path<String>,
     payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+    op_of: fn(&str) -> Result<Op, ApiError>,
+) -> Reply {
     let v = body(payload, state.settings.max_body).await?;
-    let target = target_of(&v)?;
-    let verb = verb_of(&target).ok_or_else(|| {
+    let op = op_of(&target_of(&v)?)?;
+    let node = call::node(&state.site, &path).await?;
+    act(&state.site, &node.uuid.to_string(), op, false).await?;
+    Ok(accepted(&req, &node.uuid.to_string()))
+}
+
+/// A provision target as a kiln verb.
+fn provision_op(target: &str) -> Result<Op, ApiError> {
+    verb_of(target).map(Op::Verb).ok_or_else(|| {
         ApiError::bad_request(format!(
             "The requested action \"{target}\" is not supported (expected one of: manage, provide, inspect, clean, \
              active, deleted, rebuild, abort, rescue, unrescue, adopt, unhold, service)"
         ))
-    })?;
-    let node = call::node(&state.site, &path).await?;
-    act(&state.site, &node.uuid.to_string(), Op::Verb(verb), false).await?;
-    Ok(accepted(&req, &node.uuid.to_string()))
+    })
 }
 
-async fn power(
-    req: HttpRequest,
-    state: State,
-    path: web::Path<String>,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let v = body(payload, state.settings.max_body).await?;
-    let target = target_of(&v)?;
-    let action = match target.as_str() {
+/// A power target as a kiln power action.
+fn power_op(target: &str) -> Result<Op, ApiError> {
+    let action = match target {
         "power on" => PowerAction::On,
         "power off" => PowerAction::Off,
         "rebooting" => PowerAction::Reboot,
@@ -387,9 +399,7 @@ async fn power(
             )));
         }
     };
-    let node = call::node(&state.site, &path).await?;
-    act(&state.site, &node.uuid.to_string(), Op::Power(action), false).await?;
-    Ok(accepted(&req, &node.uuid.to_string()))
+    Ok(Op::Power(action))
 }
 
 async fn maintenance_on(

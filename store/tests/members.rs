@@ -6,34 +6,13 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use kiln_store::postgres::PgBackend;
 use kiln_store::postgres::members::{Identity, MemberSettings, MemberState, Membership};
-use kiln_store::postgres::{PgBackend, PgOptions};
 use kiln_store::*;
 
 mod support;
+use support::members::{FAST, join, open, options};
 use support::{Kind, Place};
-
-/// Quick timing: a member is dead after 4 s, fences itself after 2 s.
-const FAST: MemberSettings = MemberSettings { heartbeat: Duration::from_millis(500), timeout: Duration::from_secs(4) };
-
-fn options(place: &Place, id: &str) -> PgOptions {
-    PgOptions {
-        target: place.target(),
-        member: id.into(),
-        connect_for: Duration::from_secs(5),
-        ring_key: None,
-        name: None,
-    }
-}
-
-fn join(place: &Place, id: &str, name: &str) -> Membership {
-    let identity = Identity { name: name.into(), host: "test-host".into(), pid: std::process::id() };
-    Membership::join(options(place, id), identity, FAST).unwrap()
-}
-
-fn open(place: &Place, id: &str) -> PgBackend {
-    PgBackend::open(options(place, id)).unwrap()
-}
 
 fn commit_one(store: &mut dyn Backend, batch: Batch) -> Result<(), StoreError> {
     store.commit(&[batch])?.pop().unwrap()

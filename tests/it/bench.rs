@@ -4,6 +4,18 @@
 
 use std::collections::BTreeMap;
 
+/// A successful `kiln --json bench` run's figures, by name.
+fn figures(out: &std::process::Output) -> BTreeMap<String, f64> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap().to_string(), f["value"].as_f64().unwrap()))
+        .collect()
+}
+
 #[test]
 fn every_bench_scenario_runs_small_and_the_lock_holds() {
     let out = std::process::Command::new(crate::harness::KILN)
@@ -11,14 +23,7 @@ fn every_bench_scenario_runs_small_and_the_lock_holds() {
         .args(["--requests", "400", "--tasks", "3000", "--names", "3000"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let figures: BTreeMap<String, f64> = report["figures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| (f["name"].as_str().unwrap().to_string(), f["value"].as_f64().unwrap()))
-        .collect();
+    let figures = figures(&out);
     for scenario in ["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec", "api"] {
         assert!(figures.contains_key(&format!("{scenario}.wall")), "{scenario} did not run: {figures:?}");
     }
@@ -81,14 +86,7 @@ fn the_scale_out_bench_runs_small_and_loses_nothing() {
         .env_remove("KILN_STORE")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let figures: BTreeMap<String, f64> = report["figures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| (f["name"].as_str().unwrap().to_string(), f["value"].as_f64().unwrap()))
-        .collect();
+    let figures = figures(&out);
     for k in 1..=3 {
         assert!(figures[&format!("scaleout.transitions_per_s.m{k}")] > 0.0, "{figures:?}");
         assert_eq!(figures[&format!("scaleout.lost_transitions.m{k}")], 0.0, "{figures:?}");

@@ -4,6 +4,8 @@
 //! [`Place`] run on both backends through [`on_both!`].
 #![allow(dead_code)]
 
+pub mod members;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
