@@ -76,8 +76,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         .collect())
 }
 
-/// SIGKILL the last member; how long until a survivor sees it dead, owns
-/// all its nodes, and answers for them.
+/// SIGKILL the last member; how long until a survivor sees it dead, the
+/// survivors own all its nodes, and they answer for them (each acts on the
+/// nodes it runs, the dead member's among them).
 fn kill_drill(members: &mut [Member], nodes: usize) -> anyhow::Result<Vec<Figure>> {
     let victim = &members[members.len() - 1];
     let theirs = victim.local_names()?;
@@ -95,12 +96,22 @@ fn kill_drill(members: &mut [Member], nodes: usize) -> anyhow::Result<Vec<Figure
         Ok(owned == nodes as u64)
     })?;
     let claim_s = killed.elapsed().as_secs_f64() - detect_s;
-    // Answering: a power verb on each node the dead member ran, through a
-    // survivor (it waits until the new owner has started them).
-    if !theirs.is_empty() {
-        survivor.ok(&["node", "power", "on", &theirs, "--wait"])?;
+    // Answering: each survivor powers on the nodes it now runs (the dead
+    // member's among them, once the bmc_fence_delay has passed), all at once.
+    let mut answering = Vec::new();
+    for m in &members[..members.len() - 1] {
+        answering.push((m.name.clone(), m.spawn(&["node", "power", "on", "@local", "--wait"])?));
+    }
+    for (name, child) in answering {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("power on at member {name}: {}", String::from_utf8_lossy(&out.stdout));
+        }
     }
     let takeover_s = killed.elapsed().as_secs_f64();
+    if theirs.is_empty() {
+        bail!("the killed member ran no node");
+    }
     Ok(vec![
         Figure::new("scaleout.detect_s", detect_s, "s"),
         Figure::new("scaleout.claim_s", claim_s, "s"),
