@@ -299,6 +299,7 @@ mod tests {
             Request::QueueDrain { on: true },
             Request::QueueStatus,
             Request::PeriodicList,
+            Request::MemberList,
             Request::Exec {
                 nodes: "n[1-2]".into(),
                 spec: ExecSpec { worker: Worker::Exec, ..exec.clone() },

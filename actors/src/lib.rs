@@ -185,7 +185,14 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     };
     let facts = supervisor::SiteFacts { started_at: now.to_rfc3339(), data_dir: config.data_dir.display().to_string() };
     let held = records.len();
-    let empty = held == 0;
+    // On a shared store this member may own nothing while the site has
+    // nodes: the demo is for an empty site, not an empty member.
+    let empty = match &config.shared {
+        Some(_) if config.demo_nodes > 0 => {
+            store.read(|b| Ok(b.load_nodes()?.is_empty())).await.map_err(store_error)?
+        }
+        _ => held == 0,
+    };
     let supervisor = Supervisor::new(registry.clone(), env, facts).start();
     supervisor.send(supervisor::AdoptRecords(records)).await.map_err(|_| StartError::Supervisor)?;
 
@@ -194,6 +201,11 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
             .map(|i| NewNode { name: format!("demo{i}"), driver: "fake".into(), ..Default::default() })
             .collect();
         supervisor.send(CreateNodes(demo)).await.map_err(|_| StartError::Supervisor)?.map_err(StartError::Demo)?;
+    } else if config.demo_nodes > 0 && config.shared.is_some() {
+        tracing::warn!(
+            "--demo {}: the site's store already holds nodes, so no demo nodes were enrolled",
+            config.demo_nodes
+        );
     } else if config.demo_nodes > 0 {
         tracing::warn!(
             nodes = held,

@@ -157,6 +157,15 @@ fn a_restarted_member_takes_its_nodes_back_at_once_and_member_list_says_so() {
 }
 
 #[test]
+fn demo_nodes_are_for_an_empty_site_not_an_empty_member() {
+    let url = database();
+    let _a = member(4, &url, "a");
+    let b = member(4, &url, "b");
+    wait_members(&b, Duration::from_secs(15), |rows| rows.iter().map(|r| r.2).sum::<u64>() == 4 && rows.len() == 2);
+    assert_eq!(b.json(&["node", "list"]).as_array().unwrap().len(), 4);
+}
+
+#[test]
 fn member_settings_that_cannot_work_are_refused_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(crate::harness::KILN)
