@@ -49,19 +49,11 @@ pub fn host_name() -> String {
     if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "localhost".into() }
 }
 
-/// Where a node sits on the members' ring: its BMC service (nodes behind
-/// one BMC stay on one member, with its per-BMC limits), or its uuid for a
-/// node without one.
+/// Where a node sits on the members' ring: its BMC's network endpoint
+/// (`host:port`, the unit the per-BMC limit counts), so nodes behind one
+/// BMC stay on one member with that limit; its uuid for a node without one.
 pub fn ring_key(node: &NodeRecord) -> String {
-    let address = node.driver_info.get("address").map(|a| a.trim_end_matches('/'));
-    match (node.driver.as_str(), address) {
-        ("fake", _) | (_, None) => node.uuid.to_string(),
-        ("ipmi", Some(address)) => {
-            let port = node.driver_info.get("port").map(String::as_str).unwrap_or("623");
-            format!("ipmi:{address}:{port}")
-        }
-        (kind, Some(address)) => format!("{kind}:{address}"),
-    }
+    kiln_drivers::host_port(node.driver.as_str(), &node.driver_info).unwrap_or_else(|| node.uuid.to_string())
 }
 
 /// This process as a member: its row's heartbeat, and its ears for node
@@ -243,4 +235,27 @@ fn fence(why: &str) -> ! {
     );
     eprintln!("kiln: fenced: {why}; stopping without writing");
     std::process::exit(i32::from(FENCED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(driver: kiln_store::DriverKind, info: &[(&str, &str)]) -> NodeRecord {
+        let mut n = NodeRecord::enroll("n".into(), driver, chrono::Utc::now());
+        n.driver_info = info.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        n
+    }
+
+    #[test]
+    fn nodes_behind_one_bmc_share_a_ring_key_and_fake_nodes_have_their_own() {
+        use kiln_store::DriverKind::{Fake, Ipmi, Redfish};
+        let a = node(Redfish, &[("address", "https://bmc.example"), ("system_id", "1")]);
+        let b = node(Redfish, &[("address", "https://BMC.example:443/"), ("system_id", "2"), ("username", "x")]);
+        assert_eq!(ring_key(&a), ring_key(&b));
+        assert_eq!(ring_key(&node(Ipmi, &[("address", "10.0.0.1")])), "10.0.0.1:623");
+        let (f, g) = (node(Fake, &[]), node(Fake, &[]));
+        assert_ne!(ring_key(&f), ring_key(&g));
+        assert_eq!(ring_key(&f), f.uuid.to_string());
+    }
 }
