@@ -168,3 +168,16 @@ fn a_member_told_that_a_commit_was_lost_fences_itself_saying_why() {
     assert_eq!(m.fenced().as_deref(), Some("the outcome of a commit is unknown"));
     assert_eq!((m.fence())().as_deref(), Some("the outcome of a commit is unknown"), "the BMC-call check agrees");
 }
+
+#[test]
+fn every_live_member_of_a_site_uses_one_member_timeout() {
+    let place = Place::new(Kind::Postgres);
+    let first = join(&place, "t1", "a");
+    let slower = MemberSettings { heartbeat: Duration::from_millis(500), timeout: Duration::from_secs(8) };
+    let identity = Identity { name: "b".into(), host: "h".into(), pid: 1 };
+    let err = Membership::join(options(&place, "t2"), identity.clone(), slower).map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("member_timeout = 4 s and this one 8 s"), "{err}");
+    // Once every member has stopped, a new value may be set.
+    first.leave();
+    Membership::join(options(&place, "t3"), identity, slower).unwrap().leave();
+}

@@ -45,6 +45,9 @@ pub const JANITOR_LOCK: i64 = 0x6b6a_616e;
 /// member to join.
 const RING_POINTS_KEY: &str = "ring.points_per_member";
 
+/// The meta key holding the site's `member_timeout`, in milliseconds.
+const TIMEOUT_KEY: &str = "members.timeout_ms";
+
 /// How long a dead or departed member's row is kept (for `member list`)
 /// once it owns no node.
 const FORGET_AFTER: &str = "1 day";
@@ -166,7 +169,7 @@ impl Membership {
         let mut client = runtime.block_on(connect(&options, true))?;
         runtime.block_on(migrate(&mut client, &options.target))?;
         let sent = Instant::now();
-        runtime.block_on(enter(&mut client, &options, &identity))?;
+        runtime.block_on(enter(&mut client, &options, &identity, settings))?;
         let shared = Arc::new(Shared {
             renewed: Mutex::new(sent),
             expelled: AtomicBool::new(false),
@@ -328,7 +331,12 @@ impl Heartbeat {
 
 /// Marks an earlier incarnation dead, checks the ring settings and writes
 /// this member's row, in one transaction.
-async fn enter(client: &mut Client, options: &PgOptions, identity: &Identity) -> Result<(), StoreError> {
+async fn enter(
+    client: &mut Client,
+    options: &PgOptions,
+    identity: &Identity,
+    settings: MemberSettings,
+) -> Result<(), StoreError> {
     let target = &options.target;
     let tx = client.transaction().await.map_err(|e| db_error(target, e))?;
     let points = POINTS_PER_MEMBER.to_string();
@@ -381,6 +389,7 @@ async fn enter(client: &mut Client, options: &PgOptions, identity: &Identity) ->
     for id in &earlier {
         tracing::info!(message = "Replaced this member's earlier incarnation.", earlier = %id);
     }
+    agree_on_timeout(&tx, target, settings.timeout).await?;
     tx.execute(
         "INSERT INTO members (id, name, host, pid, state) VALUES ($1, $2, $3, $4, 'alive')",
         &[&options.member, &identity.name, &identity.host, &i64::from(identity.pid)],
@@ -388,6 +397,44 @@ async fn enter(client: &mut Client, options: &PgOptions, identity: &Identity) ->
     .await
     .map_err(|e| db_error(target, e))?;
     tx.commit().await.map_err(|e| db_error(target, e))
+}
+
+/// Every member of a site must use one `member_timeout`: the janitor
+/// declares others dead by its own, and each member fences itself by its
+/// own, so a member with a longer one could still act after the others
+/// took its nodes. The first member to join (or the first after every
+/// member has stopped) sets it; a member with another is refused.
+async fn agree_on_timeout(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &super::PgTarget,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let mine = timeout.as_millis().to_string();
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value
+         WHERE NOT EXISTS (SELECT 1 FROM members WHERE state = 'alive')",
+        &[&TIMEOUT_KEY, &mine],
+    )
+    .await
+    .map_err(|e| db_error(target, e))?;
+    let stored: String = tx
+        .query_one("SELECT value FROM meta WHERE key = $1", &[&TIMEOUT_KEY])
+        .await
+        .map_err(|e| db_error(target, e))?
+        .get(0);
+    if stored != mine {
+        let ms: f64 = stored.parse().unwrap_or(f64::NAN);
+        return Err(StoreError::Database {
+            message: format!(
+                "the site's live members use member_timeout = {} s and this one {} s: every member of a site \
+                 must use the same (to change it, stop every member, then start them with the new value)",
+                ms / 1000.0,
+                timeout.as_secs_f64()
+            ),
+            constraint: None,
+        });
+    }
+    Ok(())
 }
 
 /// One round of the janitor, if this member gets its lock: marks members
