@@ -166,7 +166,7 @@ impl PgBackend {
         let mut backend =
             PgBackend { client, runtime, options, statements: HashMap::new(), epochs: HashMap::new(), on_lost: None };
         backend.migrate()?;
-        backend.claim_for_me()?;
+        Backend::claim_orphans(&mut backend)?;
         backend.claim_orphan_jobs()?;
         Ok(backend)
     }
@@ -185,79 +185,6 @@ impl PgBackend {
 
     fn migrate(&mut self) -> Result<(), StoreError> {
         self.runtime.block_on(migrate(&mut self.client, &self.options.target))
-    }
-
-    /// Takes for this member, each at a new epoch, the nodes whose owner is
-    /// not a live member and that the ring over the live members (this one
-    /// included) places here. A member still writing under an older epoch
-    /// is refused from then on. The claim is conditional on the row, so two
-    /// members that disagree on the ring for a moment never both take a
-    /// node. Returns the nodes taken, as stored.
-    fn claim_for_me(&mut self) -> Result<Vec<crate::Claimed>, StoreError> {
-        let me = self.options.member.clone();
-        let live = crate::Shared::live_members(self)?;
-        let ring = crate::ring::Ring::new(live, crate::ring::POINTS_PER_MEMBER);
-        // With each orphan, whether its last owner stopped acting on it
-        // for sure: it released it, or left the site cleanly.
-        let orphans = self.query(
-            concat!(
-                "SELECT ",
-                node_columns!(),
-                ", owner = '' OR owner IN (SELECT id FROM members WHERE state = 'left') FROM nodes",
-                " WHERE owner <> $1 AND owner NOT IN (SELECT id FROM members WHERE state = 'alive')"
-            ),
-            &[&me],
-        )?;
-        let key = self.options.ring_key.unwrap_or(|node| node.uuid.to_string());
-        let mut mine = Vec::new();
-        let mut quiet = std::collections::HashSet::new();
-        for row in &orphans {
-            let node = node_from_row(row)?;
-            if ring.owner(&key(&node)) == Some(me.as_str()) {
-                let released: bool = Fields { row, table: "nodes", key: String::new() }.raw(NODE_COLUMNS, "owner")?;
-                if released {
-                    quiet.insert(node.uuid);
-                }
-                mine.push(node.uuid.to_string());
-            }
-        }
-        if mine.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = self.query(
-            concat!(
-                "UPDATE nodes SET owner = $1, owner_epoch = owner_epoch + 1 ",
-                "WHERE uuid = ANY($2) AND owner <> $1 ",
-                "AND owner NOT IN (SELECT id FROM members WHERE state = 'alive') RETURNING ",
-                node_columns!(),
-                ", owner_epoch"
-            ),
-            &[&me, &mine],
-        )?;
-        let mut taken = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let epoch: i64 = Fields { row, table: "nodes", key: String::new() }.raw(NODE_COLUMNS, "owner_epoch")?;
-            let node = node_from_row(row)?;
-            self.epochs.insert(node.uuid, epoch);
-            taken.push(crate::Claimed { from_dead_owner: !quiet.contains(&node.uuid), node });
-        }
-        if !taken.is_empty() {
-            tracing::info!(message = "Claimed nodes no live member owned.", nodes = taken.len(), member = %me);
-        }
-        Ok(taken)
-    }
-
-    fn list_members(&mut self) -> Result<Vec<members::MemberRow>, StoreError> {
-        self.reconnect_if_closed()?;
-        self.runtime.block_on(members::list(&self.client)).map_err(|e| db_error(&self.options.target, e))
-    }
-
-    fn load_mine(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
-        let me = self.options.member.clone();
-        self.query(concat!(node_select!(), " WHERE owner = $1 ORDER BY name"), &[&me])?
-            .iter()
-            .map(node_from_row)
-            .collect()
     }
 
     fn reconnect_if_closed(&mut self) -> Result<(), StoreError> {
@@ -1003,16 +930,77 @@ impl Backend for PgBackend {
 
     /// The nodes whose rows name this member as owner.
     fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
-        self.load_mine()
+        let me = self.options.member.clone();
+        self.query(concat!(node_select!(), " WHERE owner = $1 ORDER BY name"), &[&me])?
+            .iter()
+            .map(node_from_row)
+            .collect()
     }
 
+    /// Takes for this member, each at a new epoch, the nodes whose owner is
+    /// not a live member and that the ring over the live members (this one
+    /// included) places here. A member still writing under an older epoch
+    /// is refused from then on. The claim is conditional on the row, so two
+    /// members that disagree on the ring for a moment never both take a
+    /// node. Returns the nodes taken, as stored.
     fn claim_orphans(&mut self) -> Result<Vec<crate::Claimed>, StoreError> {
-        self.claim_for_me()
+        let me = self.options.member.clone();
+        let live = crate::Shared::live_members(self)?;
+        let ring = crate::ring::Ring::new(live, crate::ring::POINTS_PER_MEMBER);
+        // With each orphan, whether its last owner stopped acting on it
+        // for sure: it released it, or left the site cleanly.
+        let orphans = self.query(
+            concat!(
+                "SELECT ",
+                node_columns!(),
+                ", owner = '' OR owner IN (SELECT id FROM members WHERE state = 'left') FROM nodes",
+                " WHERE owner <> $1 AND owner NOT IN (SELECT id FROM members WHERE state = 'alive')"
+            ),
+            &[&me],
+        )?;
+        let key = self.options.ring_key.unwrap_or(|node| node.uuid.to_string());
+        let mut mine = Vec::new();
+        let mut quiet = std::collections::HashSet::new();
+        for row in &orphans {
+            let node = node_from_row(row)?;
+            if ring.owner(&key(&node)) == Some(me.as_str()) {
+                let released: bool = Fields { row, table: "nodes", key: String::new() }.raw(NODE_COLUMNS, "owner")?;
+                if released {
+                    quiet.insert(node.uuid);
+                }
+                mine.push(node.uuid.to_string());
+            }
+        }
+        if mine.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self.query(
+            concat!(
+                "UPDATE nodes SET owner = $1, owner_epoch = owner_epoch + 1 ",
+                "WHERE uuid = ANY($2) AND owner <> $1 ",
+                "AND owner NOT IN (SELECT id FROM members WHERE state = 'alive') RETURNING ",
+                node_columns!(),
+                ", owner_epoch"
+            ),
+            &[&me, &mine],
+        )?;
+        let mut taken = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let epoch: i64 = Fields { row, table: "nodes", key: String::new() }.raw(NODE_COLUMNS, "owner_epoch")?;
+            let node = node_from_row(row)?;
+            self.epochs.insert(node.uuid, epoch);
+            taken.push(crate::Claimed { from_dead_owner: !quiet.contains(&node.uuid), node });
+        }
+        if !taken.is_empty() {
+            tracing::info!(message = "Claimed nodes no live member owned.", nodes = taken.len(), member = %me);
+        }
+        Ok(taken)
     }
 
     /// Every member the site remembers, alive first.
     fn members(&mut self) -> Result<Vec<members::MemberRow>, StoreError> {
-        self.list_members()
+        self.reconnect_if_closed()?;
+        self.runtime.block_on(members::list(&self.client)).map_err(|e| db_error(&self.options.target, e))
     }
 
     fn shared(&mut self) -> Option<&mut dyn crate::Shared> {

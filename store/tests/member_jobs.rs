@@ -4,14 +4,14 @@
 //! job ids come in blocks no two members share. SQLite keeps its one
 //! process's serial ids.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use kiln_store::postgres::members::MemberState;
 use kiln_store::*;
 
 mod support;
-use support::members::{join, open};
+use support::members::{commit_one, join, open, until};
 use support::{Kind, Place};
 
 /// A fresh database with the schema in place (members join after it).
@@ -21,10 +21,6 @@ fn fresh() -> Place {
     place
 }
 
-fn commit_one(store: &mut dyn Backend, batch: Batch) -> Result<(), StoreError> {
-    store.commit(&[batch])?.pop().unwrap()
-}
-
 /// A write by a member whose sessions the janitor ended: the first try
 /// finds its session gone (nothing written), the next reconnects.
 fn commit_again(store: &mut dyn Backend, batch: Batch) -> Result<(), StoreError> {
@@ -32,17 +28,6 @@ fn commit_again(store: &mut dyn Backend, batch: Batch) -> Result<(), StoreError>
         Err(StoreError::Connect(_)) => commit_one(store, batch),
         other => other,
     }
-}
-
-fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    done()
 }
 
 fn job(id: u64, status: JobStatus) -> JobRecord {

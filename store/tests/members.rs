@@ -3,7 +3,7 @@
 //! choice among the living, its writes are fenced, and a member that
 //! stops renewing fences itself first.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use kiln_store::postgres::PgBackend;
@@ -11,25 +11,8 @@ use kiln_store::postgres::members::{Identity, MemberSettings, MemberState, Membe
 use kiln_store::*;
 
 mod support;
-use support::members::{FAST, join, open, options};
+use support::members::{FAST, commit_one, join, open, options, until};
 use support::{Kind, Place};
-
-fn commit_one(store: &mut dyn Backend, batch: Batch) -> Result<(), StoreError> {
-    store.commit(&[batch])?.pop().unwrap()
-}
-
-/// Waits (at most `limit`) until `done` holds; the membership thread and
-/// the janitor act on their own schedule, so their effect is awaited.
-fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    done()
-}
 
 fn seed(place: &Place, n: usize) -> Vec<NodeRecord> {
     let mut seeder = open(place, "seeder");

@@ -340,17 +340,7 @@ async fn enter(
     let target = &options.target;
     let tx = client.transaction().await.map_err(|e| db_error(target, e))?;
     let points = POINTS_PER_MEMBER.to_string();
-    tx.execute(
-        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-        &[&RING_POINTS_KEY, &points],
-    )
-    .await
-    .map_err(|e| db_error(target, e))?;
-    let stored: String = tx
-        .query_one("SELECT value FROM meta WHERE key = $1", &[&RING_POINTS_KEY])
-        .await
-        .map_err(|e| db_error(target, e))?
-        .get(0);
+    let stored = site_setting(&tx, target, RING_POINTS_KEY, &points, false).await?;
     if stored != points {
         return Err(StoreError::Database {
             message: format!(
@@ -410,18 +400,7 @@ async fn agree_on_timeout(
     timeout: Duration,
 ) -> Result<(), StoreError> {
     let mine = timeout.as_millis().to_string();
-    tx.execute(
-        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value
-         WHERE NOT EXISTS (SELECT 1 FROM members WHERE state = 'alive')",
-        &[&TIMEOUT_KEY, &mine],
-    )
-    .await
-    .map_err(|e| db_error(target, e))?;
-    let stored: String = tx
-        .query_one("SELECT value FROM meta WHERE key = $1", &[&TIMEOUT_KEY])
-        .await
-        .map_err(|e| db_error(target, e))?
-        .get(0);
+    let stored = site_setting(tx, target, TIMEOUT_KEY, &mine, true).await?;
     if stored != mine {
         let ms: f64 = stored.parse().unwrap_or(f64::NAN);
         return Err(StoreError::Database {
@@ -435,6 +414,27 @@ async fn agree_on_timeout(
         });
     }
     Ok(())
+}
+
+/// A setting every member of the site must share: `value` is stored under
+/// `key` if the site has none yet (or, when `replaceable`, also while no
+/// member is alive); returns the site's value, for the caller to compare.
+async fn site_setting(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &super::PgTarget,
+    key: &str,
+    value: &str,
+    replaceable: bool,
+) -> Result<String, StoreError> {
+    let write = if replaceable {
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value
+         WHERE NOT EXISTS (SELECT 1 FROM members WHERE state = 'alive')"
+    } else {
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING"
+    };
+    tx.execute(write, &[&key, &value]).await.map_err(|e| db_error(target, e))?;
+    let row = tx.query_one("SELECT value FROM meta WHERE key = $1", &[&key]).await.map_err(|e| db_error(target, e))?;
+    Ok(row.get(0))
 }
 
 /// One round of the janitor, if this member gets its lock: marks members

@@ -2,10 +2,11 @@
 //! member's options, join and store, as `members.rs` and `member_jobs.rs`
 //! use them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kiln_store::postgres::members::{Identity, MemberSettings, Membership};
 use kiln_store::postgres::{PgBackend, PgOptions};
+use kiln_store::{Backend, Batch, StoreError};
 
 use super::Place;
 
@@ -33,4 +34,22 @@ pub fn join(place: &Place, id: &str, name: &str) -> Membership {
 /// Member `id`'s store on `place`.
 pub fn open(place: &Place, id: &str) -> PgBackend {
     PgBackend::open(options(place, id)).unwrap()
+}
+
+/// Commits one batch: its own result, or the group's failure.
+pub fn commit_one(store: &mut dyn Backend, batch: Batch) -> Result<(), StoreError> {
+    store.commit(&[batch])?.pop().unwrap()
+}
+
+/// Waits (at most `limit`) until `done` holds; the membership thread and
+/// the janitor act on their own schedule, so their effect is awaited.
+pub fn until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
 }
