@@ -638,8 +638,8 @@ pub struct BenchArgs {
     /// Names to fold (nodeset: 100000).
     #[arg(long)]
     pub names: Option<usize>,
-    /// Fanout of node-set opcodes (lifecycle: 1024); reads in flight
-    /// (power-sync: 1024).
+    /// Fanout of node-set opcodes (lifecycle: 1024); the most reads in
+    /// flight (power-sync: 2048, adapting below it).
     #[arg(long)]
     pub fanout: Option<u32>,
     /// Simulated BMC latency in ms (power-sync: 100).

@@ -9,6 +9,7 @@
 //! Where to start reading: [`fsm`] (the state machine as data), then
 //! [`node`] (the actor that runs it for one node), then [`supervisor`].
 
+pub mod adaptive;
 pub mod clock;
 pub mod codec;
 pub mod config;
@@ -165,7 +166,8 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     let events = EventBus::durable(store.clone(), last_event).start();
     let live = Arc::new(LiveSettings::new(&config));
     let driver_arbiter = config.threads.split().then(threads::OwnArbiter::start);
-    let registry = Registry { live: live.clone(), shared: config.shared.clone(), ..Default::default() };
+    let registry =
+        Registry { live: live.clone(), shared: config.shared.clone(), ..Registry::with_capacity(records.len()) };
     let env = node::NodeEnv {
         store: store.clone(),
         events: events.clone(),

@@ -1,18 +1,21 @@
 //! The built-in periodic tasks (docs/jobs.md, "Built-in tasks"), as [`PeriodicTask`]s
 //! for the [`crate::scheduler::Scheduler`].
 //!
-//! Power sync reads every BMC in parallel, at most `power_sync_concurrency`
-//! at once: at 100 ms per read a cycle over 100,000 nodes with 256 in flight
-//! takes about 40 s, inside its 60 s spacing, where Ironic's 8 serial
-//! workers cannot finish.
+//! Power sync reads every BMC in parallel: as many at once as the BMCs and
+//! this process sustain ([`crate::adaptive`]), up to `power_sync_concurrency`.
+//! At 100 ms per read a fixed 256 in flight took about 40 s over 100,000
+//! nodes; the adaptive number grows past that while latency holds, so the
+//! default settings finish such a cycle well inside its 60 s spacing, where
+//! Ironic's 8 serial workers cannot finish.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, FuturesUnordered, StreamExt};
 use kiln_store::StoreHandle;
 
+use crate::adaptive::AdaptiveLimit;
 use crate::jobs::{ArchiveOld, JobQueue};
 use crate::metrics::{Metrics, SyncResult};
 use crate::node::upkeep::{ExpireWait, RecoverPowerFailure, SyncOutcome, SyncPower};
@@ -22,6 +25,12 @@ use crate::supervisor::{Router, send_to_node};
 /// The names of the built-in tasks, in the order they are registered.
 pub const BUILTIN_TASKS: [&str; 5] =
     ["power_sync", "power_failure_recovery", "wait_timeouts", "job_autoarchive", "store_maintenance"];
+
+/// The most BMC reads a power sync keeps in flight, by default.
+pub const DEFAULT_POWER_SYNC_CONCURRENCY: usize = 2048;
+
+/// Where a power sync's number in flight starts before it adapts.
+const POWER_SYNC_INITIAL: usize = 64;
 
 /// One task's own settings (`[periodic.power_sync]` in the config), over
 /// the site-wide ones: each unset field keeps the site-wide value.
@@ -85,7 +94,7 @@ impl Default for PeriodicConfig {
         PeriodicConfig {
             enabled: true,
             power_sync_interval: Duration::from_secs(60),
-            power_sync_concurrency: 256,
+            power_sync_concurrency: DEFAULT_POWER_SYNC_CONCURRENCY,
             power_state_sync_max_retries: 3,
             force_power_state_during_sync: false,
             power_failure_recovery_interval: Duration::from_secs(300),
@@ -110,20 +119,18 @@ pub async fn power_sync_counted(router: Router, cfg: PeriodicConfig, metrics: Op
     let cycle_began = router.clock.now();
     let nodes = router.registry.all();
     let total = nodes.len();
-    let outcomes: Vec<SyncOutcome> = stream::iter(nodes)
-        .map(|(id, _)| {
-            let r = router.clone();
-            let force = cfg.force_power_state_during_sync;
-            let max_retries = cfg.power_state_sync_max_retries;
-            async move {
-                send_to_node(&r.supervisor, &r.registry, id, || SyncPower { force, max_retries })
-                    .await
-                    .unwrap_or_else(|e| SyncOutcome::Skipped(e.to_string()))
-            }
-        })
-        .buffer_unordered(cfg.power_sync_concurrency.max(1))
-        .collect()
-        .await;
+    let force = cfg.force_power_state_during_sync;
+    let max_retries = cfg.power_state_sync_max_retries;
+    let (outcomes, limit) = sweep(nodes.into_iter().map(|(id, _)| id), cfg.power_sync_concurrency, |id| {
+        let r = router.clone();
+        async move {
+            send_to_node(&r.supervisor, &r.registry, id, || SyncPower { force, max_retries })
+                .await
+                .unwrap_or_else(|e| SyncOutcome::Skipped(e.to_string()))
+        }
+    })
+    .await;
+    tracing::debug!(nodes = total, in_flight_at_end = limit, "power sync cycle");
     let count = |f: fn(&SyncOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     if let Some(m) = metrics {
         m.power_sync_cycle(began.elapsed());
@@ -150,6 +157,43 @@ pub async fn power_sync_counted(router: Router, cfg: PeriodicConfig, metrics: Op
         count(|o| matches!(o, SyncOutcome::Skipped(_))),
         count(|o| matches!(o, SyncOutcome::BackedOff { .. })),
     ))
+}
+
+/// Reads every node in `nodes` with `read`, keeping as many in flight as
+/// the adaptive limit allows (at most `max`); answers every outcome and the
+/// limit at the end.
+async fn sweep<I, F, Fut>(nodes: I, max: usize, read: F) -> (Vec<SyncOutcome>, usize)
+where
+    I: Iterator<Item = kiln_store::NodeId>,
+    F: Fn(kiln_store::NodeId) -> Fut,
+    Fut: std::future::Future<Output = SyncOutcome>,
+{
+    let mut limit = AdaptiveLimit::new(POWER_SYNC_INITIAL, 1, max);
+    let mut nodes = nodes.peekable();
+    let mut in_flight = FuturesUnordered::new();
+    let mut outcomes = Vec::with_capacity(nodes.size_hint().0);
+    loop {
+        while in_flight.len() < limit.current() {
+            let Some(id) = nodes.next() else { break };
+            let read = read(id);
+            in_flight.push(async move {
+                let began = std::time::Instant::now();
+                let outcome = read.await;
+                (outcome, began.elapsed())
+            });
+        }
+        let Some((outcome, latency)) = in_flight.next().await else { break };
+        match &outcome {
+            SyncOutcome::InSync | SyncOutcome::Updated { .. } | SyncOutcome::Forced { .. } => {
+                limit.record(latency, false)
+            }
+            SyncOutcome::Failed { .. } => limit.record(latency, true),
+            // No BMC was asked: nothing learned about the BMCs.
+            SyncOutcome::Skipped(_) | SyncOutcome::BackedOff { .. } => {}
+        }
+        outcomes.push(outcome);
+    }
+    (outcomes, limit.current())
 }
 
 /// The oldest confirmation of a power state among the nodes a cycle synced

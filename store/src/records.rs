@@ -24,8 +24,14 @@ pub type Timestamp = DateTime<Utc>;
 pub struct NodeId(pub Uuid);
 
 impl NodeId {
+    /// A new time-ordered (version 7) UUID: nodes created together sit
+    /// together in the store's indexes (the uuid key and every table keyed by
+    /// node), so a million inserts append at the right edge of each B-tree
+    /// instead of touching a random page each. Random (version 4) ids made
+    /// creating a million nodes cost 15 times what 100,000 cost once the
+    /// indexes outgrew the page cache.
     pub fn new() -> Self {
-        NodeId(Uuid::new_v4())
+        NodeId(Uuid::now_v7())
     }
 }
 

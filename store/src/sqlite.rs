@@ -285,6 +285,17 @@ impl SqliteBackend {
         Ok(SqliteBackend { checkpointer, conn, archive_ceiling })
     }
 
+    /// Every node `sql` (a [`node_select!`] query) selects.
+    fn select_nodes(&mut self, sql: &str) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt.query([])?;
+        let mut nodes = Vec::new();
+        while let Some(row) = rows.next()? {
+            nodes.push(node_from_row(row)?);
+        }
+        Ok(nodes)
+    }
+
     /// After every group commit: the background checkpointer keeps count.
     fn committed(&mut self) {
         if let Some(checkpointer) = &mut self.checkpointer {
@@ -419,13 +430,14 @@ impl Backend for SqliteBackend {
     }
 
     fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(concat!(node_select!(), " ORDER BY name"))?;
-        let mut rows = stmt.query([])?;
-        let mut nodes = Vec::new();
-        while let Some(row) = rows.next()? {
-            nodes.push(node_from_row(row)?);
-        }
-        Ok(nodes)
+        self.select_nodes(concat!(node_select!(), " ORDER BY name"))
+    }
+
+    /// Every node, in the table's own order: a start-up adopts them all and
+    /// needs no order, and a scan reads the table once front to back where
+    /// `ORDER BY name` walks the name index and looks up each row apart.
+    fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.select_nodes(node_select!())
     }
 
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {

@@ -54,7 +54,7 @@ pub struct NodeActor {
     /// The node's driver actor, or its connection under way (kept here too
     /// for BMCs no other node shares, which the pool does not hold).
     driver: Option<Connecting>,
-    pub(super) env: NodeEnv,
+    pub(super) env: Arc<NodeEnv>,
 }
 
 impl Actor for NodeActor {
@@ -62,7 +62,7 @@ impl Actor for NodeActor {
 }
 
 impl NodeActor {
-    pub fn new(record: NodeRecord, env: NodeEnv) -> Self {
+    pub fn new(record: NodeRecord, env: Arc<NodeEnv>) -> Self {
         let core = NodeCore::new(record, env.metrics.clone(), env.clock.clone());
         NodeActor { core, driver: None, env }
     }

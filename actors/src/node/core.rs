@@ -155,7 +155,9 @@ fn confirms_power(then: &AfterCall, reply: &DriverReply) -> bool {
 pub struct NodeCore {
     node: Gauged,
     clock: SharedClock,
-    task: Option<Task>,
+    /// Boxed: most nodes are idle most of the time, and an idle node's
+    /// actor stays small (a million of them live in one process).
+    task: Option<Box<Task>>,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
     /// Results the core waits for, by ticket.
@@ -167,7 +169,7 @@ pub struct NodeCore {
     contact: contact::Contact,
     /// Set when the site shuts down: no task starts any more, and this
     /// says why.
-    closing: Option<String>,
+    closing: Option<Box<str>>,
     /// Who holds the node across operations ([`super::HoldNode`]).
     held_by: Option<String>,
     /// Effects produced by the input being handled.
@@ -395,14 +397,14 @@ impl NodeCore {
     /// Holds the node for an upkeep task (no caller waits on it).
     fn hold_for_upkeep(&mut self, purpose: &str) {
         self.reserve(purpose.into());
-        self.task = Some(Task {
+        self.task = Some(Box::new(Task {
             reply: None,
             wait: false,
             action: purpose.into(),
             draft: self.node.record().clone(),
             steps: VecDeque::new(),
             span: self.task_span(purpose, &tracing::Span::none()),
-        });
+        }));
     }
 
     // ----- effects and their results -------------------------------------------

@@ -17,7 +17,8 @@ use crate::metrics::{Metrics, NodeGauge};
 /// A node's committed record and reservation, counted in the site's gauges.
 pub struct Gauged {
     record: NodeRecord,
-    reservation: Option<Reservation>,
+    /// Boxed: held only while a task runs, and an idle node stays small.
+    reservation: Option<Box<Reservation>>,
     gauge: NodeGauge,
 }
 
@@ -35,7 +36,7 @@ impl Gauged {
 
     /// Who holds the node now, for what.
     pub fn reservation(&self) -> Option<&Reservation> {
-        self.reservation.as_ref()
+        self.reservation.as_deref()
     }
 
     /// Takes `next` as the node's record (it is durable now): the only way
@@ -47,7 +48,7 @@ impl Gauged {
 
     /// Holds the node under `reservation` from now on.
     pub fn reserve(&mut self, reservation: Reservation) {
-        self.reservation = Some(reservation);
+        self.reservation = Some(Box::new(reservation));
         self.gauge.reserve(true);
     }
 

@@ -34,7 +34,7 @@ impl NodeCore {
     /// released). Answers whether the store needed the restart rule's
     /// change, once it is durable.
     pub(super) fn abandon(&mut self, why: String, reply: oneshot::Sender<bool>) {
-        self.closing = Some(why.clone());
+        self.closing = Some(why.as_str().into());
         let name = self.name();
         for w in std::mem::take(&mut self.waiters) {
             let err = KilnError::Unavailable(format!("node {name}: {why}"));

@@ -61,14 +61,14 @@ impl NodeCore {
         let span = self.task_span(&action, &parent);
         let _entered = span.enter();
         self.reserve(action.clone());
-        self.task = Some(Task {
+        self.task = Some(Box::new(Task {
             reply: Some(reply),
             wait,
             action,
             draft: self.node.record().clone(),
             steps: Default::default(),
             span: span.clone(),
-        });
+        }));
         match op {
             Op::Verb(verb) => self.begin_verb(verb),
             Op::Power(action) => self.connect(AfterConnect::Power(action)),
