@@ -3,6 +3,8 @@
 //! masked in every view the daemon sends. `node show` adds the node's
 //! `ports` and `portgroups` to its object.
 
+use std::io::Write as _;
+
 use chrono::SecondsFormat;
 use kiln_actors::events::NodeEvent;
 use kiln_actors::jobs::{JobView, NodeResult, QueueInfo};
@@ -56,37 +58,129 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
-        let last = cells.len() - 1;
-        let text: Vec<String> = cells
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| if i == last { c } else { format!("{c:<w$}", w = widths[i]) })
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
+    let line = |cells: Vec<String>| print!("{}", aligned(&widths, cells));
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row.clone());
     }
 }
 
+/// The columns of `node list`.
+const NODE_HEADER: [&str; 7] = ["NAME", "UUID", "PROVISION STATE", "TARGET", "POWER", "MAINTENANCE", "RESERVATION"];
+
+/// One node's row of `node list`.
+fn node_row(v: &NodeView) -> Vec<String> {
+    vec![
+        v.name.clone(),
+        v.uuid.to_string(),
+        v.provision_state.to_string(),
+        opt(&v.target_provision_state),
+        opt(&v.power_state),
+        if v.maintenance { "yes".into() } else { "no".into() },
+        v.reservation.as_ref().map(|r| r.purpose.clone()).unwrap_or_else(|| "-".into()),
+    ]
+}
+
 pub fn nodes(views: &[NodeView]) {
-    let rows: Vec<Vec<String>> = views
-        .iter()
-        .map(|v| {
-            vec![
-                v.name.clone(),
-                v.uuid.to_string(),
-                v.provision_state.to_string(),
-                opt(&v.target_provision_state),
-                opt(&v.power_state),
-                if v.maintenance { "yes".into() } else { "no".into() },
-                v.reservation.as_ref().map(|r| r.purpose.clone()).unwrap_or_else(|| "-".into()),
-            ]
-        })
+    let rows: Vec<Vec<String>> = views.iter().map(node_row).collect();
+    table(&NODE_HEADER, &rows);
+}
+
+/// `node list` printed as its pages come, rows on the screen before the
+/// last node is listed: the table's columns are laid out from the first
+/// page, widened to what any later row can hold (the longest name the
+/// daemon announced, the longest state names), so no row is printed
+/// before the widths are known and none breaks them. `--json` prints the
+/// same pretty JSON array [`json`] prints of the whole list, element by
+/// element. Each page is written and flushed at once; an error writing
+/// (the reader went away) is returned so the caller stops reading.
+pub struct NodeRows {
+    out: std::io::BufWriter<std::io::Stdout>,
+    /// `None` for `--json`; the columns' widths for a table.
+    widths: Option<Vec<usize>>,
+    /// JSON elements written so far.
+    written: usize,
+}
+
+impl NodeRows {
+    /// Starts printing a list whose first page is `first` (not printed
+    /// yet); `name_width`: the daemon's longest name of the list.
+    pub fn new(json: bool, first: &[NodeView], name_width: usize) -> NodeRows {
+        let widths = (!json).then(|| {
+            let states = kiln_store::ProvisionState::ALL.iter().map(|s| s.as_str().len()).max().unwrap_or(0);
+            let powers = kiln_store::PowerState::ALL.iter().map(|s| s.as_str().len()).max().unwrap_or(0);
+            let mut widths: Vec<usize> = NODE_HEADER.iter().map(|h| h.len()).collect();
+            for row in first.iter().map(node_row) {
+                for (i, cell) in row.iter().enumerate() {
+                    widths[i] = widths[i].max(cell.chars().count());
+                }
+            }
+            for (i, at_least) in [(0, name_width), (2, states), (3, states), (4, powers), (5, 3)] {
+                widths[i] = widths[i].max(at_least);
+            }
+            widths
+        });
+        let mut rows = NodeRows { out: std::io::BufWriter::new(std::io::stdout()), widths, written: 0 };
+        if let Some(widths) = &rows.widths {
+            let header = NODE_HEADER.iter().map(|h| h.to_string()).collect();
+            let _ = rows.out.write_all(aligned(widths, header).as_bytes());
+        }
+        rows
+    }
+
+    /// Prints one page and flushes it.
+    pub fn page(&mut self, views: &[NodeView]) -> std::io::Result<()> {
+        match &self.widths {
+            Some(widths) => {
+                for v in views {
+                    self.out.write_all(aligned(widths, node_row(v)).as_bytes())?;
+                }
+            }
+            None => {
+                for v in views {
+                    let text = serde_json::to_string_pretty(v).map_err(std::io::Error::other)?;
+                    self.out.write_all(if self.written == 0 { b"[\n" } else { b",\n" })?;
+                    // An element of a pretty array: each line indented once.
+                    for (i, line) in text.lines().enumerate() {
+                        if i > 0 {
+                            self.out.write_all(b"\n")?;
+                        }
+                        self.out.write_all(b"  ")?;
+                        self.out.write_all(line.as_bytes())?;
+                    }
+                    self.written += 1;
+                }
+            }
+        }
+        self.out.flush()
+    }
+
+    /// Ends the list (closes the JSON array).
+    pub fn end(mut self) -> std::io::Result<()> {
+        if self.widths.is_none() {
+            self.out.write_all(if self.written == 0 { b"[]\n" } else { b"\n]\n" })?;
+        }
+        self.out.flush()
+    }
+
+    /// Ends a list the daemon could not finish: what was printed stays
+    /// (a JSON array is closed, so what a script reads is still valid).
+    pub fn cut_short(self) {
+        let _ = self.end();
+    }
+}
+
+/// One line of a table whose columns are `widths` wide, as [`table`] lays it out.
+fn aligned(widths: &[usize], cells: Vec<String>) -> String {
+    let last = cells.len() - 1;
+    let text: Vec<String> = cells
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| if i == last { c } else { format!("{c:<w$}", w = widths[i]) })
         .collect();
-    table(&["NAME", "UUID", "PROVISION STATE", "TARGET", "POWER", "MAINTENANCE", "RESERVATION"], &rows);
+    let mut line = text.join("  ").trim_end().to_string();
+    line.push('\n');
+    line
 }
 
 /// `node show`'s `bmc` line: whether the BMC answered its last call, and

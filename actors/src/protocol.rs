@@ -7,7 +7,9 @@
 //! response, except [`Request::Events`] with `follow`, which streams
 //! [`Response::Event`]s until the client goes away, and a fanout request
 //! ([`Request::Exec`], [`Request::Copy`]) asked to report [`Live`], which
-//! streams its progress and ends with [`Response::Done`]. A response longer
+//! streams its progress and ends with [`Response::Done`], and
+//! [`Request::NodeListPages`], answered by [`Response::NodePage`]s, the
+//! last one marked (or an error). A response longer
 //! than a frame arrives as [`Response::Part`]s ([`crate::parts`]).
 
 use kiln_store::{HistoryEntry, JobId, JobStatus, ProvisionState};
@@ -36,7 +38,8 @@ use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, Sit
 /// `members` in `SiteStatus`); a node's BMC contact (`bmc_last_contact`,
 /// `bmc_unreachable_since`, `power_verified_at` in `NodeRecord`); `bmc` and
 /// `stale` in `NodeList`.
-pub const PROTOCOL_VERSION: u32 = 11;
+/// 12: the node list in pages (`NodeListPages`, `NodePage`).
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +53,16 @@ pub enum Request {
     /// All or nothing.
     NodeImport(Vec<NewNode>),
     NodeList {
+        nodes: Option<String>,
+        state: Option<ProvisionState>,
+        maintenance: Option<bool>,
+        bmc: Option<crate::supervisor::BmcReach>,
+        stale: Option<std::time::Duration>,
+    },
+    /// [`Request::NodeList`] answered page by page as the daemon produces
+    /// the rows, in the same order: [`Response::NodePage`]s, the last one
+    /// marked `last`, or an error (which ends the list).
+    NodeListPages {
         nodes: Option<String>,
         state: Option<ProvisionState>,
         maintenance: Option<bool>,
@@ -235,6 +248,7 @@ impl Request {
         "port_group_show",
         "port_group_delete",
         "member_list",
+        "node_list_pages",
     ];
 
     /// The request's place in [`Request::KINDS`].
@@ -277,6 +291,7 @@ impl Request {
             Request::PortGroupShow { .. } => 34,
             Request::PortGroupDelete { .. } => 35,
             Request::MemberList => 36,
+            Request::NodeListPages { .. } => 37,
         }
     }
 
@@ -306,6 +321,7 @@ impl Request {
             Request::Hello { .. }
             | Request::Status
             | Request::NodeList { .. }
+            | Request::NodeListPages { .. }
             | Request::NodeShow { .. }
             | Request::NodeHistory { .. }
             | Request::NodeValidate { .. }
@@ -361,6 +377,15 @@ pub enum Response {
     /// A node with its ports and port groups (`NodeShow`).
     NodeDetail(NodeDetail),
     Nodes(Vec<NodeView>),
+    /// A page of [`Request::NodeListPages`]: the rows in order; `last`
+    /// ends the list. `name_width` is the longest name among the nodes the
+    /// list may still hold, so a table can be laid out before every row has
+    /// come. Only the last page may be empty.
+    NodePage {
+        nodes: Vec<NodeView>,
+        name_width: u32,
+        last: bool,
+    },
     Outcomes(Vec<NodeResult>),
     Port(PortView),
     Ports(Vec<PortView>),
@@ -410,6 +435,7 @@ impl Response {
         let results = |job: &JobView| job.ops.iter().map(|op| op.results.len()).sum::<usize>();
         match self {
             Response::Nodes(list) => list.len(),
+            Response::NodePage { nodes, .. } => nodes.len(),
             Response::Outcomes(list) => list.len(),
             Response::Ports(list) => list.len(),
             Response::History(list) => list.len(),

@@ -14,6 +14,7 @@ use kiln_store::{BootDevice, ProvisionState};
 use super::job::{print_results, submitted};
 use super::{Failure, call, connect, print, unexpected, usage};
 use crate::cli::{BootDeviceCommand, CreateArgs, MaintenanceCommand, NodeCommand, PowerCommand, SetArgs, VerbArgs};
+use crate::connection::Connection;
 use crate::output;
 
 pub(super) async fn run(command: NodeCommand, socket: &Path, json: bool) -> Result<(), Failure> {
@@ -22,6 +23,7 @@ pub(super) async fn run(command: NodeCommand, socket: &Path, json: bool) -> Resu
     let mut conn = connect(socket).await?;
     match request {
         r @ Request::NodeOp { wait, .. } => submitted(&mut conn, socket, r, wait, true, json).await,
+        r @ Request::NodeListPages { .. } => list(&mut conn, r, json).await,
         r => print_answer(call(&mut conn, r).await?, json),
     }
 }
@@ -31,7 +33,7 @@ fn request(command: NodeCommand) -> Result<Request, Failure> {
     Ok(match command {
         NodeCommand::Create(c) => create(c)?,
         NodeCommand::Import { file } => Request::NodeImport(read_import(&file).map_err(Failure::Usage)?),
-        NodeCommand::List { nodes, state, maintenance, bmc, stale } => Request::NodeList {
+        NodeCommand::List { nodes, state, maintenance, bmc, stale } => Request::NodeListPages {
             nodes,
             state: state.map(|s| s.parse::<ProvisionState>()).transpose().map_err(|e| Failure::Usage(e.into()))?,
             maintenance: maintenance.then_some(true),
@@ -148,6 +150,48 @@ fn set(s: SetArgs) -> Result<Request, Failure> {
         ));
     }
     Ok(Request::NodeSet { node: s.node, update })
+}
+
+/// `kiln node list`: asks for the list in pages and prints each page as it
+/// comes. A list that is one page is printed as a whole (its table's
+/// columns as wide as its rows); a longer one as it streams in, laid out
+/// from the first page and what the daemon says of the rest
+/// ([`output::NodeRows`]). `--json` prints the same JSON array either way.
+async fn list(conn: &mut Connection, request: Request, json: bool) -> Result<(), Failure> {
+    conn.send_request(&request).await?;
+    let mut rows: Option<output::NodeRows> = None;
+    // A page of at least one row per page, at most a billion nodes.
+    for _ in 0..1_000_000_000u64 {
+        let (nodes, name_width, last) = match conn.next_response().await? {
+            Response::NodePage { nodes, name_width, last } => (nodes, name_width, last),
+            Response::Error(e) => {
+                if let Some(rows) = rows.take() {
+                    rows.cut_short();
+                }
+                return Err(Failure::Refused(e));
+            }
+            other => return Err(unexpected(other)),
+        };
+        let printing = match rows.as_mut() {
+            Some(rows) => rows,
+            None if last => {
+                print(json, &nodes, |vs| output::nodes(vs));
+                return Ok(());
+            }
+            None => rows.insert(output::NodeRows::new(json, &nodes, name_width as usize)),
+        };
+        if printing.page(&nodes).is_err() {
+            // Nobody reads the output any more (`| head`): stop here.
+            return Ok(());
+        }
+        if last {
+            if let Some(rows) = rows.take() {
+                let _ = rows.end();
+            }
+            return Ok(());
+        }
+    }
+    Err(Failure::Other(anyhow::anyhow!("the daemon's node list did not end")))
 }
 
 /// Prints the answer to a node command that is not a job.
