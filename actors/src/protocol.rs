@@ -248,7 +248,6 @@ impl Request {
         "port_group_show",
         "port_group_delete",
         "member_list",
-        "node_list_pages",
     ];
 
     /// The request's place in [`Request::KINDS`].
@@ -258,7 +257,9 @@ impl Request {
             Request::Status => 1,
             Request::NodeCreate(_) => 2,
             Request::NodeImport(_) => 3,
-            Request::NodeList { .. } => 4,
+            // One kind, whichever way the list is answered: `kiln node list`
+            // counts as `node_list` as it did before it streamed.
+            Request::NodeList { .. } | Request::NodeListPages { .. } => 4,
             Request::NodeShow { .. } => 5,
             Request::NodeHistory { .. } => 6,
             Request::NodeSet { .. } => 7,
@@ -291,7 +292,6 @@ impl Request {
             Request::PortGroupShow { .. } => 34,
             Request::PortGroupDelete { .. } => 35,
             Request::MemberList => 36,
-            Request::NodeListPages { .. } => 37,
         }
     }
 
