@@ -162,12 +162,6 @@ impl NodeRows {
         }
         self.out.flush()
     }
-
-    /// Ends a list the daemon could not finish: what was printed stays
-    /// (a JSON array is closed, so what a script reads is still valid).
-    pub fn cut_short(self) {
-        let _ = self.end();
-    }
 }
 
 /// One line of a table whose columns are `widths` wide, as [`table`] lays it out.

@@ -160,16 +160,14 @@ fn set(s: SetArgs) -> Result<Request, Failure> {
 async fn list(conn: &mut Connection, request: Request, json: bool) -> Result<(), Failure> {
     conn.send_request(&request).await?;
     let mut rows: Option<output::NodeRows> = None;
-    // A page of at least one row per page, at most a billion nodes.
+    // Every page but the last holds a row: at most a page a node, and a
+    // billion nodes is past any site.
     for _ in 0..1_000_000_000u64 {
         let (nodes, name_width, last) = match conn.next_response().await? {
             Response::NodePage { nodes, name_width, last } => (nodes, name_width, last),
-            Response::Error(e) => {
-                if let Some(rows) = rows.take() {
-                    rows.cut_short();
-                }
-                return Err(Failure::Refused(e));
-            }
+            // What was printed stays; a JSON array is left open, so that a
+            // script cannot take a list cut short for the whole list.
+            Response::Error(e) => return Err(Failure::Refused(e)),
             other => return Err(unexpected(other)),
         };
         let printing = match rows.as_mut() {
