@@ -304,12 +304,20 @@ async fn stream_nodes(conn: &mut Connection, site: &Site, list: kiln_actors::Lis
         }
     };
     let name_width = u32::try_from(listing.name_width()).unwrap_or(u32::MAX);
-    let mut page = listing.next_page(FIRST_PAGE).await;
+    let mut next = listing.next_page(FIRST_PAGE).await;
     loop {
+        let page = match next {
+            Ok(page) => page,
+            // A page the store could not read ends the list with its error.
+            Err(e) => {
+                sent(conn.send(Response::Error(e)).await)?;
+                return ControlFlow::Continue(true);
+            }
+        };
         let last = listing.is_done();
         if page.is_empty() && !last {
             // Every node of this page was filtered out: nothing to send.
-            page = listing.next_page(PAGE).await;
+            next = listing.next_page(PAGE).await;
             continue;
         }
         let frame = Response::NodePage { nodes: page, name_width, last };
@@ -317,9 +325,9 @@ async fn stream_nodes(conn: &mut Connection, site: &Site, list: kiln_actors::Lis
             sent(conn.send(frame).await)?;
             return ControlFlow::Continue(false);
         }
-        let (written, next) = futures::join!(conn.send(frame), listing.next_page(PAGE));
+        let (written, following) = futures::join!(conn.send(frame), listing.next_page(PAGE));
         sent(written)?;
-        page = next;
+        next = following;
     }
 }
 

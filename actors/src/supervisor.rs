@@ -756,7 +756,7 @@ impl Router {
 
     /// The whole list in one answer; [`Listing`] gives it page by page.
     pub async fn list_nodes(&self, msg: ListNodes) -> Result<Vec<NodeView>, KilnError> {
-        Ok(Listing::start(self.clone(), msg).await?.all().await)
+        Listing::start(self.clone(), msg).await?.all().await
     }
 
     pub async fn power_status(&self, msg: PowerStatus) -> Result<Vec<NodeResult>, KilnError> {

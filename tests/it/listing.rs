@@ -182,3 +182,28 @@ fn the_cli_prints_a_long_list_as_it_printed_the_whole_answer() {
     assert_eq!(listed[0]["name"], "demo7");
     assert_eq!(d.json(&["node", "list", "--state", "active"]), serde_json::json!([]));
 }
+
+#[test]
+fn a_member_of_a_shared_store_lists_every_member_s_nodes_in_pages() {
+    const STORED: usize = 1_500;
+    let url = crate::postgres::database();
+    let a = Daemon::start(STORED, &["--store", &url, "--set", "member_name=a", "--no-periodic"]);
+    let b = Daemon::start(0, &["--store", &url, "--set", "member_name=b", "--no-periodic"]);
+    a.json(&["node", "manage", "demo[700-710]", "--wait"]);
+
+    // From the store, through either member: every node once, in order,
+    // in more than one page.
+    for d in [&a, &b] {
+        let mut s = connect(d);
+        send(&mut s, &list(None, None, None));
+        let all = pages(&mut s);
+        assert!(all.len() >= 2, "{} pages", all.len());
+        assert_eq!(all.concat(), demo(1..=STORED));
+        send(&mut s, &list(Some("demo[690-720]"), Some(ProvisionState::Manageable), None));
+        assert_eq!(pages(&mut s).concat(), demo(700..=710));
+        send(&mut s, &list(Some("demo[1-2],nosuch1"), None, None));
+        assert!(matches!(recv(&mut s), Response::Error(_)));
+    }
+    let listed = b.json(&["node", "list", "--state", "manageable"]);
+    assert_eq!(listed.as_array().unwrap().len(), 11);
+}

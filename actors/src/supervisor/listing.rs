@@ -15,9 +15,11 @@
 //! The order is the node-set order of the snapshot (`demo2` before
 //! `demo10`), as the one-answer list has it; a node deleted meanwhile is
 //! left out, one created meanwhile is not listed. On a shared store (several
-//! members) the records are read from the store, once, at the start.
+//! members) the snapshot is every node's uuid and name, and each page's
+//! records are read from the store by uuid: no read holds the store
+//! thread for the whole list.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use futures::stream::{self, StreamExt};
 use kiln_store::{NodeId, NodeRecord};
@@ -32,10 +34,11 @@ const ASKED_AT_ONCE: usize = 256;
 
 /// Where the rows come from.
 enum Source {
-    /// This process's node actors, asked for their views in this order.
-    Actors(VecDeque<NodeId>),
-    /// The records a shared store returned, in node-set order.
-    Stored(VecDeque<NodeRecord>),
+    /// This process's node actors, asked for their views.
+    Actors,
+    /// A store shared by several members: the records, read a page at a
+    /// time.
+    Stored,
 }
 
 /// A node list being produced, page by page.
@@ -44,6 +47,8 @@ pub struct Listing {
     filter: ListNodes,
     now: kiln_store::Timestamp,
     source: Source,
+    /// The nodes still to look at, in order.
+    ids: VecDeque<NodeId>,
     name_width: usize,
 }
 
@@ -52,21 +57,23 @@ impl Listing {
     /// node that does not exist is refused here, before any page).
     pub async fn start(router: Router, filter: ListNodes) -> Result<Listing, KilnError> {
         let now = router.clock.now();
-        let (source, name_width) = if router.registry.shared.is_some() {
-            stored(&router, &filter).await?
-        } else {
-            let registry = router.registry.clone();
-            let expr = filter.nodes.clone();
-            let nodes = tokio::task::spawn_blocking(move || match expr {
-                Some(expr) => registry.resolve(&expr),
-                None => Ok(registry.all()),
-            })
-            .await
-            .map_err(|e| KilnError::Unavailable(format!("the node list could not be taken: {e}")))??;
-            let width = nodes.iter().map(|(_, name)| name.chars().count()).max().unwrap_or(0);
-            (Source::Actors(nodes.into_iter().map(|(id, _)| id).collect()), width)
+        let (source, nodes) = match (&router.registry.shared, &filter.nodes) {
+            // Resolved against the store too, in node-set order.
+            (Some(_), Some(expr)) => (Source::Stored, router.resolve(expr).await?),
+            (Some(_), None) => (Source::Stored, stored_names(&router).await?),
+            (None, expr) => {
+                let registry = router.registry.clone();
+                let expr = expr.clone();
+                let nodes = tokio::task::spawn_blocking(move || match expr {
+                    Some(expr) => registry.resolve(&expr),
+                    None => Ok(registry.all()),
+                });
+                (Source::Actors, nodes.await.map_err(snapshot_failed)??)
+            }
         };
-        Ok(Listing { router, filter, now, source, name_width })
+        let name_width = nodes.iter().map(|(_, name)| name.chars().count()).max().unwrap_or(0);
+        let ids = nodes.into_iter().map(|(id, _)| id).collect();
+        Ok(Listing { router, filter, now, source, ids, name_width })
     }
 
     /// The longest name among the nodes the list may still hold: a table
@@ -77,66 +84,66 @@ impl Listing {
 
     /// Whether every node has been looked at.
     pub fn is_done(&self) -> bool {
-        match &self.source {
-            Source::Actors(ids) => ids.is_empty(),
-            Source::Stored(records) => records.is_empty(),
-        }
+        self.ids.is_empty()
     }
 
     /// The next page: the nodes among the next `max` that pass the
-    /// filters (possibly none); empty once [`Listing::is_done`].
-    pub async fn next_page(&mut self, max: usize) -> Vec<NodeView> {
-        let max = max.max(1);
-        let (filter, now) = (&self.filter, self.now);
-        match &mut self.source {
-            Source::Actors(ids) => {
-                let take = max.min(ids.len());
+    /// filters (possibly none); empty once [`Listing::is_done`]. A node
+    /// deleted since the snapshot is left out. Only a shared store's read
+    /// can fail.
+    pub async fn next_page(&mut self, max: usize) -> Result<Vec<NodeView>, KilnError> {
+        let take = max.max(1).min(self.ids.len());
+        let page: Vec<NodeId> = self.ids.drain(..take).collect();
+        let views: Vec<NodeView> = match self.source {
+            Source::Actors => {
                 let router = &self.router;
-                let asked = ids.drain(..take).map(|id| async move { router.show(id).await });
+                let asked = page.into_iter().map(|id| async move { router.show(id).await });
                 let views: Vec<Result<NodeView, KilnError>> =
                     stream::iter(asked).buffered(ASKED_AT_ONCE).collect().await;
-                // A node deleted since the snapshot is left out.
-                views.into_iter().filter_map(Result::ok).filter(|v| filter.lists(v, now)).collect()
+                views.into_iter().filter_map(Result::ok).collect()
             }
-            Source::Stored(records) => {
-                let take = max.min(records.len());
-                records
-                    .drain(..take)
+            Source::Stored => {
+                let asked = page.clone();
+                let records = self.router.store.read(move |b| match b.shared() {
+                    Some(shared) => shared.load_nodes_by_id(&asked),
+                    None => Ok(Vec::new()),
+                });
+                let mut by_id: HashMap<NodeId, NodeRecord> = records.await?.into_iter().map(|r| (r.uuid, r)).collect();
+                page.iter()
+                    .filter_map(|id| by_id.remove(id))
                     .map(|r| NodeView::of(&r, r.reservation.as_ref()))
-                    .filter(|v| filter.lists(v, now))
                     .collect()
             }
-        }
+        };
+        Ok(views.into_iter().filter(|v| self.filter.lists(v, self.now)).collect())
     }
 
     /// Every page at once: the one-answer list.
-    pub async fn all(mut self) -> Vec<NodeView> {
+    pub async fn all(mut self) -> Result<Vec<NodeView>, KilnError> {
         let mut all = Vec::new();
         while !self.is_done() {
-            all.extend(self.next_page(4096).await);
+            all.extend(self.next_page(4096).await?);
         }
-        all
+        Ok(all)
     }
 }
 
-/// On a shared store: every member's nodes, as stored, in node-set order.
-async fn stored(router: &Router, filter: &ListNodes) -> Result<(Source, usize), KilnError> {
-    let wanted: Option<std::collections::HashSet<NodeId>> = match &filter.nodes {
-        Some(expr) => Some(router.resolve(expr).await?.into_iter().map(|(id, _)| id).collect()),
-        None => None,
-    };
-    let records = router.store.read(|b| b.load_nodes()).await?;
+fn snapshot_failed(e: tokio::task::JoinError) -> KilnError {
+    KilnError::Unavailable(format!("the node list could not be taken: {e}"))
+}
+
+/// On a shared store: every member's nodes, by uuid and name, in node-set
+/// order (sorted on a blocking thread).
+async fn stored_names(router: &Router) -> Result<Vec<(NodeId, String)>, KilnError> {
+    let names = router.store.read(|b| match b.shared() {
+        Some(shared) => shared.node_names(),
+        None => Ok(Vec::new()),
+    });
+    let names = names.await?;
     let sorted = tokio::task::spawn_blocking(move || {
-        let set = NodeSet::from_names(records.iter().map(|r| r.name.clone()));
-        let mut by_name: std::collections::HashMap<String, NodeRecord> =
-            records.into_iter().map(|r| (r.name.clone(), r)).collect();
-        set.iter()
-            .filter_map(|name| by_name.remove(&name))
-            .filter(|r| wanted.as_ref().is_none_or(|w| w.contains(&r.uuid)))
-            .collect::<VecDeque<_>>()
-    })
-    .await
-    .map_err(|e| KilnError::Unavailable(format!("the node list could not be taken: {e}")))?;
-    let width = sorted.iter().map(|r| r.name.chars().count()).max().unwrap_or(0);
-    Ok((Source::Stored(sorted), width))
+        let set = NodeSet::from_names(names.iter().map(|(_, name)| name.as_str()));
+        let mut ids: HashMap<String, NodeId> = names.into_iter().map(|(id, name)| (name, id)).collect();
+        set.iter().filter_map(|name| Some((ids.remove(&name)?, name))).collect()
+    });
+    sorted.await.map_err(snapshot_failed)
 }
