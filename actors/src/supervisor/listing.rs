@@ -57,22 +57,20 @@ impl Listing {
     /// node that does not exist is refused here, before any page).
     pub async fn start(router: Router, filter: ListNodes) -> Result<Listing, KilnError> {
         let now = router.clock.now();
-        let (source, nodes) = match (&router.registry.shared, &filter.nodes) {
+        let (source, (ids, name_width)) = match (&router.registry.shared, &filter.nodes) {
             // Resolved against the store too, in node-set order.
-            (Some(_), Some(expr)) => (Source::Stored, router.resolve(expr).await?),
+            (Some(_), Some(expr)) => (Source::Stored, ids_of(router.resolve(expr).await?)),
             (Some(_), None) => (Source::Stored, stored_names(&router).await?),
             (None, expr) => {
                 let registry = router.registry.clone();
                 let expr = expr.clone();
                 let nodes = tokio::task::spawn_blocking(move || match expr {
-                    Some(expr) => registry.resolve(&expr),
-                    None => Ok(registry.all()),
+                    Some(expr) => registry.resolve(&expr).map(ids_of),
+                    None => Ok(ids_of(registry.all())),
                 });
                 (Source::Actors, nodes.await.map_err(snapshot_failed)??)
             }
         };
-        let name_width = nodes.iter().map(|(_, name)| name.chars().count()).max().unwrap_or(0);
-        let ids = nodes.into_iter().map(|(id, _)| id).collect();
         Ok(Listing { router, filter, now, source, ids, name_width })
     }
 
@@ -128,13 +126,19 @@ impl Listing {
     }
 }
 
+/// The uuids of `nodes` in their order, and the longest of their names.
+fn ids_of(nodes: Vec<(NodeId, String)>) -> (VecDeque<NodeId>, usize) {
+    let width = nodes.iter().map(|(_, name)| name.chars().count()).max().unwrap_or(0);
+    (nodes.into_iter().map(|(id, _)| id).collect(), width)
+}
+
 fn snapshot_failed(e: tokio::task::JoinError) -> KilnError {
     KilnError::Unavailable(format!("the node list could not be taken: {e}"))
 }
 
 /// On a shared store: every member's nodes, by uuid and name, in node-set
 /// order (sorted on a blocking thread).
-async fn stored_names(router: &Router) -> Result<Vec<(NodeId, String)>, KilnError> {
+async fn stored_names(router: &Router) -> Result<(VecDeque<NodeId>, usize), KilnError> {
     let names = router.store.read(|b| match b.shared() {
         Some(shared) => shared.node_names(),
         None => Ok(Vec::new()),
@@ -143,7 +147,7 @@ async fn stored_names(router: &Router) -> Result<Vec<(NodeId, String)>, KilnErro
     let sorted = tokio::task::spawn_blocking(move || {
         let set = NodeSet::from_names(names.iter().map(|(_, name)| name.as_str()));
         let mut ids: HashMap<String, NodeId> = names.into_iter().map(|(id, name)| (name, id)).collect();
-        set.iter().filter_map(|name| Some((ids.remove(&name)?, name))).collect()
+        ids_of(set.iter().filter_map(|name| Some((ids.remove(&name)?, name))).collect())
     });
     sorted.await.map_err(snapshot_failed)
 }
