@@ -207,3 +207,32 @@ fn a_member_of_a_shared_store_lists_every_member_s_nodes_in_pages() {
     let listed = b.json(&["node", "list", "--state", "manageable"]);
     assert_eq!(listed.as_array().unwrap().len(), 11);
 }
+
+#[test]
+fn an_output_that_does_not_keep_up_holds_the_printing_not_the_connection() {
+    // A daemon that drops a client leaving a frame unread for a second.
+    let mut d = Daemon::start(NODES, &["--no-periodic", "--set", "frame_timeout=1", "--metrics-addr", "127.0.0.1:0"]);
+    let addr = crate::metrics::metrics_addr(&mut d);
+    // Its output a pipe nobody reads yet, as a pager waiting for a key.
+    let mut cli = std::process::Command::new(crate::harness::KILN)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["node", "list"])
+        .env_remove("KILN_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The daemon sends the whole list (the CLI reads it while its output
+    // waits) and counts it answered, rather than timing the client out.
+    let answered = "kiln_admin_request_duration_seconds_count{request=\"node_list\"} 1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !crate::metrics::get(&addr, "/metrics").2.lines().any(|l| l == answered) {
+        assert!(std::time::Instant::now() < deadline, "the list was never answered whole");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = cli.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), NODES + 1);
+}
