@@ -283,12 +283,12 @@ fn sent(result: Result<(), CodecError>) -> ControlFlow<()> {
 /// The rows of the first page of a node list: small enough to be on the
 /// screen at once, large enough that a list of up to this many nodes is one
 /// page, laid out as a whole.
-pub const FIRST_PAGE: usize = 1_000;
+const FIRST_PAGE: usize = 1_000;
 
 /// The rows of every later page: a frame of a few hundred kilobytes,
 /// encoded on a blocking thread, so that other clients' answers come
 /// between two pages.
-pub const PAGE: usize = 4_096;
+const PAGE: usize = 4_096;
 
 /// Streams a node list page by page ([`kiln_actors::Listing`]): the next
 /// page is produced while the one before is written, so the daemon holds
