@@ -94,18 +94,18 @@ pub fn nodes(views: &[NodeView]) {
 /// same pretty JSON array [`json`] prints of the whole list, element by
 /// element. Each page is written and flushed at once; an error writing
 /// (the reader went away) is returned so the caller stops reading.
-pub struct NodeRows {
-    out: std::io::BufWriter<std::io::Stdout>,
+pub struct NodeRows<W: std::io::Write> {
+    out: W,
     /// `None` for `--json`; the columns' widths for a table.
     widths: Option<Vec<usize>>,
     /// JSON elements written so far.
     written: usize,
 }
 
-impl NodeRows {
-    /// Starts printing a list whose first page is `first` (not printed
-    /// yet); `name_width`: the daemon's longest name of the list.
-    pub fn new(json: bool, first: &[NodeView], name_width: usize) -> NodeRows {
+impl<W: std::io::Write> NodeRows<W> {
+    /// Starts printing to `out` a list whose first page is `first` (not
+    /// printed yet); `name_width`: the daemon's longest name of the list.
+    pub fn new(out: W, json: bool, first: &[NodeView], name_width: usize) -> NodeRows<W> {
         let widths = (!json).then(|| {
             let states = kiln_store::ProvisionState::ALL.iter().map(|s| s.as_str().len()).max().unwrap_or(0);
             let powers = kiln_store::PowerState::ALL.iter().map(|s| s.as_str().len()).max().unwrap_or(0);
@@ -120,7 +120,7 @@ impl NodeRows {
             }
             widths
         });
-        let mut rows = NodeRows { out: std::io::BufWriter::new(std::io::stdout()), widths, written: 0 };
+        let mut rows = NodeRows { out, widths, written: 0 };
         if let Some(widths) = &rows.widths {
             let header = NODE_HEADER.iter().map(|h| h.to_string()).collect();
             let _ = rows.out.write_all(aligned(widths, header).as_bytes());
@@ -155,12 +155,13 @@ impl NodeRows {
         self.out.flush()
     }
 
-    /// Ends the list (closes the JSON array).
-    pub fn end(mut self) -> std::io::Result<()> {
+    /// Ends the list (closes the JSON array); the output, for a test.
+    pub fn end(mut self) -> std::io::Result<W> {
         if self.widths.is_none() {
             self.out.write_all(if self.written == 0 { b"[]\n" } else { b"\n]\n" })?;
         }
-        self.out.flush()
+        self.out.flush()?;
+        Ok(self.out)
     }
 }
 
@@ -692,6 +693,54 @@ pub fn gathered(outcomes: &[kiln_actors::exec::ExecOutcome]) {
             println!("kiln: {e}");
         } else if code != 0 {
             println!("kiln: exited with exit code {code}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn views(names: &[&str]) -> Vec<NodeView> {
+        let now = chrono::Utc::now();
+        names
+            .iter()
+            .map(|n| {
+                NodeView::of(&kiln_store::NodeRecord::enroll(n.to_string(), kiln_store::DriverKind::Fake, now), None)
+            })
+            .collect()
+    }
+
+    /// Prints `pages` as `kiln node list` streams them; the text.
+    fn streamed(json: bool, pages: &[Vec<NodeView>], name_width: usize) -> String {
+        let mut rows = NodeRows::new(Vec::new(), json, &pages[0], name_width);
+        for page in pages {
+            rows.page(page).unwrap();
+        }
+        String::from_utf8(rows.end().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_streamed_json_list_is_the_pretty_array_of_the_whole_list() {
+        let pages = [views(&["n1", "n2"]), views(&["n3"]), views(&["a-much-longer-name-4"])];
+        let whole: Vec<NodeView> = pages.concat();
+        let expected = format!("{}\n", serde_json::to_string_pretty(&whole).unwrap());
+        assert_eq!(streamed(true, &pages, 20), expected);
+        let empty: Vec<NodeView> = Vec::new();
+        assert_eq!(streamed(true, &[empty.clone()], 0), format!("{}\n", serde_json::to_string_pretty(&empty).unwrap()));
+    }
+
+    #[test]
+    fn a_streamed_table_keeps_its_columns_for_rows_wider_than_the_first_page() {
+        let pages = [views(&["n1", "n2"]), views(&["a-much-longer-name-4"])];
+        let text = streamed(false, &pages, "a-much-longer-name-4".len());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let uuid = lines[0].find("UUID").unwrap();
+        let state = lines[0].find("PROVISION STATE").unwrap();
+        for (line, view) in lines[1..].iter().zip(pages.concat()) {
+            assert_eq!(&line[uuid..uuid + 36], view.uuid.to_string(), "{text}");
+            assert_eq!(&line[state..state + 6], "enroll", "{text}");
         }
     }
 }

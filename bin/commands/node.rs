@@ -202,12 +202,15 @@ async fn read_pages(conn: &mut Connection, pages: &std::sync::mpsc::Sender<Page>
 /// Prints the pages of a node list as they come, until the last one or
 /// until no more come (the reading failed).
 fn print_pages(pages: &std::sync::mpsc::Receiver<Page>, json: bool) {
-    let mut rows: Option<output::NodeRows> = None;
+    let mut rows: Option<output::NodeRows<std::io::BufWriter<std::io::Stdout>>> = None;
     while let Ok((nodes, name_width, last)) = pages.recv() {
         let printing = match rows.as_mut() {
             Some(rows) => rows,
             None if last => return print(json, &nodes, |vs| output::nodes(vs)),
-            None => rows.insert(output::NodeRows::new(json, &nodes, name_width)),
+            None => {
+                let out = std::io::BufWriter::new(std::io::stdout());
+                rows.insert(output::NodeRows::new(out, json, &nodes, name_width))
+            }
         };
         // An error writing: nobody reads the output any more (`| head`).
         if printing.page(&nodes).is_err() {
