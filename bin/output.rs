@@ -3,8 +3,6 @@
 //! masked in every view the daemon sends. `node show` adds the node's
 //! `ports` and `portgroups` to its object.
 
-use std::io::Write as _;
-
 use chrono::SecondsFormat;
 use kiln_actors::events::NodeEvent;
 use kiln_actors::jobs::{JobView, NodeResult, QueueInfo};
@@ -727,7 +725,10 @@ mod tests {
         let expected = format!("{}\n", serde_json::to_string_pretty(&whole).unwrap());
         assert_eq!(streamed(true, &pages, 20), expected);
         let empty: Vec<NodeView> = Vec::new();
-        assert_eq!(streamed(true, &[empty.clone()], 0), format!("{}\n", serde_json::to_string_pretty(&empty).unwrap()));
+        assert_eq!(
+            streamed(true, std::slice::from_ref(&empty), 0),
+            format!("{}\n", serde_json::to_string_pretty(&empty).unwrap())
+        );
     }
 
     #[test]
