@@ -231,6 +231,15 @@ async fn answer(conn: &mut Connection, cfg: &AdminConfig, site: &Site, request: 
         crate::dispatch::stream_events(conn, site, follow, since, filter).await;
         return if follow { ControlFlow::Break(()) } else { ControlFlow::Continue(()) };
     }
+    if let Request::NodeListPages { nodes, state, maintenance, bmc, stale } = request {
+        let list = kiln_actors::ListNodes { nodes, state, maintenance, bmc, stale };
+        let failed = stream_nodes(conn, site, list).await?;
+        site.metrics.admin_answered(slot, decoded.elapsed());
+        if failed {
+            site.metrics.admin_error(slot);
+        }
+        return ControlFlow::Continue(());
+    }
     if let Request::Exec { live, .. } | Request::Copy { live, .. } = &request
         && *live != Live::AtEnd
     {
@@ -268,6 +277,57 @@ fn sent(result: Result<(), CodecError>) -> ControlFlow<()> {
     match result {
         Ok(()) => ControlFlow::Continue(()),
         Err(_) => ControlFlow::Break(()),
+    }
+}
+
+/// The rows of the first page of a node list: small enough to be on the
+/// screen at once, large enough that a list of up to this many nodes is one
+/// page, laid out as a whole.
+const FIRST_PAGE: usize = 1_000;
+
+/// The rows of every later page: a frame of a few hundred kilobytes,
+/// encoded on a blocking thread, so that other clients' answers come
+/// between two pages.
+const PAGE: usize = 4_096;
+
+/// Streams a node list page by page ([`kiln_actors::Listing`]): the next
+/// page is produced while the one before is written, so the daemon holds
+/// at most two pages of the list, and a client that goes away (a write
+/// fails) or stops reading (the frame timeout) ends it. Returns whether it
+/// failed; breaks when the connection is over.
+async fn stream_nodes(conn: &mut Connection, site: &Site, list: kiln_actors::ListNodes) -> ControlFlow<(), bool> {
+    let mut listing = match kiln_actors::Listing::start(site.router(), list).await {
+        Ok(listing) => listing,
+        Err(e) => {
+            sent(conn.send(Response::Error(e)).await)?;
+            return ControlFlow::Continue(true);
+        }
+    };
+    let name_width = u32::try_from(listing.name_width()).unwrap_or(u32::MAX);
+    let mut next = listing.next_page(FIRST_PAGE).await;
+    loop {
+        let page = match next {
+            Ok(page) => page,
+            // A page the store could not read ends the list with its error.
+            Err(e) => {
+                sent(conn.send(Response::Error(e)).await)?;
+                return ControlFlow::Continue(true);
+            }
+        };
+        let last = listing.is_done();
+        if page.is_empty() && !last {
+            // Every node of this page was filtered out: nothing to send.
+            next = listing.next_page(PAGE).await;
+            continue;
+        }
+        let frame = Response::NodePage { nodes: page, name_width, last };
+        if last {
+            sent(conn.send(frame).await)?;
+            return ControlFlow::Continue(false);
+        }
+        let (written, following) = futures::join!(conn.send(frame), listing.next_page(PAGE));
+        sent(written)?;
+        next = following;
     }
 }
 

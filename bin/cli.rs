@@ -618,9 +618,9 @@ pub enum QueueCommand {
 
 #[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
-    /// nodeset, lock, jobs, lifecycle, admin, scale, power-sync, exec, api, or all.
+    /// nodeset, lock, jobs, lifecycle, admin, scale, power-sync, exec, api, list, or all.
     pub scenario: String,
-    /// Nodes (lifecycle: 10000, lock: 10000, scale: 100000, api: 1000).
+    /// Nodes (lifecycle: 10000, lock: 10000, scale: 100000, api: 1000, list: 100000).
     #[arg(long)]
     pub nodes: Option<usize>,
     /// Jobs to submit (jobs: 1000000).

@@ -81,6 +81,9 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
     Ok(match request {
         Request::Hello { .. } => return Err(KilnError::Protocol("hello was already exchanged".into())),
         Request::Events { .. } => return Err(KilnError::Protocol("events are streamed, not answered".into())),
+        Request::NodeListPages { .. } => {
+            return Err(KilnError::Protocol("a node list in pages is streamed, not answered".into()));
+        }
         Request::Status => {
             let mut status = site.supervisor.send(GetStatus).await.map_err(|_| gone())?;
             status.members = members(site).await?;

@@ -334,6 +334,13 @@ mod tests {
             Request::PortGroupList { node: Some("n1".into()) },
             Request::PortGroupShow { group: "bond0".into() },
             Request::PortGroupDelete { group: "bond0".into() },
+            Request::NodeListPages {
+                nodes: Some("n[1-1000],@rack1".into()),
+                state: Some(ProvisionState::Available),
+                maintenance: Some(true),
+                bmc: Some(kiln_actors::supervisor::BmcReach::Reachable),
+                stale: Some(std::time::Duration::from_millis(1500)),
+            },
         ];
         all.extend(ops.into_iter().map(|op| Request::NodeOp {
             nodes: "n1".into(),

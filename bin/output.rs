@@ -56,37 +56,124 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
-        let last = cells.len() - 1;
-        let text: Vec<String> = cells
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| if i == last { c } else { format!("{c:<w$}", w = widths[i]) })
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
+    let line = |cells: Vec<String>| print!("{}", aligned(&widths, cells));
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row.clone());
     }
 }
 
+/// The columns of `node list`.
+const NODE_HEADER: [&str; 7] = ["NAME", "UUID", "PROVISION STATE", "TARGET", "POWER", "MAINTENANCE", "RESERVATION"];
+
+/// One node's row of `node list`.
+fn node_row(v: &NodeView) -> Vec<String> {
+    vec![
+        v.name.clone(),
+        v.uuid.to_string(),
+        v.provision_state.to_string(),
+        opt(&v.target_provision_state),
+        opt(&v.power_state),
+        if v.maintenance { "yes".into() } else { "no".into() },
+        v.reservation.as_ref().map(|r| r.purpose.clone()).unwrap_or_else(|| "-".into()),
+    ]
+}
+
 pub fn nodes(views: &[NodeView]) {
-    let rows: Vec<Vec<String>> = views
-        .iter()
-        .map(|v| {
-            vec![
-                v.name.clone(),
-                v.uuid.to_string(),
-                v.provision_state.to_string(),
-                opt(&v.target_provision_state),
-                opt(&v.power_state),
-                if v.maintenance { "yes".into() } else { "no".into() },
-                v.reservation.as_ref().map(|r| r.purpose.clone()).unwrap_or_else(|| "-".into()),
-            ]
-        })
+    let rows: Vec<Vec<String>> = views.iter().map(node_row).collect();
+    table(&NODE_HEADER, &rows);
+}
+
+/// `node list` printed as its pages come, rows on the screen before the
+/// last node is listed: the table's columns are laid out from the first
+/// page, widened to what any later row can hold (the longest name the
+/// daemon announced, the longest state names), so no row is printed
+/// before the widths are known and none breaks them. `--json` prints the
+/// same pretty JSON array [`json`] prints of the whole list, element by
+/// element. Each page is written and flushed at once; an error writing
+/// (the reader went away) is returned so the caller stops reading.
+pub struct NodeRows<W: std::io::Write> {
+    out: W,
+    /// `None` for `--json`; the columns' widths for a table.
+    widths: Option<Vec<usize>>,
+    /// JSON elements written so far.
+    written: usize,
+}
+
+impl<W: std::io::Write> NodeRows<W> {
+    /// Starts printing to `out` a list whose first page is `first` (not
+    /// printed yet); `name_width`: the daemon's longest name of the list.
+    pub fn new(out: W, json: bool, first: &[NodeView], name_width: usize) -> NodeRows<W> {
+        let widths = (!json).then(|| {
+            let states = kiln_store::ProvisionState::ALL.iter().map(|s| s.as_str().len()).max().unwrap_or(0);
+            let powers = kiln_store::PowerState::ALL.iter().map(|s| s.as_str().len()).max().unwrap_or(0);
+            let mut widths: Vec<usize> = NODE_HEADER.iter().map(|h| h.len()).collect();
+            for row in first.iter().map(node_row) {
+                for (i, cell) in row.iter().enumerate() {
+                    widths[i] = widths[i].max(cell.chars().count());
+                }
+            }
+            for (i, at_least) in [(0, name_width), (2, states), (3, states), (4, powers), (5, 3)] {
+                widths[i] = widths[i].max(at_least);
+            }
+            widths
+        });
+        let mut rows = NodeRows { out, widths, written: 0 };
+        if let Some(widths) = &rows.widths {
+            let header = NODE_HEADER.iter().map(|h| h.to_string()).collect();
+            let _ = rows.out.write_all(aligned(widths, header).as_bytes());
+        }
+        rows
+    }
+
+    /// Prints one page and flushes it.
+    pub fn page(&mut self, views: &[NodeView]) -> std::io::Result<()> {
+        match &self.widths {
+            Some(widths) => {
+                for v in views {
+                    self.out.write_all(aligned(widths, node_row(v)).as_bytes())?;
+                }
+            }
+            None => {
+                for v in views {
+                    let text = serde_json::to_string_pretty(v).map_err(std::io::Error::other)?;
+                    self.out.write_all(if self.written == 0 { b"[\n" } else { b",\n" })?;
+                    // An element of a pretty array: each line indented once.
+                    for (i, line) in text.lines().enumerate() {
+                        if i > 0 {
+                            self.out.write_all(b"\n")?;
+                        }
+                        self.out.write_all(b"  ")?;
+                        self.out.write_all(line.as_bytes())?;
+                    }
+                    self.written += 1;
+                }
+            }
+        }
+        self.out.flush()
+    }
+
+    /// Ends the list (closes the JSON array); the output, for a test.
+    pub fn end(mut self) -> std::io::Result<W> {
+        if self.widths.is_none() {
+            self.out.write_all(if self.written == 0 { b"[]\n" } else { b"\n]\n" })?;
+        }
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// One line of a table whose columns are `widths` wide, as [`table`] lays it out.
+fn aligned(widths: &[usize], cells: Vec<String>) -> String {
+    let last = cells.len() - 1;
+    let text: Vec<String> = cells
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| if i == last { c } else { format!("{c:<w$}", w = widths[i]) })
         .collect();
-    table(&["NAME", "UUID", "PROVISION STATE", "TARGET", "POWER", "MAINTENANCE", "RESERVATION"], &rows);
+    let mut line = text.join("  ").trim_end().to_string();
+    line.push('\n');
+    line
 }
 
 /// `node show`'s `bmc` line: whether the BMC answered its last call, and
@@ -604,6 +691,57 @@ pub fn gathered(outcomes: &[kiln_actors::exec::ExecOutcome]) {
             println!("kiln: {e}");
         } else if code != 0 {
             println!("kiln: exited with exit code {code}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn views(names: &[&str]) -> Vec<NodeView> {
+        let now = chrono::Utc::now();
+        names
+            .iter()
+            .map(|n| {
+                NodeView::of(&kiln_store::NodeRecord::enroll(n.to_string(), kiln_store::DriverKind::Fake, now), None)
+            })
+            .collect()
+    }
+
+    /// Prints `pages` as `kiln node list` streams them; the text.
+    fn streamed(json: bool, pages: &[Vec<NodeView>], name_width: usize) -> String {
+        let mut rows = NodeRows::new(Vec::new(), json, &pages[0], name_width);
+        for page in pages {
+            rows.page(page).unwrap();
+        }
+        String::from_utf8(rows.end().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_streamed_json_list_is_the_pretty_array_of_the_whole_list() {
+        let pages = [views(&["n1", "n2"]), views(&["n3"]), views(&["a-much-longer-name-4"])];
+        let whole: Vec<NodeView> = pages.concat();
+        let expected = format!("{}\n", serde_json::to_string_pretty(&whole).unwrap());
+        assert_eq!(streamed(true, &pages, 20), expected);
+        let empty: Vec<NodeView> = Vec::new();
+        assert_eq!(
+            streamed(true, std::slice::from_ref(&empty), 0),
+            format!("{}\n", serde_json::to_string_pretty(&empty).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_streamed_table_keeps_its_columns_for_rows_wider_than_the_first_page() {
+        let pages = [views(&["n1", "n2"]), views(&["a-much-longer-name-4"])];
+        let text = streamed(false, &pages, "a-much-longer-name-4".len());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let uuid = lines[0].find("UUID").unwrap();
+        let state = lines[0].find("PROVISION STATE").unwrap();
+        for (line, view) in lines[1..].iter().zip(pages.concat()) {
+            assert_eq!(&line[uuid..uuid + 36], view.uuid.to_string(), "{text}");
+            assert_eq!(&line[state..state + 6], "enroll", "{text}");
         }
     }
 }

@@ -52,8 +52,8 @@ pub use live::LiveSettings;
 pub use node::{DriverInterface, InterfaceCheck, NodeUpdate, NodeValidation, Op};
 pub use supervisor::{
     BulkAction, CreateNodes, CreatePort, CreatePortGroup, DeleteNodes, DeletePort, DeletePortGroup, GetNode,
-    GetNodeDetail, GetPortGroup, GetStatus, ListNodes, ListPortGroups, ListPorts, NewNode, NewPortGroup, NodeAction,
-    PowerStatus, Registry, SetPortGroup, Supervisor, ValidateNodes,
+    GetNodeDetail, GetPortGroup, GetStatus, ListNodes, ListPortGroups, ListPorts, Listing, NewNode, NewPortGroup,
+    NodeAction, PowerStatus, Registry, SetPortGroup, Supervisor, ValidateNodes,
 };
 pub use view::{ErrorView, MemberView, NodeDetail, NodeResult, NodeView, PortGroupView, PortView, SiteStatus};
 

@@ -7,7 +7,9 @@
 //! response, except [`Request::Events`] with `follow`, which streams
 //! [`Response::Event`]s until the client goes away, and a fanout request
 //! ([`Request::Exec`], [`Request::Copy`]) asked to report [`Live`], which
-//! streams its progress and ends with [`Response::Done`]. A response longer
+//! streams its progress and ends with [`Response::Done`], and
+//! [`Request::NodeListPages`], answered by [`Response::NodePage`]s, the
+//! last one marked (or an error). A response longer
 //! than a frame arrives as [`Response::Part`]s ([`crate::parts`]).
 
 use kiln_store::{HistoryEntry, JobId, JobStatus, ProvisionState};
@@ -36,7 +38,8 @@ use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, Sit
 /// `members` in `SiteStatus`); a node's BMC contact (`bmc_last_contact`,
 /// `bmc_unreachable_since`, `power_verified_at` in `NodeRecord`); `bmc` and
 /// `stale` in `NodeList`.
-pub const PROTOCOL_VERSION: u32 = 11;
+/// 12: the node list in pages (`NodeListPages`, `NodePage`).
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,6 +53,16 @@ pub enum Request {
     /// All or nothing.
     NodeImport(Vec<NewNode>),
     NodeList {
+        nodes: Option<String>,
+        state: Option<ProvisionState>,
+        maintenance: Option<bool>,
+        bmc: Option<crate::supervisor::BmcReach>,
+        stale: Option<std::time::Duration>,
+    },
+    /// [`Request::NodeList`] answered page by page as the daemon produces
+    /// the rows, in the same order: [`Response::NodePage`]s, the last one
+    /// marked `last`, or an error (which ends the list).
+    NodeListPages {
         nodes: Option<String>,
         state: Option<ProvisionState>,
         maintenance: Option<bool>,
@@ -244,7 +257,9 @@ impl Request {
             Request::Status => 1,
             Request::NodeCreate(_) => 2,
             Request::NodeImport(_) => 3,
-            Request::NodeList { .. } => 4,
+            // One kind, whichever way the list is answered: `kiln node list`
+            // counts as `node_list` as it did before it streamed.
+            Request::NodeList { .. } | Request::NodeListPages { .. } => 4,
             Request::NodeShow { .. } => 5,
             Request::NodeHistory { .. } => 6,
             Request::NodeSet { .. } => 7,
@@ -306,6 +321,7 @@ impl Request {
             Request::Hello { .. }
             | Request::Status
             | Request::NodeList { .. }
+            | Request::NodeListPages { .. }
             | Request::NodeShow { .. }
             | Request::NodeHistory { .. }
             | Request::NodeValidate { .. }
@@ -361,6 +377,15 @@ pub enum Response {
     /// A node with its ports and port groups (`NodeShow`).
     NodeDetail(NodeDetail),
     Nodes(Vec<NodeView>),
+    /// A page of [`Request::NodeListPages`]: the rows in order; `last`
+    /// ends the list. `name_width` is the longest name among the nodes the
+    /// list may still hold, so a table can be laid out before every row has
+    /// come. Only the last page may be empty.
+    NodePage {
+        nodes: Vec<NodeView>,
+        name_width: u32,
+        last: bool,
+    },
     Outcomes(Vec<NodeResult>),
     Port(PortView),
     Ports(Vec<PortView>),
@@ -410,6 +435,7 @@ impl Response {
         let results = |job: &JobView| job.ops.iter().map(|op| op.results.len()).sum::<usize>();
         match self {
             Response::Nodes(list) => list.len(),
+            Response::NodePage { nodes, .. } => nodes.len(),
             Response::Outcomes(list) => list.len(),
             Response::Ports(list) => list.len(),
             Response::History(list) => list.len(),

@@ -17,7 +17,9 @@ use dashmap::DashMap;
 use futures::stream::{self, StreamExt};
 use kiln_store::{NodeId, NodeRecord, PortRecord, ProvisionState, Write, normalize_mac};
 
+mod listing;
 mod ports;
+pub use listing::Listing;
 pub use ports::{
     CreatePort, CreatePortGroup, DeletePort, DeletePortGroup, GetPortGroup, ListPortGroups, ListPorts, NewPortGroup,
     SetPortGroup,
@@ -675,9 +677,7 @@ impl Router {
         answers.into_iter().map(|(node, result)| NodeResult::of(node, &result)).collect()
     }
 
-    /// Each node's answer to `f` as it came, in the nodes' order: for a
-    /// caller that keeps more of an answer than its result (a list keeps
-    /// the views).
+    /// Each node's answer to `f` as it came, in the nodes' order.
     async fn answers<T, F, Fut>(
         &self,
         nodes: Vec<(NodeId, String)>,
@@ -778,39 +778,9 @@ impl Router {
         Ok(stream::iter(checks).buffered(msg.fanout.max(1)).collect().await)
     }
 
+    /// The whole list in one answer; [`Listing`] gives it page by page.
     pub async fn list_nodes(&self, msg: ListNodes) -> Result<Vec<NodeView>, KilnError> {
-        if self.registry.shared.is_some() {
-            return self.list_stored_nodes(msg).await;
-        }
-        let nodes = match &msg.nodes {
-            Some(expr) => self.registry.resolve(expr)?,
-            None => self.registry.all(),
-        };
-        let control = FanOutControl::default();
-        let answers = self.answers(nodes, 1024, &control, |r, id| async move { r.show(id).await }).await;
-        let now = self.clock.now();
-        Ok(answers.into_iter().filter_map(|(_, result)| result.ok()).filter(|v| msg.lists(v, now)).collect())
-    }
-
-    /// [`Router::list_nodes`] on a shared store: every member's nodes, as
-    /// stored, in node set order.
-    async fn list_stored_nodes(&self, msg: ListNodes) -> Result<Vec<NodeView>, KilnError> {
-        let wanted: Option<std::collections::HashSet<NodeId>> = match &msg.nodes {
-            Some(expr) => Some(self.resolve(expr).await?.into_iter().map(|(id, _)| id).collect()),
-            None => None,
-        };
-        let records = self.store.read(|b| b.load_nodes()).await?;
-        let set = NodeSet::from_names(records.iter().map(|r| r.name.clone()));
-        let by_name: std::collections::HashMap<&str, &NodeRecord> =
-            records.iter().map(|r| (r.name.as_str(), r)).collect();
-        let now = self.clock.now();
-        Ok(set
-            .iter()
-            .filter_map(|name| by_name.get(name.as_str()).copied())
-            .filter(|r| wanted.as_ref().is_none_or(|w| w.contains(&r.uuid)))
-            .map(|r| NodeView::of(r, r.reservation.as_ref()))
-            .filter(|v| msg.lists(v, now))
-            .collect())
+        Listing::start(self.clone(), msg).await?.all().await
     }
 
     pub async fn power_status(&self, msg: PowerStatus) -> Result<Vec<NodeResult>, KilnError> {

@@ -8,6 +8,7 @@
 
 mod api;
 mod cpu;
+mod listing;
 mod report;
 mod scaleout;
 mod scenarios;
@@ -19,7 +20,8 @@ pub use report::{Figure, Report, Target};
 use crate::cli::BenchArgs;
 
 /// The scenarios, in the order `all` runs them.
-pub const SCENARIOS: &[&str] = &["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec", "api"];
+pub const SCENARIOS: &[&str] =
+    &["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec", "api", "list"];
 
 /// Scenarios run only by name, not by `all`: `scale-out` needs PostgreSQL
 /// and several processes.

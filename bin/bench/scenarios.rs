@@ -62,6 +62,7 @@ pub fn run(name: &str, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         "exec" => exec(args),
         "scale-out" => super::scaleout::run(args),
         "api" => super::api::api(args),
+        "list" => super::listing::list(args),
         other => bail!("no scenario {other}"),
     }
 }
@@ -579,38 +580,66 @@ async fn lifecycle(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
 
 // ----- admin ------------------------------------------------------------------------------
 
+/// A site serving its admin socket from a thread and actix system of its
+/// own, as `kiln serve` does, with `nodes` fake nodes named `prefix1`...
+pub(super) struct Daemon {
+    pub(super) socket: PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    pub(super) fn start(scratch: &Scratch, prefix: &str, nodes: usize) -> anyhow::Result<Daemon> {
+        let socket = scratch.0.join("kiln.sock");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let config = scratch.config();
+        let admin_cfg = crate::admin::AdminConfig {
+            socket: socket.clone(),
+            mode: 0o600,
+            allowed_uids: vec![crate::config::own_uid(), 0],
+            max_frame: kiln_actors::codec::DEFAULT_MAX_FRAME,
+            limits: crate::limits::Limits::default(),
+            in_force: Default::default(),
+        };
+        let prefix = prefix.to_string();
+        let thread = std::thread::spawn(move || {
+            actix::System::new().block_on(async move {
+                let site = kiln_actors::start(config).await?;
+                create_nodes(&site, &prefix, nodes).await?;
+                let listener = crate::admin::bind(&admin_cfg)?;
+                let _ = ready_tx.send(());
+                crate::admin::start(listener, admin_cfg, site, stop_rx).stopped().await;
+                Ok::<(), anyhow::Error>(())
+            })
+        });
+        // A million nodes take a minute or so to create in a debug build.
+        if ready_rx.recv_timeout(Duration::from_secs(600)).is_err() {
+            let _ = stop.send(true);
+            return match thread.join() {
+                Ok(Err(e)) => Err(e.context("the daemon did not start")),
+                _ => bail!("the daemon did not start"),
+            };
+        }
+        Ok(Daemon { socket, stop, thread })
+    }
+
+    pub(super) fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.thread.join().map_err(|_| anyhow::anyhow!("the daemon thread panicked"))?
+    }
+}
+
 fn admin(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     use kiln_actors::codec;
     use kiln_actors::protocol::{PROTOCOL_VERSION, Request, Response};
 
     let scratch = Scratch::new("admin");
-    let socket = scratch.0.join("kiln.sock");
     let clients = args.clients.unwrap_or(32).max(1);
     let requests = args.requests.unwrap_or(200_000);
     let nodes = 1_000;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let config = scratch.config();
-    let admin_cfg = crate::admin::AdminConfig {
-        socket: socket.clone(),
-        mode: 0o600,
-        allowed_uids: vec![crate::config::own_uid(), 0],
-        max_frame: codec::DEFAULT_MAX_FRAME,
-        limits: crate::limits::Limits::default(),
-        in_force: Default::default(),
-    };
-    // The daemon: its own thread and actix system, as in `kiln serve`.
-    let daemon = std::thread::spawn(move || {
-        actix::System::new().block_on(async move {
-            let site = kiln_actors::start(config).await?;
-            create_nodes(&site, "adm", nodes).await?;
-            let listener = crate::admin::bind(&admin_cfg)?;
-            let _ = ready_tx.send(());
-            crate::admin::start(listener, admin_cfg, site, stop_rx).stopped().await;
-            Ok::<(), anyhow::Error>(())
-        })
-    });
-    ready_rx.recv_timeout(Duration::from_secs(120)).context("the daemon did not start")?;
+    let daemon = Daemon::start(&scratch, "adm", nodes)?;
+    let socket = daemon.socket.clone();
 
     // The clients: another thread, another runtime, the real socket.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -647,8 +676,7 @@ fn admin(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         Ok::<_, anyhow::Error>(all)
     })?;
     let secs = t.elapsed().as_secs_f64();
-    let _ = stop_tx.send(true);
-    daemon.join().map_err(|_| anyhow::anyhow!("the daemon thread panicked"))??;
+    daemon.stop()?;
     let mut latencies = latencies;
     latencies.sort_by(f64::total_cmp);
     Ok(vec![

@@ -14,6 +14,7 @@ use kiln_store::{BootDevice, ProvisionState};
 use super::job::{print_results, submitted};
 use super::{Failure, call, connect, print, unexpected, usage};
 use crate::cli::{BootDeviceCommand, CreateArgs, MaintenanceCommand, NodeCommand, PowerCommand, SetArgs, VerbArgs};
+use crate::connection::Connection;
 use crate::output;
 
 pub(super) async fn run(command: NodeCommand, socket: &Path, json: bool) -> Result<(), Failure> {
@@ -22,6 +23,7 @@ pub(super) async fn run(command: NodeCommand, socket: &Path, json: bool) -> Resu
     let mut conn = connect(socket).await?;
     match request {
         r @ Request::NodeOp { wait, .. } => submitted(&mut conn, socket, r, wait, true, json).await,
+        r @ Request::NodeListPages { .. } => list(&mut conn, r, json).await,
         r => print_answer(call(&mut conn, r).await?, json),
     }
 }
@@ -31,7 +33,7 @@ fn request(command: NodeCommand) -> Result<Request, Failure> {
     Ok(match command {
         NodeCommand::Create(c) => create(c)?,
         NodeCommand::Import { file } => Request::NodeImport(read_import(&file).map_err(Failure::Usage)?),
-        NodeCommand::List { nodes, state, maintenance, bmc, stale } => Request::NodeList {
+        NodeCommand::List { nodes, state, maintenance, bmc, stale } => Request::NodeListPages {
             nodes,
             state: state.map(|s| s.parse::<ProvisionState>()).transpose().map_err(|e| Failure::Usage(e.into()))?,
             maintenance: maintenance.then_some(true),
@@ -148,6 +150,79 @@ fn set(s: SetArgs) -> Result<Request, Failure> {
         ));
     }
     Ok(Request::NodeSet { node: s.node, update })
+}
+
+/// `kiln node list`: asks for the list in pages and prints each page as it
+/// comes. A list that is one page is printed as a whole (its table's
+/// columns as wide as its rows); a longer one as it streams in, laid out
+/// from the first page and what the daemon says of the rest
+/// ([`output::NodeRows`]). `--json` prints the same JSON array either way.
+///
+/// The pages are read as fast as the daemon sends them and printed on a
+/// thread of their own: an output that does not keep up (a pager waiting
+/// for a key) holds the printing, never the connection, which the daemon
+/// would close once a page stayed unread for its frame timeout. The pages
+/// not printed yet wait in memory then, as the whole list did before it
+/// came in pages.
+async fn list(conn: &mut Connection, request: Request, json: bool) -> Result<(), Failure> {
+    conn.send_request(&request).await?;
+    let (pages, printed) = std::sync::mpsc::channel();
+    let printer = std::thread::spawn(move || print_pages(&printed, json));
+    let read = read_pages(conn, &pages).await;
+    drop(pages);
+    let _ = printer.join();
+    read
+}
+
+/// One page of a node list: its rows, the longest name of the list, and
+/// whether it is the last.
+type Page = (Vec<kiln_actors::NodeView>, usize, bool);
+
+/// Reads the pages of a node list and hands them to the printer, until the
+/// last one, an error, or a printer that stopped (nobody reads its output).
+async fn read_pages(conn: &mut Connection, pages: &std::sync::mpsc::Sender<Page>) -> Result<(), Failure> {
+    // Every page but the last holds a row: at most a page a node, and a
+    // billion nodes is past any site.
+    for _ in 0..1_000_000_000u64 {
+        match conn.next_response().await? {
+            Response::NodePage { nodes, name_width, last } => {
+                if pages.send((nodes, name_width as usize, last)).is_err() || last {
+                    return Ok(());
+                }
+            }
+            // What was printed stays; a JSON array is left open, so that a
+            // script cannot take a list cut short for the whole list.
+            Response::Error(e) => return Err(Failure::Refused(e)),
+            other => return Err(unexpected(other)),
+        }
+    }
+    Err(Failure::Other(anyhow::anyhow!("the daemon's node list did not end")))
+}
+
+/// Prints the pages of a node list as they come, until the last one or
+/// until no more come (the reading failed).
+fn print_pages(pages: &std::sync::mpsc::Receiver<Page>, json: bool) {
+    let mut rows: Option<output::NodeRows<std::io::BufWriter<std::io::Stdout>>> = None;
+    while let Ok((nodes, name_width, last)) = pages.recv() {
+        let printing = match rows.as_mut() {
+            Some(rows) => rows,
+            None if last => return print(json, &nodes, |vs| output::nodes(vs)),
+            None => {
+                let out = std::io::BufWriter::new(std::io::stdout());
+                rows.insert(output::NodeRows::new(out, json, &nodes, name_width))
+            }
+        };
+        // An error writing: nobody reads the output any more (`| head`).
+        if printing.page(&nodes).is_err() {
+            return;
+        }
+        if last {
+            if let Some(rows) = rows.take() {
+                let _ = rows.end();
+            }
+            return;
+        }
+    }
 }
 
 /// Prints the answer to a node command that is not a job.

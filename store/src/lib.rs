@@ -248,6 +248,12 @@ pub struct Claimed {
 pub trait Shared {
     /// The nodes with these names or uuids, whoever runs them.
     fn find_nodes(&mut self, names: &[String]) -> Result<Vec<(NodeId, String)>, StoreError>;
+    /// Every node's uuid and name, whoever runs it (a node list's
+    /// snapshot: a few dozen bytes a node, not its whole record).
+    fn node_names(&mut self) -> Result<Vec<(NodeId, String)>, StoreError>;
+    /// The nodes with these uuids, as stored, in no particular order; a
+    /// uuid no node has is left out (a node list's page).
+    fn load_nodes_by_id(&mut self, ids: &[NodeId]) -> Result<Vec<NodeRecord>, StoreError>;
     /// Writes a request for `node` and wakes its owner; `None` when the
     /// node does not exist.
     fn submit_node_request(&mut self, node: NodeId, body: &str) -> Result<Option<i64>, StoreError>;

@@ -1265,6 +1265,21 @@ impl crate::Shared for PgBackend {
             .collect()
     }
 
+    fn node_names(&mut self) -> Result<Vec<(NodeId, String)>, StoreError> {
+        let rows = self.query("SELECT uuid, name FROM nodes", &[])?;
+        rows.iter()
+            .map(|row| {
+                let f = Fields { row, table: "nodes", key: String::new() };
+                Ok((f.parsed(0, "uuid")?, f.raw(1, "name")?))
+            })
+            .collect()
+    }
+
+    fn load_nodes_by_id(&mut self, ids: &[NodeId]) -> Result<Vec<NodeRecord>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        self.query(concat!(node_select!(), " WHERE uuid = ANY($1)"), &[&ids])?.iter().map(node_from_row).collect()
+    }
+
     fn submit_node_request(&mut self, node: NodeId, body: &str) -> Result<Option<i64>, StoreError> {
         self.reconnect_if_closed()?;
         let me = self.options.member.clone();

@@ -71,6 +71,28 @@ fn a_member_whose_nodes_were_claimed_is_fenced_and_writes_nothing() {
 }
 
 #[test]
+fn a_node_list_reads_every_member_s_names_then_records_by_uuid() {
+    let place = Place::new(Kind::Postgres);
+    let mut a = place.open_as("a");
+    let (a1, a2) = (node("a1"), node("a2"));
+    commit_one(&mut *a, vec![Write::InsertNode(a1.clone()), Write::InsertNode(a2.clone())]).unwrap();
+    let mut b = place.open_as("b");
+    let b1 = node("b1");
+    commit_one(&mut *b, vec![Write::InsertNode(b1.clone())]).unwrap();
+
+    let shared = a.shared().expect("a shared store");
+    let mut names = shared.node_names().unwrap();
+    names.sort_by(|x, y| x.1.cmp(&y.1));
+    assert_eq!(names, [(a1.uuid, "a1".to_string()), (a2.uuid, "a2".into()), (b1.uuid, "b1".into())]);
+    // Whichever member runs the node; a uuid no node has is left out.
+    let mut records = shared.load_nodes_by_id(&[b1.uuid, NodeId::new(), a2.uuid]).unwrap();
+    records.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a2", "b1"]);
+    assert_eq!(records[1].uuid, b1.uuid);
+    assert!(shared.load_nodes_by_id(&[]).unwrap().is_empty());
+}
+
+#[test]
 fn unique_and_foreign_key_errors_carry_their_kind_on_both_backends() {
     for kind in [Kind::Sqlite, Kind::Postgres] {
         let place = Place::new(kind);

@@ -24,7 +24,7 @@ fn every_bench_scenario_runs_small_and_the_lock_holds() {
         .output()
         .unwrap();
     let figures = figures(&out);
-    for scenario in ["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec", "api"] {
+    for scenario in ["nodeset", "lock", "jobs", "lifecycle", "admin", "scale", "power-sync", "exec", "api", "list"] {
         assert!(figures.contains_key(&format!("{scenario}.wall")), "{scenario} did not run: {figures:?}");
     }
     assert_eq!(figures["lock.max_holders"], 1.0, "two holders of one node at once");
@@ -48,6 +48,22 @@ fn every_bench_scenario_runs_small_and_the_lock_holds() {
     assert_eq!(figures["admin.requests"], 400.0);
     assert_eq!(figures["api.nodes"], 300.0);
     assert_eq!(figures["api.requests"], 400.0);
+    assert_eq!(figures["list.nodes"], 300.0);
+}
+
+#[test]
+fn the_list_bench_lists_every_node_while_another_client_is_answered() {
+    let out = std::process::Command::new(crate::harness::KILN)
+        .args(["--json", "bench", "list", "--nodes", "3000"])
+        .output()
+        .unwrap();
+    let figures = figures(&out);
+    assert_eq!(figures["list.nodes"], 3000.0);
+    for figure in ["list.first_row", "list.all_rows", "list.json_all_rows", "list.show_p99", "list.show_max"] {
+        assert!(figures[figure].is_finite() && figures[figure] > 0.0, "{figure}: {figures:?}");
+    }
+    assert!(figures["list.first_row"] <= figures["list.all_rows"], "{figures:?}");
+    assert!(figures["list.shows_during"] >= 1.0, "no node show during the listing: {figures:?}");
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod ironic;
 mod jobs;
 mod lifecycle;
 mod limits;
+mod listing;
 mod locking;
 mod members;
 mod metrics;

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::harness::Daemon;
 
 /// The address the daemon logged for its metrics endpoint (it binds port 0).
-fn metrics_addr(d: &mut Daemon) -> String {
+pub(crate) fn metrics_addr(d: &mut Daemon) -> String {
     let line = d.wait_for_log("serving metrics");
     let addr =
         line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).unwrap_or_else(|| panic!("no addr= in {line}"));
@@ -19,7 +19,7 @@ fn metrics_addr(d: &mut Daemon) -> String {
 }
 
 /// A plain HTTP/1.1 GET: (status line, headers, body).
-fn get(addr: &str, path: &str) -> (String, String, String) {
+pub(crate) fn get(addr: &str, path: &str) -> (String, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n").unwrap();
