@@ -323,6 +323,13 @@ pub fn redfish_for_profiles() -> &'static Peer {
     peer_start::redfish(&PEER, 2, false)
 }
 
+/// A Redfish emulator with four systems for the blackholed-BMC test
+/// (`unreachable.rs`): its own, so that its bursts slow no other test.
+pub fn redfish_for_blackholes() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    peer_start::redfish(&PEER, 4, false)
+}
+
 /// One simulated IPMI BMC for the BMC profile tests (`profiles.rs`).
 pub fn ipmi_for_profiles() -> &'static Peer {
     static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
