@@ -47,8 +47,9 @@
 //!     whether sessions are served); a client built [`knowing`](RedfishBmc::knowing)
 //!     a profile skips the choice: basic auth from the first request, or a
 //!     login at once at `/redfish/v1/SessionService/Sessions` (the URI the
-//!     Redfish specification fixes for the session collection), so a known
-//!     BMC costs no probe at all.
+//!     Redfish specification fixes for the session collection; a service
+//!     that opens no session there has its root read after all), so
+//!     a known BMC costs no probe at all.
 //!
 //!   Without a `username` nothing is looked up and no credentials are sent.
 //! - The password travels only in the `Authorization` header or the login's
@@ -130,9 +131,11 @@ struct AuthState {
 
 enum Mode {
     Basic,
-    /// Sessions are opened by a POST to this path.
+    /// Sessions are opened by a POST to this path; `learned`: the path
+    /// is the standard one, assumed from a profile, not read from the root.
     Session {
         login: String,
+        learned: bool,
     },
 }
 
@@ -334,7 +337,7 @@ impl RedfishBmc {
         }
         let mode = match known.redfish_auth {
             Some(RedfishAuth::Basic) => Mode::Basic,
-            Some(RedfishAuth::Session) => Mode::Session { login: DEFAULT_SESSIONS.to_string() },
+            Some(RedfishAuth::Session) => Mode::Session { login: DEFAULT_SESSIONS.to_string(), learned: true },
             None => return self,
         };
         *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = Profile {
@@ -534,8 +537,11 @@ impl RedfishBmc {
             .filter(|p| p.starts_with('/'));
         let offered = link.is_some() || root.as_ref().is_some_and(|r| r.get("SessionService").is_some());
         let login = link.map_or(DEFAULT_SESSIONS, |p| p).to_string();
-        let mode =
-            if self.auth_method == AuthMethod::Session || offered { Mode::Session { login } } else { Mode::Basic };
+        let mode = if self.auth_method == AuthMethod::Session || offered {
+            Mode::Session { login, learned: false }
+        } else {
+            Mode::Basic
+        };
         if matches!(mode, Mode::Basic) {
             tracing::debug!(address = %self.address, "the Redfish service offers no sessions: basic auth");
             // An unreadable root says nothing of sessions.
@@ -547,9 +553,10 @@ impl RedfishBmc {
     /// Opens a session and keeps it; with `auto`, a service that answers
     /// the login with anything but 401/403 is switched to basic auth.
     async fn login_locked(&self, state: &mut AuthState) -> Result<Credentials, DriverError> {
-        let Some(Mode::Session { login }) = &state.mode else {
+        let Some(Mode::Session { login, learned }) = &state.mode else {
             return Ok(Credentials::Basic);
         };
+        let learned = *learned;
         match self.login(login).await {
             Ok(session) => {
                 tracing::info!(address = %self.address, path = ?session.path, "Redfish session opened");
@@ -557,6 +564,18 @@ impl RedfishBmc {
                 let token = session.token.clone();
                 state.session = Some(session);
                 Ok(Credentials::Token(token))
+            }
+            Err(LoginFailure::Refused | LoginFailure::NoSession(_)) if learned => {
+                // The service keeps its sessions elsewhere than the standard
+                // path (some answer an unknown path 401): ask its root, as on
+                // first contact (once: the mode chosen from the root is not
+                // `learned`, so a wrong password ends in `Auth` there).
+                tracing::info!(
+                    address = %self.address,
+                    "Redfish login at the standard path failed; reading the service root"
+                );
+                state.mode = Some(self.choose_mode().await?);
+                Box::pin(self.login_locked(state)).await
             }
             Err(LoginFailure::Refused) => Err(DriverError::Auth { address: self.address.clone() }),
             Err(LoginFailure::Failed(e)) => Err(e),
