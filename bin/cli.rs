@@ -332,6 +332,10 @@ pub struct SetArgs {
     /// Set driver_info.password from a file.
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// Forget what was learned about the node's BMC (its auth mode, cipher
+    /// suite): the next call finds it out again.
+    #[arg(long)]
+    pub reset_bmc_profile: bool,
 }
 
 #[derive(Debug, Args, Clone)]

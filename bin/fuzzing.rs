@@ -218,6 +218,7 @@ mod tests {
         let update = NodeUpdate {
             driver_info: [("username".to_string(), Some("admin".to_string()))].into(),
             properties: [("cpus".to_string(), None)].into(),
+            reset_bmc_profile: true,
         };
         let exec = ExecSpec {
             worker: Worker::Ssh { options: vec!["-p".into(), "2222".into()] },

@@ -187,6 +187,24 @@ fn bmc_reach(v: &NodeView) -> String {
     }
 }
 
+/// What was learned about the BMC, in one line.
+fn bmc_profile(v: &NodeView) -> String {
+    let Some(p) = &v.bmc_profile else { return "not learned yet".into() };
+    let mut facts = Vec::new();
+    if let Some(auth) = p.redfish_auth {
+        facts.push(format!("redfish auth {auth}"));
+    }
+    match p.redfish_sessions {
+        Some(true) => facts.push("sessions served".into()),
+        Some(false) => facts.push("sessions not served".into()),
+        None => {}
+    }
+    if let Some(suite) = p.ipmi_cipher_suite {
+        facts.push(format!("ipmi cipher suite {suite}"));
+    }
+    format!("{} (learned {})", facts.join(", "), when(&p.learned_at))
+}
+
 pub fn node(v: &NodeView) {
     let map = |m: &std::collections::BTreeMap<String, String>| {
         if m.is_empty() {
@@ -212,6 +230,7 @@ pub fn node(v: &NodeView) {
         ("last_error", opt(&v.last_error)),
         ("bmc", bmc_reach(v)),
         ("power_verified_at", v.power_verified_at.as_ref().map_or_else(|| "never".into(), when)),
+        ("bmc_profile", bmc_profile(v)),
         (
             "reservation",
             v.reservation

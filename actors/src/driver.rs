@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use kiln_drivers::{Bmc, Boot, DriverError, Facts, Power, PowerAction};
+use kiln_drivers::{Bmc, Boot, DriverError, Facts, Power, PowerAction, Profile};
 use kiln_store::DriverKind;
 use tracing::Instrument;
 
@@ -35,10 +35,19 @@ pub enum DriverCall {
 /// the node's (with its task's action and job), so the operator learns
 /// which node's call met them even when nodes share the BMC's actor.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<DriverReply, DriverError>")]
+#[rtype(result = "Called")]
 pub struct NodeCall {
     pub call: DriverCall,
     pub span: tracing::Span,
+}
+
+/// The answer to a [`NodeCall`]: the BMC's, and what the client has
+/// learned about the BMC's quirks by then (its [`Profile`]), for the node
+/// to keep.
+#[derive(Debug)]
+pub struct Called {
+    pub result: Result<DriverReply, DriverError>,
+    pub learned: Profile,
 }
 
 /// A BMC's answer.
@@ -101,12 +110,13 @@ impl Handler<DriverCall> for DriverActor {
     type Result = ResponseFuture<Result<DriverReply, DriverError>>;
 
     fn handle(&mut self, call: DriverCall, _: &mut Context<Self>) -> Self::Result {
-        self.start(call, tracing::Span::none())
+        let called = self.start(call, tracing::Span::none());
+        Box::pin(async move { called.await.result })
     }
 }
 
 impl Handler<NodeCall> for DriverActor {
-    type Result = ResponseFuture<Result<DriverReply, DriverError>>;
+    type Result = ResponseFuture<Called>;
 
     fn handle(&mut self, msg: NodeCall, _: &mut Context<Self>) -> Self::Result {
         self.start(msg.call, msg.span)
@@ -116,8 +126,9 @@ impl Handler<NodeCall> for DriverActor {
 impl DriverActor {
     /// Runs `call` in a task of its own inside `span`, holding a permit of
     /// the endpoint, bounded by the call timeout.
-    fn start(&mut self, call: DriverCall, span: tracing::Span) -> ResponseFuture<Result<DriverReply, DriverError>> {
+    fn start(&mut self, call: DriverCall, span: tracing::Span) -> ResponseFuture<Called> {
         let bmc = self.bmc.clone();
+        let asked = self.bmc.clone();
         let label = self.label.clone();
         let limit = self.call_timeout;
         let permits = self.limit.clone();
@@ -154,7 +165,7 @@ impl DriverActor {
             if let Some((m, driver)) = metrics {
                 m.bmc_call(driver, call.metric(), began.elapsed(), result.is_err());
             }
-            result
+            Called { result, learned: asked.profile() }
         })
     }
 }

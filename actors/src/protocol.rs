@@ -39,7 +39,9 @@ use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, Sit
 /// `bmc_unreachable_since`, `power_verified_at` in `NodeRecord`); `bmc` and
 /// `stale` in `NodeList`.
 /// 12: the node list in pages (`NodeListPages`, `NodePage`).
-pub const PROTOCOL_VERSION: u32 = 12;
+/// 13: a node's BMC profile (`bmc_profile` in `NodeRecord`) and
+/// `reset_bmc_profile` in `NodeUpdate`.
+pub const PROTOCOL_VERSION: u32 = 13;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

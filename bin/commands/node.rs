@@ -144,9 +144,11 @@ fn set(s: SetArgs) -> Result<Request, Failure> {
     for k in s.unset_properties {
         update.properties.insert(k, None);
     }
-    if update.driver_info.is_empty() && update.properties.is_empty() {
+    update.reset_bmc_profile = s.reset_bmc_profile;
+    if update.driver_info.is_empty() && update.properties.is_empty() && !update.reset_bmc_profile {
         return Err(usage(
-            "nothing to change: give --driver-info, --property, --unset-driver-info or --unset-property",
+            "nothing to change: give --driver-info, --property, --unset-driver-info, --unset-property \
+             or --reset-bmc-profile",
         ));
     }
     Ok(Request::NodeSet { node: s.node, update })

@@ -40,6 +40,15 @@
 //!   `power_timeout` (default 60 s). Reboot is `power cycle` when the node is
 //!   on and `power on` when it is off (ipmitool's cycle fails on a node that
 //!   is off).
+//! - The cipher suite: `driver_info.cipher_suite` when set; else the one
+//!   learned before (the client's [`crate::Profile`], handed back by
+//!   [`IpmiBmc::knowing`] after a restart); else 17, then 3 when the BMC
+//!   refuses 17 (it answers the session's open request with algorithms
+//!   other than those asked for, or an error naming them), as bmclib does.
+//!   The suite that worked is kept, so only the first contact pays the one
+//!   refused attempt; a kept suite the BMC refuses later is forgotten and
+//!   found again at the next call. Passing `-C` also spares ipmitool its
+//!   own query of the BMC's suites before every session.
 //! - The boot device is read from `chassis bootparam get 5`'s raw data bytes
 //!   (valid bit, device selector), with its text as a fallback: the bytes are
 //!   the IPMI specification's, the text is ipmitool's and varies by version.
@@ -48,6 +57,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -57,8 +67,9 @@ use tokio::time::Instant;
 mod probe;
 
 use crate::info::seconds;
+use crate::profile::IPMI_CIPHER_SUITES;
 use crate::secret::Secret;
-use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Power, PowerAction};
+use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Power, PowerAction, Profile};
 
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -90,6 +101,15 @@ const UNREACHABLE: &[&str] = &[
     "no response from remote controller",
     "unable to establish",
 ];
+/// ipmitool's words for a session refused over its cipher suite, lower case.
+const SUITE_REFUSED: &[&str] = &[
+    "is not what we requested",
+    "invalid authentication algorithm",
+    "invalid integrity algorithm",
+    "invalid confidentiality algorithm",
+    "no cipher suite match",
+    "unsupported cipher suite",
+];
 /// Lines `-v` adds that say nothing about a failure.
 const CHATTER: &[&str] = &[
     "loading iana pen registry",
@@ -107,6 +127,8 @@ pub struct IpmiBmc {
     username: Option<String>,
     password: Secret,
     cipher_suite: Option<String>,
+    /// The suite learned when `cipher_suite` is not set (0: not yet).
+    learned_suite: AtomicU8,
     min_command_interval: Duration,
     command_timeout: Duration,
     connect_timeout: Duration,
@@ -141,6 +163,8 @@ impl fmt::Debug for IpmiBmc {
 enum RunError {
     /// A failure worth another try (see [`TRANSIENT`]).
     Transient(DriverError),
+    /// The BMC refused the cipher suite (see [`SUITE_REFUSED`]).
+    Suite(DriverError),
     Final(DriverError),
 }
 
@@ -158,6 +182,7 @@ impl IpmiBmc {
             username: info.get("username").cloned(),
             password: Secret::new(info.get("password").cloned().unwrap_or_default()),
             cipher_suite: info.get("cipher_suite").cloned(),
+            learned_suite: AtomicU8::new(0),
             min_command_interval: seconds(info, "min_command_interval", DEFAULT_MIN_COMMAND_INTERVAL, false),
             command_timeout,
             connect_timeout: seconds(info, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, true).min(command_timeout),
@@ -171,6 +196,17 @@ impl IpmiBmc {
     /// (the other nodes of the same endpoint).
     pub fn with_pacer(mut self, pacer: Pacer) -> Self {
         self.last_command = pacer;
+        self
+    }
+
+    /// Starts from what an earlier client learned about this BMC: its
+    /// cipher suite, unless `driver_info.cipher_suite` names one.
+    pub fn knowing(self, known: &Profile) -> Self {
+        if self.cipher_suite.is_none()
+            && let Some(suite) = known.ipmi_cipher_suite
+        {
+            self.learned_suite.store(suite, Ordering::Relaxed);
+        }
         self
     }
 
@@ -205,7 +241,7 @@ impl IpmiBmc {
             probe::probe(&self.address, self.port, self.connect_timeout)
                 .await
                 .map_err(|e| DriverError::Unreachable { address: self.label(), reason: e.to_string() })?;
-            let result = self.run_once(args).await;
+            let result = self.run_suited(args).await;
             *last = Some(Instant::now());
             match result {
                 Ok(out) => return Ok(out),
@@ -214,19 +250,53 @@ impl IpmiBmc {
                     tokio::time::sleep(RETRY_DELAYS[attempt]).await;
                     attempt += 1;
                 }
-                Err(RunError::Transient(e) | RunError::Final(e)) => return Err(e),
+                Err(RunError::Transient(e) | RunError::Suite(e) | RunError::Final(e)) => return Err(e),
             }
         }
     }
 
-    async fn run_once(&self, args: &[&str]) -> Result<String, RunError> {
+    /// One run with the cipher suite set, learned, or found now (see the
+    /// module docs): on first contact a refused 17 costs one more run, with 3.
+    async fn run_suited(&self, args: &[&str]) -> Result<String, RunError> {
+        if let Some(suite) = &self.cipher_suite {
+            return self.run_once(args, Some(suite)).await;
+        }
+        let known = self.learned_suite.load(Ordering::Relaxed);
+        if known != 0 {
+            let result = self.run_once(args, Some(&known.to_string())).await;
+            if matches!(result, Err(RunError::Suite(_))) {
+                // The BMC changed its mind (firmware): find it again next time.
+                tracing::info!(address = %self.label(), suite = known, "the BMC refused its learned cipher suite");
+                let _ = self.learned_suite.compare_exchange(known, 0, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            return result;
+        }
+        let mut refused = None;
+        for suite in IPMI_CIPHER_SUITES {
+            match self.run_once(args, Some(&suite.to_string())).await {
+                Ok(out) => {
+                    self.learned_suite.store(suite, Ordering::Relaxed);
+                    tracing::info!(address = %self.label(), suite, "the BMC accepts IPMI cipher suite {suite}");
+                    return Ok(out);
+                }
+                Err(RunError::Suite(e)) => {
+                    tracing::debug!(address = %self.label(), suite, error = %e, "the BMC refused this cipher suite");
+                    refused = Some(e);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(RunError::Final(refused.expect("at least one suite tried")))
+    }
+
+    async fn run_once(&self, args: &[&str], suite: Option<&str>) -> Result<String, RunError> {
         let mut cmd = Command::new(&self.tool);
         cmd.args(["-I", "lanplus", "-H", &self.address, "-p", &self.port.to_string()]);
         cmd.args(["-R", "1", "-N", &self.message_timeout().to_string()]);
         if let Some(user) = &self.username {
             cmd.args(["-U", user]);
         }
-        if let Some(suite) = &self.cipher_suite {
+        if let Some(suite) = suite {
             cmd.args(["-C", suite]);
         }
         cmd.arg("-E").env("IPMI_PASSWORD", self.password.expose());
@@ -267,15 +337,20 @@ impl IpmiBmc {
         }
         let stderr = self.password.scrub(&String::from_utf8_lossy(&output.stderr));
         let stdout = self.password.scrub(&String::from_utf8_lossy(&output.stdout));
-        Err(self.classify(&stderr, &stdout, output.status.code()))
+        Err(self.classify(&stderr, &stdout, output.status.code(), suite))
     }
 
     /// Turns a failed run's output into the error an operator can act on.
-    fn classify(&self, stderr: &str, stdout: &str, code: Option<i32>) -> RunError {
+    fn classify(&self, stderr: &str, stdout: &str, code: Option<i32>, suite: Option<&str>) -> RunError {
         let said = meaningful(stderr);
         let said = if said.is_empty() { meaningful(stdout) } else { said };
         let lower = said.to_lowercase();
         let address = self.label();
+        if SUITE_REFUSED.iter().any(|w| lower.contains(w)) {
+            let suite = suite.unwrap_or("chosen by ipmitool");
+            let detail = format!("the BMC refused IPMI cipher suite {suite} ({said})");
+            return RunError::Suite(DriverError::Bmc { address, detail });
+        }
         if AUTH_FAILURES.iter().any(|w| lower.contains(w)) {
             return RunError::Final(DriverError::Auth { address });
         }
@@ -399,6 +474,11 @@ impl Bmc for IpmiBmc {
     fn inspect(&self) -> BmcFuture<'_, Facts> {
         Box::pin(self.facts())
     }
+
+    fn profile(&self) -> Profile {
+        let suite = self.learned_suite.load(Ordering::Relaxed);
+        Profile { ipmi_cipher_suite: (suite != 0).then_some(suite), ..Profile::default() }
+    }
 }
 
 /// "Chassis Power is on" / "Chassis Power is off".
@@ -497,19 +577,30 @@ mod tests {
     fn failures_are_classified() {
         let b = bmc();
         let wrong_password = "Loading IANA PEN Registry...\nUsing best available cipher suite 3\n\n> RAKP 2 HMAC is invalid\nError: Unable to establish IPMI v2 / RMCP+ session\n";
-        assert!(matches!(b.classify(wrong_password, "", Some(1)), RunError::Final(DriverError::Auth { .. })));
+        assert!(matches!(b.classify(wrong_password, "", Some(1), None), RunError::Final(DriverError::Auth { .. })));
         let silent = "Loading IANA PEN Registry...\nGet Auth Capabilities error\nError issuing Get Channel Authentication Capabilities request\nError: Unable to establish IPMI v2 / RMCP+ session\n";
-        match b.classify(silent, "", Some(1)) {
+        match b.classify(silent, "", Some(1), None) {
             RunError::Final(DriverError::Unreachable { reason, .. }) => {
                 assert!(!reason.contains("IANA"), "{reason}");
                 assert!(reason.contains("Get Auth Capabilities error"), "{reason}");
             }
             _ => panic!("not unreachable"),
         }
-        assert!(matches!(b.classify("Error: Node busy\n", "", Some(1)), RunError::Transient(_)));
-        match b.classify("", "", Some(1)) {
+        assert!(matches!(b.classify("Error: Node busy\n", "", Some(1), None), RunError::Transient(_)));
+        match b.classify("", "", Some(1), None) {
             RunError::Final(DriverError::Bmc { detail, .. }) => assert_eq!(detail, "ipmitool exited with status 1"),
             _ => panic!("not a BMC error"),
+        }
+    }
+
+    #[test]
+    fn a_refused_cipher_suite_is_told_apart_from_a_silent_bmc() {
+        let b = bmc();
+        // What ipmitool 1.8.19 says when the pyghmi simulator answers `-C 17`.
+        let refused = "Authentication algorithm 0x01 is not what we requested 0x03\n\nError: Unable to establish IPMI v2 / RMCP+ session\n";
+        match b.classify(refused, "", Some(1), Some("17")) {
+            RunError::Suite(DriverError::Bmc { detail, .. }) => assert!(detail.contains("cipher suite 17"), "{detail}"),
+            _ => panic!("not a refused suite"),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fake;
 pub mod info;
 pub mod ipmi;
+pub mod profile;
 pub mod redfish;
 mod secret;
 
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{DriverError, InvalidDriverInfo};
 pub use info::validate;
+pub use profile::{Profile, RedfishAuth};
 
 /// A boxed future, so that `Bmc` can be used as a trait object.
 pub type BmcFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DriverError>> + Send + 'a>>;
@@ -92,6 +94,11 @@ pub trait Bmc: Send + Sync + 'static {
     fn get_boot_device(&self) -> BmcFuture<'_, Option<Boot>>;
     /// Hardware facts the BMC exposes (may be empty).
     fn inspect(&self) -> BmcFuture<'_, Facts>;
+    /// What this client has learned about the BMC's quirks so far
+    /// ([`profile`]); read after each call, it costs nothing.
+    fn profile(&self) -> Profile {
+        Profile::default()
+    }
 }
 
 /// The driver kinds this crate can build: the one list of driver names.
@@ -157,11 +164,25 @@ pub fn connect_at(
     info: &BTreeMap<String, String>,
     shared: &EndpointState,
 ) -> Result<Arc<dyn Bmc>, DriverError> {
+    connect_known(kind, info, shared, &Profile::default())
+}
+
+/// [`connect_at`] for a BMC whose quirks were learned before (`known`, as
+/// an earlier client's [`Bmc::profile`] told them): the client uses them
+/// from its first call instead of finding them out again.
+pub fn connect_known(
+    kind: &str,
+    info: &BTreeMap<String, String>,
+    shared: &EndpointState,
+    known: &Profile,
+) -> Result<Arc<dyn Bmc>, DriverError> {
     validate(kind, info)?;
     match Kind::named(kind) {
         Some(Kind::Fake) => Ok(Arc::new(fake::FakeBmc::from_info(info)?)),
-        Some(Kind::Redfish) => Ok(Arc::new(redfish::RedfishBmc::from_info(info)?)),
-        Some(Kind::Ipmi) => Ok(Arc::new(ipmi::IpmiBmc::from_info(info)?.with_pacer(shared.ipmi_pacer.clone()))),
+        Some(Kind::Redfish) => Ok(Arc::new(redfish::RedfishBmc::from_info(info)?.knowing(known))),
+        Some(Kind::Ipmi) => {
+            Ok(Arc::new(ipmi::IpmiBmc::from_info(info)?.with_pacer(shared.ipmi_pacer.clone()).knowing(known)))
+        }
         None => Err(DriverError::Unsupported(kind.to_string())),
     }
 }

@@ -43,6 +43,13 @@
 //!     (a service that advertises sessions it does not serve: 404, 405, 5xx).
 //!     The choice is made once per driver and kept; a root or login that got
 //!     no answer at all (refused, timed out) is an error and decides nothing.
+//!     What `auto` found is the client's [`crate::Profile`] (auth mode, and
+//!     whether sessions are served); a client built [`knowing`](RedfishBmc::knowing)
+//!     a profile skips the choice: basic auth from the first request, or a
+//!     login at once at `/redfish/v1/SessionService/Sessions` (the URI the
+//!     Redfish specification fixes for the session collection; a service
+//!     that opens no session there has its root read after all), so
+//!     a known BMC costs no probe at all.
 //!
 //!   Without a `username` nothing is looked up and no credentials are sent.
 //! - The password travels only in the `Authorization` header or the login's
@@ -74,7 +81,7 @@ use tokio::time::Instant;
 use crate::error::InvalidDriverInfo;
 use crate::info::{parse_bool, seconds};
 use crate::secret::Secret;
-use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Power, PowerAction};
+use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Power, PowerAction, Profile, RedfishAuth};
 
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -124,9 +131,11 @@ struct AuthState {
 
 enum Mode {
     Basic,
-    /// Sessions are opened by a POST to this path.
+    /// Sessions are opened by a POST to this path; `learned`: the path
+    /// is the standard one, assumed from a profile, not read from the root.
     Session {
         login: String,
+        learned: bool,
     },
 }
 
@@ -175,6 +184,8 @@ pub struct RedfishBmc {
     /// Basic or session auth, decided on first use, and the open session.
     /// A tokio lock: it is held across a login, so logins never overlap.
     auth: Mutex<AuthState>,
+    /// What `auto` found out (or was told by [`RedfishBmc::knowing`]).
+    learned: std::sync::Mutex<Profile>,
     /// The system's path, from `system_id` or found once on first use.
     system: OnceCell<String>,
     request_timeout: Duration,
@@ -307,12 +318,46 @@ impl RedfishBmc {
             password: Secret::new(info.get("password").cloned().unwrap_or_default()),
             auth_method,
             auth: Mutex::new(AuthState::default()),
+            learned: std::sync::Mutex::new(Profile::default()),
             system,
             request_timeout,
             connect_timeout,
             power_timeout,
             poll_interval: POLL_INTERVAL,
         })
+    }
+
+    /// Starts from what an earlier client learned about this BMC: with
+    /// `auto` and a user, the auth mode is taken as decided (no read of the
+    /// service root, no login tried in vain). Other settings learn nothing
+    /// and take nothing.
+    pub fn knowing(self, known: &Profile) -> Self {
+        if self.auth_method != AuthMethod::Auto || self.username.is_none() {
+            return self;
+        }
+        let mode = match known.redfish_auth {
+            Some(RedfishAuth::Basic) => Mode::Basic,
+            Some(RedfishAuth::Session) => Mode::Session { login: DEFAULT_SESSIONS.to_string(), learned: true },
+            None => return self,
+        };
+        *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = Profile {
+            redfish_auth: known.redfish_auth,
+            redfish_sessions: known.redfish_sessions,
+            ..Profile::default()
+        };
+        let mut this = self;
+        this.auth.get_mut().mode = Some(mode);
+        this
+    }
+
+    /// Records what `auto` found: `auth`, and whether sessions are served.
+    fn learn(&self, auth: RedfishAuth, sessions: Option<bool>) {
+        if self.auth_method != AuthMethod::Auto {
+            return;
+        }
+        let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        learned.redfish_auth = Some(auth);
+        learned.redfish_sessions = sessions;
     }
 
     /// The system's path: `system_id`, or the only member of the service's
@@ -492,10 +537,15 @@ impl RedfishBmc {
             .filter(|p| p.starts_with('/'));
         let offered = link.is_some() || root.as_ref().is_some_and(|r| r.get("SessionService").is_some());
         let login = link.map_or(DEFAULT_SESSIONS, |p| p).to_string();
-        let mode =
-            if self.auth_method == AuthMethod::Session || offered { Mode::Session { login } } else { Mode::Basic };
+        let mode = if self.auth_method == AuthMethod::Session || offered {
+            Mode::Session { login, learned: false }
+        } else {
+            Mode::Basic
+        };
         if matches!(mode, Mode::Basic) {
             tracing::debug!(address = %self.address, "the Redfish service offers no sessions: basic auth");
+            // An unreadable root says nothing of sessions.
+            self.learn(RedfishAuth::Basic, root.is_some().then_some(false));
         }
         Ok(mode)
     }
@@ -503,15 +553,29 @@ impl RedfishBmc {
     /// Opens a session and keeps it; with `auto`, a service that answers
     /// the login with anything but 401/403 is switched to basic auth.
     async fn login_locked(&self, state: &mut AuthState) -> Result<Credentials, DriverError> {
-        let Some(Mode::Session { login }) = &state.mode else {
+        let Some(Mode::Session { login, learned }) = &state.mode else {
             return Ok(Credentials::Basic);
         };
+        let learned = *learned;
         match self.login(login).await {
             Ok(session) => {
                 tracing::info!(address = %self.address, path = ?session.path, "Redfish session opened");
+                self.learn(RedfishAuth::Session, Some(true));
                 let token = session.token.clone();
                 state.session = Some(session);
                 Ok(Credentials::Token(token))
+            }
+            Err(LoginFailure::Refused | LoginFailure::NoSession(_)) if learned => {
+                // The service keeps its sessions elsewhere than the standard
+                // path (some answer an unknown path 401): ask its root, as on
+                // first contact (once: the mode chosen from the root is not
+                // `learned`, so a wrong password ends in `Auth` there).
+                tracing::info!(
+                    address = %self.address,
+                    "Redfish login at the standard path failed; reading the service root"
+                );
+                state.mode = Some(self.choose_mode().await?);
+                Box::pin(self.login_locked(state)).await
             }
             Err(LoginFailure::Refused) => Err(DriverError::Auth { address: self.address.clone() }),
             Err(LoginFailure::Failed(e)) => Err(e),
@@ -521,6 +585,7 @@ impl RedfishBmc {
                     "Redfish session login failed; using basic auth for this BMC from now on"
                 );
                 state.mode = Some(Mode::Basic);
+                self.learn(RedfishAuth::Basic, Some(false));
                 Ok(Credentials::Basic)
             }
             Err(LoginFailure::NoSession(detail)) => Err(DriverError::Bmc {
@@ -733,6 +798,10 @@ impl Bmc for RedfishBmc {
 
     fn inspect(&self) -> BmcFuture<'_, Facts> {
         Box::pin(self.facts())
+    }
+
+    fn profile(&self) -> Profile {
+        *self.learned.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -35,6 +35,13 @@ pub use records::*;
 pub use stats::StoreStats;
 pub use writer::StoreHandle;
 
+/// A node's BMC profile as both backends store it: JSON text, or NULL.
+pub(crate) fn profile_json(profile: Option<&BmcProfile>) -> Result<Option<String>, StoreError> {
+    profile
+        .map(|p| serde_json::to_string(p).map_err(|e| StoreError::Corrupt(format!("cannot encode a BMC profile: {e}"))))
+        .transpose()
+}
+
 /// One change to the store.
 #[derive(Clone, Debug)]
 pub enum Write {

@@ -91,13 +91,13 @@ macro_rules! node_columns {
          provision_state, target_provision_state, power_state, target_power_state,
          boot_device, maintenance, maintenance_reason, fault, last_error,
          reservation_purpose, reservation_since, created_at, updated_at,
-         bmc_last_contact, bmc_unreachable_since, power_verified_at"
+         bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile"
     };
 }
 
 /// How many columns [`node_columns!`] names: the index of a column a query
 /// adds after them.
-const NODE_COLUMNS: usize = 21;
+const NODE_COLUMNS: usize = 22;
 
 /// How long a statement waits for a row lock another session holds.
 const LOCK_TIMEOUT: &str = "10s";
@@ -687,7 +687,7 @@ fn other_nodes_group(address: &str) -> StoreError {
     StoreError::Conflict(format!("port '{address}' cannot join a port group of another node"))
 }
 
-/// A node's columns as bound in `$1`-`$21` of both its insert and update.
+/// A node's columns as bound in `$1`-`$22` of both its insert and update.
 fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, StoreError> {
     Ok(vec![
         Box::new(n.uuid.to_string()),
@@ -711,6 +711,7 @@ fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Stor
         Box::new(n.bmc_last_contact.map(timestamp_text)),
         Box::new(n.bmc_unreachable_since.map(timestamp_text)),
         Box::new(n.power_verified_at.map(timestamp_text)),
+        Box::new(crate::profile_json(n.bmc_profile.as_ref())?),
     ])
 }
 
@@ -742,9 +743,9 @@ mod sql {
              provision_state, target_provision_state, power_state, target_power_state,
              boot_device, maintenance, maintenance_reason, fault, last_error,
              reservation_purpose, reservation_since, created_at, updated_at,
-             bmc_last_contact, bmc_unreachable_since, power_verified_at, owner, owner_epoch
+             bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile, owner, owner_epoch
          ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-                   $22, 1)";
+                   $22, $23, 1)";
     pub const UPDATE_NODE: &str = "WITH u AS (
              UPDATE nodes SET
                  name = $2, driver = $3, driver_info = $4, properties = $5,
@@ -753,8 +754,9 @@ mod sql {
                  maintenance = $11, maintenance_reason = $12, fault = $13, last_error = $14,
                  reservation_purpose = $15, reservation_since = $16,
                  created_at = $17, updated_at = $18,
-                 bmc_last_contact = $19, bmc_unreachable_since = $20, power_verified_at = $21
-             WHERE uuid = $1 AND owner = $22 AND owner_epoch = $23
+                 bmc_last_contact = $19, bmc_unreachable_since = $20, power_verified_at = $21,
+                 bmc_profile = $22
+             WHERE uuid = $1 AND owner = $23 AND owner_epoch = $24
              RETURNING 1)
          SELECT kiln_node_written((SELECT count(*) FROM u), $1)";
     pub const DELETE_NODE: &str = "WITH d AS (
@@ -1413,6 +1415,11 @@ impl Fields<'_> {
         serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
     }
 
+    fn profile(&self, index: usize) -> Result<Option<crate::BmcProfile>, StoreError> {
+        let text: Option<String> = self.raw(index, "bmc_profile")?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt("bmc_profile", &t, e))).transpose()
+    }
+
     fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
         StoreError::Corrupt(format!("{}.{column}{} holds '{value}': {error}", self.table, self.key))
     }
@@ -1456,6 +1463,7 @@ fn node_from_row(row: &Row) -> Result<NodeRecord, StoreError> {
         bmc_last_contact: f.timestamp_opt(18, "bmc_last_contact")?,
         bmc_unreachable_since: f.timestamp_opt(19, "bmc_unreachable_since")?,
         power_verified_at: f.timestamp_opt(20, "power_verified_at")?,
+        bmc_profile: f.profile(21)?,
     })
 }
 

@@ -246,6 +246,42 @@ string_enum!(
 );
 
 string_enum!(
+    /// How a node's Redfish BMC was found to take credentials: a session's
+    /// token, or HTTP basic auth on every request ([`BmcProfile`]).
+    BmcAuth, "BMC auth mode" {
+        Basic => "basic",
+        Session => "session",
+    }
+);
+
+/// What kiln learned about a node's BMC by talking to it, so that it never
+/// has to find out again: which Redfish authentication works and whether
+/// the service serves sessions at all, which IPMI cipher suite it accepts.
+/// A field is `None` when nothing was learned of it (another driver, or a
+/// setting in `driver_info` that decides it). Learned on first contact,
+/// stored with the node, cleared when the node's BMC settings change or by
+/// `kiln node set --reset-bmc-profile`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcProfile {
+    pub redfish_auth: Option<BmcAuth>,
+    /// Whether the Redfish service opened a session when asked (false: it
+    /// advertised none, or refused the login although the password is right).
+    pub redfish_sessions: Option<bool>,
+    pub ipmi_cipher_suite: Option<u8>,
+    /// When it was learned.
+    pub learned_at: Timestamp,
+}
+
+impl BmcProfile {
+    /// The same facts, whenever learned.
+    pub fn same_facts(&self, other: &BmcProfile) -> bool {
+        self.redfish_auth == other.redfish_auth
+            && self.redfish_sessions == other.redfish_sessions
+            && self.ipmi_cipher_suite == other.ipmi_cipher_suite
+    }
+}
+
+string_enum!(
     /// How a port group bonds its ports: the Linux bonding driver's mode
     /// names (`mode=` of `bonding.ko`), which Ironic's port groups use too.
     BondMode, "bond mode" {
@@ -308,6 +344,8 @@ pub struct NodeRecord {
     /// The last time the BMC confirmed the node's power state (a read, or
     /// a power action reported done), as of the node's last commit.
     pub power_verified_at: Option<Timestamp>,
+    /// What was learned about the BMC ([`BmcProfile`]); `None` until then.
+    pub bmc_profile: Option<BmcProfile>,
 }
 
 /// Keys of `driver_info` whose values are secrets and are never shown.
@@ -368,6 +406,7 @@ impl NodeRecord {
             bmc_last_contact: None,
             bmc_unreachable_since: None,
             power_verified_at: None,
+            bmc_profile: None,
         }
     }
 }

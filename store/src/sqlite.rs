@@ -226,6 +226,10 @@ pub const MIGRATIONS: &[&str] = &[
     -- Serves 'node list --bmc unreachable' without reading every node.
     CREATE INDEX nodes_bmc_unreachable ON nodes(bmc_unreachable_since) WHERE bmc_unreachable_since IS NOT NULL;
     ",
+    // 7: what kiln learned about a node's BMC (its `BmcProfile`, as JSON).
+    "
+    ALTER TABLE nodes ADD COLUMN bmc_profile TEXT;
+    ",
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].
@@ -331,7 +335,7 @@ macro_rules! node_select {
                 provision_state, target_provision_state, power_state, target_power_state,
                 boot_device, maintenance, maintenance_reason, fault, last_error,
                 reservation_purpose, reservation_since, created_at, updated_at,
-                bmc_last_contact, bmc_unreachable_since, power_verified_at
+                bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile
          FROM nodes"
     };
 }
@@ -616,8 +620,8 @@ fn insert_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
              provision_state, target_provision_state, power_state, target_power_state,
              boot_device, maintenance, maintenance_reason, fault, last_error,
              reservation_purpose, reservation_since, created_at, updated_at,
-             bmc_last_contact, bmc_unreachable_since, power_verified_at
-         ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+             bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile
+         ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
     )?;
     execute_node(stmt, node)?;
     Ok(())
@@ -632,7 +636,8 @@ fn update_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
              maintenance = ?11, maintenance_reason = ?12, fault = ?13, last_error = ?14,
              reservation_purpose = ?15, reservation_since = ?16,
              created_at = ?17, updated_at = ?18,
-             bmc_last_contact = ?19, bmc_unreachable_since = ?20, power_verified_at = ?21
+             bmc_last_contact = ?19, bmc_unreachable_since = ?20, power_verified_at = ?21,
+             bmc_profile = ?22
          WHERE uuid = ?1",
     )?;
     let changed = execute_node(stmt, node)?;
@@ -710,7 +715,7 @@ fn append_history(held: &mut Held<'_>, entry: &HistoryEntry) -> Result<(), Store
 }
 
 /// Runs the INSERT or UPDATE of `nodes`, whose parameters are numbered
-/// alike: ?1 is the uuid, ?2..?21 the other columns.
+/// alike: ?1 is the uuid, ?2..?22 the other columns.
 fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<usize, StoreError> {
     let changed = stmt
         .execute(params![
@@ -735,6 +740,7 @@ fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<us
             n.bmc_last_contact.map(timestamp_text),
             n.bmc_unreachable_since.map(timestamp_text),
             n.power_verified_at.map(timestamp_text),
+            crate::profile_json(n.bmc_profile.as_ref())?,
         ])
         .map_err(|e| node_error(e, n))?;
     Ok(changed)
@@ -856,6 +862,11 @@ impl Fields<'_, '_> {
         serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
     }
 
+    fn profile(&self, index: usize) -> Result<Option<crate::BmcProfile>, StoreError> {
+        let text: Option<String> = self.raw(index, "bmc_profile")?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt("bmc_profile", &t, e))).transpose()
+    }
+
     fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
         StoreError::Corrupt(format!("{}.{column}{} holds '{value}': {error}", self.table, self.key))
     }
@@ -899,6 +910,7 @@ fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
         bmc_last_contact: f.timestamp_opt(18, "bmc_last_contact")?,
         bmc_unreachable_since: f.timestamp_opt(19, "bmc_unreachable_since")?,
         power_verified_at: f.timestamp_opt(20, "power_verified_at")?,
+        bmc_profile: f.profile(21)?,
     })
 }
 

@@ -58,6 +58,12 @@ fn full_node() -> NodeRecord {
         bmc_last_contact: Some(created + Duration::seconds(3)),
         bmc_unreachable_since: Some(created + Duration::seconds(4)),
         power_verified_at: Some(created + Duration::nanoseconds(1)),
+        bmc_profile: Some(BmcProfile {
+            redfish_auth: Some(BmcAuth::Basic),
+            redfish_sessions: Some(false),
+            ipmi_cipher_suite: Some(3),
+            learned_at: created + Duration::seconds(5),
+        }),
     }
 }
 

@@ -10,11 +10,16 @@
 //! request, even from a client that pools connections (reqwest does), and
 //! no HTTP parsing beyond a request's head and `Content-Length` is needed.
 //!
+//! A quirk can be switched on beside the faults: [`FaultProxy::refuse_sessions`]
+//! makes the BMC advertise Redfish sessions in its service root (which the
+//! emulator does not) and refuse every login with 405, as BMCs do whose
+//! SessionService is listed but broken.
+//!
 //! It runs on a tokio runtime on its own thread; dropping the proxy stops
 //! it and closes every connection it holds.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -56,6 +61,8 @@ pub struct FaultProxy {
     seen: Arc<Mutex<Vec<(Fault, String)>>>,
     /// Requests being served now, and the most ever served at once.
     in_flight: Arc<(AtomicUsize, AtomicUsize)>,
+    /// Sessions advertised and refused ([`FaultProxy::refuse_sessions`]).
+    refusing_sessions: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -70,7 +77,9 @@ impl FaultProxy {
         let held = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let in_flight = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let refusing_sessions = Arc::new(AtomicBool::new(false));
         let shared = Shared {
+            refusing_sessions: refusing_sessions.clone(),
             upstream,
             fault: fault_rx,
             stop: stop_rx,
@@ -96,7 +105,7 @@ impl FaultProxy {
             });
             // Dropping the runtime drops every connection task.
         });
-        FaultProxy { addr, fault, stop, held, seen, in_flight, thread: Some(thread) }
+        FaultProxy { addr, fault, stop, held, seen, in_flight, refusing_sessions, thread: Some(thread) }
     }
 
     pub fn url(&self) -> String {
@@ -107,6 +116,20 @@ impl FaultProxy {
     /// closes the connections held so far.
     pub fn set(&self, fault: Fault) {
         self.fault.send_replace(fault);
+    }
+
+    /// From now on (while the fault is `Pass`), the service root the BMC
+    /// serves advertises sessions (`SessionService`, `Links.Sessions`), and
+    /// a POST to the session collection is answered 405: sessions listed,
+    /// not served.
+    pub fn refuse_sessions(&self, on: bool) {
+        self.refusing_sessions.store(on, Ordering::SeqCst);
+    }
+
+    /// How many requests received so far have a request line containing
+    /// every one of `words` (`["POST", "/Sessions"]`).
+    pub fn count(&self, words: &[&str]) -> usize {
+        self.seen().iter().filter(|(_, line)| words.iter().all(|w| line.contains(w))).count()
     }
 
     /// How many connections are hanging now.
@@ -137,6 +160,7 @@ impl Drop for FaultProxy {
 
 #[derive(Clone)]
 struct Shared {
+    refusing_sessions: Arc<AtomicBool>,
     upstream: SocketAddr,
     fault: watch::Receiver<Fault>,
     stop: watch::Receiver<bool>,
@@ -172,8 +196,16 @@ impl Shared {
         let Some(request) = read_request(&mut client).await else { return };
         let fault = *self.fault.borrow();
         let line = String::from_utf8_lossy(request.split(|b| *b == b'\r').next().unwrap_or_default()).into_owned();
-        self.seen.lock().unwrap().push((fault, line));
+        self.seen.lock().unwrap().push((fault, line.clone()));
         let _counted = InFlight::start(&self.in_flight);
+        if fault == Fault::Pass && self.refusing_sessions.load(Ordering::SeqCst) {
+            if line.starts_with("POST ") && line.contains("/SessionService/Sessions") {
+                return answer(client, 405, "sessions are listed, not served").await;
+            }
+            if line.starts_with("GET /redfish/v1/ ") || line.starts_with("GET /redfish/v1 ") {
+                return self.forward(client, &request, |r| rewrite_body(r, advertise_sessions)).await;
+            }
+        }
         match fault {
             Fault::Pass => self.forward(client, &request, |r| r).await,
             Fault::Latency(d) => {
@@ -196,17 +228,7 @@ impl Shared {
             Fault::Reset => {
                 let _ = client.set_zero_linger();
             }
-            Fault::Status(code) => {
-                let body = format!(
-                    r#"{{"error": {{"code": "Base.1.0.GeneralError", "message": "injected HTTP {code}", "@Message.ExtendedInfo": []}}}}"#
-                );
-                let reply = format!(
-                    "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = client.write_all(reply.as_bytes()).await;
-                let _ = client.shutdown().await;
-            }
+            Fault::Status(code) => answer(client, code, &format!("injected HTTP {code}")).await,
             Fault::Garbage => {
                 let _ = client.write_all(b"\x00\xff\xfe garbage \x1b[31m\r\n\r\n\x7f{{{{").await;
                 let _ = client.shutdown().await;
@@ -230,6 +252,27 @@ impl Shared {
             let _ = client.shutdown().await;
         }
     }
+}
+
+/// Answers with HTTP `code` and a Redfish error body saying `message`.
+async fn answer(mut client: TcpStream, code: u16, message: &str) {
+    let body = format!(
+        r#"{{"error": {{"code": "Base.1.0.GeneralError", "message": "{message}", "@Message.ExtendedInfo": []}}}}"#
+    );
+    let reply = format!(
+        "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(reply.as_bytes()).await;
+    let _ = client.shutdown().await;
+}
+
+/// A service root that also advertises sessions, as Redfish lists them.
+fn advertise_sessions(body: &[u8]) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut root)) = serde_json::from_slice(body) else { return body.to_vec() };
+    root.insert("SessionService".into(), serde_json::json!({"@odata.id": "/redfish/v1/SessionService"}));
+    root.insert("Links".into(), serde_json::json!({"Sessions": {"@odata.id": "/redfish/v1/SessionService/Sessions"}}));
+    serde_json::to_vec(&serde_json::Value::Object(root)).unwrap_or_else(|_| body.to_vec())
 }
 
 /// Reads one request: its head, then `Content-Length` bytes of body.

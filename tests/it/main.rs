@@ -27,6 +27,7 @@ mod periodic;
 mod ports;
 mod postgres;
 mod privacy;
+mod profiles;
 mod readme;
 mod rejected;
 mod relay;

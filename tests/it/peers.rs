@@ -316,6 +316,26 @@ pub fn redfish_for_limits() -> &'static Peer {
     peer_start::redfish(&PEER, 4, false)
 }
 
+/// A Redfish emulator with two systems, node-1..node-2, for the BMC profile
+/// tests (`profiles.rs`): its own, so that its request counts are theirs.
+pub fn redfish_for_profiles() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    peer_start::redfish(&PEER, 2, false)
+}
+
+/// A Redfish emulator with four systems for the blackholed-BMC test
+/// (`unreachable.rs`): its own, so that its bursts slow no other test.
+pub fn redfish_for_blackholes() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    peer_start::redfish(&PEER, 4, false)
+}
+
+/// One simulated IPMI BMC for the BMC profile tests (`profiles.rs`).
+pub fn ipmi_for_profiles() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    peer_start::ipmi(&PEER, 1)
+}
+
 /// A Redfish emulator with four systems, node-1..node-4, for the fault tests
 /// (its own, so that no other test's power changes meet theirs).
 pub fn redfish_for_faults() -> &'static Peer {

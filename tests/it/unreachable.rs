@@ -182,3 +182,124 @@ fn dead_bmcs_cost_one_connect_timeout_in_a_bulk_power_on() {
     assert!(second.contains(&format!("{n} in sync")) && second.contains(&format!("{n} backed off")), "{second}");
     site.finish(&["admin:password"]);
 }
+
+/// How many nodes of each kind the blackhole test runs: `KILN_BLACKHOLED`
+/// dead BMCs (default 200, the issue's), `KILN_HEALTHY` emulator nodes
+/// (default 40: one emulator, four systems, `bmc_max_concurrent` calls at
+/// once; its power changes are polled every second, so many more nodes only
+/// measure the emulator).
+fn blackhole_counts() -> (usize, usize) {
+    let var = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    (var("KILN_BLACKHOLED", 200), var("KILN_HEALTHY", 40))
+}
+
+/// Runs `args` (a bulk verb over `nodes`, `--wait`); returns what it took
+/// and checks each node's result: the dead ones fail after one connect
+/// timeout, the others work.
+fn bulk(site: &Site, args: &[&str], expect: usize, connect_timeout: u64) -> f64 {
+    let began = Instant::now();
+    let out = site.run(args, if args.iter().any(|a| a.contains("dead")) { 1 } else { 0 });
+    let took = began.elapsed().as_secs_f64();
+    let results = out.as_array().unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(results.len(), expect, "{out}");
+    let needle = format!("no connection within {connect_timeout} s (connect_timeout)");
+    for r in results {
+        if r["node"].as_str().unwrap().starts_with("dead") {
+            assert!(r["error"]["message"].as_str().unwrap_or_default().contains(&needle), "{r}");
+        } else {
+            assert!(r["error"].is_null(), "{r}");
+        }
+    }
+    took
+}
+
+/// The issue's test: 200 blackholed BMCs (listeners that never accept: the
+/// SYN is dropped, so each connect runs into `bmc_connect_timeout`) beside
+/// healthy nodes on the real emulator. Asserted by counts, and by bounds
+/// derived from the settings that a serial cost (a connect timeout per dead
+/// BMC, one after the other: 200 x 3 s) would break by far:
+/// - a power sync cycle pays each dead BMC once (all `failed`, each with
+///   the connect timeout's message), concurrently: the cycle takes at most
+///   the healthy cycle plus a few connect timeouts; the next cycle asks no
+///   dead BMC (all `backed off`) and the healthy nodes' cycle is not slowed;
+/// - a bulk `power on` over all of them, at a fanout that holds them all,
+///   takes about one connect timeout plus the healthy nodes' own time.
+///
+/// The figures are printed (`--nocapture`).
+#[test]
+fn blackholed_bmcs_cost_one_connect_timeout_each_and_slow_no_healthy_node() {
+    let (dead, healthy) = blackhole_counts();
+    let connect_timeout = 3; // the default `bmc_connect_timeout`
+    let peer = peers::redfish_for_blackholes();
+    let holes: Vec<peers::SilentTcpPort> = (0..dead).map(|_| peers::SilentTcpPort::hold()).collect();
+    // At `info`: at `debug` the log of 400 nodes' calls is the bottleneck.
+    let site = Site { d: crate::harness::Daemon::start(0, &["--no-periodic"]), said: Default::default() };
+
+    // Enrolled in one import; the dead ones on a quick stand-in BMC first
+    // (a power read answered "Off" at once), so that they can be managed
+    // (power sync reads managed nodes) without a slow read each from the
+    // emulator; then their BMCs go dark.
+    let stand_in = peers::Responder::start(|_, _| peers::Answer::Reply("200 OK", r#"{"PowerState": "Off"}"#.into()));
+    let entry = |name: String, address: String, system: String| {
+        serde_json::json!({
+            "name": name,
+            "driver": "redfish",
+            "driver_info": {
+                "address": address, "system_id": system,
+                "username": peers::USER, "password": PASSWORD, "auth_method": "basic",
+            },
+        })
+    };
+    let nodes: Vec<Value> = (1..=healthy)
+        .map(|i| entry(format!("live{i}"), peer.url(), peer.system_id(1 + i % 4)))
+        .chain((1..=dead).map(|i| entry(format!("dead{i}"), stand_in.url(), "/redfish/v1/Systems/1".into())))
+        .collect();
+    let file = site.d.dir.path().join("nodes.json");
+    std::fs::write(&file, serde_json::to_string(&nodes).unwrap()).unwrap();
+    site.ok(&["node", "import", file.to_str().unwrap()]);
+    let (all, live, gone) =
+        (format!("live[1-{healthy}],dead[1-{dead}]"), format!("live[1-{healthy}]"), format!("dead[1-{dead}]"));
+    let wide = (healthy + dead).to_string();
+    let managed = site.ok(&["node", "manage", &all, "--wait", "-f", &wide]);
+    assert!(managed.as_array().unwrap().iter().all(|r| r["error"].is_null()), "{managed}");
+    site.run(&["node", "power", "off", &live, "--wait", "-f", &wide], 0);
+
+    let cycle = |label: &str| {
+        let began = Instant::now();
+        let said = sync(&site, label);
+        (said, began.elapsed().as_secs_f64())
+    };
+    let (said, all_healthy) = cycle(&format!("{healthy} live, {dead} on the stand-in, every BMC answering"));
+    assert!(said.contains(&format!("{} in sync", healthy + dead)), "{said}");
+
+    drop(stand_in);
+    for (i, hole) in holes.iter().enumerate() {
+        site.ok(&["node", "set", &format!("dead{}", i + 1), "--driver-info", &format!("address={}", hole.url())]);
+    }
+    let (first, paying) = cycle(&format!("{healthy} live, {dead} blackholed paying their connect timeout"));
+    assert!(first.contains(&format!("{healthy} in sync")) && first.contains(&format!("{dead} failed")), "{first}");
+    let (second, backed_off) = cycle(&format!("{healthy} live, {dead} blackholed backed off"));
+    assert!(second.contains(&format!("{healthy} in sync")), "{second}");
+    assert!(second.contains(&format!("{dead} backed off")) && second.contains(" 0 failed"), "{second}");
+    assert_eq!(listed(&site, &["--bmc", "unreachable"]).len(), dead);
+    // Generous bounds, from the settings: paid all at once, not in turn.
+    let ct = connect_timeout as f64;
+    assert!(paying <= all_healthy + 4.0 * ct + 30.0, "{paying:.1} s against {all_healthy:.1} s");
+    assert!(backed_off <= 2.0 * all_healthy + 10.0, "{backed_off:.1} s against {all_healthy:.1} s");
+
+    // A bulk power on: the healthy nodes alone, then everything at once.
+    let own = bulk(&site, &["node", "power", "on", &live, "--wait", "-f", &wide], healthy, connect_timeout);
+    site.run(&["node", "power", "off", &live, "--wait", "-f", &wide], 0);
+    let args = ["node", "power", "on", all.as_str(), "--wait", "-f", wide.as_str()];
+    let everything = bulk(&site, &args, healthy + dead, connect_timeout);
+    assert!(everything <= own + 4.0 * ct + 30.0, "{everything:.1} s against {own:.1} s");
+    let default_fanout = bulk(&site, &["node", "power", "on", &gone, "--wait"], dead, connect_timeout);
+    println!(
+        "[unreachable] {dead} blackholed + {healthy} emulator nodes, connect timeout {connect_timeout} s: \
+         power sync {all_healthy:.2} s all answering (the dead on a stand-in), {paying:.2} s paying, {backed_off:.2} s backed off; \
+         bulk power on {own:.2} s healthy alone, {everything:.2} s all (-f {wide}); \
+         {default_fanout:.2} s the {dead} dead alone at the default fanout (64)"
+    );
+    drop(holes);
+    site.finish(&["admin:password"]);
+}

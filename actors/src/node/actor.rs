@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use kiln_drivers::DriverError;
+use kiln_drivers::{DriverError, Profile};
 use kiln_store::{NodeRecord, PowerState, StoreHandle};
 use tokio::sync::oneshot;
 
@@ -23,7 +23,7 @@ use super::core::{Input, NodeCore, Request};
 use super::effects::{Effect, Ticket};
 use super::{ReadPower, RunOp, RunOpIn, ShowNode};
 use crate::KilnError;
-use crate::driver::{DriverCall, DriverReply, NodeCall};
+use crate::driver::{Called, DriverCall, DriverReply, NodeCall};
 use crate::events::{EventBus, Publish};
 use crate::view::NodeView;
 
@@ -97,7 +97,12 @@ impl NodeActor {
             }
             Effect::Connect { ticket } => return self.connect(ticket, ctx),
             Effect::CallDriver { ticket, call, span } => self.call(ticket, call, span, ctx),
-            Effect::ForgetDriver => self.driver = None,
+            Effect::ForgetDriver { evict } => {
+                if evict {
+                    self.env.drivers.evict(DriverSpec::of(self.core.record()));
+                }
+                self.driver = None;
+            }
             Effect::LoadStored { ticket } => {
                 let store = self.env.store.clone();
                 let id = self.core.record().uuid;
@@ -139,13 +144,19 @@ impl NodeActor {
         let call = NodeCall { call, span };
         let fence = self.env.fence.clone();
         let reply = async move {
-            let driver = connecting.await?;
-            unfenced(fence.as_ref())?;
-            driver.send(call).await.unwrap_or(Err(DriverError::Unavailable))
+            let failed = |e| Called { result: Err(e), learned: Profile::default() };
+            let driver = match connecting.await {
+                Ok(driver) => driver,
+                Err(e) => return failed(e),
+            };
+            if let Err(e) = unfenced(fence.as_ref()) {
+                return failed(e);
+            }
+            driver.send(call).await.unwrap_or_else(|_| failed(DriverError::Unavailable))
         };
-        ctx.spawn(reply.into_actor(self).map(move |result, act, ctx| {
+        ctx.spawn(reply.into_actor(self).map(move |called, act, ctx| {
             let _entered = task_span.enter();
-            act.feed(Input::DriverReplied { ticket, result }, ctx);
+            act.feed(Input::DriverReplied { ticket, result: called.result, learned: called.learned }, ctx);
         }));
     }
 
@@ -253,7 +264,7 @@ impl Handler<ReadPower> for NodeActor {
             let driver =
                 connecting.await.map_err(|e| KilnError::Driver { node: name.clone(), message: e.to_string() })?;
             unfenced(fence.as_ref()).map_err(|e| KilnError::Driver { node: name.clone(), message: e.to_string() })?;
-            match driver.send(call).await {
+            match driver.send(call).await.map(|called| called.result) {
                 Ok(Ok(DriverReply::Power(p))) => Ok(Some(super::core::power_state_of(p))),
                 Ok(Ok(_)) => Ok(None),
                 Ok(Err(e)) => Err(KilnError::Driver { node: name, message: e.to_string() }),

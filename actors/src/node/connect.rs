@@ -25,6 +25,12 @@
 //! the same actor. A connection that failed, or whose actor stopped, is
 //! replaced by the next request for it.
 //!
+//! A node's BMC profile (what was learned about its quirks, stored with the
+//! node) goes into the client it is built with ([`kiln_drivers::connect_known`]),
+//! so a BMC known from before a restart is not probed again; the pool key
+//! leaves it out, so nodes of one BMC still share one client, which learns
+//! for all of them. A reset profile evicts the client ([`DriverPool::evict`]).
+//!
 //! The driver actors run on the site's driver arbiter when it has one (their
 //! HTTP and IPMI work then leaves the node actors' thread), otherwise on the
 //! arbiter of whoever awaits the connection; a `fake` BMC's on its node's.
@@ -39,7 +45,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use kiln_drivers::{DriverError, EndpointState};
+use kiln_drivers::{DriverError, EndpointState, Profile};
 use kiln_store::{DriverKind, NodeRecord, PowerState};
 use tokio::sync::Semaphore;
 
@@ -66,6 +72,8 @@ pub struct DriverSpec {
     info: BTreeMap<String, String>,
     /// How the BMC is named in errors (its address; never credentials).
     label: String,
+    /// What was learned about the BMC before.
+    known: Profile,
 }
 
 impl DriverSpec {
@@ -77,7 +85,8 @@ impl DriverSpec {
             info.entry("power".into()).or_insert_with(|| "on".into());
         }
         let label = info.get("address").cloned().unwrap_or_else(|| format!("fake BMC of {}", record.name));
-        DriverSpec { kind: record.driver, info, label }
+        let known = record.bmc_profile.as_ref().map(super::core::driver_profile).unwrap_or_default();
+        DriverSpec { kind: record.driver, info, label, known }
     }
 
     /// The pool key: the endpoint and a hash of the settings, so a changed
@@ -147,12 +156,8 @@ impl DriverPool {
 
     /// The driver for `spec`: the one of its endpoint when it is usable
     /// (connected or connecting), else a new connection.
-    pub fn obtain(&self, mut spec: DriverSpec) -> Connecting {
-        if spec.kind != DriverKind::Fake {
-            // The site's connect timeout, unless the node sets its own.
-            let secs = self.limits.connect_timeout.as_secs_f64();
-            spec.info.entry("connect_timeout".into()).or_insert_with(|| format!("{secs}"));
-        }
+    pub fn obtain(&self, spec: DriverSpec) -> Connecting {
+        let spec = self.settled(spec);
         let Some(key) = spec.key() else { return self.connect(spec) };
         match self.by_endpoint.entry(key) {
             Entry::Occupied(held) if usable(held.get()) => held.get().clone(),
@@ -165,12 +170,31 @@ impl DriverPool {
         }
     }
 
+    /// Drops the pool's driver for `spec`, so the next node asking for it
+    /// gets a new client (one that has learned nothing). Nodes holding the
+    /// old one keep it until they reconnect.
+    pub fn evict(&self, spec: DriverSpec) {
+        if let Some(key) = self.settled(spec).key() {
+            self.by_endpoint.remove(&key);
+        }
+    }
+
+    /// `spec` with the site's settings a node does not set itself: the
+    /// site's connect timeout.
+    fn settled(&self, mut spec: DriverSpec) -> DriverSpec {
+        if spec.kind != DriverKind::Fake {
+            let secs = self.limits.connect_timeout.as_secs_f64();
+            spec.info.entry("connect_timeout".into()).or_insert_with(|| format!("{secs}"));
+        }
+        spec
+    }
+
     /// Builds the BMC client on a blocking thread, then starts its actor.
     /// A `fake` BMC lives in memory: it is built here, at once, and its
     /// actor runs beside its node's, since a hop to another thread and a
     /// blocking-pool task per node would cost more than the building.
     fn connect(&self, spec: DriverSpec) -> Connecting {
-        let DriverSpec { kind, info, label } = spec;
+        let DriverSpec { kind, info, label, known } = spec;
         if kind == DriverKind::Fake {
             let (call_timeout, metrics) = (self.call_timeout, self.metrics.clone());
             let built = kiln_drivers::connect(kind.as_str(), &info)
@@ -185,9 +209,10 @@ impl DriverPool {
         let endpoint = kiln_drivers::host_port(kind.as_str(), &info).map(|hp| self.endpoint(&hp));
         async move {
             let state = endpoint.as_ref().map(|e| e.state.clone()).unwrap_or_default();
-            let bmc = tokio::task::spawn_blocking(move || kiln_drivers::connect_at(kind.as_str(), &info, &state))
-                .await
-                .map_err(|e| DriverError::Panicked(crate::panics::join_text(e)))??;
+            let bmc =
+                tokio::task::spawn_blocking(move || kiln_drivers::connect_known(kind.as_str(), &info, &state, &known))
+                    .await
+                    .map_err(|e| DriverError::Panicked(crate::panics::join_text(e)))??;
             let limit = endpoint.map(|e| e.limit);
             let actor = move |_: &mut Context<DriverActor>| {
                 DriverActor::new(bmc, label, call_timeout).limited(limit).observed(metrics, kind)

@@ -23,12 +23,13 @@ mod upkeep;
 #[cfg(test)]
 mod tests;
 
+pub(in crate::node) use contact::driver_profile;
 pub(in crate::node) use ops::power_state_of;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use kiln_drivers::DriverError;
+use kiln_drivers::{DriverError, Profile};
 use kiln_store::{HistoryEntry, NodeRecord, ProvisionState, Reservation, StoreError, Write};
 use tokio::sync::oneshot;
 
@@ -80,8 +81,9 @@ pub enum Input {
     LockWaitOver { waiter: u64 },
     /// The store answered an [`Effect::Commit`].
     Committed { ticket: Ticket, result: Result<(), StoreError> },
-    /// The BMC answered an [`Effect::CallDriver`].
-    DriverReplied { ticket: Ticket, result: Result<DriverReply, DriverError> },
+    /// The BMC answered an [`Effect::CallDriver`]; `learned`: the
+    /// client's profile of the BMC then.
+    DriverReplied { ticket: Ticket, result: Result<DriverReply, DriverError>, learned: Profile },
     /// The answer to an [`Effect::Connect`].
     Connected { ticket: Ticket, result: Result<(), DriverError> },
     /// The store answered an [`Effect::LoadStored`].
@@ -219,7 +221,7 @@ impl NodeCore {
             Input::Abandon { why, reply } => self.abandon(why, reply),
             Input::LockWaitOver { waiter } => self.lock_wait_over(waiter),
             Input::Committed { ticket, result } => self.committed(ticket, result),
-            Input::DriverReplied { ticket, result } => self.replied(ticket, result),
+            Input::DriverReplied { ticket, result, learned } => self.replied(ticket, result, &learned),
             Input::Connected { ticket, result } => {
                 // A connection ends after the task that asked for it was
                 // abandoned (shutdown): nothing is left to go on with.
@@ -487,10 +489,11 @@ impl NodeCore {
         self.out.push(Effect::CallDriver { ticket, call, span });
     }
 
-    fn replied(&mut self, ticket: Ticket, result: Result<DriverReply, DriverError>) {
+    fn replied(&mut self, ticket: Ticket, result: Result<DriverReply, DriverError>, learned: &Profile) {
         let awaiting = self.awaiting.remove(&ticket);
         if let Some(Awaiting::Call(then)) = &awaiting {
             let now = self.clock.now();
+            self.contact.learned(now, learned);
             match &result {
                 Ok(reply) => self.contact.answered(now, confirms_power(then, reply)),
                 Err(DriverError::Unreachable { .. }) => self.contact.unreachable(now),

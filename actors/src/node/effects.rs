@@ -34,8 +34,10 @@ pub enum Effect {
     /// Call the node's BMC inside `span`; answer with
     /// [`super::core::Input::DriverReplied`].
     CallDriver { ticket: Ticket, call: DriverCall, span: tracing::Span },
-    /// The BMC settings changed: connect afresh on next use.
-    ForgetDriver,
+    /// The BMC settings changed: connect afresh on next use. With `evict`
+    /// (its BMC profile was reset), the pool's client for the settings is
+    /// dropped too, so that nothing learned survives in memory either.
+    ForgetDriver { evict: bool },
     /// Read the node's record back from the store; answer with
     /// [`super::core::Input::Loaded`].
     LoadStored { ticket: Ticket },

@@ -105,6 +105,9 @@ pub fn parse_power_action(s: &str) -> Result<PowerAction, UnknownPowerAction> {
 pub struct NodeUpdate {
     pub driver_info: BTreeMap<String, Option<String>>,
     pub properties: BTreeMap<String, Option<String>>,
+    /// Forget what was learned about the BMC (`--reset-bmc-profile`): the
+    /// next call finds it out again.
+    pub reset_bmc_profile: bool,
 }
 
 /// Asks a node actor to run an exclusive operation. With `wait` the answer

@@ -213,3 +213,45 @@ async fn auto_and_basic_work_on_the_emulator() {
         assert!(shown.contains(r#"auth: "basic""#), "{shown}");
     }
 }
+
+/// What `auto` learned, and a driver built knowing it: no root read, and
+/// straight to what works (a login at the standard path first; this
+/// service keeps its sessions elsewhere, so its root is read after all).
+#[tokio::test]
+async fn auto_learns_its_profile_and_a_driver_knowing_it_probes_nothing() {
+    use kiln_drivers::{Profile, RedfishAuth};
+    let served = SessionBmc::start(FULL).await;
+    let bmc = driver(&served, &[]);
+    assert_eq!(bmc.profile(), Profile::default(), "nothing learned before a call");
+    bmc.get_power_state().await.unwrap();
+    let learned = bmc.profile();
+    assert_eq!(learned.redfish_auth, Some(RedfishAuth::Session));
+    assert_eq!(learned.redfish_sessions, Some(true));
+
+    let refused = SessionBmc::start(Offer { advertised: true, served: false, basic: true }).await;
+    let bmc = driver(&refused, &[]);
+    bmc.get_power_state().await.unwrap();
+    let basic = bmc.profile();
+    assert_eq!((basic.redfish_auth, basic.redfish_sessions), (Some(RedfishAuth::Basic), Some(false)));
+    let before = refused.seen().len();
+    let again = driver(&refused, &[]).knowing(&basic);
+    assert_eq!(again.get_power_state().await.unwrap(), Power::On);
+    let seen = &refused.seen()[before..];
+    assert_eq!(seen.len(), 1, "one request, the read itself: {seen:#?}");
+    assert!(seen[0].authorization && seen[0].path == "/redfish/v1/Systems/1", "{seen:#?}");
+    assert_eq!(again.profile(), basic);
+
+    // A setting decides: nothing learned, nothing taken.
+    let told = driver(&refused, &[("auth_method", "basic")]).knowing(&learned);
+    told.get_power_state().await.unwrap();
+    assert_eq!(told.profile(), Profile::default());
+
+    let before = served.seen().len();
+    let again = driver(&served, &[]).knowing(&learned);
+    assert_eq!(again.get_power_state().await.unwrap(), Power::On);
+    let paths: Vec<String> = served.seen()[before..].iter().map(|s| format!("{} {}", s.method, s.path)).collect();
+    assert_eq!(paths[0], "POST /redfish/v1/SessionService/Sessions", "{paths:#?}");
+    assert_eq!(paths[1], "GET /redfish/v1/", "{paths:#?}");
+    assert_eq!(paths[2], format!("POST {SESSIONS}"), "{paths:#?}");
+    assert_eq!(again.profile(), learned);
+}

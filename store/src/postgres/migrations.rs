@@ -240,6 +240,10 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN power_verified_at text;
     CREATE INDEX nodes_bmc_unreachable ON nodes(bmc_unreachable_since) WHERE bmc_unreachable_since IS NOT NULL;
     "#,
+    // 7: SQLite's 7: what kiln learned about a node's BMC (JSON).
+    r#"
+    ALTER TABLE nodes ADD COLUMN bmc_profile text;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -20,11 +20,21 @@
 //! with the node's next commit, so a healthy power sync commits nothing.
 //! The backoff itself is memory: after a restart a marked node is tried at
 //! the first cycle.
+//!
+//! The BMC's profile (its quirks as the driver learned them: Redfish auth,
+//! sessions, IPMI cipher suite) is kept here too: each driver reply brings
+//! the client's [`Profile`]; when its facts differ from the known ones they
+//! are taken with the time, and stored like the mark: with the next
+//! commit, and by power sync at once (so a restart finds them). The
+//! profile goes back into the client at the next connection
+//! (`node/connect.rs`). It is forgotten when the BMC settings change or an
+//! operator resets it.
 
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use kiln_store::{NodeRecord, Timestamp};
+use kiln_drivers::{Profile, RedfishAuth};
+use kiln_store::{BmcAuth, BmcProfile, NodeRecord, Timestamp};
 
 /// The first backoff after a BMC was found unreachable.
 pub const BASE: Duration = Duration::from_secs(30);
@@ -43,6 +53,8 @@ pub(in crate::node) struct Contact {
     retry_at: Option<Timestamp>,
     /// Seeds the jitter (the node's uuid).
     seed: u64,
+    /// What was learned about the BMC's quirks.
+    profile: Option<BmcProfile>,
 }
 
 impl Contact {
@@ -57,7 +69,25 @@ impl Contact {
             failures: u32::from(record.bmc_unreachable_since.is_some()),
             retry_at: None,
             seed: h.finish(),
+            profile: record.bmc_profile.clone(),
         }
+    }
+
+    /// A driver reply brought the client's `learned` profile at `now`: taken
+    /// when it says something new.
+    pub(in crate::node) fn learned(&mut self, now: Timestamp, learned: &Profile) {
+        if learned.is_empty() {
+            return;
+        }
+        let next = store_profile(learned, now);
+        if self.profile.as_ref().is_none_or(|known| !known.same_facts(&next)) {
+            self.profile = Some(next);
+        }
+    }
+
+    /// Forgets the profile (settings changed, or an operator's reset).
+    pub(in crate::node) fn forget_profile(&mut self) {
+        self.profile = None;
     }
 
     /// The BMC answered at `now`; `power` when the answer confirmed the
@@ -101,11 +131,37 @@ impl Contact {
         record.bmc_last_contact = self.last_contact;
         record.bmc_unreachable_since = self.unreachable_since;
         record.power_verified_at = self.power_verified_at;
+        record.bmc_profile = self.profile.clone();
     }
 
     /// Whether the stored mark is not the one known now (a commit is due).
     pub(in crate::node) fn mark_differs(&self, record: &NodeRecord) -> bool {
-        record.bmc_unreachable_since.is_some() != self.unreachable_since.is_some()
+        record.bmc_unreachable_since.is_some() != self.unreachable_since.is_some() || record.bmc_profile != self.profile
+    }
+}
+
+/// A driver's profile as the store keeps it, learned at `at`.
+pub fn store_profile(p: &Profile, at: Timestamp) -> BmcProfile {
+    BmcProfile {
+        redfish_auth: p.redfish_auth.map(|a| match a {
+            RedfishAuth::Basic => BmcAuth::Basic,
+            RedfishAuth::Session => BmcAuth::Session,
+        }),
+        redfish_sessions: p.redfish_sessions,
+        ipmi_cipher_suite: p.ipmi_cipher_suite,
+        learned_at: at,
+    }
+}
+
+/// A stored profile as a driver takes it back.
+pub fn driver_profile(p: &BmcProfile) -> Profile {
+    Profile {
+        redfish_auth: p.redfish_auth.map(|a| match a {
+            BmcAuth::Basic => RedfishAuth::Basic,
+            BmcAuth::Session => RedfishAuth::Session,
+        }),
+        redfish_sessions: p.redfish_sessions,
+        ipmi_cipher_suite: p.ipmi_cipher_suite,
     }
 }
 

@@ -163,11 +163,13 @@ impl NodeCore {
             let err = KilnError::InvalidInput(format!("node {}: {e}", self.name()));
             return self.end_task(Err(err));
         }
-        if !update.driver_info.is_empty() {
-            // The BMC may be another one now: reconnect on next use, and
+        if !update.driver_info.is_empty() || update.reset_bmc_profile {
+            // The BMC may be another one now (or its quirks are to be found
+            // again): reconnect on next use, learn its profile afresh, and
             // let the next power sync try it.
-            self.out.push(Effect::ForgetDriver);
+            self.out.push(Effect::ForgetDriver { evict: update.reset_bmc_profile });
             self.contact.reset_backoff();
+            self.contact.forget_profile();
         }
         self.commit_and_end(next, None);
     }

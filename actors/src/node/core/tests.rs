@@ -40,6 +40,8 @@ struct Sim {
     /// How the BMC answers each call, in order; an empty script answers
     /// like a healthy fake BMC.
     replies: VecDeque<Result<DriverReply, DriverError>>,
+    /// The profile every driver reply brings.
+    learned: kiln_drivers::Profile,
     /// Whether connecting to the BMC works.
     connect: Result<(), DriverError>,
     /// How the store answers the next commits, in order (empty: it works).
@@ -74,6 +76,7 @@ fn sim_in(state: S) -> Sim {
         events: Vec::new(),
         timers: Vec::new(),
         replies: VecDeque::new(),
+        learned: kiln_drivers::Profile::default(),
         connect: Ok(()),
         store_results: VecDeque::new(),
         park: false,
@@ -148,9 +151,9 @@ impl Sim {
                     return None;
                 }
                 let result = self.replies.pop_front().unwrap_or_else(|| Ok(healthy_reply(&call)));
-                Some(Input::DriverReplied { ticket, result })
+                Some(Input::DriverReplied { ticket, result, learned: self.learned })
             }
-            Effect::ForgetDriver => {
+            Effect::ForgetDriver { .. } => {
                 self.trace.push("forget driver".into());
                 None
             }
@@ -210,7 +213,7 @@ impl Sim {
     fn resume(&mut self) {
         let (ticket, call) = self.parked.pop_front().expect("a call is parked");
         let result = self.replies.pop_front().unwrap_or_else(|| Ok(healthy_reply(&call)));
-        self.feed(Input::DriverReplied { ticket, result });
+        self.feed(Input::DriverReplied { ticket, result, learned: self.learned });
     }
 
     /// Ends the first parked connection with the sim's `connect` result.
@@ -914,4 +917,35 @@ fn seed_of(sim: &Sim) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     sim.core.record().uuid.hash(&mut h);
     h.finish()
+}
+
+#[test]
+fn a_learned_bmc_profile_is_stored_by_power_sync_once_and_forgotten_by_a_reset() {
+    use kiln_drivers::{Profile, RedfishAuth};
+    let mut sim = sim_in(S::Manageable);
+    assert_eq!(sim.sync(false, 10), SyncOutcome::InSync);
+    assert!(sim.stored.as_ref().unwrap().bmc_profile.is_none(), "nothing learned, nothing committed");
+
+    sim.learned =
+        Profile { redfish_auth: Some(RedfishAuth::Basic), redfish_sessions: Some(false), ..Profile::default() };
+    sim.clock.advance(Duration::from_secs(5));
+    let commits = sim.trace.iter().filter(|t| *t == "commit").count();
+    assert_eq!(sim.sync(false, 10), SyncOutcome::InSync);
+    let stored = sim.stored.clone().unwrap().bmc_profile.expect("stored by the sync that learned it");
+    assert_eq!(stored.redfish_auth, Some(kiln_store::BmcAuth::Basic));
+    assert_eq!(stored.redfish_sessions, Some(false));
+    assert_eq!(stored.learned_at, start() + chrono::Duration::seconds(5));
+    assert_eq!(sim.trace.iter().filter(|t| *t == "commit").count(), commits + 1);
+
+    // The same facts again: nothing new, nothing committed.
+    sim.clock.advance(Duration::from_secs(5));
+    assert_eq!(sim.sync(false, 10), SyncOutcome::InSync);
+    assert_eq!(sim.trace.iter().filter(|t| *t == "commit").count(), commits + 1);
+    assert_eq!(sim.core.view().bmc_profile.as_ref().unwrap().learned_at, stored.learned_at);
+
+    let update = NodeUpdate { reset_bmc_profile: true, ..Default::default() };
+    let mut rx = sim.run(Op::Update(update), true);
+    assert!(answered(&mut rx).unwrap().bmc_profile.is_none());
+    assert!(sim.stored.as_ref().unwrap().bmc_profile.is_none(), "the reset is stored");
+    assert!(sim.trace.iter().any(|t| t == "forget driver"), "{:?}", sim.trace);
 }
