@@ -232,7 +232,7 @@ pub enum NodeCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Change a node's driver_info or properties.
+    /// Change a node's driver_info, properties, extra or instance_info.
     Set(SetArgs),
     /// Delete nodes.
     Delete {
@@ -329,6 +329,19 @@ pub struct SetArgs {
     /// Remove a property.
     #[arg(long = "unset-property", value_name = "K")]
     pub unset_properties: Vec<String>,
+    /// Set an extra key (repeatable); V is JSON if it parses, else a string.
+    #[arg(long = "extra", value_name = "K=V")]
+    pub extra: Vec<String>,
+    /// Remove an extra key.
+    #[arg(long = "unset-extra", value_name = "K")]
+    pub unset_extra: Vec<String>,
+    /// Set an instance_info key (repeatable; `image_url` is what a Redfish
+    /// deploy boots); V is JSON if it parses, else a string.
+    #[arg(long = "instance-info", value_name = "K=V")]
+    pub instance_info: Vec<String>,
+    /// Remove an instance_info key.
+    #[arg(long = "unset-instance-info", value_name = "K")]
+    pub unset_instance_info: Vec<String>,
     /// Set driver_info.password from a file.
     #[arg(long)]
     pub password_file: Option<PathBuf>,

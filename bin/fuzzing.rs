@@ -218,6 +218,8 @@ mod tests {
         let update = NodeUpdate {
             driver_info: [("username".to_string(), Some("admin".to_string()))].into(),
             properties: [("cpus".to_string(), None)].into(),
+            extra: [("rack".to_string(), Some(serde_json::json!({"row": 4}))), ("old".to_string(), None)].into(),
+            instance_info: [("image_url".to_string(), Some("http://127.0.0.1:8080/a.iso".into()))].into(),
         };
         let exec = ExecSpec {
             worker: Worker::Ssh { options: vec!["-p".into(), "2222".into()] },

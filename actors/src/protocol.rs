@@ -36,7 +36,9 @@ use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, Sit
 /// `members` in `SiteStatus`); a node's BMC contact (`bmc_last_contact`,
 /// `bmc_unreachable_since`, `power_verified_at` in `NodeRecord`); `bmc` and
 /// `stale` in `NodeList`.
-pub const PROTOCOL_VERSION: u32 = 11;
+/// 12: a node's `extra` and `instance_info` (in `NodeRecord` and
+/// `NodeUpdate`, each as JSON text).
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

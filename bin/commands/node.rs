@@ -142,9 +142,21 @@ fn set(s: SetArgs) -> Result<Request, Failure> {
     for k in s.unset_properties {
         update.properties.insert(k, None);
     }
-    if update.driver_info.is_empty() && update.properties.is_empty() {
+    for (k, v) in pairs(&s.extra, "--extra")? {
+        update.extra.insert(k, Some(json_or_string(v)));
+    }
+    for k in s.unset_extra {
+        update.extra.insert(k, None);
+    }
+    for (k, v) in pairs(&s.instance_info, "--instance-info")? {
+        update.instance_info.insert(k, Some(json_or_string(v)));
+    }
+    for k in s.unset_instance_info {
+        update.instance_info.insert(k, None);
+    }
+    if update.is_empty() {
         return Err(usage(
-            "nothing to change: give --driver-info, --property, --unset-driver-info or --unset-property",
+            "nothing to change: give --driver-info, --property, --extra, --instance-info or one of their --unset-",
         ));
     }
     Ok(Request::NodeSet { node: s.node, update })
@@ -193,6 +205,13 @@ fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>, Failu
             _ => Err(usage(format_args!("{what} '{item}' is not K=V"))),
         })
         .collect()
+}
+
+/// A value of `--extra` or `--instance-info`: JSON if it parses (`4`,
+/// `true`, `{"a": 1}`), else the text as a string (`http://host/a.iso`), as
+/// the `baremetal` CLI reads them.
+fn json_or_string(text: String) -> serde_json::Value {
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
 
 fn read_password(path: &Path) -> Result<String, Failure> {

@@ -55,8 +55,8 @@ use crate::error::Constraint;
 use crate::sqlite::jobs::{integer, log_from_text, log_text};
 use crate::timestamp::timestamp_text;
 use crate::{
-    Backend, Batch, EventRecord, HistoryEntry, JobEnd, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, NodeId,
-    NodeRecord, PortGroupRecord, PortRecord, Reservation, StoreError, Timestamp, Write,
+    Backend, Batch, EventRecord, HistoryEntry, JobEnd, JobId, JobLogEntry, JobRecord, JobStatus, JsonObject, LiveQueue,
+    NodeId, NodeRecord, PortGroupRecord, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
 pub mod listener;
@@ -91,13 +91,14 @@ macro_rules! node_columns {
          provision_state, target_provision_state, power_state, target_power_state,
          boot_device, maintenance, maintenance_reason, fault, last_error,
          reservation_purpose, reservation_since, created_at, updated_at,
-         bmc_last_contact, bmc_unreachable_since, power_verified_at"
+         bmc_last_contact, bmc_unreachable_since, power_verified_at,
+         extra, instance_info"
     };
 }
 
 /// How many columns [`node_columns!`] names: the index of a column a query
 /// adds after them.
-const NODE_COLUMNS: usize = 21;
+const NODE_COLUMNS: usize = 23;
 
 /// How long a statement waits for a row lock another session holds.
 const LOCK_TIMEOUT: &str = "10s";
@@ -687,7 +688,8 @@ fn other_nodes_group(address: &str) -> StoreError {
     StoreError::Conflict(format!("port '{address}' cannot join a port group of another node"))
 }
 
-/// A node's columns as bound in `$1`-`$21` of both its insert and update.
+/// A node's columns as bound in `$1`-`$23` of both its insert and update
+/// (the owner and epoch follow).
 fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, StoreError> {
     Ok(vec![
         Box::new(n.uuid.to_string()),
@@ -711,6 +713,8 @@ fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Stor
         Box::new(n.bmc_last_contact.map(timestamp_text)),
         Box::new(n.bmc_unreachable_since.map(timestamp_text)),
         Box::new(n.power_verified_at.map(timestamp_text)),
+        Box::new(object_json(&n.extra)?),
+        Box::new(object_json(&n.instance_info)?),
     ])
 }
 
@@ -735,6 +739,10 @@ fn map_json(map: &BTreeMap<String, String>) -> Result<String, StoreError> {
     serde_json::to_string(map).map_err(|e| StoreError::Corrupt(format!("cannot encode a map: {e}")))
 }
 
+fn object_json(object: &JsonObject) -> Result<String, StoreError> {
+    serde_json::to_string(object).map_err(|e| StoreError::Corrupt(format!("cannot encode an object: {e}")))
+}
+
 /// The statements, numbered as [`node_params`] and [`job_params`] bind them.
 mod sql {
     pub const INSERT_NODE: &str = "INSERT INTO nodes (
@@ -742,9 +750,9 @@ mod sql {
              provision_state, target_provision_state, power_state, target_power_state,
              boot_device, maintenance, maintenance_reason, fault, last_error,
              reservation_purpose, reservation_since, created_at, updated_at,
-             bmc_last_contact, bmc_unreachable_since, power_verified_at, owner, owner_epoch
+             bmc_last_contact, bmc_unreachable_since, power_verified_at, extra, instance_info, owner, owner_epoch
          ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-                   $22, 1)";
+                   $22, $23, $24, 1)";
     pub const UPDATE_NODE: &str = "WITH u AS (
              UPDATE nodes SET
                  name = $2, driver = $3, driver_info = $4, properties = $5,
@@ -753,8 +761,9 @@ mod sql {
                  maintenance = $11, maintenance_reason = $12, fault = $13, last_error = $14,
                  reservation_purpose = $15, reservation_since = $16,
                  created_at = $17, updated_at = $18,
-                 bmc_last_contact = $19, bmc_unreachable_since = $20, power_verified_at = $21
-             WHERE uuid = $1 AND owner = $22 AND owner_epoch = $23
+                 bmc_last_contact = $19, bmc_unreachable_since = $20, power_verified_at = $21,
+                 extra = $22, instance_info = $23
+             WHERE uuid = $1 AND owner = $24 AND owner_epoch = $25
              RETURNING 1)
          SELECT kiln_node_written((SELECT count(*) FROM u), $1)";
     pub const DELETE_NODE: &str = "WITH d AS (
@@ -1398,6 +1407,11 @@ impl Fields<'_> {
         serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
     }
 
+    fn object(&self, index: usize, column: &str) -> Result<JsonObject, StoreError> {
+        let text: String = self.raw(index, column)?;
+        serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
+    }
+
     fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
         StoreError::Corrupt(format!("{}.{column}{} holds '{value}': {error}", self.table, self.key))
     }
@@ -1441,6 +1455,8 @@ fn node_from_row(row: &Row) -> Result<NodeRecord, StoreError> {
         bmc_last_contact: f.timestamp_opt(18, "bmc_last_contact")?,
         bmc_unreachable_since: f.timestamp_opt(19, "bmc_unreachable_since")?,
         power_verified_at: f.timestamp_opt(20, "power_verified_at")?,
+        extra: f.object(21, "extra")?,
+        instance_info: f.object(22, "instance_info")?,
     })
 }
 

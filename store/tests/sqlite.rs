@@ -58,6 +58,14 @@ fn full_node() -> NodeRecord {
         bmc_last_contact: Some(created + Duration::seconds(3)),
         bmc_unreachable_since: Some(created + Duration::seconds(4)),
         power_verified_at: Some(created + Duration::nanoseconds(1)),
+        extra: serde_json::json!({"rack": "r1", "slot": 4, "tags": ["a", "b"], "owner": {"team": "été"}})
+            .as_object()
+            .unwrap()
+            .clone(),
+        instance_info: serde_json::json!({"image_url": "http://10.0.0.2/img.iso", "root_gb": 10.5, "x": null})
+            .as_object()
+            .unwrap()
+            .clone(),
     }
 }
 

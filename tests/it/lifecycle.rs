@@ -207,3 +207,61 @@ fn json_and_socket_may_come_before_or_after_the_subcommand() {
     let out = after(&["exec", "-w", "demo1", "--json", "--worker", "exec", "--", "echo", "--json"]);
     assert_eq!(out[0]["stdout"], "--json\n", "{out}");
 }
+
+#[test]
+fn extra_and_instance_info_are_set_and_unset_kept_across_a_restart_and_bad_input_changes_nothing() {
+    let mut d = Daemon::start(1, &[]);
+    let set = d.json(&[
+        "node",
+        "set",
+        "demo1",
+        "--extra",
+        "rack=r7",
+        "--extra",
+        "slot=4",
+        "--extra",
+        r#"owner={"team": "infra", "tags": ["a", "b"]}"#,
+        "--instance-info",
+        "image_url=http://10.0.0.2/a.iso",
+        "--instance-info",
+        "root_gb=10",
+    ]);
+    assert_eq!(
+        set["extra"],
+        serde_json::json!({"rack": "r7", "slot": 4, "owner": {"team": "infra", "tags": ["a", "b"]}})
+    );
+    assert_eq!(set["instance_info"], serde_json::json!({"image_url": "http://10.0.0.2/a.iso", "root_gb": 10}));
+
+    d.json(&[
+        "node",
+        "set",
+        "demo1",
+        "--unset-extra",
+        "slot",
+        "--unset-instance-info",
+        "root_gb",
+        "--extra",
+        "rack=\"5\"",
+    ]);
+    let n = d.node("demo1");
+    assert_eq!(n["extra"], serde_json::json!({"rack": "5", "owner": {"team": "infra", "tags": ["a", "b"]}}));
+    assert_eq!(n["instance_info"], serde_json::json!({"image_url": "http://10.0.0.2/a.iso"}));
+    let table = String::from_utf8_lossy(&d.cli(&["node", "show", "demo1"]).stdout).to_string();
+    assert!(table.contains("image_url=http://10.0.0.2/a.iso"), "{table}");
+    assert!(table.contains(r#"owner={"tags":["a","b"],"team":"infra"}"#), "{table}");
+
+    // Bad input: refused, nothing changed.
+    for bad in [&["--extra", "novalue"][..], &["--instance-info", "=1"], &[]] {
+        let mut args = vec!["node", "set", "demo1"];
+        args.extend_from_slice(bad);
+        let out = d.cli(&args);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+    assert_eq!(d.node("demo1")["extra"], n["extra"]);
+
+    d.restart();
+    let after = d.node("demo1");
+    assert_eq!(after["extra"], n["extra"]);
+    assert_eq!(after["instance_info"], n["instance_info"]);
+}

@@ -49,7 +49,7 @@ pub enum Op {
     BootDevice { device: BootDevice, persistent: bool },
     /// Maintenance on (with a reason) or off.
     Maintenance { on: bool, reason: Option<String> },
-    /// Change `driver_info` and `properties`.
+    /// Change `driver_info`, `properties`, `extra` and `instance_info`.
     Update(NodeUpdate),
     /// Remove the node (and its ports and history).
     Delete,
@@ -101,10 +101,25 @@ pub fn parse_power_action(s: &str) -> Result<PowerAction, UnknownPowerAction> {
 }
 
 /// Changes to a node's settings: `Some` sets a key, `None` removes it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `extra` and `instance_info` hold any JSON value under a key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeUpdate {
     pub driver_info: BTreeMap<String, Option<String>>,
     pub properties: BTreeMap<String, Option<String>>,
+    #[serde(default, with = "kiln_store::json_in_binary")]
+    pub extra: BTreeMap<String, Option<serde_json::Value>>,
+    #[serde(default, with = "kiln_store::json_in_binary")]
+    pub instance_info: BTreeMap<String, Option<serde_json::Value>>,
+}
+
+impl NodeUpdate {
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.driver_info.is_empty()
+            && self.properties.is_empty()
+            && self.extra.is_empty()
+            && self.instance_info.is_empty()
+    }
 }
 
 /// Asks a node actor to run an exclusive operation. With `wait` the answer

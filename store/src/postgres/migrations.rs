@@ -240,6 +240,11 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN power_verified_at text;
     CREATE INDEX nodes_bmc_unreachable ON nodes(bmc_unreachable_since) WHERE bmc_unreachable_since IS NOT NULL;
     "#,
+    // 7: SQLite's 7: a node's `extra` and `instance_info`, JSON text.
+    r#"
+    ALTER TABLE nodes ADD COLUMN extra text NOT NULL DEFAULT '{}';
+    ALTER TABLE nodes ADD COLUMN instance_info text NOT NULL DEFAULT '{}';
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -159,6 +159,8 @@ impl NodeCore {
         let mut next = self.node.record().clone();
         apply_changes(&mut next.driver_info, &update.driver_info);
         apply_changes(&mut next.properties, &update.properties);
+        apply_changes(&mut next.extra, &update.extra);
+        apply_changes(&mut next.instance_info, &update.instance_info);
         if let Err(e) = kiln_drivers::validate(next.driver.as_str(), &next.driver_info) {
             let err = KilnError::InvalidInput(format!("node {}: {e}", self.name()));
             return self.end_task(Err(err));
@@ -381,7 +383,11 @@ fn allowed_verbs(state: ProvisionState) -> String {
     if verbs.is_empty() { "none".into() } else { verbs.join(", ") }
 }
 
-fn apply_changes(map: &mut BTreeMap<String, String>, changes: &BTreeMap<String, Option<String>>) {
+fn apply_changes<M, V>(map: &mut M, changes: &BTreeMap<String, Option<V>>)
+where
+    M: KeyedMap<V>,
+    V: Clone,
+{
     for (k, v) in changes {
         match v {
             Some(v) => {
@@ -391,6 +397,31 @@ fn apply_changes(map: &mut BTreeMap<String, String>, changes: &BTreeMap<String, 
                 map.remove(k);
             }
         }
+    }
+}
+
+/// A map of string keys `apply_changes` sets and removes keys of: the
+/// string maps and the JSON objects of a node.
+trait KeyedMap<V> {
+    fn insert(&mut self, key: String, value: V);
+    fn remove(&mut self, key: &str);
+}
+
+impl<V> KeyedMap<V> for BTreeMap<String, V> {
+    fn insert(&mut self, key: String, value: V) {
+        BTreeMap::insert(self, key, value);
+    }
+    fn remove(&mut self, key: &str) {
+        BTreeMap::remove(self, key);
+    }
+}
+
+impl KeyedMap<serde_json::Value> for kiln_store::JsonObject {
+    fn insert(&mut self, key: String, value: serde_json::Value) {
+        serde_json::Map::insert(self, key, value);
+    }
+    fn remove(&mut self, key: &str) {
+        serde_json::Map::remove(self, key);
     }
 }
 
