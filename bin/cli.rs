@@ -232,7 +232,7 @@ pub enum NodeCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Change a node's driver_info, properties, extra or instance_info.
+    /// Change a node's name, driver, driver_info, properties, extra or instance_info.
     Set(SetArgs),
     /// Delete nodes.
     Delete {
@@ -317,6 +317,13 @@ pub fn driver_help() -> String {
 pub struct SetArgs {
     /// A node name or uuid.
     pub node: String,
+    /// Rename the node (unique across the site).
+    #[arg(long)]
+    pub name: Option<String>,
+    // The help is `driver_help()`; allowed in enroll, inspecting, inspect
+    // wait, manageable, available, or in maintenance.
+    #[arg(long, help = driver_help())]
+    pub driver: Option<String>,
     /// Set a driver_info key (repeatable).
     #[arg(long = "driver-info", value_name = "K=V")]
     pub driver_info: Vec<String>,

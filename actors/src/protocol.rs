@@ -37,7 +37,7 @@ use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, Sit
 /// `bmc_unreachable_since`, `power_verified_at` in `NodeRecord`); `bmc` and
 /// `stale` in `NodeList`.
 /// 12: a node's `extra` and `instance_info` (in `NodeRecord` and
-/// `NodeUpdate`, each as JSON text).
+/// `NodeUpdate`, each as JSON text); `name` and `driver` in `NodeUpdate`.
 pub const PROTOCOL_VERSION: u32 = 12;
 
 /// A request to the daemon.

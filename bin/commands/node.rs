@@ -121,12 +121,16 @@ fn create(c: CreateArgs) -> Result<Request, Failure> {
         driver_info,
         properties: pairs(&c.properties, "--property")?,
         ports: c.macs,
+        ..NewNode::default()
     }))
 }
 
 /// `kiln node set`: keys set and unset; at least one.
 fn set(s: SetArgs) -> Result<Request, Failure> {
-    let mut update = NodeUpdate::default();
+    let mut update = NodeUpdate { name: s.name, ..NodeUpdate::default() };
+    if let Some(d) = &s.driver {
+        update.driver = Some(d.parse().map_err(|e| usage(format_args!("--driver: {e}")))?);
+    }
     for (k, v) in pairs(&s.driver_info, "--driver-info")? {
         update.driver_info.insert(k, Some(v));
     }
@@ -156,7 +160,8 @@ fn set(s: SetArgs) -> Result<Request, Failure> {
     }
     if update.is_empty() {
         return Err(usage(
-            "nothing to change: give --driver-info, --property, --extra, --instance-info or one of their --unset-",
+            "nothing to change: give --name, --driver, --driver-info, --property, --extra, --instance-info or one of \
+             their --unset-",
         ));
     }
     Ok(Request::NodeSet { node: s.node, update })

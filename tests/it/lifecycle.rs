@@ -265,3 +265,31 @@ fn extra_and_instance_info_are_set_and_unset_kept_across_a_restart_and_bad_input
     assert_eq!(after["extra"], n["extra"]);
     assert_eq!(after["instance_info"], n["instance_info"]);
 }
+
+#[test]
+fn node_set_renames_and_changes_the_driver_only_where_ironic_allows() {
+    let d = Daemon::start(2, &[]);
+    let uuid = d.node("demo1")["uuid"].clone();
+    d.json(&["node", "set", "demo1", "--name", "web1"]);
+    assert_eq!(d.node("web1")["uuid"], uuid);
+    assert_eq!(d.cli(&["node", "show", "demo1"]).status.code(), Some(2));
+    // The old name is free again; a taken one is refused.
+    d.json(&["node", "set", "demo2", "--name", "demo1"]);
+    let taken = d.cli(&["node", "set", "web1", "--name", "demo1"]);
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("already in use"), "{taken:?}");
+    assert_eq!(d.node("web1")["uuid"], uuid);
+    // Node sets see the new names.
+    let listed = d.json(&["node", "list", "web[1]"]);
+    assert_eq!(listed[0]["uuid"], uuid);
+
+    d.json(&["node", "set", "web1", "--driver", "ipmi", "--driver-info", "address=127.0.0.1"]);
+    assert_eq!(d.node("web1")["driver"], "ipmi");
+    d.json(&["node", "manage", "demo1", "--wait"]);
+    d.json(&["node", "provide", "demo1", "--wait"]);
+    d.json(&["node", "deploy", "demo1", "--wait"]);
+    let refused =
+        d.cli(&["node", "set", "demo1", "--driver", "redfish", "--driver-info", "address=http://127.0.0.1:1"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot change the driver"), "{refused:?}");
+    assert_eq!(d.node("demo1")["driver"], "fake");
+}

@@ -10,7 +10,7 @@ use kiln_drivers::{Boot, DriverError, Power, PowerAction};
 use kiln_store::{BootDevice, HistoryEntry, NodeRecord, PowerState, ProvisionState, Write};
 
 use super::super::plan::{self, Step, VerbPlan};
-use super::super::{NodeUpdate, Op};
+use super::super::{DRIVER_CHANGE_STATES, NodeUpdate, Op};
 use super::{AfterCall as Call, AfterCommit as Commit, NodeCore, Task};
 use crate::KilnError;
 use crate::driver::{DriverCall, DriverReply};
@@ -157,6 +157,31 @@ impl NodeCore {
 
     fn begin_update(&mut self, update: NodeUpdate) {
         let mut next = self.node.record().clone();
+        if let Some(name) = update.name.as_ref().filter(|n| **n != next.name) {
+            if let Err(e) = crate::supervisor::validate_name(name) {
+                return self.end_task(Err(e));
+            }
+            next.name = name.clone();
+        }
+        let driver_changed = update.driver.is_some_and(|d| d != next.driver);
+        if let Some(driver) = update.driver.filter(|_| driver_changed) {
+            let state = next.provision_state;
+            let idle =
+                DRIVER_CHANGE_STATES.contains(&state) || (next.maintenance && fsm::class(state) != StateClass::Working);
+            if !idle {
+                let err = KilnError::InvalidState {
+                    node: self.name().to_string(),
+                    state: state.to_string(),
+                    event: "change the driver".into(),
+                    allowed: format!(
+                        "{} (or in maintenance)",
+                        DRIVER_CHANGE_STATES.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                return self.end_task(Err(err));
+            }
+            next.driver = driver;
+        }
         apply_changes(&mut next.driver_info, &update.driver_info);
         apply_changes(&mut next.properties, &update.properties);
         apply_changes(&mut next.extra, &update.extra);
@@ -165,7 +190,7 @@ impl NodeCore {
             let err = KilnError::InvalidInput(format!("node {}: {e}", self.name()));
             return self.end_task(Err(err));
         }
-        if !update.driver_info.is_empty() {
+        if !update.driver_info.is_empty() || driver_changed {
             // The BMC may be another one now: reconnect on next use, and
             // let the next power sync try it.
             self.out.push(Effect::ForgetDriver);
