@@ -247,8 +247,9 @@ pub enum NodeCommand {
     Inspect(VerbArgs),
     /// clean: manual cleaning from manageable.
     Clean(VerbArgs),
-    /// deploy: available → active.
-    Deploy(VerbArgs),
+    /// deploy: available → active (PXE, or a Redfish node's
+    /// instance_info.image_url from virtual media).
+    Deploy(DeployArgs),
     /// undeploy: active → available (tears down and cleans).
     Undeploy(VerbArgs),
     /// rebuild: redeploy an active or failed node.
@@ -352,6 +353,16 @@ pub struct SetArgs {
     /// Set driver_info.password from a file.
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub verb: VerbArgs,
+    /// Set instance_info.image_url first: a Redfish node boots this image
+    /// from virtual media (one node only).
+    #[arg(long, value_name = "URL")]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -13,13 +13,26 @@ use kiln_store::{BootDevice, ProvisionState};
 
 use super::job::{print_results, submitted};
 use super::{Failure, call, connect, print, unexpected, usage};
-use crate::cli::{BootDeviceCommand, CreateArgs, MaintenanceCommand, NodeCommand, PowerCommand, SetArgs, VerbArgs};
+use crate::cli::{
+    BootDeviceCommand, CreateArgs, DeployArgs, MaintenanceCommand, NodeCommand, PowerCommand, SetArgs, VerbArgs,
+};
 use crate::output;
 
 pub(super) async fn run(command: NodeCommand, socket: &Path, json: bool) -> Result<(), Failure> {
     // Everything that can be refused locally is checked before connecting.
+    let image = match &command {
+        NodeCommand::Deploy(DeployArgs { verb, image: Some(url) }) => Some(image_set(&verb.nodes, url)?),
+        _ => None,
+    };
     let request = request(command)?;
     let mut conn = connect(socket).await?;
+    if let Some(set) = image {
+        // The image first: a deploy that starts has it.
+        match call(&mut conn, set).await? {
+            Response::Node(_) => {}
+            other => return Err(unexpected(other)),
+        }
+    }
     match request {
         r @ Request::NodeOp { wait, .. } => submitted(&mut conn, socket, r, wait, true, json).await,
         r => print_answer(call(&mut conn, r).await?, json),
@@ -50,7 +63,7 @@ fn request(command: NodeCommand) -> Result<Request, Failure> {
         NodeCommand::Provide(a) => verb(Verb::Provide, a),
         NodeCommand::Inspect(a) => verb(Verb::Inspect, a),
         NodeCommand::Clean(a) => verb(Verb::Clean, a),
-        NodeCommand::Deploy(a) => verb(Verb::Deploy, a),
+        NodeCommand::Deploy(a) => verb(Verb::Deploy, a.verb),
         NodeCommand::Undeploy(a) => verb(Verb::Undeploy, a),
         NodeCommand::Rebuild(a) => verb(Verb::Rebuild, a),
         NodeCommand::Abort(a) => verb(Verb::Abort, a),
@@ -86,6 +99,21 @@ fn request(command: NodeCommand) -> Result<Request, Failure> {
             Request::NodeOp { nodes, op: Op::Maintenance { on, reason }, wait: true, fanout: None, priority }
         }
     })
+}
+
+/// `deploy --image URL`: the `node set` of `instance_info.image_url` sent
+/// before the deploy; one node (a name or uuid), an http(s) URL.
+fn image_set(node: &str, url: &str) -> Result<Request, Failure> {
+    let one = !node.is_empty() && node.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !one {
+        return Err(usage(format_args!("--image sets one node's image: name one node, not '{node}'")));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(usage(format_args!("--image '{url}' is not an http:// or https:// URL the BMC can fetch")));
+    }
+    let mut update = NodeUpdate::default();
+    update.instance_info.insert("image_url".into(), Some(serde_json::Value::String(url.to_string())));
+    Ok(Request::NodeSet { node: node.to_string(), update })
 }
 
 fn verb(v: Verb, a: VerbArgs) -> Request {

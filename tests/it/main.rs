@@ -36,3 +36,4 @@ mod shared_bmc;
 mod shutdown;
 mod socket;
 mod unreachable;
+mod vmedia;

@@ -95,7 +95,8 @@ impl NodeCore {
         let record = self.node.record();
         let plan = match plan::plan_verb(record, verb) {
             Ok(p) => p,
-            Err(invalid) => {
+            Err(plan::PlanError::Settings(why)) => return self.end_task(Err(KilnError::InvalidInput(why))),
+            Err(plan::PlanError::State(invalid)) => {
                 let err = KilnError::InvalidState {
                     node: self.name(),
                     state: invalid.state.to_string(),
@@ -241,6 +242,16 @@ impl NodeCore {
             Step::Power(a) => DriverCall::SetPower(a),
             Step::SetBoot(d, p) => DriverCall::SetBoot(d, p),
             Step::Inspect => DriverCall::Inspect,
+            Step::EjectMedia => DriverCall::EjectMedia,
+            Step::InsertMedia => {
+                let draft = &self.task.as_ref().expect("a task runs").draft;
+                match plan::image_url(draft) {
+                    Ok(Some(url)) => DriverCall::InsertMedia(url.to_string()),
+                    // Checked when the task was planned; the task holds the node.
+                    Ok(None) => return self.fail_work("instance_info.image_url is not set".into()),
+                    Err(e) => return self.fail_work(e),
+                }
+            }
         };
         self.call(call, Call::Op(AfterCall::Step(step)));
     }
