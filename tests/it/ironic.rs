@@ -514,16 +514,24 @@ fn a_redfish_node_on_the_emulator_is_deployed_through_the_api() {
         (Some(peer.url().as_str()), Some("******"))
     );
 
+    // The image to boot from virtual media, set as Ironic's users set it.
+    let images = crate::vmedia::ImageServer::start();
+    let image = format!("image_url={}", images.url());
+    baremetal(&url, &["node", "set", "rf-api", "--instance-info", &image]);
     for (verb, state) in [("manage", "manageable"), ("provide", "available"), ("deploy", "active")] {
         baremetal(&url, &["node", verb, "rf-api", "--wait", "280"]);
         assert_eq!(d.state("rf-api"), state, "after {verb}");
     }
-    assert_eq!(d.node("rf-api")["power_state"], "power on");
+    let n = d.node("rf-api");
+    assert_eq!((n["power_state"].as_str(), n["boot_device"].as_str()), (Some("power on"), Some("cdrom")), "{n}");
     assert_eq!(peer.system(7)["PowerState"], "On");
+    let cd = crate::vmedia::virtual_cd(peer, 7);
+    assert_eq!((cd["Inserted"].as_bool(), cd["Image"].as_str()), (Some(true), Some(images.url().as_str())), "{cd}");
     baremetal(&url, &["node", "undeploy", "rf-api", "--wait", "280"]);
     let n = d.node("rf-api");
     assert_eq!((n["provision_state"].as_str(), n["power_state"].as_str()), (Some("available"), Some("power off")));
     assert_eq!(peer.system(7)["PowerState"], "Off");
+    assert_eq!(crate::vmedia::virtual_cd(peer, 7)["Inserted"], false);
 }
 
 #[test]

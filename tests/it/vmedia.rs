@@ -23,15 +23,15 @@ const IMAGE: &[u8] = b"not really an ISO, but the emulator only stores what it f
 
 /// An HTTP server on loopback serving `IMAGE` at `/kiln-test.iso` (404 for
 /// any other path), counting the GETs of it; stopped and joined on drop.
-struct ImageServer {
+pub(crate) struct ImageServer {
     port: u16,
-    fetched: Arc<AtomicUsize>,
+    pub(crate) fetched: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ImageServer {
-    fn start() -> ImageServer {
+    pub(crate) fn start() -> ImageServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the image server");
         let port = listener.local_addr().unwrap().port();
         let (fetched, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
@@ -49,7 +49,7 @@ impl ImageServer {
         ImageServer { port, fetched, stop, thread: Some(thread) }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/kiln-test.iso", self.port)
     }
 }
@@ -94,7 +94,7 @@ impl Drop for ImageServer {
 }
 
 /// The emulator's virtual CD of system `node-<i>`, read with curl.
-fn virtual_cd(peer: &crate::peers::Peer, i: usize) -> Value {
+pub(crate) fn virtual_cd(peer: &crate::peers::Peer, i: usize) -> Value {
     let url = format!("{}{}/VirtualMedia/Cd", peer.url(), peer.system_id(i));
     let out = Command::new("curl")
         .args(["-s", "--max-time", "20", "-u", "admin:password", &url])
