@@ -160,3 +160,96 @@ fn a_redfish_deploy_boots_the_image_from_virtual_media_and_undeploy_ejects_it() 
     drop(images);
     site.finish(&[]);
 }
+
+/// Whether the scripted BMC's system is on: flipped by each reset (the one
+/// test that uses it sends one, to a system that is off).
+static SCRIPTED_ON: AtomicBool = AtomicBool::new(false);
+
+/// A Redfish BMC of the older shape: the system has no `VirtualMedia` of
+/// its own, its manager has, with a floppy listed before the CD, whose
+/// action targets are not the default paths, and which holds an old image.
+fn manager_media_bmc(method: &str, path: &str) -> crate::peers::Answer {
+    use crate::peers::Answer::Reply;
+    const MEDIA: &str = "/redfish/v1/Managers/bmc/VirtualMedia";
+    match (method, path) {
+        ("GET", "/redfish/v1/Systems/1") => Reply(
+            "200 OK",
+            serde_json::json!({
+                "@odata.id": "/redfish/v1/Systems/1",
+                "PowerState": if SCRIPTED_ON.load(Ordering::SeqCst) { "On" } else { "Off" },
+                "Links": {"ManagedBy": [{"@odata.id": "/redfish/v1/Managers/bmc"}]},
+                "Actions": {"#ComputerSystem.Reset": {"target": "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset"}},
+            })
+            .to_string(),
+        ),
+        ("POST", "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset") => {
+            SCRIPTED_ON.fetch_xor(true, Ordering::SeqCst);
+            Reply("204 No Content", String::new())
+        }
+        ("PATCH", "/redfish/v1/Systems/1") => Reply("204 No Content", String::new()),
+        ("GET", "/redfish/v1/Managers/bmc") => {
+            Reply("200 OK", serde_json::json!({"VirtualMedia": {"@odata.id": MEDIA}}).to_string())
+        }
+        ("GET", MEDIA) => Reply(
+            "200 OK",
+            serde_json::json!({"Members": [{"@odata.id": format!("{MEDIA}/Floppy")}, {"@odata.id": format!("{MEDIA}/CD1")}]})
+                .to_string(),
+        ),
+        ("GET", p) if p == format!("{MEDIA}/Floppy") => {
+            Reply("200 OK", serde_json::json!({"MediaTypes": ["Floppy", "USBStick"], "Inserted": false}).to_string())
+        }
+        ("GET", p) if p == format!("{MEDIA}/CD1") => Reply(
+            "200 OK",
+            serde_json::json!({
+                "MediaTypes": ["CD", "DVD"], "Inserted": true, "Image": "http://10.0.0.9/old.iso",
+                "Actions": {
+                    "#VirtualMedia.EjectMedia": {"target": format!("{MEDIA}/CD1/Actions/Eject")},
+                    "#VirtualMedia.InsertMedia": {"target": format!("{MEDIA}/CD1/Actions/Insert")},
+                },
+            })
+            .to_string(),
+        ),
+        ("POST", p) if p.starts_with(&format!("{MEDIA}/CD1/Actions/")) => Reply("204 No Content", String::new()),
+        _ => Reply("404 Not Found", "{}".into()),
+    }
+}
+
+#[test]
+fn the_virtual_cd_is_found_under_the_manager_and_old_media_is_ejected_first() {
+    let bmc = crate::peers::Responder::start(manager_media_bmc);
+    let site = Site::start_with(0, &["--no-periodic"]);
+    site.redfish("vm-old", &bmc.url(), "/redfish/v1/Systems/1", "S3cret-vmedia-1", &["timeout=5", "power_timeout=10"]);
+    site.ok(&["node", "manage", "vm-old", "--wait"]);
+    site.ok(&["node", "provide", "vm-old", "--wait"]);
+    site.ok(&["node", "deploy", "vm-old", "--image", "https://10.0.0.2/new.iso", "--wait"]);
+    assert_eq!(site.node("vm-old")["provision_state"], "active");
+
+    let changes: Vec<(String, String, String)> =
+        bmc.requests().into_iter().filter(|r| r.method != "GET").map(|r| (r.method, r.path, r.body)).collect();
+    let media = "/redfish/v1/Managers/bmc/VirtualMedia/CD1/Actions";
+    let sent: Vec<(&str, &str)> = changes.iter().map(|(m, p, _)| (m.as_str(), p.as_str())).collect();
+    assert_eq!(
+        sent,
+        [
+            // provide: cleaning powers off (already off: nothing sent).
+            ("POST", format!("{media}/Eject").as_str()),
+            ("POST", format!("{media}/Insert").as_str()),
+            ("PATCH", "/redfish/v1/Systems/1"),
+            ("POST", "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset"),
+        ],
+        "{changes:?}"
+    );
+    let insert: Value = serde_json::from_str(&changes[1].2).unwrap();
+    assert_eq!(
+        insert,
+        serde_json::json!({"Image": "https://10.0.0.2/new.iso", "Inserted": true, "WriteProtected": true})
+    );
+    let boot: Value = serde_json::from_str(&changes[2].2).unwrap();
+    assert_eq!(
+        boot["Boot"],
+        serde_json::json!({"BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once"})
+    );
+    let reset: Value = serde_json::from_str(&changes[3].2).unwrap();
+    assert_eq!(reset["ResetType"], "On", "an off node is switched on");
+    site.finish(&["S3cret-vmedia-1"]);
+}
