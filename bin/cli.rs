@@ -232,7 +232,7 @@ pub enum NodeCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Change a node's driver_info or properties.
+    /// Change a node's name, driver, driver_info, properties, extra or instance_info.
     Set(SetArgs),
     /// Delete nodes.
     Delete {
@@ -247,8 +247,9 @@ pub enum NodeCommand {
     Inspect(VerbArgs),
     /// clean: manual cleaning from manageable.
     Clean(VerbArgs),
-    /// deploy: available → active.
-    Deploy(VerbArgs),
+    /// deploy: available → active (PXE, or a Redfish node's
+    /// instance_info.image_url from virtual media).
+    Deploy(DeployArgs),
     /// undeploy: active → available (tears down and cleans).
     Undeploy(VerbArgs),
     /// rebuild: redeploy an active or failed node.
@@ -317,6 +318,13 @@ pub fn driver_help() -> String {
 pub struct SetArgs {
     /// A node name or uuid.
     pub node: String,
+    /// Rename the node (unique across the site).
+    #[arg(long)]
+    pub name: Option<String>,
+    // The help is `driver_help()`; allowed in enroll, inspecting, inspect
+    // wait, manageable, available, or in maintenance.
+    #[arg(long, help = driver_help())]
+    pub driver: Option<String>,
     /// Set a driver_info key (repeatable).
     #[arg(long = "driver-info", value_name = "K=V")]
     pub driver_info: Vec<String>,
@@ -329,6 +337,19 @@ pub struct SetArgs {
     /// Remove a property.
     #[arg(long = "unset-property", value_name = "K")]
     pub unset_properties: Vec<String>,
+    /// Set an extra key (repeatable); V is JSON if it parses, else a string.
+    #[arg(long = "extra", value_name = "K=V")]
+    pub extra: Vec<String>,
+    /// Remove an extra key.
+    #[arg(long = "unset-extra", value_name = "K")]
+    pub unset_extra: Vec<String>,
+    /// Set an instance_info key (repeatable; `image_url` is what a Redfish
+    /// deploy boots); V is JSON if it parses, else a string.
+    #[arg(long = "instance-info", value_name = "K=V")]
+    pub instance_info: Vec<String>,
+    /// Remove an instance_info key.
+    #[arg(long = "unset-instance-info", value_name = "K")]
+    pub unset_instance_info: Vec<String>,
     /// Set driver_info.password from a file.
     #[arg(long)]
     pub password_file: Option<PathBuf>,
@@ -336,6 +357,16 @@ pub struct SetArgs {
     /// suite): the next call finds it out again.
     #[arg(long)]
     pub reset_bmc_profile: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub verb: VerbArgs,
+    /// Set instance_info.image_url first: a Redfish node boots this image
+    /// from virtual media (one node only).
+    #[arg(long, value_name = "URL")]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]

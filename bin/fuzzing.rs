@@ -214,11 +214,17 @@ mod tests {
             driver_info: [("address".to_string(), "http://127.0.0.1:8000".to_string())].into(),
             properties: [("cpus".to_string(), "8".to_string())].into(),
             ports: vec!["52:54:00:00:00:01".into()],
+            extra: serde_json::json!({"rack": "r1"}).as_object().cloned().unwrap_or_default(),
+            ..NewNode::default()
         };
         let update = NodeUpdate {
+            name: Some("n2".into()),
+            driver: Some(kiln_store::DriverKind::Ipmi),
             driver_info: [("username".to_string(), Some("admin".to_string()))].into(),
             properties: [("cpus".to_string(), None)].into(),
             reset_bmc_profile: true,
+            extra: [("rack".to_string(), Some(serde_json::json!({"row": 4}))), ("old".to_string(), None)].into(),
+            instance_info: [("image_url".to_string(), Some("http://127.0.0.1:8080/a.iso".into()))].into(),
         };
         let exec = ExecSpec {
             worker: Worker::Ssh { options: vec!["-p".into(), "2222".into()] },

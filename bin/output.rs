@@ -176,6 +176,21 @@ fn aligned(widths: &[usize], cells: Vec<String>) -> String {
     line
 }
 
+/// `node show`'s line for a JSON object: `k=v` pairs, each value as JSON
+/// but a string's, which shows bare as a property's does.
+fn object(o: &kiln_store::JsonObject) -> String {
+    if o.is_empty() {
+        return "-".into();
+    }
+    o.iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `node show`'s `bmc` line: whether the BMC answered its last call, and
 /// when it last did.
 fn bmc_reach(v: &NodeView) -> String {
@@ -219,6 +234,8 @@ pub fn node(v: &NodeView) {
         ("driver", v.driver.to_string()),
         ("driver_info", map(&v.driver_info)),
         ("properties", map(&v.properties)),
+        ("extra", object(&v.extra)),
+        ("instance_info", object(&v.instance_info)),
         ("provision_state", v.provision_state.to_string()),
         ("target_provision_state", opt(&v.target_provision_state)),
         ("power_state", opt(&v.power_state)),

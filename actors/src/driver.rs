@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::metrics::{BmcCall, Metrics};
 
 /// A call to a BMC.
-#[derive(Clone, Copy, Debug, Message)]
+#[derive(Clone, Debug, Message)]
 #[rtype(result = "Result<DriverReply, DriverError>")]
 pub enum DriverCall {
     GetPower,
@@ -28,6 +28,10 @@ pub enum DriverCall {
     SetBoot(Boot, bool),
     GetBoot,
     Inspect,
+    /// Empty the system's virtual CD.
+    EjectMedia,
+    /// Put the image at this URL into the system's virtual CD.
+    InsertMedia(String),
 }
 
 /// A [`DriverCall`] made for one node. The driver's own log lines during
@@ -98,6 +102,8 @@ impl DriverCall {
             DriverCall::SetBoot(..) => BmcCall::SetBoot,
             DriverCall::GetBoot => BmcCall::GetBoot,
             DriverCall::Inspect => BmcCall::Inspect,
+            DriverCall::EjectMedia => BmcCall::EjectMedia,
+            DriverCall::InsertMedia(_) => BmcCall::InsertMedia,
         }
     }
 }
@@ -133,6 +139,7 @@ impl DriverActor {
         let limit = self.call_timeout;
         let permits = self.limit.clone();
         let metrics = self.metrics.clone();
+        let metric = call.metric();
         let began = Instant::now();
         let running = tokio::spawn(
             async move {
@@ -148,6 +155,8 @@ impl DriverActor {
                         DriverCall::SetBoot(d, p) => bmc.set_boot_device(d, p).await.map(|_| DriverReply::Done),
                         DriverCall::GetBoot => bmc.get_boot_device().await.map(DriverReply::Boot),
                         DriverCall::Inspect => bmc.inspect().await.map(DriverReply::Facts),
+                        DriverCall::EjectMedia => bmc.eject_media().await.map(|_| DriverReply::Done),
+                        DriverCall::InsertMedia(url) => bmc.insert_media(&url).await.map(|_| DriverReply::Done),
                     }
                 };
                 match tokio::time::timeout(limit, work).await {
@@ -163,7 +172,7 @@ impl DriverActor {
                 Err(join) => Err(DriverError::Panicked(crate::panics::join_text(join))),
             };
             if let Some((m, driver)) = metrics {
-                m.bmc_call(driver, call.metric(), began.elapsed(), result.is_err());
+                m.bmc_call(driver, metric, began.elapsed(), result.is_err());
             }
             Called { result, learned: asked.profile() }
         })

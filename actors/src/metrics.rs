@@ -84,6 +84,8 @@ kiln_store::string_enum!(
         SetBoot => "set_boot",
         GetBoot => "get_boot",
         Inspect => "inspect",
+        EjectMedia => "eject_media",
+        InsertMedia => "insert_media",
     }
 );
 

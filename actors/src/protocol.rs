@@ -41,7 +41,9 @@ use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, Sit
 /// 12: the node list in pages (`NodeListPages`, `NodePage`).
 /// 13: a node's BMC profile (`bmc_profile` in `NodeRecord`) and
 /// `reset_bmc_profile` in `NodeUpdate`.
-pub const PROTOCOL_VERSION: u32 = 13;
+/// 14: a node's `extra` and `instance_info` (in `NodeRecord` and
+/// `NodeUpdate`, each as JSON text); `name` and `driver` in `NodeUpdate`.
+pub const PROTOCOL_VERSION: u32 = 14;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -77,6 +77,18 @@ impl Registry {
         self.by_id.insert(id, NodeEntry { addr, name });
     }
 
+    /// Follows a node's rename (committed by its actor): the new name finds
+    /// it, the old one no longer does.
+    pub(crate) fn rename(&self, id: NodeId, name: &str) {
+        let Some(mut entry) = self.by_id.get_mut(&id) else { return };
+        if entry.name == name {
+            return;
+        }
+        self.by_name.insert(name.to_string(), id);
+        self.by_name.remove_if(&entry.name, |_, owner| *owner == id);
+        entry.name = name.to_string();
+    }
+
     pub(crate) fn remove(&self, id: NodeId) {
         if let Some((_, entry)) = self.by_id.remove(&id) {
             self.by_name.remove(&entry.name);
@@ -141,7 +153,7 @@ impl Registry {
 }
 
 /// A node to create (`node create`, one element of `node import`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewNode {
     pub name: String,
@@ -150,6 +162,10 @@ pub struct NewNode {
     pub driver_info: BTreeMap<String, String>,
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    #[serde(default, with = "kiln_store::json_in_binary")]
+    pub extra: kiln_store::JsonObject,
+    #[serde(default, with = "kiln_store::json_in_binary")]
+    pub instance_info: kiln_store::JsonObject,
     /// MAC addresses of the node's ports.
     #[serde(default)]
     pub ports: Vec<String>,
@@ -281,6 +297,8 @@ pub fn prepare_nodes(
         let mut record = NodeRecord::enroll(n.name.clone(), driver, now);
         record.driver_info = n.driver_info;
         record.properties = n.properties;
+        record.extra = n.extra;
+        record.instance_info = n.instance_info;
         for mac in &n.ports {
             let address = normalize_mac(mac).map_err(|e| KilnError::InvalidInput(format!("node {}: {e}", n.name)))?;
             if !macs.insert(address.clone()) {
@@ -563,12 +581,17 @@ impl Router {
     /// [`Router::run_for`] on this process's own node actor only.
     pub async fn run_local(&self, id: NodeId, op: Op, wait: bool, holder: Option<&str>) -> Result<NodeView, KilnError> {
         let parent = tracing::Span::current();
-        send_to_node(&self.supervisor, &self.registry, id, || RunOpIn {
+        let renames = matches!(&op, Op::Update(u) if u.name.is_some());
+        let view = send_to_node(&self.supervisor, &self.registry, id, || RunOpIn {
             run: RunOp { op: op.clone(), wait },
             parent: parent.clone(),
             holder: holder.map(str::to_string),
         })
-        .await?
+        .await??;
+        if renames {
+            self.registry.rename(id, &view.name);
+        }
+        Ok(view)
     }
 
     /// Holds a node for `holder` ([`crate::node::HoldNode`]).

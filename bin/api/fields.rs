@@ -6,8 +6,8 @@
 //! names (Ironic's hardware types `fake-hardware`, `ipmi`, `redfish` for
 //! kiln's `fake`, `ipmi`, `redfish`), the reservation (Ironic shows the
 //! holder's host; kiln shows this host while a task holds the node), and
-//! the fields kiln does not keep (`extra`, `instance_info`, the instance,
-//! the interfaces), shown empty so the clients' column lists work.
+//! the fields kiln does not keep (the instance, the interfaces), shown
+//! empty so the clients' column lists work.
 
 use kiln_actors::{NodeView, PortView};
 use kiln_store::DriverKind;
@@ -152,7 +152,9 @@ pub fn node(n: &NodeView, base: &str, host: &str) -> Map<String, Value> {
             "driver" => json!(driver_name(n.driver)),
             "driver_info" => map_of(&n.driver_info),
             "properties" => map_of(&n.properties),
-            "driver_internal_info" | "extra" | "instance_info" => json!({}),
+            "extra" => Value::Object(n.extra.clone()),
+            "instance_info" => Value::Object(n.instance_info.clone()),
+            "driver_internal_info" => json!({}),
             "provision_state" => json!(n.provision_state.as_str()),
             "target_provision_state" => json!(n.target_provision_state.map(|s| s.as_str())),
             "provision_updated_at" | "updated_at" => time(&n.updated_at),

@@ -142,12 +142,20 @@ fn string_map(
     }
 }
 
+fn object(what: &str, v: Option<&Value>) -> Result<kiln_store::JsonObject, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(_) => Err(ApiError::bad_request(format!("{what} must be an object"))),
+    }
+}
+
 async fn create(req: HttpRequest, state: State, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let v = body(payload, state.settings.max_body).await?;
     let Value::Object(m) = v else { return Err(ApiError::bad_request("The node must be a JSON object")) };
     for (k, v) in &m {
         match k.as_str() {
-            "name" | "driver" | "driver_info" | "properties" => {}
+            "name" | "driver" | "driver_info" | "properties" | "extra" | "instance_info" => {}
             k if !NODE_FIELDS.contains(&k) => {
                 return Err(ApiError::bad_request(format!("Unknown attribute for argument node: {k}")));
             }
@@ -172,6 +180,8 @@ async fn create(req: HttpRequest, state: State, payload: web::Payload) -> Result
         driver: driver.as_str().to_string(),
         driver_info: string_map("driver_info", m.get("driver_info"), |k| info_key(driver, k))?,
         properties: string_map("properties", m.get("properties"), str::to_string)?,
+        extra: object("extra", m.get("extra"))?,
+        instance_info: object("instance_info", m.get("instance_info"))?,
         ports: Vec::new(),
     };
     let node = match call::call(&state.site, Request::NodeCreate(new)).await? {
@@ -225,28 +235,66 @@ fn patch_ops(v: Value) -> Result<Vec<PatchOp>, ApiError> {
         .collect()
 }
 
-/// A JSON patch of a node as kiln's update: keys of `driver_info` and
-/// `properties` set or removed, or either replaced whole. Anything else
-/// is refused, and with it the whole patch: nothing is changed.
+/// A JSON patch of a node as kiln's update: `name` and `driver` replaced;
+/// keys of `driver_info` and `properties` set or removed, or either
+/// replaced whole; `extra` and `instance_info` patched as JSON documents
+/// (a key, a nested path, or the whole object). Anything else is refused,
+/// and with it the whole patch: nothing is changed.
 fn node_update(node: &NodeView, ops: Vec<PatchOp>) -> Result<NodeUpdate, ApiError> {
     let mut update = NodeUpdate::default();
-    for PatchOp { op, path, value } in ops {
+    // The driver first: `driver_info` keys in the same patch are named after
+    // the driver the node will have (`ipmi_address` when it becomes ipmi).
+    let mut driver = node.driver;
+    let mut extra = Value::Object(node.extra.clone());
+    let mut instance_info = Value::Object(node.instance_info.clone());
+    let (top, rest): (Vec<PatchOp>, Vec<PatchOp>) =
+        ops.into_iter().partition(|o| matches!(o.path.as_str(), "/name" | "/driver"));
+    for PatchOp { op, path, value } in top {
+        let field = &path[1..];
+        let value = match (op.as_str(), value) {
+            ("remove", _) if field == "name" => {
+                return Err(ApiError::bad_request("kiln names every node: replace /name instead of removing it"));
+            }
+            ("remove", _) => {
+                return Err(ApiError::bad_request("Mandatory field missing: driver; it cannot be removed"));
+            }
+            (_, Some(Value::String(v))) => v,
+            (_, _) => return Err(ApiError::bad_request(format!("{path} must be a string"))),
+        };
+        if field == "name" {
+            update.name = Some(value);
+        } else {
+            driver = fields::driver_of(&value)?;
+            update.driver = Some(driver);
+        }
+    }
+    if driver != node.driver {
+        check_driver_change(node)?;
+    }
+    for PatchOp { op, path, value } in rest {
         let parts: Vec<&str> = path.trim_start_matches('/').splitn(2, '/').collect();
         let (target, current) = match parts[0] {
             "driver_info" => (&mut update.driver_info, &node.driver_info),
             "properties" => (&mut update.properties, &node.properties),
-            "name" | "driver" | "extra" | "instance_info" | "instance_uuid" => {
-                return Err(ApiError::bad_request(format!(
-                    "kiln does not change a node's {} through the API; it changes driver_info and properties",
-                    parts[0]
-                )));
+            "extra" => {
+                patch_document(&mut extra, &path, parts.get(1).copied(), &op, value)?;
+                continue;
+            }
+            "instance_info" => {
+                patch_document(&mut instance_info, &path, parts.get(1).copied(), &op, value)?;
+                continue;
+            }
+            "instance_uuid" => {
+                return Err(ApiError::bad_request(
+                    "kiln does not change a node's instance_uuid through the API; it keeps no instances",
+                ));
             }
             f if NODE_FIELDS.contains(&f) => {
                 return Err(ApiError::bad_request(format!("'/{f}' cannot be changed by a patch")));
             }
             f => return Err(ApiError::bad_request(format!("Invalid patch path '/{f}': no such field"))),
         };
-        let key = |k: &str| if parts[0] == "driver_info" { info_key(node.driver, k) } else { k.to_string() };
+        let key = |k: &str| if parts[0] == "driver_info" { info_key(driver, k) } else { k.to_string() };
         match (parts.get(1), op.as_str(), value) {
             (Some(k), "remove", _) => {
                 let k = key(k);
@@ -275,7 +323,100 @@ fn node_update(node: &NodeView, ops: Vec<PatchOp>) -> Result<NodeUpdate, ApiErro
             (Some(_), _, None) => unreachable!("checked in patch_ops"),
         }
     }
+    update.extra = object_changes(&node.extra, extra);
+    update.instance_info = object_changes(&node.instance_info, instance_info);
     Ok(update)
+}
+
+/// Ironic's rule for a new driver: only in a state where no task of the
+/// old one is under way, or in maintenance; else 409, as Ironic answers.
+/// (The node actor checks the same when it commits.)
+fn check_driver_change(node: &NodeView) -> Result<(), ApiError> {
+    let state = node.provision_state;
+    let working = kiln_actors::fsm::class(state) == kiln_actors::fsm::StateClass::Working;
+    if kiln_actors::DRIVER_CHANGE_STATES.contains(&state) || (node.maintenance && !working) {
+        return Ok(());
+    }
+    let allowed: Vec<&str> = kiln_actors::DRIVER_CHANGE_STATES.iter().map(|s| s.as_str()).collect();
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "Node {} can not have driver updated unless it is in one of allowed ({}) states or in maintenance mode.",
+            node.uuid,
+            allowed.join(", ")
+        ),
+    ))
+}
+
+/// Applies one patch operation to `doc` (a node's `extra` or
+/// `instance_info`) at `pointer`, the path under it (`None`: the whole
+/// object), with RFC 6901's escapes (`~1` for `/`, `~0` for `~`).
+fn patch_document(
+    doc: &mut Value,
+    path: &str,
+    pointer: Option<&str>,
+    op: &str,
+    value: Option<Value>,
+) -> Result<(), ApiError> {
+    let Some(pointer) = pointer else {
+        *doc = match (op, value) {
+            ("remove", _) => Value::Object(Map::new()),
+            (_, Some(v @ Value::Object(_))) => v,
+            _ => return Err(ApiError::bad_request(format!("{path} must be an object"))),
+        };
+        return Ok(());
+    };
+    let tokens: Vec<String> = pointer.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect();
+    let (last, parents) = tokens.split_last().expect("split yields at least one token");
+    let missing = || ApiError::bad_request(format!("Can't {op} '{path}': the path does not exist"));
+    let mut parent = &mut *doc;
+    for token in parents {
+        parent = match parent {
+            Value::Object(m) => m.get_mut(token.as_str()).ok_or_else(missing)?,
+            Value::Array(a) => token.parse::<usize>().ok().and_then(|i| a.get_mut(i)).ok_or_else(missing)?,
+            _ => return Err(missing()),
+        };
+    }
+    match (parent, op, value) {
+        (Value::Object(m), "remove", _) => {
+            m.remove(last.as_str())
+                .ok_or_else(|| ApiError::bad_request(format!("Can't remove non-existent object '{last}' of {path}")))?;
+        }
+        (Value::Object(m), "replace", Some(v)) => {
+            let slot = m.get_mut(last.as_str()).ok_or_else(missing)?;
+            *slot = v;
+        }
+        (Value::Object(m), _, Some(v)) => {
+            m.insert(last.clone(), v);
+        }
+        (Value::Array(a), op, value) => {
+            let index = if last == "-" && op == "add" { Some(a.len()) } else { last.parse::<usize>().ok() };
+            match (index, op, value) {
+                (Some(i), "remove", _) if i < a.len() => {
+                    a.remove(i);
+                }
+                (Some(i), "replace", Some(v)) if i < a.len() => a[i] = v,
+                (Some(i), "add", Some(v)) if i <= a.len() => a.insert(i, v),
+                _ => return Err(missing()),
+            }
+        }
+        _ => return Err(missing()),
+    }
+    Ok(())
+}
+
+/// The key changes that turn `old` into `new` (an object, as
+/// [`patch_document`] leaves it).
+fn object_changes(old: &kiln_store::JsonObject, new: Value) -> BTreeMap<String, Option<Value>> {
+    let Value::Object(new) = new else { return BTreeMap::new() };
+    let mut changes: BTreeMap<String, Option<Value>> =
+        old.keys().filter(|k| !new.contains_key(*k)).map(|k| (k.clone(), None)).collect();
+    for (k, v) in new {
+        if old.get(&k) != Some(&v) {
+            changes.insert(k, Some(v));
+        }
+    }
+    changes
 }
 
 async fn update(

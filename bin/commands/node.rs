@@ -13,14 +13,27 @@ use kiln_store::{BootDevice, ProvisionState};
 
 use super::job::{print_results, submitted};
 use super::{Failure, call, connect, print, unexpected, usage};
-use crate::cli::{BootDeviceCommand, CreateArgs, MaintenanceCommand, NodeCommand, PowerCommand, SetArgs, VerbArgs};
+use crate::cli::{
+    BootDeviceCommand, CreateArgs, DeployArgs, MaintenanceCommand, NodeCommand, PowerCommand, SetArgs, VerbArgs,
+};
 use crate::connection::Connection;
 use crate::output;
 
 pub(super) async fn run(command: NodeCommand, socket: &Path, json: bool) -> Result<(), Failure> {
     // Everything that can be refused locally is checked before connecting.
+    let image = match &command {
+        NodeCommand::Deploy(DeployArgs { verb, image: Some(url) }) => Some(image_set(&verb.nodes, url)?),
+        _ => None,
+    };
     let request = request(command)?;
     let mut conn = connect(socket).await?;
+    if let Some(set) = image {
+        // The image first: a deploy that starts has it.
+        match call(&mut conn, set).await? {
+            Response::Node(_) => {}
+            other => return Err(unexpected(other)),
+        }
+    }
     match request {
         r @ Request::NodeOp { wait, .. } => submitted(&mut conn, socket, r, wait, true, json).await,
         r @ Request::NodeListPages { .. } => list(&mut conn, r, json).await,
@@ -52,7 +65,7 @@ fn request(command: NodeCommand) -> Result<Request, Failure> {
         NodeCommand::Provide(a) => verb(Verb::Provide, a),
         NodeCommand::Inspect(a) => verb(Verb::Inspect, a),
         NodeCommand::Clean(a) => verb(Verb::Clean, a),
-        NodeCommand::Deploy(a) => verb(Verb::Deploy, a),
+        NodeCommand::Deploy(a) => verb(Verb::Deploy, a.verb),
         NodeCommand::Undeploy(a) => verb(Verb::Undeploy, a),
         NodeCommand::Rebuild(a) => verb(Verb::Rebuild, a),
         NodeCommand::Abort(a) => verb(Verb::Abort, a),
@@ -90,6 +103,21 @@ fn request(command: NodeCommand) -> Result<Request, Failure> {
     })
 }
 
+/// `deploy --image URL`: the `node set` of `instance_info.image_url` sent
+/// before the deploy; one node (a name or uuid), an http(s) URL.
+fn image_set(node: &str, url: &str) -> Result<Request, Failure> {
+    let one = !node.is_empty() && node.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !one {
+        return Err(usage(format_args!("--image sets one node's image: name one node, not '{node}'")));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(usage(format_args!("--image '{url}' is not an http:// or https:// URL the BMC can fetch")));
+    }
+    let mut update = NodeUpdate::default();
+    update.instance_info.insert("image_url".into(), Some(serde_json::Value::String(url.to_string())));
+    Ok(Request::NodeSet { node: node.to_string(), update })
+}
+
 fn verb(v: Verb, a: VerbArgs) -> Request {
     Request::NodeOp { nodes: a.nodes, op: Op::Verb(v), wait: a.wait, fanout: a.fanout, priority: a.priority }
 }
@@ -123,12 +151,16 @@ fn create(c: CreateArgs) -> Result<Request, Failure> {
         driver_info,
         properties: pairs(&c.properties, "--property")?,
         ports: c.macs,
+        ..NewNode::default()
     }))
 }
 
 /// `kiln node set`: keys set and unset; at least one.
 fn set(s: SetArgs) -> Result<Request, Failure> {
-    let mut update = NodeUpdate::default();
+    let mut update = NodeUpdate { name: s.name, ..NodeUpdate::default() };
+    if let Some(d) = &s.driver {
+        update.driver = Some(d.parse().map_err(|e| usage(format_args!("--driver: {e}")))?);
+    }
     for (k, v) in pairs(&s.driver_info, "--driver-info")? {
         update.driver_info.insert(k, Some(v));
     }
@@ -144,11 +176,23 @@ fn set(s: SetArgs) -> Result<Request, Failure> {
     for k in s.unset_properties {
         update.properties.insert(k, None);
     }
+    for (k, v) in pairs(&s.extra, "--extra")? {
+        update.extra.insert(k, Some(json_or_string(v)));
+    }
+    for k in s.unset_extra {
+        update.extra.insert(k, None);
+    }
+    for (k, v) in pairs(&s.instance_info, "--instance-info")? {
+        update.instance_info.insert(k, Some(json_or_string(v)));
+    }
+    for k in s.unset_instance_info {
+        update.instance_info.insert(k, None);
+    }
     update.reset_bmc_profile = s.reset_bmc_profile;
-    if update.driver_info.is_empty() && update.properties.is_empty() && !update.reset_bmc_profile {
+    if update.is_empty() {
         return Err(usage(
-            "nothing to change: give --driver-info, --property, --unset-driver-info, --unset-property \
-             or --reset-bmc-profile",
+            "nothing to change: give --name, --driver, --driver-info, --property, --extra, --instance-info (or one \
+             of their --unset-) or --reset-bmc-profile",
         ));
     }
     Ok(Request::NodeSet { node: s.node, update })
@@ -270,6 +314,13 @@ fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>, Failu
             _ => Err(usage(format_args!("{what} '{item}' is not K=V"))),
         })
         .collect()
+}
+
+/// A value of `--extra` or `--instance-info`: JSON if it parses (`4`,
+/// `true`, `{"a": 1}`), else the text as a string (`http://host/a.iso`), as
+/// the `baremetal` CLI reads them.
+fn json_or_string(text: String) -> serde_json::Value {
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
 
 fn read_password(path: &Path) -> Result<String, Failure> {

@@ -8,6 +8,9 @@ pub enum DriverError {
     Invalid(#[from] InvalidDriverInfo),
     #[error("driver '{0}' is not available in this build of kiln")]
     Unsupported(String),
+    /// The driver has no such operation (virtual media over IPMI).
+    #[error("the {driver} driver cannot {operation}")]
+    NotSupported { driver: String, operation: String },
     #[error("cannot reach the BMC at {address}: {reason}")]
     Unreachable { address: String, reason: String },
     #[error("the BMC at {address} did not answer within {seconds} s")]

@@ -85,6 +85,10 @@ impl FakeBmc {
 }
 
 impl Bmc for FakeBmc {
+    fn kind(&self) -> crate::Kind {
+        crate::Kind::Fake
+    }
+
     fn get_power_state(&self) -> BmcFuture<'_, Power> {
         Box::pin(async move {
             self.call("power").await?;

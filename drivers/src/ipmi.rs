@@ -455,6 +455,10 @@ impl IpmiBmc {
 }
 
 impl Bmc for IpmiBmc {
+    fn kind(&self) -> crate::Kind {
+        crate::Kind::Ipmi
+    }
+
     fn get_power_state(&self) -> BmcFuture<'_, Power> {
         Box::pin(self.read_power())
     }

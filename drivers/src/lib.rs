@@ -1,7 +1,8 @@
 //! kiln-drivers: how kiln talks to a node's BMC.
 //!
 //! A driver is a [`Bmc`]: a handful of async calls (read and set power, set
-//! and read the boot device, inspect). Each kind implements it — [`fake`] (in
+//! and read the boot device, inspect, and virtual media, which only Redfish
+//! serves: the others keep the trait's refusing default). Each kind implements it — [`fake`] (in
 //! memory), [`redfish`] (HTTP/JSON with reqwest) and [`ipmi`] (the `ipmitool`
 //! program, as OpenStack Ironic drives it) — and [`connect`] builds the right
 //! one from a node's `driver_info` after [`validate`] has checked that info.
@@ -98,6 +99,28 @@ pub trait Bmc: Send + Sync + 'static {
     /// ([`profile`]); read after each call, it costs nothing.
     fn profile(&self) -> Profile {
         Profile::default()
+    }
+    /// Ejects whatever the system's virtual CD holds; nothing to do when it
+    /// holds nothing. Virtual media is a Redfish service: the default
+    /// refuses, naming the driver.
+    fn eject_media(&self) -> BmcFuture<'_, ()> {
+        Box::pin(async { Err(no_virtual_media(self.kind(), "eject virtual media")) })
+    }
+    /// Inserts the image at `image_url` into the system's virtual CD (the
+    /// BMC fetches it from there); the CD must be empty (see
+    /// [`Bmc::eject_media`]). Refused by default, as `eject_media`.
+    fn insert_media(&self, image_url: &str) -> BmcFuture<'_, ()> {
+        let _ = image_url;
+        Box::pin(async { Err(no_virtual_media(self.kind(), "insert virtual media")) })
+    }
+    /// The driver's name, for errors.
+    fn kind(&self) -> Kind;
+}
+
+fn no_virtual_media(kind: Kind, operation: &str) -> DriverError {
+    DriverError::NotSupported {
+        driver: kind.as_str().to_string(),
+        operation: format!("{operation} (virtual media needs the redfish driver)"),
     }
 }
 

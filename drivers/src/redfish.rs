@@ -777,6 +777,76 @@ impl RedfishBmc {
         let (_, system) = self.get_system().await?;
         Ok(facts_of(&system))
     }
+
+    // ----- virtual media ------------------------------------------------------
+
+    /// The system's virtual CD: the member of its `VirtualMedia` collection
+    /// (the system's own, else that of the manager that manages it, as
+    /// older services put it) whose `MediaTypes` name a CD or DVD. Returns
+    /// its path and resource.
+    async fn virtual_cd(&self) -> Result<(String, Value), DriverError> {
+        let (path, system) = self.get_system().await?;
+        let collection = match system.pointer("/VirtualMedia/@odata.id").and_then(Value::as_str) {
+            Some(c) => c.to_string(),
+            None => {
+                let manager = system
+                    .pointer("/Links/ManagedBy/0/@odata.id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| self.no_cd(&path, "it has no VirtualMedia and no manager"))?
+                    .to_string();
+                let manager = self.get_json(&manager).await?;
+                manager
+                    .pointer("/VirtualMedia/@odata.id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| self.no_cd(&path, "neither it nor its manager has VirtualMedia"))?
+                    .to_string()
+            }
+        };
+        let members = self.get_json(&collection).await?;
+        let ids: Vec<String> = members
+            .get("Members")
+            .and_then(Value::as_array)
+            .map(|m| m.iter().filter_map(|m| m.get("@odata.id").and_then(Value::as_str).map(str::to_string)).collect())
+            .unwrap_or_default();
+        for id in ids {
+            let media = self.get_json(&id).await?;
+            let types = media.get("MediaTypes").and_then(Value::as_array).cloned().unwrap_or_default();
+            if types.iter().any(|t| matches!(t.as_str(), Some("CD" | "DVD"))) {
+                return Ok((id, media));
+            }
+        }
+        Err(self.no_cd(&path, &format!("{collection} has no CD or DVD device")))
+    }
+
+    fn no_cd(&self, system: &str, why: &str) -> DriverError {
+        DriverError::Bmc { address: self.address.clone(), detail: format!("no virtual CD for {system}: {why}") }
+    }
+
+    /// The target of a virtual media action, as the resource names it.
+    fn media_action(path: &str, media: &Value, action: &str) -> String {
+        media
+            .pointer(&format!("/Actions/#VirtualMedia.{action}/target"))
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("{path}/Actions/VirtualMedia.{action}"), str::to_string)
+    }
+
+    async fn eject_cd(&self) -> Result<(), DriverError> {
+        let (path, media) = self.virtual_cd().await?;
+        let inserted = media.get("Inserted").and_then(Value::as_bool).unwrap_or(false);
+        let image = media.get("Image").and_then(Value::as_str).is_some_and(|i| !i.is_empty());
+        if !inserted && !image {
+            return Ok(());
+        }
+        let target = Self::media_action(&path, &media, "EjectMedia");
+        self.request(Method::POST, &target, Some(&json!({})), None).await.map(drop)
+    }
+
+    async fn insert_cd(&self, image_url: &str) -> Result<(), DriverError> {
+        let (path, media) = self.virtual_cd().await?;
+        let target = Self::media_action(&path, &media, "InsertMedia");
+        let body = json!({ "Image": image_url, "Inserted": true, "WriteProtected": true });
+        self.request(Method::POST, &target, Some(&body), None).await.map(drop)
+    }
 }
 
 impl Bmc for RedfishBmc {
@@ -802,6 +872,19 @@ impl Bmc for RedfishBmc {
 
     fn profile(&self) -> Profile {
         *self.learned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn eject_media(&self) -> BmcFuture<'_, ()> {
+        Box::pin(self.eject_cd())
+    }
+
+    fn insert_media(&self, image_url: &str) -> BmcFuture<'_, ()> {
+        let image_url = image_url.to_string();
+        Box::pin(async move { self.insert_cd(&image_url).await })
+    }
+
+    fn kind(&self) -> crate::Kind {
+        crate::Kind::Redfish
     }
 }
 

@@ -55,8 +55,8 @@ use crate::error::Constraint;
 use crate::sqlite::jobs::{integer, log_from_text, log_text};
 use crate::timestamp::timestamp_text;
 use crate::{
-    Backend, Batch, EventRecord, HistoryEntry, JobEnd, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, NodeId,
-    NodeRecord, PortGroupRecord, PortRecord, Reservation, StoreError, Timestamp, Write,
+    Backend, Batch, EventRecord, HistoryEntry, JobEnd, JobId, JobLogEntry, JobRecord, JobStatus, JsonObject, LiveQueue,
+    NodeId, NodeRecord, PortGroupRecord, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
 pub mod listener;
@@ -91,13 +91,14 @@ macro_rules! node_columns {
          provision_state, target_provision_state, power_state, target_power_state,
          boot_device, maintenance, maintenance_reason, fault, last_error,
          reservation_purpose, reservation_since, created_at, updated_at,
-         bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile"
+         bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile,
+         extra, instance_info"
     };
 }
 
 /// How many columns [`node_columns!`] names: the index of a column a query
 /// adds after them.
-const NODE_COLUMNS: usize = 22;
+const NODE_COLUMNS: usize = 24;
 
 /// How long a statement waits for a row lock another session holds.
 const LOCK_TIMEOUT: &str = "10s";
@@ -687,7 +688,8 @@ fn other_nodes_group(address: &str) -> StoreError {
     StoreError::Conflict(format!("port '{address}' cannot join a port group of another node"))
 }
 
-/// A node's columns as bound in `$1`-`$22` of both its insert and update.
+/// A node's columns as bound in `$1`-`$24` of both its insert and update
+/// (the owner and epoch follow).
 fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, StoreError> {
     Ok(vec![
         Box::new(n.uuid.to_string()),
@@ -712,6 +714,8 @@ fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Stor
         Box::new(n.bmc_unreachable_since.map(timestamp_text)),
         Box::new(n.power_verified_at.map(timestamp_text)),
         Box::new(crate::profile_json(n.bmc_profile.as_ref())?),
+        Box::new(object_json(&n.extra)?),
+        Box::new(object_json(&n.instance_info)?),
     ])
 }
 
@@ -736,6 +740,10 @@ fn map_json(map: &BTreeMap<String, String>) -> Result<String, StoreError> {
     serde_json::to_string(map).map_err(|e| StoreError::Corrupt(format!("cannot encode a map: {e}")))
 }
 
+fn object_json(object: &JsonObject) -> Result<String, StoreError> {
+    serde_json::to_string(object).map_err(|e| StoreError::Corrupt(format!("cannot encode an object: {e}")))
+}
+
 /// The statements, numbered as [`node_params`] and [`job_params`] bind them.
 mod sql {
     pub const INSERT_NODE: &str = "INSERT INTO nodes (
@@ -743,9 +751,10 @@ mod sql {
              provision_state, target_provision_state, power_state, target_power_state,
              boot_device, maintenance, maintenance_reason, fault, last_error,
              reservation_purpose, reservation_since, created_at, updated_at,
-             bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile, owner, owner_epoch
+             bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile, extra, instance_info,
+             owner, owner_epoch
          ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-                   $22, $23, 1)";
+                   $22, $23, $24, $25, 1)";
     pub const UPDATE_NODE: &str = "WITH u AS (
              UPDATE nodes SET
                  name = $2, driver = $3, driver_info = $4, properties = $5,
@@ -755,8 +764,8 @@ mod sql {
                  reservation_purpose = $15, reservation_since = $16,
                  created_at = $17, updated_at = $18,
                  bmc_last_contact = $19, bmc_unreachable_since = $20, power_verified_at = $21,
-                 bmc_profile = $22
-             WHERE uuid = $1 AND owner = $23 AND owner_epoch = $24
+                 bmc_profile = $22, extra = $23, instance_info = $24
+             WHERE uuid = $1 AND owner = $25 AND owner_epoch = $26
              RETURNING 1)
          SELECT kiln_node_written((SELECT count(*) FROM u), $1)";
     pub const DELETE_NODE: &str = "WITH d AS (
@@ -1420,6 +1429,11 @@ impl Fields<'_> {
         text.map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt("bmc_profile", &t, e))).transpose()
     }
 
+    fn object(&self, index: usize, column: &str) -> Result<JsonObject, StoreError> {
+        let text: String = self.raw(index, column)?;
+        serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
+    }
+
     fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
         StoreError::Corrupt(format!("{}.{column}{} holds '{value}': {error}", self.table, self.key))
     }
@@ -1464,6 +1478,8 @@ fn node_from_row(row: &Row) -> Result<NodeRecord, StoreError> {
         bmc_unreachable_since: f.timestamp_opt(19, "bmc_unreachable_since")?,
         power_verified_at: f.timestamp_opt(20, "power_verified_at")?,
         bmc_profile: f.profile(21)?,
+        extra: f.object(22, "extra")?,
+        instance_info: f.object(23, "instance_info")?,
     })
 }
 

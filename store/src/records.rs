@@ -309,6 +309,38 @@ pub struct Reservation {
     pub since: Timestamp,
 }
 
+/// A JSON object, as a node's `extra` and `instance_info` hold (Ironic's
+/// free-form fields: any JSON value under each key).
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// Serde for a field holding JSON values (`serde_json::Value` inside): as
+/// itself to a self-describing format (JSON: `--json`, the HTTP API), as
+/// one string of JSON text to a binary one. bincode (the admin protocol)
+/// cannot decode a `Value`, whose shape is only known by looking at it.
+/// Use with `#[serde(with = "kiln_store::json_in_binary")]`.
+pub mod json_in_binary {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            value.serialize(s)
+        } else {
+            serde_json::to_string(value).map_err(S::Error::custom)?.serialize(s)
+        }
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        if d.is_human_readable() {
+            T::deserialize(d)
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text).map_err(D::Error::custom)
+        }
+    }
+}
+
 /// A node as stored (docs/state-machine.md's field list).
 ///
 /// `driver_info` holds the BMC password in clear: it must be stored to be
@@ -346,6 +378,13 @@ pub struct NodeRecord {
     pub power_verified_at: Option<Timestamp>,
     /// What was learned about the BMC ([`BmcProfile`]); `None` until then.
     pub bmc_profile: Option<BmcProfile>,
+    /// Free-form data the operator keeps with the node (Ironic's `extra`).
+    #[serde(default, with = "json_in_binary")]
+    pub extra: JsonObject,
+    /// What the node is deployed with (Ironic's `instance_info`); kiln reads
+    /// `image_url`: set, a Redfish deploy boots that image from virtual media.
+    #[serde(default, with = "json_in_binary")]
+    pub instance_info: JsonObject,
 }
 
 /// Keys of `driver_info` whose values are secrets and are never shown.
@@ -407,6 +446,8 @@ impl NodeRecord {
             bmc_unreachable_since: None,
             power_verified_at: None,
             bmc_profile: None,
+            extra: JsonObject::new(),
+            instance_info: JsonObject::new(),
         }
     }
 }

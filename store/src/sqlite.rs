@@ -46,8 +46,8 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, Row, TransactionBehavior, ffi, params};
 
 use crate::{
-    Backend, Batch, EventRecord, HistoryEntry, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, NodeId, NodeRecord,
-    PortGroupRecord, PortId, PortRecord, Reservation, StoreError, Timestamp, Write,
+    Backend, Batch, EventRecord, HistoryEntry, JobId, JobLogEntry, JobRecord, JobStatus, JsonObject, LiveQueue, NodeId,
+    NodeRecord, PortGroupRecord, PortId, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
 mod checkpointer;
@@ -230,6 +230,12 @@ pub const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE nodes ADD COLUMN bmc_profile TEXT;
     ",
+    // 8: a node's free-form `extra` and its `instance_info` (what to deploy:
+    // `image_url`), JSON objects as Ironic keeps them.
+    "
+    ALTER TABLE nodes ADD COLUMN extra TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE nodes ADD COLUMN instance_info TEXT NOT NULL DEFAULT '{}';
+    ",
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].
@@ -335,7 +341,8 @@ macro_rules! node_select {
                 provision_state, target_provision_state, power_state, target_power_state,
                 boot_device, maintenance, maintenance_reason, fault, last_error,
                 reservation_purpose, reservation_since, created_at, updated_at,
-                bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile
+                bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile,
+                extra, instance_info
          FROM nodes"
     };
 }
@@ -620,8 +627,10 @@ fn insert_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
              provision_state, target_provision_state, power_state, target_power_state,
              boot_device, maintenance, maintenance_reason, fault, last_error,
              reservation_purpose, reservation_since, created_at, updated_at,
-             bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile
-         ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+             bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile,
+             extra, instance_info
+         ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
+                   ?22, ?23, ?24)",
     )?;
     execute_node(stmt, node)?;
     Ok(())
@@ -637,7 +646,7 @@ fn update_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
              reservation_purpose = ?15, reservation_since = ?16,
              created_at = ?17, updated_at = ?18,
              bmc_last_contact = ?19, bmc_unreachable_since = ?20, power_verified_at = ?21,
-             bmc_profile = ?22
+             bmc_profile = ?22, extra = ?23, instance_info = ?24
          WHERE uuid = ?1",
     )?;
     let changed = execute_node(stmt, node)?;
@@ -715,7 +724,7 @@ fn append_history(held: &mut Held<'_>, entry: &HistoryEntry) -> Result<(), Store
 }
 
 /// Runs the INSERT or UPDATE of `nodes`, whose parameters are numbered
-/// alike: ?1 is the uuid, ?2..?22 the other columns.
+/// alike: ?1 is the uuid, ?2..?24 the other columns.
 fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<usize, StoreError> {
     let changed = stmt
         .execute(params![
@@ -741,6 +750,8 @@ fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<us
             n.bmc_unreachable_since.map(timestamp_text),
             n.power_verified_at.map(timestamp_text),
             crate::profile_json(n.bmc_profile.as_ref())?,
+            object_json(&n.extra)?,
+            object_json(&n.instance_info)?,
         ])
         .map_err(|e| node_error(e, n))?;
     Ok(changed)
@@ -784,6 +795,10 @@ fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
 fn map_json(map: &BTreeMap<String, String>) -> Result<String, StoreError> {
     // A map of strings always serialises; the error arm is for form's sake.
     serde_json::to_string(map).map_err(|e| StoreError::Corrupt(format!("cannot encode a map: {e}")))
+}
+
+fn object_json(object: &JsonObject) -> Result<String, StoreError> {
+    serde_json::to_string(object).map_err(|e| StoreError::Corrupt(format!("cannot encode an object: {e}")))
 }
 
 // ----------------------------------------------------------------- reads --
@@ -867,6 +882,11 @@ impl Fields<'_, '_> {
         text.map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt("bmc_profile", &t, e))).transpose()
     }
 
+    fn object(&self, index: usize, column: &str) -> Result<JsonObject, StoreError> {
+        let text: String = self.raw(index, column)?;
+        serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
+    }
+
     fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
         StoreError::Corrupt(format!("{}.{column}{} holds '{value}': {error}", self.table, self.key))
     }
@@ -911,6 +931,8 @@ fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
         bmc_unreachable_since: f.timestamp_opt(19, "bmc_unreachable_since")?,
         power_verified_at: f.timestamp_opt(20, "power_verified_at")?,
         bmc_profile: f.profile(21)?,
+        extra: f.object(22, "extra")?,
+        instance_info: f.object(23, "instance_info")?,
     })
 }
 

@@ -64,6 +64,14 @@ fn full_node() -> NodeRecord {
             ipmi_cipher_suite: Some(3),
             learned_at: created + Duration::seconds(5),
         }),
+        extra: serde_json::json!({"rack": "r1", "slot": 4, "tags": ["a", "b"], "owner": {"team": "été"}})
+            .as_object()
+            .unwrap()
+            .clone(),
+        instance_info: serde_json::json!({"image_url": "http://10.0.0.2/img.iso", "root_gb": 10.5, "x": null})
+            .as_object()
+            .unwrap()
+            .clone(),
     }
 }
 

@@ -514,16 +514,24 @@ fn a_redfish_node_on_the_emulator_is_deployed_through_the_api() {
         (Some(peer.url().as_str()), Some("******"))
     );
 
+    // The image to boot from virtual media, set as Ironic's users set it.
+    let images = crate::vmedia::ImageServer::start();
+    let image = format!("image_url={}", images.url());
+    baremetal(&url, &["node", "set", "rf-api", "--instance-info", &image]);
     for (verb, state) in [("manage", "manageable"), ("provide", "available"), ("deploy", "active")] {
         baremetal(&url, &["node", verb, "rf-api", "--wait", "280"]);
         assert_eq!(d.state("rf-api"), state, "after {verb}");
     }
-    assert_eq!(d.node("rf-api")["power_state"], "power on");
+    let n = d.node("rf-api");
+    assert_eq!((n["power_state"].as_str(), n["boot_device"].as_str()), (Some("power on"), Some("cdrom")), "{n}");
     assert_eq!(peer.system(7)["PowerState"], "On");
+    let cd = crate::vmedia::virtual_cd(peer, 7);
+    assert_eq!((cd["Inserted"].as_bool(), cd["Image"].as_str()), (Some(true), Some(images.url().as_str())), "{cd}");
     baremetal(&url, &["node", "undeploy", "rf-api", "--wait", "280"]);
     let n = d.node("rf-api");
     assert_eq!((n["provision_state"].as_str(), n["power_state"].as_str()), (Some("available"), Some("power off")));
     assert_eq!(peer.system(7)["PowerState"], "Off");
+    assert_eq!(crate::vmedia::virtual_cd(peer, 7)["Inserted"], false);
 }
 
 #[test]
@@ -551,4 +559,123 @@ fn the_baremetal_command_lists_with_filters_fields_and_limits() {
     assert_eq!(shown, serde_json::json!({"name": "demo1", "provision_state": "manageable"}));
     let kiln = d.node("demo1");
     assert_eq!(kiln["provision_state"], "manageable");
+}
+
+#[test]
+fn the_clients_change_name_driver_extra_and_instance_info_as_ironic_does() {
+    let (d, url) = start(1, &[]);
+    baremetal(&url, &["node", "create", "--driver", "fake-hardware", "--name", "bm1", "--extra", "rack=r0"]);
+    assert_eq!(d.node("bm1")["extra"], serde_json::json!({"rack": "r0"}));
+    baremetal(
+        &url,
+        &[
+            "node",
+            "set",
+            "bm1",
+            "--extra",
+            "rack=r7",
+            "--extra",
+            "slot=4",
+            "--instance-info",
+            "image_url=http://127.0.0.1:1/a.iso",
+            "--instance-info",
+            "root_gb=10",
+        ],
+    );
+    let shown = baremetal_json(&url, &["node", "show", "bm1"]);
+    let n = d.node("bm1");
+    assert_eq!(n["extra"], shown["extra"]);
+    assert_eq!(n["instance_info"], shown["instance_info"]);
+    assert_eq!(n["extra"]["rack"], "r7", "{n}");
+    assert_eq!(n["instance_info"]["image_url"], "http://127.0.0.1:1/a.iso", "{n}");
+    baremetal(&url, &["node", "unset", "bm1", "--extra", "slot", "--instance-info", "root_gb"]);
+    let n = d.node("bm1");
+    assert_eq!(n["extra"], serde_json::json!({"rack": "r7"}));
+    assert_eq!(n["instance_info"], serde_json::json!({"image_url": "http://127.0.0.1:1/a.iso"}));
+    let listed = baremetal_json(&url, &["node", "list", "--fields", "name", "extra", "instance_info"]);
+    let bm1 = listed.as_array().unwrap().iter().find(|l| l["name"] == "bm1").expect("bm1 listed");
+    assert_eq!((&bm1["extra"], &bm1["instance_info"]), (&n["extra"], &n["instance_info"]), "{listed}");
+
+    // A rename: the new name finds the node, in kiln and through the API;
+    // the old one no longer does; a taken name is a 409, a bad one a 400.
+    let uuid = n["uuid"].as_str().unwrap().to_string();
+    baremetal(&url, &["node", "set", "bm1", "--name", "bm2"]);
+    assert_eq!(d.node("bm2")["uuid"], uuid.as_str());
+    assert_eq!(baremetal_json(&url, &["node", "show", "bm2"])["uuid"], uuid.as_str());
+    assert_eq!(d.cli(&["node", "show", "bm1"]).status.code(), Some(2));
+    let taken = baremetal_with(&url, &["--os-auth-type", "none"], &["node", "set", "bm2", "--name", "demo1"]);
+    assert!(!taken.status.success());
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("already in use"), "{taken:?}");
+    let (status, _, body) = http(
+        &url,
+        "PATCH",
+        "/v1/nodes/bm2",
+        &[("Content-Type", "application/json")],
+        br#"[{"op": "replace", "path": "/name", "value": "demo1"}]"#,
+    );
+    assert_eq!(status, 409, "{body}");
+    for (patch, needle) in [
+        (r#"[{"op": "replace", "path": "/name", "value": "bad name!"}]"#, "not valid"),
+        (r#"[{"op": "remove", "path": "/name"}]"#, "names every node"),
+        (r#"[{"op": "replace", "path": "/driver", "value": "ilo"}]"#, "ilo"),
+        (r#"[{"op": "replace", "path": "/extra", "value": [1]}]"#, "must be an object"),
+        (r#"[{"op": "replace", "path": "/instance_info/none", "value": 1}]"#, "does not exist"),
+        (
+            r#"[{"op": "add", "path": "/extra/a", "value": 1}, {"op": "remove", "path": "/extra/b/c"}]"#,
+            "does not exist",
+        ),
+    ] {
+        let (status, _, body) =
+            http(&url, "PATCH", "/v1/nodes/bm2", &[("Content-Type", "application/json")], patch.as_bytes());
+        assert_eq!(status, 400, "{patch}: {body}");
+        assert!(fault(&body).contains(needle), "{patch}: {body}");
+    }
+    assert_eq!(d.node("bm2")["extra"], serde_json::json!({"rack": "r7"}), "nothing changed");
+    assert_eq!(d.node("demo1")["uuid"].as_str().map(|u| u != uuid), Some(true));
+
+    // A driver change, with the new driver's driver_info in the same patch.
+    baremetal(
+        &url,
+        &[
+            "node",
+            "set",
+            "bm2",
+            "--driver",
+            "ipmi",
+            "--driver-info",
+            "ipmi_address=127.0.0.1",
+            "--driver-info",
+            "ipmi_port=1623",
+        ],
+    );
+    let n = d.node("bm2");
+    assert_eq!((n["driver"].as_str(), n["driver_info"]["address"].as_str()), (Some("ipmi"), Some("127.0.0.1")));
+    assert_eq!(n["driver_info"]["port"], "1623");
+    // Not on an active node (unless in maintenance): 409, as Ironic.
+    d.json(&["node", "manage", "demo1", "--wait"]);
+    d.json(&["node", "provide", "demo1", "--wait"]);
+    d.json(&["node", "deploy", "demo1", "--wait"]);
+    let (status, _, body) = http(
+        &url,
+        "PATCH",
+        "/v1/nodes/demo1",
+        &[("Content-Type", "application/json")],
+        br#"[{"op": "replace", "path": "/driver", "value": "redfish"}]"#,
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(fault(&body).contains("maintenance mode"), "{body}");
+    assert_eq!(d.node("demo1")["driver"], "fake");
+
+    // openstacksdk's patches: nested paths, whole objects, a rename.
+    let steps = sdk(&url, "patch", &["demo1"]);
+    assert_eq!(steps[0]["extra"], serde_json::json!({"rack": {"row": 3, "slot": "a"}, "tags": ["x"]}), "{steps:?}");
+    assert_eq!(steps[1]["name"], "demo1-renamed");
+    assert_eq!(steps[1]["extra"], serde_json::json!({"rack": {"row": 3, "slot": "b"}, "tags": ["x", "y"]}));
+    assert_eq!(steps[1]["instance_info"], serde_json::json!({"image_url": "http://127.0.0.1:1/a.iso"}));
+    assert_eq!(steps[2]["extra"], serde_json::json!({"only": true}));
+    assert_eq!(steps[3]["status"], 400, "{steps:?}");
+    let n = d.node("demo1-renamed");
+    assert_eq!(n["extra"], steps[4]["extra"]);
+    assert_eq!(n["instance_info"], steps[4]["instance_info"]);
+    assert_eq!(n["provision_state"], "active");
 }

@@ -68,6 +68,33 @@ def retried(conn, name):
     say(step='manage', provision_state=node.provision_state)
 
 
+def patch(conn, name):
+    """JSON patches of extra and instance_info (nested paths, whole
+    objects, removals) and a rename, as openstacksdk sends them."""
+    node = conn.baremetal.patch_node(name, [
+        {'op': 'add', 'path': '/extra', 'value': {'rack': {'row': 3, 'slot': 'a'}, 'tags': ['x']}},
+        {'op': 'add', 'path': '/instance_info/image_url', 'value': 'http://127.0.0.1:1/a.iso'},
+        {'op': 'add', 'path': '/instance_info/capabilities', 'value': {'boot_mode': 'uefi'}},
+    ])
+    say(step='add', extra=node.extra, instance_info=node.instance_info)
+    node = conn.baremetal.patch_node(node, [
+        {'op': 'replace', 'path': '/extra/rack/slot', 'value': 'b'},
+        {'op': 'add', 'path': '/extra/tags/-', 'value': 'y'},
+        {'op': 'remove', 'path': '/instance_info/capabilities'},
+        {'op': 'replace', 'path': '/name', 'value': name + '-renamed'},
+    ])
+    say(step='replace', name=node.name, extra=node.extra, instance_info=node.instance_info)
+    node = conn.baremetal.update_node(node, extra={'only': True})
+    say(step='update', extra=node.extra)
+    try:
+        conn.baremetal.patch_node(node, [{'op': 'remove', 'path': '/extra/missing'}])
+        say(step='bad', status=200)
+    except exceptions.BadRequestException as e:
+        say(step='bad', status=e.status_code, message=str(e))
+    node = conn.baremetal.get_node(node.id)
+    say(step='get', name=node.name, extra=node.extra, instance_info=node.instance_info)
+
+
 def main():
     url, scenario, *args = sys.argv[1:]
     user = password = None
@@ -82,6 +109,8 @@ def main():
         locked(conn, args[0])
     elif scenario == 'retried':
         retried(conn, args[0])
+    elif scenario == 'patch':
+        patch(conn, args[0])
     elif scenario == 'list':
         say(step='list', names=sorted(n.name for n in conn.baremetal.nodes()))
     else:

@@ -207,3 +207,89 @@ fn json_and_socket_may_come_before_or_after_the_subcommand() {
     let out = after(&["exec", "-w", "demo1", "--json", "--worker", "exec", "--", "echo", "--json"]);
     assert_eq!(out[0]["stdout"], "--json\n", "{out}");
 }
+
+#[test]
+fn extra_and_instance_info_are_set_and_unset_kept_across_a_restart_and_bad_input_changes_nothing() {
+    let mut d = Daemon::start(1, &[]);
+    let set = d.json(&[
+        "node",
+        "set",
+        "demo1",
+        "--extra",
+        "rack=r7",
+        "--extra",
+        "slot=4",
+        "--extra",
+        r#"owner={"team": "infra", "tags": ["a", "b"]}"#,
+        "--instance-info",
+        "image_url=http://10.0.0.2/a.iso",
+        "--instance-info",
+        "root_gb=10",
+    ]);
+    assert_eq!(
+        set["extra"],
+        serde_json::json!({"rack": "r7", "slot": 4, "owner": {"team": "infra", "tags": ["a", "b"]}})
+    );
+    assert_eq!(set["instance_info"], serde_json::json!({"image_url": "http://10.0.0.2/a.iso", "root_gb": 10}));
+
+    d.json(&[
+        "node",
+        "set",
+        "demo1",
+        "--unset-extra",
+        "slot",
+        "--unset-instance-info",
+        "root_gb",
+        "--extra",
+        "rack=\"5\"",
+    ]);
+    let n = d.node("demo1");
+    assert_eq!(n["extra"], serde_json::json!({"rack": "5", "owner": {"team": "infra", "tags": ["a", "b"]}}));
+    assert_eq!(n["instance_info"], serde_json::json!({"image_url": "http://10.0.0.2/a.iso"}));
+    let table = String::from_utf8_lossy(&d.cli(&["node", "show", "demo1"]).stdout).to_string();
+    assert!(table.contains("image_url=http://10.0.0.2/a.iso"), "{table}");
+    assert!(table.contains(r#"owner={"tags":["a","b"],"team":"infra"}"#), "{table}");
+
+    // Bad input: refused, nothing changed.
+    for bad in [&["--extra", "novalue"][..], &["--instance-info", "=1"], &[]] {
+        let mut args = vec!["node", "set", "demo1"];
+        args.extend_from_slice(bad);
+        let out = d.cli(&args);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+    assert_eq!(d.node("demo1")["extra"], n["extra"]);
+
+    d.restart();
+    let after = d.node("demo1");
+    assert_eq!(after["extra"], n["extra"]);
+    assert_eq!(after["instance_info"], n["instance_info"]);
+}
+
+#[test]
+fn node_set_renames_and_changes_the_driver_only_where_ironic_allows() {
+    let d = Daemon::start(2, &[]);
+    let uuid = d.node("demo1")["uuid"].clone();
+    d.json(&["node", "set", "demo1", "--name", "web1"]);
+    assert_eq!(d.node("web1")["uuid"], uuid);
+    assert_eq!(d.cli(&["node", "show", "demo1"]).status.code(), Some(2));
+    // The old name is free again; a taken one is refused.
+    d.json(&["node", "set", "demo2", "--name", "demo1"]);
+    let taken = d.cli(&["node", "set", "web1", "--name", "demo1"]);
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("already in use"), "{taken:?}");
+    assert_eq!(d.node("web1")["uuid"], uuid);
+    // Node sets see the new names.
+    let listed = d.json(&["node", "list", "web[1]"]);
+    assert_eq!(listed[0]["uuid"], uuid);
+
+    d.json(&["node", "set", "web1", "--driver", "ipmi", "--driver-info", "address=127.0.0.1"]);
+    assert_eq!(d.node("web1")["driver"], "ipmi");
+    d.json(&["node", "manage", "demo1", "--wait"]);
+    d.json(&["node", "provide", "demo1", "--wait"]);
+    d.json(&["node", "deploy", "demo1", "--wait"]);
+    let refused =
+        d.cli(&["node", "set", "demo1", "--driver", "redfish", "--driver-info", "address=http://127.0.0.1:1"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot change the driver"), "{refused:?}");
+    assert_eq!(d.node("demo1")["driver"], "fake");
+}

@@ -38,3 +38,4 @@ mod shared_bmc;
 mod shutdown;
 mod socket;
 mod unreachable;
+mod vmedia;

@@ -57,6 +57,14 @@ pub fn redfish() -> &'static Peer {
     peer_start::redfish(&PEER, 7, false)
 }
 
+/// A Redfish emulator of its own for the virtual media tests (`vmedia.rs`),
+/// two systems: a deploy powers and boots them, and virtual media is state
+/// no other test should see.
+pub fn redfish_vmedia() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    peer_start::redfish(&PEER, 2, false)
+}
+
 /// `IPMI_BMCS` simulated IPMI BMCs on consecutive free ports (`port` is
 /// the first): each test that changes a BMC has one of its own.
 pub fn ipmi() -> &'static Peer {

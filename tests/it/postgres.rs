@@ -71,6 +71,7 @@ fn a_site_on_postgres_runs_a_lifecycle_and_keeps_its_nodes_and_jobs_across_a_res
     d.json(&["node", "provide", "demo[1-4]", "--wait"]);
     d.json(&["node", "deploy", "demo[1-2]", "--wait"]);
     d.json(&["port", "create", "52:54:00:00:00:10", "--node", "demo3"]);
+    d.json(&["node", "set", "demo4", "--extra", "rack={\"row\": 9}", "--instance-info", "image_url=http://h/a.iso"]);
     let nodes = d.json(&["node", "list"]);
     let jobs = d.json(&["job", "list"]);
     assert!(!jobs.as_array().unwrap().is_empty(), "{jobs}");
@@ -94,9 +95,19 @@ fn a_site_on_postgres_runs_a_lifecycle_and_keeps_its_nodes_and_jobs_across_a_res
     assert_eq!(s["demo1"], "active");
     assert_eq!(s["demo4"], "available");
     assert_eq!(d.json(&["port", "list"])[0]["node"], "demo3");
+    let n = d.node("demo4");
+    assert_eq!(
+        (&n["extra"], &n["instance_info"]),
+        (&serde_json::json!({"rack": {"row": 9}}), &serde_json::json!({"image_url": "http://h/a.iso"}))
+    );
     // And it goes on working after the restart (the restart claimed the nodes).
     d.json(&["node", "undeploy", "demo1", "--wait"]);
     assert_eq!(d.state("demo1"), "available");
+    // A rename, and a taken name refused by the database's own rule.
+    d.json(&["node", "set", "demo4", "--name", "spare4"]);
+    assert_eq!(d.node("spare4")["uuid"], n["uuid"]);
+    let taken = d.cli(&["node", "set", "spare4", "--name", "demo3"]);
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("already in use"), "{taken:?}");
     let mut lines = logged;
     lines.extend(d.log_lines());
     assert!(lines.iter().any(|l| l.contains("postgres://kiln:***@127.0.0.1")), "{}", lines.join("\n"));

@@ -49,7 +49,7 @@ pub enum Op {
     BootDevice { device: BootDevice, persistent: bool },
     /// Maintenance on (with a reason) or off.
     Maintenance { on: bool, reason: Option<String> },
-    /// Change `driver_info` and `properties`.
+    /// Change `driver_info`, `properties`, `extra` and `instance_info`.
     Update(NodeUpdate),
     /// Remove the node (and its ports and history).
     Delete,
@@ -101,14 +101,49 @@ pub fn parse_power_action(s: &str) -> Result<PowerAction, UnknownPowerAction> {
 }
 
 /// Changes to a node's settings: `Some` sets a key, `None` removes it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `extra` and `instance_info` hold any JSON value under a key. `name`
+/// renames the node (unique across the site); `driver` changes its driver
+/// (only where nothing runs on it: see [`DRIVER_CHANGE_STATES`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeUpdate {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub driver: Option<kiln_store::DriverKind>,
     pub driver_info: BTreeMap<String, Option<String>>,
     pub properties: BTreeMap<String, Option<String>>,
     /// Forget what was learned about the BMC (`--reset-bmc-profile`): the
     /// next call finds it out again.
     pub reset_bmc_profile: bool,
+    #[serde(default, with = "kiln_store::json_in_binary")]
+    pub extra: BTreeMap<String, Option<serde_json::Value>>,
+    #[serde(default, with = "kiln_store::json_in_binary")]
+    pub instance_info: BTreeMap<String, Option<serde_json::Value>>,
 }
+
+impl NodeUpdate {
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.driver.is_none()
+            && self.driver_info.is_empty()
+            && self.properties.is_empty()
+            && self.extra.is_empty()
+            && self.instance_info.is_empty()
+            && !self.reset_bmc_profile
+    }
+}
+
+/// The states a node's driver may be changed in (or any state but a
+/// working one in maintenance), as Ironic allows its interfaces to change:
+/// no task of the old driver is under way or left to undo.
+pub const DRIVER_CHANGE_STATES: &[kiln_store::ProvisionState] = &[
+    kiln_store::ProvisionState::Enroll,
+    kiln_store::ProvisionState::Inspecting,
+    kiln_store::ProvisionState::InspectWait,
+    kiln_store::ProvisionState::Manageable,
+    kiln_store::ProvisionState::Available,
+];
 
 /// Asks a node actor to run an exclusive operation. With `wait` the answer
 /// comes when the operation has ended (a task: when the node has settled);

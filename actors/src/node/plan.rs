@@ -3,12 +3,15 @@
 //! [`plan_verb`] turns (record, verb) into either an immediate move to a
 //! non-working state or a task: the working state to enter, its target, and
 //! the driver [`Step`]s to run, as data, so a step list can grow (a deploy
-//! agent, firmware updates) without touching the actor. [`recover`] is the
+//! agent, firmware updates) without touching the actor. A deploy's steps
+//! depend on the node too ([`steps_for`]): a Redfish node with
+//! `instance_info.image_url` boots that image from virtual media, any other
+//! PXE boots. [`recover`] is the
 //! restart rule: a node found mid-task with no task running falls to its
 //! failed state.
 
 use kiln_drivers::{Boot, PowerAction};
-use kiln_store::{HistoryEntry, NodeRecord, ProvisionState as S, Timestamp};
+use kiln_store::{BootDevice, DriverKind, HistoryEntry, NodeRecord, ProvisionState as S, Timestamp};
 
 use crate::fsm::{self, Event, InvalidState, StateClass, Verb};
 
@@ -25,6 +28,10 @@ pub enum Step {
     SetBoot(Boot, bool),
     /// Read hardware facts into `properties`.
     Inspect,
+    /// Empty the system's virtual CD (nothing to do when it is empty).
+    EjectMedia,
+    /// Insert the node's `instance_info.image_url` into its virtual CD.
+    InsertMedia,
     /// Fire an FSM event mid-task (deleting → cleaning), committed like any
     /// other transition.
     Fire(Event),
@@ -59,8 +66,67 @@ pub fn steps_of(working: S) -> Vec<Step> {
     }
 }
 
+/// Why a verb cannot start on a node; either way nothing changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    /// The node's state does not allow the verb.
+    State(InvalidState),
+    /// The node's settings ask for what its driver cannot do, or are
+    /// malformed (an `image_url` that is not a URL).
+    Settings(String),
+}
+
+impl From<InvalidState> for PlanError {
+    fn from(e: InvalidState) -> Self {
+        PlanError::State(e)
+    }
+}
+
+/// The image a deploy boots from virtual media: `instance_info.image_url`,
+/// an `http://` or `https://` URL the BMC fetches. `None` when unset.
+pub fn image_url(record: &NodeRecord) -> Result<Option<&str>, String> {
+    match record.instance_info.get("image_url") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+            Ok(Some(url))
+        }
+        Some(other) => {
+            Err(format!("instance_info.image_url must be an http:// or https:// URL the BMC can fetch, not {other}"))
+        }
+    }
+}
+
+/// The steps of `working` for this node: [`steps_of`], but a deploy of a
+/// Redfish node with an `image_url` boots it from virtual media (eject
+/// what is there, insert the image, boot from CD once, power on or
+/// reboot), and an undeploy of such a node ejects it once it is off. An
+/// IPMI node with an `image_url` is refused: kiln drives virtual media over
+/// Redfish only, and booting PXE instead would call active a node that does
+/// not run the image asked for. The fake driver ignores it and PXE boots.
+pub fn steps_for(record: &NodeRecord, working: S) -> Result<Vec<Step>, String> {
+    use Step::*;
+    Ok(match (working, record.driver) {
+        (S::Deploying, DriverKind::Redfish) if image_url(record)?.is_some() => {
+            vec![EjectMedia, InsertMedia, SetBoot(Boot::Cdrom, false), Power(PowerAction::Reboot)]
+        }
+        (S::Deploying, DriverKind::Ipmi) if image_url(record)?.is_some() => {
+            return Err(format!(
+                "node {}: instance_info.image_url asks for a virtual media deploy, which kiln drives over the redfish \
+                 driver only; unset it (kiln node set {} --unset-instance-info image_url) to deploy over PXE",
+                record.name, record.name
+            ));
+        }
+        (S::Deleting, DriverKind::Redfish)
+            if record.instance_info.contains_key("image_url") || record.boot_device == Some(BootDevice::Cdrom) =>
+        {
+            vec![Power(PowerAction::Off), EjectMedia, Fire(Event::Clean)]
+        }
+        _ => steps_of(working),
+    })
+}
+
 /// Decides what `verb` does to a node in its current state.
-pub fn plan_verb(record: &NodeRecord, verb: Verb) -> Result<VerbPlan, InvalidState> {
+pub fn plan_verb(record: &NodeRecord, verb: Verb) -> Result<VerbPlan, PlanError> {
     let from = record.provision_state;
     let to = fsm::step(from, verb.event())?;
     if fsm::class(to) != StateClass::Working {
@@ -72,7 +138,8 @@ pub fn plan_verb(record: &NodeRecord, verb: Verb) -> Result<VerbPlan, InvalidSta
         (S::Manageable, Verb::Clean) => S::Manageable,
         _ => fsm::default_target(to).unwrap_or(to),
     };
-    Ok(VerbPlan::Work { working: to, target, steps: steps_of(to) })
+    let steps = steps_for(record, to).map_err(PlanError::Settings)?;
+    Ok(VerbPlan::Work { working: to, target, steps })
 }
 
 /// The event that ends a task's working state successfully: `done`, or for a
@@ -138,6 +205,44 @@ mod tests {
                 steps: vec![Step::SetBoot(Boot::Pxe, false), Step::Power(PowerAction::On)],
             }
         );
+    }
+
+    #[test]
+    fn a_redfish_deploy_with_an_image_url_boots_it_from_virtual_media() {
+        let mut n = node(S::Available);
+        n.driver = DriverKind::Redfish;
+        n.instance_info.insert("image_url".into(), "http://10.0.0.2/a.iso".into());
+        let VerbPlan::Work { steps, .. } = plan_verb(&n, Verb::Deploy).unwrap() else { panic!("a task") };
+        assert_eq!(
+            steps,
+            [Step::EjectMedia, Step::InsertMedia, Step::SetBoot(Boot::Cdrom, false), Step::Power(PowerAction::Reboot)]
+        );
+        n.provision_state = S::Active;
+        let VerbPlan::Work { steps, .. } = plan_verb(&n, Verb::Undeploy).unwrap() else { panic!("a task") };
+        assert_eq!(steps, [Step::Power(PowerAction::Off), Step::EjectMedia, Step::Fire(Event::Clean)]);
+
+        // Without an image: PXE, and an undeploy ejects nothing.
+        n.instance_info.clear();
+        let VerbPlan::Work { steps, .. } = plan_verb(&n, Verb::Undeploy).unwrap() else { panic!("a task") };
+        assert_eq!(steps, steps_of(S::Deleting));
+        n.provision_state = S::Available;
+        let VerbPlan::Work { steps, .. } = plan_verb(&n, Verb::Deploy).unwrap() else { panic!("a task") };
+        assert_eq!(steps, steps_of(S::Deploying));
+
+        // Not a URL the BMC can fetch: refused before anything changes.
+        n.instance_info.insert("image_url".into(), serde_json::json!(["x"]));
+        assert!(matches!(plan_verb(&n, Verb::Deploy), Err(PlanError::Settings(e)) if e.contains("http://")));
+    }
+
+    #[test]
+    fn ipmi_refuses_an_image_url_and_fake_deploys_over_pxe() {
+        let mut n = node(S::Available);
+        n.instance_info.insert("image_url".into(), "http://10.0.0.2/a.iso".into());
+        let VerbPlan::Work { steps, .. } = plan_verb(&n, Verb::Deploy).unwrap() else { panic!("a task") };
+        assert_eq!(steps, steps_of(S::Deploying));
+        n.driver = DriverKind::Ipmi;
+        let Err(PlanError::Settings(why)) = plan_verb(&n, Verb::Deploy) else { panic!("refused") };
+        assert!(why.contains("redfish") && why.contains("--unset-instance-info image_url"), "{why}");
     }
 
     #[test]

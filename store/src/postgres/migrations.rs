@@ -244,6 +244,11 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE nodes ADD COLUMN bmc_profile text;
     "#,
+    // 8: SQLite's 8: a node's `extra` and `instance_info`, JSON text.
+    r#"
+    ALTER TABLE nodes ADD COLUMN extra text NOT NULL DEFAULT '{}';
+    ALTER TABLE nodes ADD COLUMN instance_info text NOT NULL DEFAULT '{}';
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -10,7 +10,7 @@ use kiln_drivers::{Boot, DriverError, Power, PowerAction};
 use kiln_store::{BootDevice, HistoryEntry, NodeRecord, PowerState, ProvisionState, Write};
 
 use super::super::plan::{self, Step, VerbPlan};
-use super::super::{NodeUpdate, Op};
+use super::super::{DRIVER_CHANGE_STATES, NodeUpdate, Op};
 use super::{AfterCall as Call, AfterCommit as Commit, NodeCore, Task};
 use crate::KilnError;
 use crate::driver::{DriverCall, DriverReply};
@@ -95,7 +95,8 @@ impl NodeCore {
         let record = self.node.record();
         let plan = match plan::plan_verb(record, verb) {
             Ok(p) => p,
-            Err(invalid) => {
+            Err(plan::PlanError::Settings(why)) => return self.end_task(Err(KilnError::InvalidInput(why))),
+            Err(plan::PlanError::State(invalid)) => {
                 let err = KilnError::InvalidState {
                     node: self.name(),
                     state: invalid.state.to_string(),
@@ -157,13 +158,40 @@ impl NodeCore {
 
     fn begin_update(&mut self, update: NodeUpdate) {
         let mut next = self.node.record().clone();
+        if let Some(name) = update.name.as_ref().filter(|n| **n != next.name) {
+            if let Err(e) = crate::supervisor::validate_name(name) {
+                return self.end_task(Err(e));
+            }
+            next.name = name.clone();
+        }
+        let driver_changed = update.driver.is_some_and(|d| d != next.driver);
+        if let Some(driver) = update.driver.filter(|_| driver_changed) {
+            let state = next.provision_state;
+            let idle =
+                DRIVER_CHANGE_STATES.contains(&state) || (next.maintenance && fsm::class(state) != StateClass::Working);
+            if !idle {
+                let err = KilnError::InvalidState {
+                    node: self.name().to_string(),
+                    state: state.to_string(),
+                    event: "change the driver".into(),
+                    allowed: format!(
+                        "{} (or in maintenance)",
+                        DRIVER_CHANGE_STATES.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                return self.end_task(Err(err));
+            }
+            next.driver = driver;
+        }
         apply_changes(&mut next.driver_info, &update.driver_info);
         apply_changes(&mut next.properties, &update.properties);
+        apply_changes(&mut next.extra, &update.extra);
+        apply_changes(&mut next.instance_info, &update.instance_info);
         if let Err(e) = kiln_drivers::validate(next.driver.as_str(), &next.driver_info) {
             let err = KilnError::InvalidInput(format!("node {}: {e}", self.name()));
             return self.end_task(Err(err));
         }
-        if !update.driver_info.is_empty() || update.reset_bmc_profile {
+        if !update.driver_info.is_empty() || update.reset_bmc_profile || driver_changed {
             // The BMC may be another one now (or its quirks are to be found
             // again): reconnect on next use, learn its profile afresh, and
             // let the next power sync try it.
@@ -216,6 +244,16 @@ impl NodeCore {
             Step::Power(a) => DriverCall::SetPower(a),
             Step::SetBoot(d, p) => DriverCall::SetBoot(d, p),
             Step::Inspect => DriverCall::Inspect,
+            Step::EjectMedia => DriverCall::EjectMedia,
+            Step::InsertMedia => {
+                let draft = &self.task.as_ref().expect("a task runs").draft;
+                match plan::image_url(draft) {
+                    Ok(Some(url)) => DriverCall::InsertMedia(url.to_string()),
+                    // Checked when the task was planned; the task holds the node.
+                    Ok(None) => return self.fail_work("instance_info.image_url is not set".into()),
+                    Err(e) => return self.fail_work(e),
+                }
+            }
         };
         self.call(call, Call::Op(AfterCall::Step(step)));
     }
@@ -383,7 +421,11 @@ fn allowed_verbs(state: ProvisionState) -> String {
     if verbs.is_empty() { "none".into() } else { verbs.join(", ") }
 }
 
-fn apply_changes(map: &mut BTreeMap<String, String>, changes: &BTreeMap<String, Option<String>>) {
+fn apply_changes<M, V>(map: &mut M, changes: &BTreeMap<String, Option<V>>)
+where
+    M: KeyedMap<V>,
+    V: Clone,
+{
     for (k, v) in changes {
         match v {
             Some(v) => {
@@ -393,6 +435,31 @@ fn apply_changes(map: &mut BTreeMap<String, String>, changes: &BTreeMap<String, 
                 map.remove(k);
             }
         }
+    }
+}
+
+/// A map of string keys `apply_changes` sets and removes keys of: the
+/// string maps and the JSON objects of a node.
+trait KeyedMap<V> {
+    fn insert(&mut self, key: String, value: V);
+    fn remove(&mut self, key: &str);
+}
+
+impl<V> KeyedMap<V> for BTreeMap<String, V> {
+    fn insert(&mut self, key: String, value: V) {
+        BTreeMap::insert(self, key, value);
+    }
+    fn remove(&mut self, key: &str) {
+        BTreeMap::remove(self, key);
+    }
+}
+
+impl KeyedMap<serde_json::Value> for kiln_store::JsonObject {
+    fn insert(&mut self, key: String, value: serde_json::Value) {
+        serde_json::Map::insert(self, key, value);
+    }
+    fn remove(&mut self, key: &str) {
+        serde_json::Map::remove(self, key);
     }
 }
 
