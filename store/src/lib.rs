@@ -35,11 +35,15 @@ pub use records::*;
 pub use stats::StoreStats;
 pub use writer::StoreHandle;
 
+/// A value as both backends store a JSON column: its text. Maps of strings,
+/// objects and profiles always serialise; the error is for form's sake.
+pub(crate) fn json_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("cannot encode a JSON column: {e}")))
+}
+
 /// A node's BMC profile as both backends store it: JSON text, or NULL.
 pub(crate) fn profile_json(profile: Option<&BmcProfile>) -> Result<Option<String>, StoreError> {
-    profile
-        .map(|p| serde_json::to_string(p).map_err(|e| StoreError::Corrupt(format!("cannot encode a BMC profile: {e}"))))
-        .transpose()
+    profile.map(json_text).transpose()
 }
 
 /// One change to the store.

@@ -41,7 +41,7 @@
 //!   another session holds.
 //! - The password of the URL never reaches a message ([`PgTarget`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
@@ -55,8 +55,8 @@ use crate::error::Constraint;
 use crate::sqlite::jobs::{integer, log_from_text, log_text};
 use crate::timestamp::timestamp_text;
 use crate::{
-    Backend, Batch, EventRecord, HistoryEntry, JobEnd, JobId, JobLogEntry, JobRecord, JobStatus, JsonObject, LiveQueue,
-    NodeId, NodeRecord, PortGroupRecord, PortRecord, Reservation, StoreError, Timestamp, Write,
+    Backend, Batch, EventRecord, HistoryEntry, JobEnd, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, NodeId,
+    NodeRecord, PortGroupRecord, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
 pub mod listener;
@@ -695,8 +695,8 @@ fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Stor
         Box::new(n.uuid.to_string()),
         Box::new(n.name.clone()),
         Box::new(n.driver.as_str().to_string()),
-        Box::new(map_json(&n.driver_info)?),
-        Box::new(map_json(&n.properties)?),
+        Box::new(crate::json_text(&n.driver_info)?),
+        Box::new(crate::json_text(&n.properties)?),
         Box::new(n.provision_state.as_str().to_string()),
         Box::new(n.target_provision_state.map(|s| s.as_str().to_string())),
         Box::new(n.power_state.map(|s| s.as_str().to_string())),
@@ -714,8 +714,8 @@ fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Stor
         Box::new(n.bmc_unreachable_since.map(timestamp_text)),
         Box::new(n.power_verified_at.map(timestamp_text)),
         Box::new(crate::profile_json(n.bmc_profile.as_ref())?),
-        Box::new(object_json(&n.extra)?),
-        Box::new(object_json(&n.instance_info)?),
+        Box::new(crate::json_text(&n.extra)?),
+        Box::new(crate::json_text(&n.instance_info)?),
     ])
 }
 
@@ -734,14 +734,6 @@ fn job_params(job: &JobRecord, runner: String) -> Result<Vec<Box<dyn ToSql + Syn
         Box::new(log),
         Box::new(runner),
     ])
-}
-
-fn map_json(map: &BTreeMap<String, String>) -> Result<String, StoreError> {
-    serde_json::to_string(map).map_err(|e| StoreError::Corrupt(format!("cannot encode a map: {e}")))
-}
-
-fn object_json(object: &JsonObject) -> Result<String, StoreError> {
-    serde_json::to_string(object).map_err(|e| StoreError::Corrupt(format!("cannot encode an object: {e}")))
 }
 
 /// The statements, numbered as [`node_params`] and [`job_params`] bind them.
@@ -1419,7 +1411,8 @@ impl Fields<'_> {
             .map_err(|e| self.corrupt(column, text, e))
     }
 
-    fn map(&self, index: usize, column: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    /// A column of JSON text (a map of strings, an object), parsed.
+    fn json<T: serde::de::DeserializeOwned>(&self, index: usize, column: &str) -> Result<T, StoreError> {
         let text: String = self.raw(index, column)?;
         serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
     }
@@ -1427,11 +1420,6 @@ impl Fields<'_> {
     fn profile(&self, index: usize) -> Result<Option<crate::BmcProfile>, StoreError> {
         let text: Option<String> = self.raw(index, "bmc_profile")?;
         text.map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt("bmc_profile", &t, e))).transpose()
-    }
-
-    fn object(&self, index: usize, column: &str) -> Result<JsonObject, StoreError> {
-        let text: String = self.raw(index, column)?;
-        serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
     }
 
     fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
@@ -1460,8 +1448,8 @@ fn node_from_row(row: &Row) -> Result<NodeRecord, StoreError> {
         uuid,
         name: f.raw(1, "name")?,
         driver: f.parsed(2, "driver")?,
-        driver_info: f.map(3, "driver_info")?,
-        properties: f.map(4, "properties")?,
+        driver_info: f.json(3, "driver_info")?,
+        properties: f.json(4, "properties")?,
         provision_state: f.parsed(5, "provision_state")?,
         target_provision_state: f.parsed_opt(6, "target_provision_state")?,
         power_state: f.parsed_opt(7, "power_state")?,
@@ -1478,8 +1466,8 @@ fn node_from_row(row: &Row) -> Result<NodeRecord, StoreError> {
         bmc_unreachable_since: f.timestamp_opt(19, "bmc_unreachable_since")?,
         power_verified_at: f.timestamp_opt(20, "power_verified_at")?,
         bmc_profile: f.profile(21)?,
-        extra: f.object(22, "extra")?,
-        instance_info: f.object(23, "instance_info")?,
+        extra: f.json(22, "extra")?,
+        instance_info: f.json(23, "instance_info")?,
     })
 }
 

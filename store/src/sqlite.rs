@@ -35,7 +35,6 @@
 //! The job queue's statements are in `sqlite/jobs.rs`; its tables are migrations 2 and 3.
 //! Port groups' are in `sqlite/portgroups.rs` (migration 4).
 
-use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::path::Path;
 use std::str::FromStr;
@@ -46,8 +45,8 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, Row, TransactionBehavior, ffi, params};
 
 use crate::{
-    Backend, Batch, EventRecord, HistoryEntry, JobId, JobLogEntry, JobRecord, JobStatus, JsonObject, LiveQueue, NodeId,
-    NodeRecord, PortGroupRecord, PortId, PortRecord, Reservation, StoreError, Timestamp, Write,
+    Backend, Batch, EventRecord, HistoryEntry, JobId, JobLogEntry, JobRecord, JobStatus, LiveQueue, NodeId, NodeRecord,
+    PortGroupRecord, PortId, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
 mod checkpointer;
@@ -731,8 +730,8 @@ fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<us
             n.uuid.to_string(),
             n.name,
             n.driver.as_str(),
-            map_json(&n.driver_info)?,
-            map_json(&n.properties)?,
+            crate::json_text(&n.driver_info)?,
+            crate::json_text(&n.properties)?,
             n.provision_state.as_str(),
             n.target_provision_state.map(|s| s.as_str()),
             n.power_state.map(|s| s.as_str()),
@@ -750,8 +749,8 @@ fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<us
             n.bmc_unreachable_since.map(timestamp_text),
             n.power_verified_at.map(timestamp_text),
             crate::profile_json(n.bmc_profile.as_ref())?,
-            object_json(&n.extra)?,
-            object_json(&n.instance_info)?,
+            crate::json_text(&n.extra)?,
+            crate::json_text(&n.instance_info)?,
         ])
         .map_err(|e| node_error(e, n))?;
     Ok(changed)
@@ -790,15 +789,6 @@ fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
         e.sqlite_error(),
         Some(err) if err.extended_code == ffi::SQLITE_CONSTRAINT_FOREIGNKEY
     )
-}
-
-fn map_json(map: &BTreeMap<String, String>) -> Result<String, StoreError> {
-    // A map of strings always serialises; the error arm is for form's sake.
-    serde_json::to_string(map).map_err(|e| StoreError::Corrupt(format!("cannot encode a map: {e}")))
-}
-
-fn object_json(object: &JsonObject) -> Result<String, StoreError> {
-    serde_json::to_string(object).map_err(|e| StoreError::Corrupt(format!("cannot encode an object: {e}")))
 }
 
 // ----------------------------------------------------------------- reads --
@@ -872,7 +862,8 @@ impl Fields<'_, '_> {
         DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).map_err(|e| self.corrupt(column, &text, e))
     }
 
-    fn map(&self, index: usize, column: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    /// A column of JSON text (a map of strings, an object), parsed.
+    fn json<T: serde::de::DeserializeOwned>(&self, index: usize, column: &str) -> Result<T, StoreError> {
         let text: String = self.raw(index, column)?;
         serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
     }
@@ -880,11 +871,6 @@ impl Fields<'_, '_> {
     fn profile(&self, index: usize) -> Result<Option<crate::BmcProfile>, StoreError> {
         let text: Option<String> = self.raw(index, "bmc_profile")?;
         text.map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt("bmc_profile", &t, e))).transpose()
-    }
-
-    fn object(&self, index: usize, column: &str) -> Result<JsonObject, StoreError> {
-        let text: String = self.raw(index, column)?;
-        serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
     }
 
     fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
@@ -913,8 +899,8 @@ fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
         uuid,
         name: f.raw(1, "name")?,
         driver: f.parsed(2, "driver")?,
-        driver_info: f.map(3, "driver_info")?,
-        properties: f.map(4, "properties")?,
+        driver_info: f.json(3, "driver_info")?,
+        properties: f.json(4, "properties")?,
         provision_state: f.parsed(5, "provision_state")?,
         target_provision_state: f.parsed_opt(6, "target_provision_state")?,
         power_state: f.parsed_opt(7, "power_state")?,
@@ -931,8 +917,8 @@ fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
         bmc_unreachable_since: f.timestamp_opt(19, "bmc_unreachable_since")?,
         power_verified_at: f.timestamp_opt(20, "power_verified_at")?,
         bmc_profile: f.profile(21)?,
-        extra: f.object(22, "extra")?,
-        instance_info: f.object(23, "instance_info")?,
+        extra: f.json(22, "extra")?,
+        instance_info: f.json(23, "instance_info")?,
     })
 }
 

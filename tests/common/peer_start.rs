@@ -51,7 +51,13 @@ impl Peer {
     /// read with `curl` (as `admin`/`password`, which the script sets), not
     /// with kiln.
     pub fn system(&self, i: usize) -> serde_json::Value {
-        let url = format!("{}{}", self.url(), self.system_id(i));
+        self.resource(&self.system_id(i))
+    }
+
+    /// The resource at `path` (below the emulator's URL) as the emulator
+    /// shows it, read with `curl` as [`Self::system`].
+    pub fn resource(&self, path: &str) -> serde_json::Value {
+        let url = format!("{}{path}", self.url());
         let out = Command::new("curl")
             .args(["-s", "--max-time", "20", "-u", "admin:password", &url])
             .stdin(Stdio::null())

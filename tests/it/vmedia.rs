@@ -95,14 +95,7 @@ impl Drop for ImageServer {
 
 /// The emulator's virtual CD of system `node-<i>`, read with curl.
 pub(crate) fn virtual_cd(peer: &crate::peers::Peer, i: usize) -> Value {
-    let url = format!("{}{}/VirtualMedia/Cd", peer.url(), peer.system_id(i));
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "20", "-u", "admin:password", &url])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{url}: {e}"))
+    peer.resource(&format!("{}/VirtualMedia/Cd", peer.system_id(i)))
 }
 
 #[test]
