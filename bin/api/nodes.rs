@@ -3,7 +3,7 @@
 //! power targets are answered 202 once the node has taken them, and the
 //! clients poll the node until it settles, as they do with Ironic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -57,6 +57,8 @@ async fn list_detail(req: HttpRequest, state: State) -> Result<HttpResponse, Api
 async fn listing(req: HttpRequest, state: State, detail: bool) -> Result<HttpResponse, ApiError> {
     let q = query(&req)?;
     let params = ListParams::of(&q, detail, NODE_FIELDS, NODE_LIST_FIELDS)?;
+    let matches_none = unkept_filters(&q)?;
+    let fault = q.get("fault").cloned();
     let provision: Option<ProvisionState> = q
         .get("provision_state")
         .map(|s| s.parse().map_err(|e: kiln_store::UnknownValue| ApiError::bad_request(e.to_string())))
@@ -77,11 +79,74 @@ async fn listing(req: HttpRequest, state: State, detail: bool) -> Result<HttpRes
     let objects = nodes
         .iter()
         .filter(|n| driver.is_none_or(|d| n.driver == d))
-        .filter(|_| associated != Some(true))
+        .filter(|_| associated != Some(true) && !matches_none)
+        .filter(|n| fault.is_none() || n.fault == fault)
         .map(|n| shown(n, &req, &state))
         .collect();
     let path = if detail { "/v1/nodes/detail" } else { "/v1/nodes" };
     Ok(HttpResponse::Ok().json(params.page(objects, "nodes", &base(&req), path)?))
+}
+
+/// A node list's query arguments: paging and fields, and the filters kiln
+/// applies.
+const NODE_LIST_ARGS: &[&str] = &[
+    "fields",
+    "detail",
+    "limit",
+    "marker",
+    "sort_key",
+    "sort_dir",
+    "provision_state",
+    "maintenance",
+    "driver",
+    "associated",
+    "fault",
+    // kiln has no child nodes: with or without them, the same list.
+    "include_children",
+];
+
+/// Ironic's node list filters on fields kiln keeps none of: every kiln node
+/// has them empty (no owner, no resource class, no instance, one conductor
+/// group, never retired), so a filter for a value matches no node.
+const UNKEPT_FILTERS: &[&str] = &[
+    "instance_uuid",
+    "resource_class",
+    "owner",
+    "lessee",
+    "project",
+    "chassis_uuid",
+    "conductor",
+    "conductor_group",
+    "shard",
+    "parent_node",
+    "description_contains",
+    "retired",
+    "sharded",
+];
+
+/// Checks a node list's query: an argument kiln does not know is refused,
+/// as Ironic refuses one (a filter ignored would answer every node to a
+/// script that asked for a few). Answers whether a filter on a field kiln
+/// keeps empty asks for a value, so that no node matches.
+fn unkept_filters(q: &HashMap<String, String>) -> Result<bool, ApiError> {
+    let mut matches_none = false;
+    for (name, value) in q {
+        if NODE_LIST_ARGS.contains(&name.as_str()) {
+            continue;
+        }
+        if !UNKEPT_FILTERS.contains(&name.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "Unknown argument: \"{name}\" (kiln filters nodes by {} only; docs/ironic-api.md)",
+                NODE_LIST_ARGS[6..11].join(", ")
+            )));
+        }
+        let asks_a_value = match name.as_str() {
+            "retired" | "sharded" => boolean(name, value)?,
+            _ => !value.is_empty(),
+        };
+        matches_none |= asks_a_value;
+    }
+    Ok(matches_none)
 }
 
 async fn show(req: HttpRequest, state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -512,9 +577,28 @@ async fn change_state(
 ) -> Reply {
     let v = body(payload, state.settings.max_body).await?;
     let op = op_of(&target_of(&v)?)?;
+    refuse_steps(&v)?;
     let node = call::node(&state.site, &path).await?;
     act(&state.site, &node.uuid.to_string(), op, false).await?;
     Ok(accepted(&req, &node.uuid.to_string()))
+}
+
+/// kiln runs each verb's own steps (docs/state-machine.md) and takes none
+/// from a request: steps given would be silently skipped, so a request
+/// that gives some is refused. An empty list asks for nothing and passes.
+fn refuse_steps(v: &Value) -> Result<(), ApiError> {
+    for key in ["clean_steps", "deploy_steps", "service_steps"] {
+        match v.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(steps)) if steps.is_empty() => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "kiln does not take {key}: each provision target runs kiln's own steps (docs/ironic-api.md)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A provision target as a kiln verb.

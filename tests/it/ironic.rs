@@ -294,6 +294,15 @@ fn bad_requests_get_ironics_errors_and_change_nothing() {
         ("GET", "/v1/nodes/nope", Vec::new(), 404, "nope"),
         ("GET", "/v1/nodes?fields=uuid,secret", Vec::new(), 400, "secret"),
         ("GET", "/v1/nodes?limit=-3", Vec::new(), 400, "Limit"),
+        ("GET", "/v1/nodes?rack=r1", Vec::new(), 400, "Unknown argument: \"rack\""),
+        ("GET", "/v1/nodes?retired=maybe", Vec::new(), 400, "retired"),
+        (
+            "PUT",
+            "/v1/nodes/demo1/states/provision",
+            br#"{"target": "manage", "clean_steps": [{"interface": "deploy", "step": "erase_devices"}]}"#.to_vec(),
+            400,
+            "does not take clean_steps",
+        ),
         ("GET", "/v1/chassis", Vec::new(), 404, "kiln keeps no chassis"),
         ("GET", "/v1/portgroups", Vec::new(), 404, "kiln port group"),
         ("POST", "/v1/nodes", vec![b' '; 100_000], 413, "larger than"),
@@ -551,6 +560,13 @@ fn the_baremetal_command_lists_with_filters_fields_and_limits() {
     assert!(names(&["--associated"]).is_empty());
     assert_eq!(names(&["--unassociated", "--driver", "fake-hardware"]), ["demo1", "demo2", "demo3"]);
     assert_eq!(names(&["--limit", "2"]).len(), 2);
+    // Ironic's filters on fields kiln keeps empty match no node when they
+    // ask for a value; the fault filter compares the node's fault.
+    assert!(names(&["--resource-class", "gpu"]).is_empty());
+    assert!(names(&["--owner", "team-a"]).is_empty());
+    assert!(names(&["--fault", "power failure"]).is_empty());
+    assert_eq!(names(&["--no-retired"]).len(), 3);
+    assert!(names(&["--retired"]).is_empty());
     let listed = baremetal_json(&url, &["node", "list", "--fields", "uuid", "name"]);
     let keys: Vec<Vec<&String>> =
         listed.as_array().unwrap().iter().map(|n| n.as_object().unwrap().keys().collect()).collect();
