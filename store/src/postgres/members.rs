@@ -442,7 +442,19 @@ async fn site_setting(
 /// rows that own nothing. Returns the ids it marked.
 async fn janitor(client: &mut Client, timeout: Duration) -> Result<Vec<String>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let locked: bool = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&JANITOR_LOCK]).await?.get(0);
+    // A member cut off in the middle of this transaction would hold the lock
+    // for as long as the server keeps its session open in the transaction:
+    // 60 s by the session's setting, during which no janitor could declare
+    // it dead. Here that is one member timeout, so the lock is free again
+    // by the time the next janitor finds its heartbeat stale.
+    let idle_limit = format!("{}ms", timeout.as_millis().max(1));
+    let locked: bool = tx
+        .query_one(
+            "SELECT set_config('idle_in_transaction_session_timeout', $2, true), pg_try_advisory_xact_lock($1)",
+            &[&JANITOR_LOCK, &idle_limit],
+        )
+        .await?
+        .get(1);
     if !locked {
         return Ok(Vec::new());
     }
