@@ -162,14 +162,13 @@ pub async fn power_sync_counted(router: Router, cfg: PeriodicConfig, metrics: Op
 /// Reads every node in `nodes` with `read`, keeping as many in flight as
 /// the adaptive limit allows (at most `max`); answers every outcome and the
 /// limit at the end.
-async fn sweep<I, F, Fut>(nodes: I, max: usize, read: F) -> (Vec<SyncOutcome>, usize)
+async fn sweep<I, F, Fut>(mut nodes: I, max: usize, read: F) -> (Vec<SyncOutcome>, usize)
 where
     I: Iterator<Item = kiln_store::NodeId>,
     F: Fn(kiln_store::NodeId) -> Fut,
     Fut: std::future::Future<Output = SyncOutcome>,
 {
     let mut limit = AdaptiveLimit::new(POWER_SYNC_INITIAL, 1, max);
-    let mut nodes = nodes.peekable();
     let mut in_flight = FuturesUnordered::new();
     let mut outcomes = Vec::with_capacity(nodes.size_hint().0);
     loop {

@@ -93,10 +93,16 @@ pub fn run(args: BenchArgs, json: bool) -> ExitCode {
 /// Runs `kiln --json bench NAME` once, with this run's sizes, and reads
 /// its figures.
 fn run_child(name: &str, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    run_child_with(name, args, &[])
+}
+
+/// [`run_child`] with `env` set in the child (a scenario's own hand-off).
+fn run_child_with(name: &str, args: &BenchArgs, env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<Vec<Figure>> {
     let exe = std::env::current_exe()?;
     let out = std::process::Command::new(exe)
         .args(["--json", "bench", name])
         .args(size_args(args))
+        .envs(env.iter().copied())
         .stderr(std::process::Stdio::inherit())
         .output()?;
     if !out.status.success() {

@@ -712,29 +712,23 @@ fn scale(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     })?;
     let create_secs = t.elapsed().as_secs_f64();
 
-    let out = std::process::Command::new(std::env::current_exe()?)
-        .args(["--json", "bench", "scale", "--nodes", &nodes.to_string()])
-        .env(SCALE_RESTART_DIR, &scratch.0)
-        .stderr(std::process::Stdio::inherit())
-        .output()?;
-    if !out.status.success() {
-        bail!("the restart exited with {}", out.status);
-    }
-    let restarted: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let restarted =
+        super::run_child_with("scale", args, &[(SCALE_RESTART_DIR, scratch.0.as_os_str())]).context("the restart")?;
     let figure = |name: &str| {
-        restarted["figures"]
-            .as_array()
-            .and_then(|fs| fs.iter().find(|f| f["name"] == name))
-            .and_then(|f| f["value"].as_f64())
+        restarted
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value)
             .with_context(|| format!("the restart reported no {name}"))
     };
     // The targets of the default size, and of a million (docs/performance.md).
     let (create_max, restart_max, rss_max) =
-        if nodes >= 1_000_000 { (8.0, 5.0, 1024.0) } else { (f64::MAX, 3.0, 400.0) };
-    let mut create = Figure::new("scale.create_time", create_secs, "s");
-    if create_max < f64::MAX {
-        create = create.at_most(create_max);
-    }
+        if nodes >= 1_000_000 { (Some(8.0), 5.0, 1024.0) } else { (None, 3.0, 400.0) };
+    let create = Figure::new("scale.create_time", create_secs, "s");
+    let create = match create_max {
+        Some(max) => create.at_most(max),
+        None => create,
+    };
     Ok(vec![
         Figure::new("scale.nodes", nodes as f64, "nodes"),
         create,

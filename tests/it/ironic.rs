@@ -130,6 +130,13 @@ fn http(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u
 }
 
 /// The faultstring of Ironic's error body.
+/// `PATCH /v1/nodes/{node}` with the JSON patch `ops`: the status and body.
+fn patch(url: &str, node: &str, ops: &str) -> (u16, String) {
+    let (status, _, body) =
+        http(url, "PATCH", &format!("/v1/nodes/{node}"), &[("Content-Type", "application/json")], ops.as_bytes());
+    (status, body)
+}
+
 fn fault(body: &str) -> String {
     let outer: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     let inner: Value = serde_json::from_str(outer["error_message"].as_str().expect("error_message")).unwrap();
@@ -622,15 +629,9 @@ fn the_clients_change_name_driver_extra_and_instance_info_as_ironic_does() {
     let taken = baremetal_with(&url, &["--os-auth-type", "none"], &["node", "set", "bm2", "--name", "demo1"]);
     assert!(!taken.status.success());
     assert!(String::from_utf8_lossy(&taken.stderr).contains("already in use"), "{taken:?}");
-    let (status, _, body) = http(
-        &url,
-        "PATCH",
-        "/v1/nodes/bm2",
-        &[("Content-Type", "application/json")],
-        br#"[{"op": "replace", "path": "/name", "value": "demo1"}]"#,
-    );
+    let (status, body) = patch(&url, "bm2", r#"[{"op": "replace", "path": "/name", "value": "demo1"}]"#);
     assert_eq!(status, 409, "{body}");
-    for (patch, needle) in [
+    for (ops, needle) in [
         (r#"[{"op": "replace", "path": "/name", "value": "bad name!"}]"#, "not valid"),
         (r#"[{"op": "remove", "path": "/name"}]"#, "names every node"),
         (r#"[{"op": "replace", "path": "/driver", "value": "ilo"}]"#, "ilo"),
@@ -641,10 +642,9 @@ fn the_clients_change_name_driver_extra_and_instance_info_as_ironic_does() {
             "does not exist",
         ),
     ] {
-        let (status, _, body) =
-            http(&url, "PATCH", "/v1/nodes/bm2", &[("Content-Type", "application/json")], patch.as_bytes());
-        assert_eq!(status, 400, "{patch}: {body}");
-        assert!(fault(&body).contains(needle), "{patch}: {body}");
+        let (status, body) = patch(&url, "bm2", ops);
+        assert_eq!(status, 400, "{ops}: {body}");
+        assert!(fault(&body).contains(needle), "{ops}: {body}");
     }
     assert_eq!(d.node("bm2")["extra"], serde_json::json!({"rack": "r7"}), "nothing changed");
     assert_eq!(d.node("demo1")["uuid"].as_str().map(|u| u != uuid), Some(true));
@@ -671,13 +671,7 @@ fn the_clients_change_name_driver_extra_and_instance_info_as_ironic_does() {
     d.json(&["node", "manage", "demo1", "--wait"]);
     d.json(&["node", "provide", "demo1", "--wait"]);
     d.json(&["node", "deploy", "demo1", "--wait"]);
-    let (status, _, body) = http(
-        &url,
-        "PATCH",
-        "/v1/nodes/demo1",
-        &[("Content-Type", "application/json")],
-        br#"[{"op": "replace", "path": "/driver", "value": "redfish"}]"#,
-    );
+    let (status, body) = patch(&url, "demo1", r#"[{"op": "replace", "path": "/driver", "value": "redfish"}]"#);
     assert_eq!(status, 409, "{body}");
     assert!(fault(&body).contains("maintenance mode"), "{body}");
     assert_eq!(d.node("demo1")["driver"], "fake");
