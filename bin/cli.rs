@@ -266,6 +266,19 @@ pub enum NodeCommand {
     Unhold(VerbArgs),
     /// service: service an active node.
     Service(VerbArgs),
+    /// Report from a node's booted system (a ramdisk, an installer's last
+    /// step) that a deploy, clean or inspection it waited for is done, or
+    /// failed; the node goes on from its wait state.
+    Callback {
+        /// A node name or uuid.
+        node: String,
+        /// The one-time token the node was issued (`kiln node show`).
+        #[arg(long)]
+        token: String,
+        /// Report a failure: the node fails with this message.
+        #[arg(long, value_name = "MESSAGE")]
+        fail: Option<String>,
+    },
     /// Power actions and status.
     #[command(subcommand)]
     Power(PowerCommand),

@@ -108,6 +108,9 @@ async fn answer(site: &Site, request: Request) -> Result<Response, KilnError> {
             Response::Node(router.node_action(NodeAction { node, op: Op::Update(update), wait: true }).await?)
         }
         Request::NodeDelete { nodes } => Response::Outcomes(router.delete_nodes(DeleteNodes(nodes)).await?),
+        Request::NodeCallback { node, token, failure } => Response::Node(
+            router.node_action(NodeAction { node, op: Op::Callback { token, failure }, wait: true }).await?,
+        ),
         Request::NodeOp { nodes, op, wait, fanout: f, priority } => {
             // Without `-f`, the opcode takes `default_fanout` when it starts,
             // as an opcode of a job file does.

@@ -241,6 +241,10 @@ mod tests {
             Op::Update(update.clone()),
             Op::Delete,
             Op::Noop,
+            Op::Callback {
+                token: kiln_actors::node::CallbackToken("0f".repeat(32)),
+                failure: Some("disk not found".into()),
+            },
         ];
         let mut all = vec![
             Request::Hello { version: PROTOCOL_VERSION, client: "kiln 0.1.0".into() },
@@ -307,6 +311,11 @@ mod tests {
             Request::QueueStatus,
             Request::PeriodicList,
             Request::MemberList,
+            Request::NodeCallback {
+                node: "n1".into(),
+                token: kiln_actors::node::CallbackToken("ab".repeat(32)),
+                failure: Some("no disk".into()),
+            },
             Request::Exec {
                 nodes: "n[1-2]".into(),
                 spec: ExecSpec { worker: Worker::Exec, ..exec.clone() },

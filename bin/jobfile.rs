@@ -332,7 +332,7 @@ pub fn file_opcode(opcode: &Opcode) -> OpFile {
                 Op::Maintenance { on, reason } => {
                     OpFile { on: Some(*on), reason: reason.clone(), ..node("maintenance") }
                 }
-                Op::Update(_) | Op::Delete | Op::Noop => node(&op.purpose()),
+                Op::Update(_) | Op::Delete | Op::Noop | Op::Callback { .. } => node(&op.purpose()),
             }
         }
     }

@@ -249,6 +249,13 @@ pub fn node(v: &NodeView) {
         ("power_verified_at", v.power_verified_at.as_ref().map_or_else(|| "never".into(), when)),
         ("bmc_profile", bmc_profile(v)),
         (
+            "callback",
+            v.callback
+                .as_ref()
+                .map(|c| format!("token {} (since {})", c.token, when(&c.since)))
+                .unwrap_or_else(|| "-".into()),
+        ),
+        (
             "reservation",
             v.reservation
                 .as_ref()

@@ -153,6 +153,9 @@ pub struct Metrics {
     api: std::sync::Mutex<std::collections::BTreeMap<(String, u16), u64>>,
     /// HTTP API requests refused for a wrong or missing credential.
     api_auth_failures: AtomicU64,
+    /// Callbacks of booted systems taken, and refused for a wrong token.
+    callbacks_taken: AtomicU64,
+    callbacks_refused: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -188,6 +191,8 @@ impl Metrics {
             admin: (0..=kinds.len()).map(|_| AdminStats::default()).collect(),
             api: Default::default(),
             api_auth_failures: AtomicU64::new(0),
+            callbacks_taken: AtomicU64::new(0),
+            callbacks_refused: AtomicU64::new(0),
         }
     }
 
@@ -242,6 +247,19 @@ impl Metrics {
     /// An HTTP API request was refused for its credential (or its lack).
     pub fn api_auth_failed(&self) {
         self.api_auth_failures.fetch_add(1, Relaxed);
+    }
+
+    /// A booted system's callback was taken (`refused`: its token was not
+    /// the one issued).
+    pub fn callback(&self, refused: bool) {
+        let counter = if refused { &self.callbacks_refused } else { &self.callbacks_taken };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// The callbacks counted so far: refused ones, or taken ones.
+    pub fn callbacks_counted(&self, refused: bool) -> u64 {
+        let counter = if refused { &self.callbacks_refused } else { &self.callbacks_taken };
+        counter.load(Relaxed)
     }
 
     /// A power sync cycle ended after `took`.
@@ -442,6 +460,14 @@ impl Metrics {
             "HTTP API requests refused for a wrong or missing credential.",
         );
         let _ = writeln!(o, "kiln_api_auth_failures_total {}", self.api_auth_failures.load(Relaxed));
+        header(
+            o,
+            "kiln_node_callbacks_total",
+            "counter",
+            "Callbacks of booted systems to nodes in a wait state, taken or refused for a wrong token.",
+        );
+        let _ = writeln!(o, "kiln_node_callbacks_total{{result=\"taken\"}} {}", self.callbacks_taken.load(Relaxed));
+        let _ = writeln!(o, "kiln_node_callbacks_total{{result=\"refused\"}} {}", self.callbacks_refused.load(Relaxed));
         out
     }
 }
@@ -482,6 +508,11 @@ impl NodeGauge {
             reserved: false,
             removed: false,
         }
+    }
+
+    /// The site's metrics, for what a node counts besides its gauges.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The node is gone (deleted): it leaves the counts now, before anyone

@@ -18,7 +18,7 @@ use kiln_store::StoreHandle;
 use crate::adaptive::AdaptiveLimit;
 use crate::jobs::{ArchiveOld, JobQueue};
 use crate::metrics::{Metrics, SyncResult};
-use crate::node::upkeep::{ExpireWait, RecoverPowerFailure, SyncOutcome, SyncPower};
+use crate::node::upkeep::{ExpireWait, RecoverPowerFailure, SyncOutcome, SyncPower, WaitTimeouts};
 use crate::scheduler::{PeriodicTask, TaskResult};
 use crate::supervisor::{Router, send_to_node};
 
@@ -56,7 +56,13 @@ pub struct PeriodicConfig {
     pub force_power_state_during_sync: bool,
     pub power_failure_recovery_interval: Duration,
     pub wait_timeouts_interval: Duration,
+    /// A rescue or service wait's timeout.
     pub wait_timeout: Duration,
+    /// How long a node waits in `wait call-back`, `clean wait` and
+    /// `inspect wait` for its booted system's callback.
+    pub deploy_callback_timeout: Duration,
+    pub clean_callback_timeout: Duration,
+    pub inspect_wait_timeout: Duration,
     pub job_autoarchive_interval: Duration,
     pub job_archive_age: Duration,
     pub store_maintenance_interval: Duration,
@@ -100,6 +106,9 @@ impl Default for PeriodicConfig {
             power_failure_recovery_interval: Duration::from_secs(300),
             wait_timeouts_interval: Duration::from_secs(60),
             wait_timeout: Duration::from_secs(1800),
+            deploy_callback_timeout: Duration::from_secs(1800),
+            clean_callback_timeout: Duration::from_secs(1800),
+            inspect_wait_timeout: Duration::from_secs(1800),
             job_autoarchive_interval: Duration::from_secs(3600),
             job_archive_age: Duration::from_secs(7 * 24 * 3600),
             store_maintenance_interval: Duration::from_secs(600),
@@ -253,9 +262,15 @@ pub fn builtin(
             }
         }),
         cfg.task("wait_timeouts", cfg.wait_timeouts_interval, move || {
-            let (r, timeout) = (r3.clone(), c3.wait_timeout);
+            let r = r3.clone();
+            let timeouts = WaitTimeouts {
+                deploy_callback: c3.deploy_callback_timeout,
+                clean_callback: c3.clean_callback_timeout,
+                inspect_wait: c3.inspect_wait_timeout,
+                other: c3.wait_timeout,
+            };
             async move {
-                let n = every_node(&r, 1024, move || ExpireWait { timeout }).await;
+                let n = every_node(&r, 1024, move || ExpireWait { timeouts }).await;
                 Ok(format!("{n} nodes timed out"))
             }
         }),

@@ -43,7 +43,9 @@ use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, Sit
 /// `reset_bmc_profile` in `NodeUpdate`.
 /// 14: a node's `extra` and `instance_info` (in `NodeRecord` and
 /// `NodeUpdate`, each as JSON text); `name` and `driver` in `NodeUpdate`.
-pub const PROTOCOL_VERSION: u32 = 14;
+/// 15: a booted system's callback (`NodeCallback`, `Op::Callback`) and the
+/// callback a node waits for (`callback` in `NodeRecord`).
+pub const PROTOCOL_VERSION: u32 = 15;
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -210,6 +212,14 @@ pub enum Request {
     },
     /// The members of a site whose store is shared.
     MemberList,
+    /// A booted system's callback to a node in a wait state: with the
+    /// token the node was issued, it goes on, or fails with `failure`.
+    /// Answered with the node once it has settled.
+    NodeCallback {
+        node: String,
+        token: crate::node::CallbackToken,
+        failure: Option<String>,
+    },
 }
 
 impl Request {
@@ -252,6 +262,7 @@ impl Request {
         "port_group_show",
         "port_group_delete",
         "member_list",
+        "node_callback",
     ];
 
     /// The request's place in [`Request::KINDS`].
@@ -296,6 +307,7 @@ impl Request {
             Request::PortGroupShow { .. } => 34,
             Request::PortGroupDelete { .. } => 35,
             Request::MemberList => 36,
+            Request::NodeCallback { .. } => 37,
         }
     }
 
@@ -346,6 +358,9 @@ impl Request {
             | Request::PeriodicList
             | Request::PeriodicRun { .. }
             | Request::MemberList => false,
+            // Not new work: it lets a node finish a task that had started
+            // (a drained site still completes its waits, as its timeouts).
+            Request::NodeCallback { .. } => false,
         }
     }
 

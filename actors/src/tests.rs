@@ -592,7 +592,7 @@ fn several_jobs_are_inserted_in_one_batch_and_a_refused_batch_leaves_none_of_the
 
 #[test]
 fn a_wait_that_timed_out_fails_the_node_unless_it_is_in_maintenance() {
-    use crate::node::upkeep::ExpireWait;
+    use crate::node::upkeep::{ExpireWait, WaitTimeouts};
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
         // A node that has waited for its callback for an hour, as a store
@@ -606,7 +606,7 @@ fn a_wait_that_timed_out_fails_the_node_unless_it_is_in_maintenance() {
         store.commit(vec![kiln_store::Write::InsertNode(waiting)]).await.unwrap();
         let site = start_with_store(config(dir.path(), 0, Duration::ZERO), store).await.unwrap();
         let (_, node) = site.registry.find("w1").unwrap();
-        let expire = || node.addr.send(ExpireWait { timeout: Duration::from_secs(60) });
+        let expire = || node.addr.send(ExpireWait { timeouts: WaitTimeouts::all(Duration::from_secs(60)) });
 
         assert!(!expire().await.unwrap(), "in maintenance: left waiting");
         let v = site.supervisor.send(GetNode("w1".into())).await.unwrap().unwrap();
@@ -616,7 +616,7 @@ fn a_wait_that_timed_out_fails_the_node_unless_it_is_in_maintenance() {
         // it has waited the timeout again.
         act(&site, "w1", Op::Maintenance { on: false, reason: None }, true).await.unwrap();
         assert!(!expire().await.unwrap(), "has not waited a minute since");
-        assert!(node.addr.send(ExpireWait { timeout: Duration::ZERO }).await.unwrap());
+        assert!(node.addr.send(ExpireWait { timeouts: WaitTimeouts::all(Duration::ZERO) }).await.unwrap());
         let v = site.supervisor.send(GetNode("w1".into())).await.unwrap().unwrap();
         assert_eq!(v.provision_state, ProvisionState::DeployFailed);
         assert!(v.last_error.as_deref().unwrap_or_default().contains("timed out in 'wait call-back'"), "{v:?}");

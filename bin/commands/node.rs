@@ -59,6 +59,9 @@ fn request(command: NodeCommand) -> Result<Request, Failure> {
         NodeCommand::Show { node } => Request::NodeShow { node },
         NodeCommand::Validate { nodes } => Request::NodeValidate { nodes },
         NodeCommand::History { node, limit } => Request::NodeHistory { node, limit },
+        NodeCommand::Callback { node, token, fail } => {
+            Request::NodeCallback { node, token: kiln_actors::node::CallbackToken(token), failure: fail }
+        }
         NodeCommand::Set(s) => set(s)?,
         NodeCommand::Delete { nodes } => Request::NodeDelete { nodes },
         NodeCommand::Manage(a) => verb(Verb::Manage, a),

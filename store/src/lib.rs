@@ -41,9 +41,10 @@ pub(crate) fn json_text<T: serde::Serialize>(value: &T) -> Result<String, StoreE
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("cannot encode a JSON column: {e}")))
 }
 
-/// A node's BMC profile as both backends store it: JSON text, or NULL.
-pub(crate) fn profile_json(profile: Option<&BmcProfile>) -> Result<Option<String>, StoreError> {
-    profile.map(json_text).transpose()
+/// An optional JSON column (a node's BMC profile, its awaited callback) as
+/// both backends store it: JSON text, or NULL.
+pub(crate) fn json_opt<T: serde::Serialize>(value: Option<&T>) -> Result<Option<String>, StoreError> {
+    value.map(json_text).transpose()
 }
 
 /// One change to the store.

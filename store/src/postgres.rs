@@ -92,13 +92,13 @@ macro_rules! node_columns {
          boot_device, maintenance, maintenance_reason, fault, last_error,
          reservation_purpose, reservation_since, created_at, updated_at,
          bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile,
-         extra, instance_info"
+         extra, instance_info, callback"
     };
 }
 
 /// How many columns [`node_columns!`] names: the index of a column a query
 /// adds after them.
-const NODE_COLUMNS: usize = 24;
+const NODE_COLUMNS: usize = 25;
 
 /// How long a statement waits for a row lock another session holds.
 const LOCK_TIMEOUT: &str = "10s";
@@ -713,9 +713,10 @@ fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Stor
         Box::new(n.bmc_last_contact.map(timestamp_text)),
         Box::new(n.bmc_unreachable_since.map(timestamp_text)),
         Box::new(n.power_verified_at.map(timestamp_text)),
-        Box::new(crate::profile_json(n.bmc_profile.as_ref())?),
+        Box::new(crate::json_opt(n.bmc_profile.as_ref())?),
         Box::new(crate::json_text(&n.extra)?),
         Box::new(crate::json_text(&n.instance_info)?),
+        Box::new(crate::json_opt(n.callback.as_deref())?),
     ])
 }
 
@@ -744,9 +745,9 @@ mod sql {
              boot_device, maintenance, maintenance_reason, fault, last_error,
              reservation_purpose, reservation_since, created_at, updated_at,
              bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile, extra, instance_info,
-             owner, owner_epoch
+             callback, owner, owner_epoch
          ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-                   $22, $23, $24, $25, 1)";
+                   $22, $23, $24, $25, $26, 1)";
     pub const UPDATE_NODE: &str = "WITH u AS (
              UPDATE nodes SET
                  name = $2, driver = $3, driver_info = $4, properties = $5,
@@ -756,8 +757,8 @@ mod sql {
                  reservation_purpose = $15, reservation_since = $16,
                  created_at = $17, updated_at = $18,
                  bmc_last_contact = $19, bmc_unreachable_since = $20, power_verified_at = $21,
-                 bmc_profile = $22, extra = $23, instance_info = $24
-             WHERE uuid = $1 AND owner = $25 AND owner_epoch = $26
+                 bmc_profile = $22, extra = $23, instance_info = $24, callback = $25
+             WHERE uuid = $1 AND owner = $26 AND owner_epoch = $27
              RETURNING 1)
          SELECT kiln_node_written((SELECT count(*) FROM u), $1)";
     pub const DELETE_NODE: &str = "WITH d AS (
@@ -1422,9 +1423,10 @@ impl Fields<'_> {
         serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
     }
 
-    fn profile(&self, index: usize) -> Result<Option<crate::BmcProfile>, StoreError> {
-        let text: Option<String> = self.raw(index, "bmc_profile")?;
-        text.map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt("bmc_profile", &t, e))).transpose()
+    /// A nullable column of JSON text, parsed.
+    fn json_opt<T: serde::de::DeserializeOwned>(&self, index: usize, column: &str) -> Result<Option<T>, StoreError> {
+        let text: Option<String> = self.raw(index, column)?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt(column, &t, e))).transpose()
     }
 
     fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
@@ -1470,9 +1472,10 @@ fn node_from_row(row: &Row) -> Result<NodeRecord, StoreError> {
         bmc_last_contact: f.timestamp_opt(18, "bmc_last_contact")?,
         bmc_unreachable_since: f.timestamp_opt(19, "bmc_unreachable_since")?,
         power_verified_at: f.timestamp_opt(20, "power_verified_at")?,
-        bmc_profile: f.profile(21)?,
+        bmc_profile: f.json_opt(21, "bmc_profile")?,
         extra: f.json(22, "extra")?,
         instance_info: f.json(23, "instance_info")?,
+        callback: f.json_opt(24, "callback")?,
     })
 }
 

@@ -272,6 +272,24 @@ pub struct BmcProfile {
     pub learned_at: Timestamp,
 }
 
+/// A callback kiln awaits from a node's booted system (a ramdisk, an
+/// installer's last step): the one-time token it must present, and since
+/// when the node waits. Set when a task that asked for a callback starts,
+/// restamped when the node enters its wait state, and gone once the node
+/// leaves it (`kiln node callback`, a wait timeout, an abort).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackWait {
+    pub token: String,
+    pub since: Timestamp,
+}
+
+impl fmt::Debug for CallbackWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a credential: a log line never carries it.
+        f.debug_struct("CallbackWait").field("token", &MASK).field("since", &self.since).finish()
+    }
+}
+
 impl BmcProfile {
     /// The same facts, whenever learned.
     pub fn same_facts(&self, other: &BmcProfile) -> bool {
@@ -385,6 +403,8 @@ pub struct NodeRecord {
     /// `image_url`: set, a Redfish deploy boots that image from virtual media.
     #[serde(default, with = "json_in_binary")]
     pub instance_info: JsonObject,
+    /// The callback the node waits for, if any. Boxed: few nodes wait.
+    pub callback: Option<Box<CallbackWait>>,
 }
 
 /// Keys of `driver_info` whose values are secrets and are never shown.
@@ -448,6 +468,7 @@ impl NodeRecord {
             bmc_profile: None,
             extra: JsonObject::new(),
             instance_info: JsonObject::new(),
+            callback: None,
         }
     }
 }

@@ -235,6 +235,11 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN extra TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE nodes ADD COLUMN instance_info TEXT NOT NULL DEFAULT '{}';
     ",
+    // 9: the callback a node waits for from its booted system (JSON: the
+    // one-time token and since when), NULL when it waits for none.
+    "
+    ALTER TABLE nodes ADD COLUMN callback TEXT;
+    ",
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].
@@ -341,7 +346,7 @@ macro_rules! node_select {
                 boot_device, maintenance, maintenance_reason, fault, last_error,
                 reservation_purpose, reservation_since, created_at, updated_at,
                 bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile,
-                extra, instance_info
+                extra, instance_info, callback
          FROM nodes"
     };
 }
@@ -627,9 +632,9 @@ fn insert_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
              boot_device, maintenance, maintenance_reason, fault, last_error,
              reservation_purpose, reservation_since, created_at, updated_at,
              bmc_last_contact, bmc_unreachable_since, power_verified_at, bmc_profile,
-             extra, instance_info
+             extra, instance_info, callback
          ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
-                   ?22, ?23, ?24)",
+                   ?22, ?23, ?24, ?25)",
     )?;
     execute_node(stmt, node)?;
     Ok(())
@@ -645,7 +650,7 @@ fn update_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
              reservation_purpose = ?15, reservation_since = ?16,
              created_at = ?17, updated_at = ?18,
              bmc_last_contact = ?19, bmc_unreachable_since = ?20, power_verified_at = ?21,
-             bmc_profile = ?22, extra = ?23, instance_info = ?24
+             bmc_profile = ?22, extra = ?23, instance_info = ?24, callback = ?25
          WHERE uuid = ?1",
     )?;
     let changed = execute_node(stmt, node)?;
@@ -748,9 +753,10 @@ fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<us
             n.bmc_last_contact.map(timestamp_text),
             n.bmc_unreachable_since.map(timestamp_text),
             n.power_verified_at.map(timestamp_text),
-            crate::profile_json(n.bmc_profile.as_ref())?,
+            crate::json_opt(n.bmc_profile.as_ref())?,
             crate::json_text(&n.extra)?,
             crate::json_text(&n.instance_info)?,
+            crate::json_opt(n.callback.as_deref())?,
         ])
         .map_err(|e| node_error(e, n))?;
     Ok(changed)
@@ -873,9 +879,10 @@ impl Fields<'_, '_> {
         serde_json::from_str(&text).map_err(|e| self.corrupt(column, &text, e))
     }
 
-    fn profile(&self, index: usize) -> Result<Option<crate::BmcProfile>, StoreError> {
-        let text: Option<String> = self.raw(index, "bmc_profile")?;
-        text.map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt("bmc_profile", &t, e))).transpose()
+    /// A nullable column of JSON text, parsed.
+    fn json_opt<T: serde::de::DeserializeOwned>(&self, index: usize, column: &str) -> Result<Option<T>, StoreError> {
+        let text: Option<String> = self.raw(index, column)?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt(column, &t, e))).transpose()
     }
 
     fn corrupt(&self, column: &str, value: &str, error: impl Display) -> StoreError {
@@ -921,9 +928,10 @@ fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
         bmc_last_contact: f.timestamp_opt(18, "bmc_last_contact")?,
         bmc_unreachable_since: f.timestamp_opt(19, "bmc_unreachable_since")?,
         power_verified_at: f.timestamp_opt(20, "power_verified_at")?,
-        bmc_profile: f.profile(21)?,
+        bmc_profile: f.json_opt(21, "bmc_profile")?,
         extra: f.json(22, "extra")?,
         instance_info: f.json(23, "instance_info")?,
+        callback: f.json_opt(24, "callback")?,
     })
 }
 

@@ -72,6 +72,7 @@ fn full_node() -> NodeRecord {
             .as_object()
             .unwrap()
             .clone(),
+        callback: Some(Box::new(CallbackWait { token: "0a1b".repeat(16), since: created + Duration::seconds(6) })),
     }
 }
 

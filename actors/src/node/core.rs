@@ -74,7 +74,7 @@ pub enum Input {
     /// [`super::upkeep::RecoverPowerFailure`].
     RecoverPowerFailure { reply: oneshot::Sender<bool> },
     /// [`super::upkeep::ExpireWait`].
-    ExpireWait { timeout: Duration, reply: oneshot::Sender<bool> },
+    ExpireWait { timeouts: super::upkeep::WaitTimeouts, reply: oneshot::Sender<bool> },
     /// [`super::Abandon`].
     Abandon { why: String, reply: oneshot::Sender<bool> },
     /// The `lock_wait` timer of a waiting request ran out.
@@ -217,7 +217,7 @@ impl NodeCore {
             }
             Input::SyncPower { force, max_retries, reply } => self.sync_power(force, max_retries, reply),
             Input::RecoverPowerFailure { reply } => self.recover_power_failure(reply),
-            Input::ExpireWait { timeout, reply } => self.expire_wait(timeout, reply),
+            Input::ExpireWait { timeouts, reply } => self.expire_wait(timeouts, reply),
             Input::Abandon { why, reply } => self.abandon(why, reply),
             Input::LockWaitOver { waiter } => self.lock_wait_over(waiter),
             Input::Committed { ticket, result } => self.committed(ticket, result),
@@ -440,6 +440,7 @@ impl NodeCore {
             return self.after_commit(then, Err(err));
         }
         next.updated_at = self.clock.now();
+        super::plan::drop_spent_callback(&mut next);
         self.contact.stamp(&mut next);
         let mut writes = Vec::with_capacity(1 + history.len());
         writes.push(Write::UpdateNode(next.clone()));

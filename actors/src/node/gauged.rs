@@ -58,6 +58,11 @@ impl Gauged {
         self.gauge.reserve(false);
     }
 
+    /// The site's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        self.gauge.metrics()
+    }
+
     /// The node was deleted: it leaves the counts now.
     pub fn remove(&mut self) {
         self.gauge.remove();

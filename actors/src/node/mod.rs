@@ -56,6 +56,22 @@ pub enum Op {
     /// Take the node exclusively and release it, changing nothing: measures
     /// the lock itself (`kiln bench lock`) and waits out a running task.
     Noop,
+    /// The booted system's callback to a node in a wait state
+    /// (`kiln node callback`): with the right one-time token, the node goes
+    /// on (`failure: None`) or fails with the message it reported.
+    Callback { token: CallbackToken, failure: Option<String> },
+}
+
+/// A callback token as a booted system presents it: `Debug` masks it, so
+/// a request or an operation printed for a log cannot carry it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallbackToken(pub String);
+
+impl std::fmt::Debug for CallbackToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(kiln_store::MASK)
+    }
 }
 
 impl Op {
@@ -70,6 +86,7 @@ impl Op {
             Op::Update(_) => "update".into(),
             Op::Delete => "delete".into(),
             Op::Noop => "no-op".into(),
+            Op::Callback { .. } => "callback".into(),
         }
     }
 }

@@ -44,8 +44,9 @@ pub enum VerbPlan {
     /// failed state).
     Immediate { to: S },
     /// A task: enter `working` aiming at `target`, then run `steps`; when they
-    /// are done, fire [`finishing_event`].
-    Work { working: S, target: S, steps: Vec<Step> },
+    /// are done, fire [`finishing_event`], or with `callback`, wait for the
+    /// booted system to call back ([`callback_wanted`]).
+    Work { working: S, target: S, steps: Vec<Step>, callback: bool },
 }
 
 /// The steps each working state runs (docs/state-machine.md, "The work of
@@ -125,6 +126,44 @@ pub fn steps_for(record: &NodeRecord, working: S) -> Result<Vec<Step>, String> {
     })
 }
 
+/// The `instance_info` key that asks a task entering `working` to end in
+/// its wait state, for the booted system to call back: `deploy_callback`
+/// (deploying, rebuilding), `clean_callback` (cleaning, and an undeploy's
+/// clean), `inspect_callback` (inspecting). Other working states never wait.
+pub fn callback_key(working: S) -> Option<&'static str> {
+    match working {
+        S::Deploying => Some("deploy_callback"),
+        S::Cleaning | S::Deleting => Some("clean_callback"),
+        S::Inspecting => Some("inspect_callback"),
+        _ => None,
+    }
+}
+
+/// Whether a task entering `working` waits for a callback: its key
+/// ([`callback_key`]) is `true` in the node's `instance_info`. Anything but
+/// `true`, `false` or unset is refused, so a typo cannot silently skip the
+/// wait.
+pub fn callback_wanted(record: &NodeRecord, working: S) -> Result<bool, String> {
+    let Some(key) = callback_key(working) else { return Ok(false) };
+    match record.instance_info.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(serde_json::Value::Bool(wanted)) => Ok(*wanted),
+        Some(other) => Err(format!("instance_info.{key} must be true or false, not {other}")),
+    }
+}
+
+/// The callback a node keeps only while it works, waits or is held: a
+/// record that reaches a stable or failed state has none, so a token never
+/// outlives the wait it was issued for (one place, whatever moved the node:
+/// a callback, a timeout, an abort, the restart rule).
+pub fn drop_spent_callback(record: &mut NodeRecord) {
+    if record.callback.is_some()
+        && matches!(fsm::class(record.provision_state), StateClass::Stable | StateClass::Failed)
+    {
+        record.callback = None;
+    }
+}
+
 /// Decides what `verb` does to a node in its current state.
 pub fn plan_verb(record: &NodeRecord, verb: Verb) -> Result<VerbPlan, PlanError> {
     let from = record.provision_state;
@@ -139,7 +178,8 @@ pub fn plan_verb(record: &NodeRecord, verb: Verb) -> Result<VerbPlan, PlanError>
         _ => fsm::default_target(to).unwrap_or(to),
     };
     let steps = steps_for(record, to).map_err(PlanError::Settings)?;
-    Ok(VerbPlan::Work { working: to, target, steps })
+    let callback = callback_wanted(record, to).map_err(PlanError::Settings)?;
+    Ok(VerbPlan::Work { working: to, target, steps, callback })
 }
 
 /// The event that ends a task's working state successfully: `done`, or for a
@@ -169,6 +209,7 @@ pub fn recover(record: &NodeRecord, why: &str, now: Timestamp) -> Option<(NodeRe
         fixed.provision_state = failed;
         fixed.target_provision_state = None;
     }
+    drop_spent_callback(&mut fixed);
     let message = format!("{why} while the node was {}", record.provision_state);
     fixed.last_error = Some(message.clone());
     let entry = HistoryEntry {
@@ -203,6 +244,7 @@ mod tests {
                 working: S::Deploying,
                 target: S::Active,
                 steps: vec![Step::SetBoot(Boot::Pxe, false), Step::Power(PowerAction::On)],
+                callback: false,
             }
         );
     }

@@ -68,12 +68,41 @@ pub struct SyncPower {
 #[rtype(result = "bool")]
 pub struct RecoverPowerFailure;
 
-/// Fails a node out of a wait state it has been in longer than `timeout`.
-/// Answers whether it did.
+/// Fails a node out of a wait state it has been in (unchanged) longer than
+/// that state's timeout. Answers whether it did.
 #[derive(Debug, Message)]
 #[rtype(result = "bool")]
 pub struct ExpireWait {
-    pub timeout: Duration,
+    pub timeouts: WaitTimeouts,
+}
+
+/// How long a node may wait in each wait state before it fails, as
+/// Ironic's `deploy_callback_timeout`, `clean_callback_timeout` and
+/// `inspect_wait_timeout`; `other` for rescue and service waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitTimeouts {
+    pub deploy_callback: Duration,
+    pub clean_callback: Duration,
+    pub inspect_wait: Duration,
+    pub other: Duration,
+}
+
+impl WaitTimeouts {
+    /// Every wait state with the same timeout.
+    pub fn all(timeout: Duration) -> Self {
+        WaitTimeouts { deploy_callback: timeout, clean_callback: timeout, inspect_wait: timeout, other: timeout }
+    }
+
+    /// The timeout of `state` and the setting that gives it.
+    pub fn of(&self, state: kiln_store::ProvisionState) -> (Duration, &'static str) {
+        use kiln_store::ProvisionState as S;
+        match state {
+            S::WaitCallBack => (self.deploy_callback, "deploy_callback_timeout"),
+            S::CleanWait => (self.clean_callback, "clean_callback_timeout"),
+            S::InspectWait => (self.inspect_wait, "inspect_wait_timeout"),
+            _ => (self.other, "wait_timeout"),
+        }
+    }
 }
 
 impl Handler<SyncPower> for NodeActor {
@@ -94,6 +123,6 @@ impl Handler<RecoverPowerFailure> for NodeActor {
 impl Handler<ExpireWait> for NodeActor {
     type Result = ResponseFuture<bool>;
     fn handle(&mut self, msg: ExpireWait, ctx: &mut Context<Self>) -> Self::Result {
-        self.ask(|reply| Input::ExpireWait { timeout: msg.timeout, reply }, false, ctx)
+        self.ask(|reply| Input::ExpireWait { timeouts: msg.timeouts, reply }, false, ctx)
     }
 }

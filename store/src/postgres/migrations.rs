@@ -249,6 +249,10 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN extra text NOT NULL DEFAULT '{}';
     ALTER TABLE nodes ADD COLUMN instance_info text NOT NULL DEFAULT '{}';
     "#,
+    // 9: SQLite's 9: the callback a node waits for (JSON: token, since).
+    r#"
+    ALTER TABLE nodes ADD COLUMN callback text;
+    "#,
 ];
 
 /// The schema version this build writes.

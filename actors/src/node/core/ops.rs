@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use kiln_drivers::{Boot, DriverError, Power, PowerAction};
-use kiln_store::{BootDevice, HistoryEntry, NodeRecord, PowerState, ProvisionState, Write};
+use kiln_store::{BootDevice, CallbackWait, HistoryEntry, NodeRecord, PowerState, ProvisionState, Write};
 
 use super::super::plan::{self, Step, VerbPlan};
 use super::super::{DRIVER_CHANGE_STATES, NodeUpdate, Op};
@@ -21,8 +21,9 @@ use crate::view::NodeView;
 
 /// What waits for the BMC to be reachable.
 pub(super) enum AfterConnect {
-    /// Enter `working` and run `steps`.
-    Verb { verb: Verb, working: ProvisionState, target: ProvisionState, steps: Vec<Step> },
+    /// Enter `working` and run `steps`; with `callback`, end waiting for the
+    /// booted system's callback.
+    Verb { verb: Verb, working: ProvisionState, target: ProvisionState, steps: Vec<Step>, callback: bool },
     /// Record the power target, then act.
     Power(PowerAction),
     /// Set the boot device.
@@ -42,6 +43,9 @@ pub(super) enum AfterCommit {
     End { started: bool, failure: Option<String> },
     /// The node is deleted.
     Deleted,
+    /// A callback moved the node: publish it and answer with the node (a
+    /// reported failure is the booted system's, not the callback's).
+    CalledBack { failure: Option<String> },
 }
 
 /// What follows an operation's driver call.
@@ -88,6 +92,66 @@ impl NodeCore {
                 let view = self.view_released();
                 self.end_task(Ok(view));
             }
+            Op::Callback { token, failure } => self.begin_callback(&token.0, failure),
+        }
+    }
+
+    /// The booted system calls back: a node in a wait state with the token
+    /// it was issued goes on to its target (`resume`, then the working
+    /// state's finishing event), or with `failure` falls to its failed
+    /// state with that message. A wrong token changes nothing, is counted,
+    /// and is logged without the token.
+    fn begin_callback(&mut self, token: &str, failure: Option<String>) {
+        let record = self.node.record();
+        let state = record.provision_state;
+        if fsm::class(state) != StateClass::Wait {
+            let err = KilnError::InvalidState {
+                node: self.name(),
+                state: state.to_string(),
+                event: "callback".into(),
+                allowed: "a callback is taken in wait call-back, clean wait and inspect wait only".into(),
+            };
+            return self.end_task(Err(err));
+        }
+        let issued = record.callback.as_ref().map(|c| c.token.as_str());
+        if !issued.is_some_and(|t| tokens_match(t, token)) {
+            self.node.metrics().callback(true);
+            tracing::warn!(node = %record.uuid, name = %record.name, %state, "callback refused: wrong token");
+            let err =
+                KilnError::InvalidInput(format!("node {}: the callback token is not the one issued", self.name()));
+            return self.end_task(Err(err));
+        }
+        self.node.metrics().callback(false);
+        let mut next = record.clone();
+        next.callback = None;
+        match failure {
+            Some(message) => {
+                let to = fsm::step(state, Event::Fail).unwrap_or(state);
+                let message = format!("the booted system reported: {message}");
+                next.provision_state = to;
+                next.target_provision_state = None;
+                next.last_error = Some(message.clone());
+                let entry = self.history("fail", state, to, Some(message.clone()));
+                self.commit(next, vec![entry], Commit::Op(AfterCommit::CalledBack { failure: Some(message) }));
+            }
+            None => {
+                // Back to the working state the wait belongs to; its steps
+                // are done, so the task ends with its finishing event.
+                let Ok(working) = fsm::step(state, Event::Resume) else {
+                    let err = KilnError::InvalidState {
+                        node: self.name(),
+                        state: state.to_string(),
+                        event: "resume".into(),
+                        allowed: allowed_verbs(state),
+                    };
+                    return self.end_task(Err(err));
+                };
+                next.provision_state = working;
+                next.last_error = None;
+                next.reservation = self.node.reservation().cloned();
+                let entry = self.history(Event::Resume.as_str(), state, working, None);
+                self.commit(next, vec![entry], Commit::Op(AfterCommit::VerbStarted));
+            }
         }
     }
 
@@ -117,8 +181,8 @@ impl NodeCore {
             }
             // The working state is entered only once its work can start:
             // without a driver, nothing changes and the caller is told.
-            VerbPlan::Work { working, target, steps } => {
-                self.connect(AfterConnect::Verb { verb, working, target, steps })
+            VerbPlan::Work { working, target, steps, callback } => {
+                self.connect(AfterConnect::Verb { verb, working, target, steps, callback })
             }
         }
     }
@@ -131,13 +195,17 @@ impl NodeCore {
             return self.end_task(Err(err));
         }
         match then {
-            AfterConnect::Verb { verb, working, target, steps } => {
+            AfterConnect::Verb { verb, working, target, steps, callback } => {
                 let from = self.node.record().provision_state;
                 let mut next = self.node.record().clone();
                 next.provision_state = working;
                 next.target_provision_state = Some(target);
                 next.last_error = None;
                 next.reservation = self.node.reservation().cloned();
+                // The token is issued as the task starts, so the caller's
+                // answer carries it before the system it boots can call.
+                next.callback =
+                    callback.then(|| Box::new(CallbackWait { token: new_token(), since: self.clock.now() }));
                 let entry = self.history(verb.event().as_str(), from, working, None);
                 if let Some(task) = self.task.as_mut() {
                     task.steps = steps.into();
@@ -272,11 +340,22 @@ impl NodeCore {
         self.commit(next, vec![entry], Commit::Op(AfterCommit::MidTask));
     }
 
-    /// Every step succeeded: fire the finishing event and release.
+    /// Every step succeeded: fire the finishing event and release, or, for
+    /// a task that was issued a callback token, enter the wait state (the
+    /// target kept, as Ironic keeps it) until the booted system calls.
     fn finish_work(&mut self) {
         let Some(task) = self.task.as_ref() else { return };
         let mut next = task.draft.clone();
         let from = next.provision_state;
+        if let Some(callback) = next.callback.as_mut()
+            && let Ok(to) = fsm::step(from, Event::Wait)
+        {
+            callback.since = self.clock.now();
+            next.provision_state = to;
+            next.reservation = None;
+            let entry = self.history(Event::Wait.as_str(), from, to, None);
+            return self.commit_and_end(next, Some(entry));
+        }
         let event = plan::finishing_event(from, next.target_provision_state);
         let to = match fsm::step(from, event) {
             Ok(to) => to,
@@ -354,6 +433,15 @@ impl NodeCore {
                     }
                 }
             }
+            AfterCommit::CalledBack { failure } => {
+                self.publish(EventKind::Start, None);
+                match failure {
+                    None => self.publish(EventKind::End, None),
+                    Some(message) => self.publish(EventKind::Error, Some(message)),
+                }
+                let view = self.view_released();
+                self.end_task(Ok(view));
+            }
             AfterCommit::Deleted => {
                 self.node.remove();
                 let view = self.view();
@@ -412,6 +500,21 @@ impl NodeCore {
             }
         }
     }
+}
+
+/// A new one-time callback token: 256 random bits, in hex.
+fn new_token() -> String {
+    use std::fmt::Write as _;
+    rand::random::<[u8; 32]>().iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Whether `given` is the `issued` token, compared in time that does not
+/// depend on where they differ.
+fn tokens_match(issued: &str, given: &str) -> bool {
+    issued.len() == given.len() && issued.bytes().zip(given.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
 /// The verbs whose events a state allows, for `InvalidState` messages.

@@ -20,8 +20,9 @@ use crate::events::{EventKind, NodeEvent};
 use crate::fsm::Verb;
 use crate::metrics::Metrics;
 use crate::node::effects::{Effect, Ticket};
+use crate::node::upkeep::WaitTimeouts;
 use crate::node::upkeep::{POWER_FAILURE, SyncOutcome};
-use crate::node::{NodeUpdate, Op};
+use crate::node::{CallbackToken, NodeUpdate, Op};
 use crate::view::NodeView;
 
 type NodeAnswer = Receiver<Result<NodeView, KilnError>>;
@@ -236,7 +237,7 @@ impl Sim {
 
     fn expire(&mut self, timeout: Duration) -> bool {
         let (reply, mut rx) = oneshot::channel();
-        self.feed(Input::ExpireWait { timeout, reply });
+        self.feed(Input::ExpireWait { timeouts: crate::node::upkeep::WaitTimeouts::all(timeout), reply });
         rx.try_recv().expect("answered")
     }
 
@@ -688,6 +689,141 @@ fn a_failed_upkeep_commit_changes_nothing_and_releases() {
     assert_eq!(sim.state(), S::WaitCallBack);
     assert!(sim.events.is_empty());
     assert!(sim.core.view().reservation.is_none());
+    sim.assert_gauges();
+}
+
+// ----- callbacks: the wait states ------------------------------------------
+
+/// `sim` with `instance_info.KEY = value`, set through the core.
+fn asking(sim: &mut Sim, key: &str, value: serde_json::Value) {
+    let update = NodeUpdate { instance_info: [(key.to_string(), Some(value))].into(), ..Default::default() };
+    answered(&mut sim.run(Op::Update(update), true)).unwrap();
+}
+
+fn callback(sim: &mut Sim, token: &str, failure: Option<&str>) -> Result<NodeView, KilnError> {
+    let op = Op::Callback { token: CallbackToken(token.into()), failure: failure.map(str::to_string) };
+    answered(&mut sim.run(op, true))
+}
+
+fn issued_token(sim: &Sim) -> String {
+    sim.core.record().callback.as_ref().expect("a token is issued").token.clone()
+}
+
+#[test]
+fn a_deploy_asking_for_a_callback_waits_then_the_right_token_makes_it_active() {
+    let mut sim = sim_in(S::Available);
+    asking(&mut sim, "deploy_callback", serde_json::json!(true));
+    let view = answered(&mut sim.run(Op::Verb(Verb::Deploy), true)).unwrap();
+    assert_eq!(view.provision_state, S::WaitCallBack, "the task ends waiting");
+    assert_eq!(sim.core.record().target_provision_state, Some(S::Active), "the target is kept");
+    assert!(sim.core.view().reservation.is_none(), "a waiting node is not reserved");
+    let token = issued_token(&sim);
+    assert_eq!(token.len(), 64, "256 bits in hex");
+    assert_eq!(sim.stored.as_ref().unwrap().callback.as_ref().unwrap().token, token, "the token is stored");
+    sim.assert_gauges();
+
+    let view = callback(&mut sim, &token, None).unwrap();
+    assert_eq!(view.provision_state, S::Active);
+    assert_eq!(sim.core.record().target_provision_state, None);
+    assert!(sim.core.record().callback.is_none(), "the token is spent");
+    assert!(sim.stored.as_ref().unwrap().callback.is_none());
+    assert_eq!(sim.metrics.callbacks_counted(false), 1);
+    assert_eq!(callback(&mut sim, &token, None).unwrap_err().kind(), "invalid_state", "a spent token moves nothing");
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_wrong_token_is_refused_counted_and_changes_nothing() {
+    let mut sim = sim_in(S::Available);
+    asking(&mut sim, "deploy_callback", serde_json::json!(true));
+    answered(&mut sim.run(Op::Verb(Verb::Deploy), true)).unwrap();
+    let token = issued_token(&sim);
+    let stored = sim.stored.clone();
+    let events = sim.events.len();
+    let wrong = format!("{}0", &token[..63]);
+    for bad in [wrong.as_str(), "", &token[..32]] {
+        let err = callback(&mut sim, bad, None).unwrap_err();
+        assert_eq!(err.kind(), "invalid_input", "{err}");
+        assert!(!err.to_string().contains(&token), "the error does not show the token");
+    }
+    assert_eq!(sim.metrics.callbacks_counted(true), 3);
+    assert_eq!(sim.metrics.callbacks_counted(false), 0);
+    assert_eq!(sim.stored, stored, "nothing stored");
+    assert_eq!(sim.events.len(), events, "nothing published");
+    assert_eq!(sim.state(), S::WaitCallBack);
+    assert_eq!(callback(&mut sim, &token, None).unwrap().provision_state, S::Active, "the right one still works");
+}
+
+#[test]
+fn a_reported_failure_fails_the_deploy_with_the_message() {
+    let mut sim = sim_in(S::Available);
+    asking(&mut sim, "deploy_callback", serde_json::json!(true));
+    answered(&mut sim.run(Op::Verb(Verb::Deploy), true)).unwrap();
+    let token = issued_token(&sim);
+    let view = callback(&mut sim, &token, Some("grub-install failed")).unwrap();
+    assert_eq!(view.provision_state, S::DeployFailed);
+    let error = sim.core.record().last_error.clone().unwrap();
+    assert!(error.contains("grub-install failed"), "{error}");
+    assert!(sim.core.record().callback.is_none());
+    assert_eq!(sim.kinds().last(), Some(&EventKind::Error));
+    sim.assert_gauges();
+}
+
+#[test]
+fn a_callback_outside_a_wait_state_is_refused() {
+    let mut sim = sim_in(S::Active);
+    let err = callback(&mut sim, "whatever", None).unwrap_err();
+    assert_eq!(err.kind(), "invalid_state", "{err}");
+    assert_eq!(sim.state(), S::Active);
+    assert_eq!(sim.metrics.callbacks_counted(true), 0, "not a token guess: nothing was issued");
+}
+
+#[test]
+fn a_callback_setting_that_is_not_a_bool_is_refused_before_anything_moves() {
+    let mut sim = sim_in(S::Available);
+    asking(&mut sim, "deploy_callback", serde_json::json!("yes"));
+    let stored = sim.stored.clone();
+    let err = answered(&mut sim.run(Op::Verb(Verb::Deploy), true)).unwrap_err();
+    assert_eq!(err.kind(), "invalid_input", "{err}");
+    assert!(err.to_string().contains("deploy_callback"), "{err}");
+    assert_eq!(sim.stored, stored);
+    asking(&mut sim, "deploy_callback", serde_json::json!(false));
+    assert_eq!(answered(&mut sim.run(Op::Verb(Verb::Deploy), true)).unwrap().provision_state, S::Active);
+}
+
+#[test]
+fn clean_waits_in_clean_wait_and_a_callback_ends_it() {
+    let mut sim = sim_in(S::Manageable);
+    asking(&mut sim, "clean_callback", serde_json::json!(true));
+    assert_eq!(answered(&mut sim.run(Op::Verb(Verb::Clean), true)).unwrap().provision_state, S::CleanWait);
+    let token = issued_token(&sim);
+    assert_eq!(callback(&mut sim, &token, None).unwrap().provision_state, S::Manageable);
+    assert_eq!(answered(&mut sim.run(Op::Verb(Verb::Clean), true)).unwrap().provision_state, S::CleanWait);
+    let token = issued_token(&sim);
+    assert_eq!(callback(&mut sim, &token, Some("disk 3 did not wipe")).unwrap().provision_state, S::CleanFailed);
+    sim.assert_gauges();
+}
+
+#[test]
+fn each_wait_state_times_out_by_its_own_setting() {
+    let mut sim = sim_in(S::Manageable);
+    asking(&mut sim, "inspect_callback", serde_json::json!(true));
+    assert_eq!(answered(&mut sim.run(Op::Verb(Verb::Inspect), true)).unwrap().provision_state, S::InspectWait);
+    let long = Duration::from_secs(3600);
+    let short = Duration::from_secs(60);
+    let others_short = WaitTimeouts { deploy_callback: short, clean_callback: short, inspect_wait: long, other: short };
+    sim.clock.advance(Duration::from_secs(120));
+    let (reply, mut rx) = oneshot::channel();
+    sim.feed(Input::ExpireWait { timeouts: others_short, reply });
+    assert!(!rx.try_recv().unwrap(), "inspect wait has its own, longer timeout");
+    let inspect_short = WaitTimeouts { inspect_wait: short, ..WaitTimeouts::all(long) };
+    let (reply, mut rx) = oneshot::channel();
+    sim.feed(Input::ExpireWait { timeouts: inspect_short, reply });
+    assert!(rx.try_recv().unwrap());
+    assert_eq!(sim.state(), S::InspectFailed);
+    let error = sim.core.record().last_error.clone().unwrap();
+    assert!(error.contains("inspect_wait_timeout"), "the error names the setting: {error}");
+    assert!(sim.core.record().callback.is_none(), "a timed-out wait's token is spent");
     sim.assert_gauges();
 }
 

@@ -4,13 +4,11 @@
 //! waiters, a hold, shutdown) is skipped and done on a later run, as
 //! Ironic's periodic tasks skip reserved nodes.
 
-use std::time::Duration;
-
 use kiln_drivers::{DriverError, PowerAction};
 use kiln_store::PowerState;
 use tokio::sync::oneshot;
 
-use super::super::upkeep::{POWER_FAILURE, SyncOutcome};
+use super::super::upkeep::{POWER_FAILURE, SyncOutcome, WaitTimeouts};
 use super::ops::power_state_of;
 use super::{AfterCall as Call, AfterCommit as Commit, NodeCore};
 use crate::KilnError;
@@ -132,9 +130,10 @@ impl NodeCore {
         self.call(DriverCall::GetPower, Call::Upkeep(AfterCall::RecoverRead { reply }));
     }
 
-    pub(super) fn expire_wait(&mut self, timeout: Duration, reply: oneshot::Sender<bool>) {
+    pub(super) fn expire_wait(&mut self, timeouts: WaitTimeouts, reply: oneshot::Sender<bool>) {
         let record = self.node.record();
         let state = record.provision_state;
+        let (timeout, setting) = timeouts.of(state);
         let waited = (self.clock.now() - record.updated_at).to_std().unwrap_or_default();
         // A node in maintenance is left as it is, as by every periodic task
         // (Ironic's deploy timeout check filters maintenance out too).
@@ -142,7 +141,7 @@ impl NodeCore {
             return self.answer(Answer::Done(reply, false));
         }
         let Ok(to) = fsm::step(state, Event::Fail) else { return self.answer(Answer::Done(reply, false)) };
-        let error = format!("timed out in '{state}' after {} s", timeout.as_secs());
+        let error = format!("timed out in '{state}' after {} s ({setting})", timeout.as_secs());
         let mut next = record.clone();
         next.provision_state = to;
         next.target_provision_state = None;
