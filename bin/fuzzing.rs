@@ -241,10 +241,7 @@ mod tests {
             Op::Update(update.clone()),
             Op::Delete,
             Op::Noop,
-            Op::Callback {
-                token: kiln_actors::node::CallbackToken("0f".repeat(32)),
-                failure: Some("disk not found".into()),
-            },
+            Op::Callback { token: kiln_actors::CallbackToken("0f".repeat(32)), failure: Some("disk not found".into()) },
         ];
         let mut all = vec![
             Request::Hello { version: PROTOCOL_VERSION, client: "kiln 0.1.0".into() },
@@ -313,7 +310,7 @@ mod tests {
             Request::MemberList,
             Request::NodeCallback {
                 node: "n1".into(),
-                token: kiln_actors::node::CallbackToken("ab".repeat(32)),
+                token: kiln_actors::CallbackToken("ab".repeat(32)),
                 failure: Some("no disk".into()),
             },
             Request::Exec {

@@ -49,7 +49,7 @@ pub use error::KilnError;
 pub use events::{EventBus, EventKind, NodeEvent, Subscribe};
 pub use fsm::Verb;
 pub use live::LiveSettings;
-pub use node::{DRIVER_CHANGE_STATES, DriverInterface, InterfaceCheck, NodeUpdate, NodeValidation, Op};
+pub use node::{CallbackToken, DRIVER_CHANGE_STATES, DriverInterface, InterfaceCheck, NodeUpdate, NodeValidation, Op};
 pub use supervisor::{
     BulkAction, CreateNodes, CreatePort, CreatePortGroup, DeleteNodes, DeletePort, DeletePortGroup, GetNode,
     GetNodeDetail, GetPortGroup, GetStatus, ListNodes, ListPortGroups, ListPorts, Listing, NewNode, NewPortGroup,

@@ -16,10 +16,12 @@
 //! - [`tls`]: the certificate and key of `api_tls_cert`, `api_tls_key`;
 //! - [`errors`]: kiln's errors as Ironic's status codes and error body;
 //! - [`fields`]: nodes and ports as Ironic's JSON objects;
-//! - [`nodes`], [`ports`], [`drivers`]: the handlers.
+//! - [`nodes`], [`ports`], [`drivers`]: the handlers;
+//! - [`jobs`], [`callback`]: kiln's own extensions under `/v1/kiln`.
 
 pub mod auth;
 pub mod call;
+pub mod callback;
 pub mod drivers;
 pub mod errors;
 pub mod fields;

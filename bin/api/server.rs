@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::errors::ApiError;
 use super::version::{self, Version};
-use super::{ApiAuth, ApiSettings, drivers, jobs, nodes, ports};
+use super::{ApiAuth, ApiSettings, callback, drivers, jobs, nodes, ports};
 
 /// What every handler shares.
 pub struct ApiState {
@@ -94,6 +94,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     nodes::routes(cfg);
     ports::routes(cfg);
     jobs::routes(cfg);
+    callback::routes(cfg);
 }
 
 async fn root(req: HttpRequest) -> HttpResponse {
@@ -129,15 +130,18 @@ const PATHS: &[&str] = &[
     "/v1/ports/*",
     "/v1/kiln/jobs",
     "/v1/kiln/jobs/*",
+    callback::PATH,
 ];
 
 fn served(path: &str) -> bool {
-    let path = path.trim_end_matches('/');
-    let parts: Vec<&str> = path.split('/').collect();
-    PATHS.iter().any(|p| {
-        let pattern: Vec<&str> = p.trim_end_matches('/').split('/').collect();
-        pattern.len() == parts.len() && pattern.iter().zip(&parts).all(|(a, b)| *a == "*" || a == b)
-    })
+    PATHS.iter().any(|p| matches_pattern(p, path))
+}
+
+/// Whether `path` is `pattern`, a `*` standing for any one segment.
+fn matches_pattern(pattern: &str, path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let pattern: Vec<&str> = pattern.trim_end_matches('/').split('/').collect();
+    pattern.len() == parts.len() && pattern.iter().zip(&parts).all(|(a, b)| *a == "*" || a == b)
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -185,7 +189,7 @@ fn instead(path: &str) -> &'static str {
 
 /// The paths open without a credential: version discovery.
 fn open(path: &str) -> bool {
-    matches!(path, "/" | "/v1" | "/v1/")
+    matches!(path, "/" | "/v1" | "/v1/") || matches_pattern(callback::PATH, path)
 }
 
 fn set(headers: &mut HeaderMap, name: &'static str, value: String) {

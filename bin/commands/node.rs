@@ -60,7 +60,7 @@ fn request(command: NodeCommand) -> Result<Request, Failure> {
         NodeCommand::Validate { nodes } => Request::NodeValidate { nodes },
         NodeCommand::History { node, limit } => Request::NodeHistory { node, limit },
         NodeCommand::Callback { node, token, fail } => {
-            Request::NodeCallback { node, token: kiln_actors::node::CallbackToken(token), failure: fail }
+            Request::NodeCallback { node, token: kiln_actors::CallbackToken(token), failure: fail }
         }
         NodeCommand::Set(s) => set(s)?,
         NodeCommand::Delete { nodes } => Request::NodeDelete { nodes },

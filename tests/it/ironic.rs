@@ -58,7 +58,7 @@ fn run(cmd: &mut Command, what: &str) -> Output {
 }
 
 /// A daemon serving the API on a free loopback port, and its URL.
-fn start(demo: usize, envs: &[(&str, &str)]) -> (Daemon, String) {
+pub(crate) fn start(demo: usize, envs: &[(&str, &str)]) -> (Daemon, String) {
     let mut d = Daemon::start_env(demo, &["--api-addr", "127.0.0.1:0"], envs);
     let line = d.wait_for_log("serving the Ironic API");
     let addr = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")).expect("addr= in the log line");
@@ -108,7 +108,13 @@ fn sdk(url: &str, scenario: &str, args: &[&str]) -> Vec<Value> {
 }
 
 /// One raw HTTP/1.1 request: (status, headers lowercased, body).
-fn http(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
+pub(crate) fn http(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
     let addr = url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).expect("connect to the API");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();

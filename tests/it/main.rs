@@ -6,6 +6,7 @@ mod backup;
 mod bad_input;
 mod bench;
 mod bmc;
+mod callback;
 mod completions;
 mod config;
 mod crash;

@@ -132,6 +132,18 @@ fn a_redfish_deploy_boots_the_image_from_virtual_media_and_undeploy_ejects_it() 
     assert_eq!(cd["Inserted"], false, "{cd}");
     assert_eq!(cd["Image"].as_str().unwrap_or_default(), "", "{cd}");
 
+    // A deploy that asks for a callback boots the image, then waits for
+    // the installer on it to call back with its token.
+    site.ok(&["node", "set", "vm1", "--instance-info", "deploy_callback=true"]);
+    site.ok(&["node", "deploy", "vm1", "--image", &url, "--wait"]);
+    let n = site.node("vm1");
+    assert_eq!(n["provision_state"], "wait call-back", "{n}");
+    assert_eq!(virtual_cd(peer, 1)["Inserted"], true, "the image is in before the wait");
+    assert_eq!(peer.system(1)["PowerState"], "On");
+    let token = n["callback"]["token"].as_str().expect("a callback token").to_string();
+    site.ok(&["node", "callback", "vm1", "--token", &token]);
+    assert_eq!(site.node("vm1")["provision_state"], "active");
+
     // An image the BMC cannot fetch: the deploy fails with the BMC's message.
     let dead = crate::peers::closed_tcp_port();
     let bad = format!("http://127.0.0.1:{}/missing.iso", dead.port());

@@ -108,7 +108,7 @@ impl NodeCore {
             let err = KilnError::InvalidState {
                 node: self.name(),
                 state: state.to_string(),
-                event: "callback".into(),
+                event: "call back".into(),
                 allowed: "a callback is taken in wait call-back, clean wait and inspect wait only".into(),
             };
             return self.end_task(Err(err));

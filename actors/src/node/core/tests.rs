@@ -827,6 +827,18 @@ fn each_wait_state_times_out_by_its_own_setting() {
     sim.assert_gauges();
 }
 
+#[test]
+fn an_operation_while_waiting_does_not_restart_the_wait_clock() {
+    let mut sim = sim_in(S::Available);
+    asking(&mut sim, "deploy_callback", serde_json::json!(true));
+    answered(&mut sim.run(Op::Verb(Verb::Deploy), true)).unwrap();
+    sim.clock.advance(Duration::from_secs(500));
+    answered(&mut sim.run(Op::Power(PowerAction::On), true)).unwrap();
+    sim.clock.advance(Duration::from_secs(200));
+    assert!(sim.expire(Duration::from_secs(600)), "700 s since the wait began");
+    assert_eq!(sim.state(), S::DeployFailed);
+}
+
 // ----- abandonment at shutdown ----------------------------------------------------
 
 #[test]

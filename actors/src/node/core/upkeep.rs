@@ -134,7 +134,11 @@ impl NodeCore {
         let record = self.node.record();
         let state = record.provision_state;
         let (timeout, setting) = timeouts.of(state);
-        let waited = (self.clock.now() - record.updated_at).to_std().unwrap_or_default();
+        // From when the wait began: a node that asked for a callback keeps
+        // that time, so an operation while it waits (a power action) does
+        // not restart the clock.
+        let since = record.callback.as_ref().map_or(record.updated_at, |c| c.since);
+        let waited = (self.clock.now() - since).to_std().unwrap_or_default();
         // A node in maintenance is left as it is, as by every periodic task
         // (Ironic's deploy timeout check filters maintenance out too).
         if fsm::class(state) != StateClass::Wait || waited < timeout || self.busy() || record.maintenance {
