@@ -14,6 +14,7 @@ mod exec;
 mod faultproxy;
 mod faults;
 mod harness;
+mod inspection;
 mod ironic;
 mod jobs;
 mod lifecycle;
