@@ -355,10 +355,7 @@ fn inspection_commits_a_port_if_free_per_nic_with_the_facts() {
     let mut sim = sim_in(S::Manageable);
     let found = Inspection {
         facts: [("cpus".to_string(), "4".to_string())].into(),
-        nics: vec![
-            Nic::new("NIC.1", "52:54:00:00:00:01").unwrap(),
-            Nic::new("NIC.2", "52-54-00-00-00-0A").unwrap(),
-        ],
+        nics: vec![Nic::new("NIC.1", "52:54:00:00:00:01").unwrap(), Nic::new("NIC.2", "52-54-00-00-00-0A").unwrap()],
     };
     sim.replies = VecDeque::from([Ok(DriverReply::Power(Power::Off)), Ok(DriverReply::Inspected(found))]);
     let mut rx = sim.run(Op::Verb(Verb::Inspect), true);
