@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use kiln_drivers::{Bmc, Boot, DriverError, Facts, Power, PowerAction, Profile};
+use kiln_drivers::{Bmc, Boot, DriverError, Inspection, Power, PowerAction, Profile};
 use kiln_store::DriverKind;
 use tracing::Instrument;
 
@@ -60,7 +60,8 @@ pub enum DriverReply {
     Power(Power),
     Done,
     Boot(Option<Boot>),
-    Facts(Facts),
+    /// What an inspection found: facts for the properties, NICs for ports.
+    Inspected(Inspection),
 }
 
 /// The actor in front of one BMC.
@@ -154,7 +155,7 @@ impl DriverActor {
                         DriverCall::SetPower(a) => bmc.set_power_state(a).await.map(|_| DriverReply::Done),
                         DriverCall::SetBoot(d, p) => bmc.set_boot_device(d, p).await.map(|_| DriverReply::Done),
                         DriverCall::GetBoot => bmc.get_boot_device().await.map(DriverReply::Boot),
-                        DriverCall::Inspect => bmc.inspect().await.map(DriverReply::Facts),
+                        DriverCall::Inspect => bmc.inspect().await.map(DriverReply::Inspected),
                         DriverCall::EjectMedia => bmc.eject_media().await.map(|_| DriverReply::Done),
                         DriverCall::InsertMedia(url) => bmc.insert_media(&url).await.map(|_| DriverReply::Done),
                     }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Power, PowerAction};
+use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Inspection, Power, PowerAction};
 
 /// An in-memory BMC.
 ///
@@ -120,14 +120,16 @@ impl Bmc for FakeBmc {
         })
     }
 
-    fn inspect(&self) -> BmcFuture<'_, Facts> {
+    /// Made-up facts and no NICs: a fake node's ports are the operator's
+    /// (`kiln port create`), and a demo site's ports stay as they were made.
+    fn inspect(&self) -> BmcFuture<'_, Inspection> {
         Box::pin(async move {
             self.call("inspect").await?;
             let mut facts = Facts::new();
             facts.insert("cpus".into(), "8".into());
             facts.insert("memory_mb".into(), "16384".into());
             facts.insert("cpu_arch".into(), "x86_64".into());
-            Ok(facts)
+            Ok(Inspection { facts, nics: Vec::new() })
         })
     }
 }

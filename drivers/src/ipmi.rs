@@ -69,7 +69,7 @@ mod probe;
 use crate::info::seconds;
 use crate::profile::IPMI_CIPHER_SUITES;
 use crate::secret::Secret;
-use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Power, PowerAction, Profile};
+use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Inspection, Power, PowerAction, Profile};
 
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -475,8 +475,10 @@ impl Bmc for IpmiBmc {
         Box::pin(self.get_boot())
     }
 
-    fn inspect(&self) -> BmcFuture<'_, Facts> {
-        Box::pin(self.facts())
+    /// What `mc info` says, and no NICs: IPMI has no standard command
+    /// that lists a system's network interfaces.
+    fn inspect(&self) -> BmcFuture<'_, Inspection> {
+        Box::pin(async move { Ok(Inspection { facts: self.facts().await?, nics: Vec::new() }) })
     }
 
     fn profile(&self) -> Profile {

@@ -78,6 +78,45 @@ pub enum Boot {
 /// Hardware facts found by inspection, as node properties.
 pub type Facts = BTreeMap<String, String>;
 
+/// What an inspection found: the facts that become node properties, and
+/// the network interfaces that become the node's ports (as Ironic's
+/// inspection creates them, so that an operator need not type MACs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inspection {
+    pub facts: Facts,
+    /// Each with a valid MAC address, in the order the BMC listed them.
+    pub nics: Vec<Nic>,
+}
+
+/// A network interface a BMC reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    /// The BMC's name for it (a Redfish `Id`), for logs: ports keep no name.
+    pub name: String,
+    /// Lower-case, colon-separated: the form the store keeps ports in.
+    pub mac: String,
+}
+
+impl Nic {
+    /// A NIC whose MAC `mac` is a MAC address in any usual form
+    /// (`AA-BB-..`, `aa:bb:..`, `aabb.ccdd.eeff`); `None` otherwise, and for
+    /// the all-zero address, which BMCs report for a NIC they know nothing
+    /// of (no port may be made of it: every such NIC would claim the same).
+    ///
+    /// The store has the same rule in `kiln_store::normalize_mac`; this
+    /// crate does not depend on the store, so it keeps its own.
+    pub fn new(name: impl Into<String>, mac: &str) -> Option<Nic> {
+        let hex: String = mac.trim().chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
+        let well_formed = hex.len() == 12 && hex.chars().all(|c| c.is_ascii_hexdigit()) && mac.trim().len() <= 17;
+        if !well_formed || hex.chars().all(|c| c == '0') {
+            return None;
+        }
+        let lower = hex.to_ascii_lowercase();
+        let pairs: Vec<&str> = (0..6).map(|i| &lower[2 * i..2 * i + 2]).collect();
+        Some(Nic { name: name.into(), mac: pairs.join(":") })
+    }
+}
+
 /// The calls kiln makes to a BMC. Implementations may be called from any
 /// thread, and several calls at once: a driver actor runs up to the site's
 /// `bmc_max_concurrent` calls to one endpoint together (each node's own
@@ -93,8 +132,9 @@ pub trait Bmc: Send + Sync + 'static {
     fn set_boot_device(&self, device: Boot, persistent: bool) -> BmcFuture<'_, ()>;
     /// The boot device the BMC will use, if it says.
     fn get_boot_device(&self) -> BmcFuture<'_, Option<Boot>>;
-    /// Hardware facts the BMC exposes (may be empty).
-    fn inspect(&self) -> BmcFuture<'_, Facts>;
+    /// Hardware facts and network interfaces the BMC exposes (either may
+    /// be empty: IPMI has no standard list of NICs).
+    fn inspect(&self) -> BmcFuture<'_, Inspection>;
     /// What this client has learned about the BMC's quirks so far
     /// ([`profile`]); read after each call, it costs nothing.
     fn profile(&self) -> Profile {
@@ -307,6 +347,16 @@ mod tests {
         }
         assert_eq!(Kind::named("Fake"), None);
         assert_eq!(Kind::names(", "), "fake, redfish, ipmi");
+    }
+
+    #[test]
+    fn nic_macs_are_normalised_and_garbage_left_out() {
+        let nic = Nic::new("NIC.1", " 52-54-00-AB-cd-01 ").unwrap();
+        assert_eq!((nic.name.as_str(), nic.mac.as_str()), ("NIC.1", "52:54:00:ab:cd:01"));
+        assert_eq!(Nic::new("a", "5254.00ab.cd01").unwrap().mac, "52:54:00:ab:cd:01");
+        for bad in ["", "52:54:00:ab:cd", "zz:54:00:ab:cd:01", "52:54:00:ab:cd:01:02", "00:00:00:00:00:00"] {
+            assert_eq!(Nic::new("a", bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -19,6 +19,11 @@
 //! - A power action returns only when the BMC reports the target state,
 //!   polled every second (the first read at once) up to `power_timeout`
 //!   (default 60 s): real BMCs, and the emulator, apply a reset seconds later.
+//! - Inspection reads the system resource (facts) and each member of its
+//!   `EthernetInterfaces` collection (NICs, which become ports), one GET
+//!   each, as Ironic's redfish inspection does. A member without a valid MAC,
+//!   or one the BMC answers with an error, is left out with a warning: one
+//!   odd NIC does not fail the node's inspection.
 //! - Failures are typed for the operator: refused or unroutable → `Unreachable`,
 //!   no answer in time → `Timeout`, 401/403 → `Auth`, other HTTP errors → `Bmc`
 //!   with the status and the Redfish error message, JSON that does not parse
@@ -81,7 +86,7 @@ use tokio::time::Instant;
 use crate::error::InvalidDriverInfo;
 use crate::info::{parse_bool, seconds};
 use crate::secret::Secret;
-use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Power, PowerAction, Profile, RedfishAuth};
+use crate::{Bmc, BmcFuture, Boot, DriverError, Facts, Inspection, Nic, Power, PowerAction, Profile, RedfishAuth};
 
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -773,9 +778,49 @@ impl RedfishBmc {
         Ok(boot_of(target))
     }
 
-    async fn facts(&self) -> Result<Facts, DriverError> {
+    /// Facts from the system resource, and NICs from the members of its
+    /// `EthernetInterfaces` collection: none when the system has no such
+    /// link (many BMCs of older firmware), which is no error.
+    async fn inspection(&self) -> Result<Inspection, DriverError> {
         let (_, system) = self.get_system().await?;
-        Ok(facts_of(&system))
+        let nics = match system.pointer("/EthernetInterfaces/@odata.id").and_then(Value::as_str) {
+            Some(collection) => self.nics(collection).await?,
+            None => Vec::new(),
+        };
+        Ok(Inspection { facts: facts_of(&system), nics })
+    }
+
+    /// The NICs of an `EthernetInterfaces` collection, each member read in
+    /// turn (or taken as listed, from a service that expands its members).
+    /// A member that cannot be read (an HTTP error, not JSON) or has no
+    /// valid MAC is left out with a warning rather than failing the whole
+    /// inspection: one odd NIC (a BMC's own USB NIC, a disabled port) must
+    /// not cost the node its facts and its other ports. A BMC that stops
+    /// answering still fails it.
+    async fn nics(&self, collection: &str) -> Result<Vec<Nic>, DriverError> {
+        let listed = self.get_json(collection).await?;
+        let members = listed.get("Members").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut nics = Vec::with_capacity(members.len());
+        for member in members {
+            let path = member.get("@odata.id").and_then(Value::as_str).unwrap_or(collection).to_string();
+            let resource = if member.get("MACAddress").is_some() || member.get("@odata.id").is_none() {
+                member
+            } else {
+                match self.get_json(&path).await {
+                    Ok(resource) => resource,
+                    Err(e @ (DriverError::Bmc { .. } | DriverError::BadReply { .. })) => {
+                        tracing::warn!(address = %self.address, nic = %path, error = %e, "NIC left out: unreadable");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            match nic_of(&resource) {
+                Some(nic) => nics.push(nic),
+                None => tracing::warn!(address = %self.address, nic = %path, "NIC left out: no valid MAC address"),
+            }
+        }
+        Ok(nics)
     }
 
     // ----- virtual media ------------------------------------------------------
@@ -866,8 +911,8 @@ impl Bmc for RedfishBmc {
         Box::pin(self.get_boot())
     }
 
-    fn inspect(&self) -> BmcFuture<'_, Facts> {
-        Box::pin(self.facts())
+    fn inspect(&self) -> BmcFuture<'_, Inspection> {
+        Box::pin(self.inspection())
     }
 
     fn profile(&self) -> Profile {
@@ -1009,6 +1054,21 @@ fn facts_of(system: &Value) -> Facts {
     facts
 }
 
+/// The NIC an EthernetInterface resource describes: its `MACAddress`, else
+/// its `PermanentMACAddress` (the factory one), named by its `Id`, else its
+/// `Name`. `None` without a valid MAC.
+fn nic_of(interface: &Value) -> Option<Nic> {
+    let name = ["/Id", "/Name"]
+        .iter()
+        .find_map(|ptr| interface.pointer(ptr).and_then(Value::as_str).filter(|s| !s.trim().is_empty()))
+        .unwrap_or_default()
+        .trim();
+    ["/MACAddress", "/PermanentMACAddress"]
+        .iter()
+        .filter_map(|ptr| interface.pointer(ptr).and_then(Value::as_str))
+        .find_map(|mac| Nic::new(name, mac))
+}
+
 /// `HTTP 500 Internal Server Error from GET /path: <Redfish message>`.
 fn http_error_detail(method: &Method, path: &str, status: StatusCode, body: &[u8]) -> String {
     let mut detail = format!("HTTP {status} from {method} {path}");
@@ -1103,6 +1163,17 @@ mod tests {
         assert_eq!(facts["boot_mode"], "UEFI");
         assert!(!facts.contains_key("model"), "blank values are left out");
         assert!(facts_of(&json!({})).is_empty());
+    }
+
+    #[test]
+    fn a_nic_is_its_mac_address_named_by_its_id() {
+        let nic = nic_of(&json!({"Id": "NIC.1", "Name": "Port 1", "MACAddress": "B8-CE-F6-00-00-01"})).unwrap();
+        assert_eq!((nic.name.as_str(), nic.mac.as_str()), ("NIC.1", "b8:ce:f6:00:00:01"));
+        let nic = nic_of(&json!({"Name": "Port 2", "MACAddress": null, "PermanentMACAddress": "b8:ce:f6:00:00:02"}));
+        assert_eq!(nic.unwrap(), Nic { name: "Port 2".into(), mac: "b8:ce:f6:00:00:02".into() });
+        assert_eq!(nic_of(&json!({"Id": "1", "MACAddress": "not a mac"})), None);
+        assert_eq!(nic_of(&json!({"Id": "1", "MACAddress": "00:00:00:00:00:00"})), None);
+        assert_eq!(nic_of(&json!({"Id": "1"})), None);
     }
 
     #[test]

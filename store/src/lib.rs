@@ -63,6 +63,13 @@ pub enum Write {
     /// (or its port group) does not exist, Conflict when its port group is
     /// another node's.
     InsertPort(PortRecord),
+    /// Insert a port unless a port (of any node) has its MAC already, in
+    /// which case nothing changes and nothing fails: what inspection
+    /// writes for each NIC it found, so that inspecting again, or a MAC an
+    /// operator gave another node, keeps the port there is. NotFound when
+    /// its node does not exist, as [`Write::InsertPort`]; a taken uuid is
+    /// still a Conflict.
+    InsertPortIfFree(PortRecord),
     /// Delete a port by MAC address; NotFound if absent.
     DeletePort(String),
     /// Insert a port group (no members: [`Write::SetPortGroup`] adds them);

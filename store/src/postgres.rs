@@ -238,16 +238,11 @@ impl PgBackend {
             Write::DeleteNode(id) => {
                 op(sql::DELETE_NODE, vec![Box::new(id.to_string()), Box::new(me), Box::new(self.epoch(*id))])
             }
-            Write::InsertPort(port) => op(
-                sql::INSERT_PORT,
-                vec![
-                    Box::new(port.uuid.to_string()),
-                    Box::new(port.address.clone()),
-                    Box::new(port.node.to_string()),
-                    Box::new(port.portgroup.map(|g| g.to_string())),
-                    Box::new(timestamp_text(port.created_at)),
-                ],
-            ),
+            Write::InsertPort(port) => op(sql::INSERT_PORT, port_params(port)),
+            // Not fenced itself, as no port write is: the node actor sends
+            // it in the batch of the node's own fenced UpdateNode, and a
+            // fenced batch is rolled back whole.
+            Write::InsertPortIfFree(port) => op(sql::INSERT_PORT_IF_FREE, port_params(port)),
             Write::DeletePort(address) => op(sql::DELETE_PORT, vec![Box::new(address.clone())]),
             Write::InsertPortGroup(g) => op(
                 sql::INSERT_PORT_GROUP,
@@ -634,19 +629,19 @@ fn write_error(target: &PgTarget, write: &Write, e: tokio_postgres::Error) -> St
         (Write::DeleteNode(id), "KLFN0") => fenced(*id),
         (Write::AppendHistory(e), "KLNF0" | "23503") => node_missing(e.node),
         (Write::AppendHistory(e), "KLFN0") => fenced(e.node),
-        (Write::InsertPort(port), "23503") => match port.portgroup {
+        (Write::InsertPort(port) | Write::InsertPortIfFree(port), "23503") => match port.portgroup {
             Some(group) => StoreError::NotFound(format!(
                 "node {} or port group {group} of port '{}' does not exist",
                 port.node, port.address
             )),
             None => node_missing(port.node),
         },
-        (Write::InsertPort(port), "KLPG0") => other_nodes_group(&port.address),
+        (Write::InsertPort(port) | Write::InsertPortIfFree(port), "KLPG0") => other_nodes_group(&port.address),
         (Write::SetPortGroup { address, .. }, "KLPG0") => other_nodes_group(address),
         (Write::InsertPort(port), "23505") if constraint == "ports_address_key" => {
             StoreError::Conflict(format!("port address '{}' is already in use", port.address))
         }
-        (Write::InsertPort(port), "23505") if constraint == "ports_pkey" => {
+        (Write::InsertPort(port) | Write::InsertPortIfFree(port), "23505") if constraint == "ports_pkey" => {
             StoreError::Conflict(format!("port uuid {} already exists", port.uuid))
         }
         (Write::DeletePort(address), "KLNF0") | (Write::SetPortGroup { address, .. }, "KLNF0") => {
@@ -690,6 +685,17 @@ fn other_nodes_group(address: &str) -> StoreError {
 
 /// A node's columns as bound in `$1`-`$24` of both its insert and update
 /// (the owner and epoch follow).
+/// The parameters of both port inserts, in their column order.
+fn port_params(port: &PortRecord) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    vec![
+        Box::new(port.uuid.to_string()),
+        Box::new(port.address.clone()),
+        Box::new(port.node.to_string()),
+        Box::new(port.portgroup.map(|g| g.to_string())),
+        Box::new(timestamp_text(port.created_at)),
+    ]
+}
+
 fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, StoreError> {
     Ok(vec![
         Box::new(n.uuid.to_string()),
@@ -766,6 +772,10 @@ mod sql {
          SELECT kiln_node_written((SELECT count(*) FROM d), $1)";
     pub const INSERT_PORT: &str =
         "INSERT INTO ports (uuid, address, node, portgroup, created_at) VALUES ($1, $2, $3, $4, $5)";
+    /// Only the address's uniqueness is let go (`ports_address_key`): a
+    /// taken uuid, a missing node and another node's group still fail.
+    pub const INSERT_PORT_IF_FREE: &str = "INSERT INTO ports (uuid, address, node, portgroup, created_at) \
+        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (address) DO NOTHING";
     pub const DELETE_PORT: &str =
         "WITH d AS (DELETE FROM ports WHERE address = $1 RETURNING 1) SELECT kiln_expect((SELECT count(*) FROM d))";
     pub const INSERT_PORT_GROUP: &str =

@@ -591,7 +591,8 @@ fn apply(held: &mut Held<'_>, write: &Write) -> Result<(), StoreError> {
         Write::InsertNode(node) => insert_node(held, node),
         Write::UpdateNode(node) => update_node(held, node),
         Write::DeleteNode(id) => delete_node(held, *id),
-        Write::InsertPort(port) => insert_port(held, port),
+        Write::InsertPort(port) => insert_port(held, port, PORT_INSERT),
+        Write::InsertPortIfFree(port) => insert_port(held, port, PORT_INSERT_IF_FREE),
         Write::DeletePort(address) => delete_port(held, address),
         Write::InsertPortGroup(group) => portgroups::insert_port_group(held, group),
         Write::DeletePortGroup(id) => portgroups::delete_port_group(held, *id),
@@ -669,8 +670,16 @@ fn delete_node(held: &mut Held<'_>, id: NodeId) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn insert_port(held: &mut Held<'_>, port: &PortRecord) -> Result<(), StoreError> {
-    held.get("INSERT INTO ports (uuid, address, node, portgroup, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+// Statics, not consts: `Held` knows a statement by its text's address.
+static PORT_INSERT: &str = "INSERT INTO ports (uuid, address, node, portgroup, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+/// Only the address's uniqueness is let go: a taken uuid, a missing node
+/// and another node's group still fail as in [`PORT_INSERT`].
+static PORT_INSERT_IF_FREE: &str = "INSERT INTO ports (uuid, address, node, portgroup, created_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (address) DO NOTHING";
+
+/// Inserts `port` with `sql` ([`PORT_INSERT`] or [`PORT_INSERT_IF_FREE`]).
+fn insert_port(held: &mut Held<'_>, port: &PortRecord, sql: &'static str) -> Result<(), StoreError> {
+    held.get(sql)?
         .execute(params![
             port.uuid.to_string(),
             port.address,

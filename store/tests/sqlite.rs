@@ -228,6 +228,37 @@ fn ports_conflict_on_mac_and_need_their_node(place: &Place) {
     assert!(matches!(&err, StoreError::NotFound(m) if m.contains("52:54:00:00:00:02")), "{err:?}");
 }
 
+/// What inspection writes for each NIC: the port once, and then nothing,
+/// whoever has the MAC; only a missing node is refused.
+fn a_port_if_free_is_inserted_once_and_a_taken_mac_is_kept(place: &Place) {
+    let mut store = place.open();
+    let a = node("a");
+    let b = node("b");
+    commit_one(&mut store, vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())]).unwrap();
+    let first = port(a.uuid, "52:54:00:00:00:01");
+    commit_one(&mut store, vec![Write::InsertPortIfFree(first.clone())]).unwrap();
+    assert_eq!(store.load_ports(None).unwrap(), vec![first.clone()]);
+
+    // The same MAC again, for the same node or another: no error, no change.
+    commit_one(&mut store, vec![Write::InsertPortIfFree(port(a.uuid, &first.address))]).unwrap();
+    let second = port(b.uuid, "52:54:00:00:00:02");
+    commit_one(
+        &mut store,
+        vec![Write::InsertPortIfFree(port(b.uuid, &first.address)), Write::InsertPortIfFree(second.clone())],
+    )
+    .unwrap();
+    assert_eq!(store.load_ports(None).unwrap(), vec![first.clone(), second.clone()]);
+
+    // A plain insert of a taken MAC is still refused.
+    let err = commit_one(&mut store, vec![Write::InsertPort(port(b.uuid, &first.address))]).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let ghost = NodeId::new();
+    let err = commit_one(&mut store, vec![Write::InsertPortIfFree(port(ghost, "52:54:00:00:00:03"))]).unwrap_err();
+    assert!(matches!(&err, StoreError::NotFound(m) if m == &format!("node {ghost} does not exist")), "{err:?}");
+    drop(store);
+    assert_eq!(place.open().load_ports(None).unwrap(), vec![first, second]);
+}
+
 fn deleting_a_node_takes_its_ports_and_history(place: &Place) {
     let mut store = place.open();
     let gone = node("gone");
@@ -457,6 +488,7 @@ on_both!(
     a_duplicate_name_fails_its_batch_alone,
     a_duplicate_uuid_is_a_conflict,
     ports_conflict_on_mac_and_need_their_node,
+    a_port_if_free_is_inserted_once_and_a_taken_mac_is_kept,
     deleting_a_node_takes_its_ports_and_history,
     history_is_the_last_entries_oldest_first,
     everything_committed_is_there_after_reopening,

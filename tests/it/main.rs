@@ -15,6 +15,7 @@ mod exec;
 mod faultproxy;
 mod faults;
 mod harness;
+mod inspection;
 mod ironic;
 mod jobs;
 mod lifecycle;

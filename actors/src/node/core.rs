@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use kiln_drivers::{DriverError, Profile};
-use kiln_store::{HistoryEntry, NodeRecord, ProvisionState, Reservation, StoreError, Write};
+use kiln_store::{HistoryEntry, NodeRecord, PortRecord, ProvisionState, Reservation, StoreError, Write};
 use tokio::sync::oneshot;
 
 use super::Op;
@@ -110,6 +110,10 @@ struct Task {
     action: String,
     /// The record as the task's steps have changed it, not yet committed.
     draft: NodeRecord,
+    /// Ports for the NICs an inspection step found, written (each only if
+    /// its MAC is free) with the next commit, the one that stores the
+    /// facts found with them in `draft`.
+    found_ports: Vec<PortRecord>,
     /// Steps left to run.
     steps: VecDeque<Step>,
     /// The task's span (node id, name, action): every log line of the task
@@ -404,6 +408,7 @@ impl NodeCore {
             wait: false,
             action: purpose.into(),
             draft: self.node.record().clone(),
+            found_ports: Vec::new(),
             steps: VecDeque::new(),
             span: self.task_span(purpose, &tracing::Span::none()),
         }));
@@ -442,9 +447,11 @@ impl NodeCore {
         next.updated_at = self.clock.now();
         super::plan::drop_spent_callback(&mut next);
         self.contact.stamp(&mut next);
-        let mut writes = Vec::with_capacity(1 + history.len());
+        let found_ports = self.task.as_mut().map(|t| std::mem::take(&mut t.found_ports)).unwrap_or_default();
+        let mut writes = Vec::with_capacity(1 + history.len() + found_ports.len());
         writes.push(Write::UpdateNode(next.clone()));
         writes.extend(history.into_iter().map(Write::AppendHistory));
+        writes.extend(found_ports.into_iter().map(Write::InsertPortIfFree));
         self.commit_writes(writes, Some(Box::new(next)), then);
     }
 

@@ -3,7 +3,9 @@
 //!
 //! Ports and port groups are rows of the store beside a node, not fields of
 //! its record, so the router writes them itself, as the supervisor writes a
-//! new node: the node actor stays the only writer of the node's record. Every
+//! new node: the node actor stays the only writer of the node's record (it
+//! writes ports too, but only those an inspection found, each only if its
+//! MAC is free: `Write::InsertPortIfFree`, see `node/core/ops.rs`). Every
 //! rule the store keeps too (a MAC or a group name taken, a port in another
 //! node's group) is checked here first, to refuse it in the operator's
 //! words, by names rather than uuids; a request that races another is

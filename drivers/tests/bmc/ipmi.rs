@@ -69,8 +69,10 @@ async fn boot_device_reads_back() {
 
 #[tokio::test]
 async fn inspect_reports_what_the_bmc_says_of_itself() {
-    let facts = bmc(3, &[]).inspect().await.unwrap();
+    let found = bmc(3, &[]).inspect().await.unwrap();
+    let facts = &found.facts;
     assert_eq!(facts.get("ipmi_version").map(String::as_str), Some("2.0"), "{facts:?}");
+    assert!(found.nics.is_empty(), "IPMI lists no NICs: {found:?}");
 }
 
 #[tokio::test]

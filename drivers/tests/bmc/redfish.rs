@@ -67,12 +67,74 @@ async fn boot_device_once_and_persistent_reads_back() {
 async fn inspect_reports_what_the_system_exposes() {
     let peer = peers::redfish();
     let bmc = bmc(peer, 4, &[]);
-    let facts = bmc.inspect().await.unwrap();
+    let found = bmc.inspect().await.unwrap();
+    let facts = &found.facts;
     let uuid = peer.system_id(4).rsplit('/').next().unwrap().to_string();
     assert_eq!(facts.get("system_uuid"), Some(&uuid), "{facts:?}");
     assert_eq!(facts.get("manufacturer").map(String::as_str), Some("Sushy Emulator"), "{facts:?}");
     // The emulator's fake systems have no CPU or memory summary: nothing is made up.
     assert!(!facts.contains_key("cpus") && !facts.contains_key("memory_mb"), "{facts:?}");
+    // Its one NIC, as the emulator itself lists it.
+    let listed = peer.resource(&format!("{}/EthernetInterfaces", peer.system_id(4)));
+    let member = peer.resource(listed["Members"][0]["@odata.id"].as_str().unwrap());
+    let mac = member["MACAddress"].as_str().unwrap().to_ascii_lowercase();
+    assert_eq!(found.nics.iter().map(|n| n.mac.as_str()).collect::<Vec<_>>(), [mac.as_str()], "{found:?}");
+}
+
+#[tokio::test]
+async fn inspect_keeps_the_nics_with_a_mac_and_leaves_out_the_others() {
+    let server = Responder::start(|_, path, _| match path {
+        "/redfish/v1/Systems/1" => (
+            "200 OK",
+            r#"{"Id": "1", "PowerState": "On",
+                "EthernetInterfaces": {"@odata.id": "/redfish/v1/Systems/1/EthernetInterfaces"}}"#
+                .into(),
+        ),
+        "/redfish/v1/Systems/1/EthernetInterfaces" => (
+            "200 OK",
+            r#"{"Members": [
+                {"@odata.id": "/redfish/v1/Systems/1/EthernetInterfaces/NIC.1"},
+                {"@odata.id": "/redfish/v1/Systems/1/EthernetInterfaces/NIC.2"},
+                {"@odata.id": "/redfish/v1/Systems/1/EthernetInterfaces/gone"},
+                {"@odata.id": "/redfish/v1/Systems/1/EthernetInterfaces/usb0"},
+                {"@odata.id": "/redfish/v1/Systems/1/EthernetInterfaces/NIC.3", "Id": "NIC.3",
+                 "MACAddress": "B8:CE:F6:00:00:03"}
+            ]}"#
+            .into(),
+        ),
+        "/redfish/v1/Systems/1/EthernetInterfaces/NIC.1" => {
+            ("200 OK", r#"{"Id": "NIC.1", "MACAddress": "B8-CE-F6-00-00-01"}"#.into())
+        }
+        "/redfish/v1/Systems/1/EthernetInterfaces/NIC.2" => {
+            ("200 OK", r#"{"Id": "NIC.2", "MACAddress": "", "PermanentMACAddress": "b8:ce:f6:00:00:02"}"#.into())
+        }
+        "/redfish/v1/Systems/1/EthernetInterfaces/usb0" => ("200 OK", r#"{"Id": "usb0"}"#.into()),
+        _ => ("404 Not Found", "{}".into()),
+    })
+    .await;
+    let bmc =
+        RedfishBmc::from_info(&info(&[("address", &server.url()), ("system_id", "/redfish/v1/Systems/1")])).unwrap();
+    let found = bmc.inspect().await.unwrap();
+    let nics: Vec<(&str, &str)> = found.nics.iter().map(|n| (n.name.as_str(), n.mac.as_str())).collect();
+    assert_eq!(
+        nics,
+        [("NIC.1", "b8:ce:f6:00:00:01"), ("NIC.2", "b8:ce:f6:00:00:02"), ("NIC.3", "b8:ce:f6:00:00:03")],
+        "a member answered 404 and one without a MAC are left out; a listed whole one is not read again"
+    );
+}
+
+#[tokio::test]
+async fn a_system_without_ethernet_interfaces_has_no_nics() {
+    let server = Responder::start(|_, path, _| match path {
+        "/redfish/v1/Systems/1" => ("200 OK", r#"{"Id": "1", "PowerState": "On", "UUID": "u-1"}"#.into()),
+        _ => ("404 Not Found", "{}".into()),
+    })
+    .await;
+    let bmc =
+        RedfishBmc::from_info(&info(&[("address", &server.url()), ("system_id", "/redfish/v1/Systems/1")])).unwrap();
+    let found = bmc.inspect().await.unwrap();
+    assert_eq!(found.facts["system_uuid"], "u-1");
+    assert!(found.nics.is_empty(), "{found:?}");
 }
 
 #[tokio::test]
@@ -90,7 +152,7 @@ async fn inspect_reads_processor_and_memory_summaries() {
     .await;
     let bmc =
         RedfishBmc::from_info(&info(&[("address", &server.url()), ("system_id", "/redfish/v1/Systems/1")])).unwrap();
-    let facts = bmc.inspect().await.unwrap();
+    let facts = bmc.inspect().await.unwrap().facts;
     assert_eq!(facts["cpus"], "2");
     assert_eq!(facts["cpu_model"], "Intel Xeon Gold 6338");
     assert_eq!(facts["cpu_threads"], "128");

@@ -6,8 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use kiln_drivers::{Boot, DriverError, Power, PowerAction};
-use kiln_store::{BootDevice, CallbackWait, HistoryEntry, NodeRecord, PowerState, ProvisionState, Write};
+use kiln_drivers::{Boot, DriverError, Nic, Power, PowerAction};
+use kiln_store::{
+    BootDevice, CallbackWait, HistoryEntry, NodeId, NodeRecord, PortId, PortRecord, PowerState, ProvisionState,
+    Timestamp, Write, normalize_mac,
+};
 
 use super::super::plan::{self, Step, VerbPlan};
 use super::super::{DRIVER_CHANGE_STATES, NodeUpdate, Op};
@@ -70,6 +73,7 @@ impl NodeCore {
             wait,
             action,
             draft: self.node.record().clone(),
+            found_ports: Vec::new(),
             steps: Default::default(),
             span: span.clone(),
         }));
@@ -458,13 +462,18 @@ impl NodeCore {
                     Ok(r) => r,
                     Err(e) => return self.fail_work(e.to_string()),
                 };
+                let now = self.clock.now();
                 let Some(task) = self.task.as_mut() else { return };
                 let draft = &mut task.draft;
                 match (step, reply) {
                     (_, DriverReply::Power(p)) => draft.power_state = Some(power_state_of(p)),
                     (Step::Power(a), _) => draft.power_state = Some(power_state_of(a.target())),
                     (Step::SetBoot(d, _), _) => draft.boot_device = Some(boot_device_of(d)),
-                    (_, DriverReply::Facts(facts)) => draft.properties.extend(facts),
+                    (_, DriverReply::Inspected(found)) => {
+                        draft.properties.extend(found.facts);
+                        let node = draft.uuid;
+                        task.found_ports.extend(found.nics.iter().filter_map(|nic| port_of(nic, node, now)));
+                    }
                     _ => {}
                 }
                 self.run_next_step();
@@ -500,6 +509,19 @@ impl NodeCore {
             }
         }
     }
+}
+
+/// The port a NIC found by inspection becomes: a new uuid, in no group.
+/// `None` for a MAC the store would not take (the driver checked it
+/// already; the store's own rule has the last word). Ports have no name, so
+/// the NIC's is only logged.
+fn port_of(nic: &Nic, node: NodeId, now: Timestamp) -> Option<PortRecord> {
+    let Ok(address) = normalize_mac(&nic.mac) else {
+        tracing::warn!(nic = %nic.name, mac = %nic.mac, "inspection: NIC left out, not a MAC address");
+        return None;
+    };
+    tracing::debug!(nic = %nic.name, %address, "inspection found a NIC");
+    Some(PortRecord { uuid: PortId::new(), address, node, portgroup: None, created_at: now })
 }
 
 /// A new one-time callback token: 256 random bits, in hex.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kiln_drivers::{DriverError, Power, PowerAction};
+use kiln_drivers::{DriverError, Inspection, Nic, Power, PowerAction};
 use kiln_store::{BootDevice, DriverKind, NodeRecord, PowerState, ProvisionState as S, StoreError, Write};
 use tokio::sync::oneshot::{self, Receiver, error::TryRecvError};
 
@@ -34,6 +34,8 @@ struct Sim {
     core: NodeCore,
     /// The record as the store holds it.
     stored: Option<NodeRecord>,
+    /// The writes of each commit the store took, in order.
+    commits: Vec<Vec<Write>>,
     /// Every effect (and fed result), in order, as a short word.
     trace: Vec<String>,
     events: Vec<NodeEvent>,
@@ -73,6 +75,7 @@ fn sim_in(state: S) -> Sim {
         metrics,
         core,
         stored: Some(record),
+        commits: Vec::new(),
         trace: Vec::new(),
         events: Vec::new(),
         timers: Vec::new(),
@@ -98,7 +101,7 @@ fn request(op: Op, wait: bool, holder: Option<&str>, takes_hold: bool) -> (Reque
 fn healthy_reply(call: &DriverCall) -> DriverReply {
     match call {
         DriverCall::GetPower => DriverReply::Power(Power::Off),
-        DriverCall::Inspect => DriverReply::Facts(Default::default()),
+        DriverCall::Inspect => DriverReply::Inspected(Default::default()),
         _ => DriverReply::Done,
     }
 }
@@ -127,13 +130,14 @@ impl Sim {
                 let result = self.store_results.pop_front().unwrap_or(Ok(()));
                 self.trace.push(if result.is_ok() { "commit" } else { "commit failed" }.into());
                 if result.is_ok() {
-                    for w in writes {
+                    for w in &writes {
                         match w {
-                            Write::UpdateNode(r) => self.stored = Some(r),
+                            Write::UpdateNode(r) => self.stored = Some(r.clone()),
                             Write::DeleteNode(_) => self.stored = None,
                             _ => {}
                         }
                     }
+                    self.commits.push(writes);
                 }
                 Some(Input::Committed { ticket, result })
             }
@@ -344,6 +348,47 @@ fn a_failing_step_drops_to_the_failed_state_with_the_error() {
     assert_eq!(sim.kinds(), [EventKind::Start, EventKind::Error]);
     assert_eq!(sim.stored.as_ref().unwrap().provision_state, S::DeployFailed);
     sim.assert_gauges();
+}
+
+#[test]
+fn inspection_commits_a_port_if_free_per_nic_with_the_facts() {
+    let mut sim = sim_in(S::Manageable);
+    let found = Inspection {
+        facts: [("cpus".to_string(), "4".to_string())].into(),
+        nics: vec![Nic::new("NIC.1", "52:54:00:00:00:01").unwrap(), Nic::new("NIC.2", "52-54-00-00-00-0A").unwrap()],
+    };
+    sim.replies = VecDeque::from([Ok(DriverReply::Power(Power::Off)), Ok(DriverReply::Inspected(found))]);
+    let mut rx = sim.run(Op::Verb(Verb::Inspect), true);
+    assert_eq!(answered(&mut rx).unwrap().provision_state, S::Manageable);
+
+    let last = sim.commits.last().expect("a commit ends the task");
+    let Some(Write::UpdateNode(record)) = last.first() else { panic!("the node first: {last:?}") };
+    assert_eq!(record.properties.get("cpus").map(String::as_str), Some("4"), "the facts in the same commit");
+    let ports: Vec<_> = last
+        .iter()
+        .filter_map(|w| match w {
+            Write::InsertPortIfFree(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let macs: Vec<&str> = ports.iter().map(|p| p.address.as_str()).collect();
+    assert_eq!(macs, ["52:54:00:00:00:01", "52:54:00:00:00:0a"]);
+    let node = sim.core.record().uuid;
+    assert!(ports.iter().all(|p| p.node == node && p.portgroup.is_none()), "{ports:?}");
+    assert_ne!(ports[0].uuid, ports[1].uuid, "each port its own uuid");
+    let earlier = &sim.commits[..sim.commits.len() - 1];
+    assert!(
+        earlier.iter().flatten().all(|w| !matches!(w, Write::InsertPortIfFree(_) | Write::InsertPort(_))),
+        "ports are written once, with the facts"
+    );
+}
+
+#[test]
+fn an_inspection_without_nics_writes_no_port() {
+    let mut sim = sim_in(S::Manageable);
+    let mut rx = sim.run(Op::Verb(Verb::Inspect), true);
+    assert_eq!(answered(&mut rx).unwrap().provision_state, S::Manageable);
+    assert!(sim.commits.iter().flatten().all(|w| !matches!(w, Write::InsertPortIfFree(_))), "{:?}", sim.commits);
 }
 
 #[test]
