@@ -109,6 +109,13 @@ fn a_deploy_waits_for_its_callback_and_only_the_issued_token_moves_it() {
     let logs = d.log_lines().join("\n");
     assert!(logs.contains("callback refused"), "the refusal is logged");
     assert!(!logs.contains(&issued) && !logs.contains(&wrong), "a token was logged");
+
+    // The token is stored: after a restart the node still waits, and the
+    // booted system's callback still lands.
+    let waiting = token(&d, "demo1");
+    d.restart();
+    assert_eq!(d.state("demo1"), "wait call-back");
+    assert_eq!(d.json(&["node", "callback", "demo1", "--token", &waiting])["provision_state"], "active");
 }
 
 #[test]
