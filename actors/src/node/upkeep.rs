@@ -68,8 +68,9 @@ pub struct SyncPower {
 #[rtype(result = "bool")]
 pub struct RecoverPowerFailure;
 
-/// Fails a node out of a wait state it has been in (unchanged) longer than
-/// that state's timeout. Answers whether it did.
+/// Fails a node out of a wait state it has been in longer than that
+/// state's timeout (counted from the wait's start when a callback was
+/// asked for, else from the node's last change). Answers whether it did.
 #[derive(Debug, Message)]
 #[rtype(result = "bool")]
 pub struct ExpireWait {

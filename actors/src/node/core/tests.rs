@@ -750,6 +750,14 @@ fn callback(sim: &mut Sim, token: &str, failure: Option<&str>) -> Result<NodeVie
     answered(&mut sim.run(op, true))
 }
 
+/// A node whose deploy asked for a callback, waiting in `wait call-back`.
+fn deployed_waiting() -> Sim {
+    let mut sim = sim_in(S::Available);
+    asking(&mut sim, "deploy_callback", serde_json::json!(true));
+    answered(&mut sim.run(Op::Verb(Verb::Deploy), true)).unwrap();
+    sim
+}
+
 fn issued_token(sim: &Sim) -> String {
     sim.core.record().callback.as_ref().expect("a token is issued").token.clone()
 }
@@ -779,9 +787,7 @@ fn a_deploy_asking_for_a_callback_waits_then_the_right_token_makes_it_active() {
 
 #[test]
 fn a_wrong_token_is_refused_counted_and_changes_nothing() {
-    let mut sim = sim_in(S::Available);
-    asking(&mut sim, "deploy_callback", serde_json::json!(true));
-    answered(&mut sim.run(Op::Verb(Verb::Deploy), true)).unwrap();
+    let mut sim = deployed_waiting();
     let token = issued_token(&sim);
     let stored = sim.stored.clone();
     let events = sim.events.len();
@@ -803,9 +809,7 @@ fn a_wrong_token_is_refused_counted_and_changes_nothing() {
 
 #[test]
 fn a_reported_failure_fails_the_deploy_with_the_message() {
-    let mut sim = sim_in(S::Available);
-    asking(&mut sim, "deploy_callback", serde_json::json!(true));
-    answered(&mut sim.run(Op::Verb(Verb::Deploy), true)).unwrap();
+    let mut sim = deployed_waiting();
     let token = issued_token(&sim);
     let view = callback(&mut sim, &token, Some("grub-install failed")).unwrap();
     assert_eq!(view.provision_state, S::DeployFailed);
@@ -876,9 +880,7 @@ fn each_wait_state_times_out_by_its_own_setting() {
 
 #[test]
 fn an_operation_while_waiting_does_not_restart_the_wait_clock() {
-    let mut sim = sim_in(S::Available);
-    asking(&mut sim, "deploy_callback", serde_json::json!(true));
-    answered(&mut sim.run(Op::Verb(Verb::Deploy), true)).unwrap();
+    let mut sim = deployed_waiting();
     sim.clock.advance(Duration::from_secs(500));
     answered(&mut sim.run(Op::Power(PowerAction::On), true)).unwrap();
     sim.clock.advance(Duration::from_secs(200));
