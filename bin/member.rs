@@ -73,6 +73,7 @@ impl Joined {
             wakes: self.listener.wakes(),
             fence: kiln_actors::remote::Fence(self.membership.fence()),
             fence_delay,
+            directory: Default::default(),
         }
     }
 
@@ -187,8 +188,9 @@ async fn take_over(site: &kiln_actors::Site, me: &str) -> Result<(), kiln_actors
     Ok(())
 }
 
-/// Nodes handed over per round: a joining member takes its share in waves,
-/// and no round stops this member's nodes for long.
+/// Nodes handed over (stopped, then released in one statement) at a
+/// time: a joining member can claim the first wave while the next is
+/// handed over.
 const WAVE: usize = 10_000;
 
 /// Handing nodes over when the ring changes: a member that joins gets its
@@ -213,16 +215,19 @@ impl Balance {
         self.seen = live.clone();
         let ring = Ring::new(live, POINTS_PER_MEMBER);
         let owned = site.store.read(|b| b.load_owned_nodes()).await?;
-        let away: Vec<_> =
-            owned.iter().filter(|r| ring.owner(&ring_key(r)) != Some(me)).map(|r| r.uuid).take(WAVE).collect();
-        if away.is_empty() {
-            self.pending = false;
-            return Ok(());
+        let away: Vec<_> = owned.iter().filter(|r| ring.owner(&ring_key(r)) != Some(me)).map(|r| r.uuid).collect();
+        drop(owned);
+        let (wanted, mut handed) = (away.len(), 0);
+        // Wave after wave in one round: each wave is released in one
+        // statement, so the member the ring now places them on claims the
+        // first wave while this one hands over the next.
+        for wave in away.chunks(WAVE) {
+            handed += kiln_actors::remote::hand_over(&site.router(), wave.to_vec()).await?;
         }
-        let wanted = away.len();
-        let handed = kiln_actors::remote::hand_over(&site.router(), away).await?;
-        self.pending = handed < wanted || wanted == WAVE;
-        tracing::info!(handed, wanted, "handed nodes over to the members the ring places them on");
+        self.pending = handed < wanted;
+        if wanted > 0 {
+            tracing::info!(handed, wanted, "handed nodes over to the members the ring places them on");
+        }
         Ok(())
     }
 }

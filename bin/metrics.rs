@@ -102,7 +102,11 @@ async fn answer(mut stream: TcpStream, site: &Site) -> std::io::Result<()> {
     let (status, content_type, body) = match route(&head) {
         Route::Metrics => {
             let periodic = site.scheduler.send(ListPeriodic).await.unwrap_or_default();
-            ("200 OK", CONTENT_TYPE, site.metrics.render(&periodic, &site.store.stats()))
+            let mut text = site.metrics.render(&periodic, &site.store.stats());
+            if let Some(shared) = &site.config.shared {
+                text.push_str(&shared.directory.render());
+            }
+            ("200 OK", CONTENT_TYPE, text)
         }
         Route::NotFound => ("404 Not Found", "text/plain", "not found; metrics are at /metrics\n".to_string()),
         Route::MethodNotAllowed => ("405 Method Not Allowed", "text/plain", "use GET\n".to_string()),

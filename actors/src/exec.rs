@@ -626,26 +626,48 @@ pub async fn copy_with(
 
 /// The targets of a node set: every name in it; a name that is a node of
 /// the site is reached at its `address` property (if set), any other name
-/// at itself (a host name, as ClusterShell does).
+/// at itself (a host name, as ClusterShell does). On a shared store a node
+/// another member runs is a node of the site too: its address is read from
+/// the store, in one query for all such names.
 pub async fn targets(router: &crate::supervisor::Router, expr: &str) -> Result<Vec<Target>, KilnError> {
     let set = router.registry.parse(expr)?;
     if set.is_empty() {
         return Err(KilnError::InvalidInput(format!("node set '{expr}' is empty")));
     }
     let mut out = Vec::with_capacity(set.len());
+    let mut elsewhere = Vec::new();
     for name in set.iter() {
         let address = match router.registry.find(&name) {
-            Some((id, _)) => router
-                .show(id)
-                .await
-                .ok()
-                .and_then(|v| v.properties.get("address").cloned())
-                .unwrap_or_else(|| name.clone()),
-            None => name.clone(),
+            Some((id, _)) => router.show(id).await.ok().and_then(|v| v.properties.get("address").cloned()),
+            None => {
+                elsewhere.push(out.len());
+                None
+            }
         };
-        out.push(Target { node: name, address });
+        out.push(Target { address: address.unwrap_or_else(|| name.clone()), node: name });
+    }
+    if router.registry.shared.is_some() && !elsewhere.is_empty() {
+        let names: Vec<String> = elsewhere.iter().map(|&i| out[i].node.clone()).collect();
+        let addresses = router.store.read(move |b| addresses_elsewhere(b, &names)).await?;
+        for i in elsewhere {
+            if let Some(address) = addresses.get(&out[i].node) {
+                out[i].address = address.clone();
+            }
+        }
     }
     Ok(out)
+}
+
+/// The `address` property of each of `names` that is a node of the site
+/// (run by another member), by name.
+fn addresses_elsewhere(
+    b: &mut dyn kiln_store::Backend,
+    names: &[String],
+) -> Result<std::collections::HashMap<String, String>, kiln_store::StoreError> {
+    let Some(shared) = b.shared() else { return Ok(Default::default()) };
+    let ids: Vec<_> = shared.find_nodes(names)?.into_iter().map(|(id, _)| id).collect();
+    let records = shared.load_nodes_by_id(&ids)?;
+    Ok(records.into_iter().filter_map(|r| Some((r.name.clone(), r.properties.get("address")?.clone()))).collect())
 }
 
 #[cfg(test)]

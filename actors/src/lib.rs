@@ -13,6 +13,7 @@ pub mod adaptive;
 pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod directory;
 pub mod driver;
 pub mod error;
 pub mod events;
@@ -224,6 +225,7 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
         clock: config.clock.clone(),
     };
     if let Some(shared) = config.shared.clone() {
+        actix::spawn(directory::keep(store.clone(), shared.directory.clone(), shared.wakes.clone()));
         actix::spawn(remote::serve(router.clone(), shared));
     }
     let queue = jobs::JobQueue::load(store.clone(), router.clone(), &config)

@@ -53,6 +53,9 @@ pub struct Shared {
     /// How long nodes taken from a dead member wait before this member
     /// acts on them (`bmc_fence_delay`).
     pub fence_delay: Duration,
+    /// Every node of the site by name, kept current by the database's
+    /// announcements ([`crate::directory::keep`]).
+    pub directory: std::sync::Arc<crate::directory::Directory>,
 }
 
 /// Why this member must not act any more, if it must not.
@@ -175,10 +178,15 @@ pub async fn serve(router: Router, shared: Shared) {
 /// to claim. A node that is busy stays (the next round tries again).
 /// Returns how many were given up.
 pub async fn hand_over(router: &Router, nodes: Vec<NodeId>) -> Result<usize, KilnError> {
+    // Every actor is asked at once: each answers from its own mailbox, and
+    // an idle one stops as it answers.
+    let asks = nodes.into_iter().filter_map(|id| {
+        let addr = router.registry.by_id.get(&id)?.addr.clone();
+        Some(async move { (id, addr.send(crate::node::HandOver).await.unwrap_or(false)) })
+    });
     let mut handed = Vec::new();
-    for id in nodes {
-        let Some(entry) = router.registry.by_id.get(&id).map(|e| e.clone()) else { continue };
-        if entry.addr.send(crate::node::HandOver).await.unwrap_or(false) {
+    for (id, gave) in futures::future::join_all(asks).await {
+        if gave {
             router.registry.remove(id);
             handed.push(id);
         }

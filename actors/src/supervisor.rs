@@ -582,6 +582,7 @@ impl Router {
     pub async fn run_local(&self, id: NodeId, op: Op, wait: bool, holder: Option<&str>) -> Result<NodeView, KilnError> {
         let parent = tracing::Span::current();
         let renames = matches!(&op, Op::Update(u) if u.name.is_some());
+        let deletes = matches!(&op, Op::Delete);
         let view = send_to_node(&self.supervisor, &self.registry, id, || RunOpIn {
             run: RunOp { op: op.clone(), wait },
             parent: parent.clone(),
@@ -590,6 +591,11 @@ impl Router {
         .await??;
         if renames {
             self.registry.rename(id, &view.name);
+        }
+        if deletes {
+            // Here, not in the caller: a delete another member asked for
+            // runs here too.
+            self.registry.remove(id);
         }
         Ok(view)
     }
@@ -622,7 +628,8 @@ impl Router {
     /// members run.
     pub async fn resolve(&self, expr: &str) -> Result<Vec<(NodeId, String)>, KilnError> {
         let local = self.registry.resolve(expr);
-        if self.registry.shared.is_none() || !matches!(local, Err(KilnError::NotFound(_))) {
+        let Some(shared) = &self.registry.shared else { return local };
+        if !matches!(local, Err(KilnError::NotFound(_))) {
             return local;
         }
         let names: Vec<String> = match self.registry.find(expr.trim()) {
@@ -630,23 +637,38 @@ impl Router {
             None if expr.trim().parse::<NodeId>().is_ok() => vec![expr.trim().to_string()],
             None => self.registry.parse(expr)?.iter().collect(),
         };
-        let asked = names.clone();
-        let found = self.store.read(move |b| match b.shared() {
-            Some(shared) => shared.find_nodes(&asked),
-            None => Ok(Vec::new()),
-        });
-        let found = found.await?;
-        let known: std::collections::HashMap<String, NodeId> =
-            found.iter().flat_map(|(id, name)| [(name.clone(), *id), (id.to_string(), *id)]).collect();
-        let names_of: std::collections::HashMap<NodeId, String> = found.into_iter().collect();
-        let mut nodes = Vec::with_capacity(names.len());
-        let mut missing = Vec::new();
-        for name in &names {
-            match known.get(name) {
-                Some(id) => nodes.push((*id, names_of[id].clone())),
-                None => missing.push(name.as_str()),
+        // This member's nodes, then the site's directory; the store for
+        // names neither knows (a node created elsewhere a moment ago).
+        let mut found: Vec<Option<(NodeId, String)>> = names
+            .iter()
+            .map(|name| {
+                self.registry.find(name).map(|(id, e)| (id, e.name)).or_else(|| {
+                    let known = shared.directory.find(name);
+                    shared.directory.count(known.is_some());
+                    known
+                })
+            })
+            .collect();
+        let asked: Vec<String> =
+            names.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(n, _)| n.clone()).collect();
+        if !asked.is_empty() {
+            let stored = self.store.read(move |b| match b.shared() {
+                Some(shared) => shared.find_nodes(&asked),
+                None => Ok(Vec::new()),
+            });
+            let stored = stored.await?;
+            let known: std::collections::HashMap<String, (NodeId, String)> = stored
+                .into_iter()
+                .flat_map(|(id, name)| [(name.clone(), (id, name.clone())), (id.to_string(), (id, name))])
+                .collect();
+            for (name, slot) in names.iter().zip(found.iter_mut()) {
+                if slot.is_none() {
+                    *slot = known.get(name).cloned();
+                }
             }
         }
+        let missing: Vec<&str> =
+            names.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(n, _)| n.as_str()).collect();
         if !missing.is_empty() {
             let folded = NodeSet::from_names(missing.iter().copied()).fold();
             return Err(KilnError::NotFound(format!(
@@ -654,20 +676,26 @@ impl Router {
                 if missing.len() > 1 { "s" } else { "" }
             )));
         }
-        Ok(nodes)
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// One node by name or uuid, whichever member runs it.
     pub async fn find(&self, node: &str) -> Result<NodeId, KilnError> {
-        if let Some((id, _)) = self.registry.find(node) {
-            return Ok(id);
+        Ok(self.find_named(node).await?.0)
+    }
+
+    /// [`Router::find`], with the node's name.
+    pub async fn find_named(&self, node: &str) -> Result<(NodeId, String), KilnError> {
+        if let Some((id, e)) = self.registry.find(node) {
+            return Ok((id, e.name));
         }
+        let no_node = || KilnError::NotFound(format!("no such node: {node}"));
         if self.registry.shared.is_none() {
-            return Err(KilnError::NotFound(format!("no such node: {node}")));
+            return Err(no_node());
         }
         match self.resolve(node).await?.as_slice() {
-            [(id, _)] => Ok(*id),
-            _ => Err(KilnError::NotFound(format!("no such node: {node}"))),
+            [(id, name)] => Ok((*id, name.clone())),
+            _ => Err(no_node()),
         }
     }
 
@@ -819,14 +847,8 @@ impl Router {
     }
 
     pub async fn delete_nodes(&self, DeleteNodes(expr): DeleteNodes) -> Result<Vec<NodeResult>, KilnError> {
-        let nodes = self.registry.resolve(&expr)?;
-        Ok(self
-            .fan_out(nodes, 64, |r, id| async move {
-                let deleted = r.run(id, Op::Delete, true).await?;
-                r.registry.remove(id);
-                Ok(deleted)
-            })
-            .await)
+        let nodes = self.resolve(&expr).await?;
+        Ok(self.fan_out(nodes, 64, |r, id| async move { r.run(id, Op::Delete, true).await }).await)
     }
 }
 

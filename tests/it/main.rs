@@ -10,6 +10,7 @@ mod callback;
 mod completions;
 mod config;
 mod crash;
+mod cross_member;
 mod events;
 mod exec;
 mod faultproxy;

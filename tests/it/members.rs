@@ -15,10 +15,16 @@ use crate::relay::Relay;
 /// Fast membership for tests: dead after 3 s of silence.
 const FAST: [&str; 4] = ["--set", "member_heartbeat=500ms", "--set", "member_timeout=3s"];
 
-fn member(demo: usize, url: &str, name: &str) -> Daemon {
+pub(crate) fn member(demo: usize, url: &str, name: &str) -> Daemon {
+    member_with(demo, url, name, &[])
+}
+
+/// [`member`] with more arguments for `kiln serve`.
+pub(crate) fn member_with(demo: usize, url: &str, name: &str, more: &[&str]) -> Daemon {
     let name = format!("member_name={name}");
     let mut args = vec!["--store", url, "--set", &name];
     args.extend(FAST);
+    args.extend(more);
     Daemon::start(demo, &args)
 }
 
@@ -114,7 +120,7 @@ fn a_killed_member_s_nodes_are_taken_over_with_their_work_kept() {
 }
 
 /// Submits a job file; returns its id.
-fn submit(d: &Daemon, yaml: &str) -> u64 {
+pub(crate) fn submit(d: &Daemon, yaml: &str) -> u64 {
     let path = d.dir.path().join(format!("job-{}.yaml", std::process::id()));
     std::fs::write(&path, yaml).unwrap();
     d.json(&["job", "submit", path.to_str().unwrap()])["job"].as_u64().expect("a job id")

@@ -32,7 +32,7 @@ pub(crate) fn get(addr: &str, path: &str) -> (String, String, String) {
 
 /// Every sample of an exposition, by `name{labels}`; checks the format on
 /// the way (each sample is `NAME[{LABELS}] VALUE` under a declared family).
-fn parse(body: &str) -> BTreeMap<String, f64> {
+pub(crate) fn parse(body: &str) -> BTreeMap<String, f64> {
     let mut families = Vec::new();
     let mut samples = BTreeMap::new();
     for line in body.lines() {
@@ -59,7 +59,7 @@ fn sum_where(samples: &BTreeMap<String, f64>, prefix: &str, needle: &str) -> f64
     samples.iter().filter(|(k, _)| k.starts_with(prefix) && k.contains(needle)).map(|(_, v)| v).sum()
 }
 
-fn at(samples: &BTreeMap<String, f64>, key: &str) -> f64 {
+pub(crate) fn at(samples: &BTreeMap<String, f64>, key: &str) -> f64 {
     *samples.get(key).unwrap_or_else(|| panic!("no sample {key}"))
 }
 

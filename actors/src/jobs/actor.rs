@@ -95,7 +95,14 @@ pub struct JobQueue {
     /// Where every time the queue stamps or measures comes from.
     pub(super) clock: SharedClock,
     metrics: Arc<crate::metrics::Metrics>,
+    /// A look in the store for the jobs of other members that jobs here
+    /// wait for is in flight.
+    sweeping: bool,
 }
+
+/// How often the queue looks in the store for the end of jobs other
+/// members run that jobs here wait for.
+const SWEEP_ELSEWHERE: std::time::Duration = crate::remote::SWEEP;
 
 impl Actor for JobQueue {
     type Context = Context<Self>;
@@ -106,10 +113,36 @@ impl Actor for JobQueue {
         self.core.promote_waiting(self.clock.now(), &mut effects);
         self.core.schedule(&mut effects);
         self.apply(effects, ctx);
+        ctx.run_interval(SWEEP_ELSEWHERE, |act, ctx| act.sweep_elsewhere(ctx));
     }
 }
 
 impl JobQueue {
+    /// Looks in the store for the end of the jobs other members run that
+    /// jobs here wait for; their dependents move on as on a local end.
+    fn sweep_elsewhere(&mut self, ctx: &mut Context<Self>) {
+        let ids = self.core.waited_elsewhere();
+        if ids.is_empty() || self.sweeping {
+            return;
+        }
+        self.sweeping = true;
+        let (store, now) = (self.store.clone(), self.clock.now());
+        let fut = async move { look_up(&store, ids, now).await };
+        ctx.spawn(fut.into_actor(self).map(|found, act, ctx| {
+            act.sweeping = false;
+            let found = match found {
+                Ok(found) => found,
+                Err(e) => return tracing::warn!(error = %e, "cannot look up the jobs of other members waited for"),
+            };
+            let ended = found.ended.into_iter().map(|(id, status, at)| (id, Some((status, at))));
+            let gone = found.missing.into_iter().map(|id| (id, None));
+            let mut effects = Vec::new();
+            act.core.ended_elsewhere(ended.chain(gone).collect(), act.clock.now(), &mut effects);
+            act.core.schedule(&mut effects);
+            act.apply(effects, ctx);
+        }));
+    }
+
     /// Loads the queue from the store and applies the restart rule
     /// ([`restart::recover`]) to every unfinished job, with the limits and
     /// the clock of `config`. Ids go on after the largest stored one, or,
@@ -133,8 +166,8 @@ impl JobQueue {
         }
         // Dependencies on archived jobs: learn their final status once.
         let unknown = core.unknown(core.active.values().flat_map(|j| j.view.depends.iter().map(|d| d.job)));
-        core.learn_archived(ended_elsewhere(&store, unknown, now).await?);
-        Ok(JobQueue { core, store, router, clock, metrics: Default::default() })
+        core.learn(look_up(&store, unknown, now).await?);
+        Ok(JobQueue { core, store, router, clock, metrics: Default::default(), sweeping: false })
     }
 
     /// Counts the queue's work in `metrics` (the daemon's and an embedding
@@ -284,47 +317,64 @@ pub struct SubmitJob {
 #[rtype(result = "Result<Vec<JobId>, KilnError>")]
 pub struct SubmitJobs(pub Vec<NewJob>);
 
-/// Jobs named by dependencies that the queue does not know: each must have
-/// ended (archived, or, on a shared store, ended on another member; its
-/// status is read from the store), or the submission fails.
-async fn find_archived(
-    store: StoreHandle,
-    unknown: Vec<JobId>,
-    now: kiln_store::Timestamp,
-) -> Result<Vec<(JobId, JobStatus, kiln_store::Timestamp)>, KilnError> {
-    let mut found = Vec::new();
-    for id in unknown {
-        match store.read(move |b| b.load_job(id)).await? {
-            Some((r, _)) if r.status.is_finished() => found.push((id, r.status, r.ended_at.unwrap_or(now))),
-            Some((r, _)) => {
-                return Err(KilnError::InvalidInput(format!(
-                    "dependency on job {id}: it is {} on another member; a job can wait only for its own \
-                     member's jobs, or for jobs that have ended",
-                    r.status
-                )));
-            }
-            None => return Err(KilnError::NotFound(format!("dependency on job {id}: no such job"))),
+/// What the store shows of jobs the queue does not know (dependencies on
+/// archived jobs, or on a shared store on jobs of other members).
+#[derive(Default)]
+struct Found {
+    /// Those that ended: how, and when.
+    ended: Vec<(JobId, JobStatus, kiln_store::Timestamp)>,
+    /// Those that have not ended: another member runs them.
+    elsewhere: Vec<JobId>,
+    /// Those the store does not have.
+    missing: Vec<JobId>,
+}
+
+impl Found {
+    /// Refuses a dependency on a job that does not exist.
+    fn all_exist(self) -> Result<Found, KilnError> {
+        match self.missing.first() {
+            Some(id) => Err(KilnError::NotFound(format!("dependency on job {id}: no such job"))),
+            None => Ok(self),
+        }
+    }
+}
+
+/// [`look_up`] for a submission: a dependency on a job that does not
+/// exist refuses it.
+async fn look_up_owned(store: StoreHandle, ids: Vec<JobId>, now: kiln_store::Timestamp) -> Result<Found, KilnError> {
+    look_up(&store, ids, now).await?.all_exist()
+}
+
+/// Looks up `ids` in the store, in one read.
+async fn look_up(store: &StoreHandle, ids: Vec<JobId>, now: kiln_store::Timestamp) -> Result<Found, KilnError> {
+    if ids.is_empty() {
+        return Ok(Found::default());
+    }
+    let statuses = store
+        .read(move |b| {
+            ids.into_iter()
+                .map(|id| Ok((id, b.load_job(id)?.map(|(r, _)| (r.status, r.ended_at)))))
+                .collect::<Result<Vec<_>, kiln_store::StoreError>>()
+        })
+        .await?;
+    let mut found = Found::default();
+    for (id, status) in statuses {
+        match status {
+            Some((status, ended_at)) if status.is_finished() => found.ended.push((id, status, ended_at.unwrap_or(now))),
+            Some(_) => found.elsewhere.push(id),
+            None => found.missing.push(id),
         }
     }
     Ok(found)
 }
 
-/// How the jobs of `ids` that the store shows ended (archived, or ended on
-/// another member) ended; the others are left out.
-async fn ended_elsewhere(
-    store: &StoreHandle,
-    ids: Vec<JobId>,
-    now: kiln_store::Timestamp,
-) -> Result<Vec<(JobId, JobStatus, kiln_store::Timestamp)>, KilnError> {
-    let mut found = Vec::new();
-    for id in ids {
-        if let Some((r, _)) = store.read(move |b| b.load_job(id)).await?
-            && r.status.is_finished()
-        {
-            found.push((id, r.status, r.ended_at.unwrap_or(now)));
-        }
+impl JobCore<Running> {
+    /// Learns what the store showed: ended jobs by status, the others as
+    /// run by another member (a job here may wait for them).
+    fn learn(&mut self, found: Found) {
+        self.learn_archived(found.ended);
+        self.learn_elsewhere(found.elsewhere);
     }
-    Ok(found)
 }
 
 /// What became of an admitted job's insert: stored (the job's id, and its
@@ -349,13 +399,13 @@ impl Handler<SubmitJob> for JobQueue {
         // Dependencies on jobs this queue does not know must be archived ones.
         let unknown = self.core.unknown(msg.depends.iter().map(|d| d.job));
         Box::pin(
-            find_archived(self.store.clone(), unknown, self.clock.now())
+            look_up_owned(self.store.clone(), unknown, self.clock.now())
                 .into_actor(self)
                 .then(move |found, act, ctx| {
                     let now = act.clock.now();
                     let mut effects = Vec::new();
                     let ready = found.and_then(|found| {
-                        act.core.learn_archived(found);
+                        act.core.learn(found);
                         act.core.room_for(1)?;
                         act.core.admit(msg.ops, msg.priority, msg.depends, now, &mut effects)
                     });
@@ -414,13 +464,13 @@ impl Handler<SubmitJobs> for JobQueue {
         });
         let unknown = self.core.unknown(named);
         Box::pin(
-            find_archived(self.store.clone(), unknown, self.clock.now())
+            look_up_owned(self.store.clone(), unknown, self.clock.now())
                 .into_actor(self)
                 .then(move |found, act, ctx| {
                     let now = act.clock.now();
                     let mut effects = Vec::new();
                     let ready = found.and_then(|found| {
-                        act.core.learn_archived(found);
+                        act.core.learn(found);
                         act.core.room_for(jobs.len())?;
                         act.core.admit_many(jobs, now, &mut effects)
                     });
@@ -895,11 +945,11 @@ impl Handler<AdoptJobs> for JobQueue {
         let commits: Vec<_> = repairs.into_iter().map(|r| store.send(vec![Write::PutJob(r)])).collect();
         let work = async move {
             let failed = futures::future::join_all(commits).await.into_iter().find_map(Result::err);
-            let found = ended_elsewhere(&store, unknown, now).await;
+            let found = look_up(&store, unknown, now).await;
             (failed, found)
         };
         Box::pin(work.into_actor(self).map(move |(failed, found), act, ctx| {
-            let found = found.map(|found| act.core.learn_archived(found));
+            let found = found.map(|found| act.core.learn(found));
             let mut effects = Vec::new();
             act.core.promote_waiting(act.clock.now(), &mut effects);
             act.core.schedule(&mut effects);

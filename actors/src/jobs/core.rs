@@ -182,6 +182,9 @@ pub(super) struct JobCore<S> {
     /// waiting job. Entries for jobs that have since left `waiting` are
     /// skipped when read.
     dependents: BTreeMap<JobId, Vec<JobId>>,
+    /// Jobs another member runs (on a shared store) that jobs here wait
+    /// for: pending until the store shows them ended ([`JobCore::ended_elsewhere`]).
+    elsewhere: BTreeSet<JobId>,
     ids: JobIds,
     pub(super) drained: bool,
     running: usize,
@@ -202,6 +205,7 @@ impl<S: Shell> JobCore<S> {
             runnable: BTreeSet::new(),
             waiting: BTreeSet::new(),
             dependents: BTreeMap::new(),
+            elsewhere: BTreeSet::new(),
             ids,
             drained,
             running: 0,
@@ -288,7 +292,7 @@ impl<S: Shell> JobCore<S> {
                 dep.job,
                 dep.statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
             )),
-            None if self.active.contains_key(&dep.job) => DepState::Pending,
+            None if self.active.contains_key(&dep.job) || self.elsewhere.contains(&dep.job) => DepState::Pending,
             None => DepState::Failed(format!("dependency on job {} cannot be met: no such job", dep.job)),
         }
     }
@@ -390,6 +394,39 @@ impl<S: Shell> JobCore<S> {
     pub(super) fn learn_archived(&mut self, found: Vec<(JobId, JobStatus, Timestamp)>) {
         for (id, status, at) in found {
             self.ended.found_archived(id, status, at);
+        }
+    }
+
+    /// Jobs found in the store that another member runs and that have not
+    /// ended: a job here may wait for them.
+    pub(super) fn learn_elsewhere(&mut self, ids: impl IntoIterator<Item = JobId>) {
+        self.elsewhere.extend(ids.into_iter().filter(|id| !self.active.contains_key(id) && !self.ended.contains(*id)));
+    }
+
+    /// The jobs of other members that jobs here wait for, to look up in
+    /// the store; one this queue has since adopted or seen end is dropped.
+    pub(super) fn waited_elsewhere(&mut self) -> Vec<JobId> {
+        let (active, ended) = (&self.active, &self.ended);
+        self.elsewhere.retain(|id| !active.contains_key(id) && !ended.contains(*id));
+        self.elsewhere.iter().copied().collect()
+    }
+
+    /// How jobs of other members ended, as the store shows them (`None`:
+    /// the store has no such job): their dependents move on.
+    pub(super) fn ended_elsewhere(
+        &mut self,
+        found: Vec<(JobId, Option<(JobStatus, Timestamp)>)>,
+        now: Timestamp,
+        out: &mut Vec<Effect>,
+    ) {
+        for (id, end) in found {
+            if !self.elsewhere.remove(&id) {
+                continue;
+            }
+            if let Some((status, at)) = end {
+                self.ended.found_archived(id, status, at);
+            }
+            self.recheck_dependents(id, now, out);
         }
     }
 

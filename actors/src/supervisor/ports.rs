@@ -90,10 +90,6 @@ fn mac(text: &str) -> Result<String, KilnError> {
     normalize_mac(text).map_err(|e| KilnError::InvalidInput(e.to_string()))
 }
 
-fn no_node(node: &str) -> KilnError {
-    KilnError::NotFound(format!("no such node: {node}"))
-}
-
 fn no_port(address: &str) -> KilnError {
     KilnError::NotFound(format!("no port with address {address}"))
 }
@@ -102,9 +98,15 @@ fn no_group(group: &str) -> KilnError {
     KilnError::NotFound(format!("no such port group: {group}"))
 }
 
-/// The name of a node known to the registry (empty for one deleted meanwhile).
+/// The name of a node of the site: this member's, or on a shared store one
+/// the directory knows (empty for one deleted meanwhile).
 fn node_name(registry: &Registry, id: NodeId) -> String {
-    registry.by_id.get(&id).map(|e| e.name.clone()).unwrap_or_default()
+    registry
+        .by_id
+        .get(&id)
+        .map(|e| e.name.clone())
+        .or_else(|| registry.shared.as_ref()?.directory.name_of(id))
+        .unwrap_or_default()
 }
 
 /// The refusal of a port and a group of different nodes.
@@ -118,18 +120,17 @@ fn other_node(address: &str, port_node: &str, group: &str, group_node: &str) -> 
 /// The functions behind the port messages.
 impl Router {
     pub async fn create_port(&self, msg: CreatePort) -> Result<PortView, KilnError> {
-        let found = self.registry.find(&msg.node);
         let now = self.clock.now();
         let address = mac(&msg.address)?;
-        let (id, entry) = found.ok_or_else(|| no_node(&msg.node))?;
+        let (id, name) = self.find_named(&msg.node).await?;
         let port = PortRecord { uuid: kiln_store::PortId::new(), address, node: id, portgroup: None, created_at: now };
         self.store.commit(vec![Write::InsertPort(port.clone())]).await?;
-        Ok(PortView::of(&port, &entry.name, None))
+        Ok(PortView::of(&port, &name, None))
     }
 
     pub async fn list_ports(&self, msg: ListPorts) -> Result<Vec<PortView>, KilnError> {
         let node = match &msg.node {
-            Some(n) => Some(self.registry.find(n).ok_or_else(|| no_node(n))?.0),
+            Some(n) => Some(self.find(n).await?),
             None => None,
         };
         let (ports, groups) = self.store.read(move |b| Ok((b.load_ports(node)?, b.load_port_groups(node)?))).await?;
@@ -169,7 +170,6 @@ impl Router {
     }
 
     pub async fn create_port_group(&self, CreatePortGroup(new): CreatePortGroup) -> Result<PortGroupView, KilnError> {
-        let found = self.registry.find(&new.node);
         let now = self.clock.now();
         check_name("port group", &new.name)?;
         let mode = match &new.mode {
@@ -185,7 +185,7 @@ impl Router {
             }
             members.push(m);
         }
-        let (id, entry) = found.ok_or_else(|| no_node(&new.node))?;
+        let (id, group_node) = self.find_named(&new.node).await?;
         let name = new.name.clone();
         let (taken, ports, groups) = self
             .store
@@ -206,7 +206,7 @@ impl Router {
                 None => {
                     let (other, _) = find_port(&self.store, m.clone()).await?;
                     return Err(match other {
-                        Some(p) => other_node(m, &node_name(&self.registry, p.node), &new.name, &entry.name),
+                        Some(p) => other_node(m, &node_name(&self.registry, p.node), &new.name, &group_node),
                         None => no_port(m),
                     });
                 }
@@ -227,12 +227,12 @@ impl Router {
             .into_iter()
             .map(|p| if members.contains(&p.address) { PortRecord { portgroup: Some(group.uuid), ..p } } else { p })
             .collect();
-        Ok(PortGroupView::of(&group, &entry.name, &joined))
+        Ok(PortGroupView::of(&group, &group_node, &joined))
     }
 
     pub async fn list_port_groups(&self, msg: ListPortGroups) -> Result<Vec<PortGroupView>, KilnError> {
         let node = match &msg.node {
-            Some(n) => Some(self.registry.find(n).ok_or_else(|| no_node(n))?.0),
+            Some(n) => Some(self.find(n).await?),
             None => None,
         };
         let (groups, ports) = self.store.read(move |b| Ok((b.load_port_groups(node)?, b.load_ports(node)?))).await?;

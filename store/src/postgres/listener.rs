@@ -23,9 +23,16 @@ pub enum Wake {
     Requests(String),
     /// The request with this id was answered.
     Answer(i64),
+    /// A node was created or renamed (`Some(name)`), or deleted (`None`),
+    /// by whichever member ([`DIRECTORY`]).
+    Directory { node: String, name: Option<String> },
     /// The session was opened (again): wake-ups may have been missed.
     Resync,
 }
+
+/// The channel a node's creation, rename or deletion is told on, by a
+/// trigger (PostgreSQL migration 10): `UUID NAME`, or `UUID` when deleted.
+pub const DIRECTORY: &str = "kiln_directory";
 
 /// How long a lost listening session waits before it is opened again.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
@@ -77,7 +84,7 @@ async fn listen(options: PgOptions, wakes: broadcast::Sender<Wake>, mut stop: on
         let opened = async {
             let client = connect_hearing(&options, false, Some(notes)).await?;
             client
-                .batch_execute(&format!("LISTEN {REQUESTS}; LISTEN {ANSWERS}"))
+                .batch_execute(&format!("LISTEN {REQUESTS}; LISTEN {ANSWERS}; LISTEN {DIRECTORY}"))
                 .await
                 .map_err(|e| super::db_error(&options.target, e))?;
             Ok::<_, StoreError>(client)
@@ -117,6 +124,10 @@ fn wake_of(channel: &str, payload: &str) -> Option<Wake> {
     match channel {
         REQUESTS => Some(Wake::Requests(payload.to_string())),
         ANSWERS => payload.parse().ok().map(Wake::Answer),
+        DIRECTORY => Some(match payload.split_once(' ') {
+            Some((node, name)) => Wake::Directory { node: node.to_string(), name: Some(name.to_string()) },
+            None => Wake::Directory { node: payload.to_string(), name: None },
+        }),
         _ => None,
     }
 }

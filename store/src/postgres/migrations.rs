@@ -253,6 +253,26 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE nodes ADD COLUMN callback text;
     "#,
+    // 10: the site's directory kept current on every member: a node's
+    // creation, rename and deletion is announced on `kiln_directory`
+    // (`listener.rs`) when it commits, whoever wrote it. A rename is told
+    // only when the name changes, so the write of a transition pays a
+    // comparison, not a notification.
+    r#"
+    CREATE FUNCTION kiln_directory_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            PERFORM pg_notify('kiln_directory', OLD.uuid);
+        ELSE
+            PERFORM pg_notify('kiln_directory', NEW.uuid || ' ' || NEW.name);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER nodes_directory_added_or_gone AFTER INSERT OR DELETE ON nodes
+        FOR EACH ROW EXECUTE FUNCTION kiln_directory_notify();
+    CREATE TRIGGER nodes_directory_renamed AFTER UPDATE OF name ON nodes
+        FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name) EXECUTE FUNCTION kiln_directory_notify();
+    "#,
 ];
 
 /// The schema version this build writes.

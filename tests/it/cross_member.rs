@@ -1,0 +1,189 @@
+//! Work that spans members of one PostgreSQL site: `kiln exec` on one
+//! member reaches nodes another member runs at their stored address, and a
+//! job on one member waits for a job another member runs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::Daemon;
+use crate::members::{member, member_with, submit};
+use crate::metrics::{at, get, metrics_addr, parse};
+use crate::peers;
+use crate::postgres::database;
+
+/// Waits (at most 30 s) until two members are alive and each runs the
+/// nodes the ring over them places on it (a fake node's ring key is its
+/// uuid); returns each node's name with the name of the member running it.
+fn settled(d: &Daemon) -> Vec<(String, String)> {
+    let nodes: Vec<(String, String)> = d
+        .json(&["node", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap().into(), n["uuid"].as_str().unwrap().into()))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let list = d.json(&["member", "list"]);
+        let alive: Vec<&Value> = list.as_array().unwrap().iter().filter(|m| m["state"] == "alive").collect();
+        let ids = alive.iter().map(|m| m["id"].as_str().unwrap().to_string());
+        let ring = kiln_store::ring::Ring::new(ids, kiln_store::ring::POINTS_PER_MEMBER);
+        let placed = |id: &str| nodes.iter().filter(|(_, u)| ring.owner(u) == Some(id)).count() as u64;
+        if alive.len() == 2 && alive.iter().all(|m| m["nodes"].as_u64() == Some(placed(m["id"].as_str().unwrap()))) {
+            let name_of =
+                |id: &str| alive.iter().find(|m| m["id"] == id).map(|m| m["name"].as_str().unwrap().to_string());
+            return nodes.iter().map(|(n, u)| (n.clone(), ring.owner(u).and_then(name_of).unwrap())).collect();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never settled: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn exec_on_any_member_reaches_every_node_at_its_stored_address() {
+    let sshd = peers::sshd();
+    let url = database();
+    let a = member(0, &url, "a");
+    let addresses = [("s1", "127.0.0.2"), ("s2", "127.0.0.3"), ("s3", "127.0.0.4"), ("s4", "127.0.0.5")];
+    for (name, addr) in addresses {
+        a.json(&["node", "create", name, "--driver", "fake", "--property", &format!("address={addr}")]);
+    }
+    let b = member(0, &url, "b");
+    // Each node is run by one member and stays there, so between the two
+    // runs below every node is reached once from the member that does not
+    // run it.
+    assert_eq!(settled(&a).len(), 4);
+    let opts = sshd.ssh_options();
+    for d in [&a, &b] {
+        let out = d.cli(&["--json", "exec", "-w", "s[1-4]", "-o", &opts, "--", "echo $SSH_CONNECTION | cut -d' ' -f3"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no JSON ({e}): {out:?}"));
+        assert!(out.status.success(), "{v}");
+        for (name, addr) in addresses {
+            let row = v.as_array().unwrap().iter().find(|r| r["node"] == name).unwrap_or_else(|| panic!("{v}"));
+            assert_eq!(row["stdout"], format!("{addr}\n"), "{name} from {}: {v}", d.dir.path().display());
+        }
+    }
+}
+
+/// `kiln job show` on `d` until `done` holds of the job (at most 30 s).
+fn job_until(d: &Daemon, id: u64, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let job = d.json(&["job", "show", &id.to_string()]);
+        if done(&job) {
+            return job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "job {id} never got there: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_job_waits_for_a_job_another_member_runs() {
+    let url = database();
+    let a = member(0, &url, "a");
+    let b = member(0, &url, "b");
+    // A job on a that runs until the test lets it end (bounded: 30 s).
+    let gate = a.dir.path().join("gate");
+    let blocked = submit(
+        &a,
+        &format!(
+            "ops: [{{op: exec, nodes: h1, worker: exec, command: 'for i in $(seq 600); do [ -f {} ] && exit 0; sleep 0.05; done; exit 1'}}]",
+            gate.display()
+        ),
+    );
+    job_until(&a, blocked, |j| j["status"] == "running");
+    // On b, one job waits for its success and one for its failure.
+    let after_success =
+        submit(&b, &format!("depends: [{{job: {blocked}, statuses: [success]}}]\nops: [{{op: sleep, seconds: 0}}]"));
+    let after_error =
+        submit(&b, &format!("depends: [{{job: {blocked}, statuses: [error]}}]\nops: [{{op: sleep, seconds: 0}}]"));
+    for id in [after_success, after_error] {
+        assert_eq!(b.json(&["job", "show", &id.to_string()])["status"], "waiting");
+    }
+    std::fs::write(&gate, "").unwrap();
+    let ended = job_until(&a, blocked, |j| j["status"] == "success");
+    let ok = job_until(&b, after_success, |j| j["status"] == "success");
+    assert!(
+        ok["started_at"].as_str() >= ended["ended_at"].as_str(),
+        "started before its dependency ended: {ok} {ended}"
+    );
+    let failed = job_until(&b, after_error, |j| j["status"] == "error");
+    assert!(failed.to_string().contains("cannot be met"), "{failed}");
+    // A dependency on a job no member has is still refused.
+    let path = b.dir.path().join("nosuch.yaml");
+    std::fs::write(&path, "depends: [{job: 999999999}]\nops: [{op: sleep, seconds: 0}]").unwrap();
+    let refused = b.json_code(&["job", "submit", path.to_str().unwrap()], 2);
+    assert!(refused.to_string().contains("no such job"), "{refused}");
+}
+
+/// Polls `kiln node show NAME` on `d` (at most 10 s) until it exits `code`.
+fn show_until(d: &Daemon, name: &str, code: i32) -> Value {
+    let started = Instant::now();
+    loop {
+        let out = d.cli(&["--json", "node", "show", name]);
+        if out.status.code() == Some(code) {
+            return serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "node show {name} never exited {code}: {out:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_member_follows_the_nodes_created_renamed_and_deleted_on_another() {
+    let url = database();
+    let a = member(0, &url, "a");
+    let mut b = member_with(0, &url, "b", &["--metrics-addr", "127.0.0.1:0"]);
+    let metrics = metrics_addr(&mut b);
+    let lookups = |from: &str| {
+        at(&parse(&get(&metrics, "/metrics").2), &format!("kiln_directory_lookups_total{{from=\"{from}\"}}"))
+    };
+    // Created on a: b finds it by name and by uuid.
+    let created = a.json(&["node", "create", "fresh1", "--driver", "fake"]);
+    let uuid = created[0]["uuid"].as_str().unwrap().to_string();
+    assert_eq!(show_until(&b, "fresh1", 0)["uuid"], uuid.as_str());
+    assert_eq!(show_until(&b, &uuid, 0)["name"], "fresh1");
+    // Renamed through b: both members find the new name, neither the old.
+    b.json(&["node", "set", "fresh1", "--name", "renamed1"]);
+    for d in [&a, &b] {
+        assert_eq!(show_until(d, "renamed1", 0)["uuid"], uuid.as_str());
+        show_until(d, "fresh1", 2);
+    }
+    // The old name is free again, for another node.
+    let other = a.json(&["node", "create", "fresh1", "--driver", "fake"]);
+    assert_ne!(other[0]["uuid"], uuid.as_str());
+    assert_eq!(show_until(&b, "fresh1", 0)["uuid"], other[0]["uuid"]);
+    // Once the nodes are shared out, b resolves the names of a's nodes
+    // from its directory, without asking the store.
+    // (More nodes until the ring places one on a: each has even odds.)
+    let mut placed = settled(&a);
+    for i in 0..20 {
+        if placed.iter().any(|(_, m)| m == "a") {
+            break;
+        }
+        a.json(&["node", "create", &format!("more{i}"), "--driver", "fake"]);
+        placed = settled(&a);
+    }
+    let on_a: Vec<&str> = placed.iter().filter(|(_, m)| m == "a").map(|(n, _)| n.as_str()).collect();
+    assert!(!on_a.is_empty(), "{placed:?}");
+    let before = (lookups("directory"), lookups("store"));
+    for name in &on_a {
+        assert_eq!(b.json(&["node", "show", name])["name"], *name);
+    }
+    assert_eq!(lookups("directory"), before.0 + on_a.len() as f64, "{placed:?}");
+    assert_eq!(lookups("store"), before.1, "{placed:?}");
+    // Ports of a node a runs are created and listed through b, with its name.
+    let name = on_a[0];
+    let port = b.json(&["port", "create", "52:54:00:aa:00:01", "--node", name]);
+    assert_eq!(port["node"], name, "{port}");
+    let listed = b.json(&["port", "list", "--node", name]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let all = b.json(&["port", "list"]);
+    assert_eq!(all[0]["node"], name, "{all}");
+    // Deleted on a: gone on b.
+    a.json(&["node", "delete", "renamed1"]);
+    show_until(&b, "renamed1", 2);
+    show_until(&b, &uuid, 2);
+}
