@@ -808,7 +808,7 @@ impl Router {
     }
 
     pub async fn validate_nodes(&self, msg: ValidateNodes) -> Result<Vec<NodeValidation>, KilnError> {
-        let nodes = self.registry.resolve(&msg.nodes)?;
+        let nodes = self.resolve(&msg.nodes).await?;
         // One read for the whole set: one node's ports, or every port.
         let one = (nodes.len() == 1).then(|| nodes[0].0);
         let mut by_node: std::collections::HashMap<NodeId, Vec<PortRecord>> = Default::default();
@@ -818,15 +818,34 @@ impl Router {
         let checks = nodes.into_iter().map(|(id, name)| {
             let ports = by_node.remove(&id).unwrap_or_default();
             async move {
-                let asked =
-                    send_to_node(&self.supervisor, &self.registry, id, || ValidateNode { ports: ports.clone() });
-                match asked.await.and_then(|r| r) {
+                let asked = if self.registry.shared.is_some() && !self.registry.by_id.contains_key(&id) {
+                    self.validate_stored(id, ports).await
+                } else {
+                    send_to_node(&self.supervisor, &self.registry, id, || ValidateNode { ports: ports.clone() })
+                        .await
+                        .and_then(|r| r)
+                };
+                match asked {
                     Ok(interfaces) => NodeValidation { node: name, interfaces, error: None },
                     Err(e) => NodeValidation { node: name, interfaces: Default::default(), error: Some(e) },
                 }
             }
         });
         Ok(stream::iter(checks).buffered(msg.fanout.max(1)).collect().await)
+    }
+
+    /// Validates a node another member runs from its stored record: the
+    /// record its owner committed, which is what its actor validates.
+    async fn validate_stored(
+        &self,
+        id: NodeId,
+        ports: Vec<PortRecord>,
+    ) -> Result<crate::node::InterfaceChecks, KilnError> {
+        let record = self.store.read(move |b| b.load_node(id)).await?;
+        let record = record.ok_or_else(|| KilnError::NotFound(format!("node {id} does not exist")))?;
+        tokio::task::spawn_blocking(move || crate::node::validate::check(&record, &ports))
+            .await
+            .map_err(|e| KilnError::Unavailable(format!("node {id}: the validation stopped: {e}")))
     }
 
     /// The whole list in one answer; [`Listing`] gives it page by page.

@@ -182,6 +182,12 @@ fn every_member_follows_the_nodes_created_renamed_and_deleted_on_another() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     let all = b.json(&["port", "list"]);
     assert_eq!(all[0]["node"], name, "{all}");
+    // And b validates it from its stored record: with a port, network boot
+    // can work.
+    let checked = b.json(&["node", "validate", name]);
+    assert_eq!(checked[0]["node"], name, "{checked}");
+    assert_eq!(checked[0]["interfaces"]["boot"]["result"], true, "{checked}");
+    assert_eq!(checked[0]["interfaces"]["power"]["result"], true, "{checked}");
     // Deleted on a: gone on b.
     a.json(&["node", "delete", "renamed1"]);
     show_until(&b, "renamed1", 2);
