@@ -75,10 +75,19 @@ impl std::fmt::Debug for Fence {
     }
 }
 
-/// A request for another member's node, as written into its row.
+/// A request for another member's node, as written into its row. Each is
+/// answered with the node as its owner shows it after the request.
 #[derive(Debug, Serialize, Deserialize)]
-enum Request {
+pub enum Request {
+    /// An operation ([`Router::run_for`]).
     Run { op: Op, wait: bool, holder: Option<String> },
+    /// A live read of the power state from the BMC (`kiln node power
+    /// status`): the node with the state read.
+    ReadPower,
+    /// Holds the node for a job ([`Router::hold`]).
+    Hold { holder: String },
+    /// Ends a job's hold ([`Router::release`]); refused when it held none.
+    Release { holder: String },
 }
 
 type Answer = Result<NodeView, KilnError>;
@@ -96,9 +105,14 @@ pub async fn run(
     wait: bool,
     holder: Option<&str>,
 ) -> Result<NodeView, KilnError> {
+    ask(router, shared, node, Request::Run { op, wait, holder: holder.map(str::to_string) }).await
+}
+
+/// Asks the owner of `node` to carry out `request` and waits for its answer.
+pub async fn ask(router: &Router, shared: &Shared, node: NodeId, request: Request) -> Result<NodeView, KilnError> {
     // Subscribed before the request is written: its answer cannot slip by.
     let mut wakes = shared.wakes.subscribe();
-    let body = serde_json::to_string(&Request::Run { op, wait, holder: holder.map(str::to_string) })
+    let body = serde_json::to_string(&request)
         .map_err(|e| KilnError::Protocol(format!("cannot encode a node request: {e}")))?;
     let id = router
         .store
@@ -225,6 +239,12 @@ pub async fn fail_orphaned(router: &Router, nodes: Vec<NodeId>) -> Result<u64, K
 async fn execute(router: &Router, node: NodeId, body: &str) -> Answer {
     match serde_json::from_str::<Request>(body) {
         Ok(Request::Run { op, wait, holder }) => router.run_local(node, op, wait, holder.as_deref()).await,
+        Ok(Request::ReadPower) => router.read_power_local(node).await,
+        Ok(Request::Hold { holder }) => router.hold(node, &holder).await,
+        Ok(Request::Release { holder }) => match router.release(node, &holder).await {
+            true => router.show(node).await,
+            false => Err(KilnError::Conflict(format!("node {node} was not held by {holder}"))),
+        },
         Err(e) => Err(KilnError::InvalidInput(format!("a node request that cannot be read: {e}"))),
     }
 }

@@ -600,17 +600,48 @@ impl Router {
         Ok(view)
     }
 
-    /// Holds a node for `holder` ([`crate::node::HoldNode`]).
+    /// The node another member runs, if `id` is one: its owner is asked.
+    fn elsewhere(&self, id: NodeId) -> Option<&crate::remote::Shared> {
+        self.registry.shared.as_ref().filter(|_| !self.registry.by_id.contains_key(&id))
+    }
+
+    /// Holds a node for `holder` ([`crate::node::HoldNode`]), whichever
+    /// member runs it.
     pub async fn hold(&self, id: NodeId, holder: &str) -> Result<NodeView, KilnError> {
+        if let Some(shared) = self.elsewhere(id) {
+            let request = crate::remote::Request::Hold { holder: holder.to_string() };
+            return crate::remote::ask(self, shared, id, request).await;
+        }
         send_to_node(&self.supervisor, &self.registry, id, || crate::node::HoldNode { holder: holder.to_string() })
             .await?
     }
 
-    /// Ends `holder`'s hold of a node; false when it held none.
+    /// Ends `holder`'s hold of a node, whichever member runs it; false when
+    /// it held none.
     pub async fn release(&self, id: NodeId, holder: &str) -> bool {
+        if let Some(shared) = self.elsewhere(id) {
+            let request = crate::remote::Request::Release { holder: holder.to_string() };
+            return crate::remote::ask(self, shared, id, request).await.is_ok();
+        }
         send_to_node(&self.supervisor, &self.registry, id, || crate::node::ReleaseNode { holder: holder.to_string() })
             .await
             .unwrap_or(false)
+    }
+
+    /// A live read of a node's power state, whichever member runs it: the
+    /// node with the state read (the record keeps what was last committed).
+    pub async fn read_power(&self, id: NodeId) -> Result<NodeView, KilnError> {
+        match self.elsewhere(id) {
+            Some(shared) => crate::remote::ask(self, shared, id, crate::remote::Request::ReadPower).await,
+            None => self.read_power_local(id).await,
+        }
+    }
+
+    /// [`Router::read_power`] on this process's own node actor.
+    pub(crate) async fn read_power_local(&self, id: NodeId) -> Result<NodeView, KilnError> {
+        let power = send_to_node(&self.supervisor, &self.registry, id, || ReadPower).await??;
+        let view = self.show(id).await?;
+        Ok(NodeView::of(&NodeRecord { power_state: power, ..(*view).clone() }, view.reservation.as_ref()))
     }
 
     /// A node as its actor holds it; one another member runs, as stored.
@@ -854,15 +885,8 @@ impl Router {
     }
 
     pub async fn power_status(&self, msg: PowerStatus) -> Result<Vec<NodeResult>, KilnError> {
-        let nodes = self.registry.resolve(&msg.nodes)?;
-        Ok(self
-            .fan_out(nodes, msg.fanout, |r, id| async move {
-                let power = send_to_node(&r.supervisor, &r.registry, id, || ReadPower).await??;
-                let view = r.show(id).await?;
-                // The reading is live; the record keeps what was last committed.
-                Ok(NodeView::of(&NodeRecord { power_state: power, ..(*view).clone() }, view.reservation.as_ref()))
-            })
-            .await)
+        let nodes = self.resolve(&msg.nodes).await?;
+        Ok(self.fan_out(nodes, msg.fanout, |r, id| async move { r.read_power(id).await }).await)
     }
 
     pub async fn delete_nodes(&self, DeleteNodes(expr): DeleteNodes) -> Result<Vec<NodeResult>, KilnError> {

@@ -40,6 +40,20 @@ fn settled(d: &Daemon) -> Vec<(String, String)> {
     }
 }
 
+/// [`settled`], once the ring places at least one node on `member` (more
+/// nodes are created on `d` until it does: each has even odds).
+fn settled_with_one_on(d: &Daemon, member: &str) -> Vec<(String, String)> {
+    let mut placed = settled(d);
+    for i in 0..20 {
+        if placed.iter().any(|(_, m)| m == member) {
+            break;
+        }
+        d.json(&["node", "create", &format!("more{i}"), "--driver", "fake"]);
+        placed = settled(d);
+    }
+    placed
+}
+
 #[test]
 fn exec_on_any_member_reaches_every_node_at_its_stored_address() {
     let sshd = peers::sshd();
@@ -157,15 +171,7 @@ fn every_member_follows_the_nodes_created_renamed_and_deleted_on_another() {
     assert_eq!(show_until(&b, "fresh1", 0)["uuid"], other[0]["uuid"]);
     // Once the nodes are shared out, b resolves the names of a's nodes
     // from its directory, without asking the store.
-    // (More nodes until the ring places one on a: each has even odds.)
-    let mut placed = settled(&a);
-    for i in 0..20 {
-        if placed.iter().any(|(_, m)| m == "a") {
-            break;
-        }
-        a.json(&["node", "create", &format!("more{i}"), "--driver", "fake"]);
-        placed = settled(&a);
-    }
+    let placed = settled_with_one_on(&a, "a");
     let on_a: Vec<&str> = placed.iter().filter(|(_, m)| m == "a").map(|(n, _)| n.as_str()).collect();
     assert!(!on_a.is_empty(), "{placed:?}");
     let before = (lookups("directory"), lookups("store"));
@@ -192,4 +198,49 @@ fn every_member_follows_the_nodes_created_renamed_and_deleted_on_another() {
     a.json(&["node", "delete", "renamed1"]);
     show_until(&b, "renamed1", 2);
     show_until(&b, &uuid, 2);
+}
+
+#[test]
+fn a_job_holds_a_node_another_member_runs_and_power_status_reads_it_there() {
+    let url = database();
+    let a = member(0, &url, "a");
+    for i in 1..=4 {
+        a.json(&["node", "create", &format!("h{i}"), "--driver", "fake"]);
+    }
+    let b = member(0, &url, "b");
+    let placed = settled_with_one_on(&a, "a");
+    let name = placed.iter().find(|(_, m)| m == "a").map(|(n, _)| n.clone()).expect("a node on a");
+    // b reads the power state live through a.
+    a.json(&["node", "power", "on", &name, "--wait"]);
+    let power = b.json(&["node", "power", "status", &name]);
+    assert_eq!(power[0]["ok"], true, "{power}");
+    assert_eq!(power[0]["power_state"], "power on", "{power}");
+    // A job on b holds a's node between its opcodes.
+    let id = submit(
+        &b,
+        &format!(
+            "ops:\n  - {{op: hold, nodes: {name}}}\n  - {{op: manage, nodes: {name}}}\n  - {{op: sleep, seconds: 600}}\n"
+        ),
+    );
+    let held = format!("held by job {id}");
+    let started = Instant::now();
+    loop {
+        let n = a.json(&["node", "show", &name]);
+        if n["provision_state"] == "manageable" && n["reservation"]["purpose"] == held.as_str() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{name} never managed and held: {n}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The owner refuses others meanwhile.
+    let refused = a.json_code(&["node", "power", "on", &name, "--wait"], 1);
+    assert_eq!(refused[0]["error"]["kind"], "node_locked", "{refused}");
+    // The job's end lets it go, on the member that runs it.
+    b.json(&["job", "cancel", &id.to_string()]);
+    let started = Instant::now();
+    while !a.json(&["node", "show", &name])["reservation"].is_null() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{name} was never released");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.json(&["node", "power", "off", &name, "--wait"]);
 }

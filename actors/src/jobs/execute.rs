@@ -86,29 +86,41 @@ impl JobQueue {
                     Err(e) => act.op_done(id, idx, Vec::new(), Some(e.to_string()), ctx),
                 }));
             }
-            Opcode::Hold { nodes } => {
-                let nodes = match router.registry.resolve(&nodes) {
-                    Ok(n) => n,
+            Opcode::Hold { nodes: expr } => {
+                // Nodes other members run are looked up in the store, once
+                // the opcode has started, and held by their owners.
+                let local = match router.registry.resolve(&expr) {
+                    Ok(n) => Some(n),
+                    Err(KilnError::NotFound(_)) if router.registry.shared.is_some() => None,
                     Err(e) => return self.op_done(id, idx, Vec::new(), Some(e.to_string()), ctx),
                 };
-                job.shell.progress_total = nodes.len() as u64;
-                let ids: Vec<_> = nodes.iter().map(|(node, _)| *node).collect();
+                job.shell.progress_total = local.as_ref().map_or(0, |n| n.len() as u64);
                 let fut = async move {
+                    let nodes = match local {
+                        Some(nodes) => nodes,
+                        None => router.resolve(&expr).await?,
+                    };
+                    let ids: Vec<_> = nodes.iter().map(|(node, _)| *node).collect();
                     let holder = holder_name(id);
-                    router
+                    let results = router
                         .fan_out_with(nodes, default_fanout, &control, |r, node| {
                             let holder = holder.clone();
                             async move { r.hold(node, &holder).await }
                         })
-                        .await
+                        .await;
+                    Ok::<_, KilnError>((ids, results))
                 }
                 .instrument(span);
-                ctx.spawn(fut.into_actor(self).map(move |results: Vec<NodeResult>, act, ctx| {
+                ctx.spawn(fut.into_actor(self).map(move |held, act, ctx| match held {
                     // Every node held is remembered, even when others failed:
                     // the job's end releases them all. The results are in
                     // the nodes' order.
-                    act.core.held(id, ids.iter().zip(&results).filter(|(_, r)| r.ok).map(|(node, _)| *node));
-                    act.op_done(id, idx, results, None, ctx)
+                    Ok((ids, results)) => {
+                        let held = ids.iter().zip(&results).filter(|(_, r)| r.ok).map(|(node, _)| *node);
+                        act.core.held(id, held);
+                        act.op_done(id, idx, results, None, ctx)
+                    }
+                    Err(e) => act.op_done(id, idx, Vec::new(), Some(e.to_string()), ctx),
                 }));
             }
             Opcode::Node { nodes: expr, op, fanout, wait } => {
