@@ -1,5 +1,6 @@
 //! The member's ears: one session that `LISTEN`s for node requests and
-//! their answers ([`super::requests`]) and passes each wake-up on.
+//! their answers ([`super::requests`]) and for committed events
+//! ([`super::events`]), and passes each wake-up on.
 //!
 //! A thread and session of its own, always connected (its runtime runs all
 //! the time, unlike the store's, which runs only inside a store call). A
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot};
 
+use super::events::EVENTS;
 use super::requests::{ANSWERS, REQUESTS};
 use super::{PgOptions, connect_hearing};
 use crate::StoreError;
@@ -23,6 +25,8 @@ pub enum Wake {
     Requests(String),
     /// The request with this id was answered.
     Answer(i64),
+    /// Some member committed events.
+    Events,
     /// The session was opened (again): wake-ups may have been missed.
     Resync,
 }
@@ -77,7 +81,7 @@ async fn listen(options: PgOptions, wakes: broadcast::Sender<Wake>, mut stop: on
         let opened = async {
             let client = connect_hearing(&options, false, Some(notes)).await?;
             client
-                .batch_execute(&format!("LISTEN {REQUESTS}; LISTEN {ANSWERS}"))
+                .batch_execute(&format!("LISTEN {REQUESTS}; LISTEN {ANSWERS}; LISTEN {EVENTS}"))
                 .await
                 .map_err(|e| super::db_error(&options.target, e))?;
             Ok::<_, StoreError>(client)
@@ -117,6 +121,7 @@ fn wake_of(channel: &str, payload: &str) -> Option<Wake> {
     match channel {
         REQUESTS => Some(Wake::Requests(payload.to_string())),
         ANSWERS => payload.parse().ok().map(Wake::Answer),
+        EVENTS => Some(Wake::Events),
         _ => None,
     }
 }
