@@ -382,4 +382,29 @@ fn every_member_shows_every_member_s_events_and_since_resumes_on_any_member() {
     // A node's uuid names it, whichever member runs it.
     let uuid = a.node(x)["uuid"].as_str().unwrap().to_string();
     assert_eq!(events(&a, &["--since", "0", "-w", &uuid, "--kind", "end"]), x_ends);
+
+    // Followed on b from the last serial seen while both members' nodes
+    // change at once: every event, in serial order, none missing and none
+    // twice, as any member's store replays them.
+    let from = serials(&rest).last().copied().unwrap();
+    let seen = std::cell::RefCell::new(Vec::new());
+    let mut follower = Events::follow_with(&b, &["--since", &from.to_string()]);
+    let powered = [x, y, on_b[1].as_str(), on_a[1].as_str()].join(",");
+    let power = crate::harness::spawn_at(
+        &a.socket,
+        &["--json", "node", "power", "on", &powered, "--wait"],
+        std::process::Stdio::null(),
+    );
+    let rest_of: Vec<&str> = on_a[2..].iter().chain(&on_b[2..]).map(String::as_str).collect();
+    b.json(&["node", "manage", &rest_of.join(","), "--wait"]);
+    assert!(power.wait_with_output().unwrap().status.success());
+    let stored = events(&a, &["--since", &from.to_string()]);
+    let end = *serials(&stored).last().unwrap();
+    follower.wait_for("the last stored event", |e| {
+        seen.borrow_mut().push(e["serial"].as_u64().unwrap());
+        e["serial"].as_u64() == Some(end)
+    });
+    assert_eq!(*seen.borrow(), serials(&stored));
+    assert_eq!(serials(&stored), (from + 1..=end).collect::<Vec<_>>());
+    assert_eq!(stored.len(), 2 * (4 + rest_of.len()), "a start and an end for each: {stored:?}");
 }
