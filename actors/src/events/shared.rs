@@ -106,9 +106,9 @@ impl EventBus {
         // Forget the oldest once per thousand serials delivered, so the
         // store keeps at most KEPT and a few, whoever wrote them.
         let delivered = self.delivered;
-        if delivered > KEPT && stream.trimmed / 1000 != delivered / 1000 {
+        if let Some(through) = trim_through(stream.trimmed, delivered) {
             stream.trimmed = delivered;
-            writes.push(Write::ForgetEventsThrough(delivered - KEPT));
+            writes.push(Write::ForgetEventsThrough(through));
         }
         // Every event published so far is in this commit or an earlier one.
         let published = self.published;
@@ -191,6 +191,13 @@ impl Handler<CatchUp> for EventBus {
     }
 }
 
+/// Up to which serial the store may forget, when the bus last asked at
+/// `trimmed` and has delivered up to `delivered`: once per thousand
+/// serials, keeping the newest [`KEPT`] of the site.
+fn trim_through(trimmed: u64, delivered: u64) -> Option<u64> {
+    (delivered > KEPT && trimmed / 1000 != delivered / 1000).then(|| delivered - KEPT)
+}
+
 /// Every stored event after `after`, page by page, at most [`MAX_PAGES`].
 async fn read_after(store: &StoreHandle, after: u64) -> Result<Vec<EventRecord>, StoreError> {
     let mut all = Vec::new();
@@ -207,4 +214,19 @@ async fn read_after(store: &StoreHandle, after: u64) -> Result<Vec<EventRecord>,
         }
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_forgets_once_per_thousand_serials_and_keeps_the_newest() {
+        assert_eq!(trim_through(0, KEPT), None, "nothing to forget yet");
+        assert_eq!(trim_through(KEPT, KEPT + 999), None, "once per thousand");
+        assert_eq!(trim_through(KEPT + 999, KEPT + 1000), Some(1000));
+        // Serials other members took count too: a bus that delivered a
+        // jump of them asks once, keeping KEPT.
+        assert_eq!(trim_through(KEPT + 1000, KEPT + 5500), Some(5500));
+    }
 }
