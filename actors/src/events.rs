@@ -235,8 +235,8 @@ impl EventBus {
 impl EventBus {
     /// How far the events published are delivered, in `published`'s
     /// terms: the last serial delivered on a bus that gives serials; on a
-    /// shared store, how many of this bus's events had been stored when
-    /// the last read of the store that followed their commit began.
+    /// shared store, how many of this bus's events have been committed and
+    /// then read back and delivered.
     fn reached(&self) -> u64 {
         self.shared.as_ref().map_or(self.delivered, |s| s.synced)
     }

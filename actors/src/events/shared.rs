@@ -47,8 +47,8 @@ const MAX_PAGES: usize = KEPT as usize / PAGE + 2;
 
 /// What a bus on a shared store keeps of the site's stream.
 pub(super) struct Stream {
-    /// How many of this bus's events had been stored when the last read
-    /// that followed their commit began ([`EventBus::reached`]).
+    /// How many of this bus's events have been committed and then read
+    /// back and delivered ([`EventBus::reached`]).
     pub(super) synced: u64,
     /// The serial delivered when this bus last asked the store to forget
     /// old events.
