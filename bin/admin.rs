@@ -221,7 +221,7 @@ async fn answer(conn: &mut Connection, cfg: &AdminConfig, site: &Site, request: 
     let slot = site.metrics.admin_request(Some(request.kind_index()));
     let decoded = std::time::Instant::now();
     if let Request::Events { follow, nodes, kinds, since } = request {
-        let filter = match crate::dispatch::event_filter(site, nodes.as_deref(), kinds) {
+        let filter = match crate::dispatch::event_filter(site, nodes.as_deref(), kinds).await {
             Ok(f) => f,
             Err(e) => {
                 site.metrics.admin_error(slot);

@@ -66,7 +66,8 @@ every key's value and source; docs/config.md lists them. SIGHUP reloads the file
         follow: bool,
         /// Replay the stored events after this serial (each event's
         /// `serial`; the newest 100,000 are kept, across restarts), so a
-        /// consumer that reconnects misses nothing.
+        /// consumer that reconnects misses nothing. On a PostgreSQL site
+        /// every member keeps the same series, of every member's events.
         #[arg(long, value_name = "SERIAL")]
         since: Option<u64>,
         /// Only the events of these nodes (a node set; the daemon filters).

@@ -234,9 +234,10 @@ pub async fn fanout_run(
 }
 
 /// The filter of an events request: `nodes` is a node set (groups allowed)
-/// or one node's uuid; nodes not enrolled yet may be named, so a follower
-/// can watch a node from its creation on.
-pub fn event_filter(site: &Site, nodes: Option<&str>, kinds: Vec<EventKind>) -> Result<EventFilter, KilnError> {
+/// or one node's uuid (on a shared store, of a node any member runs);
+/// nodes not enrolled yet may be named, so a follower can watch a node
+/// from its creation on.
+pub async fn event_filter(site: &Site, nodes: Option<&str>, kinds: Vec<EventKind>) -> Result<EventFilter, KilnError> {
     let nodes = match nodes {
         None => None,
         Some(expr) if expr.trim().is_empty() => {
@@ -244,7 +245,13 @@ pub fn event_filter(site: &Site, nodes: Option<&str>, kinds: Vec<EventKind>) -> 
         }
         Some(expr) => Some(match site.registry.find(expr.trim()) {
             Some((_, entry)) => kiln_actors::nodeset::NodeSet::from_names([entry.name]),
-            None => site.registry.parse(expr)?,
+            None => match expr.trim().parse::<kiln_store::NodeId>() {
+                Ok(_) if site.registry.shared.is_some() => match site.router().resolve(expr).await {
+                    Ok(found) => kiln_actors::nodeset::NodeSet::from_names(found.iter().map(|(_, n)| n.as_str())),
+                    Err(_) => site.registry.parse(expr)?,
+                },
+                _ => site.registry.parse(expr)?,
+            },
         }),
     };
     Ok(EventFilter { nodes, kinds })

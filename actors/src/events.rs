@@ -13,6 +13,15 @@
 //! published while a commit of events is in flight wait for it and go in
 //! the next one, so the store sees a few commits a second, not one per
 //! event. The store keeps the newest [`KEPT`] events.
+//!
+//! On a store several members share ([`EventBus::on_shared_store`]) the
+//! site has one stream: the store gives each event its serial, in commit
+//! order across members, and every member's bus delivers what it reads
+//! back from the store, its own events and the others' alike, in serial
+//! order ([`shared`]). So `kiln events` on any member shows every node's
+//! events, and `--since N` on any member replays the same stream.
+
+mod shared;
 
 use std::collections::VecDeque;
 
@@ -78,7 +87,8 @@ impl EventFilter {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Message)]
 #[rtype(result = "()")]
 pub struct NodeEvent {
-    /// Site-wide serial, in publication order.
+    /// Site-wide serial, in publication order (on a shared store, in
+    /// commit order across members).
     pub serial: u64,
     pub at: Timestamp,
     pub node: NodeId,
@@ -137,8 +147,9 @@ pub const KEPT: u64 = 100_000;
 /// The actor that fans events out to subscribers.
 #[derive(Default)]
 pub struct EventBus {
-    /// The last serial handed out.
-    serial: u64,
+    /// The last event published: its serial, which this bus gave it; on a
+    /// shared store (where the store gives serials), how many were.
+    published: u64,
     /// The last serial delivered (all before it are delivered too).
     delivered: u64,
     recent: VecDeque<NodeEvent>,
@@ -151,19 +162,24 @@ pub struct EventBus {
     pending: Vec<NodeEvent>,
     committing: bool,
     /// Subscriptions that wait for the events published before them to be
-    /// stored and delivered, each with the serial it waits for.
+    /// stored and delivered, each with the `published` it waits for.
     waiting: Vec<(u64, SubscribeChannel, tokio::sync::oneshot::Sender<u64>)>,
+    /// On a shared store: what the bus knows of the site's stream.
+    shared: Option<shared::Stream>,
 }
 
 impl EventBus {
     /// A bus that stores every event before delivering it, going on from
     /// `last_serial` (the highest serial in the store).
     pub fn durable(store: StoreHandle, last_serial: u64) -> Self {
-        EventBus { serial: last_serial, delivered: last_serial, store: Some(store), ..Default::default() }
+        EventBus { published: last_serial, delivered: last_serial, store: Some(store), ..Default::default() }
     }
 
     /// Stores the pending events in one commit, then delivers them.
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.shared.is_some() {
+            return self.flush_shared(ctx);
+        }
         let Some(store) = &self.store else { return };
         let batch = std::mem::take(&mut self.pending);
         let Some(last) = batch.last().map(|e| e.serial) else { return };
@@ -217,6 +233,14 @@ impl EventBus {
 }
 
 impl EventBus {
+    /// How far the events published are delivered, in `published`'s
+    /// terms: the last serial delivered on a bus that gives serials; on a
+    /// shared store, how many of this bus's events have been committed and
+    /// then read back and delivered.
+    fn reached(&self) -> u64 {
+        self.shared.as_ref().map_or(self.delivered, |s| s.synced)
+    }
+
     /// Subscribes `msg`'s channel from now on: it is sent what is delivered
     /// from here (after the backlog, if asked for). Answers the serial of
     /// the last event delivered.
@@ -238,9 +262,9 @@ impl EventBus {
         if self.waiting.is_empty() {
             return;
         }
-        let delivered = self.delivered;
+        let reached = self.reached();
         let (ready, still): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.waiting).into_iter().partition(|w| w.0 <= delivered);
+            std::mem::take(&mut self.waiting).into_iter().partition(|w| w.0 <= reached);
         self.waiting = still;
         for (_, msg, answer) in ready {
             let upto = self.admit(msg);
@@ -257,21 +281,30 @@ pub fn record_of(event: &NodeEvent) -> EventRecord {
     EventRecord { serial: event.serial, body: crate::codec::encode_body(event).unwrap_or_default() }
 }
 
-/// An event read back from the store; `None` for a body that does not
-/// decode (a damaged row is skipped, not fatal to the replay).
+/// An event read back from the store, with the serial the store keeps it
+/// under (a shared store gives serials itself: the body's is not it);
+/// `None` for a body that does not decode (a damaged row is skipped, not
+/// fatal to the replay).
 pub fn event_of(record: &EventRecord) -> Option<NodeEvent> {
-    crate::codec::decode(&record.body).ok()
+    let mut event: NodeEvent = crate::codec::decode(&record.body).ok()?;
+    event.serial = record.serial;
+    Some(event)
 }
 
 impl Actor for EventBus {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.watch_shared(ctx);
+    }
 }
 
 impl Handler<Publish> for EventBus {
     type Result = ();
     fn handle(&mut self, Publish(mut event): Publish, ctx: &mut Context<Self>) {
-        self.serial += 1;
-        event.serial = self.serial;
+        self.published += 1;
+        // On a shared store the store gives the serial.
+        event.serial = if self.shared.is_some() { 0 } else { self.published };
         if self.store.is_none() {
             return self.deliver(event);
         }
@@ -292,16 +325,17 @@ impl Handler<Subscribe> for EventBus {
 impl Handler<SubscribeChannel> for EventBus {
     type Result = ResponseFuture<u64>;
     fn handle(&mut self, msg: SubscribeChannel, _: &mut Context<Self>) -> Self::Result {
-        if self.delivered == self.serial {
+        if self.reached() == self.published {
             let upto = self.admit(msg);
             return Box::pin(std::future::ready(upto));
         }
         // Events published before this subscription are still being
         // stored: it starts right after the last of them is delivered.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let upto = self.serial;
-        self.waiting.push((upto, msg, tx));
-        Box::pin(async move { rx.await.unwrap_or(upto) })
+        let published = self.published;
+        self.waiting.push((published, msg, tx));
+        let delivered = self.delivered;
+        Box::pin(async move { rx.await.unwrap_or(delivered) })
     }
 }
 

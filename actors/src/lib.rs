@@ -162,9 +162,17 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     }
 
     let metrics = Arc::new(metrics::Metrics::with_request_kinds(protocol::Request::KINDS));
-    // Serials go on from the last stored event: they survive restarts.
-    let (last_event, _) = store.read(|b| b.event_span()).await.map_err(store_error)?;
-    let events = EventBus::durable(store.clone(), last_event).start();
+    // Serials go on from the last stored event: they survive restarts. A
+    // store several members share numbers events itself: one stream for
+    // the site, read back by every member's bus.
+    let (last_event, numbered_by_store) =
+        store.read(|b| Ok((b.event_span()?.0, b.assigns_event_serials()))).await.map_err(store_error)?;
+    let events = if numbered_by_store {
+        let wakes = config.shared.as_ref().map(|s| s.wakes.clone());
+        EventBus::on_shared_store(store.clone(), last_event, wakes).start()
+    } else {
+        EventBus::durable(store.clone(), last_event).start()
+    };
     let live = Arc::new(LiveSettings::new(&config));
     let driver_arbiter = config.threads.split().then(threads::OwnArbiter::start);
     let registry =

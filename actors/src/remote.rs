@@ -250,7 +250,7 @@ async fn execute(router: &Router, node: NodeId, body: &str) -> Answer {
 }
 
 /// Waits for a wake-up `wanted` accepts, a resync, or the sweep interval.
-async fn wait_for(wakes: &mut broadcast::Receiver<Wake>, wanted: impl Fn(&Wake) -> bool) {
+pub(crate) async fn wait_for(wakes: &mut broadcast::Receiver<Wake>, wanted: impl Fn(&Wake) -> bool) {
     let _ = tokio::time::timeout(SWEEP, async {
         loop {
             match wakes.recv().await {

@@ -106,10 +106,12 @@ pub enum Write {
     /// Set one of the job queue's site-wide settings (the drain flag).
     SetMeta { key: String, value: String },
     /// Append an event of the event stream; Conflict when its serial is
-    /// taken.
+    /// taken. A backend that gives serials itself
+    /// ([`Backend::assigns_event_serials`]) ignores the record's serial and
+    /// gives the next one of the site, in commit order.
     AppendEvent(EventRecord),
     /// Forget the events with a serial at or below this one (the stream
-    /// keeps a bounded history).
+    /// keeps a bounded history); on a shared store, every member's.
     ForgetEventsThrough(u64),
 }
 
@@ -248,6 +250,13 @@ pub trait Backend: Send + 'static {
     fn event_span(&mut self) -> Result<(u64, u64), StoreError> {
         Ok((0, 0))
     }
+    /// Whether the store gives each appended event its serial (the next of
+    /// the site's one stream, in commit order: several members share it,
+    /// `postgres::events`) rather than storing the serial it is given.
+    /// The default: the caller numbers events.
+    fn assigns_event_serials(&mut self) -> bool {
+        false
+    }
 }
 
 /// A node a member has just claimed.
@@ -380,5 +389,8 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn event_span(&mut self) -> Result<(u64, u64), StoreError> {
         (**self).event_span()
+    }
+    fn assigns_event_serials(&mut self) -> bool {
+        (**self).assigns_event_serials()
     }
 }

@@ -59,6 +59,7 @@ use crate::{
     NodeRecord, PortGroupRecord, PortRecord, Reservation, StoreError, Timestamp, Write,
 };
 
+pub mod events;
 pub mod listener;
 pub mod members;
 pub mod migrations;
@@ -121,9 +122,9 @@ pub struct PgOptions {
     /// its BMC endpoint, so nodes behind one BMC stay on one member. The
     /// store cannot read driver settings itself; without a key, the uuid.
     pub ring_key: Option<fn(&NodeRecord) -> String>,
-    /// This member's name, stable across its restarts (`member_name`): its
-    /// event stream is kept under it, so serials go on across restarts and
-    /// members never take each other's. `None`: the member id.
+    /// This member's name, stable across its restarts (`member_name`): the
+    /// `source` its events are stored with (the site has one stream, see
+    /// [`events`]). `None`: the member id.
     pub name: Option<String>,
 }
 
@@ -283,22 +284,19 @@ impl PgBackend {
                 }
             }
             Write::SetMeta { key, value } => op(sql::SET_META, vec![Box::new(key.clone()), Box::new(value.clone())]),
-            Write::AppendEvent(event) => op(
-                sql::APPEND_EVENT,
-                vec![
-                    Box::new(i64::try_from(event.serial).map_err(|e| StoreError::Corrupt(e.to_string()))?),
-                    Box::new(event.body.clone()),
-                    Box::new(self.source()),
-                ],
-            ),
-            Write::ForgetEventsThrough(serial) => op(
-                sql::FORGET_EVENTS,
-                vec![Box::new(i64::try_from(*serial).unwrap_or(i64::MAX)), Box::new(self.source())],
-            ),
+            // The database gives the serial (`events`): the record's is not
+            // sent.
+            Write::AppendEvent(event) => {
+                op(sql::APPEND_EVENT, vec![Box::new(event.body.clone()), Box::new(self.source())])
+            }
+            Write::ForgetEventsThrough(serial) => {
+                op(sql::FORGET_EVENTS, vec![Box::new(i64::try_from(*serial).unwrap_or(i64::MAX))])
+            }
         })
     }
 
-    /// The event stream this member writes and reads: its name.
+    /// The member its events are stored as written by (`events.source`):
+    /// its name.
     fn source(&self) -> String {
         self.options.name.clone().unwrap_or_else(|| self.options.member.clone())
     }
@@ -837,8 +835,11 @@ mod sql {
          SELECT * FROM taken WHERE NOT status = ANY($2) ORDER BY id";
     pub const SET_META: &str =
         "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
-    pub const APPEND_EVENT: &str = "INSERT INTO events (serial, body, source) VALUES ($1, $2, $3)";
-    pub const FORGET_EVENTS: &str = "DELETE FROM events WHERE serial <= $1 AND source = $2";
+    /// Appends an event after every committed one, under the events lock
+    /// (`postgres::events`), and wakes every member's bus.
+    pub const APPEND_EVENT: &str = "SELECT kiln_append_event($1, $2)";
+    /// Every member's events up to a serial: the site has one stream.
+    pub const FORGET_EVENTS: &str = "DELETE FROM events WHERE serial <= $1";
 }
 
 /// The job columns of `$table` in the order [`job_from_row`] reads them.
@@ -1226,24 +1227,25 @@ impl Backend for PgBackend {
         Ok(())
     }
 
+    /// Serials are site-wide, in commit order ([`events`]).
+    fn assigns_event_serials(&mut self) -> bool {
+        true
+    }
+
+    /// Every member's events: the site has one stream ([`events`]).
     fn load_events(&mut self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let (after, limit) = (i64::try_from(after).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(i64::MAX));
-        let source = self.source();
-        self.query(
-            "SELECT serial, body FROM events WHERE source = $3 AND serial > $1 ORDER BY serial LIMIT $2",
-            &[&after, &limit, &source],
-        )?
-        .iter()
-        .map(|row| {
-            let f = Fields { row, table: "events", key: String::new() };
-            Ok(EventRecord { serial: f.unsigned(0, "serial")?, body: f.raw(1, "body")? })
-        })
-        .collect()
+        self.query("SELECT serial, body FROM events WHERE serial > $1 ORDER BY serial LIMIT $2", &[&after, &limit])?
+            .iter()
+            .map(|row| {
+                let f = Fields { row, table: "events", key: String::new() };
+                Ok(EventRecord { serial: f.unsigned(0, "serial")?, body: f.raw(1, "body")? })
+            })
+            .collect()
     }
 
     fn event_span(&mut self) -> Result<(u64, u64), StoreError> {
-        let source = self.source();
-        let rows = self.query("SELECT max(serial), count(*) FROM events WHERE source = $1", &[&source])?;
+        let rows = self.query("SELECT max(serial), count(*) FROM events", &[])?;
         let Some(row) = rows.first() else {
             return Ok((0, 0));
         };

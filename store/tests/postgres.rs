@@ -1,6 +1,7 @@
 //! What only the PostgreSQL backend has: fencing in the node rows, the
-//! schema version table, the group commit through the store thread, and
-//! connection failures that name their cause without the password. The
+//! schema version table, the group commit through the store thread,
+//! connection failures that name their cause without the password, and
+//! one event stream for every member, numbered in commit order. The
 //! tests both backends share are in `sqlite.rs`, `jobs.rs` and
 //! `portgroups.rs` (`on_both!`).
 
@@ -272,4 +273,114 @@ fn verify_full_checks_the_server_certificate_against_sslrootcert() {
     // require still encrypts without checking.
     let url = format!("postgres://kiln:{PASSWORD}@127.0.0.1:{port}/postgres?sslmode=require");
     open_url(&url).unwrap();
+}
+
+/// Runs `sql` (several statements) on the place's database, as the tests'
+/// superuser.
+fn execute(place: &Place, sql: &str) {
+    let url = place.target();
+    let raw = server().url(url.masked().rsplit('/').next().unwrap().split('?').next().unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&raw, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(sql).await.unwrap();
+    });
+}
+
+/// An event whose body names it; the serial a shared store is given is
+/// not the one it keeps.
+fn event(body: &str) -> Write {
+    Write::AppendEvent(EventRecord { serial: 1, body: body.as_bytes().to_vec() })
+}
+
+fn bodies(store: &mut dyn Backend, after: u64) -> Vec<(u64, String)> {
+    let events = store.load_events(after, 1000).unwrap();
+    events.into_iter().map(|e| (e.serial, String::from_utf8(e.body).unwrap())).collect()
+}
+
+#[test]
+fn every_member_s_events_share_one_serial_space_in_commit_order() {
+    let place = Place::new(Kind::Postgres);
+    let mut a = place.open_as("a");
+    let mut b = place.open_as("b");
+    assert!(a.assigns_event_serials());
+    commit_one(&mut *a, vec![event("a1"), event("a2")]).unwrap();
+    commit_one(&mut *b, vec![event("b1")]).unwrap();
+    // Two events in one group of several batches keep their order.
+    let results = a.commit(&[vec![event("a3")], vec![event("a4")]]).unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let want: Vec<(u64, String)> =
+        ["a1", "a2", "b1", "a3", "a4"].iter().enumerate().map(|(i, s)| (i as u64 + 1, s.to_string())).collect();
+    assert_eq!(bodies(&mut *a, 0), want);
+    assert_eq!(bodies(&mut *b, 0), want, "every member reads the one stream");
+    assert_eq!(bodies(&mut *b, 3), want[3..]);
+    assert_eq!(b.event_span().unwrap(), (5, 5));
+    // Forgetting is site-wide too.
+    commit_one(&mut *b, vec![Write::ForgetEventsThrough(2)]).unwrap();
+    assert_eq!(bodies(&mut *a, 0), want[2..]);
+    assert_eq!(a.event_span().unwrap(), (5, 3));
+    // The writer is still named.
+    execute(
+        &place,
+        "DO $$ BEGIN IF (SELECT source FROM events WHERE serial = 3) <> 'b' THEN RAISE 'source'; END IF; END $$",
+    );
+}
+
+#[test]
+fn members_committing_events_at_once_get_serials_in_commit_order_without_a_hole() {
+    let place = Place::new(Kind::Postgres);
+    const COMMITS: usize = 40;
+    let writers: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| {
+            let mut store = place.open_as(name);
+            std::thread::spawn(move || {
+                for i in 0..COMMITS {
+                    // Each commit's events, and each member's commits, in order.
+                    let batch = (0..3).map(|j| event(&format!("{name} {i:03} {j}"))).collect();
+                    commit_one(&mut *store, batch).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let mut reader = place.open_as("reader");
+    let all = bodies(&mut *reader, 0);
+    let serials: Vec<u64> = all.iter().map(|e| e.0).collect();
+    assert_eq!(serials, (1..=(3 * 3 * COMMITS) as u64).collect::<Vec<_>>(), "one serial each, no hole");
+    for name in ["a", "b", "c"] {
+        let mine: Vec<&str> = all.iter().filter(|e| e.1.starts_with(name)).map(|e| e.1.as_str()).collect();
+        let mut sorted = mine.clone();
+        sorted.sort();
+        assert_eq!(mine, sorted, "{name}'s events in the order it committed them");
+    }
+    // A commit's events are consecutive: the lock is held to the commit.
+    for chunk in all.chunks(3) {
+        let commit = |e: &(u64, String)| e.1[..e.1.len() - 2].to_string();
+        assert!(chunk.iter().all(|e| commit(e) == commit(&chunk[0])), "{chunk:?}");
+    }
+}
+
+#[test]
+fn the_upgrade_to_one_stream_renumbers_each_member_s_events_in_order_and_never_lower() {
+    let place = Place::new(Kind::Postgres);
+    drop(place.open());
+    // Back to version 9: one stream per member.
+    execute(
+        &place,
+        "DROP FUNCTION kiln_append_event;
+         ALTER TABLE events DROP CONSTRAINT events_pkey;
+         ALTER TABLE events ADD PRIMARY KEY (source, serial);
+         INSERT INTO events (serial, body, source) VALUES
+             (1, 'a1', 'a'), (2, 'a2', 'a'), (3, 'a3', 'a'), (1, 'b1', 'b'), (2, 'b2', 'b');
+         UPDATE kiln_schema SET version = 9;",
+    );
+    let mut store = place.open();
+    let want = [(1, "a1"), (2, "b1"), (3, "a2"), (4, "b2"), (5, "a3")];
+    assert_eq!(bodies(&mut *store, 0), want.map(|(s, b)| (s, b.to_string())));
+    commit_one(&mut *store, vec![event("next")]).unwrap();
+    assert_eq!(bodies(&mut *store, 5), [(6, "next".to_string())]);
 }

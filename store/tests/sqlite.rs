@@ -469,9 +469,12 @@ fn events_are_kept_in_serial_order_across_a_reopen_and_forgotten_from_the_oldest
         assert_eq!(store.event_span().unwrap(), (0, 0));
         let batch = (1..=5).map(|s| Write::AppendEvent(event(s))).collect();
         commit_one(&mut store, batch).unwrap();
-        // A serial is never written twice; the refused batch changes nothing.
-        let again = commit_one(&mut store, vec![Write::AppendEvent(event(6)), Write::AppendEvent(event(3))]);
-        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+        // A serial is never written twice; the refused batch changes
+        // nothing. (A shared store gives serials itself: `postgres.rs`.)
+        if !store.assigns_event_serials() {
+            let again = commit_one(&mut store, vec![Write::AppendEvent(event(6)), Write::AppendEvent(event(3))]);
+            assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+        }
     }
     let mut store = place.open();
     assert_eq!(store.event_span().unwrap(), (5, 5));

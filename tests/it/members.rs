@@ -1,14 +1,15 @@
 //! Several `kiln serve` on one PostgreSQL: members join and list each
 //! other, a joining member is handed its share, any member answers for
 //! any node, a member killed outright has its nodes taken over by the living
-//! (and their work kept), and a member paused past its timeout fences
-//! itself when it wakes, writing nothing.
+//! (and their work kept), a member paused past its timeout fences
+//! itself when it wakes, writing nothing, and every member shows every
+//! member's events, in one order with one serial space.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::Daemon;
+use crate::harness::{Daemon, Events};
 use crate::postgres::database;
 use crate::relay::Relay;
 
@@ -203,8 +204,8 @@ fn any_member_answers_for_any_node_and_its_owner_acts() {
     assert!(refused.to_string().contains("cannot deploy"), "{refused}");
     let missing = b.json_code(&["node", "show", "nosuch"], 2);
     assert!(missing.to_string().contains("no such node"), "{missing}");
-    // Each member keeps its own event stream: no serial of one is taken by
-    // the other's.
+    // The members' events share one stream: no commit of one is refused
+    // for a serial the other took.
     for d in [&a, &b] {
         let lines = d.log_lines();
         assert!(!lines.iter().any(|l| l.contains("could not be stored")), "{}", lines.join("\n"));
@@ -314,4 +315,120 @@ fn three_members_lose_nothing_when_one_is_killed_under_load() {
     let out = a.cli(&["--json", "job", "watch", &queued.to_string()]);
     let last = String::from_utf8_lossy(&out.stdout).lines().last().map(str::to_string).unwrap_or_default();
     assert!(last.contains("\"success\""), "{last}");
+}
+
+/// `kiln --json events ARGS` on `d`: the events printed.
+fn events(d: &Daemon, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["--json", "events"];
+    all.extend_from_slice(args);
+    let out = d.cli(&all);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// [`events`] once `done` holds for what it prints, at most 10 s later: a
+/// command answers once its node's change is committed, and its events
+/// are committed just after, then read by the other members.
+fn events_once(d: &Daemon, args: &[&str], done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = events(d, args);
+        if done(&got) {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "kiln events {args:?} never got there: {got:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `events` holds the end of each of `nodes`.
+fn ends_of(events: &[Value], nodes: &[&str]) -> bool {
+    nodes.iter().all(|n| events.iter().any(|e| ended(e, n)))
+}
+
+fn serials(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["serial"].as_u64().unwrap()).collect()
+}
+
+/// Whether `e` is `node`'s `end`.
+fn ended(e: &Value, node: &str) -> bool {
+    e["node_name"] == node && e["kind"] == "end"
+}
+
+#[test]
+fn every_member_shows_every_member_s_events_and_since_resumes_on_any_member() {
+    let url = database();
+    let a = member(12, &url, "a");
+    let b = member(0, &url, "b");
+    wait_members(&a, Duration::from_secs(15), |rows| {
+        rows.len() == 2
+            && rows.iter().all(|r| r.1 == "alive" && r.2 >= 2)
+            && rows.iter().map(|r| r.2).sum::<u64>() == 12
+    });
+    let (on_a, on_b) = (local(&a), local(&b));
+    let (x, y) = (on_b[0].as_str(), on_a[0].as_str());
+
+    // Followed on a: a transition b's own actor makes shows there.
+    let mut follower = Events::follow(&a);
+    b.json(&["node", "manage", x, "--wait"]);
+    let seen = follower.wait_for(&format!("{x}'s end, made by b, on a"), |e| ended(e, x));
+    a.json(&["node", "manage", y, "--wait"]);
+    let last = follower.wait_for(&format!("{y}'s end on a"), |e| ended(e, y));
+    assert!(last["serial"].as_u64() > seen["serial"].as_u64(), "{seen} then {last}");
+    drop(follower);
+
+    // The one stream, read on either member: the same events, serials
+    // 1, 2, ... in order, each member's nodes among them.
+    let all = events_once(&b, &["--since", "0"], |l| ends_of(l, &[x, y]));
+    assert_eq!(serials(&all), (1..=all.len() as u64).collect::<Vec<_>>(), "{all:?}");
+    assert_eq!(events_once(&a, &["--since", "0"], |l| l.len() >= all.len())[..all.len()], all);
+    // The recent events of a member are every member's too.
+    assert_eq!(events_once(&a, &[], |l| l.len() >= all.len())[..all.len()], all);
+
+    // A consumer that saw up to `last` on a reconnects to b after events
+    // on both: exactly what came after, in order, none twice.
+    let upto = last["serial"].as_u64().unwrap();
+    a.json(&["node", "manage", &on_b[1], "--wait"]);
+    b.json(&["node", "manage", &on_a[1], "--wait"]);
+    b.json(&["node", "provide", x, "--wait"]);
+    let since = upto.to_string();
+    let rest = events_once(&b, &["--since", &since], |l| ends_of(l, &[&on_b[1], &on_a[1], x]) && l.len() >= 6);
+    let want: Vec<u64> = (upto + 1..=upto + rest.len() as u64).collect();
+    assert_eq!(serials(&rest), want, "{rest:?}");
+    let same = events_once(&a, &["--since", &since], |l| l.len() >= rest.len());
+    assert_eq!(same[..rest.len()], rest, "the same on every member");
+
+    // Filters apply to the one stream on any member.
+    let x_ends = events(&a, &["--since", "0", "-w", x, "--kind", "end"]);
+    assert_eq!(x_ends.len(), 2, "{x_ends:?}");
+    assert!(x_ends.iter().all(|e| ended(e, x)), "{x_ends:?}");
+    // A node's uuid names it, whichever member runs it.
+    let uuid = a.node(x)["uuid"].as_str().unwrap().to_string();
+    assert_eq!(events(&a, &["--since", "0", "-w", &uuid, "--kind", "end"]), x_ends);
+
+    // Followed on b from the last serial seen while both members' nodes
+    // change at once: every event, in serial order, none missing and none
+    // twice, as any member's store replays them.
+    let from = serials(&rest).last().copied().unwrap();
+    let seen = std::cell::RefCell::new(Vec::new());
+    let mut follower = Events::follow_with(&b, &["--since", &from.to_string()]);
+    let powered = [x, y, on_b[1].as_str(), on_a[1].as_str()].join(",");
+    let power = crate::harness::spawn_at(
+        &a.socket,
+        &["--json", "node", "power", "on", &powered, "--wait"],
+        std::process::Stdio::null(),
+    );
+    let rest_of: Vec<&str> = on_a[2..].iter().chain(&on_b[2..]).map(String::as_str).collect();
+    b.json(&["node", "manage", &rest_of.join(","), "--wait"]);
+    assert!(power.wait_with_output().unwrap().status.success());
+    let count = 2 * (4 + rest_of.len());
+    let stored = events_once(&a, &["--since", &from.to_string()], |l| l.len() >= count);
+    let end = *serials(&stored).last().unwrap();
+    follower.wait_for("the last stored event", |e| {
+        seen.borrow_mut().push(e["serial"].as_u64().unwrap());
+        e["serial"].as_u64() == Some(end)
+    });
+    assert_eq!(*seen.borrow(), serials(&stored));
+    assert_eq!(serials(&stored), (from + 1..=end).collect::<Vec<_>>());
+    assert_eq!(stored.len(), count, "a start and an end for each: {stored:?}");
 }

@@ -1,5 +1,6 @@
 //! The member's ears: one session that `LISTEN`s for node requests and
-//! their answers ([`super::requests`]) and passes each wake-up on.
+//! their answers ([`super::requests`]) and for committed events
+//! ([`super::events`]), and passes each wake-up on.
 //!
 //! A thread and session of its own, always connected (its runtime runs all
 //! the time, unlike the store's, which runs only inside a store call). A
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot};
 
+use super::events::EVENTS;
 use super::requests::{ANSWERS, REQUESTS};
 use super::{PgOptions, connect_hearing};
 use crate::StoreError;
@@ -26,12 +28,14 @@ pub enum Wake {
     /// A node was created or renamed (`Some(name)`), or deleted (`None`),
     /// by whichever member ([`DIRECTORY`]).
     Directory { node: String, name: Option<String> },
+    /// Some member committed events.
+    Events,
     /// The session was opened (again): wake-ups may have been missed.
     Resync,
 }
 
 /// The channel a node's creation, rename or deletion is told on, by a
-/// trigger (PostgreSQL migration 10): `UUID NAME`, or `UUID` when deleted.
+/// trigger (PostgreSQL migration 11): `UUID NAME`, or `UUID` when deleted.
 pub const DIRECTORY: &str = "kiln_directory";
 
 /// How long a lost listening session waits before it is opened again.
@@ -84,7 +88,7 @@ async fn listen(options: PgOptions, wakes: broadcast::Sender<Wake>, mut stop: on
         let opened = async {
             let client = connect_hearing(&options, false, Some(notes)).await?;
             client
-                .batch_execute(&format!("LISTEN {REQUESTS}; LISTEN {ANSWERS}; LISTEN {DIRECTORY}"))
+                .batch_execute(&format!("LISTEN {REQUESTS}; LISTEN {ANSWERS}; LISTEN {DIRECTORY}; LISTEN {EVENTS}"))
                 .await
                 .map_err(|e| super::db_error(&options.target, e))?;
             Ok::<_, StoreError>(client)
@@ -128,6 +132,7 @@ fn wake_of(channel: &str, payload: &str) -> Option<Wake> {
             Some((node, name)) => Wake::Directory { node: node.to_string(), name: Some(name.to_string()) },
             None => Wake::Directory { node: payload.to_string(), name: None },
         }),
+        EVENTS => Some(Wake::Events),
         _ => None,
     }
 }

@@ -26,6 +26,10 @@
 //!   is refused (`KLFN0`) rather than overwriting the adopter's progress.
 //!   Job ids need no epoch: a job's runner changes only from a member that
 //!   is not alive, and a member id is never reused.
+//! - **One event stream for the site** (from version 10): an event's serial
+//!   is given by the database (`kiln_append_event`, under an advisory lock
+//!   held to the commit), so serials are site-wide and in commit order;
+//!   see [`super::events`].
 //! - Migration and its version are one transaction under an advisory lock,
 //!   so two members starting together migrate once.
 
@@ -253,7 +257,37 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE nodes ADD COLUMN callback text;
     "#,
-    // 10: the site's directory kept current on every member: a node's
+    // 10: one event stream for the site (`events.rs`): one serial space, in
+    // commit order across members; `source` still names the member that
+    // wrote each event. The events kept so far are renumbered in (serial,
+    // source) order: each member's own keep their order, and none gets a
+    // serial below its old one, so a consumer's `--since` from before the
+    // upgrade loses nothing (it may see some twice, once).
+    r#"
+    ALTER TABLE events DROP CONSTRAINT events_pkey;
+    UPDATE events e SET serial = r.n
+        FROM (SELECT source, serial, row_number() OVER (ORDER BY serial, source) AS n FROM events) r
+        WHERE e.source = r.source AND e.serial = r.serial;
+    ALTER TABLE events ADD PRIMARY KEY (serial);
+
+    -- Appends one event after every event committed so far, and wakes
+    -- every member's bus. The advisory lock (events::EVENTS_LOCK) is held
+    -- to the end of the transaction, so serials are given in commit order;
+    -- the function is volatile, so its max(serial) is read with a snapshot
+    -- taken once the lock is held, and sees the commit of the last holder.
+    CREATE FUNCTION kiln_append_event(event_body bytea, writer text) RETURNS bigint
+        LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        given bigint;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(1801811572);
+        SELECT coalesce(max(serial), 0) + 1 INTO given FROM events;
+        INSERT INTO events (serial, body, source) VALUES (given, event_body, writer);
+        PERFORM pg_notify('kiln_events', '');
+        RETURN given;
+    END $$;
+    "#,
+    // 11: the site's directory kept current on every member: a node's
     // creation, rename and deletion is announced on `kiln_directory`
     // (`listener.rs`) when it commits, whoever wrote it. A rename is told
     // only when the name changes, so the write of a transition pays a
