@@ -371,7 +371,10 @@ fn the_upgrade_to_one_stream_renumbers_each_member_s_events_in_order_and_never_l
     // Back to version 9: one stream per member.
     execute(
         &place,
-        "DROP FUNCTION kiln_append_event;
+        "DROP TRIGGER nodes_directory_added_or_gone ON nodes;
+         DROP TRIGGER nodes_directory_renamed ON nodes;
+         DROP FUNCTION kiln_directory_notify;
+         DROP FUNCTION kiln_append_event;
          ALTER TABLE events DROP CONSTRAINT events_pkey;
          ALTER TABLE events ADD PRIMARY KEY (source, serial);
          INSERT INTO events (serial, body, source) VALUES

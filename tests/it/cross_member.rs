@@ -7,10 +7,19 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::Daemon;
-use crate::members::{member, member_with, submit};
+use crate::members::{member_with, submit};
 use crate::metrics::{at, get, metrics_addr, parse};
 use crate::peers;
 use crate::postgres::database;
+
+/// A member that none of these tests expects to die: a member timeout of
+/// 10 s, so a loaded machine that delays a heartbeat by a few seconds does
+/// not fence it (the tests of takeover use 3 s).
+fn steady(url: &str, name: &str, more: &[&str]) -> Daemon {
+    let mut args = vec!["--set", "member_timeout=10s"];
+    args.extend(more);
+    member_with(0, url, name, &args)
+}
 
 /// Waits (at most 30 s) until two members are alive and each runs the
 /// nodes the ring over them places on it (a fake node's ring key is its
@@ -58,12 +67,12 @@ fn settled_with_one_on(d: &Daemon, member: &str) -> Vec<(String, String)> {
 fn exec_on_any_member_reaches_every_node_at_its_stored_address() {
     let sshd = peers::sshd();
     let url = database();
-    let a = member(0, &url, "a");
+    let a = steady(&url, "a", &[]);
     let addresses = [("s1", "127.0.0.2"), ("s2", "127.0.0.3"), ("s3", "127.0.0.4"), ("s4", "127.0.0.5")];
     for (name, addr) in addresses {
         a.json(&["node", "create", name, "--driver", "fake", "--property", &format!("address={addr}")]);
     }
-    let b = member(0, &url, "b");
+    let b = steady(&url, "b", &[]);
     // Each node is run by one member and stays there, so between the two
     // runs below every node is reached once from the member that does not
     // run it.
@@ -96,8 +105,8 @@ fn job_until(d: &Daemon, id: u64, done: impl Fn(&Value) -> bool) -> Value {
 #[test]
 fn a_job_waits_for_a_job_another_member_runs() {
     let url = database();
-    let a = member(0, &url, "a");
-    let b = member(0, &url, "b");
+    let a = steady(&url, "a", &[]);
+    let b = steady(&url, "b", &[]);
     // A job on a that runs until the test lets it end (bounded: 30 s).
     let gate = a.dir.path().join("gate");
     let blocked = submit(
@@ -148,8 +157,8 @@ fn show_until(d: &Daemon, name: &str, code: i32) -> Value {
 #[test]
 fn every_member_follows_the_nodes_created_renamed_and_deleted_on_another() {
     let url = database();
-    let a = member(0, &url, "a");
-    let mut b = member_with(0, &url, "b", &["--metrics-addr", "127.0.0.1:0"]);
+    let a = steady(&url, "a", &[]);
+    let mut b = steady(&url, "b", &["--metrics-addr", "127.0.0.1:0"]);
     let metrics = metrics_addr(&mut b);
     let lookups = |from: &str| {
         at(&parse(&get(&metrics, "/metrics").2), &format!("kiln_directory_lookups_total{{from=\"{from}\"}}"))
@@ -203,11 +212,11 @@ fn every_member_follows_the_nodes_created_renamed_and_deleted_on_another() {
 #[test]
 fn a_job_holds_a_node_another_member_runs_and_power_status_reads_it_there() {
     let url = database();
-    let a = member(0, &url, "a");
+    let a = steady(&url, "a", &[]);
     for i in 1..=4 {
         a.json(&["node", "create", &format!("h{i}"), "--driver", "fake"]);
     }
-    let b = member(0, &url, "b");
+    let b = steady(&url, "b", &[]);
     let placed = settled_with_one_on(&a, "a");
     let name = placed.iter().find(|(_, m)| m == "a").map(|(n, _)| n.clone()).expect("a node on a");
     // b reads the power state live through a.
