@@ -113,6 +113,31 @@ fn a_member_that_leaves_is_marked_left_and_its_nodes_are_orphans() {
 }
 
 #[test]
+fn answers_whose_caller_is_gone_are_removed_and_a_live_caller_s_are_kept() {
+    let place = Place::new(Kind::Postgres);
+    let nodes = seed(&place, 1);
+    let _a = join(&place, "alive-caller", "a");
+    let node = nodes[0].uuid;
+    place.sql(&format!(
+        "INSERT INTO node_requests (node, caller, body, state, answer) VALUES \
+           ('{node}', 'gone-caller', '{{}}', 'answered', 'x'), \
+           ('{node}', 'alive-caller', '{{}}', 'answered', 'y'), \
+           ('{node}', 'gone-caller', '{{}}', 'queued', NULL)"
+    ));
+    // The janitor runs with every heartbeat of the one member.
+    let cleaned = until(Duration::from_secs(10), || {
+        place.sql("SELECT count(*) FROM node_requests WHERE caller = 'gone-caller' AND state = 'answered'") == ["0"]
+    });
+    assert!(cleaned, "{:?}", place.sql("SELECT caller || ' ' || state FROM node_requests"));
+    let left = place.sql("SELECT caller || ' ' || state FROM node_requests ORDER BY id");
+    assert_eq!(
+        left,
+        ["alive-caller answered", "gone-caller queued"],
+        "a live caller's answer and a queued request stay"
+    );
+}
+
+#[test]
 fn a_member_with_other_ring_settings_is_refused() {
     let place = Place::new(Kind::Postgres);
     let mut store = open(&place, "x");

@@ -278,14 +278,7 @@ fn verify_full_checks_the_server_certificate_against_sslrootcert() {
 /// Runs `sql` (several statements) on the place's database, as the tests'
 /// superuser.
 fn execute(place: &Place, sql: &str) {
-    let url = place.target();
-    let raw = server().url(url.masked().rsplit('/').next().unwrap().split('?').next().unwrap());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&raw, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client.batch_execute(sql).await.unwrap();
-    });
+    place.sql(sql);
 }
 
 /// An event whose body names it; the serial a shared store is given is

@@ -438,8 +438,9 @@ async fn site_setting(
 }
 
 /// One round of the janitor, if this member gets its lock: marks members
-/// silent longer than `timeout` dead, ends their sessions, and forgets old
-/// rows that own nothing. Returns the ids it marked.
+/// silent longer than `timeout` dead, ends their sessions, removes the
+/// answers of requests whose caller is gone, and forgets old member rows
+/// that own nothing. Returns the ids it marked.
 async fn janitor(client: &mut Client, timeout: Duration) -> Result<Vec<String>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     // A member cut off in the middle of this transaction would hold the lock
@@ -469,6 +470,14 @@ async fn janitor(client: &mut Client, timeout: Duration) -> Result<Vec<String>, 
         .map(|row| row.get(0))
         .collect();
     terminate(&tx, &dead).await?;
+    // Answers no live member will collect: their caller died or left (a
+    // restart is a new member), so nothing else would ever remove them.
+    tx.execute(
+        "DELETE FROM node_requests WHERE state = 'answered' \
+         AND caller NOT IN (SELECT id FROM members WHERE state = 'alive')",
+        &[],
+    )
+    .await?;
     tx.execute(
         &format!(
             "DELETE FROM members m WHERE state <> 'alive' AND heartbeat_at < now() - interval '{FORGET_AFTER}' \

@@ -66,6 +66,30 @@ impl Place {
         })
     }
 
+    /// Runs `sql` on the place's database as the superuser, outside kiln
+    /// (to set up what a test needs, or to look at what kiln left); the
+    /// first column of the last statement's rows, as text.
+    pub fn sql(&self, sql: &str) -> Vec<String> {
+        let target = self.target();
+        let raw = server().url(target.masked().rsplit('/').next().unwrap().split('?').next().unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&raw, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let mut last = Vec::new();
+            for message in client.simple_query(sql).await.unwrap() {
+                match message {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => {
+                        last.push(row.get(0).unwrap_or_default().to_string())
+                    }
+                    tokio_postgres::SimpleQueryMessage::CommandComplete(_) => {}
+                    _ => {}
+                }
+            }
+            last
+        })
+    }
+
     pub fn target(&self) -> PgTarget {
         self.target.clone().expect("a PostgreSQL place")
     }
