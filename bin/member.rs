@@ -73,6 +73,7 @@ impl Joined {
             wakes: self.listener.wakes(),
             fence: kiln_actors::remote::Fence(self.membership.fence()),
             fence_delay,
+            courier: Default::default(),
         }
     }
 
