@@ -29,6 +29,11 @@
 //!   their `runner` the same way (no epoch: a job changes runner only from
 //!   a member that is not alive, and member ids are not reused), so a
 //!   member whose jobs another adopted cannot write them again.
+//! - **The WAL flush runs beside the next group.** Once the store thread
+//!   has taken a [`LogSync`](crate::LogSync) ([`sync`]), a group commits
+//!   with `synchronous_commit` off and its callers are answered only after
+//!   a session of its own has flushed the WAL past it: one flush covers
+//!   every group applied meanwhile, as with SQLite's WAL.
 //! - **A lost COMMIT is never guessed at.** When the connection fails while
 //!   a group's answers are outstanding, whether the server committed is
 //!   unknown: every batch of the group gets [`StoreError::OutcomeUnknown`],
@@ -66,6 +71,7 @@ pub mod members;
 pub mod migrations;
 pub mod requests;
 mod runs;
+mod sync;
 pub mod target;
 
 pub use migrations::{MIGRATIONS, SCHEMA_VERSION};
@@ -141,6 +147,10 @@ pub struct PgBackend {
     epochs: HashMap<NodeId, i64>,
     /// Told when a commit's outcome is unknown ([`PgBackend::on_lost_commit`]).
     on_lost: Option<LostCommit>,
+    /// Whether groups commit without waiting for their WAL flush: a
+    /// [`sync::PgSync`] was handed out ([`Backend::log_sync`]), which
+    /// flushes it before any caller is answered.
+    flush_beside: bool,
 }
 
 /// What a backend tells when a commit's outcome is unknown.
@@ -168,7 +178,15 @@ impl PgBackend {
             .map_err(|source| StoreError::Io { what: "cannot start the PostgreSQL runtime".into(), source })?;
         let client = runtime.block_on(connect(&options, true))?;
         let mut backend =
-            PgBackend { client, runtime, options, statements: HashMap::new(), epochs: HashMap::new(), on_lost: None };
+            PgBackend {
+            client,
+            runtime,
+            options,
+            statements: HashMap::new(),
+            epochs: HashMap::new(),
+            on_lost: None,
+            flush_beside: false,
+        };
         backend.migrate()?;
         Backend::claim_orphans(&mut backend)?;
         backend.claim_orphan_jobs()?;
@@ -299,6 +317,12 @@ impl PgBackend {
                 vec![Box::new(i64::try_from(*serial).unwrap_or(i64::MAX)), Box::new(self.source())],
             ),
         })
+    }
+
+    /// What begins a group's transaction: with a sync session beside it,
+    /// one whose `COMMIT` does not wait for the WAL flush ([`sync`]).
+    fn begin(&self) -> &'static str {
+        if self.flush_beside { "BEGIN; SET LOCAL synchronous_commit = off" } else { "BEGIN" }
     }
 
     /// The event stream this member writes and reads: its name.
@@ -937,7 +961,7 @@ impl Backend for PgBackend {
                 Fast::Run(op) => Some(op.sql),
                 Fast::Own(_) => None,
             }))?;
-            let mut steps = vec![Step::Simple("BEGIN")];
+            let mut steps = vec![Step::Simple(self.begin())];
             steps.extend(fast.iter().map(|f| Step::Write(f.op())));
             steps.push(Step::Simple("COMMIT"));
             let mut writes = self.pipeline(&steps);
@@ -965,7 +989,7 @@ impl Backend for PgBackend {
         }
 
         // Batch by batch, each under a savepoint.
-        let answers = self.pipeline(&[Step::Simple("BEGIN")]);
+        let answers = self.pipeline(&[Step::Simple(self.begin())]);
         if let Some(Err(e)) = answers.into_iter().next() {
             return Err(db_error(&self.options.target, e));
         }
@@ -1008,6 +1032,14 @@ impl Backend for PgBackend {
             Some(Err(e)) => Err(db_error(&self.options.target, e)),
             _ => Ok(results),
         }
+    }
+
+    /// A session of its own that flushes the WAL beside the next group
+    /// ([`sync`]); from then on groups commit without waiting for it.
+    fn log_sync(&mut self) -> Option<Box<dyn crate::LogSync>> {
+        let sync = sync::PgSync::open(&self.options, self.on_lost.clone())?;
+        self.flush_beside = true;
+        Some(Box::new(sync))
     }
 
     fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {

@@ -25,6 +25,15 @@
 //!   node's uuid, owner and epoch), and a node updated twice in one run
 //!   keeps its last record, as the single statements would leave it.
 //!   Entries are inserted in their order, so their ids follow it.
+//! - **Looked up by uuid, whatever the statistics say.** Right after a
+//!   member claimed or created its nodes, the planner's statistics can
+//!   say a member owns a handful of rows, and it then scanned the
+//!   `nodes_owner` index for every row the member owns, once per group.
+//!   The owner is compared with `IS NOT DISTINCT FROM` (the same test on a
+//!   `NOT NULL` column, but one no index serves) and the rows are named by
+//!   `uuid = ANY(…)`, which the primary key serves. The nodes a statement
+//!   did not write are found by `EXCEPT` (hashed), not by a join of the
+//!   run with itself.
 //! - Only the fast path uses this; SQLite's path is untouched.
 
 use std::collections::HashMap;
@@ -135,9 +144,11 @@ pub(super) const UPDATE_NODES: &str = "WITH v AS (
              bmc_last_contact = v.bmc_last_contact, bmc_unreachable_since = v.bmc_unreachable_since,
              power_verified_at = v.power_verified_at, bmc_profile = v.bmc_profile, extra = v.extra,
              instance_info = v.instance_info, callback = v.callback
-         FROM v WHERE n.uuid = v.uuid AND n.owner = $27 AND n.owner_epoch = v.epoch
+         FROM v
+         WHERE n.uuid = ANY($1::text[]) AND n.uuid = v.uuid
+           AND n.owner IS NOT DISTINCT FROM $27 AND n.owner_epoch = v.epoch
          RETURNING n.uuid)
-     SELECT kiln_node_written(0, v.uuid) FROM v WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.uuid = v.uuid)";
+     SELECT kiln_node_written(0, m.uuid) FROM (SELECT uuid FROM v EXCEPT SELECT uuid FROM u) m";
 
 /// The entries of `$1`-`$6` (node, at, event, from, to, error) whose node
 /// `$8` owns at the epoch in `$7`, in their order; raises for any other.
@@ -147,8 +158,9 @@ pub(super) const APPEND_HISTORY: &str = "WITH h AS (
      i AS (
          INSERT INTO node_history (node, at, event, from_state, to_state, error)
          SELECT h.node, h.at, h.event, h.from_state, h.to_state, h.error FROM h
-         WHERE EXISTS (SELECT 1 FROM nodes n WHERE n.uuid = h.node AND n.owner = $8 AND n.owner_epoch = h.epoch)
+         WHERE EXISTS (SELECT 1 FROM nodes n
+                       WHERE n.uuid = ANY($1::text[]) AND n.uuid = h.node
+                         AND n.owner IS NOT DISTINCT FROM $8 AND n.owner_epoch = h.epoch)
          ORDER BY h.i
          RETURNING node)
-     SELECT kiln_node_written(0, h.node) FROM (SELECT DISTINCT node FROM h) h
-     WHERE NOT EXISTS (SELECT 1 FROM i WHERE i.node = h.node)";
+     SELECT kiln_node_written(0, m.node) FROM (SELECT node FROM h EXCEPT SELECT node FROM i) m";
