@@ -86,9 +86,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
 /// then on, with `--wait`; requests per second.
 fn routed(members: &[Member]) -> anyhow::Result<Figure> {
     let (asker, owner) = (&members[0], &members[1]);
-    let names: Vec<String> = owner.ok(&["node", "list", "@local"])?.as_array().map_or(Vec::new(), |list| {
-        list.iter().filter_map(|n| n["name"].as_str().map(str::to_string)).collect()
-    });
+    let names: Vec<String> = owner
+        .ok(&["node", "list", "@local"])?
+        .as_array()
+        .map_or(Vec::new(), |list| list.iter().filter_map(|n| n["name"].as_str().map(str::to_string)).collect());
     if names.is_empty() {
         bail!("member {} runs no node", owner.name);
     }

@@ -177,8 +177,7 @@ impl PgBackend {
             .build()
             .map_err(|source| StoreError::Io { what: "cannot start the PostgreSQL runtime".into(), source })?;
         let client = runtime.block_on(connect(&options, true))?;
-        let mut backend =
-            PgBackend {
+        let mut backend = PgBackend {
             client,
             runtime,
             options,
@@ -1404,9 +1403,7 @@ impl crate::Shared for PgBackend {
         }
         self.reconnect_if_closed()?;
         let me = self.options.member.clone();
-        self.runtime
-            .block_on(requests::submit(&self.client, asked, &me))
-            .map_err(|e| db_error(&self.options.target, e))
+        self.runtime.block_on(requests::submit(&self.client, asked, &me)).map_err(|e| db_error(&self.options.target, e))
     }
 
     fn take_node_requests(&mut self, limit: i64) -> Result<Vec<requests::NodeRequest>, StoreError> {

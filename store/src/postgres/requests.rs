@@ -115,10 +115,7 @@ pub(super) async fn answer(client: &Client, answers: &[(i64, String)]) -> Result
 /// rows answered go with them.
 pub(super) async fn collect(client: &Client, ids: &[i64]) -> Result<Vec<(i64, String)>, tokio_postgres::Error> {
     let rows = client
-        .query(
-            "DELETE FROM node_requests WHERE id = ANY($1) AND state = 'answered' RETURNING id, answer",
-            &[&ids],
-        )
+        .query("DELETE FROM node_requests WHERE id = ANY($1) AND state = 'answered' RETURNING id, answer", &[&ids])
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default())).collect())
 }
