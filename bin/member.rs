@@ -74,6 +74,7 @@ impl Joined {
             fence: kiln_actors::remote::Fence(self.membership.fence()),
             fence_delay,
             directory: Default::default(),
+            courier: Default::default(),
         }
     }
 

@@ -14,13 +14,22 @@
 //!   so the node's lock and FIFO hold across members as within one.
 //! - **Woken, with a sweep behind it.** Owners and callers wait for the
 //!   listener's wake-ups ([`Wake`]) and look again every [`SWEEP`] anyway.
+//! - **Batched per member, not per node.** A bulk verb asks each remote
+//!   node from its own task (the fan-out keeps its width), but the asks go
+//!   through one courier per member ([`Courier`]): what is queued when it
+//!   looks becomes one statement of requests, and one statement collects
+//!   every answer there is for what it waits for. The owner likewise
+//!   writes the answers that are ready as one statement. Each of these is
+//!   a store read, which holds up the member's group commits while it
+//!   runs: per node, they cost the caller and the owner several round
+//!   trips each.
 
 use std::time::Duration;
 
 use kiln_store::postgres::listener::Wake;
 use kiln_store::{NodeId, Shared as SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::supervisor::Router;
 use crate::view::NodeView;
@@ -56,6 +65,27 @@ pub struct Shared {
     /// Every node of the site by name, kept current by the database's
     /// announcements ([`crate::directory::keep`]).
     pub directory: std::sync::Arc<crate::directory::Directory>,
+    /// Carries this member's requests for other members' nodes.
+    pub courier: Courier,
+}
+
+/// The task that writes this member's requests for other members' nodes
+/// and collects their answers, in batches; started at its first use.
+#[derive(Clone, Default)]
+pub struct Courier(std::sync::Arc<std::sync::OnceLock<mpsc::UnboundedSender<Ask>>>);
+
+impl std::fmt::Debug for Courier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Courier")
+    }
+}
+
+/// One request for the courier: the node, the encoded request, and where
+/// its answer (as the owner wrote it) goes.
+pub struct Ask {
+    node: NodeId,
+    body: String,
+    reply: oneshot::Sender<Result<String, KilnError>>,
 }
 
 /// Why this member must not act any more, if it must not.
@@ -110,52 +140,184 @@ pub async fn run(
 
 /// Asks the owner of `node` to carry out `request` and waits for its answer.
 pub async fn ask(router: &Router, shared: &Shared, node: NodeId, request: Request) -> Result<NodeView, KilnError> {
-    // Subscribed before the request is written: its answer cannot slip by.
-    let mut wakes = shared.wakes.subscribe();
     let body = serde_json::to_string(&request)
         .map_err(|e| KilnError::Protocol(format!("cannot encode a node request: {e}")))?;
-    let id = router
-        .store
-        .read(move |b| shared_of(b)?.submit_node_request(node, &body))
-        .await?
-        .ok_or_else(|| KilnError::NotFound(format!("node {node} does not exist")))?;
-    let started = std::time::Instant::now();
-    let mut withdrawn_tried = false;
-    loop {
-        if let Some(answer) = router.store.read(move |b| shared_of(b)?.collect_node_answer(id)).await? {
-            return serde_json::from_str::<Answer>(&answer)
-                .map_err(|e| KilnError::Protocol(format!("the owner's answer cannot be read: {e}")))?;
+    let courier = shared.courier.0.get_or_init(|| {
+        let (asks, inbox) = mpsc::unbounded_channel();
+        actix::spawn(carry(router.store.clone(), shared.wakes.subscribe(), inbox));
+        asks
+    });
+    let (reply, answer) = oneshot::channel();
+    courier
+        .send(Ask { node, body, reply })
+        .map_err(|_| KilnError::Unavailable("the courier of node requests is not running".into()))?;
+    let answer = answer.await.map_err(|_| KilnError::Unavailable("the courier of node requests stopped".into()))??;
+    serde_json::from_str::<Answer>(&answer)
+        .map_err(|e| KilnError::Protocol(format!("the owner's answer cannot be read: {e}")))?
+}
+
+/// A request written and not answered yet.
+struct Waiting {
+    node: NodeId,
+    reply: oneshot::Sender<Result<String, KilnError>>,
+    since: std::time::Instant,
+    withdraw_tried: bool,
+}
+
+/// The courier: writes the requests queued in `inbox` (all that are there
+/// when it looks, as one statement), and collects the answers of every
+/// request it waits for (one statement) when woken for one of them, after
+/// a resync, or every [`SWEEP`]. Runs until every sender is gone.
+async fn carry(
+    store: kiln_store::StoreHandle,
+    mut wakes: broadcast::Receiver<Wake>,
+    mut inbox: mpsc::UnboundedReceiver<Ask>,
+) {
+    let mut waiting: std::collections::HashMap<i64, Waiting> = Default::default();
+    let (mut open, mut hearing) = (true, true);
+    let mut looked = std::time::Instant::now();
+    while open || !waiting.is_empty() {
+        let mut asks = Vec::new();
+        let mut look = false;
+        tokio::select! {
+            ask = inbox.recv(), if open => match ask {
+                Some(ask) => asks.push(ask),
+                None => open = false,
+            },
+            wake = wakes.recv(), if hearing => match wake {
+                Ok(Wake::Answer(id)) => look = waiting.contains_key(&id),
+                Ok(Wake::Requests(_) | Wake::Directory { .. } | Wake::Events) => {}
+                Ok(Wake::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => look = true,
+                // No more wake-ups: the sweep alone finds the answers.
+                Err(broadcast::error::RecvError::Closed) => hearing = false,
+            },
+            () = tokio::time::sleep(SWEEP) => look = true,
         }
-        let waited = started.elapsed();
-        if waited >= TAKE_WITHIN && !withdrawn_tried {
-            withdrawn_tried = true;
-            if router.store.read(move |b| shared_of(b)?.cancel_node_request(id)).await? {
-                return Err(KilnError::Unavailable(format!(
-                    "node {node}: no member took the request within {} s (its owner may be down; \
-                     a live member takes its nodes over within member_timeout); nothing was done",
-                    TAKE_WITHIN.as_secs()
-                )));
+        // However busy, a sweep every SWEEP.
+        look |= looked.elapsed() >= SWEEP;
+        // Everything else already here goes in the same statements.
+        while let Ok(ask) = inbox.try_recv() {
+            asks.push(ask);
+        }
+        loop {
+            match wakes.try_recv() {
+                Ok(Wake::Answer(id)) => look |= waiting.contains_key(&id),
+                Ok(Wake::Requests(_) | Wake::Directory { .. } | Wake::Events) => {}
+                Ok(Wake::Resync) | Err(broadcast::error::TryRecvError::Lagged(_)) => look = true,
+                Err(_) => break,
             }
         }
-        if waited >= ANSWER_WITHIN {
-            return Err(KilnError::Unavailable(format!(
-                "node {node}: its owner took the request but did not answer within {} s",
-                ANSWER_WITHIN.as_secs()
-            )));
+        if !asks.is_empty() {
+            submit(&store, asks, &mut waiting).await;
         }
-        wait_for(&mut wakes, |w| matches!(w, Wake::Answer(a) if *a == id)).await;
+        if look && !waiting.is_empty() {
+            looked = std::time::Instant::now();
+            collect(&store, &mut waiting).await;
+        }
+    }
+}
+
+/// Writes `asks` as one statement and adds them to `waiting`; a node that
+/// does not exist is answered so at once.
+async fn submit(
+    store: &kiln_store::StoreHandle,
+    asks: Vec<Ask>,
+    waiting: &mut std::collections::HashMap<i64, Waiting>,
+) {
+    let rows: Vec<(NodeId, String)> = asks.iter().map(|a| (a.node, a.body.clone())).collect();
+    let written = match store.read(move |b| shared_of(b)?.submit_node_requests(&rows)).await {
+        Ok(written) => written,
+        Err(e) => {
+            let e = KilnError::from(e);
+            for ask in asks {
+                let _ = ask.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    // The ids of each node's requests, in the order asked.
+    let mut ids: std::collections::HashMap<NodeId, std::collections::VecDeque<i64>> = Default::default();
+    for (node, id) in written {
+        ids.entry(node).or_default().push_back(id);
+    }
+    let since = std::time::Instant::now();
+    for ask in asks {
+        match ids.get_mut(&ask.node).and_then(std::collections::VecDeque::pop_front) {
+            Some(id) => {
+                waiting.insert(id, Waiting { node: ask.node, reply: ask.reply, since, withdraw_tried: false });
+            }
+            None => {
+                let _ = ask.reply.send(Err(KilnError::NotFound(format!("node {} does not exist", ask.node))));
+            }
+        }
+    }
+}
+
+/// Collects every answer there is for `waiting` (one statement) and hands
+/// each to its caller; withdraws what no member took within
+/// [`TAKE_WITHIN`] and gives up on what was not answered within
+/// [`ANSWER_WITHIN`].
+async fn collect(store: &kiln_store::StoreHandle, waiting: &mut std::collections::HashMap<i64, Waiting>) {
+    let ids: Vec<i64> = waiting.keys().copied().collect();
+    match store.read(move |b| shared_of(b)?.collect_node_answers(&ids)).await {
+        Ok(answers) => {
+            for (id, answer) in answers {
+                if let Some(w) = waiting.remove(&id) {
+                    let _ = w.reply.send(Ok(answer));
+                }
+            }
+        }
+        // Tried again at the next wake-up or sweep.
+        Err(e) => tracing::warn!(error = %e, "could not collect the answers of node requests"),
+    }
+    let overdue: Vec<i64> = waiting
+        .iter()
+        .filter(|(_, w)| w.since.elapsed() >= TAKE_WITHIN && !w.withdraw_tried)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in overdue {
+        if let Some(w) = waiting.get_mut(&id) {
+            w.withdraw_tried = true;
+        }
+        if let Ok(true) = store.read(move |b| shared_of(b)?.cancel_node_request(id)).await
+            && let Some(w) = waiting.remove(&id)
+        {
+            let _ = w.reply.send(Err(KilnError::Unavailable(format!(
+                "node {}: no member took the request within {} s (its owner may be down; \
+                 a live member takes its nodes over within member_timeout); nothing was done",
+                w.node,
+                TAKE_WITHIN.as_secs()
+            ))));
+        }
+    }
+    let given_up: Vec<i64> =
+        waiting.iter().filter(|(_, w)| w.since.elapsed() >= ANSWER_WITHIN).map(|(id, _)| *id).collect();
+    for id in given_up {
+        if let Some(w) = waiting.remove(&id) {
+            let _ = w.reply.send(Err(KilnError::Unavailable(format!(
+                "node {}: its owner took the request but did not answer within {} s",
+                w.node,
+                ANSWER_WITHIN.as_secs()
+            ))));
+        }
     }
 }
 
 /// Takes and runs the requests other members write for this member's
-/// nodes, for the site's life.
+/// nodes, for the site's life. The answers that are ready go back as one
+/// statement ([`answer_all`]).
 pub async fn serve(router: Router, shared: Shared) {
     let mut wakes = shared.wakes.subscribe();
+    let (answers, ready) = mpsc::unbounded_channel();
+    actix::spawn(answer_all(router.store.clone(), ready));
     loop {
+        let mut full = false;
         match router.store.read(|b| shared_of(b)?.take_node_requests(BATCH)).await {
             Ok(taken) => {
+                full = taken.len() as i64 >= BATCH;
                 for request in taken {
                     let router = router.clone();
+                    let answers = answers.clone();
                     actix::spawn(async move {
                         let id = request.id;
                         if !router.registry.by_id.contains_key(&request.node) {
@@ -173,17 +335,33 @@ pub async fn serve(router: Router, shared: Shared) {
                             ))))
                             .unwrap_or_default()
                         });
-                        if let Err(e) = router.store.read(move |b| shared_of(b)?.answer_node_request(id, &text)).await {
-                            tracing::warn!(request = id, error = %e, "could not answer a node request");
-                        }
+                        let _ = answers.send((id, text));
                     });
                 }
             }
             Err(StoreError::Closed) => return,
             Err(e) => tracing::warn!(error = %e, "could not take node requests; trying again"),
         }
-        let me = shared.member.clone();
-        wait_for(&mut wakes, move |w| matches!(w, Wake::Requests(owner) if *owner == me)).await;
+        // A full batch: more may be queued, with their wake-up spent.
+        if !full {
+            let me = shared.member.clone();
+            wait_for(&mut wakes, move |w| matches!(w, Wake::Requests(owner) if *owner == me)).await;
+        }
+    }
+}
+
+/// Writes the answers of this member's requests as they come: all those
+/// ready when it looks, as one statement.
+async fn answer_all(store: kiln_store::StoreHandle, mut ready: mpsc::UnboundedReceiver<(i64, String)>) {
+    while let Some(first) = ready.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = ready.try_recv() {
+            batch.push(more);
+        }
+        let count = batch.len();
+        if let Err(e) = store.read(move |b| shared_of(b)?.answer_node_requests(&batch)).await {
+            tracing::warn!(answers = count, error = %e, "could not answer node requests");
+        }
     }
 }
 

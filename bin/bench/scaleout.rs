@@ -5,7 +5,9 @@
 //! on a fresh database: one member, two, three, running the same life
 //! cycle (manage, provide, deploy) on N fake nodes, each member on the
 //! nodes it runs (`@local`), all at once; SQLite runs it too, for the
-//! ratio. Then the failure drills on the three-member site: SIGKILL one
+//! ratio. On the two-member site, a bulk verb asked of one member for the
+//! nodes the other runs (`routed_per_s`: every node a request row). Then
+//! the failure drills on the three-member site: SIGKILL one
 //! (how long until the site notices, claims its nodes, and answers for
 //! them), and on the two-member site SIGSTOP one past its timeout and wake
 //! it (what it still tried to send). Every node's history must hold
@@ -62,7 +64,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         figures.push(Figure::new(&format!("scaleout.lost_transitions.m{k}"), lost as f64, "nodes"));
         figures.push(Figure::new(&format!("scaleout.duplicated_transitions.m{k}"), duplicated as f64, "nodes"));
         match k {
-            2 => figures.extend(pause_drill(&mut members, nodes)?),
+            2 => {
+                figures.push(routed(&members)?);
+                figures.extend(pause_drill(&mut members, nodes)?);
+            }
             3 => figures.extend(kill_drill(&mut members, nodes)?),
             _ => {}
         }
@@ -74,6 +79,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
         .into_iter()
         .map(|f| if f.name == "scaleout.transitions_per_s.m1" { f.at_least(10_000.0) } else { f })
         .collect())
+}
+
+/// A bulk verb asked of the first member for every node the second one
+/// runs (each a request row the owner claims and answers): power off,
+/// then on, with `--wait`; requests per second.
+fn routed(members: &[Member]) -> anyhow::Result<Figure> {
+    let (asker, owner) = (&members[0], &members[1]);
+    let names: Vec<String> = owner
+        .ok(&["node", "list", "@local"])?
+        .as_array()
+        .map_or(Vec::new(), |list| list.iter().filter_map(|n| n["name"].as_str().map(str::to_string)).collect());
+    if names.is_empty() {
+        bail!("member {} runs no node", owner.name);
+    }
+    // Folded (`demo[1-2,5]`): one argument may not exceed 128 KiB, and
+    // the names of 15,000 nodes listed would.
+    let set = kiln_actors::nodeset::NodeSet::from_names(names.iter().map(String::as_str)).fold();
+    let started = Instant::now();
+    for verb in ["off", "on"] {
+        asker.ok(&["node", "power", verb, &set, "--wait"])?;
+    }
+    let rate = (2 * names.len()) as f64 / started.elapsed().as_secs_f64();
+    Ok(Figure::new("scaleout.routed_per_s", rate, "requests/s"))
 }
 
 /// SIGKILL the last member; how long until a survivor sees it dead, the

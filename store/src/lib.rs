@@ -282,15 +282,18 @@ pub trait Shared {
     /// The nodes with these uuids, as stored, in no particular order; a
     /// uuid no node has is left out (a node list's page).
     fn load_nodes_by_id(&mut self, ids: &[NodeId]) -> Result<Vec<NodeRecord>, StoreError>;
-    /// Writes a request for `node` and wakes its owner; `None` when the
-    /// node does not exist.
-    fn submit_node_request(&mut self, node: NodeId, body: &str) -> Result<Option<i64>, StoreError>;
+    /// Writes a request for each `(node, body)`, in one statement, and
+    /// wakes their owners; returns each written request's node and id, in
+    /// the order asked. A node that does not exist gets no request.
+    fn submit_node_requests(&mut self, requests: &[(NodeId, String)]) -> Result<Vec<(NodeId, i64)>, StoreError>;
     /// Claims up to `limit` queued requests for this member's nodes.
     fn take_node_requests(&mut self, limit: i64) -> Result<Vec<postgres::requests::NodeRequest>, StoreError>;
-    /// Writes the answer of a claimed request and wakes its caller.
-    fn answer_node_request(&mut self, id: i64, answer: &str) -> Result<(), StoreError>;
-    /// A request's answer once there is one (the row goes with it).
-    fn collect_node_answer(&mut self, id: i64) -> Result<Option<String>, StoreError>;
+    /// Writes the answers of claimed requests (`(id, answer)`), in one
+    /// statement, and wakes their callers.
+    fn answer_node_requests(&mut self, answers: &[(i64, String)]) -> Result<(), StoreError>;
+    /// The answers there are of the requests `ids`, as `(id, answer)`, in
+    /// one statement; the rows answered go with them.
+    fn collect_node_answers(&mut self, ids: &[i64]) -> Result<Vec<(i64, String)>, StoreError>;
     /// Withdraws a request nobody has claimed; false when it runs already.
     fn cancel_node_request(&mut self, id: i64) -> Result<bool, StoreError>;
     /// Puts a claimed request back in the queue (its node is not run here

@@ -11,7 +11,9 @@
 //!   needs it.
 //! - **A group commit is one round trip.** `BEGIN`, every write of every
 //!   batch and `COMMIT` are sent as one pipeline (tokio-postgres sends the
-//!   requests it is given before reading any answer). Checks that need a
+//!   requests it is given before reading any answer), and the node
+//!   updates and history entries of consecutive writes go as arrays, one
+//!   statement each for the whole run ([`runs`]). Checks that need a
 //!   row count (the node is gone, the owner changed) are made inside the
 //!   statements (`kiln_*` functions, see [`migrations`]), so a failed check
 //!   aborts the transaction and the `COMMIT` becomes a rollback on the
@@ -27,6 +29,11 @@
 //!   their `runner` the same way (no epoch: a job changes runner only from
 //!   a member that is not alive, and member ids are not reused), so a
 //!   member whose jobs another adopted cannot write them again.
+//! - **The WAL flush runs beside the next group.** Once the store thread
+//!   has taken a [`LogSync`](crate::LogSync) ([`sync`]), a group commits
+//!   with `synchronous_commit` off and its callers are answered only after
+//!   a session of its own has flushed the WAL past it: one flush covers
+//!   every group applied meanwhile, as with SQLite's WAL.
 //! - **A lost COMMIT is never guessed at.** When the connection fails while
 //!   a group's answers are outstanding, whether the server committed is
 //!   unknown: every batch of the group gets [`StoreError::OutcomeUnknown`],
@@ -64,6 +71,8 @@ pub mod listener;
 pub mod members;
 pub mod migrations;
 pub mod requests;
+mod runs;
+mod sync;
 pub mod target;
 
 pub use migrations::{MIGRATIONS, SCHEMA_VERSION};
@@ -139,6 +148,10 @@ pub struct PgBackend {
     epochs: HashMap<NodeId, i64>,
     /// Told when a commit's outcome is unknown ([`PgBackend::on_lost_commit`]).
     on_lost: Option<LostCommit>,
+    /// Whether groups commit without waiting for their WAL flush: a
+    /// [`sync::PgSync`] was handed out ([`Backend::log_sync`]), which
+    /// flushes it before any caller is answered.
+    flush_beside: bool,
 }
 
 /// What a backend tells when a commit's outcome is unknown.
@@ -165,8 +178,15 @@ impl PgBackend {
             .build()
             .map_err(|source| StoreError::Io { what: "cannot start the PostgreSQL runtime".into(), source })?;
         let client = runtime.block_on(connect(&options, true))?;
-        let mut backend =
-            PgBackend { client, runtime, options, statements: HashMap::new(), epochs: HashMap::new(), on_lost: None };
+        let mut backend = PgBackend {
+            client,
+            runtime,
+            options,
+            statements: HashMap::new(),
+            epochs: HashMap::new(),
+            on_lost: None,
+            flush_beside: false,
+        };
         backend.migrate()?;
         Backend::claim_orphans(&mut backend)?;
         backend.claim_orphan_jobs()?;
@@ -295,6 +315,12 @@ impl PgBackend {
         })
     }
 
+    /// What begins a group's transaction: with a sync session beside it,
+    /// one whose `COMMIT` does not wait for the WAL flush ([`sync`]).
+    fn begin(&self) -> &'static str {
+        if self.flush_beside { "BEGIN; SET LOCAL synchronous_commit = off" } else { "BEGIN" }
+    }
+
     /// The member its events are stored as written by (`events.source`):
     /// its name.
     fn source(&self) -> String {
@@ -342,6 +368,52 @@ impl PgBackend {
             if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
         }));
         answers.into_iter().map(|a| a.expect("every future finished")).collect()
+    }
+}
+
+/// One statement of the fast path: a write's own, or a run of node writes
+/// ([`runs`]).
+enum Fast<'o> {
+    Own(&'o Op),
+    Run(Op),
+}
+
+impl Fast<'_> {
+    fn op(&self) -> &Op {
+        match self {
+            Fast::Own(op) => op,
+            Fast::Run(op) => op,
+        }
+    }
+}
+
+impl PgBackend {
+    /// The fast path's statements for `batches` (every one planned): each
+    /// write's own, but consecutive node updates and history entries as
+    /// one run.
+    fn fast_ops<'o>(
+        &self,
+        batches: &'o [Batch],
+        planned: &'o [Result<Vec<Op>, StoreError>],
+    ) -> Result<Vec<Fast<'o>>, StoreError> {
+        let me = self.options.member.as_str();
+        let mut fast = Vec::new();
+        let mut run = runs::Run::default();
+        for (batch, ops) in batches.iter().zip(planned.iter().flatten()) {
+            // One op per write.
+            for (write, op) in batch.iter().zip(ops) {
+                match write {
+                    Write::UpdateNode(node) => run.update(node),
+                    Write::AppendHistory(entry) => run.append(entry),
+                    _ => {
+                        fast.extend(run.flush(me, |n| self.epoch(n))?.into_iter().map(Fast::Run));
+                        fast.push(Fast::Own(op));
+                    }
+                }
+            }
+        }
+        fast.extend(run.flush(me, |n| self.epoch(n))?.into_iter().map(Fast::Run));
+        Ok(fast)
     }
 }
 
@@ -681,8 +753,6 @@ fn other_nodes_group(address: &str) -> StoreError {
     StoreError::Conflict(format!("port '{address}' cannot join a port group of another node"))
 }
 
-/// A node's columns as bound in `$1`-`$24` of both its insert and update
-/// (the owner and epoch follow).
 /// The parameters of both port inserts, in their column order.
 fn port_params(port: &PortRecord) -> Vec<Box<dyn ToSql + Sync + Send>> {
     vec![
@@ -694,34 +764,53 @@ fn port_params(port: &PortRecord) -> Vec<Box<dyn ToSql + Sync + Send>> {
     ]
 }
 
-fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, StoreError> {
+/// The index of `maintenance` in [`node_texts`] (the one column that is
+/// not text).
+const NODE_MAINTENANCE: usize = 10;
+
+/// A node's columns in [`node_columns!`]'s order, as text (`maintenance`,
+/// at [`NODE_MAINTENANCE`], as `true` or `false`): what both the single
+/// statements ([`node_params`]) and the arrays of a run ([`runs`]) bind.
+fn node_texts(n: &NodeRecord) -> Result<Vec<Option<String>>, StoreError> {
     Ok(vec![
-        Box::new(n.uuid.to_string()),
-        Box::new(n.name.clone()),
-        Box::new(n.driver.as_str().to_string()),
-        Box::new(crate::json_text(&n.driver_info)?),
-        Box::new(crate::json_text(&n.properties)?),
-        Box::new(n.provision_state.as_str().to_string()),
-        Box::new(n.target_provision_state.map(|s| s.as_str().to_string())),
-        Box::new(n.power_state.map(|s| s.as_str().to_string())),
-        Box::new(n.target_power_state.map(|s| s.as_str().to_string())),
-        Box::new(n.boot_device.map(|d| d.as_str().to_string())),
-        Box::new(n.maintenance),
-        Box::new(n.maintenance_reason.clone()),
-        Box::new(n.fault.clone()),
-        Box::new(n.last_error.clone()),
-        Box::new(n.reservation.as_ref().map(|r| r.purpose.clone())),
-        Box::new(n.reservation.as_ref().map(|r| timestamp_text(r.since))),
-        Box::new(timestamp_text(n.created_at)),
-        Box::new(timestamp_text(n.updated_at)),
-        Box::new(n.bmc_last_contact.map(timestamp_text)),
-        Box::new(n.bmc_unreachable_since.map(timestamp_text)),
-        Box::new(n.power_verified_at.map(timestamp_text)),
-        Box::new(crate::json_opt(n.bmc_profile.as_ref())?),
-        Box::new(crate::json_text(&n.extra)?),
-        Box::new(crate::json_text(&n.instance_info)?),
-        Box::new(crate::json_opt(n.callback.as_deref())?),
+        Some(n.uuid.to_string()),
+        Some(n.name.clone()),
+        Some(n.driver.as_str().to_string()),
+        Some(crate::json_text(&n.driver_info)?),
+        Some(crate::json_text(&n.properties)?),
+        Some(n.provision_state.as_str().to_string()),
+        n.target_provision_state.map(|s| s.as_str().to_string()),
+        n.power_state.map(|s| s.as_str().to_string()),
+        n.target_power_state.map(|s| s.as_str().to_string()),
+        n.boot_device.map(|d| d.as_str().to_string()),
+        Some(n.maintenance.to_string()),
+        n.maintenance_reason.clone(),
+        n.fault.clone(),
+        n.last_error.clone(),
+        n.reservation.as_ref().map(|r| r.purpose.clone()),
+        n.reservation.as_ref().map(|r| timestamp_text(r.since)),
+        Some(timestamp_text(n.created_at)),
+        Some(timestamp_text(n.updated_at)),
+        n.bmc_last_contact.map(timestamp_text),
+        n.bmc_unreachable_since.map(timestamp_text),
+        n.power_verified_at.map(timestamp_text),
+        crate::json_opt(n.bmc_profile.as_ref())?,
+        Some(crate::json_text(&n.extra)?),
+        Some(crate::json_text(&n.instance_info)?),
+        crate::json_opt(n.callback.as_deref())?,
     ])
+}
+
+/// A node's columns as bound in `$1`-`$25` of both its insert and update
+/// (the owner and epoch follow).
+fn node_params(n: &NodeRecord) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, StoreError> {
+    Ok(node_texts(n)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| -> Box<dyn ToSql + Sync + Send> {
+            if i == NODE_MAINTENANCE { Box::new(value.as_deref() == Some("true")) } else { Box::new(value) }
+        })
+        .collect())
 }
 
 /// A job's columns as bound in `$1`-`$8` of its insert, put and update,
@@ -864,10 +953,16 @@ impl Backend for PgBackend {
         }
         self.prepare(planned.iter().flatten().flatten().map(|op| op.sql))?;
 
-        // Fast path: the whole group in one pipeline.
+        // Fast path: the whole group in one pipeline, its node updates and
+        // history entries as arrays (`runs`).
         if planned.iter().all(Result::is_ok) {
-            let mut steps = vec![Step::Simple("BEGIN")];
-            steps.extend(planned.iter().flatten().flatten().map(Step::Write));
+            let fast = self.fast_ops(batches, &planned)?;
+            self.prepare(fast.iter().filter_map(|f| match f {
+                Fast::Run(op) => Some(op.sql),
+                Fast::Own(_) => None,
+            }))?;
+            let mut steps = vec![Step::Simple(self.begin())];
+            steps.extend(fast.iter().map(|f| Step::Write(f.op())));
             steps.push(Step::Simple("COMMIT"));
             let mut writes = self.pipeline(&steps);
             let commit = writes.pop().unwrap_or(Ok(0));
@@ -894,7 +989,7 @@ impl Backend for PgBackend {
         }
 
         // Batch by batch, each under a savepoint.
-        let answers = self.pipeline(&[Step::Simple("BEGIN")]);
+        let answers = self.pipeline(&[Step::Simple(self.begin())]);
         if let Some(Err(e)) = answers.into_iter().next() {
             return Err(db_error(&self.options.target, e));
         }
@@ -937,6 +1032,14 @@ impl Backend for PgBackend {
             Some(Err(e)) => Err(db_error(&self.options.target, e)),
             _ => Ok(results),
         }
+    }
+
+    /// A session of its own that flushes the WAL beside the next group
+    /// ([`sync`]); from then on groups commit without waiting for it.
+    fn log_sync(&mut self) -> Option<Box<dyn crate::LogSync>> {
+        let sync = sync::PgSync::open(&self.options, self.on_lost.clone())?;
+        self.flush_beside = true;
+        Some(Box::new(sync))
     }
 
     fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
@@ -1318,12 +1421,13 @@ impl crate::Shared for PgBackend {
         self.query(concat!(node_select!(), " WHERE uuid = ANY($1)"), &[&ids])?.iter().map(node_from_row).collect()
     }
 
-    fn submit_node_request(&mut self, node: NodeId, body: &str) -> Result<Option<i64>, StoreError> {
+    fn submit_node_requests(&mut self, asked: &[(NodeId, String)]) -> Result<Vec<(NodeId, i64)>, StoreError> {
+        if asked.is_empty() {
+            return Ok(Vec::new());
+        }
         self.reconnect_if_closed()?;
         let me = self.options.member.clone();
-        self.runtime
-            .block_on(requests::submit(&self.client, node, &me, body))
-            .map_err(|e| db_error(&self.options.target, e))
+        self.runtime.block_on(requests::submit(&self.client, asked, &me)).map_err(|e| db_error(&self.options.target, e))
     }
 
     fn take_node_requests(&mut self, limit: i64) -> Result<Vec<requests::NodeRequest>, StoreError> {
@@ -1332,14 +1436,20 @@ impl crate::Shared for PgBackend {
         self.runtime.block_on(requests::take(&self.client, &me, limit)).map_err(|e| db_error(&self.options.target, e))
     }
 
-    fn answer_node_request(&mut self, id: i64, answer: &str) -> Result<(), StoreError> {
+    fn answer_node_requests(&mut self, answers: &[(i64, String)]) -> Result<(), StoreError> {
+        if answers.is_empty() {
+            return Ok(());
+        }
         self.reconnect_if_closed()?;
-        self.runtime.block_on(requests::answer(&self.client, id, answer)).map_err(|e| db_error(&self.options.target, e))
+        self.runtime.block_on(requests::answer(&self.client, answers)).map_err(|e| db_error(&self.options.target, e))
     }
 
-    fn collect_node_answer(&mut self, id: i64) -> Result<Option<String>, StoreError> {
+    fn collect_node_answers(&mut self, ids: &[i64]) -> Result<Vec<(i64, String)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         self.reconnect_if_closed()?;
-        self.runtime.block_on(requests::collect(&self.client, id)).map_err(|e| db_error(&self.options.target, e))
+        self.runtime.block_on(requests::collect(&self.client, ids)).map_err(|e| db_error(&self.options.target, e))
     }
 
     fn cancel_node_request(&mut self, id: i64) -> Result<bool, StoreError> {

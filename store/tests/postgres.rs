@@ -380,3 +380,84 @@ fn the_upgrade_to_one_stream_renumbers_each_member_s_events_in_order_and_never_l
     commit_one(&mut *store, vec![event("next")]).unwrap();
     assert_eq!(bodies(&mut *store, 5), [(6, "next".to_string())]);
 }
+
+#[test]
+fn a_group_of_transitions_goes_as_runs_and_a_fenced_one_fails_alone() {
+    let place = Place::new(Kind::Postgres);
+    let mut old = place.open_as("old");
+    // Another member, which inserts (and so owns) r5.
+    let mut new = place.open_as("new");
+    let nodes: Vec<NodeRecord> = (0..6).map(|i| node(&format!("r{i}"))).collect();
+    let inserts: Vec<Batch> = nodes[..5].iter().map(|n| vec![Write::InsertNode(n.clone())]).collect();
+    assert!(old.commit(&inserts).unwrap().iter().all(Result::is_ok));
+    commit_one(&mut *new, vec![Write::InsertNode(nodes[5].clone())]).unwrap();
+    drop(new);
+
+    let step = |n: &NodeRecord, state: ProvisionState| {
+        let mut next = n.clone();
+        next.provision_state = state;
+        vec![Write::UpdateNode(next), Write::AppendHistory(history(n.uuid))]
+    };
+    let group = vec![
+        step(&nodes[0], ProvisionState::Verifying),
+        step(&nodes[1], ProvisionState::Verifying),
+        // Another write in the middle ends a run.
+        vec![Write::SetMeta { key: "k".into(), value: "v".into() }],
+        step(&nodes[5], ProvisionState::Verifying),
+        step(&nodes[0], ProvisionState::Manageable),
+        step(&nodes[2], ProvisionState::Verifying),
+    ];
+    let results = old.commit(&group).unwrap();
+    assert!(matches!(&results[3], Err(StoreError::Fenced(m)) if m.contains(&nodes[5].uuid.to_string())), "{results:?}");
+    for (i, r) in results.iter().enumerate() {
+        assert!(i == 3 || r.is_ok(), "batch {i}: {r:?}");
+    }
+    let state = |b: &mut dyn Backend, n: &NodeRecord| b.load_node(n.uuid).unwrap().unwrap().provision_state;
+    assert_eq!(state(&mut *old, &nodes[0]), ProvisionState::Manageable);
+    assert_eq!(state(&mut *old, &nodes[1]), ProvisionState::Verifying);
+    assert_eq!(state(&mut *old, &nodes[2]), ProvisionState::Verifying);
+    assert_eq!(state(&mut *old, &nodes[5]), ProvisionState::Enroll);
+    assert_eq!(old.load_history(nodes[0].uuid, 10).unwrap().len(), 2);
+    assert_eq!(old.load_history(nodes[5].uuid, 10).unwrap().len(), 0);
+    assert_eq!(old.load_meta("k").unwrap().as_deref(), Some("v"));
+
+    // Without a fenced batch, the whole group is one pipeline of runs.
+    let group: Vec<Batch> = nodes[..5].iter().map(|n| step(n, ProvisionState::Available)).collect();
+    assert!(old.commit(&group).unwrap().iter().all(Result::is_ok));
+    for n in &nodes[..5] {
+        assert_eq!(state(&mut *old, n), ProvisionState::Available);
+    }
+    assert_eq!(old.load_history(nodes[0].uuid, 10).unwrap().len(), 3);
+}
+
+#[test]
+fn node_requests_are_written_answered_and_collected_in_batches() {
+    let place = Place::new(Kind::Postgres);
+    let mut owner = place.open_as("owner");
+    let mut caller = place.open_as("caller");
+    let nodes: Vec<NodeRecord> = (0..3).map(|i| node(&format!("q{i}"))).collect();
+    let inserts: Vec<Batch> = nodes.iter().map(|n| vec![Write::InsertNode(n.clone())]).collect();
+    assert!(owner.commit(&inserts).unwrap().iter().all(Result::is_ok));
+    let missing = NodeId::new();
+    let mut asked: Vec<(NodeId, String)> = nodes.iter().map(|n| (n.uuid, format!("do {}", n.name))).collect();
+    asked.insert(1, (missing, "nothing".into()));
+    let written = caller.shared().unwrap().submit_node_requests(&asked).unwrap();
+    let want: Vec<NodeId> = nodes.iter().map(|n| n.uuid).collect();
+    assert_eq!(written.iter().map(|(n, _)| *n).collect::<Vec<_>>(), want, "in the order asked, none for {missing}");
+
+    let taken = owner.shared().unwrap().take_node_requests(256).unwrap();
+    assert_eq!(taken.len(), 3);
+    let answers: Vec<(i64, String)> = taken.iter().take(2).map(|r| (r.id, format!("done: {}", r.body))).collect();
+    owner.shared().unwrap().answer_node_requests(&answers).unwrap();
+
+    let ids: Vec<i64> = written.iter().map(|(_, id)| *id).collect();
+    let mut got = caller.shared().unwrap().collect_node_answers(&ids).unwrap();
+    got.sort();
+    let mut expected = answers.clone();
+    expected.sort();
+    assert_eq!(got, expected);
+    // Collected rows are gone; the unanswered one is still there.
+    assert!(caller.shared().unwrap().collect_node_answers(&ids).unwrap().is_empty());
+    owner.shared().unwrap().answer_node_requests(&[(taken[2].id, "late".into())]).unwrap();
+    assert_eq!(caller.shared().unwrap().collect_node_answers(&ids).unwrap(), vec![(taken[2].id, "late".into())]);
+}

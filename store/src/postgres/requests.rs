@@ -14,6 +14,12 @@
 //!   the request id ([`super::listener`]). Members still sweep now and then,
 //!   so a wake-up lost with a reconnecting listener costs a delay, never a
 //!   request.
+//! - **Batched both ways.** A bulk verb through a member that does not run
+//!   the nodes writes the requests it has at once as one statement; an
+//!   owner claims up to a batch at a time and writes the answers that are
+//!   ready as one statement; a caller collects every answered request it
+//!   waits for in one statement. Round trips go with the number of waves,
+//!   not of nodes.
 //! - **A caller's timeout cancels only what has not started**: a queued
 //!   row is deleted; a claimed one runs to its end and its answer is
 //!   dropped by nobody but the sweep of old rows.
@@ -36,23 +42,35 @@ pub struct NodeRequest {
     pub body: String,
 }
 
-/// Writes a request for `node` from `caller` and wakes the node's owner.
-/// `None` when the node does not exist.
+/// Writes one request per `(node, body)` from `caller`, in one statement,
+/// and wakes the nodes' owners (PostgreSQL delivers one notification per
+/// owner and transaction, however many rows name it). Returns each written
+/// request's node and id, in the order asked; a node that does not exist
+/// gets none.
 pub(super) async fn submit(
     client: &Client,
-    node: NodeId,
+    asked: &[(NodeId, String)],
     caller: &str,
-    body: &str,
-) -> Result<Option<i64>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "WITH r AS (INSERT INTO node_requests (node, caller, body)
-                        SELECT uuid, $2, $3 FROM nodes WHERE uuid = $1 RETURNING id, node)
-             SELECT r.id, pg_notify($4, n.owner) FROM r JOIN nodes n ON n.uuid = r.node",
-            &[&node.to_string(), &caller, &body, &REQUESTS],
+) -> Result<Vec<(NodeId, i64)>, tokio_postgres::Error> {
+    let nodes: Vec<String> = asked.iter().map(|(node, _)| node.to_string()).collect();
+    let bodies: Vec<&str> = asked.iter().map(|(_, body)| body.as_str()).collect();
+    let rows = client
+        .query(
+            "WITH v AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS v(node, body, i)),
+                  r AS (INSERT INTO node_requests (node, caller, body)
+                        SELECT v.node, $3, v.body FROM v JOIN nodes n ON n.uuid = v.node ORDER BY v.i
+                        RETURNING id, node)
+             SELECT r.id, r.node, pg_notify($4, n.owner) FROM r JOIN nodes n ON n.uuid = r.node ORDER BY r.id",
+            &[&nodes, &bodies, &caller, &REQUESTS],
         )
         .await?;
-    Ok(row.map(|r| r.get(0)))
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let node: String = r.get(1);
+            Some((node.parse().ok()?, r.get(0)))
+        })
+        .collect())
 }
 
 /// Claims up to `limit` queued requests for nodes `me` owns.
@@ -76,24 +94,30 @@ pub(super) async fn take(client: &Client, me: &str, limit: i64) -> Result<Vec<No
         .collect())
 }
 
-/// Writes the answer of a claimed request and wakes its caller.
-pub(super) async fn answer(client: &Client, id: i64, answer: &str) -> Result<(), tokio_postgres::Error> {
+/// Writes the answers of claimed requests (`(id, answer)`), in one
+/// statement, and wakes each one's caller.
+pub(super) async fn answer(client: &Client, answers: &[(i64, String)]) -> Result<(), tokio_postgres::Error> {
+    let ids: Vec<i64> = answers.iter().map(|(id, _)| *id).collect();
+    let texts: Vec<&str> = answers.iter().map(|(_, text)| text.as_str()).collect();
     client
         .execute(
-            "WITH a AS (UPDATE node_requests SET state = 'answered', answer = $2 WHERE id = $1 RETURNING id)
+            "WITH a AS (UPDATE node_requests r SET state = 'answered', answer = v.answer
+                        FROM unnest($1::bigint[], $2::text[]) AS v(id, answer)
+                        WHERE r.id = v.id RETURNING r.id)
              SELECT pg_notify($3, id::text) FROM a",
-            &[&id, &answer, &ANSWERS],
+            &[&ids, &texts, &ANSWERS],
         )
         .await?;
     Ok(())
 }
 
-/// The answer of a request, once there is one; the row goes with it.
-pub(super) async fn collect(client: &Client, id: i64) -> Result<Option<String>, tokio_postgres::Error> {
-    let row = client
-        .query_opt("DELETE FROM node_requests WHERE id = $1 AND state = 'answered' RETURNING answer", &[&id])
+/// The answers there are of the requests `ids`, as `(id, answer)`; the
+/// rows answered go with them.
+pub(super) async fn collect(client: &Client, ids: &[i64]) -> Result<Vec<(i64, String)>, tokio_postgres::Error> {
+    let rows = client
+        .query("DELETE FROM node_requests WHERE id = ANY($1) AND state = 'answered' RETURNING id, answer", &[&ids])
         .await?;
-    Ok(row.and_then(|r| r.get(0)))
+    Ok(rows.iter().map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default())).collect())
 }
 
 /// Withdraws a request nobody has claimed; false when it already runs
