@@ -152,6 +152,10 @@ pub struct PgBackend {
     /// [`sync::PgSync`] was handed out ([`Backend::log_sync`]), which
     /// flushes it before any caller is answered.
     flush_beside: bool,
+    /// A request found the session ended: open a new one before the next,
+    /// even if the client has not noticed yet (its connection task runs
+    /// only while this backend waits on its runtime).
+    ended: bool,
 }
 
 /// What a backend tells when a commit's outcome is unknown.
@@ -186,6 +190,7 @@ impl PgBackend {
             epochs: HashMap::new(),
             on_lost: None,
             flush_beside: false,
+            ended: false,
         };
         backend.migrate()?;
         Backend::claim_orphans(&mut backend)?;
@@ -210,7 +215,7 @@ impl PgBackend {
     }
 
     fn reconnect_if_closed(&mut self) -> Result<(), StoreError> {
-        if self.client.is_closed() {
+        if self.client.is_closed() || std::mem::take(&mut self.ended) {
             tracing::warn!(message = "The PostgreSQL session was lost; reconnecting.", target = %self.options.target);
             self.client = self.runtime.block_on(connect(&self.options, false))?;
             self.statements.clear();
@@ -399,19 +404,42 @@ impl PgBackend {
         let me = self.options.member.as_str();
         let mut fast = Vec::new();
         let mut run = runs::Run::default();
+        // A run of events: one call of `kiln_append_events` for all of them.
+        let mut events: Vec<Vec<u8>> = Vec::new();
+        let flush_events = |events: &mut Vec<Vec<u8>>, fast: &mut Vec<Fast<'o>>| {
+            if !events.is_empty() {
+                let bodies = std::mem::take(events);
+                fast.push(Fast::Run(Op {
+                    sql: sql::APPEND_EVENTS,
+                    params: vec![Box::new(bodies), Box::new(self.source())],
+                }));
+            }
+        };
         for (batch, ops) in batches.iter().zip(planned.iter().flatten()) {
             // One op per write.
             for (write, op) in batch.iter().zip(ops) {
                 match write {
-                    Write::UpdateNode(node) => run.update(node),
-                    Write::AppendHistory(entry) => run.append(entry),
+                    Write::UpdateNode(node) => {
+                        flush_events(&mut events, &mut fast);
+                        run.update(node)
+                    }
+                    Write::AppendHistory(entry) => {
+                        flush_events(&mut events, &mut fast);
+                        run.append(entry)
+                    }
+                    Write::AppendEvent(event) => {
+                        fast.extend(run.flush(me, |n| self.epoch(n))?.into_iter().map(Fast::Run));
+                        events.push(event.body.clone());
+                    }
                     _ => {
+                        flush_events(&mut events, &mut fast);
                         fast.extend(run.flush(me, |n| self.epoch(n))?.into_iter().map(Fast::Run));
                         fast.push(Fast::Own(op));
                     }
                 }
             }
         }
+        flush_events(&mut events, &mut fast);
         fast.extend(run.flush(me, |n| self.epoch(n))?.into_iter().map(Fast::Run));
         Ok(fast)
     }
@@ -927,6 +955,8 @@ mod sql {
     /// Appends an event after every committed one, under the events lock
     /// (`postgres::events`), and wakes every member's bus.
     pub const APPEND_EVENT: &str = "SELECT kiln_append_event($1, $2)";
+    /// A run of events in one call (the fast path).
+    pub const APPEND_EVENTS: &str = "SELECT kiln_append_events($1, $2)";
     /// Every member's events up to a serial: the site has one stream.
     pub const FORGET_EVENTS: &str = "DELETE FROM events WHERE serial <= $1";
 }
@@ -968,6 +998,7 @@ impl Backend for PgBackend {
             let commit = writes.pop().unwrap_or(Ok(0));
             if let Some(Err(e)) = writes.first().filter(|begun| begun.as_ref().is_err_and(ends_session)) {
                 // Ended before BEGIN was answered: nothing of the group ran.
+                self.ended = true;
                 return Err(StoreError::Connect(format!(
                     "{}: the session ended before the group began ({}); nothing of it was written",
                     self.options.target,

@@ -368,6 +368,7 @@ fn the_upgrade_to_one_stream_renumbers_each_member_s_events_in_order_and_never_l
          DROP TRIGGER nodes_directory_renamed ON nodes;
          DROP FUNCTION kiln_directory_notify;
          DROP FUNCTION kiln_append_event;
+         DROP FUNCTION kiln_append_events;
          ALTER TABLE events DROP CONSTRAINT events_pkey;
          ALTER TABLE events ADD PRIMARY KEY (source, serial);
          INSERT INTO events (serial, body, source) VALUES

@@ -286,6 +286,21 @@ pub const MIGRATIONS: &[&str] = &[
         PERFORM pg_notify('kiln_events', '');
         RETURN given;
     END $$;
+
+    -- Several events at once, in order (a group's run of events): one
+    -- call, one lock, one max(serial), one insert. Returns the last serial.
+    CREATE FUNCTION kiln_append_events(event_bodies bytea[], writer text) RETURNS bigint
+        LANGUAGE plpgsql VOLATILE AS $$
+    DECLARE
+        last bigint;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(1801811572);
+        SELECT coalesce(max(serial), 0) INTO last FROM events;
+        INSERT INTO events (serial, body, source)
+            SELECT last + t.n, t.body, writer FROM unnest(event_bodies) WITH ORDINALITY AS t(body, n);
+        PERFORM pg_notify('kiln_events', '');
+        RETURN last + coalesce(array_length(event_bodies, 1), 0);
+    END $$;
     "#,
     // 11: the site's directory kept current on every member: a node's
     // creation, rename and deletion is announced on `kiln_directory`
