@@ -418,8 +418,8 @@ async fn execute(router: &Router, node: NodeId, body: &str) -> Answer {
     match serde_json::from_str::<Request>(body) {
         Ok(Request::Run { op, wait, holder }) => router.run_local(node, op, wait, holder.as_deref()).await,
         Ok(Request::ReadPower) => router.read_power_local(node).await,
-        Ok(Request::Hold { holder }) => router.hold(node, &holder).await,
-        Ok(Request::Release { holder }) => match router.release(node, &holder).await {
+        Ok(Request::Hold { holder }) => router.hold_local(node, &holder).await,
+        Ok(Request::Release { holder }) => match router.release_local(node, &holder).await {
             true => router.show(node).await,
             false => Err(KilnError::Conflict(format!("node {node} was not held by {holder}"))),
         },

@@ -612,6 +612,11 @@ impl Router {
             let request = crate::remote::Request::Hold { holder: holder.to_string() };
             return crate::remote::ask(self, shared, id, request).await;
         }
+        self.hold_local(id, holder).await
+    }
+
+    /// [`Router::hold`] on this process's own node actor only.
+    pub(crate) async fn hold_local(&self, id: NodeId, holder: &str) -> Result<NodeView, KilnError> {
         send_to_node(&self.supervisor, &self.registry, id, || crate::node::HoldNode { holder: holder.to_string() })
             .await?
     }
@@ -623,6 +628,11 @@ impl Router {
             let request = crate::remote::Request::Release { holder: holder.to_string() };
             return crate::remote::ask(self, shared, id, request).await.is_ok();
         }
+        self.release_local(id, holder).await
+    }
+
+    /// [`Router::release`] on this process's own node actor only.
+    pub(crate) async fn release_local(&self, id: NodeId, holder: &str) -> bool {
         send_to_node(&self.supervisor, &self.registry, id, || crate::node::ReleaseNode { holder: holder.to_string() })
             .await
             .unwrap_or(false)
@@ -846,11 +856,23 @@ impl Router {
         for port in self.store.read(move |b| b.load_ports(one)).await? {
             by_node.entry(port.node).or_default().push(port);
         }
+        // And one for the records of the nodes other members run.
+        let elsewhere: Vec<NodeId> =
+            nodes.iter().map(|(id, _)| *id).filter(|id| self.elsewhere(*id).is_some()).collect();
+        let mut stored: std::collections::HashMap<NodeId, NodeRecord> = Default::default();
+        if !elsewhere.is_empty() {
+            let records = self.store.read(move |b| match b.shared() {
+                Some(shared) => shared.load_nodes_by_id(&elsewhere),
+                None => Ok(Vec::new()),
+            });
+            stored = records.await?.into_iter().map(|r| (r.uuid, r)).collect();
+        }
         let checks = nodes.into_iter().map(|(id, name)| {
             let ports = by_node.remove(&id).unwrap_or_default();
+            let record = stored.remove(&id);
             async move {
-                let asked = if self.registry.shared.is_some() && !self.registry.by_id.contains_key(&id) {
-                    self.validate_stored(id, ports).await
+                let asked = if self.elsewhere(id).is_some() {
+                    validate_stored(id, record, ports).await
                 } else {
                     send_to_node(&self.supervisor, &self.registry, id, || ValidateNode { ports: ports.clone() })
                         .await
@@ -863,20 +885,6 @@ impl Router {
             }
         });
         Ok(stream::iter(checks).buffered(msg.fanout.max(1)).collect().await)
-    }
-
-    /// Validates a node another member runs from its stored record: the
-    /// record its owner committed, which is what its actor validates.
-    async fn validate_stored(
-        &self,
-        id: NodeId,
-        ports: Vec<PortRecord>,
-    ) -> Result<crate::node::InterfaceChecks, KilnError> {
-        let record = self.store.read(move |b| b.load_node(id)).await?;
-        let record = record.ok_or_else(|| KilnError::NotFound(format!("node {id} does not exist")))?;
-        tokio::task::spawn_blocking(move || crate::node::validate::check(&record, &ports))
-            .await
-            .map_err(|e| KilnError::Unavailable(format!("node {id}: the validation stopped: {e}")))
     }
 
     /// The whole list in one answer; [`Listing`] gives it page by page.
@@ -893,6 +901,20 @@ impl Router {
         let nodes = self.resolve(&expr).await?;
         Ok(self.fan_out(nodes, 64, |r, id| async move { r.run(id, Op::Delete, true).await }).await)
     }
+}
+
+/// Validates a node another member runs from its stored record (`None`:
+/// gone), the record its owner committed, which is what its actor
+/// validates.
+async fn validate_stored(
+    id: NodeId,
+    record: Option<NodeRecord>,
+    ports: Vec<PortRecord>,
+) -> Result<crate::node::InterfaceChecks, KilnError> {
+    let record = record.ok_or_else(|| KilnError::NotFound(format!("node {id} does not exist")))?;
+    tokio::task::spawn_blocking(move || crate::node::validate::check(&record, &ports))
+        .await
+        .map_err(|e| KilnError::Unavailable(format!("node {id}: the validation stopped: {e}")))
 }
 
 /// The node messages' handlers: each is its [`Router`] function.

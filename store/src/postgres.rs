@@ -1094,8 +1094,6 @@ impl Backend for PgBackend {
     /// node. Returns the nodes taken, as stored.
     fn claim_orphans(&mut self) -> Result<Vec<crate::Claimed>, StoreError> {
         let me = self.options.member.clone();
-        let live = crate::Shared::live_members(self)?;
-        let ring = crate::ring::Ring::new(live, crate::ring::POINTS_PER_MEMBER);
         // The owners that are not live members, found by a walk of the
         // owner index from one distinct owner to the next (a loose index
         // scan: a few probes per owner the site has ever had, not a scan of
@@ -1118,6 +1116,8 @@ impl Backend for PgBackend {
         if gone.is_empty() {
             return Ok(Vec::new());
         }
+        let live = crate::Shared::live_members(self)?;
+        let ring = crate::ring::Ring::new(live, crate::ring::POINTS_PER_MEMBER);
         // With each orphan, whether its last owner stopped acting on it
         // for sure: it released it, or left the site cleanly.
         let orphans = self.query(

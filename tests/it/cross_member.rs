@@ -160,9 +160,8 @@ fn every_member_follows_the_nodes_created_renamed_and_deleted_on_another() {
     let a = steady(&url, "a", &[]);
     let mut b = steady(&url, "b", &["--metrics-addr", "127.0.0.1:0"]);
     let metrics = metrics_addr(&mut b);
-    let lookups = |from: &str| {
-        at(&parse(&get(&metrics, "/metrics").2), &format!("kiln_directory_lookups_total{{from=\"{from}\"}}"))
-    };
+    let metric = |name: &str| at(&parse(&get(&metrics, "/metrics").2), name);
+    let lookups = |from: &str| metric(&format!("kiln_directory_lookups_total{{from=\"{from}\"}}"));
     // Created on a: b finds it by name and by uuid.
     let created = a.json(&["node", "create", "fresh1", "--driver", "fake"]);
     let uuid = created[0]["uuid"].as_str().unwrap().to_string();
@@ -183,6 +182,13 @@ fn every_member_follows_the_nodes_created_renamed_and_deleted_on_another() {
     let placed = settled_with_one_on(&a, "a");
     let on_a: Vec<&str> = placed.iter().filter(|(_, m)| m == "a").map(|(n, _)| n.as_str()).collect();
     assert!(!on_a.is_empty(), "{placed:?}");
+    // (Once b has heard of every node: the announcement of the last one
+    // created may still be on its way.)
+    let started = Instant::now();
+    while metric("kiln_directory_nodes") != placed.len() as f64 {
+        assert!(started.elapsed() < Duration::from_secs(10), "b's directory never held all {} nodes", placed.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before = (lookups("directory"), lookups("store"));
     for name in &on_a {
         assert_eq!(b.json(&["node", "show", name])["name"], *name);
