@@ -85,6 +85,9 @@ pub struct FileConfig {
     pub bmc_connect_timeout: Option<Seconds>,
     /// At most this many calls in flight to one BMC endpoint (host:port).
     pub bmc_max_concurrent: Option<usize>,
+    /// A node with nothing to do gives up its actor after this long (0:
+    /// never).
+    pub node_rest_after: Option<Seconds>,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (off when absent).
     pub metrics_addr: Option<String>,
     /// Serve the Ironic-compatible HTTP API here (off when absent).
@@ -233,6 +236,7 @@ impl FileConfig {
             driver_call_timeout: Some(Seconds(site.driver_call_timeout)),
             bmc_connect_timeout: Some(Seconds(site.bmc_connect_timeout)),
             bmc_max_concurrent: Some(site.bmc_max_concurrent),
+            node_rest_after: Some(Seconds(site.node_rest_after.unwrap_or_default())),
             metrics_addr: None,
             api_addr: None,
             api_auth: Some("none".into()),
@@ -456,6 +460,7 @@ fn build(r: &Resolved<FileConfig>) -> anyhow::Result<DaemonConfig> {
             // thread when there are cores to spare (four or more).
             threads: kiln_actors::threads::Threads::Auto,
             shared: None,
+            node_rest_after: Some(secs(f.node_rest_after, d.node_rest_after)).filter(|d| !d.is_zero()),
         },
         socket,
         socket_mode,

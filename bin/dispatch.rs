@@ -244,7 +244,7 @@ pub async fn event_filter(site: &Site, nodes: Option<&str>, kinds: Vec<EventKind
             return Err(KilnError::InvalidInput("the node set to follow is empty; omit -w for every node".into()));
         }
         Some(expr) => Some(match site.registry.find(expr.trim()) {
-            Some((_, entry)) => kiln_actors::nodeset::NodeSet::from_names([entry.name]),
+            Some((_, name)) => kiln_actors::nodeset::NodeSet::from_names([name]),
             None => match expr.trim().parse::<kiln_store::NodeId>() {
                 Ok(_) if site.registry.shared.is_some() => match site.router().resolve(expr).await {
                     Ok(found) => kiln_actors::nodeset::NodeSet::from_names(found.iter().map(|(_, n)| n.as_str())),

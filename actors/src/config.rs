@@ -43,6 +43,10 @@ pub struct SiteConfig {
     /// This process as a member of a site whose store is shared by
     /// several (the daemon on PostgreSQL); `None` on a store of its own.
     pub shared: Option<crate::remote::Shared>,
+    /// A node with nothing to do gives up its actor after this long and
+    /// is kept as its record until its next message ([`crate::node::rest`]);
+    /// `None`: every node keeps its actor.
+    pub node_rest_after: Option<Duration>,
 }
 
 impl Default for SiteConfig {
@@ -62,6 +66,7 @@ impl Default for SiteConfig {
             clock: crate::clock::system(),
             threads: Default::default(),
             shared: None,
+            node_rest_after: Some(crate::node::rest::DEFAULT_REST_AFTER),
         }
     }
 }

@@ -151,16 +151,8 @@ pub async fn start(config: SiteConfig) -> Result<Site, StartError> {
 pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<Site, StartError> {
     panics::install_hook();
     let store_error = |source| StartError::Store { path: config.database_path().display().to_string(), source };
-    let mut records = store.read(|b| b.load_owned_nodes()).await.map_err(store_error)?;
-
-    // The restart rule: nothing can be running yet, so whatever the store
-    // shows mid-task was cut short by the previous run's end.
+    let owned = store.read(|b| b.count_owned_nodes()).await.map_err(store_error)?;
     let now = config.clock.now();
-    let repaired = takeover::repair(&store, &mut records, "daemon restarted", now).await.map_err(store_error)?;
-    if repaired > 0 {
-        tracing::warn!(nodes = repaired, "released nodes left mid-task by the previous run");
-    }
-
     let metrics = Arc::new(metrics::Metrics::with_request_kinds(protocol::Request::KINDS));
     // Serials go on from the last stored event: they survive restarts. A
     // store several members share numbers events itself: one stream for
@@ -175,8 +167,7 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
     };
     let live = Arc::new(LiveSettings::new(&config));
     let driver_arbiter = config.threads.split().then(threads::OwnArbiter::start);
-    let registry =
-        Registry { live: live.clone(), shared: config.shared.clone(), ..Registry::with_capacity(records.len()) };
+    let registry = Registry::with_capacity(owned).with_settings(live.clone(), config.shared.clone());
     let env = node::NodeEnv {
         store: store.clone(),
         events: events.clone(),
@@ -193,9 +184,20 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
         metrics: metrics.clone(),
         clock: config.clock.clone(),
         fence: config.shared.as_ref().map(|s| s.fence.clone()),
+        nodes: registry.by_id.clone(),
+        rest_after: config.node_rest_after,
+        closing: Default::default(),
     };
     let facts = supervisor::SiteFacts { started_at: now.to_rfc3339(), data_dir: config.data_dir.display().to_string() };
-    let held = records.len();
+    let supervisor = Supervisor::new(registry.clone(), env, facts).start();
+    // Every node this process runs, at rest; the restart rule first for
+    // those the store shows mid-task: nothing can be running yet, so they
+    // were cut short by the previous run's end.
+    let (held, repaired) =
+        takeover::load_at_start(&store, &registry, "daemon restarted", now).await.map_err(store_error)?;
+    if repaired > 0 {
+        tracing::warn!(nodes = repaired, "released nodes left mid-task by the previous run");
+    }
     // On a shared store this member may own nothing while the site has
     // nodes: the demo is for an empty site, not an empty member.
     let empty = match &config.shared {
@@ -204,8 +206,6 @@ pub async fn start_with_store(config: SiteConfig, store: StoreHandle) -> Result<
         }
         _ => held == 0,
     };
-    let supervisor = Supervisor::new(registry.clone(), env, facts).start();
-    supervisor.send(supervisor::AdoptRecords(records)).await.map_err(|_| StartError::Supervisor)?;
 
     if empty && config.demo_nodes > 0 {
         let demo = (1..=config.demo_nodes)

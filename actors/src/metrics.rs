@@ -129,6 +129,8 @@ pub struct Metrics {
     nodes: [AtomicI64; STATES],
     nodes_maintenance: AtomicI64,
     nodes_reserved: AtomicI64,
+    /// Node actors running (the other nodes are at rest).
+    node_actors: AtomicI64,
     power_sync_cycle: Histogram,
     power_sync_nodes: [AtomicU64; SyncResult::ALL.len()],
     /// The oldest power state confirmation among the nodes the last power
@@ -176,6 +178,7 @@ impl Metrics {
             nodes: Default::default(),
             nodes_maintenance: AtomicI64::new(0),
             nodes_reserved: AtomicI64::new(0),
+            node_actors: AtomicI64::new(0),
             power_sync_cycle: Histogram::default(),
             power_sync_nodes: Default::default(),
             power_sync_oldest_verified_ms: AtomicI64::new(i64::MIN),
@@ -321,6 +324,16 @@ impl Metrics {
         self.nodes_reserved.load(Relaxed)
     }
 
+    /// How many node actors run now.
+    pub fn node_actors(&self) -> i64 {
+        self.node_actors.load(Relaxed)
+    }
+
+    /// A node actor started (`1`) or stopped (`-1`).
+    pub fn node_actor(&self, delta: i64) {
+        self.node_actors.fetch_add(delta, Relaxed);
+    }
+
     /// BMC calls of `driver` so far (all kinds) and how many failed.
     pub fn bmc_totals(&self, driver: DriverKind) -> (u64, u64) {
         self.bmc[driver as usize].iter().fold((0, 0), |(n, e), s| (n + s.latency.count(), e + s.errors.load(Relaxed)))
@@ -346,6 +359,8 @@ impl Metrics {
         let _ = writeln!(o, "kiln_nodes_maintenance {}", self.nodes_maintenance.load(Relaxed));
         header(o, "kiln_nodes_reserved", "gauge", "Nodes reserved by a running task.");
         let _ = writeln!(o, "kiln_nodes_reserved {}", self.nodes_reserved());
+        header(o, "kiln_node_actors", "gauge", "Node actors running; the other nodes are at rest.");
+        let _ = writeln!(o, "kiln_node_actors {}", self.node_actors());
 
         header(o, "kiln_power_sync_duration_seconds", "histogram", "How long each power sync cycle took.");
         self.power_sync_cycle.render(o, "kiln_power_sync_duration_seconds", "");
@@ -526,6 +541,21 @@ impl NodeGauge {
                 self.metrics.nodes_maintenance.fetch_sub(1, Relaxed);
             }
         }
+    }
+
+    /// Moves this node's counts into a new gauge, leaving this one counting
+    /// nothing: a node put to rest hands its counts to the registry's entry
+    /// (and back when it wakes), so the gauges never dip in between.
+    pub fn hand_off(&mut self) -> NodeGauge {
+        let moved = NodeGauge {
+            metrics: self.metrics.clone(),
+            state: self.state,
+            maintenance: self.maintenance,
+            reserved: self.reserved,
+            removed: self.removed,
+        };
+        self.removed = true;
+        moved
     }
 
     /// The node now looks like `record`.

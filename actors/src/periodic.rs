@@ -13,14 +13,16 @@ use std::time::Duration;
 
 use actix::Addr;
 use futures::stream::{self, FuturesUnordered, StreamExt};
-use kiln_store::StoreHandle;
+use kiln_store::{NodeRecord, StoreHandle};
 
 use crate::adaptive::AdaptiveLimit;
 use crate::jobs::{ArchiveOld, JobQueue};
 use crate::metrics::{Metrics, SyncResult};
+use crate::node::core::upkeep::{power_failed, sync_skip};
+use crate::node::rest::Routed;
 use crate::node::upkeep::{ExpireWait, RecoverPowerFailure, SyncOutcome, SyncPower, WaitTimeouts};
 use crate::scheduler::{PeriodicTask, TaskResult};
-use crate::supervisor::{Router, send_to_node};
+use crate::supervisor::{Router, send_to_node_or};
 
 /// The names of the built-in tasks, in the order they are registered.
 pub const BUILTIN_TASKS: [&str; 5] =
@@ -133,7 +135,9 @@ pub async fn power_sync_counted(router: Router, cfg: PeriodicConfig, metrics: Op
     let (outcomes, limit) = sweep(nodes.into_iter().map(|(id, _)| id), cfg.power_sync_concurrency, |id| {
         let r = router.clone();
         async move {
-            send_to_node(&r.supervisor, &r.registry, id, || SyncPower { force, max_retries })
+            // A node at rest that power sync skips is skipped without its actor.
+            let skipped = |record: &NodeRecord| sync_skip(record, false).map(|why| SyncOutcome::Skipped(why.into()));
+            send_to_node_or(&r.supervisor, &r.registry, id, || SyncPower { force, max_retries }, skipped)
                 .await
                 .unwrap_or_else(|e| SyncOutcome::Skipped(e.to_string()))
         }
@@ -221,16 +225,21 @@ pub fn oldest_verified(outcomes: &[SyncOutcome], began: kiln_store::Timestamp) -
 }
 
 /// Sends a yes/no upkeep message to every node; answers how many said yes.
-async fn every_node<M, F>(router: &Router, concurrency: usize, make: F) -> usize
+async fn every_node<M, F>(
+    router: &Router,
+    concurrency: usize,
+    make: F,
+    at_rest: fn(&NodeRecord) -> Option<bool>,
+) -> usize
 where
     M: actix::Message<Result = bool> + Send + 'static,
-    crate::node::NodeActor: actix::Handler<M>,
+    crate::node::NodeActor: actix::Handler<Routed<M>>,
     F: Fn() -> M + Clone,
 {
     stream::iter(router.registry.all())
         .map(|(id, _)| {
             let (r, make) = (router.clone(), make.clone());
-            async move { send_to_node(&r.supervisor, &r.registry, id, make).await.unwrap_or(false) }
+            async move { send_to_node_or(&r.supervisor, &r.registry, id, make, at_rest).await.unwrap_or(false) }
         })
         .buffer_unordered(concurrency.max(1))
         .filter(|yes| futures::future::ready(*yes))
@@ -257,7 +266,8 @@ pub fn builtin(
         cfg.task("power_failure_recovery", cfg.power_failure_recovery_interval, move || {
             let (r, c) = (r2.clone(), c2.clone());
             async move {
-                let n = every_node(&r, c.power_sync_concurrency, || RecoverPowerFailure).await;
+                let failed = |record: &NodeRecord| (!power_failed(record)).then_some(false);
+                let n = every_node(&r, c.power_sync_concurrency, || RecoverPowerFailure, failed).await;
                 Ok(format!("{n} nodes recovered"))
             }
         }),
@@ -270,7 +280,8 @@ pub fn builtin(
                 other: c3.wait_timeout,
             };
             async move {
-                let n = every_node(&r, 1024, move || ExpireWait { timeouts }).await;
+                // A node at rest waits for nothing (it would not be at rest).
+                let n = every_node(&r, 1024, move || ExpireWait { timeouts }, |_| Some(false)).await;
                 Ok(format!("{n} nodes timed out"))
             }
         }),

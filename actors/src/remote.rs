@@ -31,7 +31,7 @@ use kiln_store::{NodeId, Shared as SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::supervisor::Router;
+use crate::supervisor::{Asked, Router};
 use crate::view::NodeView;
 use crate::{KilnError, Op};
 
@@ -372,11 +372,16 @@ async fn answer_all(store: kiln_store::StoreHandle, mut ready: mpsc::UnboundedRe
 pub async fn hand_over(router: &Router, nodes: Vec<NodeId>) -> Result<usize, KilnError> {
     // Every actor is asked at once: each answers from its own mailbox, and
     // an idle one stops as it answers.
-    let asks = nodes.into_iter().filter_map(|id| {
-        let addr = router.registry.by_id.get(&id)?.addr.clone();
-        Some(async move { (id, addr.send(crate::node::HandOver).await.unwrap_or(false)) })
-    });
-    let mut handed = Vec::new();
+    // A node at rest leaves the registry at once: it has no actor to ask.
+    let mut handed: Vec<NodeId> = Vec::new();
+    let mut asks = Vec::new();
+    for id in nodes {
+        if router.registry.remove_resting(id) {
+            handed.push(id);
+        } else if let Some(Asked::Sent(asked)) = router.registry.send(id, crate::node::HandOver, |_| None) {
+            asks.push(async move { (id, asked.await.unwrap_or(false)) });
+        }
+    }
     for (id, gave) in futures::future::join_all(asks).await {
         if gave {
             router.registry.remove(id);

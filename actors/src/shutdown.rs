@@ -21,7 +21,7 @@ use crate::Site;
 use crate::jobs::{AbandonRunning, GetQueueInfo, StopStarting};
 use crate::node::Abandon;
 use crate::scheduler::StopScheduler;
-use crate::supervisor::{GetStatus, send_to_node};
+use crate::supervisor::{GetStatus, send_to_node_or};
 
 /// How often the work still running is counted while waiting.
 const POLL: Duration = Duration::from_millis(100);
@@ -90,14 +90,23 @@ pub async fn shutdown(site: &Site, grace: Duration, cut_short: impl Future<Outpu
         let node_why = format!("daemon stopped (the shutdown grace period of {grace_text} ran out)");
         report.jobs_abandoned = site.jobs.send(AbandonRunning { why: job_why }).await.unwrap_or(0);
         let router = site.router();
+        // A node started from now on is closed from the start; one at rest
+        // has nothing to abandon.
+        site.registry.close(&node_why);
         let nodes = site.registry.all();
         report.nodes_released = futures::stream::iter(nodes.into_iter().map(|(id, _)| {
             let why = node_why.clone();
             let router = router.clone();
             async move {
-                send_to_node(&router.supervisor, &router.registry, id, || Abandon { why: why.clone() })
-                    .await
-                    .unwrap_or(false)
+                send_to_node_or(
+                    &router.supervisor,
+                    &router.registry,
+                    id,
+                    || Abandon { why: why.clone() },
+                    |_| Some(false),
+                )
+                .await
+                .unwrap_or(false)
             }
         }))
         .buffer_unordered(1024)

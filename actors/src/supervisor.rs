@@ -1,9 +1,8 @@
 //! The supervisor: the registry of node actors, the router of every node
 //! message, and the restarter of node actors that died.
 //!
-//! The registry is a pair of `DashMap`s (by uuid, by name) shared with the
-//! [`crate::Site`] handle so that lookups never queue behind other work.
-//! actix does not restart an actor whose handler panicked (its mailbox just
+//! The registry ([`registry`]) holds every node, its actor or its record
+//! at rest, and routes every node message. actix does not restart an actor whose handler panicked (its mailbox just
 //! closes), so every forwarded message that finds a closed mailbox makes the
 //! supervisor re-create that node's actor from the store, applying the
 //! restart rule to the task that was in flight, and try once more.
@@ -13,144 +12,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use actix::prelude::*;
-use dashmap::DashMap;
 use futures::stream::{self, StreamExt};
 use kiln_store::{NodeId, NodeRecord, PortRecord, ProvisionState, Write, normalize_mac};
 
 mod listing;
 mod ports;
+mod registry;
 pub use listing::Listing;
 pub use ports::{
     CreatePort, CreatePortGroup, DeletePort, DeletePortGroup, GetPortGroup, ListPortGroups, ListPorts, NewPortGroup,
     SetPortGroup,
 };
+pub(crate) use registry::put_to_rest;
+pub use registry::{Asked, NodeEntry, NodeMap, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::KilnError;
+use crate::node::rest::Routed;
 use crate::node::{NodeActor, NodeEnv, NodeValidation, Op, ReadPower, RunOp, RunOpIn, ShowNode, ValidateNode, plan};
 use crate::nodeset::NodeSet;
 use crate::view::{NodeDetail, NodeResult, NodeView, PortGroupView, PortView, SiteStatus};
-
-/// One entry of the registry.
-#[derive(Clone)]
-pub struct NodeEntry {
-    pub addr: Addr<NodeActor>,
-    pub name: String,
-}
 
 /// The built-in node group of the nodes this process runs (`@local`): on a
 /// store shared by several members, this member's share; otherwise every
 /// node. A configured group may not take the name.
 pub const LOCAL_GROUP: &str = "local";
-
-/// The registry of running node actors.
-#[derive(Clone, Default)]
-pub struct Registry {
-    pub by_id: Arc<NodeMap<NodeId, NodeEntry>>,
-    pub by_name: Arc<NodeMap<String, NodeId>>,
-    /// The live settings; node groups (`@name` in node sets) come from them.
-    pub live: Arc<crate::LiveSettings>,
-    /// On a store shared by several members: this member, and the way to
-    /// nodes the others run ([`crate::remote`]). `None`: every node of the
-    /// site is in the maps above.
-    pub shared: Option<crate::remote::Shared>,
-}
-
-/// The registry's maps: hashed with foldhash, not SipHash. Keys are uuids
-/// and names of the site's own nodes, not chosen by an attacker per lookup,
-/// and SipHash showed in the profile of a million-node restart.
-pub type NodeMap<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
-
-impl Registry {
-    /// An empty registry with room for `nodes` (a restart knows how many it
-    /// adopts: no rehash of a growing map on the way).
-    pub fn with_capacity(nodes: usize) -> Registry {
-        Registry {
-            by_id: Arc::new(NodeMap::with_capacity_and_hasher(nodes, Default::default())),
-            by_name: Arc::new(NodeMap::with_capacity_and_hasher(nodes, Default::default())),
-            ..Default::default()
-        }
-    }
-
-    fn insert(&self, id: NodeId, name: String, addr: Addr<NodeActor>) {
-        self.by_name.insert(name.clone(), id);
-        self.by_id.insert(id, NodeEntry { addr, name });
-    }
-
-    /// Follows a node's rename (committed by its actor): the new name finds
-    /// it, the old one no longer does.
-    pub(crate) fn rename(&self, id: NodeId, name: &str) {
-        let Some(mut entry) = self.by_id.get_mut(&id) else { return };
-        if entry.name == name {
-            return;
-        }
-        self.by_name.insert(name.to_string(), id);
-        self.by_name.remove_if(&entry.name, |_, owner| *owner == id);
-        entry.name = name.to_string();
-    }
-
-    pub(crate) fn remove(&self, id: NodeId) {
-        if let Some((_, entry)) = self.by_id.remove(&id) {
-            self.by_name.remove(&entry.name);
-        }
-    }
-
-    /// Finds one node by uuid or name.
-    pub fn find(&self, node: &str) -> Option<(NodeId, NodeEntry)> {
-        let id = match node.parse::<NodeId>() {
-            Ok(id) => id,
-            Err(_) => *self.by_name.get(node)?,
-        };
-        self.by_id.get(&id).map(|e| (id, e.clone()))
-    }
-
-    /// Every node named by a uuid, a name or a node set, sorted by name;
-    /// an error names the nodes that do not exist, and a set that names
-    /// no node at all (`demo1&demo2`) is bad input, not an empty success.
-    pub fn resolve(&self, expr: &str) -> Result<Vec<(NodeId, String)>, KilnError> {
-        if let Some((id, e)) = self.find(expr.trim()) {
-            return Ok(vec![(id, e.name)]);
-        }
-        let set = self.parse(expr)?;
-        if set.is_empty() {
-            return Err(KilnError::InvalidInput(format!("node set '{expr}' matches no node")));
-        }
-        let mut found = Vec::with_capacity(set.len());
-        let mut missing = Vec::new();
-        for name in set.iter() {
-            match self.by_name.get(name.as_str()) {
-                Some(id) => found.push((*id, name.clone())),
-                None => missing.push(name),
-            }
-        }
-        if !missing.is_empty() {
-            let folded = NodeSet::from_names(missing.iter().map(String::as_str)).fold();
-            return Err(KilnError::NotFound(format!(
-                "no such node{}: {folded}",
-                if missing.len() > 1 { "s" } else { "" }
-            )));
-        }
-        Ok(found)
-    }
-
-    /// Parses a node set, with the site's groups.
-    pub fn parse(&self, expr: &str) -> Result<NodeSet, KilnError> {
-        let groups = self.live.groups();
-        let local = |g: &str| {
-            (g == LOCAL_GROUP).then(|| NodeSet::from_names(self.by_name.iter().map(|e| e.key().clone())).fold())
-        };
-        NodeSet::parse_with(expr, &|g| groups.get(g).cloned().or_else(|| local(g)))
-            .map_err(|e| KilnError::InvalidInput(format!("node set '{expr}': {e}")))
-    }
-
-    /// Every node, in the order a node set lists its names (`demo2` before
-    /// `demo10`), so that `kiln node list` and `kiln node list 'demo[1-64]'`
-    /// agree.
-    pub fn all(&self) -> Vec<(NodeId, String)> {
-        let set = NodeSet::from_names(self.by_name.iter().map(|e| e.key().clone()));
-        set.iter().filter_map(|name| Some((*self.by_name.get(&name)?, name))).collect()
-    }
-}
 
 /// A node to create (`node create`, one element of `node import`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -202,16 +88,11 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// Node actors start on the current thread's arbiter.
     pub fn new(registry: Registry, env: NodeEnv, facts: SiteFacts) -> Self {
-        Supervisor { registry, env: Arc::new(env), facts }
-    }
-
-    fn spawn_node(&self, record: NodeRecord) -> Addr<NodeActor> {
-        let id = record.uuid;
-        let name = record.name.clone();
-        let addr = NodeActor::new(record, self.env.clone()).start();
-        self.registry.insert(id, name, addr.clone());
-        addr
+        let env = Arc::new(env);
+        registry.serve(env.clone());
+        Supervisor { registry, env, facts }
     }
 }
 
@@ -219,7 +100,8 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 }
 
-/// Starts actors for records already in the store (at start-up).
+/// Adds records already in the store (at start-up, or taken over), their
+/// nodes at rest.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AdoptRecords(pub Vec<NodeRecord>);
@@ -228,7 +110,7 @@ impl Handler<AdoptRecords> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: AdoptRecords, _: &mut Context<Self>) {
         for r in msg.0 {
-            self.spawn_node(r);
+            self.registry.add(r);
         }
     }
 }
@@ -257,7 +139,7 @@ impl Handler<CreateNodes> for Supervisor {
                     .into_iter()
                     .map(|r| {
                         let view = NodeView::of(&r, None);
-                        act.spawn_node(r);
+                        act.registry.add(r);
                         view
                     })
                     .collect())
@@ -437,8 +319,7 @@ impl Handler<RestartNode> for Supervisor {
     type Result = ResponseActFuture<Self, Result<(), KilnError>>;
 
     fn handle(&mut self, msg: RestartNode, _: &mut Context<Self>) -> Self::Result {
-        let current = self.registry.by_id.get(&msg.node).map(|e| e.addr.clone());
-        let already = current.is_none_or(|a| a != msg.dead);
+        let already = !self.registry.still_dead(msg.node, &msg.dead);
         let store = self.env.store.clone();
         let clock = self.env.clock.clone();
         let id = msg.node;
@@ -466,7 +347,7 @@ impl Handler<RestartNode> for Supervisor {
             .into_actor(self)
             .map(|res: Result<Option<NodeRecord>, KilnError>, act, _| {
                 if let Some(record) = res? {
-                    act.spawn_node(record);
+                    act.registry.add_live(record);
                 }
                 Ok(())
             }),
@@ -485,22 +366,41 @@ pub async fn send_to_node<M>(
 where
     M: Message + Send + 'static,
     M::Result: Send,
-    NodeActor: Handler<M>,
+    NodeActor: Handler<Routed<M>>,
+{
+    send_to_node_or(supervisor, registry, id, make, |_| None).await
+}
+
+/// [`send_to_node`], answered by `at_rest` from the record of a node at
+/// rest when it gives an answer (the node's actor is not started for it).
+pub async fn send_to_node_or<M>(
+    supervisor: &Addr<Supervisor>,
+    registry: &Registry,
+    id: NodeId,
+    make: impl Fn() -> M,
+    at_rest: impl Fn(&NodeRecord) -> Option<M::Result>,
+) -> Result<M::Result, KilnError>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+    NodeActor: Handler<Routed<M>>,
 {
     let missing = || KilnError::NotFound(format!("node {id} does not exist"));
     for _ in 0..2 {
-        // Sent under the map's read guard, which ends before the await: no
-        // clone of the entry (its name, and an address whose clone allocates)
-        // on the path every node message takes.
-        let asked = registry.by_id.get(&id).map(|e| e.addr.send(make())).ok_or_else(missing)?;
+        let asked = match registry.send(id, make(), &at_rest).ok_or_else(missing)? {
+            Asked::Answered(answer) => return Ok(answer),
+            Asked::Sent(request) => request,
+        };
         match asked.await {
             Ok(r) => return Ok(r),
             Err(_) => {
-                let dead = registry.by_id.get(&id).map(|e| e.addr.clone()).ok_or_else(missing)?;
                 // Another caller's restart already put a live actor there.
-                if dead.connected() {
-                    continue;
-                }
+                let Some(dead) = registry.dead(id) else {
+                    if registry.by_id.contains_key(&id) {
+                        continue;
+                    }
+                    return Err(missing());
+                };
                 supervisor
                     .send(RestartNode { node: id, dead })
                     .await
@@ -661,7 +561,9 @@ impl Router {
             let record = record.ok_or_else(|| KilnError::NotFound(format!("node {id} does not exist")))?;
             return Ok(NodeView::of(&record, record.reservation.as_ref()));
         }
-        send_to_node(&self.supervisor, &self.registry, id, || ShowNode).await
+        // A node at rest is shown from its record: its actor would show the
+        // same, and a list of a million nodes starts none.
+        send_to_node_or(&self.supervisor, &self.registry, id, || ShowNode, |r| Some(NodeView::of(r, None))).await
     }
 
     /// Every node named by a uuid, a name or a node set
@@ -674,7 +576,7 @@ impl Router {
             return local;
         }
         let names: Vec<String> = match self.registry.find(expr.trim()) {
-            Some((id, e)) => return Ok(vec![(id, e.name)]),
+            Some(found) => return Ok(vec![found]),
             None if expr.trim().parse::<NodeId>().is_ok() => vec![expr.trim().to_string()],
             None => self.registry.parse(expr)?.iter().collect(),
         };
@@ -683,7 +585,7 @@ impl Router {
         let mut found: Vec<Option<(NodeId, String)>> = names
             .iter()
             .map(|name| {
-                self.registry.find(name).map(|(id, e)| (id, e.name)).or_else(|| {
+                self.registry.find(name).or_else(|| {
                     let known = shared.directory.find(name);
                     shared.directory.count(known.is_some());
                     known
@@ -727,8 +629,8 @@ impl Router {
 
     /// [`Router::find`], with the node's name.
     pub async fn find_named(&self, node: &str) -> Result<(NodeId, String), KilnError> {
-        if let Some((id, e)) = self.registry.find(node) {
-            return Ok((id, e.name));
+        if let Some(found) = self.registry.find(node) {
+            return Ok(found);
         }
         let no_node = || KilnError::NotFound(format!("no such node: {node}"));
         if self.registry.shared.is_none() {

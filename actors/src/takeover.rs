@@ -12,7 +12,7 @@ use std::time::Duration;
 use kiln_store::{Claimed, NodeRecord, StoreError, StoreHandle, Timestamp, Write};
 
 use crate::Site;
-use crate::supervisor::AdoptRecords;
+use crate::supervisor::{AdoptRecords, Registry};
 
 /// Applies the restart rule to every record, in place, and returns the
 /// writes that store the repairs (a record and a history line each).
@@ -42,6 +42,52 @@ pub async fn repair(
         store.commit(repairs).await?;
     }
     Ok(repaired)
+}
+
+/// How many records a start-up reads at a time.
+const START_BATCH: usize = 8192;
+
+/// Reads the nodes this process runs into `registry`, at rest, a batch at a
+/// time while the store reads the next, so that a start-up's reading and
+/// adopting overlap (a million nodes: about 1.5 s and 1 s) and it never
+/// holds every record twice. Nodes the store shows mid-task wait until the
+/// read is done, are repaired by the restart rule (`why`), then added.
+/// Returns how many nodes, and how many were repaired.
+pub async fn load_at_start(
+    store: &StoreHandle,
+    registry: &Registry,
+    why: &str,
+    now: Timestamp,
+) -> Result<(usize, usize), StoreError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<NodeRecord>>(8);
+    // On the store thread, outside any runtime: it may block while the
+    // batches before wait here.
+    let read = store.read(move |b| {
+        b.stream_owned_nodes(START_BATCH, &mut |batch| {
+            // Refused only once the receiving end gave up (an error there).
+            let _ = tx.blocking_send(batch);
+        })
+    });
+    let adopt = async {
+        let mut cut_short = Vec::new();
+        while let Some(batch) = rx.recv().await {
+            for record in batch {
+                if crate::node::plan::cut_short(&record) {
+                    cut_short.push(record);
+                } else {
+                    registry.add(record);
+                }
+            }
+        }
+        cut_short
+    };
+    let (count, mut cut_short) = futures::join!(read, adopt);
+    let count = count?;
+    let repaired = repair(store, &mut cut_short, why, now).await?;
+    for record in cut_short {
+        registry.add(record);
+    }
+    Ok((count, repaired))
 }
 
 /// Takes on nodes this member has just claimed: repairs them at once, then

@@ -30,12 +30,11 @@ fn exclusive_requests_run_in_arrival_order() {
     actix::System::new().block_on(async {
         let site = start(config(dir.path(), 1, Duration::from_secs(60))).await.unwrap();
         act(&site, "demo1", slow(50), true).await.unwrap();
-        let (_, node) = site.registry.find("demo1").unwrap();
+        let node = site.registry.addr(site.registry.find("demo1").unwrap().0).unwrap();
         // `send` enqueues at once, so these arrive in this order.
-        let first = node.addr.send(RunOp { op: Op::Power(PowerAction::On), wait: true });
-        let second =
-            node.addr.send(RunOp { op: Op::Maintenance { on: true, reason: Some("second".into()) }, wait: true });
-        let third = node.addr.send(RunOp { op: Op::Power(PowerAction::Off), wait: true });
+        let first = node.send(RunOp { op: Op::Power(PowerAction::On), wait: true });
+        let second = node.send(RunOp { op: Op::Maintenance { on: true, reason: Some("second".into()) }, wait: true });
+        let third = node.send(RunOp { op: Op::Power(PowerAction::Off), wait: true });
         let (a, b, c) = futures::join!(first, second, third);
         let (a, b, c) = (a.unwrap().unwrap(), b.unwrap().unwrap(), c.unwrap().unwrap());
         assert!(a.updated_at < b.updated_at && b.updated_at < c.updated_at);
@@ -82,8 +81,8 @@ fn a_node_actor_that_panicked_is_recreated_from_the_store() {
         let started = act(&site, "demo1", Op::Verb(Verb::Deploy), false).await.unwrap();
         assert_eq!(started.provision_state, ProvisionState::Deploying);
 
-        let (_, dead) = site.registry.find("demo1").unwrap();
-        dead.addr.do_send(CrashForTest);
+        let dead = site.registry.addr(site.registry.find("demo1").unwrap().0).unwrap();
+        dead.do_send(CrashForTest);
         // The next message finds the mailbox closed; the supervisor
         // re-creates the actor from the store and fails the cut-off task.
         let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
@@ -91,8 +90,8 @@ fn a_node_actor_that_panicked_is_recreated_from_the_store() {
         assert!(v.reservation.is_none());
         let err = v.last_error.clone().unwrap();
         assert!(err.contains("crash requested by a test") && err.contains("deploying"), "{err}");
-        let (_, alive) = site.registry.find("demo1").unwrap();
-        assert!(alive.addr != dead.addr);
+        let alive = site.registry.addr(site.registry.find("demo1").unwrap().0).unwrap();
+        assert!(alive != dead);
 
         // The other node never noticed.
         let v = act(&site, "demo2", Op::Verb(Verb::Deploy), true).await.unwrap();
@@ -605,8 +604,8 @@ fn a_wait_that_timed_out_fails_the_node_unless_it_is_in_maintenance() {
         waiting.maintenance = true;
         store.commit(vec![kiln_store::Write::InsertNode(waiting)]).await.unwrap();
         let site = start_with_store(config(dir.path(), 0, Duration::ZERO), store).await.unwrap();
-        let (_, node) = site.registry.find("w1").unwrap();
-        let expire = || node.addr.send(ExpireWait { timeouts: WaitTimeouts::all(Duration::from_secs(60)) });
+        let node = site.registry.addr(site.registry.find("w1").unwrap().0).unwrap();
+        let expire = || node.send(ExpireWait { timeouts: WaitTimeouts::all(Duration::from_secs(60)) });
 
         assert!(!expire().await.unwrap(), "in maintenance: left waiting");
         let v = site.supervisor.send(GetNode("w1".into())).await.unwrap().unwrap();
@@ -616,7 +615,7 @@ fn a_wait_that_timed_out_fails_the_node_unless_it_is_in_maintenance() {
         // it has waited the timeout again.
         act(&site, "w1", Op::Maintenance { on: false, reason: None }, true).await.unwrap();
         assert!(!expire().await.unwrap(), "has not waited a minute since");
-        assert!(node.addr.send(ExpireWait { timeouts: WaitTimeouts::all(Duration::ZERO) }).await.unwrap());
+        assert!(node.send(ExpireWait { timeouts: WaitTimeouts::all(Duration::ZERO) }).await.unwrap());
         let v = site.supervisor.send(GetNode("w1".into())).await.unwrap().unwrap();
         assert_eq!(v.provision_state, ProvisionState::DeployFailed);
         assert!(v.last_error.as_deref().unwrap_or_default().contains("timed out in 'wait call-back'"), "{v:?}");
@@ -629,11 +628,11 @@ fn a_held_node_lets_in_only_its_holder_until_released() {
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
         let site = start(config(dir.path(), 1, Duration::ZERO)).await.unwrap();
-        let (_, node) = site.registry.find("demo1").unwrap();
-        node.addr.send(HoldNode { holder: "app".into() }).await.unwrap().unwrap();
+        let node = site.registry.addr(site.registry.find("demo1").unwrap().0).unwrap();
+        node.send(HoldNode { holder: "app".into() }).await.unwrap().unwrap();
         // Held again by the same holder: fine; by another: locked.
-        node.addr.send(HoldNode { holder: "app".into() }).await.unwrap().unwrap();
-        let other = node.addr.send(HoldNode { holder: "other".into() }).await.unwrap().unwrap_err();
+        node.send(HoldNode { holder: "app".into() }).await.unwrap().unwrap();
+        let other = node.send(HoldNode { holder: "other".into() }).await.unwrap().unwrap_err();
         assert!(matches!(&other, KilnError::NodeLocked { holder_purpose, .. } if holder_purpose == "held by app"));
         // Anyone else's operation is refused; the holder's runs, and the
         // node stays held after it.
@@ -641,13 +640,13 @@ fn a_held_node_lets_in_only_its_holder_until_released() {
         assert!(matches!(err, KilnError::NodeLocked { .. }), "{err}");
         let run =
             |op| RunOpIn { run: RunOp { op, wait: true }, parent: tracing::Span::none(), holder: Some("app".into()) };
-        let on = node.addr.send(run(Op::Power(PowerAction::On))).await.unwrap().unwrap();
+        let on = node.send(run(Op::Power(PowerAction::On))).await.unwrap().unwrap();
         assert_eq!(on.power_state, Some(kiln_store::PowerState::On));
         let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
         assert_eq!(v.reservation.as_ref().map(|r| r.purpose.as_str()), Some("held by app"));
         // Only the holder releases it; then anyone may act again.
-        assert!(!node.addr.send(ReleaseNode { holder: "other".into() }).await.unwrap());
-        assert!(node.addr.send(ReleaseNode { holder: "app".into() }).await.unwrap());
+        assert!(!node.send(ReleaseNode { holder: "other".into() }).await.unwrap());
+        assert!(node.send(ReleaseNode { holder: "app".into() }).await.unwrap());
         let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
         assert_eq!(v.reservation, None);
         act(&site, "demo1", Op::Power(PowerAction::Off), true).await.unwrap();
@@ -863,5 +862,80 @@ fn an_archive_wave_forgets_another_members_ended_jobs_instead_of_trying_them_aga
         assert!(info.by_status.is_empty(), "forgotten here: {:?}", info.by_status);
         assert_eq!(site.jobs.send(ArchiveOld { age: Duration::ZERO }).await.unwrap().unwrap(), 0);
         assert_eq!(*tries.lock().unwrap(), 1, "not tried again");
+    });
+}
+
+/// Polls `cond` (bounded: 10 s) while the actors run; panics naming `what`.
+async fn until_true(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within 10 s");
+}
+
+#[test]
+fn a_node_with_nothing_to_do_goes_to_rest_and_its_next_message_wakes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let mut cfg = config(dir.path(), 2, Duration::from_secs(10));
+        cfg.node_rest_after = Some(Duration::from_millis(20));
+        let site = start(cfg).await.unwrap();
+        let (id, _) = site.registry.find("demo1").unwrap();
+        assert_eq!(site.metrics.node_actors(), 0, "a site starts with every node at rest");
+        let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_eq!(v.provision_state, ProvisionState::Enroll);
+        assert!(!site.registry.is_live(id), "reading a node at rest starts no actor");
+
+        let v = act(&site, "demo1", Op::Verb(Verb::Manage), true).await.unwrap();
+        assert_eq!(v.provision_state, ProvisionState::Manageable);
+        until_true("demo1 at rest", || !site.registry.is_live(id)).await;
+        let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_eq!(v.provision_state, ProvisionState::Manageable, "the record at rest is the last one");
+        assert_eq!(site.metrics.nodes_in(ProvisionState::Manageable), 1);
+        assert_eq!(site.metrics.nodes_in(ProvisionState::Enroll), 1);
+
+        // Rounds of requests sent in order while the node goes to rest and
+        // wakes again and again: every one answered, in the order sent
+        // (maintenance on, then off: off last), by one actor at a time.
+        let router = site.router();
+        for round in 0..40 {
+            let reason = Some(format!("round {round}"));
+            let on = router.run(id, Op::Maintenance { on: true, reason }, true);
+            let off = router.run(id, Op::Maintenance { on: false, reason: None }, true);
+            let power = router.run(id, Op::Power(PowerAction::On), true);
+            let (on, off, power) = futures::join!(on, off, power);
+            assert!(on.unwrap().maintenance, "round {round}: on first");
+            assert!(!off.unwrap().maintenance, "round {round}: then off");
+            power.unwrap();
+            if round % 4 == 0 {
+                until_true("demo1 at rest again", || !site.registry.is_live(id)).await;
+            }
+        }
+        let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert!(!v.maintenance && v.reservation.is_none());
+        let history = site.store.read(move |b| b.load_history(id, usize::MAX)).await.unwrap();
+        let powered = history.iter().filter(|h| h.event.starts_with("power")).count();
+        assert_eq!(powered, 40, "every power request ran once: {history:?}");
+        until_true("demo1 at rest at the end", || !site.registry.is_live(id)).await;
+        assert_eq!(site.metrics.nodes_in(ProvisionState::Manageable), 1, "counted once through it all");
+        assert_eq!(site.metrics.nodes_in_maintenance(), 0);
+        assert_eq!(site.metrics.nodes_reserved(), 0);
+        assert_eq!(site.metrics.node_actors(), 0, "every actor that went to rest stopped");
+    });
+}
+
+#[test]
+fn a_site_shutting_down_closes_a_node_woken_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = start(config(dir.path(), 1, Duration::ZERO)).await.unwrap();
+        site.registry.close("the daemon is stopping");
+        let err = act(&site, "demo1", Op::Verb(Verb::Manage), true).await.unwrap_err();
+        assert!(err.to_string().contains("the daemon is stopping"), "{err}");
+        let v = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
+        assert_eq!(v.provision_state, ProvisionState::Enroll, "nothing ran");
     });
 }

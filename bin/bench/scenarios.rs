@@ -203,18 +203,19 @@ async fn lock(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
             }
         }
     });
-    let (_, hot) = site.registry.find("hot1").context("hot1 exists")?;
+    let (hot_id, _) = site.registry.find("hot1").context("hot1 exists")?;
+    let hot = site.registry.addr(hot_id).context("hot1 exists")?;
     let t = Instant::now();
     let requests: Vec<_> = (0..contenders)
         .map(|i| {
             let action = if i % 2 == 0 { PowerAction::On } else { PowerAction::Off };
-            hot.addr.send(RunOp { op: Op::Power(action), wait: true })
+            hot.send(RunOp { op: Op::Power(action), wait: true })
         })
         .collect();
     let results = futures::future::join_all(requests).await;
     let contention_secs = t.elapsed().as_secs_f64();
     let ok = results.into_iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
-    let id = hot.addr.send(kiln_actors::node::ShowNode).await?.uuid;
+    let id = hot.send(kiln_actors::node::ShowNode).await?.uuid;
     let history = site.store.read(move |b| b.load_history(id, usize::MAX)).await?.len();
     drop(site.events.clone());
     watcher.abort();
@@ -224,7 +225,7 @@ async fn lock(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let tasks = args.tasks.unwrap_or(100_000);
     create_nodes(&site, "lk", nodes).await?;
     let addrs: Vec<_> =
-        (1..=nodes).filter_map(|i| site.registry.find(&format!("lk{i}")).map(|(_, e)| e.addr)).collect();
+        (1..=nodes).filter_map(|i| site.registry.addr(site.registry.find(&format!("lk{i}"))?.0)).collect();
     let done = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
     let per_node = tasks / nodes.max(1);

@@ -158,6 +158,25 @@ pub trait Backend: Send + 'static {
     fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         self.load_nodes()
     }
+    /// [`Backend::load_owned_nodes`], handed to `each` at most `batch` at a
+    /// time as they are read, so that a start-up adopts the first while the
+    /// rest are read; returns how many. The default reads them all first.
+    fn stream_owned_nodes(&mut self, batch: usize, each: &mut dyn FnMut(Vec<NodeRecord>)) -> Result<usize, StoreError> {
+        let all = self.load_owned_nodes()?;
+        let count = all.len();
+        let mut rest = all.into_iter();
+        loop {
+            let next: Vec<NodeRecord> = rest.by_ref().take(batch.max(1)).collect();
+            if next.is_empty() {
+                return Ok(count);
+            }
+            each(next);
+        }
+    }
+    /// How many nodes [`Backend::load_owned_nodes`] would read.
+    fn count_owned_nodes(&mut self) -> Result<usize, StoreError> {
+        Ok(self.load_owned_nodes()?.len())
+    }
     /// Takes for this process the nodes no live member owns that the ring
     /// places on it, and returns them as stored (`postgres::PgBackend::claim_orphans`).
     /// The default, for a store one process owns: nothing to take.
@@ -324,6 +343,12 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn load_owned_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         (**self).load_owned_nodes()
+    }
+    fn stream_owned_nodes(&mut self, batch: usize, each: &mut dyn FnMut(Vec<NodeRecord>)) -> Result<usize, StoreError> {
+        (**self).stream_owned_nodes(batch, each)
+    }
+    fn count_owned_nodes(&mut self) -> Result<usize, StoreError> {
+        (**self).count_owned_nodes()
     }
     fn claim_orphans(&mut self) -> Result<Vec<Claimed>, StoreError> {
         (**self).claim_orphans()

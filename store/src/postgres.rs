@@ -1086,6 +1086,13 @@ impl Backend for PgBackend {
             .collect()
     }
 
+    fn count_owned_nodes(&mut self) -> Result<usize, StoreError> {
+        let me = self.options.member.clone();
+        let rows = self.query("SELECT count(*) FROM nodes WHERE owner = $1", &[&me])?;
+        let count: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
     /// Takes for this member, each at a new epoch, the nodes whose owner is
     /// not a live member and that the ring over the live members (this one
     /// included) places here. A member still writing under an older epoch

@@ -455,6 +455,31 @@ impl Backend for SqliteBackend {
         self.select_nodes(node_select!())
     }
 
+    /// In the table's own order, as [`Self::load_owned_nodes`].
+    fn stream_owned_nodes(&mut self, batch: usize, each: &mut dyn FnMut(Vec<NodeRecord>)) -> Result<usize, StoreError> {
+        let batch = batch.max(1);
+        let mut stmt = self.conn.prepare_cached(node_select!())?;
+        let mut rows = stmt.query([])?;
+        let mut next = Vec::with_capacity(batch);
+        let mut count = 0;
+        while let Some(row) = rows.next()? {
+            next.push(node_from_row(row)?);
+            count += 1;
+            if next.len() == batch {
+                each(std::mem::replace(&mut next, Vec::with_capacity(batch)));
+            }
+        }
+        if !next.is_empty() {
+            each(next);
+        }
+        Ok(count)
+    }
+
+    fn count_owned_nodes(&mut self) -> Result<usize, StoreError> {
+        let count: i64 = self.conn.query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
     fn load_node(&mut self, id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(concat!(node_select!(), " WHERE uuid = ?1"))?;
         let mut rows = stmt.query([id.to_string()])?;

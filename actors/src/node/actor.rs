@@ -21,6 +21,8 @@ use tokio::sync::oneshot;
 use super::connect::{Connecting, DriverPool, DriverSpec, usable};
 use super::core::{Input, NodeCore, Request};
 use super::effects::{Effect, Ticket};
+use super::gauged::Gauged;
+use super::rest::Resting;
 use super::{ReadPower, RunOp, RunOpIn, ShowNode};
 use crate::KilnError;
 use crate::driver::{Called, DriverCall, DriverReply, NodeCall};
@@ -46,6 +48,15 @@ pub struct NodeEnv {
     /// On a store shared by several members: checked right before every
     /// BMC call, which no row can fence.
     pub fence: Option<crate::remote::Fence>,
+    /// The registry's entries, where a node goes to rest
+    /// ([`super::rest`]).
+    pub nodes: Arc<crate::supervisor::NodeMap<kiln_store::NodeId, crate::supervisor::NodeEntry>>,
+    /// How long a node stays at rest with its actor before it gives it up;
+    /// `None`: never.
+    pub rest_after: Option<std::time::Duration>,
+    /// Set when the site shuts down: why. A node started afterwards is
+    /// closed to new work from the start, as the running ones were.
+    pub closing: std::sync::OnceLock<String>,
 }
 
 /// The actor of one node.
@@ -55,16 +66,36 @@ pub struct NodeActor {
     /// for BMCs no other node shares, which the pool does not hold).
     driver: Option<Connecting>,
     pub(super) env: Arc<NodeEnv>,
+    /// Its way to rest ([`super::rest`]).
+    pub(super) rest: Resting,
 }
 
 impl Actor for NodeActor {
     type Context = Context<Self>;
 }
 
+/// Counted from construction to drop, so an actor whose handler panicked
+/// leaves the count too.
+impl Drop for NodeActor {
+    fn drop(&mut self) {
+        self.env.metrics.node_actor(-1);
+    }
+}
+
 impl NodeActor {
     pub fn new(record: NodeRecord, env: Arc<NodeEnv>) -> Self {
-        let core = NodeCore::new(record, env.metrics.clone(), env.clock.clone());
-        NodeActor { core, driver: None, env }
+        let node = Gauged::new(record, env.metrics.clone());
+        Self::woken(node, env)
+    }
+
+    /// The actor of a node that was at rest (or is new).
+    pub(crate) fn woken(node: Gauged, env: Arc<NodeEnv>) -> Self {
+        let mut core = NodeCore::woken(node, env.clock.clone());
+        if let Some(why) = env.closing.get() {
+            core.close(why);
+        }
+        env.metrics.node_actor(1);
+        NodeActor { core, driver: None, env, rest: Resting::default() }
     }
 
     /// Hands `input` to the core and carries out what it asks, feeding
@@ -79,6 +110,7 @@ impl NodeActor {
                 }
             }
         }
+        self.settle(ctx);
     }
 
     /// Carries out one effect; returns the input its result makes when the
@@ -214,9 +246,9 @@ fn unfenced(fence: Option<&crate::remote::Fence>) -> Result<(), DriverError> {
 }
 
 impl Handler<ShowNode> for NodeActor {
-    type Result = MessageResult<ShowNode>;
+    type Result = Response<NodeView>;
     fn handle(&mut self, _: ShowNode, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.core.view())
+        Response::reply(self.core.view())
     }
 }
 

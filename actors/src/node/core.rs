@@ -18,7 +18,7 @@
 mod abandon;
 mod contact;
 mod ops;
-mod upkeep;
+pub(crate) mod upkeep;
 
 #[cfg(test)]
 mod tests;
@@ -42,6 +42,7 @@ use crate::KilnError;
 use crate::clock::SharedClock;
 use crate::driver::{DriverCall, DriverReply};
 use crate::events::{EventKind, NodeEvent};
+use crate::fsm::{self, StateClass};
 use crate::metrics::Metrics;
 use crate::view::NodeView;
 
@@ -184,9 +185,15 @@ pub struct NodeCore {
 
 impl NodeCore {
     pub fn new(record: NodeRecord, metrics: std::sync::Arc<Metrics>, clock: SharedClock) -> Self {
+        Self::woken(Gauged::new(record, metrics), clock)
+    }
+
+    /// The core of a node that was at rest ([`NodeCore::rest`]): its record
+    /// and counts as it left them.
+    pub fn woken(node: Gauged, clock: SharedClock) -> Self {
         NodeCore {
-            contact: contact::Contact::of(&record),
-            node: Gauged::new(record, metrics),
+            contact: contact::Contact::of(node.record()),
+            node,
             clock,
             task: None,
             waiters: VecDeque::new(),
@@ -258,6 +265,33 @@ impl NodeCore {
 
     /// Gives the node up to another member, if nothing holds or waits for
     /// it: from then on no task starts here. True when given up.
+    /// Closes the node to new work from the start (the site is shutting
+    /// down: `why`).
+    pub fn close(&mut self, why: &str) {
+        self.closing = Some(why.into());
+    }
+
+    /// Whether the node may do without its actor for now: nothing runs,
+    /// waits, holds it or is awaited, it waits for no callback, and nothing
+    /// is known about it that its record cannot carry (a BMC being backed
+    /// off, power reads failing in a row).
+    pub fn at_rest(&self) -> bool {
+        let record = self.node.record();
+        !self.busy()
+            && self.awaiting.is_empty()
+            && self.power_failures == 0
+            && self.contact.settled()
+            && record.callback.is_none()
+            && fsm::class(record.provision_state) != StateClass::Wait
+    }
+
+    /// The node to keep without its actor (once [`NodeCore::at_rest`]):
+    /// the record with what is known of the BMC, and the node's counts.
+    pub fn rest(&mut self) -> Gauged {
+        let contact = &self.contact;
+        self.node.hand_off(|r| contact.stamp(r))
+    }
+
     pub fn hand_over(&mut self) -> bool {
         if self.busy() {
             return false;

@@ -29,6 +29,16 @@ impl Gauged {
         Gauged { record, reservation: None, gauge }
     }
 
+    /// The node as it is now, to be kept without its actor: the record
+    /// (with `stamp` applied: what the actor knew but had not committed)
+    /// and its counts. This one counts nothing afterwards; the actor that
+    /// held it is about to stop.
+    pub fn hand_off(&mut self, stamp: impl FnOnce(&mut NodeRecord)) -> Gauged {
+        let mut record = self.record.clone();
+        stamp(&mut record);
+        Gauged { record, reservation: None, gauge: self.gauge.hand_off() }
+    }
+
     /// The record as last committed.
     pub fn record(&self) -> &NodeRecord {
         &self.record

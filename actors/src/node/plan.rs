@@ -191,14 +191,20 @@ pub fn finishing_event(working: S, target: Option<S>) -> Event {
     }
 }
 
+/// Whether `record` was left mid-task ([`recover`] has something to do).
+pub fn cut_short(record: &NodeRecord) -> bool {
+    fsm::class(record.provision_state) == StateClass::Working
+        || record.reservation.is_some()
+        || record.target_power_state.is_some()
+}
+
 /// The restart rule (docs/state-machine.md, "Rules"): a record left mid-task by a crash or a
 /// restart is released, a working state falls to its failed state with
 /// `last_error` saying why, and an unfinished power target is cleared.
 /// Returns the changed record and its history line, or `None` when the
 /// record needs nothing.
 pub fn recover(record: &NodeRecord, why: &str, now: Timestamp) -> Option<(NodeRecord, HistoryEntry)> {
-    let working = fsm::class(record.provision_state) == StateClass::Working;
-    if !working && record.reservation.is_none() && record.target_power_state.is_none() {
+    if !cut_short(record) {
         return None;
     }
     let mut fixed = record.clone();

@@ -8,8 +8,9 @@
 //! last node had answered and the whole answer had been encoded, sent and
 //! decoded. A [`Listing`] takes a snapshot of the node names in node-set
 //! order first (on a blocking thread: sorting a million names is a few
-//! hundred milliseconds the actors' thread must not spend), then asks the
-//! node actors for one page at a time, as the caller asks for pages. A
+//! hundred milliseconds the actors' thread must not spend), then reads one
+//! page at a time, as the caller asks for pages: a node at rest from its
+//! record in the registry, a node with an actor from the actor. A
 //! caller that stops asking (the client went away) costs nothing more.
 //!
 //! The order is the node-set order of the snapshot (`demo2` before
@@ -94,11 +95,27 @@ impl Listing {
         let page: Vec<NodeId> = self.ids.drain(..take).collect();
         let views: Vec<NodeView> = match self.source {
             Source::Actors => {
+                // A node at rest is read from its record here; only the
+                // nodes with an actor are asked.
                 let router = &self.router;
-                let asked = page.into_iter().map(|id| async move { router.show(id).await });
-                let views: Vec<Result<NodeView, KilnError>> =
-                    stream::iter(asked).buffered(ASKED_AT_ONCE).collect().await;
-                views.into_iter().filter_map(Result::ok).collect()
+                let mut views: Vec<Option<NodeView>> = Vec::with_capacity(page.len());
+                let mut asked = Vec::new();
+                for id in page {
+                    let view = router.registry.at_rest(id, |r| NodeView::of(r, None));
+                    if view.is_none() {
+                        asked.push((views.len(), id));
+                    }
+                    views.push(view);
+                }
+                let answers: Vec<(usize, Result<NodeView, KilnError>)> = stream::iter(asked)
+                    .map(|(i, id)| async move { (i, router.show(id).await) })
+                    .buffer_unordered(ASKED_AT_ONCE)
+                    .collect()
+                    .await;
+                for (i, answer) in answers {
+                    views[i] = answer.ok();
+                }
+                views.into_iter().flatten().collect()
             }
             Source::Stored => {
                 let asked = page.clone();

@@ -116,6 +116,12 @@ impl Contact {
         self.retry_at = None;
     }
 
+    /// Whether nothing is known beyond what a record carries: no
+    /// unreachable findings in a row, no backoff under way.
+    pub(in crate::node) fn settled(&self) -> bool {
+        self.failures == 0 && self.retry_at.is_none()
+    }
+
     /// When the BMC last confirmed the node's power state.
     pub(in crate::node) fn power_verified_at(&self) -> Option<Timestamp> {
         self.power_verified_at

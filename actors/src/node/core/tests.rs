@@ -1146,3 +1146,50 @@ fn a_learned_bmc_profile_is_stored_by_power_sync_once_and_forgotten_by_a_reset()
     assert!(sim.stored.as_ref().unwrap().bmc_profile.is_none(), "the reset is stored");
     assert!(sim.trace.iter().any(|t| t == "forget driver"), "{:?}", sim.trace);
 }
+
+// ----- rest ---------------------------------------------------------------------
+
+#[test]
+fn a_node_is_at_rest_only_with_nothing_running_waiting_held_or_backed_off() {
+    let mut sim = sim_in(S::Manageable);
+    assert!(sim.core.at_rest(), "a new node has nothing to do");
+    sim.park = true;
+    let mut task = sim.run(Op::Power(PowerAction::On), true);
+    assert!(!sim.core.at_rest(), "a task runs");
+    let mut waiter = sim.run(Op::Noop, true);
+    sim.resume();
+    answered(&mut task).unwrap();
+    answered(&mut waiter).unwrap();
+    assert!(sim.core.at_rest(), "both ran");
+    sim.park = false;
+    answered(&mut sim.hold("job")).unwrap();
+    assert!(!sim.core.at_rest(), "a hold keeps the actor");
+    assert!(sim.release_hold("job"));
+    assert!(sim.core.at_rest());
+
+    // A BMC being backed off: the backoff lives in memory only.
+    sim.replies = VecDeque::from([Err(unreachable())]);
+    sim.sync(false, 10);
+    assert!(!sim.core.at_rest(), "an unreachable BMC keeps its backoff");
+    sim.clock.advance(Duration::from_secs(24 * 3600));
+    assert!(matches!(sim.sync(false, 10), SyncOutcome::Updated { .. }), "read after the backoff");
+    assert!(sim.core.at_rest(), "one success clears it");
+
+    // A node waiting for a callback or in a wait state keeps its actor.
+    let sim = sim_in(S::WaitCallBack);
+    assert!(!sim.core.at_rest(), "a wait state is timed out by its actor");
+}
+
+#[test]
+fn a_node_put_to_rest_keeps_its_counts_and_what_it_knew_of_the_bmc() {
+    let mut sim = sim_in(S::Manageable);
+    assert_eq!(sim.sync(false, 10), SyncOutcome::InSync);
+    assert!(sim.stored.as_ref().unwrap().bmc_last_contact.is_none(), "a healthy sync commits nothing");
+    let rested = sim.core.rest();
+    assert_eq!(rested.record().bmc_last_contact, Some(start()), "the contact known in memory is kept");
+    assert_eq!(rested.record().power_verified_at, Some(start()));
+    // The actor's core counts nothing any more; the rested node counts once.
+    drop(std::mem::replace(&mut sim.core, NodeCore::woken(rested, sim.clock.shared())));
+    sim.assert_gauges();
+    assert_eq!(sim.core.view().bmc_last_contact, Some(start()), "woken, it knows what it knew");
+}

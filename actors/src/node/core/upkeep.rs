@@ -5,7 +5,7 @@
 //! Ironic's periodic tasks skip reserved nodes.
 
 use kiln_drivers::{DriverError, PowerAction};
-use kiln_store::PowerState;
+use kiln_store::{NodeRecord, PowerState};
 use tokio::sync::oneshot;
 
 use super::super::upkeep::{POWER_FAILURE, SyncOutcome, WaitTimeouts};
@@ -55,20 +55,7 @@ pub(super) enum AfterCommit {
 
 impl NodeCore {
     pub(super) fn sync_power(&mut self, force: bool, max_retries: u32, reply: oneshot::Sender<SyncOutcome>) {
-        let record = self.node.record();
-        let skip = if record.maintenance {
-            Some("maintenance")
-        } else if record.provision_state == kiln_store::ProvisionState::Enroll {
-            // As Ironic: a node in enroll is not managed yet, and its BMC may
-            // not be set up; reading it would only put it in maintenance.
-            Some("enroll")
-        } else if self.busy() {
-            Some("reserved")
-        } else if record.target_power_state.is_some() {
-            Some("power target set")
-        } else {
-            None
-        };
+        let skip = sync_skip(self.node.record(), self.busy());
         if let Some(why) = skip {
             return self.answer(Answer::Sync(reply, SyncOutcome::Skipped(why.into())));
         }
@@ -119,7 +106,7 @@ impl NodeCore {
 
     pub(super) fn recover_power_failure(&mut self, reply: oneshot::Sender<bool>) {
         let record = self.node.record();
-        let failed = record.maintenance && record.fault.as_deref() == Some(POWER_FAILURE);
+        let failed = power_failed(record);
         // An unreachable BMC is tried again when its backoff ends, by
         // recovery as by power sync.
         let backing_off = self.contact.backing_off(self.clock.now()).is_some();
@@ -251,4 +238,27 @@ impl NodeCore {
         }
         self.release();
     }
+}
+
+/// Why power sync leaves a node alone (`busy`: a task runs, waits or
+/// holds it), if it does: the record alone answers for a node at rest.
+pub(crate) fn sync_skip(record: &NodeRecord, busy: bool) -> Option<&'static str> {
+    if record.maintenance {
+        Some("maintenance")
+    } else if record.provision_state == kiln_store::ProvisionState::Enroll {
+        // As Ironic: a node in enroll is not managed yet, and its BMC may
+        // not be set up; reading it would only put it in maintenance.
+        Some("enroll")
+    } else if busy {
+        Some("reserved")
+    } else if record.target_power_state.is_some() {
+        Some("power target set")
+    } else {
+        None
+    }
+}
+
+/// Whether power failure recovery has anything to try on `record`.
+pub(crate) fn power_failed(record: &NodeRecord) -> bool {
+    record.maintenance && record.fault.as_deref() == Some(POWER_FAILURE)
 }
