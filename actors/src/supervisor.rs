@@ -414,8 +414,10 @@ where
 /// The one routing path of node work: route, restart, fan out. The CLI's
 /// dispatch and the job queue's opcodes call its functions directly (from
 /// [`crate::Site::router`]); the supervisor's messages, the embedding API,
-/// are answered by the same functions. Only what spawns node actors
-/// (creating nodes, restarting one) goes through the supervisor's mailbox.
+/// are answered by the same functions. Only what adds nodes to the
+/// registry (creating nodes, restarting a crashed actor) goes through the
+/// supervisor's mailbox; a node at rest gets its actor from the registry
+/// ([`Registry::send`]).
 #[derive(Clone)]
 pub struct Router {
     pub supervisor: Addr<Supervisor>,

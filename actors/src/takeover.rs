@@ -5,7 +5,8 @@
 //! Either way nothing of what the store shows mid-task can still be
 //! running here, so the restart rule ([`crate::node::plan::recover`])
 //! releases it first, with its reason in the node's history; only then
-//! does a node actor start for it.
+//! is the node added to the registry (at rest: its first request starts
+//! its actor).
 
 use std::time::Duration;
 
@@ -91,7 +92,7 @@ pub async fn load_at_start(
 }
 
 /// Takes on nodes this member has just claimed: repairs them at once, then
-/// starts a node actor for each; for a node whose last owner died, only
+/// adds each to the registry; for a node whose last owner died, only
 /// after `fence_delay`, so that a BMC call the dead member sent cannot land
 /// after one of this member's (a BMC cannot check who asks). Meanwhile its
 /// requests wait in the store and reads come from there. Returns how many

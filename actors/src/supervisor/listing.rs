@@ -30,7 +30,8 @@ use crate::KilnError;
 use crate::nodeset::NodeSet;
 use crate::view::NodeView;
 
-/// How many node actors a page asks at once.
+/// How many node actors a page asks at once (and how many nodes at rest it
+/// reads before it lets other work run).
 const ASKED_AT_ONCE: usize = 256;
 
 /// Where the rows come from.
@@ -97,15 +98,20 @@ impl Listing {
             Source::Actors => {
                 // A node at rest is read from its record here; only the
                 // nodes with an actor are asked.
+                // Read ASKED_AT_ONCE at a time, letting the thread's other
+                // work (another client's `node show`) run in between.
                 let router = &self.router;
                 let mut views: Vec<Option<NodeView>> = Vec::with_capacity(page.len());
                 let mut asked = Vec::new();
-                for id in page {
-                    let view = router.registry.at_rest(id, |r| NodeView::of(r, None));
-                    if view.is_none() {
-                        asked.push((views.len(), id));
+                for part in page.chunks(ASKED_AT_ONCE) {
+                    for &id in part {
+                        let view = router.registry.at_rest(id, |r| NodeView::of(r, None));
+                        if view.is_none() {
+                            asked.push((views.len(), id));
+                        }
+                        views.push(view);
                     }
-                    views.push(view);
+                    tokio::task::yield_now().await;
                 }
                 let answers: Vec<(usize, Result<NodeView, KilnError>)> = stream::iter(asked)
                     .map(|(i, id)| async move { (i, router.show(id).await) })
