@@ -16,6 +16,7 @@ use futures::stream::{self, FuturesUnordered, StreamExt};
 use kiln_store::{NodeRecord, StoreHandle};
 
 use crate::adaptive::AdaptiveLimit;
+use crate::fsm::{self, StateClass};
 use crate::jobs::{ArchiveOld, JobQueue};
 use crate::metrics::{Metrics, SyncResult};
 use crate::node::core::upkeep::{power_failed, sync_skip};
@@ -247,6 +248,14 @@ where
         .await
 }
 
+/// Fails every node that has waited longer than its timeout in a wait
+/// state (the `wait_timeouts` task); returns how many. A node at rest is
+/// woken only if it is in a wait state: one adopted at start-up may be.
+pub async fn expire_waits(router: &Router, timeouts: WaitTimeouts) -> usize {
+    let waits = |record: &NodeRecord| (fsm::class(record.provision_state) != StateClass::Wait).then_some(false);
+    every_node(router, 1024, move || ExpireWait { timeouts }, waits).await
+}
+
 /// The built-in tasks.
 pub fn builtin(
     router: Router,
@@ -280,8 +289,7 @@ pub fn builtin(
                 other: c3.wait_timeout,
             };
             async move {
-                // A node at rest waits for nothing (it would not be at rest).
-                let n = every_node(&r, 1024, move || ExpireWait { timeouts }, |_| Some(false)).await;
+                let n = expire_waits(&r, timeouts).await;
                 Ok(format!("{n} nodes timed out"))
             }
         }),

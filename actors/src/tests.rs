@@ -623,6 +623,30 @@ fn a_wait_that_timed_out_fails_the_node_unless_it_is_in_maintenance() {
 }
 
 #[test]
+fn the_wait_timeout_task_wakes_a_node_at_rest_that_waits() {
+    use crate::node::upkeep::WaitTimeouts;
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        // Adopted at start-up in a wait state, at rest: nothing has woken it.
+        let store = kiln_store::StoreHandle::open_sqlite(&dir.path().join("kiln.sqlite")).unwrap();
+        let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+        let mut waiting = kiln_store::NodeRecord::enroll("w1".into(), kiln_store::DriverKind::Fake, long_ago);
+        waiting.provision_state = ProvisionState::WaitCallBack;
+        waiting.target_provision_state = Some(ProvisionState::Active);
+        let idle = kiln_store::NodeRecord::enroll("idle".into(), kiln_store::DriverKind::Fake, long_ago);
+        store.commit(vec![kiln_store::Write::InsertNode(waiting), kiln_store::Write::InsertNode(idle)]).await.unwrap();
+        let site = start_with_store(config(dir.path(), 0, Duration::ZERO), store).await.unwrap();
+        let (idle, _) = site.registry.find("idle").unwrap();
+
+        let expired = crate::periodic::expire_waits(&site.router(), WaitTimeouts::all(Duration::from_secs(60))).await;
+        assert_eq!(expired, 1);
+        let v = site.supervisor.send(GetNode("w1".into())).await.unwrap().unwrap();
+        assert_eq!(v.provision_state, ProvisionState::DeployFailed);
+        assert!(!site.registry.is_live(idle), "a node at rest in no wait state is not woken");
+    });
+}
+
+#[test]
 fn a_held_node_lets_in_only_its_holder_until_released() {
     use crate::node::{HoldNode, ReleaseNode, RunOpIn};
     let dir = tempfile::tempdir().unwrap();
