@@ -589,21 +589,31 @@ fn several_jobs_are_inserted_in_one_batch_and_a_refused_batch_leaves_none_of_the
     });
 }
 
+/// A node that has waited for its callback for an hour, as a store left by
+/// an earlier run would hold it.
+fn an_hour_in_wait_call_back(name: &str) -> kiln_store::NodeRecord {
+    let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let mut waiting = kiln_store::NodeRecord::enroll(name.into(), kiln_store::DriverKind::Fake, long_ago);
+    waiting.provision_state = ProvisionState::WaitCallBack;
+    waiting.target_provision_state = Some(ProvisionState::Active);
+    waiting
+}
+
+/// A site started on a store that holds `records`.
+async fn started_on(dir: &std::path::Path, records: Vec<kiln_store::NodeRecord>) -> Site {
+    let store = kiln_store::StoreHandle::open_sqlite(&dir.join("kiln.sqlite")).unwrap();
+    store.commit(records.into_iter().map(kiln_store::Write::InsertNode).collect()).await.unwrap();
+    start_with_store(config(dir, 0, Duration::ZERO), store).await.unwrap()
+}
+
 #[test]
 fn a_wait_that_timed_out_fails_the_node_unless_it_is_in_maintenance() {
     use crate::node::upkeep::{ExpireWait, WaitTimeouts};
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
-        // A node that has waited for its callback for an hour, as a store
-        // left by an earlier run would hold it.
-        let store = kiln_store::StoreHandle::open_sqlite(&dir.path().join("kiln.sqlite")).unwrap();
-        let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
-        let mut waiting = kiln_store::NodeRecord::enroll("w1".into(), kiln_store::DriverKind::Fake, long_ago);
-        waiting.provision_state = ProvisionState::WaitCallBack;
-        waiting.target_provision_state = Some(ProvisionState::Active);
+        let mut waiting = an_hour_in_wait_call_back("w1");
         waiting.maintenance = true;
-        store.commit(vec![kiln_store::Write::InsertNode(waiting)]).await.unwrap();
-        let site = start_with_store(config(dir.path(), 0, Duration::ZERO), store).await.unwrap();
+        let site = started_on(dir.path(), vec![waiting]).await;
         let node = site.registry.addr(site.registry.find("w1").unwrap().0).unwrap();
         let expire = || node.send(ExpireWait { timeouts: WaitTimeouts::all(Duration::from_secs(60)) });
 
@@ -628,14 +638,8 @@ fn the_wait_timeout_task_wakes_a_node_at_rest_that_waits() {
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
         // Adopted at start-up in a wait state, at rest: nothing has woken it.
-        let store = kiln_store::StoreHandle::open_sqlite(&dir.path().join("kiln.sqlite")).unwrap();
-        let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
-        let mut waiting = kiln_store::NodeRecord::enroll("w1".into(), kiln_store::DriverKind::Fake, long_ago);
-        waiting.provision_state = ProvisionState::WaitCallBack;
-        waiting.target_provision_state = Some(ProvisionState::Active);
-        let idle = kiln_store::NodeRecord::enroll("idle".into(), kiln_store::DriverKind::Fake, long_ago);
-        store.commit(vec![kiln_store::Write::InsertNode(waiting), kiln_store::Write::InsertNode(idle)]).await.unwrap();
-        let site = start_with_store(config(dir.path(), 0, Duration::ZERO), store).await.unwrap();
+        let idle = kiln_store::NodeRecord::enroll("idle".into(), kiln_store::DriverKind::Fake, chrono::Utc::now());
+        let site = started_on(dir.path(), vec![an_hour_in_wait_call_back("w1"), idle]).await;
         let (idle, _) = site.registry.find("idle").unwrap();
 
         let expired = crate::periodic::expire_waits(&site.router(), WaitTimeouts::all(Duration::from_secs(60))).await;
