@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::Daemon;
+use crate::harness::{Daemon, poll};
 use crate::members::{member_with, submit};
 use crate::metrics::{at, get, metrics_addr, parse};
 use crate::peers;
@@ -91,15 +91,10 @@ fn exec_on_any_member_reaches_every_node_at_its_stored_address() {
 
 /// `kiln job show` on `d` until `done` holds of the job (at most 30 s).
 fn job_until(d: &Daemon, id: u64, done: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
+    poll(&format!("job {id}"), Duration::from_secs(30), Duration::from_millis(50), || {
         let job = d.json(&["job", "show", &id.to_string()]);
-        if done(&job) {
-            return job;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "job {id} never got there: {job}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        if done(&job) { Ok(job) } else { Err(job) }
+    })
 }
 
 #[test]
@@ -143,15 +138,14 @@ fn a_job_waits_for_a_job_another_member_runs() {
 
 /// Polls `kiln node show NAME` on `d` (at most 10 s) until it exits `code`.
 fn show_until(d: &Daemon, name: &str, code: i32) -> Value {
-    let started = Instant::now();
-    loop {
+    poll(&format!("node show {name} exiting {code}"), Duration::from_secs(10), Duration::from_millis(20), || {
         let out = d.cli(&["--json", "node", "show", name]);
         if out.status.code() == Some(code) {
-            return serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+        } else {
+            Err(out)
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "node show {name} never exited {code}: {out:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
 
 #[test]

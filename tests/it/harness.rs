@@ -12,6 +12,24 @@ use serde_json::Value;
 
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
+/// Calls `look` every `every` until it gives a value, for at most `limit`;
+/// panics naming `what` and the last thing `look` saw (its `Err`).
+pub fn poll<T, E: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut look: impl FnMut() -> Result<T, E>,
+) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        match look() {
+            Ok(found) => return found,
+            Err(seen) => assert!(started.elapsed() < limit, "{what} not within {limit:?}; last seen: {seen:?}"),
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// How long a daemon may take to start serving.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 

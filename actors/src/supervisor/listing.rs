@@ -96,10 +96,9 @@ impl Listing {
         let page: Vec<NodeId> = self.ids.drain(..take).collect();
         let views: Vec<NodeView> = match self.source {
             Source::Actors => {
-                // A node at rest is read from its record here; only the
-                // nodes with an actor are asked.
-                // Read ASKED_AT_ONCE at a time, letting the thread's other
-                // work (another client's `node show`) run in between.
+                // A node at rest is read from its record here, ASKED_AT_ONCE
+                // at a time with the thread's other work (another client's
+                // `node show`) in between; only nodes with an actor are asked.
                 let router = &self.router;
                 let mut views: Vec<Option<NodeView>> = Vec::with_capacity(page.len());
                 let mut asked = Vec::new();
