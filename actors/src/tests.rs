@@ -344,7 +344,7 @@ fn adopted_jobs_are_ended_or_resumed_and_stored_and_ids_come_from_the_stores_blo
 
 #[test]
 fn a_job_whose_insert_is_refused_leaves_the_queue_having_done_nothing() {
-    use crate::jobs::{GetJob, GetQueueInfo, Opcode, SubmitJob, WaitJobChange};
+    use crate::jobs::{GetJob, GetQueueInfo, Opcode, SubmitJob};
     use kiln_store::Write;
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
@@ -373,16 +373,7 @@ fn a_job_whose_insert_is_refused_leaves_the_queue_having_done_nothing() {
         // The queue goes on: the next job runs, and acts.
         let job = site.jobs.send(SubmitJob { ops: power_on(), priority: 0, depends: vec![] }).await.unwrap().unwrap();
         assert_eq!(job, kiln_store::JobId(2));
-        let mut after = 0;
-        for _ in 0..100 {
-            let wait = WaitJobChange { job, after_serial: after, timeout: Duration::from_secs(30) };
-            let change = site.jobs.send(wait).await.unwrap().unwrap();
-            after = change.log.last().map_or(after, |l| l.serial);
-            if change.status.is_finished() {
-                assert_eq!(change.status, kiln_store::JobStatus::Success);
-                break;
-            }
-        }
+        assert_eq!(until_ended(&site, job).await.status, kiln_store::JobStatus::Success);
         let node = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
         assert_eq!(node.power_state, Some(kiln_store::PowerState::On));
     });
@@ -390,43 +381,98 @@ fn a_job_whose_insert_is_refused_leaves_the_queue_having_done_nothing() {
 
 #[test]
 fn an_opcode_whose_start_cannot_be_stored_does_not_run() {
-    use crate::jobs::{Opcode, SubmitJob, WaitJobChange};
+    use crate::jobs::{Opcode, SubmitJob};
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
         let refuse_starts = |b: &kiln_store::Batch| {
             an_opcode_start(b).then(|| kiln_store::StoreError::CommitFailed("database or disk is full".into()))
         };
         let site = hooked_site(dir.path(), 1, refuse_starts).await;
-        let ops =
-            vec![Opcode::Node { nodes: "demo1".into(), op: Op::Power(PowerAction::On), fanout: None, wait: true }];
+        // The node opcode starts after the sleep, in a later turn than the
+        // one that admitted the job: its start is a commit of its own (a
+        // start made in that turn goes with the insert, and is refused with
+        // it: see the test above).
+        let ops = vec![
+            Opcode::Sleep { seconds: 0.001 },
+            Opcode::Node { nodes: "demo1".into(), op: Op::Power(PowerAction::On), fanout: None, wait: true },
+        ];
         let job = site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
-        let mut after = 0;
-        let change = loop {
-            let change = site
-                .jobs
-                .send(WaitJobChange { job, after_serial: after, timeout: Duration::from_secs(30) })
-                .await
-                .unwrap()
-                .unwrap();
-            after = change.log.last().map_or(after, |l| l.serial);
-            if change.status.is_finished() {
-                break change;
-            }
-            assert!(!change.log.is_empty(), "no change in 30 s: the job is stuck");
-        };
+        let change = until_ended(&site, job).await;
         assert_eq!(change.status, kiln_store::JobStatus::Error);
         let view = site.jobs.send(crate::jobs::GetJob(job)).await.unwrap().unwrap();
         let error = view.error.unwrap_or_default();
-        assert!(error.contains("opcode 1/1 did not run: its start could not be stored"), "{error}");
+        assert!(error.contains("opcode 2/2 did not run: its start could not be stored"), "{error}");
         let node = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
         assert_ne!(node.power_state, Some(kiln_store::PowerState::On), "the opcode ran");
         assert!(node.reservation.is_none());
     });
 }
 
+/// Follows `job` until it ends; its last change.
+async fn until_ended(site: &Site, job: kiln_store::JobId) -> crate::jobs::JobChange {
+    use crate::jobs::WaitJobChange;
+    let mut after = 0;
+    for _ in 0..100 {
+        let wait = WaitJobChange { job, after_serial: after, timeout: Duration::from_secs(30) };
+        let change = site.jobs.send(wait).await.unwrap().unwrap();
+        after = change.log.last().map_or(after, |l| l.serial);
+        if change.status.is_finished() {
+            return change;
+        }
+    }
+    panic!("job {job} did not end");
+}
+
+#[test]
+fn a_job_that_ends_in_the_turn_that_admitted_it_is_stored_in_one_commit() {
+    use crate::jobs::{NewJob, Opcode, SubmitJob, SubmitJobs};
+    use kiln_store::JobStatus;
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = start(config(dir.path(), 0, Duration::ZERO)).await.unwrap();
+        let sleep = || vec![Opcode::Sleep { seconds: 0.0 }];
+        let before = site.store.stats().commits;
+        let job = site.jobs.send(SubmitJob { ops: sleep(), priority: 0, depends: vec![] }).await.unwrap().unwrap();
+        let (stored, _) = site.store.read(move |b| b.load_job(job)).await.unwrap().unwrap();
+        assert_eq!(stored.status, JobStatus::Success, "acknowledged with its end");
+        let messages: Vec<_> = stored.log.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(messages.first(), Some(&"submitted: 1 opcode(s)"), "{messages:?}");
+        assert_eq!(messages.last(), Some(&"job ended: success"), "{messages:?}");
+        assert_eq!(until_ended(&site, job).await.status, JobStatus::Success);
+        assert_eq!(site.store.stats().commits - before, 1, "the insert carried the end");
+
+        let before = site.store.stats().commits;
+        let jobs = (0..3).map(|_| NewJob { ops: sleep(), priority: 0, depends: vec![] }).collect();
+        let ids = site.jobs.send(SubmitJobs(jobs)).await.unwrap().unwrap();
+        for id in ids {
+            assert_eq!(until_ended(&site, id).await.status, JobStatus::Success);
+        }
+        assert_eq!(site.store.stats().commits - before, 1, "one batch of three inserts, ends included");
+    });
+}
+
+#[test]
+fn a_job_that_starts_without_a_durable_start_is_inserted_queued() {
+    use crate::jobs::{GetJob, Opcode, SubmitJob};
+    use kiln_store::JobStatus;
+    let dir = tempfile::tempdir().unwrap();
+    actix::System::new().block_on(async {
+        let site = start(config(dir.path(), 0, Duration::ZERO)).await.unwrap();
+        // It starts at once, but a sleep acts on nothing: its start is not
+        // stored, so a crash now runs it again rather than calling it
+        // interrupted. The insert is the job as admitted.
+        let ops = vec![Opcode::Sleep { seconds: 3600.0 }];
+        let job = site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
+        assert_eq!(site.jobs.send(GetJob(job)).await.unwrap().unwrap().status, JobStatus::Running);
+        let (stored, _) = site.store.read(move |b| b.load_job(job)).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.started_at), (JobStatus::Queued, None));
+        assert_eq!(stored.log.len(), 1, "{:?}", stored.log);
+    });
+}
+
 #[test]
 fn old_jobs_are_archived_in_waves_and_each_one_is_counted_once() {
-    use crate::jobs::{ArchiveOld, GetQueueInfo, ListJobs, Opcode, SubmitJob, WaitJobChange};
+    use crate::jobs::{ArchiveOld, GetQueueInfo, ListJobs, Opcode, SubmitJob};
     const JOBS: usize = 600; // more than two waves
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
@@ -436,16 +482,7 @@ fn old_jobs_are_archived_in_waves_and_each_one_is_counted_once() {
             let ops = vec![Opcode::Sleep { seconds: 0.0 }];
             last = Some(site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap());
         }
-        let last = last.unwrap();
-        let mut after = 0;
-        for _ in 0..1000 {
-            let wait = WaitJobChange { job: last, after_serial: after, timeout: Duration::from_secs(30) };
-            let change = site.jobs.send(wait).await.unwrap().unwrap();
-            after = change.log.last().map_or(after, |l| l.serial);
-            if change.status.is_finished() {
-                break;
-            }
-        }
+        until_ended(&site, last.unwrap()).await;
         let info = site.jobs.send(GetQueueInfo).await.unwrap();
         assert_eq!(info.by_status.get("success"), Some(&JOBS), "{:?}", info.by_status);
         // Listed a page at a time (64 in unit tests), oldest first, whole.
@@ -483,7 +520,7 @@ fn a_job_submitted_while_its_dependency_ends_runs_once_that_end_is_stored() {
     let mut holding = Some(holding);
     let hold_first_end = move |b: &kiln_store::Batch| {
         let ends_job_1 = b.iter().any(
-            |w| matches!(w, Write::PutJob(j) | Write::UpdateJob(j) if j.id.0 == 1 && j.status == JobStatus::Success),
+            |w| matches!(w, Write::InsertJob(j) | Write::PutJob(j) | Write::UpdateJob(j) if j.id.0 == 1 && j.status == JobStatus::Success),
         );
         if ends_job_1 && let Some(holding) = holding.take() {
             let _ = holding.send(());
@@ -494,12 +531,14 @@ fn a_job_submitted_while_its_dependency_ends_runs_once_that_end_is_stored() {
     actix::System::new().block_on(async {
         let site = hooked_site(dir.path(), 0, hold_first_end).await;
         let sleep = || vec![Opcode::Sleep { seconds: 0.0 }];
-        // Not awaited: a job starts once admitted, so its end may share its
-        // insert's group, and then its acknowledgement is held too.
+        // Not awaited: a job starts once admitted, and this one ends in the
+        // same turn, so its end goes with its insert, and its
+        // acknowledgement is held too.
         let submitted = actix::spawn(site.jobs.send(SubmitJob { ops: sleep(), priority: 0, depends: vec![] }));
         let first = kiln_store::JobId(1);
         // Ended as the queue sees it; its end is held before the disk.
-        held.await.expect("the first job's end reaches the store");
+        let held = tokio::time::timeout(Duration::from_secs(30), held).await;
+        held.expect("the first job's end reaches the store in 30 s").unwrap();
         assert_eq!(site.jobs.send(GetJob(first)).await.unwrap().unwrap().status, JobStatus::Success);
         let depends = vec![Dependency { job: first, statuses: vec![] }];
         let second = site.jobs.send(SubmitJob { ops: sleep(), priority: 0, depends });
@@ -527,7 +566,7 @@ fn a_job_submitted_while_its_dependency_ends_runs_once_that_end_is_stored() {
 
 #[test]
 fn several_jobs_are_inserted_in_one_batch_and_a_refused_batch_leaves_none_of_them() {
-    use crate::jobs::{GetJob, GetQueueInfo, JobRef, NewDependency, NewJob, Opcode, SubmitJobs, WaitJobChange};
+    use crate::jobs::{GetJob, GetQueueInfo, JobRef, NewDependency, NewJob, Opcode, SubmitJobs};
     use kiln_store::{JobId, JobStatus, Write};
     use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();
@@ -558,16 +597,7 @@ fn several_jobs_are_inserted_in_one_batch_and_a_refused_batch_leaves_none_of_the
         assert_eq!(inserts.lock().unwrap().as_slice(), [3], "one batch of three inserts");
         let second = site.jobs.send(GetJob(JobId(2))).await.unwrap().unwrap();
         assert_eq!(second.depends[0].job, JobId(1), "-1 is the job before");
-        let mut after = 0;
-        for _ in 0..100 {
-            let wait = WaitJobChange { job: JobId(3), after_serial: after, timeout: Duration::from_secs(30) };
-            let change = site.jobs.send(wait).await.unwrap().unwrap();
-            after = change.log.last().map_or(after, |l| l.serial);
-            if change.status.is_finished() {
-                assert_eq!(change.status, JobStatus::Success);
-                break;
-            }
-        }
+        assert_eq!(until_ended(&site, JobId(3)).await.status, JobStatus::Success);
         let node = site.supervisor.send(GetNode("demo1".into())).await.unwrap().unwrap();
         assert_eq!(node.power_state, Some(kiln_store::PowerState::On));
 
@@ -856,7 +886,7 @@ fn new_nodes_and_ports_are_stamped_by_the_site_clock() {
 
 #[test]
 fn an_archive_wave_forgets_another_members_ended_jobs_instead_of_trying_them_again() {
-    use crate::jobs::{ArchiveOld, GetQueueInfo, Opcode, SubmitJob, WaitJobChange};
+    use crate::jobs::{ArchiveOld, GetQueueInfo, Opcode, SubmitJob};
     use kiln_store::{JobId, StoreError, Write};
     use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();
@@ -875,15 +905,7 @@ fn an_archive_wave_forgets_another_members_ended_jobs_instead_of_trying_them_aga
             let ops = vec![Opcode::Sleep { seconds: 0.0 }];
             site.jobs.send(SubmitJob { ops, priority: 0, depends: vec![] }).await.unwrap().unwrap();
         }
-        let mut after = 0;
-        for _ in 0..100 {
-            let wait = WaitJobChange { job: JobId(2), after_serial: after, timeout: Duration::from_secs(30) };
-            let change = site.jobs.send(wait).await.unwrap().unwrap();
-            after = change.log.last().map_or(after, |l| l.serial);
-            if change.status.is_finished() {
-                break;
-            }
-        }
+        until_ended(&site, JobId(2)).await;
         assert_eq!(site.jobs.send(ArchiveOld { age: Duration::ZERO }).await.unwrap().unwrap(), 1);
         assert_eq!(*tries.lock().unwrap(), 1);
         let info = site.jobs.send(GetQueueInfo).await.unwrap();

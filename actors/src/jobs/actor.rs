@@ -32,6 +32,7 @@ use super::admission;
 use super::archive;
 use super::core::{Effect, Job, JobCore, JobEnd, PriorityChange, Shell, job_span};
 use super::execute::holder_name;
+use super::held::{AfterInsert, HeldInserts};
 use super::ids::{self, JobIds};
 use super::model::*;
 use super::restart;
@@ -98,6 +99,9 @@ pub struct JobQueue {
     /// A look in the store for the jobs of other members that jobs here
     /// wait for is in flight.
     sweeping: bool,
+    /// The inserts of the jobs the current turn admitted, while it runs
+    /// their first effects ([`super::held`]).
+    held: Option<HeldInserts>,
 }
 
 /// How often the queue looks in the store for the end of jobs other
@@ -167,7 +171,7 @@ impl JobQueue {
         // Dependencies on archived jobs: learn their final status once.
         let unknown = core.unknown(core.active.values().flat_map(|j| j.view.depends.iter().map(|d| d.job)));
         core.learn(look_up(&store, unknown, now).await?);
-        Ok(JobQueue { core, store, router, clock, metrics: Default::default(), sweeping: false })
+        Ok(JobQueue { core, store, router, clock, metrics: Default::default(), sweeping: false, held: None })
     }
 
     /// Counts the queue's work in `metrics` (the daemon's and an embedding
@@ -274,25 +278,66 @@ impl JobQueue {
         let status = job.view.status;
         job.write_lines(lines, now);
         let written = job.log.len();
-        let batch = vec![Write::UpdateJob(job.view.to_record(job.log.clone()))];
-        let stored = self.store.send(batch);
+        if let Some(held) = self.held.as_mut() {
+            let after = AfterInsert { written, status, then: Box::new(then) };
+            // Made in the turn that admitted the job: written with its insert.
+            let Err(after) = held.merge(id, || job.view.to_record(job.log.clone()), after) else { return };
+            return self.send_change(id, after, ctx);
+        }
+        self.send_change(id, AfterInsert { written, status, then: Box::new(then) }, ctx);
+    }
+
+    /// Sends job `id`'s current row as an update and runs `after` once it
+    /// is durable.
+    fn send_change(&mut self, id: JobId, after: AfterInsert, ctx: &mut Context<Self>) {
+        let Some(job) = self.core.active.get(&id) else { return };
+        let stored = self.store.send(vec![Write::UpdateJob(job.view.to_record(job.log.clone()))]);
         ctx.spawn(stored.into_actor(self).map(move |res, act, ctx| {
-            let failure = match res {
-                Ok(()) => {
-                    if let Some(job) = act.core.active.get_mut(&id) {
-                        job.committed = job.committed.max(written);
-                        job.committed_status = status;
-                        wake(job);
-                    }
-                    None
-                }
-                Err(e) => {
-                    tracing::error!(job = %id, error = %e, "cannot commit a job change");
-                    Some(e.to_string())
-                }
-            };
-            then(act, ctx, failure)
+            let failure = res.err().map(|e| {
+                tracing::error!(job = %id, error = %e, "cannot commit a job change");
+                e.to_string()
+            });
+            act.change_committed(id, after, failure, ctx)
         }));
+    }
+
+    /// A change of job `id` is durable, or `failure` says why not: its
+    /// log is committed that far and its watchers answered, then its
+    /// follow-up runs.
+    fn change_committed(&mut self, id: JobId, after: AfterInsert, failure: Option<String>, ctx: &mut Context<Self>) {
+        if failure.is_none()
+            && let Some(job) = self.core.active.get_mut(&id)
+        {
+            job.committed = job.committed.max(after.written);
+            job.committed_status = after.status;
+            wake(job);
+        }
+        (after.then)(self, ctx, failure)
+    }
+
+    /// Runs this turn's `effects` of newly admitted jobs with their inserts
+    /// (`records`) held ([`super::held`]), then sends the inserts as one
+    /// batch. Returns its acknowledgement and the follow-ups of the
+    /// changes it carries, for [`Self::inserted`].
+    fn insert_admitted(
+        &mut self,
+        records: Vec<JobRecord>,
+        effects: Vec<Effect>,
+        ctx: &mut Context<Self>,
+    ) -> (impl Future<Output = Result<(), kiln_store::StoreError>> + use<>, Vec<(JobId, AfterInsert)>) {
+        let outer = self.held.replace(HeldInserts::new(records));
+        self.apply(effects, ctx);
+        let held = std::mem::replace(&mut self.held, outer);
+        let (batch, after) = held.map(HeldInserts::release).unwrap_or_default();
+        (self.store.send(batch), after)
+    }
+
+    /// The inserts carrying `after` were acknowledged, or refused for
+    /// `refused`: a refused job is withdrawn before its changes learn why.
+    fn inserted(&mut self, after: Vec<(JobId, AfterInsert)>, refused: Option<String>, ctx: &mut Context<Self>) {
+        for (id, after) in after {
+            self.change_committed(id, after, refused.clone(), ctx);
+        }
     }
 }
 
@@ -377,13 +422,15 @@ impl JobCore<Running> {
     }
 }
 
-/// What became of an admitted job's insert: stored (the job's id, and its
-/// status when admitted), or refused (its id, and why).
-type Stored = Result<(JobId, JobStatus), (JobId, KilnError)>;
+/// What became of an admitted job's insert (its status when admitted, or
+/// why it was refused), its id, and the follow-ups of the changes stored
+/// with it.
+type Stored = (Result<JobStatus, KilnError>, JobId, Vec<(JobId, AfterInsert)>);
 
-/// What became of a submission of several jobs' one insert, and the jobs
-/// it admitted (their ids and statuses when admitted).
-type StoredMany = (Result<(), KilnError>, Vec<(JobId, JobStatus)>);
+/// What became of a submission of several jobs' one insert, the jobs it
+/// admitted (their ids and statuses when admitted), and the follow-ups of
+/// the changes stored with them.
+type StoredMany = (Result<(), KilnError>, Vec<(JobId, JobStatus)>, Vec<(JobId, AfterInsert)>);
 
 impl Handler<SubmitJob> for JobQueue {
     type Result = ResponseActFuture<Self, Result<JobId, KilnError>>;
@@ -409,40 +456,45 @@ impl Handler<SubmitJob> for JobQueue {
                         act.core.room_for(1)?;
                         act.core.admit(msg.ops, msg.priority, msg.depends, now, &mut effects)
                     });
-                    // The job joins the queue, and may start, while its insert
-                    // is on its way to the store: a short job's end then often
-                    // shares the insert's transaction and its row is written
-                    // once (see `kiln_store`'s `coalesce`). That is safe because
-                    // the insert is sent first and the store applies in order:
-                    // every later change of the job is an `UpdateJob`, which
-                    // fails when the insert did, and an opcode acts only after
-                    // its start is stored, so after the insert. No client is
-                    // given the id before the insert is durable.
-                    let admitted = ready.map(|(view, entry)| {
-                        let (id, status) = (view.id, view.status);
-                        let stored = act.store.send(vec![Write::InsertJob(view.to_record(vec![entry.clone()]))]);
-                        act.core.register(view, entry);
-                        act.core.place(id, now, &mut effects);
-                        (id, status, stored)
-                    });
-                    act.apply(effects, ctx);
+                    // The job joins the queue, and may start and even end,
+                    // before its insert goes to the store at the end of this
+                    // turn, with the changes the turn made of it ([`super::held`]).
+                    // An opcode acts only after its start is stored, so after
+                    // the insert; no client is given the id before the insert
+                    // is durable.
+                    let admitted = match ready {
+                        Ok((view, entry)) => {
+                            let (id, status) = (view.id, view.status);
+                            let record = view.to_record(vec![entry.clone()]);
+                            act.core.register(view, entry);
+                            act.core.place(id, now, &mut effects);
+                            let (stored, after) = act.insert_admitted(vec![record], effects, ctx);
+                            Ok((id, status, stored, after))
+                        }
+                        Err(e) => {
+                            act.apply(effects, ctx);
+                            Err(e)
+                        }
+                    };
                     async move {
-                        let (id, status, stored) = admitted?;
-                        Ok(match stored.await {
-                            Ok(()) => Ok((id, status)),
-                            Err(refused) => Err((id, KilnError::from(refused))),
-                        })
+                        let (id, status, stored, after) = admitted?;
+                        Ok((stored.await.map(|()| status).map_err(KilnError::from), id, after))
                     }
                     .into_actor(act)
                 })
-                .map(|res: Result<Stored, KilnError>, act, ctx| match res? {
-                    Ok((id, status)) => {
-                        act.count_submitted(status);
-                        Ok(id)
-                    }
-                    Err((id, refused)) => {
-                        act.withdraw(id, ctx);
-                        Err(refused)
+                .map(|res: Result<Stored, KilnError>, act, ctx| {
+                    let (stored, id, after) = res?;
+                    match stored {
+                        Ok(status) => {
+                            act.count_submitted(status);
+                            act.inserted(after, None, ctx);
+                            Ok(id)
+                        }
+                        Err(refused) => {
+                            act.withdraw(id, ctx);
+                            act.inserted(after, Some(refused.to_string()), ctx);
+                            Err(refused)
+                        }
                     }
                 }),
         )
@@ -474,27 +526,34 @@ impl Handler<SubmitJobs> for JobQueue {
                         act.core.room_for(jobs.len())?;
                         act.core.admit_many(jobs, now, &mut effects)
                     });
-                    // As for one job: every insert goes to the store (in one
-                    // batch) before any of the jobs can start.
-                    let admitted = ready.map(|(records, admitted)| {
-                        let stored = act.store.send(records.into_iter().map(Write::InsertJob).collect());
-                        act.core.place_all(admitted.iter().map(|(id, _)| *id), now, &mut effects);
-                        (admitted, stored)
-                    });
-                    act.apply(effects, ctx);
+                    // As for one job: every insert goes to the store, in one
+                    // batch, at the end of this turn, with the changes the
+                    // turn made of them.
+                    let admitted = match ready {
+                        Ok((records, admitted)) => {
+                            act.core.place_all(admitted.iter().map(|(id, _)| *id), now, &mut effects);
+                            let (stored, after) = act.insert_admitted(records, effects, ctx);
+                            Ok((admitted, stored, after))
+                        }
+                        Err(e) => {
+                            act.apply(effects, ctx);
+                            Err(e)
+                        }
+                    };
                     async move {
-                        let (admitted, stored) = admitted?;
-                        Ok((stored.await.map_err(KilnError::from), admitted))
+                        let (admitted, stored, after) = admitted?;
+                        Ok((stored.await.map_err(KilnError::from), admitted, after))
                     }
                     .into_actor(act)
                 })
                 .map(|res: Result<StoredMany, KilnError>, act, ctx| {
-                    let (stored, admitted) = res?;
+                    let (stored, admitted, after) = res?;
                     match stored {
                         Ok(()) => {
                             for (_, status) in &admitted {
                                 act.count_submitted(*status);
                             }
+                            act.inserted(after, None, ctx);
                             Ok(admitted.into_iter().map(|(id, _)| id).collect())
                         }
                         Err(refused) => {
@@ -503,6 +562,7 @@ impl Handler<SubmitJobs> for JobQueue {
                             for (id, _) in admitted.into_iter().rev() {
                                 act.withdraw(id, ctx);
                             }
+                            act.inserted(after, Some(refused.to_string()), ctx);
                             Err(refused)
                         }
                     }

@@ -15,8 +15,9 @@
 //! - `archive`: which ended jobs an archive wave takes, by age;
 //! - `ended`: what is remembered of jobs that have ended.
 //!
-//! The actor around it: `actor` (messages, commits, watchers) and
-//! `execute` (running opcodes over node sets).
+//! The actor around it: `actor` (messages, commits, watchers), `execute`
+//! (running opcodes over node sets) and `held` (a new job's insert carries
+//! the changes made in the turn that admitted it).
 
 mod actor;
 mod admission;
@@ -24,6 +25,7 @@ mod archive;
 mod core;
 mod ended;
 mod execute;
+mod held;
 mod ids;
 pub mod model;
 mod restart;

@@ -1,0 +1,90 @@
+//! Inserts held back for the rest of the turn that admitted their jobs.
+//!
+//! Why: a job is admitted, placed and, when a slot is free, started in the
+//! same turn of the queue actor, and a short job (`sleep 0`, a job whose
+//! first opcode needs a durable start) commits a change of itself before
+//! that turn ends. Sent apart, the insert and that change are two batches:
+//! two waits in the store's queue, two answers from the sync thread, two
+//! futures on the actor, though the store then writes the row once
+//! (`kiln_store`'s `coalesce`). Held here until the turn has run its
+//! effects, they go as one insert of the row as the last change left it,
+//! and the change's follow-up runs when that insert is acknowledged.
+//!
+//! What keeps it the same as sending them apart:
+//!
+//! - The row inserted is the record the last merged change would have
+//!   written, not the job as the turn leaves it: a job that started
+//!   without a durable start is stored queued, as before, so a crash
+//!   still runs it again rather than calling it interrupted.
+//! - The insert is durable before any merged change is acknowledged, as
+//!   the store's order gave before; a change of the job made in a later
+//!   turn is sent after the insert, which is sent when this turn ends.
+//! - A refused insert refuses its changes too (an update of a row that was
+//!   never inserted failed before as well): the job is withdrawn first,
+//!   then each follow-up learns why.
+
+use actix::Context;
+use kiln_store::{Batch, JobId, JobRecord, JobStatus, Write};
+
+use super::actor::JobQueue;
+
+/// What runs once a change is durable (or could not be stored): the
+/// caller's follow-up, with why the commit failed, if it did.
+pub(super) type Then = Box<dyn FnOnce(&mut JobQueue, &mut Context<JobQueue>, Option<String>)>;
+
+/// A change of a job made durable with its insert: how far its log is
+/// written, the status it commits, and its follow-up.
+pub(super) struct AfterInsert {
+    pub(super) written: usize,
+    pub(super) status: JobStatus,
+    pub(super) then: Then,
+}
+
+/// The inserts of one turn's admitted jobs, by id.
+pub(super) struct HeldInserts(Vec<Held>);
+
+struct Held {
+    record: JobRecord,
+    after: Vec<AfterInsert>,
+}
+
+impl HeldInserts {
+    /// Holds the inserts of `records`, each as admitted.
+    pub(super) fn new(records: Vec<JobRecord>) -> Self {
+        let mut held: Vec<Held> = records.into_iter().map(|record| Held { record, after: Vec::new() }).collect();
+        held.sort_unstable_by_key(|h| h.record.id);
+        HeldInserts(held)
+    }
+
+    /// Makes `record` the row `id`'s insert writes, and `after` run when it
+    /// is acknowledged; gives `after` back when `id` is not held here.
+    pub(super) fn merge(
+        &mut self,
+        id: JobId,
+        record: impl FnOnce() -> JobRecord,
+        after: AfterInsert,
+    ) -> Result<(), AfterInsert> {
+        let Some(held) = self.0.binary_search_by_key(&id, |h| h.record.id).ok().map(|n| &mut self.0[n]) else {
+            return Err(after);
+        };
+        held.record = record();
+        held.after.push(after);
+        Ok(())
+    }
+
+    /// The one batch of inserts to send, and the follow-ups to run once
+    /// it is acknowledged, in the order their changes were made per job.
+    pub(super) fn release(self) -> (Batch, Vec<(JobId, AfterInsert)>) {
+        let mut after = Vec::new();
+        let batch = self
+            .0
+            .into_iter()
+            .map(|held| {
+                let id = held.record.id;
+                after.extend(held.after.into_iter().map(|a| (id, a)));
+                Write::InsertJob(held.record)
+            })
+            .collect();
+        (batch, after)
+    }
+}
