@@ -316,16 +316,16 @@ impl JobQueue {
     }
 
     /// Runs this turn's `effects` of newly admitted jobs with their inserts
-    /// (`records`) held ([`super::held`]), then sends the inserts as one
-    /// batch. Returns its acknowledgement and the follow-ups of the
-    /// changes it carries, for [`Self::inserted`].
+    /// `held` ([`super::held`]), then sends the inserts as one batch.
+    /// Returns its acknowledgement and the follow-ups of the changes it
+    /// carries, for [`Self::inserted`].
     fn insert_admitted(
         &mut self,
-        records: Vec<JobRecord>,
+        held: HeldInserts,
         effects: Vec<Effect>,
         ctx: &mut Context<Self>,
     ) -> (impl Future<Output = Result<(), kiln_store::StoreError>> + use<>, Vec<(JobId, AfterInsert)>) {
-        let outer = self.held.replace(HeldInserts::new(records));
+        let outer = self.held.replace(held);
         self.apply(effects, ctx);
         let held = std::mem::replace(&mut self.held, outer);
         let (batch, after) = held.map(HeldInserts::release).unwrap_or_default();
@@ -465,10 +465,10 @@ impl Handler<SubmitJob> for JobQueue {
                     let admitted = match ready {
                         Ok((view, entry)) => {
                             let (id, status) = (view.id, view.status);
-                            let record = view.to_record(vec![entry.clone()]);
+                            let held = HeldInserts::admitted(view.clone(), entry.clone());
                             act.core.register(view, entry);
                             act.core.place(id, now, &mut effects);
-                            let (stored, after) = act.insert_admitted(vec![record], effects, ctx);
+                            let (stored, after) = act.insert_admitted(held, effects, ctx);
                             Ok((id, status, stored, after))
                         }
                         Err(e) => {
@@ -532,7 +532,7 @@ impl Handler<SubmitJobs> for JobQueue {
                     let admitted = match ready {
                         Ok((records, admitted)) => {
                             act.core.place_all(admitted.iter().map(|(id, _)| *id), now, &mut effects);
-                            let (stored, after) = act.insert_admitted(records, effects, ctx);
+                            let (stored, after) = act.insert_admitted(HeldInserts::new(records), effects, ctx);
                             Ok((admitted, stored, after))
                         }
                         Err(e) => {

@@ -51,6 +51,14 @@ impl JobQueue {
     }
 
     fn execute(&mut self, id: JobId, idx: usize, opcode: Opcode, ctx: &mut Context<Self>) {
+        // A zero sleep ends in this turn: no timer, no task, nothing to
+        // cancel or report progress on, and the job's end goes to the store
+        // with its insert when this is the turn that admitted it.
+        if let Opcode::Sleep { seconds } = opcode
+            && seconds <= 0.0
+        {
+            return self.op_done(id, idx, Vec::new(), None, ctx);
+        }
         let Some(job) = self.core.active.get_mut(&id) else { return };
         let control = job.shell.control.clone();
         control.done.store(0, Ordering::Relaxed);
@@ -59,9 +67,6 @@ impl JobQueue {
         let default_fanout = router.registry.live.default_fanout();
         let fanout_of = |fanout: Option<u32>| fanout.map_or(default_fanout, |f| f as usize).max(1);
         match opcode {
-            // A zero sleep ends in this turn: no timer, no task, and the
-            // job's end goes to the store right behind its insert.
-            Opcode::Sleep { seconds } if seconds <= 0.0 => self.op_done(id, idx, Vec::new(), None, ctx),
             Opcode::Sleep { seconds } => {
                 let clock = self.clock.clone();
                 let wait = async move { control.sleep_unless_canceled(Duration::from_secs_f64(seconds), &clock).await }

@@ -24,9 +24,10 @@
 //!   then each follow-up learns why.
 
 use actix::Context;
-use kiln_store::{Batch, JobId, JobRecord, JobStatus, Write};
+use kiln_store::{Batch, JobId, JobLogEntry, JobRecord, JobStatus, Write};
 
 use super::actor::JobQueue;
+use super::model::JobView;
 
 /// What runs once a change is durable (or could not be stored): the
 /// caller's follow-up, with why the commit failed, if it did.
@@ -44,15 +45,43 @@ pub(super) struct AfterInsert {
 pub(super) struct HeldInserts(Vec<Held>);
 
 struct Held {
-    record: JobRecord,
+    id: JobId,
+    row: Row,
     after: Vec<AfterInsert>,
 }
 
+/// The row a held insert writes.
+enum Row {
+    /// The job as admitted, with its first log line: made a record only if
+    /// no change replaces it (a short job's end usually does, and then
+    /// serialising its body twice would be wasted).
+    Admitted(JobView, JobLogEntry),
+    Record(JobRecord),
+}
+
+impl Row {
+    fn into_record(self) -> JobRecord {
+        match self {
+            Row::Admitted(view, entry) => view.to_record(vec![entry]),
+            Row::Record(record) => record,
+        }
+    }
+}
+
 impl HeldInserts {
+    /// Holds the insert of one job, as admitted (`view`, with its first
+    /// log line `entry`).
+    pub(super) fn admitted(view: JobView, entry: JobLogEntry) -> Self {
+        HeldInserts(vec![Held { id: view.id, row: Row::Admitted(view, entry), after: Vec::new() }])
+    }
+
     /// Holds the inserts of `records`, each as admitted.
     pub(super) fn new(records: Vec<JobRecord>) -> Self {
-        let mut held: Vec<Held> = records.into_iter().map(|record| Held { record, after: Vec::new() }).collect();
-        held.sort_unstable_by_key(|h| h.record.id);
+        let mut held: Vec<Held> = records
+            .into_iter()
+            .map(|record| Held { id: record.id, row: Row::Record(record), after: Vec::new() })
+            .collect();
+        held.sort_unstable_by_key(|h| h.id);
         HeldInserts(held)
     }
 
@@ -64,10 +93,10 @@ impl HeldInserts {
         record: impl FnOnce() -> JobRecord,
         after: AfterInsert,
     ) -> Result<(), AfterInsert> {
-        let Some(held) = self.0.binary_search_by_key(&id, |h| h.record.id).ok().map(|n| &mut self.0[n]) else {
+        let Some(held) = self.0.binary_search_by_key(&id, |h| h.id).ok().map(|n| &mut self.0[n]) else {
             return Err(after);
         };
-        held.record = record();
+        held.row = Row::Record(record());
         held.after.push(after);
         Ok(())
     }
@@ -80,9 +109,8 @@ impl HeldInserts {
             .0
             .into_iter()
             .map(|held| {
-                let id = held.record.id;
-                after.extend(held.after.into_iter().map(|a| (id, a)));
-                Write::InsertJob(held.record)
+                after.extend(held.after.into_iter().map(|a| (held.id, a)));
+                Write::InsertJob(held.row.into_record())
             })
             .collect();
         (batch, after)
