@@ -288,7 +288,7 @@ async fn shared_site(dir: &std::path::Path, demo: usize, first_id: u64) -> Site 
 
 #[test]
 fn adopted_jobs_are_ended_or_resumed_and_stored_and_ids_come_from_the_stores_block() {
-    use crate::jobs::{AdoptJobs, Adopted, GetJob, JobBody, OpState, Opcode, SubmitJob, WaitJobChange};
+    use crate::jobs::{AdoptJobs, Adopted, GetJob, JobBody, OpState, Opcode, SubmitJob};
     use kiln_store::{JobId, JobLogEntry, JobStatus, Write};
     let dir = tempfile::tempdir().unwrap();
     actix::System::new().block_on(async {
@@ -329,16 +329,7 @@ fn adopted_jobs_are_ended_or_resumed_and_stored_and_ids_come_from_the_stores_blo
         assert_eq!(stored.status, JobStatus::Error, "the repair is stored before the answer");
         let shown = site.jobs.send(GetJob(JobId(5))).await.unwrap().unwrap();
         assert!(shown.error.unwrap().contains("member running it died"));
-        let mut status = JobStatus::Queued;
-        for _ in 0..50 {
-            let wait = WaitJobChange { job: JobId(6), after_serial: 0, timeout: Duration::from_secs(5) };
-            status = site.jobs.send(wait).await.unwrap().unwrap().status;
-            if status.is_finished() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(status, JobStatus::Success, "the queued job ran here");
+        assert_eq!(until_ended(&site, JobId(6)).await.status, JobStatus::Success, "the queued job ran here");
     });
 }
 

@@ -32,7 +32,7 @@ use super::admission;
 use super::archive;
 use super::core::{Effect, Job, JobCore, JobEnd, PriorityChange, Shell, job_span};
 use super::execute::holder_name;
-use super::held::{AfterInsert, HeldInserts};
+use super::held::{HeldInserts, PendingChange};
 use super::ids::{self, JobIds};
 use super::model::*;
 use super::restart;
@@ -265,7 +265,8 @@ impl JobQueue {
     }
 
     /// Commits the job's current view with its pending log lines and
-    /// `line`, in one batch, then wakes its watchers and calls `then`
+    /// `line`, in one batch (in the turn that admitted the job, with its
+    /// insert: [`super::held`]), then wakes its watchers and calls `then`
     /// with why the commit failed, if it did.
     pub(super) fn commit_job<F>(&mut self, id: JobId, line: (LogLevel, String), ctx: &mut Context<Self>, then: F)
     where
@@ -277,34 +278,28 @@ impl JobQueue {
         lines.push((line.0, line.1, None));
         let status = job.view.status;
         job.write_lines(lines, now);
-        let written = job.log.len();
+        let mut change = PendingChange { written: job.log.len(), status, then: Box::new(then) };
         if let Some(held) = self.held.as_mut() {
-            let after = AfterInsert { written, status, then: Box::new(then) };
             // Made in the turn that admitted the job: written with its insert.
-            let Err(after) = held.merge(id, || job.view.to_record(job.log.clone()), after) else { return };
-            return self.send_change(id, after, ctx);
+            match held.merge(id, || job.view.to_record(job.log.clone()), change) {
+                Ok(()) => return,
+                Err(not_held) => change = not_held,
+            }
         }
-        self.send_change(id, AfterInsert { written, status, then: Box::new(then) }, ctx);
-    }
-
-    /// Sends job `id`'s current row as an update and runs `after` once it
-    /// is durable.
-    fn send_change(&mut self, id: JobId, after: AfterInsert, ctx: &mut Context<Self>) {
-        let Some(job) = self.core.active.get(&id) else { return };
         let stored = self.store.send(vec![Write::UpdateJob(job.view.to_record(job.log.clone()))]);
         ctx.spawn(stored.into_actor(self).map(move |res, act, ctx| {
             let failure = res.err().map(|e| {
                 tracing::error!(job = %id, error = %e, "cannot commit a job change");
                 e.to_string()
             });
-            act.change_committed(id, after, failure, ctx)
+            act.change_committed(id, change, failure, ctx)
         }));
     }
 
     /// A change of job `id` is durable, or `failure` says why not: its
     /// log is committed that far and its watchers answered, then its
     /// follow-up runs.
-    fn change_committed(&mut self, id: JobId, after: AfterInsert, failure: Option<String>, ctx: &mut Context<Self>) {
+    fn change_committed(&mut self, id: JobId, after: PendingChange, failure: Option<String>, ctx: &mut Context<Self>) {
         if failure.is_none()
             && let Some(job) = self.core.active.get_mut(&id)
         {
@@ -324,7 +319,7 @@ impl JobQueue {
         held: HeldInserts,
         effects: Vec<Effect>,
         ctx: &mut Context<Self>,
-    ) -> (impl Future<Output = Result<(), kiln_store::StoreError>> + use<>, Vec<(JobId, AfterInsert)>) {
+    ) -> (impl Future<Output = Result<(), kiln_store::StoreError>> + use<>, Vec<(JobId, PendingChange)>) {
         let outer = self.held.replace(held);
         self.apply(effects, ctx);
         let held = std::mem::replace(&mut self.held, outer);
@@ -334,7 +329,7 @@ impl JobQueue {
 
     /// The inserts carrying `after` were acknowledged, or refused for
     /// `refused`: a refused job is withdrawn before its changes learn why.
-    fn inserted(&mut self, after: Vec<(JobId, AfterInsert)>, refused: Option<String>, ctx: &mut Context<Self>) {
+    fn inserted(&mut self, after: Vec<(JobId, PendingChange)>, refused: Option<String>, ctx: &mut Context<Self>) {
         for (id, after) in after {
             self.change_committed(id, after, refused.clone(), ctx);
         }
@@ -425,12 +420,12 @@ impl JobCore<Running> {
 /// What became of an admitted job's insert (its status when admitted, or
 /// why it was refused), its id, and the follow-ups of the changes stored
 /// with it.
-type Stored = (Result<JobStatus, KilnError>, JobId, Vec<(JobId, AfterInsert)>);
+type Stored = (Result<JobStatus, KilnError>, JobId, Vec<(JobId, PendingChange)>);
 
 /// What became of a submission of several jobs' one insert, the jobs it
 /// admitted (their ids and statuses when admitted), and the follow-ups of
 /// the changes stored with them.
-type StoredMany = (Result<(), KilnError>, Vec<(JobId, JobStatus)>, Vec<(JobId, AfterInsert)>);
+type StoredMany = (Result<(), KilnError>, Vec<(JobId, JobStatus)>, Vec<(JobId, PendingChange)>);
 
 impl Handler<SubmitJob> for JobQueue {
     type Result = ResponseActFuture<Self, Result<JobId, KilnError>>;

@@ -33,9 +33,10 @@ use super::model::JobView;
 /// caller's follow-up, with why the commit failed, if it did.
 pub(super) type Then = Box<dyn FnOnce(&mut JobQueue, &mut Context<JobQueue>, Option<String>)>;
 
-/// A change of a job made durable with its insert: how far its log is
-/// written, the status it commits, and its follow-up.
-pub(super) struct AfterInsert {
+/// A change of a job on its way to the store, in an update of its own or
+/// with its insert: how far its log is written, the status it commits, and
+/// its follow-up.
+pub(super) struct PendingChange {
     pub(super) written: usize,
     pub(super) status: JobStatus,
     pub(super) then: Then,
@@ -47,7 +48,7 @@ pub(super) struct HeldInserts(Vec<Held>);
 struct Held {
     id: JobId,
     row: Row,
-    after: Vec<AfterInsert>,
+    after: Vec<PendingChange>,
 }
 
 /// The row a held insert writes.
@@ -91,8 +92,8 @@ impl HeldInserts {
         &mut self,
         id: JobId,
         record: impl FnOnce() -> JobRecord,
-        after: AfterInsert,
-    ) -> Result<(), AfterInsert> {
+        after: PendingChange,
+    ) -> Result<(), PendingChange> {
         let Some(held) = self.0.binary_search_by_key(&id, |h| h.id).ok().map(|n| &mut self.0[n]) else {
             return Err(after);
         };
@@ -103,7 +104,7 @@ impl HeldInserts {
 
     /// The one batch of inserts to send, and the follow-ups to run once
     /// it is acknowledged, in the order their changes were made per job.
-    pub(super) fn release(self) -> (Batch, Vec<(JobId, AfterInsert)>) {
+    pub(super) fn release(self) -> (Batch, Vec<(JobId, PendingChange)>) {
         let mut after = Vec::new();
         let batch = self
             .0
