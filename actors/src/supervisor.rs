@@ -428,13 +428,25 @@ pub struct Router {
 }
 
 /// Lets the caller of a fan-out stop it from starting more nodes and see how
-/// many have finished.
+/// many have finished. Clones share one [`FanOutState`] (one allocation:
+/// every job has a control, and most short jobs never use it).
 #[derive(Clone, Default)]
-pub struct FanOutControl {
-    pub cancel: Arc<AtomicBool>,
+pub struct FanOutControl(Arc<FanOutState>);
+
+/// What the clones of a [`FanOutControl`] share.
+#[derive(Default)]
+pub struct FanOutState {
+    pub cancel: AtomicBool,
     /// Woken when `cancel` is set, for work that waits (a sleep opcode).
-    pub canceled: Arc<tokio::sync::Notify>,
-    pub done: Arc<AtomicU64>,
+    pub canceled: tokio::sync::Notify,
+    pub done: AtomicU64,
+}
+
+impl std::ops::Deref for FanOutControl {
+    type Target = FanOutState;
+    fn deref(&self) -> &FanOutState {
+        &self.0
+    }
 }
 
 impl FanOutControl {

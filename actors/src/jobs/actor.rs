@@ -197,7 +197,7 @@ impl JobQueue {
             match effect {
                 Effect::Commit { job, line } => self.commit_job(job, line, ctx, |_, _, _| {}),
                 Effect::Started(id) => {
-                    let now = self.clock.now();
+                    let now = self.now();
                     let Some(view) = self.core.mark_started(id, now) else { continue };
                     self.metrics.job_started((now - view.submitted_at).to_std().unwrap_or_default());
                     job_span(id).in_scope(|| tracing::info!(opcodes = view.ops.len(), "job started"));
@@ -208,6 +208,15 @@ impl JobQueue {
             }
         }
         self.report_depth();
+    }
+
+    /// The time to stamp a change with: the admitting turn's while one
+    /// runs ([`super::held`]), else the site clock's.
+    pub(super) fn now(&self) -> kiln_store::Timestamp {
+        match &self.held {
+            Some(held) => held.at(),
+            None => self.clock.now(),
+        }
     }
 
     /// Fetches the next block of job ids, ahead of need; a failure is
@@ -234,7 +243,7 @@ impl JobQueue {
     /// Ends a job now (see [`JobCore::finish`]).
     pub(super) fn finish(&mut self, id: JobId, status: JobStatus, error: Option<String>, ctx: &mut Context<Self>) {
         let mut effects = Vec::new();
-        self.core.finish(id, status, error, self.clock.now(), &mut effects);
+        self.core.finish(id, status, error, self.now(), &mut effects);
         self.apply(effects, ctx);
     }
 
@@ -272,7 +281,7 @@ impl JobQueue {
     where
         F: FnOnce(&mut Self, &mut Context<Self>, Option<String>) + 'static,
     {
-        let now = self.clock.now();
+        let now = self.now();
         let Some(job) = self.core.active.get_mut(&id) else { return };
         let mut lines = std::mem::take(&mut job.pending);
         lines.push((line.0, line.1, None));
@@ -417,20 +426,47 @@ impl JobCore<Running> {
     }
 }
 
+/// An admitted job's id and status when admitted, its insert's
+/// acknowledgement, and the follow-ups of the changes stored with it.
+type Admitted<F> = (JobId, JobStatus, F, Vec<(JobId, PendingChange)>);
+
 /// What became of an admitted job's insert (its status when admitted, or
 /// why it was refused), its id, and the follow-ups of the changes stored
 /// with it.
 type Stored = (Result<JobStatus, KilnError>, JobId, Vec<(JobId, PendingChange)>);
+
+/// The jobs a submission of several admitted (their ids and statuses when
+/// admitted), their one insert's acknowledgement, and the follow-ups of
+/// the changes stored with them.
+type AdmittedMany<F> = (Vec<(JobId, JobStatus)>, F, Vec<(JobId, PendingChange)>);
 
 /// What became of a submission of several jobs' one insert, the jobs it
 /// admitted (their ids and statuses when admitted), and the follow-ups of
 /// the changes stored with them.
 type StoredMany = (Result<(), KilnError>, Vec<(JobId, JobStatus)>, Vec<(JobId, PendingChange)>);
 
+/// Waits for an admitted job's insert.
+async fn stored_one<F>(admitted: Result<Admitted<F>, KilnError>) -> Result<Stored, KilnError>
+where
+    F: Future<Output = Result<(), kiln_store::StoreError>>,
+{
+    let (id, status, stored, after) = admitted?;
+    Ok((stored.await.map(|()| status).map_err(KilnError::from), id, after))
+}
+
+/// Waits for the one insert of a submission of several jobs.
+async fn stored_many<F>(admitted: Result<AdmittedMany<F>, KilnError>) -> Result<StoredMany, KilnError>
+where
+    F: Future<Output = Result<(), kiln_store::StoreError>>,
+{
+    let (admitted, stored, after) = admitted?;
+    Ok((stored.await.map_err(KilnError::from), admitted, after))
+}
+
 impl Handler<SubmitJob> for JobQueue {
     type Result = ResponseActFuture<Self, Result<JobId, KilnError>>;
 
-    fn handle(&mut self, msg: SubmitJob, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SubmitJob, ctx: &mut Context<Self>) -> Self::Result {
         let checked = self.core.check_not_drained().and_then(|()| {
             admission::validate(&msg.ops, msg.priority, &self.router.registry)?;
             msg.depends.iter().try_for_each(|d| admission::final_statuses(d.job, &d.statuses))
@@ -438,60 +474,18 @@ impl Handler<SubmitJob> for JobQueue {
         if let Err(e) = checked {
             return Box::pin(actix::fut::ready(Err(e)));
         }
-        // Dependencies on jobs this queue does not know must be archived ones.
+        // Dependencies on jobs this queue does not know must be archived
+        // ones, looked up first; with none, the job is admitted in this turn.
         let unknown = self.core.unknown(msg.depends.iter().map(|d| d.job));
+        if unknown.is_empty() {
+            let admitted = self.admit_one(msg, Ok(Found::default()), ctx);
+            return Box::pin(stored_one(admitted).into_actor(self).map(Self::one_stored));
+        }
         Box::pin(
             look_up_owned(self.store.clone(), unknown, self.clock.now())
                 .into_actor(self)
-                .then(move |found, act, ctx| {
-                    let now = act.clock.now();
-                    let mut effects = Vec::new();
-                    let ready = found.and_then(|found| {
-                        act.core.learn(found);
-                        act.core.room_for(1)?;
-                        act.core.admit(msg.ops, msg.priority, msg.depends, now, &mut effects)
-                    });
-                    // The job joins the queue, and may start and even end,
-                    // before its insert goes to the store at the end of this
-                    // turn, with the changes the turn made of it ([`super::held`]).
-                    // An opcode acts only after its start is stored, so after
-                    // the insert; no client is given the id before the insert
-                    // is durable.
-                    let admitted = match ready {
-                        Ok((view, entry)) => {
-                            let (id, status) = (view.id, view.status);
-                            let held = HeldInserts::admitted(view.clone(), entry.clone());
-                            act.core.register(view, entry);
-                            act.core.place(id, now, &mut effects);
-                            let (stored, after) = act.insert_admitted(held, effects, ctx);
-                            Ok((id, status, stored, after))
-                        }
-                        Err(e) => {
-                            act.apply(effects, ctx);
-                            Err(e)
-                        }
-                    };
-                    async move {
-                        let (id, status, stored, after) = admitted?;
-                        Ok((stored.await.map(|()| status).map_err(KilnError::from), id, after))
-                    }
-                    .into_actor(act)
-                })
-                .map(|res: Result<Stored, KilnError>, act, ctx| {
-                    let (stored, id, after) = res?;
-                    match stored {
-                        Ok(status) => {
-                            act.count_submitted(status);
-                            act.inserted(after, None, ctx);
-                            Ok(id)
-                        }
-                        Err(refused) => {
-                            act.withdraw(id, ctx);
-                            act.inserted(after, Some(refused.to_string()), ctx);
-                            Err(refused)
-                        }
-                    }
-                }),
+                .then(move |found, act, ctx| stored_one(act.admit_one(msg, found, ctx)).into_actor(act))
+                .map(Self::one_stored),
         )
     }
 }
@@ -499,7 +493,7 @@ impl Handler<SubmitJob> for JobQueue {
 impl Handler<SubmitJobs> for JobQueue {
     type Result = ResponseActFuture<Self, Result<Vec<JobId>, KilnError>>;
 
-    fn handle(&mut self, SubmitJobs(jobs): SubmitJobs, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, SubmitJobs(jobs): SubmitJobs, ctx: &mut Context<Self>) -> Self::Result {
         let checked =
             self.core.check_not_drained().and_then(|()| admission::validate_many(&jobs, &self.router.registry));
         if let Err(e) = checked {
@@ -510,59 +504,128 @@ impl Handler<SubmitJobs> for JobQueue {
             JobRef::Earlier(_) => None,
         });
         let unknown = self.core.unknown(named);
+        if unknown.is_empty() {
+            let admitted = self.admit_many(jobs, Ok(Found::default()), ctx);
+            return Box::pin(stored_many(admitted).into_actor(self).map(Self::many_stored));
+        }
         Box::pin(
             look_up_owned(self.store.clone(), unknown, self.clock.now())
                 .into_actor(self)
-                .then(move |found, act, ctx| {
-                    let now = act.clock.now();
-                    let mut effects = Vec::new();
-                    let ready = found.and_then(|found| {
-                        act.core.learn(found);
-                        act.core.room_for(jobs.len())?;
-                        act.core.admit_many(jobs, now, &mut effects)
-                    });
-                    // As for one job: every insert goes to the store, in one
-                    // batch, at the end of this turn, with the changes the
-                    // turn made of them.
-                    let admitted = match ready {
-                        Ok((records, admitted)) => {
-                            act.core.place_all(admitted.iter().map(|(id, _)| *id), now, &mut effects);
-                            let (stored, after) = act.insert_admitted(HeldInserts::new(records), effects, ctx);
-                            Ok((admitted, stored, after))
-                        }
-                        Err(e) => {
-                            act.apply(effects, ctx);
-                            Err(e)
-                        }
-                    };
-                    async move {
-                        let (admitted, stored, after) = admitted?;
-                        Ok((stored.await.map_err(KilnError::from), admitted, after))
-                    }
-                    .into_actor(act)
-                })
-                .map(|res: Result<StoredMany, KilnError>, act, ctx| {
-                    let (stored, admitted, after) = res?;
-                    match stored {
-                        Ok(()) => {
-                            for (_, status) in &admitted {
-                                act.count_submitted(*status);
-                            }
-                            act.inserted(after, None, ctx);
-                            Ok(admitted.into_iter().map(|(id, _)| id).collect())
-                        }
-                        Err(refused) => {
-                            // The last first: none of them is then waited
-                            // for by one still here.
-                            for (id, _) in admitted.into_iter().rev() {
-                                act.withdraw(id, ctx);
-                            }
-                            act.inserted(after, Some(refused.to_string()), ctx);
-                            Err(refused)
-                        }
-                    }
-                }),
+                .then(move |found, act, ctx| stored_many(act.admit_many(jobs, found, ctx)).into_actor(act))
+                .map(Self::many_stored),
         )
+    }
+}
+
+impl JobQueue {
+    /// Admits a submitted job, with what the store showed of the jobs it
+    /// depends on. It joins the queue, and may start and even end, before
+    /// its insert goes to the store at the end of this turn, with the
+    /// changes the turn made of it ([`super::held`]). An opcode acts only
+    /// after its start is stored, so after the insert; no client is given
+    /// the id before the insert is durable.
+    fn admit_one(
+        &mut self,
+        msg: SubmitJob,
+        found: Result<Found, KilnError>,
+        ctx: &mut Context<Self>,
+    ) -> Result<Admitted<impl Future<Output = Result<(), kiln_store::StoreError>> + use<>>, KilnError> {
+        let now = self.clock.now();
+        let mut effects = Vec::new();
+        let ready = found.and_then(|found| {
+            self.core.learn(found);
+            self.core.room_for(1)?;
+            self.core.admit(msg.ops, msg.priority, msg.depends, now, &mut effects)
+        });
+        match ready {
+            Ok((view, entry)) => {
+                let (id, status) = (view.id, view.status);
+                let held = HeldInserts::admitted(view.clone(), entry.clone(), now);
+                self.core.register(view, entry);
+                self.core.place(id, now, &mut effects);
+                let (stored, after) = self.insert_admitted(held, effects, ctx);
+                Ok((id, status, stored, after))
+            }
+            Err(e) => {
+                self.apply(effects, ctx);
+                Err(e)
+            }
+        }
+    }
+
+    /// The submitter's answer once an admitted job's insert is durable, or
+    /// refused: a refused job is withdrawn.
+    fn one_stored(res: Result<Stored, KilnError>, act: &mut Self, ctx: &mut Context<Self>) -> Result<JobId, KilnError> {
+        let (stored, id, after) = res?;
+        match stored {
+            Ok(status) => {
+                act.count_submitted(status);
+                act.inserted(after, None, ctx);
+                Ok(id)
+            }
+            Err(refused) => {
+                act.withdraw(id, ctx);
+                act.inserted(after, Some(refused.to_string()), ctx);
+                Err(refused)
+            }
+        }
+    }
+
+    /// Admits a submission of several jobs as [`Self::admit_one`] does one:
+    /// every insert goes to the store, in one batch, at the end of this
+    /// turn, with the changes the turn made of them.
+    fn admit_many(
+        &mut self,
+        jobs: Vec<NewJob>,
+        found: Result<Found, KilnError>,
+        ctx: &mut Context<Self>,
+    ) -> Result<AdmittedMany<impl Future<Output = Result<(), kiln_store::StoreError>> + use<>>, KilnError> {
+        let now = self.clock.now();
+        let mut effects = Vec::new();
+        let ready = found.and_then(|found| {
+            self.core.learn(found);
+            self.core.room_for(jobs.len())?;
+            self.core.admit_many(jobs, now, &mut effects)
+        });
+        match ready {
+            Ok((records, admitted)) => {
+                self.core.place_all(admitted.iter().map(|(id, _)| *id), now, &mut effects);
+                let (stored, after) = self.insert_admitted(HeldInserts::new(records, now), effects, ctx);
+                Ok((admitted, stored, after))
+            }
+            Err(e) => {
+                self.apply(effects, ctx);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Self::one_stored`] for a submission of several jobs: all are
+    /// answered, or all withdrawn.
+    fn many_stored(
+        res: Result<StoredMany, KilnError>,
+        act: &mut Self,
+        ctx: &mut Context<Self>,
+    ) -> Result<Vec<JobId>, KilnError> {
+        let (stored, admitted, after) = res?;
+        match stored {
+            Ok(()) => {
+                for (_, status) in &admitted {
+                    act.count_submitted(*status);
+                }
+                act.inserted(after, None, ctx);
+                Ok(admitted.into_iter().map(|(id, _)| id).collect())
+            }
+            Err(refused) => {
+                // The last first: none of them is then waited
+                // for by one still here.
+                for (id, _) in admitted.into_iter().rev() {
+                    act.withdraw(id, ctx);
+                }
+                act.inserted(after, Some(refused.to_string()), ctx);
+                Err(refused)
+            }
+        }
     }
 }
 

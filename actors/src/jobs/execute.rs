@@ -31,8 +31,7 @@ impl JobQueue {
     /// Runs opcode `idx` of a running job, then the next.
     pub(super) fn execute_opcode(&mut self, id: JobId, idx: usize, ctx: &mut Context<Self>) {
         let mut effects = Vec::new();
-        let now = self.clock.now();
-        let start = self.core.start_op(id, idx, now, &mut effects);
+        let start = self.core.start_op(id, idx, self.now(), &mut effects);
         self.apply(effects, ctx);
         let Some(OpStart { opcode, durable_start }) = start else { return };
         match durable_start {
@@ -192,7 +191,7 @@ impl JobQueue {
             job.shell.progress_total = 0;
         }
         let mut effects = Vec::new();
-        let next = self.core.op_done(id, idx, results, error, self.clock.now(), &mut effects);
+        let next = self.core.op_done(id, idx, results, error, self.now(), &mut effects);
         self.apply(effects, ctx);
         if let Some(next) = next {
             self.execute_opcode(id, next, ctx);

@@ -22,9 +22,14 @@
 //! - A refused insert refuses its changes too (an update of a row that was
 //!   never inserted failed before as well): the job is withdrawn first,
 //!   then each follow-up learns why.
+//!
+//! The turn also has one time ([`HeldInserts::at`]): what it admits,
+//! starts and ends is stamped with the reading taken as it began, as if it
+//! took no time at all (it takes microseconds), and the site clock is read
+//! once per turn rather than at every step.
 
 use actix::Context;
-use kiln_store::{Batch, JobId, JobLogEntry, JobRecord, JobStatus, Write};
+use kiln_store::{Batch, JobId, JobLogEntry, JobRecord, JobStatus, Timestamp, Write};
 
 use super::actor::JobQueue;
 use super::model::JobView;
@@ -42,8 +47,11 @@ pub(super) struct PendingChange {
     pub(super) then: Then,
 }
 
-/// The inserts of one turn's admitted jobs, by id.
-pub(super) struct HeldInserts(Vec<Held>);
+/// The inserts of one turn's admitted jobs, by id, and the turn's time.
+pub(super) struct HeldInserts {
+    at: Timestamp,
+    held: Vec<Held>,
+}
 
 struct Held {
     id: JobId,
@@ -70,20 +78,25 @@ impl Row {
 }
 
 impl HeldInserts {
-    /// Holds the insert of one job, as admitted (`view`, with its first
-    /// log line `entry`).
-    pub(super) fn admitted(view: JobView, entry: JobLogEntry) -> Self {
-        HeldInserts(vec![Held { id: view.id, row: Row::Admitted(view, entry), after: Vec::new() }])
+    /// Holds the insert of one job, as admitted at `at` (`view`, with its
+    /// first log line `entry`).
+    pub(super) fn admitted(view: JobView, entry: JobLogEntry, at: Timestamp) -> Self {
+        HeldInserts { at, held: vec![Held { id: view.id, row: Row::Admitted(view, entry), after: Vec::new() }] }
     }
 
-    /// Holds the inserts of `records`, each as admitted.
-    pub(super) fn new(records: Vec<JobRecord>) -> Self {
+    /// Holds the inserts of `records`, each as admitted at `at`.
+    pub(super) fn new(records: Vec<JobRecord>, at: Timestamp) -> Self {
         let mut held: Vec<Held> = records
             .into_iter()
             .map(|record| Held { id: record.id, row: Row::Record(record), after: Vec::new() })
             .collect();
         held.sort_unstable_by_key(|h| h.id);
-        HeldInserts(held)
+        HeldInserts { at, held }
+    }
+
+    /// The time of the turn that admitted these jobs.
+    pub(super) fn at(&self) -> Timestamp {
+        self.at
     }
 
     /// Makes `record` the row `id`'s insert writes, and `after` run when it
@@ -94,7 +107,7 @@ impl HeldInserts {
         record: impl FnOnce() -> JobRecord,
         after: PendingChange,
     ) -> Result<(), PendingChange> {
-        let Some(held) = self.0.binary_search_by_key(&id, |h| h.id).ok().map(|n| &mut self.0[n]) else {
+        let Some(held) = self.held.binary_search_by_key(&id, |h| h.id).ok().map(|n| &mut self.held[n]) else {
             return Err(after);
         };
         held.row = Row::Record(record());
@@ -107,7 +120,7 @@ impl HeldInserts {
     pub(super) fn release(self) -> (Batch, Vec<(JobId, PendingChange)>) {
         let mut after = Vec::new();
         let batch = self
-            .0
+            .held
             .into_iter()
             .map(|held| {
                 after.extend(held.after.into_iter().map(|a| (held.id, a)));
