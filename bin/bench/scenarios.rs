@@ -260,14 +260,31 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let site = kiln_actors::start(scratch.config()).await?;
     let total = args.jobs.unwrap_or(1_000_000);
     let clients = args.clients.unwrap_or(64).max(1);
-    let cpu = cpu::process_seconds();
-    let threads = cpu::thread_seconds();
+    // The queue and the store alone (the ceiling) take turns on the same
+    // disk, a slice each, so that the disk's drift from second to second
+    // falls on both alike; each side's figures add up its own slices only.
+    let mut ceiling = StoreCeiling::open()?;
+    let (mut cpu, mut threads, mut secs) = (0.0, std::collections::BTreeMap::<String, f64>::new(), 0.0);
     let store_before = site.store.stats();
-    let t = Instant::now();
-    let mut latencies = submit_sleeps(&site, clients, total).await?;
-    let secs = t.elapsed().as_secs_f64();
-    let cpu = cpu::process_seconds() - cpu;
-    let threads = cpu::thread_seconds_since(&threads);
+    let mut latencies = Vec::with_capacity(total);
+    for slice in 0..SLICES {
+        let count = total / SLICES + usize::from(slice < total % SLICES);
+        let (cpu_before, threads_before) = (cpu::process_seconds(), cpu::thread_seconds());
+        let t = Instant::now();
+        latencies.extend(submit_sleeps(&site, clients, count).await?);
+        secs += t.elapsed().as_secs_f64();
+        cpu += cpu::process_seconds() - cpu_before;
+        for (name, used) in cpu::thread_seconds_since(&threads_before) {
+            *threads.entry(name).or_default() += used;
+        }
+        if ceiling.template.is_none() {
+            // The row the queue commits for each submission: job 1's, a
+            // `sleep 0` job as the queue stored it.
+            let first = site.store.read(|b| b.load_job(JobId(1))).await?.context("job 1 is not stored")?.0;
+            ceiling.template = Some(first);
+        }
+        ceiling.run(clients, count).await?;
+    }
     let store = site.store.stats().since(&store_before);
     let ack_mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
     let (queued, applying, syncing) = store.mean_stages();
@@ -288,14 +305,13 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         (per_submission("kiln-store"), per_submission("kiln-sync"), per_submission("kiln-checkpoint"));
     let cpu_per_submission = cpu * 1e6 / submitted;
     let cores = super::num_cpus();
-    // The limits under the queue, measured now on the same disk: what the
-    // store alone acknowledges, and one fsync.
-    let template = site.store.read(|b| b.load_job(JobId(1))).await?.context("job 1 is not stored")?.0;
+    let template = ceiling.template.clone().context("no slice ran")?;
+    let ceiling = ceiling.rate();
+    // The other limits under the queue, measured now on the same disk.
     let probe_jobs = (total / 5).max(clients);
     let queue_only = queue_ceiling(&site, clients, probe_jobs).await?;
     let batched = batch_rate(&site, clients, probe_jobs).await?;
     let writer = writer_ceiling(&template, probe_jobs)?;
-    let ceiling = store_ceiling(template, clients, probe_jobs).await?;
     let fsync = fsync_ms(&scratch.0)?;
     Ok(vec![
         Figure::new("jobs.submitted", submitted, "jobs"),
@@ -442,47 +458,72 @@ async fn queue_ceiling(site: &Site, clients: usize, total: usize) -> anyhow::Res
     Ok(rate)
 }
 
-/// Submissions per second the store alone acknowledges: `clients` tasks
-/// each committing `template`'s row with its first log line, one at a time,
-/// as the queue does for a submission, with no queue and no job running.
-/// The queue's rate can approach this, never pass it.
-async fn store_ceiling(template: kiln_store::JobRecord, clients: usize, total: usize) -> anyhow::Result<f64> {
-    use kiln_store::{JobLogEntry, StoreHandle, Write};
-    let scratch = Scratch::new("jobs-store");
-    let store = StoreHandle::open_sqlite(&scratch.0.join("kiln.sqlite"))?;
-    let next = Arc::new(AtomicU64::new(1));
-    let t = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let (store, next, template) = (store.clone(), next.clone(), template.clone());
-            let count = total / clients + usize::from(c < total % clients);
-            actix::spawn(async move {
-                for _ in 0..count {
-                    let id = JobId(next.fetch_add(1, Ordering::Relaxed));
-                    let at = chrono::Utc::now();
-                    let line = JobLogEntry::info(id, 1, at, "submitted: 1 opcode(s)".into());
-                    let record = kiln_store::JobRecord { id, submitted_at: at, log: vec![line], ..template.clone() };
-                    store.commit(vec![Write::InsertJob(record)]).await?;
-                }
-                Ok::<_, anyhow::Error>(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await??;
+/// Slices [`jobs`] alternates between the queue and the store alone.
+const SLICES: usize = 5;
+
+/// What the store alone acknowledges (the queue's ceiling): `clients`
+/// tasks each committing `template`'s row, one at a time, with no queue
+/// and no job running, on a store of its own. `template` is a `sleep 0`
+/// job as the queue stored it: its insert carries its end (the queue's
+/// turn that admits it also ends it), so one commit of that whole row, log
+/// and all, is what the queue's store does for each submission. The
+/// queue's rate can approach this, never pass it.
+struct StoreCeiling {
+    store: kiln_store::StoreHandle,
+    template: Option<kiln_store::JobRecord>,
+    next: Arc<AtomicU64>,
+    committed: usize,
+    secs: f64,
+    _scratch: Scratch,
+}
+
+impl StoreCeiling {
+    fn open() -> anyhow::Result<StoreCeiling> {
+        let scratch = Scratch::new("jobs-store");
+        let store = kiln_store::StoreHandle::open_sqlite(&scratch.0.join("kiln.sqlite"))?;
+        let next = Arc::new(AtomicU64::new(1));
+        Ok(StoreCeiling { store, template: None, next, committed: 0, secs: 0.0, _scratch: scratch })
     }
-    Ok(total as f64 / t.elapsed().as_secs_f64())
+
+    /// One slice: `total` commits by `clients` tasks.
+    async fn run(&mut self, clients: usize, total: usize) -> anyhow::Result<()> {
+        let template = self.template.clone().context("the ceiling has no row to commit")?;
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let (store, next, template) = (self.store.clone(), self.next.clone(), template.clone());
+                let count = total / clients + usize::from(c < total % clients);
+                actix::spawn(async move {
+                    for _ in 0..count {
+                        let record = renumbered(&template, next.fetch_add(1, Ordering::Relaxed));
+                        store.commit(vec![kiln_store::Write::InsertJob(record)]).await?;
+                    }
+                    Ok::<_, anyhow::Error>(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        self.secs += t.elapsed().as_secs_f64();
+        self.committed += total;
+        Ok(())
+    }
+
+    /// Commits per second over every slice.
+    fn rate(&self) -> f64 {
+        self.committed as f64 / self.secs.max(1e-9)
+    }
 }
 
 /// Jobs per second the store's one SQLite writer takes when nothing waits:
-/// each job inserted as the queue submits it and put again as it ends, the
-/// ends of one group's jobs in the next group's transaction, [`GROUP`] jobs
-/// to a transaction as the store thread groups them under load, and no sync
-/// at all. Every submission and every job end goes through this one writer
-/// (SQLite has one at a time), on one core, so this is the most the queue
-/// could reach if nothing else took any time.
+/// each `sleep 0` job inserted once, whole (`ended`: the queue's insert
+/// carries the end made in the turn that admitted it), [`GROUP`] jobs to a
+/// transaction as the store thread groups them under load, and no sync at
+/// all. Every submission goes through this one writer (SQLite has one at a
+/// time), on one core, so this is the most the queue could reach if nothing
+/// else took any time.
 fn writer_ceiling(ended: &kiln_store::JobRecord, total: usize) -> anyhow::Result<f64> {
-    use kiln_actors::jobs::JobView;
     use kiln_store::sqlite::SqliteBackend;
     use kiln_store::{Backend, Write};
     const GROUP: usize = 64;
@@ -490,35 +531,23 @@ fn writer_ceiling(ended: &kiln_store::JobRecord, total: usize) -> anyhow::Result
     let mut backend = SqliteBackend::open(&scratch.0.join("kiln.sqlite"))?;
     // The caller syncs from now on, and this caller never does.
     let _log = backend.log_sync();
-    let mut queued = JobView::from_record(ended, false);
-    queued.status = JobStatus::Queued;
-    (queued.started_at, queued.ended_at) = (None, None);
-    for op in &mut queued.ops {
-        (op.status, op.started_at, op.ended_at, op.results, op.error) =
-            (JobStatus::Queued, None, None, Vec::new(), None);
-    }
-    let submitted = queued.to_record(ended.log.iter().take(1).cloned().collect());
-    let record = |template: &kiln_store::JobRecord, id: u64| {
-        let id = JobId(id);
-        let log = template.log.iter().map(|l| kiln_store::JobLogEntry { job: id, ..l.clone() }).collect();
-        kiln_store::JobRecord { id, log, ..template.clone() }
-    };
     let groups = total.div_ceil(GROUP) as u64;
     let group = GROUP as u64;
     let t = Instant::now();
-    for g in 0..=groups {
-        let mut batches = Vec::with_capacity(2 * GROUP);
-        if g < groups {
-            batches.extend((1..=group).map(|i| vec![Write::InsertJob(record(&submitted, g * group + i))]));
-        }
-        if g > 0 {
-            batches.extend((1..=group).map(|i| vec![Write::PutJob(record(ended, (g - 1) * group + i))]));
-        }
+    for g in 0..groups {
+        let batches: Vec<_> = (1..=group).map(|i| vec![Write::InsertJob(renumbered(ended, g * group + i))]).collect();
         for result in backend.commit(&batches)? {
             result?;
         }
     }
     Ok((groups * group) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// `template` as job `id`, its log lines with it.
+fn renumbered(template: &kiln_store::JobRecord, id: u64) -> kiln_store::JobRecord {
+    let id = JobId(id);
+    let log = template.log.iter().map(|l| kiln_store::JobLogEntry { job: id, ..l.clone() }).collect();
+    kiln_store::JobRecord { id, log, ..template.clone() }
 }
 
 /// The median time of a 4 KiB write and fdatasync in `dir`: the floor of
