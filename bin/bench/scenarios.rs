@@ -305,8 +305,8 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         (per_submission("kiln-store"), per_submission("kiln-sync"), per_submission("kiln-checkpoint"));
     let cpu_per_submission = cpu * 1e6 / submitted;
     let cores = super::num_cpus();
-    let template = ceiling.template.clone().context("no slice ran")?;
-    let ceiling = ceiling.rate();
+    // The ceiling's store closes here, before the probes below.
+    let (template, ceiling) = ceiling.finish()?;
     // The other limits under the queue, measured now on the same disk.
     let probe_jobs = (total / 5).max(clients);
     let queue_only = queue_ceiling(&site, clients, probe_jobs).await?;
@@ -510,9 +510,11 @@ impl StoreCeiling {
         Ok(())
     }
 
-    /// Commits per second over every slice.
-    fn rate(&self) -> f64 {
-        self.committed as f64 / self.secs.max(1e-9)
+    /// The row it committed, and its commits per second over every
+    /// slice; its store closes.
+    fn finish(self) -> anyhow::Result<(kiln_store::JobRecord, f64)> {
+        let template = self.template.context("no slice ran")?;
+        Ok((template, self.committed as f64 / self.secs.max(1e-9)))
     }
 }
 
@@ -577,6 +579,8 @@ async fn lifecycle(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let nodes = args.nodes.unwrap_or(10_000);
     create_nodes(&site, "lc", nodes).await?;
     let set = format!("lc[1-{nodes}]");
+    let threads = cpu::thread_seconds();
+    let store_before = site.store.stats();
     let t = Instant::now();
     for verb in [Verb::Manage, Verb::Provide, Verb::Deploy] {
         let op = Opcode::Node {
@@ -591,6 +595,8 @@ async fn lifecycle(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         }
     }
     let secs = t.elapsed().as_secs_f64();
+    let threads = cpu::thread_seconds_since(&threads);
+    let store = site.store.stats().since(&store_before);
     let active = site
         .supervisor
         .send(ListNodes { state: Some(kiln_store::ProvisionState::Active), ..Default::default() })
@@ -601,10 +607,19 @@ async fn lifecycle(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     }
     // manage, provide and deploy each commit two transitions per node.
     let transitions = nodes * 6;
+    let per_transition = |thread: &str| threads.get(thread).copied().unwrap_or(0.0) * 1e6 / transitions as f64;
+    let all: f64 = threads.values().sum::<f64>() * 1e6 / transitions as f64;
+    let store_cpu = per_transition("kiln-store");
     Ok(vec![
         Figure::new("lifecycle.nodes", nodes as f64, "nodes"),
         Figure::new("lifecycle.time", secs, "s"),
         Figure::new("lifecycle.transitions_per_s", transitions as f64 / secs, "transitions/s").at_least(20_000.0),
+        // What a transition costs, to compare sizes by: how many commits
+        // shared a transaction, and CPU per transition on the store's
+        // one writer and on every other thread (the actors, the syncs).
+        Figure::new("lifecycle.commits_per_group", store.commits as f64 / store.groups.max(1) as f64, "commits"),
+        Figure::new("lifecycle.cpu_store_thread", store_cpu, "us"),
+        Figure::new("lifecycle.cpu_other_threads", all - store_cpu, "us"),
     ])
 }
 
