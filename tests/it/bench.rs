@@ -44,6 +44,10 @@ fn every_bench_scenario_runs_small_and_the_lock_holds() {
     for thread in ["store", "sync", "checkpoint"] {
         assert!(figures.contains_key(&format!("jobs.cpu_{thread}_thread")), "no CPU figure for the {thread} thread");
     }
+    assert!(figures["lifecycle.commits_per_group"] >= 1.0, "{figures:?}");
+    for figure in ["lifecycle.cpu_store_thread", "lifecycle.cpu_other_threads"] {
+        assert!(figures.contains_key(figure), "no {figure}");
+    }
     assert_eq!(figures["scale.nodes"], 300.0);
     assert_eq!(figures["admin.requests"], 400.0);
     assert_eq!(figures["api.nodes"], 300.0);
