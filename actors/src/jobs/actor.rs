@@ -319,21 +319,22 @@ impl JobQueue {
         (after.then)(self, ctx, failure)
     }
 
-    /// Runs this turn's `effects` of newly admitted jobs with their inserts
-    /// `held` ([`super::held`]), then sends the inserts as one batch.
-    /// Returns its acknowledgement and the follow-ups of the changes it
-    /// carries, for [`Self::inserted`].
+    /// Runs this turn's `effects` of the newly `admitted` jobs with their
+    /// inserts `held` ([`super::held`]), then sends the inserts as one
+    /// batch. Returns the jobs, its acknowledgement and the follow-ups of
+    /// the changes it carries, for [`Self::inserted`].
     fn insert_admitted(
         &mut self,
         held: HeldInserts,
         effects: Vec<Effect>,
+        admitted: AdmittedIds,
         ctx: &mut Context<Self>,
-    ) -> (impl Future<Output = Result<(), kiln_store::StoreError>> + use<>, Vec<(JobId, PendingChange)>) {
+    ) -> Admitted<impl Future<Output = Result<(), kiln_store::StoreError>> + use<>> {
         let outer = self.held.replace(held);
         self.apply(effects, ctx);
         let held = std::mem::replace(&mut self.held, outer);
         let (batch, after) = held.map(HeldInserts::release).unwrap_or_default();
-        (self.store.send(batch), after)
+        (admitted, self.store.send(batch), after)
     }
 
     /// The inserts carrying `after` were acknowledged, or refused for
@@ -426,36 +427,19 @@ impl JobCore<Running> {
     }
 }
 
-/// An admitted job's id and status when admitted, its insert's
-/// acknowledgement, and the follow-ups of the changes stored with it.
-type Admitted<F> = (JobId, JobStatus, F, Vec<(JobId, PendingChange)>);
+/// The jobs a submission admitted: their ids and statuses when admitted.
+type AdmittedIds = Vec<(JobId, JobStatus)>;
 
-/// What became of an admitted job's insert (its status when admitted, or
-/// why it was refused), its id, and the follow-ups of the changes stored
-/// with it.
-type Stored = (Result<JobStatus, KilnError>, JobId, Vec<(JobId, PendingChange)>);
+/// The jobs a submission admitted, their one insert's acknowledgement,
+/// and the follow-ups of the changes stored with them.
+type Admitted<F> = (AdmittedIds, F, Vec<(JobId, PendingChange)>);
 
-/// The jobs a submission of several admitted (their ids and statuses when
-/// admitted), their one insert's acknowledgement, and the follow-ups of
-/// the changes stored with them.
-type AdmittedMany<F> = (Vec<(JobId, JobStatus)>, F, Vec<(JobId, PendingChange)>);
+/// What became of a submission's one insert, the jobs it admitted, and
+/// the follow-ups of the changes stored with them.
+type Stored = (Result<(), KilnError>, AdmittedIds, Vec<(JobId, PendingChange)>);
 
-/// What became of a submission of several jobs' one insert, the jobs it
-/// admitted (their ids and statuses when admitted), and the follow-ups of
-/// the changes stored with them.
-type StoredMany = (Result<(), KilnError>, Vec<(JobId, JobStatus)>, Vec<(JobId, PendingChange)>);
-
-/// Waits for an admitted job's insert.
-async fn stored_one<F>(admitted: Result<Admitted<F>, KilnError>) -> Result<Stored, KilnError>
-where
-    F: Future<Output = Result<(), kiln_store::StoreError>>,
-{
-    let (id, status, stored, after) = admitted?;
-    Ok((stored.await.map(|()| status).map_err(KilnError::from), id, after))
-}
-
-/// Waits for the one insert of a submission of several jobs.
-async fn stored_many<F>(admitted: Result<AdmittedMany<F>, KilnError>) -> Result<StoredMany, KilnError>
+/// Waits for the one insert of a submission's admitted jobs.
+async fn stored<F>(admitted: Result<Admitted<F>, KilnError>) -> Result<Stored, KilnError>
 where
     F: Future<Output = Result<(), kiln_store::StoreError>>,
 {
@@ -479,13 +463,13 @@ impl Handler<SubmitJob> for JobQueue {
         let unknown = self.core.unknown(msg.depends.iter().map(|d| d.job));
         if unknown.is_empty() {
             let admitted = self.admit_one(msg, Ok(Found::default()), ctx);
-            return Box::pin(stored_one(admitted).into_actor(self).map(Self::one_stored));
+            return Box::pin(stored(admitted).into_actor(self).map(Self::one_submitted));
         }
         Box::pin(
             look_up_owned(self.store.clone(), unknown, self.clock.now())
                 .into_actor(self)
-                .then(move |found, act, ctx| stored_one(act.admit_one(msg, found, ctx)).into_actor(act))
-                .map(Self::one_stored),
+                .then(move |found, act, ctx| stored(act.admit_one(msg, found, ctx)).into_actor(act))
+                .map(Self::one_submitted),
         )
     }
 }
@@ -506,93 +490,83 @@ impl Handler<SubmitJobs> for JobQueue {
         let unknown = self.core.unknown(named);
         if unknown.is_empty() {
             let admitted = self.admit_many(jobs, Ok(Found::default()), ctx);
-            return Box::pin(stored_many(admitted).into_actor(self).map(Self::many_stored));
+            return Box::pin(stored(admitted).into_actor(self).map(Self::submitted));
         }
         Box::pin(
             look_up_owned(self.store.clone(), unknown, self.clock.now())
                 .into_actor(self)
-                .then(move |found, act, ctx| stored_many(act.admit_many(jobs, found, ctx)).into_actor(act))
-                .map(Self::many_stored),
+                .then(move |found, act, ctx| stored(act.admit_many(jobs, found, ctx)).into_actor(act))
+                .map(Self::submitted),
         )
     }
 }
 
 impl JobQueue {
-    /// Admits a submitted job, with what the store showed of the jobs it
-    /// depends on. It joins the queue, and may start and even end, before
-    /// its insert goes to the store at the end of this turn, with the
-    /// changes the turn made of it ([`super::held`]). An opcode acts only
-    /// after its start is stored, so after the insert; no client is given
-    /// the id before the insert is durable.
+    /// Admits a submitted job ([`Self::admit`]).
     fn admit_one(
         &mut self,
         msg: SubmitJob,
         found: Result<Found, KilnError>,
         ctx: &mut Context<Self>,
     ) -> Result<Admitted<impl Future<Output = Result<(), kiln_store::StoreError>> + use<>>, KilnError> {
-        let now = self.clock.now();
-        let mut effects = Vec::new();
-        let ready = found.and_then(|found| {
-            self.core.learn(found);
-            self.core.room_for(1)?;
-            self.core.admit(msg.ops, msg.priority, msg.depends, now, &mut effects)
-        });
-        match ready {
-            Ok((view, entry)) => {
-                let (id, status) = (view.id, view.status);
-                let held = HeldInserts::admitted(view.clone(), entry.clone(), now);
-                self.core.register(view, entry);
-                self.core.place(id, now, &mut effects);
-                let (stored, after) = self.insert_admitted(held, effects, ctx);
-                Ok((id, status, stored, after))
-            }
-            Err(e) => {
-                self.apply(effects, ctx);
-                Err(e)
-            }
-        }
+        let (held, effects, admitted) = self.admit(found, 1, ctx, move |core, now, effects| {
+            let (view, entry) = core.admit(msg.ops, msg.priority, msg.depends, now, effects)?;
+            let (id, status) = (view.id, view.status);
+            let held = HeldInserts::admitted(view.clone(), entry.clone(), now);
+            core.register(view, entry);
+            core.place(id, now, effects);
+            Ok((held, vec![(id, status)]))
+        })?;
+        Ok(self.insert_admitted(held, effects, admitted, ctx))
     }
 
-    /// The submitter's answer once an admitted job's insert is durable, or
-    /// refused: a refused job is withdrawn.
-    fn one_stored(res: Result<Stored, KilnError>, act: &mut Self, ctx: &mut Context<Self>) -> Result<JobId, KilnError> {
-        let (stored, id, after) = res?;
-        match stored {
-            Ok(status) => {
-                act.count_submitted(status);
-                act.inserted(after, None, ctx);
-                Ok(id)
-            }
-            Err(refused) => {
-                act.withdraw(id, ctx);
-                act.inserted(after, Some(refused.to_string()), ctx);
-                Err(refused)
-            }
-        }
-    }
-
-    /// Admits a submission of several jobs as [`Self::admit_one`] does one:
-    /// every insert goes to the store, in one batch, at the end of this
-    /// turn, with the changes the turn made of them.
+    /// Admits a submission of several jobs ([`Self::admit`]): every insert
+    /// goes to the store in one batch.
     fn admit_many(
         &mut self,
         jobs: Vec<NewJob>,
         found: Result<Found, KilnError>,
         ctx: &mut Context<Self>,
-    ) -> Result<AdmittedMany<impl Future<Output = Result<(), kiln_store::StoreError>> + use<>>, KilnError> {
+    ) -> Result<Admitted<impl Future<Output = Result<(), kiln_store::StoreError>> + use<>>, KilnError> {
+        let (held, effects, admitted) = self.admit(found, jobs.len(), ctx, move |core, now, effects| {
+            let (records, admitted) = core.admit_many(jobs, now, effects)?;
+            core.place_all(admitted.iter().map(|(id, _)| *id), now, effects);
+            Ok((HeldInserts::new(records, now), admitted))
+        })?;
+        Ok(self.insert_admitted(held, effects, admitted, ctx))
+    }
+
+    /// Admits `count` submitted jobs through `admit`, with what the store
+    /// showed of the jobs they depend on. They join the queue, and may
+    /// start and even end, before their insert goes to the store at the
+    /// end of this turn ([`Self::insert_admitted`]), with the changes the
+    /// turn made of them ([`super::held`]). An opcode acts only after its
+    /// start is stored, so after the insert; no client is given an id
+    /// before the insert is durable. Returns their held inserts, the
+    /// effects still to run, and their ids and statuses.
+    fn admit<A>(
+        &mut self,
+        found: Result<Found, KilnError>,
+        count: usize,
+        ctx: &mut Context<Self>,
+        admit: A,
+    ) -> Result<(HeldInserts, Vec<Effect>, AdmittedIds), KilnError>
+    where
+        A: FnOnce(
+            &mut JobCore<Running>,
+            kiln_store::Timestamp,
+            &mut Vec<Effect>,
+        ) -> Result<(HeldInserts, AdmittedIds), KilnError>,
+    {
         let now = self.clock.now();
         let mut effects = Vec::new();
         let ready = found.and_then(|found| {
             self.core.learn(found);
-            self.core.room_for(jobs.len())?;
-            self.core.admit_many(jobs, now, &mut effects)
+            self.core.room_for(count)?;
+            admit(&mut self.core, now, &mut effects)
         });
         match ready {
-            Ok((records, admitted)) => {
-                self.core.place_all(admitted.iter().map(|(id, _)| *id), now, &mut effects);
-                let (stored, after) = self.insert_admitted(HeldInserts::new(records, now), effects, ctx);
-                Ok((admitted, stored, after))
-            }
+            Ok((held, admitted)) => Ok((held, effects, admitted)),
             Err(e) => {
                 self.apply(effects, ctx);
                 Err(e)
@@ -600,10 +574,10 @@ impl JobQueue {
         }
     }
 
-    /// [`Self::one_stored`] for a submission of several jobs: all are
-    /// answered, or all withdrawn.
-    fn many_stored(
-        res: Result<StoredMany, KilnError>,
+    /// The submitter's answer once the insert of the jobs a submission
+    /// admitted is durable, or refused: all are answered, or all withdrawn.
+    fn submitted(
+        res: Result<Stored, KilnError>,
         act: &mut Self,
         ctx: &mut Context<Self>,
     ) -> Result<Vec<JobId>, KilnError> {
@@ -626,6 +600,16 @@ impl JobQueue {
                 Err(refused)
             }
         }
+    }
+
+    /// [`Self::submitted`] for a submission of one job.
+    fn one_submitted(
+        res: Result<Stored, KilnError>,
+        act: &mut Self,
+        ctx: &mut Context<Self>,
+    ) -> Result<JobId, KilnError> {
+        let ids = Self::submitted(res, act, ctx)?;
+        ids.first().copied().ok_or_else(|| KilnError::Store("a submission of one job admitted none".into()))
     }
 }
 
