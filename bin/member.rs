@@ -194,7 +194,8 @@ async fn take_over(site: &kiln_actors::Site, me: &str) -> Result<(), kiln_actors
 /// handed over.
 const WAVE: usize = 10_000;
 
-/// Handing nodes over when the ring changes: a member that joins gets its
+/// Handing nodes over when the ring changes, or when a node created here
+/// is one the ring places on another member: a member that joins gets its
 /// share from the living, node by node as each is idle (nothing is taken
 /// from a live member: it gives).
 #[derive(Default)]
@@ -204,16 +205,21 @@ struct Balance {
     /// Nodes the ring places elsewhere are still here (busy, or more than
     /// a wave): look again next round even if nobody joined or left.
     pending: bool,
+    /// The registry's count of nodes added (created here or adopted) the
+    /// last round saw: a node created here may be one the ring places on
+    /// another member, so a round that sees more looks again.
+    added: u64,
 }
 
 impl Balance {
     async fn round(&mut self, site: &kiln_actors::Site, me: &str) -> Result<(), kiln_actors::KilnError> {
         let mut live = site.store.read(|b| b.shared().map_or_else(|| Ok(Vec::new()), |s| s.live_members())).await?;
         live.sort();
-        if live == self.seen && !self.pending {
+        let added = site.registry.added();
+        if live == self.seen && !self.pending && added == self.added {
             return Ok(());
         }
-        self.seen = live.clone();
+        (self.seen, self.added) = (live.clone(), added);
         let ring = Ring::new(live, POINTS_PER_MEMBER);
         let owned = site.store.read(|b| b.load_owned_nodes()).await?;
         let away: Vec<_> = owned.iter().filter(|r| ring.owner(&ring_key(r)) != Some(me)).map(|r| r.uuid).collect();

@@ -210,6 +210,40 @@ fn every_member_follows_the_nodes_created_renamed_and_deleted_on_another() {
 }
 
 #[test]
+fn a_node_created_on_one_member_goes_to_the_member_the_ring_places_it_on() {
+    let url = database();
+    let a = steady(&url, "a", &[]);
+    let b = steady(&url, "b", &[]);
+    settled(&a);
+    let members = a.json(&["member", "list"]);
+    let id_of = |name: &str| {
+        members.as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["id"].as_str().unwrap().to_string()
+    };
+    let ring = kiln_store::ring::Ring::new([id_of("a"), id_of("b")], kiln_store::ring::POINTS_PER_MEMBER);
+    // Created on a, one at a time, each settled before the next, until the
+    // ring has placed two on b (even odds each). Once the first is on b, a
+    // has handed nodes over with both members alive; the second is then
+    // created when nobody joins or leaves any more, and must go over too.
+    let b_id = id_of("b");
+    let mut on_b = Vec::new();
+    for i in 0..40 {
+        let created = a.json(&["node", "create", &format!("c{i}"), "--driver", "fake"]);
+        if ring.owner(created[0]["uuid"].as_str().unwrap()) == Some(b_id.as_str()) {
+            on_b.push(created[0]["name"].as_str().unwrap().to_string());
+        }
+        let placed = settled(&a);
+        for name in &on_b {
+            assert!(placed.contains(&(name.clone(), "b".to_string())), "{name} not on b: {placed:?}");
+        }
+        if on_b.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(on_b.len(), 2, "40 nodes and not two of them placed on b");
+    assert_eq!(b.json(&["node", "show", &on_b[1]])["name"], on_b[1].as_str());
+}
+
+#[test]
 fn a_job_holds_a_node_another_member_runs_and_power_status_reads_it_there() {
     let url = database();
     let a = steady(&url, "a", &[]);

@@ -76,6 +76,9 @@ pub struct Registry {
     pub shared: Option<crate::remote::Shared>,
     /// Set once the supervisor starts ([`Registry::serve`]).
     starter: Arc<OnceLock<Starter>>,
+    /// How many nodes [`Registry::add`] has added (created here, or
+    /// adopted): a member's rebalancing looks again when it grows.
+    added: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What a routed message came to.
@@ -135,6 +138,14 @@ impl Registry {
         let node = Gauged::new(record, self.starter().env.metrics.clone());
         self.by_name.insert(name.clone(), id);
         self.by_id.insert(id, NodeEntry { name, slot: Slot::Resting(Box::new(node)) });
+        self.added.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many nodes were added since the registry was made: a node
+    /// created on this member, or adopted by it, since a reading is one
+    /// the ring may place on another member.
+    pub fn added(&self) -> u64 {
+        self.added.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Adds a node with its actor started now (a node restarted after its
