@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use super::report::Figure;
+
 /// User and system CPU seconds of the whole process so far.
 pub fn process_seconds() -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
@@ -67,9 +69,50 @@ pub fn thread_seconds_since(before: &BTreeMap<String, f64>) -> BTreeMap<String, 
     used
 }
 
+/// The store's own threads, by name: SQLite's one writer, the WAL's
+/// fsyncs, the checkpoints.
+const STORE_THREADS: [(&str, &str); 3] =
+    [("kiln-store", "store_thread"), ("kiln-sync", "sync_thread"), ("kiln-checkpoint", "checkpoint_thread")];
+
+/// CPU µs per unit of work (`units` of it done while `threads` was used, of
+/// `total_seconds` in all) on each of the store's threads, and on every
+/// other thread together (the actors and the kernel work they cause), as
+/// `SCENARIO.cpu_store_thread` ... `SCENARIO.cpu_other_threads`.
+pub fn by_thread(scenario: &str, threads: &BTreeMap<String, f64>, total_seconds: f64, units: f64) -> Vec<Figure> {
+    let per_unit = |seconds: f64| seconds * 1e6 / units.max(1.0);
+    let mut other = total_seconds;
+    let mut figures: Vec<Figure> = STORE_THREADS
+        .iter()
+        .map(|(thread, figure)| {
+            let used = threads.get(*thread).copied().unwrap_or(0.0);
+            other -= used;
+            Figure::new(&format!("{scenario}.cpu_{figure}"), per_unit(used), "us")
+        })
+        .collect();
+    figures.push(Figure::new(&format!("{scenario}.cpu_other_threads"), per_unit(other), "us"));
+    figures
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_by_thread_is_per_unit_and_the_rest_goes_to_the_other_threads() {
+        let threads: BTreeMap<String, f64> =
+            [("kiln-store", 2.0), ("kiln-sync", 0.5), ("actix", 3.0)].map(|(n, s)| (n.to_string(), s)).into();
+        let figures = by_thread("x", &threads, 6.0, 1e6);
+        let got: Vec<(&str, f64)> = figures.iter().map(|f| (f.name.as_str(), f.value)).collect();
+        assert_eq!(
+            got,
+            [
+                ("x.cpu_store_thread", 2.0),
+                ("x.cpu_sync_thread", 0.5),
+                ("x.cpu_checkpoint_thread", 0.0),
+                ("x.cpu_other_threads", 3.5)
+            ]
+        );
+    }
 
     #[test]
     fn a_stat_line_gives_the_name_and_the_cpu_ticks() {

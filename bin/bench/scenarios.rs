@@ -300,9 +300,7 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let drain = t_drain.elapsed().as_secs_f64();
     let submitted = latencies.len() as f64;
     let rate = submitted / secs;
-    let per_submission = |thread: &str| threads.get(thread).copied().unwrap_or(0.0) * 1e6 / submitted;
-    let (store_cpu, sync_cpu, checkpoint_cpu) =
-        (per_submission("kiln-store"), per_submission("kiln-sync"), per_submission("kiln-checkpoint"));
+    let store_cpu = threads.get("kiln-store").copied().unwrap_or(0.0) * 1e6 / submitted;
     let cpu_per_submission = cpu * 1e6 / submitted;
     let cores = super::num_cpus();
     // The ceiling's store closes here, before the probes below.
@@ -313,7 +311,7 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let batched = batch_rate(&site, clients, probe_jobs).await?;
     let writer = writer_ceiling(&template, probe_jobs)?;
     let fsync = fsync_ms(&scratch.0)?;
-    Ok(vec![
+    let mut figures = vec![
         Figure::new("jobs.submitted", submitted, "jobs"),
         Figure::new("jobs.submitters", clients as f64, "clients"),
         Figure::new("jobs.submissions_per_s", rate, "jobs/s").at_least(100_000.0),
@@ -355,19 +353,17 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         // jobs running meanwhile included), and the rate at which that
         // would keep every core busy.
         Figure::new("jobs.cpu_per_submission", cpu_per_submission, "us"),
-        // The same, by thread: the store thread is SQLite's one writer and
-        // cannot spread over cores; the sync and checkpoint threads mostly
-        // wait for the disk; the rest is the actors (actix) and the kernel
-        // work they cause.
-        Figure::new("jobs.cpu_store_thread", store_cpu, "us"),
-        Figure::new("jobs.cpu_sync_thread", sync_cpu, "us"),
-        Figure::new("jobs.cpu_checkpoint_thread", checkpoint_cpu, "us"),
-        Figure::new("jobs.cpu_other_threads", cpu_per_submission - store_cpu - sync_cpu - checkpoint_cpu, "us"),
-        // The rate at which the store thread would be busy all the time.
+        // The rate at which the store thread would be busy all the time: it
+        // is SQLite's one writer and cannot spread over cores.
         Figure::new("jobs.store_thread_bound_per_s", 1e6 / store_cpu.max(1e-9), "jobs/s"),
         Figure::new("jobs.cores_busy", cpu / secs, "cores"),
         Figure::new("jobs.cpu_bound_per_s", cores as f64 * submitted / cpu.max(1e-9), "jobs/s"),
-    ])
+    ];
+    // The same CPU by thread: the sync and checkpoint threads mostly wait
+    // for the disk; the rest is the actors (actix) and the kernel work they
+    // cause.
+    figures.extend(cpu::by_thread("jobs", &threads, cpu, submitted));
+    Ok(figures)
 }
 
 /// `total` `sleep 0` jobs submitted by `clients` tasks, each waiting for
@@ -607,20 +603,16 @@ async fn lifecycle(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     }
     // manage, provide and deploy each commit two transitions per node.
     let transitions = nodes * 6;
-    let per_transition = |thread: &str| threads.get(thread).copied().unwrap_or(0.0) * 1e6 / transitions as f64;
-    let all: f64 = threads.values().sum::<f64>() * 1e6 / transitions as f64;
-    let store_cpu = per_transition("kiln-store");
-    Ok(vec![
+    let mut figures = vec![
         Figure::new("lifecycle.nodes", nodes as f64, "nodes"),
         Figure::new("lifecycle.time", secs, "s"),
         Figure::new("lifecycle.transitions_per_s", transitions as f64 / secs, "transitions/s").at_least(20_000.0),
         // What a transition costs, to compare sizes by: how many commits
-        // shared a transaction, and CPU per transition on the store's
-        // one writer and on every other thread (the actors, the syncs).
+        // shared a transaction, and CPU per transition by thread.
         Figure::new("lifecycle.commits_per_group", store.commits as f64 / store.groups.max(1) as f64, "commits"),
-        Figure::new("lifecycle.cpu_store_thread", store_cpu, "us"),
-        Figure::new("lifecycle.cpu_other_threads", all - store_cpu, "us"),
-    ])
+    ];
+    figures.extend(cpu::by_thread("lifecycle", &threads, threads.values().sum(), transitions as f64));
+    Ok(figures)
 }
 
 // ----- admin ------------------------------------------------------------------------------

@@ -41,12 +41,14 @@ fn every_bench_scenario_runs_small_and_the_lock_holds() {
     ] {
         assert!(figures[limit].is_finite() && figures[limit] > 0.0, "{limit}: {}", figures[limit]);
     }
-    for thread in ["store", "sync", "checkpoint"] {
-        assert!(figures.contains_key(&format!("jobs.cpu_{thread}_thread")), "no CPU figure for the {thread} thread");
-    }
     assert!(figures["lifecycle.commits_per_group"] >= 1.0, "{figures:?}");
-    for figure in ["lifecycle.cpu_store_thread", "lifecycle.cpu_other_threads"] {
-        assert!(figures.contains_key(figure), "no {figure}");
+    for scenario in ["jobs", "lifecycle"] {
+        for thread in ["store_thread", "sync_thread", "checkpoint_thread", "other_threads"] {
+            let figure = format!("{scenario}.cpu_{thread}");
+            assert!(figures.get(&figure).is_some_and(|v| *v >= 0.0), "no {figure}");
+        }
+        // The store's one writer carries every commit.
+        assert!(figures[&format!("{scenario}.cpu_store_thread")] > 0.0, "{figures:?}");
     }
     assert_eq!(figures["scale.nodes"], 300.0);
     assert_eq!(figures["admin.requests"], 400.0);
