@@ -109,8 +109,12 @@ struct Task {
     reply: Option<Reply>,
     wait: bool,
     action: String,
-    /// The record as the task's steps have changed it, not yet committed.
-    draft: NodeRecord,
+    /// The record as the task's steps have changed it, not yet committed;
+    /// `None` while they have changed nothing since the last commit (the
+    /// draft is then the record: [`NodeCore::draft`]). A task copies the
+    /// record only once a step changes it, and commits the draft by moving
+    /// it ([`NodeCore::take_draft`]), not by copying it.
+    draft: Option<NodeRecord>,
     /// Ports for the NICs an inspection step found, written (each only if
     /// its MAC is free) with the next commit, the one that stores the
     /// facts found with them in `draft`.
@@ -441,7 +445,7 @@ impl NodeCore {
             reply: None,
             wait: false,
             action: purpose.into(),
-            draft: self.node.record().clone(),
+            draft: None,
             found_ports: Vec::new(),
             steps: VecDeque::new(),
             span: self.task_span(purpose, &tracing::Span::none()),
@@ -460,13 +464,26 @@ impl NodeCore {
         self.next_ticket
     }
 
-    /// Takes `next` as the record: the one place it changes.
+    /// Takes `next` as the record: the one place it changes. A running
+    /// task's draft is the record again.
     fn adopt(&mut self, next: NodeRecord) {
         self.node.adopt(next);
-        let record = self.node.record().clone();
         if let Some(task) = self.task.as_mut() {
-            task.draft = record;
+            task.draft = None;
         }
+    }
+
+    /// The record as the running task's steps have changed it (the record
+    /// itself when they have changed nothing since the last commit).
+    fn draft(&self) -> &NodeRecord {
+        self.task.as_ref().and_then(|t| t.draft.as_ref()).unwrap_or_else(|| self.node.record())
+    }
+
+    /// The running task's draft, to commit: taken out of the task, whose
+    /// draft is the record again once the commit is adopted, and which
+    /// ends if it fails.
+    fn take_draft(&mut self) -> NodeRecord {
+        self.task.as_mut().and_then(|t| t.draft.take()).unwrap_or_else(|| self.node.record().clone())
     }
 
     /// Commits `next` (stamped now) and `history`; once durable, adopts it

@@ -72,7 +72,7 @@ impl NodeCore {
             reply: Some(reply),
             wait,
             action,
-            draft: self.node.record().clone(),
+            draft: None,
             found_ports: Vec::new(),
             steps: Default::default(),
             span: span.clone(),
@@ -305,7 +305,7 @@ impl NodeCore {
         };
         let call = match step {
             Step::Validate => {
-                let draft = &self.task.as_ref().expect("a task runs").draft;
+                let draft = self.draft();
                 return match kiln_drivers::validate(draft.driver.as_str(), &draft.driver_info) {
                     Ok(()) => self.run_next_step(),
                     Err(e) => self.fail_work(e.to_string()),
@@ -318,8 +318,7 @@ impl NodeCore {
             Step::Inspect => DriverCall::Inspect,
             Step::EjectMedia => DriverCall::EjectMedia,
             Step::InsertMedia => {
-                let draft = &self.task.as_ref().expect("a task runs").draft;
-                match plan::image_url(draft) {
+                match plan::image_url(self.draft()) {
                     Ok(Some(url)) => DriverCall::InsertMedia(url.to_string()),
                     // Checked when the task was planned; the task holds the node.
                     Ok(None) => return self.fail_work("instance_info.image_url is not set".into()),
@@ -332,13 +331,15 @@ impl NodeCore {
 
     /// A mid-task event (deleting → cleaning): committed, then the steps go on.
     fn fire_mid_task(&mut self, event: Event) {
-        let Some(task) = self.task.as_ref() else { return };
-        let mut next = task.draft.clone();
-        let from = next.provision_state;
+        if self.task.is_none() {
+            return;
+        }
+        let from = self.draft().provision_state;
         let to = match fsm::step(from, event) {
             Ok(to) => to,
             Err(e) => return self.fail_work(e.to_string()),
         };
+        let mut next = self.take_draft();
         next.provision_state = to;
         let entry = self.history(event.as_str(), from, to, None);
         self.commit(next, vec![entry], Commit::Op(AfterCommit::MidTask));
@@ -348,23 +349,27 @@ impl NodeCore {
     /// a task that was issued a callback token, enter the wait state (the
     /// target kept, as Ironic keeps it) until the booted system calls.
     fn finish_work(&mut self) {
-        let Some(task) = self.task.as_ref() else { return };
-        let mut next = task.draft.clone();
-        let from = next.provision_state;
-        if let Some(callback) = next.callback.as_mut()
-            && let Ok(to) = fsm::step(from, Event::Wait)
-        {
-            callback.since = self.clock.now();
+        if self.task.is_none() {
+            return;
+        }
+        let draft = self.draft();
+        let (from, target, issued) = (draft.provision_state, draft.target_provision_state, draft.callback.is_some());
+        if issued && let Ok(to) = fsm::step(from, Event::Wait) {
+            let mut next = self.take_draft();
+            if let Some(callback) = next.callback.as_mut() {
+                callback.since = self.clock.now();
+            }
             next.provision_state = to;
             next.reservation = None;
             let entry = self.history(Event::Wait.as_str(), from, to, None);
             return self.commit_and_end(next, Some(entry));
         }
-        let event = plan::finishing_event(from, next.target_provision_state);
+        let event = plan::finishing_event(from, target);
         let to = match fsm::step(from, event) {
             Ok(to) => to,
             Err(e) => return self.fail_work(e.to_string()),
         };
+        let mut next = self.take_draft();
         next.provision_state = to;
         next.target_provision_state = None;
         next.reservation = None;
@@ -375,8 +380,10 @@ impl NodeCore {
     /// A step failed: the working state falls to its failed state with the
     /// error in `last_error` and the node's history.
     fn fail_work(&mut self, message: String) {
-        let Some(task) = self.task.as_ref() else { return };
-        let mut next = task.draft.clone();
+        if self.task.is_none() {
+            return;
+        }
+        let mut next = self.take_draft();
         let from = next.provision_state;
         next.provision_state = fsm::failed_state(from).unwrap_or(from);
         next.target_provision_state = None;
@@ -464,12 +471,18 @@ impl NodeCore {
                 };
                 let now = self.clock.now();
                 let Some(task) = self.task.as_mut() else { return };
-                let draft = &mut task.draft;
+                let record = self.node.record();
+                // Copied from the record only by a step that changes it.
                 match (step, reply) {
-                    (_, DriverReply::Power(p)) => draft.power_state = Some(power_state_of(p)),
-                    (Step::Power(a), _) => draft.power_state = Some(power_state_of(a.target())),
-                    (Step::SetBoot(d, _), _) => draft.boot_device = Some(boot_device_of(d)),
+                    (_, DriverReply::Power(p)) => {
+                        changed(&mut task.draft, record).power_state = Some(power_state_of(p))
+                    }
+                    (Step::Power(a), _) => {
+                        changed(&mut task.draft, record).power_state = Some(power_state_of(a.target()))
+                    }
+                    (Step::SetBoot(d, _), _) => changed(&mut task.draft, record).boot_device = Some(boot_device_of(d)),
                     (_, DriverReply::Inspected(found)) => {
+                        let draft = changed(&mut task.draft, record);
                         draft.properties.extend(found.facts);
                         let node = draft.uuid;
                         task.found_ports.extend(found.nics.iter().filter_map(|nic| port_of(nic, node, now)));
@@ -612,4 +625,10 @@ fn boot_device_of(b: Boot) -> BootDevice {
         Boot::Cdrom => BootDevice::Cdrom,
         Boot::Bios => BootDevice::Bios,
     }
+}
+
+/// A task's draft to change: the record copied on the first change since
+/// the last commit ([`super::Task::draft`]).
+fn changed<'a>(draft: &'a mut Option<NodeRecord>, record: &NodeRecord) -> &'a mut NodeRecord {
+    draft.get_or_insert_with(|| record.clone())
 }

@@ -351,6 +351,27 @@ fn a_failing_step_drops_to_the_failed_state_with_the_error() {
 }
 
 #[test]
+fn what_the_steps_changed_is_committed_with_the_tasks_end_whether_it_succeeds_or_fails() {
+    // deploy: set boot, then power on.
+    let mut ok = sim_in(S::Available);
+    assert_eq!(ok.core.record().boot_device, None);
+    let _rx = ok.run(Op::Verb(Verb::Deploy), true);
+    let stored = ok.stored.as_ref().unwrap();
+    assert_eq!(stored.provision_state, S::Active);
+    assert!(stored.boot_device.is_some(), "the boot device the BMC took");
+    assert_eq!(stored.power_state, Some(PowerState::On));
+    assert_eq!(ok.core.record(), stored, "the record is what was committed");
+
+    let mut failed = sim_in(S::Available);
+    failed.replies = VecDeque::from([Ok(DriverReply::Done), Err(injected("no power"))]);
+    let _rx = failed.run(Op::Verb(Verb::Deploy), true);
+    let stored = failed.stored.as_ref().unwrap();
+    assert_eq!(stored.provision_state, S::DeployFailed);
+    assert!(stored.boot_device.is_some(), "the boot device the BMC took is kept");
+    assert_eq!(stored.power_state, Some(PowerState::Off), "the power on that failed is not");
+}
+
+#[test]
 fn inspection_commits_a_port_if_free_per_nic_with_the_facts() {
     let mut sim = sim_in(S::Manageable);
     let found = Inspection {
