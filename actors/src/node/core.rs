@@ -126,6 +126,14 @@ struct Task {
     span: tracing::Span,
 }
 
+impl Task {
+    /// The draft to change: `record` copied on the first change since the
+    /// last commit.
+    fn changed(&mut self, record: &NodeRecord) -> &mut NodeRecord {
+        self.draft.get_or_insert_with(|| record.clone())
+    }
+}
+
 /// What a pending [`Ticket`] continues with.
 enum Awaiting {
     /// A commit: on success `adopt` becomes the record, then `then` runs.

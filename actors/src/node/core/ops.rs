@@ -474,15 +474,11 @@ impl NodeCore {
                 let record = self.node.record();
                 // Copied from the record only by a step that changes it.
                 match (step, reply) {
-                    (_, DriverReply::Power(p)) => {
-                        changed(&mut task.draft, record).power_state = Some(power_state_of(p))
-                    }
-                    (Step::Power(a), _) => {
-                        changed(&mut task.draft, record).power_state = Some(power_state_of(a.target()))
-                    }
-                    (Step::SetBoot(d, _), _) => changed(&mut task.draft, record).boot_device = Some(boot_device_of(d)),
+                    (_, DriverReply::Power(p)) => task.changed(record).power_state = Some(power_state_of(p)),
+                    (Step::Power(a), _) => task.changed(record).power_state = Some(power_state_of(a.target())),
+                    (Step::SetBoot(d, _), _) => task.changed(record).boot_device = Some(boot_device_of(d)),
                     (_, DriverReply::Inspected(found)) => {
-                        let draft = changed(&mut task.draft, record);
+                        let draft = task.changed(record);
                         draft.properties.extend(found.facts);
                         let node = draft.uuid;
                         task.found_ports.extend(found.nics.iter().filter_map(|nic| port_of(nic, node, now)));
@@ -625,10 +621,4 @@ fn boot_device_of(b: Boot) -> BootDevice {
         Boot::Cdrom => BootDevice::Cdrom,
         Boot::Bios => BootDevice::Bios,
     }
-}
-
-/// A task's draft to change: the record copied on the first change since
-/// the last commit ([`super::Task::draft`]).
-fn changed<'a>(draft: &'a mut Option<NodeRecord>, record: &NodeRecord) -> &'a mut NodeRecord {
-    draft.get_or_insert_with(|| record.clone())
 }
