@@ -666,25 +666,47 @@ fn insert_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Updates a node's row. Most updates keep the node's name, and the
+/// statement that leaves `name` out of its `SET` touches no entry of the
+/// name's unique index: SQLite maintains an index for every column a
+/// `SET` names, value changed or not, which cost three searches of that
+/// index (the uniqueness check, the old entry's delete, the new one's
+/// insert) and one more page written per group. Only when that statement
+/// finds no row with this uuid *and* this name (a rename, or no such node)
+/// does the full statement run.
 fn update_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError> {
-    let stmt = held.get(
-        "UPDATE nodes SET
-             name = ?2, driver = ?3, driver_info = ?4, properties = ?5,
-             provision_state = ?6, target_provision_state = ?7,
-             power_state = ?8, target_power_state = ?9, boot_device = ?10,
-             maintenance = ?11, maintenance_reason = ?12, fault = ?13, last_error = ?14,
-             reservation_purpose = ?15, reservation_since = ?16,
-             created_at = ?17, updated_at = ?18,
-             bmc_last_contact = ?19, bmc_unreachable_since = ?20, power_verified_at = ?21,
-             bmc_profile = ?22, extra = ?23, instance_info = ?24, callback = ?25
-         WHERE uuid = ?1",
-    )?;
-    let changed = execute_node(stmt, node)?;
-    if changed == 0 {
+    if execute_node(held.get(NODE_UPDATE_SAME_NAME)?, node)? == 1 {
+        return Ok(());
+    }
+    if execute_node(held.get(NODE_UPDATE)?, node)? == 0 {
         return Err(node_missing(node.uuid));
     }
     Ok(())
 }
+
+/// [`NODE_UPDATE`] for a node whose name stays: `?2` is only compared.
+static NODE_UPDATE_SAME_NAME: &str = "UPDATE nodes SET
+         driver = ?3, driver_info = ?4, properties = ?5,
+         provision_state = ?6, target_provision_state = ?7,
+         power_state = ?8, target_power_state = ?9, boot_device = ?10,
+         maintenance = ?11, maintenance_reason = ?12, fault = ?13, last_error = ?14,
+         reservation_purpose = ?15, reservation_since = ?16,
+         created_at = ?17, updated_at = ?18,
+         bmc_last_contact = ?19, bmc_unreachable_since = ?20, power_verified_at = ?21,
+         bmc_profile = ?22, extra = ?23, instance_info = ?24, callback = ?25
+     WHERE uuid = ?1 AND name = ?2";
+
+/// Every column of a node's row but its uuid, the name included.
+static NODE_UPDATE: &str = "UPDATE nodes SET
+         name = ?2, driver = ?3, driver_info = ?4, properties = ?5,
+         provision_state = ?6, target_provision_state = ?7,
+         power_state = ?8, target_power_state = ?9, boot_device = ?10,
+         maintenance = ?11, maintenance_reason = ?12, fault = ?13, last_error = ?14,
+         reservation_purpose = ?15, reservation_since = ?16,
+         created_at = ?17, updated_at = ?18,
+         bmc_last_contact = ?19, bmc_unreachable_since = ?20, power_verified_at = ?21,
+         bmc_profile = ?22, extra = ?23, instance_info = ?24, callback = ?25
+     WHERE uuid = ?1";
 
 fn delete_node(held: &mut Held<'_>, id: NodeId) -> Result<(), StoreError> {
     // Ports and history go with it (ON DELETE CASCADE).
@@ -762,7 +784,7 @@ fn append_history(held: &mut Held<'_>, entry: &HistoryEntry) -> Result<(), Store
 }
 
 /// Runs the INSERT or UPDATE of `nodes`, whose parameters are numbered
-/// alike: ?1 is the uuid, ?2..?24 the other columns.
+/// alike: ?1 is the uuid, ?2..?25 the other columns.
 fn execute_node(stmt: &mut rusqlite::Statement<'_>, n: &NodeRecord) -> Result<usize, StoreError> {
     let changed = stmt
         .execute(params![

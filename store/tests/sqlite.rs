@@ -139,7 +139,19 @@ fn update_replaces_every_field_and_missing_nodes_are_not_found(place: &Place) {
 
     // And back to all-None: nothing of the old values lingers.
     commit_one(&mut store, vec![Write::UpdateNode(n.clone())]).unwrap();
-    assert_eq!(store.load_node(n.uuid).unwrap(), Some(n));
+    assert_eq!(store.load_node(n.uuid).unwrap(), Some(n.clone()));
+
+    // The update that keeps the name (the store's cheaper statement)
+    // replaces every other field just the same, and the rename above
+    // left the first name free.
+    let mut same_name = full_node();
+    same_name.uuid = n.uuid;
+    same_name.name = n.name.clone();
+    commit_one(&mut store, vec![Write::UpdateNode(same_name.clone())]).unwrap();
+    assert_eq!(store.load_node(n.uuid).unwrap(), Some(same_name));
+    let mut taker = full_node();
+    taker.name = changed.name.clone();
+    commit_one(&mut store, vec![Write::InsertNode(taker)]).unwrap();
 
     let ghost = node("ghost");
     let err = commit_one(&mut store, vec![Write::UpdateNode(ghost.clone())]).unwrap_err();
