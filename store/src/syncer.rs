@@ -31,9 +31,9 @@
 //!   so nothing acts on it.
 
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -64,6 +64,40 @@ pub(crate) struct Syncer {
     /// Why the log could not be synced, once it could not: set once, by the
     /// sync thread (or here, if the thread could not start).
     failure: Arc<OnceLock<String>>,
+    unsynced: Arc<Unsynced>,
+}
+
+/// The commits handed to the sync thread and not yet synced, so that the
+/// store thread can tell whether a sync is under way and wait for its end.
+#[derive(Default)]
+struct Unsynced {
+    state: Mutex<UnsyncedState>,
+    synced: Condvar,
+}
+
+#[derive(Default)]
+struct UnsyncedState {
+    commits: usize,
+    /// The store thread waits on `synced`: only then is it notified, so a
+    /// sync nobody waits for costs no wake-up call.
+    waiting: bool,
+}
+
+impl Unsynced {
+    fn lock(&self) -> std::sync::MutexGuard<'_, UnsyncedState> {
+        // The counts stay meaningful whoever panicked holding the lock.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `n` commits were synced (or refused): the store thread, if it waits
+    /// for the last of them, goes on.
+    fn done(&self, n: usize) {
+        let mut state = self.lock();
+        state.commits = state.commits.saturating_sub(n);
+        if state.commits == 0 && state.waiting {
+            self.synced.notify_one();
+        }
+    }
 }
 
 impl Syncer {
@@ -72,14 +106,19 @@ impl Syncer {
         let failure = Arc::new(OnceLock::new());
         let (groups, inbox) = mpsc::channel();
         let shared = failure.clone();
-        match std::thread::Builder::new().name("kiln-sync".into()).spawn(move || run(log, inbox, shared, &stats)) {
-            Ok(thread) => Syncer { groups: Some(groups), thread: Some(thread), failure },
+        let unsynced = Arc::new(Unsynced::default());
+        let counts = unsynced.clone();
+        match std::thread::Builder::new()
+            .name("kiln-sync".into())
+            .spawn(move || run(log, inbox, shared, &stats, &counts))
+        {
+            Ok(thread) => Syncer { groups: Some(groups), thread: Some(thread), failure, unsynced },
             Err(error) => {
                 // Commits are not durable on their own: without the thread
                 // none may be acknowledged.
                 tracing::error!(message = "Cannot start the store's sync thread; the store refuses writes.", %error);
                 let _ = failure.set(format!("cannot start the sync thread: {error}"));
-                Syncer { groups: None, thread: None, failure }
+                Syncer { groups: None, thread: None, failure, unsynced }
             }
         }
     }
@@ -89,13 +128,35 @@ impl Syncer {
         self.failure.get().map(String::as_str)
     }
 
+    /// How many commits are waiting for a sync that is under way or about
+    /// to start; 0 when the sync thread has nothing to do.
+    pub(crate) fn unsynced(&self) -> usize {
+        self.unsynced.lock().commits
+    }
+
+    /// Waits, at most `max`, until every commit handed over so far is
+    /// synced.
+    pub(crate) fn wait_synced(&self, max: Duration) {
+        let mut state = self.unsynced.lock();
+        state.waiting = true;
+        let (mut state, _) = self
+            .unsynced
+            .synced
+            .wait_timeout_while(state, max, |s| s.commits > 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.waiting = false;
+    }
+
     /// Sends `answers` once the log has been synced past their commit,
     /// which returned at `applied`.
     pub(crate) fn answer_when_durable(&self, applied: Instant, answers: Vec<Answer>) {
         let Some(groups) = &self.groups else {
             return refuse(answers, self.failure().unwrap_or("the sync thread is gone"));
         };
+        let n = answers.len();
+        self.unsynced.lock().commits += n;
         if let Err(mpsc::SendError((_, answers))) = groups.send((applied, answers)) {
+            self.unsynced.done(n);
             // The thread ended early (a panic in the sync): nothing it
             // would have answered can be called durable.
             let _ = self.failure.set("the sync thread stopped".into());
@@ -115,7 +176,13 @@ impl Drop for Syncer {
 
 /// The sync thread's loop: wait for a group, take every group queued behind
 /// it, sync once, answer them all.
-fn run(mut log: Box<dyn LogSync>, inbox: mpsc::Receiver<Applied>, failure: Arc<OnceLock<String>>, stats: &StatsCells) {
+fn run(
+    mut log: Box<dyn LogSync>,
+    inbox: mpsc::Receiver<Applied>,
+    failure: Arc<OnceLock<String>>,
+    stats: &StatsCells,
+    unsynced: &Unsynced,
+) {
     let mut waiting: Vec<Answer> = Vec::new();
     // When each waiting group was applied, and its size.
     let mut applied: Vec<(Instant, usize)> = Vec::new();
@@ -137,6 +204,9 @@ fn run(mut log: Box<dyn LogSync>, inbox: mpsc::Receiver<Applied>, failure: Arc<O
             let _ = failure.set(format!("syncing the log failed: {error}"));
         }
         stats.synced(applied.drain(..), began, Instant::now());
+        // Before the answers go out: the store thread may start its next
+        // group while this thread answers.
+        unsynced.done(waiting.len());
         match failure.get() {
             None => {
                 for (reply, committed) in waiting.drain(..) {

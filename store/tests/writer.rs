@@ -345,6 +345,51 @@ async fn an_acknowledgement_waits_for_its_sync_while_the_next_group_is_applied()
     second.await.unwrap();
 }
 
+/// The thread held in a read until the returned sender sends, then the
+/// read answers.
+fn thread_held(store: &StoreHandle) -> (std::sync::mpsc::Sender<()>, Pending<'_, Result<(), StoreError>>) {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    (release, Box::pin(store.read(move |_| held.recv().map_err(|_| StoreError::Closed))))
+}
+
+#[tokio::test]
+async fn under_heavy_load_a_group_waits_for_the_sync_under_way_and_takes_in_what_arrives_meanwhile() {
+    let Gated { store, groups, began, end_sync } = gated_store();
+    let hold_at = kiln_store::writer::HOLD_AT;
+    // HOLD_AT commits queued behind a read, so they make one group.
+    let (release, read) = thread_held(&store);
+    let mut first: Vec<Pending<'_, Result<(), StoreError>>> = vec![read];
+    first.extend((0..hold_at).map(|_| Box::pin(store.commit(vec![])) as Pending<'_, _>));
+    let mut first = enqueue(first).await;
+    release.send(()).unwrap();
+    first.remove(0).await.unwrap();
+    // Its sync has begun; it is held there.
+    began.recv().unwrap();
+
+    // Six more, then three more once the thread is free to take the six:
+    // with HOLD_AT commits waiting for the sync, none of them is applied
+    // until that sync ends, and then all nine go as one group.
+    let (release, read) = thread_held(&store);
+    let mut second: Vec<Pending<'_, Result<(), StoreError>>> = vec![read];
+    second.extend((0..6).map(|_| Box::pin(store.commit(vec![])) as Pending<'_, _>));
+    let mut second = enqueue(second).await;
+    release.send(()).unwrap();
+    second.remove(0).await.unwrap();
+    let third = enqueue((0..3).map(|_| Box::pin(store.commit(vec![])) as Pending<'_, _>).collect()).await;
+    assert_eq!(*groups.lock().unwrap(), vec![hold_at], "applied beside the sync under way");
+
+    end_sync.send(Ok(())).unwrap();
+    for commit in first {
+        commit.await.unwrap();
+    }
+    began.recv().unwrap();
+    end_sync.send(Ok(())).unwrap();
+    for commit in second.into_iter().chain(third) {
+        commit.await.unwrap();
+    }
+    assert_eq!(*groups.lock().unwrap(), vec![hold_at, 9]);
+}
+
 #[tokio::test]
 async fn a_failed_sync_refuses_its_group_and_every_later_write() {
     let Gated { store, groups, began, end_sync } = gated_store();
