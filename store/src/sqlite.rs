@@ -684,29 +684,27 @@ fn update_node(held: &mut Held<'_>, node: &NodeRecord) -> Result<(), StoreError>
     Ok(())
 }
 
-/// [`NODE_UPDATE`] for a node whose name stays: `?2` is only compared.
-static NODE_UPDATE_SAME_NAME: &str = "UPDATE nodes SET
-         driver = ?3, driver_info = ?4, properties = ?5,
+/// The `SET` list of a node's row for every column but its uuid and name,
+/// numbered as [`execute_node`] binds them.
+macro_rules! node_set_but_name {
+    () => {
+        "driver = ?3, driver_info = ?4, properties = ?5,
          provision_state = ?6, target_provision_state = ?7,
          power_state = ?8, target_power_state = ?9, boot_device = ?10,
          maintenance = ?11, maintenance_reason = ?12, fault = ?13, last_error = ?14,
          reservation_purpose = ?15, reservation_since = ?16,
          created_at = ?17, updated_at = ?18,
          bmc_last_contact = ?19, bmc_unreachable_since = ?20, power_verified_at = ?21,
-         bmc_profile = ?22, extra = ?23, instance_info = ?24, callback = ?25
-     WHERE uuid = ?1 AND name = ?2";
+         bmc_profile = ?22, extra = ?23, instance_info = ?24, callback = ?25"
+    };
+}
+
+/// [`NODE_UPDATE`] for a node whose name stays: `?2` is only compared.
+static NODE_UPDATE_SAME_NAME: &str =
+    concat!("UPDATE nodes SET ", node_set_but_name!(), " WHERE uuid = ?1 AND name = ?2");
 
 /// Every column of a node's row but its uuid, the name included.
-static NODE_UPDATE: &str = "UPDATE nodes SET
-         name = ?2, driver = ?3, driver_info = ?4, properties = ?5,
-         provision_state = ?6, target_provision_state = ?7,
-         power_state = ?8, target_power_state = ?9, boot_device = ?10,
-         maintenance = ?11, maintenance_reason = ?12, fault = ?13, last_error = ?14,
-         reservation_purpose = ?15, reservation_since = ?16,
-         created_at = ?17, updated_at = ?18,
-         bmc_last_contact = ?19, bmc_unreachable_since = ?20, power_verified_at = ?21,
-         bmc_profile = ?22, extra = ?23, instance_info = ?24, callback = ?25
-     WHERE uuid = ?1";
+static NODE_UPDATE: &str = concat!("UPDATE nodes SET name = ?2, ", node_set_but_name!(), " WHERE uuid = ?1");
 
 fn delete_node(held: &mut Held<'_>, id: NodeId) -> Result<(), StoreError> {
     // Ports and history go with it (ON DELETE CASCADE).
