@@ -255,15 +255,21 @@ async fn enqueue<T>(mut futures: Vec<Pending<'_, T>>) -> Vec<Pending<'_, T>> {
     futures
 }
 
+/// The thread held in a read until the returned sender sends, then the
+/// read answers.
+fn thread_held(store: &StoreHandle) -> (std::sync::mpsc::Sender<()>, Pending<'_, Result<(), StoreError>>) {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    (release, Box::pin(store.read(move |_| held.recv().map_err(|_| StoreError::Closed))))
+}
+
 #[tokio::test]
 async fn queued_commits_share_one_transaction_and_reads_keep_their_place() {
     let groups = Arc::new(std::sync::Mutex::new(Vec::new()));
     let store = StoreHandle::start(Box::new(Recorder { groups: groups.clone(), log: None }));
 
     // Hold the thread in a read until everything else is queued.
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    let mut requests: Vec<Pending<'_, Result<(), StoreError>>> =
-        vec![Box::pin(store.read(move |_| held.recv().map_err(|_| StoreError::Closed)))];
+    let (release, read) = thread_held(&store);
+    let mut requests: Vec<Pending<'_, Result<(), StoreError>>> = vec![read];
     for _ in 0..3 {
         requests.push(Box::pin(store.commit(vec![])));
     }
@@ -345,13 +351,6 @@ async fn an_acknowledgement_waits_for_its_sync_while_the_next_group_is_applied()
     second.await.unwrap();
 }
 
-/// The thread held in a read until the returned sender sends, then the
-/// read answers.
-fn thread_held(store: &StoreHandle) -> (std::sync::mpsc::Sender<()>, Pending<'_, Result<(), StoreError>>) {
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    (release, Box::pin(store.read(move |_| held.recv().map_err(|_| StoreError::Closed))))
-}
-
 #[tokio::test]
 async fn under_heavy_load_a_group_waits_for_the_sync_under_way_and_takes_in_what_arrives_meanwhile() {
     let Gated { store, groups, began, end_sync } = gated_store();
@@ -418,12 +417,9 @@ async fn the_stats_split_a_commits_wait_into_queued_applying_and_syncing() {
     let held = std::time::Instant::now();
     // The next two commits form one group: the thread is held in a read
     // until both are queued.
-    let (release, hold_thread) = std::sync::mpsc::channel::<()>();
-    let mut rest: Vec<Pending<'_, Result<(), StoreError>>> = vec![
-        Box::pin(store.read(move |_| hold_thread.recv().map_err(|_| StoreError::Closed))),
-        Box::pin(store.commit(vec![])),
-        Box::pin(store.commit(vec![])),
-    ];
+    let (release, read) = thread_held(&store);
+    let mut rest: Vec<Pending<'_, Result<(), StoreError>>> =
+        vec![read, Box::pin(store.commit(vec![])), Box::pin(store.commit(vec![]))];
     rest = enqueue(rest).await;
     release.send(()).unwrap();
     rest.remove(0).await.unwrap();
