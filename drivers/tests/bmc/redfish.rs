@@ -361,6 +361,34 @@ async fn tls_is_verified_against_the_ca_file() {
     assert_eq!(bmc.get_power_state().await.unwrap(), Power::Off);
 }
 
+/// Drivers share HTTPS clients by their settings, and a `ca_file`'s
+/// settings are its contents, not its path: a bundle replaced on disk is
+/// what the drivers built afterwards trust, while a driver built before
+/// keeps the one it was built with.
+#[tokio::test]
+async fn a_ca_file_replaced_on_disk_is_trusted_by_drivers_built_after() {
+    let peer = peers::redfish_tls();
+    let address = format!("https://127.0.0.1:{}", peer.port);
+    let bundle = peer.dir.join("replaced-ca.pem");
+    let path = bundle.to_string_lossy().into_owned();
+    let info = info(&[("address", &address), ("username", "admin"), ("password", "password"), ("ca_file", &path)]);
+    let untrusted = |err: &DriverError| matches!(err, DriverError::Unreachable { reason, .. } if reason.to_lowercase().contains("certificate"));
+
+    // First the emulator's own certificate, which is not its issuer.
+    std::fs::copy(peer.dir.join("cert.pem"), &bundle).unwrap();
+    let before = RedfishBmc::from_info(&info).unwrap();
+    let err = before.get_power_state().await.unwrap_err();
+    assert!(untrusted(&err), "{err}");
+
+    // Then the CA that signed it, under the same path.
+    std::fs::copy(peer.dir.join("ca.pem"), &bundle).unwrap();
+    let after = RedfishBmc::from_info(&info).unwrap();
+    assert_eq!(after.get_power_state().await.unwrap(), Power::Off);
+    let err = before.get_power_state().await.unwrap_err();
+    assert!(untrusted(&err), "the driver built before keeps its bundle: {err}");
+    std::fs::remove_file(&bundle).unwrap();
+}
+
 /// One client used again and again (the daemon keeps one per BMC) keeps
 /// answering what the emulator holds: repeated reads agree, and repeated
 /// writes of one boot device leave exactly that device set. (The emulator
