@@ -25,6 +25,20 @@
 //! the same actor. A connection that failed, or whose actor stopped, is
 //! replaced by the next request for it.
 //!
+//! The pool lets go of a driver that no node has held for [`DRIVER_IDLE`].
+//! Nodes at rest hold none, so that is a BMC whose nodes have all been at
+//! rest that long, were deleted, or now name other settings (a rotated
+//! password gets a driver of its own, under another key). Without that, such
+//! drivers stayed for the pool's life, each with its client and, for Redfish,
+//! its session open on the BMC with the old credentials. Once no one holds
+//! it, its actor stops and a Redfish driver logs its session out. The check
+//! runs at most once every [`SWEEP_EVERY`], when a node asks for a driver,
+//! on a blocking thread (a pool may hold a million entries). A power sync
+//! every minute keeps every synced BMC's driver. A site that syncs less often
+//! than [`DRIVER_IDLE`] builds a BMC's driver again at each sync: 2.6 µs of
+//! CPU, plus a login to a BMC that uses session auth. What the driver learned
+//! (its profile) is kept with the node, so the BMC is not probed again.
+//!
 //! A node's BMC profile (what was learned about its quirks, stored with the
 //! node) goes into the client it is built with ([`kiln_drivers::connect_known`]),
 //! so a BMC known from before a restart is not probed again; the pool key
@@ -37,8 +51,8 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::DashMap;
@@ -55,6 +69,40 @@ use crate::threads::OwnArbiter;
 
 /// A driver actor on its way (or there already): await it, or `peek` it.
 pub type Connecting = Shared<BoxFuture<'static, Result<Addr<DriverActor>, DriverError>>>;
+
+/// How long the pool keeps a driver that no node holds.
+pub const DRIVER_IDLE: Duration = Duration::from_secs(600);
+
+/// How often, at most, the pool looks for drivers to let go.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// A driver in the pool, and when the pool last saw it handed out or held.
+struct Pooled {
+    connecting: Connecting,
+    seen: Instant,
+}
+
+impl Pooled {
+    fn new(connecting: Connecting, now: Instant) -> Self {
+        Pooled { connecting, seen: now }
+    }
+
+    fn seen_at(&mut self, now: Instant) {
+        self.seen = self.seen.max(now);
+    }
+
+    /// Whether to keep it at `now`: a node holds it (then it is seen now),
+    /// or it is usable and was seen less than [`DRIVER_IDLE`] ago.
+    fn keep(&mut self, now: Instant) -> bool {
+        // The pool's own handle is one; a node's is another. The pool never
+        // polls its handle, so the count is there to read.
+        if self.connecting.strong_count().is_some_and(|n| n > 1) {
+            self.seen_at(now);
+            return true;
+        }
+        usable(&self.connecting) && now.saturating_duration_since(self.seen) < DRIVER_IDLE
+    }
+}
 
 /// Whether `connecting` can still give a driver: it is under way, or done
 /// with an actor that still runs.
@@ -127,7 +175,9 @@ pub struct Endpoint {
 /// The site's driver actors for shared BMC endpoints, and where new ones run.
 #[derive(Clone)]
 pub struct DriverPool {
-    by_endpoint: Arc<DashMap<String, Connecting>>,
+    by_endpoint: Arc<DashMap<String, Pooled>>,
+    /// When the pool last looked for drivers to let go.
+    swept: Arc<Mutex<Instant>>,
     /// By `host:port`.
     endpoints: Arc<DashMap<String, Endpoint>>,
     limits: BmcLimits,
@@ -140,7 +190,15 @@ pub struct DriverPool {
 
 impl DriverPool {
     pub fn new(arbiter: Option<OwnArbiter>, call_timeout: Duration, limits: BmcLimits, metrics: Arc<Metrics>) -> Self {
-        DriverPool { by_endpoint: Arc::default(), endpoints: Arc::default(), limits, arbiter, call_timeout, metrics }
+        DriverPool {
+            by_endpoint: Arc::default(),
+            swept: Arc::new(Mutex::new(Instant::now())),
+            endpoints: Arc::default(),
+            limits,
+            arbiter,
+            call_timeout,
+            metrics,
+        }
     }
 
     /// The shared part of the network endpoint `host_port`, made on first use.
@@ -159,15 +217,42 @@ impl DriverPool {
     pub fn obtain(&self, spec: DriverSpec) -> Connecting {
         let spec = self.settled(spec);
         let Some(key) = spec.key() else { return self.connect(spec) };
+        let now = Instant::now();
+        self.sweep_now_and_then(now);
         match self.by_endpoint.entry(key) {
-            Entry::Occupied(held) if usable(held.get()) => held.get().clone(),
+            Entry::Occupied(mut held) if usable(&held.get().connecting) => {
+                held.get_mut().seen_at(now);
+                held.get().connecting.clone()
+            }
             Entry::Occupied(mut stale) => {
                 let fresh = self.connect(spec);
-                drop(stale.insert(fresh.clone()));
+                drop(stale.insert(Pooled::new(fresh.clone(), now)));
                 fresh
             }
-            Entry::Vacant(free) => free.insert(self.connect(spec)).clone(),
+            Entry::Vacant(free) => free.insert(Pooled::new(self.connect(spec), now)).connecting.clone(),
         }
+    }
+
+    /// Runs [`Self::sweep`] on a blocking thread when the last one was
+    /// [`SWEEP_EVERY`] before `now`.
+    fn sweep_now_and_then(&self, now: Instant) {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(PoisonError::into_inner);
+            if now.saturating_duration_since(*swept) < SWEEP_EVERY {
+                return;
+            }
+            *swept = now;
+        }
+        let pool = self.clone();
+        drop(tokio::task::spawn_blocking(move || pool.sweep(now)));
+    }
+
+    /// Lets go of every driver that no node holds and that was last seen
+    /// [`DRIVER_IDLE`] before `now`, and of failed or stopped ones. Returns
+    /// how many drivers it keeps.
+    pub fn sweep(&self, now: Instant) -> usize {
+        self.by_endpoint.retain(|_, pooled| pooled.keep(now));
+        self.by_endpoint.len()
     }
 
     /// Drops the pool's driver for `spec`, so the next node asking for it
@@ -276,6 +361,32 @@ mod tests {
             assert!(!usable(&failed));
             let again = pool.obtain(DriverSpec::of(&bad));
             assert!(again.peek().is_none(), "a new attempt, not the cached failure");
+        });
+    }
+
+    #[test]
+    fn a_driver_no_node_holds_is_let_go_once_idle_and_a_held_one_is_kept() {
+        actix::System::new().block_on(async {
+            let pool = pool(None);
+            let start = Instant::now();
+            // A node holds `a`'s handle; nothing holds `b`'s.
+            let held = pool.obtain(DriverSpec::of(&ipmi_node("a", "hunter22")));
+            let a = held.clone().await.unwrap();
+            let b = pool.obtain(DriverSpec::of(&ipmi_node("b", "old password"))).await.unwrap();
+            assert_eq!(pool.sweep(start), 2);
+            assert_eq!(pool.sweep(start + DRIVER_IDLE - Duration::from_secs(1)), 2);
+
+            let idle = start + DRIVER_IDLE + Duration::from_secs(1);
+            assert_eq!(pool.sweep(idle), 1, "b is let go, a is held");
+            assert_ne!(pool.obtain(DriverSpec::of(&ipmi_node("b", "old password"))).await.unwrap(), b);
+            assert_eq!(pool.obtain(DriverSpec::of(&ipmi_node("a", "hunter22"))).await.unwrap(), a);
+
+            // Let go of, `a` counts as seen at the last sweep that found it
+            // held; the new `b`, seen when it was handed out, goes first.
+            drop(held);
+            assert_eq!(pool.sweep(idle + DRIVER_IDLE - Duration::from_secs(1)), 1);
+            assert_eq!(pool.sweep(idle + DRIVER_IDLE + Duration::from_secs(1)), 0);
+            assert_ne!(pool.obtain(DriverSpec::of(&ipmi_node("a", "hunter22"))).await.unwrap(), a);
         });
     }
 
