@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::ops::Deref;
 
-use kiln_store::{BondMode, NodeRecord, PortGroupId, PortGroupRecord, PortRecord, Reservation, masked_driver_info};
+use kiln_store::{BondMode, NodeRecord, PortGroupId, PortGroupRecord, PortRecord, Reservation, mask_driver_info};
 use serde::{Deserialize, Serialize};
 
 /// A node as shown to people, scripts and embedding applications: the
@@ -23,7 +23,7 @@ impl NodeView {
     /// The view of a record, with `reservation` as the node actor holds it now.
     pub fn of(record: &NodeRecord, reservation: Option<&Reservation>) -> Self {
         let mut shown = record.clone();
-        shown.driver_info = masked_driver_info(&record.driver_info);
+        mask_driver_info(&mut shown.driver_info);
         shown.reservation = reservation.cloned();
         NodeView(shown)
     }

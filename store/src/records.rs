@@ -415,12 +415,17 @@ pub const MASK: &str = "******";
 
 /// `driver_info` with every secret replaced by [`MASK`].
 pub fn masked_driver_info(info: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    info.iter()
-        .map(|(k, v)| {
-            let shown = if SECRET_KEYS.contains(&k.as_str()) { MASK.to_string() } else { v.clone() };
-            (k.clone(), shown)
-        })
-        .collect()
+    let mut shown = info.clone();
+    mask_driver_info(&mut shown);
+    shown
+}
+
+/// Replaces every secret of `info` by [`MASK`], in place: for a copy that
+/// is being made anyway (a node's view), so the map is not built twice.
+pub fn mask_driver_info(info: &mut BTreeMap<String, String>) {
+    for (_, secret) in info.iter_mut().filter(|(k, _)| SECRET_KEYS.contains(&k.as_str())) {
+        *secret = MASK.to_string();
+    }
 }
 
 impl fmt::Debug for NodeRecord {
@@ -564,6 +569,21 @@ mod tests {
         assert_eq!(normalize_mac("52-54-00-AB-cd-01").unwrap(), "52:54:00:ab:cd:01");
         assert!(normalize_mac("52:54:00:ab:cd").is_err());
         assert!(normalize_mac("zz:54:00:ab:cd:01").is_err());
+    }
+
+    #[test]
+    fn masking_replaces_the_secrets_and_keeps_the_rest() {
+        let info: BTreeMap<String, String> = [("address", "10.0.0.9"), ("password", "hunter2"), ("username", "admin")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut in_place = info.clone();
+        mask_driver_info(&mut in_place);
+        assert_eq!(in_place, masked_driver_info(&info));
+        assert_eq!(in_place["password"], MASK);
+        assert_eq!(in_place["address"], "10.0.0.9");
+        assert_eq!(in_place["username"], "admin");
+        assert_eq!(info["password"], "hunter2", "the original is left as it was");
     }
 
     #[test]
