@@ -244,7 +244,13 @@ impl DriverPool {
             *swept = now;
         }
         let pool = self.clone();
-        drop(tokio::task::spawn_blocking(move || pool.sweep(now)));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || pool.sweep(now))),
+            // Outside a runtime (a caller embedding the pool): here, then.
+            Err(_) => {
+                pool.sweep(now);
+            }
+        }
     }
 
     /// Lets go of every driver that no node holds and that was last seen
