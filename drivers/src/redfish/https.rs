@@ -31,7 +31,7 @@ use std::time::Duration;
 use reqwest::Client;
 
 /// What a client is built with; BMCs with equal settings share one.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(PartialEq, Eq, Hash)]
 pub(super) struct Settings {
     /// `verify_tls`.
     pub verify_tls: bool,
@@ -42,7 +42,7 @@ pub(super) struct Settings {
 }
 
 /// How many distinct settings get a shared client.
-pub(super) const MAX_SHARED: usize = 64;
+const MAX_SHARED: usize = 64;
 
 static SHARED: LazyLock<Mutex<HashMap<Settings, Client>>> = LazyLock::new(Mutex::default);
 
