@@ -133,11 +133,13 @@ impl Handler<CreateNodes> for Supervisor {
                 Ok(records)
             }
             .into_actor(self)
-            .map(|res: Result<Vec<NodeRecord>, KilnError>, act, _| {
+            .map(|res: Result<Vec<Arc<NodeRecord>>, KilnError>, act, _| {
                 let records = res?;
                 Ok(records
                     .into_iter()
                     .map(|r| {
+                        // The store has let go of its share: no copy.
+                        let r = Arc::unwrap_or_clone(r);
                         let view = NodeView::of(&r, None);
                         act.registry.add(r);
                         view
@@ -149,14 +151,14 @@ impl Handler<CreateNodes> for Supervisor {
 }
 
 /// Validates new nodes against each other and the registry and builds the
-/// records and the one batch that stores them, stamped `now` (the site
-/// clock's reading). Public so that the fuzz target for import files
+/// records and the one batch that stores them (sharing the records),
+/// stamped `now` (the site clock's reading). Public so that the fuzz target for import files
 /// (fuzz/) runs the daemon's own checks.
 pub fn prepare_nodes(
     registry: &Registry,
     nodes: Vec<NewNode>,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<(Vec<NodeRecord>, Vec<Write>), KilnError> {
+) -> Result<(Vec<Arc<NodeRecord>>, Vec<Write>), KilnError> {
     if nodes.is_empty() {
         return Err(KilnError::InvalidInput("no nodes given".into()));
     }
@@ -194,6 +196,7 @@ pub fn prepare_nodes(
                 created_at: now,
             });
         }
+        let record = Arc::new(record);
         batch.push(Write::InsertNode(record.clone()));
         records.push(record);
     }
@@ -336,7 +339,9 @@ impl Handler<RestartNode> for Supervisor {
                     .unwrap_or_else(|| "the node's worker stopped unexpectedly".into());
                 let record = match plan::recover(&record, &why, clock.now()) {
                     Some((fixed, entry)) => {
-                        store.commit(vec![Write::UpdateNode(fixed.clone()), Write::AppendHistory(entry)]).await?;
+                        store
+                            .commit(vec![Write::UpdateNode(fixed.clone().into()), Write::AppendHistory(entry)])
+                            .await?;
                         fixed
                     }
                     None => record,

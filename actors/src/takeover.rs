@@ -22,7 +22,7 @@ pub fn recover_all(records: &mut [NodeRecord], why: &str, now: Timestamp) -> Vec
     for r in records.iter_mut() {
         if let Some((fixed, entry)) = crate::node::plan::recover(r, why, now) {
             *r = fixed.clone();
-            repairs.push(Write::UpdateNode(fixed));
+            repairs.push(Write::UpdateNode(fixed.into()));
             repairs.push(Write::AppendHistory(entry));
         }
     }

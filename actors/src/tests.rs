@@ -623,7 +623,7 @@ fn an_hour_in_wait_call_back(name: &str) -> kiln_store::NodeRecord {
 /// A site started on a store that holds `records`.
 async fn started_on(dir: &std::path::Path, records: Vec<kiln_store::NodeRecord>) -> Site {
     let store = kiln_store::StoreHandle::open_sqlite(&dir.join("kiln.sqlite")).unwrap();
-    store.commit(records.into_iter().map(kiln_store::Write::InsertNode).collect()).await.unwrap();
+    store.commit(records.into_iter().map(|n| kiln_store::Write::InsertNode(n.into())).collect()).await.unwrap();
     start_with_store(config(dir, 0, Duration::ZERO), store).await.unwrap()
 }
 

@@ -820,7 +820,7 @@ async fn power_sync(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
                 let mut r = kiln_store::NodeRecord::enroll(format!("ps{i}"), kiln_store::DriverKind::Fake, now);
                 r.provision_state = kiln_store::ProvisionState::Manageable;
                 r.driver_info = [("latency_ms".to_string(), latency.to_string())].into();
-                kiln_store::Write::InsertNode(r)
+                kiln_store::Write::InsertNode(r.into())
             })
             .collect();
         store.commit(batch).await?;

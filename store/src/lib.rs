@@ -28,6 +28,8 @@ mod syncer;
 pub mod timestamp;
 pub mod writer;
 
+use std::sync::Arc;
+
 pub use backup::{BackupInfo, backup_sqlite};
 pub use error::{Constraint, StoreError};
 pub use jobs::*;
@@ -52,11 +54,13 @@ pub(crate) fn json_opt<T: serde::Serialize>(value: Option<&T>) -> Result<Option<
 pub enum Write {
     /// Insert a new node; fails with [`StoreError::Conflict`] when its uuid or
     /// name is taken.
-    InsertNode(NodeRecord),
+    InsertNode(Arc<NodeRecord>),
     /// Replace an existing node's record (every field); fails with
     /// [`StoreError::NotFound`] when it does not exist, and with
-    /// [`StoreError::Conflict`] when a rename collides.
-    UpdateNode(NodeRecord),
+    /// [`StoreError::Conflict`] when a rename collides. Shared: the node's
+    /// actor keeps the same record to adopt once it is durable, so a
+    /// transition copies it once, not twice.
+    UpdateNode(Arc<NodeRecord>),
     /// Delete a node with its ports and history; NotFound if absent.
     DeleteNode(NodeId),
     /// Insert a port; Conflict when the MAC is taken, NotFound when its node

@@ -18,7 +18,7 @@ fn seed(place: &Place, n: usize) -> Vec<NodeRecord> {
     let mut seeder = open(place, "seeder");
     let nodes: Vec<NodeRecord> =
         (0..n).map(|i| NodeRecord::enroll(format!("n{i:03}"), DriverKind::Fake, Utc::now())).collect();
-    commit_one(&mut seeder, nodes.iter().cloned().map(Write::InsertNode).collect()).unwrap();
+    commit_one(&mut seeder, nodes.iter().cloned().map(|n| Write::InsertNode(n.into())).collect()).unwrap();
     nodes
 }
 
@@ -59,16 +59,16 @@ fn a_silent_member_is_declared_dead_and_its_nodes_go_to_the_living_by_the_ring()
     // Whether the client reads the server's notice ("terminating
     // connection") before the socket's end is a race, so either wording is
     // a lost session.
-    let err = commit_one(&mut store_a, vec![Write::UpdateNode(stale.clone())]).unwrap_err();
+    let err = commit_one(&mut store_a, vec![Write::UpdateNode(stale.clone().into())]).unwrap_err();
     assert!(
         matches!(&err, StoreError::Connect(m) if m.contains("ended the session") || m.contains("connection closed")),
         "{err:?}"
     );
-    let err = commit_one(&mut store_a, vec![Write::UpdateNode(stale)]).unwrap_err();
+    let err = commit_one(&mut store_a, vec![Write::UpdateNode(stale.into())]).unwrap_err();
     assert!(matches!(err, StoreError::Fenced(_)), "{err:?}");
     let mut moved = nodes[0].clone();
     moved.provision_state = ProvisionState::Manageable;
-    commit_one(&mut store_b, vec![Write::UpdateNode(moved.clone())]).unwrap();
+    commit_one(&mut store_b, vec![Write::UpdateNode(moved.clone().into())]).unwrap();
     assert_eq!(store_b.load_node(moved.uuid).unwrap(), Some(moved));
 }
 

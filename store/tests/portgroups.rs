@@ -63,8 +63,8 @@ fn site(store: &mut dyn Backend) -> (NodeRecord, NodeRecord, PortGroupRecord) {
     commit_one(
         store,
         vec![
-            Write::InsertNode(n1.clone()),
-            Write::InsertNode(n2.clone()),
+            Write::InsertNode(n1.clone().into()),
+            Write::InsertNode(n2.clone().into()),
             Write::InsertPort(port(n1.uuid, "52:54:00:00:01:01")),
             Write::InsertPort(port(n1.uuid, "52:54:00:00:01:02")),
             Write::InsertPort(port(n2.uuid, "52:54:00:00:02:01")),
@@ -220,7 +220,7 @@ fn a_version_3_store_is_upgraded_in_place_with_its_ports() {
     let err = commit_one(
         &mut store,
         vec![
-            Write::InsertNode(other.clone()),
+            Write::InsertNode(other.clone().into()),
             Write::InsertPort(port(other.uuid, "52:54:00:aa:bb:02")),
             join("52:54:00:aa:bb:02", &bond),
         ],

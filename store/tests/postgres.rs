@@ -36,14 +36,14 @@ fn a_member_whose_nodes_were_claimed_is_fenced_and_writes_nothing() {
     let place = Place::new(Kind::Postgres);
     let mut old = place.open_as("old");
     let n = node("n1");
-    commit_one(&mut *old, vec![Write::InsertNode(n.clone()), Write::AppendHistory(history(n.uuid))]).unwrap();
+    commit_one(&mut *old, vec![Write::InsertNode(n.clone().into()), Write::AppendHistory(history(n.uuid))]).unwrap();
 
     // A new member opens the same database: it claims every node.
     let mut new = place.open_as("new");
     let mut stale = n.clone();
     stale.provision_state = ProvisionState::Active;
     for batch in [
-        vec![Write::UpdateNode(stale.clone())],
+        vec![Write::UpdateNode(stale.clone().into())],
         vec![Write::AppendHistory(history(n.uuid))],
         vec![Write::DeleteNode(n.uuid)],
     ] {
@@ -53,21 +53,22 @@ fn a_member_whose_nodes_were_claimed_is_fenced_and_writes_nothing() {
     // A fenced write fails its batch alone, in a group with others.
     let other = node("other");
     let results = old
-        .commit(&[vec![Write::UpdateNode(stale)], vec![Write::SetMeta { key: "k".into(), value: "v".into() }]])
+        .commit(&[vec![Write::UpdateNode(stale.into())], vec![Write::SetMeta { key: "k".into(), value: "v".into() }]])
         .unwrap();
     assert!(matches!(results[0], Err(StoreError::Fenced(_))), "{results:?}");
     assert!(results[1].is_ok());
-    commit_one(&mut *old, vec![Write::InsertNode(other.clone())]).unwrap();
+    commit_one(&mut *old, vec![Write::InsertNode(other.clone().into())]).unwrap();
 
     assert_eq!(new.load_node(n.uuid).unwrap(), Some(n.clone()));
     assert_eq!(new.load_history(n.uuid, 10).unwrap().len(), 1);
     let mut moved = n.clone();
     moved.provision_state = ProvisionState::Manageable;
-    commit_one(&mut *new, vec![Write::UpdateNode(moved.clone()), Write::AppendHistory(history(n.uuid))]).unwrap();
+    commit_one(&mut *new, vec![Write::UpdateNode(moved.clone().into()), Write::AppendHistory(history(n.uuid))])
+        .unwrap();
     assert_eq!(new.load_node(n.uuid).unwrap(), Some(moved));
     // The new member may not write the node the old one inserted after it
     // claimed (it never claimed it): fenced too, never silent.
-    let err = commit_one(&mut *new, vec![Write::UpdateNode(other.clone())]).unwrap_err();
+    let err = commit_one(&mut *new, vec![Write::UpdateNode(other.clone().into())]).unwrap_err();
     assert!(matches!(err, StoreError::Fenced(_)), "{err:?}");
 }
 
@@ -76,10 +77,10 @@ fn a_node_list_reads_every_member_s_names_then_records_by_uuid() {
     let place = Place::new(Kind::Postgres);
     let mut a = place.open_as("a");
     let (a1, a2) = (node("a1"), node("a2"));
-    commit_one(&mut *a, vec![Write::InsertNode(a1.clone()), Write::InsertNode(a2.clone())]).unwrap();
+    commit_one(&mut *a, vec![Write::InsertNode(a1.clone().into()), Write::InsertNode(a2.clone().into())]).unwrap();
     let mut b = place.open_as("b");
     let b1 = node("b1");
-    commit_one(&mut *b, vec![Write::InsertNode(b1.clone())]).unwrap();
+    commit_one(&mut *b, vec![Write::InsertNode(b1.clone().into())]).unwrap();
 
     let shared = a.shared().expect("a shared store");
     let mut names = shared.node_names().unwrap();
@@ -99,15 +100,15 @@ fn unique_and_foreign_key_errors_carry_their_kind_on_both_backends() {
         let place = Place::new(kind);
         let mut store = place.open();
         let n = node("a");
-        commit_one(&mut *store, vec![Write::InsertNode(n.clone())]).unwrap();
+        commit_one(&mut *store, vec![Write::InsertNode(n.clone().into())]).unwrap();
         let mut same = node("b");
         same.uuid = n.uuid;
-        let err = commit_one(&mut *store, vec![Write::InsertNode(same)]).unwrap_err();
+        let err = commit_one(&mut *store, vec![Write::InsertNode(same.into())]).unwrap_err();
         assert!(
             matches!(&err, StoreError::Conflict(m) if m == &format!("node uuid {} already exists", n.uuid)),
             "{kind:?} {err:?}"
         );
-        let err = commit_one(&mut *store, vec![Write::InsertNode(node("a"))]).unwrap_err();
+        let err = commit_one(&mut *store, vec![Write::InsertNode(node("a").into())]).unwrap_err();
         assert_eq!(err.to_string(), "node name 'a' is already in use", "{kind:?}");
     }
 }
@@ -150,12 +151,15 @@ async fn concurrent_committers_share_pipelined_groups_on_the_store_thread() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let n = node(&format!("n{i}"));
-            store.commit(vec![Write::InsertNode(n.clone()), Write::AppendHistory(history(n.uuid))]).await.unwrap();
+            store
+                .commit(vec![Write::InsertNode(n.clone().into()), Write::AppendHistory(history(n.uuid))])
+                .await
+                .unwrap();
             let mut later = n.clone();
             later.provision_state = ProvisionState::Manageable;
-            store.commit(vec![Write::UpdateNode(later)]).await.unwrap();
+            store.commit(vec![Write::UpdateNode(later.into())]).await.unwrap();
             // A duplicate fails alone.
-            store.commit(vec![Write::InsertNode(node(&format!("n{i}")))]).await.unwrap_err();
+            store.commit(vec![Write::InsertNode(node(&format!("n{i}")).into())]).await.unwrap_err();
         }));
     }
     for task in tasks {
@@ -249,7 +253,7 @@ fn verify_full_checks_the_server_certificate_against_sslrootcert() {
             ca.display()
         );
         let mut store = open_url(&url).unwrap_or_else(|e| panic!("{host}: {e}"));
-        commit_one(&mut store, vec![Write::InsertNode(node(&format!("tls-{host}")))]).unwrap();
+        commit_one(&mut store, vec![Write::InsertNode(node(&format!("tls-{host}")).into())]).unwrap();
     }
     // A CA that did not sign the server's certificate: refused, and said so.
     let other = dir.path().join("other-ca.pem");
@@ -389,15 +393,15 @@ fn a_group_of_transitions_goes_as_runs_and_a_fenced_one_fails_alone() {
     // Another member, which inserts (and so owns) r5.
     let mut new = place.open_as("new");
     let nodes: Vec<NodeRecord> = (0..6).map(|i| node(&format!("r{i}"))).collect();
-    let inserts: Vec<Batch> = nodes[..5].iter().map(|n| vec![Write::InsertNode(n.clone())]).collect();
+    let inserts: Vec<Batch> = nodes[..5].iter().map(|n| vec![Write::InsertNode(n.clone().into())]).collect();
     assert!(old.commit(&inserts).unwrap().iter().all(Result::is_ok));
-    commit_one(&mut *new, vec![Write::InsertNode(nodes[5].clone())]).unwrap();
+    commit_one(&mut *new, vec![Write::InsertNode(nodes[5].clone().into())]).unwrap();
     drop(new);
 
     let step = |n: &NodeRecord, state: ProvisionState| {
         let mut next = n.clone();
         next.provision_state = state;
-        vec![Write::UpdateNode(next), Write::AppendHistory(history(n.uuid))]
+        vec![Write::UpdateNode(next.into()), Write::AppendHistory(history(n.uuid))]
     };
     let group = vec![
         step(&nodes[0], ProvisionState::Verifying),
@@ -437,7 +441,7 @@ fn node_requests_are_written_answered_and_collected_in_batches() {
     let mut owner = place.open_as("owner");
     let mut caller = place.open_as("caller");
     let nodes: Vec<NodeRecord> = (0..3).map(|i| node(&format!("q{i}"))).collect();
-    let inserts: Vec<Batch> = nodes.iter().map(|n| vec![Write::InsertNode(n.clone())]).collect();
+    let inserts: Vec<Batch> = nodes.iter().map(|n| vec![Write::InsertNode(n.clone().into())]).collect();
     assert!(owner.commit(&inserts).unwrap().iter().all(Result::is_ok));
     let missing = NodeId::new();
     let mut asked: Vec<(NodeId, String)> = nodes.iter().map(|n| (n.uuid, format!("do {}", n.name))).collect();

@@ -115,7 +115,7 @@ fn user_version(path: &Path) -> i64 {
 fn a_fully_populated_node_round_trips_exactly(place: &Place) {
     let mut store = place.open();
     let n = full_node();
-    commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::InsertNode(n.clone().into())]).unwrap();
 
     assert_eq!(store.load_node(n.uuid).unwrap(), Some(n.clone()));
     assert_eq!(store.load_nodes().unwrap(), vec![n.clone()]);
@@ -123,22 +123,22 @@ fn a_fully_populated_node_round_trips_exactly(place: &Place) {
 
     // And the minimal one: every optional field None.
     let bare = node("bare");
-    commit_one(&mut store, vec![Write::InsertNode(bare.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::InsertNode(bare.clone().into())]).unwrap();
     assert_eq!(store.load_node(bare.uuid).unwrap(), Some(bare));
 }
 
 fn update_replaces_every_field_and_missing_nodes_are_not_found(place: &Place) {
     let mut store = place.open();
     let n = node("n1");
-    commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::InsertNode(n.clone().into())]).unwrap();
 
     let mut changed = full_node();
     changed.uuid = n.uuid;
-    commit_one(&mut store, vec![Write::UpdateNode(changed.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::UpdateNode(changed.clone().into())]).unwrap();
     assert_eq!(store.load_node(n.uuid).unwrap(), Some(changed.clone()));
 
     // And back to all-None: nothing of the old values lingers.
-    commit_one(&mut store, vec![Write::UpdateNode(n.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::UpdateNode(n.clone().into())]).unwrap();
     assert_eq!(store.load_node(n.uuid).unwrap(), Some(n.clone()));
 
     // The update that keeps the name (the store's cheaper statement)
@@ -147,14 +147,14 @@ fn update_replaces_every_field_and_missing_nodes_are_not_found(place: &Place) {
     let mut same_name = full_node();
     same_name.uuid = n.uuid;
     same_name.name = n.name.clone();
-    commit_one(&mut store, vec![Write::UpdateNode(same_name.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::UpdateNode(same_name.clone().into())]).unwrap();
     assert_eq!(store.load_node(n.uuid).unwrap(), Some(same_name));
     let mut taker = full_node();
     taker.name = changed.name.clone();
-    commit_one(&mut store, vec![Write::InsertNode(taker)]).unwrap();
+    commit_one(&mut store, vec![Write::InsertNode(taker.into())]).unwrap();
 
     let ghost = node("ghost");
-    let err = commit_one(&mut store, vec![Write::UpdateNode(ghost.clone())]).unwrap_err();
+    let err = commit_one(&mut store, vec![Write::UpdateNode(ghost.clone().into())]).unwrap_err();
     assert!(matches!(&err, StoreError::NotFound(m) if m == &format!("node {} does not exist", ghost.uuid)), "{err:?}");
     let err = commit_one(&mut store, vec![Write::DeleteNode(ghost.uuid)]).unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
@@ -163,7 +163,7 @@ fn update_replaces_every_field_and_missing_nodes_are_not_found(place: &Place) {
 fn a_duplicate_name_fails_its_batch_alone(place: &Place) {
     let mut store = place.open();
     let first = node("dup");
-    commit_one(&mut store, vec![Write::InsertNode(first.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::InsertNode(first.clone().into())]).unwrap();
 
     // Batch 0 would insert a fine node, then a clashing one: all or nothing.
     let innocent = node("innocent");
@@ -172,11 +172,11 @@ fn a_duplicate_name_fails_its_batch_alone(place: &Place) {
     let results = store
         .commit(&[
             vec![
-                Write::InsertNode(innocent.clone()),
+                Write::InsertNode(innocent.clone().into()),
                 Write::AppendHistory(history(first.uuid, "manage")),
-                Write::InsertNode(clash),
+                Write::InsertNode(clash.into()),
             ],
-            vec![Write::InsertNode(other.clone())],
+            vec![Write::InsertNode(other.clone().into())],
         ])
         .unwrap();
     assert_eq!(results.len(), 2);
@@ -194,7 +194,7 @@ fn a_duplicate_name_fails_its_batch_alone(place: &Place) {
     // A rename onto a taken name is a conflict too, and changes nothing.
     let mut renamed = other.clone();
     renamed.name = "dup".into();
-    let err = commit_one(&mut store, vec![Write::UpdateNode(renamed)]).unwrap_err();
+    let err = commit_one(&mut store, vec![Write::UpdateNode(renamed.into())]).unwrap_err();
     assert!(matches!(&err, StoreError::Conflict(m) if m.contains("'dup'")), "{err:?}");
     assert_eq!(store.load_node(other.uuid).unwrap(), Some(other));
 }
@@ -202,10 +202,10 @@ fn a_duplicate_name_fails_its_batch_alone(place: &Place) {
 fn a_duplicate_uuid_is_a_conflict(place: &Place) {
     let mut store = place.open();
     let n = node("a");
-    commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::InsertNode(n.clone().into())]).unwrap();
     let mut again = node("b");
     again.uuid = n.uuid;
-    let err = commit_one(&mut store, vec![Write::InsertNode(again)]).unwrap_err();
+    let err = commit_one(&mut store, vec![Write::InsertNode(again.into())]).unwrap_err();
     assert!(matches!(&err, StoreError::Conflict(m) if m == &format!("node uuid {} already exists", n.uuid)), "{err:?}");
 }
 
@@ -213,7 +213,7 @@ fn ports_conflict_on_mac_and_need_their_node(place: &Place) {
     let mut store = place.open();
     let a = node("a");
     let b = node("b");
-    commit_one(&mut store, vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::InsertNode(a.clone().into()), Write::InsertNode(b.clone().into())]).unwrap();
     let pa = port(a.uuid, "52:54:00:00:00:02");
     let pb = port(b.uuid, "52:54:00:00:00:01");
     commit_one(&mut store, vec![Write::InsertPort(pa.clone()), Write::InsertPort(pb.clone())]).unwrap();
@@ -246,7 +246,7 @@ fn a_port_if_free_is_inserted_once_and_a_taken_mac_is_kept(place: &Place) {
     let mut store = place.open();
     let a = node("a");
     let b = node("b");
-    commit_one(&mut store, vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::InsertNode(a.clone().into()), Write::InsertNode(b.clone().into())]).unwrap();
     let first = port(a.uuid, "52:54:00:00:00:01");
     commit_one(&mut store, vec![Write::InsertPortIfFree(first.clone())]).unwrap();
     assert_eq!(store.load_ports(None).unwrap(), vec![first.clone()]);
@@ -278,8 +278,8 @@ fn deleting_a_node_takes_its_ports_and_history(place: &Place) {
     commit_one(
         &mut store,
         vec![
-            Write::InsertNode(gone.clone()),
-            Write::InsertNode(kept.clone()),
+            Write::InsertNode(gone.clone().into()),
+            Write::InsertNode(kept.clone().into()),
             Write::InsertPort(port(gone.uuid, "52:54:00:00:00:01")),
             Write::InsertPort(port(kept.uuid, "52:54:00:00:00:02")),
             Write::AppendHistory(history(gone.uuid, "manage")),
@@ -299,7 +299,10 @@ fn deleting_a_node_takes_its_ports_and_history(place: &Place) {
     let gone_again = node("gone");
     commit_one(
         &mut store,
-        vec![Write::InsertNode(gone_again.clone()), Write::InsertPort(port(gone_again.uuid, "52:54:00:00:00:01"))],
+        vec![
+            Write::InsertNode(gone_again.clone().into()),
+            Write::InsertPort(port(gone_again.uuid, "52:54:00:00:00:01")),
+        ],
     )
     .unwrap();
 }
@@ -308,7 +311,7 @@ fn history_is_the_last_entries_oldest_first(place: &Place) {
     let mut store = place.open();
     let a = node("a");
     let b = node("b");
-    commit_one(&mut store, vec![Write::InsertNode(a.clone()), Write::InsertNode(b.clone())]).unwrap();
+    commit_one(&mut store, vec![Write::InsertNode(a.clone().into()), Write::InsertNode(b.clone().into())]).unwrap();
     let mut expected = Vec::new();
     for i in 0..10 {
         let mut entry = history(a.uuid, &format!("event-{i}"));
@@ -335,7 +338,7 @@ fn everything_committed_is_there_after_reopening(place: &Place) {
         let mut store = place.open();
         commit_one(
             &mut store,
-            vec![Write::InsertNode(n.clone()), Write::InsertPort(p.clone()), Write::AppendHistory(h.clone())],
+            vec![Write::InsertNode(n.clone().into()), Write::InsertPort(p.clone()), Write::AppendHistory(h.clone())],
         )
         .unwrap();
         store.checkpoint().unwrap();
@@ -343,7 +346,7 @@ fn everything_committed_is_there_after_reopening(place: &Place) {
         later.provision_state = ProvisionState::Active;
         later.reservation = None;
         // This one stays in the WAL only: reopening must replay it.
-        commit_one(&mut store, vec![Write::UpdateNode(later)]).unwrap();
+        commit_one(&mut store, vec![Write::UpdateNode(later.into())]).unwrap();
     }
     let mut store = place.open();
     let mut expected = n.clone();
@@ -360,7 +363,7 @@ fn migrations_bring_a_new_file_to_the_latest_version_once() {
     let n = node("n");
     {
         let mut store = open(&path);
-        commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
+        commit_one(&mut store, vec![Write::InsertNode(n.clone().into())]).unwrap();
     }
     assert_eq!(SCHEMA_VERSION, kiln_store::sqlite::MIGRATIONS.len() as i64);
     assert_eq!(user_version(&path), SCHEMA_VERSION);
@@ -389,7 +392,7 @@ fn a_new_store_has_large_pages_and_an_old_one_keeps_its_own() {
     let n = node("n");
     {
         let mut store = open(&old);
-        commit_one(&mut store, vec![Write::InsertNode(n.clone())]).unwrap();
+        commit_one(&mut store, vec![Write::InsertNode(n.clone().into())]).unwrap();
     }
     assert_eq!(pragma(&old, "page_size"), 4096, "opening must not rewrite an existing file");
     assert_eq!(open(&old).load_nodes().unwrap(), vec![n]);
@@ -421,8 +424,11 @@ fn damaged_values_are_corrupt_errors_not_panics() {
     let n = node("n");
     {
         let mut store = open(&path);
-        commit_one(&mut store, vec![Write::InsertNode(n.clone()), Write::AppendHistory(history(n.uuid, "manage"))])
-            .unwrap();
+        commit_one(
+            &mut store,
+            vec![Write::InsertNode(n.clone().into()), Write::AppendHistory(history(n.uuid, "manage"))],
+        )
+        .unwrap();
     }
     let damage = |sql: &str| {
         let conn = rusqlite::Connection::open(&path).unwrap();

@@ -44,7 +44,10 @@ async fn many_concurrent_committers_all_land() {
             for b in 0..BATCHES {
                 let n = node(&format!("t{t}-b{b}"));
                 let id = n.uuid;
-                store.commit(vec![Write::InsertNode(n), Write::AppendHistory(history(id, "enroll"))]).await.unwrap();
+                store
+                    .commit(vec![Write::InsertNode(n.into()), Write::AppendHistory(history(id, "enroll"))])
+                    .await
+                    .unwrap();
                 // Every acknowledged commit is visible to a later read.
                 if b % 25 == 0 {
                     let seen = store.read(move |s| s.load_node(id)).await.unwrap();
@@ -78,12 +81,12 @@ async fn many_concurrent_committers_all_land() {
 async fn a_failed_batch_does_not_fail_the_others() {
     let (_dir, path) = db();
     let store = StoreHandle::open_sqlite(&path).unwrap();
-    store.commit(vec![Write::InsertNode(node("taken"))]).await.unwrap();
+    store.commit(vec![Write::InsertNode(node("taken").into())]).await.unwrap();
 
     // Sent together, so most likely grouped in one transaction; either way
     // each gets its own answer.
-    let clash = store.commit(vec![Write::InsertNode(node("taken"))]);
-    let fine = store.commit(vec![Write::InsertNode(node("free"))]);
+    let clash = store.commit(vec![Write::InsertNode(node("taken").into())]);
+    let fine = store.commit(vec![Write::InsertNode(node("free").into())]);
     let (clash, fine) = tokio::join!(clash, fine);
     assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
     fine.unwrap();
@@ -97,7 +100,7 @@ fn blocking_callers_work_without_a_runtime() {
     let (_dir, path) = db();
     let store = StoreHandle::open_sqlite(&path).unwrap();
     let n = node("sync");
-    store.commit_blocking(vec![Write::InsertNode(n.clone())]).unwrap();
+    store.commit_blocking(vec![Write::InsertNode(n.clone().into())]).unwrap();
     let seen = store.read_blocking(move |s| s.load_node(n.uuid)).unwrap().unwrap();
     assert_eq!(seen.name, "sync");
     store.read_blocking(|s| s.checkpoint()).unwrap();
@@ -109,7 +112,7 @@ fn a_panicking_read_does_not_stop_the_store() {
     let store = StoreHandle::open_sqlite(&path).unwrap();
     let err = store.read_blocking(|_| -> Result<(), StoreError> { panic!("a bug in a reader") }).unwrap_err();
     assert!(matches!(err, StoreError::Closed), "{err:?}");
-    store.commit_blocking(vec![Write::InsertNode(node("after"))]).unwrap();
+    store.commit_blocking(vec![Write::InsertNode(node("after").into())]).unwrap();
     assert_eq!(store.read_blocking(|s| s.load_nodes()).unwrap().len(), 1);
 }
 
@@ -193,7 +196,9 @@ async fn a_failed_transaction_fails_every_batch_in_it_with_the_cause() {
     let mut tasks = Vec::new();
     for i in 0..32 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.commit(vec![Write::InsertNode(node(&format!("n{i}")))]).await }));
+        tasks.push(tokio::spawn(
+            async move { store.commit(vec![Write::InsertNode(node(&format!("n{i}")).into())]).await },
+        ));
     }
     for task in tasks {
         match task.await.unwrap() {
@@ -400,7 +405,7 @@ async fn a_failed_sync_refuses_its_group_and_every_later_write() {
         other => panic!("expected NotDurable, got {other:?}"),
     }
     // Later commits are refused without being applied; reads still answer.
-    let later = store.commit(vec![Write::InsertNode(node("after"))]).await.unwrap_err();
+    let later = store.commit(vec![Write::InsertNode(node("after").into())]).await.unwrap_err();
     assert!(later.to_string().contains("refuses writes until kiln is restarted"), "{later}");
     assert!(later.to_string().contains("EIO on the WAL"), "{later}");
     assert_eq!(*groups.lock().unwrap(), vec![1]);

@@ -27,6 +27,7 @@ pub(in crate::node) use contact::driver_profile;
 pub(in crate::node) use ops::power_state_of;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_drivers::{DriverError, Profile};
@@ -138,7 +139,7 @@ impl Task {
 enum Awaiting {
     /// A commit: on success `adopt` becomes the record, then `then` runs.
     Commit {
-        adopt: Option<Box<NodeRecord>>,
+        adopt: Option<Arc<NodeRecord>>,
         then: AfterCommit,
     },
     Call(AfterCall),
@@ -531,15 +532,19 @@ impl NodeCore {
         super::plan::drop_spent_callback(&mut next);
         self.contact.stamp(&mut next);
         let found_ports = self.task.as_mut().map(|t| std::mem::take(&mut t.found_ports)).unwrap_or_default();
+        // One record for the store to write and this core to adopt: the
+        // store hands its write back with the answer, and drops it before
+        // the answer reaches the node, so adopting it copies nothing.
+        let next = Arc::new(next);
         let mut writes = Vec::with_capacity(1 + history.len() + found_ports.len());
         writes.push(Write::UpdateNode(next.clone()));
         writes.extend(history.into_iter().map(Write::AppendHistory));
         writes.extend(found_ports.into_iter().map(Write::InsertPortIfFree));
-        self.commit_writes(writes, Some(Box::new(next)), then);
+        self.commit_writes(writes, Some(next), then);
     }
 
     /// Sends `writes` to the store as they are.
-    fn commit_writes(&mut self, writes: Vec<Write>, adopt: Option<Box<NodeRecord>>, then: AfterCommit) {
+    fn commit_writes(&mut self, writes: Vec<Write>, adopt: Option<Arc<NodeRecord>>, then: AfterCommit) {
         let ticket = self.ticket(Awaiting::Commit { adopt, then });
         self.out.push(Effect::Commit { ticket, writes });
     }
@@ -550,7 +555,7 @@ impl NodeCore {
         match &result {
             Ok(()) => {
                 if let Some(next) = adopt {
-                    self.adopt(*next);
+                    self.adopt(Arc::unwrap_or_clone(next));
                 }
             }
             Err(e) if adopt.is_some() => {

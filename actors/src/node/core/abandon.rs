@@ -71,7 +71,7 @@ impl NodeCore {
         let Some((fixed, entry)) = plan::recover(&stored, &why, self.clock.now()) else {
             return self.answer(Answer::Done(reply, false));
         };
-        let writes = vec![Write::UpdateNode(fixed.clone()), Write::AppendHistory(entry)];
+        let writes = vec![Write::UpdateNode(fixed.clone().into()), Write::AppendHistory(entry)];
         self.commit_writes(writes, None, AfterCommit::Abandon(Box::new(Fixing { reply, action, fixed })));
     }
 

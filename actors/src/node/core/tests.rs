@@ -132,7 +132,7 @@ impl Sim {
                 if result.is_ok() {
                     for w in &writes {
                         match w {
-                            Write::UpdateNode(r) => self.stored = Some(r.clone()),
+                            Write::UpdateNode(r) => self.stored = Some(NodeRecord::clone(r)),
                             Write::DeleteNode(_) => self.stored = None,
                             _ => {}
                         }
