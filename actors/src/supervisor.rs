@@ -152,8 +152,8 @@ impl Handler<CreateNodes> for Supervisor {
 
 /// Validates new nodes against each other and the registry and builds the
 /// records and the one batch that stores them (sharing the records),
-/// stamped `now` (the site clock's reading). Public so that the fuzz target for import files
-/// (fuzz/) runs the daemon's own checks.
+/// stamped `now` (the site clock's reading). Public so that the fuzz
+/// target for import files (fuzz/) runs the daemon's own checks.
 pub fn prepare_nodes(
     registry: &Registry,
     nodes: Vec<NewNode>,
