@@ -283,7 +283,12 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
             let first = site.store.read(|b| b.load_job(JobId(1))).await?.context("job 1 is not stored")?.0;
             ceiling.template = Some(first);
         }
+        let (cpu_before, threads_before) = (cpu::process_seconds(), cpu::thread_seconds());
         ceiling.run(clients, count).await?;
+        ceiling.cpu += cpu::process_seconds() - cpu_before;
+        for (name, used) in cpu::thread_seconds_since(&threads_before) {
+            *ceiling.threads.entry(name).or_default() += used;
+        }
     }
     let store = site.store.stats().since(&store_before);
     let ack_mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
@@ -304,7 +309,7 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let cpu_per_submission = cpu * 1e6 / submitted;
     let cores = super::num_cpus();
     // The ceiling's store closes here, before the probes below.
-    let (template, ceiling) = ceiling.finish()?;
+    let (template, ceiling, alone) = ceiling.finish()?;
     // The other limits under the queue, measured now on the same disk.
     let probe_jobs = (total / 5).max(clients);
     let queue_only = queue_ceiling(&site, clients, probe_jobs).await?;
@@ -363,6 +368,7 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     // for the disk; the rest is the actors (actix) and the kernel work they
     // cause.
     figures.extend(cpu::by_thread("jobs", &threads, cpu, submitted));
+    figures.extend(alone.figures());
     Ok(figures)
 }
 
@@ -470,7 +476,39 @@ struct StoreCeiling {
     next: Arc<AtomicU64>,
     committed: usize,
     secs: f64,
+    /// CPU of the whole process during its slices, and by thread.
+    cpu: f64,
+    threads: std::collections::BTreeMap<String, f64>,
     _scratch: Scratch,
+}
+
+/// How the store alone spent its slices: where a commit waited, and CPU
+/// per commit by thread; set beside the queue's figures, it shows what
+/// bounds each.
+struct CeilingSpent {
+    store: kiln_store::StoreStats,
+    cpu: f64,
+    threads: std::collections::BTreeMap<String, f64>,
+}
+
+impl CeilingSpent {
+    fn figures(&self) -> Vec<Figure> {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let store = &self.store;
+        let (queued, applying, syncing) = store.mean_stages();
+        let commits = store.commits as f64;
+        let mut figures = vec![
+            Figure::new("jobs.ceiling_commit_queued", ms(queued), "ms"),
+            Figure::new("jobs.ceiling_commit_applying", ms(applying), "ms"),
+            Figure::new("jobs.ceiling_commit_syncing", ms(syncing), "ms"),
+            Figure::new("jobs.ceiling_commits_per_group", commits / store.groups.max(1) as f64, "commits"),
+            Figure::new("jobs.ceiling_commits_per_sync", commits / store.syncs.max(1) as f64, "commits"),
+            Figure::new("jobs.ceiling_fsync_under_load", ms(store.mean_sync()), "ms"),
+            Figure::new("jobs.ceiling_cpu_per_commit", self.cpu * 1e6 / commits.max(1.0), "us"),
+        ];
+        figures.extend(cpu::by_thread("jobs.ceiling", &self.threads, self.cpu, commits));
+        figures
+    }
 }
 
 impl StoreCeiling {
@@ -478,7 +516,16 @@ impl StoreCeiling {
         let scratch = Scratch::new("jobs-store");
         let store = kiln_store::StoreHandle::open_sqlite(&scratch.0.join("kiln.sqlite"))?;
         let next = Arc::new(AtomicU64::new(1));
-        Ok(StoreCeiling { store, template: None, next, committed: 0, secs: 0.0, _scratch: scratch })
+        Ok(StoreCeiling {
+            store,
+            template: None,
+            next,
+            committed: 0,
+            secs: 0.0,
+            cpu: 0.0,
+            threads: Default::default(),
+            _scratch: scratch,
+        })
     }
 
     /// One slice: `total` commits by `clients` tasks.
@@ -506,11 +553,12 @@ impl StoreCeiling {
         Ok(())
     }
 
-    /// The row it committed, and its commits per second over every
-    /// slice; its store closes.
-    fn finish(self) -> anyhow::Result<(kiln_store::JobRecord, f64)> {
+    /// The row it committed, its commits per second over every slice,
+    /// and how it spent them; its store closes.
+    fn finish(self) -> anyhow::Result<(kiln_store::JobRecord, f64, CeilingSpent)> {
         let template = self.template.context("no slice ran")?;
-        Ok((template, self.committed as f64 / self.secs.max(1e-9)))
+        let spent = CeilingSpent { store: self.store.stats(), cpu: self.cpu, threads: self.threads };
+        Ok((template, self.committed as f64 / self.secs.max(1e-9), spent))
     }
 }
 

@@ -28,6 +28,17 @@
 //!   of [`MIGRATIONS`] have been applied; opening applies the rest in one
 //!   transaction, and refuses a file written by a newer kiln
 //!   ([`StoreError::TooNew`]) rather than guess at its meaning.
+//! - **Each connection keeps its own page cache.** SQLite built with
+//!   `SQLITE_ENABLE_MEMORY_MANAGEMENT` (rusqlite's bundled build sets it)
+//!   puts the pages of every connection in the process in one shared cache,
+//!   and a connection that has filled it makes another's pages be dropped
+//!   as soon as they are let go: that connection then reads its B-trees'
+//!   root pages again on every insert. Two stores in one process (`kiln
+//!   bench jobs`, an application embedding two sites) showed it as 1.7-2.6
+//!   µs more of the store thread's CPU per commit for one of them. The
+//!   workspace's `.cargo/config.toml` builds SQLite without that option;
+//!   [`page_cache_per_connection`] tells, and a store opened without it
+//!   says so once in the log.
 //! - Every statement goes through `prepare_cached`, so the hot path (update a
 //!   node, append history, put a job) never re-parses SQL, and a group commit
 //!   holds the statements it uses for the whole group (`sqlite/held.rs`).
@@ -270,12 +281,38 @@ pub struct SqliteBackend {
     archive_ceiling: i64,
 }
 
+/// Whether the SQLite this was built with gives each connection a page
+/// cache of its own (see the module docs); false when it was built with
+/// `SQLITE_ENABLE_MEMORY_MANAGEMENT`, or cannot say.
+pub fn page_cache_per_connection() -> bool {
+    let used = Connection::open_in_memory().and_then(|conn| {
+        conn.query_row("SELECT sqlite_compileoption_used('ENABLE_MEMORY_MANAGEMENT')", [], |r| r.get::<_, i64>(0))
+    });
+    matches!(used, Ok(0))
+}
+
+/// Says once per process, at the first store opened, that the page cache
+/// is shared by every connection.
+fn warn_if_page_cache_is_shared() {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        if !page_cache_per_connection() {
+            tracing::warn!(
+                message = "This SQLite shares one page cache among all connections; with several stores in a \
+                           process each can slow the others. Build it with \
+                           LIBSQLITE3_FLAGS=-USQLITE_ENABLE_MEMORY_MANAGEMENT (kiln's .cargo/config.toml does).",
+            );
+        }
+    });
+}
+
 impl SqliteBackend {
     /// Opens (creating it and its directory if needed, privately: see
     /// [`crate::private`]) the database at `path`, sets the durability
     /// pragmas and brings the schema up to [`SCHEMA_VERSION`].
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
         crate::private::prepare_database(path)?;
+        warn_if_page_cache_is_shared();
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Takes effect only while the file is still empty (before WAL mode

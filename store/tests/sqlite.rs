@@ -515,3 +515,14 @@ on_both!(
     everything_committed_is_there_after_reopening,
     events_are_kept_in_serial_order_across_a_reopen_and_forgotten_from_the_oldest,
 );
+
+/// The workspace builds SQLite without `SQLITE_ENABLE_MEMORY_MANAGEMENT`
+/// (`.cargo/config.toml`): with it, every connection in the process shares
+/// one page cache, and one store's pages push out another's.
+#[test]
+fn each_connection_keeps_a_page_cache_of_its_own() {
+    assert!(
+        kiln_store::sqlite::page_cache_per_connection(),
+        "SQLite was built with SQLITE_ENABLE_MEMORY_MANAGEMENT: is LIBSQLITE3_FLAGS in .cargo/config.toml lost?"
+    );
+}
