@@ -69,6 +69,35 @@ pub fn thread_seconds_since(before: &BTreeMap<String, f64>) -> BTreeMap<String, 
     used
 }
 
+/// CPU used over several intervals (a scenario's slices), whole and by
+/// thread name.
+#[derive(Default)]
+pub struct Tally {
+    pub seconds: f64,
+    pub threads: BTreeMap<String, f64>,
+}
+
+/// Where an interval of a [`Tally`] began.
+pub struct Mark {
+    seconds: f64,
+    threads: BTreeMap<String, f64>,
+}
+
+/// Marks the start of an interval.
+pub fn mark() -> Mark {
+    Mark { seconds: process_seconds(), threads: thread_seconds() }
+}
+
+impl Tally {
+    /// Adds what was used since `mark`.
+    pub fn add_since(&mut self, mark: &Mark) {
+        self.seconds += process_seconds() - mark.seconds;
+        for (name, used) in thread_seconds_since(&mark.threads) {
+            *self.threads.entry(name).or_default() += used;
+        }
+    }
+}
+
 /// The store's own threads, by name: SQLite's one writer, the WAL's
 /// fsyncs, the checkpoints.
 const STORE_THREADS: [(&str, &str); 3] =

@@ -264,36 +264,26 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     // disk, a slice each, so that the disk's drift from second to second
     // falls on both alike; each side's figures add up its own slices only.
     let mut ceiling = StoreCeiling::open()?;
-    let (mut cpu, mut threads, mut secs) = (0.0, std::collections::BTreeMap::<String, f64>::new(), 0.0);
+    let (mut spent, mut secs) = (cpu::Tally::default(), 0.0);
     let store_before = site.store.stats();
     let mut latencies = Vec::with_capacity(total);
     for slice in 0..SLICES {
         let count = total / SLICES + usize::from(slice < total % SLICES);
-        let (cpu_before, threads_before) = (cpu::process_seconds(), cpu::thread_seconds());
+        let mark = cpu::mark();
         let t = Instant::now();
         latencies.extend(submit_sleeps(&site, clients, count).await?);
         secs += t.elapsed().as_secs_f64();
-        cpu += cpu::process_seconds() - cpu_before;
-        for (name, used) in cpu::thread_seconds_since(&threads_before) {
-            *threads.entry(name).or_default() += used;
-        }
+        spent.add_since(&mark);
         if ceiling.template.is_none() {
             // The row the queue commits for each submission: job 1's, a
             // `sleep 0` job as the queue stored it.
             let first = site.store.read(|b| b.load_job(JobId(1))).await?.context("job 1 is not stored")?.0;
             ceiling.template = Some(first);
         }
-        let (cpu_before, threads_before) = (cpu::process_seconds(), cpu::thread_seconds());
         ceiling.run(clients, count).await?;
-        ceiling.cpu += cpu::process_seconds() - cpu_before;
-        for (name, used) in cpu::thread_seconds_since(&threads_before) {
-            *ceiling.threads.entry(name).or_default() += used;
-        }
     }
     let store = site.store.stats().since(&store_before);
     let ack_mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
-    let (queued, applying, syncing) = store.mean_stages();
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     latencies.sort_by(f64::total_cmp);
     // The last job must also run to its end.
     let last = site.jobs.send(kiln_actors::jobs::GetQueueInfo).await?.last_job_id;
@@ -305,6 +295,7 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let drain = t_drain.elapsed().as_secs_f64();
     let submitted = latencies.len() as f64;
     let rate = submitted / secs;
+    let (cpu, threads) = (spent.seconds, &spent.threads);
     let store_cpu = threads.get("kiln-store").copied().unwrap_or(0.0) * 1e6 / submitted;
     let cpu_per_submission = cpu * 1e6 / submitted;
     let cores = super::num_cpus();
@@ -323,17 +314,12 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         Figure::new("jobs.ack_p50", percentile(&latencies, 50.0), "ms"),
         Figure::new("jobs.ack_p99", percentile(&latencies, 99.0), "ms").at_most(10.0),
         Figure::new("jobs.ack_mean", ack_mean, "ms"),
-        // Where a store commit's wait went, on average over every commit
-        // meanwhile (submissions and the jobs' own changes); the rest of an
-        // acknowledgement's mean is spent in the actors.
-        Figure::new("jobs.commit_queued", ms(queued), "ms"),
-        Figure::new("jobs.commit_applying", ms(applying), "ms"),
-        Figure::new("jobs.commit_syncing", ms(syncing), "ms"),
-        Figure::new("jobs.commits_per_group", store.commits as f64 / store.groups.max(1) as f64, "commits"),
-        Figure::new("jobs.commits_per_sync", store.commits as f64 / store.syncs.max(1) as f64, "commits"),
-        // One fsync of the WAL under this load, as the sync thread timed it:
-        // a submitter waits for at least one, begun after its write.
-        Figure::new("jobs.fsync_under_load", ms(store.mean_sync()), "ms"),
+    ];
+    // Where a store commit's wait went, on average over every commit
+    // meanwhile (submissions and the jobs' own changes); the rest of an
+    // acknowledgement's mean is spent in the actors.
+    figures.extend(commit_figures("jobs.", &store));
+    figures.extend([
         Figure::new(
             "jobs.fsync_under_load_bound_per_s",
             clients as f64 / store.mean_sync().as_secs_f64().max(1e-9),
@@ -363,11 +349,11 @@ async fn jobs(args: BenchArgs) -> anyhow::Result<Vec<Figure>> {
         Figure::new("jobs.store_thread_bound_per_s", 1e6 / store_cpu.max(1e-9), "jobs/s"),
         Figure::new("jobs.cores_busy", cpu / secs, "cores"),
         Figure::new("jobs.cpu_bound_per_s", cores as f64 * submitted / cpu.max(1e-9), "jobs/s"),
-    ];
+    ]);
     // The same CPU by thread: the sync and checkpoint threads mostly wait
     // for the disk; the rest is the actors (actix) and the kernel work they
     // cause.
-    figures.extend(cpu::by_thread("jobs", &threads, cpu, submitted));
+    figures.extend(cpu::by_thread("jobs", threads, cpu, submitted));
     figures.extend(alone.figures());
     Ok(figures)
 }
@@ -477,9 +463,28 @@ struct StoreCeiling {
     committed: usize,
     secs: f64,
     /// CPU of the whole process during its slices, and by thread.
-    cpu: f64,
-    threads: std::collections::BTreeMap<String, f64>,
+    spent: cpu::Tally,
     _scratch: Scratch,
+}
+
+/// Where a commit of `store` waited on average (queued, applying,
+/// syncing), how many commits shared a group and a sync, and one sync's
+/// time under the load, as `{prefix}commit_queued` ...
+/// `{prefix}fsync_under_load`.
+fn commit_figures(prefix: &str, store: &kiln_store::StoreStats) -> Vec<Figure> {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let (queued, applying, syncing) = store.mean_stages();
+    let commits = store.commits as f64;
+    vec![
+        Figure::new(&format!("{prefix}commit_queued"), ms(queued), "ms"),
+        Figure::new(&format!("{prefix}commit_applying"), ms(applying), "ms"),
+        Figure::new(&format!("{prefix}commit_syncing"), ms(syncing), "ms"),
+        Figure::new(&format!("{prefix}commits_per_group"), commits / store.groups.max(1) as f64, "commits"),
+        Figure::new(&format!("{prefix}commits_per_sync"), commits / store.syncs.max(1) as f64, "commits"),
+        // One fsync of the WAL under this load, as the sync thread timed it:
+        // a submitter waits for at least one, begun after its write.
+        Figure::new(&format!("{prefix}fsync_under_load"), ms(store.mean_sync()), "ms"),
+    ]
 }
 
 /// How the store alone spent its slices: where a commit waited, and CPU
@@ -487,26 +492,15 @@ struct StoreCeiling {
 /// bounds each.
 struct CeilingSpent {
     store: kiln_store::StoreStats,
-    cpu: f64,
-    threads: std::collections::BTreeMap<String, f64>,
+    cpu: cpu::Tally,
 }
 
 impl CeilingSpent {
     fn figures(&self) -> Vec<Figure> {
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        let store = &self.store;
-        let (queued, applying, syncing) = store.mean_stages();
-        let commits = store.commits as f64;
-        let mut figures = vec![
-            Figure::new("jobs.ceiling_commit_queued", ms(queued), "ms"),
-            Figure::new("jobs.ceiling_commit_applying", ms(applying), "ms"),
-            Figure::new("jobs.ceiling_commit_syncing", ms(syncing), "ms"),
-            Figure::new("jobs.ceiling_commits_per_group", commits / store.groups.max(1) as f64, "commits"),
-            Figure::new("jobs.ceiling_commits_per_sync", commits / store.syncs.max(1) as f64, "commits"),
-            Figure::new("jobs.ceiling_fsync_under_load", ms(store.mean_sync()), "ms"),
-            Figure::new("jobs.ceiling_cpu_per_commit", self.cpu * 1e6 / commits.max(1.0), "us"),
-        ];
-        figures.extend(cpu::by_thread("jobs.ceiling", &self.threads, self.cpu, commits));
+        let commits = self.store.commits as f64;
+        let mut figures = commit_figures("jobs.ceiling_", &self.store);
+        figures.push(Figure::new("jobs.ceiling_cpu_per_commit", self.cpu.seconds * 1e6 / commits.max(1.0), "us"));
+        figures.extend(cpu::by_thread("jobs.ceiling", &self.cpu.threads, self.cpu.seconds, commits));
         figures
     }
 }
@@ -522,8 +516,7 @@ impl StoreCeiling {
             next,
             committed: 0,
             secs: 0.0,
-            cpu: 0.0,
-            threads: Default::default(),
+            spent: cpu::Tally::default(),
             _scratch: scratch,
         })
     }
@@ -531,6 +524,7 @@ impl StoreCeiling {
     /// One slice: `total` commits by `clients` tasks.
     async fn run(&mut self, clients: usize, total: usize) -> anyhow::Result<()> {
         let template = self.template.clone().context("the ceiling has no row to commit")?;
+        let mark = cpu::mark();
         let t = Instant::now();
         let tasks: Vec<_> = (0..clients)
             .map(|c| {
@@ -549,6 +543,7 @@ impl StoreCeiling {
             task.await??;
         }
         self.secs += t.elapsed().as_secs_f64();
+        self.spent.add_since(&mark);
         self.committed += total;
         Ok(())
     }
@@ -557,7 +552,7 @@ impl StoreCeiling {
     /// and how it spent them; its store closes.
     fn finish(self) -> anyhow::Result<(kiln_store::JobRecord, f64, CeilingSpent)> {
         let template = self.template.context("no slice ran")?;
-        let spent = CeilingSpent { store: self.store.stats(), cpu: self.cpu, threads: self.threads };
+        let spent = CeilingSpent { store: self.store.stats(), cpu: self.spent };
         Ok((template, self.committed as f64 / self.secs.max(1e-9), spent))
     }
 }
