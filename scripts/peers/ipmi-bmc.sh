@@ -11,6 +11,7 @@
 # - pid, log and simulator files are per FIRST_PORT, so one user's `stop` does not kill another's simulators;
 # - the venv shared with redfish-emulator.sh, and the apt install, happen under a lock (tests start both at once);
 # - start first stops the simulators this script started earlier on FIRST_PORT.
+# - pyghmi's server survives a client that reuses an old client's UDP port (see the comment in ipmi_bmcs.py below).
 set -euo pipefail
 PEERS_DIR=${PEERS_DIR:-${TMPDIR:-/tmp}/kiln-peers}
 VENV=$PEERS_DIR/venv
@@ -31,7 +32,37 @@ command -v ipmitool >/dev/null || { apt-get install -y -qq ipmitool >/dev/null 2
 flock -u 9; exec 9>&-
 cat >"$PEERS_DIR/ipmi_bmcs.py" <<'PY'
 import sys
+import traceback
 import pyghmi.ipmi.bmc as bmc
+import pyghmi.ipmi.private.serversession as serversession
+import pyghmi.ipmi.private.session as session
+
+# pyghmi 1.6.19 keeps every client session, keyed by the client's address and
+# port, for ever (close_server_session does nothing). A new client that gets
+# an old client's UDP port is handed to the old session; if it sends twice
+# before the first packet is handled (a retransmission on a busy machine),
+# the first packet drops the old session and the second calls
+# ServerSession.sessionless_data, which does not exist: the exception ends
+# listen() and every BMC of this process goes silent. The stale sessions
+# pile up over a test run, and the odds of such a collision with them.
+# Mended here: the second packet goes to its BMC as a new client's would;
+# an exception in the I/O thread costs the packets of that pass (their
+# clients retransmit), not the thread; and one in the loop costs that pass,
+# not the process. Each is logged. Sessions are still kept for ever, as
+# pyghmi does: forgetting a closed one would leave a retransmitted Close
+# Session unanswered.
+def _sessionless_data(self, data, sockaddr):
+    self.bmc.sessionless_data(data, sockaddr)
+serversession.ServerSession.sessionless_data = _sessionless_data
+
+_graball = session._io_graball
+def _io_graball(sockets, waiters):
+    try:
+        return _graball(sockets, waiters)
+    except Exception:
+        traceback.print_exc()
+        return []
+session._io_graball = _io_graball
 
 class SimBmc(bmc.Bmc):
     def __init__(self, port):
@@ -51,7 +82,11 @@ class SimBmc(bmc.Bmc):
 n, first = int(sys.argv[1]), int(sys.argv[2])
 for i in range(n):
     SimBmc(first + i)
-bmc.Bmc.listen(timeout=30)  # serves every BMC above from pyghmi's shared event loop, forever
+while True:  # serves every BMC above from pyghmi's shared event loop, forever
+    try:
+        bmc.Bmc.listen(timeout=30)
+    except Exception:
+        traceback.print_exc()
 PY
 "$VENV/bin/python" "$PEERS_DIR/ipmi_bmcs.py" "$n" "$first" >"$PEERS_DIR/ipmi-$first.log" 2>&1 </dev/null &
 echo $! >"$pidf"

@@ -15,6 +15,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::net::UdpSocket;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -669,6 +670,50 @@ fn ipmi_faults_are_named_and_the_daemon_keeps_serving_other_nodes() {
     let mut all = secrets.to_vec();
     all.extend_from_slice(PEER_PASSWORD_LEAKS);
     site.finish(&all);
+}
+
+/// pyghmi's server keeps each client's session, keyed by its UDP port, for
+/// ever. A new client that got an old client's port and sent twice before
+/// its first packet was handled (a retransmission, on a busy machine) once
+/// ended the simulator's loop, and every IPMI test of the run failed with
+/// it. `scripts/peers/ipmi-bmc.sh` mends that; this floods a simulator of
+/// its own with such clients (bounded) and asks it afterwards.
+#[test]
+fn the_ipmi_simulator_outlives_clients_that_reuse_old_clients_ports() {
+    let port = peers::ipmi_for_port_reuse().port;
+    let clients: Vec<UdpSocket> = (0..20).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    let mut reply = [0u8; 512];
+    for round in 0..2000u32 {
+        for client in &clients {
+            client.set_nonblocking(true).unwrap();
+            // A full receive buffer drops datagrams; that is part of a flood.
+            let _ = client.send_to(&rmcp_plus_open_session_request(round), ("127.0.0.1", port));
+            for _ in 0..3 {
+                let _ = client.send_to(&GET_CHANNEL_AUTH_CAPABILITIES, ("127.0.0.1", port));
+            }
+        }
+        for client in &clients {
+            while client.recv(&mut reply).is_ok() {}
+        }
+    }
+    assert_eq!(ipmi_power(port), "Chassis Power is off", "the simulator answers after the flood");
+}
+
+/// Get Channel Authentication Capabilities without a session, as every
+/// IPMI client (and kiln's probe) starts.
+const GET_CHANNEL_AUTH_CAPABILITIES: [u8; 23] =
+    [0x06, 0x00, 0xff, 0x07, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0x09, 0x20, 0x18, 0xc8, 0x81, 0x00, 0x38, 0x8e, 0x04, 0xb5];
+
+/// An RMCP+ Open Session Request (payload type 0x10) for cipher suite 3,
+/// which makes the simulator keep a session for the sender's port.
+fn rmcp_plus_open_session_request(tag: u32) -> Vec<u8> {
+    let mut body = vec![tag as u8, 4, 0, 0];
+    body.extend_from_slice(&tag.to_le_bytes());
+    body.extend_from_slice(&[0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0]);
+    let mut packet = vec![0x06, 0x00, 0xff, 0x07, 0x06, 0x10, 0, 0, 0, 0, 0, 0, 0, 0];
+    packet.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    packet.extend_from_slice(&body);
+    packet
 }
 
 // ----- both -------------------------------------------------------------------

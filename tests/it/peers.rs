@@ -344,6 +344,13 @@ pub fn ipmi_for_profiles() -> &'static Peer {
     peer_start::ipmi(&PEER, 1)
 }
 
+/// One simulated IPMI BMC for the test that floods it with clients reusing
+/// old clients' ports (`bmc.rs`): its own, since the flood slows it.
+pub fn ipmi_for_port_reuse() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    peer_start::ipmi(&PEER, 1)
+}
+
 /// A Redfish emulator with four systems, node-1..node-4, for the fault tests
 /// (its own, so that no other test's power changes meet theirs).
 pub fn redfish_for_faults() -> &'static Peer {
