@@ -681,11 +681,16 @@ fn ipmi_faults_are_named_and_the_daemon_keeps_serving_other_nodes() {
 #[test]
 fn the_ipmi_simulator_outlives_clients_that_reuse_old_clients_ports() {
     let port = peers::ipmi_for_port_reuse().port;
-    let clients: Vec<UdpSocket> = (0..20).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    let clients: Vec<UdpSocket> = (0..20)
+        .map(|_| {
+            let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+            client.set_nonblocking(true).unwrap();
+            client
+        })
+        .collect();
     let mut reply = [0u8; 512];
     for round in 0..2000u32 {
         for client in &clients {
-            client.set_nonblocking(true).unwrap();
             // A full receive buffer drops datagrams; that is part of a flood.
             let _ = client.send_to(&rmcp_plus_open_session_request(round), ("127.0.0.1", port));
             for _ in 0..3 {
