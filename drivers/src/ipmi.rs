@@ -66,6 +66,8 @@ use tokio::time::Instant;
 
 mod probe;
 
+pub use probe::GET_CHANNEL_AUTH_CAPABILITIES;
+
 use crate::info::seconds;
 use crate::profile::IPMI_CIPHER_SUITES;
 use crate::secret::Secret;

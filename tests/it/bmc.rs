@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use crate::harness::{Daemon, Events};
 use crate::peers::{self, Answer, PASSWORD, Responder, USER};
+use kiln_drivers::ipmi::GET_CHANNEL_AUTH_CAPABILITIES;
 
 /// A daemon and everything its CLI printed, so that a test can check at the
 /// end that no password ever showed.
@@ -693,6 +694,7 @@ fn the_ipmi_simulator_outlives_clients_that_reuse_old_clients_ports() {
         for client in &clients {
             // A full receive buffer drops datagrams; that is part of a flood.
             let _ = client.send_to(&rmcp_plus_open_session_request(round), ("127.0.0.1", port));
+            // Then what every IPMI client (and kiln's probe) starts with.
             for _ in 0..3 {
                 let _ = client.send_to(&GET_CHANNEL_AUTH_CAPABILITIES, ("127.0.0.1", port));
             }
@@ -703,11 +705,6 @@ fn the_ipmi_simulator_outlives_clients_that_reuse_old_clients_ports() {
     }
     assert_eq!(ipmi_power(port), "Chassis Power is off", "the simulator answers after the flood");
 }
-
-/// Get Channel Authentication Capabilities without a session, as every
-/// IPMI client (and kiln's probe) starts.
-const GET_CHANNEL_AUTH_CAPABILITIES: [u8; 23] =
-    [0x06, 0x00, 0xff, 0x07, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0x09, 0x20, 0x18, 0xc8, 0x81, 0x00, 0x38, 0x8e, 0x04, 0xb5];
 
 /// An RMCP+ Open Session Request (payload type 0x10) for cipher suite 3,
 /// which makes the simulator keep a session for the sender's port.

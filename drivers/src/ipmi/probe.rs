@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 /// (0x20), NetFn App (0x06 << 2), requester 0x81, command 0x38 for the
 /// current channel (0x0e) with the IPMI v2.0 bit, at administrator level;
 /// each part with its two's-complement checksum.
-const GET_CHANNEL_AUTH_CAPABILITIES: [u8; 23] = [
+pub const GET_CHANNEL_AUTH_CAPABILITIES: [u8; 23] = [
     0x06, 0x00, 0xff, 0x07, // RMCP
     0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0x09, // auth type, sequence, session id, length
     0x20, 0x18, 0xc8, 0x81, 0x00, 0x38, 0x8e, 0x04, 0xb5, // the message
